@@ -1,0 +1,143 @@
+//! The fixed header that starts every datagram.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use zerocopy::big_endian as be;
+use zerocopy::little_endian as le;
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::{Effect, HEADER_LEN, MAGIC, Op, Status, WIRE_VERSION};
+
+/// Layout of one header field, for the C header generator and layout tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldInfo {
+    pub name: &'static str,
+    pub offset: usize,
+    pub size: usize,
+    /// The C type of the field in the generated header.
+    pub c_type: &'static str,
+    pub doc: &'static str,
+}
+
+/// Declares the header struct and its field table from one list, so that the
+/// Rust layout and the generated C layout cannot drift apart.
+macro_rules! wire_struct {
+    ($(#[$meta:meta])* pub struct $name:ident {
+        $( #[doc = $doc:literal] pub $field:ident : $ty:ty => $c_type:literal ),* $(,)?
+    }) => {
+        $(#[$meta])*
+        pub struct $name { $( #[doc = $doc] pub $field: $ty ),* }
+
+        impl $name {
+            /// Every field in declaration order.
+            pub const FIELDS: &'static [FieldInfo] = &[ $( FieldInfo {
+                name: stringify!($field),
+                offset: core::mem::offset_of!($name, $field),
+                size: core::mem::size_of::<$ty>(),
+                c_type: $c_type,
+                doc: $doc,
+            } ),* ];
+        }
+    };
+}
+
+// zerocopy's KnownLayout derive generates a helper type without Debug.
+#[allow(missing_debug_implementations)]
+mod layout {
+    use super::*;
+    wire_struct! {
+        /// The 72-byte header of every Tern datagram, followed by `key_len` key
+        /// bytes and `value_len` value bytes.
+        #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(C)]
+        pub struct Header {
+            /// Always MAGIC.
+            pub magic: le::U16 => "__u16",
+            /// Always WIRE_VERSION.
+            pub version: u8 => "__u8",
+            /// An Op.
+            pub op: u8 => "__u8",
+            /// A Status (replies, acks, replication).
+            pub status: u8 => "__u8",
+            /// Bits of flags::*.
+            pub flags: u8 => "__u8",
+            /// An Effect (replication and acks).
+            pub effect: u8 => "__u8",
+            /// Zero.
+            pub reserved0: u8 => "__u8",
+            /// Length of the key that follows the header.
+            pub key_len: le::U16 => "__u16",
+            /// Length of the value that follows the key.
+            pub value_len: le::U16 => "__u16",
+            /// UDP port of the client to answer, network byte order.
+            pub reply_port: be::U16 => "__be16",
+            /// Zero.
+            pub reserved1: le::U16 => "__u16",
+            /// IPv4 address of the client to answer, network byte order.
+            pub reply_ip: be::U32 => "__be32",
+            /// Shard the key belongs to.
+            pub shard: le::U32 => "__u32",
+            /// Epoch of the sender's view of the shard (DESIGN rule 7).
+            pub epoch: le::U32 => "__u32",
+            /// key_hash(key); indexes the dirty table (DESIGN rule 3).
+            pub key_hash: le::U32 => "__u32",
+            /// Client identity for deduplication (DESIGN rule 6).
+            pub client_id: le::U64 => "__u64",
+            /// Per-client request number; retries reuse it.
+            pub request_id: le::U64 => "__u64",
+            /// Write sequence number, or the read stamp of a forwarded read.
+            pub seq: le::U64 => "__u64",
+            /// Highest sequence number acknowledged by the tail, as the sender knows it.
+            pub commit_seq: le::U64 => "__u64",
+            /// CAS: expected version. Replies: the version read or written.
+            pub version_field: le::U64 => "__u64",
+        }
+    }
+}
+pub use layout::Header;
+
+const _: () = assert!(core::mem::size_of::<Header>() == HEADER_LEN);
+const _: () = assert!(core::mem::align_of::<Header>() == 1);
+const _: () = assert!(core::mem::offset_of!(Header, seq) == 48);
+
+impl Header {
+    /// A zeroed header with magic, version, op, shard and epoch set.
+    pub fn new(op: Op, shard: u32, epoch: u32) -> Self {
+        let mut header = Header::new_zeroed();
+        header.magic.set(MAGIC);
+        header.version = WIRE_VERSION;
+        header.op = op as u8;
+        header.shard.set(shard);
+        header.epoch.set(epoch);
+        header
+    }
+
+    /// The op; only call on a header that passed [`crate::Message::decode`].
+    pub fn op(&self) -> Op {
+        Op::from_u8(self.op).expect("decoded headers carry a known op")
+    }
+
+    /// The status; only call on a header that passed [`crate::Message::decode`].
+    pub fn status(&self) -> Status {
+        Status::from_u8(self.status).expect("decoded headers carry a known status")
+    }
+
+    /// The effect; only call on a header that passed [`crate::Message::decode`].
+    pub fn effect(&self) -> Effect {
+        Effect::from_u8(self.effect).expect("decoded headers carry a known effect")
+    }
+
+    /// The client's return address.
+    pub fn reply_addr(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::from(self.reply_ip.get()), self.reply_port.get())
+    }
+
+    pub fn set_reply_addr(&mut self, addr: SocketAddrV4) {
+        self.reply_ip.set(u32::from(*addr.ip()));
+        self.reply_port.set(addr.port());
+    }
+
+    pub fn has_flag(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+}

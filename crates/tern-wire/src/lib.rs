@@ -1,0 +1,119 @@
+//! The one definition of every byte Tern puts on the data-plane wire.
+//!
+//! Every data-plane datagram (client request, forwarded request, replication,
+//! acknowledgement, reply, error) is a fixed 72-byte [`Header`] followed by the
+//! key bytes and then the value bytes. Integers are little-endian, except the
+//! client's return address (`reply_ip`, `reply_port`), which is kept in network
+//! byte order so that the kernel fast path can copy it into IP/UDP headers
+//! verbatim. The C header used by the eBPF programs is generated from the
+//! definitions here ([`c_header`]); a test fails when the committed copy drifts.
+//!
+//! No I/O here: this crate must not depend on sockets, tokio or aya.
+
+mod header;
+mod limits;
+mod message;
+
+pub mod c_header;
+
+pub use header::{FieldInfo, Header};
+pub use limits::*;
+pub use message::{DecodeError, EncodeError, Message, encode, encode_into};
+
+/// Declares a `#[repr(u8)]` wire enum together with the list of its variants,
+/// so that Rust and the generated C header share one definition.
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $( $(#[doc = $doc:literal])* $variant:ident = $value:literal => $c_name:literal ),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum $name { $( $(#[doc = $doc])* $variant = $value ),* }
+
+        impl $name {
+            /// Every variant with its C name, in declaration order.
+            pub const ALL: &'static [($name, &'static str)] = &[ $( ($name::$variant, $c_name) ),* ];
+
+            /// The variant whose wire value is `value`, if any.
+            pub const fn from_u8(value: u8) -> Option<Self> {
+                match value {
+                    $( $value => Some($name::$variant), )*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// What a datagram asks for or carries.
+    pub enum Op {
+        /// Client read. Forwarded by the coordinator with `seq` = read stamp.
+        Get = 1 => "GET",
+        /// Client write of a value.
+        Put = 2 => "PUT",
+        /// Client removal of a key.
+        Delete = 3 => "DELETE",
+        /// Client compare-and-set: `version` holds the expected version (0: key absent).
+        Cas = 4 => "CAS",
+        /// A sequence number filled by the coordinator without a write (gap repair).
+        Noop = 5 => "NOOP",
+        /// Liveness probe; answered by the process itself.
+        Ping = 8 => "PING",
+        /// Counter request; the reply's value is `name value` lines.
+        Stats = 9 => "STATS",
+        /// Answer to a client (or to an administrative request).
+        Reply = 16 => "REPLY",
+        /// A sequenced write travelling down the chain; `effect` says what it does.
+        Replicate = 17 => "REPLICATE",
+        /// The tail's acknowledgement of `seq` to the coordinator.
+        Ack = 18 => "ACK",
+        /// Request to resend sequence numbers `seq..=version` to the sender.
+        Retransmit = 19 => "RETRANSMIT",
+        /// A new coordinator asks a replica how far it has got (DESIGN rule 8).
+        SeqProbe = 20 => "SEQ_PROBE",
+        /// Answer to `SeqProbe`: `seq` = highest applied, `version` = highest seen.
+        SeqReport = 21 => "SEQ_REPORT",
+    }
+}
+
+wire_enum! {
+    /// Outcome of a request, carried by replies, acknowledgements and replication.
+    pub enum Status {
+        Ok = 0 => "OK",
+        NotFound = 1 => "NOT_FOUND",
+        CasMismatch = 2 => "CAS_MISMATCH",
+        /// The message's epoch is not the receiver's; refresh the cluster map.
+        StaleEpoch = 3 => "STALE_EPOCH",
+        /// The receiver does not serve this shard.
+        WrongShard = 4 => "WRONG_SHARD",
+        /// Temporarily unable (full in-flight window, coordinator recovering): retry.
+        TryAgain = 5 => "TRY_AGAIN",
+        Malformed = 6 => "MALFORMED",
+        UnsupportedVersion = 7 => "UNSUPPORTED_VERSION",
+        UnknownOp = 8 => "UNKNOWN_OP",
+        TooLarge = 9 => "TOO_LARGE",
+        /// The header's `key_hash` does not match the key.
+        BadKeyHash = 10 => "BAD_KEY_HASH",
+    }
+}
+
+wire_enum! {
+    /// What a sequenced write does to the store once the head has decided it.
+    pub enum Effect {
+        /// Nothing (a failed CAS, a deduplicated retry, a gap fill).
+        None = 0 => "NONE",
+        Put = 1 => "PUT",
+        Delete = 2 => "DELETE",
+    }
+}
+
+/// Bits of [`Header::flags`].
+pub mod flags {
+    /// A read of a dirty key: the replica (the tail) returns its newest applied
+    /// version instead of the newest version at or below the stamp.
+    pub const TAIL_READ: u8 = 1;
+    /// The datagram is a resend; receivers treat it like the original.
+    pub const RESENT: u8 = 2;
+    /// Every flag this version of the wire defines.
+    pub const ALL: &[(u8, &str)] = &[(TAIL_READ, "TAIL_READ"), (RESENT, "RESENT")];
+}

@@ -1,0 +1,46 @@
+//! Limits of the wire format, each with its unit in the name where it has one.
+
+/// First two bytes of every datagram ("TN" on the wire).
+pub const MAGIC: u16 = 0x4E54;
+/// Version of this wire format; a receiver refuses any other.
+pub const WIRE_VERSION: u8 = 1;
+/// Size of [`crate::Header`] in bytes.
+pub const HEADER_LEN: usize = 72;
+/// Longest key, in bytes.
+pub const KEY_LEN_MAX: usize = 256;
+/// Longest value, in bytes. Chosen so that the largest message fits one
+/// Ethernet frame (MTU 1500 minus 28 bytes of IPv4 and UDP headers), which the
+/// kernel fast path needs: it cannot reassemble fragments.
+pub const VALUE_LEN_MAX: usize = 1024;
+/// Largest datagram Tern sends or accepts, in bytes.
+pub const MESSAGE_LEN_MAX: usize = HEADER_LEN + KEY_LEN_MAX + VALUE_LEN_MAX;
+/// Number of hash slots; the cluster map assigns slot ranges to shards.
+pub const SLOT_COUNT: u32 = 16384;
+/// Entries of a coordinator's dirty table (a power of two).
+pub const DIRTY_SLOTS: u32 = 65536;
+
+const _: () = assert!(MESSAGE_LEN_MAX <= 1500 - 28);
+const _: () = assert!(DIRTY_SLOTS.is_power_of_two());
+const _: () = assert!(DIRTY_SLOTS % SLOT_COUNT == 0);
+
+/// 32-bit FNV-1a hash of a key. Routing (slot), the dirty table and the
+/// kernel path all use this one function; it is simple enough to compute in
+/// eBPF with a bounded loop.
+pub fn key_hash(key: &[u8]) -> u32 {
+    let mut hash: u32 = 0x811C_9DC5;
+    for &byte in key {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
+}
+
+/// The hash slot of a key hash (which shard owns the key).
+pub fn slot_of(key_hash: u32) -> u32 {
+    key_hash % SLOT_COUNT
+}
+
+/// The dirty-table entry of a key hash (DESIGN rule 3).
+pub fn dirty_index(key_hash: u32) -> u32 {
+    key_hash & (DIRTY_SLOTS - 1)
+}
