@@ -1,14 +1,59 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Sans-I/O protocol cores of Tern: the replica's chain roles (head, middle,
+//! tail) and the per-shard coordinator logic.
+//!
+//! Each core is a state machine driven as `core.step(now, from, bytes, &mut
+//! outbox)`: it takes one received datagram and appends the datagrams to send
+//! to an [`Outbox`]; `core.tick(now, &mut outbox)` drives timers. The same
+//! code runs in unit tests, in simulations and under the UDP shells of
+//! `tern-server` and `tern-coord`.
+//!
+//! No I/O here: this crate must not depend on sockets, tokio, aya or clocks
+//! other than the `Instant` it is handed.
+
+pub mod coordinator;
+mod counters;
+mod outbox;
+pub mod replica;
+
+pub use outbox::{Outbox, Outgoing};
+
+/// Answers `received` with `status` (an error or a refusal), unless it is
+/// itself a reply or acknowledgement: two nodes must never trade errors.
+/// `epoch` is the answerer's own, so that a sender with a stale map learns.
+pub(crate) fn answer_status(
+    to: std::net::SocketAddrV4,
+    received: &tern_wire::Header,
+    status: tern_wire::Status,
+    epoch: u32,
+    outbox: &mut Outbox,
+) {
+    use tern_wire::Op;
+    if matches!(
+        Op::from_u8(received.op),
+        Some(Op::Reply | Op::Ack | Op::SeqReport)
+    ) {
+        return;
+    }
+    let mut reply = tern_wire::Header::new(Op::Reply, received.shard.get(), epoch);
+    reply.status = status as u8;
+    reply.client_id = received.client_id;
+    reply.request_id = received.request_id;
+    reply.key_hash = received.key_hash;
+    outbox.push(to, &reply, &[], &[]);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// Answers the sender of a datagram that failed to decode, when the sender
+/// can be answered: its header is readable and names a request.
+pub(crate) fn answer_decode_error(
+    from: std::net::SocketAddrV4,
+    bytes: &[u8],
+    error: &tern_wire::DecodeError,
+    outbox: &mut Outbox,
+) {
+    if let (Some(status), Some(received)) = (
+        error.reply_status(),
+        tern_wire::Message::readable_header(bytes),
+    ) {
+        answer_status(from, &received, status, received.epoch.get(), outbox);
     }
 }

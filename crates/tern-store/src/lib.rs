@@ -46,7 +46,11 @@ impl Versions {
     /// version is left, i.e. the key can be forgotten.
     fn prune(&mut self, commit_seq: u64) -> bool {
         if let Some(floor) = self.0.iter().rposition(|version| version.seq <= commit_seq) {
-            let keep_from = if self.0[floor].value.is_none() { floor + 1 } else { floor };
+            let keep_from = if self.0[floor].value.is_none() {
+                floor + 1
+            } else {
+                floor
+            };
             self.0.drain(..keep_from);
         }
         self.0.is_empty()
@@ -97,7 +101,11 @@ impl Store {
                 break;
             }
             let (_, key) = self.pending_deletions.pop_front().expect("front exists");
-            if self.keys.get_mut(&key).is_some_and(|versions| versions.prune(commit_seq)) {
+            if self
+                .keys
+                .get_mut(&key)
+                .is_some_and(|versions| versions.prune(commit_seq))
+            {
                 self.keys.remove(&key);
             }
         }
@@ -107,7 +115,11 @@ impl Store {
     /// strictly increasing sequence order; the caller (the replica role)
     /// guarantees it, so a violation is a programmer error.
     pub fn apply(&mut self, seq: u64, key: &[u8], write: Write<'_>) {
-        assert!(seq > self.applied_seq, "write {seq} applied after {}", self.applied_seq);
+        assert!(
+            seq > self.applied_seq,
+            "write {seq} applied after {}",
+            self.applied_seq
+        );
         self.applied_seq = seq;
         let value = match write {
             Write::Put(value) => Some(Box::<[u8]>::from(value)),
@@ -125,7 +137,9 @@ impl Store {
                 self.keys.entry(Box::from(key)).or_default()
             }
         };
-        let was_live = versions.newest().is_some_and(|version| version.value.is_some());
+        let was_live = versions
+            .newest()
+            .is_some_and(|version| version.value.is_some());
         let is_live = value.is_some();
         versions.0.push(Version { seq, value });
         // The new version is above every commit_seq seen so far (the tail has
@@ -141,11 +155,25 @@ impl Store {
         }
     }
 
+    /// Consumes sequence number `seq` without writing anything (a failed CAS,
+    /// a deduplicated retry, a gap fill): sequence numbers stay contiguous.
+    pub fn skip(&mut self, seq: u64) {
+        assert!(
+            seq > self.applied_seq,
+            "write {seq} applied after {}",
+            self.applied_seq
+        );
+        self.applied_seq = seq;
+    }
+
     /// The newest applied version of `key`, committed or not. Used by the
     /// head to execute CAS and by the tail for reads of dirty keys.
     pub fn latest(&self, key: &[u8]) -> Option<Versioned<'_>> {
         let version = self.keys.get(key)?.newest()?;
-        Some(Versioned { version: version.seq, value: version.value.as_deref()? })
+        Some(Versioned {
+            version: version.seq,
+            value: version.value.as_deref()?,
+        })
     }
 
     /// The newest version of `key` at or below `stamp` (DESIGN rule 5).
@@ -157,9 +185,14 @@ impl Store {
         let versions = &self.keys.get(key)?.0;
         let version = match versions.iter().rev().find(|version| version.seq <= stamp) {
             Some(version) => version,
-            None => versions.first().filter(|version| version.seq <= self.commit_seq)?,
+            None => versions
+                .first()
+                .filter(|version| version.seq <= self.commit_seq)?,
         };
-        Some(Versioned { version: version.seq, value: version.value.as_deref()? })
+        Some(Versioned {
+            version: version.seq,
+            value: version.value.as_deref()?,
+        })
     }
 
     /// Number of versions held for `key` (for tests and statistics).

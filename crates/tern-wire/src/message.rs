@@ -50,20 +50,6 @@ impl DecodeError {
             | DecodeError::LengthMismatch { .. } => Some(Status::Malformed),
         }
     }
-
-    /// A short stable name, used for drop counters.
-    pub fn counter_name(&self) -> &'static str {
-        match self {
-            DecodeError::Truncated { .. } => "drop_truncated",
-            DecodeError::BadMagic { .. } => "drop_bad_magic",
-            DecodeError::UnsupportedVersion { .. } => "drop_bad_version",
-            DecodeError::UnknownOp(_) => "drop_unknown_op",
-            DecodeError::UnknownStatus(_) | DecodeError::UnknownEffect(_) => "drop_bad_field",
-            DecodeError::KeyTooLarge { .. } | DecodeError::ValueTooLarge { .. } => "drop_too_large",
-            DecodeError::LengthMismatch { .. } => "drop_bad_length",
-            DecodeError::BadKeyHash => "drop_bad_key_hash",
-        }
-    }
 }
 
 /// Why a message cannot be encoded.

@@ -1,0 +1,678 @@
+//! The shard coordinator core: sequencing, the dirty table, `commit_seq`, read
+//! forwarding (DESIGN rules 1, 3, 4, 5, 8).
+//!
+//! The state that the kernel fast path and user space share lives behind
+//! [`ShardState`], whose methods are each atomic. The user-space coordinator
+//! uses [`LocalShardState`]; the XDP mode implements the trait over BPF maps,
+//! so both paths run this same logic against one source of truth.
+// PERFORMANCE CRITICAL PATH: `step` runs once per received datagram.
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tern_wire::{DIRTY_SLOTS, Header, Message, Op, Status, VALUE_LEN_MAX, dirty_index, flags};
+
+use crate::Outbox;
+use crate::counters::{DecodeDrops, counters};
+
+/// Writes in flight per shard (sequenced, not yet acknowledged by the tail).
+pub const INFLIGHT_WRITES_MAX: u64 = 4096;
+/// A write not acknowledged this long after it was sent is sent again.
+pub const RESEND_AFTER: Duration = Duration::from_millis(100);
+/// Interval between sequence probes while a coordinator recovers (rule 8).
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+
+const _: () = assert!(INFLIGHT_WRITES_MAX.is_power_of_two());
+
+/// Coordinator state of one shard shared by the fast and rare paths.
+///
+/// Every method is atomic on its own; the coordinator logic decides their
+/// order, which is what makes forwarded reads linearizable (DESIGN rule 4).
+pub trait ShardState {
+    /// Assigns the next sequence number and records it in the in-flight window
+    /// with the key's dirty index. `None` when the window is full.
+    fn begin_write(&self, dirty_index: u32) -> Option<u64>;
+    /// Removes `seq` from the window; its dirty index when it was in flight.
+    fn end_write(&self, seq: u64) -> Option<u32>;
+    /// The next sequence number `begin_write` would assign.
+    fn next_seq(&self) -> u64;
+    /// Control path: where sequencing resumes after recovery (rule 8).
+    fn set_next_seq(&self, seq: u64);
+    fn commit_seq(&self) -> u64;
+    /// `commit_seq = max(commit_seq, seq)`.
+    fn advance_commit_seq(&self, seq: u64);
+    fn dirty_count(&self, dirty_index: u32) -> u32;
+    fn increment_dirty(&self, dirty_index: u32);
+    fn decrement_dirty(&self, dirty_index: u32);
+    /// While set, every key counts as dirty (a recovering coordinator, rule 8).
+    fn all_dirty(&self) -> bool;
+    fn set_all_dirty(&self, on: bool);
+}
+
+/// [`ShardState`] in process memory, for the user-space coordinator.
+#[derive(Debug)]
+pub struct LocalShardState {
+    next_seq: AtomicU64,
+    commit_seq: AtomicU64,
+    all_dirty: AtomicBool,
+    dirty: Box<[AtomicU32]>,
+    /// `window[seq % INFLIGHT_WRITES_MAX]` = (seq in flight or 0, dirty index).
+    window: Box<[(AtomicU64, AtomicU32)]>,
+}
+
+impl Default for LocalShardState {
+    fn default() -> Self {
+        LocalShardState {
+            next_seq: AtomicU64::new(1),
+            commit_seq: AtomicU64::new(0),
+            all_dirty: AtomicBool::new(true),
+            dirty: (0..DIRTY_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            window: (0..INFLIGHT_WRITES_MAX)
+                .map(|_| (AtomicU64::new(0), AtomicU32::new(0)))
+                .collect(),
+        }
+    }
+}
+
+impl ShardState for LocalShardState {
+    fn begin_write(&self, dirty_index: u32) -> Option<u64> {
+        loop {
+            let seq = self.next_seq.load(Ordering::Acquire);
+            let (slot_seq, slot_index) = &self.window[(seq % INFLIGHT_WRITES_MAX) as usize];
+            if slot_seq.load(Ordering::Acquire) != 0 {
+                return None;
+            }
+            if self
+                .next_seq
+                .compare_exchange(seq, seq + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                slot_index.store(dirty_index, Ordering::Relaxed);
+                slot_seq.store(seq, Ordering::Release);
+                return Some(seq);
+            }
+        }
+    }
+
+    fn end_write(&self, seq: u64) -> Option<u32> {
+        let (slot_seq, slot_index) = &self.window[(seq % INFLIGHT_WRITES_MAX) as usize];
+        let index = slot_index.load(Ordering::Relaxed);
+        slot_seq
+            .compare_exchange(seq, 0, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| index)
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::Acquire)
+    }
+
+    fn set_next_seq(&self, seq: u64) {
+        self.next_seq.store(seq, Ordering::Release);
+    }
+
+    fn commit_seq(&self) -> u64 {
+        self.commit_seq.load(Ordering::Acquire)
+    }
+
+    fn advance_commit_seq(&self, seq: u64) {
+        self.commit_seq.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    fn dirty_count(&self, dirty_index: u32) -> u32 {
+        self.dirty[dirty_index as usize].load(Ordering::Acquire)
+    }
+
+    fn increment_dirty(&self, dirty_index: u32) {
+        self.dirty[dirty_index as usize].fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn decrement_dirty(&self, dirty_index: u32) {
+        let previous = self.dirty[dirty_index as usize].fetch_sub(1, Ordering::AcqRel);
+        assert!(previous > 0, "dirty count of {dirty_index} went below zero");
+    }
+
+    fn all_dirty(&self) -> bool {
+        self.all_dirty.load(Ordering::Acquire)
+    }
+
+    fn set_all_dirty(&self, on: bool) {
+        self.all_dirty.store(on, Ordering::Release);
+    }
+}
+
+/// Where a read goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadRoute {
+    /// The key may have writes in flight: only the tail is sure to hold every
+    /// write the coordinator has acknowledged, so the read goes there.
+    Tail,
+    /// The key is clean: any replica can answer, at this stamp (rule 5).
+    Any { stamp: u64 },
+}
+
+/// The read decision, shared by every coordinator path.
+///
+/// The dirty count is read before `commit_seq`. An acknowledgement advances
+/// `commit_seq` before it lowers the dirty count (rule 4), so a read that sees
+/// the count already lowered also sees the advanced `commit_seq`. Reading them
+/// the other way round could pair an old stamp with a clean key.
+pub fn route_read(state: &impl ShardState, key_hash: u32) -> ReadRoute {
+    let index = dirty_index(key_hash);
+    if state.all_dirty() || state.dirty_count(index) > 0 {
+        return ReadRoute::Tail;
+    }
+    ReadRoute::Any {
+        stamp: state.commit_seq(),
+    }
+}
+
+/// Handles the tail's acknowledgement of `seq` in the order of DESIGN rule 4:
+/// first advance `commit_seq`, then lower the dirty count; the caller replies
+/// to the client only afterwards. Returns whether `seq` was in flight here.
+pub fn complete_write(state: &impl ShardState, seq: u64) -> bool {
+    state.advance_commit_seq(seq);
+    match state.end_write(seq) {
+        Some(index) => {
+            state.decrement_dirty(index);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The shard's identity and chain, as installed by the control plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardConfig {
+    pub shard: u32,
+    pub epoch: u32,
+    /// Replicas, head first.
+    pub chain: Vec<SocketAddrV4>,
+}
+
+impl ShardConfig {
+    fn head(&self) -> SocketAddrV4 {
+        self.chain[0]
+    }
+
+    fn tail(&self) -> SocketAddrV4 {
+        *self.chain.last().expect("a chain has at least one replica")
+    }
+}
+
+counters! {
+    /// What a shard coordinator did, for STATS.
+    pub struct ShardCounters {
+        reads_any,
+        reads_tail,
+        writes,
+        acks,
+        acks_not_in_flight,
+        window_full,
+        resent,
+        noop_fills,
+        refused_recovering,
+        stale_epoch,
+        unexpected_sender,
+    }
+}
+
+/// Recovery of a coordinator that starts against a chain that may already
+/// hold writes (DESIGN rule 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recovery {
+    /// Asking head and tail how far they got; writes are refused meanwhile.
+    Probing {
+        head_highest: Option<u64>,
+        tail_applied: Option<u64>,
+    },
+    /// Sequencing resumed; every key stays dirty until the tail has
+    /// acknowledged everything the head had seen.
+    Draining {
+        target: u64,
+    },
+    Done,
+}
+
+#[derive(Debug, Default)]
+struct SentWrite {
+    seq: u64,
+    sent_at: Option<Instant>,
+    bytes: Vec<u8>,
+}
+
+/// The coordinator of one shard.
+#[derive(Debug)]
+pub struct ShardCoordinator<S> {
+    config: ShardConfig,
+    state: S,
+    next_replica: usize,
+    recovery: Recovery,
+    last_probe: Option<Instant>,
+    /// First sequence number this coordinator assigned; anything below was
+    /// assigned by a predecessor and, if missing in the chain, is filled.
+    first_seq: u64,
+    /// Copies of writes in flight for resending, `[seq % INFLIGHT_WRITES_MAX]`.
+    sent: Box<[SentWrite]>,
+    /// Lowest sequence number that may still be in flight.
+    oldest_in_flight: u64,
+    counters: ShardCounters,
+}
+
+impl<S: ShardState> ShardCoordinator<S> {
+    /// A coordinator that first learns how far the chain got (rule 8): every
+    /// key counts as dirty and writes are refused until the probes answer.
+    pub fn new(config: ShardConfig, state: S) -> Self {
+        assert!(
+            !config.chain.is_empty(),
+            "a shard needs at least one replica"
+        );
+        state.set_all_dirty(true);
+        ShardCoordinator {
+            config,
+            state,
+            next_replica: 0,
+            recovery: Recovery::Probing {
+                head_highest: None,
+                tail_applied: None,
+            },
+            last_probe: None,
+            first_seq: u64::MAX,
+            sent: (0..INFLIGHT_WRITES_MAX)
+                .map(|_| SentWrite::default())
+                .collect(),
+            oldest_in_flight: 0,
+            counters: ShardCounters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.config
+    }
+
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+
+    pub fn counters(&self) -> &ShardCounters {
+        &self.counters
+    }
+
+    /// Whether the coordinator has finished recovering (rule 8).
+    pub fn is_ready(&self) -> bool {
+        self.recovery == Recovery::Done
+    }
+
+    /// Handles a decoded datagram addressed to this shard.
+    pub fn step(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        message: &Message<'_>,
+        outbox: &mut Outbox,
+    ) {
+        let header = &message.header;
+        match header.op() {
+            Op::Get | Op::Put | Op::Delete | Op::Cas => {
+                if header.epoch.get() != self.config.epoch {
+                    self.counters.stale_epoch += 1;
+                    crate::answer_status(
+                        from,
+                        header,
+                        Status::StaleEpoch,
+                        self.config.epoch,
+                        outbox,
+                    );
+                } else if header.op() == Op::Get {
+                    self.forward_read(from, message, outbox);
+                } else {
+                    self.sequence_write(now, from, message, outbox);
+                }
+            }
+            Op::Ack if from == self.config.tail() => self.acknowledge(message, outbox),
+            Op::Retransmit if from == self.config.head() => {
+                self.resend_range(now, header.seq.get(), header.version_field.get(), outbox);
+            }
+            Op::SeqReport if self.config.chain.contains(&from) => self.learn_progress(from, header),
+            _ => self.counters.unexpected_sender += 1,
+        }
+    }
+
+    fn forward_read(&mut self, from: SocketAddrV4, message: &Message<'_>, outbox: &mut Outbox) {
+        let mut header = message.header;
+        header.set_reply_addr(from);
+        let to = match route_read(&self.state, header.key_hash.get()) {
+            ReadRoute::Tail => {
+                self.counters.reads_tail += 1;
+                header.flags |= flags::TAIL_READ;
+                header.commit_seq.set(self.state.commit_seq());
+                self.config.tail()
+            }
+            ReadRoute::Any { stamp } => {
+                self.counters.reads_any += 1;
+                header.flags &= !flags::TAIL_READ;
+                header.seq.set(stamp);
+                header.commit_seq.set(stamp);
+                let to = self.config.chain[self.next_replica];
+                self.next_replica = (self.next_replica + 1) % self.config.chain.len();
+                to
+            }
+        };
+        outbox.push(to, &header, message.key, &[]);
+    }
+
+    fn sequence_write(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        message: &Message<'_>,
+        outbox: &mut Outbox,
+    ) {
+        let header = &message.header;
+        if matches!(self.recovery, Recovery::Probing { .. }) {
+            self.counters.refused_recovering += 1;
+            crate::answer_status(from, header, Status::TryAgain, self.config.epoch, outbox);
+            return;
+        }
+        let index = dirty_index(header.key_hash.get());
+        // DESIGN rule 1: this is the shard's only serialization point.
+        let Some(seq) = self.state.begin_write(index) else {
+            self.counters.window_full += 1;
+            crate::answer_status(from, header, Status::TryAgain, self.config.epoch, outbox);
+            return;
+        };
+        // DESIGN rule 3: the key is dirty before the write can reach anyone.
+        self.state.increment_dirty(index);
+        let mut forwarded = *header;
+        forwarded.set_reply_addr(from);
+        forwarded.flags = 0;
+        forwarded.seq.set(seq);
+        forwarded.commit_seq.set(self.state.commit_seq());
+        self.counters.writes += 1;
+        self.send_to_head(now, seq, &forwarded, message.key, message.value, outbox);
+    }
+
+    fn send_to_head(
+        &mut self,
+        now: Instant,
+        seq: u64,
+        header: &Header,
+        key: &[u8],
+        value: &[u8],
+        outbox: &mut Outbox,
+    ) {
+        outbox.push(self.config.head(), header, key, value);
+        let bytes = outbox.iter().last().expect("just pushed").1;
+        let sent = &mut self.sent[(seq % INFLIGHT_WRITES_MAX) as usize];
+        sent.seq = seq;
+        sent.sent_at = Some(now);
+        sent.bytes.clear();
+        sent.bytes.extend_from_slice(bytes);
+        if self.oldest_in_flight == 0 {
+            self.oldest_in_flight = seq;
+        }
+    }
+
+    fn acknowledge(&mut self, message: &Message<'_>, outbox: &mut Outbox) {
+        let header = &message.header;
+        let seq = header.seq.get();
+        // DESIGN rule 4: commit_seq first, dirty count second, reply last.
+        if complete_write(&self.state, seq) {
+            self.counters.acks += 1;
+        } else {
+            // A duplicate, or a write sequenced by a previous coordinator.
+            self.counters.acks_not_in_flight += 1;
+        }
+        let sent = &mut self.sent[(seq % INFLIGHT_WRITES_MAX) as usize];
+        if sent.seq == seq {
+            sent.sent_at = None;
+        }
+        if let Recovery::Draining { target } = self.recovery {
+            if self.state.commit_seq() >= target {
+                self.finish_recovery();
+            }
+        }
+        if header.reply_port.get() != 0 {
+            let mut reply = *header;
+            reply.op = Op::Reply as u8;
+            reply.flags = 0;
+            outbox.push(header.reply_addr(), &reply, &[], &[]);
+        }
+    }
+
+    fn resend_range(&mut self, now: Instant, first: u64, last: u64, outbox: &mut Outbox) {
+        let last = last.min(first.saturating_add(INFLIGHT_WRITES_MAX - 1));
+        for seq in first..=last {
+            let sent = &mut self.sent[(seq % INFLIGHT_WRITES_MAX) as usize];
+            if sent.seq == seq && sent.sent_at.is_some() {
+                sent.sent_at = Some(now);
+                self.counters.resent += 1;
+                outbox.push_encoded(self.config.head(), &sent.bytes);
+            } else if seq < self.first_seq {
+                // Assigned by a coordinator that is gone and never applied by
+                // the head (the head asks for it): fill it with nothing.
+                self.counters.noop_fills += 1;
+                let mut noop = Header::new(Op::Noop, self.config.shard, self.config.epoch);
+                noop.seq.set(seq);
+                noop.commit_seq.set(self.state.commit_seq());
+                outbox.push(self.config.head(), &noop, &[], &[]);
+            }
+        }
+    }
+
+    fn learn_progress(&mut self, from: SocketAddrV4, report: &Header) {
+        let Recovery::Probing {
+            mut head_highest,
+            mut tail_applied,
+        } = self.recovery
+        else {
+            return;
+        };
+        if from == self.config.head() {
+            head_highest = Some(report.version_field.get());
+        }
+        if from == self.config.tail() {
+            tail_applied = Some(report.seq.get());
+        }
+        self.recovery = Recovery::Probing {
+            head_highest,
+            tail_applied,
+        };
+        let (Some(highest), Some(applied)) = (head_highest, tail_applied) else {
+            return;
+        };
+        // DESIGN rule 8: sequence above anything the chain has seen.
+        self.first_seq = highest + 1;
+        self.state.set_next_seq(highest + 1);
+        self.state.advance_commit_seq(applied);
+        if applied >= highest {
+            self.finish_recovery();
+        } else {
+            self.recovery = Recovery::Draining { target: highest };
+        }
+    }
+
+    fn finish_recovery(&mut self) {
+        self.recovery = Recovery::Done;
+        self.state.set_all_dirty(false);
+    }
+
+    /// Drives timers: recovery probes and resends of unacknowledged writes.
+    pub fn tick(&mut self, now: Instant, outbox: &mut Outbox) {
+        if let Recovery::Probing { .. } = self.recovery {
+            if self
+                .last_probe
+                .is_none_or(|last| now.duration_since(last) >= PROBE_INTERVAL)
+            {
+                self.last_probe = Some(now);
+                let probe = Header::new(Op::SeqProbe, self.config.shard, self.config.epoch);
+                outbox.push(self.config.head(), &probe, &[], &[]);
+                if self.config.tail() != self.config.head() {
+                    outbox.push(self.config.tail(), &probe, &[], &[]);
+                }
+            }
+            return;
+        }
+        let next = self.state.next_seq();
+        while self.oldest_in_flight != 0 && self.oldest_in_flight < next {
+            let sent = &self.sent[(self.oldest_in_flight % INFLIGHT_WRITES_MAX) as usize];
+            if sent.seq == self.oldest_in_flight && sent.sent_at.is_some() {
+                break;
+            }
+            self.oldest_in_flight += 1;
+        }
+        if self.oldest_in_flight >= next {
+            self.oldest_in_flight = 0;
+            return;
+        }
+        for seq in self.oldest_in_flight..next {
+            let sent = &mut self.sent[(seq % INFLIGHT_WRITES_MAX) as usize];
+            if sent.seq == seq
+                && sent
+                    .sent_at
+                    .is_some_and(|at| now.duration_since(at) >= RESEND_AFTER)
+            {
+                sent.sent_at = Some(now);
+                self.counters.resent += 1;
+                outbox.push_encoded(self.config.head(), &sent.bytes);
+            }
+        }
+    }
+
+    fn render_stats(&self, out: &mut String) {
+        let prefix = format!("shard{}.", self.config.shard);
+        self.counters.render(&prefix, out);
+        let _ = std::fmt::Write::write_fmt(
+            out,
+            format_args!(
+                "{prefix}next_seq {}\n{prefix}commit_seq {}\n{prefix}ready {}\n",
+                self.state.next_seq(),
+                self.state.commit_seq(),
+                u8::from(self.is_ready())
+            ),
+        );
+    }
+}
+
+counters! {
+    /// Process-wide counters of a coordinator.
+    pub struct CoordinatorCounters {
+        unknown_shard,
+        unexpected_op,
+    }
+}
+
+/// A coordinator process: the coordinators of one or more shards behind one
+/// address, dispatching on the header's shard.
+#[derive(Debug)]
+pub struct Coordinator<S> {
+    shards: HashMap<u32, ShardCoordinator<S>>,
+    counters: CoordinatorCounters,
+    drops: DecodeDrops,
+}
+
+impl<S: ShardState> Coordinator<S> {
+    pub fn new(shards: impl IntoIterator<Item = ShardCoordinator<S>>) -> Self {
+        Coordinator {
+            shards: shards
+                .into_iter()
+                .map(|shard| (shard.config.shard, shard))
+                .collect(),
+            counters: CoordinatorCounters::default(),
+            drops: DecodeDrops::default(),
+        }
+    }
+
+    pub fn shard(&self, shard: u32) -> Option<&ShardCoordinator<S>> {
+        self.shards.get(&shard)
+    }
+
+    pub fn drops(&self) -> &DecodeDrops {
+        &self.drops
+    }
+
+    /// Whether every shard has finished recovering.
+    pub fn is_ready(&self) -> bool {
+        self.shards.values().all(ShardCoordinator::is_ready)
+    }
+
+    /// Handles one received datagram.
+    pub fn step(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8], outbox: &mut Outbox) {
+        let message = match Message::decode(bytes) {
+            Ok(message) => message,
+            Err(error) => {
+                self.drops.record(&error);
+                crate::answer_decode_error(from, bytes, &error, outbox);
+                return;
+            }
+        };
+        let header = &message.header;
+        match header.op() {
+            Op::Ping => return self.answer_ping(from, header, outbox),
+            Op::Stats => return self.answer_stats(from, header, outbox),
+            Op::Get | Op::Put | Op::Delete | Op::Cas | Op::Ack | Op::Retransmit | Op::SeqReport => {
+            }
+            Op::Noop | Op::Reply | Op::Replicate | Op::SeqProbe => {
+                self.counters.unexpected_op += 1;
+                return;
+            }
+        }
+        match self.shards.get_mut(&header.shard.get()) {
+            Some(shard) => shard.step(now, from, &message, outbox),
+            None => {
+                self.counters.unknown_shard += 1;
+                crate::answer_status(from, header, Status::WrongShard, header.epoch.get(), outbox);
+            }
+        }
+    }
+
+    pub fn tick(&mut self, now: Instant, outbox: &mut Outbox) {
+        for shard in self.shards.values_mut() {
+            shard.tick(now, outbox);
+        }
+    }
+
+    fn answer_ping(&self, to: SocketAddrV4, received: &Header, outbox: &mut Outbox) {
+        let shard = self.shards.get(&received.shard.get());
+        let mut reply = Header::new(Op::Reply, received.shard.get(), received.epoch.get());
+        reply.request_id = received.request_id;
+        reply.client_id = received.client_id;
+        if let Some(shard) = shard {
+            reply.epoch.set(shard.config.epoch);
+            reply.seq.set(shard.state.next_seq());
+            reply.commit_seq.set(shard.state.commit_seq());
+            if !shard.is_ready() {
+                reply.status = Status::TryAgain as u8;
+            }
+        }
+        outbox.push(to, &reply, &[], b"coordinator");
+    }
+
+    /// Counters as `name value` lines: the process's and those of the shard
+    /// named in the request (all shards when it names none it hosts).
+    pub fn render_stats(&self, shard: Option<u32>) -> String {
+        let mut text = String::new();
+        self.counters.render("", &mut text);
+        self.drops.render("drop_", &mut text);
+        let mut shards: Vec<_> = self.shards.values().collect();
+        shards.sort_by_key(|shard| shard.config.shard);
+        for coordinator in shards {
+            if shard.is_none_or(|wanted| wanted == coordinator.config.shard) {
+                coordinator.render_stats(&mut text);
+            }
+        }
+        text
+    }
+
+    fn answer_stats(&self, to: SocketAddrV4, received: &Header, outbox: &mut Outbox) {
+        let shard = Some(received.shard.get()).filter(|shard| self.shards.contains_key(shard));
+        let text = self.render_stats(shard);
+        let mut reply = Header::new(Op::Reply, received.shard.get(), received.epoch.get());
+        reply.request_id = received.request_id;
+        reply.client_id = received.client_id;
+        let end = text.len().min(VALUE_LEN_MAX);
+        outbox.push(to, &reply, &[], &text.as_bytes()[..end]);
+    }
+}

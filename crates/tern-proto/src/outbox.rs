@@ -1,0 +1,74 @@
+//! Datagrams a core wants sent, in buffers reused from one step to the next.
+// PERFORMANCE CRITICAL PATH: no allocation once the buffers have grown.
+
+use std::net::SocketAddrV4;
+
+use tern_wire::{Header, encode_into};
+
+/// One datagram to send.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    pub to: Option<SocketAddrV4>,
+    pub bytes: Vec<u8>,
+}
+
+/// The datagrams produced by one or more steps, sent and cleared by the shell.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    items: Vec<Outgoing>,
+    len: usize,
+}
+
+impl Outbox {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Encodes a datagram to `to`. Key and value must be within the wire
+    /// limits: cores only echo decoded (hence bounded) keys and values.
+    pub fn push(&mut self, to: SocketAddrV4, header: &Header, key: &[u8], value: &[u8]) {
+        let slot = self.next_slot(to);
+        encode_into(header, key, value, &mut slot.bytes)
+            .expect("cores only send keys and values within the wire limits");
+    }
+
+    /// Queues bytes that were already encoded (a resend of a logged datagram).
+    pub fn push_encoded(&mut self, to: SocketAddrV4, bytes: &[u8]) {
+        let slot = self.next_slot(to);
+        slot.bytes.clear();
+        slot.bytes.extend_from_slice(bytes);
+    }
+
+    fn next_slot(&mut self, to: SocketAddrV4) -> &mut Outgoing {
+        if self.len == self.items.len() {
+            self.items.push(Outgoing::default());
+        }
+        let slot = &mut self.items[self.len];
+        self.len += 1;
+        slot.to = Some(to);
+        slot
+    }
+
+    /// The queued datagrams, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (SocketAddrV4, &[u8])> {
+        self.items[..self.len].iter().map(|item| {
+            (
+                item.to.expect("queued items have a destination"),
+                &item.bytes[..],
+            )
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets the queued datagrams but keeps their buffers.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}

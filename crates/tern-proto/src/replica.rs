@@ -1,0 +1,539 @@
+//! The replica core: one shard's data on one chain member, in any position.
+//!
+//! The head receives sequenced writes from the coordinator, executes them
+//! against its store (CAS is decided here, DESIGN rule 2) and passes the
+//! outcome down the chain as REPLICATE; middles apply and forward; the tail
+//! applies and acknowledges to the coordinator. Every position applies in
+//! strict sequence order, holding back writes that arrive early and asking its
+//! predecessor to resend the gap. Reads are answered directly to the client.
+// PERFORMANCE CRITICAL PATH: `step` runs once per received datagram.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+use tern_store::{Store, Write};
+use tern_wire::{Effect, Header, Message, Op, Status, VALUE_LEN_MAX, flags};
+
+use crate::Outbox;
+use crate::counters::{DecodeDrops, counters};
+
+/// Writes held back while waiting for a gap to be filled.
+pub const HOLDBACK_MAX: usize = 4096;
+/// Outgoing chain datagrams kept for resending to the successor.
+pub const SENT_LOG_MAX: usize = 8192;
+/// Clients whose recent write outcomes are remembered (DESIGN rule 6).
+pub const DEDUP_CLIENTS_MAX: usize = 65536;
+/// Outcomes remembered per client: a client keeps at most this many writes
+/// outstanding at once.
+pub const DEDUP_PER_CLIENT_MAX: usize = 16;
+/// Minimum time between two requests to resend the same gap.
+pub const GAP_REQUEST_INTERVAL: Duration = Duration::from_millis(20);
+/// Most sequence numbers resent for one RETRANSMIT request.
+pub const RETRANSMIT_BATCH_MAX: u64 = 512;
+
+/// Where a replica sits and whom it talks to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    pub shard: u32,
+    pub epoch: u32,
+    /// Every replica of the shard, head first.
+    pub chain: Vec<SocketAddrV4>,
+    /// This replica's index in `chain`.
+    pub position: usize,
+    pub coordinator: SocketAddrV4,
+}
+
+impl ReplicaConfig {
+    pub fn is_head(&self) -> bool {
+        self.position == 0
+    }
+
+    pub fn is_tail(&self) -> bool {
+        self.position + 1 == self.chain.len()
+    }
+
+    /// Who sends this replica its sequenced writes.
+    pub fn predecessor(&self) -> SocketAddrV4 {
+        if self.is_head() {
+            self.coordinator
+        } else {
+            self.chain[self.position - 1]
+        }
+    }
+
+    /// Where this replica sends what it applied: the successor, or the
+    /// coordinator (as an acknowledgement) from the tail.
+    pub fn downstream(&self) -> SocketAddrV4 {
+        if self.is_tail() {
+            self.coordinator
+        } else {
+            self.chain[self.position + 1]
+        }
+    }
+
+    pub fn role_name(&self) -> &'static str {
+        match (self.is_head(), self.is_tail()) {
+            (true, true) => "head+tail",
+            (true, false) => "head",
+            (false, true) => "tail",
+            (false, false) => "middle",
+        }
+    }
+}
+
+counters! {
+    /// What a replica did, for STATS.
+    pub struct ReplicaCounters {
+        reads,
+        writes_applied,
+        dedup_hits,
+        duplicates,
+        held_back,
+        holdback_full,
+        gap_requests,
+        resent,
+        unexpected_sender,
+        unexpected_op,
+        stale_epoch,
+        wrong_shard,
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Outcome {
+    request_id: u64,
+    status: Status,
+    version: u64,
+}
+
+#[derive(Debug, Default)]
+struct ClientOutcomes {
+    last_seq: u64,
+    recent: VecDeque<Outcome>,
+}
+
+/// One replica of one shard.
+#[derive(Debug)]
+pub struct Replica {
+    config: ReplicaConfig,
+    store: Store,
+    highest_seen: u64,
+    holdback: BTreeMap<u64, Vec<u8>>,
+    /// Datagrams sent downstream, for sequence numbers
+    /// `sent_log_first_seq ..= store.applied_seq()`.
+    sent_log: VecDeque<Vec<u8>>,
+    sent_log_first_seq: u64,
+    /// Outcomes of recent writes by client. Every replica keeps it (built from
+    /// REPLICATE), so that any replica can take over as head.
+    outcomes: HashMap<u64, ClientOutcomes>,
+    last_gap_request: Option<Instant>,
+    counters: ReplicaCounters,
+    drops: DecodeDrops,
+}
+
+impl Replica {
+    pub fn new(config: ReplicaConfig) -> Self {
+        assert!(
+            config.position < config.chain.len(),
+            "position outside the chain"
+        );
+        Replica {
+            config,
+            store: Store::new(),
+            highest_seen: 0,
+            holdback: BTreeMap::new(),
+            sent_log: VecDeque::new(),
+            sent_log_first_seq: 1,
+            outcomes: HashMap::new(),
+            last_gap_request: None,
+            counters: ReplicaCounters::default(),
+            drops: DecodeDrops::default(),
+        }
+    }
+
+    pub fn config(&self) -> &ReplicaConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn counters(&self) -> &ReplicaCounters {
+        &self.counters
+    }
+
+    pub fn drops(&self) -> &DecodeDrops {
+        &self.drops
+    }
+
+    /// Handles one received datagram.
+    pub fn step(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8], outbox: &mut Outbox) {
+        let message = match Message::decode(bytes) {
+            Ok(message) => message,
+            Err(error) => {
+                self.drops.record(&error);
+                crate::answer_decode_error(from, bytes, &error, outbox);
+                return;
+            }
+        };
+        let header = &message.header;
+        match header.op() {
+            Op::Ping => return self.answer_ping(from, header, outbox),
+            Op::Stats => return self.answer_stats(from, header, outbox),
+            _ => {}
+        }
+        if header.shard.get() != self.config.shard {
+            self.counters.wrong_shard += 1;
+            return self.answer_status(from, header, Status::WrongShard, outbox);
+        }
+        if header.epoch.get() != self.config.epoch {
+            // DESIGN rule 7: an explicit refusal, so the sender refreshes its map.
+            self.counters.stale_epoch += 1;
+            return self.answer_status(from, header, Status::StaleEpoch, outbox);
+        }
+        match header.op() {
+            Op::Get => self.serve_read(from, &message, outbox),
+            Op::Put | Op::Delete | Op::Cas | Op::Noop => {
+                if self.config.is_head() && from == self.config.coordinator {
+                    self.receive_sequenced(now, &message, bytes, outbox);
+                } else {
+                    self.counters.unexpected_sender += 1;
+                }
+            }
+            Op::Replicate => {
+                if !self.config.is_head() && from == self.config.predecessor() {
+                    self.receive_sequenced(now, &message, bytes, outbox);
+                } else {
+                    self.counters.unexpected_sender += 1;
+                }
+            }
+            Op::Retransmit => {
+                if from == self.config.downstream() && !self.config.is_tail() {
+                    self.resend_range(header.seq.get(), header.version_field.get(), outbox);
+                } else {
+                    self.counters.unexpected_sender += 1;
+                }
+            }
+            Op::SeqProbe => self.answer_seq_probe(from, header, outbox),
+            Op::Ping | Op::Stats | Op::Reply | Op::Ack | Op::SeqReport => {
+                self.counters.unexpected_op += 1;
+            }
+        }
+    }
+
+    /// Drives timers: asks again for a gap whose resend did not arrive.
+    pub fn tick(&mut self, now: Instant, outbox: &mut Outbox) {
+        if !self.holdback.is_empty() {
+            self.request_gap(now, outbox);
+        }
+    }
+
+    fn serve_read(&mut self, from: SocketAddrV4, message: &Message<'_>, outbox: &mut Outbox) {
+        let header = &message.header;
+        self.store.observe_commit(header.commit_seq.get());
+        // DESIGN rule 5: a clean read returns the newest version at or below
+        // its stamp; a dirty read (sent to the tail) the newest applied one.
+        let found = if header.has_flag(flags::TAIL_READ) {
+            self.store.latest(message.key)
+        } else {
+            self.store.read_at(message.key, header.seq.get())
+        };
+        let mut reply = Header::new(Op::Reply, self.config.shard, self.config.epoch);
+        reply.client_id = header.client_id;
+        reply.request_id = header.request_id;
+        reply.key_hash = header.key_hash;
+        reply.commit_seq.set(self.store.commit_seq());
+        let to = if header.reply_port.get() == 0 {
+            from
+        } else {
+            header.reply_addr()
+        };
+        self.counters.reads += 1;
+        match found {
+            Some(found) => {
+                reply.status = Status::Ok as u8;
+                reply.version_field.set(found.version);
+                outbox.push(to, &reply, &[], found.value);
+            }
+            None => {
+                reply.status = Status::NotFound as u8;
+                outbox.push(to, &reply, &[], &[]);
+            }
+        }
+    }
+
+    fn receive_sequenced(
+        &mut self,
+        now: Instant,
+        message: &Message<'_>,
+        bytes: &[u8],
+        outbox: &mut Outbox,
+    ) {
+        let seq = message.header.seq.get();
+        self.store.observe_commit(message.header.commit_seq.get());
+        let applied = self.store.applied_seq();
+        if seq <= applied {
+            // A resend of something already applied (a lost acknowledgement
+            // somewhere below): pass our record of it on again.
+            self.counters.duplicates += 1;
+            self.resend_range(seq, seq, outbox);
+            return;
+        }
+        self.highest_seen = self.highest_seen.max(seq);
+        if seq > applied + 1 {
+            // DESIGN rule 2: hold back until the gap is filled.
+            if self.holdback.len() < HOLDBACK_MAX || self.holdback.contains_key(&seq) {
+                self.counters.held_back += 1;
+                self.holdback.entry(seq).or_insert_with(|| bytes.to_vec());
+            } else {
+                self.counters.holdback_full += 1;
+            }
+            self.request_gap(now, outbox);
+            return;
+        }
+        self.execute(message, outbox);
+        while let Some(entry) = self.holdback.first_entry() {
+            if *entry.key() != self.store.applied_seq() + 1 {
+                break;
+            }
+            let held = entry.remove();
+            let held = Message::decode(&held).expect("held datagrams were decoded once");
+            self.execute(&held, outbox);
+        }
+        if self.holdback.is_empty() {
+            self.last_gap_request = None;
+        }
+    }
+
+    /// Applies the write that carries the next sequence number and sends it on.
+    fn execute(&mut self, message: &Message<'_>, outbox: &mut Outbox) {
+        let header = &message.header;
+        let seq = header.seq.get();
+        let (effect, status, version) = if self.config.is_head() {
+            self.decide(message)
+        } else {
+            (header.effect(), header.status(), header.version_field.get())
+        };
+        match effect {
+            Effect::Put => self
+                .store
+                .apply(seq, message.key, Write::Put(message.value)),
+            Effect::Delete => self.store.apply(seq, message.key, Write::Delete),
+            Effect::None => self.store.skip(seq),
+        }
+        if header.op() != Op::Noop && header.client_id.get() != 0 {
+            self.remember_outcome(
+                header.client_id.get(),
+                seq,
+                Outcome {
+                    request_id: header.request_id.get(),
+                    status,
+                    version,
+                },
+            );
+        }
+        self.counters.writes_applied += 1;
+
+        let mut next = *header;
+        next.effect = effect as u8;
+        next.status = status as u8;
+        next.flags = 0;
+        next.version_field.set(version);
+        next.commit_seq.set(self.store.commit_seq());
+        let to = self.config.downstream();
+        if self.config.is_tail() {
+            next.op = Op::Ack as u8;
+            outbox.push(to, &next, &[], &[]);
+        } else {
+            next.op = Op::Replicate as u8;
+            let value = if effect == Effect::Put {
+                message.value
+            } else {
+                &[]
+            };
+            outbox.push(to, &next, message.key, value);
+        }
+        let sent = outbox.iter().last().expect("just pushed").1;
+        self.log_sent(seq, sent);
+    }
+
+    /// The head's decision for a sequenced client write (DESIGN rules 2, 6).
+    fn decide(&mut self, message: &Message<'_>) -> (Effect, Status, u64) {
+        let header = &message.header;
+        let seq = header.seq.get();
+        if header.op() == Op::Noop {
+            return (Effect::None, Status::Ok, 0);
+        }
+        if let Some(outcome) = self
+            .outcomes
+            .get(&header.client_id.get())
+            .and_then(|client| {
+                client
+                    .recent
+                    .iter()
+                    .find(|outcome| outcome.request_id == header.request_id.get())
+            })
+        {
+            // A retry of a write already applied: applied once, same answer.
+            self.counters.dedup_hits += 1;
+            return (Effect::None, outcome.status, outcome.version);
+        }
+        let current = self.store.latest(message.key).map(|found| found.version);
+        match header.op() {
+            Op::Put => (Effect::Put, Status::Ok, seq),
+            Op::Delete => match current {
+                Some(_) => (Effect::Delete, Status::Ok, seq),
+                None => (Effect::None, Status::NotFound, seq),
+            },
+            Op::Cas => {
+                let current = current.unwrap_or(0);
+                if current == header.version_field.get() {
+                    (Effect::Put, Status::Ok, seq)
+                } else {
+                    (Effect::None, Status::CasMismatch, current)
+                }
+            }
+            other => unreachable!("{other:?} is not a client write"),
+        }
+    }
+
+    fn remember_outcome(&mut self, client_id: u64, seq: u64, outcome: Outcome) {
+        if self.outcomes.len() >= DEDUP_CLIENTS_MAX && !self.outcomes.contains_key(&client_id) {
+            self.forget_idle_clients();
+        }
+        let client = self.outcomes.entry(client_id).or_default();
+        client.last_seq = seq;
+        if client
+            .recent
+            .iter()
+            .any(|known| known.request_id == outcome.request_id)
+        {
+            return;
+        }
+        if client.recent.len() == DEDUP_PER_CLIENT_MAX {
+            client.recent.pop_front();
+        }
+        client.recent.push_back(outcome);
+    }
+
+    /// Forgets the half of the clients that wrote least recently. Runs once
+    /// per DEDUP_CLIENTS_MAX / 2 new clients, so its cost is amortized.
+    fn forget_idle_clients(&mut self) {
+        let mut last_seqs: Vec<u64> = self
+            .outcomes
+            .values()
+            .map(|client| client.last_seq)
+            .collect();
+        let middle = last_seqs.len() / 2;
+        let (_, median, _) = last_seqs.select_nth_unstable(middle);
+        let median = *median;
+        self.outcomes.retain(|_, client| client.last_seq > median);
+    }
+
+    fn log_sent(&mut self, seq: u64, bytes: &[u8]) {
+        debug_assert_eq!(seq, self.sent_log_first_seq + self.sent_log.len() as u64);
+        let mut buffer = if self.sent_log.len() == SENT_LOG_MAX {
+            self.sent_log_first_seq += 1;
+            self.sent_log.pop_front().expect("log is full")
+        } else {
+            Vec::new()
+        };
+        buffer.clear();
+        buffer.extend_from_slice(bytes);
+        self.sent_log.push_back(buffer);
+    }
+
+    /// Resends what this replica sent downstream for `first..=last`.
+    fn resend_range(&mut self, first: u64, last: u64, outbox: &mut Outbox) {
+        let first = first.max(self.sent_log_first_seq);
+        let last = last
+            .min(self.store.applied_seq())
+            .min(first.saturating_add(RETRANSMIT_BATCH_MAX - 1));
+        let to = self.config.downstream();
+        for seq in first..=last {
+            let index = (seq - self.sent_log_first_seq) as usize;
+            if let Some(bytes) = self.sent_log.get(index) {
+                self.counters.resent += 1;
+                outbox.push_encoded(to, bytes);
+            }
+        }
+    }
+
+    fn request_gap(&mut self, now: Instant, outbox: &mut Outbox) {
+        if self
+            .last_gap_request
+            .is_some_and(|last| now.duration_since(last) < GAP_REQUEST_INTERVAL)
+        {
+            return;
+        }
+        let Some(first_held) = self.holdback.keys().next() else {
+            return;
+        };
+        self.last_gap_request = Some(now);
+        self.counters.gap_requests += 1;
+        let mut request = Header::new(Op::Retransmit, self.config.shard, self.config.epoch);
+        request.seq.set(self.store.applied_seq() + 1);
+        request.version_field.set(first_held - 1);
+        outbox.push(self.config.predecessor(), &request, &[], &[]);
+    }
+
+    fn answer_status(
+        &self,
+        to: SocketAddrV4,
+        received: &Header,
+        status: Status,
+        outbox: &mut Outbox,
+    ) {
+        crate::answer_status(to, received, status, self.config.epoch, outbox);
+    }
+
+    fn answer_ping(&self, to: SocketAddrV4, received: &Header, outbox: &mut Outbox) {
+        let mut reply = Header::new(Op::Reply, self.config.shard, self.config.epoch);
+        reply.request_id = received.request_id;
+        reply.client_id = received.client_id;
+        reply.seq.set(self.store.applied_seq());
+        reply.commit_seq.set(self.store.commit_seq());
+        reply.version_field.set(self.highest_seen);
+        outbox.push(to, &reply, &[], self.config.role_name().as_bytes());
+    }
+
+    fn answer_seq_probe(&self, to: SocketAddrV4, received: &Header, outbox: &mut Outbox) {
+        let mut report = Header::new(Op::SeqReport, self.config.shard, self.config.epoch);
+        report.request_id = received.request_id;
+        report.seq.set(self.store.applied_seq());
+        report.commit_seq.set(self.store.commit_seq());
+        report
+            .version_field
+            .set(self.highest_seen.max(self.store.applied_seq()));
+        outbox.push(to, &report, &[], &[]);
+    }
+
+    /// Counters as `name value` lines.
+    pub fn render_stats(&self) -> String {
+        let mut text = String::new();
+        self.counters.render("", &mut text);
+        self.drops.render("drop_", &mut text);
+        let _ = std::fmt::Write::write_fmt(
+            &mut text,
+            format_args!(
+                "applied_seq {}\ncommit_seq {}\nlive_keys {}\nheld_back_now {}\n",
+                self.store.applied_seq(),
+                self.store.commit_seq(),
+                self.store.live_keys(),
+                self.holdback.len()
+            ),
+        );
+        text
+    }
+
+    fn answer_stats(&self, to: SocketAddrV4, received: &Header, outbox: &mut Outbox) {
+        let mut reply = Header::new(Op::Reply, self.config.shard, self.config.epoch);
+        reply.request_id = received.request_id;
+        reply.client_id = received.client_id;
+        let text = self.render_stats();
+        let end = text.len().min(VALUE_LEN_MAX);
+        outbox.push(to, &reply, &[], &text.as_bytes()[..end]);
+    }
+}

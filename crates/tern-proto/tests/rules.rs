@@ -1,0 +1,521 @@
+//! One test (or more) per consistency rule of DESIGN.md, each driving the real
+//! cores into the situation the rule exists for and asserting the outcome.
+
+mod sim;
+
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
+
+use sim::*;
+use tern_proto::Outbox;
+use tern_proto::coordinator::{
+    LocalShardState, ReadRoute, ShardConfig, ShardCoordinator, ShardState, complete_write,
+    route_read,
+};
+use tern_wire::{Header, Op, Status, dirty_index, flags, key_hash};
+
+#[test]
+fn rule1_every_write_gets_the_next_sequence_number() {
+    let mut sim = Sim::new(3);
+    for request_id in 1..=5 {
+        sim.put(b"k", b"v", request_id);
+    }
+    sim.deliver_all_except(to(sim.chain[0]));
+    let seqs: Vec<u64> = sim.network.iter().map(|d| d.header().seq.get()).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn rule2_replicas_apply_in_sequence_order_and_ask_for_gaps() {
+    let mut sim = Sim::new(3);
+    sim.put(b"a", b"1", 1);
+    sim.put(b"b", b"2", 2);
+    // Let both writes reach the head and be sent on to the middle.
+    sim.deliver_all_except(to(sim.chain[1]));
+    assert_eq!(sim.network.len(), 2);
+    // The middle receives seq 2 first: it must hold it back, not apply it.
+    sim.deliver_at(1);
+    assert_eq!(sim.replicas[1].store().applied_seq(), 0);
+    assert_eq!(sim.replicas[1].counters().held_back, 1);
+    // ...and ask its predecessor (the head) to resend seq 1.
+    let asks: Vec<_> = sim
+        .network
+        .iter()
+        .filter(|d| d.op() == Op::Retransmit)
+        .collect();
+    assert_eq!(asks.len(), 1);
+    assert_eq!(asks[0].to, sim.chain[0]);
+    assert_eq!(asks[0].header().seq.get(), 1);
+    // Losing the original seq 1 does not matter: the head resends it.
+    sim.lose(|d| d.op() == Op::Replicate && d.header().seq.get() == 1);
+    sim.deliver_all();
+    for replica in &sim.replicas {
+        assert_eq!(replica.store().applied_seq(), 2);
+        assert_eq!(replica.store().latest(b"a").unwrap().value, b"1");
+    }
+    assert_eq!(sim.reply_to(1).status(), Status::Ok);
+    assert_eq!(sim.reply_to(2).status(), Status::Ok);
+}
+
+#[test]
+fn rule2_the_head_decides_cas_and_the_chain_follows_its_decision() {
+    let mut sim = Sim::new(3);
+    sim.put(b"k", b"first", 1);
+    sim.deliver_all();
+    let version = sim.reply_to(1).header.version_field.get();
+    sim.send(request(Op::Cas, b"k", b"wrong", version + 7, 2));
+    sim.send(request(Op::Cas, b"k", b"second", version, 3));
+    sim.deliver_all();
+    let mismatch = sim.reply_to(2);
+    assert_eq!(mismatch.status(), Status::CasMismatch);
+    assert_eq!(
+        mismatch.header.version_field.get(),
+        version,
+        "mismatch reports the current version"
+    );
+    assert_eq!(sim.reply_to(3).status(), Status::Ok);
+    for replica in &sim.replicas {
+        assert_eq!(replica.store().latest(b"k").unwrap().value, b"second");
+    }
+}
+
+#[test]
+fn rule3_a_key_stays_dirty_while_any_of_its_writes_is_in_flight() {
+    let mut sim = Sim::new(3);
+    sim.put(b"k", b"1", 1);
+    sim.put(b"k", b"2", 2);
+    // Both writes travel the chain; hold the acknowledgements.
+    sim.deliver_all_except(op(Op::Ack));
+    let index = dirty_index(key_hash(b"k"));
+    assert_eq!(sim.shard().state().dirty_count(index), 2);
+    // One acknowledgement: still one write in flight, so reads go to the tail.
+    sim.deliver_first(op(Op::Ack));
+    assert_eq!(sim.shard().state().dirty_count(index), 1);
+    sim.get(b"k", 3);
+    sim.deliver_first(from_client);
+    let read = sim.network.back().unwrap().clone();
+    assert_eq!(read.to, sim.chain[2]);
+    assert!(read.header().has_flag(flags::TAIL_READ));
+    // Last acknowledgement: the key is clean and reads spread over the chain.
+    sim.deliver_all();
+    assert_eq!(sim.shard().state().dirty_count(index), 0);
+    let mut destinations = Vec::new();
+    for request_id in 10..13 {
+        sim.get(b"k", request_id);
+        sim.deliver_first(to(sim.coordinator_addr));
+        let read = sim.network.back().unwrap().header();
+        assert!(!read.has_flag(flags::TAIL_READ));
+        assert_eq!(read.seq.get(), 2, "clean reads are stamped with commit_seq");
+        destinations.push(sim.network.back().unwrap().to);
+    }
+    assert_eq!(destinations, sim.chain, "clean reads go round robin");
+}
+
+/// A state that, after every change an acknowledgement makes, lets a
+/// concurrent reader decide where a read of `key_hash` would go.
+struct ReadAfterEveryChange {
+    inner: LocalShardState,
+    key_hash: u32,
+    routes: RefCell<Vec<ReadRoute>>,
+}
+
+impl ReadAfterEveryChange {
+    fn observe(&self) {
+        self.routes
+            .borrow_mut()
+            .push(route_read(&self.inner, self.key_hash));
+    }
+}
+
+impl ShardState for ReadAfterEveryChange {
+    fn begin_write(&self, index: u32) -> Option<u64> {
+        self.inner.begin_write(index)
+    }
+    fn end_write(&self, seq: u64) -> Option<u32> {
+        let index = self.inner.end_write(seq);
+        self.observe();
+        index
+    }
+    fn next_seq(&self) -> u64 {
+        self.inner.next_seq()
+    }
+    fn set_next_seq(&self, seq: u64) {
+        self.inner.set_next_seq(seq)
+    }
+    fn commit_seq(&self) -> u64 {
+        self.inner.commit_seq()
+    }
+    fn advance_commit_seq(&self, seq: u64) {
+        self.inner.advance_commit_seq(seq);
+        self.observe();
+    }
+    fn dirty_count(&self, index: u32) -> u32 {
+        self.inner.dirty_count(index)
+    }
+    fn increment_dirty(&self, index: u32) {
+        self.inner.increment_dirty(index)
+    }
+    fn decrement_dirty(&self, index: u32) {
+        self.inner.decrement_dirty(index);
+        self.observe();
+    }
+    fn all_dirty(&self) -> bool {
+        self.inner.all_dirty()
+    }
+    fn set_all_dirty(&self, on: bool) {
+        self.inner.set_all_dirty(on)
+    }
+}
+
+#[test]
+fn rule4_no_read_between_the_steps_of_an_ack_can_miss_the_acknowledged_write() {
+    // Drive the real coordinator: a write to "k" is sequenced as seq 1, then
+    // its acknowledgement arrives. A concurrent reader looks at the state
+    // after every change the acknowledgement makes. Advancing commit_seq
+    // after lowering the dirty count would let it pick a clean route with a
+    // stamp of 0, i.e. return the old value after the write was acknowledged.
+    let chain = vec![addr(10, 7100)];
+    let hash = key_hash(b"k");
+    let state = ReadAfterEveryChange {
+        inner: LocalShardState::default(),
+        key_hash: hash,
+        routes: RefCell::new(Vec::new()),
+    };
+    let config = ShardConfig {
+        shard: SHARD,
+        epoch: EPOCH,
+        chain: chain.clone(),
+    };
+    let mut coordinator = ShardCoordinator::new(config, state);
+    let now = std::time::Instant::now();
+    let mut outbox = Outbox::new();
+    let mut report = Header::new(Op::SeqReport, SHARD, EPOCH);
+    let report_bytes = tern_wire::encode(&report, b"", b"").unwrap();
+    coordinator.step(
+        now,
+        chain[0],
+        &tern_wire::Message::decode(&report_bytes).unwrap(),
+        &mut outbox,
+    );
+    assert!(coordinator.is_ready());
+
+    let put = request(Op::Put, b"k", b"new", 0, 1);
+    coordinator.step(
+        now,
+        CLIENT,
+        &tern_wire::Message::decode(&put).unwrap(),
+        &mut outbox,
+    );
+    coordinator.state().routes.borrow_mut().clear();
+    report.op = Op::Ack as u8;
+    report.seq.set(1);
+    report.key_hash.set(hash);
+    report.set_reply_addr(CLIENT);
+    let ack = tern_wire::encode(&report, b"", b"").unwrap();
+    coordinator.step(
+        now,
+        chain[0],
+        &tern_wire::Message::decode(&ack).unwrap(),
+        &mut outbox,
+    );
+
+    let routes = coordinator.state().routes.borrow().clone();
+    assert_eq!(
+        routes.len(),
+        3,
+        "commit advance, window removal, dirty decrement"
+    );
+    for route in routes {
+        assert!(
+            matches!(route, ReadRoute::Tail | ReadRoute::Any { stamp: 1.. }),
+            "a read could be stamped below the acknowledged write: {route:?}"
+        );
+    }
+    assert_eq!(
+        route_read(&coordinator.state().inner, hash),
+        ReadRoute::Any { stamp: 1 }
+    );
+}
+
+/// A state on which a whole acknowledgement of `pending_ack` runs right after
+/// the reader's first load of the dirty count or of commit_seq.
+struct AckDuringRead {
+    inner: LocalShardState,
+    pending_ack: Cell<Option<u64>>,
+}
+
+impl AckDuringRead {
+    fn after_load(&self) {
+        if let Some(seq) = self.pending_ack.take() {
+            complete_write(&self.inner, seq);
+        }
+    }
+}
+
+impl ShardState for AckDuringRead {
+    fn begin_write(&self, index: u32) -> Option<u64> {
+        self.inner.begin_write(index)
+    }
+    fn end_write(&self, seq: u64) -> Option<u32> {
+        self.inner.end_write(seq)
+    }
+    fn next_seq(&self) -> u64 {
+        self.inner.next_seq()
+    }
+    fn set_next_seq(&self, seq: u64) {
+        self.inner.set_next_seq(seq)
+    }
+    fn commit_seq(&self) -> u64 {
+        let value = self.inner.commit_seq();
+        self.after_load();
+        value
+    }
+    fn advance_commit_seq(&self, seq: u64) {
+        self.inner.advance_commit_seq(seq)
+    }
+    fn dirty_count(&self, index: u32) -> u32 {
+        let value = self.inner.dirty_count(index);
+        self.after_load();
+        value
+    }
+    fn increment_dirty(&self, index: u32) {
+        self.inner.increment_dirty(index)
+    }
+    fn decrement_dirty(&self, index: u32) {
+        self.inner.decrement_dirty(index)
+    }
+    fn all_dirty(&self) -> bool {
+        self.inner.all_dirty()
+    }
+    fn set_all_dirty(&self, on: bool) {
+        self.inner.set_all_dirty(on)
+    }
+}
+
+#[test]
+fn rule4_reads_load_the_dirty_count_before_commit_seq() {
+    // The mirror image of rule 4 on the read side: if a read loaded
+    // commit_seq first, an acknowledgement completing between its two loads
+    // would give it an old stamp and a clean key.
+    let hash = key_hash(b"k");
+    let state = AckDuringRead {
+        inner: LocalShardState::default(),
+        pending_ack: Cell::new(None),
+    };
+    state.inner.set_all_dirty(false);
+    let index = dirty_index(hash);
+    let seq = state.inner.begin_write(index).unwrap();
+    state.inner.increment_dirty(index);
+    state.pending_ack.set(Some(seq));
+    let route = route_read(&state, hash);
+    assert!(
+        state.pending_ack.get().is_none(),
+        "the acknowledgement ran during the read"
+    );
+    assert!(
+        matches!(route, ReadRoute::Tail | ReadRoute::Any { stamp: 1.. }),
+        "read stamped below an acknowledged write: {route:?}"
+    );
+}
+
+#[test]
+fn rule5_a_clean_read_ignores_a_newer_uncommitted_version() {
+    let mut sim = Sim::new(3);
+    sim.put(b"k", b"old", 1);
+    sim.deliver_all();
+    // A read is stamped (commit_seq = 1) and sent to the head, but delayed.
+    sim.get(b"k", 2);
+    sim.deliver_first(to(sim.coordinator_addr));
+    assert_eq!(sim.network.back().unwrap().to, sim.chain[0]);
+    // Meanwhile a new write reaches the head (and no further).
+    sim.put(b"k", b"new", 3);
+    sim.deliver_first(op(Op::Put));
+    sim.deliver_first(|d| d.op() == Op::Put);
+    assert_eq!(sim.head().store().latest(b"k").unwrap().value, b"new");
+    // The delayed read must return the committed value: the tail has not
+    // applied "new", so a later read could otherwise go back in time.
+    sim.deliver_first(op(Op::Get));
+    sim.deliver_first(to(CLIENT));
+    let reply = sim.reply_to(2);
+    assert_eq!(reply.value, b"old");
+    assert_eq!(reply.header.version_field.get(), 1);
+}
+
+#[test]
+fn rule6_a_retried_write_is_applied_once_and_answered_the_same() {
+    let mut sim = Sim::new(3);
+    sim.put(b"k", b"v0", 1);
+    sim.deliver_all();
+    let version = sim.reply_to(1).header.version_field.get();
+    // A CAS whose reply is lost, retried with the same request id.
+    let cas = request(Op::Cas, b"k", b"v1", version, 2);
+    sim.send(cas.clone());
+    sim.deliver_all_except(to(CLIENT));
+    sim.lose(to(CLIENT));
+    sim.send(cas);
+    sim.deliver_all();
+    let replies = sim.replies_to(2);
+    assert_eq!(replies.len(), 1);
+    // The retry is answered with the original outcome (Ok), not a mismatch
+    // caused by its own first execution.
+    assert_eq!(replies[0].status(), Status::Ok);
+    assert_eq!(sim.head().counters().dedup_hits, 1);
+    for replica in &sim.replicas {
+        assert_eq!(
+            replica.store().latest(b"k").unwrap().version,
+            2,
+            "applied exactly once"
+        );
+    }
+}
+
+#[test]
+fn rule7_a_replica_refuses_another_epoch_explicitly() {
+    let mut sim = Sim::new(3);
+    let mut header = Header::new(Op::Get, SHARD, EPOCH + 1);
+    header.key_hash.set(key_hash(b"k"));
+    header.request_id.set(9);
+    let bytes = tern_wire::encode(&header, b"k", b"").unwrap();
+    sim.network.push_back(Datagram {
+        from: CLIENT,
+        to: sim.chain[1],
+        bytes: bytes.clone(),
+    });
+    sim.deliver_all();
+    let reply = sim.reply_to(9);
+    assert_eq!(reply.status(), Status::StaleEpoch);
+    assert_eq!(
+        reply.header.epoch.get(),
+        EPOCH,
+        "the refusal names the current epoch"
+    );
+    // The coordinator refuses a client with a stale map the same way.
+    sim.client_inbox.clear();
+    sim.send(bytes);
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(9).status(), Status::StaleEpoch);
+}
+
+#[test]
+fn rule8_a_new_coordinator_resumes_above_the_chain_and_reads_the_tail_until_drained() {
+    let mut sim = Sim::new(3);
+    sim.put(b"k", b"committed", 1);
+    sim.deliver_all();
+    // Two more writes are in the chain when the coordinator dies: seq 2 has
+    // reached the tail, seq 3 only the head.
+    sim.put(b"k", b"in-flight-2", 2);
+    sim.put(b"k", b"in-flight-3", 3);
+    sim.deliver_all_except(|d| {
+        d.op() == Op::Ack || (d.op() == Op::Replicate && d.header().seq.get() == 3)
+    });
+    sim.lose(op(Op::Ack));
+    sim.coordinator = Sim::fresh_coordinator(&sim.chain);
+
+    // Until it has probed the chain, it refuses writes and reads the tail.
+    sim.put(b"k", b"refused", 4);
+    sim.deliver_first(to(sim.coordinator_addr));
+    sim.deliver_first(to(CLIENT));
+    assert_eq!(sim.reply_to(4).status(), Status::TryAgain);
+    sim.get(b"k", 5);
+    sim.deliver_first(to(sim.coordinator_addr));
+    assert!(
+        sim.network
+            .back()
+            .unwrap()
+            .header()
+            .has_flag(flags::TAIL_READ)
+    );
+    assert_eq!(sim.network.back().unwrap().to, sim.chain[2]);
+
+    // Probe answers: head has seen 3, tail applied 2. Hold seq 3 back so the
+    // chain is still draining after recovery.
+    sim.tick();
+    sim.deliver_all_except(|d| d.op() == Op::Replicate && d.header().seq.get() == 3);
+    assert!(!sim.shard().is_ready());
+    sim.put(b"k", b"after", 6);
+    sim.deliver_first(to(sim.coordinator_addr));
+    assert_eq!(
+        sim.network.back().unwrap().header().seq.get(),
+        4,
+        "sequencing resumes above 3"
+    );
+    sim.get(b"k", 7);
+    sim.deliver_first(to(sim.coordinator_addr));
+    assert!(
+        sim.network
+            .back()
+            .unwrap()
+            .header()
+            .has_flag(flags::TAIL_READ),
+        "still draining"
+    );
+
+    sim.deliver_all();
+    assert!(sim.shard().is_ready());
+    assert_eq!(sim.reply_to(6).status(), Status::Ok);
+    assert_eq!(sim.tail().store().latest(b"k").unwrap().value, b"after");
+    sim.get(b"k", 8);
+    sim.deliver_first(to(sim.coordinator_addr));
+    let read = sim.network.back().unwrap().header();
+    assert!(!read.has_flag(flags::TAIL_READ));
+    assert_eq!(read.seq.get(), 4);
+}
+
+#[test]
+fn rule8_a_gap_left_by_a_dead_coordinator_is_filled_with_a_noop() {
+    let mut sim = Sim::new(2);
+    sim.put(b"a", b"1", 1);
+    sim.put(b"b", b"2", 2);
+    // Seq 1 is lost on its way to the head; seq 2 arrives and waits.
+    sim.deliver_first(to(sim.coordinator_addr));
+    sim.deliver_first(to(sim.coordinator_addr));
+    let head = sim.chain[0];
+    sim.lose(|d| d.to == head && d.header().seq.get() == 1);
+    sim.deliver_first(to(sim.chain[0]));
+    sim.lose(op(Op::Retransmit));
+    sim.coordinator = Sim::fresh_coordinator(&sim.chain);
+    sim.tick();
+    sim.deliver_all();
+    // The head asks the new coordinator for seq 1, which it never assigned.
+    sim.advance(Duration::from_millis(50));
+    sim.deliver_all();
+    assert_eq!(sim.shard().counters().noop_fills, 1);
+    assert!(sim.shard().is_ready());
+    for replica in &sim.replicas {
+        assert_eq!(replica.store().applied_seq(), 2);
+        assert_eq!(
+            replica.store().latest(b"a"),
+            None,
+            "the lost write never happened"
+        );
+        assert_eq!(replica.store().latest(b"b").unwrap().value, b"2");
+    }
+}
+
+#[test]
+fn a_lost_ack_is_recovered_by_resending_and_the_dirty_count_returns_to_zero() {
+    let mut sim = Sim::new(3);
+    sim.put(b"k", b"v", 1);
+    sim.deliver_all_except(op(Op::Ack));
+    sim.lose(op(Op::Ack));
+    let index = dirty_index(key_hash(b"k"));
+    assert_eq!(sim.shard().state().dirty_count(index), 1);
+    sim.advance(Duration::from_millis(150));
+    sim.deliver_all();
+    assert_eq!(sim.shard().state().dirty_count(index), 0);
+    assert_eq!(sim.reply_to(1).status(), Status::Ok);
+    // Every replica saw the resend as a duplicate and applied nothing twice.
+    assert_eq!(sim.tail().counters().writes_applied, 1);
+    // A duplicate acknowledgement changes nothing.
+    assert_eq!(sim.shard().counters().acks, 1);
+}
+
+#[test]
+fn deleting_an_absent_key_reports_not_found_and_changes_nothing() {
+    let mut sim = Sim::new(2);
+    sim.send(request(Op::Delete, b"ghost", b"", 0, 1));
+    sim.deliver_all();
+    let reply = sim.reply_to(1);
+    assert_eq!(reply.status(), Status::NotFound);
+    assert_eq!(sim.tail().store().live_keys(), 0);
+}

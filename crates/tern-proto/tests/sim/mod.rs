@@ -1,0 +1,275 @@
+//! A deterministic in-memory network that drives the real protocol cores:
+//! one coordinator process, one shard, a chain of replicas and one client.
+//! Tests choose which datagram is delivered, held back or lost.
+#![allow(dead_code)] // Each test file uses a different part of the harness.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use tern_proto::Outbox;
+use tern_proto::coordinator::{Coordinator, LocalShardState, ShardConfig, ShardCoordinator};
+use tern_proto::replica::{Replica, ReplicaConfig};
+use tern_wire::{Header, Message, Op, Status, encode, key_hash};
+
+pub const SHARD: u32 = 0;
+pub const EPOCH: u32 = 1;
+
+pub fn addr(last_octet: u8, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, last_octet), port)
+}
+
+pub const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 200), 5000);
+
+#[derive(Clone, Debug)]
+pub struct Datagram {
+    pub from: SocketAddrV4,
+    pub to: SocketAddrV4,
+    pub bytes: Vec<u8>,
+}
+
+impl Datagram {
+    pub fn header(&self) -> Header {
+        Message::decode(&self.bytes)
+            .expect("cores send valid datagrams")
+            .header
+    }
+
+    pub fn op(&self) -> Op {
+        self.header().op()
+    }
+}
+
+/// An owned reply received by the client.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub header: Header,
+    pub value: Vec<u8>,
+}
+
+impl Reply {
+    pub fn status(&self) -> Status {
+        self.header.status()
+    }
+}
+
+pub struct Sim {
+    pub now: Instant,
+    pub coordinator_addr: SocketAddrV4,
+    pub coordinator: Coordinator<LocalShardState>,
+    pub chain: Vec<SocketAddrV4>,
+    pub replicas: Vec<Replica>,
+    pub network: VecDeque<Datagram>,
+    pub client_inbox: Vec<Reply>,
+    outbox: Outbox,
+}
+
+impl Sim {
+    /// A shard with `length` replicas whose coordinator has finished its
+    /// start-up probe (DESIGN rule 8) against the empty chain.
+    pub fn new(length: usize) -> Sim {
+        let mut sim = Sim::unprobed(length);
+        sim.tick();
+        sim.deliver_all();
+        assert!(sim.coordinator.is_ready());
+        sim
+    }
+
+    /// As `new`, but the coordinator has not yet learnt the chain's progress.
+    pub fn unprobed(length: usize) -> Sim {
+        let coordinator_addr = addr(1, 7000);
+        let chain: Vec<_> = (0..length)
+            .map(|index| addr(10 + index as u8, 7100))
+            .collect();
+        let replicas = (0..length)
+            .map(|position| {
+                Replica::new(ReplicaConfig {
+                    shard: SHARD,
+                    epoch: EPOCH,
+                    chain: chain.clone(),
+                    position,
+                    coordinator: coordinator_addr,
+                })
+            })
+            .collect();
+        Sim {
+            now: Instant::now(),
+            coordinator_addr,
+            coordinator: Sim::fresh_coordinator(&chain),
+            chain,
+            replicas,
+            network: VecDeque::new(),
+            client_inbox: Vec::new(),
+            outbox: Outbox::new(),
+        }
+    }
+
+    pub fn fresh_coordinator(chain: &[SocketAddrV4]) -> Coordinator<LocalShardState> {
+        let config = ShardConfig {
+            shard: SHARD,
+            epoch: EPOCH,
+            chain: chain.to_vec(),
+        };
+        Coordinator::new([ShardCoordinator::new(config, LocalShardState::default())])
+    }
+
+    pub fn shard(&self) -> &ShardCoordinator<LocalShardState> {
+        self.coordinator.shard(SHARD).unwrap()
+    }
+
+    pub fn head(&self) -> &Replica {
+        &self.replicas[0]
+    }
+
+    pub fn tail(&self) -> &Replica {
+        self.replicas.last().unwrap()
+    }
+
+    /// Sends a client request to the coordinator.
+    pub fn send(&mut self, bytes: Vec<u8>) {
+        self.network.push_back(Datagram {
+            from: CLIENT,
+            to: self.coordinator_addr,
+            bytes,
+        });
+    }
+
+    pub fn put(&mut self, key: &[u8], value: &[u8], request_id: u64) {
+        self.send(request(Op::Put, key, value, 0, request_id));
+    }
+
+    pub fn get(&mut self, key: &[u8], request_id: u64) {
+        self.send(request(Op::Get, key, b"", 0, request_id));
+    }
+
+    /// Delivers the datagram at `index` of the network queue.
+    pub fn deliver_at(&mut self, index: usize) {
+        let datagram = self.network.remove(index).expect("index inside the queue");
+        self.receive(datagram);
+    }
+
+    /// Delivers the first queued datagram matching `wanted`; false if none.
+    pub fn deliver_first(&mut self, wanted: impl Fn(&Datagram) -> bool) -> bool {
+        match self.network.iter().position(wanted) {
+            Some(index) => {
+                self.deliver_at(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes (loses) every queued datagram matching `lost`; returns them.
+    pub fn lose(&mut self, lost: impl Fn(&Datagram) -> bool) -> Vec<Datagram> {
+        let (gone, kept): (Vec<_>, Vec<_>) = self.network.drain(..).partition(|d| lost(d));
+        self.network = kept.into();
+        gone
+    }
+
+    /// Delivers until the network is empty (bounded, to catch livelock).
+    pub fn deliver_all(&mut self) {
+        for _ in 0..100_000 {
+            let Some(datagram) = self.network.pop_front() else {
+                return;
+            };
+            self.receive(datagram);
+        }
+        panic!("the network never went quiet");
+    }
+
+    /// Delivers everything except datagrams matching `held`, which stay queued.
+    pub fn deliver_all_except(&mut self, held: impl Fn(&Datagram) -> bool) {
+        for _ in 0..100_000 {
+            let Some(index) = self.network.iter().position(|d| !held(d)) else {
+                return;
+            };
+            self.deliver_at(index);
+        }
+        panic!("the network never went quiet");
+    }
+
+    /// Moves the clock and runs every core's timers.
+    pub fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.tick();
+    }
+
+    pub fn tick(&mut self) {
+        let now = self.now;
+        self.coordinator.tick(now, &mut self.outbox);
+        self.flush(self.coordinator_addr);
+        for index in 0..self.replicas.len() {
+            self.replicas[index].tick(now, &mut self.outbox);
+            self.flush(self.chain[index]);
+        }
+    }
+
+    pub fn receive(&mut self, datagram: Datagram) {
+        let now = self.now;
+        if datagram.to == CLIENT {
+            let message = Message::decode(&datagram.bytes).expect("valid reply");
+            self.client_inbox.push(Reply {
+                header: message.header,
+                value: message.value.to_vec(),
+            });
+        } else if datagram.to == self.coordinator_addr {
+            self.coordinator
+                .step(now, datagram.from, &datagram.bytes, &mut self.outbox);
+            self.flush(self.coordinator_addr);
+        } else if let Some(index) = self.chain.iter().position(|a| *a == datagram.to) {
+            self.replicas[index].step(now, datagram.from, &datagram.bytes, &mut self.outbox);
+            self.flush(datagram.to);
+        } else {
+            panic!("datagram to unknown address {}", datagram.to);
+        }
+    }
+
+    fn flush(&mut self, from: SocketAddrV4) {
+        for (to, bytes) in self.outbox.iter() {
+            self.network.push_back(Datagram {
+                from,
+                to,
+                bytes: bytes.to_vec(),
+            });
+        }
+        self.outbox.clear();
+    }
+
+    /// The client's replies to `request_id`.
+    pub fn replies_to(&self, request_id: u64) -> Vec<Reply> {
+        self.client_inbox
+            .iter()
+            .filter(|reply| reply.header.request_id.get() == request_id)
+            .cloned()
+            .collect()
+    }
+
+    /// The single reply to `request_id`.
+    pub fn reply_to(&self, request_id: u64) -> Reply {
+        let replies = self.replies_to(request_id);
+        assert!(!replies.is_empty(), "no reply to request {request_id}");
+        replies[0].clone()
+    }
+}
+
+/// A client request datagram for the simulated shard.
+pub fn request(op: Op, key: &[u8], value: &[u8], version: u64, request_id: u64) -> Vec<u8> {
+    let mut header = Header::new(op, SHARD, EPOCH);
+    header.key_hash.set(key_hash(key));
+    header.client_id.set(42);
+    header.request_id.set(request_id);
+    header.version_field.set(version);
+    encode(&header, key, value).unwrap()
+}
+
+pub fn to(address: SocketAddrV4) -> impl Fn(&Datagram) -> bool {
+    move |datagram| datagram.to == address
+}
+
+pub fn op(op: Op) -> impl Fn(&Datagram) -> bool {
+    move |datagram| datagram.op() == op
+}
+
+pub fn from_client(datagram: &Datagram) -> bool {
+    datagram.from == CLIENT
+}
