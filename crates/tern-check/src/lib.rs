@@ -1,14 +1,23 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! A history recorder and a linearizability checker for Tern's key-value
+//! operations.
+//!
+//! The checker is the search of Wing & Gong with the memoization of Lowe (as
+//! in Porcupine): operations are linearized one at a time in an order
+//! consistent with real time, and a cache of (linearized set, model state)
+//! prunes states seen before. Keys are independent (P-compositionality), so
+//! each key's history is checked on its own.
+//!
+//! The model is a versioned register: every write gets the version (the
+//! sequence number) the store reports, and versions grow along the
+//! linearization. An operation that timed out has an unknown outcome: it may
+//! take effect at any point after its call, or never.
+//!
+//! Depends on nothing: it must be usable by any test, against any system.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod model;
+mod recorder;
+mod search;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use model::{Input, Output};
+pub use recorder::{Operation, Recorder};
+pub use search::{CheckError, Verdict, check, check_key};

@@ -1,14 +1,311 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The Tern client library: routes each key to its shard's coordinator by the
+//! cluster map, retries on timeout with the same request id (so a retried
+//! write is applied once, DESIGN rule 6) and turns replies into results.
+//!
+//! Blocking and single-threaded by design: one `Client` has at most one
+//! request outstanding; run one per thread for concurrency.
+
+mod map;
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::time::{Duration, Instant};
+
+pub use map::{ClusterMap, MapError, ShardMap};
+use tern_wire::{
+    Header, KEY_LEN_MAX, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, encode_into,
+    key_hash, slot_of,
+};
+use thiserror::Error;
+
+/// Why a request failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("key of {len} bytes exceeds the limit of {KEY_LEN_MAX} bytes")]
+    KeyTooLarge { len: usize },
+    #[error("value of {len} bytes exceeds the limit of {VALUE_LEN_MAX} bytes")]
+    ValueTooLarge { len: usize },
+    /// No reply within the deadline: a write may or may not have happened.
+    #[error("no reply after {attempts} attempts in {elapsed:?}")]
+    Timeout { attempts: u32, elapsed: Duration },
+    #[error("the cluster map is stale for shard {shard}: reload it")]
+    StaleEpoch { shard: u32 },
+    #[error("request refused: {status:?}")]
+    Refused { status: Status },
+    #[error("network error: {0}")]
+    Io(#[from] io::Error),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Timeouts of a client.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientOptions {
+    /// Time to wait for a reply before sending the request again.
+    pub attempt_timeout: Duration,
+    /// Time after which a request gives up with [`ClientError::Timeout`].
+    pub deadline: Duration,
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            attempt_timeout: Duration::from_millis(200),
+            deadline: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A value with its version (the sequence number of the write that made it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    pub version: u64,
+    pub value: Vec<u8>,
+}
+
+/// Outcome of a compare-and-set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The expected version matched; the new value has `version`.
+    Swapped { version: u64 },
+    /// It did not; the key's version is `current` (0: absent).
+    Mismatch { current: u64 },
+}
+
+/// A decoded reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: Status,
+    pub header: Header,
+    pub value: Vec<u8>,
+}
+
+/// Counters of one client.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientCounters {
+    pub requests: u64,
+    pub resends: u64,
+    pub try_again: u64,
+    pub timeouts: u64,
+}
+
+/// A connection-less client of one Tern cluster.
+#[derive(Debug)]
+pub struct Client {
+    socket: UdpSocket,
+    map: ClusterMap,
+    client_id: u64,
+    next_request_id: u64,
+    options: ClientOptions,
+    send_buffer: Vec<u8>,
+    recv_buffer: Box<[u8]>,
+    counters: ClientCounters,
+}
+
+impl Client {
+    pub fn new(map: ClusterMap) -> io::Result<Self> {
+        Self::with_options(map, ClientOptions::default())
+    }
+
+    pub fn with_options(map: ClusterMap, options: ClientOptions) -> io::Result<Self> {
+        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+        Ok(Client {
+            socket,
+            map,
+            client_id: rand::random::<u64>() | 1,
+            next_request_id: 1,
+            options,
+            send_buffer: Vec::with_capacity(MESSAGE_LEN_MAX),
+            recv_buffer: vec![0; 2048].into_boxed_slice(),
+            counters: ClientCounters::default(),
+        })
+    }
+
+    pub fn map(&self) -> &ClusterMap {
+        &self.map
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    pub fn counters(&self) -> ClientCounters {
+        self.counters
+    }
+
+    /// The value of `key`, if any.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Versioned>, ClientError> {
+        let reply = self.call(Op::Get, key, &[], 0)?;
+        match reply.status {
+            Status::Ok => Ok(Some(Versioned {
+                version: reply.header.version_field.get(),
+                value: reply.value,
+            })),
+            Status::NotFound => Ok(None),
+            status => Err(ClientError::Refused { status }),
+        }
+    }
+
+    /// Writes `value`; returns its version.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<u64, ClientError> {
+        let reply = self.call(Op::Put, key, value, 0)?;
+        match reply.status {
+            Status::Ok => Ok(reply.header.version_field.get()),
+            status => Err(ClientError::Refused { status }),
+        }
+    }
+
+    /// Removes `key`; returns whether it existed.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool, ClientError> {
+        let reply = self.call(Op::Delete, key, &[], 0)?;
+        match reply.status {
+            Status::Ok => Ok(true),
+            Status::NotFound => Ok(false),
+            status => Err(ClientError::Refused { status }),
+        }
+    }
+
+    /// Writes `value` if the key's version is `expected` (0: the key is absent).
+    pub fn cas(
+        &mut self,
+        key: &[u8],
+        expected: u64,
+        value: &[u8],
+    ) -> Result<CasOutcome, ClientError> {
+        let reply = self.call(Op::Cas, key, value, expected)?;
+        match reply.status {
+            Status::Ok => Ok(CasOutcome::Swapped {
+                version: reply.header.version_field.get(),
+            }),
+            Status::CasMismatch => Ok(CasOutcome::Mismatch {
+                current: reply.header.version_field.get(),
+            }),
+            status => Err(ClientError::Refused { status }),
+        }
+    }
+
+    /// Sends an administrative request (PING, STATS) to one process.
+    pub fn admin(&mut self, to: SocketAddrV4, op: Op, shard: u32) -> Result<Reply, ClientError> {
+        let epoch = self
+            .map
+            .shards
+            .iter()
+            .find(|s| s.id == shard)
+            .map_or(0, |s| s.epoch);
+        let mut header = Header::new(op, shard, epoch);
+        header.client_id.set(self.client_id);
+        self.exchange(to, header, &[], &[])
+    }
+
+    fn call(
+        &mut self,
+        op: Op,
+        key: &[u8],
+        value: &[u8],
+        version: u64,
+    ) -> Result<Reply, ClientError> {
+        if key.len() > KEY_LEN_MAX {
+            return Err(ClientError::KeyTooLarge { len: key.len() });
+        }
+        if value.len() > VALUE_LEN_MAX {
+            return Err(ClientError::ValueTooLarge { len: value.len() });
+        }
+        let hash = key_hash(key);
+        let shard = self.map.shard_of_slot(slot_of(hash));
+        let (shard_id, epoch, coordinator) = (shard.id, shard.epoch, shard.coordinator);
+        let mut header = Header::new(op, shard_id, epoch);
+        header.key_hash.set(hash);
+        header.client_id.set(self.client_id);
+        header.version_field.set(version);
+        let reply = self.exchange(coordinator, header, key, value)?;
+        if reply.status == Status::StaleEpoch {
+            return Err(ClientError::StaleEpoch { shard: shard_id });
+        }
+        Ok(reply)
+    }
+
+    /// Sends the request until a final reply arrives or the deadline passes.
+    /// Every resend carries the same request id.
+    fn exchange(
+        &mut self,
+        to: SocketAddrV4,
+        mut header: Header,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Reply, ClientError> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        header.request_id.set(request_id);
+        encode_into(&header, key, value, &mut self.send_buffer)
+            .expect("key and value sizes were checked");
+        self.counters.requests += 1;
+        let start = Instant::now();
+        let deadline = start + self.options.deadline;
+        let mut attempts = 0;
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            attempts += 1;
+            self.socket.send_to(&self.send_buffer, to)?;
+            let attempt_end = (Instant::now() + self.options.attempt_timeout).min(deadline);
+            match self.wait_for(request_id, attempt_end)? {
+                Some(reply) if reply.status == Status::TryAgain => {
+                    // The coordinator is recovering or its window is full.
+                    self.counters.try_again += 1;
+                    std::thread::sleep(
+                        backoff.min(deadline.saturating_duration_since(Instant::now())),
+                    );
+                    backoff = (backoff * 2).min(Duration::from_millis(50));
+                }
+                Some(reply) => return Ok(reply),
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                self.counters.timeouts += 1;
+                return Err(ClientError::Timeout {
+                    attempts,
+                    elapsed: start.elapsed(),
+                });
+            }
+            self.counters.resends += 1;
+        }
+    }
+
+    /// Waits for the reply to `request_id` until `until`; ignores late
+    /// replies to earlier requests.
+    fn wait_for(&mut self, request_id: u64, until: Instant) -> Result<Option<Reply>, ClientError> {
+        loop {
+            let remaining = until.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Ok(None);
+            }
+            self.socket.set_read_timeout(Some(remaining))?;
+            let length = match self.socket.recv_from(&mut self.recv_buffer) {
+                Ok((length, _)) => length,
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let Ok(message) = Message::decode(&self.recv_buffer[..length]) else {
+                continue;
+            };
+            let header = message.header;
+            if header.op() != Op::Reply
+                || header.request_id.get() != request_id
+                || (header.client_id.get() != self.client_id && header.client_id.get() != 0)
+            {
+                continue;
+            }
+            return Ok(Some(Reply {
+                status: header.status(),
+                header,
+                value: message.value.to_vec(),
+            }));
+        }
     }
 }

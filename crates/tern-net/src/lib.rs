@@ -1,14 +1,232 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Batched UDP I/O for Tern's processes and the loop that drives a protocol
+//! core with it: receive up to [`BATCH_MAX`] datagrams with one `recvmmsg`,
+//! step the core on each, send everything it produced with `sendmmsg`.
+//!
+//! IPv4 only, like the kernel fast path. Knows nothing of the protocol beyond
+//! the [`tern_proto::Core`] trait.
+// PERFORMANCE CRITICAL PATH: `serve` is every process's main loop.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tern_proto::{Core, Outbox};
+
+/// Datagrams received or sent per system call at most.
+pub const BATCH_MAX: usize = 64;
+/// Receive buffer per datagram; larger than any valid datagram, so that an
+/// oversized one arrives truncated, fails to decode and is counted.
+pub const RECV_BUFFER_LEN: usize = 2048;
+/// Kernel socket buffer size requested for each direction, in bytes.
+pub const SOCKET_BUFFER_BYTES: i32 = 4 << 20;
+/// Longest wait for a datagram before the core's timers run.
+pub const TICK_INTERVAL: Duration = Duration::from_millis(5);
+
+/// A UDP socket that receives and sends in batches.
+#[derive(Debug)]
+pub struct BatchSocket {
+    socket: UdpSocket,
+    buffers: Box<[[u8; RECV_BUFFER_LEN]]>,
+    lengths: [usize; BATCH_MAX],
+    sources: [SocketAddrV4; BATCH_MAX],
+    received: usize,
+    send_errors: u64,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl BatchSocket {
+    pub fn bind(address: SocketAddrV4) -> io::Result<Self> {
+        let socket = UdpSocket::bind(address)?;
+        for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+            // Best effort: the kernel caps the size at net.core.*mem_max.
+            set_socket_option(&socket, option, SOCKET_BUFFER_BYTES);
+        }
+        socket.set_read_timeout(Some(TICK_INTERVAL))?;
+        Ok(BatchSocket {
+            socket,
+            buffers: vec![[0; RECV_BUFFER_LEN]; BATCH_MAX].into_boxed_slice(),
+            lengths: [0; BATCH_MAX],
+            sources: [SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); BATCH_MAX],
+            received: 0,
+            send_errors: 0,
+        })
     }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddrV4> {
+        match self.socket.local_addr()? {
+            std::net::SocketAddr::V4(address) => Ok(address),
+            std::net::SocketAddr::V6(_) => Err(io::Error::other("Tern speaks IPv4 only")),
+        }
+    }
+
+    /// Datagrams that could not be sent (for example no route), so far.
+    pub fn send_errors(&self) -> u64 {
+        self.send_errors
+    }
+
+    /// Waits up to [`TICK_INTERVAL`] for datagrams and receives every one
+    /// already queued, up to [`BATCH_MAX`]. Returns how many arrived.
+    pub fn recv_batch(&mut self) -> io::Result<usize> {
+        // SAFETY: all-zero bytes are a valid value for these plain C structs.
+        let mut headers: [libc::mmsghdr; BATCH_MAX] = unsafe { zeroed() };
+        let mut iovecs: [libc::iovec; BATCH_MAX] = unsafe { zeroed() };
+        let mut names: [libc::sockaddr_in; BATCH_MAX] = unsafe { zeroed() };
+        for index in 0..BATCH_MAX {
+            iovecs[index].iov_base = self.buffers[index].as_mut_ptr().cast();
+            iovecs[index].iov_len = RECV_BUFFER_LEN;
+            headers[index].msg_hdr.msg_iov = &mut iovecs[index];
+            headers[index].msg_hdr.msg_iovlen = 1;
+            headers[index].msg_hdr.msg_name = (&raw mut names[index]).cast();
+            headers[index].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        }
+        // SAFETY: every pointer refers to a live local or to self.buffers,
+        // each sized as declared; MSG_WAITFORONE blocks only for the first
+        // datagram (bounded by the socket's read timeout).
+        let count = unsafe {
+            libc::recvmmsg(
+                self.socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                BATCH_MAX as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if count < 0 {
+            self.received = 0;
+            let error = io::Error::last_os_error();
+            return match error.kind() {
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(error),
+            };
+        }
+        self.received = count as usize;
+        for index in 0..self.received {
+            self.lengths[index] = headers[index].msg_len as usize;
+            self.sources[index] = from_sockaddr(&names[index]);
+        }
+        Ok(self.received)
+    }
+
+    /// The datagrams of the last [`BatchSocket::recv_batch`].
+    pub fn received(&self) -> impl Iterator<Item = (SocketAddrV4, &[u8])> {
+        (0..self.received).map(|index| {
+            (
+                self.sources[index],
+                &self.buffers[index][..self.lengths[index]],
+            )
+        })
+    }
+
+    /// Sends every datagram, `BATCH_MAX` per system call. A datagram the
+    /// kernel refuses is skipped and counted in [`BatchSocket::send_errors`].
+    pub fn send_batch<'a>(
+        &mut self,
+        datagrams: impl Iterator<Item = (SocketAddrV4, &'a [u8])>,
+    ) -> io::Result<()> {
+        let mut datagrams = datagrams.peekable();
+        while datagrams.peek().is_some() {
+            // SAFETY: all-zero bytes are a valid value for these plain C structs.
+            let mut headers: [libc::mmsghdr; BATCH_MAX] = unsafe { zeroed() };
+            let mut iovecs: [libc::iovec; BATCH_MAX] = unsafe { zeroed() };
+            let mut names: [libc::sockaddr_in; BATCH_MAX] = unsafe { zeroed() };
+            let mut count = 0;
+            for (to, bytes) in datagrams.by_ref().take(BATCH_MAX) {
+                names[count] = to_sockaddr(to);
+                iovecs[count].iov_base = bytes.as_ptr().cast_mut().cast();
+                iovecs[count].iov_len = bytes.len();
+                headers[count].msg_hdr.msg_iov = &mut iovecs[count];
+                headers[count].msg_hdr.msg_iovlen = 1;
+                headers[count].msg_hdr.msg_name = (&raw mut names[count]).cast();
+                headers[count].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+                count += 1;
+            }
+            let mut sent = 0;
+            while sent < count {
+                // SAFETY: headers[sent..count] point at live locals and at
+                // the borrowed datagram bytes, which outlive this call.
+                let result = unsafe {
+                    libc::sendmmsg(
+                        self.socket.as_raw_fd(),
+                        headers[sent..].as_mut_ptr(),
+                        (count - sent) as u32,
+                        0,
+                    )
+                };
+                if result < 0 {
+                    let error = io::Error::last_os_error();
+                    if error.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    // The first remaining datagram failed on its own: skip it.
+                    self.send_errors += 1;
+                    tracing::debug!(%error, to = %from_sockaddr(&names[sent]), "datagram not sent");
+                    sent += 1;
+                } else {
+                    sent += result as usize;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn set_socket_option(socket: &UdpSocket, option: libc::c_int, value: libc::c_int) {
+    // SAFETY: passes a pointer to a live c_int and its exact size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as u32,
+        );
+    }
+}
+
+fn from_sockaddr(name: &libc::sockaddr_in) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),
+        u16::from_be(name.sin_port),
+    )
+}
+
+fn to_sockaddr(address: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: all-zero bytes are a valid sockaddr_in.
+    let mut name: libc::sockaddr_in = unsafe { zeroed() };
+    name.sin_family = libc::AF_INET as libc::sa_family_t;
+    name.sin_port = address.port().to_be();
+    name.sin_addr.s_addr = u32::from(*address.ip()).to_be();
+    name
+}
+
+/// Runs `core` on `socket` until `shutdown` is set: the main loop of every
+/// Tern process.
+pub fn serve(
+    socket: &mut BatchSocket,
+    core: &mut impl Core,
+    shutdown: &AtomicBool,
+) -> io::Result<()> {
+    let mut outbox = Outbox::new();
+    let mut last_tick = Instant::now();
+    while !shutdown.load(Ordering::Relaxed) {
+        socket.recv_batch()?;
+        let now = Instant::now();
+        for (from, bytes) in socket.received() {
+            core.step(now, from, bytes, &mut outbox);
+        }
+        if now.duration_since(last_tick) >= TICK_INTERVAL {
+            last_tick = now;
+            core.tick(now, &mut outbox);
+        }
+        if !outbox.is_empty() {
+            // The received buffers are no longer borrowed here.
+            socket.send_batch(outbox.iter())?;
+            outbox.clear();
+        }
+    }
+    Ok(())
 }

@@ -57,3 +57,49 @@ pub(crate) fn answer_decode_error(
         answer_status(from, &received, status, received.epoch.get(), outbox);
     }
 }
+
+/// A protocol core as its I/O shell drives it.
+pub trait Core {
+    /// Handles one datagram received from `from`.
+    fn step(
+        &mut self,
+        now: std::time::Instant,
+        from: std::net::SocketAddrV4,
+        bytes: &[u8],
+        outbox: &mut Outbox,
+    );
+    /// Drives timers; called at least every few milliseconds.
+    fn tick(&mut self, now: std::time::Instant, outbox: &mut Outbox);
+}
+
+impl Core for replica::Replica {
+    fn step(
+        &mut self,
+        now: std::time::Instant,
+        from: std::net::SocketAddrV4,
+        bytes: &[u8],
+        outbox: &mut Outbox,
+    ) {
+        replica::Replica::step(self, now, from, bytes, outbox);
+    }
+
+    fn tick(&mut self, now: std::time::Instant, outbox: &mut Outbox) {
+        replica::Replica::tick(self, now, outbox);
+    }
+}
+
+impl<S: coordinator::ShardState> Core for coordinator::Coordinator<S> {
+    fn step(
+        &mut self,
+        now: std::time::Instant,
+        from: std::net::SocketAddrV4,
+        bytes: &[u8],
+        outbox: &mut Outbox,
+    ) {
+        coordinator::Coordinator::step(self, now, from, bytes, outbox);
+    }
+
+    fn tick(&mut self, now: std::time::Instant, outbox: &mut Outbox) {
+        coordinator::Coordinator::tick(self, now, outbox);
+    }
+}

@@ -1,0 +1,166 @@
+//! The cluster map as a file: which shard owns which slots, and where its
+//! coordinator and replicas listen.
+
+use std::net::SocketAddrV4;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tern_wire::SLOT_COUNT;
+use thiserror::Error;
+
+/// One shard: its slot range `[slots[0], slots[1])`, coordinator and chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMap {
+    pub id: u32,
+    pub epoch: u32,
+    pub slots: [u32; 2],
+    pub coordinator: SocketAddrV4,
+    /// Head first, tail last.
+    pub replicas: Vec<SocketAddrV4>,
+}
+
+/// The cluster map (`cluster.toml`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMap {
+    pub shards: Vec<ShardMap>,
+    /// `slot -> index into shards`, derived when the map is validated.
+    #[serde(skip)]
+    slot_owner: Vec<u32>,
+}
+
+#[derive(Debug, Error)]
+pub enum MapError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot parse the cluster map: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid cluster map: {0}")]
+    Invalid(String),
+}
+
+impl ClusterMap {
+    /// A validated map.
+    pub fn new(shards: Vec<ShardMap>) -> Result<Self, MapError> {
+        let mut map = ClusterMap {
+            shards,
+            slot_owner: Vec::new(),
+        };
+        map.validate()?;
+        Ok(map)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, MapError> {
+        let text = std::fs::read_to_string(path).map_err(|source| MapError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, MapError> {
+        let mut map: ClusterMap = toml::from_str(text)?;
+        map.validate()?;
+        Ok(map)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a cluster map always serializes")
+    }
+
+    /// The shard owning `slot`. Validation guarantees there is exactly one.
+    pub fn shard_of_slot(&self, slot: u32) -> &ShardMap {
+        &self.shards[self.slot_owner[slot as usize] as usize]
+    }
+
+    pub fn shard(&self, id: u32) -> Option<&ShardMap> {
+        self.shards.iter().find(|shard| shard.id == id)
+    }
+
+    /// Splits the slot space evenly over `count` shards: `[start, end)` ranges.
+    pub fn even_slot_ranges(count: u32) -> Vec<[u32; 2]> {
+        (0..count)
+            .map(|index| [SLOT_COUNT * index / count, SLOT_COUNT * (index + 1) / count])
+            .collect()
+    }
+
+    fn validate(&mut self) -> Result<(), MapError> {
+        let invalid = |message: String| Err(MapError::Invalid(message));
+        if self.shards.is_empty() {
+            return invalid("no shards".into());
+        }
+        let mut owner = vec![u32::MAX; SLOT_COUNT as usize];
+        for (index, shard) in self.shards.iter().enumerate() {
+            let [start, end] = shard.slots;
+            if start >= end || end > SLOT_COUNT {
+                return invalid(format!(
+                    "shard {} has slot range [{start}, {end}) outside [0, {SLOT_COUNT})",
+                    shard.id
+                ));
+            }
+            if shard.replicas.is_empty() {
+                return invalid(format!("shard {} has no replicas", shard.id));
+            }
+            if self.shards[..index]
+                .iter()
+                .any(|other| other.id == shard.id)
+            {
+                return invalid(format!("shard id {} appears twice", shard.id));
+            }
+            for slot in start..end {
+                if owner[slot as usize] != u32::MAX {
+                    return invalid(format!("slot {slot} belongs to two shards"));
+                }
+                owner[slot as usize] = index as u32;
+            }
+        }
+        if let Some(slot) = owner.iter().position(|&index| index == u32::MAX) {
+            return invalid(format!("slot {slot} belongs to no shard"));
+        }
+        self.slot_owner = owner;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(id: u32, slots: [u32; 2]) -> ShardMap {
+        ShardMap {
+            id,
+            epoch: 1,
+            slots,
+            coordinator: "127.0.0.1:7000".parse().unwrap(),
+            replicas: vec!["127.0.0.1:7100".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn a_map_round_trips_through_toml_and_routes_every_slot() {
+        let shards = ClusterMap::even_slot_ranges(3)
+            .into_iter()
+            .enumerate()
+            .map(|(id, slots)| shard(id as u32, slots))
+            .collect();
+        let map = ClusterMap::new(shards).unwrap();
+        let parsed = ClusterMap::parse(&map.to_toml()).unwrap();
+        assert_eq!(parsed, map);
+        assert_eq!(parsed.shard_of_slot(0).id, 0);
+        assert_eq!(parsed.shard_of_slot(SLOT_COUNT - 1).id, 2);
+    }
+
+    #[test]
+    fn gaps_and_overlaps_in_slot_ranges_are_refused() {
+        let gap = ClusterMap::new(vec![shard(0, [0, 100]), shard(1, [200, SLOT_COUNT])]);
+        assert!(
+            gap.unwrap_err()
+                .to_string()
+                .contains("slot 100 belongs to no shard")
+        );
+        let overlap = ClusterMap::new(vec![shard(0, [0, 200]), shard(1, [100, SLOT_COUNT])]);
+        assert!(overlap.unwrap_err().to_string().contains("two shards"));
+    }
+}
