@@ -1,3 +1,229 @@
-fn main() {
-    println!("Hello, world!");
+//! `tern`: one command for every role of a Tern cluster.
+
+mod cluster;
+mod signals;
+
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use tern_client::{CasOutcome, Client, ClusterMap};
+use tern_proto::coordinator::ShardConfig;
+use tern_proto::replica::ReplicaConfig;
+use tern_wire::Op;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tern",
+    version,
+    about = "Tern: a replicated, sharded, in-memory key-value store"
+)]
+struct Cli {
+    /// The cluster map written by `tern cluster up` (DIR/cluster.toml).
+    #[arg(
+        long,
+        global = true,
+        env = "TERN_CLUSTER",
+        default_value = "cluster.toml"
+    )]
+    cluster: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn load_map(path: &Path) -> Result<ClusterMap> {
+    ClusterMap::load(path).with_context(|| format!("loading {}", path.display()))
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read a key: prints its value (exit status 1 when absent).
+    Get {
+        key: String,
+        /// Print `VERSION<TAB>VALUE` (the version is what `cas` expects).
+        #[arg(long)]
+        with_version: bool,
+    },
+    /// Write a key; prints its new version.
+    Put { key: String, value: String },
+    /// Delete a key (exit status 1 when it did not exist).
+    Del { key: String },
+    /// Write a key only if its version is EXPECTED_VERSION (0: the key is absent).
+    Cas {
+        key: String,
+        expected_version: u64,
+        value: String,
+    },
+    /// Print every process's counters.
+    Stats,
+    /// Run a replica of one shard (started for you by `tern cluster up`).
+    Server {
+        #[arg(long)]
+        shard: u32,
+        /// Position in the shard's chain: 0 is the head.
+        #[arg(long)]
+        replica: usize,
+    },
+    /// Run the coordinator of every shard whose coordinator address is LISTEN.
+    Coordinator {
+        #[arg(long)]
+        listen: SocketAddrV4,
+    },
+    /// Start, stop and inspect a local cluster of real processes.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Run a workload against a cluster and report throughput and latency.
+    Bench(tern_bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli.cluster, cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Get { key, with_version } => {
+            let mut client = Client::new(load_map(cluster)?)?;
+            match client.get(key.as_bytes())? {
+                Some(found) => {
+                    let value = String::from_utf8_lossy(&found.value);
+                    if with_version {
+                        println!("{}\t{value}", found.version);
+                    } else {
+                        println!("{value}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("(not found)");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Put { key, value } => {
+            let mut client = Client::new(load_map(cluster)?)?;
+            let version = client.put(key.as_bytes(), value.as_bytes())?;
+            println!("OK version {version}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Del { key } => {
+            let mut client = Client::new(load_map(cluster)?)?;
+            if client.delete(key.as_bytes())? {
+                println!("deleted");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("(not found)");
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::Cas {
+            key,
+            expected_version,
+            value,
+        } => {
+            let mut client = Client::new(load_map(cluster)?)?;
+            match client.cas(key.as_bytes(), expected_version, value.as_bytes())? {
+                CasOutcome::Swapped { version } => {
+                    println!("OK version {version}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                CasOutcome::Mismatch { current } => {
+                    println!("MISMATCH current version {current}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Stats => {
+            let map = load_map(cluster)?;
+            let mut client = Client::new(map.clone())?;
+            for (name, address, shard) in cluster::processes_of(&map) {
+                let reply = client.admin(address, Op::Stats, shard)?;
+                println!("== {name} {address}");
+                print!("{}", String::from_utf8_lossy(&reply.value));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Server { shard, replica } => {
+            init_logging();
+            let map = load_map(cluster)?;
+            let config = replica_config(&map, shard, replica)?;
+            let shutdown = signals::shutdown_flag();
+            tern_server::run(config, shutdown)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Coordinator { listen } => {
+            init_logging();
+            let map = load_map(cluster)?;
+            let shards = coordinator_shards(&map, listen)?;
+            let shutdown = signals::shutdown_flag();
+            tern_coord::run(listen, shards, shutdown)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cluster(command) => cluster::run(command),
+        Command::Bench(args) => {
+            let map = load_map(cluster)?;
+            let report = tern_bench::run(&map, &args)?;
+            report.print();
+            Ok(if report.errors() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+    }
+}
+
+fn replica_config(map: &ClusterMap, shard: u32, position: usize) -> Result<ReplicaConfig> {
+    let Some(entry) = map.shard(shard) else {
+        bail!("shard {shard} is not in the cluster map")
+    };
+    if position >= entry.replicas.len() {
+        bail!(
+            "shard {shard} has {} replicas; there is no replica {position}",
+            entry.replicas.len()
+        );
+    }
+    Ok(ReplicaConfig {
+        shard,
+        epoch: entry.epoch,
+        chain: entry.replicas.clone(),
+        position,
+        coordinator: entry.coordinator,
+    })
+}
+
+fn coordinator_shards(map: &ClusterMap, listen: SocketAddrV4) -> Result<Vec<ShardConfig>> {
+    let shards: Vec<ShardConfig> = map
+        .shards
+        .iter()
+        .filter(|shard| shard.coordinator == listen)
+        .map(|shard| ShardConfig {
+            shard: shard.id,
+            epoch: shard.epoch,
+            chain: shard.replicas.clone(),
+        })
+        .collect();
+    if shards.is_empty() {
+        bail!("no shard in the cluster map has its coordinator at {listen}");
+    }
+    Ok(shards)
 }
