@@ -21,8 +21,8 @@ pub struct CheckError {
     pub operations: usize,
     /// The most operations any attempted linearization reached.
     pub longest_prefix: usize,
-    /// The operations of the longest attempted linearization's dead end:
-    /// the last one linearized and those that could not follow it.
+    /// The deepest dead end of the search: the last operation linearized and
+    /// the operation that could not follow it before it returned.
     pub context: Vec<Operation>,
 }
 
@@ -35,17 +35,48 @@ impl fmt::Display for CheckError {
             self.operations,
             self.longest_prefix
         )?;
-        for operation in &self.context {
+        for (label, operation) in ["last linearized", "cannot follow"]
+            .iter()
+            .zip(&self.context)
+        {
             let ret = operation
                 .ret
                 .map_or("never".to_string(), |ret| format!("{ret}ns"));
             writeln!(
                 f,
-                "  client {:>20} [{}ns .. {}] {:?} -> {:?}",
-                operation.client, operation.call, ret, operation.input, operation.output
+                "  {label:<15} client {:>20} [{}ns .. {}] {} -> {}",
+                operation.client,
+                operation.call,
+                ret,
+                describe_input(&operation.input),
+                describe_output(&operation.output)
             )?;
         }
         Ok(())
+    }
+}
+
+fn text(value: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(value))
+}
+
+fn describe_input(input: &Input) -> String {
+    match input {
+        Input::Get => "GET".into(),
+        Input::Put { value } => format!("PUT {}", text(value)),
+        Input::Delete => "DEL".into(),
+        Input::Cas { expected, value } => format!("CAS expected v{expected} {}", text(value)),
+    }
+}
+
+fn describe_output(output: &Output) -> String {
+    match output {
+        Output::Get(Some((version, value))) => format!("{} v{version}", text(value)),
+        Output::Get(None) => "absent".into(),
+        Output::Put { version } | Output::CasSwapped { version } => format!("ok v{version}"),
+        Output::Delete { existed } => format!("existed={existed}"),
+        Output::CasMismatch { current } => format!("mismatch, current v{current}"),
+        Output::Unknown => "unknown (timed out)".into(),
     }
 }
 
@@ -153,8 +184,9 @@ pub fn check_key(key: &[u8], history: &[Operation]) -> Result<(), CheckError> {
     let mut stack: Vec<Linearized> = Vec::new();
     let mut state = State::INITIAL;
     let mut node = list.first();
-    // (depth, last operation linearized at that depth) of the deepest attempt.
-    let mut deepest: (usize, Option<usize>) = (0, None);
+    // The deepest dead end: (depth, last operation linearized, the operation
+    // that returned before it could be linearized after it).
+    let mut deepest: (usize, Option<usize>, usize) = (0, None, 0);
 
     // Tries `candidates` (successor states of the call at `node`, whose bit is
     // already set in `linearized`); on a state not seen before, linearizes it.
@@ -197,9 +229,6 @@ pub fn check_key(key: &[u8], history: &[Operation]) -> Result<(), CheckError> {
                 node,
                 candidates,
             ) {
-                if stack.len() > deepest.0 {
-                    deepest = (stack.len(), Some(event.operation));
-                }
                 node = list.first();
             } else {
                 node = list.next[node];
@@ -207,8 +236,12 @@ pub fn check_key(key: &[u8], history: &[Operation]) -> Result<(), CheckError> {
         } else {
             // An operation returned before it could be linearized: undo the
             // most recent linearization and try what comes after it.
+            if stack.len() >= deepest.0 {
+                let last = stack.last().map(|top| events[top.node - 1].operation);
+                deepest = (stack.len(), last, event.operation);
+            }
             let Some(top) = stack.pop() else {
-                return Err(failure(key, history, deepest, event.operation));
+                return Err(failure(key, history, deepest));
             };
             let operation = events[top.node - 1].operation;
             list.restore(return_node[operation]);
@@ -234,14 +267,10 @@ pub fn check_key(key: &[u8], history: &[Operation]) -> Result<(), CheckError> {
 fn failure(
     key: &[u8],
     history: &[Operation],
-    deepest: (usize, Option<usize>),
-    stuck: usize,
+    deepest: (usize, Option<usize>, usize),
 ) -> CheckError {
-    let mut context: Vec<Operation> = deepest
-        .1
-        .map(|op| history[op].clone())
-        .into_iter()
-        .collect();
+    let (_, last, stuck) = deepest;
+    let mut context: Vec<Operation> = last.map(|op| history[op].clone()).into_iter().collect();
     context.push(history[stuck].clone());
     CheckError {
         key: key.to_vec(),

@@ -1,0 +1,227 @@
+//! Malformed datagrams sent to live processes are counted and dropped, or
+//! answered with an error when the sender can be answered; the process keeps
+//! serving. Oversized keys and values are refused by the CLI with the limit.
+
+mod common;
+
+use std::net::{SocketAddrV4, UdpSocket};
+use std::time::Duration;
+
+use common::TestCluster;
+use tern_client::Client;
+use tern_wire::{Header, Message, Op, Status, encode, key_hash};
+use zerocopy::IntoBytes;
+
+/// A datagram and what the receiver must do with it.
+struct Case {
+    name: &'static str,
+    bytes: Vec<u8>,
+    /// The error reply expected, or None when it must be dropped silently.
+    reply: Option<Status>,
+    /// The drop counter it must raise.
+    counter: &'static str,
+}
+
+fn valid_get(shard: u32) -> Vec<u8> {
+    let mut header = Header::new(Op::Get, shard, 1);
+    header.key_hash.set(key_hash(b"k"));
+    header.request_id.set(77);
+    encode(&header, b"k", b"").unwrap()
+}
+
+fn cases() -> Vec<Case> {
+    let good = valid_get(0);
+    let mut unknown_op = good.clone();
+    unknown_op[3] = 200;
+    let mut wrong_version = good.clone();
+    wrong_version[2] = 9;
+    let mut bad_magic = good.clone();
+    bad_magic[0] ^= 0xFF;
+    // A header announcing a value over the limit.
+    let mut oversized_header = Header::new(Op::Put, 0, 1);
+    oversized_header.value_len.set(5000);
+    oversized_header.request_id.set(77);
+    let mut oversized = oversized_header.as_bytes().to_vec();
+    oversized.resize(3000, b'x');
+    // A valid header followed by more bytes than it announces.
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(b"junk");
+    vec![
+        Case {
+            name: "truncated",
+            bytes: good[..10].to_vec(),
+            reply: None,
+            counter: "drop_truncated",
+        },
+        Case {
+            name: "bad magic",
+            bytes: bad_magic,
+            reply: None,
+            counter: "drop_bad_magic",
+        },
+        Case {
+            name: "unknown op",
+            bytes: unknown_op,
+            reply: Some(Status::UnknownOp),
+            counter: "drop_unknown_op",
+        },
+        Case {
+            name: "wrong version",
+            bytes: wrong_version,
+            reply: Some(Status::UnsupportedVersion),
+            counter: "drop_bad_version",
+        },
+        Case {
+            name: "oversized",
+            bytes: oversized,
+            reply: Some(Status::TooLarge),
+            counter: "drop_too_large",
+        },
+        Case {
+            name: "bad length",
+            bytes: trailing,
+            reply: Some(Status::Malformed),
+            counter: "drop_bad_length",
+        },
+    ]
+}
+
+fn counter(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no counter {name} in:\n{stats}"))
+}
+
+fn stats_of(client: &mut Client, address: SocketAddrV4) -> String {
+    let reply = client.admin(address, Op::Stats, 0).expect("STATS answered");
+    String::from_utf8(reply.value).unwrap()
+}
+
+fn send_bad_datagrams_to(target: SocketAddrV4, cluster: &TestCluster) {
+    let mut client = Client::new(cluster.map.clone()).unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    for case in cases() {
+        let before = counter(&stats_of(&mut client, target), case.counter);
+        socket.send_to(&case.bytes, target).unwrap();
+        let mut buffer = [0u8; 2048];
+        match case.reply {
+            Some(status) => {
+                let (length, _) = socket
+                    .recv_from(&mut buffer)
+                    .unwrap_or_else(|_| panic!("{}: expected a {status:?} reply", case.name));
+                let reply = Message::decode(&buffer[..length]).unwrap();
+                assert_eq!(reply.header.status(), status, "{}", case.name);
+                assert_eq!(
+                    reply.header.request_id.get(),
+                    77,
+                    "{}: the reply names the request",
+                    case.name
+                );
+            }
+            None => assert!(
+                socket.recv_from(&mut buffer).is_err(),
+                "{}: expected silence",
+                case.name
+            ),
+        }
+        let after = counter(&stats_of(&mut client, target), case.counter);
+        assert_eq!(
+            after,
+            before + 1,
+            "{}: counter {} of {target}",
+            case.name,
+            case.counter
+        );
+    }
+    // The process still serves.
+    client
+        .put(b"after-bad-input", b"still here")
+        .expect("cluster serves after bad input");
+    assert_eq!(
+        client.get(b"after-bad-input").unwrap().unwrap().value,
+        b"still here"
+    );
+}
+
+#[test]
+fn a_coordinator_counts_and_drops_malformed_datagrams_and_keeps_serving() {
+    let cluster = TestCluster::up(1, 3);
+    send_bad_datagrams_to(cluster.map.shards[0].coordinator, &cluster);
+}
+
+#[test]
+fn a_replica_counts_and_drops_malformed_datagrams_and_keeps_serving() {
+    let cluster = TestCluster::up(1, 3);
+    // The middle replica: neither the coordinator's peer nor the client's.
+    send_bad_datagrams_to(cluster.map.shards[0].replicas[1], &cluster);
+}
+
+#[test]
+fn the_cli_refuses_oversized_keys_and_values_and_states_the_limit() {
+    let cluster = TestCluster::up(1, 1);
+    let long_key = "k".repeat(tern_wire::KEY_LEN_MAX + 1);
+    let output = cluster.tern(&["get", &long_key]);
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains("exceeds the limit of 256 bytes"),
+        "{message}"
+    );
+
+    let long_value = "v".repeat(tern_wire::VALUE_LEN_MAX + 1);
+    let output = cluster.tern(&["put", "k", &long_value]);
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains("exceeds the limit of 1024 bytes"),
+        "{message}"
+    );
+
+    // A value at the limit is accepted and read back whole.
+    let max_value = "v".repeat(tern_wire::VALUE_LEN_MAX);
+    assert!(cluster.tern(&["put", "k", &max_value]).status.success());
+    let output = cluster.tern(&["get", "k"]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim_end(),
+        max_value
+    );
+}
+
+#[test]
+fn cli_commands_round_trip_and_status_shows_every_process() {
+    let cluster = TestCluster::up(2, 3);
+    let stdout = |args: &[&str]| String::from_utf8(cluster.tern(args).stdout).unwrap();
+    assert_eq!(stdout(&["put", "colour", "blue"]).trim(), "OK version 1");
+    let read = stdout(&["get", "colour", "--with-version"]);
+    assert_eq!(read.trim(), "1\tblue");
+    let output = cluster.tern(&["cas", "colour", "7", "red"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "MISMATCH current version 1"
+    );
+    // Versions are the shard's sequence numbers: the refused CAS took seq 2.
+    assert_eq!(
+        stdout(&["cas", "colour", "1", "red"]).trim(),
+        "OK version 3"
+    );
+    assert_eq!(stdout(&["del", "colour"]).trim(), "deleted");
+    assert_eq!(cluster.tern(&["get", "colour"]).status.code(), Some(1));
+
+    let dir = cluster.dir().to_str().unwrap().to_string();
+    let status = common::run_tern(&["cluster", "status", "--dir", &dir]);
+    assert!(status.status.success());
+    let text = String::from_utf8(status.stdout).unwrap();
+    assert_eq!(
+        text.matches(" up ").count(),
+        2 * 3 + 2,
+        "every process up:\n{text}"
+    );
+    for role in ["coordinator", "head", "middle", "tail"] {
+        assert!(text.contains(role), "{role} missing:\n{text}");
+    }
+}

@@ -1,0 +1,85 @@
+//! Real clusters of real processes for system tests, torn down on drop.
+#![allow(dead_code)] // Each test file uses a different part of the kit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tern_client::ClusterMap;
+
+pub fn tern() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tern"))
+}
+
+/// Runs `tern` with `args` and returns its output.
+pub fn run_tern(args: &[&str]) -> Output {
+    tern().args(args).output().expect("the tern binary runs")
+}
+
+/// A local cluster started with `tern cluster up`, stopped when dropped (also
+/// when the test fails).
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub map: ClusterMap,
+}
+
+impl TestCluster {
+    pub fn up(shards: u32, replicas: usize) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().to_str().unwrap().to_string();
+        let output = run_tern(&[
+            "cluster",
+            "up",
+            "--dir",
+            &path,
+            "--shards",
+            &shards.to_string(),
+            "--replicas",
+            &replicas.to_string(),
+        ]);
+        let cluster = TestCluster {
+            map: ClusterMap::load(&dir.path().join("cluster.toml")).unwrap_or_else(|error| {
+                panic!(
+                    "cluster up failed ({error}): {}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            }),
+            dir,
+        };
+        assert!(
+            output.status.success(),
+            "cluster up: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        cluster
+    }
+
+    pub fn map_path(&self) -> PathBuf {
+        self.dir.path().join("cluster.toml")
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs a `tern` client command against this cluster.
+    pub fn tern(&self, args: &[&str]) -> Output {
+        tern()
+            .arg("--cluster")
+            .arg(self.map_path())
+            .args(args)
+            .output()
+            .expect("tern runs")
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let _ = run_tern(&[
+            "cluster",
+            "down",
+            "--dir",
+            self.dir.path().to_str().unwrap(),
+        ]);
+    }
+}
