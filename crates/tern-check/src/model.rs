@@ -69,7 +69,8 @@ impl State {
         }
     }
 
-    /// Whether the current version may equal `version`.
+    /// Whether the current version may equal `version`. Version 0 means
+    /// absent: only the absent register has it.
     fn may_be(self, version: u64) -> bool {
         match self.version {
             Version::Known(current) => current == version,
@@ -92,85 +93,55 @@ pub(crate) struct Step {
 /// (none: the step is impossible here). More than one only for a CAS whose
 /// outcome is unknown against an unknown version.
 pub(crate) fn apply(state: State, step: &Step) -> Vec<State> {
-    let mut next = Vec::new();
+    let absent = state.value == 0;
+    let wrote = |version: Version| State {
+        value: step.input_value,
+        version,
+    };
     match (&step.input, &step.output) {
-        (Input::Get, Output::Get(None)) => {
-            if state.value == 0 {
-                next.push(state);
-            }
+        (Input::Get, Output::Get(None)) if absent => vec![state],
+        (Input::Get, Output::Get(Some((version, _))))
+            if state.value == step.output_value && state.may_be(*version) =>
+        {
+            vec![State {
+                version: Version::Known(*version),
+                ..state
+            }]
         }
-        (Input::Get, Output::Get(Some((version, _)))) => {
-            if state.value == step.output_value && state.may_be(*version) {
-                next.push(State {
-                    version: Version::Known(*version),
-                    ..state
-                });
-            }
+        (Input::Get, Output::Unknown) => vec![state],
+        (Input::Put { .. }, Output::Put { version }) if state.precedes(*version) => {
+            vec![wrote(Version::Known(*version))]
         }
-        (Input::Get, Output::Unknown) => next.push(state),
-        (Input::Put { .. }, Output::Put { version }) => {
-            if state.precedes(*version) {
-                next.push(State {
-                    value: step.input_value,
-                    version: Version::Known(*version),
-                });
-            }
+        (Input::Put { .. }, Output::Unknown) => vec![wrote(Version::Unknown)],
+        (Input::Delete, Output::Delete { existed: true }) if !absent => vec![State::absent()],
+        (Input::Delete, Output::Delete { existed: false }) if absent => vec![state],
+        (Input::Delete, Output::Unknown) => vec![State::absent()],
+        (Input::Cas { expected, .. }, Output::CasSwapped { version })
+            if state.may_be(*expected) && state.precedes(*version) =>
+        {
+            vec![wrote(Version::Known(*version))]
         }
-        (Input::Put { .. }, Output::Unknown) => {
-            next.push(State {
-                value: step.input_value,
-                version: Version::Unknown,
-            });
-        }
-        (Input::Delete, Output::Delete { existed: true }) => {
-            if state.value != 0 {
-                next.push(State::absent());
-            }
-        }
-        (Input::Delete, Output::Delete { existed: false }) => {
-            if state.value == 0 {
-                next.push(state);
-            }
-        }
-        (Input::Delete, Output::Unknown) => next.push(State::absent()),
-        (Input::Cas { expected, .. }, Output::CasSwapped { version }) => {
-            if state.may_be(*expected)
-                && (*expected != 0 || state.value == 0)
-                && state.precedes(*version)
-            {
-                next.push(State {
-                    value: step.input_value,
-                    version: Version::Known(*version),
-                });
-            }
-        }
-        (Input::Cas { expected, .. }, Output::CasMismatch { current }) => {
-            if current != expected && state.may_be(*current) && (*current != 0 || state.value == 0)
-            {
-                next.push(State {
-                    version: Version::Known(*current),
-                    ..state
-                });
-            }
+        (Input::Cas { expected, .. }, Output::CasMismatch { current })
+            if current != expected && state.may_be(*current) =>
+        {
+            vec![State {
+                version: Version::Known(*current),
+                ..state
+            }]
         }
         (Input::Cas { expected, .. }, Output::Unknown) => {
-            let may_match = state.may_be(*expected) && (*expected != 0 || state.value == 0);
-            let may_differ = match state.version {
-                Version::Known(current) => current != *expected,
-                Version::Unknown => true,
-            };
-            if may_match {
-                next.push(State {
-                    value: step.input_value,
-                    version: Version::Unknown,
-                });
+            // Either outcome is possible when the version is not known.
+            let mut next = Vec::new();
+            if state.may_be(*expected) {
+                next.push(wrote(Version::Unknown));
             }
-            if may_differ {
+            if state.version != Version::Known(*expected) {
                 next.push(state);
             }
+            next
         }
-        // An output that does not belong to the input can never happen.
-        _ => {}
+        // The observed output is impossible in this state, or does not
+        // belong to the input at all.
+        _ => Vec::new(),
     }
-    next
 }

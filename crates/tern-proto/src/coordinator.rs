@@ -429,10 +429,10 @@ impl<S: ShardState> ShardCoordinator<S> {
         if sent.seq == seq {
             sent.sent_at = None;
         }
-        if let Recovery::Draining { target } = self.recovery {
-            if self.state.commit_seq() >= target {
-                self.finish_recovery();
-            }
+        if let Recovery::Draining { target } = self.recovery
+            && self.state.commit_seq() >= target
+        {
+            self.finish_recovery();
         }
         if header.reply_port.get() != 0 {
             let mut reply = *header;

@@ -21,7 +21,7 @@ pub const DIRTY_SLOTS: u32 = 65536;
 
 const _: () = assert!(MESSAGE_LEN_MAX <= 1500 - 28);
 const _: () = assert!(DIRTY_SLOTS.is_power_of_two());
-const _: () = assert!(DIRTY_SLOTS % SLOT_COUNT == 0);
+const _: () = assert!(DIRTY_SLOTS.is_multiple_of(SLOT_COUNT));
 
 /// 32-bit FNV-1a hash of a key. Routing (slot), the dirty table and the
 /// kernel path all use this one function; it is simple enough to compute in

@@ -1,0 +1,44 @@
+# Tern: two commands on a fresh Debian machine.
+#   make demo   start a local 3-replica cluster, run a mixed workload, print results, stop it
+#   make test   every test: unit, property, protocol rules, real-process system tests, fuzzing
+SHELL := /bin/bash
+CARGO ?= cargo
+DEMO_DIR ?= $(CURDIR)/target/demo-cluster
+DEMO_DURATION ?= 10s
+DEMO_CLIENTS ?= 8
+FUZZ_SECONDS ?= 20
+TERN := $(CURDIR)/target/release/tern
+
+.PHONY: demo test check unit fuzz deps
+
+deps:
+	@scripts/install-deps.sh
+
+demo: deps
+	$(CARGO) build --release --bin tern
+	@$(TERN) cluster down --dir $(DEMO_DIR) >/dev/null 2>&1 || true
+	$(TERN) cluster up --dir $(DEMO_DIR) --shards 1 --replicas 3
+	@$(TERN) cluster status --dir $(DEMO_DIR)
+	@status=0; \
+	$(TERN) --cluster $(DEMO_DIR)/cluster.toml bench --duration $(DEMO_DURATION) --clients $(DEMO_CLIENTS) --keys 10000 --read-fraction 0.9 || status=$$?; \
+	$(TERN) cluster down --dir $(DEMO_DIR); \
+	exit $$status
+
+test: deps check unit fuzz
+
+# Formatting and lints, as CI enforces them.
+check:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --quiet -- -D warnings
+
+unit:
+	$(CARGO) test --workspace
+
+# Short coverage-guided runs of each fuzz target. cargo-fuzz needs unstable
+# compiler flags; RUSTC_BOOTSTRAP=1 allows them on the stable toolchain.
+fuzz:
+	@scripts/install-deps.sh --fuzz
+	cd fuzz && for target in decode replica_step; do \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) -dict=tern.dict -print_final_stats=1 2>&1 | grep -E "^(Done|stat::number_of_executed_units|INFO: Seed)|ERROR|panicked" ; \
+		test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done

@@ -1,0 +1,42 @@
+//! A replica and a coordinator fed arbitrary datagrams from every peer never
+//! panic (a bad packet is an error and a counter, never a crash).
+#![no_main]
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use tern_proto::Outbox;
+use tern_proto::coordinator::{Coordinator, LocalShardState, ShardConfig, ShardCoordinator};
+use tern_proto::replica::{Replica, ReplicaConfig};
+
+fuzz_target!(|input: &[u8]| {
+    let address = |octet| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, octet), 7000);
+    let chain = vec![address(10), address(11), address(12)];
+    let peers = [address(1), address(10), address(11), address(12), address(99)];
+    let mut replica = Replica::new(ReplicaConfig {
+        shard: 0,
+        epoch: 1,
+        chain: chain.clone(),
+        position: 1,
+        coordinator: address(1),
+    });
+    let config = ShardConfig { shard: 0, epoch: 1, chain };
+    let mut coordinator = Coordinator::new([ShardCoordinator::new(config, LocalShardState::default())]);
+    let mut outbox = Outbox::new();
+    let mut now = Instant::now();
+    // Each datagram: one byte naming the sender, two of length, then bytes.
+    let mut rest = input;
+    while rest.len() >= 3 {
+        let from = peers[usize::from(rest[0]) % peers.len()];
+        let length = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
+        let datagram = &rest[3..3 + length];
+        rest = &rest[3 + length..];
+        replica.step(now, from, datagram, &mut outbox);
+        coordinator.step(now, from, datagram, &mut outbox);
+        now += Duration::from_millis(7);
+        replica.tick(now, &mut outbox);
+        coordinator.tick(now, &mut outbox);
+        outbox.clear();
+    }
+});

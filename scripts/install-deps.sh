@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what Tern's build and tests need, idempotently: Debian packages via
+# apt-get (only when missing), Rust components via rustup, cargo-fuzz via cargo.
+# Usage: scripts/install-deps.sh [--fuzz]
+set -euo pipefail
+
+RUST_MIN="1.95"
+want_fuzz=false
+[[ "${1:-}" == "--fuzz" ]] && want_fuzz=true
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+missing_packages=()
+need_package() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" || missing_packages+=("$1"); }
+# A C compiler: the test of the generated C header compiles it; libFuzzer links with it.
+need_package build-essential
+if ((${#missing_packages[@]})); then
+    echo "installing Debian packages: ${missing_packages[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_packages[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "error: cargo not found. Tern needs Rust >= $RUST_MIN (https://rustup.rs); Debian's cargo is too old." >&2
+    exit 1
+fi
+rust_version=$(rustc --version | awk '{print $2}')
+if [[ "$(printf '%s\n%s\n' "$RUST_MIN" "$rust_version" | sort -V | head -1)" != "$RUST_MIN" ]]; then
+    echo "error: rustc $rust_version is older than $RUST_MIN; run: rustup update stable" >&2
+    exit 1
+fi
+if command -v rustup >/dev/null 2>&1; then
+    for component in clippy rustfmt; do
+        rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+    done
+fi
+if $want_fuzz && ! command -v cargo-fuzz >/dev/null 2>&1; then
+    echo "installing cargo-fuzz"
+    cargo install cargo-fuzz --locked --quiet
+fi
