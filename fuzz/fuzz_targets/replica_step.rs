@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use tern_proto::Outbox;
+use tern_proto::{Core, Outbox};
 use tern_proto::coordinator::{Coordinator, LocalShardState, ShardConfig, ShardCoordinator};
 use tern_proto::replica::{Replica, ReplicaConfig};
 

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use tern_wire::{DIRTY_SLOTS, Header, Message, Op, Status, VALUE_LEN_MAX, dirty_index, flags};
 
-use crate::Outbox;
 use crate::counters::{DecodeDrops, counters};
+use crate::{Core, Outbox};
 
 /// Writes in flight per shard (sequenced, not yet acknowledged by the tail).
 pub const INFLIGHT_WRITES_MAX: u64 = 4096;
@@ -598,42 +598,6 @@ impl<S: ShardState> Coordinator<S> {
         self.shards.values().all(ShardCoordinator::is_ready)
     }
 
-    /// Handles one received datagram.
-    pub fn step(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8], outbox: &mut Outbox) {
-        let message = match Message::decode(bytes) {
-            Ok(message) => message,
-            Err(error) => {
-                self.drops.record(&error);
-                crate::answer_decode_error(from, bytes, &error, outbox);
-                return;
-            }
-        };
-        let header = &message.header;
-        match header.op() {
-            Op::Ping => return self.answer_ping(from, header, outbox),
-            Op::Stats => return self.answer_stats(from, header, outbox),
-            Op::Get | Op::Put | Op::Delete | Op::Cas | Op::Ack | Op::Retransmit | Op::SeqReport => {
-            }
-            Op::Noop | Op::Reply | Op::Replicate | Op::SeqProbe => {
-                self.counters.unexpected_op += 1;
-                return;
-            }
-        }
-        match self.shards.get_mut(&header.shard.get()) {
-            Some(shard) => shard.step(now, from, &message, outbox),
-            None => {
-                self.counters.unknown_shard += 1;
-                crate::answer_status(from, header, Status::WrongShard, header.epoch.get(), outbox);
-            }
-        }
-    }
-
-    pub fn tick(&mut self, now: Instant, outbox: &mut Outbox) {
-        for shard in self.shards.values_mut() {
-            shard.tick(now, outbox);
-        }
-    }
-
     fn answer_ping(&self, to: SocketAddrV4, received: &Header, outbox: &mut Outbox) {
         let shard = self.shards.get(&received.shard.get());
         let mut reply = Header::new(Op::Reply, received.shard.get(), received.epoch.get());
@@ -674,5 +638,38 @@ impl<S: ShardState> Coordinator<S> {
         reply.client_id = received.client_id;
         let end = text.len().min(VALUE_LEN_MAX);
         outbox.push(to, &reply, &[], &text.as_bytes()[..end]);
+    }
+}
+
+impl<S: ShardState> Core for Coordinator<S> {
+    /// Handles one received datagram.
+    fn step(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8], outbox: &mut Outbox) {
+        let Some(message) = crate::decode_or_refuse(from, bytes, &mut self.drops, outbox) else {
+            return;
+        };
+        let header = &message.header;
+        match header.op() {
+            Op::Ping => return self.answer_ping(from, header, outbox),
+            Op::Stats => return self.answer_stats(from, header, outbox),
+            Op::Get | Op::Put | Op::Delete | Op::Cas | Op::Ack | Op::Retransmit | Op::SeqReport => {
+            }
+            Op::Noop | Op::Reply | Op::Replicate | Op::SeqProbe => {
+                self.counters.unexpected_op += 1;
+                return;
+            }
+        }
+        match self.shards.get_mut(&header.shard.get()) {
+            Some(shard) => shard.step(now, from, &message, outbox),
+            None => {
+                self.counters.unknown_shard += 1;
+                crate::answer_status(from, header, Status::WrongShard, header.epoch.get(), outbox);
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Instant, outbox: &mut Outbox) {
+        for shard in self.shards.values_mut() {
+            shard.tick(now, outbox);
+        }
     }
 }

@@ -42,20 +42,27 @@ pub(crate) fn answer_status(
     outbox.push(to, &reply, &[], &[]);
 }
 
-/// Answers the sender of a datagram that failed to decode, when the sender
-/// can be answered: its header is readable and names a request.
-pub(crate) fn answer_decode_error(
+/// Decodes a received datagram. A datagram that fails is counted by reason
+/// and, when its header is readable and names a request, answered with an
+/// error status; then `None` is returned and the caller drops it.
+pub(crate) fn decode_or_refuse<'a>(
     from: std::net::SocketAddrV4,
-    bytes: &[u8],
-    error: &tern_wire::DecodeError,
+    bytes: &'a [u8],
+    drops: &mut counters::DecodeDrops,
     outbox: &mut Outbox,
-) {
+) -> Option<tern_wire::Message<'a>> {
+    let error = match tern_wire::Message::decode(bytes) {
+        Ok(message) => return Some(message),
+        Err(error) => error,
+    };
+    drops.record(&error);
     if let (Some(status), Some(received)) = (
         error.reply_status(),
         tern_wire::Message::readable_header(bytes),
     ) {
         answer_status(from, &received, status, received.epoch.get(), outbox);
     }
+    None
 }
 
 /// A protocol core as its I/O shell drives it.
@@ -70,36 +77,4 @@ pub trait Core {
     );
     /// Drives timers; called at least every few milliseconds.
     fn tick(&mut self, now: std::time::Instant, outbox: &mut Outbox);
-}
-
-impl Core for replica::Replica {
-    fn step(
-        &mut self,
-        now: std::time::Instant,
-        from: std::net::SocketAddrV4,
-        bytes: &[u8],
-        outbox: &mut Outbox,
-    ) {
-        replica::Replica::step(self, now, from, bytes, outbox);
-    }
-
-    fn tick(&mut self, now: std::time::Instant, outbox: &mut Outbox) {
-        replica::Replica::tick(self, now, outbox);
-    }
-}
-
-impl<S: coordinator::ShardState> Core for coordinator::Coordinator<S> {
-    fn step(
-        &mut self,
-        now: std::time::Instant,
-        from: std::net::SocketAddrV4,
-        bytes: &[u8],
-        outbox: &mut Outbox,
-    ) {
-        coordinator::Coordinator::step(self, now, from, bytes, outbox);
-    }
-
-    fn tick(&mut self, now: std::time::Instant, outbox: &mut Outbox) {
-        coordinator::Coordinator::tick(self, now, outbox);
-    }
 }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use tern_store::{Store, Write};
 use tern_wire::{Effect, Header, Message, Op, Status, VALUE_LEN_MAX, flags};
 
-use crate::Outbox;
 use crate::counters::{DecodeDrops, counters};
+use crate::{Core, Outbox};
 
 /// Writes held back while waiting for a gap to be filled.
 pub const HOLDBACK_MAX: usize = 4096;
@@ -166,68 +166,6 @@ impl Replica {
 
     pub fn drops(&self) -> &DecodeDrops {
         &self.drops
-    }
-
-    /// Handles one received datagram.
-    pub fn step(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8], outbox: &mut Outbox) {
-        let message = match Message::decode(bytes) {
-            Ok(message) => message,
-            Err(error) => {
-                self.drops.record(&error);
-                crate::answer_decode_error(from, bytes, &error, outbox);
-                return;
-            }
-        };
-        let header = &message.header;
-        match header.op() {
-            Op::Ping => return self.answer_ping(from, header, outbox),
-            Op::Stats => return self.answer_stats(from, header, outbox),
-            _ => {}
-        }
-        if header.shard.get() != self.config.shard {
-            self.counters.wrong_shard += 1;
-            return self.answer_status(from, header, Status::WrongShard, outbox);
-        }
-        if header.epoch.get() != self.config.epoch {
-            // DESIGN rule 7: an explicit refusal, so the sender refreshes its map.
-            self.counters.stale_epoch += 1;
-            return self.answer_status(from, header, Status::StaleEpoch, outbox);
-        }
-        match header.op() {
-            Op::Get => self.serve_read(from, &message, outbox),
-            Op::Put | Op::Delete | Op::Cas | Op::Noop => {
-                if self.config.is_head() && from == self.config.coordinator {
-                    self.receive_sequenced(now, &message, bytes, outbox);
-                } else {
-                    self.counters.unexpected_sender += 1;
-                }
-            }
-            Op::Replicate => {
-                if !self.config.is_head() && from == self.config.predecessor() {
-                    self.receive_sequenced(now, &message, bytes, outbox);
-                } else {
-                    self.counters.unexpected_sender += 1;
-                }
-            }
-            Op::Retransmit => {
-                if from == self.config.downstream() && !self.config.is_tail() {
-                    self.resend_range(header.seq.get(), header.version_field.get(), outbox);
-                } else {
-                    self.counters.unexpected_sender += 1;
-                }
-            }
-            Op::SeqProbe => self.answer_seq_probe(from, header, outbox),
-            Op::Ping | Op::Stats | Op::Reply | Op::Ack | Op::SeqReport => {
-                self.counters.unexpected_op += 1;
-            }
-        }
-    }
-
-    /// Drives timers: asks again for a gap whose resend did not arrive.
-    pub fn tick(&mut self, now: Instant, outbox: &mut Outbox) {
-        if !self.holdback.is_empty() {
-            self.request_gap(now, outbox);
-        }
     }
 
     fn serve_read(&mut self, from: SocketAddrV4, message: &Message<'_>, outbox: &mut Outbox) {
@@ -535,5 +473,64 @@ impl Replica {
         let text = self.render_stats();
         let end = text.len().min(VALUE_LEN_MAX);
         outbox.push(to, &reply, &[], &text.as_bytes()[..end]);
+    }
+}
+
+impl Core for Replica {
+    /// Handles one received datagram.
+    fn step(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8], outbox: &mut Outbox) {
+        let Some(message) = crate::decode_or_refuse(from, bytes, &mut self.drops, outbox) else {
+            return;
+        };
+        let header = &message.header;
+        match header.op() {
+            Op::Ping => return self.answer_ping(from, header, outbox),
+            Op::Stats => return self.answer_stats(from, header, outbox),
+            _ => {}
+        }
+        if header.shard.get() != self.config.shard {
+            self.counters.wrong_shard += 1;
+            return self.answer_status(from, header, Status::WrongShard, outbox);
+        }
+        if header.epoch.get() != self.config.epoch {
+            // DESIGN rule 7: an explicit refusal, so the sender refreshes its map.
+            self.counters.stale_epoch += 1;
+            return self.answer_status(from, header, Status::StaleEpoch, outbox);
+        }
+        match header.op() {
+            Op::Get => self.serve_read(from, &message, outbox),
+            Op::Put | Op::Delete | Op::Cas | Op::Noop => {
+                if self.config.is_head() && from == self.config.coordinator {
+                    self.receive_sequenced(now, &message, bytes, outbox);
+                } else {
+                    self.counters.unexpected_sender += 1;
+                }
+            }
+            Op::Replicate => {
+                if !self.config.is_head() && from == self.config.predecessor() {
+                    self.receive_sequenced(now, &message, bytes, outbox);
+                } else {
+                    self.counters.unexpected_sender += 1;
+                }
+            }
+            Op::Retransmit => {
+                if from == self.config.downstream() && !self.config.is_tail() {
+                    self.resend_range(header.seq.get(), header.version_field.get(), outbox);
+                } else {
+                    self.counters.unexpected_sender += 1;
+                }
+            }
+            Op::SeqProbe => self.answer_seq_probe(from, header, outbox),
+            Op::Ping | Op::Stats | Op::Reply | Op::Ack | Op::SeqReport => {
+                self.counters.unexpected_op += 1;
+            }
+        }
+    }
+
+    /// Drives timers: asks again for a gap whose resend did not arrive.
+    fn tick(&mut self, now: Instant, outbox: &mut Outbox) {
+        if !self.holdback.is_empty() {
+            self.request_gap(now, outbox);
+        }
     }
 }

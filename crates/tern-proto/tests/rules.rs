@@ -4,6 +4,7 @@
 mod sim;
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::time::Duration;
 
 use sim::*;
@@ -111,59 +112,64 @@ fn rule3_a_key_stays_dirty_while_any_of_its_writes_is_in_flight() {
     assert_eq!(destinations, sim.chain, "clean reads go round robin");
 }
 
-/// A state that, after every change an acknowledgement makes, lets a
-/// concurrent reader decide where a read of `key_hash` would go.
-struct ReadAfterEveryChange {
+/// A [`LocalShardState`] that runs `after_change` after every change made to
+/// it and `after_load` after every load of a dirty count or of commit_seq:
+/// a way to put a concurrent actor between any two steps of the logic.
+struct Hooked {
     inner: LocalShardState,
-    key_hash: u32,
-    routes: RefCell<Vec<ReadRoute>>,
+    after_change: Box<dyn Fn(&LocalShardState)>,
+    after_load: Box<dyn Fn(&LocalShardState)>,
 }
 
-impl ReadAfterEveryChange {
-    fn observe(&self) {
-        self.routes
-            .borrow_mut()
-            .push(route_read(&self.inner, self.key_hash));
+impl Hooked {
+    /// Runs the change hook after `change`, returning what `change` returned.
+    fn changed<T>(&self, change: impl FnOnce(&LocalShardState) -> T) -> T {
+        let result = change(&self.inner);
+        (self.after_change)(&self.inner);
+        result
+    }
+
+    /// Runs the load hook after `load`, returning what `load` returned.
+    fn loaded<T>(&self, load: impl FnOnce(&LocalShardState) -> T) -> T {
+        let result = load(&self.inner);
+        (self.after_load)(&self.inner);
+        result
     }
 }
 
-impl ShardState for ReadAfterEveryChange {
+impl ShardState for Hooked {
     fn begin_write(&self, index: u32) -> Option<u64> {
-        self.inner.begin_write(index)
+        self.changed(|inner| inner.begin_write(index))
     }
     fn end_write(&self, seq: u64) -> Option<u32> {
-        let index = self.inner.end_write(seq);
-        self.observe();
-        index
+        self.changed(|inner| inner.end_write(seq))
     }
     fn next_seq(&self) -> u64 {
         self.inner.next_seq()
     }
     fn set_next_seq(&self, seq: u64) {
-        self.inner.set_next_seq(seq)
+        self.changed(|inner| inner.set_next_seq(seq))
     }
     fn commit_seq(&self) -> u64 {
-        self.inner.commit_seq()
+        self.loaded(|inner| inner.commit_seq())
     }
     fn advance_commit_seq(&self, seq: u64) {
-        self.inner.advance_commit_seq(seq);
-        self.observe();
+        self.changed(|inner| inner.advance_commit_seq(seq))
     }
     fn dirty_count(&self, index: u32) -> u32 {
-        self.inner.dirty_count(index)
+        self.loaded(|inner| inner.dirty_count(index))
     }
     fn increment_dirty(&self, index: u32) {
-        self.inner.increment_dirty(index)
+        self.changed(|inner| inner.increment_dirty(index))
     }
     fn decrement_dirty(&self, index: u32) {
-        self.inner.decrement_dirty(index);
-        self.observe();
+        self.changed(|inner| inner.decrement_dirty(index))
     }
     fn all_dirty(&self) -> bool {
         self.inner.all_dirty()
     }
     fn set_all_dirty(&self, on: bool) {
-        self.inner.set_all_dirty(on)
+        self.changed(|inner| inner.set_all_dirty(on))
     }
 }
 
@@ -176,10 +182,12 @@ fn rule4_no_read_between_the_steps_of_an_ack_can_miss_the_acknowledged_write() {
     // stamp of 0, i.e. return the old value after the write was acknowledged.
     let chain = vec![addr(10, 7100)];
     let hash = key_hash(b"k");
-    let state = ReadAfterEveryChange {
+    let routes = Rc::new(RefCell::new(Vec::new()));
+    let seen = routes.clone();
+    let state = Hooked {
         inner: LocalShardState::default(),
-        key_hash: hash,
-        routes: RefCell::new(Vec::new()),
+        after_change: Box::new(move |inner| seen.borrow_mut().push(route_read(inner, hash))),
+        after_load: Box::new(|_| {}),
     };
     let config = ShardConfig {
         shard: SHARD,
@@ -206,7 +214,7 @@ fn rule4_no_read_between_the_steps_of_an_ack_can_miss_the_acknowledged_write() {
         &tern_wire::Message::decode(&put).unwrap(),
         &mut outbox,
     );
-    coordinator.state().routes.borrow_mut().clear();
+    routes.borrow_mut().clear();
     report.op = Op::Ack as u8;
     report.seq.set(1);
     report.key_hash.set(hash);
@@ -219,7 +227,7 @@ fn rule4_no_read_between_the_steps_of_an_ack_can_miss_the_acknowledged_write() {
         &mut outbox,
     );
 
-    let routes = coordinator.state().routes.borrow().clone();
+    let routes = routes.borrow().clone();
     assert_eq!(
         routes.len(),
         3,
@@ -232,64 +240,9 @@ fn rule4_no_read_between_the_steps_of_an_ack_can_miss_the_acknowledged_write() {
         );
     }
     assert_eq!(
-        route_read(&coordinator.state().inner, hash),
+        route_read(coordinator.state(), hash),
         ReadRoute::Any { stamp: 1 }
     );
-}
-
-/// A state on which a whole acknowledgement of `pending_ack` runs right after
-/// the reader's first load of the dirty count or of commit_seq.
-struct AckDuringRead {
-    inner: LocalShardState,
-    pending_ack: Cell<Option<u64>>,
-}
-
-impl AckDuringRead {
-    fn after_load(&self) {
-        if let Some(seq) = self.pending_ack.take() {
-            complete_write(&self.inner, seq);
-        }
-    }
-}
-
-impl ShardState for AckDuringRead {
-    fn begin_write(&self, index: u32) -> Option<u64> {
-        self.inner.begin_write(index)
-    }
-    fn end_write(&self, seq: u64) -> Option<u32> {
-        self.inner.end_write(seq)
-    }
-    fn next_seq(&self) -> u64 {
-        self.inner.next_seq()
-    }
-    fn set_next_seq(&self, seq: u64) {
-        self.inner.set_next_seq(seq)
-    }
-    fn commit_seq(&self) -> u64 {
-        let value = self.inner.commit_seq();
-        self.after_load();
-        value
-    }
-    fn advance_commit_seq(&self, seq: u64) {
-        self.inner.advance_commit_seq(seq)
-    }
-    fn dirty_count(&self, index: u32) -> u32 {
-        let value = self.inner.dirty_count(index);
-        self.after_load();
-        value
-    }
-    fn increment_dirty(&self, index: u32) {
-        self.inner.increment_dirty(index)
-    }
-    fn decrement_dirty(&self, index: u32) {
-        self.inner.decrement_dirty(index)
-    }
-    fn all_dirty(&self) -> bool {
-        self.inner.all_dirty()
-    }
-    fn set_all_dirty(&self, on: bool) {
-        self.inner.set_all_dirty(on)
-    }
 }
 
 #[test]
@@ -298,18 +251,26 @@ fn rule4_reads_load_the_dirty_count_before_commit_seq() {
     // commit_seq first, an acknowledgement completing between its two loads
     // would give it an old stamp and a clean key.
     let hash = key_hash(b"k");
-    let state = AckDuringRead {
+    let pending_ack = Rc::new(Cell::new(None));
+    let ack = pending_ack.clone();
+    let state = Hooked {
         inner: LocalShardState::default(),
-        pending_ack: Cell::new(None),
+        after_change: Box::new(|_| {}),
+        // The whole acknowledgement runs right after the reader's first load.
+        after_load: Box::new(move |inner| {
+            if let Some(seq) = ack.take() {
+                complete_write(inner, seq);
+            }
+        }),
     };
     state.inner.set_all_dirty(false);
     let index = dirty_index(hash);
     let seq = state.inner.begin_write(index).unwrap();
     state.inner.increment_dirty(index);
-    state.pending_ack.set(Some(seq));
+    pending_ack.set(Some(seq));
     let route = route_read(&state, hash);
     assert!(
-        state.pending_ack.get().is_none(),
+        pending_ack.get().is_none(),
         "the acknowledgement ran during the read"
     );
     assert!(

@@ -7,9 +7,9 @@ use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use tern_proto::Outbox;
 use tern_proto::coordinator::{Coordinator, LocalShardState, ShardConfig, ShardCoordinator};
 use tern_proto::replica::{Replica, ReplicaConfig};
+use tern_proto::{Core, Outbox};
 use tern_wire::{Header, Message, Op, Status, encode, key_hash};
 
 pub const SHARD: u32 = 0;
