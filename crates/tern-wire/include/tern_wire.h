@@ -54,49 +54,122 @@
 #define TERN_FLAG_TAIL_READ          1
 #define TERN_FLAG_RESENT             2
 
+#define TERN_INFLIGHT_WRITES_MAX     4096
+#define TERN_SHARD_ID_MAX            64
+#define TERN_CHAIN_LEN_MAX           8
+#define TERN_XDP_COUNTER_READS_ANY   0
+#define TERN_XDP_COUNTER_READS_TAIL  1
+#define TERN_XDP_COUNTER_WRITES      2
+#define TERN_XDP_COUNTER_ACKS        3
+#define TERN_XDP_COUNTER_ACKS_NOT_IN_FLIGHT 4
+#define TERN_XDP_COUNTER_PASS_OP     5
+#define TERN_XDP_COUNTER_PASS_MALFORMED 6
+#define TERN_XDP_COUNTER_PASS_UNKNOWN_SHARD 7
+#define TERN_XDP_COUNTER_PASS_EPOCH  8
+#define TERN_XDP_COUNTER_PASS_WINDOW_FULL 9
+#define TERN_XDP_COUNTER_PASS_NO_CLIENT_MAC 10
+#define TERN_XDP_COUNTER_PASS_NOT_FROM_TAIL 11
+#define TERN_XDP_COUNTER_COUNT       12
+
 struct tern_header {
-	__u16 magic;           /* @0  Always MAGIC. */
-	__u8 version;          /* @2  Always WIRE_VERSION. */
-	__u8 op;               /* @3  An Op. */
-	__u8 status;           /* @4  A Status (replies, acks, replication). */
-	__u8 flags;            /* @5  Bits of flags::*. */
-	__u8 effect;           /* @6  An Effect (replication and acks). */
-	__u8 reserved0;        /* @7  Zero. */
-	__u16 key_len;         /* @8  Length of the key that follows the header. */
-	__u16 value_len;       /* @10 Length of the value that follows the key. */
-	__be16 reply_port;     /* @12 UDP port of the client to answer, network byte order. */
-	__u16 reserved1;       /* @14 Zero. */
-	__be32 reply_ip;       /* @16 IPv4 address of the client to answer, network byte order. */
-	__u32 shard;           /* @20 Shard the key belongs to. */
-	__u32 epoch;           /* @24 Epoch of the sender's view of the shard (DESIGN rule 7). */
-	__u32 key_hash;        /* @28 key_hash(key); indexes the dirty table (DESIGN rule 3). */
-	__u64 client_id;       /* @32 Client identity for deduplication (DESIGN rule 6). */
-	__u64 request_id;      /* @40 Per-client request number; retries reuse it. */
-	__u64 seq;             /* @48 Write sequence number, or the read stamp of a forwarded read. */
-	__u64 commit_seq;      /* @56 Highest sequence number acknowledged by the tail, as the sender knows it. */
-	__u64 version_field;   /* @64 CAS: expected version. Replies: the version read or written. */
+	__u16 magic;                     /* @0  Always MAGIC. */
+	__u8 version;                    /* @2  Always WIRE_VERSION. */
+	__u8 op;                         /* @3  An Op. */
+	__u8 status;                     /* @4  A Status (replies, acks, replication). */
+	__u8 flags;                      /* @5  Bits of flags::*. */
+	__u8 effect;                     /* @6  An Effect (replication and acks). */
+	__u8 reserved0;                  /* @7  Zero. */
+	__u16 key_len;                   /* @8  Length of the key that follows the header. */
+	__u16 value_len;                 /* @10 Length of the value that follows the key. */
+	__be16 reply_port;               /* @12 UDP port of the client to answer, network byte order. */
+	__u16 reserved1;                 /* @14 Zero. */
+	__be32 reply_ip;                 /* @16 IPv4 address of the client to answer, network byte order. */
+	__u32 shard;                     /* @20 Shard the key belongs to. */
+	__u32 epoch;                     /* @24 Epoch of the sender's view of the shard (DESIGN rule 7). */
+	__u32 key_hash;                  /* @28 key_hash(key); indexes the dirty table (DESIGN rule 3). */
+	__u64 client_id;                 /* @32 Client identity for deduplication (DESIGN rule 6). */
+	__u64 request_id;                /* @40 Per-client request number; retries reuse it. */
+	__u64 seq;                       /* @48 Write sequence number, or the read stamp of a forwarded read. */
+	__u64 commit_seq;                /* @56 Highest sequence number acknowledged by the tail, as the sender knows it. */
+	__u64 version_field;             /* @64 CAS: expected version. Replies: the version read or written. */
 } __attribute__((packed));
 
 _Static_assert(sizeof(struct tern_header) == 72, "tern_header size");
-_Static_assert(__builtin_offsetof(struct tern_header, magic) == 0, "magic offset");
-_Static_assert(__builtin_offsetof(struct tern_header, version) == 2, "version offset");
-_Static_assert(__builtin_offsetof(struct tern_header, op) == 3, "op offset");
-_Static_assert(__builtin_offsetof(struct tern_header, status) == 4, "status offset");
-_Static_assert(__builtin_offsetof(struct tern_header, flags) == 5, "flags offset");
-_Static_assert(__builtin_offsetof(struct tern_header, effect) == 6, "effect offset");
-_Static_assert(__builtin_offsetof(struct tern_header, reserved0) == 7, "reserved0 offset");
-_Static_assert(__builtin_offsetof(struct tern_header, key_len) == 8, "key_len offset");
-_Static_assert(__builtin_offsetof(struct tern_header, value_len) == 10, "value_len offset");
-_Static_assert(__builtin_offsetof(struct tern_header, reply_port) == 12, "reply_port offset");
-_Static_assert(__builtin_offsetof(struct tern_header, reserved1) == 14, "reserved1 offset");
-_Static_assert(__builtin_offsetof(struct tern_header, reply_ip) == 16, "reply_ip offset");
-_Static_assert(__builtin_offsetof(struct tern_header, shard) == 20, "shard offset");
-_Static_assert(__builtin_offsetof(struct tern_header, epoch) == 24, "epoch offset");
-_Static_assert(__builtin_offsetof(struct tern_header, key_hash) == 28, "key_hash offset");
-_Static_assert(__builtin_offsetof(struct tern_header, client_id) == 32, "client_id offset");
-_Static_assert(__builtin_offsetof(struct tern_header, request_id) == 40, "request_id offset");
-_Static_assert(__builtin_offsetof(struct tern_header, seq) == 48, "seq offset");
-_Static_assert(__builtin_offsetof(struct tern_header, commit_seq) == 56, "commit_seq offset");
-_Static_assert(__builtin_offsetof(struct tern_header, version_field) == 64, "version_field offset");
+_Static_assert(__builtin_offsetof(struct tern_header, magic) == 0, "tern_header.magic offset");
+_Static_assert(__builtin_offsetof(struct tern_header, version) == 2, "tern_header.version offset");
+_Static_assert(__builtin_offsetof(struct tern_header, op) == 3, "tern_header.op offset");
+_Static_assert(__builtin_offsetof(struct tern_header, status) == 4, "tern_header.status offset");
+_Static_assert(__builtin_offsetof(struct tern_header, flags) == 5, "tern_header.flags offset");
+_Static_assert(__builtin_offsetof(struct tern_header, effect) == 6, "tern_header.effect offset");
+_Static_assert(__builtin_offsetof(struct tern_header, reserved0) == 7, "tern_header.reserved0 offset");
+_Static_assert(__builtin_offsetof(struct tern_header, key_len) == 8, "tern_header.key_len offset");
+_Static_assert(__builtin_offsetof(struct tern_header, value_len) == 10, "tern_header.value_len offset");
+_Static_assert(__builtin_offsetof(struct tern_header, reply_port) == 12, "tern_header.reply_port offset");
+_Static_assert(__builtin_offsetof(struct tern_header, reserved1) == 14, "tern_header.reserved1 offset");
+_Static_assert(__builtin_offsetof(struct tern_header, reply_ip) == 16, "tern_header.reply_ip offset");
+_Static_assert(__builtin_offsetof(struct tern_header, shard) == 20, "tern_header.shard offset");
+_Static_assert(__builtin_offsetof(struct tern_header, epoch) == 24, "tern_header.epoch offset");
+_Static_assert(__builtin_offsetof(struct tern_header, key_hash) == 28, "tern_header.key_hash offset");
+_Static_assert(__builtin_offsetof(struct tern_header, client_id) == 32, "tern_header.client_id offset");
+_Static_assert(__builtin_offsetof(struct tern_header, request_id) == 40, "tern_header.request_id offset");
+_Static_assert(__builtin_offsetof(struct tern_header, seq) == 48, "tern_header.seq offset");
+_Static_assert(__builtin_offsetof(struct tern_header, commit_seq) == 56, "tern_header.commit_seq offset");
+_Static_assert(__builtin_offsetof(struct tern_header, version_field) == 64, "tern_header.version_field offset");
+
+struct tern_endpoint {
+	__be32 ip;                       /* @0  IPv4 address, network byte order. */
+	__be16 port;                     /* @4  UDP port, network byte order. */
+	__u8 mac[6];                     /* @6  Ethernet address of its interface. */
+} __attribute__((packed));
+
+_Static_assert(sizeof(struct tern_endpoint) == 12, "tern_endpoint size");
+_Static_assert(__builtin_offsetof(struct tern_endpoint, ip) == 0, "tern_endpoint.ip offset");
+_Static_assert(__builtin_offsetof(struct tern_endpoint, port) == 4, "tern_endpoint.port offset");
+_Static_assert(__builtin_offsetof(struct tern_endpoint, mac) == 6, "tern_endpoint.mac offset");
+
+struct tern_shard_route {
+	__u8 present;                    /* @0  1 when this coordinator serves the shard. */
+	__u8 replica_count;              /* @1  Number of replicas in `replicas`, head first. */
+	__u8 reserved[2];                /* @2  Zero. */
+	__u32 local_index;               /* @4  Index of the shard's cell, dirty table and window in the shared maps. */
+	__u32 epoch;                     /* @8  The shard's epoch; requests of another epoch go to user space. */
+	struct tern_endpoint replicas[8]; /* @12 The chain, head first. */
+} __attribute__((packed));
+
+_Static_assert(sizeof(struct tern_shard_route) == 108, "tern_shard_route size");
+_Static_assert(__builtin_offsetof(struct tern_shard_route, present) == 0, "tern_shard_route.present offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_route, replica_count) == 1, "tern_shard_route.replica_count offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_route, reserved) == 2, "tern_shard_route.reserved offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_route, local_index) == 4, "tern_shard_route.local_index offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_route, epoch) == 8, "tern_shard_route.epoch offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_route, replicas) == 12, "tern_shard_route.replicas offset");
+
+struct tern_shard_cell {
+	__u64 next_seq;                  /* @0  Next sequence number to assign (DESIGN rule 1). */
+	__u64 commit_seq;                /* @8  Highest sequence number acknowledged by the tail (rule 4). */
+	__u64 all_dirty;                 /* @16 Non-zero while every key counts as dirty (rule 8). */
+	__u64 next_replica;              /* @24 Round-robin counter for clean reads. */
+};
+
+_Static_assert(sizeof(struct tern_shard_cell) == 32, "tern_shard_cell size");
+_Static_assert(__builtin_offsetof(struct tern_shard_cell, next_seq) == 0, "tern_shard_cell.next_seq offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_cell, commit_seq) == 8, "tern_shard_cell.commit_seq offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_cell, all_dirty) == 16, "tern_shard_cell.all_dirty offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_cell, next_replica) == 24, "tern_shard_cell.next_replica offset");
+
+struct tern_window_slot {
+	__u64 seq;                       /* @0  The write in flight here, 0 when free. */
+	__u64 sent_ns;                   /* @8  CLOCK_MONOTONIC time of the last send, in nanoseconds. */
+	__u32 dirty_index;               /* @16 dirty_index(key_hash) of the write. */
+	__u32 len;                       /* @20 Bytes used in `data`. */
+	__u8 data[1352];                 /* @24 The datagram as sent to the head, kept for resending. */
+};
+
+_Static_assert(sizeof(struct tern_window_slot) == 1376, "tern_window_slot size");
+_Static_assert(__builtin_offsetof(struct tern_window_slot, seq) == 0, "tern_window_slot.seq offset");
+_Static_assert(__builtin_offsetof(struct tern_window_slot, sent_ns) == 8, "tern_window_slot.sent_ns offset");
+_Static_assert(__builtin_offsetof(struct tern_window_slot, dirty_index) == 16, "tern_window_slot.dirty_index offset");
+_Static_assert(__builtin_offsetof(struct tern_window_slot, len) == 20, "tern_window_slot.len offset");
+_Static_assert(__builtin_offsetof(struct tern_window_slot, data) == 24, "tern_window_slot.data offset");
 
 #endif /* TERN_WIRE_H */

@@ -5,9 +5,15 @@
 
 use std::fmt::Write;
 
+use std::mem::size_of;
+
+use crate::maps::{
+    CHAIN_LEN_MAX, Endpoint, INFLIGHT_WRITES_MAX, SHARD_ID_MAX, ShardCell, ShardRoute, WindowSlot,
+    XDP_COUNTER_COUNT, XdpCounter,
+};
 use crate::{
-    DIRTY_SLOTS, Effect, HEADER_LEN, Header, KEY_LEN_MAX, MAGIC, MESSAGE_LEN_MAX, Op, SLOT_COUNT,
-    Status, VALUE_LEN_MAX, WIRE_VERSION, flags,
+    CStruct, DIRTY_SLOTS, Effect, HEADER_LEN, Header, KEY_LEN_MAX, MAGIC, MESSAGE_LEN_MAX, Op,
+    SLOT_COUNT, Status, VALUE_LEN_MAX, WIRE_VERSION, flags,
 };
 
 /// Path of the committed header, relative to this crate's root.
@@ -72,31 +78,103 @@ pub fn generate() -> String {
     for (flag, name) in flags::ALL {
         define(out, &format!("TERN_FLAG_{name}"), &flag.to_string());
     }
-    let _ = writeln!(out, "\nstruct tern_header {{");
-    for field in Header::FIELDS {
-        let declaration = format!("{} {};", field.c_type, field.name);
+    out.push('\n');
+    define(
+        out,
+        "TERN_INFLIGHT_WRITES_MAX",
+        &INFLIGHT_WRITES_MAX.to_string(),
+    );
+    define(out, "TERN_SHARD_ID_MAX", &SHARD_ID_MAX.to_string());
+    define(out, "TERN_CHAIN_LEN_MAX", &CHAIN_LEN_MAX.to_string());
+    for (counter, name) in XdpCounter::ALL {
+        define(
+            out,
+            &format!("TERN_XDP_COUNTER_{name}"),
+            &(*counter as u8).to_string(),
+        );
+    }
+    define(
+        out,
+        "TERN_XDP_COUNTER_COUNT",
+        &XDP_COUNTER_COUNT.to_string(),
+    );
+    for shared in STRUCTS {
+        declare(out, shared);
+    }
+    let _ = writeln!(out, "\n#endif /* TERN_WIRE_H */");
+    text
+}
+
+/// Every struct shared with C, in dependency order.
+pub const STRUCTS: &[CStruct] = &[
+    CStruct {
+        name: "tern_header",
+        fields: Header::FIELDS,
+        size: size_of::<Header>(),
+        packed: true,
+    },
+    CStruct {
+        name: "tern_endpoint",
+        fields: Endpoint::FIELDS,
+        size: size_of::<Endpoint>(),
+        packed: true,
+    },
+    CStruct {
+        name: "tern_shard_route",
+        fields: ShardRoute::FIELDS,
+        size: size_of::<ShardRoute>(),
+        packed: true,
+    },
+    CStruct {
+        name: "tern_shard_cell",
+        fields: ShardCell::FIELDS,
+        size: size_of::<ShardCell>(),
+        packed: false,
+    },
+    CStruct {
+        name: "tern_window_slot",
+        fields: WindowSlot::FIELDS,
+        size: size_of::<WindowSlot>(),
+        packed: false,
+    },
+];
+
+/// Declares one struct and asserts its size and every offset.
+fn declare(out: &mut String, shared: &CStruct) {
+    let name = shared.name;
+    let _ = writeln!(out, "\nstruct {name} {{");
+    for field in shared.fields {
+        // `T[N]` in the field table becomes `T name[N]` in C.
+        let declaration = match field.c_type.split_once('[') {
+            Some((element, count)) => format!("{element} {}[{count};", field.name),
+            None => format!("{} {};", field.c_type, field.name),
+        };
         let _ = writeln!(
             out,
-            "\t{declaration:<22} /* @{:<2} {} */",
+            "\t{declaration:<32} /* @{:<2} {} */",
             field.offset,
             field.doc.trim()
         );
     }
-    let _ = writeln!(out, "}} __attribute__((packed));\n");
+    let attribute = if shared.packed {
+        " __attribute__((packed))"
+    } else {
+        ""
+    };
+    let _ = writeln!(out, "}}{attribute};\n");
     let _ = writeln!(
         out,
-        "_Static_assert(sizeof(struct tern_header) == {HEADER_LEN}, \"tern_header size\");"
+        "_Static_assert(sizeof(struct {name}) == {}, \"{name} size\");",
+        shared.size
     );
-    for field in Header::FIELDS {
+    for field in shared.fields {
         let _ = writeln!(
             out,
-            "_Static_assert(__builtin_offsetof(struct tern_header, {name}) == {offset}, \"{name} offset\");",
-            name = field.name,
+            "_Static_assert(__builtin_offsetof(struct {name}, {field}) == {offset}, \"{name}.{field} offset\");",
+            field = field.name,
             offset = field.offset
         );
     }
-    let _ = writeln!(out, "\n#endif /* TERN_WIRE_H */");
-    text
 }
 
 fn define(out: &mut String, name: &str, value: &str) {

@@ -6,40 +6,8 @@ use zerocopy::big_endian as be;
 use zerocopy::little_endian as le;
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use crate::layout::{FieldInfo, wire_struct};
 use crate::{Effect, HEADER_LEN, MAGIC, Op, Status, WIRE_VERSION};
-
-/// Layout of one header field, for the C header generator and layout tests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FieldInfo {
-    pub name: &'static str,
-    pub offset: usize,
-    pub size: usize,
-    /// The C type of the field in the generated header.
-    pub c_type: &'static str,
-    pub doc: &'static str,
-}
-
-/// Declares the header struct and its field table from one list, so that the
-/// Rust layout and the generated C layout cannot drift apart.
-macro_rules! wire_struct {
-    ($(#[$meta:meta])* pub struct $name:ident {
-        $( #[doc = $doc:literal] pub $field:ident : $ty:ty => $c_type:literal ),* $(,)?
-    }) => {
-        $(#[$meta])*
-        pub struct $name { $( #[doc = $doc] pub $field: $ty ),* }
-
-        impl $name {
-            /// Every field in declaration order.
-            pub const FIELDS: &'static [FieldInfo] = &[ $( FieldInfo {
-                name: stringify!($field),
-                offset: core::mem::offset_of!($name, $field),
-                size: core::mem::size_of::<$ty>(),
-                c_type: $c_type,
-                doc: $doc,
-            } ),* ];
-        }
-    };
-}
 
 // zerocopy's KnownLayout derive generates a helper type without Debug.
 #[allow(missing_debug_implementations)]

@@ -11,17 +11,22 @@
 //! No I/O here: this crate must not depend on sockets, tokio or aya.
 
 mod header;
+mod layout;
 mod limits;
+pub mod maps;
 mod message;
 
 pub mod c_header;
 
-pub use header::{FieldInfo, Header};
+pub use header::Header;
+pub use layout::{CStruct, FieldInfo};
 pub use limits::*;
 pub use message::{DecodeError, EncodeError, Message, encode, encode_into};
 
 /// Declares a `#[repr(u8)]` wire enum together with the list of its variants,
 /// so that Rust and the generated C header share one definition.
+#[macro_export]
+#[doc(hidden)]
 macro_rules! wire_enum {
     ($(#[$meta:meta])* pub enum $name:ident { $( $(#[doc = $doc:literal])* $variant:ident = $value:literal => $c_name:literal ),* $(,)? }) => {
         $(#[$meta])*

@@ -36,6 +36,22 @@ fn header_fields_tile_the_header_without_gaps() {
 }
 
 #[test]
+fn every_shared_struct_is_tiled_by_its_fields() {
+    for shared in c_header::STRUCTS {
+        let mut next = 0;
+        for field in shared.fields {
+            assert_eq!(
+                field.offset, next,
+                "{}.{} leaves a gap or overlaps",
+                shared.name, field.name
+            );
+            next += field.size;
+        }
+        assert_eq!(next, shared.size, "{} has trailing padding", shared.name);
+    }
+}
+
+#[test]
 fn c_header_compiles_and_its_static_asserts_hold() {
     // The C compiler checks sizeof and every offsetof in the generated file.
     let dir = tempfile_dir();

@@ -1,0 +1,152 @@
+//! Layouts of the BPF maps that the XDP coordinator and user space share.
+//!
+//! The hot state of a shard coordinator (sequence counter, `commit_seq`, the
+//! dirty table and the in-flight window with a copy of each write in flight)
+//! lives in memory that both sides update with atomic operations: in XDP mode
+//! BPF array maps created with `BPF_F_MMAPABLE` and mapped into the user-space
+//! coordinator, in user mode the same layout on the heap. Configuration
+//! records are written by the control path and only read by the data path.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use zerocopy::big_endian as be;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::MESSAGE_LEN_MAX;
+use crate::layout::{FieldInfo, wire_struct};
+
+/// Writes in flight per shard: the size of the in-flight window.
+pub const INFLIGHT_WRITES_MAX: u64 = 4096;
+/// Shard ids an XDP coordinator can serve (`shard_routes` is indexed by id).
+pub const SHARD_ID_MAX: u32 = 64;
+/// Longest chain the XDP coordinator can forward to.
+pub const CHAIN_LEN_MAX: usize = 8;
+
+const _: () = assert!(INFLIGHT_WRITES_MAX.is_power_of_two());
+
+// zerocopy's KnownLayout derive generates a helper type without Debug.
+#[allow(missing_debug_implementations)]
+mod records {
+    use super::*;
+
+    wire_struct! {
+        /// Where a process listens: IPv4 address, UDP port and MAC address.
+        #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[repr(C)]
+        pub struct Endpoint {
+            /// IPv4 address, network byte order.
+            pub ip: be::U32 => "__be32",
+            /// UDP port, network byte order.
+            pub port: be::U16 => "__be16",
+            /// Ethernet address of its interface.
+            pub mac: [u8; 6] => "__u8[6]",
+        }
+    }
+
+    wire_struct! {
+        /// One shard as the XDP program routes it (`shard_routes[shard id]`).
+        #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[repr(C)]
+        pub struct ShardRoute {
+            /// 1 when this coordinator serves the shard.
+            pub present: u8 => "__u8",
+            /// Number of replicas in `replicas`, head first.
+            pub replica_count: u8 => "__u8",
+            /// Zero.
+            pub reserved: [u8; 2] => "__u8[2]",
+            /// Index of the shard's cell, dirty table and window in the shared maps.
+            pub local_index: zerocopy::little_endian::U32 => "__u32",
+            /// The shard's epoch; requests of another epoch go to user space.
+            pub epoch: zerocopy::little_endian::U32 => "__u32",
+            /// The chain, head first.
+            pub replicas: [Endpoint; CHAIN_LEN_MAX] => "struct tern_endpoint[8]",
+        }
+    }
+}
+pub use records::{Endpoint, ShardRoute};
+
+wire_struct! {
+    /// The hot counters of one shard (`shard_cells[local index]`).
+    #[repr(C)]
+    pub struct ShardCell {
+        /// Next sequence number to assign (DESIGN rule 1).
+        pub next_seq: AtomicU64 => "__u64",
+        /// Highest sequence number acknowledged by the tail (rule 4).
+        pub commit_seq: AtomicU64 => "__u64",
+        /// Non-zero while every key counts as dirty (rule 8).
+        pub all_dirty: AtomicU64 => "__u64",
+        /// Round-robin counter for clean reads.
+        pub next_replica: AtomicU64 => "__u64",
+    }
+}
+
+wire_struct! {
+    /// One entry of a shard's in-flight window, `seq % INFLIGHT_WRITES_MAX`.
+    /// A writer fills `data`, `len`, `dirty_index` and `sent_ns`, then
+    /// publishes `seq`; the acknowledgement swaps `seq` back to 0.
+    #[repr(C)]
+    pub struct WindowSlot {
+        /// The write in flight here, 0 when free.
+        pub seq: AtomicU64 => "__u64",
+        /// CLOCK_MONOTONIC time of the last send, in nanoseconds.
+        pub sent_ns: AtomicU64 => "__u64",
+        /// dirty_index(key_hash) of the write.
+        pub dirty_index: AtomicU32 => "__u32",
+        /// Bytes used in `data`.
+        pub len: AtomicU32 => "__u32",
+        /// The datagram as sent to the head, kept for resending.
+        pub data: UnsafeCell<[u8; MESSAGE_LEN_MAX]> => "__u8[1352]",
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<ShardCell>() == 32);
+const _: () = assert!(core::mem::size_of::<WindowSlot>() == 24 + MESSAGE_LEN_MAX);
+const _: () = assert!(core::mem::size_of::<WindowSlot>() % 8 == 0);
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 12);
+const _: () = assert!(core::mem::size_of::<ShardRoute>() == 12 + 12 * CHAIN_LEN_MAX);
+
+impl std::fmt::Debug for ShardCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardCell")
+            .field("next_seq", &self.next_seq)
+            .field("commit_seq", &self.commit_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for WindowSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowSlot")
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+crate::wire_enum! {
+    /// Per-CPU counters of the XDP coordinator (`xdp_stats[counter]`).
+    pub enum XdpCounter {
+        ReadsAny = 0 => "READS_ANY",
+        ReadsTail = 1 => "READS_TAIL",
+        Writes = 2 => "WRITES",
+        Acks = 3 => "ACKS",
+        AcksNotInFlight = 4 => "ACKS_NOT_IN_FLIGHT",
+        /// Handed to user space: an op the fast path does not handle.
+        PassOp = 5 => "PASS_OP",
+        /// Handed to user space: a datagram that failed the fast path's checks.
+        PassMalformed = 6 => "PASS_MALFORMED",
+        /// Handed to user space: a shard this coordinator does not serve.
+        PassUnknownShard = 7 => "PASS_UNKNOWN_SHARD",
+        /// Handed to user space: a request of another epoch.
+        PassEpoch = 8 => "PASS_EPOCH",
+        /// Handed to user space: the in-flight window was full.
+        PassWindowFull = 9 => "PASS_WINDOW_FULL",
+        /// Handed to user space: no learnt MAC address for the client.
+        PassNoClientMac = 10 => "PASS_NO_CLIENT_MAC",
+        /// Handed to user space: an acknowledgement not from the tail.
+        PassNotFromTail = 11 => "PASS_NOT_FROM_TAIL",
+    }
+}
+
+/// Number of [`XdpCounter`]s.
+pub const XDP_COUNTER_COUNT: u32 = XdpCounter::ALL.len() as u32;
