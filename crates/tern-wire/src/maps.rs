@@ -102,7 +102,7 @@ wire_struct! {
 
 const _: () = assert!(core::mem::size_of::<ShardCell>() == 32);
 const _: () = assert!(core::mem::size_of::<WindowSlot>() == 24 + MESSAGE_LEN_MAX);
-const _: () = assert!(core::mem::size_of::<WindowSlot>() % 8 == 0);
+const _: () = assert!(core::mem::size_of::<WindowSlot>().is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 12);
 const _: () = assert!(core::mem::size_of::<ShardRoute>() == 12 + 12 * CHAIN_LEN_MAX);
 
