@@ -3,11 +3,11 @@
 #![no_main]
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use tern_proto::{Core, Outbox};
-use tern_proto::coordinator::{Coordinator, LocalShardState, ShardConfig, ShardCoordinator};
+use tern_proto::{Core, Outbox, SharedShard, Time};
+use tern_proto::coordinator::{Coordinator, ShardConfig, ShardCoordinator};
 use tern_proto::replica::{Replica, ReplicaConfig};
 
 fuzz_target!(|input: &[u8]| {
@@ -22,9 +22,9 @@ fuzz_target!(|input: &[u8]| {
         coordinator: address(1),
     });
     let config = ShardConfig { shard: 0, epoch: 1, chain };
-    let mut coordinator = Coordinator::new([ShardCoordinator::new(config, LocalShardState::default())]);
+    let mut coordinator = Coordinator::new([ShardCoordinator::new(config, SharedShard::in_process())]);
     let mut outbox = Outbox::new();
-    let mut now = Instant::now();
+    let mut now = Time::from_nanos(1_000_000_000);
     // Each datagram: one byte naming the sender, two of length, then bytes.
     let mut rest = input;
     while rest.len() >= 3 {

@@ -8,7 +8,8 @@ use std::net::SocketAddrV4;
 use std::sync::atomic::AtomicBool;
 
 use tern_net::BatchSocket;
-use tern_proto::coordinator::{Coordinator, LocalShardState, ShardConfig, ShardCoordinator};
+use tern_proto::SharedShard;
+use tern_proto::coordinator::{Coordinator, ShardConfig, ShardCoordinator};
 
 /// Serves the coordinators of `shards` on `listen` until `shutdown` is set.
 pub fn run(
@@ -22,7 +23,7 @@ pub fn run(
     let mut coordinator = Coordinator::new(
         shards
             .into_iter()
-            .map(|config| ShardCoordinator::new(config, LocalShardState::default())),
+            .map(|config| ShardCoordinator::new(config, SharedShard::in_process())),
     );
     tern_net::serve(&mut socket, &mut coordinator, shutdown)?;
     tracing::info!(stats = %coordinator.render_stats(None), "coordinator stopped");

@@ -11,9 +11,9 @@ use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tern_proto::{Core, Outbox};
+use tern_proto::{Core, Outbox, Time};
 
 /// Datagrams received or sent per system call at most.
 pub const BATCH_MAX: usize = 64;
@@ -203,6 +203,17 @@ fn to_sockaddr(address: SocketAddrV4) -> libc::sockaddr_in {
     name
 }
 
+/// The current CLOCK_MONOTONIC time: the clock of the cores and of the
+/// kernel's `bpf_ktime_get_ns`.
+pub fn monotonic_now() -> Time {
+    // SAFETY: all-zero bytes are a valid timespec.
+    let mut now: libc::timespec = unsafe { zeroed() };
+    // SAFETY: passes a pointer to a live timespec.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    assert_eq!(result, 0, "CLOCK_MONOTONIC is always available");
+    Time::from_nanos(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
+}
+
 /// Runs `core` on `socket` until `shutdown` is set: the main loop of every
 /// Tern process.
 pub fn serve(
@@ -211,14 +222,14 @@ pub fn serve(
     shutdown: &AtomicBool,
 ) -> io::Result<()> {
     let mut outbox = Outbox::new();
-    let mut last_tick = Instant::now();
+    let mut last_tick = monotonic_now();
     while !shutdown.load(Ordering::Relaxed) {
         socket.recv_batch()?;
-        let now = Instant::now();
+        let now = monotonic_now();
         for (from, bytes) in socket.received() {
             core.step(now, from, bytes, &mut outbox);
         }
-        if now.duration_since(last_tick) >= TICK_INTERVAL {
+        if now.since(last_tick) >= TICK_INTERVAL {
             last_tick = now;
             core.tick(now, &mut outbox);
         }

@@ -2,40 +2,46 @@
 //! forwarding (DESIGN rules 1, 3, 4, 5, 8).
 //!
 //! The state that the kernel fast path and user space share lives behind
-//! [`ShardState`], whose methods are each atomic. The user-space coordinator
-//! uses [`LocalShardState`]; the XDP mode implements the trait over BPF maps,
-//! so both paths run this same logic against one source of truth.
+//! [`ShardState`], whose methods are each atomic. [`crate::SharedShard`]
+//! implements it over memory laid out as `tern_wire::maps` describes: on the
+//! heap in user mode, the mapped BPF maps in XDP mode, so both paths run this
+//! logic against one source of truth.
 // PERFORMANCE CRITICAL PATH: `step` runs once per received datagram.
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tern_wire::{DIRTY_SLOTS, Header, Message, Op, Status, VALUE_LEN_MAX, dirty_index, flags};
+pub use tern_wire::maps::INFLIGHT_WRITES_MAX;
+use tern_wire::{Header, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, dirty_index, flags};
 
 use crate::counters::{DecodeDrops, counters};
-use crate::{Core, Outbox};
+use crate::{Core, Outbox, Time};
 
-/// Writes in flight per shard (sequenced, not yet acknowledged by the tail).
-pub const INFLIGHT_WRITES_MAX: u64 = 4096;
 /// A write not acknowledged this long after it was sent is sent again.
 pub const RESEND_AFTER: Duration = Duration::from_millis(100);
 /// Interval between sequence probes while a coordinator recovers (rule 8).
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
-const _: () = assert!(INFLIGHT_WRITES_MAX.is_power_of_two());
+/// Interval between scans of the in-flight window for writes to resend.
+pub const RESEND_SCAN_INTERVAL: Duration = Duration::from_millis(25);
 
 /// Coordinator state of one shard shared by the fast and rare paths.
 ///
 /// Every method is atomic on its own; the coordinator logic decides their
 /// order, which is what makes forwarded reads linearizable (DESIGN rule 4).
 pub trait ShardState {
-    /// Assigns the next sequence number and records it in the in-flight window
-    /// with the key's dirty index. `None` when the window is full.
-    fn begin_write(&self, dirty_index: u32) -> Option<u64>;
+    /// Reserves the next sequence number if its in-flight window slot is
+    /// free; `None` when the window is full.
+    fn begin_write(&self) -> Option<u64>;
+    /// Publishes reserved `seq` in the window with the datagram sent for it.
+    fn record_sent(&self, seq: u64, dirty_index: u32, datagram: &[u8], now: Time);
     /// Removes `seq` from the window; its dirty index when it was in flight.
     fn end_write(&self, seq: u64) -> Option<u32>;
+    fn is_in_flight(&self, seq: u64) -> bool;
+    /// When `seq` is in flight and was last sent before `sent_before`, copies
+    /// its datagram into `out`, marks it sent at `now` and returns true.
+    fn resend(&self, seq: u64, sent_before: Time, now: Time, out: &mut Vec<u8>) -> bool;
     /// The next sequence number `begin_write` would assign.
     fn next_seq(&self) -> u64;
     /// Control path: where sequencing resumes after recovery (rule 8).
@@ -43,104 +49,14 @@ pub trait ShardState {
     fn commit_seq(&self) -> u64;
     /// `commit_seq = max(commit_seq, seq)`.
     fn advance_commit_seq(&self, seq: u64);
-    fn dirty_count(&self, dirty_index: u32) -> u32;
+    fn dirty_count(&self, dirty_index: u32) -> u64;
     fn increment_dirty(&self, dirty_index: u32);
     fn decrement_dirty(&self, dirty_index: u32);
     /// While set, every key counts as dirty (a recovering coordinator, rule 8).
     fn all_dirty(&self) -> bool;
     fn set_all_dirty(&self, on: bool);
-}
-
-/// [`ShardState`] in process memory, for the user-space coordinator.
-#[derive(Debug)]
-pub struct LocalShardState {
-    next_seq: AtomicU64,
-    commit_seq: AtomicU64,
-    all_dirty: AtomicBool,
-    dirty: Box<[AtomicU32]>,
-    /// `window[seq % INFLIGHT_WRITES_MAX]` = (seq in flight or 0, dirty index).
-    window: Box<[(AtomicU64, AtomicU32)]>,
-}
-
-impl Default for LocalShardState {
-    fn default() -> Self {
-        LocalShardState {
-            next_seq: AtomicU64::new(1),
-            commit_seq: AtomicU64::new(0),
-            all_dirty: AtomicBool::new(true),
-            dirty: (0..DIRTY_SLOTS).map(|_| AtomicU32::new(0)).collect(),
-            window: (0..INFLIGHT_WRITES_MAX)
-                .map(|_| (AtomicU64::new(0), AtomicU32::new(0)))
-                .collect(),
-        }
-    }
-}
-
-impl ShardState for LocalShardState {
-    fn begin_write(&self, dirty_index: u32) -> Option<u64> {
-        loop {
-            let seq = self.next_seq.load(Ordering::Acquire);
-            let (slot_seq, slot_index) = &self.window[(seq % INFLIGHT_WRITES_MAX) as usize];
-            if slot_seq.load(Ordering::Acquire) != 0 {
-                return None;
-            }
-            if self
-                .next_seq
-                .compare_exchange(seq, seq + 1, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                slot_index.store(dirty_index, Ordering::Relaxed);
-                slot_seq.store(seq, Ordering::Release);
-                return Some(seq);
-            }
-        }
-    }
-
-    fn end_write(&self, seq: u64) -> Option<u32> {
-        let (slot_seq, slot_index) = &self.window[(seq % INFLIGHT_WRITES_MAX) as usize];
-        let index = slot_index.load(Ordering::Relaxed);
-        slot_seq
-            .compare_exchange(seq, 0, Ordering::AcqRel, Ordering::Acquire)
-            .ok()
-            .map(|_| index)
-    }
-
-    fn next_seq(&self) -> u64 {
-        self.next_seq.load(Ordering::Acquire)
-    }
-
-    fn set_next_seq(&self, seq: u64) {
-        self.next_seq.store(seq, Ordering::Release);
-    }
-
-    fn commit_seq(&self) -> u64 {
-        self.commit_seq.load(Ordering::Acquire)
-    }
-
-    fn advance_commit_seq(&self, seq: u64) {
-        self.commit_seq.fetch_max(seq, Ordering::AcqRel);
-    }
-
-    fn dirty_count(&self, dirty_index: u32) -> u32 {
-        self.dirty[dirty_index as usize].load(Ordering::Acquire)
-    }
-
-    fn increment_dirty(&self, dirty_index: u32) {
-        self.dirty[dirty_index as usize].fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn decrement_dirty(&self, dirty_index: u32) {
-        let previous = self.dirty[dirty_index as usize].fetch_sub(1, Ordering::AcqRel);
-        assert!(previous > 0, "dirty count of {dirty_index} went below zero");
-    }
-
-    fn all_dirty(&self) -> bool {
-        self.all_dirty.load(Ordering::Acquire)
-    }
-
-    fn set_all_dirty(&self, on: bool) {
-        self.all_dirty.store(on, Ordering::Release);
-    }
+    /// Takes the next value of the round-robin counter of clean reads.
+    fn next_replica(&self) -> u64;
 }
 
 /// Where a read goes.
@@ -236,28 +152,24 @@ enum Recovery {
     Done,
 }
 
-#[derive(Debug, Default)]
-struct SentWrite {
-    seq: u64,
-    sent_at: Option<Instant>,
-    bytes: Vec<u8>,
-}
-
 /// The coordinator of one shard.
 #[derive(Debug)]
 pub struct ShardCoordinator<S> {
     config: ShardConfig,
     state: S,
-    next_replica: usize,
     recovery: Recovery,
-    last_probe: Option<Instant>,
+    last_probe: Option<Time>,
     /// First sequence number this coordinator assigned; anything below was
     /// assigned by a predecessor and, if missing in the chain, is filled.
     first_seq: u64,
-    /// Copies of writes in flight for resending, `[seq % INFLIGHT_WRITES_MAX]`.
-    sent: Box<[SentWrite]>,
     /// Lowest sequence number that may still be in flight.
     oldest_in_flight: u64,
+    /// `next_seq` at the previous resend scan: every sequence number below it
+    /// was reserved at least one scan ago, so it is published or finished (a
+    /// writer publishes right after reserving; the XDP program within one run).
+    scanned_up_to: u64,
+    last_scan: Option<Time>,
+    resend_buffer: Vec<u8>,
     counters: ShardCounters,
 }
 
@@ -273,17 +185,16 @@ impl<S: ShardState> ShardCoordinator<S> {
         ShardCoordinator {
             config,
             state,
-            next_replica: 0,
             recovery: Recovery::Probing {
                 head_highest: None,
                 tail_applied: None,
             },
             last_probe: None,
             first_seq: u64::MAX,
-            sent: (0..INFLIGHT_WRITES_MAX)
-                .map(|_| SentWrite::default())
-                .collect(),
             oldest_in_flight: 0,
+            scanned_up_to: 0,
+            last_scan: None,
+            resend_buffer: Vec::with_capacity(MESSAGE_LEN_MAX),
             counters: ShardCounters::default(),
         }
     }
@@ -308,7 +219,7 @@ impl<S: ShardState> ShardCoordinator<S> {
     /// Handles a decoded datagram addressed to this shard.
     pub fn step(
         &mut self,
-        now: Instant,
+        now: Time,
         from: SocketAddrV4,
         message: &Message<'_>,
         outbox: &mut Outbox,
@@ -355,9 +266,8 @@ impl<S: ShardState> ShardCoordinator<S> {
                 header.flags &= !flags::TAIL_READ;
                 header.seq.set(stamp);
                 header.commit_seq.set(stamp);
-                let to = self.config.chain[self.next_replica];
-                self.next_replica = (self.next_replica + 1) % self.config.chain.len();
-                to
+                let turn = self.state.next_replica() % self.config.chain.len() as u64;
+                self.config.chain[turn as usize]
             }
         };
         outbox.push(to, &header, message.key, &[]);
@@ -365,7 +275,7 @@ impl<S: ShardState> ShardCoordinator<S> {
 
     fn sequence_write(
         &mut self,
-        now: Instant,
+        now: Time,
         from: SocketAddrV4,
         message: &Message<'_>,
         outbox: &mut Outbox,
@@ -378,7 +288,7 @@ impl<S: ShardState> ShardCoordinator<S> {
         }
         let index = dirty_index(header.key_hash.get());
         // DESIGN rule 1: this is the shard's only serialization point.
-        let Some(seq) = self.state.begin_write(index) else {
+        let Some(seq) = self.state.begin_write() else {
             self.counters.window_full += 1;
             crate::answer_status(from, header, Status::TryAgain, self.config.epoch, outbox);
             return;
@@ -391,28 +301,9 @@ impl<S: ShardState> ShardCoordinator<S> {
         forwarded.seq.set(seq);
         forwarded.commit_seq.set(self.state.commit_seq());
         self.counters.writes += 1;
-        self.send_to_head(now, seq, &forwarded, message.key, message.value, outbox);
-    }
-
-    fn send_to_head(
-        &mut self,
-        now: Instant,
-        seq: u64,
-        header: &Header,
-        key: &[u8],
-        value: &[u8],
-        outbox: &mut Outbox,
-    ) {
-        outbox.push(self.config.head(), header, key, value);
-        let bytes = outbox.iter().last().expect("just pushed").1;
-        let sent = &mut self.sent[(seq % INFLIGHT_WRITES_MAX) as usize];
-        sent.seq = seq;
-        sent.sent_at = Some(now);
-        sent.bytes.clear();
-        sent.bytes.extend_from_slice(bytes);
-        if self.oldest_in_flight == 0 {
-            self.oldest_in_flight = seq;
-        }
+        outbox.push(self.config.head(), &forwarded, message.key, message.value);
+        let sent = outbox.iter().last().expect("just pushed").1;
+        self.state.record_sent(seq, index, sent, now);
     }
 
     fn acknowledge(&mut self, message: &Message<'_>, outbox: &mut Outbox) {
@@ -424,10 +315,6 @@ impl<S: ShardState> ShardCoordinator<S> {
         } else {
             // A duplicate, or a write sequenced by a previous coordinator.
             self.counters.acks_not_in_flight += 1;
-        }
-        let sent = &mut self.sent[(seq % INFLIGHT_WRITES_MAX) as usize];
-        if sent.seq == seq {
-            sent.sent_at = None;
         }
         if let Recovery::Draining { target } = self.recovery
             && self.state.commit_seq() >= target
@@ -442,14 +329,15 @@ impl<S: ShardState> ShardCoordinator<S> {
         }
     }
 
-    fn resend_range(&mut self, now: Instant, first: u64, last: u64, outbox: &mut Outbox) {
+    fn resend_range(&mut self, now: Time, first: u64, last: u64, outbox: &mut Outbox) {
         let last = last.min(first.saturating_add(INFLIGHT_WRITES_MAX - 1));
         for seq in first..=last {
-            let sent = &mut self.sent[(seq % INFLIGHT_WRITES_MAX) as usize];
-            if sent.seq == seq && sent.sent_at.is_some() {
-                sent.sent_at = Some(now);
+            if self
+                .state
+                .resend(seq, Time::MAX, now, &mut self.resend_buffer)
+            {
                 self.counters.resent += 1;
-                outbox.push_encoded(self.config.head(), &sent.bytes);
+                outbox.push_encoded(self.config.head(), &self.resend_buffer);
             } else if seq < self.first_seq {
                 // Assigned by a coordinator that is gone and never applied by
                 // the head (the head asks for it): fill it with nothing.
@@ -485,6 +373,8 @@ impl<S: ShardState> ShardCoordinator<S> {
         };
         // DESIGN rule 8: sequence above anything the chain has seen.
         self.first_seq = highest + 1;
+        self.oldest_in_flight = highest + 1;
+        self.scanned_up_to = highest + 1;
         self.state.set_next_seq(highest + 1);
         self.state.advance_commit_seq(applied);
         if applied >= highest {
@@ -500,11 +390,11 @@ impl<S: ShardState> ShardCoordinator<S> {
     }
 
     /// Drives timers: recovery probes and resends of unacknowledged writes.
-    pub fn tick(&mut self, now: Instant, outbox: &mut Outbox) {
+    pub fn tick(&mut self, now: Time, outbox: &mut Outbox) {
         if let Recovery::Probing { .. } = self.recovery {
             if self
                 .last_probe
-                .is_none_or(|last| now.duration_since(last) >= PROBE_INTERVAL)
+                .is_none_or(|last| now.since(last) >= PROBE_INTERVAL)
             {
                 self.last_probe = Some(now);
                 let probe = Header::new(Op::SeqProbe, self.config.shard, self.config.epoch);
@@ -515,28 +405,27 @@ impl<S: ShardState> ShardCoordinator<S> {
             }
             return;
         }
-        let next = self.state.next_seq();
-        while self.oldest_in_flight != 0 && self.oldest_in_flight < next {
-            let sent = &self.sent[(self.oldest_in_flight % INFLIGHT_WRITES_MAX) as usize];
-            if sent.seq == self.oldest_in_flight && sent.sent_at.is_some() {
-                break;
-            }
-            self.oldest_in_flight += 1;
-        }
-        if self.oldest_in_flight >= next {
-            self.oldest_in_flight = 0;
+        if self
+            .last_scan
+            .is_some_and(|last| now.since(last) < RESEND_SCAN_INTERVAL)
+        {
             return;
         }
+        self.last_scan = Some(now);
+        let next = self.state.next_seq();
+        while self.oldest_in_flight < self.scanned_up_to
+            && !self.state.is_in_flight(self.oldest_in_flight)
+        {
+            self.oldest_in_flight += 1;
+        }
+        self.scanned_up_to = next;
         for seq in self.oldest_in_flight..next {
-            let sent = &mut self.sent[(seq % INFLIGHT_WRITES_MAX) as usize];
-            if sent.seq == seq
-                && sent
-                    .sent_at
-                    .is_some_and(|at| now.duration_since(at) >= RESEND_AFTER)
+            if self
+                .state
+                .resend(seq, now - RESEND_AFTER, now, &mut self.resend_buffer)
             {
-                sent.sent_at = Some(now);
                 self.counters.resent += 1;
-                outbox.push_encoded(self.config.head(), &sent.bytes);
+                outbox.push_encoded(self.config.head(), &self.resend_buffer);
             }
         }
     }
@@ -643,7 +532,7 @@ impl<S: ShardState> Coordinator<S> {
 
 impl<S: ShardState> Core for Coordinator<S> {
     /// Handles one received datagram.
-    fn step(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8], outbox: &mut Outbox) {
+    fn step(&mut self, now: Time, from: SocketAddrV4, bytes: &[u8], outbox: &mut Outbox) {
         let Some(message) = crate::decode_or_refuse(from, bytes, &mut self.drops, outbox) else {
             return;
         };
@@ -667,7 +556,7 @@ impl<S: ShardState> Core for Coordinator<S> {
         }
     }
 
-    fn tick(&mut self, now: Instant, outbox: &mut Outbox) {
+    fn tick(&mut self, now: Time, outbox: &mut Outbox) {
         for shard in self.shards.values_mut() {
             shard.tick(now, outbox);
         }

@@ -14,8 +14,12 @@ pub mod coordinator;
 mod counters;
 mod outbox;
 pub mod replica;
+mod shared;
+mod time;
 
 pub use outbox::{Outbox, Outgoing};
+pub use shared::SharedShard;
+pub use time::Time;
 
 /// Answers `received` with `status` (an error or a refusal), unless it is
 /// itself a reply or acknowledgement: two nodes must never trade errors.
@@ -68,13 +72,7 @@ pub(crate) fn decode_or_refuse<'a>(
 /// A protocol core as its I/O shell drives it.
 pub trait Core {
     /// Handles one datagram received from `from`.
-    fn step(
-        &mut self,
-        now: std::time::Instant,
-        from: std::net::SocketAddrV4,
-        bytes: &[u8],
-        outbox: &mut Outbox,
-    );
+    fn step(&mut self, now: Time, from: std::net::SocketAddrV4, bytes: &[u8], outbox: &mut Outbox);
     /// Drives timers; called at least every few milliseconds.
-    fn tick(&mut self, now: std::time::Instant, outbox: &mut Outbox);
+    fn tick(&mut self, now: Time, outbox: &mut Outbox);
 }

@@ -10,13 +10,13 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddrV4;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tern_store::{Store, Write};
 use tern_wire::{Effect, Header, Message, Op, Status, VALUE_LEN_MAX, flags};
 
 use crate::counters::{DecodeDrops, counters};
-use crate::{Core, Outbox};
+use crate::{Core, Outbox, Time};
 
 /// Writes held back while waiting for a gap to be filled.
 pub const HOLDBACK_MAX: usize = 4096;
@@ -127,7 +127,7 @@ pub struct Replica {
     /// Outcomes of recent writes by client. Every replica keeps it (built from
     /// REPLICATE), so that any replica can take over as head.
     outcomes: HashMap<u64, ClientOutcomes>,
-    last_gap_request: Option<Instant>,
+    last_gap_request: Option<Time>,
     counters: ReplicaCounters,
     drops: DecodeDrops,
 }
@@ -204,7 +204,7 @@ impl Replica {
 
     fn receive_sequenced(
         &mut self,
-        now: Instant,
+        now: Time,
         message: &Message<'_>,
         bytes: &[u8],
         outbox: &mut Outbox,
@@ -399,10 +399,10 @@ impl Replica {
         }
     }
 
-    fn request_gap(&mut self, now: Instant, outbox: &mut Outbox) {
+    fn request_gap(&mut self, now: Time, outbox: &mut Outbox) {
         if self
             .last_gap_request
-            .is_some_and(|last| now.duration_since(last) < GAP_REQUEST_INTERVAL)
+            .is_some_and(|last| now.since(last) < GAP_REQUEST_INTERVAL)
         {
             return;
         }
@@ -478,7 +478,7 @@ impl Replica {
 
 impl Core for Replica {
     /// Handles one received datagram.
-    fn step(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8], outbox: &mut Outbox) {
+    fn step(&mut self, now: Time, from: SocketAddrV4, bytes: &[u8], outbox: &mut Outbox) {
         let Some(message) = crate::decode_or_refuse(from, bytes, &mut self.drops, outbox) else {
             return;
         };
@@ -528,7 +528,7 @@ impl Core for Replica {
     }
 
     /// Drives timers: asks again for a gap whose resend did not arrive.
-    fn tick(&mut self, now: Instant, outbox: &mut Outbox) {
+    fn tick(&mut self, now: Time, outbox: &mut Outbox) {
         if !self.holdback.is_empty() {
             self.request_gap(now, outbox);
         }

@@ -8,11 +8,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use sim::*;
-use tern_proto::Outbox;
 use tern_proto::coordinator::{
-    LocalShardState, ReadRoute, ShardConfig, ShardCoordinator, ShardState, complete_write,
-    route_read,
+    ReadRoute, ShardConfig, ShardCoordinator, ShardState, complete_write, route_read,
 };
+use tern_proto::{Outbox, SharedShard, Time};
 use tern_wire::{Header, Op, Status, dirty_index, flags, key_hash};
 
 #[test]
@@ -112,25 +111,25 @@ fn rule3_a_key_stays_dirty_while_any_of_its_writes_is_in_flight() {
     assert_eq!(destinations, sim.chain, "clean reads go round robin");
 }
 
-/// A [`LocalShardState`] that runs `after_change` after every change made to
+/// A [`SharedShard`] that runs `after_change` after every change made to
 /// it and `after_load` after every load of a dirty count or of commit_seq:
 /// a way to put a concurrent actor between any two steps of the logic.
 struct Hooked {
-    inner: LocalShardState,
-    after_change: Box<dyn Fn(&LocalShardState)>,
-    after_load: Box<dyn Fn(&LocalShardState)>,
+    inner: SharedShard,
+    after_change: Box<dyn Fn(&SharedShard)>,
+    after_load: Box<dyn Fn(&SharedShard)>,
 }
 
 impl Hooked {
     /// Runs the change hook after `change`, returning what `change` returned.
-    fn changed<T>(&self, change: impl FnOnce(&LocalShardState) -> T) -> T {
+    fn changed<T>(&self, change: impl FnOnce(&SharedShard) -> T) -> T {
         let result = change(&self.inner);
         (self.after_change)(&self.inner);
         result
     }
 
     /// Runs the load hook after `load`, returning what `load` returned.
-    fn loaded<T>(&self, load: impl FnOnce(&LocalShardState) -> T) -> T {
+    fn loaded<T>(&self, load: impl FnOnce(&SharedShard) -> T) -> T {
         let result = load(&self.inner);
         (self.after_load)(&self.inner);
         result
@@ -138,8 +137,20 @@ impl Hooked {
 }
 
 impl ShardState for Hooked {
-    fn begin_write(&self, index: u32) -> Option<u64> {
-        self.changed(|inner| inner.begin_write(index))
+    fn begin_write(&self) -> Option<u64> {
+        self.changed(|inner| inner.begin_write())
+    }
+    fn record_sent(&self, seq: u64, index: u32, datagram: &[u8], now: Time) {
+        self.changed(|inner| inner.record_sent(seq, index, datagram, now))
+    }
+    fn is_in_flight(&self, seq: u64) -> bool {
+        self.inner.is_in_flight(seq)
+    }
+    fn resend(&self, seq: u64, sent_before: Time, now: Time, out: &mut Vec<u8>) -> bool {
+        self.inner.resend(seq, sent_before, now, out)
+    }
+    fn next_replica(&self) -> u64 {
+        self.inner.next_replica()
     }
     fn end_write(&self, seq: u64) -> Option<u32> {
         self.changed(|inner| inner.end_write(seq))
@@ -156,7 +167,7 @@ impl ShardState for Hooked {
     fn advance_commit_seq(&self, seq: u64) {
         self.changed(|inner| inner.advance_commit_seq(seq))
     }
-    fn dirty_count(&self, index: u32) -> u32 {
+    fn dirty_count(&self, index: u32) -> u64 {
         self.loaded(|inner| inner.dirty_count(index))
     }
     fn increment_dirty(&self, index: u32) {
@@ -185,7 +196,7 @@ fn rule4_no_read_between_the_steps_of_an_ack_can_miss_the_acknowledged_write() {
     let routes = Rc::new(RefCell::new(Vec::new()));
     let seen = routes.clone();
     let state = Hooked {
-        inner: LocalShardState::default(),
+        inner: SharedShard::in_process(),
         after_change: Box::new(move |inner| seen.borrow_mut().push(route_read(inner, hash))),
         after_load: Box::new(|_| {}),
     };
@@ -195,7 +206,7 @@ fn rule4_no_read_between_the_steps_of_an_ack_can_miss_the_acknowledged_write() {
         chain: chain.clone(),
     };
     let mut coordinator = ShardCoordinator::new(config, state);
-    let now = std::time::Instant::now();
+    let now = Time::from_nanos(1_000_000_000);
     let mut outbox = Outbox::new();
     let mut report = Header::new(Op::SeqReport, SHARD, EPOCH);
     let report_bytes = tern_wire::encode(&report, b"", b"").unwrap();
@@ -254,7 +265,7 @@ fn rule4_reads_load_the_dirty_count_before_commit_seq() {
     let pending_ack = Rc::new(Cell::new(None));
     let ack = pending_ack.clone();
     let state = Hooked {
-        inner: LocalShardState::default(),
+        inner: SharedShard::in_process(),
         after_change: Box::new(|_| {}),
         // The whole acknowledgement runs right after the reader's first load.
         after_load: Box::new(move |inner| {
@@ -265,7 +276,8 @@ fn rule4_reads_load_the_dirty_count_before_commit_seq() {
     };
     state.inner.set_all_dirty(false);
     let index = dirty_index(hash);
-    let seq = state.inner.begin_write(index).unwrap();
+    let seq = state.inner.begin_write().unwrap();
+    state.inner.record_sent(seq, index, b"", Time::ZERO);
     state.inner.increment_dirty(index);
     pending_ack.set(Some(seq));
     let route = route_read(&state, hash);

@@ -5,11 +5,11 @@
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tern_proto::coordinator::{Coordinator, LocalShardState, ShardConfig, ShardCoordinator};
+use tern_proto::coordinator::{Coordinator, ShardConfig, ShardCoordinator};
 use tern_proto::replica::{Replica, ReplicaConfig};
-use tern_proto::{Core, Outbox};
+use tern_proto::{Core, Outbox, SharedShard, Time};
 use tern_wire::{Header, Message, Op, Status, encode, key_hash};
 
 pub const SHARD: u32 = 0;
@@ -54,9 +54,9 @@ impl Reply {
 }
 
 pub struct Sim {
-    pub now: Instant,
+    pub now: Time,
     pub coordinator_addr: SocketAddrV4,
-    pub coordinator: Coordinator<LocalShardState>,
+    pub coordinator: Coordinator<SharedShard>,
     pub chain: Vec<SocketAddrV4>,
     pub replicas: Vec<Replica>,
     pub network: VecDeque<Datagram>,
@@ -93,7 +93,7 @@ impl Sim {
             })
             .collect();
         Sim {
-            now: Instant::now(),
+            now: Time::from_nanos(1_000_000_000),
             coordinator_addr,
             coordinator: Sim::fresh_coordinator(&chain),
             chain,
@@ -104,16 +104,16 @@ impl Sim {
         }
     }
 
-    pub fn fresh_coordinator(chain: &[SocketAddrV4]) -> Coordinator<LocalShardState> {
+    pub fn fresh_coordinator(chain: &[SocketAddrV4]) -> Coordinator<SharedShard> {
         let config = ShardConfig {
             shard: SHARD,
             epoch: EPOCH,
             chain: chain.to_vec(),
         };
-        Coordinator::new([ShardCoordinator::new(config, LocalShardState::default())])
+        Coordinator::new([ShardCoordinator::new(config, SharedShard::in_process())])
     }
 
-    pub fn shard(&self) -> &ShardCoordinator<LocalShardState> {
+    pub fn shard(&self) -> &ShardCoordinator<SharedShard> {
         self.coordinator.shard(SHARD).unwrap()
     }
 

@@ -1,0 +1,258 @@
+//! [`SharedShard`]: the coordinator state of one shard in memory laid out as
+//! `tern_wire::maps` describes, updated with the same atomic operations as
+//! the XDP program. In user mode the memory is on the heap; in XDP mode it is
+//! the BPF maps, mapped into the process, so both paths share one truth.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tern_wire::maps::{INFLIGHT_WRITES_MAX, ShardCell, WindowSlot};
+use tern_wire::{DIRTY_SLOTS, MESSAGE_LEN_MAX};
+
+use crate::Time;
+use crate::coordinator::ShardState;
+
+/// Attempts to reserve a sequence number before reporting contention as a
+/// full window (the XDP program uses the same bound).
+const RESERVE_ATTEMPTS_MAX: usize = 8;
+
+/// One shard's coordinator state in shared memory.
+#[derive(Debug)]
+pub struct SharedShard {
+    cell: NonNull<ShardCell>,
+    dirty: NonNull<AtomicU64>,
+    window: NonNull<WindowSlot>,
+    /// Keeps the memory alive (heap regions, or the mapped BPF maps).
+    _owner: Box<dyn std::fmt::Debug + Send + Sync>,
+}
+
+// SAFETY: all access to the shared memory goes through atomics, except the
+// datagram bytes of a window slot, which follow the publication protocol
+// documented on `WindowSlot` (written before `seq` is published, read under a
+// sequence check).
+unsafe impl Send for SharedShard {}
+// SAFETY: as above.
+unsafe impl Sync for SharedShard {}
+
+/// Zeroed heap memory for one layout, freed on drop.
+#[derive(Debug)]
+struct HeapRegion {
+    pointer: NonNull<u8>,
+    layout: Layout,
+}
+
+// SAFETY: the region is plain memory owned by this value.
+unsafe impl Send for HeapRegion {}
+// SAFETY: as above; SharedShard mediates all access.
+unsafe impl Sync for HeapRegion {}
+
+impl HeapRegion {
+    fn zeroed(layout: Layout) -> Self {
+        // SAFETY: every layout used here has a non-zero size.
+        let pointer = unsafe { alloc_zeroed(layout) };
+        let pointer =
+            NonNull::new(pointer).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        HeapRegion { pointer, layout }
+    }
+}
+
+impl Drop for HeapRegion {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with this same layout.
+        unsafe { dealloc(self.pointer.as_ptr(), self.layout) }
+    }
+}
+
+impl SharedShard {
+    /// State in process memory (user mode): every key dirty until recovery.
+    pub fn in_process() -> Self {
+        let cell = HeapRegion::zeroed(Layout::new::<ShardCell>());
+        let dirty =
+            HeapRegion::zeroed(Layout::array::<AtomicU64>(DIRTY_SLOTS as usize).expect("fits"));
+        let window = HeapRegion::zeroed(
+            Layout::array::<WindowSlot>(INFLIGHT_WRITES_MAX as usize).expect("fits"),
+        );
+        let pointers = (
+            cell.pointer.cast(),
+            dirty.pointer.cast(),
+            window.pointer.cast(),
+        );
+        // SAFETY: the regions are zeroed (a valid state of every field),
+        // sized and aligned for their types, and owned by the returned value.
+        let shard = unsafe {
+            SharedShard::from_raw_parts(
+                pointers.0,
+                pointers.1,
+                pointers.2,
+                Box::new((cell, dirty, window)),
+            )
+        };
+        shard.cell().next_seq.store(1, Ordering::Release);
+        shard
+    }
+
+    /// State in memory provided by the caller (XDP mode: mapped BPF maps).
+    ///
+    /// # Safety
+    /// `cell` must point at one `ShardCell`, `dirty` at `DIRTY_SLOTS`
+    /// `AtomicU64`s and `window` at `INFLIGHT_WRITES_MAX` `WindowSlot`s, all
+    /// aligned and valid for as long as `owner` lives.
+    pub unsafe fn from_raw_parts(
+        cell: NonNull<ShardCell>,
+        dirty: NonNull<AtomicU64>,
+        window: NonNull<WindowSlot>,
+        owner: Box<dyn std::fmt::Debug + Send + Sync>,
+    ) -> Self {
+        SharedShard {
+            cell,
+            dirty,
+            window,
+            _owner: owner,
+        }
+    }
+
+    fn cell(&self) -> &ShardCell {
+        // SAFETY: valid for our lifetime (constructor contract).
+        unsafe { self.cell.as_ref() }
+    }
+
+    fn dirty(&self, index: u32) -> &AtomicU64 {
+        assert!(index < DIRTY_SLOTS, "dirty index {index} out of range");
+        // SAFETY: in bounds (checked) and valid for our lifetime.
+        unsafe { &*self.dirty.as_ptr().add(index as usize) }
+    }
+
+    fn slot(&self, seq: u64) -> &WindowSlot {
+        // SAFETY: the index is reduced modulo the window length.
+        unsafe {
+            &*self
+                .window
+                .as_ptr()
+                .add((seq % INFLIGHT_WRITES_MAX) as usize)
+        }
+    }
+}
+
+impl ShardState for SharedShard {
+    fn begin_write(&self) -> Option<u64> {
+        // The slot of `seq` can only be claimed by whoever wins `seq`, so a
+        // slot seen free before winning stays free until it is published.
+        for _ in 0..RESERVE_ATTEMPTS_MAX {
+            let seq = self.cell().next_seq.load(Ordering::Acquire);
+            if self.slot(seq).seq.load(Ordering::Acquire) != 0 {
+                return None;
+            }
+            if self
+                .cell()
+                .next_seq
+                .compare_exchange(seq, seq + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Some(seq);
+            }
+        }
+        None
+    }
+
+    fn record_sent(&self, seq: u64, dirty_index: u32, datagram: &[u8], now: Time) {
+        assert!(
+            datagram.len() <= MESSAGE_LEN_MAX,
+            "datagram larger than a window slot"
+        );
+        let slot = self.slot(seq);
+        // SAFETY: the slot is reserved for `seq` and not yet published, so no
+        // one else reads or writes its bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                datagram.as_ptr(),
+                slot.data.get().cast::<u8>(),
+                datagram.len(),
+            );
+        }
+        slot.len.store(datagram.len() as u32, Ordering::Relaxed);
+        slot.dirty_index.store(dirty_index, Ordering::Relaxed);
+        slot.sent_ns.store(now.as_nanos(), Ordering::Relaxed);
+        slot.seq.store(seq, Ordering::Release);
+    }
+
+    fn end_write(&self, seq: u64) -> Option<u32> {
+        let slot = self.slot(seq);
+        let index = slot.dirty_index.load(Ordering::Acquire);
+        slot.seq
+            .compare_exchange(seq, 0, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| index)
+    }
+
+    fn is_in_flight(&self, seq: u64) -> bool {
+        self.slot(seq).seq.load(Ordering::Acquire) == seq
+    }
+
+    fn resend(&self, seq: u64, sent_before: Time, now: Time, out: &mut Vec<u8>) -> bool {
+        let slot = self.slot(seq);
+        if slot.seq.load(Ordering::Acquire) != seq
+            || slot.sent_ns.load(Ordering::Relaxed) >= sent_before.as_nanos()
+        {
+            return false;
+        }
+        let len = (slot.len.load(Ordering::Relaxed) as usize).min(MESSAGE_LEN_MAX);
+        out.clear();
+        // SAFETY: the bytes were published with `seq`; a concurrent reuse of
+        // the slot is detected by the second check below and the copy dropped.
+        unsafe {
+            out.extend_from_slice(std::slice::from_raw_parts(
+                slot.data.get().cast::<u8>(),
+                len,
+            ))
+        };
+        if slot.seq.load(Ordering::Acquire) != seq {
+            return false;
+        }
+        slot.sent_ns.store(now.as_nanos(), Ordering::Relaxed);
+        true
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.cell().next_seq.load(Ordering::Acquire)
+    }
+
+    fn set_next_seq(&self, seq: u64) {
+        self.cell().next_seq.store(seq, Ordering::Release);
+    }
+
+    fn commit_seq(&self) -> u64 {
+        self.cell().commit_seq.load(Ordering::Acquire)
+    }
+
+    fn advance_commit_seq(&self, seq: u64) {
+        self.cell().commit_seq.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    fn dirty_count(&self, index: u32) -> u64 {
+        self.dirty(index).load(Ordering::Acquire)
+    }
+
+    fn increment_dirty(&self, index: u32) {
+        self.dirty(index).fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn decrement_dirty(&self, index: u32) {
+        let previous = self.dirty(index).fetch_sub(1, Ordering::AcqRel);
+        assert!(previous > 0, "dirty count of {index} went below zero");
+    }
+
+    fn all_dirty(&self) -> bool {
+        self.cell().all_dirty.load(Ordering::Acquire) != 0
+    }
+
+    fn set_all_dirty(&self, on: bool) {
+        self.cell()
+            .all_dirty
+            .store(u64::from(on), Ordering::Release);
+    }
+
+    fn next_replica(&self) -> u64 {
+        self.cell().next_replica.fetch_add(1, Ordering::Relaxed)
+    }
+}
