@@ -14,6 +14,11 @@ missing_packages=()
 need_package() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" || missing_packages+=("$1"); }
 # A C compiler: the test of the generated C header compiles it; libFuzzer links with it.
 need_package build-essential
+# The XDP coordinator: clang-19 compiles bpf/*.bpf.c against libbpf's headers.
+need_package clang-19
+need_package libbpf-dev
+# Network namespaces, veth pairs and bridges of the local cluster.
+need_package iproute2
 if ((${#missing_packages[@]})); then
     echo "installing Debian packages: ${missing_packages[*]}"
     as_root apt-get update -qq

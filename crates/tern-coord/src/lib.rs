@@ -3,6 +3,8 @@
 //! "vanilla Linux" mode); the XDP fast path will share its state through
 //! `tern_proto::coordinator::ShardState`.
 
+pub mod xdp;
+
 use std::io;
 use std::net::SocketAddrV4;
 use std::sync::atomic::AtomicBool;

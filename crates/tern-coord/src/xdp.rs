@@ -1,0 +1,417 @@
+//! The XDP fast path: loading `bpf/coordinator.bpf.c`, installing routes,
+//! mapping its shared maps into this process, attaching it.
+//!
+//! The maps `shard_cells`, `dirty_counts` and `window` are created with
+//! `BPF_F_MMAPABLE`; mapped here they become the memory of one
+//! [`SharedShard`] per shard, so the user-space rare path runs the same
+//! coordinator logic on the same state as the kernel.
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::os::fd::{AsFd, AsRawFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use aya::maps::{Array, Map, MapData, PerCpuArray};
+use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use tern_proto::SharedShard;
+use tern_proto::coordinator::ShardConfig;
+use tern_wire::DIRTY_SLOTS;
+use tern_wire::maps::{
+    CHAIN_LEN_MAX, Endpoint, INFLIGHT_WRITES_MAX, SHARD_ID_MAX, ShardCell, ShardRoute, WindowSlot,
+    XdpCounter,
+};
+use thiserror::Error;
+use zerocopy::IntoBytes;
+
+#[cfg(tern_bpf)]
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/coordinator.bpf.o"));
+#[cfg(not(tern_bpf))]
+static OBJECT: &[u8] = &[];
+
+/// Name of the fast-path program in the object.
+pub const COORDINATOR_PROGRAM: &str = "tern_coordinator";
+/// Name of the XDP_PASS program for veth peers.
+pub const PASS_PROGRAM: &str = "tern_pass";
+
+#[derive(Debug, Error)]
+pub enum XdpError {
+    #[error(
+        "this build has no XDP fast path: clang-19 was missing when it was compiled \
+         (install clang-19 and libbpf-dev, e.g. with scripts/install-deps.sh, and rebuild)"
+    )]
+    NotBuilt,
+    #[error("loading the XDP program needs CAP_BPF and CAP_NET_ADMIN (run as root): {0}")]
+    Permission(String),
+    #[error("the kernel refused the XDP program: {0}")]
+    Load(String),
+    #[error("{0}")]
+    Setup(String),
+    #[error("cannot attach XDP to {interface} in driver mode: {reason}")]
+    Attach { interface: String, reason: String },
+}
+
+/// Whether this build carries the XDP program.
+pub fn is_built() -> bool {
+    !OBJECT.is_empty()
+}
+
+/// One mmap of a BPF map, unmapped on drop.
+#[derive(Debug)]
+struct Mapping {
+    address: NonNull<u8>,
+    length: usize,
+}
+
+// SAFETY: shared memory accessed only through SharedShard's atomics.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn of(map: &MapData, length: usize) -> Result<Mapping, XdpError> {
+        let page = 4096;
+        let length = length.div_ceil(page) * page;
+        // SAFETY: maps a BPF map fd created with BPF_F_MMAPABLE; the kernel
+        // checks the length against the map's size.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                length,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(XdpError::Setup(format!(
+                "mmap of a BPF map: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(Mapping {
+            address: NonNull::new(address.cast()).expect("mmap succeeded"),
+            length,
+        })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `of` mapped.
+        unsafe { libc::munmap(self.address.as_ptr().cast(), self.length) };
+    }
+}
+
+/// The mapped shared maps; kept alive by every SharedShard built on them.
+#[derive(Debug)]
+struct Mappings {
+    cells: Mapping,
+    dirty: Mapping,
+    window: Mapping,
+}
+
+/// One fast-path counter as read from the per-CPU map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CounterValues {
+    pub counter: XdpCounter,
+    pub name: &'static str,
+    /// One value per possible CPU.
+    pub per_cpu: Vec<u64>,
+}
+
+impl CounterValues {
+    pub fn total(&self) -> u64 {
+        self.per_cpu.iter().sum()
+    }
+}
+
+/// A loaded fast path and the shared state of each shard it serves.
+#[derive(Debug)]
+pub struct XdpCoordinator {
+    ebpf: Ebpf,
+    mappings: Arc<Mappings>,
+    /// Shard id to local index in the shared maps.
+    local_index: HashMap<u32, u32>,
+}
+
+/// Maps `map` from `ebpf` as an Array's data.
+fn array_data<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a MapData, XdpError> {
+    match ebpf.map(name) {
+        Some(Map::Array(data)) => Ok(data),
+        _ => Err(XdpError::Setup(format!(
+            "the object has no array map {name}"
+        ))),
+    }
+}
+
+impl XdpCoordinator {
+    /// Loads the program with room for `shards` and installs their routes.
+    /// `listen` is this coordinator's address; `macs` gives the Ethernet
+    /// address of every replica.
+    pub fn load(
+        listen: SocketAddrV4,
+        shards: &[ShardConfig],
+        macs: &HashMap<SocketAddrV4, [u8; 6]>,
+    ) -> Result<XdpCoordinator, XdpError> {
+        if !is_built() {
+            return Err(XdpError::NotBuilt);
+        }
+        let count = shards.len() as u32;
+        if count == 0 {
+            return Err(XdpError::Setup("no shards to serve".into()));
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("shard_cells", count)
+            .map_max_entries("dirty_counts", count * DIRTY_SLOTS)
+            .map_max_entries("window", count * INFLIGHT_WRITES_MAX as u32)
+            .load(OBJECT)
+            .map_err(|error| {
+                let text = format!("{error:#}");
+                if text.contains("Operation not permitted") || text.contains("EPERM") {
+                    XdpError::Permission(text)
+                } else {
+                    XdpError::Load(text)
+                }
+            })?;
+        for name in [COORDINATOR_PROGRAM, PASS_PROGRAM] {
+            let program: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| XdpError::Setup(format!("no program {name}")))?
+                .try_into()
+                .map_err(|error| XdpError::Setup(format!("{name}: {error}")))?;
+            program
+                .load()
+                .map_err(|error| XdpError::Load(format!("{name}: {error:#}")))?;
+        }
+
+        let mut self_endpoint: Array<_, [u8; 12]> = Array::try_from(
+            ebpf.map_mut("self_endpoint")
+                .ok_or_else(|| XdpError::Setup("no map self_endpoint".into()))?,
+        )
+        .map_err(|error| XdpError::Setup(error.to_string()))?;
+        let own = endpoint(listen, [0; 6]);
+        self_endpoint
+            .set(
+                0,
+                <[u8; 12]>::try_from(own.as_bytes()).expect("12 bytes"),
+                0,
+            )
+            .map_err(|error| XdpError::Setup(format!("self_endpoint: {error}")))?;
+
+        let mut routes: Array<_, [u8; size_of::<ShardRoute>()]> = Array::try_from(
+            ebpf.map_mut("shard_routes")
+                .ok_or_else(|| XdpError::Setup("no map shard_routes".into()))?,
+        )
+        .map_err(|error| XdpError::Setup(error.to_string()))?;
+        let mut local_index = HashMap::new();
+        for (index, shard) in shards.iter().enumerate() {
+            if shard.shard >= SHARD_ID_MAX {
+                return Err(XdpError::Setup(format!(
+                    "shard id {} is beyond the fast path's limit of {SHARD_ID_MAX}",
+                    shard.shard
+                )));
+            }
+            if shard.chain.is_empty() || shard.chain.len() > CHAIN_LEN_MAX {
+                return Err(XdpError::Setup(format!(
+                    "shard {} has {} replicas; the fast path forwards to 1..={CHAIN_LEN_MAX}",
+                    shard.shard,
+                    shard.chain.len()
+                )));
+            }
+            let mut route = ShardRoute {
+                present: 1,
+                replica_count: shard.chain.len() as u8,
+                ..ShardRoute::default()
+            };
+            route.local_index.set(index as u32);
+            route.epoch.set(shard.epoch);
+            for (slot, replica) in route.replicas.iter_mut().zip(&shard.chain) {
+                let mac = macs.get(replica).ok_or_else(|| {
+                    XdpError::Setup(format!("no MAC address known for replica {replica}"))
+                })?;
+                *slot = endpoint(*replica, *mac);
+            }
+            routes
+                .set(
+                    shard.shard,
+                    <[u8; size_of::<ShardRoute>()]>::try_from(route.as_bytes())
+                        .expect("route size"),
+                    0,
+                )
+                .map_err(|error| XdpError::Setup(format!("shard_routes: {error}")))?;
+            local_index.insert(shard.shard, index as u32);
+        }
+
+        let count = count as usize;
+        let mappings = Arc::new(Mappings {
+            cells: Mapping::of(
+                array_data(&ebpf, "shard_cells")?,
+                count * size_of::<ShardCell>(),
+            )?,
+            dirty: Mapping::of(
+                array_data(&ebpf, "dirty_counts")?,
+                count * DIRTY_SLOTS as usize * 8,
+            )?,
+            window: Mapping::of(
+                array_data(&ebpf, "window")?,
+                count * INFLIGHT_WRITES_MAX as usize * size_of::<WindowSlot>(),
+            )?,
+        });
+        let coordinator = XdpCoordinator {
+            ebpf,
+            mappings,
+            local_index,
+        };
+        for shard in shards {
+            // Sequence numbers start at 1, as in user mode.
+            tern_proto::coordinator::ShardState::set_next_seq(
+                &coordinator.shared_shard(shard.shard)?,
+                1,
+            );
+        }
+        Ok(coordinator)
+    }
+
+    /// The shared state of `shard`, backed by the mapped maps.
+    pub fn shared_shard(&self, shard: u32) -> Result<SharedShard, XdpError> {
+        let index = *self
+            .local_index
+            .get(&shard)
+            .ok_or_else(|| XdpError::Setup(format!("shard {shard} is not loaded")))?
+            as usize;
+        let base = |mapping: &Mapping, offset: usize| {
+            // SAFETY: offsets stay inside the mapping: index < shard count and
+            // each map was mapped for every shard.
+            unsafe { NonNull::new_unchecked(mapping.address.as_ptr().add(offset)) }
+        };
+        let cell = base(&self.mappings.cells, index * size_of::<ShardCell>()).cast();
+        let dirty = base(&self.mappings.dirty, index * DIRTY_SLOTS as usize * 8).cast();
+        let window = base(
+            &self.mappings.window,
+            index * INFLIGHT_WRITES_MAX as usize * size_of::<WindowSlot>(),
+        )
+        .cast();
+        // SAFETY: the pointers address this shard's part of the mapped maps,
+        // whose layouts are those of tern_wire::maps (the C program uses the
+        // generated header); the Arc keeps the mappings alive.
+        Ok(unsafe {
+            SharedShard::from_raw_parts(cell, dirty, window, Box::new(self.mappings.clone()))
+        })
+    }
+
+    /// Attaches the fast path to `interface` in driver (native) mode.
+    pub fn attach(&mut self, interface: &str) -> Result<(), XdpError> {
+        attach_program(&mut self.ebpf, COORDINATOR_PROGRAM, interface)
+    }
+
+    /// Runs the fast path once on `frame` (BPF_PROG_TEST_RUN); returns the
+    /// verdict and the frame as the program left it.
+    pub fn test_run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), XdpError> {
+        let program: &Xdp = self
+            .ebpf
+            .program(COORDINATOR_PROGRAM)
+            .ok_or_else(|| XdpError::Setup("no program".into()))?
+            .try_into()
+            .map_err(|error| XdpError::Setup(format!("{error}")))?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .map_err(|error| XdpError::Setup(format!("BPF_PROG_TEST_RUN: {error:#}")))?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
+    /// Per-CPU values of every fast-path counter.
+    pub fn counters(&self) -> Result<Vec<CounterValues>, XdpError> {
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map("xdp_stats")
+                .ok_or_else(|| XdpError::Setup("no map xdp_stats".into()))?,
+        )
+        .map_err(|error| XdpError::Setup(error.to_string()))?;
+        XdpCounter::ALL
+            .iter()
+            .map(|(counter, name)| {
+                let values = stats
+                    .get(&(*counter as u32), 0)
+                    .map_err(|error| XdpError::Setup(format!("xdp_stats: {error}")))?;
+                Ok(CounterValues {
+                    counter: *counter,
+                    name,
+                    per_cpu: values.iter().copied().collect(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn endpoint(address: SocketAddrV4, mac: [u8; 6]) -> Endpoint {
+    let mut endpoint = Endpoint {
+        mac,
+        ..Endpoint::default()
+    };
+    endpoint.ip.set(u32::from(*address.ip()));
+    endpoint.port.set(address.port());
+    endpoint
+}
+
+fn attach_program(ebpf: &mut Ebpf, name: &str, interface: &str) -> Result<(), XdpError> {
+    let attach_error = |reason: String| XdpError::Attach {
+        interface: interface.to_string(),
+        reason,
+    };
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or_else(|| XdpError::Setup(format!("no program {name}")))?
+        .try_into()
+        .map_err(|error| XdpError::Setup(format!("{error}")))?;
+    program
+        .attach(interface, XdpMode::Driver)
+        .map_err(|error| attach_error(format!("{error:#}")))?;
+    Ok(())
+}
+
+/// Loads the XDP_PASS program, attaches it to `interface` (a veth peer the
+/// coordinator transmits into) and pins the link at `pin`, so that it stays
+/// after this process exits; removing the pin (or the interface) detaches it.
+pub fn attach_pass_pinned(interface: &str, pin: &std::path::Path) -> Result<(), XdpError> {
+    if !is_built() {
+        return Err(XdpError::NotBuilt);
+    }
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries("shard_cells", 1)
+        .map_max_entries("dirty_counts", DIRTY_SLOTS)
+        .map_max_entries("window", INFLIGHT_WRITES_MAX as u32)
+        .load(OBJECT)
+        .map_err(|error| XdpError::Load(format!("{error:#}")))?;
+    let program: &mut Xdp = ebpf
+        .program_mut(PASS_PROGRAM)
+        .ok_or_else(|| XdpError::Setup("no pass program".into()))?
+        .try_into()
+        .map_err(|error| XdpError::Setup(format!("{error}")))?;
+    program
+        .load()
+        .map_err(|error| XdpError::Load(format!("{error:#}")))?;
+    let link_id = program
+        .attach(interface, XdpMode::Driver)
+        .map_err(|error| XdpError::Attach {
+            interface: interface.into(),
+            reason: format!("{error:#}"),
+        })?;
+    let link = program
+        .take_link(link_id)
+        .map_err(|error| XdpError::Setup(format!("{error}")))?;
+    let link: aya::programs::links::FdLink = link
+        .try_into()
+        .map_err(|error| XdpError::Setup(format!("link is not a bpf_link: {error}")))?;
+    link.pin(pin)
+        .map_err(|error| XdpError::Setup(format!("pinning {}: {error}", pin.display())))?;
+    Ok(())
+}

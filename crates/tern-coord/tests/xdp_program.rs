@@ -1,0 +1,436 @@
+//! The XDP fast path tested as a program: a frame in through
+//! BPF_PROG_TEST_RUN, the verdict and the frame out asserted, and the shared
+//! state (the mapped maps) inspected through the same `ShardState` the
+//! user-space path uses. Needs root (CAP_BPF), as `make test` has.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use tern_coord::xdp::XdpCoordinator;
+use tern_proto::coordinator::{ShardConfig, ShardState};
+use tern_proto::{SharedShard, Time};
+use tern_wire::maps::XdpCounter;
+use tern_wire::{Header, Message, Op, Status, dirty_index, encode, flags, key_hash};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const COORDINATOR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 2), 7000);
+const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 1), 40000);
+const COORDINATOR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const EPOCH: u32 = 3;
+
+fn replica(index: u8) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 10 + index), 7100 + u16::from(index))
+}
+
+fn replica_mac(index: u8) -> [u8; 6] {
+    [2, 0, 0, 0, 1, index]
+}
+
+/// A loaded program serving shard 5 with a chain of three replicas.
+fn load() -> (XdpCoordinator, SharedShard) {
+    let chain = vec![replica(0), replica(1), replica(2)];
+    let macs: HashMap<_, _> = (0..3).map(|i| (replica(i), replica_mac(i))).collect();
+    let shard = ShardConfig {
+        shard: 5,
+        epoch: EPOCH,
+        chain,
+    };
+    let coordinator = XdpCoordinator::load(COORDINATOR, &[shard], &macs)
+        .unwrap_or_else(|error| panic!("loading the XDP program (these tests need root): {error}"));
+    let state = coordinator.shared_shard(5).unwrap();
+    (coordinator, state)
+}
+
+/// An Ethernet + IPv4 + UDP frame carrying `payload`.
+fn frame(from: SocketAddrV4, from_mac: [u8; 6], to: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&COORDINATOR_MAC);
+    frame.extend_from_slice(&from_mac);
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&from.ip().octets());
+    ip[16..20].copy_from_slice(&to.ip().octets());
+    let checksum = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&from.port().to_be_bytes());
+    frame.extend_from_slice(&to.port().to_be_bytes());
+    frame.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    frame.extend_from_slice(&[0x12, 0x34]); // a checksum the program must clear
+    frame.extend_from_slice(payload);
+    frame
+}
+
+fn ipv4_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum();
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// What a frame the program sent looks like.
+#[derive(Debug)]
+struct Sent {
+    destination_mac: [u8; 6],
+    source: SocketAddrV4,
+    destination: SocketAddrV4,
+    header: Header,
+}
+
+fn sent(frame: &[u8]) -> Sent {
+    let ip = &frame[14..34];
+    assert_eq!(
+        ipv4_checksum(ip),
+        0,
+        "the IPv4 checksum of the rewritten frame is valid"
+    );
+    assert_eq!(&frame[40..42], &[0, 0], "the UDP checksum is cleared");
+    let address = |ip: &[u8], port: &[u8]| {
+        SocketAddrV4::new(
+            Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]),
+            u16::from_be_bytes([port[0], port[1]]),
+        )
+    };
+    Sent {
+        destination_mac: frame[0..6].try_into().unwrap(),
+        source: address(&ip[12..16], &frame[34..36]),
+        destination: address(&ip[16..20], &frame[36..38]),
+        header: Message::decode(&frame[42..])
+            .expect("a valid datagram")
+            .header,
+    }
+}
+
+fn request(op: Op, key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut header = Header::new(op, 5, EPOCH);
+    header.key_hash.set(key_hash(key));
+    header.client_id.set(77);
+    header.request_id.set(9);
+    encode(&header, key, value).unwrap()
+}
+
+fn ack(seq: u64, key: &[u8]) -> Vec<u8> {
+    let mut header = Header::new(Op::Ack, 5, EPOCH);
+    header.seq.set(seq);
+    header.key_hash.set(key_hash(key));
+    header.client_id.set(77);
+    header.request_id.set(9);
+    header.version_field.set(seq);
+    header.set_reply_addr(CLIENT);
+    encode(&header, &[], &[]).unwrap()
+}
+
+fn counter(coordinator: &XdpCoordinator, wanted: XdpCounter) -> u64 {
+    let counters = coordinator.counters().unwrap();
+    counters
+        .iter()
+        .find(|values| values.counter == wanted)
+        .map(|values| values.total())
+        .unwrap()
+}
+
+fn run(coordinator: &XdpCoordinator, frame: &[u8]) -> (u32, Vec<u8>) {
+    coordinator.test_run(frame).expect("BPF_PROG_TEST_RUN")
+}
+
+#[test]
+fn a_write_goes_to_the_head_with_the_next_sequence_number_and_marks_its_key_dirty() {
+    let (coordinator, state) = load();
+    let index = dirty_index(key_hash(b"k"));
+    let (verdict, out) = run(
+        &coordinator,
+        &frame(
+            CLIENT,
+            CLIENT_MAC,
+            COORDINATOR,
+            &request(Op::Put, b"k", b"v"),
+        ),
+    );
+    assert_eq!(verdict, XDP_TX);
+    let out = sent(&out);
+    assert_eq!(out.destination, replica(0));
+    assert_eq!(out.destination_mac, replica_mac(0));
+    assert_eq!(out.source, COORDINATOR);
+    assert_eq!(out.header.op(), Op::Put);
+    assert_eq!(out.header.seq.get(), 1);
+    assert_eq!(
+        out.header.reply_addr(),
+        CLIENT,
+        "the client's address travels with the write"
+    );
+    assert_eq!(state.dirty_count(index), 1);
+    assert_eq!(state.next_seq(), 2);
+    assert!(state.is_in_flight(1));
+    // The window keeps the datagram as sent, for resends by user space.
+    let mut copy = Vec::new();
+    assert!(state.resend(1, Time::MAX, Time::ZERO, &mut copy));
+    assert_eq!(Message::decode(&copy).unwrap().header, out.header);
+    // The next write takes the next number.
+    let (_, out) = run(
+        &coordinator,
+        &frame(
+            CLIENT,
+            CLIENT_MAC,
+            COORDINATOR,
+            &request(Op::Cas, b"k", b"w"),
+        ),
+    );
+    assert_eq!(sent(&out).header.seq.get(), 2);
+    assert_eq!(state.dirty_count(index), 2);
+    assert_eq!(counter(&coordinator, XdpCounter::Writes), 2);
+}
+
+#[test]
+fn an_ack_becomes_the_clients_reply_after_commit_seq_advances_and_the_dirty_count_drops() {
+    let (coordinator, state) = load();
+    let index = dirty_index(key_hash(b"k"));
+    run(
+        &coordinator,
+        &frame(
+            CLIENT,
+            CLIENT_MAC,
+            COORDINATOR,
+            &request(Op::Put, b"k", b"v"),
+        ),
+    );
+    assert_eq!(state.dirty_count(index), 1);
+    let (verdict, out) = run(
+        &coordinator,
+        &frame(replica(2), replica_mac(2), COORDINATOR, &ack(1, b"k")),
+    );
+    assert_eq!(verdict, XDP_TX);
+    let out = sent(&out);
+    assert_eq!(out.destination, CLIENT);
+    assert_eq!(
+        out.destination_mac, CLIENT_MAC,
+        "the MAC learnt from the client's request"
+    );
+    assert_eq!(out.header.op(), Op::Reply);
+    assert_eq!(out.header.status(), Status::Ok);
+    assert_eq!(out.header.request_id.get(), 9);
+    assert_eq!(state.commit_seq(), 1);
+    assert_eq!(state.dirty_count(index), 0);
+    assert!(!state.is_in_flight(1));
+    // A duplicate acknowledgement is answered again but lowers nothing.
+    let (verdict, _) = run(
+        &coordinator,
+        &frame(replica(2), replica_mac(2), COORDINATOR, &ack(1, b"k")),
+    );
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(state.dirty_count(index), 0);
+    assert_eq!(counter(&coordinator, XdpCounter::Acks), 1);
+    assert_eq!(counter(&coordinator, XdpCounter::AcksNotInFlight), 1);
+}
+
+#[test]
+fn clean_reads_are_stamped_and_spread_round_robin() {
+    let (coordinator, state) = load();
+    state.advance_commit_seq(41);
+    let mut destinations = Vec::new();
+    for _ in 0..3 {
+        let (verdict, out) = run(
+            &coordinator,
+            &frame(
+                CLIENT,
+                CLIENT_MAC,
+                COORDINATOR,
+                &request(Op::Get, b"k", b""),
+            ),
+        );
+        assert_eq!(verdict, XDP_TX);
+        let out = sent(&out);
+        assert!(!out.header.has_flag(flags::TAIL_READ));
+        assert_eq!(out.header.seq.get(), 41, "stamped with commit_seq");
+        assert_eq!(out.header.reply_addr(), CLIENT);
+        destinations.push((out.destination, out.destination_mac));
+    }
+    let expected: Vec<_> = (0..3).map(|i| (replica(i), replica_mac(i))).collect();
+    assert_eq!(destinations, expected);
+    assert_eq!(counter(&coordinator, XdpCounter::ReadsAny), 3);
+}
+
+#[test]
+fn a_read_of_a_dirty_key_goes_to_the_tail() {
+    let (coordinator, _state) = load();
+    run(
+        &coordinator,
+        &frame(
+            CLIENT,
+            CLIENT_MAC,
+            COORDINATOR,
+            &request(Op::Put, b"k", b"v"),
+        ),
+    );
+    let (verdict, out) = run(
+        &coordinator,
+        &frame(
+            CLIENT,
+            CLIENT_MAC,
+            COORDINATOR,
+            &request(Op::Get, b"k", b""),
+        ),
+    );
+    assert_eq!(verdict, XDP_TX);
+    let out = sent(&out);
+    assert_eq!(out.destination, replica(2));
+    assert!(out.header.has_flag(flags::TAIL_READ));
+    // Another key stays clean.
+    let (_, out) = run(
+        &coordinator,
+        &frame(
+            CLIENT,
+            CLIENT_MAC,
+            COORDINATOR,
+            &request(Op::Get, b"other", b""),
+        ),
+    );
+    assert!(!sent(&out).header.has_flag(flags::TAIL_READ));
+}
+
+#[test]
+fn while_recovering_every_read_goes_to_the_tail() {
+    let (coordinator, state) = load();
+    state.set_all_dirty(true);
+    let (_, out) = run(
+        &coordinator,
+        &frame(
+            CLIENT,
+            CLIENT_MAC,
+            COORDINATOR,
+            &request(Op::Get, b"k", b""),
+        ),
+    );
+    assert_eq!(sent(&out).destination, replica(2));
+}
+
+#[test]
+fn malformed_and_rare_datagrams_go_to_user_space_untouched_in_state() {
+    let (coordinator, state) = load();
+    let good = request(Op::Put, b"k", b"v");
+    let mut bad_magic = good.clone();
+    bad_magic[0] ^= 0xff;
+    let mut unknown_op = good.clone();
+    unknown_op[3] = 200;
+    let mut other_epoch = Header::new(Op::Put, 5, EPOCH + 1);
+    other_epoch.key_hash.set(key_hash(b"k"));
+    let other_epoch = encode(&other_epoch, b"k", b"v").unwrap();
+    let mut unknown_shard = Header::new(Op::Put, 6, EPOCH);
+    unknown_shard.key_hash.set(key_hash(b"k"));
+    let unknown_shard = encode(&unknown_shard, b"k", b"v").unwrap();
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let ping = encode(&Header::new(Op::Ping, 5, EPOCH), b"", b"").unwrap();
+    let cases: Vec<(&str, Vec<u8>, XdpCounter)> = vec![
+        ("truncated", good[..40].to_vec(), XdpCounter::PassMalformed),
+        ("bad magic", bad_magic, XdpCounter::PassMalformed),
+        ("trailing bytes", trailing, XdpCounter::PassMalformed),
+        ("unknown op", unknown_op, XdpCounter::PassOp),
+        ("ping", ping, XdpCounter::PassOp),
+        ("other epoch", other_epoch, XdpCounter::PassEpoch),
+        ("unknown shard", unknown_shard, XdpCounter::PassUnknownShard),
+    ];
+    for (name, payload, expected) in cases {
+        let before = counter(&coordinator, expected);
+        let (verdict, out) = run(
+            &coordinator,
+            &frame(CLIENT, CLIENT_MAC, COORDINATOR, &payload),
+        );
+        assert_eq!(verdict, XDP_PASS, "{name}");
+        assert_eq!(&out[..6], &COORDINATOR_MAC, "{name}: not readdressed");
+        assert_eq!(counter(&coordinator, expected), before + 1, "{name}");
+    }
+    assert_eq!(state.next_seq(), 1, "no sequence number was taken");
+    // Traffic for another port is none of the coordinator's business.
+    let elsewhere = SocketAddrV4::new(*COORDINATOR.ip(), 22);
+    let (verdict, out) = run(&coordinator, &frame(CLIENT, CLIENT_MAC, elsewhere, &good));
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(&out[40..42], &[0x12, 0x34], "left exactly as it came");
+}
+
+#[test]
+fn an_ack_that_cannot_be_completed_in_the_kernel_changes_nothing_there() {
+    let (coordinator, state) = load();
+    run(
+        &coordinator,
+        &frame(
+            CLIENT,
+            CLIENT_MAC,
+            COORDINATOR,
+            &request(Op::Put, b"k", b"v"),
+        ),
+    );
+    // Not from the tail.
+    let (verdict, _) = run(
+        &coordinator,
+        &frame(replica(1), replica_mac(1), COORDINATOR, &ack(1, b"k")),
+    );
+    assert_eq!(verdict, XDP_PASS);
+    // For a client whose MAC address was never learnt.
+    let mut unknown_client = Message::decode(&ack(1, b"k")).unwrap().header;
+    unknown_client.set_reply_addr(SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 99), 1));
+    let unknown_client = encode(&unknown_client, b"", b"").unwrap();
+    let (verdict, _) = run(
+        &coordinator,
+        &frame(replica(2), replica_mac(2), COORDINATOR, &unknown_client),
+    );
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(state.commit_seq(), 0);
+    assert!(state.is_in_flight(1));
+    assert_eq!(state.dirty_count(dirty_index(key_hash(b"k"))), 1);
+    assert_eq!(counter(&coordinator, XdpCounter::PassNotFromTail), 1);
+    assert_eq!(counter(&coordinator, XdpCounter::PassNoClientMac), 1);
+}
+
+#[test]
+fn a_gap_fill_ack_completes_in_the_kernel_and_answers_nobody() {
+    let (coordinator, state) = load();
+    let mut noop_ack = Message::decode(&ack(7, b"")).unwrap().header;
+    noop_ack.set_reply_addr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+    let noop_ack = encode(&noop_ack, b"", b"").unwrap();
+    let (verdict, _) = run(
+        &coordinator,
+        &frame(replica(2), replica_mac(2), COORDINATOR, &noop_ack),
+    );
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(state.commit_seq(), 7);
+}
+
+#[test]
+fn a_full_window_hands_the_write_to_user_space_without_taking_a_sequence_number() {
+    let (coordinator, state) = load();
+    // Occupy the slot of the next sequence number with a write still in
+    // flight one window earlier.
+    let next = state.next_seq();
+    let occupant = next + tern_wire::maps::INFLIGHT_WRITES_MAX;
+    state.set_next_seq(occupant);
+    let seq = state.begin_write().unwrap();
+    state.record_sent(seq, 0, b"x", Time::ZERO);
+    state.set_next_seq(next + 2 * tern_wire::maps::INFLIGHT_WRITES_MAX);
+    let (verdict, _) = run(
+        &coordinator,
+        &frame(
+            CLIENT,
+            CLIENT_MAC,
+            COORDINATOR,
+            &request(Op::Put, b"k", b"v"),
+        ),
+    );
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(
+        state.next_seq(),
+        next + 2 * tern_wire::maps::INFLIGHT_WRITES_MAX
+    );
+    assert_eq!(counter(&coordinator, XdpCounter::PassWindowFull), 1);
+}
