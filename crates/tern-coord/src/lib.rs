@@ -1,33 +1,104 @@
 //! The shard coordinator process (`tern coordinator`): one address serving the
-//! coordinators of one or more shards. This is the user-space loop (the
-//! "vanilla Linux" mode); the XDP fast path will share its state through
-//! `tern_proto::coordinator::ShardState`.
+//! coordinators of one or more shards, in one of two modes.
+//!
+//! - `user`: the coordinator logic runs in this process over UDP (the
+//!   "vanilla Linux" mode), its state on the heap.
+//! - `xdp`: the XDP program of `bpf/coordinator.bpf.c` serves GET, PUT,
+//!   DELETE, CAS and ACK in the kernel; this process runs the same logic for
+//!   everything the program hands over (XDP_PASS), on the same state: the
+//!   program's maps, mapped into this process.
 
+mod neighbours;
 pub mod xdp;
 
-use std::io;
 use std::net::SocketAddrV4;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tern_net::BatchSocket;
 use tern_proto::SharedShard;
 use tern_proto::coordinator::{Coordinator, ShardConfig, ShardCoordinator};
+use thiserror::Error;
+
+pub use neighbours::interface_of;
+
+/// How long the XDP mode waits for the replicas' Ethernet addresses.
+const NEIGHBOUR_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the coordinator logic runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    User,
+    Xdp,
+}
+
+#[derive(Debug, Error)]
+pub enum CoordError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Xdp(#[from] xdp::XdpError),
+    #[error("{0}")]
+    Network(String),
+}
 
 /// Serves the coordinators of `shards` on `listen` until `shutdown` is set.
 pub fn run(
     listen: SocketAddrV4,
     shards: Vec<ShardConfig>,
+    mode: Mode,
     shutdown: &AtomicBool,
-) -> io::Result<()> {
-    let mut socket = BatchSocket::bind(listen)?;
+) -> Result<(), CoordError> {
     let ids: Vec<u32> = shards.iter().map(|shard| shard.shard).collect();
-    tracing::info!(%listen, shards = ?ids, mode = "user", "coordinator serving");
-    let mut coordinator = Coordinator::new(
-        shards
-            .into_iter()
-            .map(|config| ShardCoordinator::new(config, SharedShard::in_process())),
-    );
-    tern_net::serve(&mut socket, &mut coordinator, shutdown)?;
-    tracing::info!(stats = %coordinator.render_stats(None), "coordinator stopped");
+    match mode {
+        Mode::User => {
+            let mut socket = BatchSocket::bind(listen)?;
+            tracing::info!(%listen, shards = ?ids, mode = "user", "coordinator serving");
+            let mut coordinator = Coordinator::new(
+                shards
+                    .into_iter()
+                    .map(|config| ShardCoordinator::new(config, SharedShard::in_process())),
+            );
+            tern_net::serve(&mut socket, &mut coordinator, shutdown)?;
+            tracing::info!(stats = %coordinator.render_stats(None), "coordinator stopped");
+        }
+        Mode::Xdp => {
+            let interface = interface_of(*listen.ip()).map_err(CoordError::Network)?;
+            let replicas: Vec<SocketAddrV4> = shards
+                .iter()
+                .flat_map(|shard| shard.chain.iter().copied())
+                .collect();
+            let macs = neighbours::resolve_macs(*listen.ip(), &replicas, NEIGHBOUR_TIMEOUT)
+                .map_err(CoordError::Network)?;
+            let mut fast_path = xdp::XdpCoordinator::load(listen, &shards, &macs)?;
+            let mut socket = BatchSocket::bind(listen)?;
+            let cores = shards
+                .iter()
+                .map(|config| {
+                    Ok(ShardCoordinator::new(
+                        config.clone(),
+                        fast_path.shared_shard(config.shard)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, xdp::XdpError>>()?;
+            let counters = fast_path.counter_reader();
+            let mut coordinator = Coordinator::new(cores).with_extra_stats(Box::new(move |out| {
+                counters.render(out);
+            }));
+            // DESIGN rule 8: the kernel knows nothing of recovery, so the
+            // program is attached only once this process has learnt where the
+            // chain stands and sequencing can resume above it.
+            tern_net::serve_while(&mut socket, &mut coordinator, |core| {
+                !shutdown.load(Ordering::Relaxed) && !core.is_ready()
+            })?;
+            if shutdown.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            fast_path.attach(&interface)?;
+            tracing::info!(%listen, %interface, shards = ?ids, mode = "xdp", "coordinator serving, fast path attached");
+            tern_net::serve(&mut socket, &mut coordinator, shutdown)?;
+            tracing::info!(stats = %coordinator.render_stats(None), "coordinator stopped");
+        }
+    }
     Ok(())
 }

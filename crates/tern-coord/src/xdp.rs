@@ -128,10 +128,62 @@ impl CounterValues {
     }
 }
 
+/// Reads the fast path's per-CPU counters; cheap to clone.
+#[derive(Clone)]
+pub struct CounterReader {
+    stats: Arc<PerCpuArray<MapData, u64>>,
+}
+
+impl std::fmt::Debug for CounterReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterReader").finish_non_exhaustive()
+    }
+}
+
+impl CounterReader {
+    /// Per-CPU values of every fast-path counter.
+    pub fn read(&self) -> Result<Vec<CounterValues>, XdpError> {
+        XdpCounter::ALL
+            .iter()
+            .map(|(counter, name)| {
+                let values = self
+                    .stats
+                    .get(&(*counter as u32), 0)
+                    .map_err(|error| XdpError::Setup(format!("xdp_stats: {error}")))?;
+                Ok(CounterValues {
+                    counter: *counter,
+                    name,
+                    per_cpu: values.iter().copied().collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Appends `xdp.<name> <total> <cpu0> <cpu1> ...` lines.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        match self.read() {
+            Ok(counters) => {
+                for values in counters {
+                    let _ = write!(out, "xdp.{} {}", values.name.to_lowercase(), values.total());
+                    for value in &values.per_cpu {
+                        let _ = write!(out, " {value}");
+                    }
+                    out.push('\n');
+                }
+            }
+            Err(error) => {
+                let _ = writeln!(out, "xdp.error {error}");
+            }
+        }
+    }
+}
+
 /// A loaded fast path and the shared state of each shard it serves.
 #[derive(Debug)]
 pub struct XdpCoordinator {
     ebpf: Ebpf,
+    counters: CounterReader,
     mappings: Arc<Mappings>,
     /// Shard id to local index in the shared maps.
     local_index: HashMap<u32, u32>,
@@ -260,8 +312,17 @@ impl XdpCoordinator {
                 count * INFLIGHT_WRITES_MAX as usize * size_of::<WindowSlot>(),
             )?,
         });
+        let stats = PerCpuArray::try_from(
+            ebpf.take_map("xdp_stats")
+                .ok_or_else(|| XdpError::Setup("no map xdp_stats".into()))?,
+        )
+        .map_err(|error| XdpError::Setup(error.to_string()))?;
+        let counters = CounterReader {
+            stats: Arc::new(stats),
+        };
         let coordinator = XdpCoordinator {
             ebpf,
+            counters,
             mappings,
             local_index,
         };
@@ -330,25 +391,12 @@ impl XdpCoordinator {
 
     /// Per-CPU values of every fast-path counter.
     pub fn counters(&self) -> Result<Vec<CounterValues>, XdpError> {
-        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map("xdp_stats")
-                .ok_or_else(|| XdpError::Setup("no map xdp_stats".into()))?,
-        )
-        .map_err(|error| XdpError::Setup(error.to_string()))?;
-        XdpCounter::ALL
-            .iter()
-            .map(|(counter, name)| {
-                let values = stats
-                    .get(&(*counter as u32), 0)
-                    .map_err(|error| XdpError::Setup(format!("xdp_stats: {error}")))?;
-                Ok(CounterValues {
-                    counter: *counter,
-                    name,
-                    per_cpu: values.iter().copied().collect(),
-                })
-            })
-            .collect()
+        self.counters.read()
+    }
+
+    /// A handle that reads the counters without borrowing the program.
+    pub fn counter_reader(&self) -> CounterReader {
+        self.counters.clone()
     }
 }
 

@@ -216,14 +216,24 @@ pub fn monotonic_now() -> Time {
 
 /// Runs `core` on `socket` until `shutdown` is set: the main loop of every
 /// Tern process.
-pub fn serve(
+pub fn serve<C: Core>(
     socket: &mut BatchSocket,
-    core: &mut impl Core,
+    core: &mut C,
     shutdown: &AtomicBool,
+) -> io::Result<()> {
+    serve_while(socket, core, |_| !shutdown.load(Ordering::Relaxed))
+}
+
+/// Runs `core` on `socket` for as long as `keep_going(core)` holds (checked
+/// after every batch and tick).
+pub fn serve_while<C: Core>(
+    socket: &mut BatchSocket,
+    core: &mut C,
+    mut keep_going: impl FnMut(&C) -> bool,
 ) -> io::Result<()> {
     let mut outbox = Outbox::new();
     let mut last_tick = monotonic_now();
-    while !shutdown.load(Ordering::Relaxed) {
+    while keep_going(core) {
         socket.recv_batch()?;
         let now = monotonic_now();
         for (from, bytes) in socket.received() {

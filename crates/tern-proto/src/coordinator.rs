@@ -455,11 +455,25 @@ counters! {
 
 /// A coordinator process: the coordinators of one or more shards behind one
 /// address, dispatching on the header's shard.
-#[derive(Debug)]
 pub struct Coordinator<S> {
     shards: HashMap<u32, ShardCoordinator<S>>,
     counters: CoordinatorCounters,
     drops: DecodeDrops,
+    /// More `name value` lines for STATS (the XDP fast path's counters).
+    extra_stats: Option<ExtraStats>,
+}
+
+/// A source of extra STATS lines.
+pub type ExtraStats = Box<dyn Fn(&mut String) + Send>;
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Coordinator<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("shards", &self.shards)
+            .field("counters", &self.counters)
+            .field("drops", &self.drops)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S: ShardState> Coordinator<S> {
@@ -471,7 +485,14 @@ impl<S: ShardState> Coordinator<S> {
                 .collect(),
             counters: CoordinatorCounters::default(),
             drops: DecodeDrops::default(),
+            extra_stats: None,
         }
+    }
+
+    /// Adds lines to every STATS answer.
+    pub fn with_extra_stats(mut self, extra: ExtraStats) -> Self {
+        self.extra_stats = Some(extra);
+        self
     }
 
     pub fn shard(&self, shard: u32) -> Option<&ShardCoordinator<S>> {
@@ -509,6 +530,9 @@ impl<S: ShardState> Coordinator<S> {
         let mut text = String::new();
         self.counters.render("", &mut text);
         self.drops.render("drop_", &mut text);
+        if let Some(extra) = &self.extra_stats {
+            extra(&mut text);
+        }
         let mut shards: Vec<_> = self.shards.values().collect();
         shards.sort_by_key(|shard| shard.config.shard);
         for coordinator in shards {

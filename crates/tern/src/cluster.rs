@@ -1,6 +1,7 @@
-//! `tern cluster up|down|status`: a local cluster of real processes on
-//! loopback, described by `DIR/cluster.toml` (the cluster map) and
-//! `DIR/processes.toml` (what was started, for `down` and `status`).
+//! `tern cluster up|down|status`: a local cluster of real processes, on
+//! loopback or in network namespaces (`netns.rs`), described by
+//! `DIR/cluster.toml` (the cluster map), `DIR/processes.toml` (what was
+//! started) and `DIR/topology.toml` (the namespaces, for `down`).
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -13,18 +14,45 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 use tern_client::{Client, ClientOptions, ClusterMap, ShardMap};
-use tern_wire::Op;
+use tern_wire::{Op, Status};
+
+use crate::netns::{self, Topology};
 
 /// How long `cluster up` waits for every process to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long `cluster down` waits after SIGTERM before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Ports in the netns topology, where every process has its own address.
+const COORDINATOR_PORT: u16 = 7000;
+const REPLICA_PORT: u16 = 7100;
+
+/// Where the coordinators run their logic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterMode {
+    /// User-space coordinator (the "vanilla Linux" mode).
+    User,
+    /// XDP fast path in the kernel, user space for the rare cases.
+    Xdp,
+    /// XDP when this machine and build allow it, else user (and say so).
+    Auto,
+}
+
+/// How the processes are connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopologyKind {
+    /// Every process on 127.0.0.1 (no privileges needed).
+    Loopback,
+    /// A network namespace per process, veth pairs and a bridge (needs root).
+    Netns,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Start a cluster and return once every process answers.
     Up {
-        /// Directory for cluster.toml, processes.toml and logs/.
+        /// Directory for cluster.toml, processes.toml, topology.toml and logs/.
         #[arg(long)]
         dir: PathBuf,
         #[arg(long, default_value_t = 1)]
@@ -32,8 +60,13 @@ pub enum ClusterCommand {
         /// Replicas per shard (the chain length).
         #[arg(long, default_value_t = 3)]
         replicas: usize,
+        #[arg(long, value_enum, default_value_t = ClusterMode::User)]
+        mode: ClusterMode,
+        /// Default: netns when running as root, else loopback.
+        #[arg(long, value_enum)]
+        topology: Option<TopologyKind>,
     },
-    /// Stop every process of the cluster in DIR.
+    /// Stop every process of the cluster in DIR and remove its namespaces.
     Down {
         #[arg(long)]
         dir: PathBuf,
@@ -57,6 +90,9 @@ struct ProcessEntry {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct ProcessTable {
+    /// The coordinators' mode, `auto` resolved.
+    mode: Option<ClusterMode>,
+    topology: Option<TopologyKind>,
     process: Vec<ProcessEntry>,
 }
 
@@ -66,7 +102,16 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
             dir,
             shards,
             replicas,
-        } => up(&dir, shards, replicas),
+            mode,
+            topology,
+        } => {
+            let topology = topology.unwrap_or(if netns::is_root() {
+                TopologyKind::Netns
+            } else {
+                TopologyKind::Loopback
+            });
+            up(&dir, shards, replicas, mode, topology)
+        }
         ClusterCommand::Down { dir } => down(&dir),
         ClusterCommand::Status { dir } => status(&dir),
     }
@@ -85,18 +130,22 @@ pub fn processes_of(map: &ClusterMap) -> Vec<(String, SocketAddrV4, u32)> {
     }
     for shard in &map.shards {
         for (position, address) in shard.replicas.iter().enumerate() {
-            processes.push((
-                format!("shard{}-replica{position}", shard.id),
-                *address,
-                shard.id,
-            ));
+            processes.push((replica_name(shard.id, position), *address, shard.id));
         }
     }
     processes
 }
 
+fn replica_name(shard: u32, position: usize) -> String {
+    format!("shard{shard}-replica{position}")
+}
+
 fn table_path(dir: &Path) -> PathBuf {
     dir.join("processes.toml")
+}
+
+fn topology_path(dir: &Path) -> PathBuf {
+    dir.join("topology.toml")
 }
 
 fn read_table(dir: &Path) -> Result<ProcessTable> {
@@ -130,9 +179,31 @@ fn free_addresses(count: usize) -> Result<Vec<SocketAddrV4>> {
         .collect()
 }
 
-fn up(dir: &Path, shard_count: u32, replicas: usize) -> Result<ExitCode> {
+/// Short node names inside the netns topology (they become interface names).
+fn node_name(process: &str) -> String {
+    match process
+        .strip_prefix("shard")
+        .and_then(|rest| rest.split_once("-replica"))
+    {
+        Some((shard, position)) => format!("s{shard}r{position}"),
+        None => "c".to_string(),
+    }
+}
+
+fn up(
+    dir: &Path,
+    shard_count: u32,
+    replicas: usize,
+    mode: ClusterMode,
+    topology_kind: TopologyKind,
+) -> Result<ExitCode> {
     if shard_count == 0 || replicas == 0 {
         bail!("a cluster needs at least one shard and one replica per shard");
+    }
+    if mode == ClusterMode::Xdp && topology_kind == TopologyKind::Loopback {
+        bail!(
+            "--mode xdp needs --topology netns: the fast path runs on the coordinator's own interface"
+        );
     }
     std::fs::create_dir_all(dir.join("logs"))
         .with_context(|| format!("creating {}", dir.display()))?;
@@ -142,16 +213,60 @@ fn up(dir: &Path, shard_count: u32, replicas: usize) -> Result<ExitCode> {
         .into_iter()
         .filter(|p| is_running(p.pid))
         .count();
-    if running > 0 {
+    if running > 0 || topology_path(&dir).exists() {
         bail!(
-            "{running} processes of a cluster are still running in {}: run `tern cluster down --dir {}` first",
+            "a cluster is still up in {}: run `tern cluster down --dir {}` first",
             dir.display(),
             dir.display()
         );
     }
 
-    let mut addresses = free_addresses(1 + shard_count as usize * replicas)?.into_iter();
-    let coordinator = addresses.next().expect("reserved");
+    // Names and addresses: one coordinator process, then every replica.
+    let mut names = vec!["coordinator".to_string()];
+    for shard in 0..shard_count {
+        names.extend((0..replicas).map(|position| replica_name(shard, position)));
+    }
+    let mut topology = match topology_kind {
+        TopologyKind::Loopback => None,
+        TopologyKind::Netns => {
+            let nodes: Vec<String> = names.iter().map(|name| node_name(name)).collect();
+            let topology = Topology::create(&nodes)?;
+            topology.save(&topology_path(&dir))?;
+            Some(topology)
+        }
+    };
+    let result = start(&dir, shard_count, replicas, mode, &names, topology.as_mut());
+    if result.is_err() {
+        let _ = down(&dir);
+    }
+    result
+}
+
+/// Everything of `up` after the topology exists; the caller cleans up on error.
+fn start(
+    dir: &Path,
+    shard_count: u32,
+    replicas: usize,
+    mode: ClusterMode,
+    names: &[String],
+    mut topology: Option<&mut Topology>,
+) -> Result<ExitCode> {
+    let addresses: Vec<SocketAddrV4> = match &topology {
+        None => free_addresses(names.len())?,
+        Some(topology) => names
+            .iter()
+            .map(|name| {
+                let port = if name == "coordinator" {
+                    COORDINATOR_PORT
+                } else {
+                    REPLICA_PORT
+                };
+                SocketAddrV4::new(topology.node(&node_name(name)).address, port)
+            })
+            .collect(),
+    };
+    let mut remaining = addresses.iter().copied();
+    let coordinator = remaining.next().expect("the coordinator's address");
     let shards = ClusterMap::even_slot_ranges(shard_count)
         .into_iter()
         .enumerate()
@@ -160,25 +275,54 @@ fn up(dir: &Path, shard_count: u32, replicas: usize) -> Result<ExitCode> {
             epoch: 1,
             slots,
             coordinator,
-            replicas: addresses.by_ref().take(replicas).collect(),
+            replicas: remaining.by_ref().take(replicas).collect(),
         })
         .collect();
     let map = ClusterMap::new(shards)?;
     let map_path = dir.join("cluster.toml");
     std::fs::write(&map_path, map.to_toml()).context("writing cluster.toml")?;
 
+    let mode = resolve_mode(mode, topology.as_deref_mut(), dir)?;
+    let topology = topology.as_deref();
     let executable = std::env::current_exe().context("locating the tern executable")?;
-    let mut table = ProcessTable::default();
+    let mut table = ProcessTable {
+        mode: Some(mode),
+        topology: Some(if addresses[0].ip().is_loopback() {
+            TopologyKind::Loopback
+        } else {
+            TopologyKind::Netns
+        }),
+        process: Vec::new(),
+    };
     let mut children: Vec<(Child, ProcessEntry)> = Vec::new();
-    for (name, address, shard) in processes_of(&map) {
+    // Replicas first: a coordinator in XDP mode learns their MAC addresses.
+    let mut processes = processes_of(&map);
+    processes.rotate_left(1);
+    for (name, address, shard) in processes {
         let log = dir.join("logs").join(format!("{name}.log"));
-        let mut command = Command::new(&executable);
+        let mut command = match &topology {
+            Some(topology) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &topology.node(&node_name(&name)).namespace]);
+                command.arg(&executable);
+                command
+            }
+            None => Command::new(&executable),
+        };
         command.arg("--cluster").arg(&map_path);
         if name == "coordinator" {
-            command
-                .arg("coordinator")
-                .arg("--listen")
-                .arg(address.to_string());
+            let mode = if mode == ClusterMode::Xdp {
+                "xdp"
+            } else {
+                "user"
+            };
+            command.args([
+                "coordinator",
+                "--listen",
+                &address.to_string(),
+                "--mode",
+                mode,
+            ]);
         } else {
             let position = map
                 .shard(shard)
@@ -201,17 +345,24 @@ fn up(dir: &Path, shard_count: u32, replicas: usize) -> Result<ExitCode> {
         table.process.push(entry.clone());
         children.push((child, entry));
     }
-    write_table(&dir, &table)?;
+    write_table(dir, &table)?;
+    wait_ready(&map, &mut children)?;
 
-    if let Err(error) = wait_ready(&map, &mut children) {
-        let _ = down(&dir);
-        return Err(error);
-    }
+    let shown_mode = if mode == ClusterMode::Xdp {
+        "xdp"
+    } else {
+        "user"
+    };
+    let shown_topology = match &topology {
+        Some(topology) => format!(
+            "netns, bridge {} (host {})",
+            topology.bridge, topology.host_address
+        ),
+        None => "loopback".to_string(),
+    };
     println!(
-        "cluster up in {}: {} shards x {} replicas",
-        dir.display(),
-        shard_count,
-        replicas
+        "cluster up in {}: {shard_count} shards x {replicas} replicas, {shown_mode} mode, {shown_topology}",
+        dir.display()
     );
     println!("  cluster map: {}", map_path.display());
     println!(
@@ -219,6 +370,49 @@ fn up(dir: &Path, shard_count: u32, replicas: usize) -> Result<ExitCode> {
         map_path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves `auto`, and prepares the XDP mode: the coordinator's veth peer
+/// needs an XDP program for XDP_TX frames to come out of it.
+fn resolve_mode(
+    mode: ClusterMode,
+    topology: Option<&mut Topology>,
+    dir: &Path,
+) -> Result<ClusterMode> {
+    if mode == ClusterMode::User {
+        return Ok(ClusterMode::User);
+    }
+    let prepared = match topology {
+        None => Err("the loopback topology has no interface of its own to attach to".to_string()),
+        Some(topology) => prepare_xdp(topology)
+            .map_err(|error| format!("{error:#}"))
+            .and_then(|()| {
+                topology
+                    .save(&topology_path(dir))
+                    .map_err(|error| format!("{error:#}"))
+            }),
+    };
+    match (mode, prepared) {
+        (_, Ok(())) => Ok(ClusterMode::Xdp),
+        (ClusterMode::Xdp, Err(reason)) => bail!("--mode xdp is not possible here: {reason}"),
+        (_, Err(reason)) => {
+            println!("--mode auto: using the user-space coordinator, because {reason}");
+            Ok(ClusterMode::User)
+        }
+    }
+}
+
+fn prepare_xdp(topology: &mut Topology) -> Result<()> {
+    if !tern_coord::xdp::is_built() {
+        return Err(tern_coord::xdp::XdpError::NotBuilt.into());
+    }
+    netns::ensure_bpffs()?;
+    let veth = topology.node("c").veth.clone();
+    let pin = PathBuf::from(format!("/sys/fs/bpf/tern{}-{veth}-pass", topology.index));
+    let _ = std::fs::remove_file(&pin);
+    tern_coord::xdp::attach_pass_pinned(&veth, &pin)?;
+    topology.pins.push(pin);
+    Ok(())
 }
 
 fn spawn_detached(mut command: Command, log: &Path) -> Result<Child> {
@@ -262,7 +456,7 @@ fn wait_ready(map: &ClusterMap, children: &mut [(Child, ProcessEntry)]) -> Resul
                 );
             }
             match client.admin(entry.address, Op::Ping, entry.shard) {
-                Ok(reply) if reply.status == tern_wire::Status::Ok => {}
+                Ok(reply) if reply.status == Status::Ok => {}
                 _ => still.push(index),
             }
         }
@@ -319,8 +513,18 @@ fn down(dir: &Path) -> Result<ExitCode> {
         killed += 1;
     }
     let _ = std::fs::remove_file(table_path(&dir));
+    let mut removed = String::new();
+    if let Some(topology) = Topology::load(&topology_path(&dir))? {
+        topology.destroy();
+        let _ = std::fs::remove_file(topology_path(&dir));
+        removed = format!(
+            ", removed {} namespaces and bridge {}",
+            topology.nodes.len(),
+            topology.bridge
+        );
+    }
     println!(
-        "cluster down in {}: stopped {} processes{}",
+        "cluster down in {}: stopped {} processes{}{removed}",
         dir.display(),
         ours.len(),
         if killed > 0 {
@@ -361,6 +565,17 @@ fn status(dir: &Path) -> Result<ExitCode> {
             Err(_) => format!("{process} DOWN"),
         }
     };
+    let mode = match table.mode {
+        Some(ClusterMode::Xdp) => "xdp",
+        Some(_) => "user",
+        None => "unknown",
+    };
+    let topology = match table.topology {
+        Some(TopologyKind::Netns) => "netns",
+        Some(TopologyKind::Loopback) => "loopback",
+        None => "unknown",
+    };
+    println!("mode {mode}, topology {topology}");
     let mut all_up = true;
     for shard in &map.shards {
         println!(

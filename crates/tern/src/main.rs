@@ -1,6 +1,7 @@
 //! `tern`: one command for every role of a Tern cluster.
 
 mod cluster;
+mod netns;
 mod signals;
 
 use std::net::SocketAddrV4;
@@ -70,12 +71,22 @@ enum Command {
     Coordinator {
         #[arg(long)]
         listen: SocketAddrV4,
+        /// user: all logic in this process; xdp: the XDP fast path on the
+        /// interface holding LISTEN, this process for the rare cases.
+        #[arg(long, value_enum, default_value_t = CoordinatorMode::User)]
+        mode: CoordinatorMode,
     },
     /// Start, stop and inspect a local cluster of real processes.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
     /// Run a workload against a cluster and report throughput and latency.
     Bench(tern_bench::BenchArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum CoordinatorMode {
+    User,
+    Xdp,
 }
 
 fn main() -> ExitCode {
@@ -170,12 +181,16 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
             tern_server::run(config, shutdown)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Coordinator { listen } => {
+        Command::Coordinator { listen, mode } => {
             init_logging();
             let map = load_map(cluster)?;
             let shards = coordinator_shards(&map, listen)?;
             let shutdown = signals::shutdown_flag();
-            tern_coord::run(listen, shards, shutdown)?;
+            let mode = match mode {
+                CoordinatorMode::User => tern_coord::Mode::User,
+                CoordinatorMode::Xdp => tern_coord::Mode::Xdp,
+            };
+            tern_coord::run(listen, shards, mode, shutdown)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster(command) => cluster::run(command),
