@@ -138,8 +138,8 @@ fn run_workload(map: &ClusterMap, seed: u64) -> (Recorder, Tally, usize) {
     (recorder, total, distinct_values)
 }
 
-fn assert_linearizable_under_contention(shards: u32, replicas: usize) {
-    let cluster = TestCluster::up(shards, replicas);
+fn assert_linearizable_under_contention(shards: u32, replicas: usize, mode: &str, topology: &str) {
+    let cluster = TestCluster::up_with(shards, replicas, mode, topology);
     let seed = std::env::var("TERN_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -148,7 +148,7 @@ fn assert_linearizable_under_contention(shards: u32, replicas: usize) {
     let (recorder, tally, distinct_values) = run_workload(&cluster.map, seed);
     let history = recorder.operations();
     eprintln!(
-        "{shards}x{replicas}: {} operations, {} CAS swapped, {} CAS mismatched, {} timeouts, {} distinct values read",
+        "{shards}x{replicas} {mode} on {topology}: {} operations, {} CAS swapped, {} CAS mismatched, {} timeouts, {} distinct values read",
         tally.operations, tally.cas_swapped, tally.cas_mismatch, tally.timeouts, distinct_values
     );
     // The workload must really contend, or the check proves little.
@@ -173,10 +173,20 @@ fn assert_linearizable_under_contention(shards: u32, replicas: usize) {
 
 #[test]
 fn one_shard_three_replicas_is_linearizable_under_contention() {
-    assert_linearizable_under_contention(1, 3);
+    assert_linearizable_under_contention(1, 3, "user", "loopback");
 }
 
 #[test]
 fn three_shards_three_replicas_is_linearizable_under_contention() {
-    assert_linearizable_under_contention(3, 3);
+    assert_linearizable_under_contention(3, 3, "user", "loopback");
+}
+
+#[test]
+fn one_shard_three_replicas_with_the_xdp_coordinator_is_linearizable_under_contention() {
+    assert_linearizable_under_contention(1, 3, "xdp", "netns");
+}
+
+#[test]
+fn three_shards_three_replicas_with_the_xdp_coordinator_is_linearizable_under_contention() {
+    assert_linearizable_under_contention(3, 3, "xdp", "netns");
 }

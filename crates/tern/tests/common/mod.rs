@@ -23,7 +23,13 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
+    /// A cluster on loopback with user-space coordinators.
     pub fn up(shards: u32, replicas: usize) -> TestCluster {
+        Self::up_with(shards, replicas, "user", "loopback")
+    }
+
+    /// A cluster in `mode` (user, xdp, auto) on `topology` (loopback, netns).
+    pub fn up_with(shards: u32, replicas: usize, mode: &str, topology: &str) -> TestCluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let path = dir.path().to_str().unwrap().to_string();
         let output = run_tern(&[
@@ -35,6 +41,10 @@ impl TestCluster {
             &shards.to_string(),
             "--replicas",
             &replicas.to_string(),
+            "--mode",
+            mode,
+            "--topology",
+            topology,
         ]);
         let cluster = TestCluster {
             map: ClusterMap::load(&dir.path().join("cluster.toml")).unwrap_or_else(|error| {
