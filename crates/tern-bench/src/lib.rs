@@ -1,8 +1,13 @@
 //! Workloads and the benchmark runner behind `tern bench`.
 //!
-//! Today: a closed-loop mixed GET/PUT workload over a uniform key set, with a
-//! load phase, per-operation HDR latency histograms and counted errors. The
-//! YCSB suite, open loop, time series and plots build on this runner.
+//! Today: a closed-loop mixed GET/PUT workload over a uniform or scrambled
+//! zipfian key set, with a load phase, per-operation HDR latency histograms
+//! and counted errors. The YCSB suite, open loop, time series and plots build
+//! on this runner.
+
+pub mod distribution;
+
+pub use distribution::KeyChooser;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
@@ -29,6 +34,9 @@ pub struct BenchArgs {
     /// Fraction of operations that are GETs; the rest are PUTs.
     #[arg(long, default_value_t = 0.9)]
     pub read_fraction: f64,
+    /// How keys are chosen: uniform, or zipfian (YCSB's scrambled zipfian, theta 0.99).
+    #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
+    pub distribution: Distribution,
     /// Size of each written value in bytes.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
@@ -38,6 +46,13 @@ pub struct BenchArgs {
     /// Seed of the workload's random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+/// Key distribution of a workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Distribution {
+    Uniform,
+    Zipfian,
 }
 
 /// Parses `10s`, `250ms` or a bare number of seconds.
@@ -124,13 +139,23 @@ impl BenchReport {
         self.completed() as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// Latencies of every operation, in microseconds.
+    pub fn latency_all_us(&self) -> Histogram<u64> {
+        let mut all = OpStats::new("ALL").latency_us;
+        for op in &self.operations {
+            all.add(&op.latency_us).expect("same bounds");
+        }
+        all
+    }
+
     /// The human table.
     pub fn print(&self) {
         let args = &self.args;
         println!(
-            "workload: {} clients, {} keys, {:.0}% GET / {:.0}% PUT, {}-byte values, {:.1}s",
+            "workload: {} clients, {} keys ({:?}), {:.0}% GET / {:.0}% PUT, {}-byte values, {:.1}s",
             args.clients,
             args.keys,
+            args.distribution,
             args.read_fraction * 100.0,
             (1.0 - args.read_fraction) * 100.0,
             args.value_size,
@@ -185,6 +210,10 @@ pub fn run(map: &ClusterMap, args: &BenchArgs) -> Result<BenchReport> {
     for worker in 0..args.clients {
         let mut client = Client::new(map.clone()).context("creating a client")?;
         let (running, start_line, args) = (running.clone(), start_line.clone(), args.clone());
+        let keys = match args.distribution {
+            Distribution::Uniform => KeyChooser::uniform(args.keys),
+            Distribution::Zipfian => KeyChooser::scrambled_zipfian(args.keys),
+        };
         workers.push(std::thread::spawn(move || {
             let mut random =
                 SmallRng::seed_from_u64(args.seed.wrapping_mul(1_000_003) + worker as u64);
@@ -193,7 +222,7 @@ pub fn run(map: &ClusterMap, args: &BenchArgs) -> Result<BenchReport> {
             let mut puts = OpStats::new("PUT");
             start_line.wait();
             while running.load(Ordering::Relaxed) {
-                let key = key_name(random.random_range(0..args.keys));
+                let key = key_name(keys.next(&mut random));
                 let started = Instant::now();
                 if random.random_bool(args.read_fraction) {
                     gets.record(started, client.get(&key).map(drop));

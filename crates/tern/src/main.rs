@@ -1,6 +1,7 @@
 //! `tern`: one command for every role of a Tern cluster.
 
 mod cluster;
+mod compare;
 mod netns;
 mod signals;
 
@@ -80,7 +81,19 @@ enum Command {
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
     /// Run a workload against a cluster and report throughput and latency.
-    Bench(tern_bench::BenchArgs),
+    Bench {
+        #[command(flatten)]
+        args: tern_bench::BenchArgs,
+        #[command(subcommand)]
+        compare: Option<BenchCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Run one workload against fresh clusters in several coordinator modes,
+    /// alternating, and report medians and ratios.
+    Compare(compare::CompareArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -194,7 +207,17 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster(command) => cluster::run(command),
-        Command::Bench(args) => {
+        Command::Bench {
+            compare: Some(BenchCommand::Compare(args)),
+            ..
+        } => {
+            compare::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            args,
+            compare: None,
+        } => {
             let map = load_map(cluster)?;
             let report = tern_bench::run(&map, &args)?;
             report.print();
