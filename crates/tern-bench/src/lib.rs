@@ -190,7 +190,19 @@ impl BenchReport {
 }
 
 fn key_name(index: u64) -> Vec<u8> {
-    format!("key:{index:012}").into_bytes()
+    let mut key = Vec::with_capacity(KEY_NAME_LEN);
+    write_key_name(index, &mut key);
+    key
+}
+
+/// Length of every benchmark key (`key:` and 12 digits).
+const KEY_NAME_LEN: usize = 16;
+
+/// Writes the name of key `index` into `key` (reused: no allocation).
+fn write_key_name(index: u64, key: &mut Vec<u8>) {
+    use std::io::Write;
+    key.clear();
+    let _ = write!(key, "key:{index:012}");
 }
 
 /// Runs the workload of `args` against the cluster `map`.
@@ -220,9 +232,10 @@ pub fn run(map: &ClusterMap, args: &BenchArgs) -> Result<BenchReport> {
             let value = vec![b'v'; args.value_size];
             let mut gets = OpStats::new("GET");
             let mut puts = OpStats::new("PUT");
+            let mut key = Vec::with_capacity(KEY_NAME_LEN);
             start_line.wait();
             while running.load(Ordering::Relaxed) {
-                let key = key_name(keys.next(&mut random));
+                write_key_name(keys.next(&mut random), &mut key);
                 let started = Instant::now();
                 if random.random_bool(args.read_fraction) {
                     gets.record(started, client.get(&key).map(drop));

@@ -107,6 +107,9 @@ impl Client {
 
     pub fn with_options(map: ClusterMap, options: ClientOptions) -> io::Result<Self> {
         let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+        // Set once: a receive waits at most one attempt, and `wait_for`
+        // checks the clock after every stray datagram: no per-request syscall.
+        socket.set_read_timeout(Some(options.attempt_timeout))?;
         Ok(Client {
             socket,
             map,
@@ -268,44 +271,37 @@ impl Client {
         }
     }
 
-    /// Waits for the reply to `request_id` until `until`; ignores late
-    /// replies to earlier requests.
+    /// Waits for the reply to `request_id`: until `until`, or one receive
+    /// timeout without any datagram. Ignores late replies to earlier requests.
     fn wait_for(&mut self, request_id: u64, until: Instant) -> Result<Option<Reply>, ClientError> {
         loop {
-            let remaining = until.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Ok(None);
-            }
-            self.socket.set_read_timeout(Some(remaining))?;
             let length = match self.socket.recv_from(&mut self.recv_buffer) {
                 Ok((length, _)) => length,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error)
-                    if matches!(
-                        error.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
+                    if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
                 {
-                    continue;
+                    return Ok(None);
                 }
                 Err(error) => return Err(error.into()),
             };
-            let Ok(message) = Message::decode(&self.recv_buffer[..length]) else {
-                continue;
-            };
-            let header = message.header;
-            if header.op() != Op::Reply
-                || header.request_id.get() != request_id
-                || (header.client_id.get() != self.client_id && header.client_id.get() != 0)
-            {
-                continue;
+            if let Ok(message) = Message::decode(&self.recv_buffer[..length]) {
+                let header = message.header;
+                if header.op() == Op::Reply
+                    && header.request_id.get() == request_id
+                    && (header.client_id.get() == self.client_id || header.client_id.get() == 0)
+                {
+                    return Ok(Some(Reply {
+                        status: header.status(),
+                        header,
+                        value: message.value.to_vec(),
+                    }));
+                }
             }
-            return Ok(Some(Reply {
-                status: header.status(),
-                header,
-                value: message.value.to_vec(),
-            }));
+            // Something else arrived: keep waiting only while time is left.
+            if Instant::now() >= until {
+                return Ok(None);
+            }
         }
     }
 }
