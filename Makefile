@@ -1,15 +1,21 @@
 # Tern: two commands on a fresh Debian machine.
 #   make demo   start a local 3-replica cluster, run a mixed workload, print results, stop it
-#   make test   every test: unit, property, protocol rules, real-process system tests, fuzzing
+#   make test   every test: unit, property, protocol rules, XDP program, real-process system tests, fuzzing
+#   make bench-compare   user-space vs XDP coordinator, alternating runs, medians and ratio
 SHELL := /bin/bash
 CARGO ?= cargo
 DEMO_DIR ?= $(CURDIR)/target/demo-cluster
 DEMO_DURATION ?= 10s
 DEMO_CLIENTS ?= 8
 FUZZ_SECONDS ?= 20
+# auto: the XDP coordinator where this machine allows it (root, clang-19 at
+# build time), else the user-space one; cluster up says which it used.
+DEMO_MODE ?= auto
+COMPARE_REPEAT ?= 5
+COMPARE_DURATION ?= 10s
 TERN := $(CURDIR)/target/release/tern
 
-.PHONY: demo test check unit fuzz deps
+.PHONY: demo test check unit fuzz deps bench-compare
 
 deps:
 	@scripts/install-deps.sh
@@ -17,10 +23,11 @@ deps:
 demo: deps
 	$(CARGO) build --release --bin tern
 	@$(TERN) cluster down --dir $(DEMO_DIR) >/dev/null 2>&1 || true
-	$(TERN) cluster up --dir $(DEMO_DIR) --shards 1 --replicas 3
+	$(TERN) cluster up --dir $(DEMO_DIR) --shards 1 --replicas 3 --mode $(DEMO_MODE)
 	@$(TERN) cluster status --dir $(DEMO_DIR)
 	@status=0; \
 	$(TERN) --cluster $(DEMO_DIR)/cluster.toml bench --duration $(DEMO_DURATION) --clients $(DEMO_CLIENTS) --keys 10000 --read-fraction 0.9 || status=$$?; \
+	$(TERN) --cluster $(DEMO_DIR)/cluster.toml stats | grep -E '^xdp\.(reads|writes|acks|pass)' || true; \
 	$(TERN) cluster down --dir $(DEMO_DIR); \
 	exit $$status
 
@@ -42,3 +49,10 @@ fuzz:
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) -dict=tern.dict -print_final_stats=1 2>&1 | grep -E "^(Done|stat::number_of_executed_units|INFO: Seed)|ERROR|panicked" ; \
 		test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	done
+
+# The XDP coordinator against the user-space one on the same netns topology:
+# 95% GET / 5% PUT, scrambled zipfian keys, runs alternating (needs root).
+bench-compare: deps
+	$(CARGO) build --release --bin tern
+	$(TERN) bench compare --modes user,xdp --repeat $(COMPARE_REPEAT) --duration $(COMPARE_DURATION) \
+		--read-fraction 0.95 --distribution zipfian --keys 10000 --clients 8

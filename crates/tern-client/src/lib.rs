@@ -279,7 +279,10 @@ impl Client {
                 Ok((length, _)) => length,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error)
-                    if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
                 {
                     return Ok(None);
                 }

@@ -132,6 +132,8 @@ impl CounterValues {
 #[derive(Clone)]
 pub struct CounterReader {
     stats: Arc<PerCpuArray<MapData, u64>>,
+    /// Kernel id of the fast-path program, for its run statistics.
+    program_id: u32,
 }
 
 impl std::fmt::Debug for CounterReader {
@@ -175,6 +177,14 @@ impl CounterReader {
             Err(error) => {
                 let _ = writeln!(out, "xdp.error {error}");
             }
+        }
+        // Counted by the kernel only while kernel.bpf_stats_enabled is 1.
+        let program = aya::programs::loaded_programs()
+            .flatten()
+            .find(|info| info.id() == self.program_id);
+        if let Some(info) = program {
+            let _ = writeln!(out, "xdp.program_runs {}", info.run_count());
+            let _ = writeln!(out, "xdp.program_run_ns {}", info.run_time().as_nanos());
         }
     }
 }
@@ -317,8 +327,18 @@ impl XdpCoordinator {
                 .ok_or_else(|| XdpError::Setup("no map xdp_stats".into()))?,
         )
         .map_err(|error| XdpError::Setup(error.to_string()))?;
+        let program: &Xdp = ebpf
+            .program(COORDINATOR_PROGRAM)
+            .ok_or_else(|| XdpError::Setup("no program".into()))?
+            .try_into()
+            .map_err(|error| XdpError::Setup(format!("{error}")))?;
+        let program_id = program
+            .info()
+            .map_err(|error| XdpError::Setup(format!("{error}")))?
+            .id();
         let counters = CounterReader {
             stats: Arc::new(stats),
+            program_id,
         };
         let coordinator = XdpCoordinator {
             ebpf,

@@ -124,6 +124,10 @@ impl Topology {
     /// pins. Keeps going past errors: it is also the clean-up of failures.
     pub fn destroy(&self) {
         for node in &self.nodes {
+            // Deleting one end of a veth pair removes both at once; a deleted
+            // namespace releases its devices only later, asynchronously, and
+            // the next cluster may reuse these names right away.
+            let _ = ip(&["link", "del", &node.veth]);
             let _ = ip(&["netns", "del", &node.namespace]);
         }
         let _ = ip(&["link", "del", &self.bridge]);
