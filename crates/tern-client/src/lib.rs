@@ -6,12 +6,14 @@
 //! request outstanding; run one per thread for concurrency.
 
 mod map;
+pub mod pipeline;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
 pub use map::{ClusterMap, MapError, ShardMap};
+pub use pipeline::{Completion, PIPELINE_DEPTH_MAX, Pipeline, Request};
 use tern_wire::{
     Header, KEY_LEN_MAX, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, encode_into,
     key_hash, slot_of,

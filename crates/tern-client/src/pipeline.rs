@@ -1,0 +1,237 @@
+//! A client with many requests in flight at once from one thread: requests
+//! are sent as they are submitted, replies are matched by request id, and an
+//! unanswered request is resent with the same request id (so a retried write
+//! is still applied once). Used by the benchmark driver, where one blocking
+//! request per thread would spend more CPU on context switches than the
+//! servers spend on the request.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use tern_wire::{
+    Header, KEY_LEN_MAX, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, encode_into,
+    key_hash, slot_of,
+};
+
+use crate::{ClientError, ClientOptions, ClusterMap, Reply};
+
+/// Requests one pipeline may have in flight: the head remembers the outcomes
+/// of this many writes per client for deduplication (DESIGN rule 6).
+pub const PIPELINE_DEPTH_MAX: usize = 16;
+
+/// A request to submit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    Get,
+    Put(&'a [u8]),
+    Delete,
+    Cas { expected: u64, value: &'a [u8] },
+}
+
+/// A finished request.
+#[derive(Debug)]
+pub struct Completion {
+    /// What the caller passed to `submit`.
+    pub token: u64,
+    /// When it was submitted.
+    pub submitted: Instant,
+    pub result: Result<Reply, ClientError>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    token: u64,
+    to: SocketAddrV4,
+    bytes: Vec<u8>,
+    submitted: Instant,
+    last_sent: Instant,
+    attempts: u32,
+}
+
+/// Many requests in flight from one socket and one client id.
+#[derive(Debug)]
+pub struct Pipeline {
+    socket: UdpSocket,
+    map: ClusterMap,
+    client_id: u64,
+    next_request_id: u64,
+    options: ClientOptions,
+    in_flight: HashMap<u64, InFlight>,
+    recv_buffer: Box<[u8]>,
+}
+
+impl Pipeline {
+    pub fn new(map: ClusterMap, options: ClientOptions) -> io::Result<Self> {
+        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+        // Set once: `poll` blocks at most this long for the first reply, so
+        // that resends are checked several times per attempt.
+        socket.set_read_timeout(Some(options.attempt_timeout / 4))?;
+        Ok(Pipeline {
+            socket,
+            map,
+            client_id: rand::random::<u64>() | 1,
+            next_request_id: 1,
+            options,
+            in_flight: HashMap::new(),
+            recv_buffer: vec![0; 2048].into_boxed_slice(),
+        })
+    }
+
+    /// Requests sent and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Sends a request. Fails when the key or value is over its limit or the
+    /// pipeline already holds `PIPELINE_DEPTH_MAX` requests.
+    pub fn submit(
+        &mut self,
+        request: Request<'_>,
+        key: &[u8],
+        token: u64,
+    ) -> Result<(), ClientError> {
+        if self.in_flight.len() >= PIPELINE_DEPTH_MAX {
+            return Err(ClientError::Refused {
+                status: Status::TryAgain,
+            });
+        }
+        let (op, value, version) = match request {
+            Request::Get => (Op::Get, &[][..], 0),
+            Request::Put(value) => (Op::Put, value, 0),
+            Request::Delete => (Op::Delete, &[][..], 0),
+            Request::Cas { expected, value } => (Op::Cas, value, expected),
+        };
+        if key.len() > KEY_LEN_MAX {
+            return Err(ClientError::KeyTooLarge { len: key.len() });
+        }
+        if value.len() > VALUE_LEN_MAX {
+            return Err(ClientError::ValueTooLarge { len: value.len() });
+        }
+        let hash = key_hash(key);
+        let shard = self.map.shard_of_slot(slot_of(hash));
+        let mut header = Header::new(op, shard.id, shard.epoch);
+        header.key_hash.set(hash);
+        header.client_id.set(self.client_id);
+        header.request_id.set(self.next_request_id);
+        header.version_field.set(version);
+        let mut bytes = Vec::with_capacity(MESSAGE_LEN_MAX);
+        encode_into(&header, key, value, &mut bytes).expect("sizes were checked");
+        let to = shard.coordinator;
+        self.socket.send_to(&bytes, to)?;
+        let now = Instant::now();
+        self.in_flight.insert(
+            self.next_request_id,
+            InFlight {
+                token,
+                to,
+                bytes,
+                submitted: now,
+                last_sent: now,
+                attempts: 1,
+            },
+        );
+        self.next_request_id += 1;
+        Ok(())
+    }
+
+    /// Waits for replies (at most a quarter of the attempt timeout), takes
+    /// every reply already queued, resends what timed out, and appends every
+    /// finished request to `completed`.
+    pub fn poll(&mut self, completed: &mut Vec<Completion>) -> Result<(), ClientError> {
+        if self.in_flight.is_empty() {
+            return Ok(());
+        }
+        let mut flags = 0;
+        loop {
+            // SAFETY: receives into a live buffer of the given length.
+            let length = unsafe {
+                libc::recv(
+                    self.socket.as_raw_fd(),
+                    self.recv_buffer.as_mut_ptr().cast(),
+                    self.recv_buffer.len(),
+                    flags,
+                )
+            };
+            if length < 0 {
+                let error = io::Error::last_os_error();
+                match error.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => break,
+                    _ => return Err(error.into()),
+                }
+            }
+            self.complete(length as usize, completed);
+            // After the first datagram, take only what is already queued.
+            flags = libc::MSG_DONTWAIT;
+        }
+        self.resend_or_expire(completed)
+    }
+
+    fn complete(&mut self, length: usize, completed: &mut Vec<Completion>) {
+        let Ok(message) = Message::decode(&self.recv_buffer[..length]) else {
+            return;
+        };
+        let header = message.header;
+        if header.op() != Op::Reply
+            || (header.client_id.get() != self.client_id && header.client_id.get() != 0)
+        {
+            return;
+        }
+        let request_id = header.request_id.get();
+        if header.status() == Status::TryAgain {
+            // Left in flight: resent after the attempt timeout.
+            return;
+        }
+        let Some(request) = self.in_flight.remove(&request_id) else {
+            return;
+        };
+        let result = if header.status() == Status::StaleEpoch {
+            Err(ClientError::StaleEpoch {
+                shard: header.shard.get(),
+            })
+        } else {
+            Ok(Reply {
+                status: header.status(),
+                header,
+                value: message.value.to_vec(),
+            })
+        };
+        completed.push(Completion {
+            token: request.token,
+            submitted: request.submitted,
+            result,
+        });
+    }
+
+    fn resend_or_expire(&mut self, completed: &mut Vec<Completion>) -> Result<(), ClientError> {
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, request)| now.duration_since(request.submitted) >= self.options.deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let request = self.in_flight.remove(&id).expect("listed above");
+            completed.push(Completion {
+                token: request.token,
+                submitted: request.submitted,
+                result: Err(ClientError::Timeout {
+                    attempts: request.attempts,
+                    elapsed: now - request.submitted,
+                }),
+            });
+        }
+        for request in self.in_flight.values_mut() {
+            if now.duration_since(request.last_sent) >= self.options.attempt_timeout {
+                self.socket.send_to(&request.bytes, request.to)?;
+                request.last_sent = now;
+                request.attempts += 1;
+            }
+        }
+        Ok(())
+    }
+}
