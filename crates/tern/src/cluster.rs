@@ -200,6 +200,12 @@ fn up(
     if shard_count == 0 || replicas == 0 {
         bail!("a cluster needs at least one shard and one replica per shard");
     }
+    if mode == ClusterMode::Xdp && !netns::is_root() {
+        bail!(
+            "--mode xdp needs root: CAP_NET_ADMIN to create the namespaces and attach XDP, \
+             CAP_BPF to load the program (or use --mode user, or --mode auto to fall back)"
+        );
+    }
     if mode == ClusterMode::Xdp && topology_kind == TopologyKind::Loopback {
         bail!(
             "--mode xdp needs --topology netns: the fast path runs on the coordinator's own interface"
@@ -383,6 +389,9 @@ fn resolve_mode(
         return Ok(ClusterMode::User);
     }
     let prepared = match topology {
+        None if !netns::is_root() => {
+            Err("this is not root (XDP needs CAP_NET_ADMIN and CAP_BPF)".to_string())
+        }
         None => Err("the loopback topology has no interface of its own to attach to".to_string()),
         Some(topology) => prepare_xdp(topology)
             .map_err(|error| format!("{error:#}"))

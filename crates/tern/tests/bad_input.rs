@@ -225,3 +225,61 @@ fn cli_commands_round_trip_and_status_shows_every_process() {
         assert!(text.contains(role), "{role} missing:\n{text}");
     }
 }
+
+#[test]
+fn xdp_mode_without_its_own_interface_is_refused_and_auto_falls_back_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let refused = common::run_tern(&[
+        "cluster",
+        "up",
+        "--dir",
+        path,
+        "--mode",
+        "xdp",
+        "--topology",
+        "loopback",
+    ]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("--mode xdp needs --topology netns"),
+        "{message}"
+    );
+
+    let auto = common::run_tern(&[
+        "cluster",
+        "up",
+        "--dir",
+        path,
+        "--replicas",
+        "1",
+        "--mode",
+        "auto",
+        "--topology",
+        "loopback",
+    ]);
+    let stdout = String::from_utf8_lossy(&auto.stdout);
+    let _guard = scopeguard(path);
+    assert!(
+        auto.status.success(),
+        "{}",
+        String::from_utf8_lossy(&auto.stderr)
+    );
+    assert!(
+        stdout.contains("--mode auto: using the user-space coordinator, because"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("user mode"), "{stdout}");
+}
+
+/// Stops the cluster in `dir` when dropped.
+fn scopeguard(dir: &str) -> impl Drop + '_ {
+    struct Down<'a>(&'a str);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = common::run_tern(&["cluster", "down", "--dir", self.0]);
+        }
+    }
+    Down(dir)
+}
