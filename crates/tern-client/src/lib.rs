@@ -89,6 +89,31 @@ pub struct ClientCounters {
     pub timeouts: u64,
 }
 
+/// The header of a request for `key` (request id left 0) and the address of
+/// its shard's coordinator; refuses keys and values over the limits.
+pub(crate) fn request_header(
+    map: &ClusterMap,
+    client_id: u64,
+    op: Op,
+    key: &[u8],
+    value: &[u8],
+    version: u64,
+) -> Result<(Header, SocketAddrV4), ClientError> {
+    if key.len() > KEY_LEN_MAX {
+        return Err(ClientError::KeyTooLarge { len: key.len() });
+    }
+    if value.len() > VALUE_LEN_MAX {
+        return Err(ClientError::ValueTooLarge { len: value.len() });
+    }
+    let hash = key_hash(key);
+    let shard = map.shard_of_slot(slot_of(hash));
+    let mut header = Header::new(op, shard.id, shard.epoch);
+    header.key_hash.set(hash);
+    header.client_id.set(client_id);
+    header.version_field.set(version);
+    Ok((header, shard.coordinator))
+}
+
 /// A connection-less client of one Tern cluster.
 #[derive(Debug)]
 pub struct Client {
@@ -207,19 +232,9 @@ impl Client {
         value: &[u8],
         version: u64,
     ) -> Result<Reply, ClientError> {
-        if key.len() > KEY_LEN_MAX {
-            return Err(ClientError::KeyTooLarge { len: key.len() });
-        }
-        if value.len() > VALUE_LEN_MAX {
-            return Err(ClientError::ValueTooLarge { len: value.len() });
-        }
-        let hash = key_hash(key);
-        let shard = self.map.shard_of_slot(slot_of(hash));
-        let (shard_id, epoch, coordinator) = (shard.id, shard.epoch, shard.coordinator);
-        let mut header = Header::new(op, shard_id, epoch);
-        header.key_hash.set(hash);
-        header.client_id.set(self.client_id);
-        header.version_field.set(version);
+        let (header, coordinator) =
+            request_header(&self.map, self.client_id, op, key, value, version)?;
+        let shard_id = header.shard.get();
         let reply = self.exchange(coordinator, header, key, value)?;
         if reply.status == Status::StaleEpoch {
             return Err(ClientError::StaleEpoch { shard: shard_id });

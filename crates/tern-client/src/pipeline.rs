@@ -11,10 +11,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use tern_wire::{
-    Header, KEY_LEN_MAX, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, encode_into,
-    key_hash, slot_of,
-};
+use tern_wire::{MESSAGE_LEN_MAX, Message, Op, Status, encode_into};
 
 use crate::{ClientError, ClientOptions, ClusterMap, Reply};
 
@@ -104,22 +101,11 @@ impl Pipeline {
             Request::Delete => (Op::Delete, &[][..], 0),
             Request::Cas { expected, value } => (Op::Cas, value, expected),
         };
-        if key.len() > KEY_LEN_MAX {
-            return Err(ClientError::KeyTooLarge { len: key.len() });
-        }
-        if value.len() > VALUE_LEN_MAX {
-            return Err(ClientError::ValueTooLarge { len: value.len() });
-        }
-        let hash = key_hash(key);
-        let shard = self.map.shard_of_slot(slot_of(hash));
-        let mut header = Header::new(op, shard.id, shard.epoch);
-        header.key_hash.set(hash);
-        header.client_id.set(self.client_id);
+        let (mut header, to) =
+            crate::request_header(&self.map, self.client_id, op, key, value, version)?;
         header.request_id.set(self.next_request_id);
-        header.version_field.set(version);
         let mut bytes = Vec::with_capacity(MESSAGE_LEN_MAX);
         encode_into(&header, key, value, &mut bytes).expect("sizes were checked");
-        let to = shard.coordinator;
         self.socket.send_to(&bytes, to)?;
         let now = Instant::now();
         self.in_flight.insert(

@@ -218,33 +218,13 @@ impl XdpCoordinator {
         shards: &[ShardConfig],
         macs: &HashMap<SocketAddrV4, [u8; 6]>,
     ) -> Result<XdpCoordinator, XdpError> {
-        if !is_built() {
-            return Err(XdpError::NotBuilt);
-        }
         let count = shards.len() as u32;
         if count == 0 {
             return Err(XdpError::Setup("no shards to serve".into()));
         }
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("shard_cells", count)
-            .map_max_entries("dirty_counts", count * DIRTY_SLOTS)
-            .map_max_entries("window", count * INFLIGHT_WRITES_MAX as u32)
-            .load(OBJECT)
-            .map_err(|error| {
-                let text = format!("{error:#}");
-                if text.contains("Operation not permitted") || text.contains("EPERM") {
-                    XdpError::Permission(text)
-                } else {
-                    XdpError::Load(text)
-                }
-            })?;
+        let mut ebpf = load_object(count)?;
         for name in [COORDINATOR_PROGRAM, PASS_PROGRAM] {
-            let program: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or_else(|| XdpError::Setup(format!("no program {name}")))?
-                .try_into()
-                .map_err(|error| XdpError::Setup(format!("{name}: {error}")))?;
-            program
+            program_mut(&mut ebpf, name)?
                 .load()
                 .map_err(|error| XdpError::Load(format!("{name}: {error:#}")))?;
         }
@@ -327,11 +307,7 @@ impl XdpCoordinator {
                 .ok_or_else(|| XdpError::Setup("no map xdp_stats".into()))?,
         )
         .map_err(|error| XdpError::Setup(error.to_string()))?;
-        let program: &Xdp = ebpf
-            .program(COORDINATOR_PROGRAM)
-            .ok_or_else(|| XdpError::Setup("no program".into()))?
-            .try_into()
-            .map_err(|error| XdpError::Setup(format!("{error}")))?;
+        let program = program(&ebpf, COORDINATOR_PROGRAM)?;
         let program_id = program
             .info()
             .map_err(|error| XdpError::Setup(format!("{error}")))?
@@ -391,12 +367,7 @@ impl XdpCoordinator {
     /// Runs the fast path once on `frame` (BPF_PROG_TEST_RUN); returns the
     /// verdict and the frame as the program left it.
     pub fn test_run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), XdpError> {
-        let program: &Xdp = self
-            .ebpf
-            .program(COORDINATOR_PROGRAM)
-            .ok_or_else(|| XdpError::Setup("no program".into()))?
-            .try_into()
-            .map_err(|error| XdpError::Setup(format!("{error}")))?;
+        let program = program(&self.ebpf, COORDINATOR_PROGRAM)?;
         let mut out = vec![0u8; frame.len() + 256];
         let result = program
             .test_run(TestRunOptions {
@@ -431,42 +402,58 @@ fn endpoint(address: SocketAddrV4, mac: [u8; 6]) -> Endpoint {
 }
 
 fn attach_program(ebpf: &mut Ebpf, name: &str, interface: &str) -> Result<(), XdpError> {
-    let attach_error = |reason: String| XdpError::Attach {
-        interface: interface.to_string(),
-        reason,
-    };
-    let program: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or_else(|| XdpError::Setup(format!("no program {name}")))?
-        .try_into()
-        .map_err(|error| XdpError::Setup(format!("{error}")))?;
-    program
+    program_mut(ebpf, name)?
         .attach(interface, XdpMode::Driver)
-        .map_err(|error| attach_error(format!("{error:#}")))?;
+        .map_err(|error| XdpError::Attach {
+            interface: interface.to_string(),
+            reason: format!("{error:#}"),
+        })?;
     Ok(())
+}
+
+/// Loads the object with maps sized for `shard_count` shards.
+fn load_object(shard_count: u32) -> Result<Ebpf, XdpError> {
+    if !is_built() {
+        return Err(XdpError::NotBuilt);
+    }
+    EbpfLoader::new()
+        .map_max_entries("shard_cells", shard_count)
+        .map_max_entries("dirty_counts", shard_count * DIRTY_SLOTS)
+        .map_max_entries("window", shard_count * INFLIGHT_WRITES_MAX as u32)
+        .load(OBJECT)
+        .map_err(|error| {
+            let text = format!("{error:#}");
+            if text.contains("Operation not permitted") || text.contains("EPERM") {
+                XdpError::Permission(text)
+            } else {
+                XdpError::Load(text)
+            }
+        })
+}
+
+fn program<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp, XdpError> {
+    ebpf.program(name)
+        .ok_or_else(|| XdpError::Setup(format!("the object has no program {name}")))?
+        .try_into()
+        .map_err(|error| XdpError::Setup(format!("{name}: {error}")))
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, XdpError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| XdpError::Setup(format!("the object has no program {name}")))?
+        .try_into()
+        .map_err(|error| XdpError::Setup(format!("{name}: {error}")))
 }
 
 /// Loads the XDP_PASS program, attaches it to `interface` (a veth peer the
 /// coordinator transmits into) and pins the link at `pin`, so that it stays
 /// after this process exits; removing the pin (or the interface) detaches it.
 pub fn attach_pass_pinned(interface: &str, pin: &std::path::Path) -> Result<(), XdpError> {
-    if !is_built() {
-        return Err(XdpError::NotBuilt);
-    }
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries("shard_cells", 1)
-        .map_max_entries("dirty_counts", DIRTY_SLOTS)
-        .map_max_entries("window", INFLIGHT_WRITES_MAX as u32)
-        .load(OBJECT)
-        .map_err(|error| XdpError::Load(format!("{error:#}")))?;
-    let program: &mut Xdp = ebpf
-        .program_mut(PASS_PROGRAM)
-        .ok_or_else(|| XdpError::Setup("no pass program".into()))?
-        .try_into()
-        .map_err(|error| XdpError::Setup(format!("{error}")))?;
+    let mut ebpf = load_object(1)?;
+    let program = program_mut(&mut ebpf, PASS_PROGRAM)?;
     program
         .load()
-        .map_err(|error| XdpError::Load(format!("{error:#}")))?;
+        .map_err(|error| XdpError::Load(format!("{PASS_PROGRAM}: {error:#}")))?;
     let link_id = program
         .attach(interface, XdpMode::Driver)
         .map_err(|error| XdpError::Attach {

@@ -70,6 +70,16 @@ fn frame(from: SocketAddrV4, from_mac: [u8; 6], to: SocketAddrV4, payload: &[u8]
     frame
 }
 
+/// A frame from the client to the coordinator.
+fn from_client(payload: &[u8]) -> Vec<u8> {
+    frame(CLIENT, CLIENT_MAC, COORDINATOR, payload)
+}
+
+/// A frame from the tail (replica 2) to the coordinator.
+fn from_tail(payload: &[u8]) -> Vec<u8> {
+    frame(replica(2), replica_mac(2), COORDINATOR, payload)
+}
+
 fn ipv4_checksum(header: &[u8]) -> u16 {
     let mut sum: u32 = header
         .chunks(2)
@@ -149,15 +159,7 @@ fn run(coordinator: &XdpCoordinator, frame: &[u8]) -> (u32, Vec<u8>) {
 fn a_write_goes_to_the_head_with_the_next_sequence_number_and_marks_its_key_dirty() {
     let (coordinator, state) = load();
     let index = dirty_index(key_hash(b"k"));
-    let (verdict, out) = run(
-        &coordinator,
-        &frame(
-            CLIENT,
-            CLIENT_MAC,
-            COORDINATOR,
-            &request(Op::Put, b"k", b"v"),
-        ),
-    );
+    let (verdict, out) = run(&coordinator, &from_client(&request(Op::Put, b"k", b"v")));
     assert_eq!(verdict, XDP_TX);
     let out = sent(&out);
     assert_eq!(out.destination, replica(0));
@@ -178,15 +180,7 @@ fn a_write_goes_to_the_head_with_the_next_sequence_number_and_marks_its_key_dirt
     assert!(state.resend(1, Time::MAX, Time::ZERO, &mut copy));
     assert_eq!(Message::decode(&copy).unwrap().header, out.header);
     // The next write takes the next number.
-    let (_, out) = run(
-        &coordinator,
-        &frame(
-            CLIENT,
-            CLIENT_MAC,
-            COORDINATOR,
-            &request(Op::Cas, b"k", b"w"),
-        ),
-    );
+    let (_, out) = run(&coordinator, &from_client(&request(Op::Cas, b"k", b"w")));
     assert_eq!(sent(&out).header.seq.get(), 2);
     assert_eq!(state.dirty_count(index), 2);
     assert_eq!(counter(&coordinator, XdpCounter::Writes), 2);
@@ -196,20 +190,9 @@ fn a_write_goes_to_the_head_with_the_next_sequence_number_and_marks_its_key_dirt
 fn an_ack_becomes_the_clients_reply_after_commit_seq_advances_and_the_dirty_count_drops() {
     let (coordinator, state) = load();
     let index = dirty_index(key_hash(b"k"));
-    run(
-        &coordinator,
-        &frame(
-            CLIENT,
-            CLIENT_MAC,
-            COORDINATOR,
-            &request(Op::Put, b"k", b"v"),
-        ),
-    );
+    run(&coordinator, &from_client(&request(Op::Put, b"k", b"v")));
     assert_eq!(state.dirty_count(index), 1);
-    let (verdict, out) = run(
-        &coordinator,
-        &frame(replica(2), replica_mac(2), COORDINATOR, &ack(1, b"k")),
-    );
+    let (verdict, out) = run(&coordinator, &from_tail(&ack(1, b"k")));
     assert_eq!(verdict, XDP_TX);
     let out = sent(&out);
     assert_eq!(out.destination, CLIENT);
@@ -224,10 +207,7 @@ fn an_ack_becomes_the_clients_reply_after_commit_seq_advances_and_the_dirty_coun
     assert_eq!(state.dirty_count(index), 0);
     assert!(!state.is_in_flight(1));
     // A duplicate acknowledgement is answered again but lowers nothing.
-    let (verdict, _) = run(
-        &coordinator,
-        &frame(replica(2), replica_mac(2), COORDINATOR, &ack(1, b"k")),
-    );
+    let (verdict, _) = run(&coordinator, &from_tail(&ack(1, b"k")));
     assert_eq!(verdict, XDP_TX);
     assert_eq!(state.dirty_count(index), 0);
     assert_eq!(counter(&coordinator, XdpCounter::Acks), 1);
@@ -240,15 +220,7 @@ fn clean_reads_are_stamped_and_spread_round_robin() {
     state.advance_commit_seq(41);
     let mut destinations = Vec::new();
     for _ in 0..3 {
-        let (verdict, out) = run(
-            &coordinator,
-            &frame(
-                CLIENT,
-                CLIENT_MAC,
-                COORDINATOR,
-                &request(Op::Get, b"k", b""),
-            ),
-        );
+        let (verdict, out) = run(&coordinator, &from_client(&request(Op::Get, b"k", b"")));
         assert_eq!(verdict, XDP_TX);
         let out = sent(&out);
         assert!(!out.header.has_flag(flags::TAIL_READ));
@@ -264,38 +236,14 @@ fn clean_reads_are_stamped_and_spread_round_robin() {
 #[test]
 fn a_read_of_a_dirty_key_goes_to_the_tail() {
     let (coordinator, _state) = load();
-    run(
-        &coordinator,
-        &frame(
-            CLIENT,
-            CLIENT_MAC,
-            COORDINATOR,
-            &request(Op::Put, b"k", b"v"),
-        ),
-    );
-    let (verdict, out) = run(
-        &coordinator,
-        &frame(
-            CLIENT,
-            CLIENT_MAC,
-            COORDINATOR,
-            &request(Op::Get, b"k", b""),
-        ),
-    );
+    run(&coordinator, &from_client(&request(Op::Put, b"k", b"v")));
+    let (verdict, out) = run(&coordinator, &from_client(&request(Op::Get, b"k", b"")));
     assert_eq!(verdict, XDP_TX);
     let out = sent(&out);
     assert_eq!(out.destination, replica(2));
     assert!(out.header.has_flag(flags::TAIL_READ));
     // Another key stays clean.
-    let (_, out) = run(
-        &coordinator,
-        &frame(
-            CLIENT,
-            CLIENT_MAC,
-            COORDINATOR,
-            &request(Op::Get, b"other", b""),
-        ),
-    );
+    let (_, out) = run(&coordinator, &from_client(&request(Op::Get, b"other", b"")));
     assert!(!sent(&out).header.has_flag(flags::TAIL_READ));
 }
 
@@ -303,15 +251,7 @@ fn a_read_of_a_dirty_key_goes_to_the_tail() {
 fn while_recovering_every_read_goes_to_the_tail() {
     let (coordinator, state) = load();
     state.set_all_dirty(true);
-    let (_, out) = run(
-        &coordinator,
-        &frame(
-            CLIENT,
-            CLIENT_MAC,
-            COORDINATOR,
-            &request(Op::Get, b"k", b""),
-        ),
-    );
+    let (_, out) = run(&coordinator, &from_client(&request(Op::Get, b"k", b"")));
     assert_eq!(sent(&out).destination, replica(2));
 }
 
@@ -343,10 +283,7 @@ fn malformed_and_rare_datagrams_go_to_user_space_untouched_in_state() {
     ];
     for (name, payload, expected) in cases {
         let before = counter(&coordinator, expected);
-        let (verdict, out) = run(
-            &coordinator,
-            &frame(CLIENT, CLIENT_MAC, COORDINATOR, &payload),
-        );
+        let (verdict, out) = run(&coordinator, &from_client(&payload));
         assert_eq!(verdict, XDP_PASS, "{name}");
         assert_eq!(&out[..6], &COORDINATOR_MAC, "{name}: not readdressed");
         assert_eq!(counter(&coordinator, expected), before + 1, "{name}");
@@ -362,15 +299,7 @@ fn malformed_and_rare_datagrams_go_to_user_space_untouched_in_state() {
 #[test]
 fn an_ack_that_cannot_be_completed_in_the_kernel_changes_nothing_there() {
     let (coordinator, state) = load();
-    run(
-        &coordinator,
-        &frame(
-            CLIENT,
-            CLIENT_MAC,
-            COORDINATOR,
-            &request(Op::Put, b"k", b"v"),
-        ),
-    );
+    run(&coordinator, &from_client(&request(Op::Put, b"k", b"v")));
     // Not from the tail.
     let (verdict, _) = run(
         &coordinator,
@@ -381,10 +310,7 @@ fn an_ack_that_cannot_be_completed_in_the_kernel_changes_nothing_there() {
     let mut unknown_client = Message::decode(&ack(1, b"k")).unwrap().header;
     unknown_client.set_reply_addr(SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 99), 1));
     let unknown_client = encode(&unknown_client, b"", b"").unwrap();
-    let (verdict, _) = run(
-        &coordinator,
-        &frame(replica(2), replica_mac(2), COORDINATOR, &unknown_client),
-    );
+    let (verdict, _) = run(&coordinator, &from_tail(&unknown_client));
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(state.commit_seq(), 0);
     assert!(state.is_in_flight(1));
@@ -399,10 +325,7 @@ fn a_gap_fill_ack_completes_in_the_kernel_and_answers_nobody() {
     let mut noop_ack = Message::decode(&ack(7, b"")).unwrap().header;
     noop_ack.set_reply_addr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
     let noop_ack = encode(&noop_ack, b"", b"").unwrap();
-    let (verdict, _) = run(
-        &coordinator,
-        &frame(replica(2), replica_mac(2), COORDINATOR, &noop_ack),
-    );
+    let (verdict, _) = run(&coordinator, &from_tail(&noop_ack));
     assert_eq!(verdict, XDP_DROP);
     assert_eq!(state.commit_seq(), 7);
 }
@@ -418,15 +341,7 @@ fn a_full_window_hands_the_write_to_user_space_without_taking_a_sequence_number(
     let seq = state.begin_write().unwrap();
     state.record_sent(seq, 0, b"x", Time::ZERO);
     state.set_next_seq(next + 2 * tern_wire::maps::INFLIGHT_WRITES_MAX);
-    let (verdict, _) = run(
-        &coordinator,
-        &frame(
-            CLIENT,
-            CLIENT_MAC,
-            COORDINATOR,
-            &request(Op::Put, b"k", b"v"),
-        ),
-    );
+    let (verdict, _) = run(&coordinator, &from_client(&request(Op::Put, b"k", b"v")));
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(
         state.next_seq(),
