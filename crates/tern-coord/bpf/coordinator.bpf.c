@@ -312,7 +312,7 @@ static __always_inline int sequence_write(struct xdp_md *ctx, struct frame *fram
 		}
 	}
 	if (!won || !slot)
-		return hand_to_user_space(TERN_XDP_COUNTER_PASS_WINDOW_FULL);
+		return hand_to_user_space(TERN_XDP_COUNTER_PASS_CONTENDED);
 	/* DESIGN rule 3: the key is dirty before the write can reach anyone. */
 	__sync_fetch_and_add(dirty, 1);
 	tern->seq = seq;
@@ -372,7 +372,7 @@ static __always_inline int acknowledge(struct frame *frame, struct tern_shard_ro
 		}
 	}
 	if (!advanced)
-		return hand_to_user_space(TERN_XDP_COUNTER_PASS_WINDOW_FULL);
+		return hand_to_user_space(TERN_XDP_COUNTER_PASS_CONTENDED);
 	/* Then the dirty count, only if seq was still in flight, so that a
 	 * duplicate acknowledgement never lowers another write's count. */
 	slot = slot_of(route, seq);

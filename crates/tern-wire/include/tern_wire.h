@@ -69,7 +69,8 @@
 #define TERN_XDP_COUNTER_PASS_WINDOW_FULL 9
 #define TERN_XDP_COUNTER_PASS_NO_CLIENT_MAC 10
 #define TERN_XDP_COUNTER_PASS_NOT_FROM_TAIL 11
-#define TERN_XDP_COUNTER_COUNT       12
+#define TERN_XDP_COUNTER_PASS_CONTENDED 12
+#define TERN_XDP_COUNTER_COUNT       13
 
 struct tern_header {
 	__u16 magic;                     /* @0  Always MAGIC. */

@@ -145,6 +145,8 @@ crate::wire_enum! {
         PassNoClientMac = 10 => "PASS_NO_CLIENT_MAC",
         /// Handed to user space: an acknowledgement not from the tail.
         PassNotFromTail = 11 => "PASS_NOT_FROM_TAIL",
+        /// Handed to user space: a compare-and-swap lost to other CPUs too often.
+        PassContended = 12 => "PASS_CONTENDED",
     }
 }
 
