@@ -1,9 +1,12 @@
-//! Datagrams a core wants sent, in buffers reused from one step to the next.
+//! What a core wants done after a step: datagrams to send and records to
+//! append to its log, in buffers reused from one step to the next. The shell
+//! appends (and, by its durability policy, syncs) the records before it sends
+//! the datagrams, so nothing leaves a replica before it is persisted.
 // PERFORMANCE CRITICAL PATH: no allocation once the buffers have grown.
 
 use std::net::SocketAddrV4;
 
-use tern_wire::{Header, encode_into};
+use tern_wire::{Header, encode_append, encode_into};
 
 /// One datagram to send.
 #[derive(Debug, Default)]
@@ -12,11 +15,16 @@ pub struct Outgoing {
     pub bytes: Vec<u8>,
 }
 
-/// The datagrams produced by one or more steps, sent and cleared by the shell.
+/// The datagrams and log records produced by one or more steps, handled and
+/// cleared by the shell.
 #[derive(Debug, Default)]
 pub struct Outbox {
     items: Vec<Outgoing>,
     len: usize,
+    /// Encoded records, back to back.
+    journal: Vec<u8>,
+    /// (seq, start, end) of each record in `journal`.
+    journal_index: Vec<(u64, usize, usize)>,
 }
 
 impl Outbox {
@@ -67,8 +75,25 @@ impl Outbox {
         self.len == 0
     }
 
-    /// Forgets the queued datagrams but keeps their buffers.
+    /// Queues a log record: the datagram `header`, `key`, `value` encoded.
+    pub fn journal_push(&mut self, seq: u64, header: &Header, key: &[u8], value: &[u8]) {
+        let start = self.journal.len();
+        encode_append(header, key, value, &mut self.journal)
+            .expect("cores only journal keys and values within the wire limits");
+        self.journal_index.push((seq, start, self.journal.len()));
+    }
+
+    /// The queued log records, oldest first.
+    pub fn journal(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.journal_index
+            .iter()
+            .map(|&(seq, start, end)| (seq, &self.journal[start..end]))
+    }
+
+    /// Forgets the queued datagrams and records but keeps their buffers.
     pub fn clear(&mut self) {
         self.len = 0;
+        self.journal.clear();
+        self.journal_index.clear();
     }
 }

@@ -32,6 +32,18 @@ pub const GAP_REQUEST_INTERVAL: Duration = Duration::from_millis(20);
 /// Most sequence numbers resent for one RETRANSMIT request.
 pub const RETRANSMIT_BATCH_MAX: u64 = 512;
 
+/// Why a replica could not be restored from its snapshot and log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreError(pub String);
+
+impl std::fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot restore the replica: {}", self.0)
+    }
+}
+
+impl std::error::Error for RestoreError {}
+
 /// Where a replica sits and whom it talks to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaConfig {
@@ -128,6 +140,8 @@ pub struct Replica {
     /// REPLICATE), so that any replica can take over as head.
     outcomes: HashMap<u64, ClientOutcomes>,
     last_gap_request: Option<Time>,
+    /// Whether applied writes are also queued as log records.
+    journaling: bool,
     counters: ReplicaCounters,
     drops: DecodeDrops,
 }
@@ -147,9 +161,117 @@ impl Replica {
             sent_log_first_seq: 1,
             outcomes: HashMap::new(),
             last_gap_request: None,
+            journaling: false,
             counters: ReplicaCounters::default(),
             drops: DecodeDrops::default(),
         }
+    }
+
+    /// Also queue every applied write as a log record (see `Outbox::journal`).
+    pub fn with_journal(mut self) -> Self {
+        self.journaling = true;
+        self
+    }
+
+    /// Replays one log record written by `with_journal`: applies it as it was
+    /// applied before the restart and rebuilds what depends on it (dedup
+    /// outcomes, the sent log for resends). `scratch` receives the datagrams
+    /// that applying produces; the caller discards them.
+    pub fn replay_record(
+        &mut self,
+        payload: &[u8],
+        scratch: &mut Outbox,
+    ) -> Result<(), RestoreError> {
+        let message =
+            Message::decode(payload).map_err(|error| RestoreError(format!("record: {error}")))?;
+        let header = &message.header;
+        if header.op() != Op::Replicate {
+            return Err(RestoreError(format!("a record of op {:?}", header.op())));
+        }
+        let seq = header.seq.get();
+        let applied = self.store.applied_seq();
+        if seq <= applied {
+            return Ok(());
+        }
+        if seq != applied + 1 {
+            return Err(RestoreError(format!(
+                "record {seq} follows {applied}: the log has a gap"
+            )));
+        }
+        self.store.observe_commit(header.commit_seq.get());
+        self.highest_seen = self.highest_seen.max(seq);
+        self.apply_record(header, message.key, message.value, scratch);
+        Ok(())
+    }
+
+    /// The replica's state for a snapshot: the store with every retained
+    /// version, the highest seq seen, and the dedup outcomes.
+    pub fn snapshot(&self) -> (u64, Vec<u8>) {
+        let mut bytes = Vec::new();
+        self.store.encode(&mut bytes);
+        bytes.extend_from_slice(&self.highest_seen.to_le_bytes());
+        bytes.extend_from_slice(&(self.outcomes.len() as u64).to_le_bytes());
+        for (client_id, client) in &self.outcomes {
+            bytes.extend_from_slice(&client_id.to_le_bytes());
+            bytes.extend_from_slice(&client.last_seq.to_le_bytes());
+            bytes.extend_from_slice(&(client.recent.len() as u32).to_le_bytes());
+            for outcome in &client.recent {
+                bytes.extend_from_slice(&outcome.request_id.to_le_bytes());
+                bytes.push(outcome.status as u8);
+                bytes.extend_from_slice(&outcome.version.to_le_bytes());
+            }
+        }
+        (self.store.applied_seq(), bytes)
+    }
+
+    /// A replica restored from `snapshot` (None: empty), to be completed by
+    /// `replay_record` for every later record.
+    pub fn restore(
+        config: ReplicaConfig,
+        snapshot: Option<&[u8]>,
+    ) -> Result<Replica, RestoreError> {
+        let mut replica = Replica::new(config);
+        let Some(bytes) = snapshot else {
+            return Ok(replica);
+        };
+        let (store, used) =
+            Store::decode(bytes).map_err(|error| RestoreError(error.to_string()))?;
+        let mut rest = &bytes[used..];
+        let mut take = |length: usize| -> Result<&[u8], RestoreError> {
+            if rest.len() < length {
+                return Err(RestoreError("snapshot truncated".into()));
+            }
+            let (taken, left) = rest.split_at(length);
+            rest = left;
+            Ok(taken)
+        };
+        let u64_of = |bytes: &[u8]| u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        replica.highest_seen = u64_of(take(8)?);
+        let clients = u64_of(take(8)?);
+        for _ in 0..clients {
+            let client_id = u64_of(take(8)?);
+            let last_seq = u64_of(take(8)?);
+            let count = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
+            let mut client = ClientOutcomes {
+                last_seq,
+                recent: VecDeque::new(),
+            };
+            for _ in 0..count {
+                let request_id = u64_of(take(8)?);
+                let status = Status::from_u8(take(1)?[0])
+                    .ok_or_else(|| RestoreError("unknown status in snapshot".into()))?;
+                let version = u64_of(take(8)?);
+                client.recent.push_back(Outcome {
+                    request_id,
+                    status,
+                    version,
+                });
+            }
+            replica.outcomes.insert(client_id, client);
+        }
+        replica.sent_log_first_seq = store.applied_seq() + 1;
+        replica.store = store;
+        Ok(replica)
     }
 
     pub fn config(&self) -> &ReplicaConfig {
@@ -248,50 +370,57 @@ impl Replica {
     /// Applies the write that carries the next sequence number and sends it on.
     fn execute(&mut self, message: &Message<'_>, outbox: &mut Outbox) {
         let header = &message.header;
-        let seq = header.seq.get();
         let (effect, status, version) = if self.config.is_head() {
             self.decide(message)
         } else {
             (header.effect(), header.status(), header.version_field.get())
         };
-        match effect {
-            Effect::Put => self
-                .store
-                .apply(seq, message.key, Write::Put(message.value)),
-            Effect::Delete => self.store.apply(seq, message.key, Write::Delete),
+        // The decided write, as this replica passes it on and logs it.
+        let mut record = *header;
+        record.op = Op::Replicate as u8;
+        record.effect = effect as u8;
+        record.status = status as u8;
+        record.flags = 0;
+        record.version_field.set(version);
+        record.commit_seq.set(self.store.commit_seq());
+        let value = if effect == Effect::Put {
+            message.value
+        } else {
+            &[]
+        };
+        if self.journaling {
+            outbox.journal_push(header.seq.get(), &record, message.key, value);
+        }
+        self.apply_record(&record, message.key, value, outbox);
+    }
+
+    /// Applies a decided write (a REPLICATE record) and queues what goes
+    /// downstream: the record to the successor, or an ACK from the tail.
+    /// Execution and log replay both come through here.
+    fn apply_record(&mut self, record: &Header, key: &[u8], value: &[u8], outbox: &mut Outbox) {
+        let seq = record.seq.get();
+        match record.effect() {
+            Effect::Put => self.store.apply(seq, key, Write::Put(value)),
+            Effect::Delete => self.store.apply(seq, key, Write::Delete),
             Effect::None => self.store.skip(seq),
         }
-        if header.op() != Op::Noop && header.client_id.get() != 0 {
-            self.remember_outcome(
-                header.client_id.get(),
-                seq,
-                Outcome {
-                    request_id: header.request_id.get(),
-                    status,
-                    version,
-                },
-            );
+        if record.client_id.get() != 0 {
+            let outcome = Outcome {
+                request_id: record.request_id.get(),
+                status: record.status(),
+                version: record.version_field.get(),
+            };
+            self.remember_outcome(record.client_id.get(), seq, outcome);
         }
         self.counters.writes_applied += 1;
-
-        let mut next = *header;
-        next.effect = effect as u8;
-        next.status = status as u8;
-        next.flags = 0;
-        next.version_field.set(version);
+        let mut next = *record;
         next.commit_seq.set(self.store.commit_seq());
         let to = self.config.downstream();
         if self.config.is_tail() {
             next.op = Op::Ack as u8;
             outbox.push(to, &next, &[], &[]);
         } else {
-            next.op = Op::Replicate as u8;
-            let value = if effect == Effect::Put {
-                message.value
-            } else {
-                &[]
-            };
-            outbox.push(to, &next, message.key, value);
+            outbox.push(to, &next, key, value);
         }
         let sent = outbox.iter().last().expect("just pushed").1;
         self.log_sent(seq, sent);

@@ -21,7 +21,7 @@ pub mod c_header;
 pub use header::Header;
 pub use layout::{CStruct, FieldInfo};
 pub use limits::*;
-pub use message::{DecodeError, EncodeError, Message, encode, encode_into};
+pub use message::{DecodeError, EncodeError, Message, encode, encode_append, encode_into};
 
 /// Declares a `#[repr(u8)]` wire enum together with the list of its variants,
 /// so that Rust and the generated C header share one definition.

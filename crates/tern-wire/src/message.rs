@@ -120,9 +120,22 @@ impl<'a> Message<'a> {
     }
 }
 
-/// Appends one datagram to `out` (which is cleared first). Sets `key_len` and
-/// `value_len` from the slices; the caller sets every other field.
+/// Writes one datagram into `out` (which is cleared first). Sets `key_len`
+/// and `value_len` from the slices; the caller sets every other field.
 pub fn encode_into(
+    header: &Header,
+    key: &[u8],
+    value: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    out.clear();
+    encode_append(header, key, value, out)?;
+    debug_assert!(out.len() <= MESSAGE_LEN_MAX);
+    Ok(())
+}
+
+/// Appends one datagram to the end of `out`, as `encode_into` does.
+pub fn encode_append(
     header: &Header,
     key: &[u8],
     value: &[u8],
@@ -138,11 +151,9 @@ pub fn encode_into(
     // The limits above make both lengths fit in u16.
     header.key_len.set(key.len() as u16);
     header.value_len.set(value.len() as u16);
-    out.clear();
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(key);
     out.extend_from_slice(value);
-    debug_assert!(out.len() <= MESSAGE_LEN_MAX);
     Ok(())
 }
 

@@ -61,6 +61,8 @@ pub struct Sim {
     pub replicas: Vec<Replica>,
     pub network: VecDeque<Datagram>,
     pub client_inbox: Vec<Reply>,
+    /// Each replica's log records, as its shell would have written them.
+    pub disks: Vec<Vec<(u64, Vec<u8>)>>,
     outbox: Outbox,
 }
 
@@ -100,6 +102,7 @@ impl Sim {
             replicas,
             network: VecDeque::new(),
             client_inbox: Vec::new(),
+            disks: vec![Vec::new(); length],
             outbox: Outbox::new(),
         }
     }
@@ -224,7 +227,46 @@ impl Sim {
         }
     }
 
+    /// Makes every replica journal its writes (durable mode).
+    pub fn with_journals(mut self) -> Sim {
+        self.replicas = std::mem::take(&mut self.replicas)
+            .into_iter()
+            .map(Replica::with_journal)
+            .collect();
+        self
+    }
+
+    pub fn replica_config(&self, index: usize) -> ReplicaConfig {
+        self.replicas[index].config().clone()
+    }
+
+    /// Crashes replica `index` and restarts it from its disk (an optional
+    /// snapshot and the records after it), as its shell would.
+    pub fn restart_replica(&mut self, index: usize, snapshot: Option<(u64, Vec<u8>)>) {
+        let config = self.replica_config(index);
+        let mut replica = Replica::restore(config, snapshot.as_ref().map(|(_, bytes)| &bytes[..]))
+            .unwrap()
+            .with_journal();
+        let after = snapshot.map_or(0, |(seq, _)| seq);
+        let mut scratch = Outbox::new();
+        for (seq, record) in &self.disks[index] {
+            if *seq > after {
+                replica.replay_record(record, &mut scratch).unwrap();
+                scratch.clear();
+            }
+        }
+        self.replicas[index] = replica;
+    }
+
     fn flush(&mut self, from: SocketAddrV4) {
+        if let Some(index) = self.chain.iter().position(|a| *a == from) {
+            let records: Vec<(u64, Vec<u8>)> = self
+                .outbox
+                .journal()
+                .map(|(seq, bytes)| (seq, bytes.to_vec()))
+                .collect();
+            self.disks[index].extend(records);
+        }
         for (to, bytes) in self.outbox.iter() {
             self.network.push_back(Datagram {
                 from,
