@@ -88,9 +88,12 @@ pub fn run(
             // DESIGN rule 8: the kernel knows nothing of recovery, so the
             // program is attached only once this process has learnt where the
             // chain stands and sequencing can resume above it.
-            tern_net::serve_while(&mut socket, &mut coordinator, |core| {
-                !shutdown.load(Ordering::Relaxed) && !core.is_ready()
-            })?;
+            tern_net::serve_while(
+                &mut socket,
+                &mut coordinator,
+                |core| !shutdown.load(Ordering::Relaxed) && !core.is_ready(),
+                |_, _| Ok(()),
+            )?;
             if shutdown.load(Ordering::Relaxed) {
                 return Ok(());
             }

@@ -221,15 +221,22 @@ pub fn serve<C: Core>(
     core: &mut C,
     shutdown: &AtomicBool,
 ) -> io::Result<()> {
-    serve_while(socket, core, |_| !shutdown.load(Ordering::Relaxed))
+    serve_while(
+        socket,
+        core,
+        |_| !shutdown.load(Ordering::Relaxed),
+        |_, _| Ok(()),
+    )
 }
 
 /// Runs `core` on `socket` for as long as `keep_going(core)` holds (checked
-/// after every batch and tick).
+/// after every batch and tick). `before_send` runs after every batch, before
+/// its datagrams leave: the place to persist the outbox's log records.
 pub fn serve_while<C: Core>(
     socket: &mut BatchSocket,
     core: &mut C,
     mut keep_going: impl FnMut(&C) -> bool,
+    mut before_send: impl FnMut(&mut C, &Outbox) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut outbox = Outbox::new();
     let mut last_tick = monotonic_now();
@@ -243,11 +250,12 @@ pub fn serve_while<C: Core>(
             last_tick = now;
             core.tick(now, &mut outbox);
         }
+        before_send(core, &outbox)?;
         if !outbox.is_empty() {
             // The received buffers are no longer borrowed here.
             socket.send_batch(outbox.iter())?;
-            outbox.clear();
         }
+        outbox.clear();
     }
     Ok(())
 }

@@ -1,25 +1,164 @@
 //! The replica process (`tern server`): binds the replica's chain address and
-//! drives a [`Replica`] with batched UDP I/O. All protocol logic lives in
-//! `tern-proto`; persistence will live in `tern-store`.
+//! drives a [`Replica`] with batched UDP I/O. With a data directory it keeps
+//! the replica's log (tern-store's segments and snapshots): it recovers from
+//! it at start, and after every batch it appends the batch's records and, by
+//! the durability policy, syncs them before any datagram of the batch leaves.
+//! So a replica never forwards or acknowledges a write it has not persisted,
+//! and one `fdatasync` covers the whole batch (group commit).
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 use tern_net::BatchSocket;
-use tern_proto::replica::{Replica, ReplicaConfig};
+use tern_proto::Outbox;
+use tern_proto::replica::{Replica, ReplicaConfig, RestoreError};
+use tern_store::log::{self, LogWriter};
+use thiserror::Error;
+
+/// When an acknowledged write becomes durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Synced before the replica passes it on (and so before the tail's
+    /// ACK): an acknowledged write survives any crash of any replicas.
+    Always,
+    /// Synced every `interval`: a crash of every replica at once can lose
+    /// the writes of the last interval, acknowledged or not.
+    Interval(Duration),
+    /// Memory only: a restarted replica comes back empty (benchmarks).
+    None,
+}
+
+/// How a replica persists.
+#[derive(Clone, Debug)]
+pub struct Persistence {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    /// Records between snapshots; a snapshot lets the log before it go.
+    pub snapshot_every: u64,
+}
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+}
+
+/// The log of a running replica.
+struct Journal {
+    writer: LogWriter,
+    durability: Durability,
+    last_sync: Instant,
+    records_since_snapshot: u64,
+    snapshot_every: u64,
+}
+
+impl Journal {
+    /// Appends the batch's records and syncs them if the policy says so.
+    fn persist(&mut self, replica: &Replica, outbox: &Outbox) -> io::Result<()> {
+        for (seq, record) in outbox.journal() {
+            self.writer.append(seq, record);
+            self.records_since_snapshot += 1;
+        }
+        self.writer.write()?;
+        match self.durability {
+            Durability::Always => self.writer.sync()?,
+            Durability::Interval(interval) if self.last_sync.elapsed() >= interval => {
+                self.writer.sync()?;
+                self.last_sync = Instant::now();
+            }
+            Durability::Interval(_) | Durability::None => {}
+        }
+        if self.records_since_snapshot >= self.snapshot_every {
+            // The batch's records are written: the snapshot covers them.
+            let started = Instant::now();
+            self.writer.rotate()?;
+            let (seq, bytes) = replica.snapshot();
+            self.writer.snapshot(seq, &bytes)?;
+            self.records_since_snapshot = 0;
+            tracing::info!(seq, bytes = bytes.len(), took = ?started.elapsed(), "snapshot written, older log removed");
+        }
+        Ok(())
+    }
+}
+
+/// Rebuilds the replica from the newest snapshot and the log after it.
+fn recover(
+    config: ReplicaConfig,
+    persistence: &Persistence,
+) -> Result<(Replica, Journal), ServerError> {
+    let started = Instant::now();
+    let dir = &persistence.data_dir;
+    std::fs::create_dir_all(dir)?;
+    let snapshot = log::read_snapshot(dir)?;
+    let snapshot_seq = snapshot.as_ref().map_or(0, |(seq, _)| *seq);
+    let mut replica =
+        Replica::restore(config, snapshot.as_ref().map(|(_, bytes)| &bytes[..]))?.with_journal();
+    let mut scratch = Outbox::new();
+    let mut failure = None;
+    let report = log::replay(dir, snapshot_seq, |_, record| {
+        if failure.is_none() {
+            failure = replica.replay_record(record, &mut scratch).err();
+            scratch.clear();
+        }
+    })?;
+    if let Some(error) = failure {
+        return Err(error.into());
+    }
+    let applied = replica.store().applied_seq();
+    tracing::info!(
+        applied_seq = applied,
+        snapshot_seq,
+        records = report.records,
+        truncated_bytes = report.truncated_bytes,
+        live_keys = replica.store().live_keys(),
+        took = ?started.elapsed(),
+        "recovered from {}", dir.display()
+    );
+    let journal = Journal {
+        writer: LogWriter::open(dir, applied + 1)?,
+        durability: persistence.durability,
+        last_sync: Instant::now(),
+        records_since_snapshot: report.records,
+        snapshot_every: persistence.snapshot_every.max(1),
+    };
+    Ok((replica, journal))
+}
 
 /// Serves one replica until `shutdown` is set.
-pub fn run(config: ReplicaConfig, shutdown: &AtomicBool) -> io::Result<()> {
+pub fn run(
+    config: ReplicaConfig,
+    persistence: Option<Persistence>,
+    shutdown: &AtomicBool,
+) -> Result<(), ServerError> {
     let address = config.chain[config.position];
+    let role = config.role_name();
+    let shard = config.shard;
+    let (mut replica, mut journal) = match persistence.filter(|p| p.durability != Durability::None)
+    {
+        Some(persistence) => {
+            let (replica, journal) = recover(config, &persistence)?;
+            (replica, Some(journal))
+        }
+        None => (Replica::new(config), None),
+    };
     let mut socket = BatchSocket::bind(address)?;
-    tracing::info!(
-        shard = config.shard,
-        role = config.role_name(),
-        %address,
-        "replica serving"
-    );
-    let mut replica = Replica::new(config);
-    tern_net::serve(&mut socket, &mut replica, shutdown)?;
+    tracing::info!(shard, role, %address, durable = journal.is_some(), "replica serving");
+    tern_net::serve_while(
+        &mut socket,
+        &mut replica,
+        |_| !shutdown.load(std::sync::atomic::Ordering::Relaxed),
+        |replica, outbox| match journal.as_mut() {
+            Some(journal) => journal.persist(replica, outbox),
+            None => Ok(()),
+        },
+    )?;
+    if let Some(journal) = journal.as_mut() {
+        journal.writer.sync()?;
+    }
     tracing::info!(stats = %replica.render_stats(), "replica stopped");
     Ok(())
 }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tern_client::{Client, ClientOptions, ClusterMap, ShardMap};
 use tern_wire::{Op, Status};
 
+use crate::DurabilityArg;
 use crate::netns::{self, Topology};
 
 /// How long `cluster up` waits for every process to answer.
@@ -65,6 +66,9 @@ pub enum ClusterCommand {
         /// Default: netns when running as root, else loopback.
         #[arg(long, value_enum)]
         topology: Option<TopologyKind>,
+        /// Replicas keep a log in DIR/data/<replica> unless this is none.
+        #[arg(long, value_enum, default_value_t = DurabilityArg::Always)]
+        durability: DurabilityArg,
     },
     /// Stop every process of the cluster in DIR and remove its namespaces.
     Down {
@@ -76,6 +80,15 @@ pub enum ClusterCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Start again processes of the cluster that are not running (or the
+    /// named ones, which must be stopped), with their original command lines.
+    Restart {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Process names as in processes.toml (e.g. shard0-replica1).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
 }
 
 /// One started process.
@@ -86,6 +99,9 @@ struct ProcessEntry {
     address: SocketAddrV4,
     shard: u32,
     log: PathBuf,
+    /// The full command line, for `cluster restart`.
+    #[serde(default)]
+    command: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -93,6 +109,7 @@ struct ProcessTable {
     /// The coordinators' mode, `auto` resolved.
     mode: Option<ClusterMode>,
     topology: Option<TopologyKind>,
+    durability: Option<DurabilityArg>,
     process: Vec<ProcessEntry>,
 }
 
@@ -104,14 +121,16 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
             replicas,
             mode,
             topology,
+            durability,
         } => {
             let topology = topology.unwrap_or(if netns::is_root() {
                 TopologyKind::Netns
             } else {
                 TopologyKind::Loopback
             });
-            up(&dir, shards, replicas, mode, topology)
+            up(&dir, shards, replicas, mode, topology, durability)
         }
+        ClusterCommand::Restart { dir, names } => restart(&dir, &names),
         ClusterCommand::Down { dir } => down(&dir),
         ClusterCommand::Status { dir } => status(&dir),
     }
@@ -196,6 +215,7 @@ fn up(
     replicas: usize,
     mode: ClusterMode,
     topology_kind: TopologyKind,
+    durability: DurabilityArg,
 ) -> Result<ExitCode> {
     if shard_count == 0 || replicas == 0 {
         bail!("a cluster needs at least one shard and one replica per shard");
@@ -241,7 +261,15 @@ fn up(
             Some(topology)
         }
     };
-    let result = start(&dir, shard_count, replicas, mode, &names, topology.as_mut());
+    let result = start(
+        &dir,
+        shard_count,
+        replicas,
+        mode,
+        durability,
+        &names,
+        topology.as_mut(),
+    );
     if result.is_err() {
         let _ = down(&dir);
     }
@@ -254,6 +282,7 @@ fn start(
     shard_count: u32,
     replicas: usize,
     mode: ClusterMode,
+    durability: DurabilityArg,
     names: &[String],
     mut topology: Option<&mut Topology>,
 ) -> Result<ExitCode> {
@@ -298,6 +327,7 @@ fn start(
         } else {
             TopologyKind::Netns
         }),
+        durability: Some(durability),
         process: Vec::new(),
     };
     let mut children: Vec<(Child, ProcessEntry)> = Vec::new();
@@ -306,29 +336,29 @@ fn start(
     processes.rotate_left(1);
     for (name, address, shard) in processes {
         let log = dir.join("logs").join(format!("{name}.log"));
-        let mut command = match &topology {
-            Some(topology) => {
-                let mut command = Command::new("ip");
-                command.args(["netns", "exec", &topology.node(&node_name(&name)).namespace]);
-                command.arg(&executable);
-                command
-            }
-            None => Command::new(&executable),
-        };
-        command.arg("--cluster").arg(&map_path);
+        let mut command: Vec<String> = Vec::new();
+        if let Some(topology) = topology {
+            let namespace = &topology.node(&node_name(&name)).namespace;
+            command.extend(["ip", "netns", "exec", namespace].map(String::from));
+        }
+        command.push(executable.display().to_string());
+        command.extend(["--cluster".to_string(), map_path.display().to_string()]);
         if name == "coordinator" {
             let mode = if mode == ClusterMode::Xdp {
                 "xdp"
             } else {
                 "user"
             };
-            command.args([
-                "coordinator",
-                "--listen",
-                &address.to_string(),
-                "--mode",
-                mode,
-            ]);
+            command.extend(
+                [
+                    "coordinator",
+                    "--listen",
+                    &address.to_string(),
+                    "--mode",
+                    mode,
+                ]
+                .map(String::from),
+            );
         } else {
             let position = map
                 .shard(shard)
@@ -336,17 +366,36 @@ fn start(
                 .replicas
                 .iter()
                 .position(|a| *a == address);
-            command
-                .args(["server", "--shard", &shard.to_string(), "--replica"])
-                .arg(position.expect("own address").to_string());
+            let position = position.expect("own address").to_string();
+            command.extend(
+                [
+                    "server",
+                    "--shard",
+                    &shard.to_string(),
+                    "--replica",
+                    &position,
+                ]
+                .map(String::from),
+            );
+            if durability != DurabilityArg::None {
+                let data = dir.join("data").join(&name);
+                let policy = format!("{durability:?}").to_lowercase();
+                command.extend([
+                    "--data-dir".to_string(),
+                    data.display().to_string(),
+                    "--durability".into(),
+                    policy,
+                ]);
+            }
         }
-        let child = spawn_detached(command, &log)?;
+        let child = spawn_detached(&command, &log, false)?;
         let entry = ProcessEntry {
             name,
             pid: child.id(),
             address,
             shard,
             log,
+            command,
         };
         table.process.push(entry.clone());
         children.push((child, entry));
@@ -359,6 +408,7 @@ fn start(
     } else {
         "user"
     };
+    let shown_durability = format!("{durability:?}").to_lowercase();
     let shown_topology = match &topology {
         Some(topology) => format!(
             "netns, bridge {} (host {})",
@@ -367,7 +417,7 @@ fn start(
         None => "loopback".to_string(),
     };
     println!(
-        "cluster up in {}: {shard_count} shards x {replicas} replicas, {shown_mode} mode, {shown_topology}",
+        "cluster up in {}: {shard_count} shards x {replicas} replicas, {shown_mode} mode, durability {shown_durability}, {shown_topology}",
         dir.display()
     );
     println!("  cluster map: {}", map_path.display());
@@ -424,18 +474,64 @@ fn prepare_xdp(topology: &mut Topology) -> Result<()> {
     Ok(())
 }
 
-fn spawn_detached(mut command: Command, log: &Path) -> Result<Child> {
-    let output = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    command
+fn spawn_detached(command: &[String], log: &Path, append: bool) -> Result<Child> {
+    let output = File::options()
+        .create(true)
+        .append(append)
+        .write(true)
+        .truncate(!append)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let mut process = Command::new(&command[0]);
+    process
+        .args(&command[1..])
         .stdin(Stdio::null())
         .stdout(output.try_clone()?)
         .stderr(output)
         // Its own process group: a Ctrl-C in the shell that ran `cluster up`
         // does not reach the cluster; `cluster down` stops it.
         .process_group(0);
-    command
+    process
         .spawn()
-        .with_context(|| format!("starting {command:?}"))
+        .with_context(|| format!("starting {}", command.join(" ")))
+}
+
+fn restart(dir: &Path, names: &[String]) -> Result<ExitCode> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("no cluster directory {}", dir.display()))?;
+    let map = ClusterMap::load(&dir.join("cluster.toml"))?;
+    let mut table = read_table(&dir)?;
+    for name in names {
+        let Some(entry) = table.process.iter().find(|p| &p.name == name) else {
+            bail!("no process {name} in {}", table_path(&dir).display());
+        };
+        if is_running(entry.pid) {
+            bail!("{name} is running (pid {}); stop it first", entry.pid);
+        }
+    }
+    let mut children = Vec::new();
+    for entry in table.process.iter_mut() {
+        let wanted = if names.is_empty() {
+            !is_running(entry.pid)
+        } else {
+            names.contains(&entry.name)
+        };
+        if !wanted {
+            continue;
+        }
+        let child = spawn_detached(&entry.command, &entry.log, true)?;
+        entry.pid = child.id();
+        children.push((child, entry.clone()));
+    }
+    write_table(&dir, &table)?;
+    wait_ready(&map, &mut children)?;
+    let restarted: Vec<&str> = children
+        .iter()
+        .map(|(_, entry)| entry.name.as_str())
+        .collect();
+    println!("restarted {}: {}", restarted.len(), restarted.join(", "));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn wait_ready(map: &ClusterMap, children: &mut [(Child, ProcessEntry)]) -> Result<()> {

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use tern_bench::BenchArgs;
 use tern_client::ClusterMap;
 
+use crate::DurabilityArg;
 use crate::cluster::{self, ClusterCommand, ClusterMode, TopologyKind};
 
 #[derive(Debug, clap::Args)]
@@ -24,6 +25,9 @@ pub struct CompareArgs {
     pub replicas: usize,
     #[arg(long, value_enum, default_value_t = TopologyKind::Netns)]
     pub topology: TopologyKind,
+    /// Replica durability (none: compare the coordinators alone).
+    #[arg(long, value_enum, default_value_t = DurabilityArg::None)]
+    pub durability: DurabilityArg,
     #[command(flatten)]
     pub workload: BenchArgs,
 }
@@ -60,6 +64,7 @@ fn run_once(dir: &Path, args: &CompareArgs, mode: ClusterMode) -> Result<Sample>
         replicas: args.replicas,
         mode,
         topology: Some(args.topology),
+        durability: args.durability,
     };
     cluster::run(up)?;
     let result = (|| {

@@ -67,6 +67,17 @@ enum Command {
         /// Position in the shard's chain: 0 is the head.
         #[arg(long)]
         replica: usize,
+        /// Directory of the replica's log and snapshots (omit: memory only).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = DurabilityArg::Always)]
+        durability: DurabilityArg,
+        /// With `--durability interval`: milliseconds between syncs.
+        #[arg(long, default_value_t = 10)]
+        sync_interval_ms: u64,
+        /// Log records between snapshots (a snapshot lets older log go).
+        #[arg(long, default_value_t = 200_000)]
+        snapshot_every: u64,
     },
     /// Run the coordinator of every shard whose coordinator address is LISTEN.
     Coordinator {
@@ -87,6 +98,21 @@ enum Command {
         #[command(subcommand)]
         compare: Option<BenchCommand>,
     },
+}
+
+/// When an acknowledged write becomes durable (see tern_server::Durability).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityArg {
+    /// fdatasync before a replica passes a write on: nothing acknowledged is lost.
+    Always,
+    /// fdatasync every --sync-interval-ms: a crash of every replica at once
+    /// can lose the last interval's writes.
+    Interval,
+    /// Memory only (the benchmark mode).
+    None,
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,12 +212,31 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Server { shard, replica } => {
+        Command::Server {
+            shard,
+            replica,
+            data_dir,
+            durability,
+            sync_interval_ms,
+            snapshot_every,
+        } => {
             init_logging();
             let map = load_map(cluster)?;
             let config = replica_config(&map, shard, replica)?;
             let shutdown = signals::shutdown_flag();
-            tern_server::run(config, shutdown)?;
+            let durability = match durability {
+                DurabilityArg::Always => tern_server::Durability::Always,
+                DurabilityArg::Interval => tern_server::Durability::Interval(
+                    std::time::Duration::from_millis(sync_interval_ms),
+                ),
+                DurabilityArg::None => tern_server::Durability::None,
+            };
+            let persistence = data_dir.map(|data_dir| tern_server::Persistence {
+                data_dir,
+                durability,
+                snapshot_every,
+            });
+            tern_server::run(config, persistence, shutdown)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Coordinator { listen, mode } => {
