@@ -38,13 +38,11 @@ fn numbered(dir: &Path, prefix: &str, suffix: &str) -> io::Result<Vec<(u64, Path
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(number) = name
+        let number = name
             .strip_prefix(prefix)
-            .and_then(|rest| rest.strip_suffix(suffix))
-        {
-            if let Ok(number) = number.parse::<u64>() {
-                found.push((number, entry.path()));
-            }
+            .and_then(|rest| rest.strip_suffix(suffix));
+        if let Some(Ok(number)) = number.map(str::parse::<u64>) {
+            found.push((number, entry.path()));
         }
     }
     found.sort();
