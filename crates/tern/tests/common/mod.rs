@@ -72,6 +72,70 @@ impl TestCluster {
         self.dir.path()
     }
 
+    /// Starts a cluster with extra `cluster up` arguments (e.g. durability).
+    pub fn up_with_args(shards: u32, replicas: usize, extra: &[&str]) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().to_str().unwrap().to_string();
+        let (shards, replicas) = (shards.to_string(), replicas.to_string());
+        let mut args = vec![
+            "cluster",
+            "up",
+            "--dir",
+            &path,
+            "--shards",
+            &shards,
+            "--replicas",
+            &replicas,
+        ];
+        args.extend_from_slice(extra);
+        let output = run_tern(&args);
+        assert!(
+            output.status.success(),
+            "cluster up: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let map = ClusterMap::load(&dir.path().join("cluster.toml")).unwrap();
+        TestCluster { dir, map }
+    }
+
+    /// (name, pid) of every process, from processes.toml.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        let text = std::fs::read_to_string(self.dir.path().join("processes.toml")).unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        table["process"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_string(),
+                    p["pid"].as_integer().unwrap() as u32,
+                )
+            })
+            .collect()
+    }
+
+    /// SIGKILLs the named processes.
+    pub fn kill(&self, names: &[&str]) {
+        for (name, pid) in self.processes() {
+            if names.contains(&name.as_str()) {
+                // SAFETY: a plain system call on a pid this cluster started.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+
+    /// `tern cluster restart` for every stopped process.
+    pub fn restart_stopped(&self) {
+        let dir = self.dir.path().to_str().unwrap();
+        let output = run_tern(&["cluster", "restart", "--dir", dir]);
+        assert!(
+            output.status.success(),
+            "cluster restart: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// Runs a `tern` client command against this cluster.
     pub fn tern(&self, args: &[&str]) -> Output {
         tern()
