@@ -6,6 +6,7 @@
 //! on this runner.
 
 pub mod distribution;
+pub mod persistence;
 
 pub use distribution::KeyChooser;
 

@@ -69,6 +69,9 @@ pub enum ClusterCommand {
         /// Replicas keep a log in DIR/data/<replica> unless this is none.
         #[arg(long, value_enum, default_value_t = DurabilityArg::Always)]
         durability: DurabilityArg,
+        /// Log records between a replica's snapshots.
+        #[arg(long, default_value_t = 200_000)]
+        snapshot_every: u64,
     },
     /// Stop every process of the cluster in DIR and remove its namespaces.
     Down {
@@ -89,6 +92,13 @@ pub enum ClusterCommand {
         #[arg(long = "name")]
         names: Vec<String>,
     },
+}
+
+/// How the replicas of a cluster persist.
+#[derive(Clone, Copy, Debug)]
+struct Persistence {
+    durability: DurabilityArg,
+    snapshot_every: u64,
 }
 
 /// One started process.
@@ -122,13 +132,18 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
             mode,
             topology,
             durability,
+            snapshot_every,
         } => {
             let topology = topology.unwrap_or(if netns::is_root() {
                 TopologyKind::Netns
             } else {
                 TopologyKind::Loopback
             });
-            up(&dir, shards, replicas, mode, topology, durability)
+            let persistence = Persistence {
+                durability,
+                snapshot_every,
+            };
+            up(&dir, shards, replicas, mode, topology, persistence)
         }
         ClusterCommand::Restart { dir, names } => restart(&dir, &names),
         ClusterCommand::Down { dir } => down(&dir),
@@ -215,7 +230,7 @@ fn up(
     replicas: usize,
     mode: ClusterMode,
     topology_kind: TopologyKind,
-    durability: DurabilityArg,
+    persistence: Persistence,
 ) -> Result<ExitCode> {
     if shard_count == 0 || replicas == 0 {
         bail!("a cluster needs at least one shard and one replica per shard");
@@ -266,7 +281,7 @@ fn up(
         shard_count,
         replicas,
         mode,
-        durability,
+        persistence,
         &names,
         topology.as_mut(),
     );
@@ -282,7 +297,7 @@ fn start(
     shard_count: u32,
     replicas: usize,
     mode: ClusterMode,
-    durability: DurabilityArg,
+    persistence: Persistence,
     names: &[String],
     mut topology: Option<&mut Topology>,
 ) -> Result<ExitCode> {
@@ -327,7 +342,7 @@ fn start(
         } else {
             TopologyKind::Netns
         }),
-        durability: Some(durability),
+        durability: Some(persistence.durability),
         process: Vec::new(),
     };
     let mut children: Vec<(Child, ProcessEntry)> = Vec::new();
@@ -377,15 +392,21 @@ fn start(
                 ]
                 .map(String::from),
             );
-            if durability != DurabilityArg::None {
-                let data = dir.join("data").join(&name);
-                let policy = format!("{durability:?}").to_lowercase();
-                command.extend([
-                    "--data-dir".to_string(),
-                    data.display().to_string(),
-                    "--durability".into(),
-                    policy,
-                ]);
+            if persistence.durability != DurabilityArg::None {
+                let data = dir.join("data").join(&name).display().to_string();
+                let policy = format!("{:?}", persistence.durability).to_lowercase();
+                let every = persistence.snapshot_every.to_string();
+                command.extend(
+                    [
+                        "--data-dir",
+                        &data,
+                        "--durability",
+                        &policy,
+                        "--snapshot-every",
+                        &every,
+                    ]
+                    .map(String::from),
+                );
             }
         }
         let child = spawn_detached(&command, &log, false)?;
@@ -408,7 +429,7 @@ fn start(
     } else {
         "user"
     };
-    let shown_durability = format!("{durability:?}").to_lowercase();
+    let shown_durability = format!("{:?}", persistence.durability).to_lowercase();
     let shown_topology = match &topology {
         Some(topology) => format!(
             "netns, bridge {} (host {})",

@@ -65,6 +65,7 @@ fn run_once(dir: &Path, args: &CompareArgs, mode: ClusterMode) -> Result<Sample>
         mode,
         topology: Some(args.topology),
         durability: args.durability,
+        snapshot_every: 200_000,
     };
     cluster::run(up)?;
     let result = (|| {

@@ -120,6 +120,11 @@ enum BenchCommand {
     /// Run one workload against fresh clusters in several coordinator modes,
     /// alternating, and report medians and ratios.
     Compare(compare::CompareArgs),
+    /// Append throughput of the replica log, one fdatasync per write against
+    /// group commit.
+    Log(tern_bench::persistence::LogBenchArgs),
+    /// Time to recover a replica of N keys from its log, and from a snapshot.
+    Recovery(tern_bench::persistence::RecoveryBenchArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -257,6 +262,20 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
             ..
         } => {
             compare::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            compare: Some(BenchCommand::Log(args)),
+            ..
+        } => {
+            tern_bench::persistence::run_log(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            compare: Some(BenchCommand::Recovery(args)),
+            ..
+        } => {
+            tern_bench::persistence::run_recovery(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -146,3 +146,73 @@ fn without_durability_a_restarted_replica_comes_back_empty() {
     cluster.restart_stopped();
     assert_eq!(client.get(b"k").unwrap(), None);
 }
+
+fn data_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| {
+            let metadata = entry.metadata().unwrap();
+            if metadata.is_dir() {
+                data_bytes(&entry.path())
+            } else {
+                metadata.len()
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn disk_use_stays_bounded_under_a_long_overwrite_run() {
+    // Snapshots every 2000 records let the older log go: the disk holds one
+    // snapshot and at most about one snapshot interval of log per replica,
+    // however long the same keys are overwritten.
+    let cluster = TestCluster::up_with_args(
+        1,
+        3,
+        &[
+            "--topology",
+            "loopback",
+            "--durability",
+            "always",
+            "--snapshot-every",
+            "2000",
+        ],
+    );
+    let data = cluster.dir().join("data");
+    let mut pipeline = tern_client::Pipeline::new(cluster.map.clone(), Default::default()).unwrap();
+    let value = vec![b'x'; 500];
+    let mut completed = Vec::new();
+    let (mut acknowledged, mut largest, mut sequence) = (0u64, 0u64, 0u64);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        while pipeline.in_flight() < tern_client::PIPELINE_DEPTH_MAX {
+            sequence += 1;
+            let key = format!("key-{}", sequence % 200);
+            pipeline
+                .submit(tern_client::Request::Put(&value), key.as_bytes(), 0)
+                .unwrap();
+        }
+        pipeline.poll(&mut completed).unwrap();
+        acknowledged += completed.drain(..).filter(|c| c.result.is_ok()).count() as u64;
+        if sequence % 500 == 0 {
+            largest = largest.max(data_bytes(&data));
+        }
+    }
+    // Every replica logs each acknowledged write once (record ~ 600 bytes).
+    let logged = acknowledged * 3 * 600;
+    eprintln!(
+        "{acknowledged} overwrites ({:.1} MB logged over 3 replicas); disk use peaked at {:.2} MB",
+        logged as f64 / 1e6,
+        largest as f64 / 1e6
+    );
+    assert!(
+        logged > 4 * largest,
+        "the run wrote several times more than the bound"
+    );
+    // One snapshot (200 keys) plus up to two intervals of log, per replica.
+    let bound = 3 * (200 * 600 + 2 * 2000 * 600 + 64 * 1024);
+    assert!(largest < bound, "disk use {largest} exceeds {bound}");
+}
