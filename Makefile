@@ -11,6 +11,8 @@ FUZZ_SECONDS ?= 20
 # auto: the XDP coordinator where this machine allows it (root, clang-19 at
 # build time), else the user-space one; cluster up says which it used.
 DEMO_MODE ?= auto
+# always (default: nothing acknowledged is ever lost), interval or none.
+DEMO_DURABILITY ?= always
 COMPARE_REPEAT ?= 5
 COMPARE_DURATION ?= 10s
 TERN := $(CURDIR)/target/release/tern
@@ -23,7 +25,7 @@ deps:
 demo: deps
 	$(CARGO) build --release --bin tern
 	@$(TERN) cluster down --dir $(DEMO_DIR) >/dev/null 2>&1 || true
-	$(TERN) cluster up --dir $(DEMO_DIR) --shards 1 --replicas 3 --mode $(DEMO_MODE)
+	$(TERN) cluster up --dir $(DEMO_DIR) --shards 1 --replicas 3 --mode $(DEMO_MODE) --durability $(DEMO_DURABILITY)
 	@$(TERN) cluster status --dir $(DEMO_DIR)
 	@status=0; \
 	$(TERN) --cluster $(DEMO_DIR)/cluster.toml bench --duration $(DEMO_DURATION) --clients $(DEMO_CLIENTS) --keys 10000 --read-fraction 0.9 || status=$$?; \

@@ -21,10 +21,13 @@ use thiserror::Error;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     /// Synced before the replica passes it on (and so before the tail's
-    /// ACK): an acknowledged write survives any crash of any replicas.
+    /// ACK): an acknowledged write survives any crash of any replicas,
+    /// processes or machines.
     Always,
-    /// Synced every `interval`: a crash of every replica at once can lose
-    /// the writes of the last interval, acknowledged or not.
+    /// Written before the replica passes it on (so a process crash loses
+    /// nothing) but synced only every `interval`: if the machines of every
+    /// replica fail at once, the last interval's writes can be lost,
+    /// acknowledged or not.
     Interval(Duration),
     /// Memory only: a restarted replica comes back empty (benchmarks).
     None,

@@ -108,8 +108,8 @@ enum Command {
 pub enum DurabilityArg {
     /// fdatasync before a replica passes a write on: nothing acknowledged is lost.
     Always,
-    /// fdatasync every --sync-interval-ms: a crash of every replica at once
-    /// can lose the last interval's writes.
+    /// write before passing on, fdatasync every --sync-interval-ms: a power
+    /// loss of every replica's machine can lose the last interval's writes.
     Interval,
     /// Memory only (the benchmark mode).
     None,
