@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tern_wire::{MESSAGE_LEN_MAX, Message, Op, Status, encode_into};
 
@@ -58,6 +58,7 @@ pub struct Pipeline {
     options: ClientOptions,
     in_flight: HashMap<u64, InFlight>,
     recv_buffer: Box<[u8]>,
+    poll_timeout: Duration,
 }
 
 impl Pipeline {
@@ -65,7 +66,8 @@ impl Pipeline {
         let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
         // Set once: `poll` blocks at most this long for the first reply, so
         // that resends are checked several times per attempt.
-        socket.set_read_timeout(Some(options.attempt_timeout / 4))?;
+        let poll_timeout = options.attempt_timeout / 4;
+        socket.set_read_timeout(Some(poll_timeout))?;
         Ok(Pipeline {
             socket,
             map,
@@ -74,12 +76,24 @@ impl Pipeline {
             options,
             in_flight: HashMap::new(),
             recv_buffer: vec![0; 2048].into_boxed_slice(),
+            poll_timeout,
         })
     }
 
     /// Requests sent and not yet completed.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// How long `poll` waits for the first reply (default: a quarter of the
+    /// attempt timeout). An open-loop sender shortens it to keep its pace.
+    pub fn set_poll_timeout(&mut self, wait: Duration) -> io::Result<()> {
+        let wait = wait.max(Duration::from_micros(50));
+        if self.poll_timeout != wait {
+            self.socket.set_read_timeout(Some(wait))?;
+            self.poll_timeout = wait;
+        }
+        Ok(())
     }
 
     /// Sends a request. Fails when the key or value is over its limit or the

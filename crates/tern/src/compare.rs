@@ -1,31 +1,70 @@
-//! `tern bench compare`: the same workload against clusters in different
-//! coordinator modes, alternating (A B A B ...) so that drifts of a noisy
-//! machine hit every mode alike; reports medians and per-round ratios.
+//! `tern bench compare`: the same workload against several targets (Tern in
+//! its coordinator modes, Redis with and without synchronous replication),
+//! alternating (A B A B ...) so that drifts of a noisy machine hit every
+//! target alike; reports medians with min and max and per-round ratios.
 
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use tern_bench::BenchArgs;
+use tern_bench::{BenchArgs, BenchReport, Driver};
 use tern_client::ClusterMap;
 
 use crate::DurabilityArg;
 use crate::cluster::{self, ClusterCommand, ClusterMode, TopologyKind};
 
+/// Replicas behind the Redis primary, as Tern's chains have three copies.
+const REDIS_REPLICAS: usize = 2;
+const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a comparison runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// Tern, user-space coordinator, netns topology.
+    User,
+    /// Tern, XDP coordinator, netns topology.
+    Xdp,
+    /// Tern, user-space coordinator, every process on loopback (as Redis).
+    UserLoopback,
+    /// Redis: a primary and two replicas on loopback, asynchronous replication.
+    Redis,
+    /// Redis as above, `WAIT 2 0` after every write (synchronous to both replicas).
+    RedisWait,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::User => "user",
+            Target::Xdp => "xdp",
+            Target::UserLoopback => "user-loopback",
+            Target::Redis => "redis",
+            Target::RedisWait => "redis-wait",
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct CompareArgs {
-    /// Coordinator modes to compare; each round runs them in this order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "user,xdp")]
-    pub modes: Vec<ClusterMode>,
-    /// Rounds: each mode runs this many times.
+    /// Targets to compare; each round runs them in this order; ratios are to the first.
+    #[arg(
+        long,
+        visible_alias = "modes",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "user,xdp"
+    )]
+    pub targets: Vec<Target>,
+    /// Rounds: each target runs this many times.
     #[arg(long, default_value_t = 5)]
     pub repeat: usize,
     #[arg(long, default_value_t = 1)]
     pub shards: u32,
     #[arg(long, default_value_t = 3)]
     pub replicas: usize,
-    #[arg(long, value_enum, default_value_t = TopologyKind::Netns)]
-    pub topology: TopologyKind,
-    /// Replica durability (none: compare the coordinators alone).
+    /// Tern replica durability (none: like Redis without persistence).
     #[arg(long, value_enum, default_value_t = DurabilityArg::None)]
     pub durability: DurabilityArg,
     #[command(flatten)]
@@ -38,46 +77,53 @@ struct Sample {
     throughput: f64,
     p50_us: u64,
     p99_us: u64,
-    errors: u64,
+    failures: u64,
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[middle]
-    } else {
-        (values[middle - 1] + values[middle]) / 2.0
+impl From<&BenchReport> for Sample {
+    fn from(report: &BenchReport) -> Self {
+        Sample {
+            throughput: report.throughput,
+            p50_us: report.all.p50_us,
+            p99_us: report.all.p99_us,
+            failures: report.failures(),
+        }
     }
 }
 
+/// (median, min, max).
 fn spread(values: &[f64]) -> (f64, f64, f64) {
     let mut sorted = values.to_vec();
-    let middle = median(&mut sorted);
-    (middle, sorted[0], sorted[sorted.len() - 1])
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    let median = if sorted.len() % 2 == 1 {
+        sorted[middle]
+    } else {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    };
+    (median, sorted[0], sorted[sorted.len() - 1])
 }
 
-fn run_once(dir: &Path, args: &CompareArgs, mode: ClusterMode) -> Result<Sample> {
-    let up = ClusterCommand::Up {
+fn run_tern(dir: &Path, args: &CompareArgs, target: Target) -> Result<BenchReport> {
+    let (mode, topology) = match target {
+        Target::User => (ClusterMode::User, TopologyKind::Netns),
+        Target::Xdp => (ClusterMode::Xdp, TopologyKind::Netns),
+        _ => (ClusterMode::User, TopologyKind::Loopback),
+    };
+    cluster::run(ClusterCommand::Up {
         dir: dir.to_path_buf(),
         shards: args.shards,
         replicas: args.replicas,
         mode,
-        topology: Some(args.topology),
+        topology: Some(topology),
         durability: args.durability,
         snapshot_every: 200_000,
-    };
-    cluster::run(up)?;
+    })?;
     let result = (|| {
         let map = ClusterMap::load(&dir.join("cluster.toml"))?;
-        let report = tern_bench::run(&map, &args.workload)?;
-        let all = report.latency_all_us();
-        Ok::<_, anyhow::Error>(Sample {
-            throughput: report.throughput(),
-            p50_us: all.value_at_quantile(0.5),
-            p99_us: all.value_at_quantile(0.99),
-            errors: report.errors(),
-        })
+        let mut workload = args.workload.clone();
+        workload.driver = Driver::Tern;
+        tern_bench::run(Some(&map), &workload)
     })();
     cluster::run(ClusterCommand::Down {
         dir: dir.to_path_buf(),
@@ -85,62 +131,152 @@ fn run_once(dir: &Path, args: &CompareArgs, mode: ClusterMode) -> Result<Sample>
     result
 }
 
+/// Redis processes, killed when dropped.
+struct RedisGroup(Vec<Child>);
+
+impl Drop for RedisGroup {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+fn start_redis(port: u16, primary: Option<u16>) -> Result<Child> {
+    let mut command = Command::new("redis-server");
+    command.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    if let Some(primary) = primary {
+        command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+    }
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context(
+            "starting redis-server (install redis-server; scripts/install-deps.sh --peers does)",
+        )
+}
+
+/// A primary with its replicas, up and replicating.
+fn redis_group() -> Result<(RedisGroup, u16)> {
+    let primary = free_port()?;
+    let mut group = RedisGroup(vec![start_redis(primary, None)?]);
+    for _ in 0..REDIS_REPLICAS {
+        group.0.push(start_redis(free_port()?, Some(primary))?);
+    }
+    let started = Instant::now();
+    loop {
+        let ready = (|| -> redis::RedisResult<bool> {
+            let mut connection =
+                redis::Client::open(format!("redis://127.0.0.1:{primary}/"))?.get_connection()?;
+            redis::cmd("SET")
+                .arg("tern-compare-probe")
+                .arg("1")
+                .query::<()>(&mut connection)?;
+            let replicas: usize = redis::cmd("WAIT")
+                .arg(REDIS_REPLICAS)
+                .arg(100)
+                .query(&mut connection)?;
+            Ok(replicas >= REDIS_REPLICAS)
+        })();
+        if matches!(ready, Ok(true)) {
+            return Ok((group, primary));
+        }
+        if started.elapsed() > REDIS_READY_TIMEOUT {
+            bail!("redis primary and replicas not ready after {REDIS_READY_TIMEOUT:?}: {ready:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run_redis(args: &CompareArgs, target: Target) -> Result<BenchReport> {
+    let (_group, port) = redis_group()?;
+    let mut workload = args.workload.clone();
+    workload.driver = Driver::Resp;
+    workload.resp_address = format!("127.0.0.1:{port}");
+    workload.resp_wait = (target == Target::RedisWait).then_some(REDIS_REPLICAS as u32);
+    workload.pipeline = 1;
+    tern_bench::run(None, &workload)
+}
+
 pub fn run(args: &CompareArgs) -> Result<()> {
-    if args.modes.len() < 2 || args.modes.contains(&ClusterMode::Auto) {
-        bail!("--modes takes two or more of user, xdp");
+    if args.targets.len() < 2 {
+        bail!("--targets takes two or more of user, xdp, user-loopback, redis, redis-wait");
     }
     if args.repeat == 0 {
         bail!("--repeat must be at least 1");
     }
     let workload = &args.workload;
+    let names: Vec<&str> = args.targets.iter().map(|target| target.name()).collect();
     println!(
-        "compare {:?}: {} rounds, {} shard(s) x {} replicas on {:?}; workload {} clients, {:.0}% GET, {:?} over {} keys, {}-byte values, {:?} per run",
-        args.modes,
+        "compare {}: {} rounds; Tern {} shard(s) x {} replicas, durability {:?}; workload {:?}, {} clients, {} records, {}-byte values, {:?} per run",
+        names.join(", "),
         args.repeat,
         args.shards,
         args.replicas,
-        args.topology,
+        args.durability,
+        workload.workload,
         workload.clients,
-        workload.read_fraction * 100.0,
-        workload.distribution,
         workload.keys,
         workload.value_size,
         workload.duration
     );
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); args.modes.len()];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); args.targets.len()];
     for round in 1..=args.repeat {
-        for (index, mode) in args.modes.iter().enumerate() {
-            let dir = scratch
-                .path()
-                .join(format!("round{round}-{mode:?}").to_lowercase());
-            let sample = run_once(&dir, args, *mode)?;
+        for (index, target) in args.targets.iter().enumerate() {
+            let report = match target {
+                Target::Redis | Target::RedisWait => run_redis(args, *target)?,
+                _ => run_tern(
+                    &scratch
+                        .path()
+                        .join(format!("round{round}-{}", target.name())),
+                    args,
+                    *target,
+                )?,
+            };
+            let sample = Sample::from(&report);
             println!(
-                "round {round} {:<5} {:>9.0} ops/s  p50 {:>5} us  p99 {:>5} us  errors {}",
-                format!("{mode:?}").to_lowercase(),
+                "round {round} {:<13} {:>9.0} ops/s  p50 {:>5} us  p99 {:>5} us  errors {}",
+                target.name(),
                 sample.throughput,
                 sample.p50_us,
                 sample.p99_us,
-                sample.errors
+                sample.failures
             );
             samples[index].push(sample);
         }
     }
     println!();
     println!(
-        "{:<6} {:>28} {:>22} {:>22} {:>7}",
-        "mode", "throughput ops/s median (min..max)", "p50 us median", "p99 us median", "errors"
+        "{:<13} {:>32} {:>20} {:>20} {:>7}",
+        "target", "throughput ops/s median (min..max)", "p50 us median", "p99 us median", "errors"
     );
-    for (mode, runs) in args.modes.iter().zip(&samples) {
-        let throughput: Vec<f64> = runs.iter().map(|s| s.throughput).collect();
-        let p50: Vec<f64> = runs.iter().map(|s| s.p50_us as f64).collect();
-        let p99: Vec<f64> = runs.iter().map(|s| s.p99_us as f64).collect();
-        let (t, t_min, t_max) = spread(&throughput);
-        let (p50, p50_min, p50_max) = spread(&p50);
-        let (p99, p99_min, p99_max) = spread(&p99);
+    for (target, runs) in args.targets.iter().zip(&samples) {
+        let column =
+            |value: fn(&Sample) -> f64| spread(&runs.iter().map(value).collect::<Vec<_>>());
+        let (t, t_min, t_max) = column(|s| s.throughput);
+        let (p50, p50_min, p50_max) = column(|s| s.p50_us as f64);
+        let (p99, p99_min, p99_max) = column(|s| s.p99_us as f64);
         println!(
-            "{:<6} {:>9.0} ({:.0}..{:.0}) {:>10.0} ({:.0}..{:.0}) {:>10.0} ({:.0}..{:.0}) {:>7}",
-            format!("{mode:?}").to_lowercase(),
+            "{:<13} {:>9.0} ({:.0}..{:.0}) {:>10.0} ({:.0}..{:.0}) {:>10.0} ({:.0}..{:.0}) {:>7}",
+            target.name(),
             t,
             t_min,
             t_max,
@@ -150,11 +286,11 @@ pub fn run(args: &CompareArgs) -> Result<()> {
             p99,
             p99_min,
             p99_max,
-            runs.iter().map(|s| s.errors).sum::<u64>()
+            runs.iter().map(|s| s.failures).sum::<u64>()
         );
     }
     let base = &samples[0];
-    for (mode, runs) in args.modes.iter().zip(&samples).skip(1) {
+    for (target, runs) in args.targets.iter().zip(&samples).skip(1) {
         let ratios: Vec<f64> = runs
             .iter()
             .zip(base)
@@ -169,8 +305,8 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         let (p50_ratio, _, _) = spread(&p50_ratios);
         println!(
             "ratio {}/{} throughput: median {ratio:.2} (min {low:.2}, max {high:.2}) over {} rounds; p50 latency ratio median {p50_ratio:.2}",
-            format!("{mode:?}").to_lowercase(),
-            format!("{:?}", args.modes[0]).to_lowercase(),
+            target.name(),
+            args.targets[0].name(),
             ratios.len()
         );
     }

@@ -92,9 +92,9 @@ enum Command {
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
     /// Run a workload against a cluster and report throughput and latency.
-    Bench {
+        Bench {
         #[command(flatten)]
-        args: tern_bench::BenchArgs,
+        args: Box<tern_bench::BenchArgs>,
         #[command(subcommand)]
         compare: Option<BenchCommand>,
     },
@@ -282,10 +282,13 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
             args,
             compare: None,
         } => {
-            let map = load_map(cluster)?;
-            let report = tern_bench::run(&map, &args)?;
+            let map = match args.driver {
+                tern_bench::Driver::Tern => Some(load_map(cluster)?),
+                tern_bench::Driver::Resp => None,
+            };
+            let report = tern_bench::run(map.as_ref(), &args)?;
             report.print();
-            Ok(if report.errors() == 0 {
+            Ok(if report.failures() == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(3)

@@ -1,0 +1,177 @@
+//! An SVG picture of a run: throughput and p99 latency per second, sharing
+//! the time axis, with a dashed marker per event (e.g. "migration starts").
+//! Written by hand: two line charts do not need a plotting library and its
+//! font handling.
+
+use std::fmt::Write;
+
+use crate::BenchReport;
+
+const WIDTH: f64 = 900.0;
+const LEFT: f64 = 80.0;
+const RIGHT: f64 = 30.0;
+const PANEL_HEIGHT: f64 = 220.0;
+const TOP: f64 = 60.0;
+const GAP: f64 = 70.0;
+
+/// A round upper bound for an axis: 1, 2 or 5 times a power of ten.
+fn nice_ceiling(value: f64) -> f64 {
+    if value <= 0.0 {
+        return 1.0;
+    }
+    let magnitude = 10f64.powf(value.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|step| step * magnitude)
+        .find(|bound| *bound >= value)
+        .unwrap_or(10.0 * magnitude)
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn panel(
+    out: &mut String,
+    top: f64,
+    title: &str,
+    points: &[(f64, f64)],
+    color: &str,
+    x_max: f64,
+    events: &[(f64, &str)],
+) {
+    let plot_width = WIDTH - LEFT - RIGHT;
+    let y_max = nice_ceiling(points.iter().map(|(_, y)| *y).fold(0.0, f64::max) * 1.05);
+    let x = |value: f64| LEFT + value / x_max * plot_width;
+    let y = |value: f64| top + PANEL_HEIGHT - value / y_max * PANEL_HEIGHT;
+    let _ = writeln!(
+        out,
+        r#"<text x="{LEFT}" y="{}" font-size="14" font-weight="bold">{}</text>"#,
+        top - 10.0,
+        escape(title)
+    );
+    let _ = writeln!(
+        out,
+        r##"<rect x="{LEFT}" y="{top}" width="{plot_width}" height="{PANEL_HEIGHT}" fill="none" stroke="#999"/>"##
+    );
+    for tick in 0..=4 {
+        let value = y_max * f64::from(tick) / 4.0;
+        let _ = writeln!(
+            out,
+            r##"<line x1="{LEFT}" y1="{py}" x2="{}" y2="{py}" stroke="#eee"/><text x="{}" y="{}" font-size="11" text-anchor="end">{value:.0}</text>"##,
+            LEFT + plot_width,
+            LEFT - 6.0,
+            y(value) + 4.0,
+            py = y(value)
+        );
+    }
+    let step = (x_max / 10.0).ceil().max(1.0);
+    let mut second = 0.0;
+    while second <= x_max {
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{}" font-size="11" text-anchor="middle">{second:.0}</text>"#,
+            x(second),
+            top + PANEL_HEIGHT + 16.0
+        );
+        second += step;
+    }
+    for (at, label) in events {
+        let _ = writeln!(
+            out,
+            r##"<line x1="{px}" y1="{top}" x2="{px}" y2="{}" stroke="#c00" stroke-dasharray="4 3"/><text x="{}" y="{}" font-size="11" fill="#c00">{}</text>"##,
+            top + PANEL_HEIGHT,
+            x(*at) + 3.0,
+            top + 12.0,
+            escape(label),
+            px = x(*at)
+        );
+    }
+    let line: Vec<String> = points
+        .iter()
+        .map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py)))
+        .collect();
+    let _ = writeln!(
+        out,
+        r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+        line.join(" ")
+    );
+}
+
+/// The SVG document for `report`, with `events` as (second, label) markers.
+pub fn svg(report: &BenchReport, events: &[(f64, &str)]) -> String {
+    // Each point sits at the middle of its second.
+    let throughput: Vec<(f64, f64)> = report
+        .series
+        .iter()
+        .map(|s| (s.second as f64 + 0.5, s.ops as f64))
+        .collect();
+    let p99: Vec<(f64, f64)> = report
+        .series
+        .iter()
+        .map(|s| (s.second as f64 + 0.5, s.p99_us as f64))
+        .collect();
+    let x_max = (report.series.len() as f64).max(1.0);
+    let height = TOP + 2.0 * PANEL_HEIGHT + GAP + 40.0;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let config = &report.config;
+    let _ = writeln!(
+        out,
+        r#"<text x="{LEFT}" y="24" font-size="15">{}</text>"#,
+        escape(&format!(
+            "workload {:?}, {} clients, {:?} driver: {:.0} ops/s, p99 {} us, {} errors",
+            config.workload,
+            config.clients,
+            config.driver,
+            report.throughput,
+            report.all.p99_us,
+            report.failures()
+        ))
+    );
+    panel(
+        &mut out,
+        TOP,
+        "throughput (operations per second)",
+        &throughput,
+        "#1f5fbf",
+        x_max,
+        events,
+    );
+    panel(
+        &mut out,
+        TOP + PANEL_HEIGHT + GAP,
+        "p99 latency (microseconds)",
+        &p99,
+        "#d9730d",
+        x_max,
+        events,
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" font-size="12" text-anchor="middle">seconds since the start of the run</text>"#,
+        LEFT + (WIDTH - LEFT - RIGHT) / 2.0,
+        height - 8.0
+    );
+    out.push_str("</svg>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nice_ceiling;
+
+    #[test]
+    fn axis_bounds_are_round() {
+        assert_eq!(nice_ceiling(87_000.0), 100_000.0);
+        assert_eq!(nice_ceiling(130.0), 200.0);
+        assert_eq!(nice_ceiling(4.2), 5.0);
+        assert_eq!(nice_ceiling(0.0), 1.0);
+    }
+}
