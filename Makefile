@@ -17,7 +17,7 @@ COMPARE_REPEAT ?= 5
 COMPARE_DURATION ?= 10s
 TERN := $(CURDIR)/target/release/tern
 
-.PHONY: demo test check unit fuzz deps bench-compare
+.PHONY: demo test check unit fuzz deps bench-compare bench-peers
 
 deps:
 	@scripts/install-deps.sh
@@ -58,3 +58,15 @@ bench-compare: deps
 	$(CARGO) build --release --bin tern
 	$(TERN) bench compare --modes user,xdp --repeat $(COMPARE_REPEAT) --duration $(COMPARE_DURATION) \
 		--read-fraction 0.95 --distribution zipfian --keys 10000 --clients 8
+
+# Tern (user and XDP coordinators) against Redis 7 (a primary and two
+# replicas, with and without WAIT 2 0), workloads B and A, 8 clients each.
+PEERS_REPEAT ?= 3
+PEERS_DURATION ?= 8s
+bench-peers:
+	@scripts/install-deps.sh --peers
+	$(CARGO) build --release --bin tern
+	for workload in b a; do \
+		$(TERN) bench compare --targets redis,redis-wait,user-loopback,user,xdp --repeat $(PEERS_REPEAT) \
+			--duration $(PEERS_DURATION) --workload $$workload --records 10000 --clients 8 || exit 1; \
+	done

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Installs what Tern's build and tests need, idempotently: Debian packages via
 # apt-get (only when missing), Rust components via rustup, cargo-fuzz via cargo.
-# Usage: scripts/install-deps.sh [--fuzz]
+# Usage: scripts/install-deps.sh [--fuzz] [--peers]
 set -euo pipefail
 
 RUST_MIN="1.95"
 want_fuzz=false
-[[ "${1:-}" == "--fuzz" ]] && want_fuzz=true
+want_peers=false
+for argument in "$@"; do
+    case "$argument" in
+        --fuzz) want_fuzz=true ;;
+        --peers) want_peers=true ;;
+    esac
+done
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
@@ -19,6 +25,11 @@ need_package clang-19
 need_package libbpf-dev
 # Network namespaces, veth pairs and bridges of the local cluster.
 need_package iproute2
+# Peers for the benchmark comparison (Redis 7 from Debian).
+if $want_peers; then
+    need_package redis-server
+    need_package redis-tools
+fi
 if ((${#missing_packages[@]})); then
     echo "installing Debian packages: ${missing_packages[*]}"
     as_root apt-get update -qq

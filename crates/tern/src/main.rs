@@ -92,7 +92,7 @@ enum Command {
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
     /// Run a workload against a cluster and report throughput and latency.
-        Bench {
+    Bench {
         #[command(flatten)]
         args: Box<tern_bench::BenchArgs>,
         #[command(subcommand)]
