@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use distribution::KeyChooser;
-pub use report::{BenchReport, OpReport, SecondReport};
+pub use report::{BenchReport, Event, OpReport, SecondReport};
 pub use run::run;
 pub use workload::{Distribution, Mix, OpKind, WorkloadName};
 

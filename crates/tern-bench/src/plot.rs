@@ -100,8 +100,14 @@ fn panel(
     );
 }
 
-/// The SVG document for `report`, with `events` as (second, label) markers.
-pub fn svg(report: &BenchReport, events: &[(f64, &str)]) -> String {
+/// The SVG document for `report`, its events as dashed markers.
+pub fn svg(report: &BenchReport) -> String {
+    let events: Vec<(f64, &str)> = report
+        .events
+        .iter()
+        .map(|e| (e.second, e.label.as_str()))
+        .collect();
+    let events = &events[..];
     // Each point sits at the middle of its second.
     let throughput: Vec<(f64, f64)> = report
         .series
@@ -166,6 +172,44 @@ pub fn svg(report: &BenchReport, events: &[(f64, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::nice_ceiling;
+    use crate::report::{Event, SecondReport};
+
+    /// A report of a run with default options that measured nothing.
+    fn empty_report() -> crate::BenchReport {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: crate::BenchArgs,
+        }
+        let args = <Command as clap::Parser>::parse_from(["bench"]).args;
+        let mix = crate::Mix::of(args.workload, args.read_fraction, args.distribution).unwrap();
+        let recorder = crate::report::Recorder::new(std::time::Instant::now());
+        crate::BenchReport::build(&args, mix, std::time::Duration::from_secs(5), recorder)
+    }
+
+    #[test]
+    fn the_plot_has_both_series_and_every_event() {
+        let mut report = empty_report();
+        report.series = (0..5)
+            .map(|second| SecondReport {
+                second,
+                ops: 1000 + second * 10,
+                p99_us: 200,
+            })
+            .collect();
+        report.events.push(Event {
+            second: 2.5,
+            label: "migration starts".into(),
+        });
+        let svg = super::svg(&report);
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert_eq!(
+            svg.matches("migration starts").count(),
+            2,
+            "marked on both panels"
+        );
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
 
     #[test]
     fn axis_bounds_are_round() {

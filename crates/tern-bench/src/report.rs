@@ -134,6 +134,15 @@ pub struct BenchReport {
     pub operations: Vec<OpReport>,
     pub all: OpReport,
     pub series: Vec<SecondReport>,
+    /// Moments to mark on the plot (e.g. a migration starting).
+    pub events: Vec<Event>,
+}
+
+/// Something that happened during a run, at `second` since its start.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    pub second: f64,
+    pub label: String,
 }
 
 impl BenchReport {
@@ -175,6 +184,7 @@ impl BenchReport {
             all: OpReport::of("ALL", &all, errors, timeouts),
             operations,
             series,
+            events: Vec::new(),
         }
     }
 

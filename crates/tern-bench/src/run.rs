@@ -332,8 +332,12 @@ pub fn run(map: Option<&ClusterMap>, args: &BenchArgs) -> Result<BenchReport> {
         if progress {
             let done = completed.load(Ordering::Relaxed);
             let rate = (done - last.1) as f64 / last.0.elapsed().as_secs_f64();
+            let fraction = (started.elapsed().as_secs_f64() / args.duration.as_secs_f64()).min(1.0);
+            let filled = (fraction * 30.0).round() as usize;
             eprint!(
-                "\r  {:>5.1}s / {:.0}s  {:>10.0} ops/s  {} ops ",
+                "\r  [{}{}] {:>5.1}s / {:.0}s  {:>10.0} ops/s  {} ops ",
+                "#".repeat(filled),
+                ".".repeat(30 - filled),
                 started.elapsed().as_secs_f64(),
                 args.duration.as_secs_f64(),
                 rate,
@@ -361,7 +365,7 @@ pub fn run(map: Option<&ClusterMap>, args: &BenchArgs) -> Result<BenchReport> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.plot {
-        std::fs::write(path, crate::plot::svg(&report, &[]))
+        std::fs::write(path, crate::plot::svg(&report))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(report)
