@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tern_proto::Outbox;
-use tern_proto::replica::{Replica, ReplicaConfig};
+use tern_proto::replica::ReplicaConfig;
 use tern_store::log::{self, LogWriter};
 use tern_wire::{Effect, Header, Op, Status, key_hash};
 
@@ -150,18 +150,8 @@ pub fn run_recovery(args: &RecoveryBenchArgs) -> Result<()> {
     );
 
     let started = Instant::now();
-    let mut replica = Replica::restore(replica_config(), None)?;
-    let mut scratch = Outbox::new();
-    let mut failure = None;
-    let report = log::replay(dir.path(), 0, |_, payload| {
-        if failure.is_none() {
-            failure = replica.replay_record(payload, &mut scratch).err();
-        }
-        scratch.clear();
-    })?;
-    if let Some(error) = failure {
-        return Err(error.into());
-    }
+    let recovered = tern_server::recover_replica(replica_config(), dir.path())?;
+    let (replica, report) = (recovered.replica, recovered.replay);
     let from_log = started.elapsed();
     println!(
         "recovery from the log alone: {} records in {:.2}s ({:.0} records/s), {} live keys",
@@ -183,9 +173,8 @@ pub fn run_recovery(args: &RecoveryBenchArgs) -> Result<()> {
     );
     drop(replica);
     let started = Instant::now();
-    let (seq, bytes) = log::read_snapshot(dir.path())?.context("the snapshot just written")?;
-    let restored = Replica::restore(replica_config(), Some(&bytes))?;
-    let report = log::replay(dir.path(), seq, |_, _| {})?;
+    let recovered = tern_server::recover_replica(replica_config(), dir.path())?;
+    let (restored, report) = (recovered.replica, recovered.replay);
     println!(
         "recovery from the snapshot: {} keys in {:.2}s (+{} log records)",
         restored.store().live_keys(),

@@ -7,7 +7,7 @@
 //! and one `fdatasync` covers the whole batch (group commit).
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -88,7 +88,40 @@ impl Journal {
     }
 }
 
-/// Rebuilds the replica from the newest snapshot and the log after it.
+/// A replica rebuilt from its data directory, and how.
+#[derive(Debug)]
+pub struct Recovered {
+    pub replica: Replica,
+    /// The seq of the snapshot it started from (0: none).
+    pub snapshot_seq: u64,
+    pub replay: log::ReplayReport,
+}
+
+/// Rebuilds a replica from the newest snapshot in `dir` and the log after it
+/// (cutting a torn tail off the log).
+pub fn recover_replica(config: ReplicaConfig, dir: &Path) -> Result<Recovered, ServerError> {
+    let snapshot = log::read_snapshot(dir)?;
+    let snapshot_seq = snapshot.as_ref().map_or(0, |(seq, _)| *seq);
+    let mut replica = Replica::restore(config, snapshot.as_ref().map(|(_, bytes)| &bytes[..]))?;
+    let mut scratch = Outbox::new();
+    let mut failure = None;
+    let replay = log::replay(dir, snapshot_seq, |_, record| {
+        if failure.is_none() {
+            failure = replica.replay_record(record, &mut scratch).err();
+            scratch.clear();
+        }
+    })?;
+    match failure {
+        Some(error) => Err(error.into()),
+        None => Ok(Recovered {
+            replica,
+            snapshot_seq,
+            replay,
+        }),
+    }
+}
+
+/// Recovers the replica and opens its log for appending.
 fn recover(
     config: ReplicaConfig,
     persistence: &Persistence,
@@ -96,27 +129,18 @@ fn recover(
     let started = Instant::now();
     let dir = &persistence.data_dir;
     std::fs::create_dir_all(dir)?;
-    let snapshot = log::read_snapshot(dir)?;
-    let snapshot_seq = snapshot.as_ref().map_or(0, |(seq, _)| *seq);
-    let mut replica =
-        Replica::restore(config, snapshot.as_ref().map(|(_, bytes)| &bytes[..]))?.with_journal();
-    let mut scratch = Outbox::new();
-    let mut failure = None;
-    let report = log::replay(dir, snapshot_seq, |_, record| {
-        if failure.is_none() {
-            failure = replica.replay_record(record, &mut scratch).err();
-            scratch.clear();
-        }
-    })?;
-    if let Some(error) = failure {
-        return Err(error.into());
-    }
+    let Recovered {
+        replica,
+        snapshot_seq,
+        replay,
+    } = recover_replica(config, dir)?;
+    let replica = replica.with_journal();
     let applied = replica.store().applied_seq();
     tracing::info!(
         applied_seq = applied,
         snapshot_seq,
-        records = report.records,
-        truncated_bytes = report.truncated_bytes,
+        records = replay.records,
+        truncated_bytes = replay.truncated_bytes,
         live_keys = replica.store().live_keys(),
         took = ?started.elapsed(),
         "recovered from {}", dir.display()
@@ -125,7 +149,7 @@ fn recover(
         writer: LogWriter::open(dir, applied + 1)?,
         durability: persistence.durability,
         last_sync: Instant::now(),
-        records_since_snapshot: report.records,
+        records_since_snapshot: replay.records,
         snapshot_every: persistence.snapshot_every.max(1),
     };
     Ok((replica, journal))
