@@ -282,7 +282,8 @@ static __always_inline int forward_read(struct frame *frame, struct tern_shard_r
 	return XDP_TX;
 }
 
-/* PUT, DELETE, CAS: sequence, mark dirty, keep a copy, send to the head. */
+/* PUT, DELETE, CAS, INCRBY, APPEND: sequence, mark dirty, keep a copy, send
+ * to the head (which decides the write). */
 static __always_inline int sequence_write(struct xdp_md *ctx, struct frame *frame,
 					  struct tern_shard_route *route,
 					  struct tern_shard_cell *cell)
@@ -317,7 +318,8 @@ static __always_inline int sequence_write(struct xdp_md *ctx, struct frame *fram
 	__sync_fetch_and_add(dirty, 1);
 	tern->seq = seq;
 	tern->commit_seq = READ_SHARED(cell->commit_seq);
-	tern->flags = 0;
+	/* Only the client's write options travel on with the write. */
+	tern->flags &= TERN_FLAG_IF_EXISTS | TERN_FLAG_RETURN_OLD | TERN_FLAG_RETURN_NEW;
 	tern->reply_ip = frame->ip->saddr;
 	tern->reply_port = frame->udp->source;
 	learn_client(frame);
@@ -394,7 +396,7 @@ static __always_inline int acknowledge(struct frame *frame, struct tern_shard_ro
 		return XDP_DROP; /* A gap fill: nobody to answer. */
 	/* Then the reply. */
 	tern->op = TERN_OP_REPLY;
-	tern->flags = 0;
+	tern->flags &= TERN_FLAG_ANSWER_ABSENT;
 	readdress(frame, client_ip, tern->reply_port, client->mac);
 	return XDP_TX;
 }
@@ -415,6 +417,8 @@ int tern_coordinator(struct xdp_md *ctx)
 	case TERN_OP_PUT:
 	case TERN_OP_DELETE:
 	case TERN_OP_CAS:
+	case TERN_OP_INCRBY:
+	case TERN_OP_APPEND:
 	case TERN_OP_ACK:
 		break;
 	default:

@@ -226,7 +226,7 @@ impl<S: ShardState> ShardCoordinator<S> {
     ) {
         let header = &message.header;
         match header.op() {
-            Op::Get | Op::Put | Op::Delete | Op::Cas => {
+            op if op.is_client_request() => {
                 if header.epoch.get() != self.config.epoch {
                     self.counters.stale_epoch += 1;
                     crate::answer_status(
@@ -297,7 +297,7 @@ impl<S: ShardState> ShardCoordinator<S> {
         self.state.increment_dirty(index);
         let mut forwarded = *header;
         forwarded.set_reply_addr(from);
-        forwarded.flags = 0;
+        forwarded.flags &= flags::WRITE_OPTIONS;
         forwarded.seq.set(seq);
         forwarded.commit_seq.set(self.state.commit_seq());
         self.counters.writes += 1;
@@ -324,8 +324,8 @@ impl<S: ShardState> ShardCoordinator<S> {
         if header.reply_port.get() != 0 {
             let mut reply = *header;
             reply.op = Op::Reply as u8;
-            reply.flags = 0;
-            outbox.push(header.reply_addr(), &reply, &[], &[]);
+            reply.flags &= flags::ANSWER_ABSENT;
+            outbox.push(header.reply_addr(), &reply, &[], message.value);
         }
     }
 
@@ -564,8 +564,15 @@ impl<S: ShardState> Core for Coordinator<S> {
         match header.op() {
             Op::Ping => return self.answer_ping(from, header, outbox),
             Op::Stats => return self.answer_stats(from, header, outbox),
-            Op::Get | Op::Put | Op::Delete | Op::Cas | Op::Ack | Op::Retransmit | Op::SeqReport => {
-            }
+            Op::Get
+            | Op::Put
+            | Op::Delete
+            | Op::Cas
+            | Op::IncrBy
+            | Op::Append
+            | Op::Ack
+            | Op::Retransmit
+            | Op::SeqReport => {}
             Op::Noop | Op::Reply | Op::Replicate | Op::SeqProbe => {
                 self.counters.unexpected_op += 1;
                 return;

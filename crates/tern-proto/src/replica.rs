@@ -32,6 +32,17 @@ pub const GAP_REQUEST_INTERVAL: Duration = Duration::from_millis(20);
 /// Most sequence numbers resent for one RETRANSMIT request.
 pub const RETRANSMIT_BATCH_MAX: u64 = 512;
 
+/// The head's decision about a sequenced write.
+#[derive(Debug)]
+struct Decision {
+    effect: Effect,
+    status: Status,
+    /// The version to report (the new one, or the current one on refusal).
+    version: u64,
+    /// The value to write when it is computed (INCRBY, APPEND), not sent.
+    value: Option<Vec<u8>>,
+}
+
 /// Why a replica could not be restored from its snapshot and log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RestoreError(pub String);
@@ -370,23 +381,30 @@ impl Replica {
     /// Applies the write that carries the next sequence number and sends it on.
     fn execute(&mut self, message: &Message<'_>, outbox: &mut Outbox) {
         let header = &message.header;
-        let (effect, status, version) = if self.config.is_head() {
+        let decision = if self.config.is_head() {
             self.decide(message)
         } else {
-            (header.effect(), header.status(), header.version_field.get())
+            Decision {
+                effect: header.effect(),
+                status: header.status(),
+                version: header.version_field.get(),
+                value: None,
+            }
         };
+        let (effect, status, version) = (decision.effect, decision.status, decision.version);
         // The decided write, as this replica passes it on and logs it.
         let mut record = *header;
         record.op = Op::Replicate as u8;
         record.effect = effect as u8;
         record.status = status as u8;
-        record.flags = 0;
+        // Only the client's write options travel on with the write.
+        record.flags &= flags::WRITE_OPTIONS;
         record.version_field.set(version);
         record.commit_seq.set(self.store.commit_seq());
-        let value = if effect == Effect::Put {
-            message.value
-        } else {
-            &[]
+        let value = match (effect, &decision.value) {
+            (Effect::Put, Some(computed)) => &computed[..],
+            (Effect::Put, None) => message.value,
+            _ => &[],
         };
         if self.journaling {
             outbox.journal_push(header.seq.get(), &record, message.key, value);
@@ -399,6 +417,15 @@ impl Replica {
     /// Execution and log replay both come through here.
     fn apply_record(&mut self, record: &Header, key: &[u8], value: &[u8], outbox: &mut Outbox) {
         let seq = record.seq.get();
+        // The tail answers with the key's value before or after this write
+        // when asked: it applies every write in order, so it knows both.
+        // The value before is answered whatever the outcome (a refused
+        // `SET NX GET` returns the existing value); the value after only on
+        // success. None inside: the key had no value.
+        let answer_with = |store: &Store| store.latest(key).map(|found| found.value.to_vec());
+        let tail = self.config.is_tail();
+        let mut result_value =
+            (tail && record.has_flag(flags::RETURN_OLD)).then(|| answer_with(&self.store));
         match record.effect() {
             Effect::Put => self.store.apply(seq, key, Write::Put(value)),
             Effect::Delete => self.store.apply(seq, key, Write::Delete),
@@ -412,13 +439,20 @@ impl Replica {
             };
             self.remember_outcome(record.client_id.get(), seq, outcome);
         }
+        if tail && record.has_flag(flags::RETURN_NEW) && record.status() == Status::Ok {
+            result_value = Some(answer_with(&self.store));
+        }
         self.counters.writes_applied += 1;
         let mut next = *record;
         next.commit_seq.set(self.store.commit_seq());
         let to = self.config.downstream();
         if self.config.is_tail() {
             next.op = Op::Ack as u8;
-            outbox.push(to, &next, &[], &[]);
+            if matches!(result_value, Some(None)) {
+                next.flags |= flags::ANSWER_ABSENT;
+            }
+            let answer = result_value.flatten();
+            outbox.push(to, &next, &[], answer.as_deref().unwrap_or_default());
         } else {
             outbox.push(to, &next, key, value);
         }
@@ -427,11 +461,17 @@ impl Replica {
     }
 
     /// The head's decision for a sequenced client write (DESIGN rules 2, 6).
-    fn decide(&mut self, message: &Message<'_>) -> (Effect, Status, u64) {
+    fn decide(&mut self, message: &Message<'_>) -> Decision {
         let header = &message.header;
         let seq = header.seq.get();
+        let decided = |effect, status, version| Decision {
+            effect,
+            status,
+            version,
+            value: None,
+        };
         if header.op() == Op::Noop {
-            return (Effect::None, Status::Ok, 0);
+            return decided(Effect::None, Status::Ok, 0);
         }
         if let Some(outcome) = self
             .outcomes
@@ -445,21 +485,55 @@ impl Replica {
         {
             // A retry of a write already applied: applied once, same answer.
             self.counters.dedup_hits += 1;
-            return (Effect::None, outcome.status, outcome.version);
+            return decided(Effect::None, outcome.status, outcome.version);
         }
-        let current = self.store.latest(message.key).map(|found| found.version);
+        let current = self.store.latest(message.key);
+        let version = current.map(|found| found.version);
         match header.op() {
-            Op::Put => (Effect::Put, Status::Ok, seq),
-            Op::Delete => match current {
-                Some(_) => (Effect::Delete, Status::Ok, seq),
-                None => (Effect::None, Status::NotFound, seq),
+            Op::Put if header.has_flag(flags::IF_EXISTS) && current.is_none() => {
+                decided(Effect::None, Status::NotFound, 0)
+            }
+            Op::Put => decided(Effect::Put, Status::Ok, seq),
+            Op::Delete => match version {
+                Some(_) => decided(Effect::Delete, Status::Ok, seq),
+                None => decided(Effect::None, Status::NotFound, seq),
             },
             Op::Cas => {
-                let current = current.unwrap_or(0);
-                if current == header.version_field.get() {
-                    (Effect::Put, Status::Ok, seq)
+                let version = version.unwrap_or(0);
+                if version == header.version_field.get() {
+                    decided(Effect::Put, Status::Ok, seq)
                 } else {
-                    (Effect::None, Status::CasMismatch, current)
+                    decided(Effect::None, Status::CasMismatch, version)
+                }
+            }
+            Op::IncrBy => {
+                // Redis semantics: an absent key counts as 0; the value and
+                // the delta must be decimal 64-bit integers; no overflow.
+                let parse = |bytes: &[u8]| std::str::from_utf8(bytes).ok()?.parse::<i64>().ok();
+                let sum = match (
+                    current.map_or(Some(0), |found| parse(found.value)),
+                    parse(message.value),
+                ) {
+                    (Some(value), Some(delta)) => value.checked_add(delta),
+                    _ => None,
+                };
+                match sum {
+                    Some(sum) => Decision {
+                        value: Some(sum.to_string().into_bytes()),
+                        ..decided(Effect::Put, Status::Ok, seq)
+                    },
+                    None => decided(Effect::None, Status::NotInteger, version.unwrap_or(0)),
+                }
+            }
+            Op::Append => {
+                let mut value = current.map_or_else(Vec::new, |found| found.value.to_vec());
+                value.extend_from_slice(message.value);
+                if value.len() > VALUE_LEN_MAX {
+                    return decided(Effect::None, Status::TooLarge, version.unwrap_or(0));
+                }
+                Decision {
+                    value: Some(value),
+                    ..decided(Effect::Put, Status::Ok, seq)
                 }
             }
             other => unreachable!("{other:?} is not a client write"),
@@ -628,7 +702,7 @@ impl Core for Replica {
         }
         match header.op() {
             Op::Get => self.serve_read(from, &message, outbox),
-            Op::Put | Op::Delete | Op::Cas | Op::Noop => {
+            Op::Put | Op::Delete | Op::Cas | Op::IncrBy | Op::Append | Op::Noop => {
                 if self.config.is_head() && from == self.config.coordinator {
                     self.receive_sequenced(now, &message, bytes, outbox);
                 } else {

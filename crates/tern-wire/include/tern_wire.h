@@ -26,6 +26,8 @@
 #define TERN_OP_DELETE               3
 #define TERN_OP_CAS                  4
 #define TERN_OP_NOOP                 5
+#define TERN_OP_INCRBY               6
+#define TERN_OP_APPEND               7
 #define TERN_OP_PING                 8
 #define TERN_OP_STATS                9
 #define TERN_OP_REPLY                16
@@ -46,6 +48,7 @@
 #define TERN_STATUS_UNKNOWN_OP       8
 #define TERN_STATUS_TOO_LARGE        9
 #define TERN_STATUS_BAD_KEY_HASH     10
+#define TERN_STATUS_NOT_INTEGER      11
 
 #define TERN_EFFECT_NONE             0
 #define TERN_EFFECT_PUT              1
@@ -53,6 +56,10 @@
 
 #define TERN_FLAG_TAIL_READ          1
 #define TERN_FLAG_RESENT             2
+#define TERN_FLAG_IF_EXISTS          4
+#define TERN_FLAG_RETURN_OLD         8
+#define TERN_FLAG_RETURN_NEW         16
+#define TERN_FLAG_ANSWER_ABSENT      32
 
 #define TERN_INFLIGHT_WRITES_MAX     4096
 #define TERN_SHARD_ID_MAX            64

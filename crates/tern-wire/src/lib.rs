@@ -60,8 +60,13 @@ wire_enum! {
         Delete = 3 => "DELETE",
         /// Client compare-and-set: `version` holds the expected version (0: key absent).
         Cas = 4 => "CAS",
-        /// A sequence number filled by the coordinator without a write (gap repair).
+                /// A sequence number filled by the coordinator without a write (gap repair).
         Noop = 5 => "NOOP",
+        /// Client atomic add: the value is a decimal delta; the head adds it to
+        /// the key's decimal integer value (absent: 0).
+        IncrBy = 6 => "INCRBY",
+        /// Client atomic append of the value to the key's value (absent: empty).
+        Append = 7 => "APPEND",
         /// Liveness probe; answered by the process itself.
         Ping = 8 => "PING",
         /// Counter request; the reply's value is `name value` lines.
@@ -97,8 +102,10 @@ wire_enum! {
         UnsupportedVersion = 7 => "UNSUPPORTED_VERSION",
         UnknownOp = 8 => "UNKNOWN_OP",
         TooLarge = 9 => "TOO_LARGE",
-        /// The header's `key_hash` does not match the key.
+                /// The header's `key_hash` does not match the key.
         BadKeyHash = 10 => "BAD_KEY_HASH",
+        /// INCRBY on a value that is not a decimal 64-bit integer, or overflow.
+        NotInteger = 11 => "NOT_INTEGER",
     }
 }
 
@@ -112,6 +119,21 @@ wire_enum! {
     }
 }
 
+impl Op {
+    /// A client's request for a key (sequenced writes and reads).
+    pub fn is_client_request(self) -> bool {
+        self == Op::Get || self.is_client_write()
+    }
+
+    /// A client's write, which the coordinator sequences.
+    pub fn is_client_write(self) -> bool {
+        matches!(
+            self,
+            Op::Put | Op::Delete | Op::Cas | Op::IncrBy | Op::Append
+        )
+    }
+}
+
 /// Bits of [`Header::flags`].
 pub mod flags {
     /// A read of a dirty key: the replica (the tail) returns its newest applied
@@ -119,6 +141,23 @@ pub mod flags {
     pub const TAIL_READ: u8 = 1;
     /// The datagram is a resend; receivers treat it like the original.
     pub const RESENT: u8 = 2;
+    /// PUT only if the key exists (Redis `SET XX`).
+    pub const IF_EXISTS: u8 = 4;
+    /// The reply to a write carries the key's value before it (`SET GET`).
+    pub const RETURN_OLD: u8 = 8;
+    /// The reply to a write carries the key's value after it (INCRBY, APPEND).
+    pub const RETURN_NEW: u8 = 16;
+    /// On a reply to RETURN_OLD: the key had no value (Redis nil).
+    pub const ANSWER_ABSENT: u8 = 32;
+    /// Flags a client sets on a write, which travel with it down the chain.
+    pub const WRITE_OPTIONS: u8 = IF_EXISTS | RETURN_OLD | RETURN_NEW;
     /// Every flag this version of the wire defines.
-    pub const ALL: &[(u8, &str)] = &[(TAIL_READ, "TAIL_READ"), (RESENT, "RESENT")];
+    pub const ALL: &[(u8, &str)] = &[
+        (TAIL_READ, "TAIL_READ"),
+        (RESENT, "RESENT"),
+        (IF_EXISTS, "IF_EXISTS"),
+        (RETURN_OLD, "RETURN_OLD"),
+        (RETURN_NEW, "RETURN_NEW"),
+        (ANSWER_ABSENT, "ANSWER_ABSENT"),
+    ];
 }

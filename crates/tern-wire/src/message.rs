@@ -104,9 +104,7 @@ impl<'a> Message<'a> {
         let (key, value) = rest.split_at(key_len);
         // Requests name their key; the hash is checked so that a wrong hash
         // can never make a coordinator mark or test the wrong dirty entry.
-        if matches!(op, Op::Get | Op::Put | Op::Delete | Op::Cas)
-            && key_hash(key) != header.key_hash.get()
-        {
+        if op.is_client_request() && key_hash(key) != header.key_hash.get() {
             return Err(DecodeError::BadKeyHash);
         }
         Ok(Message { header, key, value })
