@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 pub use map::{ClusterMap, MapError, ShardMap};
 pub use pipeline::{Completion, PIPELINE_DEPTH_MAX, Pipeline, Request};
 use tern_wire::{
-    Header, KEY_LEN_MAX, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, encode_into,
+    Header, KEY_LEN_MAX, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, encode_into, flags,
     key_hash, slot_of,
 };
 use thiserror::Error;
@@ -32,6 +32,10 @@ pub enum ClientError {
     Timeout { attempts: u32, elapsed: Duration },
     #[error("the cluster map is stale for shard {shard}: reload it")]
     StaleEpoch { shard: u32 },
+    #[error("value is not an integer or out of range")]
+    NotInteger,
+    #[error("the result would exceed the value limit of {VALUE_LEN_MAX} bytes")]
+    ResultTooLarge,
     #[error("request refused: {status:?}")]
     Refused { status: Status },
     #[error("network error: {0}")]
@@ -70,6 +74,25 @@ pub enum CasOutcome {
     Swapped { version: u64 },
     /// It did not; the key's version is `current` (0: absent).
     Mismatch { current: u64 },
+}
+
+/// When a SET writes (Redis NX / XX).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SetCondition {
+    #[default]
+    Always,
+    /// Only if the key is absent (NX).
+    IfAbsent,
+    /// Only if the key exists (XX).
+    IfExists,
+}
+
+/// What a conditional SET did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetOutcome {
+    pub written: bool,
+    /// With `return_old`: the value before (None: the key was absent).
+    pub old: Option<Vec<u8>>,
 }
 
 /// A decoded reply.
@@ -212,6 +235,67 @@ impl Client {
         }
     }
 
+    /// Adds `delta` to the key's decimal integer value (an absent key counts
+    /// as 0), atomically at the chain head; returns the new value.
+    pub fn incr_by(&mut self, key: &[u8], delta: i64) -> Result<i64, ClientError> {
+        let reply = self.call_with(
+            Op::IncrBy,
+            key,
+            delta.to_string().as_bytes(),
+            0,
+            flags::RETURN_NEW,
+        )?;
+        match reply.status {
+            Status::Ok => std::str::from_utf8(&reply.value)
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .ok_or(ClientError::NotInteger),
+            Status::NotInteger => Err(ClientError::NotInteger),
+            status => Err(ClientError::Refused { status }),
+        }
+    }
+
+    /// Appends `value` to the key's value atomically at the chain head;
+    /// returns the new length.
+    pub fn append(&mut self, key: &[u8], value: &[u8]) -> Result<usize, ClientError> {
+        let reply = self.call_with(Op::Append, key, value, 0, flags::RETURN_NEW)?;
+        match reply.status {
+            Status::Ok => Ok(reply.value.len()),
+            Status::TooLarge => Err(ClientError::ResultTooLarge),
+            status => Err(ClientError::Refused { status }),
+        }
+    }
+
+    /// Writes `value` under `condition`, atomically at the chain head; with
+    /// `return_old`, also answers the value the key had just before.
+    pub fn set(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        condition: SetCondition,
+        return_old: bool,
+    ) -> Result<SetOutcome, ClientError> {
+        let mut write_flags = if return_old { flags::RETURN_OLD } else { 0 };
+        let op = match condition {
+            SetCondition::Always => Op::Put,
+            SetCondition::IfAbsent => Op::Cas,
+            SetCondition::IfExists => {
+                write_flags |= flags::IF_EXISTS;
+                Op::Put
+            }
+        };
+        // CAS against version 0 is "only if absent".
+        let reply = self.call_with(op, key, value, 0, write_flags)?;
+        let written = match reply.status {
+            Status::Ok => true,
+            Status::CasMismatch | Status::NotFound => false,
+            status => return Err(ClientError::Refused { status }),
+        };
+        let old =
+            (return_old && !reply.header.has_flag(flags::ANSWER_ABSENT)).then_some(reply.value);
+        Ok(SetOutcome { written, old })
+    }
+
     /// Sends an administrative request (PING, STATS) to one process.
     pub fn admin(&mut self, to: SocketAddrV4, op: Op, shard: u32) -> Result<Reply, ClientError> {
         let epoch = self
@@ -232,8 +316,20 @@ impl Client {
         value: &[u8],
         version: u64,
     ) -> Result<Reply, ClientError> {
-        let (header, coordinator) =
+        self.call_with(op, key, value, version, 0)
+    }
+
+    fn call_with(
+        &mut self,
+        op: Op,
+        key: &[u8],
+        value: &[u8],
+        version: u64,
+        write_flags: u8,
+    ) -> Result<Reply, ClientError> {
+        let (mut header, coordinator) =
             request_header(&self.map, self.client_id, op, key, value, version)?;
+        header.flags = write_flags;
         let shard_id = header.shard.get();
         let reply = self.exchange(coordinator, header, key, value)?;
         if reply.status == Status::StaleEpoch {

@@ -88,6 +88,15 @@ enum Command {
         #[arg(long, value_enum, default_value_t = CoordinatorMode::User)]
         mode: CoordinatorMode,
     },
+    /// Serve the Redis protocol (RESP2/RESP3) in front of the cluster.
+    Gateway {
+        /// Where to listen; when taken, the same address on a free port (printed).
+        #[arg(long, default_value = "127.0.0.1:6379")]
+        listen: std::net::SocketAddr,
+        /// Require AUTH with this password before other commands (requirepass).
+        #[arg(long, env = "TERN_REQUIREPASS")]
+        requirepass: Option<String>,
+    },
     /// Start, stop and inspect a local cluster of real processes.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -257,6 +266,35 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster(command) => cluster::run(command),
+        Command::Gateway {
+            listen,
+            requirepass,
+        } => {
+            init_logging();
+            let map = load_map(cluster)?;
+            let (listener, address) = tern_gateway::bind(listen)?;
+            if listen.port() != 0 && address != listen {
+                println!("{listen} is taken: listening on {address}");
+            }
+            println!("gateway listening on {address}");
+            tracing::info!(%address, auth = requirepass.is_some(), "gateway serving");
+            // The signal handler sets a static flag; connections share an Arc.
+            let signal = signals::shutdown_flag();
+            let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let watched = shutdown.clone();
+            std::thread::spawn(move || {
+                while !signal.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                watched.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            let config = tern_gateway::GatewayConfig {
+                map,
+                password: requirepass,
+            };
+            tern_gateway::serve(listener, config, shutdown)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench {
             compare: Some(BenchCommand::Compare(args)),
             ..

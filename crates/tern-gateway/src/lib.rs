@@ -1,0 +1,570 @@
+//! The Redis-protocol gateway (`tern gateway`): RESP2, and RESP3 after
+//! `HELLO 3`, so that Redis clients and tools work with Tern unchanged.
+//!
+//! One thread per connection, each with its own Tern client. Commands of a
+//! pipelined batch run in order and their replies leave together. Every
+//! command maps onto Tern operations that are linearizable per key; the
+//! read-modify-write commands (INCR and its kin, APPEND, SET NX/XX/GET,
+//! GETSET, SETNX) are single Tern writes decided at the chain head, never
+//! read-then-write in the gateway. MSET and multi-key DEL/EXISTS/MGET are not
+//! atomic across keys (Tern has no multi-key transactions yet).
+
+pub mod resp;
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use resp::{Frame, ParseError, parse_command};
+use tern_client::{Client, ClientError, ClusterMap, SetCondition};
+use tern_wire::{Op, VALUE_LEN_MAX};
+
+/// How often blocked accept and read calls look at the shutdown flag.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
+/// Bytes read from a connection at once.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What a gateway serves.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub map: ClusterMap,
+    /// `requirepass`: commands before AUTH are refused with NOAUTH.
+    pub password: Option<String>,
+}
+
+/// State shared by all connections.
+#[derive(Debug)]
+struct Shared {
+    config: GatewayConfig,
+    connected: AtomicU64,
+    next_client_id: AtomicU64,
+    shutdown: Arc<AtomicBool>,
+}
+
+/// Binds `listen`; if it is taken, binds the same address on a free port.
+/// Returns the listener and the address it has.
+pub fn bind(listen: SocketAddr) -> io::Result<(TcpListener, SocketAddr)> {
+    let listener = match TcpListener::bind(listen) {
+        Ok(listener) => listener,
+        Err(error) if error.kind() == io::ErrorKind::AddrInUse => {
+            TcpListener::bind(SocketAddr::new(listen.ip(), 0))?
+        }
+        Err(error) => return Err(error),
+    };
+    let address = listener.local_addr()?;
+    Ok((listener, address))
+}
+
+/// Serves connections on `listener` until `shutdown` is set, then waits for
+/// the connections to finish their current batch.
+pub fn serve(
+    listener: TcpListener,
+    config: GatewayConfig,
+    shutdown: Arc<AtomicBool>,
+) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let shared = Arc::new(Shared {
+        config,
+        connected: AtomicU64::new(0),
+        next_client_id: AtomicU64::new(1),
+        shutdown: shutdown.clone(),
+    });
+    let mut connections = Vec::new();
+    while !shutdown.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                connections.push(std::thread::spawn(move || {
+                    shared.connected.fetch_add(1, Ordering::Relaxed);
+                    if let Err(error) = Connection::new(&shared).and_then(|mut c| c.run(stream)) {
+                        tracing::debug!(%error, "connection ended");
+                    }
+                    shared.connected.fetch_sub(1, Ordering::Relaxed);
+                }));
+                connections.retain(|handle| !handle.is_finished());
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    for connection in connections {
+        let _ = connection.join();
+    }
+    Ok(())
+}
+
+/// One client connection.
+struct Connection<'a> {
+    shared: &'a Shared,
+    client: Client,
+    id: u64,
+    name: Option<Vec<u8>>,
+    protocol: u8,
+    authenticated: bool,
+    closing: bool,
+}
+
+fn arity_error(name: &str) -> Frame {
+    Frame::error(format!(
+        "ERR wrong number of arguments for '{}' command",
+        name.to_lowercase()
+    ))
+}
+
+fn integer_error() -> Frame {
+    Frame::error("ERR value is not an integer or out of range")
+}
+
+/// A Tern error as a Redis error reply.
+fn tern_error(error: ClientError) -> Frame {
+    match error {
+        ClientError::NotInteger => integer_error(),
+        ClientError::ResultTooLarge => Frame::error(format!(
+            "ERR string exceeds maximum allowed size (Tern values are limited to {VALUE_LEN_MAX} bytes)"
+        )),
+        ClientError::KeyTooLarge { .. } | ClientError::ValueTooLarge { .. } => {
+            Frame::error(format!("ERR {error}"))
+        }
+        ClientError::Timeout { .. } => {
+            Frame::error(format!("TRYAGAIN the Tern cluster did not answer: {error}"))
+        }
+        other => Frame::error(format!("ERR {other}")),
+    }
+}
+
+fn parse_i64(bytes: &[u8]) -> Option<i64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+fn upper(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_uppercase()
+}
+
+impl<'a> Connection<'a> {
+    fn new(shared: &'a Shared) -> io::Result<Self> {
+        Ok(Connection {
+            shared,
+            client: Client::new(shared.config.map.clone())?,
+            id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
+            name: None,
+            protocol: 2,
+            authenticated: shared.config.password.is_none(),
+            closing: false,
+        })
+    }
+
+    fn run(&mut self, mut stream: TcpStream) -> io::Result<()> {
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(SHUTDOWN_POLL))?;
+        stream.set_nodelay(true)?;
+        let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        let mut chunk = vec![0u8; READ_CHUNK];
+        let mut output = Vec::with_capacity(READ_CHUNK);
+        loop {
+            let read = match stream.read(&mut chunk) {
+                Ok(0) => return Ok(()),
+                Ok(read) => read,
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if self.shared.shutdown.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            input.extend_from_slice(&chunk[..read]);
+            // Every complete command of the batch, in order; one write back.
+            let mut used = 0;
+            loop {
+                match parse_command(&input[used..]) {
+                    Ok((arguments, length)) => {
+                        used += length;
+                        if !arguments.is_empty() {
+                            self.execute(&arguments).encode(self.protocol, &mut output);
+                        }
+                        if self.closing {
+                            break;
+                        }
+                    }
+                    Err(ParseError::Incomplete) => break,
+                    Err(ParseError::Protocol(message)) => {
+                        Frame::error(format!("ERR {message}")).encode(self.protocol, &mut output);
+                        self.closing = true;
+                        break;
+                    }
+                }
+            }
+            input.drain(..used);
+            stream.write_all(&output)?;
+            output.clear();
+            if self.closing || self.shared.shutdown.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+        }
+    }
+
+    fn execute(&mut self, arguments: &[Vec<u8>]) -> Frame {
+        let name = upper(&arguments[0]);
+        let args = &arguments[1..];
+        if !self.authenticated && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
+            return Frame::error("NOAUTH Authentication required.");
+        }
+        match name.as_str() {
+            "PING" => match args {
+                [] => Frame::Simple("PONG".into()),
+                [message] => Frame::bulk(message.clone()),
+                _ => arity_error(&name),
+            },
+            "ECHO" => match args {
+                [message] => Frame::bulk(message.clone()),
+                _ => arity_error(&name),
+            },
+            "QUIT" => {
+                self.closing = true;
+                Frame::ok()
+            }
+            "SELECT" => match args {
+                [index] if parse_i64(index) == Some(0) => Frame::ok(),
+                [_] => Frame::error("ERR DB index is out of range"),
+                _ => arity_error(&name),
+            },
+            "AUTH" => match args {
+                [password] | [_, password] => self.authenticate(password),
+                _ => arity_error(&name),
+            },
+            "HELLO" => self.hello(args),
+            "CLIENT" => self.client_command(args),
+            "COMMAND" => match args.first().map(|sub| upper(sub)).as_deref() {
+                None | Some("DOCS") | Some("INFO") => Frame::Array(Vec::new()),
+                Some("COUNT") => Frame::Integer(0),
+                Some(_) => Frame::error("ERR unknown subcommand for 'command'"),
+            },
+            "INFO" => Frame::bulk(self.info(args)),
+            // Tools (redis-benchmark) read settings at start; Tern has none of Redis's.
+            "CONFIG" => match args.first().map(|sub| upper(sub)).as_deref() {
+                Some("GET") => Frame::Array(Vec::new()),
+                _ => Frame::error("ERR CONFIG supports only GET in Tern (and answers it empty)"),
+            },
+            "DBSIZE" => match self.dbsize() {
+                Ok(count) => Frame::Integer(count as i64),
+                Err(error) => tern_error(error),
+            },
+            "GET" => match args {
+                [key] => match self.client.get(key) {
+                    Ok(Some(found)) => Frame::bulk(found.value),
+                    Ok(None) => Frame::Nil,
+                    Err(error) => tern_error(error),
+                },
+                _ => arity_error(&name),
+            },
+            "SET" => self.set(args),
+            "SETNX" => match args {
+                [key, value] => match self.client.set(key, value, SetCondition::IfAbsent, false) {
+                    Ok(outcome) => Frame::Integer(i64::from(outcome.written)),
+                    Err(error) => tern_error(error),
+                },
+                _ => arity_error(&name),
+            },
+            "GETSET" => match args {
+                [key, value] => match self.client.set(key, value, SetCondition::Always, true) {
+                    Ok(outcome) => outcome.old.map_or(Frame::Nil, Frame::bulk),
+                    Err(error) => tern_error(error),
+                },
+                _ => arity_error(&name),
+            },
+            "DEL" | "EXISTS" if args.is_empty() => arity_error(&name),
+            "DEL" => {
+                let mut count = 0;
+                for key in args {
+                    match self.client.delete(key) {
+                        Ok(existed) => count += i64::from(existed),
+                        Err(error) => return tern_error(error),
+                    }
+                }
+                Frame::Integer(count)
+            }
+            "EXISTS" => {
+                let mut count = 0;
+                for key in args {
+                    match self.client.get(key) {
+                        Ok(found) => count += i64::from(found.is_some()),
+                        Err(error) => return tern_error(error),
+                    }
+                }
+                Frame::Integer(count)
+            }
+            "MGET" if args.is_empty() => arity_error(&name),
+            "MGET" => {
+                let mut values = Vec::with_capacity(args.len());
+                for key in args {
+                    match self.client.get(key) {
+                        Ok(found) => {
+                            values.push(found.map_or(Frame::Nil, |found| Frame::bulk(found.value)))
+                        }
+                        Err(error) => return tern_error(error),
+                    }
+                }
+                Frame::Array(values)
+            }
+            "MSET" if args.is_empty() || args.len() % 2 != 0 => arity_error(&name),
+            "MSET" => {
+                for pair in args.chunks(2) {
+                    if let Err(error) = self.client.put(&pair[0], &pair[1]) {
+                        return tern_error(error);
+                    }
+                }
+                Frame::ok()
+            }
+            "INCR" | "DECR" => match args {
+                [key] => self.incr_by(key, if name == "INCR" { 1 } else { -1 }),
+                _ => arity_error(&name),
+            },
+            "INCRBY" | "DECRBY" => match args {
+                [key, delta] => match parse_i64(delta) {
+                    Some(delta) if name == "INCRBY" => self.incr_by(key, delta),
+                    Some(delta) => match delta.checked_neg() {
+                        Some(negated) => self.incr_by(key, negated),
+                        None => integer_error(),
+                    },
+                    None => integer_error(),
+                },
+                _ => arity_error(&name),
+            },
+            "STRLEN" => match args {
+                [key] => match self.client.get(key) {
+                    Ok(found) => Frame::Integer(found.map_or(0, |found| found.value.len() as i64)),
+                    Err(error) => tern_error(error),
+                },
+                _ => arity_error(&name),
+            },
+            "APPEND" => match args {
+                [key, value] => match self.client.append(key, value) {
+                    Ok(length) => Frame::Integer(length as i64),
+                    Err(error) => tern_error(error),
+                },
+                _ => arity_error(&name),
+            },
+            _ => {
+                let beginning: Vec<String> = args
+                    .iter()
+                    .take(3)
+                    .map(|arg| format!("'{}'", String::from_utf8_lossy(arg)))
+                    .collect();
+                Frame::error(format!(
+                    "ERR unknown command '{}', with args beginning with: {}",
+                    String::from_utf8_lossy(&arguments[0]),
+                    beginning.join(" ")
+                ))
+            }
+        }
+    }
+
+    fn incr_by(&mut self, key: &[u8], delta: i64) -> Frame {
+        match self.client.incr_by(key, delta) {
+            Ok(value) => Frame::Integer(value),
+            Err(error) => tern_error(error),
+        }
+    }
+
+    /// SET key value [NX | XX] [GET]; expiries are refused.
+    fn set(&mut self, args: &[Vec<u8>]) -> Frame {
+        let [key, value, options @ ..] = args else {
+            return arity_error("set");
+        };
+        let mut condition = SetCondition::Always;
+        let mut return_old = false;
+        for option in options {
+            match upper(option).as_str() {
+                "NX" if condition == SetCondition::Always => condition = SetCondition::IfAbsent,
+                "XX" if condition == SetCondition::Always => condition = SetCondition::IfExists,
+                "GET" => return_old = true,
+                "EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL" => {
+                    return Frame::error(
+                        "ERR expiry (EX, PX, EXAT, PXAT, KEEPTTL) is not supported by Tern",
+                    );
+                }
+                _ => return Frame::error("ERR syntax error"),
+            }
+        }
+        match self.client.set(key, value, condition, return_old) {
+            Ok(outcome) if return_old => outcome.old.map_or(Frame::Nil, Frame::bulk),
+            Ok(outcome) if outcome.written => Frame::ok(),
+            Ok(_) => Frame::Nil,
+            Err(error) => tern_error(error),
+        }
+    }
+
+    fn authenticate(&mut self, password: &[u8]) -> Frame {
+        match &self.shared.config.password {
+            None => Frame::error(
+                "ERR AUTH <password> called without any password configured for the default user. \
+                 Are you sure your configuration is correct?",
+            ),
+            Some(expected) if expected.as_bytes() == password => {
+                self.authenticated = true;
+                Frame::ok()
+            }
+            Some(_) => {
+                Frame::error("WRONGPASS invalid username-password pair or user is disabled.")
+            }
+        }
+    }
+
+    /// HELLO [protover [AUTH username password] [SETNAME clientname]]
+    fn hello(&mut self, args: &[Vec<u8>]) -> Frame {
+        let mut protocol = self.protocol;
+        let mut rest = args;
+        if let [version, tail @ ..] = rest {
+            match parse_i64(version) {
+                Some(version @ 2..=3) => protocol = version as u8,
+                _ => return Frame::error("NOPROTO unsupported protocol version"),
+            }
+            rest = tail;
+        }
+        while let [option, tail @ ..] = rest {
+            match (upper(option).as_str(), tail) {
+                ("AUTH", [_, password, more @ ..]) => {
+                    if let Frame::Error(message) = self.authenticate(password) {
+                        return Frame::Error(message);
+                    }
+                    rest = more;
+                }
+                ("SETNAME", [name, more @ ..]) => {
+                    self.name = Some(name.clone());
+                    rest = more;
+                }
+                _ => return Frame::error("ERR syntax error in HELLO option"),
+            }
+        }
+        if !self.authenticated {
+            return Frame::error(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+            );
+        }
+        self.protocol = protocol;
+        Frame::Map(vec![
+            (Frame::bulk("server"), Frame::bulk("tern")),
+            (
+                Frame::bulk("version"),
+                Frame::bulk(env!("CARGO_PKG_VERSION")),
+            ),
+            (Frame::bulk("proto"), Frame::Integer(i64::from(protocol))),
+            (Frame::bulk("id"), Frame::Integer(self.id as i64)),
+            (Frame::bulk("mode"), Frame::bulk("standalone")),
+            (Frame::bulk("role"), Frame::bulk("master")),
+            (Frame::bulk("modules"), Frame::Array(Vec::new())),
+        ])
+    }
+
+    fn client_command(&mut self, args: &[Vec<u8>]) -> Frame {
+        match (
+            args.first().map(|sub| upper(sub)).as_deref(),
+            args.get(1..).unwrap_or_default(),
+        ) {
+            (Some("SETNAME"), [name]) => {
+                self.name = Some(name.clone());
+                Frame::ok()
+            }
+            (Some("GETNAME"), []) => self.name.clone().map_or(Frame::Nil, Frame::bulk),
+            (Some("ID"), []) => Frame::Integer(self.id as i64),
+            (Some("SETINFO"), [_, _]) => Frame::ok(),
+            (Some(sub @ ("SETNAME" | "GETNAME" | "ID" | "SETINFO")), _) => {
+                arity_error(&format!("client|{sub}"))
+            }
+            _ => Frame::error("ERR unknown subcommand for 'client'"),
+        }
+    }
+
+    /// Keys with a value, summed over every shard's tail (a snapshot of
+    /// each tail, not one linearizable count).
+    fn dbsize(&mut self) -> Result<u64, ClientError> {
+        let tails: Vec<(u32, std::net::SocketAddrV4)> = self
+            .shared
+            .config
+            .map
+            .shards
+            .iter()
+            .map(|shard| {
+                (
+                    shard.id,
+                    *shard.replicas.last().expect("a chain has a tail"),
+                )
+            })
+            .collect();
+        let mut total = 0;
+        for (shard, tail) in tails {
+            let reply = self.client.admin(tail, Op::Stats, shard)?;
+            let text = String::from_utf8_lossy(&reply.value);
+            total += text
+                .lines()
+                .find_map(|line| line.strip_prefix("live_keys ")?.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// INFO [section ...]: the server, clients, keyspace and tern sections.
+    fn info(&mut self, sections: &[Vec<u8>]) -> String {
+        let wanted: Vec<String> = sections
+            .iter()
+            .map(|section| String::from_utf8_lossy(section).to_lowercase())
+            .collect();
+        let all = wanted.is_empty()
+            || wanted
+                .iter()
+                .any(|w| matches!(w.as_str(), "all" | "everything" | "default"));
+        self.full_info()
+            .split("\r\n\r\n")
+            .filter(|section| {
+                let title = section
+                    .trim_start_matches("# ")
+                    .split("\r\n")
+                    .next()
+                    .unwrap_or_default()
+                    .to_lowercase();
+                all || wanted.contains(&title)
+            })
+            .collect::<Vec<_>>()
+            .join("\r\n\r\n")
+    }
+
+    fn full_info(&mut self) -> String {
+        let map = &self.shared.config.map;
+        let keys = self.dbsize().unwrap_or(0);
+        let mut text = format!(
+            "# Server\r\nredis_version:7.0.0\r\ntern_version:{}\r\nredis_mode:standalone\r\n\r\n\
+             # Clients\r\nconnected_clients:{}\r\n\r\n\
+             # Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n\r\n\
+             # Tern\r\nshards:{}\r\n",
+            env!("CARGO_PKG_VERSION"),
+            self.shared.connected.load(Ordering::Relaxed),
+            map.shards.len()
+        );
+        for shard in &map.shards {
+            let chain: Vec<String> = shard
+                .replicas
+                .iter()
+                .map(|replica| replica.to_string())
+                .collect();
+            text.push_str(&format!(
+                "shard{}:slots={}-{},epoch={},coordinator={},chain={}\r\n",
+                shard.id,
+                shard.slots[0],
+                shard.slots[1] - 1,
+                shard.epoch,
+                shard.coordinator,
+                chain.join("|")
+            ));
+        }
+        text
+    }
+}
