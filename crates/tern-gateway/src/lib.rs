@@ -315,7 +315,7 @@ impl<'a> Connection<'a> {
                 }
                 Frame::Array(values)
             }
-            "MSET" if args.is_empty() || args.len() % 2 != 0 => arity_error(&name),
+            "MSET" if args.is_empty() || !args.len().is_multiple_of(2) => arity_error(&name),
             "MSET" => {
                 for pair in args.chunks(2) {
                     if let Err(error) = self.client.put(&pair[0], &pair[1]) {

@@ -190,9 +190,7 @@ mod tests {
         let mut two = Vec::new();
         let mut three = Vec::new();
         let map = Frame::Map(vec![(Frame::bulk("a"), Frame::Integer(1))]);
-        for (frame, out) in [(&Frame::Nil, &mut two)] {
-            frame.encode(2, out);
-        }
+        Frame::Nil.encode(2, &mut two);
         Frame::Nil.encode(3, &mut three);
         assert_eq!(two, b"$-1\r\n");
         assert_eq!(three, b"_\r\n");
