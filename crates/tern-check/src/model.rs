@@ -32,6 +32,11 @@ pub enum Output {
     CasMismatch {
         current: u64,
     },
+    /// A read answered with a value but no version (e.g. through the Redis
+    /// protocol); `None` for an absent key.
+    Value(Option<Vec<u8>>),
+    /// A write acknowledged without a version.
+    Written,
     /// No reply: the operation may or may not have taken effect.
     Unknown,
 }
@@ -109,6 +114,9 @@ pub(crate) fn apply(state: State, step: &Step) -> Vec<State> {
             }]
         }
         (Input::Get, Output::Unknown) => vec![state],
+        (Input::Get, Output::Value(None)) if absent => vec![state],
+        (Input::Get, Output::Value(Some(_))) if state.value == step.output_value => vec![state],
+        (Input::Put { .. }, Output::Written) => vec![wrote(Version::Unknown)],
         (Input::Put { .. }, Output::Put { version }) if state.precedes(*version) => {
             vec![wrote(Version::Known(*version))]
         }

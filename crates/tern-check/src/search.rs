@@ -76,6 +76,9 @@ fn describe_output(output: &Output) -> String {
         Output::Put { version } | Output::CasSwapped { version } => format!("ok v{version}"),
         Output::Delete { existed } => format!("existed={existed}"),
         Output::CasMismatch { current } => format!("mismatch, current v{current}"),
+        Output::Value(Some(value)) => text(value),
+        Output::Value(None) => "absent".into(),
+        Output::Written => "ok".into(),
         Output::Unknown => "unknown (timed out)".into(),
     }
 }
@@ -295,7 +298,7 @@ fn intern(history: &[Operation]) -> Vec<Step> {
                 Input::Get | Input::Delete => 0,
             };
             let output_value = match &operation.output {
-                Output::Get(Some((_, value))) => intern_value(value),
+                Output::Get(Some((_, value))) | Output::Value(Some(value)) => intern_value(value),
                 _ => 0,
             };
             Step {

@@ -179,6 +179,29 @@ fn a_cas_mismatch_must_report_the_current_version() {
 }
 
 #[test]
+fn histories_without_versions_are_checked_by_value() {
+    let value = |text: &str| Output::Value(Some(text.as_bytes().to_vec()));
+    let good = [
+        op(1, put("a"), Output::Written, 0, Some(10)),
+        op(2, Input::Get, value("a"), 5, Some(20)),
+        op(1, put("b"), Output::Written, 30, Some(40)),
+        op(2, Input::Get, value("b"), 50, Some(60)),
+    ];
+    assert!(is_linearizable(&good));
+    let stale = [
+        op(1, put("a"), Output::Written, 0, Some(10)),
+        op(1, put("b"), Output::Written, 20, Some(30)),
+        op(2, Input::Get, value("a"), 40, Some(50)),
+    ];
+    assert!(!is_linearizable(&stale));
+    let absent_after_write = [
+        op(1, put("a"), Output::Written, 0, Some(10)),
+        op(2, Input::Get, Output::Value(None), 20, Some(30)),
+    ];
+    assert!(!is_linearizable(&absent_after_write));
+}
+
+#[test]
 fn keys_are_checked_independently() {
     let mut other = op(2, Input::Get, got(1, "a"), 10, Some(20));
     other.key = b"other".to_vec();
