@@ -72,6 +72,15 @@ pub enum ClusterCommand {
         /// Log records between a replica's snapshots.
         #[arg(long, default_value_t = 200_000)]
         snapshot_every: u64,
+        /// Also start a Redis-protocol gateway (in the root namespace).
+        #[arg(long)]
+        gateway: bool,
+        /// Where the gateway listens (when taken: a free port, printed).
+        #[arg(long, default_value = "127.0.0.1:6379")]
+        gateway_listen: SocketAddrV4,
+        /// The gateway's password (requirepass).
+        #[arg(long)]
+        requirepass: Option<String>,
     },
     /// Stop every process of the cluster in DIR and remove its namespaces.
     Down {
@@ -99,6 +108,84 @@ pub enum ClusterCommand {
 struct Persistence {
     durability: DurabilityArg,
     snapshot_every: u64,
+}
+
+/// The gateway `cluster up --gateway` starts.
+#[derive(Clone, Debug)]
+struct GatewayOptions {
+    listen: SocketAddrV4,
+    password: Option<String>,
+}
+
+/// Starts `tern gateway` for the cluster in `dir` and records it.
+fn start_gateway(dir: &Path, options: &GatewayOptions) -> Result<()> {
+    let map_path = dir.join("cluster.toml");
+    let mut command = vec![
+        std::env::current_exe()?.display().to_string(),
+        "--cluster".into(),
+        map_path.display().to_string(),
+        "gateway".into(),
+        "--listen".into(),
+        options.listen.to_string(),
+    ];
+    if let Some(password) = &options.password {
+        command.extend(["--requirepass".to_string(), password.clone()]);
+    }
+    let log = dir.join("logs").join("gateway.log");
+    let mut child = spawn_detached(&command, &log, false)?;
+    // The gateway prints where it listens first (another port if taken).
+    let started = Instant::now();
+    let address = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(address) = text
+            .lines()
+            .find_map(|line| line.strip_prefix("gateway listening on "))
+        {
+            break address.trim().parse::<SocketAddrV4>()?;
+        }
+        if let Some(exit) = child.try_wait()? {
+            bail!("the gateway exited with {exit}: {text}");
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            bail!("the gateway did not start: {text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut table = read_table(dir)?;
+    table.process.push(ProcessEntry {
+        name: GATEWAY.into(),
+        pid: child.id(),
+        address,
+        shard: 0,
+        log,
+        command,
+    });
+    write_table(dir, &table)?;
+    println!(
+        "  gateway:     redis-cli -p {} (logs in {})",
+        address.port(),
+        dir.join("logs").display()
+    );
+    Ok(())
+}
+
+/// Name of the gateway in the process table.
+const GATEWAY: &str = "gateway";
+
+/// Whether a gateway at `address` answers a RESP PING.
+fn gateway_answers(address: SocketAddrV4) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) =
+        std::net::TcpStream::connect_timeout(&address.into(), Duration::from_millis(300))
+    else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(300)));
+    let mut reply = [0u8; 64];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read(&mut reply).is_ok_and(|read| {
+            reply[..read].starts_with(b"+PONG") || reply[..read].starts_with(b"-NOAUTH")
+        })
 }
 
 /// One started process.
@@ -133,6 +220,9 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
             topology,
             durability,
             snapshot_every,
+            gateway,
+            gateway_listen,
+            requirepass,
         } => {
             let topology = topology.unwrap_or(if netns::is_root() {
                 TopologyKind::Netns
@@ -143,7 +233,11 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
                 durability,
                 snapshot_every,
             };
-            up(&dir, shards, replicas, mode, topology, persistence)
+            let gateway = gateway.then_some(GatewayOptions {
+                listen: gateway_listen,
+                password: requirepass,
+            });
+            up(&dir, shards, replicas, mode, topology, persistence, gateway)
         }
         ClusterCommand::Restart { dir, names } => restart(&dir, &names),
         ClusterCommand::Down { dir } => down(&dir),
@@ -231,6 +325,7 @@ fn up(
     mode: ClusterMode,
     topology_kind: TopologyKind,
     persistence: Persistence,
+    gateway: Option<GatewayOptions>,
 ) -> Result<ExitCode> {
     if shard_count == 0 || replicas == 0 {
         bail!("a cluster needs at least one shard and one replica per shard");
@@ -284,7 +379,11 @@ fn up(
         persistence,
         &names,
         topology.as_mut(),
-    );
+    )
+    .and_then(|code| match gateway {
+        Some(gateway) => start_gateway(&dir, &gateway).map(|()| code),
+        None => Ok(code),
+    });
     if result.is_err() {
         let _ = down(&dir);
     }
@@ -581,9 +680,13 @@ fn wait_ready(map: &ClusterMap, children: &mut [(Child, ProcessEntry)]) -> Resul
                     entry.name
                 );
             }
-            match client.admin(entry.address, Op::Ping, entry.shard) {
-                Ok(reply) if reply.status == Status::Ok => {}
-                _ => still.push(index),
+            let ready = if entry.name == GATEWAY {
+                gateway_answers(entry.address)
+            } else {
+                matches!(client.admin(entry.address, Op::Ping, entry.shard), Ok(reply) if reply.status == Status::Ok)
+            };
+            if !ready {
+                still.push(index);
             }
         }
         waiting = still;
@@ -691,6 +794,7 @@ fn status(dir: &Path) -> Result<ExitCode> {
             Err(_) => format!("{process} DOWN"),
         }
     };
+    let mut all_up = true;
     let mode = match table.mode {
         Some(ClusterMode::Xdp) => "xdp",
         Some(_) => "user",
@@ -702,7 +806,18 @@ fn status(dir: &Path) -> Result<ExitCode> {
         None => "unknown",
     };
     println!("mode {mode}, topology {topology}");
-    let mut all_up = true;
+    if let Some(gateway) = table.process.iter().find(|p| p.name == GATEWAY) {
+        let up = if gateway_answers(gateway.address) {
+            "up"
+        } else {
+            "DOWN"
+        };
+        all_up &= up == "up";
+        println!(
+            "gateway {:<21} pid {:<7} {up} (RESP)",
+            gateway.address, gateway.pid
+        );
+    }
     for shard in &map.shards {
         println!(
             "shard {} slots [{}, {}) epoch {}",

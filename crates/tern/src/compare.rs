@@ -118,6 +118,9 @@ fn run_tern(dir: &Path, args: &CompareArgs, target: Target) -> Result<BenchRepor
         topology: Some(topology),
         durability: args.durability,
         snapshot_every: 200_000,
+        gateway: false,
+        gateway_listen: "127.0.0.1:6379".parse().expect("an address"),
+        requirepass: None,
     })?;
     let result = (|| {
         let map = ClusterMap::load(&dir.join("cluster.toml"))?;

@@ -144,6 +144,16 @@ enum CoordinatorMode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Command::Server { .. } | Command::Coordinator { .. } | Command::Gateway { .. }
+    ) {
+        // A command whose output is cut short (`| head`) ends quietly, as
+        // Unix tools do. Long-running processes keep ignoring SIGPIPE: a
+        // client hanging up must not kill the gateway.
+        // SAFETY: resets a signal disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(&cli.cluster, cli.command) {
         Ok(code) => code,
         Err(error) => {
