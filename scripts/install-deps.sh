@@ -25,10 +25,11 @@ need_package clang-19
 need_package libbpf-dev
 # Network namespaces, veth pairs and bridges of the local cluster.
 need_package iproute2
-# Peers for the benchmark comparison (Redis 7 from Debian).
+# redis-cli drives the gateway's tests.
+need_package redis-tools
+# The peer of the benchmark comparison (Redis 7 from Debian).
 if $want_peers; then
     need_package redis-server
-    need_package redis-tools
 fi
 if ((${#missing_packages[@]})); then
     echo "installing Debian packages: ${missing_packages[*]}"
