@@ -25,6 +25,8 @@ need_package clang-19
 need_package libbpf-dev
 # Network namespaces, veth pairs and bridges of the local cluster.
 need_package iproute2
+# Packet loss for the chaos tests (tc netem is not available on these kernels).
+need_package nftables
 # redis-cli drives the gateway's tests.
 need_package redis-tools
 # The peer of the benchmark comparison (Redis 7 from Debian).

@@ -1,5 +1,6 @@
 //! `tern`: one command for every role of a Tern cluster.
 
+mod chaos;
 mod cluster;
 mod compare;
 mod netns;
@@ -88,6 +89,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = CoordinatorMode::User)]
         mode: CoordinatorMode,
     },
+    /// Run a recorded workload against a netns cluster while injecting faults,
+    /// then check linearizability, lost writes and recovery time.
+    Chaos(chaos::ChaosArgs),
     /// Serve the Redis protocol (RESP2/RESP3) in front of the cluster.
     Gateway {
         /// Where to listen; when taken, the same address on a free port (printed).
@@ -276,6 +280,7 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster(command) => cluster::run(command),
+        Command::Chaos(args) => chaos::run(&args),
         Command::Gateway {
             listen,
             requirepass,

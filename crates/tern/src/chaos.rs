@@ -1,0 +1,516 @@
+//! `tern chaos`: a workload of concurrent recording clients against a netns
+//! cluster while faults are injected (replica and coordinator kills with
+//! restarts, packet loss, partitions), then heal, read every key, and check:
+//! (a) the history is linearizable, (b) no key reads older than its newest
+//! acknowledged write, (c) how long the cluster took to serve again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use tern_check::{Input, Operation, Output, Recorder, Verdict, check};
+use tern_client::{CasOutcome, Client, ClientOptions, ClusterMap};
+use tern_wire::{key_hash, slot_of};
+
+use crate::DurabilityArg;
+use crate::cluster::{self, ClusterCommand, ClusterMode, TopologyKind};
+use crate::netns::Topology;
+
+/// A kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum FaultKind {
+    /// SIGKILL a replica, then restart it (it recovers from its log).
+    KillReplica,
+    /// SIGKILL the coordinator, then restart it (rule 8 recovery).
+    KillCoordinator,
+    /// Drop a random 10-30% of the datagrams arriving at one process.
+    Loss,
+    /// Take a replica's link down, then up again.
+    Partition,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ChaosArgs {
+    /// Directory for the cluster (default: a temporary one, removed after).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// How long the workload runs while faults are injected.
+    #[arg(long, default_value = "20s", value_parser = tern_bench::parse_duration)]
+    pub duration: Duration,
+    /// Seed of every random choice (printed; rerun with it to replay the choices).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "kill-replica,kill-coordinator,loss,partition"
+    )]
+    pub faults: Vec<FaultKind>,
+    #[arg(long, value_enum, default_value_t = ClusterMode::User)]
+    pub mode: ClusterMode,
+    #[arg(long, default_value_t = 2)]
+    pub shards: u32,
+    #[arg(long, default_value_t = 10)]
+    pub clients: usize,
+    #[arg(long, default_value_t = 3)]
+    pub keys_per_shard: usize,
+}
+
+/// One injected fault.
+#[derive(Debug)]
+struct Fault {
+    kind: FaultKind,
+    target: String,
+    healed: Instant,
+}
+
+/// A few keys per shard, so that clients collide on every key.
+fn contended_keys(map: &ClusterMap, per_shard: usize) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    for shard in &map.shards {
+        keys.extend(
+            (0..)
+                .map(|index| format!("chaos-{index}").into_bytes())
+                .filter(|key| map.shard_of_slot(slot_of(key_hash(key))).id == shard.id)
+                .take(per_shard),
+        );
+    }
+    keys
+}
+
+fn run_command(program: &str, args: &[&str]) -> Result<()> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Recording clients: GET 50%, PUT 30%, CAS 20%; a failed request is an
+/// operation with an unknown outcome. Returns the finish times of successes.
+fn start_clients(
+    map: &ClusterMap,
+    keys: &Arc<Vec<Vec<u8>>>,
+    recorder: &Recorder,
+    running: &Arc<AtomicBool>,
+    clients: usize,
+    seed: u64,
+) -> Result<Vec<std::thread::JoinHandle<Vec<Instant>>>> {
+    let start_line = Arc::new(Barrier::new(clients));
+    (0..clients)
+        .map(|worker| {
+            let options = ClientOptions {
+                attempt_timeout: Duration::from_millis(200),
+                deadline: Duration::from_secs(2),
+            };
+            let mut client = Client::with_options(map.clone(), options)?;
+            let (keys, recorder, running, start_line) = (
+                keys.clone(),
+                recorder.clone(),
+                running.clone(),
+                start_line.clone(),
+            );
+            Ok(std::thread::spawn(move || {
+                let mut random = SmallRng::seed_from_u64(seed.wrapping_mul(7919) + worker as u64);
+                let mut last_version = vec![0u64; keys.len()];
+                let mut successes = Vec::new();
+                start_line.wait();
+                let mut sequence = 0u64;
+                while running.load(Ordering::Relaxed) {
+                    let index = random.random_range(0..keys.len());
+                    let key = &keys[index];
+                    sequence += 1;
+                    let value = format!("c{worker}-{sequence}").into_bytes();
+                    let choice = random.random_range(0..100);
+                    let call = Instant::now();
+                    let (input, result) = if choice < 50 {
+                        let result = client.get(key).map(|found| {
+                            if let Some(found) = &found {
+                                last_version[index] = found.version;
+                            }
+                            Output::Get(found.map(|f| (f.version, f.value)))
+                        });
+                        (Input::Get, result)
+                    } else if choice < 80 {
+                        let result = client.put(key, &value).map(|version| {
+                            last_version[index] = version;
+                            Output::Put { version }
+                        });
+                        (Input::Put { value }, result)
+                    } else {
+                        let expected = last_version[index];
+                        let result =
+                            client
+                                .cas(key, expected, &value)
+                                .map(|outcome| match outcome {
+                                    CasOutcome::Swapped { version } => {
+                                        last_version[index] = version;
+                                        Output::CasSwapped { version }
+                                    }
+                                    CasOutcome::Mismatch { current } => {
+                                        last_version[index] = current;
+                                        Output::CasMismatch { current }
+                                    }
+                                });
+                        (Input::Cas { expected, value }, result)
+                    };
+                    match result {
+                        Ok(output) => {
+                            let done = Instant::now();
+                            recorder.record(worker as u64, key, input, call, output, Some(done));
+                            successes.push(done);
+                        }
+                        // Timed out, or refused while the cluster was broken:
+                        // it may or may not have taken effect.
+                        Err(_) => {
+                            recorder.record(worker as u64, key, input, call, Output::Unknown, None)
+                        }
+                    }
+                }
+                successes
+            }))
+        })
+        .collect()
+}
+
+fn pid_of(dir: &Path, name: &str) -> Result<u32> {
+    let text = std::fs::read_to_string(dir.join("processes.toml"))?;
+    let table: toml::Table = toml::from_str(&text)?;
+    table["process"]
+        .as_array()
+        .context("processes.toml lists processes")?
+        .iter()
+        .find(|process| process["name"].as_str() == Some(name))
+        .and_then(|process| process["pid"].as_integer())
+        .map(|pid| pid as u32)
+        .with_context(|| format!("no process {name}"))
+}
+
+fn restart(dir: &Path, name: &str) -> Result<()> {
+    cluster::run(ClusterCommand::Restart {
+        dir: dir.to_path_buf(),
+        names: vec![name.to_string()],
+    })?;
+    Ok(())
+}
+
+const LOSS_TABLE: &str = "tern_chaos";
+
+/// Injects one fault, holds it, heals it.
+fn inject(
+    kind: FaultKind,
+    dir: &Path,
+    map: &ClusterMap,
+    topology: &Topology,
+    random: &mut SmallRng,
+) -> Result<Fault> {
+    let replicas: Vec<(String, u32, usize)> = map
+        .shards
+        .iter()
+        .flat_map(|shard| (0..shard.replicas.len()).map(move |position| (shard.id, position)))
+        .map(|(shard, position)| (format!("shard{shard}-replica{position}"), shard, position))
+        .collect();
+    let hold = Duration::from_millis(random.random_range(200..900));
+    let (replica, shard, position) = replicas[random.random_range(0..replicas.len())].clone();
+    let node = |name: &str| {
+        let short = match name {
+            "coordinator" => "c".to_string(),
+            _ => format!("s{shard}r{position}"),
+        };
+        topology.node(&short).clone()
+    };
+    let target = match kind {
+        FaultKind::KillReplica => {
+            // SAFETY: a plain system call on a pid this cluster started.
+            unsafe { libc::kill(pid_of(dir, &replica)? as i32, libc::SIGKILL) };
+            std::thread::sleep(hold);
+            restart(dir, &replica)?;
+            replica
+        }
+        FaultKind::KillCoordinator => {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid_of(dir, "coordinator")? as i32, libc::SIGKILL) };
+            std::thread::sleep(hold);
+            restart(dir, "coordinator")?;
+            "coordinator".to_string()
+        }
+        FaultKind::Loss => {
+            let name = if random.random_bool(0.25) {
+                "coordinator".to_string()
+            } else {
+                replica
+            };
+            let node = node(&name);
+            let port = if name == "coordinator" {
+                "7000"
+            } else {
+                "7100"
+            };
+            let percent = random.random_range(10..=30).to_string();
+            let ns = node.namespace.as_str();
+            run_command(
+                "ip",
+                &[
+                    "netns", "exec", ns, "nft", "add", "table", "inet", LOSS_TABLE,
+                ],
+            )?;
+            run_command(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    ns,
+                    "nft",
+                    "add",
+                    "chain",
+                    "inet",
+                    LOSS_TABLE,
+                    "input",
+                    "{ type filter hook input priority 0 ; }",
+                ],
+            )?;
+            run_command(
+                "ip",
+                &[
+                    "netns", "exec", ns, "nft", "add", "rule", "inet", LOSS_TABLE, "input", "udp",
+                    "dport", port, "numgen", "random", "mod", "100", "<", &percent, "drop",
+                ],
+            )?;
+            std::thread::sleep(hold);
+            run_command(
+                "ip",
+                &[
+                    "netns", "exec", ns, "nft", "delete", "table", "inet", LOSS_TABLE,
+                ],
+            )?;
+            format!("{name} ({percent}% loss)")
+        }
+        FaultKind::Partition => {
+            let veth = node(&replica).veth;
+            run_command("ip", &["link", "set", &veth, "down"])?;
+            std::thread::sleep(hold);
+            run_command("ip", &["link", "set", &veth, "up"])?;
+            replica
+        }
+    };
+    Ok(Fault {
+        kind,
+        target: format!("{target} for {hold:?}"),
+        healed: Instant::now(),
+    })
+}
+
+/// Reads every key until the cluster answers; records the reads.
+fn final_reads(
+    map: &ClusterMap,
+    keys: &[Vec<u8>],
+    recorder: &Recorder,
+) -> Result<Vec<(Vec<u8>, Option<u64>)>> {
+    let mut client = Client::new(map.clone())?;
+    let mut versions = Vec::new();
+    for key in keys {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let call = Instant::now();
+            match client.get(key) {
+                Ok(found) => {
+                    versions.push((key.clone(), found.as_ref().map(|f| f.version)));
+                    let output = Output::Get(found.map(|f| (f.version, f.value)));
+                    recorder.record(
+                        u64::MAX,
+                        key,
+                        Input::Get,
+                        call,
+                        output,
+                        Some(Instant::now()),
+                    );
+                    break;
+                }
+                Err(error) if Instant::now() > deadline => {
+                    bail!("the cluster does not serve {key:?} after healing: {error}")
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    Ok(versions)
+}
+
+/// Keys whose final read is older than a write acknowledged for them.
+fn lost_writes(history: &[Operation], finals: &[(Vec<u8>, Option<u64>)]) -> Vec<String> {
+    let mut newest: HashMap<&[u8], u64> = HashMap::new();
+    for operation in history {
+        if let Output::Put { version } | Output::CasSwapped { version } = operation.output {
+            let entry = newest.entry(&operation.key).or_default();
+            *entry = (*entry).max(version);
+        }
+    }
+    finals
+        .iter()
+        .filter_map(|(key, version)| {
+            let acknowledged = *newest.get(&key[..])?;
+            (version.unwrap_or(0) < acknowledged).then(|| {
+                format!(
+                    "{}: reads version {version:?}, but {acknowledged} was acknowledged",
+                    String::from_utf8_lossy(key)
+                )
+            })
+        })
+        .collect()
+}
+
+fn median_and_max(mut values: Vec<Duration>) -> (Duration, Duration) {
+    if values.is_empty() {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    values.sort();
+    (values[values.len() / 2], values[values.len() - 1])
+}
+
+pub fn run(args: &ChaosArgs) -> Result<ExitCode> {
+    if args.faults.is_empty() || args.clients == 0 || args.keys_per_shard == 0 {
+        bail!("need at least one fault kind, one client and one key per shard");
+    }
+    let seed = args
+        .seed
+        .unwrap_or_else(|| u64::from(rand::random::<u16>()));
+    println!("chaos seed {seed} (replay the choices with --seed {seed})");
+    let scratch = tempfile::tempdir()?;
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| scratch.path().join("cluster"));
+    cluster::run(ClusterCommand::Up {
+        dir: dir.clone(),
+        shards: args.shards,
+        replicas: 3,
+        mode: args.mode,
+        topology: Some(TopologyKind::Netns),
+        durability: DurabilityArg::Always,
+        snapshot_every: 200_000,
+        gateway: false,
+        gateway_listen: "127.0.0.1:6379".parse().expect("an address"),
+        requirepass: None,
+    })?;
+    let dir = dir.canonicalize()?;
+    let result = chaos(&dir, args, seed);
+    cluster::run(ClusterCommand::Down { dir: dir.clone() })?;
+    result
+}
+
+fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
+    let map = ClusterMap::load(&dir.join("cluster.toml"))?;
+    let topology =
+        Topology::load(&dir.join("topology.toml"))?.context("chaos needs the netns topology")?;
+    let keys = Arc::new(contended_keys(&map, args.keys_per_shard));
+    let recorder = Recorder::new();
+    let running = Arc::new(AtomicBool::new(true));
+    let clients = start_clients(&map, &keys, &recorder, &running, args.clients, seed)?;
+    let mut random = SmallRng::seed_from_u64(seed);
+    let started = Instant::now();
+    let mut faults = Vec::new();
+    let mut injection_error = None;
+    while started.elapsed() < args.duration {
+        std::thread::sleep(Duration::from_millis(random.random_range(200..600)));
+        let kind = args.faults[faults.len() % args.faults.len()];
+        match inject(kind, dir, &map, &topology, &mut random) {
+            Ok(fault) => {
+                println!(
+                    "{:>6.1}s {:?} {}",
+                    started.elapsed().as_secs_f64(),
+                    fault.kind,
+                    fault.target
+                );
+                faults.push(fault);
+            }
+            Err(error) => {
+                injection_error = Some(error);
+                break;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    running.store(false, Ordering::Relaxed);
+    let mut successes: Vec<Instant> = Vec::new();
+    for client in clients {
+        successes.extend(
+            client
+                .join()
+                .map_err(|_| anyhow::anyhow!("a client thread panicked"))?,
+        );
+    }
+    if let Some(error) = injection_error {
+        return Err(error.context("injecting a fault"));
+    }
+    successes.sort();
+    let finals = final_reads(&map, &keys, &recorder)?;
+    let history = recorder.operations();
+    let unknown = history
+        .iter()
+        .filter(|operation| operation.ret.is_none())
+        .count();
+
+    // Unavailability: from each heal to the next successful operation.
+    let recoveries: Vec<Duration> = faults
+        .iter()
+        .filter_map(|fault| {
+            successes
+                .iter()
+                .find(|at| **at >= fault.healed)
+                .map(|at| at.duration_since(fault.healed))
+        })
+        .collect();
+    let (median, max) = median_and_max(recoveries);
+    let mut by_kind: HashMap<FaultKind, usize> = HashMap::new();
+    for fault in &faults {
+        *by_kind.entry(fault.kind).or_default() += 1;
+    }
+    let lost = lost_writes(&history, &finals);
+    let checked = Instant::now();
+    let verdict = check(&history);
+    println!(
+        "faults: {} ({}); operations: {} ({} with unknown outcome); serving again after a heal: median {median:?}, max {max:?}",
+        faults.len(),
+        args.faults
+            .iter()
+            .map(|kind| format!("{kind:?} {}", by_kind.get(kind).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        history.len(),
+        unknown
+    );
+    println!("acknowledged writes lost: {}", lost.len());
+    for line in &lost {
+        println!("  {line}");
+    }
+    match &verdict {
+        Verdict::Linearizable => println!("linearizable: yes (checked in {:?})", checked.elapsed()),
+        Verdict::Violation(error) => println!("linearizable: NO\n{error}"),
+    }
+    if faults.len() < args.faults.len() {
+        bail!(
+            "only {} faults fit in {:?}; run longer",
+            faults.len(),
+            args.duration
+        );
+    }
+    Ok(if verdict == Verdict::Linearizable && lost.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(4)
+    })
+}
