@@ -53,6 +53,12 @@ pub struct ChaosArgs {
         default_value = "kill-replica,kill-coordinator,loss,partition"
     )]
     pub faults: Vec<FaultKind>,
+    /// Inject nothing: only the recorded workload and the checks.
+    #[arg(long)]
+    pub no_faults: bool,
+    /// Faults need the netns topology; without faults loopback works too.
+    #[arg(long, value_enum, default_value_t = TopologyKind::Netns)]
+    pub topology: TopologyKind,
     #[arg(long, value_enum, default_value_t = ClusterMode::User)]
     pub mode: ClusterMode,
     #[arg(long, default_value_t = 2)]
@@ -100,8 +106,17 @@ fn run_command(program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// What one client saw, to show that the workload really contended.
+#[derive(Debug, Default)]
+struct Tally {
+    successes: Vec<Instant>,
+    cas_swapped: u64,
+    cas_mismatched: u64,
+    values_read: std::collections::HashSet<Vec<u8>>,
+}
+
 /// Recording clients: GET 50%, PUT 30%, CAS 20%; a failed request is an
-/// operation with an unknown outcome. Returns the finish times of successes.
+/// operation with an unknown outcome.
 fn start_clients(
     map: &ClusterMap,
     keys: &Arc<Vec<Vec<u8>>>,
@@ -109,7 +124,7 @@ fn start_clients(
     running: &Arc<AtomicBool>,
     clients: usize,
     seed: u64,
-) -> Result<Vec<std::thread::JoinHandle<Vec<Instant>>>> {
+) -> Result<Vec<std::thread::JoinHandle<Tally>>> {
     let start_line = Arc::new(Barrier::new(clients));
     (0..clients)
         .map(|worker| {
@@ -127,7 +142,7 @@ fn start_clients(
             Ok(std::thread::spawn(move || {
                 let mut random = SmallRng::seed_from_u64(seed.wrapping_mul(7919) + worker as u64);
                 let mut last_version = vec![0u64; keys.len()];
-                let mut successes = Vec::new();
+                let mut tally = Tally::default();
                 start_line.wait();
                 let mut sequence = 0u64;
                 while running.load(Ordering::Relaxed) {
@@ -141,6 +156,7 @@ fn start_clients(
                         let result = client.get(key).map(|found| {
                             if let Some(found) = &found {
                                 last_version[index] = found.version;
+                                tally.values_read.insert(found.value.clone());
                             }
                             Output::Get(found.map(|f| (f.version, f.value)))
                         });
@@ -158,10 +174,12 @@ fn start_clients(
                                 .cas(key, expected, &value)
                                 .map(|outcome| match outcome {
                                     CasOutcome::Swapped { version } => {
+                                        tally.cas_swapped += 1;
                                         last_version[index] = version;
                                         Output::CasSwapped { version }
                                     }
                                     CasOutcome::Mismatch { current } => {
+                                        tally.cas_mismatched += 1;
                                         last_version[index] = current;
                                         Output::CasMismatch { current }
                                     }
@@ -172,7 +190,7 @@ fn start_clients(
                         Ok(output) => {
                             let done = Instant::now();
                             recorder.record(worker as u64, key, input, call, output, Some(done));
-                            successes.push(done);
+                            tally.successes.push(done);
                         }
                         // Timed out, or refused while the cluster was broken:
                         // it may or may not have taken effect.
@@ -181,7 +199,7 @@ fn start_clients(
                         }
                     }
                 }
-                successes
+                tally
             }))
         })
         .collect()
@@ -382,8 +400,12 @@ fn median_and_max(mut values: Vec<Duration>) -> (Duration, Duration) {
 }
 
 pub fn run(args: &ChaosArgs) -> Result<ExitCode> {
-    if args.faults.is_empty() || args.clients == 0 || args.keys_per_shard == 0 {
-        bail!("need at least one fault kind, one client and one key per shard");
+    if (args.faults.is_empty() && !args.no_faults) || args.clients == 0 || args.keys_per_shard == 0
+    {
+        bail!("need at least one fault kind (or --no-faults), one client and one key per shard");
+    }
+    if !args.no_faults && args.topology != TopologyKind::Netns {
+        bail!("faults need --topology netns (loss and partitions act on namespaces)");
     }
     let seed = args
         .seed
@@ -399,7 +421,7 @@ pub fn run(args: &ChaosArgs) -> Result<ExitCode> {
         shards: args.shards,
         replicas: 3,
         mode: args.mode,
-        topology: Some(TopologyKind::Netns),
+        topology: Some(args.topology),
         durability: DurabilityArg::Always,
         snapshot_every: 200_000,
         gateway: false,
@@ -414,8 +436,7 @@ pub fn run(args: &ChaosArgs) -> Result<ExitCode> {
 
 fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
     let map = ClusterMap::load(&dir.join("cluster.toml"))?;
-    let topology =
-        Topology::load(&dir.join("topology.toml"))?.context("chaos needs the netns topology")?;
+    let topology = Topology::load(&dir.join("topology.toml"))?;
     let keys = Arc::new(contended_keys(&map, args.keys_per_shard));
     let recorder = Recorder::new();
     let running = Arc::new(AtomicBool::new(true));
@@ -426,8 +447,11 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
     let mut injection_error = None;
     while started.elapsed() < args.duration {
         std::thread::sleep(Duration::from_millis(random.random_range(200..600)));
+        let Some(topology) = topology.as_ref().filter(|_| !args.no_faults) else {
+            continue;
+        };
         let kind = args.faults[faults.len() % args.faults.len()];
-        match inject(kind, dir, &map, &topology, &mut random) {
+        match inject(kind, dir, &map, topology, &mut random) {
             Ok(fault) => {
                 println!(
                     "{:>6.1}s {:?} {}",
@@ -446,12 +470,15 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
     std::thread::sleep(Duration::from_millis(500));
     running.store(false, Ordering::Relaxed);
     let mut successes: Vec<Instant> = Vec::new();
+    let (mut swapped, mut mismatched, mut distinct) = (0, 0, 0);
     for client in clients {
-        successes.extend(
-            client
-                .join()
-                .map_err(|_| anyhow::anyhow!("a client thread panicked"))?,
-        );
+        let tally = client
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))?;
+        successes.extend(tally.successes);
+        swapped += tally.cas_swapped;
+        mismatched += tally.cas_mismatched;
+        distinct += tally.values_read.len();
     }
     if let Some(error) = injection_error {
         return Err(error.context("injecting a fault"));
@@ -493,6 +520,9 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
         history.len(),
         unknown
     );
+    println!(
+        "contention: {swapped} CAS swapped, {mismatched} CAS mismatched, {distinct} distinct values read"
+    );
     println!("acknowledged writes lost: {}", lost.len());
     for line in &lost {
         println!("  {line}");
@@ -501,7 +531,7 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
         Verdict::Linearizable => println!("linearizable: yes (checked in {:?})", checked.elapsed()),
         Verdict::Violation(error) => println!("linearizable: NO\n{error}"),
     }
-    if faults.len() < args.faults.len() {
+    if !args.no_faults && faults.len() < args.faults.len() {
         bail!(
             "only {} faults fit in {:?}; run longer",
             faults.len(),
