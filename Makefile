@@ -1,6 +1,6 @@
 # Tern: two commands on a fresh Debian machine.
 #   make demo   start a local 3-replica cluster, run a mixed workload, print results, stop it
-#   make test   every test: unit, property, protocol rules, XDP program, real-process system tests, fuzzing
+#   make test   every test: unit, property, protocol rules, XDP program, real-process system tests, chaos, fuzzing
 #   make bench-compare   user-space vs XDP coordinator, alternating runs, medians and ratio
 SHELL := /bin/bash
 CARGO ?= cargo
