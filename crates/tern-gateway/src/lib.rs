@@ -88,7 +88,12 @@ pub fn serve(
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(5))
             }
-            Err(error) => return Err(error),
+            // A connection that vanished before accept, or no descriptors
+            // left for a moment: keep serving the others.
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
     for connection in connections {
