@@ -60,7 +60,7 @@ pub fn run(
                     .map(|config| ShardCoordinator::new(config, SharedShard::in_process())),
             );
             tern_net::serve(&mut socket, &mut coordinator, shutdown)?;
-            tracing::info!(stats = %coordinator.render_stats(None), "coordinator stopped");
+            tracing::info!(stats = %coordinator.render_stats(None), send_errors = socket.send_errors(), "coordinator stopped");
         }
         Mode::Xdp => {
             let interface = interface_of(*listen.ip()).map_err(CoordError::Network)?;
@@ -100,7 +100,7 @@ pub fn run(
             fast_path.attach(&interface)?;
             tracing::info!(%listen, %interface, shards = ?ids, mode = "xdp", "coordinator serving, fast path attached");
             tern_net::serve(&mut socket, &mut coordinator, shutdown)?;
-            tracing::info!(stats = %coordinator.render_stats(None), "coordinator stopped");
+            tracing::info!(stats = %coordinator.render_stats(None), send_errors = socket.send_errors(), "coordinator stopped");
         }
     }
     Ok(())

@@ -446,7 +446,7 @@ impl Replica {
         let mut next = *record;
         next.commit_seq.set(self.store.commit_seq());
         let to = self.config.downstream();
-        if self.config.is_tail() {
+        if tail {
             next.op = Op::Ack as u8;
             if matches!(result_value, Some(None)) {
                 next.flags |= flags::ANSWER_ABSENT;

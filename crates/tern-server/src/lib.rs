@@ -186,6 +186,6 @@ pub fn run(
     if let Some(journal) = journal.as_mut() {
         journal.writer.sync()?;
     }
-    tracing::info!(stats = %replica.render_stats(), "replica stopped");
+    tracing::info!(stats = %replica.render_stats(), send_errors = socket.send_errors(), "replica stopped");
     Ok(())
 }
