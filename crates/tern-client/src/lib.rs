@@ -6,6 +6,7 @@
 //! request outstanding; run one per thread for concurrency.
 
 mod map;
+pub mod meta;
 pub mod pipeline;
 
 use std::io;

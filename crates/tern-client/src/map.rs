@@ -22,6 +22,10 @@ pub struct ShardMap {
 /// The cluster map (`cluster.toml`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterMap {
+    /// The meta nodes that hold the authoritative map (empty: the map is
+    /// static, as written in this file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meta: Vec<SocketAddrV4>,
     pub shards: Vec<ShardMap>,
     /// `slot -> index into shards`, derived when the map is validated.
     #[serde(skip)]
@@ -46,6 +50,7 @@ impl ClusterMap {
     pub fn new(shards: Vec<ShardMap>) -> Result<Self, MapError> {
         let mut map = ClusterMap {
             shards,
+            meta: Vec::new(),
             slot_owner: Vec::new(),
         };
         map.validate()?;

@@ -89,6 +89,26 @@ enum Command {
         #[arg(long, value_enum, default_value_t = CoordinatorMode::User)]
         mode: CoordinatorMode,
     },
+    /// Run one node of the control plane: the cluster map on openraft,
+    /// failure detection and reconfiguration.
+    Meta {
+        /// This node's id in --peers.
+        #[arg(long)]
+        id: u64,
+        /// Every meta node as ID=ADDR, comma separated (this one included).
+        #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
+        peers: Vec<(u64, SocketAddrV4)>,
+        /// Directory of the Raft log, vote and snapshots.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Silence after which a replica or coordinator is declared failed;
+        /// processes heartbeat every tenth of it and stop serving after half.
+        #[arg(long, default_value_t = 1000)]
+        failure_timeout_ms: u64,
+    },
+    /// Change or inspect the cluster's membership through meta.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Run a recorded workload against a netns cluster while injecting faults,
     /// then check linearizability, lost writes and recovery time.
     Chaos(chaos::ChaosArgs),
@@ -126,6 +146,41 @@ pub enum DurabilityArg {
     Interval,
     /// Memory only (the benchmark mode).
     None,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Append a running spare replica to a shard's chain as its new tail (it
+    /// joins by state transfer).
+    Add {
+        #[arg(long)]
+        shard: u32,
+        addr: SocketAddrV4,
+    },
+    /// Take a replica out of a shard's chain.
+    Remove {
+        #[arg(long)]
+        shard: u32,
+        addr: SocketAddrV4,
+    },
+    /// Move every shard coordinated at FROM to the coordinator at TO.
+    MoveCoordinator {
+        from: SocketAddrV4,
+        to: SocketAddrV4,
+    },
+    /// Each meta node's view (role, leader, term) and the current map.
+    Status,
+}
+
+fn parse_peer(text: &str) -> Result<(u64, SocketAddrV4), String> {
+    let (id, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not ID=ADDR"))?;
+    let id = id.parse().map_err(|_| format!("{id:?} is not a node id"))?;
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not IP:PORT"))?;
+    Ok((id, addr))
 }
 
 #[derive(Debug, Subcommand)]
@@ -279,6 +334,29 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
             tern_coord::run(listen, shards, mode, shutdown)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Meta {
+            id,
+            peers,
+            data_dir,
+            failure_timeout_ms,
+        } => {
+            init_logging();
+            let map = load_map(cluster)?;
+            let peers: std::collections::BTreeMap<u64, SocketAddrV4> = peers.into_iter().collect();
+            if !peers.contains_key(&id) {
+                bail!("--peers does not name this node's id {id}");
+            }
+            let options = tern_meta::MetaOptions {
+                id,
+                peers,
+                data_dir,
+                initial: map.shards,
+                failure_timeout: std::time::Duration::from_millis(failure_timeout_ms),
+            };
+            tern_meta::run(options, signals::shutdown_flag())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node(command) => node_command(&load_map(cluster)?, command),
         Command::Cluster(command) => cluster::run(command),
         Command::Chaos(args) => chaos::run(&args),
         Command::Gateway {
@@ -347,6 +425,50 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
                 ExitCode::from(3)
             })
         }
+    }
+}
+
+fn node_command(map: &ClusterMap, command: NodeCommand) -> Result<ExitCode> {
+    use tern_client::meta::{self, Change, Reply, Request};
+    if map.meta.is_empty() {
+        bail!("this cluster map names no meta nodes: its membership is static");
+    }
+    let change = match command {
+        NodeCommand::Add { shard, addr } => Change::AddReplica { shard, addr },
+        NodeCommand::Remove { shard, addr } => Change::RemoveReplica { shard, addr },
+        NodeCommand::MoveCoordinator { from, to } => Change::MoveCoordinator { from, to },
+        NodeCommand::Status => {
+            for node in &map.meta {
+                match meta::call(*node, &Request::Status, meta::META_CALL_TIMEOUT) {
+                    Ok(Reply::Status(status)) => println!(
+                        "meta {node}: id {} {} term {} leader {:?} applied {:?} map version {:?}",
+                        status.id,
+                        status.state,
+                        status.term,
+                        status.leader,
+                        status.last_applied,
+                        status.map_version
+                    ),
+                    Ok(other) => println!("meta {node}: unexpected answer {other:?}"),
+                    Err(error) => println!("meta {node}: unreachable ({error})"),
+                }
+            }
+            let current = meta::fetch_map(&map.meta, &mut None)?;
+            print!("{}", current.to_toml());
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    match meta::call_leader(&map.meta, &mut None, &Request::Change(change))? {
+        Reply::Map(current) => {
+            println!("map version {}", current.version);
+            print!("{}", current.to_cluster_map(&map.meta)?.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Reply::Refused(why) => {
+            eprintln!("refused: {why}");
+            Ok(ExitCode::from(2))
+        }
+        other => bail!("unexpected answer from meta: {other:?}"),
     }
 }
 

@@ -1,0 +1,279 @@
+//! Talking to the control plane (`tern meta`): the requests every Tern process
+//! and operator sends it, and a blocking client for them.
+//!
+//! The protocol is one JSON object per line over TCP, request then reply. It
+//! carries nothing on the data path: heartbeats, map fetches and operator
+//! changes, a few per second per process.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ClusterMap, MapError, ShardMap};
+
+/// What a process that heartbeats is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeKind {
+    /// A replica process for one shard (in its chain, or a spare).
+    Replica { shard: u32 },
+    /// A coordinator process (active for some shards, or a standby).
+    Coordinator,
+}
+
+/// A change an operator (or meta's own failure handling) makes to the map.
+/// Every change bumps the epoch of each shard it touches (DESIGN rule 7).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// Appends a replica to the shard's chain as its new tail; it joins by
+    /// state transfer from its predecessor.
+    AddReplica { shard: u32, addr: SocketAddrV4 },
+    /// Takes a replica out of the shard's chain.
+    RemoveReplica { shard: u32, addr: SocketAddrV4 },
+    /// Moves every shard coordinated at `from` to `to`.
+    MoveCoordinator {
+        from: SocketAddrV4,
+        to: SocketAddrV4,
+    },
+}
+
+/// A request to a meta node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// "I am alive" (sent every heartbeat interval); answered with the map.
+    Heartbeat {
+        addr: SocketAddrV4,
+        kind: NodeKind,
+    },
+    /// The current map.
+    GetMap,
+    /// A replica that cannot resume its place in the chain (it restarted
+    /// without its data) asks to be taken out, so it can rejoin by state
+    /// transfer.
+    Leave {
+        shard: u32,
+        addr: SocketAddrV4,
+    },
+    Change(Change),
+    /// The meta node's view: role, leader, term, map version.
+    Status,
+}
+
+/// The map as meta holds it: shards plus a version raised by every change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaMap {
+    pub version: u64,
+    pub shards: Vec<ShardMap>,
+}
+
+impl MetaMap {
+    /// The validated cluster map, with the meta addresses it came from.
+    pub fn to_cluster_map(&self, meta: &[SocketAddrV4]) -> Result<ClusterMap, MapError> {
+        let mut map = ClusterMap::new(self.shards.clone())?;
+        map.meta = meta.to_vec();
+        Ok(map)
+    }
+}
+
+/// A meta node's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Reply {
+    Map(MetaMap),
+    /// The answer to a heartbeat: the map, and the lease it grants.
+    Lease {
+        map: MetaMap,
+        /// The sender may serve for this long after it sent the heartbeat.
+        lease_ms: u64,
+        /// When to send the next heartbeat.
+        heartbeat_ms: u64,
+    },
+    /// This node is not the leader; try `leader` (None: no leader known yet).
+    NotLeader {
+        leader: Option<SocketAddrV4>,
+    },
+    /// The change was refused, and why.
+    Refused(String),
+    Status(MetaStatus),
+}
+
+/// What `Request::Status` reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaStatus {
+    pub id: u64,
+    pub state: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_applied: Option<u64>,
+    pub map_version: Option<u64>,
+}
+
+/// The envelope every meta node reads: API requests from outside, or Raft
+/// messages between meta nodes (which `tern-meta` adds as other variants).
+#[derive(Serialize)]
+enum Envelope<'a> {
+    Api(&'a Request),
+}
+
+/// How long a single exchange with one meta node may take.
+pub const META_CALL_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Sends one request to one meta node and reads its reply.
+pub fn call(addr: SocketAddrV4, request: &Request, timeout: Duration) -> io::Result<Reply> {
+    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    let mut line = serde_json::to_vec(&Envelope::Api(request)).map_err(io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut reader = BufReader::new(stream);
+    let mut answer = String::new();
+    if reader.read_line(&mut answer)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "meta closed the connection",
+        ));
+    }
+    serde_json::from_str(&answer).map_err(io::Error::other)
+}
+
+/// Asks the meta nodes in turn, following `NotLeader` hints, until the
+/// leader answers. `hint` is where the leader was last seen; it is updated.
+pub fn call_leader(
+    nodes: &[SocketAddrV4],
+    hint: &mut Option<SocketAddrV4>,
+    request: &Request,
+) -> io::Result<Reply> {
+    if nodes.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no meta node configured",
+        ));
+    }
+    let mut last_error = io::Error::other("no meta node answered");
+    let mut next = 0;
+    for _ in 0..nodes.len() * 2 {
+        let node = hint.take().unwrap_or_else(|| {
+            next += 1;
+            nodes[(next - 1) % nodes.len()]
+        });
+        match call(node, request, META_CALL_TIMEOUT) {
+            Ok(Reply::NotLeader { leader }) => {
+                last_error = io::Error::other(format!("{node} is not the meta leader"));
+                *hint = leader.filter(|leader| *leader != node);
+            }
+            Ok(reply) => {
+                *hint = Some(node);
+                return Ok(reply);
+            }
+            Err(error) => last_error = error,
+        }
+    }
+    Err(last_error)
+}
+
+/// The current map from the meta leader.
+pub fn fetch_map(
+    nodes: &[SocketAddrV4],
+    hint: &mut Option<SocketAddrV4>,
+) -> io::Result<ClusterMap> {
+    match call_leader(nodes, hint, &Request::GetMap)? {
+        Reply::Map(map) => map.to_cluster_map(nodes).map_err(io::Error::other),
+        other => Err(io::Error::other(format!("unexpected meta reply {other:?}"))),
+    }
+}
+
+/// What the heartbeat thread last learnt.
+#[derive(Debug, Default)]
+struct Learnt {
+    map: Option<MetaMap>,
+    /// Serving is allowed until then.
+    lease_until: Option<Instant>,
+}
+
+/// A thread that heartbeats to the meta leader for one process and keeps
+/// the newest map and the lease it was granted.
+#[derive(Debug, Clone)]
+pub struct Heartbeats {
+    learnt: Arc<Mutex<Learnt>>,
+    /// The newest map version seen, readable without the lock.
+    version: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Heartbeats {
+    /// Starts heartbeating as `addr` of kind `kind` to `nodes`.
+    pub fn start(nodes: Vec<SocketAddrV4>, addr: SocketAddrV4, kind: NodeKind) -> Heartbeats {
+        let heartbeats = Heartbeats {
+            learnt: Arc::default(),
+            version: Arc::default(),
+            stop: Arc::default(),
+        };
+        let this = heartbeats.clone();
+        std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || this.run(&nodes, addr, kind))
+            .expect("spawning the heartbeat thread");
+        heartbeats
+    }
+
+    fn run(&self, nodes: &[SocketAddrV4], addr: SocketAddrV4, kind: NodeKind) {
+        let mut hint = None;
+        let mut interval = Duration::from_millis(100);
+        let request = Request::Heartbeat { addr, kind };
+        while !self.stop.load(Ordering::Relaxed) {
+            // The lease runs from the moment the heartbeat leaves, so it ends
+            // before meta can count this process as silent.
+            let sent = Instant::now();
+            match call_leader(nodes, &mut hint, &request) {
+                Ok(Reply::Lease {
+                    map,
+                    lease_ms,
+                    heartbeat_ms,
+                }) => {
+                    interval = Duration::from_millis(heartbeat_ms.max(1));
+                    let mut learnt = self.learnt.lock().expect("heartbeat lock");
+                    learnt.lease_until = Some(sent + Duration::from_millis(lease_ms));
+                    if learnt
+                        .map
+                        .as_ref()
+                        .is_none_or(|known| known.version < map.version)
+                    {
+                        self.version.store(map.version, Ordering::Release);
+                        learnt.map = Some(map);
+                    }
+                }
+                Ok(other) => tracing::debug!(?other, "meta did not grant a lease"),
+                Err(error) => tracing::debug!(%error, "heartbeat failed"),
+            }
+            let elapsed = sent.elapsed();
+            std::thread::sleep(interval.saturating_sub(elapsed));
+        }
+    }
+
+    /// Whether the lease still holds.
+    pub fn lease_valid(&self) -> bool {
+        let learnt = self.learnt.lock().expect("heartbeat lock");
+        learnt
+            .lease_until
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// The newest map version learnt (0: none yet).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// The newest map learnt.
+    pub fn map(&self) -> Option<MetaMap> {
+        self.learnt.lock().expect("heartbeat lock").map.clone()
+    }
+
+    /// Stops the thread after its current heartbeat.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,378 @@
+//! The control plane (`tern meta`): the cluster map in a replicated state
+//! machine on openraft, failure detection by heartbeats, and the changes that
+//! follow a failure.
+//!
+//! - **State**: [`state::MetaState`] (shards with their chains, coordinators
+//!   and epochs; replication targets), changed only by Raft log entries. The
+//!   log, vote and snapshots are persisted in the node's data directory.
+//! - **Heartbeats**: every replica and coordinator process sends one to the
+//!   leader every `failure_timeout / 10` and gets the map back. A process
+//!   holds a lease of `failure_timeout / 2` from the moment it *sent* its last
+//!   answered heartbeat; without it, it stops serving (see ARCHITECTURE.md).
+//! - **Failure handling** (leader only, every tick): a chain replica silent
+//!   for `failure_timeout` leaves its chain; a silent coordinator's shards move
+//!   to a live standby coordinator; a chain shorter than its target takes a
+//!   live spare replica of its shard as new tail. Each change bumps the epoch
+//!   of the shards it touches. Its lease expired before meta acts, so the
+//!   process taken out has stopped serving by then.
+
+pub mod network;
+pub mod state;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self};
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use openraft::{BasicNode, Config, Raft, ServerState};
+use tern_client::ShardMap;
+use tern_client::meta::{Change, MetaStatus, NodeKind, Reply, Request};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::network::{Envelope, Network};
+use crate::state::{Command, CommandResult, MetaState};
+use crate::store::{LogStore, StateMachine};
+
+openraft::declare_raft_types!(
+    /// Meta's Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The default silence after which a process is declared failed.
+pub const FAILURE_TIMEOUT_DEFAULT: Duration = Duration::from_millis(1000);
+
+/// How one meta node runs.
+#[derive(Clone, Debug)]
+pub struct MetaOptions {
+    pub id: u64,
+    /// Every meta node, by id (this one included).
+    pub peers: BTreeMap<u64, SocketAddrV4>,
+    pub data_dir: PathBuf,
+    /// The map installed when the cluster starts with none.
+    pub initial: Vec<ShardMap>,
+    pub failure_timeout: Duration,
+}
+
+impl MetaOptions {
+    fn listen(&self) -> SocketAddrV4 {
+        self.peers[&self.id]
+    }
+}
+
+/// Heartbeat timing derived from the failure timeout, sent to every process
+/// with the map.
+pub fn heartbeat_interval(failure_timeout: Duration) -> Duration {
+    failure_timeout / 10
+}
+
+/// How long a process may serve after sending its last answered heartbeat.
+pub fn lease(failure_timeout: Duration) -> Duration {
+    failure_timeout / 2
+}
+
+/// When each process was last heard from, as seen by this node while leader.
+#[derive(Debug, Default)]
+struct Detector {
+    /// When this node last became leader; silence counts from there at most.
+    leader_since: Option<Instant>,
+    seen: HashMap<SocketAddrV4, (NodeKind, Instant)>,
+}
+
+impl Detector {
+    fn silent_for(&self, addr: SocketAddrV4, now: Instant) -> Duration {
+        let since = self
+            .seen
+            .get(&addr)
+            .map(|(_, at)| *at)
+            .or(self.leader_since)
+            .unwrap_or(now);
+        now.saturating_duration_since(since)
+    }
+}
+
+struct Node {
+    options: MetaOptions,
+    raft: Raft<TypeConfig>,
+    state: Arc<RwLock<MetaState>>,
+    detector: std::sync::Mutex<Detector>,
+}
+
+/// Runs one meta node until `shutdown` is set.
+pub fn run(options: MetaOptions, shutdown: &AtomicBool) -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(options, shutdown))
+}
+
+async fn serve(options: MetaOptions, shutdown: &AtomicBool) -> io::Result<()> {
+    let config = Config {
+        cluster_name: "tern-meta".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(io::Error::other)?;
+    let log = LogStore::open(&options.data_dir)?;
+    let machine = StateMachine::open(&options.data_dir)?;
+    let state = machine.state();
+    let raft = Raft::new(options.id, Arc::new(config), Network, log, machine)
+        .await
+        .map_err(io::Error::other)?;
+    let listener = TcpListener::bind(options.listen()).await?;
+    let lowest = *options.peers.keys().next().expect("at least this node");
+    if options.id == lowest && !raft.is_initialized().await.map_err(io::Error::other)? {
+        let members: BTreeMap<u64, BasicNode> = options
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr.to_string())))
+            .collect();
+        raft.initialize(members).await.map_err(io::Error::other)?;
+    }
+    tracing::info!(id = options.id, listen = %options.listen(), peers = ?options.peers, "meta node serving");
+    let node = Arc::new(Node {
+        options,
+        raft,
+        state,
+        detector: std::sync::Mutex::new(Detector::default()),
+    });
+    tokio::spawn(control_loop(node.clone()));
+    while !shutdown.load(Ordering::Relaxed) {
+        let accepted = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+        if let Ok(accepted) = accepted {
+            match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(handle_connection(node.clone(), stream));
+                }
+                Err(error) => tracing::warn!(%error, "accept failed"),
+            }
+        }
+    }
+    node.raft.shutdown().await.map_err(io::Error::other)?;
+    tracing::info!("meta node stopped");
+    Ok(())
+}
+
+async fn handle_connection(node: Arc<Node>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let (reader, mut writer) = stream.into_split();
+    let mut lines = BufReader::new(reader).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let answer = match serde_json::from_str::<Envelope>(&line) {
+            Ok(envelope) => answer(&node, envelope).await,
+            Err(error) => {
+                tracing::debug!(%error, "undecodable meta request");
+                serde_json::to_string(&Reply::Refused(format!("undecodable request: {error}")))
+            }
+        };
+        let Ok(mut answer) = answer else {
+            return;
+        };
+        answer.push('\n');
+        if writer.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn answer(node: &Node, envelope: Envelope) -> serde_json::Result<String> {
+    match envelope {
+        Envelope::Append(rpc) => serde_json::to_string(&node.raft.append_entries(rpc).await),
+        Envelope::Vote(rpc) => serde_json::to_string(&node.raft.vote(rpc).await),
+        Envelope::Snapshot(rpc) => serde_json::to_string(&node.raft.install_snapshot(rpc).await),
+        Envelope::Api(request) => serde_json::to_string(&node.api(request).await),
+    }
+}
+
+impl Node {
+    fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    fn not_leader(&self) -> Reply {
+        Reply::NotLeader {
+            leader: self
+                .leader()
+                .and_then(|id| self.options.peers.get(&id).copied()),
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.state == ServerState::Leader && metrics.current_leader == Some(self.options.id)
+    }
+
+    fn map_reply(&self) -> Reply {
+        let state = self.state.read().expect("state lock");
+        if state.version == 0 {
+            return Reply::Refused("the cluster map is not initialised yet".into());
+        }
+        Reply::Map(state.map())
+    }
+
+    async fn api(&self, request: Request) -> Reply {
+        if let Request::Status = request {
+            let metrics = self.raft.metrics().borrow().clone();
+            let version = self.state.read().expect("state lock").version;
+            return Reply::Status(MetaStatus {
+                id: self.options.id,
+                state: format!("{:?}", metrics.state),
+                leader: metrics.current_leader,
+                term: metrics.current_term,
+                last_applied: metrics.last_applied.map(|id| id.index),
+                map_version: (version > 0).then_some(version),
+            });
+        }
+        if !self.is_leader() {
+            return self.not_leader();
+        }
+        match request {
+            Request::Heartbeat { addr, kind } => {
+                self.detector
+                    .lock()
+                    .expect("detector lock")
+                    .seen
+                    .insert(addr, (kind, Instant::now()));
+                match self.map_reply() {
+                    Reply::Map(map) => Reply::Lease {
+                        map,
+                        lease_ms: lease(self.options.failure_timeout).as_millis() as u64,
+                        heartbeat_ms: heartbeat_interval(self.options.failure_timeout).as_millis()
+                            as u64,
+                    },
+                    other => other,
+                }
+            }
+            Request::Leave { shard, addr } => self.propose(Command::Fail { shard, addr }).await,
+            Request::GetMap => self.map_reply(),
+            Request::Change(change) => self.propose(Command::Operator(change)).await,
+            Request::Status => unreachable!("answered above"),
+        }
+    }
+
+    async fn propose(&self, command: Command) -> Reply {
+        match self.raft.client_write(command).await {
+            Ok(response) => match response.data.0 {
+                Ok(map) => Reply::Map(map),
+                Err(why) => Reply::Refused(why),
+            },
+            Err(error) => match error.forward_to_leader::<BasicNode>() {
+                Some(_) => self.not_leader(),
+                None => Reply::Refused(format!("meta could not commit the change: {error}")),
+            },
+        }
+    }
+
+    /// The failure-handling decisions for this tick: at most one per shard.
+    fn decide(&self, now: Instant) -> Vec<Command> {
+        let state = self.state.read().expect("state lock").clone();
+        let detector = self.detector.lock().expect("detector lock");
+        let timeout = self.options.failure_timeout;
+        let alive = |addr: SocketAddrV4| detector.silent_for(addr, now) < timeout;
+        let mut commands = Vec::new();
+        if state.version == 0 {
+            return commands;
+        }
+        let coordinators: Vec<SocketAddrV4> =
+            state.shards.iter().map(|shard| shard.coordinator).collect();
+        let mut moved = Vec::new();
+        for shard in &state.shards {
+            if !alive(shard.coordinator) && !moved.contains(&shard.coordinator) {
+                let standby = detector.seen.iter().find(|(addr, (kind, _))| {
+                    *kind == NodeKind::Coordinator && !coordinators.contains(addr) && alive(**addr)
+                });
+                if let Some((standby, _)) = standby {
+                    moved.push(shard.coordinator);
+                    commands.push(Command::Operator(Change::MoveCoordinator {
+                        from: shard.coordinator,
+                        to: *standby,
+                    }));
+                }
+            }
+            if let Some(dead) = shard.replicas.iter().find(|addr| !alive(**addr))
+                && shard.replicas.len() > 1
+            {
+                commands.push(Command::Fail {
+                    shard: shard.id,
+                    addr: *dead,
+                });
+                continue;
+            }
+            let target = state.replication.get(&shard.id).copied().unwrap_or(0);
+            if shard.replicas.len() < target {
+                let in_chain = |addr: &SocketAddrV4| {
+                    state
+                        .shards
+                        .iter()
+                        .any(|other| other.replicas.contains(addr))
+                };
+                let spare = detector.seen.iter().find(|(addr, (kind, _))| {
+                    *kind == (NodeKind::Replica { shard: shard.id })
+                        && !in_chain(addr)
+                        && alive(**addr)
+                });
+                if let Some((spare, _)) = spare {
+                    commands.push(Command::Operator(Change::AddReplica {
+                        shard: shard.id,
+                        addr: *spare,
+                    }));
+                }
+            }
+        }
+        commands
+    }
+
+    /// Runs on every node; acts only while this node leads.
+    async fn tick(&self, was_leader: &mut bool) {
+        let leader = self.is_leader();
+        if leader && !*was_leader {
+            // A new leader has heard from nobody yet: silence counts from now.
+            let mut detector = self.detector.lock().expect("detector lock");
+            detector.leader_since = Some(Instant::now());
+            detector.seen.clear();
+            tracing::info!(id = self.options.id, "this meta node leads");
+        }
+        *was_leader = leader;
+        if !leader {
+            return;
+        }
+        if self.state.read().expect("state lock").version == 0 {
+            let shards = self.options.initial.clone();
+            if let Reply::Refused(why) = self.propose(Command::Init { shards }).await {
+                tracing::warn!(why, "cannot install the initial map");
+            }
+            return;
+        }
+        for command in self.decide(Instant::now()) {
+            tracing::warn!(?command, "failure detected, reconfiguring");
+            if let Reply::Refused(why) = self.propose(command).await {
+                tracing::warn!(why, "reconfiguration refused");
+            }
+        }
+    }
+}
+
+async fn control_loop(node: Arc<Node>) {
+    let mut was_leader = false;
+    let mut ticks = tokio::time::interval(heartbeat_interval(node.options.failure_timeout) / 2);
+    loop {
+        ticks.tick().await;
+        node.tick(&mut was_leader).await;
+    }
+}
