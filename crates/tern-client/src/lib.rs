@@ -111,6 +111,8 @@ pub struct ClientCounters {
     pub resends: u64,
     pub try_again: u64,
     pub timeouts: u64,
+    /// Maps fetched from meta after a stale epoch or a silent coordinator.
+    pub map_refreshes: u64,
 }
 
 /// The header of a request for `key` (request id left 0) and the address of
@@ -147,6 +149,8 @@ pub struct Client {
     next_request_id: u64,
     options: ClientOptions,
     send_buffer: Vec<u8>,
+    /// The meta node that last answered as leader.
+    meta_hint: Option<SocketAddrV4>,
     recv_buffer: Box<[u8]>,
     counters: ClientCounters,
 }
@@ -170,6 +174,7 @@ impl Client {
             send_buffer: Vec::with_capacity(MESSAGE_LEN_MAX),
             recv_buffer: vec![0; 2048].into_boxed_slice(),
             counters: ClientCounters::default(),
+            meta_hint: None,
         })
     }
 
@@ -307,7 +312,7 @@ impl Client {
             .map_or(0, |s| s.epoch);
         let mut header = Header::new(op, shard, epoch);
         header.client_id.set(self.client_id);
-        self.exchange(to, header, &[], &[])
+        self.exchange(to, header, &[], &[], false)
     }
 
     fn call(
@@ -332,21 +337,45 @@ impl Client {
             request_header(&self.map, self.client_id, op, key, value, version)?;
         header.flags = write_flags;
         let shard_id = header.shard.get();
-        let reply = self.exchange(coordinator, header, key, value)?;
+        let reply = self.exchange(coordinator, header, key, value, true)?;
         if reply.status == Status::StaleEpoch {
             return Err(ClientError::StaleEpoch { shard: shard_id });
         }
         Ok(reply)
     }
 
+    /// Reloads the map from meta (when the cluster has meta) and points
+    /// `header` at the key's shard as the new map has it. Whether the map
+    /// changed.
+    fn refresh_route(&mut self, header: &mut Header, to: &mut SocketAddrV4) -> bool {
+        if self.map.meta.is_empty() {
+            return false;
+        }
+        let map = match meta::fetch_map(&self.map.meta, &mut self.meta_hint) {
+            Ok(map) => map,
+            Err(_) => return false,
+        };
+        let shard = map.shard_of_slot(slot_of(header.key_hash.get()));
+        let changed = shard.epoch != header.epoch.get() || shard.coordinator != *to;
+        header.shard.set(shard.id);
+        header.epoch.set(shard.epoch);
+        *to = shard.coordinator;
+        self.counters.map_refreshes += 1;
+        self.map = map;
+        changed
+    }
+
     /// Sends the request until a final reply arrives or the deadline passes.
-    /// Every resend carries the same request id.
+    /// Every resend carries the same request id. A routed request (not one
+    /// to a named process) follows the map from meta when its shard's epoch
+    /// is stale or its coordinator does not answer.
     fn exchange(
         &mut self,
-        to: SocketAddrV4,
+        mut to: SocketAddrV4,
         mut header: Header,
         key: &[u8],
         value: &[u8],
+        routed: bool,
     ) -> Result<Reply, ClientError> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
@@ -371,7 +400,30 @@ impl Client {
                     );
                     backoff = (backoff * 2).min(Duration::from_millis(50));
                 }
+                Some(reply)
+                    if reply.status == Status::StaleEpoch
+                        && routed
+                        && !self.map.meta.is_empty() =>
+                {
+                    // Meta or the replicas are mid-reconfiguration.
+                    if self.refresh_route(&mut header, &mut to) {
+                        encode_into(&header, key, value, &mut self.send_buffer)
+                            .expect("key and value sizes were checked");
+                    } else {
+                        std::thread::sleep(
+                            backoff.min(deadline.saturating_duration_since(Instant::now())),
+                        );
+                        backoff = (backoff * 2).min(Duration::from_millis(50));
+                    }
+                }
                 Some(reply) => return Ok(reply),
+                None if routed => {
+                    // The coordinator may have failed over: the map says.
+                    if self.refresh_route(&mut header, &mut to) {
+                        encode_into(&header, key, value, &mut self.send_buffer)
+                            .expect("key and value sizes were checked");
+                    }
+                }
                 None => {}
             }
             if Instant::now() >= deadline {

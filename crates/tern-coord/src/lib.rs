@@ -15,6 +15,7 @@ use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tern_client::meta::{Heartbeats, MetaMap, NodeKind};
 use tern_net::BatchSocket;
 use tern_proto::SharedShard;
 use tern_proto::coordinator::{Coordinator, ShardConfig, ShardCoordinator};
@@ -49,6 +50,78 @@ pub fn run(
     mode: Mode,
     shutdown: &AtomicBool,
 ) -> Result<(), CoordError> {
+    serve_shards(listen, shards, mode, &|| !shutdown.load(Ordering::Relaxed))
+}
+
+/// The shards `map` gives the coordinator at `listen`.
+pub fn shards_of(map: &MetaMap, listen: SocketAddrV4) -> Vec<ShardConfig> {
+    map.shards
+        .iter()
+        .filter(|shard| shard.coordinator == listen)
+        .map(|shard| ShardConfig {
+            shard: shard.id,
+            epoch: shard.epoch,
+            chain: shard.replicas.clone(),
+        })
+        .collect()
+}
+
+/// A coordinator under meta: it heartbeats, and serves the shards the map
+/// gives it while its lease holds. Any change to them (a new chain, a new
+/// epoch), a lost lease or a takeover from a failed coordinator starts the
+/// shards afresh: every key dirty and sequencing above the chain (DESIGN
+/// rule 8), with the XDP program and maps loaded anew in XDP mode. With no
+/// shard it is a standby.
+pub fn run_under_meta(
+    listen: SocketAddrV4,
+    nodes: Vec<SocketAddrV4>,
+    mode: Mode,
+    shutdown: &AtomicBool,
+) -> Result<(), CoordError> {
+    let heartbeats = Heartbeats::start(nodes, listen, NodeKind::Coordinator);
+    let assigned = || match heartbeats.map() {
+        Some(map) if heartbeats.lease_valid() => shards_of(&map, listen),
+        _ => Vec::new(),
+    };
+    let mut standing_by = false;
+    while !shutdown.load(Ordering::Relaxed) {
+        let shards = assigned();
+        if shards.is_empty() {
+            if !standing_by {
+                tracing::info!(%listen, "coordinator standing by");
+                standing_by = true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        standing_by = false;
+        // The map version these shards were last found unchanged at.
+        let checked = std::cell::Cell::new(heartbeats.version());
+        let keep_serving = || {
+            if shutdown.load(Ordering::Relaxed) || !heartbeats.lease_valid() {
+                return false;
+            }
+            let now = heartbeats.version();
+            if now == checked.get() {
+                return true;
+            }
+            checked.set(now);
+            assigned() == shards
+        };
+        serve_shards(listen, shards.clone(), mode, &keep_serving)?;
+        tracing::info!(%listen, version = heartbeats.version(), lease = heartbeats.lease_valid(), "coordinator shards changed: restarting them");
+    }
+    heartbeats.stop();
+    Ok(())
+}
+
+/// Serves the coordinators of `shards` on `listen` while `keep_serving()`.
+fn serve_shards(
+    listen: SocketAddrV4,
+    shards: Vec<ShardConfig>,
+    mode: Mode,
+    keep_serving: &dyn Fn() -> bool,
+) -> Result<(), CoordError> {
     let ids: Vec<u32> = shards.iter().map(|shard| shard.shard).collect();
     match mode {
         Mode::User => {
@@ -59,7 +132,12 @@ pub fn run(
                     .into_iter()
                     .map(|config| ShardCoordinator::new(config, SharedShard::in_process())),
             );
-            tern_net::serve(&mut socket, &mut coordinator, shutdown)?;
+            tern_net::serve_while(
+                &mut socket,
+                &mut coordinator,
+                |_| keep_serving(),
+                |_, _| Ok(()),
+            )?;
             tracing::info!(stats = %coordinator.render_stats(None), send_errors = socket.send_errors(), "coordinator stopped");
         }
         Mode::Xdp => {
@@ -91,15 +169,20 @@ pub fn run(
             tern_net::serve_while(
                 &mut socket,
                 &mut coordinator,
-                |core| !shutdown.load(Ordering::Relaxed) && !core.is_ready(),
+                |core| keep_serving() && !core.is_ready(),
                 |_, _| Ok(()),
             )?;
-            if shutdown.load(Ordering::Relaxed) {
+            if !keep_serving() {
                 return Ok(());
             }
             fast_path.attach(&interface)?;
             tracing::info!(%listen, %interface, shards = ?ids, mode = "xdp", "coordinator serving, fast path attached");
-            tern_net::serve(&mut socket, &mut coordinator, shutdown)?;
+            tern_net::serve_while(
+                &mut socket,
+                &mut coordinator,
+                |_| keep_serving(),
+                |_, _| Ok(()),
+            )?;
             tracing::info!(stats = %coordinator.render_stats(None), send_errors = socket.send_errors(), "coordinator stopped");
         }
     }

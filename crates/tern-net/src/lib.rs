@@ -235,7 +235,7 @@ pub fn serve<C: Core>(
 pub fn serve_while<C: Core>(
     socket: &mut BatchSocket,
     core: &mut C,
-    mut keep_going: impl FnMut(&C) -> bool,
+    mut keep_going: impl FnMut(&mut C) -> bool,
     mut before_send: impl FnMut(&mut C, &Outbox) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut outbox = Outbox::new();

@@ -120,6 +120,8 @@ counters! {
         unexpected_op,
         stale_epoch,
         wrong_shard,
+        fenced,
+        reconfigurations,
     }
 }
 
@@ -153,6 +155,16 @@ pub struct Replica {
     last_gap_request: Option<Time>,
     /// Whether applied writes are also queued as log records.
     journaling: bool,
+    /// A fenced replica serves no reads and applies no writes: it has no
+    /// lease from meta, is not in the chain, or is still joining.
+    fenced: bool,
+    /// Set by `reconfigure`: the next tick resends to the new downstream.
+    downstream_changed: bool,
+    /// Set by `catch_up`: the next tick asks the predecessor for everything
+    /// after the state this replica was loaded with.
+    catching_up: bool,
+    /// Scratch space for encoding sent-log entries.
+    scratch: Vec<u8>,
     counters: ReplicaCounters,
     drops: DecodeDrops,
 }
@@ -173,6 +185,10 @@ impl Replica {
             outcomes: HashMap::new(),
             last_gap_request: None,
             journaling: false,
+            fenced: false,
+            downstream_changed: false,
+            catching_up: false,
+            scratch: Vec::new(),
             counters: ReplicaCounters::default(),
             drops: DecodeDrops::default(),
         }
@@ -289,6 +305,37 @@ impl Replica {
         &self.config
     }
 
+    /// Installs a new chain configuration (a new epoch) from meta. Writes this
+    /// replica passed on but not yet committed go again to its new
+    /// downstream on the next tick; a new tail acknowledges them itself.
+    pub fn reconfigure(&mut self, config: ReplicaConfig) {
+        assert!(
+            config.position < config.chain.len(),
+            "position outside the chain"
+        );
+        if config.downstream() != self.config.downstream()
+            || config.is_tail() != self.config.is_tail()
+        {
+            self.downstream_changed = true;
+        }
+        self.counters.reconfigurations += 1;
+        self.config = config;
+    }
+
+    /// Fences the replica (no reads, no writes) or lifts the fence.
+    pub fn set_fenced(&mut self, fenced: bool) {
+        self.fenced = fenced;
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
+    }
+
+    /// After loading a predecessor's state: asks it for everything later.
+    pub fn catch_up(&mut self) {
+        self.catching_up = true;
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -394,6 +441,8 @@ impl Replica {
         let (effect, status, version) = (decision.effect, decision.status, decision.version);
         // The decided write, as this replica passes it on and logs it.
         let mut record = *header;
+        // Held-back writes may carry the previous epoch.
+        record.epoch.set(self.config.epoch);
         record.op = Op::Replicate as u8;
         record.effect = effect as u8;
         record.status = status as u8;
@@ -453,11 +502,18 @@ impl Replica {
             }
             let answer = result_value.flatten();
             outbox.push(to, &next, &[], answer.as_deref().unwrap_or_default());
+            // The log keeps the record itself: if this replica stops being
+            // the tail, it passes the record on instead.
+            let mut scratch = std::mem::take(&mut self.scratch);
+            tern_wire::encode_into(record, key, value, &mut scratch)
+                .expect("an applied record fits a datagram");
+            self.log_sent(seq, &scratch);
+            self.scratch = scratch;
         } else {
             outbox.push(to, &next, key, value);
+            let sent = outbox.iter().last().expect("just pushed").1;
+            self.log_sent(seq, sent);
         }
-        let sent = outbox.iter().last().expect("just pushed").1;
-        self.log_sent(seq, sent);
     }
 
     /// The head's decision for a sequenced client write (DESIGN rules 2, 6).
@@ -595,10 +651,40 @@ impl Replica {
         let to = self.config.downstream();
         for seq in first..=last {
             let index = (seq - self.sent_log_first_seq) as usize;
-            if let Some(bytes) = self.sent_log.get(index) {
-                self.counters.resent += 1;
+            let Some(bytes) = self.sent_log.get(index) else {
+                continue;
+            };
+            self.counters.resent += 1;
+            let record = Message::decode(bytes).expect("logged datagrams were encoded here");
+            if record.header.epoch.get() == self.config.epoch && !self.config.is_tail() {
                 outbox.push_encoded(to, bytes);
+                continue;
             }
+            // Logged under another epoch, or this replica became the tail
+            // since: the record again under the current epoch, or as an ACK.
+            let mut header = record.header;
+            header.epoch.set(self.config.epoch);
+            header.commit_seq.set(self.store.commit_seq());
+            if !self.config.is_tail() {
+                outbox.push(to, &header, record.key, record.value);
+                continue;
+            }
+            header.op = Op::Ack as u8;
+            header.flags &= flags::WRITE_OPTIONS;
+            // The values before and after this write are still kept: it is
+            // not committed yet (the coordinator resends only those).
+            let answer = if header.has_flag(flags::RETURN_OLD) {
+                Some(self.store.read_at(record.key, seq - 1))
+            } else if header.has_flag(flags::RETURN_NEW) && header.status() == Status::Ok {
+                Some(self.store.read_at(record.key, seq))
+            } else {
+                None
+            };
+            if matches!(answer, Some(None)) {
+                header.flags |= flags::ANSWER_ABSENT;
+            }
+            let value = answer.flatten().map(|found| found.value.to_vec());
+            outbox.push(to, &header, &[], value.as_deref().unwrap_or_default());
         }
     }
 
@@ -700,6 +786,19 @@ impl Core for Replica {
             self.counters.stale_epoch += 1;
             return self.answer_status(from, header, Status::StaleEpoch, outbox);
         }
+        if self.fenced {
+            match header.op() {
+                Op::Get => {
+                    self.counters.fenced += 1;
+                    return self.answer_status(from, header, Status::TryAgain, outbox);
+                }
+                Op::Retransmit => {}
+                _ => {
+                    self.counters.fenced += 1;
+                    return;
+                }
+            }
+        }
         match header.op() {
             Op::Get => self.serve_read(from, &message, outbox),
             Op::Put | Op::Delete | Op::Cas | Op::IncrBy | Op::Append | Op::Noop => {
@@ -732,6 +831,25 @@ impl Core for Replica {
 
     /// Drives timers: asks again for a gap whose resend did not arrive.
     fn tick(&mut self, now: Time, outbox: &mut Outbox) {
+        if self.fenced {
+            return;
+        }
+        if std::mem::take(&mut self.downstream_changed) {
+            // Everything the new downstream may lack: nothing committed is
+            // missing anywhere in the chain.
+            let applied = self.store.applied_seq();
+            let mut first = self.store.commit_seq() + 1;
+            while first <= applied {
+                self.resend_range(first, applied, outbox);
+                first += RETRANSMIT_BATCH_MAX;
+            }
+        }
+        if std::mem::take(&mut self.catching_up) && !self.config.is_head() {
+            let mut request = Header::new(Op::Retransmit, self.config.shard, self.config.epoch);
+            request.seq.set(self.store.applied_seq() + 1);
+            request.version_field.set(u64::MAX);
+            outbox.push(self.config.predecessor(), &request, &[], &[]);
+        }
         if !self.holdback.is_empty() {
             self.request_gap(now, outbox);
         }

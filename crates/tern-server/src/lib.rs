@@ -6,6 +6,8 @@
 //! So a replica never forwards or acknowledges a write it has not persisted,
 //! and one `fdatasync` covers the whole batch (group commit).
 
+mod member;
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -60,6 +62,16 @@ struct Journal {
 }
 
 impl Journal {
+    fn new(writer: LogWriter, persistence: &Persistence, records_since_snapshot: u64) -> Journal {
+        Journal {
+            writer,
+            durability: persistence.durability,
+            last_sync: Instant::now(),
+            records_since_snapshot,
+            snapshot_every: persistence.snapshot_every.max(1),
+        }
+    }
+
     /// Appends the batch's records and syncs them if the policy says so.
     fn persist(&mut self, replica: &Replica, outbox: &Outbox) -> io::Result<()> {
         for (seq, record) in outbox.journal() {
@@ -145,15 +157,15 @@ fn recover(
         took = ?started.elapsed(),
         "recovered from {}", dir.display()
     );
-    let journal = Journal {
-        writer: LogWriter::open(dir, applied + 1)?,
-        durability: persistence.durability,
-        last_sync: Instant::now(),
-        records_since_snapshot: replay.records,
-        snapshot_every: persistence.snapshot_every.max(1),
-    };
+    let journal = Journal::new(
+        LogWriter::open(dir, applied + 1)?,
+        persistence,
+        replay.records,
+    );
     Ok((replica, journal))
 }
+
+pub use member::run as run_under_meta;
 
 /// Serves one replica until `shutdown` is set.
 pub fn run(

@@ -63,6 +63,12 @@ pub struct ChaosArgs {
     pub mode: ClusterMode,
     #[arg(long, default_value_t = 2)]
     pub shards: u32,
+    /// Meta nodes (3 lets the meta-leader fault keep a majority).
+    #[arg(long, default_value_t = 3)]
+    pub meta: usize,
+    /// Silence (ms) after which meta declares a process failed.
+    #[arg(long, default_value_t = 1000)]
+    pub failure_timeout_ms: u64,
     #[arg(long, default_value_t = 10)]
     pub clients: usize,
     #[arg(long, default_value_t = 3)]
@@ -427,6 +433,9 @@ pub fn run(args: &ChaosArgs) -> Result<ExitCode> {
         gateway: false,
         gateway_listen: "127.0.0.1:6379".parse().expect("an address"),
         requirepass: None,
+        meta: args.meta,
+        standby: 1,
+        failure_timeout_ms: args.failure_timeout_ms,
     })?;
     let dir = dir.canonicalize()?;
     let result = chaos(&dir, args, seed);

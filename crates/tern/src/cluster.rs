@@ -72,6 +72,17 @@ pub enum ClusterCommand {
         /// Log records between a replica's snapshots.
         #[arg(long, default_value_t = 200_000)]
         snapshot_every: u64,
+        /// Meta nodes (the control plane on Raft): 1 is the default, 3
+        /// survives the loss of one; 0 gives a static map (no failover).
+        #[arg(long, default_value_t = 1)]
+        meta: usize,
+        /// Standby coordinators (with meta), ready to take over the shards of
+        /// a failed coordinator.
+        #[arg(long, default_value_t = 1)]
+        standby: usize,
+        /// Silence (ms) after which meta declares a process failed.
+        #[arg(long, default_value_t = 1000)]
+        failure_timeout_ms: u64,
         /// Also start a Redis-protocol gateway (in the root namespace).
         #[arg(long)]
         gateway: bool,
@@ -101,6 +112,14 @@ pub enum ClusterCommand {
         #[arg(long = "name")]
         names: Vec<String>,
     },
+}
+
+/// The control plane of a cluster.
+#[derive(Clone, Copy, Debug)]
+struct Control {
+    meta: usize,
+    standby: usize,
+    failure_timeout_ms: u64,
 }
 
 /// How the replicas of a cluster persist.
@@ -223,6 +242,9 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
             gateway,
             gateway_listen,
             requirepass,
+            meta,
+            standby,
+            failure_timeout_ms,
         } => {
             let topology = topology.unwrap_or(if netns::is_root() {
                 TopologyKind::Netns
@@ -233,11 +255,25 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
                 durability,
                 snapshot_every,
             };
+            let control = Control {
+                meta,
+                standby: if meta == 0 { 0 } else { standby },
+                failure_timeout_ms,
+            };
             let gateway = gateway.then_some(GatewayOptions {
                 listen: gateway_listen,
                 password: requirepass,
             });
-            up(&dir, shards, replicas, mode, topology, persistence, gateway)
+            up(
+                &dir,
+                shards,
+                replicas,
+                mode,
+                topology,
+                persistence,
+                control,
+                gateway,
+            )
         }
         ClusterCommand::Restart { dir, names } => restart(&dir, &names),
         ClusterCommand::Down { dir } => down(&dir),
@@ -309,14 +345,25 @@ fn free_addresses(count: usize) -> Result<Vec<SocketAddrV4>> {
 
 /// Short node names inside the netns topology (they become interface names).
 fn node_name(process: &str) -> String {
-    match process
+    if let Some((shard, position)) = process
         .strip_prefix("shard")
         .and_then(|rest| rest.split_once("-replica"))
     {
-        Some((shard, position)) => format!("s{shard}r{position}"),
-        None => "c".to_string(),
+        return format!("s{shard}r{position}");
     }
+    if let Some(number) = process.strip_prefix(META) {
+        return format!("m{number}");
+    }
+    if let Some(number) = process.strip_prefix(STANDBY) {
+        return format!("c{number}");
+    }
+    "c".to_string()
 }
+
+/// Process name prefixes of meta nodes and standby coordinators.
+const META: &str = "meta";
+const STANDBY: &str = "standby";
+const META_PORT: u16 = 7400;
 
 fn up(
     dir: &Path,
@@ -325,6 +372,7 @@ fn up(
     mode: ClusterMode,
     topology_kind: TopologyKind,
     persistence: Persistence,
+    control: Control,
     gateway: Option<GatewayOptions>,
 ) -> Result<ExitCode> {
     if shard_count == 0 || replicas == 0 {
@@ -357,11 +405,14 @@ fn up(
         );
     }
 
-    // Names and addresses: one coordinator process, then every replica.
+    // Names and addresses: one coordinator process, then every replica,
+    // then meta nodes and standby coordinators.
     let mut names = vec!["coordinator".to_string()];
     for shard in 0..shard_count {
         names.extend((0..replicas).map(|position| replica_name(shard, position)));
     }
+    names.extend((1..=control.meta).map(|number| format!("{META}{number}")));
+    names.extend((1..=control.standby).map(|number| format!("{STANDBY}{number}")));
     let mut topology = match topology_kind {
         TopologyKind::Loopback => None,
         TopologyKind::Netns => {
@@ -377,6 +428,7 @@ fn up(
         replicas,
         mode,
         persistence,
+        control,
         &names,
         topology.as_mut(),
     )
@@ -397,6 +449,7 @@ fn start(
     replicas: usize,
     mode: ClusterMode,
     persistence: Persistence,
+    control: Control,
     names: &[String],
     mut topology: Option<&mut Topology>,
 ) -> Result<ExitCode> {
@@ -405,10 +458,12 @@ fn start(
         Some(topology) => names
             .iter()
             .map(|name| {
-                let port = if name == "coordinator" {
-                    COORDINATOR_PORT
-                } else {
+                let port = if name.starts_with(META) {
+                    META_PORT
+                } else if name.starts_with("shard") {
                     REPLICA_PORT
+                } else {
+                    COORDINATOR_PORT
                 };
                 SocketAddrV4::new(topology.node(&node_name(name)).address, port)
             })
@@ -427,7 +482,9 @@ fn start(
             replicas: remaining.by_ref().take(replicas).collect(),
         })
         .collect();
-    let map = ClusterMap::new(shards)?;
+    let mut map = ClusterMap::new(shards)?;
+    map.meta = remaining.by_ref().take(control.meta).collect();
+    let standbys: Vec<SocketAddrV4> = remaining.collect();
     let map_path = dir.join("cluster.toml");
     std::fs::write(&map_path, map.to_toml()).context("writing cluster.toml")?;
 
@@ -445,9 +502,30 @@ fn start(
         process: Vec::new(),
     };
     let mut children: Vec<(Child, ProcessEntry)> = Vec::new();
-    // Replicas first: a coordinator in XDP mode learns their MAC addresses.
-    let mut processes = processes_of(&map);
-    processes.rotate_left(1);
+    // Meta first (everyone asks it for the map), then replicas (a
+    // coordinator in XDP mode learns their MAC addresses), then coordinators.
+    let mut processes: Vec<(String, SocketAddrV4, u32)> = map
+        .meta
+        .iter()
+        .enumerate()
+        .map(|(index, address)| (format!("{META}{}", index + 1), *address, 0))
+        .collect();
+    let mut data_processes = processes_of(&map);
+    data_processes.rotate_left(1);
+    processes.extend(data_processes);
+    processes.extend(
+        standbys
+            .iter()
+            .enumerate()
+            .map(|(index, address)| (format!("{STANDBY}{}", index + 1), *address, 0)),
+    );
+    let peers = map
+        .meta
+        .iter()
+        .enumerate()
+        .map(|(index, address)| format!("{}={address}", index + 1))
+        .collect::<Vec<_>>()
+        .join(",");
     for (name, address, shard) in processes {
         let log = dir.join("logs").join(format!("{name}.log"));
         let mut command: Vec<String> = Vec::new();
@@ -457,7 +535,24 @@ fn start(
         }
         command.push(executable.display().to_string());
         command.extend(["--cluster".to_string(), map_path.display().to_string()]);
-        if name == "coordinator" {
+        if let Some(number) = name.strip_prefix(META) {
+            let data = dir.join("data").join(&name).display().to_string();
+            let timeout = control.failure_timeout_ms.to_string();
+            command.extend(
+                [
+                    "meta",
+                    "--id",
+                    number,
+                    "--peers",
+                    &peers,
+                    "--data-dir",
+                    &data,
+                    "--failure-timeout-ms",
+                    &timeout,
+                ]
+                .map(String::from),
+            );
+        } else if name == "coordinator" || name.starts_with(STANDBY) {
             let mode = if mode == ClusterMode::Xdp {
                 "xdp"
             } else {
@@ -491,7 +586,7 @@ fn start(
                 ]
                 .map(String::from),
             );
-            if persistence.durability != DurabilityArg::None {
+            if persistence.durability != DurabilityArg::None || control.meta > 0 {
                 let data = dir.join("data").join(&name).display().to_string();
                 let policy = format!("{:?}", persistence.durability).to_lowercase();
                 let every = persistence.snapshot_every.to_string();
@@ -586,11 +681,19 @@ fn prepare_xdp(topology: &mut Topology) -> Result<()> {
         return Err(tern_coord::xdp::XdpError::NotBuilt.into());
     }
     netns::ensure_bpffs()?;
-    let veth = topology.node("c").veth.clone();
-    let pin = PathBuf::from(format!("/sys/fs/bpf/tern{}-{veth}-pass", topology.index));
-    let _ = std::fs::remove_file(&pin);
-    tern_coord::xdp::attach_pass_pinned(&veth, &pin)?;
-    topology.pins.push(pin);
+    // Every coordinator's, standbys' too: any of them may take over.
+    let coordinators: Vec<String> = topology
+        .nodes
+        .iter()
+        .filter(|node| node.name.starts_with('c'))
+        .map(|node| node.veth.clone())
+        .collect();
+    for veth in coordinators {
+        let pin = PathBuf::from(format!("/sys/fs/bpf/tern{}-{veth}-pass", topology.index));
+        let _ = std::fs::remove_file(&pin);
+        tern_coord::xdp::attach_pass_pinned(&veth, &pin)?;
+        topology.pins.push(pin);
+    }
     Ok(())
 }
 
@@ -682,6 +785,11 @@ fn wait_ready(map: &ClusterMap, children: &mut [(Child, ProcessEntry)]) -> Resul
             }
             let ready = if entry.name == GATEWAY {
                 gateway_answers(entry.address)
+            } else if entry.name.starts_with(META) {
+                meta_has_map(entry.address)
+            } else if entry.name.starts_with(STANDBY) {
+                // A standby serves nothing until it takes over: running is all.
+                true
             } else {
                 matches!(client.admin(entry.address, Op::Ping, entry.shard), Ok(reply) if reply.status == Status::Ok)
             };
@@ -692,6 +800,15 @@ fn wait_ready(map: &ClusterMap, children: &mut [(Child, ProcessEntry)]) -> Resul
         waiting = still;
     }
     Ok(())
+}
+
+/// Whether the meta node at `address` answers and holds the map.
+fn meta_has_map(address: SocketAddrV4) -> bool {
+    let request = tern_client::meta::Request::Status;
+    matches!(
+        tern_client::meta::call(address, &request, Duration::from_millis(200)),
+        Ok(tern_client::meta::Reply::Status(status)) if status.map_version.is_some()
+    )
 }
 
 /// Whether `pid` is a live process (not gone, not a zombie).

@@ -121,6 +121,9 @@ fn run_tern(dir: &Path, args: &CompareArgs, target: Target) -> Result<BenchRepor
         gateway: false,
         gateway_listen: "127.0.0.1:6379".parse().expect("an address"),
         requirepass: None,
+        meta: 1,
+        standby: 0,
+        failure_timeout_ms: 1000,
     })?;
     let result = (|| {
         let map = ClusterMap::load(&dir.join("cluster.toml"))?;

@@ -65,9 +65,13 @@ enum Command {
     Server {
         #[arg(long)]
         shard: u32,
-        /// Position in the shard's chain: 0 is the head.
+        /// Position in the shard's chain in the cluster file: 0 is the head.
+        #[arg(long, required_unless_present = "listen")]
+        replica: Option<usize>,
+        /// The replica's address, for one not in the cluster file (a spare
+        /// that meta or `tern node add` puts into the chain).
         #[arg(long)]
-        replica: usize,
+        listen: Option<SocketAddrV4>,
         /// Directory of the replica's log and snapshots (omit: memory only).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -298,6 +302,7 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
         Command::Server {
             shard,
             replica,
+            listen,
             data_dir,
             durability,
             sync_interval_ms,
@@ -305,7 +310,6 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
         } => {
             init_logging();
             let map = load_map(cluster)?;
-            let config = replica_config(&map, shard, replica)?;
             let shutdown = signals::shutdown_flag();
             let durability = match durability {
                 DurabilityArg::Always => tern_server::Durability::Always,
@@ -319,19 +323,36 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
                 durability,
                 snapshot_every,
             });
-            tern_server::run(config, persistence, shutdown)?;
+            if map.meta.is_empty() {
+                let Some(replica) = replica else {
+                    bail!("a cluster without meta has a static chain: give --replica");
+                };
+                let config = replica_config(&map, shard, replica)?;
+                tern_server::run(config, persistence, shutdown)?;
+            } else {
+                let addr = match (listen, replica) {
+                    (Some(listen), _) => listen,
+                    (None, Some(replica)) => replica_config(&map, shard, replica)?.chain[replica],
+                    (None, None) => unreachable!("clap requires one"),
+                };
+                tern_server::run_under_meta(addr, shard, map.meta.clone(), persistence, shutdown)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Coordinator { listen, mode } => {
             init_logging();
             let map = load_map(cluster)?;
-            let shards = coordinator_shards(&map, listen)?;
             let shutdown = signals::shutdown_flag();
             let mode = match mode {
                 CoordinatorMode::User => tern_coord::Mode::User,
                 CoordinatorMode::Xdp => tern_coord::Mode::Xdp,
             };
-            tern_coord::run(listen, shards, mode, shutdown)?;
+            if map.meta.is_empty() {
+                let shards = coordinator_shards(&map, listen)?;
+                tern_coord::run(listen, shards, mode, shutdown)?;
+            } else {
+                tern_coord::run_under_meta(listen, map.meta.clone(), mode, shutdown)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Meta {
