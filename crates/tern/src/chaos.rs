@@ -25,14 +25,20 @@ use crate::netns::Topology;
 /// A kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum FaultKind {
-    /// SIGKILL a replica, then restart it (it recovers from its log).
+    /// SIGKILL a replica, then restart it: it resumes from its log, or, if
+    /// meta took it out of the chain meanwhile, rejoins by state transfer.
     KillReplica,
-    /// SIGKILL the coordinator, then restart it (rule 8 recovery).
+    /// SIGKILL the active coordinator, then restart it: a standby takes over
+    /// if the kill outlasts the failure timeout, else it recovers (rule 8).
     KillCoordinator,
+    /// SIGKILL the meta leader, then restart it (needs --meta 3).
+    KillMeta,
     /// Drop a random 10-30% of the datagrams arriving at one process.
     Loss,
     /// Take a replica's link down, then up again.
     Partition,
+    /// Drop everything between two processes (nftables in one's namespace).
+    PartitionPair,
 }
 
 #[derive(Debug, clap::Args)]
@@ -50,7 +56,7 @@ pub struct ChaosArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "kill-replica,kill-coordinator,loss,partition"
+        default_value = "kill-replica,kill-coordinator,kill-meta,loss,partition,partition-pair"
     )]
     pub faults: Vec<FaultKind>,
     /// Inject nothing: only the recorded workload and the checks.
@@ -80,6 +86,7 @@ pub struct ChaosArgs {
 struct Fault {
     kind: FaultKind,
     target: String,
+    started: Instant,
     healed: Instant,
 }
 
@@ -224,6 +231,49 @@ fn pid_of(dir: &Path, name: &str) -> Result<u32> {
         .with_context(|| format!("no process {name}"))
 }
 
+/// The name (in processes.toml) of the process listening at `address`.
+fn name_at(dir: &Path, address: std::net::SocketAddrV4) -> Result<String> {
+    let text = std::fs::read_to_string(dir.join("processes.toml"))?;
+    let table: toml::Table = toml::from_str(&text)?;
+    table["process"]
+        .as_array()
+        .context("processes.toml lists processes")?
+        .iter()
+        .find(|process| process["address"].as_str() == Some(&address.to_string()))
+        .and_then(|process| process["name"].as_str())
+        .map(String::from)
+        .with_context(|| format!("no process at {address}"))
+}
+
+/// The meta node that leads now.
+fn meta_leader(map: &ClusterMap) -> Result<std::net::SocketAddrV4> {
+    use tern_client::meta::{self, Reply, Request};
+    for _ in 0..100 {
+        for node in &map.meta {
+            if let Ok(Reply::Status(status)) =
+                meta::call(*node, &Request::Status, meta::META_CALL_TIMEOUT)
+                && status.leader == Some(status.id)
+            {
+                return Ok(*node);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("no meta leader")
+}
+
+fn kill(dir: &Path, name: &str) -> Result<()> {
+    // SAFETY: a plain system call on a pid this cluster started.
+    unsafe { libc::kill(pid_of(dir, name)? as i32, libc::SIGKILL) };
+    Ok(())
+}
+
+fn nft_in(namespace: &str, args: &[&str]) -> Result<()> {
+    let mut command = vec!["netns", "exec", namespace, "nft"];
+    command.extend_from_slice(args);
+    run_command("ip", &command)
+}
+
 fn restart(dir: &Path, name: &str) -> Result<()> {
     cluster::run(ClusterCommand::Restart {
         dir: dir.to_path_buf(),
@@ -233,6 +283,7 @@ fn restart(dir: &Path, name: &str) -> Result<()> {
 }
 
 const LOSS_TABLE: &str = "tern_chaos";
+const PAIR_TABLE: &str = "tern_chaos_pair";
 
 /// Injects one fault, holds it, heals it.
 fn inject(
@@ -248,7 +299,10 @@ fn inject(
         .flat_map(|shard| (0..shard.replicas.len()).map(move |position| (shard.id, position)))
         .map(|(shard, position)| (format!("shard{shard}-replica{position}"), shard, position))
         .collect();
-    let hold = Duration::from_millis(random.random_range(200..900));
+    // Some faults heal before the failure timeout (1 s by default), others
+    // outlast it and make meta reconfigure.
+    let hold = Duration::from_millis(random.random_range(200..2500));
+    let started = Instant::now();
     let (replica, shard, position) = replicas[random.random_range(0..replicas.len())].clone();
     let node = |name: &str| {
         let short = match name {
@@ -259,18 +313,52 @@ fn inject(
     };
     let target = match kind {
         FaultKind::KillReplica => {
-            // SAFETY: a plain system call on a pid this cluster started.
-            unsafe { libc::kill(pid_of(dir, &replica)? as i32, libc::SIGKILL) };
+            kill(dir, &replica)?;
             std::thread::sleep(hold);
             restart(dir, &replica)?;
             replica
         }
         FaultKind::KillCoordinator => {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid_of(dir, "coordinator")? as i32, libc::SIGKILL) };
+            let active = match map.meta.is_empty() {
+                true => "coordinator".to_string(),
+                false => {
+                    let current = tern_client::meta::fetch_map(&map.meta, &mut None)?;
+                    name_at(dir, current.shards[0].coordinator)?
+                }
+            };
+            kill(dir, &active)?;
             std::thread::sleep(hold);
-            restart(dir, "coordinator")?;
-            "coordinator".to_string()
+            restart(dir, &active)?;
+            active
+        }
+        FaultKind::KillMeta => {
+            let leader = name_at(dir, meta_leader(map)?)?;
+            kill(dir, &leader)?;
+            std::thread::sleep(hold);
+            restart(dir, &leader)?;
+            format!("{leader} (the leader)")
+        }
+        FaultKind::PartitionPair => {
+            let nodes = &topology.nodes;
+            let first = &nodes[random.random_range(0..nodes.len())];
+            let others: Vec<_> = nodes.iter().filter(|n| n.name != first.name).collect();
+            let second = others[random.random_range(0..others.len())];
+            let ns = first.namespace.as_str();
+            let peer = second.address.to_string();
+            nft_in(ns, &["add", "table", "inet", PAIR_TABLE])?;
+            for (hook, field) in [("input", "saddr"), ("output", "daddr")] {
+                let chain = format!("{{ type filter hook {hook} priority 0 ; }}");
+                nft_in(ns, &["add", "chain", "inet", PAIR_TABLE, hook, &chain])?;
+                nft_in(
+                    ns,
+                    &[
+                        "add", "rule", "inet", PAIR_TABLE, hook, "ip", field, &peer, "drop",
+                    ],
+                )?;
+            }
+            std::thread::sleep(hold);
+            nft_in(ns, &["delete", "table", "inet", PAIR_TABLE])?;
+            format!("{} <-> {}", first.name, second.name)
         }
         FaultKind::Loss => {
             let name = if random.random_bool(0.25) {
@@ -334,6 +422,7 @@ fn inject(
     Ok(Fault {
         kind,
         target: format!("{target} for {hold:?}"),
+        started,
         healed: Instant::now(),
     })
 }
@@ -500,14 +589,21 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
         .filter(|operation| operation.ret.is_none())
         .count();
 
-    // Unavailability: from each heal to the next successful operation.
+    // Unavailability per fault: the longest time without any successful
+    // operation from the fault's start until the first success after it
+    // healed.
     let recoveries: Vec<Duration> = faults
         .iter()
         .filter_map(|fault| {
-            successes
-                .iter()
-                .find(|at| **at >= fault.healed)
-                .map(|at| at.duration_since(fault.healed))
+            let after = successes.iter().position(|at| *at >= fault.healed)?;
+            let from = successes.partition_point(|at| *at < fault.started);
+            let mut last = fault.started;
+            let mut longest = Duration::ZERO;
+            for at in &successes[from..=after] {
+                longest = longest.max(at.duration_since(last));
+                last = *at;
+            }
+            Some(longest)
         })
         .collect();
     let (median, max) = median_and_max(recoveries);
@@ -519,7 +615,7 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
     let checked = Instant::now();
     let verdict = check(&history);
     println!(
-        "faults: {} ({}); operations: {} ({} with unknown outcome); serving again after a heal: median {median:?}, max {max:?}",
+        "faults: {} ({}); operations: {} ({} with unknown outcome); longest time without a successful operation per fault: median {median:?}, max {max:?}",
         faults.len(),
         args.faults
             .iter()

@@ -787,7 +787,7 @@ fn wait_ready(map: &ClusterMap, children: &mut [(Child, ProcessEntry)]) -> Resul
                 gateway_answers(entry.address)
             } else if entry.name.starts_with(META) {
                 meta_has_map(entry.address)
-            } else if entry.name.starts_with(STANDBY) {
+            } else if entry.name.starts_with(STANDBY) || is_standby(map, entry.address) {
                 // A standby serves nothing until it takes over: running is all.
                 true
             } else {
@@ -800,6 +800,19 @@ fn wait_ready(map: &ClusterMap, children: &mut [(Child, ProcessEntry)]) -> Resul
         waiting = still;
     }
     Ok(())
+}
+
+/// Whether meta gives the coordinator at `address` no shard (a coordinator
+/// restarted after a takeover waits as a standby).
+fn is_standby(map: &ClusterMap, address: SocketAddrV4) -> bool {
+    !map.meta.is_empty()
+        && tern_client::meta::fetch_map(&map.meta, &mut None).is_ok_and(|current| {
+            current
+                .shards
+                .iter()
+                .all(|shard| shard.coordinator != address)
+                && map.shards.iter().any(|shard| shard.coordinator == address)
+        })
 }
 
 /// Whether the meta node at `address` answers and holds the map.
