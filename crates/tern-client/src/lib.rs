@@ -417,12 +417,10 @@ impl Client {
                     }
                 }
                 Some(reply) => return Ok(reply),
-                None if routed => {
-                    // The coordinator may have failed over: the map says.
-                    if self.refresh_route(&mut header, &mut to) {
-                        encode_into(&header, key, value, &mut self.send_buffer)
-                            .expect("key and value sizes were checked");
-                    }
+                // The coordinator may have failed over: the map says.
+                None if routed && self.refresh_route(&mut header, &mut to) => {
+                    encode_into(&header, key, value, &mut self.send_buffer)
+                        .expect("key and value sizes were checked");
                 }
                 None => {}
             }

@@ -370,7 +370,9 @@ impl Node {
 
 async fn control_loop(node: Arc<Node>) {
     let mut was_leader = false;
-    let mut ticks = tokio::time::interval(heartbeat_interval(node.options.failure_timeout) / 2);
+    let period =
+        (heartbeat_interval(node.options.failure_timeout) / 2).min(Duration::from_millis(50));
+    let mut ticks = tokio::time::interval(period);
     loop {
         ticks.tick().await;
         node.tick(&mut was_leader).await;

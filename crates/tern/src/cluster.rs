@@ -114,6 +114,13 @@ pub enum ClusterCommand {
     },
 }
 
+/// How many shards, and replicas per shard.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    shard_count: u32,
+    replicas: usize,
+}
+
 /// The control plane of a cluster.
 #[derive(Clone, Copy, Debug)]
 struct Control {
@@ -266,8 +273,10 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
             });
             up(
                 &dir,
-                shards,
-                replicas,
+                Shape {
+                    shard_count: shards,
+                    replicas,
+                },
                 mode,
                 topology,
                 persistence,
@@ -367,14 +376,17 @@ const META_PORT: u16 = 7400;
 
 fn up(
     dir: &Path,
-    shard_count: u32,
-    replicas: usize,
+    shape: Shape,
     mode: ClusterMode,
     topology_kind: TopologyKind,
     persistence: Persistence,
     control: Control,
     gateway: Option<GatewayOptions>,
 ) -> Result<ExitCode> {
+    let Shape {
+        shard_count,
+        replicas,
+    } = shape;
     if shard_count == 0 || replicas == 0 {
         bail!("a cluster needs at least one shard and one replica per shard");
     }
@@ -424,8 +436,7 @@ fn up(
     };
     let result = start(
         &dir,
-        shard_count,
-        replicas,
+        shape,
         mode,
         persistence,
         control,
@@ -445,14 +456,17 @@ fn up(
 /// Everything of `up` after the topology exists; the caller cleans up on error.
 fn start(
     dir: &Path,
-    shard_count: u32,
-    replicas: usize,
+    shape: Shape,
     mode: ClusterMode,
     persistence: Persistence,
     control: Control,
     names: &[String],
     mut topology: Option<&mut Topology>,
 ) -> Result<ExitCode> {
+    let Shape {
+        shard_count,
+        replicas,
+    } = shape;
     let addresses: Vec<SocketAddrV4> = match &topology {
         None => free_addresses(names.len())?,
         Some(topology) => names

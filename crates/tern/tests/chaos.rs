@@ -1,11 +1,13 @@
-//! Short chaos runs in `make test`: every fault kind, both coordinator modes;
-//! the run must stay linearizable and lose no acknowledged write. The seed is
+//! Short chaos runs in `make test`: every fault kind (replica, coordinator
+//! and meta-leader kills, loss, link and pairwise partitions), both
+//! coordinator modes, three meta nodes and a standby coordinator; the run
+//! must stay linearizable and lose no acknowledged write. The seed is
 //! printed; `tern chaos --seed N` replays the choices.
 
 mod common;
 
 fn chaos(extra: &[&str]) {
-    let mut args = vec!["chaos", "--duration", "12s"];
+    let mut args = vec!["chaos", "--duration", "18s"];
     args.extend_from_slice(extra);
     let output = common::run_tern(&args);
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -16,7 +18,14 @@ fn chaos(extra: &[&str]) {
     );
     assert!(stdout.contains("acknowledged writes lost: 0"));
     assert!(stdout.contains("linearizable: yes"));
-    for kind in ["KillReplica", "KillCoordinator", "Loss", "Partition"] {
+    for kind in [
+        "KillReplica",
+        "KillCoordinator",
+        "KillMeta",
+        "Loss",
+        "Partition",
+        "PartitionPair",
+    ] {
         assert!(
             stdout
                 .lines()
