@@ -318,6 +318,15 @@ impl Replica {
         {
             self.downstream_changed = true;
         }
+        if config.is_head() && !self.config.is_head() {
+            // Writes held back here were decided by the failed head on a
+            // state that may include a write no survivor has (the gap before
+            // them): drop them. Nobody after this replica has them either,
+            // so none was acknowledged; their clients send them again.
+            self.holdback.clear();
+            self.last_gap_request = None;
+            self.highest_seen = self.store.applied_seq();
+        }
         self.counters.reconfigurations += 1;
         self.config = config;
     }
@@ -428,7 +437,9 @@ impl Replica {
     /// Applies the write that carries the next sequence number and sends it on.
     fn execute(&mut self, message: &Message<'_>, outbox: &mut Outbox) {
         let header = &message.header;
-        let decision = if self.config.is_head() {
+        // A REPLICATE carries its head's decision, even at a replica that
+        // became head after receiving it (held back across a reconfiguration).
+        let decision = if self.config.is_head() && header.op() != Op::Replicate {
             self.decide(message)
         } else {
             Decision {

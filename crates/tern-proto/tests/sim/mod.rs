@@ -277,6 +277,34 @@ impl Sim {
         self.outbox.clear();
     }
 
+    /// What meta does when replica `index` fails: it leaves the chain, the
+    /// epoch goes up, every survivor gets its new place, and the shard's
+    /// coordinator starts afresh (rule 8) at the new epoch. Datagrams to or
+    /// from the failed replica vanish with it.
+    pub fn fail_replica(&mut self, index: usize) {
+        let gone = self.chain.remove(index);
+        self.replicas.remove(index);
+        self.disks.remove(index);
+        self.network.retain(|d| d.to != gone && d.from != gone);
+        let epoch = self.replicas[0].config().epoch + 1;
+        for (position, replica) in self.replicas.iter_mut().enumerate() {
+            replica.reconfigure(ReplicaConfig {
+                shard: SHARD,
+                epoch,
+                chain: self.chain.clone(),
+                position,
+                coordinator: self.coordinator_addr,
+            });
+        }
+        let config = ShardConfig {
+            shard: SHARD,
+            epoch,
+            chain: self.chain.clone(),
+        };
+        self.coordinator =
+            Coordinator::new([ShardCoordinator::new(config, SharedShard::in_process())]);
+    }
+
     /// The client's replies to `request_id`.
     pub fn replies_to(&self, request_id: u64) -> Vec<Reply> {
         self.client_inbox
@@ -296,7 +324,19 @@ impl Sim {
 
 /// A client request datagram for the simulated shard.
 pub fn request(op: Op, key: &[u8], value: &[u8], version: u64, request_id: u64) -> Vec<u8> {
-    let mut header = Header::new(op, SHARD, EPOCH);
+    request_at(EPOCH, op, key, value, version, request_id)
+}
+
+/// A client request datagram stamped with `epoch`.
+pub fn request_at(
+    epoch: u32,
+    op: Op,
+    key: &[u8],
+    value: &[u8],
+    version: u64,
+    request_id: u64,
+) -> Vec<u8> {
+    let mut header = Header::new(op, SHARD, epoch);
     header.key_hash.set(key_hash(key));
     header.client_id.set(42);
     header.request_id.set(request_id);
