@@ -122,16 +122,23 @@ pub const META_CALL_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Sends one request to one meta node and reads its reply.
 pub fn call(addr: SocketAddrV4, request: &Request, timeout: Duration) -> io::Result<Reply> {
-    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?;
+    exchange(&mut connect(addr, timeout)?, request)
+}
+
+fn connect(addr: SocketAddrV4, timeout: Duration) -> io::Result<BufReader<TcpStream>> {
+    let stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     stream.set_nodelay(true)?;
+    Ok(BufReader::new(stream))
+}
+
+fn exchange(connection: &mut BufReader<TcpStream>, request: &Request) -> io::Result<Reply> {
     let mut line = serde_json::to_vec(&Envelope::Api(request)).map_err(io::Error::other)?;
     line.push(b'\n');
-    stream.write_all(&line)?;
-    let mut reader = BufReader::new(stream);
+    connection.get_mut().write_all(&line)?;
     let mut answer = String::new();
-    if reader.read_line(&mut answer)? == 0 {
+    if connection.read_line(&mut answer)? == 0 {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "meta closed the connection",
@@ -140,39 +147,88 @@ pub fn call(addr: SocketAddrV4, request: &Request, timeout: Duration) -> io::Res
     serde_json::from_str(&answer).map_err(io::Error::other)
 }
 
-/// Asks the meta nodes in turn, following `NotLeader` hints, until the
-/// leader answers. `hint` is where the leader was last seen; it is updated.
+/// A client of the meta nodes that finds the leader, follows `NotLeader`
+/// hints, and keeps its connection to the leader open between requests.
+#[derive(Debug)]
+pub struct MetaClient {
+    nodes: Vec<SocketAddrV4>,
+    /// Where the leader was last seen.
+    leader: Option<SocketAddrV4>,
+    connection: Option<(SocketAddrV4, BufReader<TcpStream>)>,
+}
+
+impl MetaClient {
+    pub fn new(nodes: Vec<SocketAddrV4>) -> MetaClient {
+        MetaClient {
+            nodes,
+            leader: None,
+            connection: None,
+        }
+    }
+
+    fn exchange_with(&mut self, node: SocketAddrV4, request: &Request) -> io::Result<Reply> {
+        let reused = matches!(&self.connection, Some((open, _)) if *open == node);
+        if !reused {
+            self.connection = Some((node, connect(node, META_CALL_TIMEOUT)?));
+        }
+        let (_, connection) = self.connection.as_mut().expect("just connected");
+        match exchange(connection, request) {
+            Ok(reply) => Ok(reply),
+            Err(error) => {
+                self.connection = None;
+                if reused {
+                    // The node may have restarted since: one fresh attempt.
+                    self.exchange_with(node, request)
+                } else {
+                    Err(error)
+                }
+            }
+        }
+    }
+
+    /// Sends `request` to the leader and returns its answer.
+    pub fn call_leader(&mut self, request: &Request) -> io::Result<Reply> {
+        if self.nodes.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no meta node configured",
+            ));
+        }
+        let mut last_error = io::Error::other("no meta node answered");
+        let mut next = 0;
+        for _ in 0..self.nodes.len() * 2 {
+            let node = self.leader.take().unwrap_or_else(|| {
+                next += 1;
+                self.nodes[(next - 1) % self.nodes.len()]
+            });
+            match self.exchange_with(node, request) {
+                Ok(Reply::NotLeader { leader }) => {
+                    last_error = io::Error::other(format!("{node} is not the meta leader"));
+                    self.leader = leader.filter(|leader| *leader != node);
+                }
+                Ok(reply) => {
+                    self.leader = Some(node);
+                    return Ok(reply);
+                }
+                Err(error) => last_error = error,
+            }
+        }
+        Err(last_error)
+    }
+}
+
+/// One request to the leader over a fresh connection; `hint` is where the
+/// leader was last seen, and is updated.
 pub fn call_leader(
     nodes: &[SocketAddrV4],
     hint: &mut Option<SocketAddrV4>,
     request: &Request,
 ) -> io::Result<Reply> {
-    if nodes.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "no meta node configured",
-        ));
-    }
-    let mut last_error = io::Error::other("no meta node answered");
-    let mut next = 0;
-    for _ in 0..nodes.len() * 2 {
-        let node = hint.take().unwrap_or_else(|| {
-            next += 1;
-            nodes[(next - 1) % nodes.len()]
-        });
-        match call(node, request, META_CALL_TIMEOUT) {
-            Ok(Reply::NotLeader { leader }) => {
-                last_error = io::Error::other(format!("{node} is not the meta leader"));
-                *hint = leader.filter(|leader| *leader != node);
-            }
-            Ok(reply) => {
-                *hint = Some(node);
-                return Ok(reply);
-            }
-            Err(error) => last_error = error,
-        }
-    }
-    Err(last_error)
+    let mut client = MetaClient::new(nodes.to_vec());
+    client.leader = *hint;
+    let reply = client.call_leader(request);
+    *hint = client.leader;
+    reply
 }
 
 /// The current map from the meta leader.
@@ -221,14 +277,14 @@ impl Heartbeats {
     }
 
     fn run(&self, nodes: &[SocketAddrV4], addr: SocketAddrV4, kind: NodeKind) {
-        let mut hint = None;
+        let mut meta = MetaClient::new(nodes.to_vec());
         let mut interval = Duration::from_millis(100);
         let request = Request::Heartbeat { addr, kind };
         while !self.stop.load(Ordering::Relaxed) {
             // The lease runs from the moment the heartbeat leaves, so it ends
             // before meta can count this process as silent.
             let sent = Instant::now();
-            match call_leader(nodes, &mut hint, &request) {
+            match meta.call_leader(&request) {
                 Ok(Reply::Lease {
                     map,
                     lease_ms,

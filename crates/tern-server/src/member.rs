@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::time::Duration;
 
-use tern_client::meta::{self, Heartbeats, MetaMap, NodeKind, Request};
+use tern_client::meta::{self, Heartbeats, MetaMap, NodeKind, Reply, Request};
 use tern_net::BatchSocket;
 use tern_proto::replica::{Replica, ReplicaConfig};
 use tern_store::log::LogWriter;
@@ -118,9 +118,14 @@ pub fn run(
         }
         Some(_) => {
             tracing::warn!(shard, %addr, "in the chain without my data: asking meta to take me out");
-            leave(&nodes, shard, addr, &heartbeats, shutdown);
-            become_spare(data_dir.as_deref(), &journal)?;
-            Role::Spare
+            if leave(&nodes, shard, addr, &heartbeats, shutdown) {
+                become_spare(data_dir.as_deref(), &journal)?;
+                Role::Spare
+            } else {
+                // The only replica left: nobody holds the shard's data.
+                tracing::error!(shard, %addr, "the last replica of the shard restarted without durable state: serving it empty, its data is lost");
+                Role::Member
+            }
         }
         None => {
             become_spare(data_dir.as_deref(), &journal)?;
@@ -129,10 +134,9 @@ pub fn run(
     };
     let mut seen_version = map.version;
     let (requests_tx, requests) = mpsc::channel::<SnapshotRequest>();
-    let listener = TcpListener::bind(addr)?;
     std::thread::Builder::new()
         .name("state-transfer".into())
-        .spawn(move || serve_transfers(listener, requests_tx))?;
+        .spawn(move || serve_transfers(addr, requests_tx))?;
     let mut socket = BatchSocket::bind(addr)?;
     tracing::info!(shard, %addr, role = ?role_name(&role), "replica serving under meta");
     let mut failure: Option<ServerError> = None;
@@ -323,32 +327,47 @@ fn become_spare(data_dir: Option<&Path>, journal: &RefCell<Option<Journal>>) -> 
     Ok(())
 }
 
-/// Asks meta to take this replica out of its chain, until the map says so.
+/// Asks meta to take this replica out of its chain, until the map says so
+/// (true), or meta refuses because it is the chain's last replica (false).
 fn leave(
     nodes: &[SocketAddrV4],
     shard: u32,
     addr: SocketAddrV4,
     heartbeats: &Heartbeats,
     shutdown: &AtomicBool,
-) {
+) -> bool {
     let mut hint = None;
     while !shutdown.load(Ordering::Relaxed) {
         if heartbeats
             .map()
             .is_some_and(|map| config_in(&map, shard, addr).is_none())
         {
-            return;
+            return true;
         }
         let request = Request::Leave { shard, addr };
-        if let Err(error) = meta::call_leader(nodes, &mut hint, &request) {
-            tracing::debug!(%error, "leave request failed");
+        match meta::call_leader(nodes, &mut hint, &request) {
+            Ok(Reply::Refused(why)) if why.contains("last replica") => return false,
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "leave request failed"),
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    true
 }
 
-/// Accepts state-transfer connections and hands each to the main loop.
-fn serve_transfers(listener: TcpListener, requests: Sender<SnapshotRequest>) {
+/// Accepts state-transfer connections on `addr` (TCP, the replica's UDP
+/// address) and hands each to the main loop. On loopback the port may be
+/// briefly taken by someone's outgoing connection: binding is retried.
+fn serve_transfers(addr: SocketAddrV4, requests: Sender<SnapshotRequest>) {
+    let listener = loop {
+        match TcpListener::bind(addr) {
+            Ok(listener) => break listener,
+            Err(error) => {
+                tracing::warn!(%error, %addr, "cannot listen for state transfers yet");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let requests = requests.clone();

@@ -336,20 +336,25 @@ fn write_table(dir: &Path, table: &ProcessTable) -> Result<()> {
     std::fs::write(table_path(dir), text).context("writing processes.toml")
 }
 
-/// Reserves `count` distinct free UDP ports on loopback.
+/// Reserves `count` distinct loopback ports free for both UDP and TCP (a
+/// replica serves state transfers, a meta node everything, over TCP on its
+/// port).
 fn free_addresses(count: usize) -> Result<Vec<SocketAddrV4>> {
     // Holding every socket until all are chosen keeps the ports distinct.
-    let sockets: Vec<UdpSocket> = (0..count)
-        .map(|_| UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<_>>()
-        .context("reserving loopback ports")?;
-    sockets
-        .iter()
-        .map(|socket| match socket.local_addr()? {
-            std::net::SocketAddr::V4(address) => Ok(address),
-            std::net::SocketAddr::V6(_) => bail!("loopback socket is not IPv4"),
-        })
-        .collect()
+    let mut held = Vec::new();
+    let mut addresses = Vec::new();
+    while addresses.len() < count {
+        let udp = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
+            .context("reserving loopback ports")?;
+        let std::net::SocketAddr::V4(address) = udp.local_addr()? else {
+            bail!("loopback socket is not IPv4");
+        };
+        if let Ok(tcp) = std::net::TcpListener::bind(address) {
+            addresses.push(address);
+            held.push((udp, tcp));
+        }
+    }
+    Ok(addresses)
 }
 
 /// Short node names inside the netns topology (they become interface names).
