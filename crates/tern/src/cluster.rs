@@ -915,7 +915,16 @@ fn down(dir: &Path) -> Result<ExitCode> {
 }
 
 fn status(dir: &Path) -> Result<ExitCode> {
-    let map = ClusterMap::load(&dir.join("cluster.toml"))?;
+    let file_map = ClusterMap::load(&dir.join("cluster.toml"))?;
+    // The map meta holds now (chains and coordinators change on failures).
+    let map = match file_map.meta.is_empty() {
+        true => file_map.clone(),
+        false => tern_client::meta::fetch_map(&file_map.meta, &mut None)
+            .map_err(|error| {
+                println!("meta does not answer ({error}): showing the initial map");
+            })
+            .unwrap_or_else(|()| file_map.clone()),
+    };
     let table = read_table(dir)?;
     let options = ClientOptions {
         attempt_timeout: Duration::from_millis(200),
@@ -986,6 +995,45 @@ fn status(dir: &Path) -> Result<ExitCode> {
             all_up &= !line.ends_with("DOWN");
             println!("  {role:<11} {address:<21} {line}");
         }
+    }
+    for entry in &table.process {
+        let spare_replica = entry.name.starts_with("shard")
+            && map
+                .shards
+                .iter()
+                .all(|shard| !shard.replicas.contains(&entry.address));
+        let standby = (entry.name == "coordinator" || entry.name.starts_with(STANDBY))
+            && map
+                .shards
+                .iter()
+                .all(|shard| shard.coordinator != entry.address);
+        let role = if entry.name.starts_with(META) {
+            let state = match tern_client::meta::call(
+                entry.address,
+                &tern_client::meta::Request::Status,
+                Duration::from_millis(300),
+            ) {
+                Ok(tern_client::meta::Reply::Status(status)) => {
+                    format!("up    {} term {}", status.state.to_lowercase(), status.term)
+                }
+                _ => "DOWN".to_string(),
+            };
+            all_up &= state != "DOWN";
+            format!(
+                "meta        {:<21} pid {:<7} {state}",
+                entry.address, entry.pid
+            )
+        } else if standby || spare_replica {
+            let what = if standby { "standby" } else { "spare" };
+            let up = if is_running(entry.pid) { "up" } else { "DOWN" };
+            format!(
+                "{what:<11} {:<21} pid {:<7} {up} ({})",
+                entry.address, entry.pid, entry.name
+            )
+        } else {
+            continue;
+        };
+        println!("{role}");
     }
     Ok(if all_up {
         ExitCode::SUCCESS
