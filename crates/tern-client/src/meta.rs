@@ -18,8 +18,11 @@ use crate::{ClusterMap, MapError, ShardMap};
 /// What a process that heartbeats is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeKind {
-    /// A replica process for one shard (in its chain, or a spare).
-    Replica { shard: u32 },
+    /// A replica process for one shard. `spare`: outside the chain with its
+    /// data dropped, ready to join (meta appends only such replicas, so one
+    /// that still believes itself a member can never be re-added with its
+    /// outdated state).
+    Replica { shard: u32, spare: bool },
     /// A coordinator process (active for some shards, or a standby).
     Coordinator,
 }
@@ -257,6 +260,8 @@ pub struct Heartbeats {
     learnt: Arc<Mutex<Learnt>>,
     /// The newest map version seen, readable without the lock.
     version: Arc<AtomicU64>,
+    /// What a replica reports as `spare`.
+    spare: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
@@ -266,6 +271,7 @@ impl Heartbeats {
         let heartbeats = Heartbeats {
             learnt: Arc::default(),
             version: Arc::default(),
+            spare: Arc::default(),
             stop: Arc::default(),
         };
         let this = heartbeats.clone();
@@ -279,8 +285,15 @@ impl Heartbeats {
     fn run(&self, nodes: &[SocketAddrV4], addr: SocketAddrV4, kind: NodeKind) {
         let mut meta = MetaClient::new(nodes.to_vec());
         let mut interval = Duration::from_millis(100);
-        let request = Request::Heartbeat { addr, kind };
         while !self.stop.load(Ordering::Relaxed) {
+            let kind = match kind {
+                NodeKind::Replica { shard, .. } => NodeKind::Replica {
+                    shard,
+                    spare: self.spare.load(Ordering::Relaxed),
+                },
+                other => other,
+            };
+            let request = Request::Heartbeat { addr, kind };
             // The lease runs from the moment the heartbeat leaves, so it ends
             // before meta can count this process as silent.
             let sent = Instant::now();
@@ -308,6 +321,11 @@ impl Heartbeats {
             let elapsed = sent.elapsed();
             std::thread::sleep(interval.saturating_sub(elapsed));
         }
+    }
+
+    /// Sets what the next heartbeats report as `spare` (replicas only).
+    pub fn set_spare(&self, spare: bool) {
+        self.spare.store(spare, Ordering::Relaxed);
     }
 
     /// Whether the lease still holds.

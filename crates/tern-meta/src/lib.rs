@@ -261,9 +261,25 @@ impl Node {
             }
             Request::Leave { shard, addr } => self.propose(Command::Fail { shard, addr }).await,
             Request::GetMap => self.map_reply(),
+            Request::Change(Change::AddReplica { shard, addr }) if !self.is_spare(shard, addr) => {
+                Reply::Refused(format!(
+                    "{addr} is not a live spare replica of shard {shard}: start `tern server --shard {shard} --listen {addr}` and wait for it to report as spare"
+                ))
+            }
             Request::Change(change) => self.propose(Command::Operator(change)).await,
             Request::Status => unreachable!("answered above"),
         }
+    }
+
+    /// Whether `addr` heartbeats, recently, as a spare of `shard`.
+    fn is_spare(&self, shard: u32, addr: SocketAddrV4) -> bool {
+        let detector = self.detector.lock().expect("detector lock");
+        let spare = NodeKind::Replica { shard, spare: true };
+        detector
+            .seen
+            .get(&addr)
+            .is_some_and(|(kind, _)| *kind == spare)
+            && detector.silent_for(addr, Instant::now()) < self.options.failure_timeout
     }
 
     async fn propose(&self, command: Command) -> Reply {
@@ -323,7 +339,11 @@ impl Node {
                         .any(|other| other.replicas.contains(addr))
                 };
                 let spare = detector.seen.iter().find(|(addr, (kind, _))| {
-                    *kind == (NodeKind::Replica { shard: shard.id })
+                    *kind
+                        == (NodeKind::Replica {
+                            shard: shard.id,
+                            spare: true,
+                        })
                         && !in_chain(addr)
                         && alive(**addr)
                 });

@@ -79,7 +79,14 @@ pub fn run(
     persistence: Option<Persistence>,
     shutdown: &AtomicBool,
 ) -> Result<(), ServerError> {
-    let heartbeats = Heartbeats::start(nodes.clone(), addr, NodeKind::Replica { shard });
+    let heartbeats = Heartbeats::start(
+        nodes.clone(),
+        addr,
+        NodeKind::Replica {
+            shard,
+            spare: false,
+        },
+    );
     let map = loop {
         if shutdown.load(Ordering::Relaxed) {
             return Ok(());
@@ -176,6 +183,7 @@ pub fn run(
                     }
                 }
                 replica.set_fenced(!matches!(role, Role::Member) || !heartbeats.lease_valid());
+                heartbeats.set_spare(matches!(role, Role::Spare));
                 Ok(())
             })();
             match step {
