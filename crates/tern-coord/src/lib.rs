@@ -108,7 +108,12 @@ pub fn run_under_meta(
             checked.set(now);
             assigned() == shards
         };
-        serve_shards(listen, shards.clone(), mode, &keep_serving)?;
+        if let Err(error) = serve_shards(listen, shards.clone(), mode, &keep_serving) {
+            // Say why and try again: the map, the lease or the replicas
+            // (their addresses for XDP) may be different in a moment.
+            tracing::error!(%error, %listen, "cannot serve the assigned shards; retrying");
+            std::thread::sleep(Duration::from_millis(200));
+        }
         tracing::info!(%listen, version = heartbeats.version(), lease = heartbeats.lease_valid(), "coordinator shards changed: restarting them");
     }
     heartbeats.stop();

@@ -172,9 +172,13 @@ pub fn run(
                 if let Role::Joining { loaded, .. } = &role
                     && let Ok((epoch, bytes)) = loaded.try_recv()
                 {
-                    load(replica, epoch, &bytes, &journal, durable.as_ref())?;
-                    mark_member(data_dir.as_deref())?;
-                    role = Role::Member;
+                    if load(replica, epoch, &bytes, &journal, durable.as_ref())? {
+                        mark_member(data_dir.as_deref())?;
+                        role = Role::Member;
+                    } else {
+                        // Served before the predecessor had this epoch.
+                        role = start_join(replica, replica.config().clone());
+                    }
                 }
                 while let Ok(answer) = requests.try_recv() {
                     if matches!(role, Role::Member) && !replica.is_fenced() {
@@ -280,17 +284,19 @@ fn start_join(replica: &mut Replica, config: ReplicaConfig) -> Role {
     Role::Joining { cancel, loaded }
 }
 
-/// Replaces the replica's state with the predecessor's snapshot.
+/// Replaces the replica's state with the predecessor's snapshot, if the
+/// predecessor served it at this replica's epoch or later (it then already
+/// forwarded every later write here).
 fn load(
     replica: &mut Replica,
     epoch: u32,
     bytes: &[u8],
     journal: &RefCell<Option<Journal>>,
     durable: Option<&Persistence>,
-) -> Result<(), ServerError> {
+) -> Result<bool, ServerError> {
     let config = replica.config().clone();
     if epoch < config.epoch {
-        return Ok(());
+        return Ok(false);
     }
     let mut loaded = Replica::restore(config, Some(bytes))?;
     let applied = loaded.store().applied_seq();
@@ -308,7 +314,7 @@ fn load(
         bytes = bytes.len(),
         "joined: state loaded, catching up"
     );
-    Ok(())
+    Ok(true)
 }
 
 fn mark_member(data_dir: Option<&Path>) -> io::Result<()> {
