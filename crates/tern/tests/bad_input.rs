@@ -216,12 +216,14 @@ fn cli_commands_round_trip_and_status_shows_every_process() {
     let status = common::run_tern(&["cluster", "status", "--dir", &dir]);
     assert!(status.status.success());
     let text = String::from_utf8(status.stdout).unwrap();
+    // Six replicas, the coordinator (once per shard), the meta node and
+    // the standby coordinator.
     assert_eq!(
         text.matches(" up ").count(),
-        2 * 3 + 2,
+        2 * 3 + 2 + 2,
         "every process up:\n{text}"
     );
-    for role in ["coordinator", "head", "middle", "tail"] {
+    for role in ["coordinator", "head", "middle", "tail", "meta", "standby"] {
         assert!(text.contains(role), "{role} missing:\n{text}");
     }
 }
