@@ -140,6 +140,15 @@ pub(crate) fn request_header(
     Ok((header, shard.coordinator))
 }
 
+/// Points `header` at its key's shard as `map` has it (shard id, epoch);
+/// returns that shard's coordinator.
+pub(crate) fn reroute(map: &ClusterMap, header: &mut Header) -> SocketAddrV4 {
+    let shard = map.shard_of_slot(slot_of(header.key_hash.get()));
+    header.shard.set(shard.id);
+    header.epoch.set(shard.epoch);
+    shard.coordinator
+}
+
 /// A connection-less client of one Tern cluster.
 #[derive(Debug)]
 pub struct Client {
@@ -355,11 +364,9 @@ impl Client {
             Ok(map) => map,
             Err(_) => return false,
         };
-        let shard = map.shard_of_slot(slot_of(header.key_hash.get()));
-        let changed = shard.epoch != header.epoch.get() || shard.coordinator != *to;
-        header.shard.set(shard.id);
-        header.epoch.set(shard.epoch);
-        *to = shard.coordinator;
+        let before = (header.epoch.get(), *to);
+        *to = reroute(&map, header);
+        let changed = (header.epoch.get(), *to) != before;
         self.counters.map_refreshes += 1;
         self.map = map;
         changed

@@ -59,6 +59,11 @@ pub struct Pipeline {
     in_flight: HashMap<u64, InFlight>,
     recv_buffer: Box<[u8]>,
     poll_timeout: Duration,
+    /// The meta node that last answered as leader.
+    meta_hint: Option<SocketAddrV4>,
+    last_refresh: Option<Instant>,
+    /// A reply said STALE_EPOCH: refresh the map before the next resends.
+    stale: bool,
 }
 
 impl Pipeline {
@@ -77,6 +82,9 @@ impl Pipeline {
             in_flight: HashMap::new(),
             recv_buffer: vec![0; 2048].into_boxed_slice(),
             poll_timeout,
+            meta_hint: None,
+            last_refresh: None,
+            stale: false,
         })
     }
 
@@ -185,6 +193,11 @@ impl Pipeline {
             // Left in flight: resent after the attempt timeout.
             return;
         }
+        if header.status() == Status::StaleEpoch && !self.map.meta.is_empty() {
+            // Left in flight: rerouted by the map from meta, then resent.
+            self.stale = true;
+            return;
+        }
         let Some(request) = self.in_flight.remove(&request_id) else {
             return;
         };
@@ -206,6 +219,31 @@ impl Pipeline {
         });
     }
 
+    /// With meta: fetches the map (at most twice per attempt timeout) and
+    /// points every request in flight at its shard's coordinator and epoch
+    /// as the map now has them (same request ids: still applied once).
+    fn refresh_routes(&mut self) {
+        if self.map.meta.is_empty()
+            || self
+                .last_refresh
+                .is_some_and(|last| last.elapsed() < self.options.attempt_timeout / 2)
+        {
+            return;
+        }
+        self.last_refresh = Some(Instant::now());
+        let Ok(map) = crate::meta::fetch_map(&self.map.meta, &mut self.meta_hint) else {
+            return;
+        };
+        for request in self.in_flight.values_mut() {
+            let message = Message::decode(&request.bytes).expect("encoded by submit");
+            let mut header = message.header;
+            let (key, value) = (message.key.to_vec(), message.value.to_vec());
+            request.to = crate::reroute(&map, &mut header);
+            encode_into(&header, &key, &value, &mut request.bytes).expect("sizes were checked");
+        }
+        self.map = map;
+    }
+
     fn resend_or_expire(&mut self, completed: &mut Vec<Completion>) -> Result<(), ClientError> {
         let now = Instant::now();
         let expired: Vec<u64> = self
@@ -225,8 +263,15 @@ impl Pipeline {
                 }),
             });
         }
+        let attempt_timeout = self.options.attempt_timeout;
+        let due =
+            move |request: &InFlight| now.duration_since(request.last_sent) >= attempt_timeout;
+        if std::mem::take(&mut self.stale) || self.in_flight.values().any(due) {
+            // A silent coordinator may have failed over: the map says.
+            self.refresh_routes();
+        }
         for request in self.in_flight.values_mut() {
-            if now.duration_since(request.last_sent) >= self.options.attempt_timeout {
+            if due(request) {
                 self.socket.send_to(&request.bytes, request.to)?;
                 request.last_sent = now;
                 request.attempts += 1;
