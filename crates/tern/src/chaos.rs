@@ -529,6 +529,11 @@ pub fn run(args: &ChaosArgs) -> Result<ExitCode> {
     let dir = dir.canonicalize()?;
     let result = chaos(&dir, args, seed);
     cluster::run(ClusterCommand::Down { dir: dir.clone() })?;
+    if !matches!(result, Ok(ExitCode::SUCCESS)) && args.dir.is_none() {
+        // Keep what the processes logged, to find out why.
+        let kept = scratch.keep();
+        println!("process logs kept in {}", kept.join("cluster/logs").display());
+    }
     result
 }
 
