@@ -532,7 +532,10 @@ pub fn run(args: &ChaosArgs) -> Result<ExitCode> {
     if !matches!(result, Ok(ExitCode::SUCCESS)) && args.dir.is_none() {
         // Keep what the processes logged, to find out why.
         let kept = scratch.keep();
-        println!("process logs kept in {}", kept.join("cluster/logs").display());
+        println!(
+            "process logs kept in {}",
+            kept.join("cluster/logs").display()
+        );
     }
     result
 }
