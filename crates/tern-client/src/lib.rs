@@ -354,9 +354,15 @@ impl Client {
     }
 
     /// Reloads the map from meta (when the cluster has meta) and points
-    /// `header` at the key's shard as the new map has it. Whether the map
-    /// changed.
-    fn refresh_route(&mut self, header: &mut Header, to: &mut SocketAddrV4) -> bool {
+    /// `header` at the key's shard as the new map has it, encoding the
+    /// request again if its route changed. Whether it changed.
+    fn refresh_route(
+        &mut self,
+        header: &mut Header,
+        to: &mut SocketAddrV4,
+        key: &[u8],
+        value: &[u8],
+    ) -> bool {
         if self.map.meta.is_empty() {
             return false;
         }
@@ -369,6 +375,10 @@ impl Client {
         let changed = (header.epoch.get(), *to) != before;
         self.counters.map_refreshes += 1;
         self.map = map;
+        if changed {
+            encode_into(header, key, value, &mut self.send_buffer)
+                .expect("key and value sizes were checked");
+        }
         changed
     }
 
@@ -412,11 +422,10 @@ impl Client {
                         && routed
                         && !self.map.meta.is_empty() =>
                 {
-                    // Meta or the replicas are mid-reconfiguration.
-                    if self.refresh_route(&mut header, &mut to) {
-                        encode_into(&header, key, value, &mut self.send_buffer)
-                            .expect("key and value sizes were checked");
-                    } else {
+                    // Meta or the replicas are mid-reconfiguration: a new
+                    // route is tried at once, the same one after a pause.
+                    let rerouted = self.refresh_route(&mut header, &mut to, key, value);
+                    if !rerouted {
                         std::thread::sleep(
                             backoff.min(deadline.saturating_duration_since(Instant::now())),
                         );
@@ -425,9 +434,8 @@ impl Client {
                 }
                 Some(reply) => return Ok(reply),
                 // The coordinator may have failed over: the map says.
-                None if routed && self.refresh_route(&mut header, &mut to) => {
-                    encode_into(&header, key, value, &mut self.send_buffer)
-                        .expect("key and value sizes were checked");
+                None if routed => {
+                    self.refresh_route(&mut header, &mut to, key, value);
                 }
                 None => {}
             }

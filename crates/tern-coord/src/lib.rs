@@ -15,7 +15,8 @@ use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tern_client::meta::{Heartbeats, MetaMap, NodeKind};
+use tern_client::ShardMap;
+use tern_client::meta::{Heartbeats, NodeKind};
 use tern_net::BatchSocket;
 use tern_proto::SharedShard;
 use tern_proto::coordinator::{Coordinator, ShardConfig, ShardCoordinator};
@@ -53,9 +54,9 @@ pub fn run(
     serve_shards(listen, shards, mode, &|| !shutdown.load(Ordering::Relaxed))
 }
 
-/// The shards `map` gives the coordinator at `listen`.
-pub fn shards_of(map: &MetaMap, listen: SocketAddrV4) -> Vec<ShardConfig> {
-    map.shards
+/// The shards of `shards` whose coordinator is at `listen`.
+pub fn shards_of(shards: &[ShardMap], listen: SocketAddrV4) -> Vec<ShardConfig> {
+    shards
         .iter()
         .filter(|shard| shard.coordinator == listen)
         .map(|shard| ShardConfig {
@@ -80,7 +81,7 @@ pub fn run_under_meta(
 ) -> Result<(), CoordError> {
     let heartbeats = Heartbeats::start(nodes, listen, NodeKind::Coordinator);
     let assigned = || match heartbeats.map() {
-        Some(map) if heartbeats.lease_valid() => shards_of(&map, listen),
+        Some(map) if heartbeats.lease_valid() => shards_of(&map.shards, listen),
         _ => Vec::new(),
     };
     let mut standing_by = false;
@@ -120,6 +121,17 @@ pub fn run_under_meta(
     Ok(())
 }
 
+/// Serves until `keep_serving()` turns false, then logs the counters.
+fn serve_and_report(
+    socket: &mut BatchSocket,
+    coordinator: &mut Coordinator<SharedShard>,
+    keep_serving: &dyn Fn() -> bool,
+) -> std::io::Result<()> {
+    tern_net::serve_while(socket, coordinator, |_| keep_serving(), |_, _| Ok(()))?;
+    tracing::info!(stats = %coordinator.render_stats(None), send_errors = socket.send_errors(), "coordinator stopped");
+    Ok(())
+}
+
 /// Serves the coordinators of `shards` on `listen` while `keep_serving()`.
 fn serve_shards(
     listen: SocketAddrV4,
@@ -137,13 +149,7 @@ fn serve_shards(
                     .into_iter()
                     .map(|config| ShardCoordinator::new(config, SharedShard::in_process())),
             );
-            tern_net::serve_while(
-                &mut socket,
-                &mut coordinator,
-                |_| keep_serving(),
-                |_, _| Ok(()),
-            )?;
-            tracing::info!(stats = %coordinator.render_stats(None), send_errors = socket.send_errors(), "coordinator stopped");
+            serve_and_report(&mut socket, &mut coordinator, keep_serving)?;
         }
         Mode::Xdp => {
             let interface = interface_of(*listen.ip()).map_err(CoordError::Network)?;
@@ -182,13 +188,7 @@ fn serve_shards(
             }
             fast_path.attach(&interface)?;
             tracing::info!(%listen, %interface, shards = ?ids, mode = "xdp", "coordinator serving, fast path attached");
-            tern_net::serve_while(
-                &mut socket,
-                &mut coordinator,
-                |_| keep_serving(),
-                |_, _| Ok(()),
-            )?;
-            tracing::info!(stats = %coordinator.render_stats(None), send_errors = socket.send_errors(), "coordinator stopped");
+            serve_and_report(&mut socket, &mut coordinator, keep_serving)?;
         }
     }
     Ok(())

@@ -19,7 +19,7 @@ use tern_client::{CasOutcome, Client, ClientOptions, ClusterMap};
 use tern_wire::{key_hash, slot_of};
 
 use crate::DurabilityArg;
-use crate::cluster::{self, ClusterCommand, ClusterMode, TopologyKind};
+use crate::cluster::{self, ClusterCommand, ClusterMode, ProcessEntry, TopologyKind};
 use crate::netns::Topology;
 
 /// A kind of fault.
@@ -218,31 +218,26 @@ fn start_clients(
         .collect()
 }
 
+/// The entry of processes.toml that `wanted` picks.
+fn process(dir: &Path, wanted: impl Fn(&ProcessEntry) -> bool) -> Result<ProcessEntry> {
+    cluster::read_table(dir)?
+        .process
+        .into_iter()
+        .find(|entry| wanted(entry))
+        .context("no such process in processes.toml")
+}
+
 fn pid_of(dir: &Path, name: &str) -> Result<u32> {
-    let text = std::fs::read_to_string(dir.join("processes.toml"))?;
-    let table: toml::Table = toml::from_str(&text)?;
-    table["process"]
-        .as_array()
-        .context("processes.toml lists processes")?
-        .iter()
-        .find(|process| process["name"].as_str() == Some(name))
-        .and_then(|process| process["pid"].as_integer())
-        .map(|pid| pid as u32)
-        .with_context(|| format!("no process {name}"))
+    Ok(process(dir, |entry| entry.name == name)
+        .with_context(|| format!("no process {name}"))?
+        .pid)
 }
 
 /// The name (in processes.toml) of the process listening at `address`.
 fn name_at(dir: &Path, address: std::net::SocketAddrV4) -> Result<String> {
-    let text = std::fs::read_to_string(dir.join("processes.toml"))?;
-    let table: toml::Table = toml::from_str(&text)?;
-    table["process"]
-        .as_array()
-        .context("processes.toml lists processes")?
-        .iter()
-        .find(|process| process["address"].as_str() == Some(&address.to_string()))
-        .and_then(|process| process["name"].as_str())
-        .map(String::from)
-        .with_context(|| format!("no process at {address}"))
+    Ok(process(dir, |entry| entry.address == address)
+        .with_context(|| format!("no process at {address}"))?
+        .name)
 }
 
 /// The meta node that leads now.

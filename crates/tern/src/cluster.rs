@@ -216,10 +216,10 @@ fn gateway_answers(address: SocketAddrV4) -> bool {
 
 /// One started process.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct ProcessEntry {
-    name: String,
-    pid: u32,
-    address: SocketAddrV4,
+pub(crate) struct ProcessEntry {
+    pub(crate) name: String,
+    pub(crate) pid: u32,
+    pub(crate) address: SocketAddrV4,
     shard: u32,
     log: PathBuf,
     /// The full command line, for `cluster restart`.
@@ -228,12 +228,12 @@ struct ProcessEntry {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct ProcessTable {
+pub(crate) struct ProcessTable {
     /// The coordinators' mode, `auto` resolved.
     mode: Option<ClusterMode>,
     topology: Option<TopologyKind>,
     durability: Option<DurabilityArg>,
-    process: Vec<ProcessEntry>,
+    pub(crate) process: Vec<ProcessEntry>,
 }
 
 pub fn run(command: ClusterCommand) -> Result<ExitCode> {
@@ -321,7 +321,7 @@ fn topology_path(dir: &Path) -> PathBuf {
     dir.join("topology.toml")
 }
 
-fn read_table(dir: &Path) -> Result<ProcessTable> {
+pub(crate) fn read_table(dir: &Path) -> Result<ProcessTable> {
     let path = table_path(dir);
     if !path.exists() {
         return Ok(ProcessTable::default());
@@ -806,11 +806,13 @@ fn wait_ready(map: &ClusterMap, children: &mut [(Child, ProcessEntry)]) -> Resul
                 gateway_answers(entry.address)
             } else if entry.name.starts_with(META) {
                 meta_has_map(entry.address)
-            } else if entry.name.starts_with(STANDBY) || is_standby(map, entry.address) {
+            } else if entry.name.starts_with(STANDBY) {
                 // A standby serves nothing until it takes over: running is all.
                 true
             } else {
                 matches!(client.admin(entry.address, Op::Ping, entry.shard), Ok(reply) if reply.status == Status::Ok)
+                    // A coordinator restarted after a takeover is a standby.
+                    || is_standby(map, entry.address)
             };
             if !ready {
                 still.push(index);

@@ -513,16 +513,7 @@ fn replica_config(map: &ClusterMap, shard: u32, position: usize) -> Result<Repli
 }
 
 fn coordinator_shards(map: &ClusterMap, listen: SocketAddrV4) -> Result<Vec<ShardConfig>> {
-    let shards: Vec<ShardConfig> = map
-        .shards
-        .iter()
-        .filter(|shard| shard.coordinator == listen)
-        .map(|shard| ShardConfig {
-            shard: shard.id,
-            epoch: shard.epoch,
-            chain: shard.replicas.clone(),
-        })
-        .collect();
+    let shards = tern_coord::shards_of(&map.shards, listen);
     if shards.is_empty() {
         bail!("no shard in the cluster map has its coordinator at {listen}");
     }
