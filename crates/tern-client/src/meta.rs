@@ -249,8 +249,11 @@ pub fn fetch_map(
 #[derive(Debug, Default)]
 struct Learnt {
     map: Option<MetaMap>,
-    /// Serving is allowed until then.
+    /// Serving is allowed until then...
     lease_until: Option<Instant>,
+    /// ...by a process that has acted on the map of this version, which
+    /// came with the lease (it may say the process is out).
+    lease_version: u64,
 }
 
 /// A thread that heartbeats to the meta leader for one process and keeps
@@ -306,6 +309,7 @@ impl Heartbeats {
                     interval = Duration::from_millis(heartbeat_ms.max(1));
                     let mut learnt = self.learnt.lock().expect("heartbeat lock");
                     learnt.lease_until = Some(sent + Duration::from_millis(lease_ms));
+                    learnt.lease_version = map.version;
                     if learnt
                         .map
                         .as_ref()
@@ -328,12 +332,16 @@ impl Heartbeats {
         self.spare.store(spare, Ordering::Relaxed);
     }
 
-    /// Whether the lease still holds.
-    pub fn lease_valid(&self) -> bool {
+    /// Whether the lease still holds for a process that has acted on the
+    /// map up to version `acted_on`: a lease renewed together with a newer
+    /// map (one that may take the process out) counts only once the process
+    /// has seen that map.
+    pub fn lease_valid(&self, acted_on: u64) -> bool {
         let learnt = self.learnt.lock().expect("heartbeat lock");
-        learnt
-            .lease_until
-            .is_some_and(|until| Instant::now() < until)
+        acted_on >= learnt.lease_version
+            && learnt
+                .lease_until
+                .is_some_and(|until| Instant::now() < until)
     }
 
     /// The newest map version learnt (0: none yet).

@@ -80,13 +80,17 @@ pub fn run_under_meta(
     shutdown: &AtomicBool,
 ) -> Result<(), CoordError> {
     let heartbeats = Heartbeats::start(nodes, listen, NodeKind::Coordinator);
+    // The shards of the newest map, with its version; none without a lease.
     let assigned = || match heartbeats.map() {
-        Some(map) if heartbeats.lease_valid() => shards_of(&map.shards, listen),
-        _ => Vec::new(),
+        Some(map) if heartbeats.lease_valid(map.version) => {
+            (map.version, shards_of(&map.shards, listen))
+        }
+        Some(map) => (map.version, Vec::new()),
+        None => (0, Vec::new()),
     };
     let mut standing_by = false;
     while !shutdown.load(Ordering::Relaxed) {
-        let shards = assigned();
+        let (version, shards) = assigned();
         if shards.is_empty() {
             if !standing_by {
                 tracing::info!(%listen, "coordinator standing by");
@@ -97,17 +101,19 @@ pub fn run_under_meta(
         }
         standing_by = false;
         // The map version these shards were last found unchanged at.
-        let checked = std::cell::Cell::new(heartbeats.version());
+        let checked = std::cell::Cell::new(version);
         let keep_serving = || {
-            if shutdown.load(Ordering::Relaxed) || !heartbeats.lease_valid() {
+            if shutdown.load(Ordering::Relaxed) {
                 return false;
             }
-            let now = heartbeats.version();
-            if now == checked.get() {
-                return true;
+            if heartbeats.version() != checked.get() {
+                let (now, current) = assigned();
+                if current != shards {
+                    return false;
+                }
+                checked.set(now);
             }
-            checked.set(now);
-            assigned() == shards
+            heartbeats.lease_valid(checked.get())
         };
         if let Err(error) = serve_shards(listen, shards.clone(), mode, &keep_serving) {
             // Say why and try again: the map, the lease or the replicas
@@ -115,7 +121,7 @@ pub fn run_under_meta(
             tracing::error!(%error, %listen, "cannot serve the assigned shards; retrying");
             std::thread::sleep(Duration::from_millis(200));
         }
-        tracing::info!(%listen, version = heartbeats.version(), lease = heartbeats.lease_valid(), "coordinator shards changed: restarting them");
+        tracing::info!(%listen, version = heartbeats.version(), "coordinator shards changed or lease lost: restarting them");
     }
     heartbeats.stop();
     Ok(())

@@ -186,7 +186,9 @@ pub fn run(
                         let _ = answer.try_send((replica.config().epoch, bytes));
                     }
                 }
-                replica.set_fenced(!matches!(role, Role::Member) || !heartbeats.lease_valid());
+                replica.set_fenced(
+                    !matches!(role, Role::Member) || !heartbeats.lease_valid(seen_version),
+                );
                 heartbeats.set_spare(matches!(role, Role::Spare));
                 Ok(())
             })();
