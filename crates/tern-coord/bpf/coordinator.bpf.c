@@ -34,8 +34,6 @@
 #define WRITE_SHARED(x, v) (*(volatile __typeof__(x) *)&(x) = (v))
 #define BARRIER() asm volatile("" ::: "memory")
 
-/* Attempts at a contended compare-and-swap before handing over to user space. */
-#define CAS_ATTEMPTS_MAX 8
 /* Offset of the Tern datagram in a frame: Ethernet, IPv4 without options, UDP. */
 #define PAYLOAD_OFFSET (sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr))
 
@@ -98,7 +96,7 @@ struct client_mac {
  * acknowledgements can be turned into replies in the kernel. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, TERN_CLIENT_MACS_MAX);
 	__type(key, __be32);
 	__type(value, struct client_mac);
 } client_macs SEC(".maps");
@@ -169,13 +167,61 @@ static __always_inline void learn_client(struct frame *frame)
 	bpf_map_update_elem(&client_macs, &ip, &fresh, BPF_ANY);
 }
 
-/* Parses Ethernet, IPv4, UDP and the Tern header; 0 when the frame is a
- * well-formed datagram for this coordinator, else the verdict to return. */
+/* key_hash() of tern_wire over the key that follows the header: FNV-1a in a
+ * loop bounded by the longest key, each byte checked against the frame end. */
+static __always_inline int key_hash_matches(const struct tern_header *tern, const void *end)
+{
+	const __u8 *key = (const __u8 *)(tern + 1);
+	__u32 length = tern->key_len;
+	__u32 hash = TERN_KEY_HASH_OFFSET_BASIS;
+
+	for (__u32 i = 0; i < TERN_KEY_LEN_MAX; i++) {
+		if (i >= length)
+			break;
+		if ((const void *)(key + i + 1) > end)
+			return 0;
+		hash ^= key[i];
+		hash *= TERN_KEY_HASH_PRIME;
+	}
+	return hash == tern->key_hash;
+}
+
+/* Everything Message::decode checks, in its order: 0 when the datagram is
+ * valid, else the counter under which it goes to user space (which decodes
+ * it again, counts the reason and answers the sender). No state changes
+ * before this passes: a datagram the Rust decoder refuses is never
+ * sequenced, forwarded or acknowledged here. */
+static __always_inline __u32 validate(const struct frame *frame, const void *end)
+{
+	const struct tern_header *tern = frame->tern;
+	__u8 classes = tern_op_classes(tern->op);
+
+	if (tern->magic != TERN_MAGIC || tern->version != TERN_WIRE_VERSION)
+		return TERN_XDP_COUNTER_PASS_MALFORMED;
+	if (classes == 0)
+		return TERN_XDP_COUNTER_PASS_OP;
+	if (!tern_status_known(tern->status) || !tern_effect_known(tern->effect) ||
+	    tern->key_len > TERN_KEY_LEN_MAX || tern->value_len > TERN_VALUE_LEN_MAX ||
+	    frame->payload_len != TERN_HEADER_LEN + (__u32)tern->key_len + tern->value_len ||
+	    (tern->value_len != 0 && !(classes & TERN_OP_CLASS_CARRIES_VALUE)))
+		return TERN_XDP_COUNTER_PASS_MALFORMED;
+	if ((classes & (TERN_OP_CLASS_CLIENT_READ | TERN_OP_CLASS_CLIENT_WRITE)) &&
+	    !key_hash_matches(tern, end))
+		return TERN_XDP_COUNTER_PASS_BAD_KEY_HASH;
+	if (!(classes & TERN_OP_CLASS_FAST_PATH))
+		return TERN_XDP_COUNTER_PASS_OP;
+	return 0;
+}
+
+/* Parses Ethernet, IPv4, UDP and the Tern header and validates the datagram;
+ * 0 when it is a valid datagram for this coordinator's fast path, else the
+ * verdict to return. */
 static __always_inline int parse(struct xdp_md *ctx, struct frame *frame)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	__u32 zero = 0;
+	__u32 invalid;
 	struct tern_endpoint *self = bpf_map_lookup_elem(&self_endpoint, &zero);
 
 	frame->eth = data;
@@ -197,12 +243,11 @@ static __always_inline int parse(struct xdp_md *ctx, struct frame *frame)
 	if ((void *)(frame->tern + 1) > end)
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_MALFORMED);
 	frame->payload_len = (__u32)((long)end - (long)frame->tern);
-	if (frame->tern->magic != TERN_MAGIC || frame->tern->version != TERN_WIRE_VERSION ||
-	    frame->tern->key_len > TERN_KEY_LEN_MAX || frame->tern->value_len > TERN_VALUE_LEN_MAX ||
-	    frame->payload_len !=
-		    TERN_HEADER_LEN + (__u32)frame->tern->key_len + frame->tern->value_len ||
-	    bpf_ntohs(frame->udp->len) != sizeof(struct udphdr) + frame->payload_len)
+	if (bpf_ntohs(frame->udp->len) != sizeof(struct udphdr) + frame->payload_len)
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_MALFORMED);
+	invalid = validate(frame, end);
+	if (invalid)
+		return hand_to_user_space(invalid);
 	return 0;
 }
 
@@ -248,7 +293,7 @@ static __always_inline int forward_read(struct frame *frame, struct tern_shard_r
 					struct tern_shard_cell *cell)
 {
 	struct tern_header *tern = frame->tern;
-	__u32 dirty_index = tern->key_hash & (TERN_DIRTY_SLOTS - 1);
+	__u32 dirty_index = tern->key_hash & TERN_DIRTY_INDEX_MASK;
 	__u64 *dirty = dirty_count_of(route, dirty_index);
 	struct tern_endpoint *replica;
 	__u64 commit_seq;
@@ -289,7 +334,7 @@ static __always_inline int sequence_write(struct xdp_md *ctx, struct frame *fram
 					  struct tern_shard_cell *cell)
 {
 	struct tern_header *tern = frame->tern;
-	__u32 dirty_index = tern->key_hash & (TERN_DIRTY_SLOTS - 1);
+	__u32 dirty_index = tern->key_hash & TERN_DIRTY_INDEX_MASK;
 	__u64 *dirty = dirty_count_of(route, dirty_index);
 	struct tern_endpoint *head = replica_at(route, 0);
 	struct tern_window_slot *slot = NULL;
@@ -302,7 +347,7 @@ static __always_inline int sequence_write(struct xdp_md *ctx, struct frame *fram
 	/* DESIGN rule 1: reserve the next sequence number whose window slot is
 	 * free. Only the winner of seq can claim its slot, so a slot seen free
 	 * before winning stays free until published (as SharedShard does). */
-	for (int attempt = 0; attempt < CAS_ATTEMPTS_MAX; attempt++) {
+	for (int attempt = 0; attempt < TERN_CAS_ATTEMPTS_MAX; attempt++) {
 		seq = READ_SHARED(cell->next_seq);
 		slot = slot_of(route, seq);
 		if (!slot || READ_SHARED(slot->seq) != 0)
@@ -319,7 +364,7 @@ static __always_inline int sequence_write(struct xdp_md *ctx, struct frame *fram
 	tern->seq = seq;
 	tern->commit_seq = READ_SHARED(cell->commit_seq);
 	/* Only the client's write options travel on with the write. */
-	tern->flags &= TERN_FLAG_IF_EXISTS | TERN_FLAG_RETURN_OLD | TERN_FLAG_RETURN_NEW;
+	tern->flags &= TERN_FLAGS_WRITE_OPTIONS;
 	tern->reply_ip = frame->ip->saddr;
 	tern->reply_port = frame->udp->source;
 	learn_client(frame);
@@ -364,7 +409,7 @@ static __always_inline int acknowledge(struct frame *frame, struct tern_shard_ro
 			return hand_to_user_space(TERN_XDP_COUNTER_PASS_NO_CLIENT_MAC);
 	}
 	/* DESIGN rule 4: commit_seq = max(commit_seq, seq) first. */
-	for (int attempt = 0; attempt < CAS_ATTEMPTS_MAX; attempt++) {
+	for (int attempt = 0; attempt < TERN_CAS_ATTEMPTS_MAX; attempt++) {
 		__u64 current = READ_SHARED(cell->commit_seq);
 
 		if (current >= seq ||
@@ -379,7 +424,7 @@ static __always_inline int acknowledge(struct frame *frame, struct tern_shard_ro
 	 * duplicate acknowledgement never lowers another write's count. */
 	slot = slot_of(route, seq);
 	if (slot) {
-		__u32 dirty_index = READ_SHARED(slot->dirty_index) & (TERN_DIRTY_SLOTS - 1);
+		__u32 dirty_index = READ_SHARED(slot->dirty_index) & TERN_DIRTY_INDEX_MASK;
 
 		BARRIER();
 		if (__sync_val_compare_and_swap(&slot->seq, seq, 0) == seq) {
@@ -396,7 +441,7 @@ static __always_inline int acknowledge(struct frame *frame, struct tern_shard_ro
 		return XDP_DROP; /* A gap fill: nobody to answer. */
 	/* Then the reply. */
 	tern->op = TERN_OP_REPLY;
-	tern->flags &= TERN_FLAG_ANSWER_ABSENT;
+	tern->flags &= TERN_FLAGS_REPLY_OPTIONS;
 	readdress(frame, client_ip, tern->reply_port, client->mac);
 	return XDP_TX;
 }
@@ -412,18 +457,6 @@ int tern_coordinator(struct xdp_md *ctx)
 
 	if (verdict != 0)
 		return verdict;
-	switch (frame.tern->op) {
-	case TERN_OP_GET:
-	case TERN_OP_PUT:
-	case TERN_OP_DELETE:
-	case TERN_OP_CAS:
-	case TERN_OP_INCRBY:
-	case TERN_OP_APPEND:
-	case TERN_OP_ACK:
-		break;
-	default:
-		return hand_to_user_space(TERN_XDP_COUNTER_PASS_OP);
-	}
 	route = route_of(frame.tern);
 	if (!route)
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_UNKNOWN_SHARD);

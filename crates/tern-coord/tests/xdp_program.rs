@@ -3,125 +3,16 @@
 //! state (the mapped maps) inspected through the same `ShardState` the
 //! user-space path uses. Needs root (CAP_BPF), as `make test` has.
 
-use std::collections::HashMap;
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use common::*;
 use tern_coord::xdp::XdpCoordinator;
-use tern_proto::coordinator::{ShardConfig, ShardState};
-use tern_proto::{SharedShard, Time};
+use tern_proto::Time;
+use tern_proto::coordinator::ShardState;
 use tern_wire::maps::XdpCounter;
 use tern_wire::{Header, Message, Op, Status, dirty_index, encode, flags, key_hash};
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-
-const COORDINATOR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 2), 7000);
-const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 1), 40000);
-const COORDINATOR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const EPOCH: u32 = 3;
-
-fn replica(index: u8) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 10 + index), 7100 + u16::from(index))
-}
-
-fn replica_mac(index: u8) -> [u8; 6] {
-    [2, 0, 0, 0, 1, index]
-}
-
-/// A loaded program serving shard 5 with a chain of three replicas.
-fn load() -> (XdpCoordinator, SharedShard) {
-    let chain = vec![replica(0), replica(1), replica(2)];
-    let macs: HashMap<_, _> = (0..3).map(|i| (replica(i), replica_mac(i))).collect();
-    let shard = ShardConfig {
-        shard: 5,
-        epoch: EPOCH,
-        chain,
-    };
-    let coordinator = XdpCoordinator::load(COORDINATOR, &[shard], &macs)
-        .unwrap_or_else(|error| panic!("loading the XDP program (these tests need root): {error}"));
-    let state = coordinator.shared_shard(5).unwrap();
-    (coordinator, state)
-}
-
-/// An Ethernet + IPv4 + UDP frame carrying `payload`.
-fn frame(from: SocketAddrV4, from_mac: [u8; 6], to: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::new();
-    frame.extend_from_slice(&COORDINATOR_MAC);
-    frame.extend_from_slice(&from_mac);
-    frame.extend_from_slice(&0x0800u16.to_be_bytes());
-    let total = (20 + 8 + payload.len()) as u16;
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&from.ip().octets());
-    ip[16..20].copy_from_slice(&to.ip().octets());
-    let checksum = ipv4_checksum(&ip);
-    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
-    frame.extend_from_slice(&ip);
-    frame.extend_from_slice(&from.port().to_be_bytes());
-    frame.extend_from_slice(&to.port().to_be_bytes());
-    frame.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    frame.extend_from_slice(&[0x12, 0x34]); // a checksum the program must clear
-    frame.extend_from_slice(payload);
-    frame
-}
-
-/// A frame from the client to the coordinator.
-fn from_client(payload: &[u8]) -> Vec<u8> {
-    frame(CLIENT, CLIENT_MAC, COORDINATOR, payload)
-}
-
-/// A frame from the tail (replica 2) to the coordinator.
-fn from_tail(payload: &[u8]) -> Vec<u8> {
-    frame(replica(2), replica_mac(2), COORDINATOR, payload)
-}
-
-fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
-        .sum();
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
-
-/// What a frame the program sent looks like.
-#[derive(Debug)]
-struct Sent {
-    destination_mac: [u8; 6],
-    source: SocketAddrV4,
-    destination: SocketAddrV4,
-    header: Header,
-}
-
-fn sent(frame: &[u8]) -> Sent {
-    let ip = &frame[14..34];
-    assert_eq!(
-        ipv4_checksum(ip),
-        0,
-        "the IPv4 checksum of the rewritten frame is valid"
-    );
-    assert_eq!(&frame[40..42], &[0, 0], "the UDP checksum is cleared");
-    let address = |ip: &[u8], port: &[u8]| {
-        SocketAddrV4::new(
-            Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]),
-            u16::from_be_bytes([port[0], port[1]]),
-        )
-    };
-    Sent {
-        destination_mac: frame[0..6].try_into().unwrap(),
-        source: address(&ip[12..16], &frame[34..36]),
-        destination: address(&ip[16..20], &frame[36..38]),
-        header: Message::decode(&frame[42..])
-            .expect("a valid datagram")
-            .header,
-    }
-}
 
 fn request(op: Op, key: &[u8], value: &[u8]) -> Vec<u8> {
     let mut header = Header::new(op, 5, EPOCH);
@@ -272,11 +163,28 @@ fn malformed_and_rare_datagrams_go_to_user_space_untouched_in_state() {
     let mut trailing = good.clone();
     trailing.push(0);
     let ping = encode(&Header::new(Op::Ping, 5, EPOCH), b"", b"").unwrap();
+    let mut wrong_key_hash = good.clone();
+    wrong_key_hash[28] ^= 1;
+    let mut unknown_status = good.clone();
+    unknown_status[4] = 200;
+    let mut unknown_effect = good.clone();
+    unknown_effect[6] = 200;
+    let mut get_with_value = Header::new(Op::Get, 5, EPOCH);
+    get_with_value.key_hash.set(key_hash(b"k"));
+    let get_with_value = encode(&get_with_value, b"k", b"v").unwrap();
     let cases: Vec<(&str, Vec<u8>, XdpCounter)> = vec![
         ("truncated", good[..40].to_vec(), XdpCounter::PassMalformed),
         ("bad magic", bad_magic, XdpCounter::PassMalformed),
         ("trailing bytes", trailing, XdpCounter::PassMalformed),
         ("unknown op", unknown_op, XdpCounter::PassOp),
+        ("wrong key hash", wrong_key_hash, XdpCounter::PassBadKeyHash),
+        ("unknown status", unknown_status, XdpCounter::PassMalformed),
+        ("unknown effect", unknown_effect, XdpCounter::PassMalformed),
+        (
+            "get with a value",
+            get_with_value,
+            XdpCounter::PassMalformed,
+        ),
         ("ping", ping, XdpCounter::PassOp),
         ("other epoch", other_epoch, XdpCounter::PassEpoch),
         ("unknown shard", unknown_shard, XdpCounter::PassUnknownShard),

@@ -322,10 +322,12 @@ impl<S: ShardState> ShardCoordinator<S> {
             self.finish_recovery();
         }
         if header.reply_port.get() != 0 {
+            // The acknowledgement turned into the reply as it is, as the
+            // kernel path does it in place.
             let mut reply = *header;
             reply.op = Op::Reply as u8;
-            reply.flags &= flags::ANSWER_ABSENT;
-            outbox.push(header.reply_addr(), &reply, &[], message.value);
+            reply.flags &= flags::REPLY_OPTIONS;
+            outbox.push(header.reply_addr(), &reply, message.key, message.value);
         }
     }
 

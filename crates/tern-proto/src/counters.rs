@@ -41,7 +41,9 @@ impl DecodeDrops {
             DecodeError::BadMagic { .. } => &mut self.bad_magic,
             DecodeError::UnsupportedVersion { .. } => &mut self.bad_version,
             DecodeError::UnknownOp(_) => &mut self.unknown_op,
-            DecodeError::UnknownStatus(_) | DecodeError::UnknownEffect(_) => &mut self.bad_field,
+            DecodeError::UnknownStatus(_)
+            | DecodeError::UnknownEffect(_)
+            | DecodeError::UnexpectedValue { .. } => &mut self.bad_field,
             DecodeError::KeyTooLarge { .. } | DecodeError::ValueTooLarge { .. } => {
                 &mut self.too_large
             }

@@ -13,7 +13,7 @@ use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use tern_store::{Store, Write};
-use tern_wire::{Effect, Header, Message, Op, Status, VALUE_LEN_MAX, flags};
+use tern_wire::{DecodeError, Effect, Header, Message, Op, Status, VALUE_LEN_MAX, flags};
 
 use crate::counters::{DecodeDrops, counters};
 use crate::{Core, Outbox, Time};
@@ -122,6 +122,8 @@ counters! {
         wrong_shard,
         fenced,
         reconfigurations,
+        /// Sequenced writes that failed to decode here, filled as refusals.
+        refused_sequenced,
     }
 }
 
@@ -527,6 +529,56 @@ impl Replica {
         }
     }
 
+    /// A datagram that failed to decode: counted, answered when its sender
+    /// can be answered, and, when it is a write the coordinator sequenced for
+    /// this head, decided as a refusal so that its seq is filled.
+    fn refuse(
+        &mut self,
+        now: Time,
+        from: SocketAddrV4,
+        bytes: &[u8],
+        error: DecodeError,
+        outbox: &mut Outbox,
+    ) {
+        self.drops.record(&error);
+        let (Some(status), Some(received)) =
+            (error.reply_status(), Message::readable_header(bytes))
+        else {
+            return;
+        };
+        let sequenced_here = !matches!(error, DecodeError::UnsupportedVersion { .. })
+            && Op::from_u8(received.op).is_some_and(Op::is_client_write)
+            && received.seq.get() != 0
+            && self.config.is_head()
+            && from == self.config.coordinator
+            && received.shard.get() == self.config.shard
+            && received.epoch.get() == self.config.epoch
+            && !self.fenced;
+        if !sequenced_here {
+            return crate::answer_status(from, &received, status, received.epoch.get(), outbox);
+        }
+        // Defence in depth: the coordinator checks what this decoder checks,
+        // so this never happens while both agree. If they ever disagree, a
+        // seq the coordinator handed out must still end applied: leaving it
+        // unfilled would hold back every later write of the shard for good.
+        // The write is decided as a no-op that carries the refusal, and the
+        // client gets the error with the acknowledgement.
+        if received.seq.get() > self.store.applied_seq() {
+            self.counters.refused_sequenced += 1;
+        }
+        let mut refusal = Header::new(Op::Noop, self.config.shard, self.config.epoch);
+        refusal.status = status as u8;
+        refusal.seq = received.seq;
+        refusal.commit_seq = received.commit_seq;
+        refusal.client_id = received.client_id;
+        refusal.request_id = received.request_id;
+        refusal.reply_ip = received.reply_ip;
+        refusal.reply_port = received.reply_port;
+        let encoded = tern_wire::encode(&refusal, &[], &[]).expect("an empty datagram encodes");
+        let message = Message::decode(&encoded).expect("a refusal is a valid datagram");
+        self.receive_sequenced(now, &message, &encoded, outbox);
+    }
+
     /// The head's decision for a sequenced client write (DESIGN rules 2, 6).
     fn decide(&mut self, message: &Message<'_>) -> Decision {
         let header = &message.header;
@@ -538,7 +590,8 @@ impl Replica {
             value: None,
         };
         if header.op() == Op::Noop {
-            return decided(Effect::None, Status::Ok, 0);
+            // A gap fill (Ok), or a sequenced write this head refused (`refuse`).
+            return decided(Effect::None, header.status(), 0);
         }
         if let Some(outcome) = self
             .outcomes
@@ -779,8 +832,9 @@ impl Replica {
 impl Core for Replica {
     /// Handles one received datagram.
     fn step(&mut self, now: Time, from: SocketAddrV4, bytes: &[u8], outbox: &mut Outbox) {
-        let Some(message) = crate::decode_or_refuse(from, bytes, &mut self.drops, outbox) else {
-            return;
+        let message = match Message::decode(bytes) {
+            Ok(message) => message,
+            Err(error) => return self.refuse(now, from, bytes, error, outbox),
         };
         let header = &message.header;
         match header.op() {

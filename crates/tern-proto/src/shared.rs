@@ -7,15 +7,11 @@ use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tern_wire::maps::{INFLIGHT_WRITES_MAX, ShardCell, WindowSlot};
+use tern_wire::maps::{CAS_ATTEMPTS_MAX, INFLIGHT_WRITES_MAX, ShardCell, WindowSlot};
 use tern_wire::{DIRTY_SLOTS, MESSAGE_LEN_MAX};
 
 use crate::Time;
 use crate::coordinator::ShardState;
-
-/// Attempts to reserve a sequence number before reporting contention as a
-/// full window (the XDP program uses the same bound).
-const RESERVE_ATTEMPTS_MAX: usize = 8;
 
 /// One shard's coordinator state in shared memory.
 #[derive(Debug)]
@@ -138,7 +134,7 @@ impl ShardState for SharedShard {
     fn begin_write(&self) -> Option<u64> {
         // The slot of `seq` can only be claimed by whoever wins `seq`, so a
         // slot seen free before winning stays free until it is published.
-        for _ in 0..RESERVE_ATTEMPTS_MAX {
+        for _ in 0..CAS_ATTEMPTS_MAX {
             let seq = self.cell().next_seq.load(Ordering::Acquire);
             if self.slot(seq).seq.load(Ordering::Acquire) != 0 {
                 return None;

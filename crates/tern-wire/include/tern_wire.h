@@ -20,6 +20,9 @@
 #define TERN_MESSAGE_LEN_MAX         1352
 #define TERN_SLOT_COUNT              16384
 #define TERN_DIRTY_SLOTS             65536
+#define TERN_DIRTY_INDEX_MASK        0xffff
+#define TERN_KEY_HASH_OFFSET_BASIS   0x811c9dc5u
+#define TERN_KEY_HASH_PRIME          0x01000193u
 
 #define TERN_OP_GET                  1
 #define TERN_OP_PUT                  2
@@ -60,10 +63,21 @@
 #define TERN_FLAG_RETURN_OLD         8
 #define TERN_FLAG_RETURN_NEW         16
 #define TERN_FLAG_ANSWER_ABSENT      32
+#define TERN_FLAGS_WRITE_OPTIONS     28
+#define TERN_FLAGS_REPLY_OPTIONS     32
+
+#define TERN_OP_CLASS_CLIENT_READ    1
+#define TERN_OP_CLASS_CLIENT_WRITE   2
+#define TERN_OP_CLASS_CARRIES_VALUE  4
+#define TERN_OP_CLASS_FAST_PATH      8
+#define TERN_OP_CLASS_ADMIN          16
+#define TERN_OP_CLASS_INTERNAL       32
 
 #define TERN_INFLIGHT_WRITES_MAX     4096
 #define TERN_SHARD_ID_MAX            64
 #define TERN_CHAIN_LEN_MAX           8
+#define TERN_CAS_ATTEMPTS_MAX        8
+#define TERN_CLIENT_MACS_MAX         65536
 #define TERN_XDP_COUNTER_READS_ANY   0
 #define TERN_XDP_COUNTER_READS_TAIL  1
 #define TERN_XDP_COUNTER_WRITES      2
@@ -77,7 +91,8 @@
 #define TERN_XDP_COUNTER_PASS_NO_CLIENT_MAC 10
 #define TERN_XDP_COUNTER_PASS_NOT_FROM_TAIL 11
 #define TERN_XDP_COUNTER_PASS_CONTENDED 12
-#define TERN_XDP_COUNTER_COUNT       13
+#define TERN_XDP_COUNTER_PASS_BAD_KEY_HASH 13
+#define TERN_XDP_COUNTER_COUNT       14
 
 struct tern_header {
 	__u16 magic;                     /* @0  Always MAGIC. */
@@ -179,5 +194,79 @@ _Static_assert(__builtin_offsetof(struct tern_window_slot, sent_ns) == 8, "tern_
 _Static_assert(__builtin_offsetof(struct tern_window_slot, dirty_index) == 16, "tern_window_slot.dirty_index offset");
 _Static_assert(__builtin_offsetof(struct tern_window_slot, len) == 20, "tern_window_slot.len offset");
 _Static_assert(__builtin_offsetof(struct tern_window_slot, data) == 24, "tern_window_slot.data offset");
+
+/* The TERN_OP_CLASS_* bits of op; 0 when op is unknown. */
+static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)
+{
+	switch (op) {
+	case TERN_OP_GET:
+		return TERN_OP_CLASS_CLIENT_READ | TERN_OP_CLASS_FAST_PATH;
+	case TERN_OP_PUT:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_FAST_PATH;
+	case TERN_OP_DELETE:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_FAST_PATH;
+	case TERN_OP_CAS:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_FAST_PATH;
+	case TERN_OP_NOOP:
+		return TERN_OP_CLASS_INTERNAL;
+	case TERN_OP_INCRBY:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_FAST_PATH;
+	case TERN_OP_APPEND:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_FAST_PATH;
+	case TERN_OP_PING:
+		return TERN_OP_CLASS_ADMIN;
+	case TERN_OP_STATS:
+		return TERN_OP_CLASS_ADMIN;
+	case TERN_OP_REPLY:
+		return TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_INTERNAL;
+	case TERN_OP_REPLICATE:
+		return TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_INTERNAL;
+	case TERN_OP_ACK:
+		return TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_FAST_PATH | TERN_OP_CLASS_INTERNAL;
+	case TERN_OP_RETRANSMIT:
+		return TERN_OP_CLASS_INTERNAL;
+	case TERN_OP_SEQ_PROBE:
+		return TERN_OP_CLASS_INTERNAL;
+	case TERN_OP_SEQ_REPORT:
+		return TERN_OP_CLASS_INTERNAL;
+	default:
+		return 0;
+	}
+}
+
+/* Whether value is a known status: one this version of the wire defines. */
+static inline __attribute__((always_inline)) int tern_status_known(__u8 value)
+{
+	switch (value) {
+	case 0:
+	case 1:
+	case 2:
+	case 3:
+	case 4:
+	case 5:
+	case 6:
+	case 7:
+	case 8:
+	case 9:
+	case 10:
+	case 11:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/* Whether value is a known effect: one this version of the wire defines. */
+static inline __attribute__((always_inline)) int tern_effect_known(__u8 value)
+{
+	switch (value) {
+	case 0:
+	case 1:
+	case 2:
+		return 1;
+	default:
+		return 0;
+	}
+}
 
 #endif /* TERN_WIRE_H */

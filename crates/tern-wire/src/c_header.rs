@@ -8,12 +8,13 @@ use std::fmt::Write;
 use std::mem::size_of;
 
 use crate::maps::{
-    CHAIN_LEN_MAX, Endpoint, INFLIGHT_WRITES_MAX, SHARD_ID_MAX, ShardCell, ShardRoute, WindowSlot,
-    XDP_COUNTER_COUNT, XdpCounter,
+    CAS_ATTEMPTS_MAX, CHAIN_LEN_MAX, CLIENT_MACS_MAX, Endpoint, INFLIGHT_WRITES_MAX, SHARD_ID_MAX,
+    ShardCell, ShardRoute, WindowSlot, XDP_COUNTER_COUNT, XdpCounter,
 };
 use crate::{
-    CStruct, DIRTY_SLOTS, Effect, HEADER_LEN, Header, KEY_LEN_MAX, MAGIC, MESSAGE_LEN_MAX, Op,
-    SLOT_COUNT, Status, VALUE_LEN_MAX, WIRE_VERSION, flags,
+    CStruct, DIRTY_INDEX_MASK, DIRTY_SLOTS, Effect, HEADER_LEN, Header, KEY_HASH_OFFSET_BASIS,
+    KEY_HASH_PRIME, KEY_LEN_MAX, MAGIC, MESSAGE_LEN_MAX, Op, SLOT_COUNT, Status, VALUE_LEN_MAX,
+    WIRE_VERSION, flags, op_class,
 };
 
 /// Path of the committed header, relative to this crate's root.
@@ -54,6 +55,21 @@ pub fn generate() -> String {
     define(out, "TERN_MESSAGE_LEN_MAX", &MESSAGE_LEN_MAX.to_string());
     define(out, "TERN_SLOT_COUNT", &SLOT_COUNT.to_string());
     define(out, "TERN_DIRTY_SLOTS", &DIRTY_SLOTS.to_string());
+    define(
+        out,
+        "TERN_DIRTY_INDEX_MASK",
+        &format!("{DIRTY_INDEX_MASK:#x}"),
+    );
+    define(
+        out,
+        "TERN_KEY_HASH_OFFSET_BASIS",
+        &format!("{KEY_HASH_OFFSET_BASIS:#010x}u"),
+    );
+    define(
+        out,
+        "TERN_KEY_HASH_PRIME",
+        &format!("{KEY_HASH_PRIME:#010x}u"),
+    );
     out.push('\n');
     for (op, name) in Op::ALL {
         define(out, &format!("TERN_OP_{name}"), &(*op as u8).to_string());
@@ -78,6 +94,20 @@ pub fn generate() -> String {
     for (flag, name) in flags::ALL {
         define(out, &format!("TERN_FLAG_{name}"), &flag.to_string());
     }
+    define(
+        out,
+        "TERN_FLAGS_WRITE_OPTIONS",
+        &flags::WRITE_OPTIONS.to_string(),
+    );
+    define(
+        out,
+        "TERN_FLAGS_REPLY_OPTIONS",
+        &flags::REPLY_OPTIONS.to_string(),
+    );
+    out.push('\n');
+    for (class, name) in op_class::ALL {
+        define(out, &format!("TERN_OP_CLASS_{name}"), &class.to_string());
+    }
     out.push('\n');
     define(
         out,
@@ -86,6 +116,8 @@ pub fn generate() -> String {
     );
     define(out, "TERN_SHARD_ID_MAX", &SHARD_ID_MAX.to_string());
     define(out, "TERN_CHAIN_LEN_MAX", &CHAIN_LEN_MAX.to_string());
+    define(out, "TERN_CAS_ATTEMPTS_MAX", &CAS_ATTEMPTS_MAX.to_string());
+    define(out, "TERN_CLIENT_MACS_MAX", &CLIENT_MACS_MAX.to_string());
     for (counter, name) in XdpCounter::ALL {
         define(
             out,
@@ -101,6 +133,17 @@ pub fn generate() -> String {
     for shared in STRUCTS {
         declare(out, shared);
     }
+    classify_ops(out);
+    known_values(
+        out,
+        "status",
+        Status::ALL.iter().map(|(value, _)| *value as u8),
+    );
+    known_values(
+        out,
+        "effect",
+        Effect::ALL.iter().map(|(value, _)| *value as u8),
+    );
     let _ = writeln!(out, "\n#endif /* TERN_WIRE_H */");
     text
 }
@@ -175,6 +218,50 @@ fn declare(out: &mut String, shared: &CStruct) {
             offset = field.offset
         );
     }
+}
+
+/// `tern_op_classes(op)`: the classes of `op` (0 for an unknown op), the C
+/// twin of [`Op::classes`].
+fn classify_ops(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "\n/* The TERN_OP_CLASS_* bits of op; 0 when op is unknown. */"
+    );
+    let _ = writeln!(
+        out,
+        "static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)\n{{"
+    );
+    let _ = writeln!(out, "\tswitch (op) {{");
+    for (op, name) in Op::ALL {
+        let classes: Vec<String> = op_class::ALL
+            .iter()
+            .filter(|(class, _)| op.classes() & class != 0)
+            .map(|(_, class_name)| format!("TERN_OP_CLASS_{class_name}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\tcase TERN_OP_{name}:\n\t\treturn {};",
+            classes.join(" | ")
+        );
+    }
+    let _ = writeln!(out, "\tdefault:\n\t\treturn 0;\n\t}}\n}}");
+}
+
+/// `tern_<what>_known(value)`: whether `value` is one of `values`.
+fn known_values(out: &mut String, what: &str, values: impl Iterator<Item = u8>) {
+    let _ = writeln!(
+        out,
+        "\n/* Whether value is a known {what}: one this version of the wire defines. */"
+    );
+    let _ = writeln!(
+        out,
+        "static inline __attribute__((always_inline)) int tern_{what}_known(__u8 value)\n{{"
+    );
+    let _ = writeln!(out, "\tswitch (value) {{");
+    for value in values {
+        let _ = writeln!(out, "\tcase {value}:");
+    }
+    let _ = writeln!(out, "\t\treturn 1;\n\tdefault:\n\t\treturn 0;\n\t}}\n}}");
 }
 
 fn define(out: &mut String, name: &str, value: &str) {

@@ -60,7 +60,7 @@ wire_enum! {
         Delete = 3 => "DELETE",
         /// Client compare-and-set: `version` holds the expected version (0: key absent).
         Cas = 4 => "CAS",
-                /// A sequence number filled by the coordinator without a write (gap repair).
+        /// A sequence number filled by the coordinator without a write (gap repair).
         Noop = 5 => "NOOP",
         /// Client atomic add: the value is a decimal delta; the head adds it to
         /// the key's decimal integer value (absent: 0).
@@ -102,7 +102,7 @@ wire_enum! {
         UnsupportedVersion = 7 => "UNSUPPORTED_VERSION",
         UnknownOp = 8 => "UNKNOWN_OP",
         TooLarge = 9 => "TOO_LARGE",
-                /// The header's `key_hash` does not match the key.
+        /// The header's `key_hash` does not match the key.
         BadKeyHash = 10 => "BAD_KEY_HASH",
         /// INCRBY on a value that is not a decimal 64-bit integer, or overflow.
         NotInteger = 11 => "NOT_INTEGER",
@@ -119,18 +119,77 @@ wire_enum! {
     }
 }
 
+/// What an op is, as bits: every receiver (the Rust cores and the XDP program,
+/// through the generated `tern_op_classes()`) dispatches on these classes,
+/// so adding an op means adding one line to [`Op::classes`].
+pub mod op_class {
+    /// A client's read of a key (forwarded by the coordinator).
+    pub const CLIENT_READ: u8 = 1;
+    /// A client's write of a key, sequenced by the coordinator.
+    pub const CLIENT_WRITE: u8 = 2;
+    /// May carry value bytes; any other op with a value is malformed.
+    pub const CARRIES_VALUE: u8 = 4;
+    /// Handled by the coordinator's kernel fast path (the rest goes up).
+    pub const FAST_PATH: u8 = 8;
+    /// Answered by the receiving process itself, whatever its role.
+    pub const ADMIN: u8 = 16;
+    /// A message between Tern's own processes (chain, recovery, answers).
+    pub const INTERNAL: u8 = 32;
+    /// Every class with its C name.
+    pub const ALL: &[(u8, &str)] = &[
+        (CLIENT_READ, "CLIENT_READ"),
+        (CLIENT_WRITE, "CLIENT_WRITE"),
+        (CARRIES_VALUE, "CARRIES_VALUE"),
+        (FAST_PATH, "FAST_PATH"),
+        (ADMIN, "ADMIN"),
+        (INTERNAL, "INTERNAL"),
+    ];
+}
+
 impl Op {
+    /// The classes of this op (bits of [`op_class`]): the one definition
+    /// that the Rust cores and the generated C function share.
+    pub const fn classes(self) -> u8 {
+        use op_class::*;
+        match self {
+            Op::Get => CLIENT_READ | FAST_PATH,
+            Op::Put | Op::Cas | Op::IncrBy | Op::Append => CLIENT_WRITE | CARRIES_VALUE | FAST_PATH,
+            Op::Delete => CLIENT_WRITE | FAST_PATH,
+            Op::Noop | Op::Retransmit | Op::SeqProbe | Op::SeqReport => INTERNAL,
+            Op::Ping | Op::Stats => ADMIN,
+            Op::Reply => INTERNAL | CARRIES_VALUE,
+            Op::Replicate => INTERNAL | CARRIES_VALUE,
+            Op::Ack => INTERNAL | CARRIES_VALUE | FAST_PATH,
+        }
+    }
+
+    const fn is(self, class: u8) -> bool {
+        self.classes() & class != 0
+    }
+
     /// A client's request for a key (sequenced writes and reads).
-    pub fn is_client_request(self) -> bool {
-        self == Op::Get || self.is_client_write()
+    pub const fn is_client_request(self) -> bool {
+        self.is(op_class::CLIENT_READ | op_class::CLIENT_WRITE)
     }
 
     /// A client's write, which the coordinator sequences.
-    pub fn is_client_write(self) -> bool {
-        matches!(
-            self,
-            Op::Put | Op::Delete | Op::Cas | Op::IncrBy | Op::Append
-        )
+    pub const fn is_client_write(self) -> bool {
+        self.is(op_class::CLIENT_WRITE)
+    }
+
+    /// Whether a datagram of this op may carry value bytes.
+    pub const fn carries_value(self) -> bool {
+        self.is(op_class::CARRIES_VALUE)
+    }
+
+    /// Whether the XDP coordinator handles this op in the kernel.
+    pub const fn is_fast_path(self) -> bool {
+        self.is(op_class::FAST_PATH)
+    }
+
+    /// Ping and Stats: answered by whichever process receives them.
+    pub const fn is_admin(self) -> bool {
+        self.is(op_class::ADMIN)
     }
 }
 
@@ -151,6 +210,8 @@ pub mod flags {
     pub const ANSWER_ABSENT: u8 = 32;
     /// Flags a client sets on a write, which travel with it down the chain.
     pub const WRITE_OPTIONS: u8 = IF_EXISTS | RETURN_OLD | RETURN_NEW;
+    /// Flags a reply keeps from the acknowledgement it is made from.
+    pub const REPLY_OPTIONS: u8 = ANSWER_ABSENT;
     /// Every flag this version of the wire defines.
     pub const ALL: &[(u8, &str)] = &[
         (TAIL_READ, "TAIL_READ"),

@@ -27,13 +27,18 @@ const _: () = assert!(DIRTY_SLOTS.is_multiple_of(SLOT_COUNT));
 /// kernel path all use this one function; it is simple enough to compute in
 /// eBPF with a bounded loop.
 pub fn key_hash(key: &[u8]) -> u32 {
-    let mut hash: u32 = 0x811C_9DC5;
+    let mut hash: u32 = KEY_HASH_OFFSET_BASIS;
     for &byte in key {
         hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
+        hash = hash.wrapping_mul(KEY_HASH_PRIME);
     }
     hash
 }
+
+/// FNV-1a's 32-bit offset basis (the hash of the empty key).
+pub const KEY_HASH_OFFSET_BASIS: u32 = 0x811C_9DC5;
+/// FNV-1a's 32-bit prime.
+pub const KEY_HASH_PRIME: u32 = 0x0100_0193;
 
 /// The hash slot of a key hash (which shard owns the key).
 pub fn slot_of(key_hash: u32) -> u32 {
@@ -42,5 +47,8 @@ pub fn slot_of(key_hash: u32) -> u32 {
 
 /// The dirty-table entry of a key hash (DESIGN rule 3).
 pub fn dirty_index(key_hash: u32) -> u32 {
-    key_hash & (DIRTY_SLOTS - 1)
+    key_hash & DIRTY_INDEX_MASK
 }
+
+/// `dirty_index(hash) == hash & DIRTY_INDEX_MASK`.
+pub const DIRTY_INDEX_MASK: u32 = DIRTY_SLOTS - 1;

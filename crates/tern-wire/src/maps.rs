@@ -23,6 +23,14 @@ pub const SHARD_ID_MAX: u32 = 64;
 /// Longest chain the XDP coordinator can forward to.
 pub const CHAIN_LEN_MAX: usize = 8;
 
+/// Attempts at a contended compare-and-swap on a shard's counters (reserving
+/// a sequence number, advancing `commit_seq`) before the XDP program hands
+/// the datagram to user space and user space reports the window as full.
+pub const CAS_ATTEMPTS_MAX: u32 = 8;
+/// Clients whose Ethernet address the XDP program remembers (an LRU table),
+/// to turn acknowledgements into replies in the kernel.
+pub const CLIENT_MACS_MAX: u32 = 65536;
+
 const _: () = assert!(INFLIGHT_WRITES_MAX.is_power_of_two());
 
 // zerocopy's KnownLayout derive generates a helper type without Debug.
@@ -147,6 +155,8 @@ crate::wire_enum! {
         PassNotFromTail = 11 => "PASS_NOT_FROM_TAIL",
         /// Handed to user space: a compare-and-swap lost to other CPUs too often.
         PassContended = 12 => "PASS_CONTENDED",
+        /// Handed to user space: a request whose key_hash does not match its key.
+        PassBadKeyHash = 13 => "PASS_BAD_KEY_HASH",
     }
 }
 

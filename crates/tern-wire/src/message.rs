@@ -32,6 +32,8 @@ pub enum DecodeError {
     LengthMismatch { announced: usize, actual: usize },
     #[error("key_hash does not match the key")]
     BadKeyHash,
+    #[error("op {op:?} carries no value, but the datagram has {len} value bytes")]
+    UnexpectedValue { op: Op, len: usize },
 }
 
 impl DecodeError {
@@ -47,7 +49,8 @@ impl DecodeError {
             DecodeError::BadKeyHash => Some(Status::BadKeyHash),
             DecodeError::UnknownStatus(_)
             | DecodeError::UnknownEffect(_)
-            | DecodeError::LengthMismatch { .. } => Some(Status::Malformed),
+            | DecodeError::LengthMismatch { .. }
+            | DecodeError::UnexpectedValue { .. } => Some(Status::Malformed),
         }
     }
 }
@@ -100,6 +103,9 @@ impl<'a> Message<'a> {
                 announced: HEADER_LEN + key_len + value_len,
                 actual: bytes.len(),
             });
+        }
+        if value_len != 0 && !op.carries_value() {
+            return Err(DecodeError::UnexpectedValue { op, len: value_len });
         }
         let (key, value) = rest.split_at(key_len);
         // Requests name their key; the hash is checked so that a wrong hash

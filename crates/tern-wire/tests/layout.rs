@@ -159,8 +159,11 @@ proptest! {
     fn encode_then_decode_returns_the_same_message(
         mut header in arbitrary_header(),
         key in prop::collection::vec(any::<u8>(), 0..=KEY_LEN_MAX),
-        value in prop::collection::vec(any::<u8>(), 0..=VALUE_LEN_MAX),
+        mut value in prop::collection::vec(any::<u8>(), 0..=VALUE_LEN_MAX),
     ) {
+        if !header.op().carries_value() {
+            value.clear();
+        }
         header.key_hash.set(key_hash(&key));
         let bytes = encode(&header, &key, &value).unwrap();
         prop_assert!(bytes.len() <= MESSAGE_LEN_MAX);
@@ -171,6 +174,26 @@ proptest! {
         header.key_len.set(key.len() as u16);
         header.value_len.set(value.len() as u16);
         prop_assert_eq!(message.header, header);
+    }
+
+    #[test]
+    fn a_value_on_an_op_that_carries_none_is_refused(
+        header in arbitrary_header(),
+        key in prop::collection::vec(any::<u8>(), 0..8),
+        value in prop::collection::vec(any::<u8>(), 1..8),
+    ) {
+        let mut header = header;
+        header.key_hash.set(key_hash(&key));
+        let bytes = encode(&header, &key, &value).unwrap();
+        let decoded = Message::decode(&bytes);
+        if header.op().carries_value() {
+            prop_assert!(decoded.is_ok());
+        } else {
+            prop_assert_eq!(
+                decoded.unwrap_err(),
+                DecodeError::UnexpectedValue { op: header.op(), len: value.len() }
+            );
+        }
     }
 
     #[test]

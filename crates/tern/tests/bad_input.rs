@@ -1,6 +1,9 @@
 //! Malformed datagrams sent to live processes are counted and dropped, or
 //! answered with an error when the sender can be answered; the process keeps
-//! serving. Oversized keys and values are refused by the CLI with the limit.
+//! serving. Both coordinator modes get the same corpus, sent as a client
+//! would: the XDP program must refuse (hand up) everything the Rust decoder
+//! refuses, or a sequenced write the head cannot apply wedges the shard.
+//! Oversized keys and values are refused by the CLI with the limit.
 
 mod common;
 
@@ -46,7 +49,29 @@ fn cases() -> Vec<Case> {
     // A valid header followed by more bytes than it announces.
     let mut trailing = good.clone();
     trailing.extend_from_slice(b"junk");
-    vec![
+    // Writes and reads whose key hash does not match the key: three writes,
+    // as many as once wedged a shard through the XDP path for good.
+    let wrong_hash = |op: Op, key: &[u8], value: &[u8]| {
+        let mut header = Header::new(op, 0, 1);
+        header.key_hash.set(key_hash(key) ^ 0x5a5a);
+        header.request_id.set(77);
+        encode(&header, key, value).unwrap()
+    };
+    // A put whose header is valid but for one field.
+    let put_with = |change: &dyn Fn(&mut Header)| {
+        let mut header = Header::new(Op::Put, 0, 1);
+        header.key_hash.set(key_hash(b"k"));
+        header.request_id.set(77);
+        change(&mut header);
+        let mut bytes = header.as_bytes().to_vec();
+        bytes.extend_from_slice(b"kv");
+        bytes
+    };
+    let mut get_with_value = Header::new(Op::Get, 0, 1);
+    get_with_value.key_hash.set(key_hash(b"k"));
+    get_with_value.request_id.set(77);
+    let get_with_value = encode(&get_with_value, b"k", b"v").unwrap();
+    let mut cases = vec![
         Case {
             name: "truncated",
             bytes: good[..10].to_vec(),
@@ -83,13 +108,50 @@ fn cases() -> Vec<Case> {
             reply: Some(Status::Malformed),
             counter: "drop_bad_length",
         },
-    ]
+        Case {
+            name: "unknown status",
+            bytes: put_with(&|header| header.status = 200),
+            reply: Some(Status::Malformed),
+            counter: "drop_bad_field",
+        },
+        Case {
+            name: "unknown effect",
+            bytes: put_with(&|header| header.effect = 200),
+            reply: Some(Status::Malformed),
+            counter: "drop_bad_field",
+        },
+        Case {
+            name: "get with a value",
+            bytes: get_with_value,
+            reply: Some(Status::Malformed),
+            counter: "drop_bad_field",
+        },
+        Case {
+            name: "wrong key hash on a get",
+            bytes: wrong_hash(Op::Get, b"k", b""),
+            reply: Some(Status::BadKeyHash),
+            counter: "drop_bad_key_hash",
+        },
+    ];
+    for (index, op) in [Op::Put, Op::Cas, Op::IncrBy].into_iter().enumerate() {
+        cases.push(Case {
+            name: "wrong key hash on a write",
+            bytes: wrong_hash(op, format!("key{index}").as_bytes(), b"1"),
+            reply: Some(Status::BadKeyHash),
+            counter: "drop_bad_key_hash",
+        });
+    }
+    cases
 }
 
 fn counter(stats: &str, name: &str) -> u64 {
     stats
         .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .find_map(|line| {
+            // `name value`, or `name total cpu0 cpu1 ...` for XDP counters.
+            let values = line.strip_prefix(name)?.strip_prefix(' ')?;
+            values.split(' ').next()?.parse().ok()
+        })
         .unwrap_or_else(|| panic!("no counter {name} in:\n{stats}"))
 }
 
@@ -100,7 +162,8 @@ fn stats_of(client: &mut Client, address: SocketAddrV4) -> String {
 
 fn send_bad_datagrams_to(target: SocketAddrV4, cluster: &TestCluster) {
     let mut client = Client::new(cluster.map.clone()).unwrap();
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Any address: the target may be on loopback or in a network namespace.
+    let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
     socket
         .set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
@@ -137,20 +200,39 @@ fn send_bad_datagrams_to(target: SocketAddrV4, cluster: &TestCluster) {
             case.counter
         );
     }
-    // The process still serves.
-    client
-        .put(b"after-bad-input", b"still here")
-        .expect("cluster serves after bad input");
-    assert_eq!(
-        client.get(b"after-bad-input").unwrap().unwrap().value,
-        b"still here"
-    );
+    // The process still serves, writes and reads, many times over (a
+    // wedged shard would hold back every write behind an unfilled seq).
+    for round in 0..20 {
+        let key = format!("after-bad-input-{round}");
+        client
+            .put(key.as_bytes(), b"still here")
+            .expect("cluster serves writes after bad input");
+        assert_eq!(
+            client.get(key.as_bytes()).unwrap().unwrap().value,
+            b"still here"
+        );
+    }
 }
 
 #[test]
 fn a_coordinator_counts_and_drops_malformed_datagrams_and_keeps_serving() {
     let cluster = TestCluster::up(1, 3);
     send_bad_datagrams_to(cluster.map.shards[0].coordinator, &cluster);
+}
+
+#[test]
+fn an_xdp_coordinator_refuses_what_the_decoder_refuses_and_keeps_serving() {
+    let cluster = TestCluster::up_with(1, 3, "xdp", "netns");
+    let coordinator = cluster.map.shards[0].coordinator;
+    send_bad_datagrams_to(coordinator, &cluster);
+    // The kernel refused them itself: the wrong key hashes were handed up
+    // by the XDP program, and the head never had to fill a refused seq.
+    let mut client = Client::new(cluster.map.clone()).unwrap();
+    let stats = stats_of(&mut client, coordinator);
+    assert_eq!(counter(&stats, "xdp.pass_bad_key_hash"), 4, "{stats}");
+    assert!(counter(&stats, "xdp.writes") >= 20, "{stats}");
+    let head = stats_of(&mut client, cluster.map.shards[0].replicas[0]);
+    assert_eq!(counter(&head, "refused_sequenced"), 0, "{head}");
 }
 
 #[test]

@@ -1,0 +1,132 @@
+//! What the XDP program tests share: a loaded program serving shard 5 with a
+//! chain of three replicas, and frames as a client or the tail would send.
+#![allow(dead_code)] // Each test file uses a different part of the kit.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use tern_coord::xdp::XdpCoordinator;
+use tern_proto::SharedShard;
+use tern_proto::coordinator::ShardConfig;
+use tern_wire::{Header, Message};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+pub const COORDINATOR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 2), 7000);
+pub const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 1), 40000);
+pub const COORDINATOR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+pub const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+pub const EPOCH: u32 = 3;
+
+pub fn replica(index: u8) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 10 + index), 7100 + u16::from(index))
+}
+
+pub fn replica_mac(index: u8) -> [u8; 6] {
+    [2, 0, 0, 0, 1, index]
+}
+
+/// A loaded program serving shard 5 with a chain of three replicas.
+pub fn load() -> (XdpCoordinator, SharedShard) {
+    let chain = vec![replica(0), replica(1), replica(2)];
+    let macs: HashMap<_, _> = (0..3).map(|i| (replica(i), replica_mac(i))).collect();
+    let shard = ShardConfig {
+        shard: 5,
+        epoch: EPOCH,
+        chain,
+    };
+    let coordinator = XdpCoordinator::load(COORDINATOR, &[shard], &macs)
+        .unwrap_or_else(|error| panic!("loading the XDP program (these tests need root): {error}"));
+    let state = coordinator.shared_shard(5).unwrap();
+    (coordinator, state)
+}
+
+/// An Ethernet + IPv4 + UDP frame carrying `payload`.
+pub fn frame(from: SocketAddrV4, from_mac: [u8; 6], to: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&COORDINATOR_MAC);
+    frame.extend_from_slice(&from_mac);
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&from.ip().octets());
+    ip[16..20].copy_from_slice(&to.ip().octets());
+    let checksum = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&from.port().to_be_bytes());
+    frame.extend_from_slice(&to.port().to_be_bytes());
+    frame.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    frame.extend_from_slice(&[0x12, 0x34]); // a checksum the program must clear
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// A frame from the client to the coordinator.
+pub fn from_client(payload: &[u8]) -> Vec<u8> {
+    frame(CLIENT, CLIENT_MAC, COORDINATOR, payload)
+}
+
+/// A frame from the tail (replica 2) to the coordinator.
+pub fn from_tail(payload: &[u8]) -> Vec<u8> {
+    frame(replica(2), replica_mac(2), COORDINATOR, payload)
+}
+
+pub fn ipv4_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum();
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// What a frame the program sent looks like.
+#[derive(Debug)]
+pub struct Sent {
+    pub destination_mac: [u8; 6],
+    pub source: SocketAddrV4,
+    pub destination: SocketAddrV4,
+    pub header: Header,
+}
+
+/// The addresses of a frame the program rewrote: (source, destination).
+/// Asserts that its IPv4 checksum is valid and its UDP checksum cleared.
+pub fn rewritten_addresses(frame: &[u8]) -> (SocketAddrV4, SocketAddrV4) {
+    let ip = &frame[14..34];
+    assert_eq!(
+        ipv4_checksum(ip),
+        0,
+        "the IPv4 checksum of the rewritten frame is valid"
+    );
+    assert_eq!(&frame[40..42], &[0, 0], "the UDP checksum is cleared");
+    let address = |ip: &[u8], port: &[u8]| {
+        SocketAddrV4::new(
+            Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]),
+            u16::from_be_bytes([port[0], port[1]]),
+        )
+    };
+    (
+        address(&ip[12..16], &frame[34..36]),
+        address(&ip[16..20], &frame[36..38]),
+    )
+}
+
+pub fn sent(frame: &[u8]) -> Sent {
+    let (source, destination) = rewritten_addresses(frame);
+    Sent {
+        destination_mac: frame[0..6].try_into().unwrap(),
+        source,
+        destination,
+        header: Message::decode(&frame[42..])
+            .expect("a valid datagram")
+            .header,
+    }
+}

@@ -1,0 +1,476 @@
+//! The kernel path and the Rust path agree, datagram by datagram.
+//!
+//! One corpus (valid datagrams of every op, every malformed kind the Rust
+//! decoder knows, and seeded random mutations of valid ones) goes through two
+//! coordinators of the same shard:
+//! - Rust: the user-space coordinator (`Coordinator::step`, decoder
+//!   included) on its own state in process memory;
+//! - kernel: the XDP program (BPF_PROG_TEST_RUN) on the mapped maps, with
+//!   every datagram it hands up (XDP_PASS) run through the user-space
+//!   coordinator on those same maps, as in production.
+//!
+//! After every datagram both must have sent the same bytes to the same
+//! address and hold the same shared state. Needs root (CAP_BPF).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddrV4;
+
+use common::*;
+use tern_coord::xdp::XdpCoordinator;
+use tern_proto::coordinator::{Coordinator, ShardConfig, ShardCoordinator, ShardState};
+use tern_proto::{Core, Outbox, SharedShard, Time};
+use tern_wire::maps::XdpCounter;
+use tern_wire::{
+    HEADER_LEN, Header, KEY_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, dirty_index, encode,
+    flags, key_hash,
+};
+use zerocopy::IntoBytes;
+
+const SHARD: u32 = 5;
+
+/// A coordinator process for shard 5 on `state`, past its start-up probe.
+fn ready_coordinator(state: SharedShard) -> Coordinator<SharedShard> {
+    let config = ShardConfig {
+        shard: SHARD,
+        epoch: EPOCH,
+        chain: vec![replica(0), replica(1), replica(2)],
+    };
+    let mut coordinator = Coordinator::new([ShardCoordinator::new(config, state)]);
+    // DESIGN rule 8 against an empty chain: head and tail report nothing.
+    let mut outbox = Outbox::new();
+    for index in [0, 2] {
+        let report = Header::new(Op::SeqReport, SHARD, EPOCH);
+        let bytes = encode(&report, b"", b"").unwrap();
+        coordinator.step(Time::ZERO, replica(index), &bytes, &mut outbox);
+    }
+    assert!(coordinator.is_ready());
+    coordinator
+}
+
+/// Where a datagram comes from.
+#[derive(Clone, Copy, Debug)]
+enum Sender {
+    Client,
+    Head,
+    Middle,
+    Tail,
+}
+
+impl Sender {
+    fn address(self) -> SocketAddrV4 {
+        match self {
+            Sender::Client => CLIENT,
+            Sender::Head => replica(0),
+            Sender::Middle => replica(1),
+            Sender::Tail => replica(2),
+        }
+    }
+
+    fn frame(self, payload: &[u8]) -> Vec<u8> {
+        match self {
+            Sender::Client => from_client(payload),
+            Sender::Head => frame(replica(0), replica_mac(0), COORDINATOR, payload),
+            Sender::Middle => frame(replica(1), replica_mac(1), COORDINATOR, payload),
+            Sender::Tail => from_tail(payload),
+        }
+    }
+}
+
+/// What one coordinator sent in answer to one datagram.
+type Sent = Vec<(SocketAddrV4, Vec<u8>)>;
+
+fn drain(outbox: &mut Outbox) -> Sent {
+    let sent = outbox
+        .iter()
+        .map(|(to, bytes)| (to, bytes.to_vec()))
+        .collect();
+    outbox.clear();
+    sent
+}
+
+struct Twins {
+    xdp: XdpCoordinator,
+    /// The user-space rare path on the kernel's maps.
+    kernel_side: Coordinator<SharedShard>,
+    kernel_state: SharedShard,
+    rust: Coordinator<SharedShard>,
+    outbox: Outbox,
+    key_hashes: BTreeSet<u32>,
+    /// Verdicts seen, for the corpus coverage check.
+    verdicts: [u64; 4],
+}
+
+impl Twins {
+    fn new() -> Twins {
+        let (xdp, kernel_state) = load();
+        let kernel_side = ready_coordinator(xdp.shared_shard(SHARD).unwrap());
+        let rust = ready_coordinator(SharedShard::in_process());
+        Twins {
+            kernel_state,
+            xdp,
+            kernel_side,
+            rust,
+            outbox: Outbox::new(),
+            key_hashes: BTreeSet::new(),
+            verdicts: [0; 4],
+        }
+    }
+
+    /// Runs one datagram through both paths and asserts they agree.
+    fn check(&mut self, name: &str, sender: Sender, payload: &[u8]) {
+        if let Some(header) = Message::readable_header(payload) {
+            self.key_hashes.insert(header.key_hash.get());
+        }
+        let from = sender.address();
+        self.rust.step(Time::ZERO, from, payload, &mut self.outbox);
+        let rust_sent = drain(&mut self.outbox);
+
+        let (verdict, out) = self.xdp.test_run(&sender.frame(payload)).unwrap();
+        self.verdicts[verdict as usize] += 1;
+        let kernel_sent: Sent = match verdict {
+            XDP_TX => {
+                let (source, destination) = rewritten_addresses(&out);
+                assert_eq!(source, COORDINATOR, "{name}");
+                vec![(destination, out[42..].to_vec())]
+            }
+            XDP_PASS => {
+                assert_eq!(&out[..6], &COORDINATOR_MAC, "{name}: handed up as it came");
+                self.kernel_side
+                    .step(Time::ZERO, from, &out[42..], &mut self.outbox);
+                drain(&mut self.outbox)
+            }
+            XDP_DROP => Vec::new(),
+            other => panic!("{name}: verdict {other}"),
+        };
+        let is_stats = Message::readable_header(payload).is_some_and(|h| h.op == Op::Stats as u8);
+        if is_stats {
+            // Counters differ by design: each path counts what it handled.
+            let destinations = |sent: &Sent| sent.iter().map(|(to, _)| *to).collect::<Vec<_>>();
+            assert_eq!(
+                destinations(&kernel_sent),
+                destinations(&rust_sent),
+                "{name}"
+            );
+        } else {
+            assert_eq!(
+                kernel_sent, rust_sent,
+                "{name}: the kernel path (verdict {verdict}) and the Rust path sent different datagrams"
+            );
+        }
+        self.assert_same_state(name);
+    }
+
+    fn assert_same_state(&self, name: &str) {
+        let kernel = &self.kernel_state;
+        let rust = self.rust.shard(SHARD).unwrap().state();
+        assert_eq!(kernel.next_seq(), rust.next_seq(), "{name}: next_seq");
+        assert_eq!(kernel.commit_seq(), rust.commit_seq(), "{name}: commit_seq");
+        assert_eq!(kernel.all_dirty(), rust.all_dirty(), "{name}: all_dirty");
+        for hash in &self.key_hashes {
+            let index = dirty_index(*hash);
+            assert_eq!(
+                kernel.dirty_count(index),
+                rust.dirty_count(index),
+                "{name}: dirty count of entry {index}"
+            );
+        }
+        let (mut kernel_copy, mut rust_copy) = (Vec::new(), Vec::new());
+        for seq in 1..rust.next_seq().max(kernel.next_seq()) {
+            assert_eq!(
+                kernel.is_in_flight(seq),
+                rust.is_in_flight(seq),
+                "{name}: seq {seq} in flight"
+            );
+            let kernel_has = kernel.resend(seq, Time::MAX, Time::ZERO, &mut kernel_copy);
+            let rust_has = rust.resend(seq, Time::MAX, Time::ZERO, &mut rust_copy);
+            assert_eq!(kernel_has, rust_has, "{name}: window slot of seq {seq}");
+            if kernel_has {
+                assert_eq!(kernel_copy, rust_copy, "{name}: window copy of seq {seq}");
+            }
+        }
+    }
+}
+
+fn request(op: Op, key: &[u8], value: &[u8], request_id: u64) -> Vec<u8> {
+    let mut header = Header::new(op, SHARD, EPOCH);
+    header.key_hash.set(key_hash(key));
+    header.client_id.set(77);
+    header.request_id.set(request_id);
+    encode(&header, key, value).unwrap()
+}
+
+fn ack(seq: u64, status: Status, value: &[u8], reply_to: Option<SocketAddrV4>) -> Vec<u8> {
+    let mut header = Header::new(Op::Ack, SHARD, EPOCH);
+    header.seq.set(seq);
+    header.status = status as u8;
+    header.client_id.set(77);
+    header.request_id.set(seq);
+    header.version_field.set(seq);
+    if let Some(address) = reply_to {
+        header.set_reply_addr(address);
+    }
+    encode(&header, b"", value).unwrap()
+}
+
+/// A header followed by raw bytes, for datagrams `encode` refuses to build.
+fn raw(header: Header, rest: &[u8]) -> Vec<u8> {
+    let mut bytes = header.as_bytes().to_vec();
+    bytes.extend_from_slice(rest);
+    bytes
+}
+
+fn header_of(bytes: &[u8]) -> Header {
+    Message::decode(bytes).unwrap().header
+}
+
+/// Valid datagrams of every op a coordinator receives, in an order that
+/// exercises clean and dirty reads, acknowledgements and gap fills.
+fn valid_corpus() -> Vec<(String, Sender, Vec<u8>)> {
+    let mut corpus = Vec::new();
+    let mut add = |name: &str, sender, bytes| corpus.push((name.to_string(), sender, bytes));
+    let long_key = vec![b'k'; KEY_LEN_MAX];
+    add("clean get", Sender::Client, request(Op::Get, b"a", b"", 1));
+    add("put", Sender::Client, request(Op::Put, b"a", b"1", 2));
+    add("dirty get", Sender::Client, request(Op::Get, b"a", b"", 3));
+    let mut cas = header_of(&request(Op::Cas, b"b", b"2", 4));
+    cas.version_field.set(0);
+    add("cas", Sender::Client, encode(&cas, b"b", b"2").unwrap());
+    add("delete", Sender::Client, request(Op::Delete, b"c", b"", 5));
+    add("incrby", Sender::Client, request(Op::IncrBy, b"n", b"5", 6));
+    add("append", Sender::Client, request(Op::Append, b"s", b"x", 7));
+    let mut options = header_of(&request(Op::Put, b"o", b"v", 8));
+    options.flags = 0xff; // every flag: only the write options travel on
+    add(
+        "put with every flag",
+        Sender::Client,
+        encode(&options, b"o", b"v").unwrap(),
+    );
+    add(
+        "longest key",
+        Sender::Client,
+        request(Op::Put, &long_key, b"v", 9),
+    );
+    add(
+        "largest value",
+        Sender::Client,
+        request(Op::Put, b"big", &vec![b'v'; VALUE_LEN_MAX], 10),
+    );
+    add("empty key", Sender::Client, request(Op::Put, b"", b"v", 11));
+    add(
+        "ack of seq 1",
+        Sender::Tail,
+        ack(1, Status::Ok, b"", Some(CLIENT)),
+    );
+    add(
+        "clean get again",
+        Sender::Client,
+        request(Op::Get, b"a", b"", 12),
+    );
+    add(
+        "ack with a value",
+        Sender::Tail,
+        ack(2, Status::CasMismatch, b"old", Some(CLIENT)),
+    );
+    add(
+        "duplicate ack",
+        Sender::Tail,
+        ack(1, Status::Ok, b"", Some(CLIENT)),
+    );
+    add("gap-fill ack", Sender::Tail, ack(3, Status::Ok, b"", None));
+    let mut answer_absent = header_of(&ack(4, Status::Ok, b"", Some(CLIENT)));
+    answer_absent.flags = flags::ANSWER_ABSENT | flags::TAIL_READ;
+    add(
+        "ack answering absent",
+        Sender::Tail,
+        encode(&answer_absent, b"", b"").unwrap(),
+    );
+    add(
+        "ack not from the tail",
+        Sender::Middle,
+        ack(5, Status::Ok, b"", Some(CLIENT)),
+    );
+    add(
+        "ack of a seq never sent",
+        Sender::Tail,
+        ack(4000, Status::Ok, b"", Some(CLIENT)),
+    );
+    add(
+        "ping",
+        Sender::Client,
+        encode(&Header::new(Op::Ping, SHARD, EPOCH), b"", b"").unwrap(),
+    );
+    let mut retransmit = Header::new(Op::Retransmit, SHARD, EPOCH);
+    retransmit.seq.set(5);
+    retransmit.version_field.set(6);
+    add(
+        "retransmit from the head",
+        Sender::Head,
+        encode(&retransmit, b"", b"").unwrap(),
+    );
+    corpus
+}
+
+/// One datagram of every kind the Rust decoder (or the coordinator) refuses.
+fn malformed_corpus() -> Vec<(String, Sender, Vec<u8>)> {
+    let good = request(Op::Put, b"k", b"v", 20);
+    let good_header = header_of(&good);
+    let mut corpus = Vec::new();
+    let mut add =
+        |name: &str, bytes: Vec<u8>| corpus.push((name.to_string(), Sender::Client, bytes));
+    let with = |change: &dyn Fn(&mut Header)| {
+        let mut header = good_header;
+        change(&mut header);
+        raw(header, b"kv")
+    };
+    add("truncated", good[..HEADER_LEN - 1].to_vec());
+    add("empty", Vec::new());
+    add("bad magic", with(&|h| h.magic.set(0x1234)));
+    add("wrong version", with(&|h| h.version = 9));
+    add("unknown op", with(&|h| h.op = 200));
+    add("unknown status", with(&|h| h.status = 200));
+    add("unknown effect", with(&|h| h.effect = 200));
+    add(
+        "wrong key hash on a put",
+        with(&|h| h.key_hash.set(key_hash(b"k") ^ 1)),
+    );
+    let mut get = header_of(&request(Op::Get, b"k", b"", 21));
+    get.key_hash.set(0);
+    add("wrong key hash on a get", raw(get, b"k"));
+    let mut long_key = header_of(&request(Op::Put, b"k", b"", 22));
+    long_key.key_len.set(KEY_LEN_MAX as u16 + 1);
+    long_key
+        .key_hash
+        .set(key_hash(&vec![b'k'; KEY_LEN_MAX + 1]));
+    add("key too large", raw(long_key, &vec![b'k'; KEY_LEN_MAX + 1]));
+    let mut big_value = good_header;
+    big_value.value_len.set(VALUE_LEN_MAX as u16 + 1);
+    let mut rest = b"k".to_vec();
+    rest.resize(1 + VALUE_LEN_MAX + 1, b'v');
+    add("value too large", raw(big_value, &rest));
+    add("shorter than announced", with(&|h| h.value_len.set(2)));
+    add("longer than announced", raw(good_header, b"kvv"));
+    let mut get_with_value = header_of(&request(Op::Get, b"k", b"", 23));
+    get_with_value.value_len.set(1);
+    add("get with a value", raw(get_with_value, b"kv"));
+    let mut delete_with_value = header_of(&request(Op::Delete, b"k", b"", 24));
+    delete_with_value.value_len.set(1);
+    add("delete with a value", raw(delete_with_value, b"kv"));
+    add("other epoch", with(&|h| h.epoch.set(EPOCH + 1)));
+    add("unknown shard", with(&|h| h.shard.set(SHARD + 1)));
+    add(
+        "shard beyond the kernel's table",
+        with(&|h| h.shard.set(1 << 20)),
+    );
+    add(
+        "a reply sent to the coordinator",
+        with(&|h| h.op = Op::Reply as u8),
+    );
+    add(
+        "a replicate sent to the coordinator",
+        with(&|h| h.op = Op::Replicate as u8),
+    );
+    corpus
+}
+
+/// A small deterministic generator (xorshift64*), so that a failing case
+/// can be replayed from its seed.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+#[test]
+fn the_kernel_and_rust_paths_agree_on_valid_and_malformed_datagrams() {
+    let mut twins = Twins::new();
+    for (name, sender, bytes) in valid_corpus().into_iter().chain(malformed_corpus()) {
+        twins.check(&name, sender, &bytes);
+    }
+    // The corpus exercised every verdict, and the hand-ups named the reasons.
+    assert!(
+        twins.verdicts[XDP_TX as usize] >= 10,
+        "{:?}",
+        twins.verdicts
+    );
+    assert!(
+        twins.verdicts[XDP_PASS as usize] >= 20,
+        "{:?}",
+        twins.verdicts
+    );
+    assert!(
+        twins.verdicts[XDP_DROP as usize] >= 1,
+        "{:?}",
+        twins.verdicts
+    );
+    let counters = twins.xdp.counters().unwrap();
+    let count = |wanted| {
+        counters
+            .iter()
+            .find(|values| values.counter == wanted)
+            .unwrap()
+            .total()
+    };
+    assert_eq!(count(XdpCounter::PassBadKeyHash), 2);
+    assert!(count(XdpCounter::PassMalformed) >= 10);
+    assert_eq!(
+        twins.kernel_state.next_seq(),
+        9 + 1,
+        "nine writes sequenced"
+    );
+}
+
+#[test]
+fn the_kernel_and_rust_paths_agree_on_random_mutations() {
+    let seed: u64 = std::env::var("TERN_TEST_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| rand_seed() | 1);
+    println!("TERN_TEST_SEED={seed}");
+    let mut random = Random(seed);
+    let mut twins = Twins::new();
+    let seeds = valid_corpus();
+    for case in 0..3000 {
+        let (name, sender, mut bytes) = seeds[random.below(seeds.len() as u64) as usize].clone();
+        // One to three changes: a header byte, a length, or a cut.
+        for _ in 0..=random.below(3) {
+            match random.below(4) {
+                0 | 1 => {
+                    let at = random.below(HEADER_LEN as u64) as usize;
+                    bytes[at] = random.next() as u8;
+                }
+                2 => {
+                    let at = 8 + 2 * random.below(2) as usize;
+                    let value = random.below(8) as u16;
+                    bytes[at..at + 2].copy_from_slice(&value.to_le_bytes());
+                }
+                _ => {
+                    let keep = random.below(bytes.len() as u64 + 1) as usize;
+                    bytes.truncate(keep.max(HEADER_LEN));
+                }
+            }
+        }
+        twins.check(
+            &format!("mutation {case} of {name} (seed {seed})"),
+            sender,
+            &bytes,
+        );
+    }
+}
+
+fn rand_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as u64)
+        .unwrap_or(1)
+}
