@@ -595,7 +595,7 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
     // Unavailability per fault: the longest time without any successful
     // operation from the fault's start until the first success after it
     // healed.
-    let recoveries: Vec<Duration> = faults
+    let recoveries: Vec<(FaultKind, Duration)> = faults
         .iter()
         .filter_map(|fault| {
             let after = successes.iter().position(|at| *at >= fault.healed)?;
@@ -606,10 +606,24 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
                 longest = longest.max(at.duration_since(last));
                 last = *at;
             }
-            Some(longest)
+            Some((fault.kind, longest))
         })
         .collect();
-    let (median, max) = median_and_max(recoveries);
+    let (median, max) = median_and_max(recoveries.iter().map(|(_, took)| *took).collect());
+    let recoveries_by_kind: Vec<String> = args
+        .faults
+        .iter()
+        .filter_map(|kind| {
+            let took: Vec<Duration> = recoveries
+                .iter()
+                .filter(|(of, _)| of == kind)
+                .map(|(_, took)| *took)
+                .collect();
+            let count = took.len();
+            let (median, max) = median_and_max(took);
+            (count > 0).then(|| format!("{kind:?} {median:?}/{max:?}"))
+        })
+        .collect();
     let mut by_kind: HashMap<FaultKind, usize> = HashMap::new();
     for fault in &faults {
         *by_kind.entry(fault.kind).or_default() += 1;
@@ -627,6 +641,10 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
             .join(", "),
         history.len(),
         unknown
+    );
+    println!(
+        "longest time without a successful operation by fault kind (median/max): {}",
+        recoveries_by_kind.join(", ")
     );
     println!(
         "contention: {swapped} CAS swapped, {mismatched} CAS mismatched, {distinct} distinct values read"
