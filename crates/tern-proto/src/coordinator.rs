@@ -14,6 +14,7 @@ use std::time::Duration;
 
 pub use tern_wire::maps::INFLIGHT_WRITES_MAX;
 use tern_wire::{Header, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, dirty_index, flags};
+use zerocopy::FromBytes;
 
 use crate::counters::{DecodeDrops, counters};
 use crate::{Core, Outbox, Time};
@@ -132,6 +133,8 @@ counters! {
         refused_recovering,
         stale_epoch,
         unexpected_sender,
+        /// Chain or epoch changes applied in place (`reconfigure`).
+        reconfigurations,
     }
 }
 
@@ -169,6 +172,9 @@ pub struct ShardCoordinator<S> {
     /// writer publishes right after reserving; the XDP program within one run).
     scanned_up_to: u64,
     last_scan: Option<Time>,
+    /// Set by `reconfigure` when the head changed: the next tick resends
+    /// every write in flight to the new head at once.
+    resend_all: bool,
     resend_buffer: Vec<u8>,
     counters: ShardCounters,
 }
@@ -194,6 +200,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             oldest_in_flight: 0,
             scanned_up_to: 0,
             last_scan: None,
+            resend_all: false,
             resend_buffer: Vec::with_capacity(MESSAGE_LEN_MAX),
             counters: ShardCounters::default(),
         }
@@ -214,6 +221,44 @@ impl<S: ShardState> ShardCoordinator<S> {
     /// Whether the coordinator has finished recovering (rule 8).
     pub fn is_ready(&self) -> bool {
         self.recovery == Recovery::Done
+    }
+
+    /// Installs a new chain or epoch of this shard in place, keeping the
+    /// sequence counter, `commit_seq`, the dirty table and the in-flight
+    /// window: everything this coordinator has acknowledged is held by every
+    /// survivor of the chain (chain replication's prefix property), and a
+    /// replica that joins loads it before it serves. Writes in flight go
+    /// again to a new head on the next tick, at the new epoch; a new tail
+    /// acknowledges what it holds by itself (`Replica::reconfigure`).
+    /// Only a coordinator that newly takes over a shard starts afresh
+    /// (rule 8), with [`ShardCoordinator::new`].
+    pub fn reconfigure(&mut self, config: ShardConfig) {
+        assert_eq!(
+            config.shard, self.config.shard,
+            "reconfigure of another shard"
+        );
+        assert!(
+            !config.chain.is_empty(),
+            "a shard needs at least one replica"
+        );
+        if config == self.config {
+            return;
+        }
+        self.counters.reconfigurations += 1;
+        if config.head() != self.config.head() {
+            self.resend_all = true;
+        }
+        if let Recovery::Probing { .. } = self.recovery
+            && (config.head() != self.config.head() || config.tail() != self.config.tail())
+        {
+            // Probe the new head and tail instead.
+            self.recovery = Recovery::Probing {
+                head_highest: None,
+                tail_applied: None,
+            };
+            self.last_probe = None;
+        }
+        self.config = config;
     }
 
     /// Handles a decoded datagram addressed to this shard.
@@ -331,15 +376,29 @@ impl<S: ShardState> ShardCoordinator<S> {
         }
     }
 
+    /// Sends `seq` to the head again if it is in flight and was last sent
+    /// before `sent_before`: the datagram kept in the window, at the
+    /// current epoch (it may have been sequenced before a reconfiguration).
+    fn resend(&mut self, seq: u64, sent_before: Time, now: Time, outbox: &mut Outbox) -> bool {
+        if !self
+            .state
+            .resend(seq, sent_before, now, &mut self.resend_buffer)
+        {
+            return false;
+        }
+        if let Ok((header, _)) = Header::mut_from_prefix(&mut self.resend_buffer[..]) {
+            header.epoch.set(self.config.epoch);
+        }
+        self.counters.resent += 1;
+        outbox.push_encoded(self.config.head(), &self.resend_buffer);
+        true
+    }
+
     fn resend_range(&mut self, now: Time, first: u64, last: u64, outbox: &mut Outbox) {
         let last = last.min(first.saturating_add(INFLIGHT_WRITES_MAX - 1));
         for seq in first..=last {
-            if self
-                .state
-                .resend(seq, Time::MAX, now, &mut self.resend_buffer)
-            {
-                self.counters.resent += 1;
-                outbox.push_encoded(self.config.head(), &self.resend_buffer);
+            if self.resend(seq, Time::MAX, now, outbox) {
+                continue;
             } else if seq < self.first_seq {
                 // Assigned by a coordinator that is gone and never applied by
                 // the head (the head asks for it): fill it with nothing.
@@ -407,9 +466,10 @@ impl<S: ShardState> ShardCoordinator<S> {
             }
             return;
         }
-        if self
-            .last_scan
-            .is_some_and(|last| now.since(last) < RESEND_SCAN_INTERVAL)
+        if !self.resend_all
+            && self
+                .last_scan
+                .is_some_and(|last| now.since(last) < RESEND_SCAN_INTERVAL)
         {
             return;
         }
@@ -421,14 +481,15 @@ impl<S: ShardState> ShardCoordinator<S> {
             self.oldest_in_flight += 1;
         }
         self.scanned_up_to = next;
+        // After a change of head, everything in flight goes to it now; else
+        // what has waited for its acknowledgement too long.
+        let sent_before = if std::mem::take(&mut self.resend_all) {
+            Time::MAX
+        } else {
+            now - RESEND_AFTER
+        };
         for seq in self.oldest_in_flight..next {
-            if self
-                .state
-                .resend(seq, now - RESEND_AFTER, now, &mut self.resend_buffer)
-            {
-                self.counters.resent += 1;
-                outbox.push_encoded(self.config.head(), &self.resend_buffer);
-            }
+            self.resend(seq, sent_before, now, outbox);
         }
     }
 
@@ -499,6 +560,25 @@ impl<S: ShardState> Coordinator<S> {
 
     pub fn shard(&self, shard: u32) -> Option<&ShardCoordinator<S>> {
         self.shards.get(&shard)
+    }
+
+    /// The ids of the shards served here.
+    pub fn shard_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.shards.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Installs a new chain or epoch of a shard served here, in place
+    /// ([`ShardCoordinator::reconfigure`]); false when the shard is not.
+    pub fn reconfigure(&mut self, config: ShardConfig) -> bool {
+        match self.shards.get_mut(&config.shard) {
+            Some(shard) => {
+                shard.reconfigure(config);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn drops(&self) -> &DecodeDrops {

@@ -124,6 +124,8 @@ counters! {
         reconfigurations,
         /// Sequenced writes that failed to decode here, filled as refusals.
         refused_sequenced,
+        /// Reads refused because they were stamped above what is applied here.
+        behind_stamp,
     }
 }
 
@@ -361,6 +363,20 @@ impl Replica {
 
     fn serve_read(&mut self, from: SocketAddrV4, message: &Message<'_>, outbox: &mut Outbox) {
         let header = &message.header;
+        // Forwarded reads name the client to answer; direct ones do not.
+        let to = if header.reply_port.get() == 0 {
+            from
+        } else {
+            header.reply_addr()
+        };
+        if header.commit_seq.get() > self.store.applied_seq() {
+            // The coordinator has acknowledged writes this replica has not
+            // applied yet (it restarted from a log that lacked them, or is
+            // catching up): answering could return an older value than one
+            // a client already saw. The client tries again.
+            self.counters.behind_stamp += 1;
+            return self.answer_status(to, header, Status::TryAgain, outbox);
+        }
         self.store.observe_commit(header.commit_seq.get());
         // DESIGN rule 5: a clean read returns the newest version at or below
         // its stamp; a dirty read (sent to the tail) the newest applied one.
@@ -374,11 +390,6 @@ impl Replica {
         reply.request_id = header.request_id;
         reply.key_hash = header.key_hash;
         reply.commit_seq.set(self.store.commit_seq());
-        let to = if header.reply_port.get() == 0 {
-            from
-        } else {
-            header.reply_addr()
-        };
         self.counters.reads += 1;
         match found {
             Some(found) => {

@@ -1,9 +1,12 @@
 //! Chain reconfiguration (van Renesse and Schneider) on the simulated
 //! network: a head, middle or tail fails while writes are in flight at every
-//! stage; meta takes it out and restarts the coordinator at a new epoch; the
-//! client resends what was not answered with the same request ids. Every
-//! write must then be applied exactly once, answered, and the survivors must
-//! agree. INCRBY makes a double application visible in the counter.
+//! stage, and meta takes it out at a new epoch. Either the coordinator keeps
+//! the shard and reconfigures in place (its window survives: every write is
+//! answered without a single resend by the client), or a coordinator takes
+//! the shard over afresh (rule 8) and the client resends what was not
+//! answered, with the same request ids. Every write must then be applied
+//! exactly once, answered, and the survivors must agree. INCRBY makes a
+//! double application visible in the counter.
 
 mod sim;
 
@@ -11,13 +14,23 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use sim::*;
-use tern_wire::{Op, Status};
+use tern_proto::coordinator::ShardState;
+use tern_wire::{Op, Status, dirty_index, key_hash};
 
 const KEY: &[u8] = b"counter";
 
+/// How the coordinator learns of the new chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Coordinator {
+    /// It keeps the shard and reconfigures in place.
+    InPlace,
+    /// A new coordinator starts the shard afresh (rule 8).
+    Takeover,
+}
+
 /// Runs `writes` INCRBY 1, delivers `delivered` datagrams in an order
 /// chosen by `picks`, fails replica `failed`, then finishes the run.
-fn run(failed: usize, writes: u64, delivered: usize, picks: &[usize]) {
+fn run(coordinator: Coordinator, failed: usize, writes: u64, delivered: usize, picks: &[usize]) {
     let mut sim = Sim::new(3);
     for request_id in 1..=writes {
         sim.send(request(Op::IncrBy, KEY, b"1", 0, request_id));
@@ -29,7 +42,48 @@ fn run(failed: usize, writes: u64, delivered: usize, picks: &[usize]) {
         let index = picks[step % picks.len()] % sim.network.len();
         sim.deliver_at(index);
     }
-    sim.fail_replica(failed);
+    if coordinator == Coordinator::InPlace {
+        // Writes the coordinator has sequenced are in its window; those
+        // still on their way to it carry the old epoch.
+        let unsequenced: Vec<u64> = sim
+            .network
+            .iter()
+            .filter(|datagram| from_client(datagram))
+            .map(|datagram| datagram.header().request_id.get())
+            .collect();
+        sim.fail_replica_in_place(failed);
+        // The window survives: no client resends any write it holds.
+        for _ in 0..20 {
+            sim.deliver_all();
+            sim.advance(Duration::from_millis(50));
+        }
+        assert!(sim.shard().is_ready(), "no restart, no recovery");
+        assert_eq!(sim.shard().counters().reconfigurations, 1);
+        for request_id in 1..=writes {
+            let statuses: Vec<Status> = sim
+                .replies_to(request_id)
+                .iter()
+                .map(|reply| reply.status())
+                .collect();
+            if unsequenced.contains(&request_id) {
+                assert_eq!(statuses, [Status::StaleEpoch], "write {request_id}");
+            } else {
+                assert!(
+                    statuses.contains(&Status::Ok),
+                    "write {request_id} not answered without a client resend: {statuses:?}"
+                );
+            }
+        }
+        let state = sim.shard().state();
+        assert_eq!(
+            state.commit_seq() + 1,
+            state.next_seq(),
+            "nothing in flight"
+        );
+        assert_eq!(state.dirty_count(dirty_index(key_hash(KEY))), 0);
+    } else {
+        sim.fail_replica(failed);
+    }
     let epoch = sim.replica_config(0).epoch;
     // The new coordinator probes the chain (rule 8) before it sequences.
     for _ in 0..20 {
@@ -97,19 +151,27 @@ fn run(failed: usize, writes: u64, delivered: usize, picks: &[usize]) {
     );
 }
 
+const BOTH: [Coordinator; 2] = [Coordinator::InPlace, Coordinator::Takeover];
+
 #[test]
 fn the_head_fails_with_writes_in_flight() {
-    run(0, 6, 9, &[0, 3, 1, 4, 1, 5, 9, 2, 6]);
+    for coordinator in BOTH {
+        run(coordinator, 0, 6, 9, &[0, 3, 1, 4, 1, 5, 9, 2, 6]);
+    }
 }
 
 #[test]
 fn a_middle_fails_with_writes_in_flight() {
-    run(1, 6, 12, &[2, 7, 1, 8, 2, 8, 1, 8, 2]);
+    for coordinator in BOTH {
+        run(coordinator, 1, 6, 12, &[2, 7, 1, 8, 2, 8, 1, 8, 2]);
+    }
 }
 
 #[test]
 fn the_tail_fails_with_writes_in_flight() {
-    run(2, 6, 14, &[1, 4, 1, 4, 2, 1, 3, 5, 6]);
+    for coordinator in BOTH {
+        run(coordinator, 2, 6, 14, &[1, 4, 1, 4, 2, 1, 3, 5, 6]);
+    }
 }
 
 proptest! {
@@ -117,11 +179,13 @@ proptest! {
 
     #[test]
     fn any_replica_may_fail_at_any_point(
+        in_place in any::<bool>(),
         failed in 0usize..3,
         writes in 1u64..8,
         delivered in 0usize..60,
         picks in proptest::collection::vec(0usize..64, 1..16),
     ) {
-        run(failed, writes, delivered, &picks);
+        let coordinator = if in_place { Coordinator::InPlace } else { Coordinator::Takeover };
+        run(coordinator, failed, writes, delivered, &picks);
     }
 }

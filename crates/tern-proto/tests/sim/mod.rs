@@ -277,11 +277,27 @@ impl Sim {
         self.outbox.clear();
     }
 
-    /// What meta does when replica `index` fails: it leaves the chain, the
-    /// epoch goes up, every survivor gets its new place, and the shard's
-    /// coordinator starts afresh (rule 8) at the new epoch. Datagrams to or
-    /// from the failed replica vanish with it.
+    /// What meta does when replica `index` fails, with a coordinator that
+    /// starts the shard afresh (rule 8) at the new epoch: the coordinator of
+    /// a takeover.
     pub fn fail_replica(&mut self, index: usize) {
+        let config = self.take_out(index);
+        self.coordinator =
+            Coordinator::new([ShardCoordinator::new(config, SharedShard::in_process())]);
+    }
+
+    /// What meta does when replica `index` fails, with the coordinator that
+    /// keeps the shard reconfiguring it in place (its window, dirty table and
+    /// `commit_seq` kept).
+    pub fn fail_replica_in_place(&mut self, index: usize) {
+        let config = self.take_out(index);
+        assert!(self.coordinator.reconfigure(config));
+    }
+
+    /// Replica `index` leaves the chain, the epoch goes up and every survivor
+    /// gets its new place; datagrams to or from the failed replica vanish
+    /// with it. Returns the shard's new configuration.
+    fn take_out(&mut self, index: usize) -> ShardConfig {
         let gone = self.chain.remove(index);
         self.replicas.remove(index);
         self.disks.remove(index);
@@ -296,13 +312,11 @@ impl Sim {
                 coordinator: self.coordinator_addr,
             });
         }
-        let config = ShardConfig {
+        ShardConfig {
             shard: SHARD,
             epoch,
             chain: self.chain.clone(),
-        };
-        self.coordinator =
-            Coordinator::new([ShardCoordinator::new(config, SharedShard::in_process())]);
+        }
     }
 
     /// The client's replies to `request_id`.
