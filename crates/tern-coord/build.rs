@@ -7,7 +7,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(tern_bpf)");
-    println!("cargo::rerun-if-changed=bpf/coordinator.bpf.c");
+    println!("cargo::rerun-if-changed=bpf");
     println!("cargo::rerun-if-changed=../tern-wire/include/tern_wire.h");
     println!("cargo::rerun-if-env-changed=TERN_CLANG");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));

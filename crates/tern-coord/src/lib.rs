@@ -8,13 +8,17 @@
 //!   everything the program hands over (XDP_PASS), on the same state: the
 //!   program's maps, mapped into this process.
 
+pub mod assignment;
 mod neighbours;
 pub mod xdp;
 
+use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
+use assignment::Decision;
 use tern_client::ShardMap;
 use tern_client::meta::{Heartbeats, NodeKind};
 use tern_net::BatchSocket;
@@ -44,6 +48,20 @@ pub enum CoordError {
     Network(String),
 }
 
+/// What the serve loop is told between batches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// Go on as before.
+    Serve,
+    /// Install these shards' new configurations in place, stop serving those.
+    Change {
+        reconfigure: Vec<ShardConfig>,
+        remove: Vec<u32>,
+    },
+    /// Stop serving and return.
+    Stop,
+}
+
 /// Serves the coordinators of `shards` on `listen` until `shutdown` is set.
 pub fn run(
     listen: SocketAddrV4,
@@ -51,7 +69,14 @@ pub fn run(
     mode: Mode,
     shutdown: &AtomicBool,
 ) -> Result<(), CoordError> {
-    serve_shards(listen, shards, mode, &|| !shutdown.load(Ordering::Relaxed))
+    let mut poll = || {
+        if shutdown.load(Ordering::Relaxed) {
+            Poll::Stop
+        } else {
+            Poll::Serve
+        }
+    };
+    serve_shards(listen, shards, mode, &mut poll)
 }
 
 /// The shards of `shards` whose coordinator is at `listen`.
@@ -68,9 +93,10 @@ pub fn shards_of(shards: &[ShardMap], listen: SocketAddrV4) -> Vec<ShardConfig> 
 }
 
 /// A coordinator under meta: it heartbeats, and serves the shards the map
-/// gives it while its lease holds. Any change to them (a new chain, a new
-/// epoch), a lost lease or a takeover from a failed coordinator starts the
-/// shards afresh: every key dirty and sequencing above the chain (DESIGN
+/// gives it while its lease holds. A new chain or epoch of a shard it
+/// serves is installed in place, and a shard moved away is dropped
+/// ([`assignment::decide`]); a takeover of a shard or a lost lease starts
+/// the shards afresh: every key dirty and sequencing above the chain (DESIGN
 /// rule 8), with the XDP program and maps loaded anew in XDP mode. With no
 /// shard it is a standby.
 pub fn run_under_meta(
@@ -100,50 +126,209 @@ pub fn run_under_meta(
             continue;
         }
         standing_by = false;
-        // The map version these shards were last found unchanged at.
-        let checked = std::cell::Cell::new(version);
-        let keep_serving = || {
+        // The map version the served shards were last found current at,
+        // and the shards as served.
+        let mut checked = version;
+        let mut serving = shards.clone();
+        let mut poll = || {
             if shutdown.load(Ordering::Relaxed) {
-                return false;
+                return Poll::Stop;
             }
-            if heartbeats.version() != checked.get() {
+            let mut next = Poll::Serve;
+            if heartbeats.version() != checked {
                 let (now, current) = assigned();
-                if current != shards {
-                    return false;
+                // A lease is held for `now` if `current` is not empty.
+                match assignment::decide(&serving, &current, !current.is_empty()) {
+                    Decision::Keep => {}
+                    Decision::Change {
+                        reconfigure,
+                        remove,
+                    } => {
+                        tracing::info!(%listen, version = now, changed = ?reconfigure, removed = ?remove, "coordinator shards reconfigured in place");
+                        serving = current;
+                        next = Poll::Change {
+                            reconfigure,
+                            remove,
+                        };
+                    }
+                    Decision::Restart => return Poll::Stop,
                 }
-                checked.set(now);
+                checked = now;
             }
-            heartbeats.lease_valid(checked.get())
+            if heartbeats.lease_valid(checked) {
+                next
+            } else {
+                Poll::Stop
+            }
         };
-        if let Err(error) = serve_shards(listen, shards.clone(), mode, &keep_serving) {
+        if let Err(error) = serve_shards(listen, shards, mode, &mut poll) {
             // Say why and try again: the map, the lease or the replicas
             // (their addresses for XDP) may be different in a moment.
             tracing::error!(%error, %listen, "cannot serve the assigned shards; retrying");
             std::thread::sleep(Duration::from_millis(200));
         }
-        tracing::info!(%listen, version = heartbeats.version(), "coordinator shards changed or lease lost: restarting them");
+        tracing::info!(%listen, version = heartbeats.version(), "coordinator took over a shard or lost its lease: restarting its shards");
     }
     heartbeats.stop();
     Ok(())
 }
 
-/// Serves until `keep_serving()` turns false, then logs the counters.
+/// Carries out a change: each new configuration installed beyond the core
+/// by `install` (the kernel's route in XDP mode) and then in the core, each
+/// removed shard dropped from the core and then from `install`'s side.
+fn apply_change(
+    core: &mut Coordinator<SharedShard>,
+    reconfigure: Vec<ShardConfig>,
+    remove: Vec<u32>,
+    install: &mut dyn FnMut(Install<'_>),
+) {
+    for config in reconfigure {
+        install(Install::Route(&config));
+        core.reconfigure(config);
+    }
+    for shard in remove {
+        core.remove(shard);
+        install(Install::Gone(shard));
+    }
+}
+
+/// A change to put into effect beyond the cores.
+#[derive(Clone, Copy, Debug)]
+enum Install<'a> {
+    Route(&'a ShardConfig),
+    Gone(u32),
+}
+
+/// Serves until `poll` says stop, installing the changes it hands over,
+/// then logs the counters.
 fn serve_and_report(
     socket: &mut BatchSocket,
     coordinator: &mut Coordinator<SharedShard>,
-    keep_serving: &dyn Fn() -> bool,
+    poll: &mut dyn FnMut() -> Poll,
+    install: &mut dyn FnMut(Install<'_>),
 ) -> std::io::Result<()> {
-    tern_net::serve_while(socket, coordinator, |_| keep_serving(), |_, _| Ok(()))?;
+    tern_net::serve_while(
+        socket,
+        coordinator,
+        |core| match poll() {
+            Poll::Serve => true,
+            Poll::Stop => false,
+            Poll::Change {
+                reconfigure,
+                remove,
+            } => {
+                apply_change(core, reconfigure, remove, install);
+                true
+            }
+        },
+        |_, _| Ok(()),
+    )?;
     tracing::info!(stats = %coordinator.render_stats(None), send_errors = socket.send_errors(), "coordinator stopped");
     Ok(())
 }
 
-/// Serves the coordinators of `shards` on `listen` while `keep_serving()`.
+/// The Ethernet address of each replica.
+type Macs = HashMap<SocketAddrV4, [u8; 6]>;
+
+/// The kernel's routes of an XDP coordinator as the map changes: a route is
+/// installed at once when every replica's Ethernet address is known, and
+/// otherwise marked absent (user space serves the shard on the same state)
+/// while a background thread resolves the addresses, so that the serve loop
+/// never waits on the network.
+#[derive(Debug)]
+struct Routes {
+    from: std::net::Ipv4Addr,
+    macs: Macs,
+    /// Shards whose route waits for Ethernet addresses.
+    waiting: HashMap<u32, ShardConfig>,
+    resolving: Option<mpsc::Receiver<Result<Macs, String>>>,
+}
+
+impl Routes {
+    fn new(from: std::net::Ipv4Addr, macs: Macs) -> Routes {
+        Routes {
+            from,
+            macs,
+            waiting: HashMap::new(),
+            resolving: None,
+        }
+    }
+
+    fn install(&mut self, fast_path: &xdp::XdpCoordinator, change: Install<'_>) {
+        let config = match change {
+            Install::Gone(shard) => {
+                self.waiting.remove(&shard);
+                if let Err(error) = fast_path.remove_route(shard) {
+                    tracing::error!(%error, shard, "cannot remove the shard's route");
+                }
+                return;
+            }
+            Install::Route(config) => config,
+        };
+        match fast_path.install_route(config, &self.macs) {
+            Ok(missing) if missing.is_empty() => {
+                self.waiting.remove(&config.shard);
+            }
+            Ok(missing) => {
+                tracing::info!(
+                    shard = config.shard,
+                    ?missing,
+                    "resolving new replicas' Ethernet addresses; user space serves the shard meanwhile"
+                );
+                self.waiting.insert(config.shard, config.clone());
+                self.resolve(missing);
+            }
+            Err(error) => {
+                // The chain does not fit the fast path: user space serves it.
+                tracing::error!(%error, shard = config.shard, "the fast path cannot serve this chain");
+                let _ = fast_path.remove_route(config.shard);
+            }
+        }
+    }
+
+    fn resolve(&mut self, missing: Vec<SocketAddrV4>) {
+        if self.resolving.is_some() {
+            // One resolution at a time; the next round asks again.
+            return;
+        }
+        let (done, resolved) = mpsc::channel();
+        let from = self.from;
+        std::thread::spawn(move || {
+            let _ = done.send(neighbours::resolve_macs(from, &missing, NEIGHBOUR_TIMEOUT));
+        });
+        self.resolving = Some(resolved);
+    }
+
+    /// Installs the routes that waited for addresses once they are resolved.
+    fn finish_resolving(&mut self, fast_path: &xdp::XdpCoordinator) {
+        let Some(resolving) = &self.resolving else {
+            return;
+        };
+        let result = match resolving.try_recv() {
+            Ok(result) => result,
+            Err(mpsc::TryRecvError::Empty) => return,
+            Err(mpsc::TryRecvError::Disconnected) => Err("the resolver stopped".to_string()),
+        };
+        self.resolving = None;
+        match result {
+            Ok(found) => self.macs.extend(found),
+            Err(error) => {
+                tracing::warn!(%error, "resolving replicas' Ethernet addresses; trying again")
+            }
+        }
+        let waiting: Vec<ShardConfig> = self.waiting.values().cloned().collect();
+        for config in &waiting {
+            self.install(fast_path, Install::Route(config));
+        }
+    }
+}
+
+/// Serves the coordinators of `shards` on `listen` while `poll` says so.
 fn serve_shards(
     listen: SocketAddrV4,
     shards: Vec<ShardConfig>,
     mode: Mode,
-    keep_serving: &dyn Fn() -> bool,
+    poll: &mut dyn FnMut() -> Poll,
 ) -> Result<(), CoordError> {
     let ids: Vec<u32> = shards.iter().map(|shard| shard.shard).collect();
     match mode {
@@ -155,7 +340,7 @@ fn serve_shards(
                     .into_iter()
                     .map(|config| ShardCoordinator::new(config, SharedShard::in_process())),
             );
-            serve_and_report(&mut socket, &mut coordinator, keep_serving)?;
+            serve_and_report(&mut socket, &mut coordinator, poll, &mut |_| {})?;
         }
         Mode::Xdp => {
             let interface = interface_of(*listen.ip()).map_err(CoordError::Network)?;
@@ -182,19 +367,52 @@ fn serve_shards(
             }));
             // DESIGN rule 8: the kernel knows nothing of recovery, so the
             // program is attached only once this process has learnt where the
-            // chain stands and sequencing can resume above it.
+            // chain stands and sequencing can resume above it. Changes that
+            // arrive meanwhile are installed like any other.
+            let routes = std::cell::RefCell::new(Routes::new(*listen.ip(), macs));
+            let mut install = |change: Install<'_>| routes.borrow_mut().install(&fast_path, change);
+            let mut stopped = false;
             tern_net::serve_while(
                 &mut socket,
                 &mut coordinator,
-                |core| keep_serving() && !core.is_ready(),
+                |core| {
+                    if core.is_ready() {
+                        return false;
+                    }
+                    routes.borrow_mut().finish_resolving(&fast_path);
+                    match poll() {
+                        Poll::Serve => true,
+                        Poll::Stop => {
+                            stopped = true;
+                            false
+                        }
+                        Poll::Change {
+                            reconfigure,
+                            remove,
+                        } => {
+                            apply_change(core, reconfigure, remove, &mut install);
+                            true
+                        }
+                    }
+                },
                 |_, _| Ok(()),
             )?;
-            if !keep_serving() {
+            if stopped {
                 return Ok(());
             }
             fast_path.attach(&interface)?;
             tracing::info!(%listen, %interface, shards = ?ids, mode = "xdp", "coordinator serving, fast path attached");
-            serve_and_report(&mut socket, &mut coordinator, keep_serving)?;
+            let fast_path = &fast_path;
+            let mut poll_and_resolve = || {
+                routes.borrow_mut().finish_resolving(fast_path);
+                poll()
+            };
+            serve_and_report(
+                &mut socket,
+                &mut coordinator,
+                &mut poll_and_resolve,
+                &mut |change| routes.borrow_mut().install(fast_path, change),
+            )?;
         }
     }
     Ok(())

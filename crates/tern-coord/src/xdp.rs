@@ -11,6 +11,7 @@ use std::net::SocketAddrV4;
 use std::os::fd::{AsFd, AsRawFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering, fence};
 
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
@@ -108,6 +109,8 @@ impl Drop for Mapping {
 /// The mapped shared maps; kept alive by every SharedShard built on them.
 #[derive(Debug)]
 struct Mappings {
+    /// `shard_routes`, written only by `write_route`.
+    routes: Mapping,
     cells: Mapping,
     dirty: Mapping,
     window: Mapping,
@@ -243,11 +246,6 @@ impl XdpCoordinator {
             )
             .map_err(|error| XdpError::Setup(format!("self_endpoint: {error}")))?;
 
-        let mut routes: Array<_, [u8; size_of::<ShardRoute>()]> = Array::try_from(
-            ebpf.map_mut("shard_routes")
-                .ok_or_else(|| XdpError::Setup("no map shard_routes".into()))?,
-        )
-        .map_err(|error| XdpError::Setup(error.to_string()))?;
         let mut local_index = HashMap::new();
         for (index, shard) in shards.iter().enumerate() {
             if shard.shard >= SHARD_ID_MAX {
@@ -256,39 +254,16 @@ impl XdpCoordinator {
                     shard.shard
                 )));
             }
-            if shard.chain.is_empty() || shard.chain.len() > CHAIN_LEN_MAX {
-                return Err(XdpError::Setup(format!(
-                    "shard {} has {} replicas; the fast path forwards to 1..={CHAIN_LEN_MAX}",
-                    shard.shard,
-                    shard.chain.len()
-                )));
-            }
-            let mut route = ShardRoute {
-                present: 1,
-                replica_count: shard.chain.len() as u8,
-                ..ShardRoute::default()
-            };
-            route.local_index.set(index as u32);
-            route.epoch.set(shard.epoch);
-            for (slot, replica) in route.replicas.iter_mut().zip(&shard.chain) {
-                let mac = macs.get(replica).ok_or_else(|| {
-                    XdpError::Setup(format!("no MAC address known for replica {replica}"))
-                })?;
-                *slot = endpoint(*replica, *mac);
-            }
-            routes
-                .set(
-                    shard.shard,
-                    <[u8; size_of::<ShardRoute>()]>::try_from(route.as_bytes())
-                        .expect("route size"),
-                    0,
-                )
-                .map_err(|error| XdpError::Setup(format!("shard_routes: {error}")))?;
+            check_chain(shard)?;
             local_index.insert(shard.shard, index as u32);
         }
 
         let count = count as usize;
         let mappings = Arc::new(Mappings {
+            routes: Mapping::of(
+                array_data(&ebpf, "shard_routes")?,
+                SHARD_ID_MAX as usize * size_of::<ShardRoute>(),
+            )?,
             cells: Mapping::of(
                 array_data(&ebpf, "shard_cells")?,
                 count * size_of::<ShardCell>(),
@@ -328,8 +303,104 @@ impl XdpCoordinator {
                 &coordinator.shared_shard(shard.shard)?,
                 1,
             );
+            let missing = coordinator.install_route(shard, macs)?;
+            if let Some(replica) = missing.first() {
+                return Err(XdpError::Setup(format!(
+                    "no MAC address known for replica {replica}"
+                )));
+            }
         }
         Ok(coordinator)
+    }
+
+    /// Installs the route of `shard` (a new chain or epoch of a shard loaded
+    /// here) in place, under the route's seqlock (see bpf/route.h): the
+    /// shard's state stays as it is. Returns the replicas whose Ethernet
+    /// address `macs` lacks; while any is missing, the route is marked
+    /// absent, so the kernel hands every datagram of the shard to user
+    /// space, which serves it on the same state without needing MACs.
+    pub fn install_route(
+        &self,
+        shard: &ShardConfig,
+        macs: &HashMap<SocketAddrV4, [u8; 6]>,
+    ) -> Result<Vec<SocketAddrV4>, XdpError> {
+        check_chain(shard)?;
+        let index = *self
+            .local_index
+            .get(&shard.shard)
+            .ok_or_else(|| XdpError::Setup(format!("shard {} is not loaded", shard.shard)))?;
+        let missing: Vec<SocketAddrV4> = shard
+            .chain
+            .iter()
+            .filter(|replica| !macs.contains_key(replica))
+            .copied()
+            .collect();
+        let mut route = ShardRoute {
+            present: u8::from(missing.is_empty()),
+            replica_count: shard.chain.len() as u8,
+            ..ShardRoute::default()
+        };
+        route.local_index.set(index);
+        route.epoch.set(shard.epoch);
+        for (slot, replica) in route.replicas.iter_mut().zip(&shard.chain) {
+            *slot = endpoint(*replica, macs.get(replica).copied().unwrap_or_default());
+        }
+        self.write_route(shard.shard, &route);
+        Ok(missing)
+    }
+
+    /// Marks the route of `shard` absent: the kernel hands its datagrams to
+    /// user space, which no longer serves it either (WRONG_SHARD).
+    pub fn remove_route(&self, shard: u32) -> Result<(), XdpError> {
+        if !self.local_index.contains_key(&shard) {
+            return Err(XdpError::Setup(format!("shard {shard} is not loaded")));
+        }
+        self.write_route(shard, &ShardRoute::default());
+        Ok(())
+    }
+
+    /// The route of `shard` as the kernel reads it.
+    pub fn route(&self, shard: u32) -> Option<ShardRoute> {
+        if shard >= SHARD_ID_MAX {
+            return None;
+        }
+        let offset = shard as usize * size_of::<ShardRoute>();
+        let mut bytes = [0u8; size_of::<ShardRoute>()];
+        for (at, byte) in bytes.iter_mut().enumerate() {
+            // SAFETY: inside the mapping of SHARD_ID_MAX routes.
+            *byte = unsafe {
+                std::ptr::read_volatile(self.mappings.routes.address.as_ptr().add(offset + at))
+            };
+        }
+        zerocopy::FromBytes::read_from_bytes(&bytes[..]).ok()
+    }
+
+    /// Writes `route` over the route of `shard` in the mapped map, as the
+    /// writer of a seqlock: generation odd, the fields, generation even.
+    /// Only this process writes routes, from one thread.
+    fn write_route(&self, shard: u32, route: &ShardRoute) {
+        assert!(shard < SHARD_ID_MAX, "shard ids are checked at load");
+        let base = self.mappings.routes.address.as_ptr();
+        let offset = shard as usize * size_of::<ShardRoute>();
+        // SAFETY: the route lies inside the mapping; `generation` is its
+        // first field, and routes are 8-byte multiples in a page-aligned
+        // mapping, so it is an aligned u32 that the kernel also accesses
+        // whole.
+        let generation = unsafe { AtomicU32::from_ptr(base.add(offset).cast::<u32>()) };
+        let current = generation.load(Ordering::Relaxed);
+        let odd = current.wrapping_add(if current & 1 == 0 { 1 } else { 2 });
+        generation.store(odd, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let bytes = route.as_bytes();
+        let field_start = std::mem::size_of::<u32>();
+        for (at, byte) in bytes.iter().enumerate().skip(field_start) {
+            // SAFETY: inside the route; volatile, because the kernel reads
+            // these bytes concurrently (it discards what it read while the
+            // generation was odd or moved).
+            unsafe { std::ptr::write_volatile(base.add(offset + at), *byte) };
+        }
+        fence(Ordering::SeqCst);
+        generation.store(odd.wrapping_add(1), Ordering::Release);
     }
 
     /// The shared state of `shard`, backed by the mapped maps.
@@ -389,6 +460,18 @@ impl XdpCoordinator {
     pub fn counter_reader(&self) -> CounterReader {
         self.counters.clone()
     }
+}
+
+/// Refuses a chain the fast path cannot forward to.
+fn check_chain(shard: &ShardConfig) -> Result<(), XdpError> {
+    if shard.chain.is_empty() || shard.chain.len() > CHAIN_LEN_MAX {
+        return Err(XdpError::Setup(format!(
+            "shard {} has {} replicas; the fast path forwards to 1..={CHAIN_LEN_MAX}",
+            shard.shard,
+            shard.chain.len()
+        )));
+    }
+    Ok(())
 }
 
 fn endpoint(address: SocketAddrV4, mac: [u8; 6]) -> Endpoint {

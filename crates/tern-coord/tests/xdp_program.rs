@@ -5,12 +5,13 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use common::*;
 use tern_coord::xdp::XdpCoordinator;
 use tern_proto::Time;
-use tern_proto::coordinator::ShardState;
+use tern_proto::coordinator::{ShardConfig, ShardState};
 use tern_wire::maps::XdpCounter;
 use tern_wire::{Header, Message, Op, Status, dirty_index, encode, flags, key_hash};
 
@@ -256,4 +257,153 @@ fn a_full_window_hands_the_write_to_user_space_without_taking_a_sequence_number(
         next + 2 * tern_wire::maps::INFLIGHT_WRITES_MAX
     );
     assert_eq!(counter(&coordinator, XdpCounter::PassWindowFull), 1);
+}
+
+/// A chain of replicas 3 and 4 (a different head and tail), at `epoch`.
+fn other_chain(epoch: u32) -> (ShardConfig, HashMap<SocketAddrV4, [u8; 6]>) {
+    let chain = vec![replica(3), replica(4)];
+    let macs = (3..5).map(|i| (replica(i), replica_mac(i))).collect();
+    let config = ShardConfig {
+        shard: 5,
+        epoch,
+        chain,
+    };
+    (config, macs)
+}
+
+#[test]
+fn a_route_installed_in_place_keeps_the_window_and_the_dirty_table() {
+    let (coordinator, state) = load();
+    let index = dirty_index(key_hash(b"k"));
+    run(&coordinator, &from_client(&request(Op::Put, b"k", b"v")));
+    assert!(state.is_in_flight(1));
+    // The chain changes under the loaded program: new head, new tail.
+    let (config, macs) = other_chain(EPOCH + 1);
+    let missing = coordinator.install_route(&config, &macs).unwrap();
+    assert!(missing.is_empty());
+    assert_eq!(coordinator.route(5).unwrap().generation.get() % 2, 0);
+    // Requests of the old epoch go up (user space refuses them explicitly).
+    let (verdict, _) = run(&coordinator, &from_client(&request(Op::Put, b"k", b"w")));
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(counter(&coordinator, XdpCounter::PassEpoch), 1);
+    // At the new epoch: the next seq, to the new head; the old write is
+    // still in flight and the key stays dirty for both.
+    let mut header = Message::decode(&request(Op::Put, b"k", b"w"))
+        .unwrap()
+        .header;
+    header.epoch.set(EPOCH + 1);
+    let (verdict, out) = run(
+        &coordinator,
+        &from_client(&encode(&header, b"k", b"w").unwrap()),
+    );
+    assert_eq!(verdict, XDP_TX);
+    let out = sent(&out);
+    assert_eq!(out.destination, replica(3));
+    assert_eq!(out.destination_mac, replica_mac(3));
+    assert_eq!(out.header.seq.get(), 2);
+    assert!(state.is_in_flight(1) && state.is_in_flight(2));
+    assert_eq!(state.dirty_count(index), 2);
+    // The new tail acknowledges the write sequenced before the change, at
+    // the new epoch.
+    let mut new_ack = Message::decode(&ack(1, b"k")).unwrap().header;
+    new_ack.epoch.set(EPOCH + 1);
+    let new_ack = encode(&new_ack, b"", b"").unwrap();
+    let (verdict, _) = run(
+        &coordinator,
+        &frame(replica(4), replica_mac(4), COORDINATOR, &new_ack),
+    );
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(state.commit_seq(), 1);
+    assert_eq!(state.dirty_count(index), 1);
+    // The old tail is no longer believed.
+    let mut old_tail_ack = Message::decode(&ack(2, b"k")).unwrap().header;
+    old_tail_ack.epoch.set(EPOCH + 1);
+    let old_tail_ack = encode(&old_tail_ack, b"", b"").unwrap();
+    let (verdict, _) = run(&coordinator, &from_tail(&old_tail_ack));
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(state.commit_seq(), 1);
+}
+
+#[test]
+fn a_route_with_an_unknown_mac_sends_the_shard_to_user_space_until_it_is_known() {
+    let (coordinator, state) = load();
+    let (config, mut macs) = other_chain(EPOCH);
+    macs.remove(&replica(4));
+    assert_eq!(
+        coordinator.install_route(&config, &macs).unwrap(),
+        vec![replica(4)]
+    );
+    let (verdict, _) = run(&coordinator, &from_client(&request(Op::Put, b"k", b"v")));
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(
+        state.next_seq(),
+        1,
+        "user space sequences it, not the kernel"
+    );
+    macs.insert(replica(4), replica_mac(4));
+    assert!(
+        coordinator
+            .install_route(&config, &macs)
+            .unwrap()
+            .is_empty()
+    );
+    let (verdict, out) = run(&coordinator, &from_client(&request(Op::Put, b"k", b"v")));
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(sent(&out).destination, replica(3));
+}
+
+#[test]
+fn a_read_never_uses_a_route_torn_by_a_concurrent_rewrite() {
+    let (coordinator, _state) = load();
+    let (other, other_macs) = other_chain(EPOCH);
+    let original = ShardConfig {
+        shard: 5,
+        epoch: EPOCH,
+        chain: vec![replica(0), replica(1), replica(2)],
+    };
+    let original_macs: HashMap<_, _> = (0..3).map(|i| (replica(i), replica_mac(i))).collect();
+    // Every replica's address belongs with exactly one MAC.
+    let mac_of: HashMap<SocketAddrV4, [u8; 6]> =
+        (0..5).map(|i| (replica(i), replica_mac(i))).collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (mut transmitted, mut handed_up) = (0, 0);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                coordinator.install_route(&other, &other_macs).unwrap();
+                coordinator
+                    .install_route(&original, &original_macs)
+                    .unwrap();
+            }
+        });
+        // Stops the writer even when an assertion below fails.
+        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = StopOnDrop(&stop);
+        let get = from_client(&request(Op::Get, b"k", b""));
+        for _ in 0..20_000 {
+            let (verdict, out) = run(&coordinator, &get);
+            if verdict == XDP_TX {
+                transmitted += 1;
+                let out = sent(&out);
+                assert_eq!(
+                    mac_of[&out.destination], out.destination_mac,
+                    "a read went to one replica's address with another's MAC"
+                );
+            } else {
+                assert_eq!(verdict, XDP_PASS);
+                handed_up += 1;
+            }
+        }
+    });
+    assert!(transmitted > 0, "the fast path served reads meanwhile");
+    assert_eq!(
+        counter(&coordinator, XdpCounter::PassReconfiguring),
+        handed_up,
+        "every hand-up was a read during a rewrite"
+    );
 }

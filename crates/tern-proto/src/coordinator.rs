@@ -569,6 +569,12 @@ impl<S: ShardState> Coordinator<S> {
         ids
     }
 
+    /// Stops serving `shard` (the map moved it elsewhere); its requests are
+    /// answered WRONG_SHARD from now on. False when it was not served here.
+    pub fn remove(&mut self, shard: u32) -> bool {
+        self.shards.remove(&shard).is_some()
+    }
+
     /// Installs a new chain or epoch of a shard served here, in place
     /// ([`ShardCoordinator::reconfigure`]); false when the shard is not.
     pub fn reconfigure(&mut self, config: ShardConfig) -> bool {

@@ -92,7 +92,8 @@
 #define TERN_XDP_COUNTER_PASS_NOT_FROM_TAIL 11
 #define TERN_XDP_COUNTER_PASS_CONTENDED 12
 #define TERN_XDP_COUNTER_PASS_BAD_KEY_HASH 13
-#define TERN_XDP_COUNTER_COUNT       14
+#define TERN_XDP_COUNTER_PASS_RECONFIGURING 14
+#define TERN_XDP_COUNTER_COUNT       15
 
 struct tern_header {
 	__u16 magic;                     /* @0  Always MAGIC. */
@@ -151,21 +152,23 @@ _Static_assert(__builtin_offsetof(struct tern_endpoint, port) == 4, "tern_endpoi
 _Static_assert(__builtin_offsetof(struct tern_endpoint, mac) == 6, "tern_endpoint.mac offset");
 
 struct tern_shard_route {
-	__u8 present;                    /* @0  1 when this coordinator serves the shard. */
-	__u8 replica_count;              /* @1  Number of replicas in `replicas`, head first. */
-	__u8 reserved[2];                /* @2  Zero. */
-	__u32 local_index;               /* @4  Index of the shard's cell, dirty table and window in the shared maps. */
-	__u32 epoch;                     /* @8  The shard's epoch; requests of another epoch go to user space. */
-	struct tern_endpoint replicas[8]; /* @12 The chain, head first. */
-} __attribute__((packed));
+	__u32 generation;                /* @0  Seqlock: odd while the control path rewrites the route. */
+	__u8 present;                    /* @4  1 when this coordinator serves the shard. */
+	__u8 replica_count;              /* @5  Number of replicas in `replicas`, head first. */
+	__u8 reserved[2];                /* @6  Zero. */
+	__u32 local_index;               /* @8  Index of the shard's cell, dirty table and window in the shared maps. */
+	__u32 epoch;                     /* @12 The shard's epoch; requests of another epoch go to user space. */
+	struct tern_endpoint replicas[8]; /* @16 The chain, head first. */
+};
 
-_Static_assert(sizeof(struct tern_shard_route) == 108, "tern_shard_route size");
-_Static_assert(__builtin_offsetof(struct tern_shard_route, present) == 0, "tern_shard_route.present offset");
-_Static_assert(__builtin_offsetof(struct tern_shard_route, replica_count) == 1, "tern_shard_route.replica_count offset");
-_Static_assert(__builtin_offsetof(struct tern_shard_route, reserved) == 2, "tern_shard_route.reserved offset");
-_Static_assert(__builtin_offsetof(struct tern_shard_route, local_index) == 4, "tern_shard_route.local_index offset");
-_Static_assert(__builtin_offsetof(struct tern_shard_route, epoch) == 8, "tern_shard_route.epoch offset");
-_Static_assert(__builtin_offsetof(struct tern_shard_route, replicas) == 12, "tern_shard_route.replicas offset");
+_Static_assert(sizeof(struct tern_shard_route) == 112, "tern_shard_route size");
+_Static_assert(__builtin_offsetof(struct tern_shard_route, generation) == 0, "tern_shard_route.generation offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_route, present) == 4, "tern_shard_route.present offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_route, replica_count) == 5, "tern_shard_route.replica_count offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_route, reserved) == 6, "tern_shard_route.reserved offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_route, local_index) == 8, "tern_shard_route.local_index offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_route, epoch) == 12, "tern_shard_route.epoch offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_route, replicas) == 16, "tern_shard_route.replicas offset");
 
 struct tern_shard_cell {
 	__u64 next_seq;                  /* @0  Next sequence number to assign (DESIGN rule 1). */

@@ -166,7 +166,8 @@ pub const STRUCTS: &[CStruct] = &[
         name: "tern_shard_route",
         fields: ShardRoute::FIELDS,
         size: size_of::<ShardRoute>(),
-        packed: true,
+        // Not packed, so that `generation` is one aligned load in C.
+        packed: false,
     },
     CStruct {
         name: "tern_shard_cell",

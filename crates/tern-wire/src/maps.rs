@@ -53,10 +53,13 @@ mod records {
     }
 
     wire_struct! {
-        /// One shard as the XDP program routes it (`shard_routes[shard id]`).
+        /// One shard as the XDP program routes it (`shard_routes[shard id]`),
+        /// rewritten in place by the control path under a seqlock.
         #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default, PartialEq, Eq)]
         #[repr(C)]
         pub struct ShardRoute {
+            /// Seqlock: odd while the control path rewrites the route.
+            pub generation: zerocopy::little_endian::U32 => "__u32",
             /// 1 when this coordinator serves the shard.
             pub present: u8 => "__u8",
             /// Number of replicas in `replicas`, head first.
@@ -112,7 +115,9 @@ const _: () = assert!(core::mem::size_of::<ShardCell>() == 32);
 const _: () = assert!(core::mem::size_of::<WindowSlot>() == 24 + MESSAGE_LEN_MAX);
 const _: () = assert!(core::mem::size_of::<WindowSlot>().is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 12);
-const _: () = assert!(core::mem::size_of::<ShardRoute>() == 12 + 12 * CHAIN_LEN_MAX);
+const _: () = assert!(core::mem::size_of::<ShardRoute>() == 16 + 12 * CHAIN_LEN_MAX);
+// The generation is read and written as one aligned 32-bit word.
+const _: () = assert!(core::mem::size_of::<ShardRoute>().is_multiple_of(8));
 
 impl std::fmt::Debug for ShardCell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -157,6 +162,8 @@ crate::wire_enum! {
         PassContended = 12 => "PASS_CONTENDED",
         /// Handed to user space: a request whose key_hash does not match its key.
         PassBadKeyHash = 13 => "PASS_BAD_KEY_HASH",
+        /// Handed to user space: the shard's route was being rewritten.
+        PassReconfiguring = 14 => "PASS_RECONFIGURING",
     }
 }
 

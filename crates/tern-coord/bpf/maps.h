@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The maps of the XDP coordinator and the shared-memory primitives. The
+ * mmapable maps (shard_routes, shard_cells, dirty_counts, window) are laid
+ * out by tern_wire::maps and mapped by the user-space coordinator, so both
+ * paths work on the same memory (crates/tern-proto/src/shared.rs).
+ */
+#ifndef TERN_MAPS_H
+#define TERN_MAPS_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <bpf/bpf_helpers.h>
+
+#include "tern_wire.h"
+
+#define READ_SHARED(x) (*(volatile __typeof__(x) *)&(x))
+#define WRITE_SHARED(x, v) (*(volatile __typeof__(x) *)&(x) = (v))
+#define BARRIER() asm volatile("" ::: "memory")
+
+
+/* This coordinator's address (key 0); written by user space before attach. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tern_endpoint);
+} self_endpoint SEC(".maps");
+
+/* Shards served here, by shard id; written by the control path only, in
+ * place through its mapping, under the seqlock of route.h. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, TERN_SHARD_ID_MAX);
+	__type(key, __u32);
+	__type(value, struct tern_shard_route);
+} shard_routes SEC(".maps");
+
+/* Hot counters per local shard (max_entries set to the shard count at load). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tern_shard_cell);
+} shard_cells SEC(".maps");
+
+/* Dirty counts: TERN_DIRTY_SLOTS entries per local shard. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, TERN_DIRTY_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} dirty_counts SEC(".maps");
+
+/* In-flight windows: TERN_INFLIGHT_WRITES_MAX slots per local shard. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, TERN_INFLIGHT_WRITES_MAX);
+	__type(key, __u32);
+	__type(value, struct tern_window_slot);
+} window SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TERN_XDP_COUNTER_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} xdp_stats SEC(".maps");
+
+struct client_mac {
+	__u8 mac[ETH_ALEN];
+	__u8 reserved[2];
+};
+
+/* Ethernet address of each client seen, learnt from its requests, so that
+ * acknowledgements can be turned into replies in the kernel. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TERN_CLIENT_MACS_MAX);
+	__type(key, __be32);
+	__type(value, struct client_mac);
+} client_macs SEC(".maps");
+
+
+#endif /* TERN_MAPS_H */

@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Writes and their acknowledgements: sequence_write follows
+ * ShardCoordinator::sequence_write (DESIGN rules 1 and 3), acknowledge
+ * follows tern_proto::coordinator::complete_write (rule 4).
+ */
+#ifndef TERN_WRITES_H
+#define TERN_WRITES_H
+
+#include "frame.h"
+#include "route.h"
+
+/* PUT, DELETE, CAS, INCRBY, APPEND: sequence, mark dirty, keep a copy, send
+ * to the head (which decides the write). */
+static __always_inline int sequence_write(struct xdp_md *ctx, struct frame *frame,
+					  const struct route_view *view,
+					  struct tern_shard_cell *cell)
+{
+	struct tern_header *tern = frame->tern;
+	__u32 dirty_index = tern->key_hash & TERN_DIRTY_INDEX_MASK;
+	__u64 *dirty = dirty_count_of(view, dirty_index);
+	struct tern_window_slot *slot = NULL;
+	struct tern_endpoint head;
+	__u32 length = frame->payload_len;
+	__u64 seq = 0;
+	int won = 0;
+
+	if (!dirty || !copy_replica(view, 0, &head))
+		return hand_to_user_space(TERN_XDP_COUNTER_PASS_MALFORMED);
+	if (!route_unchanged(view))
+		return hand_to_user_space(TERN_XDP_COUNTER_PASS_RECONFIGURING);
+	/* DESIGN rule 1: reserve the next sequence number whose window slot is
+	 * free. Only the winner of seq can claim its slot, so a slot seen free
+	 * before winning stays free until published (as SharedShard does). */
+	for (int attempt = 0; attempt < TERN_CAS_ATTEMPTS_MAX; attempt++) {
+		seq = READ_SHARED(cell->next_seq);
+		slot = slot_of(view, seq);
+		if (!slot || READ_SHARED(slot->seq) != 0)
+			return hand_to_user_space(TERN_XDP_COUNTER_PASS_WINDOW_FULL);
+		if (__sync_val_compare_and_swap(&cell->next_seq, seq, seq + 1) == seq) {
+			won = 1;
+			break;
+		}
+	}
+	if (!won || !slot)
+		return hand_to_user_space(TERN_XDP_COUNTER_PASS_CONTENDED);
+	/* DESIGN rule 3: the key is dirty before the write can reach anyone. */
+	__sync_fetch_and_add(dirty, 1);
+	tern->seq = seq;
+	tern->commit_seq = READ_SHARED(cell->commit_seq);
+	/* Only the client's write options travel on with the write. */
+	tern->flags &= TERN_FLAGS_WRITE_OPTIONS;
+	tern->reply_ip = frame->ip->saddr;
+	tern->reply_port = frame->udp->source;
+	learn_client(frame);
+	readdress(frame, head.ip, head.port, head.mac);
+	/* Keep the datagram for resends, then publish the slot. parse() bounded
+	 * the length; the clamps restate the bounds for the verifier, and the
+	 * empty asm keeps clang from folding them away as redundant. */
+	asm volatile("" : "+r"(length));
+	if (length < TERN_HEADER_LEN)
+		length = TERN_HEADER_LEN;
+	if (length > TERN_MESSAGE_LEN_MAX)
+		length = TERN_MESSAGE_LEN_MAX;
+	if (bpf_xdp_load_bytes(ctx, PAYLOAD_OFFSET, slot->data, length) != 0)
+		length = 0; /* Unreachable after parse(); a resend would send nothing. */
+	slot->len = length;
+	slot->dirty_index = dirty_index;
+	slot->sent_ns = bpf_ktime_get_ns();
+	__sync_lock_test_and_set(&slot->seq, seq);
+	count(TERN_XDP_COUNTER_WRITES);
+	return XDP_TX;
+}
+
+/* ACK from the tail: commit_seq, then the dirty count, then the reply. */
+static __always_inline int acknowledge(struct frame *frame, const struct route_view *view,
+				       struct tern_shard_cell *cell)
+{
+	struct tern_header *tern = frame->tern;
+	struct client_mac *client = NULL;
+	struct tern_window_slot *slot;
+	struct tern_endpoint tail;
+	__u64 seq = tern->seq;
+	__be32 client_ip = tern->reply_ip;
+	int advanced = 0;
+
+	if (!copy_replica(view, view->replica_count - 1, &tail))
+		return XDP_ABORTED;
+	if (!route_unchanged(view))
+		return hand_to_user_space(TERN_XDP_COUNTER_PASS_RECONFIGURING);
+	if (frame->ip->saddr != tail.ip || frame->udp->source != tail.port)
+		return hand_to_user_space(TERN_XDP_COUNTER_PASS_NOT_FROM_TAIL);
+	/* Decide everything that could send this to user space before changing
+	 * any state, so that user space can process it whole. */
+	if (tern->reply_port != 0) {
+		client = bpf_map_lookup_elem(&client_macs, &client_ip);
+		if (!client)
+			return hand_to_user_space(TERN_XDP_COUNTER_PASS_NO_CLIENT_MAC);
+	}
+	/* DESIGN rule 4: commit_seq = max(commit_seq, seq) first. */
+	for (int attempt = 0; attempt < TERN_CAS_ATTEMPTS_MAX; attempt++) {
+		__u64 current = READ_SHARED(cell->commit_seq);
+
+		if (current >= seq ||
+		    __sync_val_compare_and_swap(&cell->commit_seq, current, seq) == current) {
+			advanced = 1;
+			break;
+		}
+	}
+	if (!advanced)
+		return hand_to_user_space(TERN_XDP_COUNTER_PASS_CONTENDED);
+	/* Then the dirty count, only if seq was still in flight, so that a
+	 * duplicate acknowledgement never lowers another write's count. */
+	slot = slot_of(view, seq);
+	if (slot) {
+		__u32 dirty_index = READ_SHARED(slot->dirty_index) & TERN_DIRTY_INDEX_MASK;
+
+		BARRIER();
+		if (__sync_val_compare_and_swap(&slot->seq, seq, 0) == seq) {
+			__u64 *dirty = dirty_count_of(view, dirty_index);
+
+			if (dirty)
+				__sync_fetch_and_add(dirty, -1);
+			count(TERN_XDP_COUNTER_ACKS);
+		} else {
+			count(TERN_XDP_COUNTER_ACKS_NOT_IN_FLIGHT);
+		}
+	}
+	if (!client)
+		return XDP_DROP; /* A gap fill: nobody to answer. */
+	/* Then the reply. */
+	tern->op = TERN_OP_REPLY;
+	tern->flags &= TERN_FLAGS_REPLY_OPTIONS;
+	readdress(frame, client_ip, tern->reply_port, client->mac);
+	return XDP_TX;
+}
+
+#endif /* TERN_WRITES_H */
