@@ -130,6 +130,8 @@ counters! {
         window_full,
         resent,
         noop_fills,
+        /// Committed seqs the head asked for again: its data was lost.
+        lost_fills,
         refused_recovering,
         stale_epoch,
         unexpected_sender,
@@ -399,10 +401,18 @@ impl<S: ShardState> ShardCoordinator<S> {
         for seq in first..=last {
             if self.resend(seq, Time::MAX, now, outbox) {
                 continue;
-            } else if seq < self.first_seq {
+            } else if seq < self.first_seq || seq <= self.state.commit_seq() {
                 // Assigned by a coordinator that is gone and never applied by
-                // the head (the head asks for it): fill it with nothing.
-                self.counters.noop_fills += 1;
+                // the head (the head asks for it), or acknowledged once and
+                // lost since by every replica that had it (a chain that
+                // restarted without durable state): fill it with nothing, so
+                // that the chain can move on. A healthy head never asks for
+                // a committed seq: it applied every one before the tail.
+                if seq < self.first_seq {
+                    self.counters.noop_fills += 1;
+                } else {
+                    self.counters.lost_fills += 1;
+                }
                 let mut noop = Header::new(Op::Noop, self.config.shard, self.config.epoch);
                 noop.seq.set(seq);
                 noop.commit_seq.set(self.state.commit_seq());

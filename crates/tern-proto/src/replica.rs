@@ -361,7 +361,13 @@ impl Replica {
         &self.drops
     }
 
-    fn serve_read(&mut self, from: SocketAddrV4, message: &Message<'_>, outbox: &mut Outbox) {
+    fn serve_read(
+        &mut self,
+        now: Time,
+        from: SocketAddrV4,
+        message: &Message<'_>,
+        outbox: &mut Outbox,
+    ) {
         let header = &message.header;
         // Forwarded reads name the client to answer; direct ones do not.
         let to = if header.reply_port.get() == 0 {
@@ -374,7 +380,9 @@ impl Replica {
             // applied yet (it restarted from a log that lacked them, or is
             // catching up): answering could return an older value than one
             // a client already saw. The client tries again.
+            // It asks its predecessor for what it lacks meanwhile.
             self.counters.behind_stamp += 1;
+            self.request_up_to(now, header.commit_seq.get(), outbox);
             return self.answer_status(to, header, Status::TryAgain, outbox);
         }
         self.store.observe_commit(header.commit_seq.get());
@@ -764,20 +772,26 @@ impl Replica {
     }
 
     fn request_gap(&mut self, now: Time, outbox: &mut Outbox) {
-        if self
-            .last_gap_request
-            .is_some_and(|last| now.since(last) < GAP_REQUEST_INTERVAL)
-        {
-            return;
-        }
         let Some(first_held) = self.holdback.keys().next() else {
             return;
         };
+        self.request_up_to(now, first_held - 1, outbox);
+    }
+
+    /// Asks the predecessor for everything after what is applied here, up
+    /// to `last`, at most every GAP_REQUEST_INTERVAL.
+    fn request_up_to(&mut self, now: Time, last: u64, outbox: &mut Outbox) {
+        if self
+            .last_gap_request
+            .is_some_and(|previous| now.since(previous) < GAP_REQUEST_INTERVAL)
+        {
+            return;
+        }
         self.last_gap_request = Some(now);
         self.counters.gap_requests += 1;
         let mut request = Header::new(Op::Retransmit, self.config.shard, self.config.epoch);
         request.seq.set(self.store.applied_seq() + 1);
-        request.version_field.set(first_held - 1);
+        request.version_field.set(last);
         outbox.push(self.config.predecessor(), &request, &[], &[]);
     }
 
@@ -876,7 +890,7 @@ impl Core for Replica {
             }
         }
         match header.op() {
-            Op::Get => self.serve_read(from, &message, outbox),
+            Op::Get => self.serve_read(now, from, &message, outbox),
             Op::Put | Op::Delete | Op::Cas | Op::IncrBy | Op::Append | Op::Noop => {
                 if self.config.is_head() && from == self.config.coordinator {
                     self.receive_sequenced(now, &message, bytes, outbox);

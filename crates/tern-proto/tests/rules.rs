@@ -492,3 +492,70 @@ fn deleting_an_absent_key_reports_not_found_and_changes_nothing() {
     assert_eq!(reply.status(), Status::NotFound);
     assert_eq!(sim.tail().store().live_keys(), 0);
 }
+
+#[test]
+fn rule5_a_replica_behind_the_stamp_refuses_the_read_and_catches_up() {
+    let mut sim = Sim::new(3);
+    sim.put(b"k", b"v", 1);
+    sim.deliver_all();
+    // The middle comes back without the write (a restart that lost it).
+    let config = sim.replica_config(1);
+    sim.replicas[1] = tern_proto::replica::Replica::new(config);
+    // A read stamped with commit_seq 1, as the coordinator forwards it.
+    let forwarded_read = || {
+        let mut header = Header::new(Op::Get, SHARD, EPOCH);
+        header.key_hash.set(key_hash(b"k"));
+        header.client_id.set(42);
+        header.request_id.set(2);
+        header.seq.set(1);
+        header.commit_seq.set(1);
+        header.set_reply_addr(CLIENT);
+        tern_wire::encode(&header, b"k", b"").unwrap()
+    };
+    let (coordinator, middle) = (sim.coordinator_addr, sim.chain[1]);
+    sim.network.push_back(Datagram {
+        from: coordinator,
+        to: middle,
+        bytes: forwarded_read(),
+    });
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(2).status(), Status::TryAgain, "no older value");
+    // It asked the head for what it lacks, and has it now.
+    assert_eq!(sim.replicas[1].store().applied_seq(), 1);
+    sim.client_inbox.clear();
+    sim.network.push_back(Datagram {
+        from: coordinator,
+        to: middle,
+        bytes: forwarded_read(),
+    });
+    sim.deliver_all();
+    let reply = sim.reply_to(2);
+    assert_eq!(reply.status(), Status::Ok);
+    assert_eq!(reply.value, b"v");
+}
+
+#[test]
+fn a_committed_seq_the_whole_chain_lost_is_filled_so_writes_go_on() {
+    let mut sim = Sim::new(1);
+    sim.put(b"k", b"v", 1);
+    sim.deliver_all();
+    // The only replica restarts without durable state: seq 1 is gone.
+    let config = sim.replica_config(0);
+    sim.replicas[0] = tern_proto::replica::Replica::new(config);
+    sim.put(b"other", b"w", 2);
+    for _ in 0..5 {
+        sim.deliver_all();
+        sim.advance(Duration::from_millis(30));
+    }
+    assert_eq!(
+        sim.reply_to(2).status(),
+        Status::Ok,
+        "the shard writes again"
+    );
+    assert_eq!(sim.shard().counters().lost_fills, 1);
+    assert_eq!(
+        sim.head().store().latest(b"k"),
+        None,
+        "the lost write stays lost"
+    );
+}
