@@ -43,7 +43,8 @@ static __always_inline __u32 read_route(const struct tern_header *tern, struct r
 		return TERN_XDP_COUNTER_PASS_UNKNOWN_SHARD;
 	view->route = route;
 	view->generation = READ_SHARED(route->generation);
-
+	if (view->generation & 1)
+		return TERN_XDP_COUNTER_PASS_RECONFIGURING;
 	BARRIER();
 	view->local_index = READ_SHARED(route->local_index);
 	view->epoch = READ_SHARED(route->epoch);
@@ -72,7 +73,7 @@ static __always_inline int copy_replica(const struct route_view *view, __u32 ind
 static __always_inline int route_unchanged(const struct route_view *view)
 {
 	BARRIER();
-	return 1;
+	return READ_SHARED(view->route->generation) == view->generation;
 }
 
 static __always_inline __u64 *dirty_count_of(const struct route_view *view, __u32 dirty_index)

@@ -391,8 +391,11 @@ fn a_read_never_uses_a_route_torn_by_a_concurrent_rewrite() {
                 transmitted += 1;
                 let out = sent(&out);
                 assert_eq!(
-                    mac_of[&out.destination], out.destination_mac,
-                    "a read went to one replica's address with another's MAC"
+                    mac_of.get(&out.destination),
+                    Some(&out.destination_mac),
+                    "a read went to {} with MAC {:?}: not a replica's address and MAC",
+                    out.destination,
+                    out.destination_mac
                 );
             } else {
                 assert_eq!(verdict, XDP_PASS);
