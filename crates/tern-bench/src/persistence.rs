@@ -62,7 +62,7 @@ fn record(seq: u64, value: &[u8], out: &mut Outbox) {
     header.key_hash.set(key_hash(key.as_bytes()));
     header.effect = Effect::Put as u8;
     header.status = Status::Ok as u8;
-    header.version_field.set(seq);
+    header.set_version(seq);
     out.journal_push(seq, &header, key.as_bytes(), value);
 }
 

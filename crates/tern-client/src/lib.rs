@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 pub use map::{ClusterMap, MapError, ShardMap};
 pub use pipeline::{Completion, PIPELINE_DEPTH_MAX, Pipeline, Request};
 use tern_wire::{
-    Header, KEY_LEN_MAX, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, encode_into, flags,
-    key_hash, slot_of,
+    Extensions, Header, KEY_LEN_MAX, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX,
+    encode_into, flags, key_hash, slot_of,
 };
 use thiserror::Error;
 
@@ -101,6 +101,7 @@ pub struct SetOutcome {
 pub struct Reply {
     pub status: Status,
     pub header: Header,
+    pub extensions: Extensions,
     pub value: Vec<u8>,
 }
 
@@ -136,7 +137,7 @@ pub(crate) fn request_header(
     let mut header = Header::new(op, shard.id, shard.epoch);
     header.key_hash.set(hash);
     header.client_id.set(client_id);
-    header.version_field.set(version);
+    header.set_expected_version(version);
     Ok((header, shard.coordinator))
 }
 
@@ -204,7 +205,7 @@ impl Client {
         let reply = self.call(Op::Get, key, &[], 0)?;
         match reply.status {
             Status::Ok => Ok(Some(Versioned {
-                version: reply.header.version_field.get(),
+                version: reply.header.version(),
                 value: reply.value,
             })),
             Status::NotFound => Ok(None),
@@ -216,7 +217,7 @@ impl Client {
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<u64, ClientError> {
         let reply = self.call(Op::Put, key, value, 0)?;
         match reply.status {
-            Status::Ok => Ok(reply.header.version_field.get()),
+            Status::Ok => Ok(reply.header.version()),
             status => Err(ClientError::Refused { status }),
         }
     }
@@ -241,10 +242,10 @@ impl Client {
         let reply = self.call(Op::Cas, key, value, expected)?;
         match reply.status {
             Status::Ok => Ok(CasOutcome::Swapped {
-                version: reply.header.version_field.get(),
+                version: reply.header.version(),
             }),
             Status::CasMismatch => Ok(CasOutcome::Mismatch {
-                current: reply.header.version_field.get(),
+                current: reply.header.version(),
             }),
             status => Err(ClientError::Refused { status }),
         }
@@ -423,9 +424,14 @@ impl Client {
                         && !self.map.meta.is_empty() =>
                 {
                     // Meta or the replicas are mid-reconfiguration: a new
-                    // route is tried at once, the same one after a pause.
+                    // route is tried at once, the same one after a pause, and
+                    // so is a map older than the one the refusal names.
                     let rerouted = self.refresh_route(&mut header, &mut to, key, value);
-                    if !rerouted {
+                    let behind = reply
+                        .extensions
+                        .map_version
+                        .is_some_and(|version| self.map.version < version);
+                    if !rerouted || behind {
                         std::thread::sleep(
                             backoff.min(deadline.saturating_duration_since(Instant::now())),
                         );
@@ -476,6 +482,7 @@ impl Client {
                     return Ok(Some(Reply {
                         status: header.status(),
                         header,
+                        extensions: message.extensions,
                         value: message.value.to_vec(),
                     }));
                 }

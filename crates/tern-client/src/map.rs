@@ -27,6 +27,9 @@ pub struct ClusterMap {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub meta: Vec<SocketAddrV4>,
     pub shards: Vec<ShardMap>,
+    /// The version meta gave this map (0: read from a file).
+    #[serde(skip)]
+    pub version: u64,
     /// `slot -> index into shards`, derived when the map is validated.
     #[serde(skip)]
     slot_owner: Vec<u32>,
@@ -51,6 +54,7 @@ impl ClusterMap {
         let mut map = ClusterMap {
             shards,
             meta: Vec::new(),
+            version: 0,
             slot_owner: Vec::new(),
         };
         map.validate()?;

@@ -77,6 +77,7 @@ impl MetaMap {
     pub fn to_cluster_map(&self, meta: &[SocketAddrV4]) -> Result<ClusterMap, MapError> {
         let mut map = ClusterMap::new(self.shards.clone())?;
         map.meta = meta.to_vec();
+        map.version = self.version;
         Ok(map)
     }
 }

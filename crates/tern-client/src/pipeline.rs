@@ -209,6 +209,7 @@ impl Pipeline {
             Ok(Reply {
                 status: header.status(),
                 header,
+                extensions: message.extensions,
                 value: message.value.to_vec(),
             })
         };

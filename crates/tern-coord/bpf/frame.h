@@ -86,11 +86,19 @@ static __always_inline void learn_client(struct frame *frame)
 	bpf_map_update_elem(&client_macs, &ip, &fresh, BPF_ANY);
 }
 
-/* key_hash() of tern_wire over the key that follows the header: FNV-1a in a
- * loop bounded by the longest key, each byte checked against the frame end. */
-static __always_inline int key_hash_matches(const struct tern_header *tern, const void *end)
+/* key_hash() of tern_wire over the key, which follows the header and its
+ * extensions (extensions_len bytes, at most TERN_EXTENSIONS_LEN_MAX):
+ * FNV-1a in a loop bounded by the longest key, each byte checked against
+ * the frame end. */
+static __always_inline int key_hash_matches(const struct tern_header *tern, __u32 extensions_len,
+					    const void *end)
 {
-	const __u8 *key = (const __u8 *)(tern + 1);
+	const __u8 *key;
+	/* The empty asm keeps the bound below for the verifier. */
+	asm volatile("" : "+r"(extensions_len));
+	if (extensions_len > TERN_EXTENSIONS_LEN_MAX)
+		return 0;
+	key = (const __u8 *)(tern + 1) + extensions_len;
 	__u32 length = tern->key_len;
 	__u32 hash = TERN_KEY_HASH_OFFSET_BASIS;
 
@@ -114,18 +122,22 @@ static __always_inline __u32 validate(const struct frame *frame, const void *end
 {
 	const struct tern_header *tern = frame->tern;
 	__u8 classes = tern_op_classes(tern->op);
+	__u32 extensions_len = tern_extensions_len(tern->extensions);
 
 	if (tern->magic != TERN_MAGIC || tern->version != TERN_WIRE_VERSION)
 		return TERN_XDP_COUNTER_PASS_MALFORMED;
 	if (classes == 0)
 		return TERN_XDP_COUNTER_PASS_OP;
 	if (!tern_status_known(tern->status) || !tern_effect_known(tern->effect) ||
+	    tern->reserved != 0 || (tern->extensions & ~TERN_EXTENSIONS_KNOWN) ||
 	    tern->key_len > TERN_KEY_LEN_MAX || tern->value_len > TERN_VALUE_LEN_MAX ||
-	    frame->payload_len != TERN_HEADER_LEN + (__u32)tern->key_len + tern->value_len ||
+	    frame->payload_len !=
+		    TERN_HEADER_LEN + extensions_len + (__u32)tern->key_len + tern->value_len ||
+	    !tern_extensions_allowed(classes, tern->extensions) ||
 	    (tern->value_len != 0 && !(classes & TERN_OP_CLASS_CARRIES_VALUE)))
 		return TERN_XDP_COUNTER_PASS_MALFORMED;
 	if ((classes & (TERN_OP_CLASS_CLIENT_READ | TERN_OP_CLASS_CLIENT_WRITE)) &&
-	    !key_hash_matches(tern, end))
+	    !key_hash_matches(tern, extensions_len, end))
 		return TERN_XDP_COUNTER_PASS_BAD_KEY_HASH;
 	if (!(classes & TERN_OP_CLASS_FAST_PATH))
 		return TERN_XDP_COUNTER_PASS_OP;

@@ -53,10 +53,12 @@ pub enum CoordError {
 pub enum Poll {
     /// Go on as before.
     Serve,
-    /// Install these shards' new configurations in place, stop serving those.
+    /// Install these shards' new configurations in place, stop serving
+    /// those, and name this map version in refusals from now on.
     Change {
         reconfigure: Vec<ShardConfig>,
         remove: Vec<u32>,
+        map_version: u64,
     },
     /// Stop serving and return.
     Stop,
@@ -116,7 +118,7 @@ pub fn run_under_meta(
     };
     let mut standing_by = false;
     while !shutdown.load(Ordering::Relaxed) {
-        let (version, shards) = assigned();
+        let (_, shards) = assigned();
         if shards.is_empty() {
             if !standing_by {
                 tracing::info!(%listen, "coordinator standing by");
@@ -128,7 +130,8 @@ pub fn run_under_meta(
         standing_by = false;
         // The map version the served shards were last found current at,
         // and the shards as served.
-        let mut checked = version;
+        // 0 at first, so that the first poll hands the version over.
+        let mut checked = 0;
         let mut serving = shards.clone();
         let mut poll = || {
             if shutdown.load(Ordering::Relaxed) {
@@ -138,21 +141,27 @@ pub fn run_under_meta(
             if heartbeats.version() != checked {
                 let (now, current) = assigned();
                 // A lease is held for `now` if `current` is not empty.
-                match assignment::decide(&serving, &current, !current.is_empty()) {
-                    Decision::Keep => {}
+                let (reconfigure, remove) = match assignment::decide(
+                    &serving,
+                    &current,
+                    !current.is_empty(),
+                ) {
+                    Decision::Keep => (Vec::new(), Vec::new()),
                     Decision::Change {
                         reconfigure,
                         remove,
                     } => {
                         tracing::info!(%listen, version = now, changed = ?reconfigure, removed = ?remove, "coordinator shards reconfigured in place");
                         serving = current;
-                        next = Poll::Change {
-                            reconfigure,
-                            remove,
-                        };
+                        (reconfigure, remove)
                     }
                     Decision::Restart => return Poll::Stop,
-                }
+                };
+                next = Poll::Change {
+                    reconfigure,
+                    remove,
+                    map_version: now,
+                };
                 checked = now;
             }
             if heartbeats.lease_valid(checked) {
@@ -180,8 +189,10 @@ fn apply_change(
     core: &mut Coordinator<SharedShard>,
     reconfigure: Vec<ShardConfig>,
     remove: Vec<u32>,
+    map_version: u64,
     install: &mut dyn FnMut(Install<'_>),
 ) {
+    core.set_map_version(map_version);
     for config in reconfigure {
         install(Install::Route(&config));
         core.reconfigure(config);
@@ -216,8 +227,9 @@ fn serve_and_report(
             Poll::Change {
                 reconfigure,
                 remove,
+                map_version,
             } => {
-                apply_change(core, reconfigure, remove, install);
+                apply_change(core, reconfigure, remove, map_version, install);
                 true
             }
         },
@@ -389,8 +401,9 @@ fn serve_shards(
                         Poll::Change {
                             reconfigure,
                             remove,
+                            map_version,
                         } => {
-                            apply_change(core, reconfigure, remove, &mut install);
+                            apply_change(core, reconfigure, remove, map_version, &mut install);
                             true
                         }
                     }

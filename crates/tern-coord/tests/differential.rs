@@ -207,7 +207,7 @@ fn ack(seq: u64, status: Status, value: &[u8], reply_to: Option<SocketAddrV4>) -
     header.status = status as u8;
     header.client_id.set(77);
     header.request_id.set(seq);
-    header.version_field.set(seq);
+    header.set_version(seq);
     if let Some(address) = reply_to {
         header.set_reply_addr(address);
     }
@@ -235,7 +235,7 @@ fn valid_corpus() -> Vec<(String, Sender, Vec<u8>)> {
     add("put", Sender::Client, request(Op::Put, b"a", b"1", 2));
     add("dirty get", Sender::Client, request(Op::Get, b"a", b"", 3));
     let mut cas = header_of(&request(Op::Cas, b"b", b"2", 4));
-    cas.version_field.set(0);
+    cas.set_expected_version(0);
     add("cas", Sender::Client, encode(&cas, b"b", b"2").unwrap());
     add("delete", Sender::Client, request(Op::Delete, b"c", b"", 5));
     add("incrby", Sender::Client, request(Op::IncrBy, b"n", b"5", 6));
@@ -303,7 +303,7 @@ fn valid_corpus() -> Vec<(String, Sender, Vec<u8>)> {
     );
     let mut retransmit = Header::new(Op::Retransmit, SHARD, EPOCH);
     retransmit.seq.set(5);
-    retransmit.version_field.set(6);
+    retransmit.set_retransmit_last(6);
     add(
         "retransmit from the head",
         Sender::Head,
@@ -371,6 +371,27 @@ fn malformed_corpus() -> Vec<(String, Sender, Vec<u8>)> {
         "a replicate sent to the coordinator",
         with(&|h| h.op = Op::Replicate as u8),
     );
+    add("reserved field not zero", with(&|h| h.reserved.set(1)));
+    add("unknown extension bit", with(&|h| h.extensions = 0x80));
+    // A map version (8 bytes) before the key: a put may not carry one.
+    let mut map_version_on_put = good_header;
+    map_version_on_put.extensions = tern_wire::ext::MAP_VERSION;
+    add(
+        "extension on an op that may not carry it",
+        raw(map_version_on_put, b"\x07\0\0\0\0\0\0\0kv"),
+    );
+    add(
+        "extension bit without its bytes",
+        raw(map_version_on_put, b"kv"),
+    );
+    let mut reply = Header::new(Op::Reply, SHARD, EPOCH);
+    reply.status = Status::StaleEpoch as u8;
+    let extensions = tern_wire::Extensions {
+        map_version: Some(7),
+    };
+    let mut bytes = Vec::new();
+    tern_wire::encode_append_with(&reply, &extensions, b"", b"", &mut bytes).unwrap();
+    add("a reply with a map version sent to the coordinator", bytes);
     corpus
 }
 

@@ -29,7 +29,7 @@ fn ack(seq: u64, key: &[u8]) -> Vec<u8> {
     header.key_hash.set(key_hash(key));
     header.client_id.set(77);
     header.request_id.set(9);
-    header.version_field.set(seq);
+    header.set_version(seq);
     header.set_reply_addr(CLIENT);
     encode(&header, &[], &[]).unwrap()
 }

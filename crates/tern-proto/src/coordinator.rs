@@ -177,6 +177,8 @@ pub struct ShardCoordinator<S> {
     /// Set by `reconfigure` when the head changed: the next tick resends
     /// every write in flight to the new head at once.
     resend_all: bool,
+    /// Version of the cluster map this coordinator acts on (0: static).
+    map_version: u64,
     resend_buffer: Vec<u8>,
     counters: ShardCounters,
 }
@@ -203,6 +205,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             scanned_up_to: 0,
             last_scan: None,
             resend_all: false,
+            map_version: 0,
             resend_buffer: Vec::with_capacity(MESSAGE_LEN_MAX),
             counters: ShardCounters::default(),
         }
@@ -281,6 +284,7 @@ impl<S: ShardState> ShardCoordinator<S> {
                         header,
                         Status::StaleEpoch,
                         self.config.epoch,
+                        self.map_version,
                         outbox,
                     );
                 } else if header.op() == Op::Get {
@@ -291,7 +295,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             }
             Op::Ack if from == self.config.tail() => self.acknowledge(message, outbox),
             Op::Retransmit if from == self.config.head() => {
-                self.resend_range(now, header.seq.get(), header.version_field.get(), outbox);
+                self.resend_range(now, header.seq.get(), header.retransmit_last(), outbox);
             }
             Op::SeqReport if self.config.chain.contains(&from) => self.learn_progress(from, header),
             _ => self.counters.unexpected_sender += 1,
@@ -330,14 +334,14 @@ impl<S: ShardState> ShardCoordinator<S> {
         let header = &message.header;
         if matches!(self.recovery, Recovery::Probing { .. }) {
             self.counters.refused_recovering += 1;
-            crate::answer_status(from, header, Status::TryAgain, self.config.epoch, outbox);
+            crate::answer_status(from, header, Status::TryAgain, self.config.epoch, 0, outbox);
             return;
         }
         let index = dirty_index(header.key_hash.get());
         // DESIGN rule 1: this is the shard's only serialization point.
         let Some(seq) = self.state.begin_write() else {
             self.counters.window_full += 1;
-            crate::answer_status(from, header, Status::TryAgain, self.config.epoch, outbox);
+            crate::answer_status(from, header, Status::TryAgain, self.config.epoch, 0, outbox);
             return;
         };
         // DESIGN rule 3: the key is dirty before the write can reach anyone.
@@ -430,7 +434,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             return;
         };
         if from == self.config.head() {
-            head_highest = Some(report.version_field.get());
+            head_highest = Some(report.highest_seen());
         }
         if from == self.config.tail() {
             tail_applied = Some(report.seq.get());
@@ -534,6 +538,8 @@ pub struct Coordinator<S> {
     drops: DecodeDrops,
     /// More `name value` lines for STATS (the XDP fast path's counters).
     extra_stats: Option<ExtraStats>,
+    /// Version of the cluster map this process acts on (0: static).
+    map_version: u64,
 }
 
 /// A source of extra STATS lines.
@@ -559,6 +565,7 @@ impl<S: ShardState> Coordinator<S> {
             counters: CoordinatorCounters::default(),
             drops: DecodeDrops::default(),
             extra_stats: None,
+            map_version: 0,
         }
     }
 
@@ -577,6 +584,15 @@ impl<S: ShardState> Coordinator<S> {
         let mut ids: Vec<u32> = self.shards.keys().copied().collect();
         ids.sort_unstable();
         ids
+    }
+
+    /// Records the version of the cluster map this process now acts on; its
+    /// STALE_EPOCH and WRONG_SHARD refusals name it.
+    pub fn set_map_version(&mut self, version: u64) {
+        self.map_version = version;
+        for shard in self.shards.values_mut() {
+            shard.map_version = version;
+        }
     }
 
     /// Stops serving `shard` (the map moved it elsewhere); its requests are
@@ -680,7 +696,14 @@ impl<S: ShardState> Core for Coordinator<S> {
             Some(shard) => shard.step(now, from, &message, outbox),
             None => {
                 self.counters.unknown_shard += 1;
-                crate::answer_status(from, header, Status::WrongShard, header.epoch.get(), outbox);
+                crate::answer_status(
+                    from,
+                    header,
+                    Status::WrongShard,
+                    header.epoch.get(),
+                    self.map_version,
+                    outbox,
+                );
             }
         }
     }

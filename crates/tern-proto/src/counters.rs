@@ -43,7 +43,10 @@ impl DecodeDrops {
             DecodeError::UnknownOp(_) => &mut self.unknown_op,
             DecodeError::UnknownStatus(_)
             | DecodeError::UnknownEffect(_)
-            | DecodeError::UnexpectedValue { .. } => &mut self.bad_field,
+            | DecodeError::UnexpectedValue { .. }
+            | DecodeError::ReservedNotZero(_)
+            | DecodeError::UnknownExtension(_)
+            | DecodeError::ExtensionNotAllowed { .. } => &mut self.bad_field,
             DecodeError::KeyTooLarge { .. } | DecodeError::ValueTooLarge { .. } => {
                 &mut self.too_large
             }

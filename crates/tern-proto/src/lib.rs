@@ -23,15 +23,19 @@ pub use time::Time;
 
 /// Answers `received` with `status` (an error or a refusal), unless it is
 /// itself a reply or acknowledgement: two nodes must never trade errors.
-/// `epoch` is the answerer's own, so that a sender with a stale map learns.
+/// `epoch` is the answerer's own, so that a sender with a stale map learns;
+/// a refusal that sends the sender to the map (STALE_EPOCH, WRONG_SHARD)
+/// also carries the version of the map the answerer acts on, when it has one
+/// (`map_version` 0: a static map).
 pub(crate) fn answer_status(
     to: std::net::SocketAddrV4,
     received: &tern_wire::Header,
     status: tern_wire::Status,
     epoch: u32,
+    map_version: u64,
     outbox: &mut Outbox,
 ) {
-    use tern_wire::Op;
+    use tern_wire::{Op, Status};
     if matches!(
         Op::from_u8(received.op),
         Some(Op::Reply | Op::Ack | Op::SeqReport)
@@ -43,7 +47,11 @@ pub(crate) fn answer_status(
     reply.client_id = received.client_id;
     reply.request_id = received.request_id;
     reply.key_hash = received.key_hash;
-    outbox.push(to, &reply, &[], &[]);
+    let names_the_map = matches!(status, Status::StaleEpoch | Status::WrongShard);
+    let extensions = tern_wire::Extensions {
+        map_version: (names_the_map && map_version != 0).then_some(map_version),
+    };
+    outbox.push_with(to, &reply, &extensions, &[], &[]);
 }
 
 /// Decodes a received datagram. A datagram that fails is counted by reason
@@ -64,7 +72,7 @@ pub(crate) fn decode_or_refuse<'a>(
         error.reply_status(),
         tern_wire::Message::readable_header(bytes),
     ) {
-        answer_status(from, &received, status, received.epoch.get(), outbox);
+        answer_status(from, &received, status, received.epoch.get(), 0, outbox);
     }
     None
 }

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddrV4;
 
-use tern_wire::{Header, encode_append, encode_into};
+use tern_wire::{Extensions, Header, encode_append, encode_append_with};
 
 /// One datagram to send.
 #[derive(Debug, Default)]
@@ -35,8 +35,21 @@ impl Outbox {
     /// Encodes a datagram to `to`. Key and value must be within the wire
     /// limits: cores only echo decoded (hence bounded) keys and values.
     pub fn push(&mut self, to: SocketAddrV4, header: &Header, key: &[u8], value: &[u8]) {
+        self.push_with(to, header, &Extensions::default(), key, value);
+    }
+
+    /// Encodes a datagram with extensions to `to`, as `push` does.
+    pub fn push_with(
+        &mut self,
+        to: SocketAddrV4,
+        header: &Header,
+        extensions: &Extensions,
+        key: &[u8],
+        value: &[u8],
+    ) {
         let slot = self.next_slot(to);
-        encode_into(header, key, value, &mut slot.bytes)
+        slot.bytes.clear();
+        encode_append_with(header, extensions, key, value, &mut slot.bytes)
             .expect("cores only send keys and values within the wire limits");
     }
 

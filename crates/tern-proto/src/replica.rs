@@ -167,6 +167,9 @@ pub struct Replica {
     /// Set by `catch_up`: the next tick asks the predecessor for everything
     /// after the state this replica was loaded with.
     catching_up: bool,
+    /// Version of the cluster map this replica acts on (0: a static map),
+    /// named in its STALE_EPOCH and WRONG_SHARD refusals.
+    map_version: u64,
     /// Scratch space for encoding sent-log entries.
     scratch: Vec<u8>,
     counters: ReplicaCounters,
@@ -192,6 +195,7 @@ impl Replica {
             fenced: false,
             downstream_changed: false,
             catching_up: false,
+            map_version: 0,
             scratch: Vec::new(),
             counters: ReplicaCounters::default(),
             drops: DecodeDrops::default(),
@@ -335,6 +339,11 @@ impl Replica {
         self.config = config;
     }
 
+    /// Records the version of the cluster map this replica now acts on.
+    pub fn set_map_version(&mut self, version: u64) {
+        self.map_version = version;
+    }
+
     /// Fences the replica (no reads, no writes) or lifts the fence.
     pub fn set_fenced(&mut self, fenced: bool) {
         self.fenced = fenced;
@@ -402,7 +411,7 @@ impl Replica {
         match found {
             Some(found) => {
                 reply.status = Status::Ok as u8;
-                reply.version_field.set(found.version);
+                reply.set_version(found.version);
                 outbox.push(to, &reply, &[], found.value);
             }
             None => {
@@ -466,7 +475,7 @@ impl Replica {
             Decision {
                 effect: header.effect(),
                 status: header.status(),
-                version: header.version_field.get(),
+                version: header.version(),
                 value: None,
             }
         };
@@ -480,7 +489,7 @@ impl Replica {
         record.status = status as u8;
         // Only the client's write options travel on with the write.
         record.flags &= flags::WRITE_OPTIONS;
-        record.version_field.set(version);
+        record.set_version(version);
         record.commit_seq.set(self.store.commit_seq());
         let value = match (effect, &decision.value) {
             (Effect::Put, Some(computed)) => &computed[..],
@@ -516,7 +525,7 @@ impl Replica {
             let outcome = Outcome {
                 request_id: record.request_id.get(),
                 status: record.status(),
-                version: record.version_field.get(),
+                version: record.version(),
             };
             self.remember_outcome(record.client_id.get(), seq, outcome);
         }
@@ -574,7 +583,7 @@ impl Replica {
             && received.epoch.get() == self.config.epoch
             && !self.fenced;
         if !sequenced_here {
-            return crate::answer_status(from, &received, status, received.epoch.get(), outbox);
+            return crate::answer_status(from, &received, status, received.epoch.get(), 0, outbox);
         }
         // Defence in depth: the coordinator checks what this decoder checks,
         // so this never happens while both agree. If they ever disagree, a
@@ -639,7 +648,7 @@ impl Replica {
             },
             Op::Cas => {
                 let version = version.unwrap_or(0);
-                if version == header.version_field.get() {
+                if version == header.expected_version() {
                     decided(Effect::Put, Status::Ok, seq)
                 } else {
                     decided(Effect::None, Status::CasMismatch, version)
@@ -791,7 +800,7 @@ impl Replica {
         self.counters.gap_requests += 1;
         let mut request = Header::new(Op::Retransmit, self.config.shard, self.config.epoch);
         request.seq.set(self.store.applied_seq() + 1);
-        request.version_field.set(last);
+        request.set_retransmit_last(last);
         outbox.push(self.config.predecessor(), &request, &[], &[]);
     }
 
@@ -802,7 +811,14 @@ impl Replica {
         status: Status,
         outbox: &mut Outbox,
     ) {
-        crate::answer_status(to, received, status, self.config.epoch, outbox);
+        crate::answer_status(
+            to,
+            received,
+            status,
+            self.config.epoch,
+            self.map_version,
+            outbox,
+        );
     }
 
     fn answer_ping(&self, to: SocketAddrV4, received: &Header, outbox: &mut Outbox) {
@@ -811,7 +827,7 @@ impl Replica {
         reply.client_id = received.client_id;
         reply.seq.set(self.store.applied_seq());
         reply.commit_seq.set(self.store.commit_seq());
-        reply.version_field.set(self.highest_seen);
+        reply.set_highest_seen(self.highest_seen);
         outbox.push(to, &reply, &[], self.config.role_name().as_bytes());
     }
 
@@ -820,9 +836,7 @@ impl Replica {
         report.request_id = received.request_id;
         report.seq.set(self.store.applied_seq());
         report.commit_seq.set(self.store.commit_seq());
-        report
-            .version_field
-            .set(self.highest_seen.max(self.store.applied_seq()));
+        report.set_highest_seen(self.highest_seen.max(self.store.applied_seq()));
         outbox.push(to, &report, &[], &[]);
     }
 
@@ -907,7 +921,7 @@ impl Core for Replica {
             }
             Op::Retransmit => {
                 if from == self.config.downstream() && !self.config.is_tail() {
-                    self.resend_range(header.seq.get(), header.version_field.get(), outbox);
+                    self.resend_range(header.seq.get(), header.retransmit_last(), outbox);
                 } else {
                     self.counters.unexpected_sender += 1;
                 }
@@ -937,7 +951,7 @@ impl Core for Replica {
         if std::mem::take(&mut self.catching_up) && !self.config.is_head() {
             let mut request = Header::new(Op::Retransmit, self.config.shard, self.config.epoch);
             request.seq.set(self.store.applied_seq() + 1);
-            request.version_field.set(u64::MAX);
+            request.set_retransmit_last(u64::MAX);
             outbox.push(self.config.predecessor(), &request, &[], &[]);
         }
         if !self.holdback.is_empty() {

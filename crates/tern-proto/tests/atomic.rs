@@ -18,7 +18,7 @@ fn write(
     header.key_hash.set(key_hash(key));
     header.client_id.set(42);
     header.request_id.set(request_id);
-    header.version_field.set(version);
+    header.set_expected_version(version);
     header.flags = write_flags;
     encode(&header, key, value).unwrap()
 }

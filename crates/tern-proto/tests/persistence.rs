@@ -79,7 +79,7 @@ fn a_restarted_predecessor_can_still_resend_what_it_logged() {
     sim.restart_replica(1, Some(sim.replicas[1].snapshot()));
     let mut retransmit = tern_wire::Header::new(Op::Retransmit, SHARD, EPOCH);
     retransmit.seq.set(1);
-    retransmit.version_field.set(2);
+    retransmit.set_retransmit_last(2);
     let bytes = tern_wire::encode(&retransmit, b"", b"").unwrap();
     sim.network.push_back(Datagram {
         from: sim.chain[1],

@@ -121,7 +121,7 @@ fn run(coordinator: Coordinator, failed: usize, writes: u64, delivered: usize, p
             .collect();
         assert!(!ok.is_empty(), "write {request_id} never answered");
         // Answers to one request agree, whichever epoch produced them.
-        let versions: Vec<u64> = ok.iter().map(|r| r.header.version_field.get()).collect();
+        let versions: Vec<u64> = ok.iter().map(|r| r.header.version()).collect();
         assert!(
             versions.windows(2).all(|pair| pair[0] == pair[1]),
             "write {request_id} answered with versions {versions:?}"

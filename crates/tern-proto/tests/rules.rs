@@ -62,14 +62,14 @@ fn rule2_the_head_decides_cas_and_the_chain_follows_its_decision() {
     let mut sim = Sim::new(3);
     sim.put(b"k", b"first", 1);
     sim.deliver_all();
-    let version = sim.reply_to(1).header.version_field.get();
+    let version = sim.reply_to(1).header.version();
     sim.send(request(Op::Cas, b"k", b"wrong", version + 7, 2));
     sim.send(request(Op::Cas, b"k", b"second", version, 3));
     sim.deliver_all();
     let mismatch = sim.reply_to(2);
     assert_eq!(mismatch.status(), Status::CasMismatch);
     assert_eq!(
-        mismatch.header.version_field.get(),
+        mismatch.header.version(),
         version,
         "mismatch reports the current version"
     );
@@ -311,7 +311,7 @@ fn rule5_a_clean_read_ignores_a_newer_uncommitted_version() {
     sim.deliver_first(to(CLIENT));
     let reply = sim.reply_to(2);
     assert_eq!(reply.value, b"old");
-    assert_eq!(reply.header.version_field.get(), 1);
+    assert_eq!(reply.header.version(), 1);
 }
 
 #[test]
@@ -319,7 +319,7 @@ fn rule6_a_retried_write_is_applied_once_and_answered_the_same() {
     let mut sim = Sim::new(3);
     sim.put(b"k", b"v0", 1);
     sim.deliver_all();
-    let version = sim.reply_to(1).header.version_field.get();
+    let version = sim.reply_to(1).header.version();
     // A CAS whose reply is lost, retried with the same request id.
     let cas = request(Op::Cas, b"k", b"v1", version, 2);
     sim.send(cas.clone());
@@ -558,4 +558,34 @@ fn a_committed_seq_the_whole_chain_lost_is_filled_so_writes_go_on() {
         None,
         "the lost write stays lost"
     );
+}
+
+#[test]
+fn rule7_a_refusal_of_another_epoch_names_the_map_version_its_sender_acts_on() {
+    let mut sim = Sim::new(2);
+    // Under meta, every process knows the version of the map it acts on.
+    sim.coordinator.set_map_version(9);
+    sim.replicas[1].set_map_version(9);
+    sim.send(request_at(EPOCH + 1, Op::Put, b"k", b"v", 0, 1));
+    sim.deliver_all();
+    let reply = sim.reply_to(1);
+    assert_eq!(reply.status(), Status::StaleEpoch);
+    assert_eq!(reply.extensions.map_version, Some(9));
+    // A replica refuses the same way, and without a version (a static map)
+    // nothing is named.
+    let tail = sim.chain[1];
+    sim.network.push_back(Datagram {
+        from: CLIENT,
+        to: tail,
+        bytes: request_at(EPOCH + 1, Op::Get, b"k", b"", 0, 2),
+    });
+    sim.network.push_back(Datagram {
+        from: CLIENT,
+        to: sim.chain[0],
+        bytes: request_at(EPOCH + 1, Op::Get, b"k", b"", 0, 3),
+    });
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(2).status(), Status::StaleEpoch);
+    assert_eq!(sim.reply_to(2).extensions.map_version, Some(9));
+    assert_eq!(sim.reply_to(3).extensions.map_version, None);
 }

@@ -189,6 +189,8 @@ pub fn run(
                 replica.set_fenced(
                     !matches!(role, Role::Member) || !heartbeats.lease_valid(seen_version),
                 );
+                // Named in refusals that send a client to the map.
+                replica.set_map_version(seen_version);
                 heartbeats.set_spare(matches!(role, Role::Spare));
                 Ok(())
             })();

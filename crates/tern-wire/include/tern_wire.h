@@ -13,11 +13,12 @@
 #endif
 
 #define TERN_MAGIC                   0x4e54
-#define TERN_WIRE_VERSION            1
+#define TERN_WIRE_VERSION            2
 #define TERN_HEADER_LEN              72
 #define TERN_KEY_LEN_MAX             256
 #define TERN_VALUE_LEN_MAX           1024
-#define TERN_MESSAGE_LEN_MAX         1352
+#define TERN_EXTENSIONS_LEN_MAX      64
+#define TERN_MESSAGE_LEN_MAX         1416
 #define TERN_SLOT_COUNT              16384
 #define TERN_DIRTY_SLOTS             65536
 #define TERN_DIRTY_INDEX_MASK        0xffff
@@ -72,6 +73,10 @@
 #define TERN_OP_CLASS_FAST_PATH      8
 #define TERN_OP_CLASS_ADMIN          16
 #define TERN_OP_CLASS_INTERNAL       32
+#define TERN_OP_CLASS_ANSWER         64
+
+#define TERN_EXT_MAP_VERSION         1
+#define TERN_EXTENSIONS_KNOWN        1
 
 #define TERN_INFLIGHT_WRITES_MAX     4096
 #define TERN_SHARD_ID_MAX            64
@@ -102,11 +107,11 @@ struct tern_header {
 	__u8 status;                     /* @4  A Status (replies, acks, replication). */
 	__u8 flags;                      /* @5  Bits of flags::*. */
 	__u8 effect;                     /* @6  An Effect (replication and acks). */
-	__u8 reserved0;                  /* @7  Zero. */
+	__u8 extensions;                 /* @7  Bits of ext::*: the extensions between the header and the key. */
 	__u16 key_len;                   /* @8  Length of the key that follows the header. */
 	__u16 value_len;                 /* @10 Length of the value that follows the key. */
 	__be16 reply_port;               /* @12 UDP port of the client to answer, network byte order. */
-	__u16 reserved1;                 /* @14 Zero. */
+	__u16 reserved;                  /* @14 Zero; a receiver refuses anything else (room for later versions). */
 	__be32 reply_ip;                 /* @16 IPv4 address of the client to answer, network byte order. */
 	__u32 shard;                     /* @20 Shard the key belongs to. */
 	__u32 epoch;                     /* @24 Epoch of the sender's view of the shard (DESIGN rule 7). */
@@ -115,7 +120,7 @@ struct tern_header {
 	__u64 request_id;                /* @40 Per-client request number; retries reuse it. */
 	__u64 seq;                       /* @48 Write sequence number, or the read stamp of a forwarded read. */
 	__u64 commit_seq;                /* @56 Highest sequence number acknowledged by the tail, as the sender knows it. */
-	__u64 version_field;             /* @64 CAS: expected version. Replies: the version read or written. */
+	__u64 argument;                  /* @64 The op's argument, read and written by the accessor named for the op. */
 } __attribute__((packed));
 
 _Static_assert(sizeof(struct tern_header) == 72, "tern_header size");
@@ -125,11 +130,11 @@ _Static_assert(__builtin_offsetof(struct tern_header, op) == 3, "tern_header.op 
 _Static_assert(__builtin_offsetof(struct tern_header, status) == 4, "tern_header.status offset");
 _Static_assert(__builtin_offsetof(struct tern_header, flags) == 5, "tern_header.flags offset");
 _Static_assert(__builtin_offsetof(struct tern_header, effect) == 6, "tern_header.effect offset");
-_Static_assert(__builtin_offsetof(struct tern_header, reserved0) == 7, "tern_header.reserved0 offset");
+_Static_assert(__builtin_offsetof(struct tern_header, extensions) == 7, "tern_header.extensions offset");
 _Static_assert(__builtin_offsetof(struct tern_header, key_len) == 8, "tern_header.key_len offset");
 _Static_assert(__builtin_offsetof(struct tern_header, value_len) == 10, "tern_header.value_len offset");
 _Static_assert(__builtin_offsetof(struct tern_header, reply_port) == 12, "tern_header.reply_port offset");
-_Static_assert(__builtin_offsetof(struct tern_header, reserved1) == 14, "tern_header.reserved1 offset");
+_Static_assert(__builtin_offsetof(struct tern_header, reserved) == 14, "tern_header.reserved offset");
 _Static_assert(__builtin_offsetof(struct tern_header, reply_ip) == 16, "tern_header.reply_ip offset");
 _Static_assert(__builtin_offsetof(struct tern_header, shard) == 20, "tern_header.shard offset");
 _Static_assert(__builtin_offsetof(struct tern_header, epoch) == 24, "tern_header.epoch offset");
@@ -138,7 +143,14 @@ _Static_assert(__builtin_offsetof(struct tern_header, client_id) == 32, "tern_he
 _Static_assert(__builtin_offsetof(struct tern_header, request_id) == 40, "tern_header.request_id offset");
 _Static_assert(__builtin_offsetof(struct tern_header, seq) == 48, "tern_header.seq offset");
 _Static_assert(__builtin_offsetof(struct tern_header, commit_seq) == 56, "tern_header.commit_seq offset");
-_Static_assert(__builtin_offsetof(struct tern_header, version_field) == 64, "tern_header.version_field offset");
+_Static_assert(__builtin_offsetof(struct tern_header, argument) == 64, "tern_header.argument offset");
+
+struct tern_ext_map_version {
+	__u64 version;                   /* @0  Version of the map the sender acts on. */
+} __attribute__((packed));
+
+_Static_assert(sizeof(struct tern_ext_map_version) == 8, "tern_ext_map_version size");
+_Static_assert(__builtin_offsetof(struct tern_ext_map_version, version) == 0, "tern_ext_map_version.version offset");
 
 struct tern_endpoint {
 	__be32 ip;                       /* @0  IPv4 address, network byte order. */
@@ -188,10 +200,10 @@ struct tern_window_slot {
 	__u64 sent_ns;                   /* @8  CLOCK_MONOTONIC time of the last send, in nanoseconds. */
 	__u32 dirty_index;               /* @16 dirty_index(key_hash) of the write. */
 	__u32 len;                       /* @20 Bytes used in `data`. */
-	__u8 data[1352];                 /* @24 The datagram as sent to the head, kept for resending. */
+	__u8 data[TERN_MESSAGE_LEN_MAX]; /* @24 The datagram as sent to the head, kept for resending. */
 };
 
-_Static_assert(sizeof(struct tern_window_slot) == 1376, "tern_window_slot size");
+_Static_assert(sizeof(struct tern_window_slot) == 1440, "tern_window_slot size");
 _Static_assert(__builtin_offsetof(struct tern_window_slot, seq) == 0, "tern_window_slot.seq offset");
 _Static_assert(__builtin_offsetof(struct tern_window_slot, sent_ns) == 8, "tern_window_slot.sent_ns offset");
 _Static_assert(__builtin_offsetof(struct tern_window_slot, dirty_index) == 16, "tern_window_slot.dirty_index offset");
@@ -221,7 +233,7 @@ static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)
 	case TERN_OP_STATS:
 		return TERN_OP_CLASS_ADMIN;
 	case TERN_OP_REPLY:
-		return TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_INTERNAL;
+		return TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_INTERNAL | TERN_OP_CLASS_ANSWER;
 	case TERN_OP_REPLICATE:
 		return TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_INTERNAL;
 	case TERN_OP_ACK:
@@ -235,6 +247,24 @@ static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)
 	default:
 		return 0;
 	}
+}
+
+/* Bytes of the extension area that mask names (known bits only). */
+static inline __attribute__((always_inline)) __u32 tern_extensions_len(__u8 mask)
+{
+	__u32 len = 0;
+
+	if (mask & TERN_EXT_MAP_VERSION)
+		len += 8;
+	return len;
+}
+
+/* Whether an op of these TERN_OP_CLASS_* bits may carry every extension of mask. */
+static inline __attribute__((always_inline)) int tern_extensions_allowed(__u8 classes, __u8 mask)
+{
+	if ((mask & TERN_EXT_MAP_VERSION) && !(classes & (TERN_OP_CLASS_ANSWER)))
+		return 0;
+	return 1;
 }
 
 /* Whether value is a known status: one this version of the wire defines. */

@@ -7,14 +7,15 @@ use std::fmt::Write;
 
 use std::mem::size_of;
 
+use crate::extension::{self, MapVersionExtension};
 use crate::maps::{
     CAS_ATTEMPTS_MAX, CHAIN_LEN_MAX, CLIENT_MACS_MAX, Endpoint, INFLIGHT_WRITES_MAX, SHARD_ID_MAX,
     ShardCell, ShardRoute, WindowSlot, XDP_COUNTER_COUNT, XdpCounter,
 };
 use crate::{
-    CStruct, DIRTY_INDEX_MASK, DIRTY_SLOTS, Effect, HEADER_LEN, Header, KEY_HASH_OFFSET_BASIS,
-    KEY_HASH_PRIME, KEY_LEN_MAX, MAGIC, MESSAGE_LEN_MAX, Op, SLOT_COUNT, Status, VALUE_LEN_MAX,
-    WIRE_VERSION, flags, op_class,
+    CStruct, DIRTY_INDEX_MASK, DIRTY_SLOTS, EXTENSIONS_LEN_MAX, Effect, HEADER_LEN, Header,
+    KEY_HASH_OFFSET_BASIS, KEY_HASH_PRIME, KEY_LEN_MAX, MAGIC, MESSAGE_LEN_MAX, Op, SLOT_COUNT,
+    Status, VALUE_LEN_MAX, WIRE_VERSION, flags, op_class,
 };
 
 /// Path of the committed header, relative to this crate's root.
@@ -52,6 +53,11 @@ pub fn generate() -> String {
     define(out, "TERN_HEADER_LEN", &HEADER_LEN.to_string());
     define(out, "TERN_KEY_LEN_MAX", &KEY_LEN_MAX.to_string());
     define(out, "TERN_VALUE_LEN_MAX", &VALUE_LEN_MAX.to_string());
+    define(
+        out,
+        "TERN_EXTENSIONS_LEN_MAX",
+        &EXTENSIONS_LEN_MAX.to_string(),
+    );
     define(out, "TERN_MESSAGE_LEN_MAX", &MESSAGE_LEN_MAX.to_string());
     define(out, "TERN_SLOT_COUNT", &SLOT_COUNT.to_string());
     define(out, "TERN_DIRTY_SLOTS", &DIRTY_SLOTS.to_string());
@@ -109,6 +115,15 @@ pub fn generate() -> String {
         define(out, &format!("TERN_OP_CLASS_{name}"), &class.to_string());
     }
     out.push('\n');
+    for kind in extension::KINDS {
+        define(
+            out,
+            &format!("TERN_EXT_{}", kind.name),
+            &kind.bit.to_string(),
+        );
+    }
+    define(out, "TERN_EXTENSIONS_KNOWN", &extension::KNOWN.to_string());
+    out.push('\n');
     define(
         out,
         "TERN_INFLIGHT_WRITES_MAX",
@@ -134,6 +149,7 @@ pub fn generate() -> String {
         declare(out, shared);
     }
     classify_ops(out);
+    describe_extensions(out);
     known_values(
         out,
         "status",
@@ -154,6 +170,12 @@ pub const STRUCTS: &[CStruct] = &[
         name: "tern_header",
         fields: Header::FIELDS,
         size: size_of::<Header>(),
+        packed: true,
+    },
+    CStruct {
+        name: "tern_ext_map_version",
+        fields: MapVersionExtension::FIELDS,
+        size: size_of::<MapVersionExtension>(),
         packed: true,
     },
     CStruct {
@@ -246,6 +268,50 @@ fn classify_ops(out: &mut String) {
         );
     }
     let _ = writeln!(out, "\tdefault:\n\t\treturn 0;\n\t}}\n}}");
+}
+
+/// `tern_extensions_len(mask)` and `tern_extensions_allowed(classes, mask)`,
+/// the C twins of `extension::extensions_len` and `extensions_allowed`.
+fn describe_extensions(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "\n/* Bytes of the extension area that mask names (known bits only). */"
+    );
+    let _ = writeln!(
+        out,
+        "static inline __attribute__((always_inline)) __u32 tern_extensions_len(__u8 mask)\n{{"
+    );
+    let _ = writeln!(out, "\t__u32 len = 0;\n");
+    for kind in extension::KINDS {
+        let _ = writeln!(
+            out,
+            "\tif (mask & TERN_EXT_{})\n\t\tlen += {};",
+            kind.name, kind.len
+        );
+    }
+    let _ = writeln!(out, "\treturn len;\n}}");
+    let _ = writeln!(
+        out,
+        "\n/* Whether an op of these TERN_OP_CLASS_* bits may carry every extension of mask. */"
+    );
+    let _ = writeln!(
+        out,
+        "static inline __attribute__((always_inline)) int tern_extensions_allowed(__u8 classes, __u8 mask)\n{{"
+    );
+    for kind in extension::KINDS {
+        let classes: Vec<String> = op_class::ALL
+            .iter()
+            .filter(|(class, _)| kind.carried_by & class != 0)
+            .map(|(_, class_name)| format!("TERN_OP_CLASS_{class_name}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\tif ((mask & TERN_EXT_{}) && !(classes & ({})))\n\t\treturn 0;",
+            kind.name,
+            classes.join(" | ")
+        );
+    }
+    let _ = writeln!(out, "\treturn 1;\n}}");
 }
 
 /// `tern_<what>_known(value)`: whether `value` is one of `values`.

@@ -14,8 +14,9 @@ use crate::{Effect, HEADER_LEN, MAGIC, Op, Status, WIRE_VERSION};
 mod layout {
     use super::*;
     wire_struct! {
-        /// The 72-byte header of every Tern datagram, followed by `key_len` key
-        /// bytes and `value_len` value bytes.
+        /// The 72-byte header of every Tern datagram, followed by the
+        /// extensions its `extensions` bits name, `key_len` key bytes and
+        /// `value_len` value bytes.
         #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq)]
         #[repr(C)]
         pub struct Header {
@@ -31,16 +32,16 @@ mod layout {
             pub flags: u8 => "__u8",
             /// An Effect (replication and acks).
             pub effect: u8 => "__u8",
-            /// Zero.
-            pub reserved0: u8 => "__u8",
+            /// Bits of ext::*: the extensions between the header and the key.
+            pub extensions: u8 => "__u8",
             /// Length of the key that follows the header.
             pub key_len: le::U16 => "__u16",
             /// Length of the value that follows the key.
             pub value_len: le::U16 => "__u16",
             /// UDP port of the client to answer, network byte order.
             pub reply_port: be::U16 => "__be16",
-            /// Zero.
-            pub reserved1: le::U16 => "__u16",
+            /// Zero; a receiver refuses anything else (room for later versions).
+            pub reserved: le::U16 => "__u16",
             /// IPv4 address of the client to answer, network byte order.
             pub reply_ip: be::U32 => "__be32",
             /// Shard the key belongs to.
@@ -57,8 +58,8 @@ mod layout {
             pub seq: le::U64 => "__u64",
             /// Highest sequence number acknowledged by the tail, as the sender knows it.
             pub commit_seq: le::U64 => "__u64",
-            /// CAS: expected version. Replies: the version read or written.
-            pub version_field: le::U64 => "__u64",
+            /// The op's argument, read and written by the accessor named for the op.
+            pub argument: le::U64 => "__u64",
         }
     }
 }
@@ -107,5 +108,43 @@ impl Header {
 
     pub fn has_flag(&self, flag: u8) -> bool {
         self.flags & flag != 0
+    }
+
+    /// CAS: the version the key must have (0: absent) for the write to apply.
+    pub fn expected_version(&self) -> u64 {
+        self.argument.get()
+    }
+
+    pub fn set_expected_version(&mut self, version: u64) {
+        self.argument.set(version);
+    }
+
+    /// REPLY, ACK, REPLICATE: the version read or written, or the key's
+    /// current version when a write was refused.
+    pub fn version(&self) -> u64 {
+        self.argument.get()
+    }
+
+    pub fn set_version(&mut self, version: u64) {
+        self.argument.set(version);
+    }
+
+    /// RETRANSMIT: the last sequence number of the range `seq..=last`.
+    pub fn retransmit_last(&self) -> u64 {
+        self.argument.get()
+    }
+
+    pub fn set_retransmit_last(&mut self, last: u64) {
+        self.argument.set(last);
+    }
+
+    /// SEQ_REPORT, and a replica's answer to PING: the highest sequence
+    /// number it has seen.
+    pub fn highest_seen(&self) -> u64 {
+        self.argument.get()
+    }
+
+    pub fn set_highest_seen(&mut self, seq: u64) {
+        self.argument.set(seq);
     }
 }

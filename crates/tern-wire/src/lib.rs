@@ -10,6 +10,7 @@
 //!
 //! No I/O here: this crate must not depend on sockets, tokio or aya.
 
+pub mod extension;
 mod header;
 mod layout;
 mod limits;
@@ -18,10 +19,13 @@ mod message;
 
 pub mod c_header;
 
+pub use extension::{Extensions, ext};
 pub use header::Header;
 pub use layout::{CStruct, FieldInfo};
 pub use limits::*;
-pub use message::{DecodeError, EncodeError, Message, encode, encode_append, encode_into};
+pub use message::{
+    DecodeError, EncodeError, Message, encode, encode_append, encode_append_with, encode_into,
+};
 
 /// Declares a `#[repr(u8)]` wire enum together with the list of its variants,
 /// so that Rust and the generated C header share one definition.
@@ -135,6 +139,8 @@ pub mod op_class {
     pub const ADMIN: u8 = 16;
     /// A message between Tern's own processes (chain, recovery, answers).
     pub const INTERNAL: u8 = 32;
+    /// An answer to a request (REPLY).
+    pub const ANSWER: u8 = 64;
     /// Every class with its C name.
     pub const ALL: &[(u8, &str)] = &[
         (CLIENT_READ, "CLIENT_READ"),
@@ -143,6 +149,7 @@ pub mod op_class {
         (FAST_PATH, "FAST_PATH"),
         (ADMIN, "ADMIN"),
         (INTERNAL, "INTERNAL"),
+        (ANSWER, "ANSWER"),
     ];
 }
 
@@ -157,7 +164,7 @@ impl Op {
             Op::Delete => CLIENT_WRITE | FAST_PATH,
             Op::Noop | Op::Retransmit | Op::SeqProbe | Op::SeqReport => INTERNAL,
             Op::Ping | Op::Stats => ADMIN,
-            Op::Reply => INTERNAL | CARRIES_VALUE,
+            Op::Reply => INTERNAL | CARRIES_VALUE | ANSWER,
             Op::Replicate => INTERNAL | CARRIES_VALUE,
             Op::Ack => INTERNAL | CARRIES_VALUE | FAST_PATH,
         }

@@ -2,8 +2,10 @@
 
 /// First two bytes of every datagram ("TN" on the wire).
 pub const MAGIC: u16 = 0x4E54;
-/// Version of this wire format; a receiver refuses any other.
-pub const WIRE_VERSION: u8 = 1;
+/// Version of this wire format; a receiver refuses any other. Version 2
+/// added the extension area, the zero-checked `reserved` field and named
+/// the overloaded `argument`.
+pub const WIRE_VERSION: u8 = 2;
 /// Size of [`crate::Header`] in bytes.
 pub const HEADER_LEN: usize = 72;
 /// Longest key, in bytes.
@@ -12,8 +14,10 @@ pub const KEY_LEN_MAX: usize = 256;
 /// Ethernet frame (MTU 1500 minus 28 bytes of IPv4 and UDP headers), which the
 /// kernel fast path needs: it cannot reassemble fragments.
 pub const VALUE_LEN_MAX: usize = 1024;
+/// Longest extension area, in bytes (every extension at once fits).
+pub const EXTENSIONS_LEN_MAX: usize = 64;
 /// Largest datagram Tern sends or accepts, in bytes.
-pub const MESSAGE_LEN_MAX: usize = HEADER_LEN + KEY_LEN_MAX + VALUE_LEN_MAX;
+pub const MESSAGE_LEN_MAX: usize = HEADER_LEN + EXTENSIONS_LEN_MAX + KEY_LEN_MAX + VALUE_LEN_MAX;
 /// Number of hash slots; the cluster map assigns slot ranges to shards.
 pub const SLOT_COUNT: u32 = 16384;
 /// Entries of a coordinator's dirty table (a power of two).

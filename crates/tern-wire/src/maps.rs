@@ -107,7 +107,7 @@ wire_struct! {
         /// Bytes used in `data`.
         pub len: AtomicU32 => "__u32",
         /// The datagram as sent to the head, kept for resending.
-        pub data: UnsafeCell<[u8; MESSAGE_LEN_MAX]> => "__u8[1352]",
+        pub data: UnsafeCell<[u8; MESSAGE_LEN_MAX]> => "__u8[TERN_MESSAGE_LEN_MAX]",
     }
 }
 

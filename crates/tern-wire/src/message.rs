@@ -3,6 +3,7 @@
 use thiserror::Error;
 use zerocopy::{FromBytes, IntoBytes};
 
+use crate::extension::{self, Extensions, extensions_allowed, extensions_len};
 use crate::{
     Effect, HEADER_LEN, Header, KEY_LEN_MAX, MAGIC, MESSAGE_LEN_MAX, Op, Status, VALUE_LEN_MAX,
     WIRE_VERSION, key_hash,
@@ -34,6 +35,12 @@ pub enum DecodeError {
     BadKeyHash,
     #[error("op {op:?} carries no value, but the datagram has {len} value bytes")]
     UnexpectedValue { op: Op, len: usize },
+    #[error("the reserved header field is {0}, not zero")]
+    ReservedNotZero(u16),
+    #[error("unknown extension bits {0:#04x}")]
+    UnknownExtension(u8),
+    #[error("op {op:?} cannot carry the extensions {mask:#04x}")]
+    ExtensionNotAllowed { op: Op, mask: u8 },
 }
 
 impl DecodeError {
@@ -50,7 +57,10 @@ impl DecodeError {
             DecodeError::UnknownStatus(_)
             | DecodeError::UnknownEffect(_)
             | DecodeError::LengthMismatch { .. }
-            | DecodeError::UnexpectedValue { .. } => Some(Status::Malformed),
+            | DecodeError::UnexpectedValue { .. }
+            | DecodeError::ReservedNotZero(_)
+            | DecodeError::UnknownExtension(_)
+            | DecodeError::ExtensionNotAllowed { .. } => Some(Status::Malformed),
         }
     }
 }
@@ -68,6 +78,7 @@ pub enum EncodeError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Message<'a> {
     pub header: Header,
+    pub extensions: Extensions,
     pub key: &'a [u8],
     pub value: &'a [u8],
 }
@@ -90,6 +101,14 @@ impl<'a> Message<'a> {
         let op = Op::from_u8(header.op).ok_or(DecodeError::UnknownOp(header.op))?;
         Status::from_u8(header.status).ok_or(DecodeError::UnknownStatus(header.status))?;
         Effect::from_u8(header.effect).ok_or(DecodeError::UnknownEffect(header.effect))?;
+        if header.reserved.get() != 0 {
+            return Err(DecodeError::ReservedNotZero(header.reserved.get()));
+        }
+        let mask = header.extensions;
+        if mask & !extension::KNOWN != 0 {
+            return Err(DecodeError::UnknownExtension(mask));
+        }
+        let extensions_len = extensions_len(mask);
         let key_len = usize::from(header.key_len.get());
         let value_len = usize::from(header.value_len.get());
         if key_len > KEY_LEN_MAX {
@@ -98,22 +117,32 @@ impl<'a> Message<'a> {
         if value_len > VALUE_LEN_MAX {
             return Err(DecodeError::ValueTooLarge { len: value_len });
         }
-        if rest.len() != key_len + value_len {
+        if rest.len() != extensions_len + key_len + value_len {
             return Err(DecodeError::LengthMismatch {
-                announced: HEADER_LEN + key_len + value_len,
+                announced: HEADER_LEN + extensions_len + key_len + value_len,
                 actual: bytes.len(),
             });
+        }
+        if !extensions_allowed(op, mask) {
+            return Err(DecodeError::ExtensionNotAllowed { op, mask });
         }
         if value_len != 0 && !op.carries_value() {
             return Err(DecodeError::UnexpectedValue { op, len: value_len });
         }
+        let (area, rest) = rest.split_at(extensions_len);
+        let extensions = Extensions::decode(mask, area);
         let (key, value) = rest.split_at(key_len);
         // Requests name their key; the hash is checked so that a wrong hash
         // can never make a coordinator mark or test the wrong dirty entry.
         if op.is_client_request() && key_hash(key) != header.key_hash.get() {
             return Err(DecodeError::BadKeyHash);
         }
-        Ok(Message { header, key, value })
+        Ok(Message {
+            header,
+            extensions,
+            key,
+            value,
+        })
     }
 
     /// The header of a datagram that failed to decode, when one can be read,
@@ -138,9 +167,23 @@ pub fn encode_into(
     Ok(())
 }
 
-/// Appends one datagram to the end of `out`, as `encode_into` does.
+/// Appends one datagram without extensions to the end of `out`, as
+/// `encode_into` does.
 pub fn encode_append(
     header: &Header,
+    key: &[u8],
+    value: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    encode_append_with(header, &Extensions::default(), key, value, out)
+}
+
+/// Appends one datagram with `extensions` to the end of `out`. Sets
+/// `extensions`, `key_len` and `value_len`; the caller sets every other
+/// field.
+pub fn encode_append_with(
+    header: &Header,
+    extensions: &Extensions,
     key: &[u8],
     value: &[u8],
     out: &mut Vec<u8>,
@@ -155,7 +198,9 @@ pub fn encode_append(
     // The limits above make both lengths fit in u16.
     header.key_len.set(key.len() as u16);
     header.value_len.set(value.len() as u16);
+    header.extensions = extensions.mask();
     out.extend_from_slice(header.as_bytes());
+    extensions.encode_into(out);
     out.extend_from_slice(key);
     out.extend_from_slice(value);
     Ok(())

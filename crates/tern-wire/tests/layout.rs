@@ -149,7 +149,7 @@ fn arbitrary_header() -> impl Strategy<Value = Header> {
             header.request_id.set(request_id);
             header.seq.set(seq);
             header.commit_seq.set(commit_seq);
-            header.version_field.set(version);
+            header.argument.set(version);
             header
         })
 }
@@ -193,6 +193,34 @@ proptest! {
                 decoded.unwrap_err(),
                 DecodeError::UnexpectedValue { op: header.op(), len: value.len() }
             );
+        }
+    }
+
+    #[test]
+    fn extensions_round_trip_on_the_ops_that_may_carry_them(
+        header in arbitrary_header(),
+        version in any::<u64>(),
+        key in prop::collection::vec(any::<u8>(), 0..8),
+    ) {
+        let mut header = header;
+        header.key_hash.set(key_hash(&key));
+        let extensions = Extensions { map_version: Some(version) };
+        let mut bytes = Vec::new();
+        encode_append_with(&header, &extensions, &key, b"", &mut bytes).unwrap();
+        prop_assert_eq!(bytes.len(), HEADER_LEN + 8 + key.len());
+        match Message::decode(&bytes) {
+            Ok(message) => {
+                prop_assert_eq!(header.op(), Op::Reply);
+                prop_assert_eq!(message.extensions, extensions);
+                prop_assert_eq!(message.key, &key[..]);
+            }
+            Err(error) => {
+                prop_assert_ne!(header.op(), Op::Reply);
+                prop_assert_eq!(
+                    error,
+                    DecodeError::ExtensionNotAllowed { op: header.op(), mask: ext::MAP_VERSION }
+                );
+            }
         }
     }
 

@@ -44,6 +44,7 @@ impl Datagram {
 #[derive(Clone, Debug)]
 pub struct Reply {
     pub header: Header,
+    pub extensions: tern_wire::Extensions,
     pub value: Vec<u8>,
 }
 
@@ -213,6 +214,7 @@ impl Sim {
             let message = Message::decode(&datagram.bytes).expect("valid reply");
             self.client_inbox.push(Reply {
                 header: message.header,
+                extensions: message.extensions,
                 value: message.value.to_vec(),
             });
         } else if datagram.to == self.coordinator_addr {
@@ -354,7 +356,7 @@ pub fn request_at(
     header.key_hash.set(key_hash(key));
     header.client_id.set(42);
     header.request_id.set(request_id);
-    header.version_field.set(version);
+    header.set_expected_version(version);
     encode(&header, key, value).unwrap()
 }
 
