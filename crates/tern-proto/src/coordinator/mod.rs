@@ -1,0 +1,288 @@
+//! The shard coordinator core: sequencing, the dirty table, `commit_seq`, read
+//! forwarding (DESIGN rules 1, 3, 4, 5, 8).
+//!
+//! The state that the kernel fast path and user space share lives behind
+//! [`ShardState`], whose methods are each atomic. [`crate::SharedShard`]
+//! implements it over memory laid out as `tern_wire::maps` describes: on the
+//! heap in user mode, the mapped BPF maps in XDP mode, so both paths run this
+//! logic against one source of truth.
+// PERFORMANCE CRITICAL PATH: `step` runs once per received datagram.
+
+//!
+//! Layout: `state` (the shared state's interface), `reads` (rules 3-5),
+//! `writes` (rules 1, 3, 4 and resends), `recovery` (rule 8), `process`
+//! (the coordinator process and its control calls); this module holds a
+//! shard's coordinator, its dispatch, timers and in-place reconfiguration.
+//! Locks, the hot-key cache and per-slot migration state get modules of
+//! their own beside these.
+
+mod process;
+mod reads;
+mod recovery;
+mod state;
+mod writes;
+
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+pub use process::{Coordinator, CoordinatorCounters, ExtraStats};
+pub use reads::{ReadRoute, route_read};
+use recovery::Recovery;
+pub use state::ShardState;
+pub use tern_wire::maps::INFLIGHT_WRITES_MAX;
+use tern_wire::{Header, MESSAGE_LEN_MAX, Message, Op, Status};
+pub use writes::complete_write;
+
+use crate::counters::counters;
+use crate::{Outbox, Time};
+
+/// A write not acknowledged this long after it was sent is sent again.
+pub const RESEND_AFTER: Duration = Duration::from_millis(100);
+/// Interval between sequence probes while a coordinator recovers (rule 8).
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Interval between scans of the in-flight window for writes to resend.
+pub const RESEND_SCAN_INTERVAL: Duration = Duration::from_millis(25);
+
+/// The shard's identity and chain, as installed by the control plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardConfig {
+    pub shard: u32,
+    pub epoch: u32,
+    /// Replicas, head first.
+    pub chain: Vec<SocketAddrV4>,
+}
+
+impl ShardConfig {
+    fn head(&self) -> SocketAddrV4 {
+        self.chain[0]
+    }
+
+    fn tail(&self) -> SocketAddrV4 {
+        *self.chain.last().expect("a chain has at least one replica")
+    }
+}
+
+counters! {
+    /// What a shard coordinator did, for STATS.
+    pub struct ShardCounters {
+        reads_any,
+        reads_tail,
+        writes,
+        acks,
+        acks_not_in_flight,
+        window_full,
+        resent,
+        noop_fills,
+        /// Committed seqs the head asked for again: its data was lost.
+        lost_fills,
+        refused_recovering,
+        stale_epoch,
+        unexpected_sender,
+        /// Chain or epoch changes applied in place (`reconfigure`).
+        reconfigurations,
+    }
+}
+
+/// The coordinator of one shard.
+#[derive(Debug)]
+pub struct ShardCoordinator<S> {
+    config: ShardConfig,
+    state: S,
+    recovery: Recovery,
+    last_probe: Option<Time>,
+    /// First sequence number this coordinator assigned; anything below was
+    /// assigned by a predecessor and, if missing in the chain, is filled.
+    first_seq: u64,
+    /// Lowest sequence number that may still be in flight.
+    oldest_in_flight: u64,
+    /// `next_seq` at the previous resend scan: every sequence number below it
+    /// was reserved at least one scan ago, so it is published or finished (a
+    /// writer publishes right after reserving; the XDP program within one run).
+    scanned_up_to: u64,
+    last_scan: Option<Time>,
+    /// Set by `reconfigure` when the head changed: the next tick resends
+    /// every write in flight to the new head at once.
+    resend_all: bool,
+    /// Version of the cluster map this coordinator acts on (0: static).
+    map_version: u64,
+    resend_buffer: Vec<u8>,
+    counters: ShardCounters,
+}
+
+impl<S: ShardState> ShardCoordinator<S> {
+    /// A coordinator that first learns how far the chain got (rule 8): every
+    /// key counts as dirty and writes are refused until the probes answer.
+    pub fn new(config: ShardConfig, state: S) -> Self {
+        assert!(
+            !config.chain.is_empty(),
+            "a shard needs at least one replica"
+        );
+        state.set_all_dirty(true);
+        ShardCoordinator {
+            config,
+            state,
+            recovery: Recovery::Probing {
+                head_highest: None,
+                tail_applied: None,
+            },
+            last_probe: None,
+            first_seq: u64::MAX,
+            oldest_in_flight: 0,
+            scanned_up_to: 0,
+            last_scan: None,
+            resend_all: false,
+            map_version: 0,
+            resend_buffer: Vec::with_capacity(MESSAGE_LEN_MAX),
+            counters: ShardCounters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.config
+    }
+
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+
+    pub fn counters(&self) -> &ShardCounters {
+        &self.counters
+    }
+
+    /// Whether the coordinator has finished recovering (rule 8).
+    pub fn is_ready(&self) -> bool {
+        self.recovery == Recovery::Done
+    }
+
+    /// Installs a new chain or epoch of this shard in place, keeping the
+    /// sequence counter, `commit_seq`, the dirty table and the in-flight
+    /// window: everything this coordinator has acknowledged is held by every
+    /// survivor of the chain (chain replication's prefix property), and a
+    /// replica that joins loads it before it serves. Writes in flight go
+    /// again to a new head on the next tick, at the new epoch; a new tail
+    /// acknowledges what it holds by itself (`Replica::reconfigure`).
+    /// Only a coordinator that newly takes over a shard starts afresh
+    /// (rule 8), with [`ShardCoordinator::new`].
+    pub fn reconfigure(&mut self, config: ShardConfig) {
+        assert_eq!(
+            config.shard, self.config.shard,
+            "reconfigure of another shard"
+        );
+        assert!(
+            !config.chain.is_empty(),
+            "a shard needs at least one replica"
+        );
+        if config == self.config {
+            return;
+        }
+        self.counters.reconfigurations += 1;
+        if config.head() != self.config.head() {
+            self.resend_all = true;
+        }
+        if let Recovery::Probing { .. } = self.recovery
+            && (config.head() != self.config.head() || config.tail() != self.config.tail())
+        {
+            // Probe the new head and tail instead.
+            self.recovery = Recovery::Probing {
+                head_highest: None,
+                tail_applied: None,
+            };
+            self.last_probe = None;
+        }
+        self.config = config;
+    }
+
+    /// Handles a decoded datagram addressed to this shard.
+    pub fn step(
+        &mut self,
+        now: Time,
+        from: SocketAddrV4,
+        message: &Message<'_>,
+        outbox: &mut Outbox,
+    ) {
+        let header = &message.header;
+        match header.op() {
+            op if op.is_client_request() => {
+                if header.epoch.get() != self.config.epoch {
+                    self.counters.stale_epoch += 1;
+                    crate::answer_status(
+                        from,
+                        header,
+                        Status::StaleEpoch,
+                        self.config.epoch,
+                        self.map_version,
+                        outbox,
+                    );
+                } else if header.op() == Op::Get {
+                    self.forward_read(from, message, outbox);
+                } else {
+                    self.sequence_write(now, from, message, outbox);
+                }
+            }
+            Op::Ack if from == self.config.tail() => self.acknowledge(message, outbox),
+            Op::Retransmit if from == self.config.head() => {
+                self.resend_range(now, header.seq.get(), header.retransmit_last(), outbox);
+            }
+            Op::SeqReport if self.config.chain.contains(&from) => self.learn_progress(from, header),
+            _ => self.counters.unexpected_sender += 1,
+        }
+    }
+
+    /// Drives timers: recovery probes and resends of unacknowledged writes.
+    pub fn tick(&mut self, now: Time, outbox: &mut Outbox) {
+        if let Recovery::Probing { .. } = self.recovery {
+            if self
+                .last_probe
+                .is_none_or(|last| now.since(last) >= PROBE_INTERVAL)
+            {
+                self.last_probe = Some(now);
+                let probe = Header::new(Op::SeqProbe, self.config.shard, self.config.epoch);
+                outbox.push(self.config.head(), &probe, &[], &[]);
+                if self.config.tail() != self.config.head() {
+                    outbox.push(self.config.tail(), &probe, &[], &[]);
+                }
+            }
+            return;
+        }
+        if !self.resend_all
+            && self
+                .last_scan
+                .is_some_and(|last| now.since(last) < RESEND_SCAN_INTERVAL)
+        {
+            return;
+        }
+        self.last_scan = Some(now);
+        let next = self.state.next_seq();
+        while self.oldest_in_flight < self.scanned_up_to
+            && !self.state.is_in_flight(self.oldest_in_flight)
+        {
+            self.oldest_in_flight += 1;
+        }
+        self.scanned_up_to = next;
+        // After a change of head, everything in flight goes to it now; else
+        // what has waited for its acknowledgement too long.
+        let sent_before = if std::mem::take(&mut self.resend_all) {
+            Time::MAX
+        } else {
+            now - RESEND_AFTER
+        };
+        for seq in self.oldest_in_flight..next {
+            self.resend(seq, sent_before, now, outbox);
+        }
+    }
+
+    fn render_stats(&self, out: &mut String) {
+        let prefix = format!("shard{}.", self.config.shard);
+        self.counters.render(&prefix, out);
+        let _ = std::fmt::Write::write_fmt(
+            out,
+            format_args!(
+                "{prefix}next_seq {}\n{prefix}commit_seq {}\n{prefix}ready {}\n",
+                self.state.next_seq(),
+                self.state.commit_seq(),
+                u8::from(self.is_ready())
+            ),
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! A coordinator process: the coordinators of one or more shards behind one
+//! address, dispatching on the header's shard; PING, STATS, and the process
+//! control calls (reconfigure, remove, map version).
+// PERFORMANCE CRITICAL PATH: `step` runs once per received datagram.
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+
+use tern_wire::{Header, Op, Status, VALUE_LEN_MAX};
+
+use super::{ShardConfig, ShardCoordinator, ShardState};
+use crate::counters::{DecodeDrops, counters};
+use crate::{Core, Outbox, Time};
+
+counters! {
+    /// Process-wide counters of a coordinator.
+    pub struct CoordinatorCounters {
+        unknown_shard,
+        unexpected_op,
+    }
+}
+
+/// A coordinator process: the coordinators of one or more shards behind one
+/// address, dispatching on the header's shard.
+pub struct Coordinator<S> {
+    shards: HashMap<u32, ShardCoordinator<S>>,
+    counters: CoordinatorCounters,
+    drops: DecodeDrops,
+    /// More `name value` lines for STATS (the XDP fast path's counters).
+    extra_stats: Option<ExtraStats>,
+    /// Version of the cluster map this process acts on (0: static).
+    map_version: u64,
+}
+
+/// A source of extra STATS lines.
+pub type ExtraStats = Box<dyn Fn(&mut String) + Send>;
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Coordinator<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("shards", &self.shards)
+            .field("counters", &self.counters)
+            .field("drops", &self.drops)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: ShardState> Coordinator<S> {
+    pub fn new(shards: impl IntoIterator<Item = ShardCoordinator<S>>) -> Self {
+        Coordinator {
+            shards: shards
+                .into_iter()
+                .map(|shard| (shard.config.shard, shard))
+                .collect(),
+            counters: CoordinatorCounters::default(),
+            drops: DecodeDrops::default(),
+            extra_stats: None,
+            map_version: 0,
+        }
+    }
+
+    /// Adds lines to every STATS answer.
+    pub fn with_extra_stats(mut self, extra: ExtraStats) -> Self {
+        self.extra_stats = Some(extra);
+        self
+    }
+
+    pub fn shard(&self, shard: u32) -> Option<&ShardCoordinator<S>> {
+        self.shards.get(&shard)
+    }
+
+    /// The ids of the shards served here.
+    pub fn shard_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.shards.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Records the version of the cluster map this process now acts on; its
+    /// STALE_EPOCH and WRONG_SHARD refusals name it.
+    pub fn set_map_version(&mut self, version: u64) {
+        self.map_version = version;
+        for shard in self.shards.values_mut() {
+            shard.map_version = version;
+        }
+    }
+
+    /// Stops serving `shard` (the map moved it elsewhere); its requests are
+    /// answered WRONG_SHARD from now on. False when it was not served here.
+    pub fn remove(&mut self, shard: u32) -> bool {
+        self.shards.remove(&shard).is_some()
+    }
+
+    /// Installs a new chain or epoch of a shard served here, in place
+    /// ([`ShardCoordinator::reconfigure`]); false when the shard is not.
+    pub fn reconfigure(&mut self, config: ShardConfig) -> bool {
+        match self.shards.get_mut(&config.shard) {
+            Some(shard) => {
+                shard.reconfigure(config);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn drops(&self) -> &DecodeDrops {
+        &self.drops
+    }
+
+    /// Whether every shard has finished recovering.
+    pub fn is_ready(&self) -> bool {
+        self.shards.values().all(ShardCoordinator::is_ready)
+    }
+
+    fn answer_ping(&self, to: SocketAddrV4, received: &Header, outbox: &mut Outbox) {
+        let shard = self.shards.get(&received.shard.get());
+        let mut reply = Header::new(Op::Reply, received.shard.get(), received.epoch.get());
+        reply.request_id = received.request_id;
+        reply.client_id = received.client_id;
+        if let Some(shard) = shard {
+            reply.epoch.set(shard.config.epoch);
+            reply.seq.set(shard.state.next_seq());
+            reply.commit_seq.set(shard.state.commit_seq());
+            if !shard.is_ready() {
+                reply.status = Status::TryAgain as u8;
+            }
+        }
+        outbox.push(to, &reply, &[], b"coordinator");
+    }
+
+    /// Counters as `name value` lines: the process's and those of the shard
+    /// named in the request (all shards when it names none it hosts).
+    pub fn render_stats(&self, shard: Option<u32>) -> String {
+        let mut text = String::new();
+        self.counters.render("", &mut text);
+        self.drops.render("drop_", &mut text);
+        if let Some(extra) = &self.extra_stats {
+            extra(&mut text);
+        }
+        let mut shards: Vec<_> = self.shards.values().collect();
+        shards.sort_by_key(|shard| shard.config.shard);
+        for coordinator in shards {
+            if shard.is_none_or(|wanted| wanted == coordinator.config.shard) {
+                coordinator.render_stats(&mut text);
+            }
+        }
+        text
+    }
+
+    fn answer_stats(&self, to: SocketAddrV4, received: &Header, outbox: &mut Outbox) {
+        let shard = Some(received.shard.get()).filter(|shard| self.shards.contains_key(shard));
+        let text = self.render_stats(shard);
+        let mut reply = Header::new(Op::Reply, received.shard.get(), received.epoch.get());
+        reply.request_id = received.request_id;
+        reply.client_id = received.client_id;
+        let end = text.len().min(VALUE_LEN_MAX);
+        outbox.push(to, &reply, &[], &text.as_bytes()[..end]);
+    }
+}
+
+impl<S: ShardState> Core for Coordinator<S> {
+    /// Handles one received datagram.
+    fn step(&mut self, now: Time, from: SocketAddrV4, bytes: &[u8], outbox: &mut Outbox) {
+        let Some(message) = crate::decode_or_refuse(from, bytes, &mut self.drops, outbox) else {
+            return;
+        };
+        let header = &message.header;
+        match header.op() {
+            Op::Ping => return self.answer_ping(from, header, outbox),
+            Op::Stats => return self.answer_stats(from, header, outbox),
+            Op::Get
+            | Op::Put
+            | Op::Delete
+            | Op::Cas
+            | Op::IncrBy
+            | Op::Append
+            | Op::Ack
+            | Op::Retransmit
+            | Op::SeqReport => {}
+            Op::Noop | Op::Reply | Op::Replicate | Op::SeqProbe => {
+                self.counters.unexpected_op += 1;
+                return;
+            }
+        }
+        match self.shards.get_mut(&header.shard.get()) {
+            Some(shard) => shard.step(now, from, &message, outbox),
+            None => {
+                self.counters.unknown_shard += 1;
+                crate::answer_status(
+                    from,
+                    header,
+                    Status::WrongShard,
+                    header.epoch.get(),
+                    self.map_version,
+                    outbox,
+                );
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Time, outbox: &mut Outbox) {
+        for shard in self.shards.values_mut() {
+            shard.tick(now, outbox);
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! [`ShardState`]: the coordinator state of one shard, shared by the kernel
+//! fast path and user space; [`crate::SharedShard`] is its implementation.
+
+use crate::Time;
+
+/// Coordinator state of one shard shared by the fast and rare paths.
+///
+/// Every method is atomic on its own; the coordinator logic decides their
+/// order, which is what makes forwarded reads linearizable (DESIGN rule 4).
+pub trait ShardState {
+    /// Reserves the next sequence number if its in-flight window slot is
+    /// free; `None` when the window is full.
+    fn begin_write(&self) -> Option<u64>;
+    /// Publishes reserved `seq` in the window with the datagram sent for it.
+    fn record_sent(&self, seq: u64, dirty_index: u32, datagram: &[u8], now: Time);
+    /// Removes `seq` from the window; its dirty index when it was in flight.
+    fn end_write(&self, seq: u64) -> Option<u32>;
+    fn is_in_flight(&self, seq: u64) -> bool;
+    /// When `seq` is in flight and was last sent before `sent_before`, copies
+    /// its datagram into `out`, marks it sent at `now` and returns true.
+    fn resend(&self, seq: u64, sent_before: Time, now: Time, out: &mut Vec<u8>) -> bool;
+    /// The next sequence number `begin_write` would assign.
+    fn next_seq(&self) -> u64;
+    /// Control path: where sequencing resumes after recovery (rule 8).
+    fn set_next_seq(&self, seq: u64);
+    fn commit_seq(&self) -> u64;
+    /// `commit_seq = max(commit_seq, seq)`.
+    fn advance_commit_seq(&self, seq: u64);
+    fn dirty_count(&self, dirty_index: u32) -> u64;
+    fn increment_dirty(&self, dirty_index: u32);
+    fn decrement_dirty(&self, dirty_index: u32);
+    /// While set, every key counts as dirty (a recovering coordinator, rule 8).
+    fn all_dirty(&self) -> bool;
+    fn set_all_dirty(&self, on: bool);
+    /// Takes the next value of the round-robin counter of clean reads.
+    fn next_replica(&self) -> u64;
+}

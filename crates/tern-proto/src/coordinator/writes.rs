@@ -1,0 +1,135 @@
+//! Writes: sequencing (rule 1), the dirty table (rule 3), acknowledgements
+//! in the order of rule 4, and resends of writes in flight.
+// PERFORMANCE CRITICAL PATH: once per write and per acknowledgement.
+
+use std::net::SocketAddrV4;
+
+use tern_wire::{Header, Message, Op, Status, dirty_index, flags};
+use zerocopy::FromBytes;
+
+use super::recovery::Recovery;
+use super::{INFLIGHT_WRITES_MAX, ShardCoordinator, ShardState};
+use crate::{Outbox, Time};
+
+/// Handles the tail's acknowledgement of `seq` in the order of DESIGN rule 4:
+/// first advance `commit_seq`, then lower the dirty count; the caller replies
+/// to the client only afterwards. Returns whether `seq` was in flight here.
+pub fn complete_write(state: &impl ShardState, seq: u64) -> bool {
+    state.advance_commit_seq(seq);
+    match state.end_write(seq) {
+        Some(index) => {
+            state.decrement_dirty(index);
+            true
+        }
+        None => false,
+    }
+}
+
+impl<S: ShardState> ShardCoordinator<S> {
+    pub(super) fn sequence_write(
+        &mut self,
+        now: Time,
+        from: SocketAddrV4,
+        message: &Message<'_>,
+        outbox: &mut Outbox,
+    ) {
+        let header = &message.header;
+        if matches!(self.recovery, Recovery::Probing { .. }) {
+            self.counters.refused_recovering += 1;
+            crate::answer_status(from, header, Status::TryAgain, self.config.epoch, 0, outbox);
+            return;
+        }
+        let index = dirty_index(header.key_hash.get());
+        // DESIGN rule 1: this is the shard's only serialization point.
+        let Some(seq) = self.state.begin_write() else {
+            self.counters.window_full += 1;
+            crate::answer_status(from, header, Status::TryAgain, self.config.epoch, 0, outbox);
+            return;
+        };
+        // DESIGN rule 3: the key is dirty before the write can reach anyone.
+        self.state.increment_dirty(index);
+        let mut forwarded = *header;
+        forwarded.set_reply_addr(from);
+        forwarded.flags &= flags::WRITE_OPTIONS;
+        forwarded.seq.set(seq);
+        forwarded.commit_seq.set(self.state.commit_seq());
+        self.counters.writes += 1;
+        outbox.push(self.config.head(), &forwarded, message.key, message.value);
+        let sent = outbox.iter().last().expect("just pushed").1;
+        self.state.record_sent(seq, index, sent, now);
+    }
+
+    pub(super) fn acknowledge(&mut self, message: &Message<'_>, outbox: &mut Outbox) {
+        let header = &message.header;
+        let seq = header.seq.get();
+        // DESIGN rule 4: commit_seq first, dirty count second, reply last.
+        if complete_write(&self.state, seq) {
+            self.counters.acks += 1;
+        } else {
+            // A duplicate, or a write sequenced by a previous coordinator.
+            self.counters.acks_not_in_flight += 1;
+        }
+        if let Recovery::Draining { target } = self.recovery
+            && self.state.commit_seq() >= target
+        {
+            self.finish_recovery();
+        }
+        if header.reply_port.get() != 0 {
+            // The acknowledgement turned into the reply as it is, as the
+            // kernel path does it in place.
+            let mut reply = *header;
+            reply.op = Op::Reply as u8;
+            reply.flags &= flags::REPLY_OPTIONS;
+            outbox.push(header.reply_addr(), &reply, message.key, message.value);
+        }
+    }
+
+    /// Sends `seq` to the head again if it is in flight and was last sent
+    /// before `sent_before`: the datagram kept in the window, at the
+    /// current epoch (it may have been sequenced before a reconfiguration).
+    pub(super) fn resend(
+        &mut self,
+        seq: u64,
+        sent_before: Time,
+        now: Time,
+        outbox: &mut Outbox,
+    ) -> bool {
+        if !self
+            .state
+            .resend(seq, sent_before, now, &mut self.resend_buffer)
+        {
+            return false;
+        }
+        if let Ok((header, _)) = Header::mut_from_prefix(&mut self.resend_buffer[..]) {
+            header.epoch.set(self.config.epoch);
+        }
+        self.counters.resent += 1;
+        outbox.push_encoded(self.config.head(), &self.resend_buffer);
+        true
+    }
+
+    pub(super) fn resend_range(&mut self, now: Time, first: u64, last: u64, outbox: &mut Outbox) {
+        let last = last.min(first.saturating_add(INFLIGHT_WRITES_MAX - 1));
+        for seq in first..=last {
+            if self.resend(seq, Time::MAX, now, outbox) {
+                continue;
+            } else if seq < self.first_seq || seq <= self.state.commit_seq() {
+                // Assigned by a coordinator that is gone and never applied by
+                // the head (the head asks for it), or acknowledged once and
+                // lost since by every replica that had it (a chain that
+                // restarted without durable state): fill it with nothing, so
+                // that the chain can move on. A healthy head never asks for
+                // a committed seq: it applied every one before the tail.
+                if seq < self.first_seq {
+                    self.counters.noop_fills += 1;
+                } else {
+                    self.counters.lost_fills += 1;
+                }
+                let mut noop = Header::new(Op::Noop, self.config.shard, self.config.epoch);
+                noop.seq.set(seq);
+                noop.commit_seq.set(self.state.commit_seq());
+                outbox.push(self.config.head(), &noop, &[], &[]);
+            }
+        }
+    }
+}
