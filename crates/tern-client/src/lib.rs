@@ -5,16 +5,15 @@
 //! Blocking and single-threaded by design: one `Client` has at most one
 //! request outstanding; run one per thread for concurrency.
 
-mod map;
-pub mod meta;
 pub mod pipeline;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
-pub use map::{ClusterMap, MapError, ShardMap};
 pub use pipeline::{Completion, PIPELINE_DEPTH_MAX, Pipeline, Request};
+pub use tern_control::meta;
+pub use tern_control::{ClusterMap, MapError, ShardMap};
 use tern_wire::{
     Extensions, Header, KEY_LEN_MAX, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX,
     encode_into, flags, key_hash, slot_of,

@@ -98,9 +98,45 @@ pub enum Reply {
     NotLeader {
         leader: Option<SocketAddrV4>,
     },
-    /// The change was refused, and why.
-    Refused(String),
+    /// The request was refused, and why.
+    Refused(Refusal),
     Status(MetaStatus),
+}
+
+/// Why meta refuses a request: callers match on the kind, people read the
+/// message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error("the cluster map is not initialised yet")]
+    NotInitialised,
+    #[error("invalid cluster map: {0}")]
+    InvalidMap(String),
+    #[error("there is no shard {shard}")]
+    NoSuchShard { shard: u32 },
+    #[error("shard {shard} already has {limit} replicas, the limit")]
+    ChainFull { shard: u32, limit: usize },
+    #[error("{addr} is not a replica of shard {shard}")]
+    NotAReplica { shard: u32, addr: SocketAddrV4 },
+    #[error("{addr} is the last replica of shard {shard}; it stays until it returns")]
+    LastReplica { shard: u32, addr: SocketAddrV4 },
+    #[error("{addr} is already a replica of shard {shard}")]
+    AlreadyAReplica { shard: u32, addr: SocketAddrV4 },
+    #[error("{addr} is the coordinator of shard {shard}")]
+    IsTheCoordinator { shard: u32, addr: SocketAddrV4 },
+    #[error(
+        "{addr} is not a live spare replica of shard {shard}: start `tern server --shard {shard} --listen {addr}` and wait for it to report as spare"
+    )]
+    NotASpare { shard: u32, addr: SocketAddrV4 },
+    #[error("the coordinator would move to itself")]
+    MoveToItself,
+    #[error("{addr} is a replica")]
+    CoordinatorIsAReplica { addr: SocketAddrV4 },
+    #[error("no shard has its coordinator at {from}")]
+    NoShardCoordinatedAt { from: SocketAddrV4 },
+    #[error("undecodable request: {0}")]
+    Undecodable(String),
+    #[error("meta could not commit the change: {0}")]
+    NotCommitted(String),
 }
 
 /// What `Request::Status` reports.

@@ -12,8 +12,104 @@
 //! served meanwhile.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddrV4;
 
+use tern_control::ShardMap;
+use tern_control::meta::MetaMap;
 use tern_proto::coordinator::ShardConfig;
+
+/// The shards of `shards` whose coordinator is at `listen`.
+pub fn shards_of(shards: &[ShardMap], listen: SocketAddrV4) -> Vec<ShardConfig> {
+    shards
+        .iter()
+        .filter(|shard| shard.coordinator == listen)
+        .map(|shard| ShardConfig {
+            shard: shard.id,
+            epoch: shard.epoch,
+            chain: shard.replicas.clone(),
+        })
+        .collect()
+}
+
+/// What the serve loop is told between batches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// Go on as before.
+    Serve,
+    /// Install these shards' new configurations in place, stop serving
+    /// those, and name this map version in refusals from now on.
+    Change {
+        reconfigure: Vec<ShardConfig>,
+        remove: Vec<u32>,
+        map_version: u64,
+    },
+    /// Stop serving and return (to stand by, or to start afresh).
+    Stop,
+}
+
+/// A running coordinator's view of the map over time: the shards it serves
+/// and the map version it has acted on. Asked between batches with the
+/// newest map the heartbeats hold, it says what to do next.
+#[derive(Clone, Debug)]
+pub struct Supervisor {
+    listen: SocketAddrV4,
+    serving: Vec<ShardConfig>,
+    /// The version of the map `serving` was last found current at (0 before
+    /// the first poll, so that the first poll hands the version over).
+    acted_on: u64,
+}
+
+impl Supervisor {
+    pub fn new(listen: SocketAddrV4, serving: Vec<ShardConfig>) -> Supervisor {
+        Supervisor {
+            listen,
+            serving,
+            acted_on: 0,
+        }
+    }
+
+    /// The next step, given the newest `map` (its version and its shards
+    /// come together, in one value) and `lease_valid(version)`: whether the
+    /// lease holds for a process that has acted on the map of `version`.
+    /// The lease is checked for the version acted on *after* this map was
+    /// decided, so a lease that came with a map taking the shards away
+    /// never lets them be served.
+    pub fn poll(&mut self, map: Option<&MetaMap>, lease_valid: impl Fn(u64) -> bool) -> Poll {
+        let mut next = Poll::Serve;
+        if let Some(map) = map
+            && map.version != self.acted_on
+        {
+            let assigned = if lease_valid(map.version) {
+                shards_of(&map.shards, self.listen)
+            } else {
+                Vec::new()
+            };
+            let (reconfigure, remove) = match decide(&self.serving, &assigned, !assigned.is_empty())
+            {
+                Decision::Keep => (Vec::new(), Vec::new()),
+                Decision::Change {
+                    reconfigure,
+                    remove,
+                } => {
+                    self.serving = assigned;
+                    (reconfigure, remove)
+                }
+                Decision::Restart => return Poll::Stop,
+            };
+            self.acted_on = map.version;
+            next = Poll::Change {
+                reconfigure,
+                remove,
+                map_version: map.version,
+            };
+        }
+        if lease_valid(self.acted_on) {
+            next
+        } else {
+            Poll::Stop
+        }
+    }
+}
 
 /// What the serve loop does with a newly assigned set of shards.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,9 +164,124 @@ pub fn decide(serving: &[ShardConfig], assigned: &[ShardConfig], lease_valid: bo
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::net::Ipv4Addr;
 
     use super::*;
+
+    const LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 7000);
+
+    /// A map of version `version` in which this coordinator (LISTEN)
+    /// coordinates `ours` and another one the rest.
+    fn map(version: u64, ours: &[ShardConfig], theirs: &[ShardConfig]) -> MetaMap {
+        let entry = |config: &ShardConfig, coordinator| ShardMap {
+            id: config.shard,
+            epoch: config.epoch,
+            slots: [config.shard * 100, config.shard * 100 + 99],
+            coordinator,
+            replicas: config.chain.clone(),
+        };
+        let other = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 101), 7000);
+        MetaMap {
+            version,
+            shards: ours
+                .iter()
+                .map(|config| entry(config, LISTEN))
+                .chain(theirs.iter().map(|config| entry(config, other)))
+                .collect(),
+        }
+    }
+
+    /// A lease as the heartbeat thread holds it: granted with the map of
+    /// `granted_with`, valid for a process that has acted on that map.
+    fn lease(granted_with: u64) -> impl Fn(u64) -> bool {
+        move |acted_on| acted_on >= granted_with
+    }
+
+    #[test]
+    fn the_first_poll_hands_the_map_version_over_and_then_serves() {
+        let serving = vec![shard(0, 1, &[1, 2, 3])];
+        let mut supervisor = Supervisor::new(LISTEN, serving.clone());
+        let current = map(4, &serving, &[]);
+        assert_eq!(
+            supervisor.poll(Some(&current), lease(4)),
+            Poll::Change {
+                reconfigure: vec![],
+                remove: vec![],
+                map_version: 4
+            }
+        );
+        assert_eq!(supervisor.poll(Some(&current), lease(4)), Poll::Serve);
+    }
+
+    #[test]
+    fn a_new_chain_is_installed_in_place_with_the_version_of_its_map() {
+        let mut supervisor = Supervisor::new(LISTEN, vec![shard(0, 1, &[1, 2, 3])]);
+        supervisor.poll(Some(&map(4, &[shard(0, 1, &[1, 2, 3])], &[])), lease(4));
+        let changed = map(5, &[shard(0, 2, &[2, 3])], &[]);
+        assert_eq!(
+            supervisor.poll(Some(&changed), lease(5)),
+            Poll::Change {
+                reconfigure: vec![shard(0, 2, &[2, 3])],
+                remove: vec![],
+                map_version: 5
+            }
+        );
+        assert_eq!(supervisor.poll(Some(&changed), lease(5)), Poll::Serve);
+    }
+
+    #[test]
+    fn a_lease_renewed_with_a_map_that_takes_the_shards_away_never_serves_them() {
+        // The race fixed last: the heartbeat thread has a fresh lease, which
+        // came with map 6, in which the shard has moved to another
+        // coordinator. Acting on map 5 must not count as holding it...
+        let ours = shard(0, 1, &[1, 2, 3]);
+        let mut supervisor = Supervisor::new(LISTEN, vec![ours.clone()]);
+        let old = map(5, std::slice::from_ref(&ours), &[]);
+        assert!(matches!(
+            supervisor.poll(Some(&old), lease(5)),
+            Poll::Change { .. }
+        ));
+        assert_eq!(supervisor.poll(Some(&old), lease(6)), Poll::Stop);
+        // ...and once map 6 is seen, the shard stops being served.
+        let mut supervisor = Supervisor::new(LISTEN, vec![ours.clone()]);
+        supervisor.poll(Some(&old), lease(5));
+        let moved = map(6, &[], std::slice::from_ref(&ours));
+        assert_eq!(supervisor.poll(Some(&moved), lease(6)), Poll::Stop);
+    }
+
+    #[test]
+    fn the_version_always_comes_with_the_shards_it_describes() {
+        // The other race fixed last: a version read after the shards could
+        // hide a change made in between. The supervisor only ever sees one
+        // map value, so a change and its version cannot be split: a version
+        // it has acted on is the version of the shards it serves.
+        let mut supervisor = Supervisor::new(LISTEN, vec![shard(0, 1, &[1, 2, 3])]);
+        supervisor.poll(Some(&map(4, &[shard(0, 1, &[1, 2, 3])], &[])), lease(4));
+        let changed = map(5, &[shard(0, 2, &[1, 3])], &[]);
+        let Poll::Change {
+            reconfigure,
+            map_version,
+            ..
+        } = supervisor.poll(Some(&changed), lease(5))
+        else {
+            panic!("the change of map 5 was not handed over");
+        };
+        assert_eq!((reconfigure, map_version), (vec![shard(0, 2, &[1, 3])], 5));
+        assert_eq!(supervisor.serving, vec![shard(0, 2, &[1, 3])]);
+    }
+
+    #[test]
+    fn a_takeover_or_an_expired_lease_stops_serving() {
+        let ours = shard(0, 1, &[1, 2, 3]);
+        let mut supervisor = Supervisor::new(LISTEN, vec![ours.clone()]);
+        supervisor.poll(Some(&map(4, std::slice::from_ref(&ours), &[])), lease(4));
+        let more = map(5, &[ours.clone(), shard(1, 3, &[4, 5, 6])], &[]);
+        assert_eq!(supervisor.poll(Some(&more), lease(5)), Poll::Stop);
+        let mut supervisor = Supervisor::new(LISTEN, vec![ours.clone()]);
+        let current = map(4, &[ours], &[]);
+        supervisor.poll(Some(&current), lease(4));
+        assert_eq!(supervisor.poll(Some(&current), |_| false), Poll::Stop);
+    }
 
     fn shard(id: u32, epoch: u32, replicas: &[u8]) -> ShardConfig {
         ShardConfig {

@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use assignment::Decision;
-use tern_client::ShardMap;
-use tern_client::meta::{Heartbeats, NodeKind};
+use assignment::Supervisor;
+pub use assignment::{Poll, shards_of};
+use tern_control::meta::{Heartbeats, NodeKind};
 use tern_net::BatchSocket;
 use tern_proto::SharedShard;
 use tern_proto::coordinator::{Coordinator, ShardConfig, ShardCoordinator};
@@ -48,22 +48,6 @@ pub enum CoordError {
     Network(String),
 }
 
-/// What the serve loop is told between batches.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Poll {
-    /// Go on as before.
-    Serve,
-    /// Install these shards' new configurations in place, stop serving
-    /// those, and name this map version in refusals from now on.
-    Change {
-        reconfigure: Vec<ShardConfig>,
-        remove: Vec<u32>,
-        map_version: u64,
-    },
-    /// Stop serving and return.
-    Stop,
-}
-
 /// Serves the coordinators of `shards` on `listen` until `shutdown` is set.
 pub fn run(
     listen: SocketAddrV4,
@@ -79,19 +63,6 @@ pub fn run(
         }
     };
     serve_shards(listen, shards, mode, &mut poll)
-}
-
-/// The shards of `shards` whose coordinator is at `listen`.
-pub fn shards_of(shards: &[ShardMap], listen: SocketAddrV4) -> Vec<ShardConfig> {
-    shards
-        .iter()
-        .filter(|shard| shard.coordinator == listen)
-        .map(|shard| ShardConfig {
-            shard: shard.id,
-            epoch: shard.epoch,
-            chain: shard.replicas.clone(),
-        })
-        .collect()
 }
 
 /// A coordinator under meta: it heartbeats, and serves the shards the map
@@ -128,47 +99,24 @@ pub fn run_under_meta(
             continue;
         }
         standing_by = false;
-        // The map version the served shards were last found current at,
-        // and the shards as served.
-        // 0 at first, so that the first poll hands the version over.
-        let mut checked = 0;
-        let mut serving = shards.clone();
+        let mut supervisor = Supervisor::new(listen, shards.clone());
         let mut poll = || {
             if shutdown.load(Ordering::Relaxed) {
                 return Poll::Stop;
             }
-            let mut next = Poll::Serve;
-            if heartbeats.version() != checked {
-                let (now, current) = assigned();
-                // A lease is held for `now` if `current` is not empty.
-                let (reconfigure, remove) = match assignment::decide(
-                    &serving,
-                    &current,
-                    !current.is_empty(),
-                ) {
-                    Decision::Keep => (Vec::new(), Vec::new()),
-                    Decision::Change {
-                        reconfigure,
-                        remove,
-                    } => {
-                        tracing::info!(%listen, version = now, changed = ?reconfigure, removed = ?remove, "coordinator shards reconfigured in place");
-                        serving = current;
-                        (reconfigure, remove)
-                    }
-                    Decision::Restart => return Poll::Stop,
-                };
-                next = Poll::Change {
-                    reconfigure,
-                    remove,
-                    map_version: now,
-                };
-                checked = now;
+            let next = supervisor.poll(heartbeats.map().as_ref(), |version| {
+                heartbeats.lease_valid(version)
+            });
+            if let Poll::Change {
+                reconfigure,
+                remove,
+                map_version,
+            } = &next
+                && !(reconfigure.is_empty() && remove.is_empty())
+            {
+                tracing::info!(%listen, version = map_version, changed = ?reconfigure, removed = ?remove, "coordinator shards reconfigured in place");
             }
-            if heartbeats.lease_valid(checked) {
-                next
-            } else {
-                Poll::Stop
-            }
+            next
         };
         if let Err(error) = serve_shards(listen, shards, mode, &mut poll) {
             // Say why and try again: the map, the lease or the replicas

@@ -29,8 +29,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, Config, Raft, ServerState};
-use tern_client::ShardMap;
-use tern_client::meta::{Change, MetaStatus, NodeKind, Reply, Request};
+use tern_control::ShardMap;
+use tern_control::meta::{Change, MetaStatus, NodeKind, Refusal, Reply, Request};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -177,7 +177,7 @@ async fn handle_connection(node: Arc<Node>, stream: TcpStream) {
             Ok(envelope) => answer(&node, envelope).await,
             Err(error) => {
                 tracing::debug!(%error, "undecodable meta request");
-                serde_json::to_string(&Reply::Refused(format!("undecodable request: {error}")))
+                serde_json::to_string(&Reply::Refused(Refusal::Undecodable(error.to_string())))
             }
         };
         let Ok(mut answer) = answer else {
@@ -221,7 +221,7 @@ impl Node {
     fn map_reply(&self) -> Reply {
         let state = self.state.read().expect("state lock");
         if state.version == 0 {
-            return Reply::Refused("the cluster map is not initialised yet".into());
+            return Reply::Refused(Refusal::NotInitialised);
         }
         Reply::Map(state.map())
     }
@@ -262,9 +262,7 @@ impl Node {
             Request::Leave { shard, addr } => self.propose(Command::Fail { shard, addr }).await,
             Request::GetMap => self.map_reply(),
             Request::Change(Change::AddReplica { shard, addr }) if !self.is_spare(shard, addr) => {
-                Reply::Refused(format!(
-                    "{addr} is not a live spare replica of shard {shard}: start `tern server --shard {shard} --listen {addr}` and wait for it to report as spare"
-                ))
+                Reply::Refused(Refusal::NotASpare { shard, addr })
             }
             Request::Change(change) => self.propose(Command::Operator(change)).await,
             Request::Status => unreachable!("answered above"),
@@ -290,7 +288,7 @@ impl Node {
             },
             Err(error) => match error.forward_to_leader::<BasicNode>() {
                 Some(_) => self.not_leader(),
-                None => Reply::Refused(format!("meta could not commit the change: {error}")),
+                None => Reply::Refused(Refusal::NotCommitted(error.to_string())),
             },
         }
     }
@@ -375,14 +373,14 @@ impl Node {
         if self.state.read().expect("state lock").version == 0 {
             let shards = self.options.initial.clone();
             if let Reply::Refused(why) = self.propose(Command::Init { shards }).await {
-                tracing::warn!(why, "cannot install the initial map");
+                tracing::warn!(%why, "cannot install the initial map");
             }
             return;
         }
         for command in self.decide(Instant::now()) {
             tracing::warn!(?command, "failure detected, reconfiguring");
             if let Reply::Refused(why) = self.propose(command).await {
-                tracing::warn!(why, "reconfiguration refused");
+                tracing::warn!(%why, "reconfiguration refused");
             }
         }
     }

@@ -14,7 +14,7 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tern_client::meta::Request;
+use tern_control::meta::Request;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -23,7 +23,7 @@ use crate::TypeConfig;
 type NodeId = u64;
 
 /// Everything a meta node reads on its address. `Api` is what
-/// `tern_client::meta` sends; the others come from the other meta nodes.
+/// `tern_control::meta` sends; the others come from the other meta nodes.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Envelope {
     Api(Request),

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 
 use serde::{Deserialize, Serialize};
-use tern_client::ShardMap;
-use tern_client::meta::{Change, MetaMap};
+use tern_control::ShardMap;
+use tern_control::meta::{Change, MetaMap, Refusal};
 use tern_wire::maps::CHAIN_LEN_MAX;
 
 /// A command in the Raft log.
@@ -22,7 +22,7 @@ pub enum Command {
 
 /// What applying a command gave: the new map, or why it was refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandResult(pub Result<MetaMap, String>);
+pub struct CommandResult(pub Result<MetaMap, Refusal>);
 
 /// The state machine's value.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,13 +43,14 @@ impl MetaState {
         }
     }
 
-    pub fn apply(&mut self, command: &Command) -> Result<MetaMap, String> {
+    pub fn apply(&mut self, command: &Command) -> Result<MetaMap, Refusal> {
         match command {
             Command::Init { shards } => {
                 if self.version != 0 {
                     return Ok(self.map());
                 }
-                tern_client::ClusterMap::new(shards.clone()).map_err(|e| e.to_string())?;
+                tern_control::ClusterMap::new(shards.clone())
+                    .map_err(|error| Refusal::InvalidMap(error.to_string()))?;
                 self.shards = shards.clone();
                 self.replication = shards
                     .iter()
@@ -60,9 +61,10 @@ impl MetaState {
                 self.check_unused(*addr)?;
                 let entry = self.shard_mut(*shard)?;
                 if entry.replicas.len() >= CHAIN_LEN_MAX {
-                    return Err(format!(
-                        "shard {shard} already has {CHAIN_LEN_MAX} replicas, the limit"
-                    ));
+                    return Err(Refusal::ChainFull {
+                        shard: *shard,
+                        limit: CHAIN_LEN_MAX,
+                    });
                 }
                 entry.replicas.push(*addr);
                 entry.epoch += 1;
@@ -79,10 +81,10 @@ impl MetaState {
             }
             Command::Operator(Change::MoveCoordinator { from, to }) => {
                 if from == to {
-                    return Err("the coordinator would move to itself".into());
+                    return Err(Refusal::MoveToItself);
                 }
                 if self.shards.iter().any(|shard| shard.replicas.contains(to)) {
-                    return Err(format!("{to} is a replica"));
+                    return Err(Refusal::CoordinatorIsAReplica { addr: *to });
                 }
                 let mut moved = 0;
                 for shard in self.shards.iter_mut().filter(|s| s.coordinator == *from) {
@@ -91,7 +93,7 @@ impl MetaState {
                     moved += 1;
                 }
                 if moved == 0 {
-                    return Err(format!("no shard has its coordinator at {from}"));
+                    return Err(Refusal::NoShardCoordinatedAt { from: *from });
                 }
             }
         }
@@ -99,39 +101,43 @@ impl MetaState {
         Ok(self.map())
     }
 
-    fn shard_mut(&mut self, shard: u32) -> Result<&mut ShardMap, String> {
+    fn shard_mut(&mut self, shard: u32) -> Result<&mut ShardMap, Refusal> {
         if self.version == 0 {
-            return Err("the cluster map is not initialised yet".into());
+            return Err(Refusal::NotInitialised);
         }
         self.shards
             .iter_mut()
             .find(|entry| entry.id == shard)
-            .ok_or_else(|| format!("there is no shard {shard}"))
+            .ok_or(Refusal::NoSuchShard { shard })
     }
 
     /// Takes `addr` out of the chain; the chain's new length.
-    fn remove(&mut self, shard: u32, addr: SocketAddrV4) -> Result<usize, String> {
+    fn remove(&mut self, shard: u32, addr: SocketAddrV4) -> Result<usize, Refusal> {
         let entry = self.shard_mut(shard)?;
         let Some(position) = entry.replicas.iter().position(|r| *r == addr) else {
-            return Err(format!("{addr} is not a replica of shard {shard}"));
+            return Err(Refusal::NotAReplica { shard, addr });
         };
         if entry.replicas.len() == 1 {
-            return Err(format!(
-                "{addr} is the last replica of shard {shard}; it stays until it returns"
-            ));
+            return Err(Refusal::LastReplica { shard, addr });
         }
         entry.replicas.remove(position);
         entry.epoch += 1;
         Ok(entry.replicas.len())
     }
 
-    fn check_unused(&self, addr: SocketAddrV4) -> Result<(), String> {
+    fn check_unused(&self, addr: SocketAddrV4) -> Result<(), Refusal> {
         for shard in &self.shards {
             if shard.replicas.contains(&addr) {
-                return Err(format!("{addr} is already a replica of shard {}", shard.id));
+                return Err(Refusal::AlreadyAReplica {
+                    shard: shard.id,
+                    addr,
+                });
             }
             if shard.coordinator == addr {
-                return Err(format!("{addr} is the coordinator of shard {}", shard.id));
+                return Err(Refusal::IsTheCoordinator {
+                    shard: shard.id,
+                    addr,
+                });
             }
         }
         Ok(())
@@ -240,6 +246,12 @@ mod tests {
             shard: 0,
             addr: addr(12),
         });
-        assert!(last.unwrap_err().contains("last replica"));
+        assert_eq!(
+            last.unwrap_err(),
+            Refusal::LastReplica {
+                shard: 0,
+                addr: addr(12)
+            }
+        );
     }
 }

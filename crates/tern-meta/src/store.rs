@@ -390,7 +390,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let result = state.apply(&command);
                     match &result {
                         Ok(map) => tracing::info!(?command, version = map.version, "map changed"),
-                        Err(why) => tracing::info!(?command, why, "change refused"),
+                        Err(why) => tracing::info!(?command, %why, "change refused"),
                     }
                     result
                 }

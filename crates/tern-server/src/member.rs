@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::time::Duration;
 
-use tern_client::meta::{self, Heartbeats, MetaMap, NodeKind, Reply, Request};
+use tern_control::meta::{self, Heartbeats, MetaMap, NodeKind, Refusal, Reply, Request};
 use tern_net::BatchSocket;
 use tern_proto::replica::{Replica, ReplicaConfig};
 use tern_store::log::LogWriter;
@@ -364,7 +364,7 @@ fn leave(
         }
         let request = Request::Leave { shard, addr };
         match meta::call_leader(nodes, &mut hint, &request) {
-            Ok(Reply::Refused(why)) if why.contains("last replica") => return false,
+            Ok(Reply::Refused(Refusal::LastReplica { .. })) => return false,
             Ok(_) => {}
             Err(error) => tracing::debug!(%error, "leave request failed"),
         }

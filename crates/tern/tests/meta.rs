@@ -8,7 +8,7 @@ use std::net::{SocketAddrV4, TcpListener};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use tern_client::meta::{self, Change, MetaStatus, Reply, Request};
+use tern_client::meta::{self, Change, MetaStatus, Refusal, Reply, Request};
 
 struct Node {
     id: u64,
@@ -172,6 +172,9 @@ fn meta_keeps_the_map_through_the_loss_of_its_leader() {
         }),
     )
     .unwrap();
-    assert!(matches!(refused, Reply::Refused(ref why) if why.contains("no shard")));
+    assert!(matches!(
+        refused,
+        Reply::Refused(Refusal::NoShardCoordinatedAt { from }) if from == standby
+    ));
     assert_eq!(current(&addrs), back);
 }
