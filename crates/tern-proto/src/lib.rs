@@ -12,6 +12,7 @@
 
 pub mod coordinator;
 mod counters;
+pub mod membership;
 mod outbox;
 pub mod replica;
 mod shared;

@@ -1,17 +1,10 @@
-//! A replica under meta's control: it heartbeats, follows the map (its place
-//! in the chain, the epoch), fences itself without a lease, leaves its data
-//! behind when taken out of the chain, and joins again by state transfer.
-//!
-//! - **Member**: in the chain, serving while the lease holds.
-//! - **Spare**: not in the chain (taken out, or new). Fenced, no data. Meta
-//!   appends a live spare to a chain shorter than its target.
-//! - **Joining**: appended as the new tail; loads the predecessor's state
-//!   (over TCP, same address as the replica's UDP), then asks it for every
-//!   write after that state and becomes a member.
-//!
-//! A process that restarts in the chain resumes only from its own durable
-//! state (or on a brand-new cluster); otherwise it asks meta to take it out
-//! and comes back as a spare, so it can never serve state it does not have.
+//! A replica under meta's control: the I/O shell around
+//! `tern_proto::membership` (roles Member, Spare, Joining; see there). It
+//! heartbeats, hands each new map and each finished state transfer to the
+//! membership core, and carries out what the core decides: reconfigure the
+//! replica, drop its data, fetch its predecessor's state over TCP (same
+//! address as the replica's UDP), load it. It fences the replica whenever
+//! the core says so (not a member, or no lease for the map acted on).
 
 use std::cell::RefCell;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -24,6 +17,7 @@ use std::time::Duration;
 
 use tern_control::meta::{self, Heartbeats, MetaMap, NodeKind, Refusal, Reply, Request};
 use tern_net::BatchSocket;
+use tern_proto::membership::{Action, Membership, Start};
 use tern_proto::replica::{Replica, ReplicaConfig};
 use tern_store::log::LogWriter;
 
@@ -34,14 +28,17 @@ const MEMBER_MARKER: &str = "member";
 /// How long the state transfer may take per attempt.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A state transfer under way: its cancel flag and where its result comes.
 #[derive(Debug)]
-enum Role {
-    Member,
-    Spare,
-    Joining {
-        cancel: Arc<AtomicBool>,
-        loaded: Receiver<(u32, Vec<u8>)>,
-    },
+struct Transfer {
+    cancel: Arc<AtomicBool>,
+    loaded: Receiver<(u32, Vec<u8>)>,
+}
+
+impl Transfer {
+    fn cancel(self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
 }
 
 /// This replica's place in `map`, if it has one.
@@ -117,35 +114,39 @@ pub fn run(
     };
     let has_state = replica.store().applied_seq() > 0;
     let journal = RefCell::new(journal);
-    let mut role = match start_config {
-        Some(_) if has_state || (!marked && map.version == 1) => {
+    let (mut membership, start) = Membership::start(map.version, start_config, has_state, marked);
+    let shell = Shell {
+        shard,
+        addr,
+        data_dir: data_dir.as_deref(),
+        durable: durable.as_ref(),
+        journal: &journal,
+    };
+    let mut transfer: Option<Transfer> = None;
+    match start {
+        Start::Resume => {
             mark_member(data_dir.as_deref())?;
             tracing::info!(shard, %addr, version = map.version, applied = replica.store().applied_seq(), "resuming as a chain member");
-            Role::Member
         }
-        Some(_) => {
+        Start::AskToLeave => {
             tracing::warn!(shard, %addr, "in the chain without my data: asking meta to take me out");
-            if leave(&nodes, shard, addr, &heartbeats, shutdown) {
-                become_spare(data_dir.as_deref(), &journal)?;
-                Role::Spare
-            } else {
+            let taken_out = leave(&nodes, shard, addr, &heartbeats, shutdown);
+            if !taken_out {
                 // The only replica left: nobody holds the shard's data.
                 tracing::error!(shard, %addr, "the last replica of the shard restarted without durable state: serving it empty, its data is lost");
-                Role::Member
+            }
+            for action in membership.left(taken_out) {
+                shell.carry_out(action, &mut replica, &mut transfer, None)?;
             }
         }
-        None => {
-            become_spare(data_dir.as_deref(), &journal)?;
-            Role::Spare
-        }
-    };
-    let mut seen_version = map.version;
+        Start::Spare => become_spare(data_dir.as_deref(), &journal)?,
+    }
     let (requests_tx, requests) = mpsc::channel::<SnapshotRequest>();
     std::thread::Builder::new()
         .name("state-transfer".into())
         .spawn(move || serve_transfers(addr, requests_tx))?;
     let mut socket = BatchSocket::bind(addr)?;
-    tracing::info!(shard, %addr, role = ?role_name(&role), "replica serving under meta");
+    tracing::info!(shard, %addr, role = ?membership.role(), "replica serving under meta");
     let mut failure: Option<ServerError> = None;
     tern_net::serve_while(
         &mut socket,
@@ -155,43 +156,31 @@ pub fn run(
                 return false;
             }
             let step = (|| -> Result<(), ServerError> {
-                if heartbeats.version() != seen_version
+                if heartbeats.version() != membership.acted_on()
                     && let Some(map) = heartbeats.map()
                 {
-                    seen_version = map.version;
-                    role = follow(
-                        replica,
-                        role_take(&mut role),
-                        &map,
-                        shard,
-                        addr,
-                        &journal,
-                        data_dir.as_deref(),
-                    )?;
+                    for action in membership.on_map(map.version, config_in(&map, shard, addr)) {
+                        shell.carry_out(action, replica, &mut transfer, None)?;
+                    }
                 }
-                if let Role::Joining { loaded, .. } = &role
-                    && let Ok((epoch, bytes)) = loaded.try_recv()
+                if let Some(under_way) = &transfer
+                    && let Ok((epoch, bytes)) = under_way.loaded.try_recv()
                 {
-                    if load(replica, epoch, &bytes, &journal, durable.as_ref())? {
-                        mark_member(data_dir.as_deref())?;
-                        role = Role::Member;
-                    } else {
-                        // Served before the predecessor had this epoch.
-                        role = start_join(replica, replica.config().clone());
+                    transfer = None;
+                    for action in membership.on_snapshot(epoch) {
+                        shell.carry_out(action, replica, &mut transfer, Some(&bytes))?;
                     }
                 }
                 while let Ok(answer) = requests.try_recv() {
-                    if matches!(role, Role::Member) && !replica.is_fenced() {
+                    if membership.is_member() && !replica.is_fenced() {
                         let (_, bytes) = replica.snapshot();
                         let _ = answer.try_send((replica.config().epoch, bytes));
                     }
                 }
-                replica.set_fenced(
-                    !matches!(role, Role::Member) || !heartbeats.lease_valid(seen_version),
-                );
+                replica.set_fenced(membership.fenced(|version| heartbeats.lease_valid(version)));
+                heartbeats.set_spare(membership.is_spare());
                 // Named in refusals that send a client to the map.
-                replica.set_map_version(seen_version);
-                heartbeats.set_spare(matches!(role, Role::Spare));
+                replica.set_map_version(membership.acted_on());
                 Ok(())
             })();
             match step {
@@ -218,107 +207,89 @@ pub fn run(
     Ok(())
 }
 
-fn role_name(role: &Role) -> &'static str {
-    match role {
-        Role::Member => "member",
-        Role::Spare => "spare",
-        Role::Joining { .. } => "joining",
-    }
-}
-
-fn role_take(role: &mut Role) -> Role {
-    std::mem::replace(role, Role::Spare)
-}
-
-/// Moves to the role `map` gives this replica.
-fn follow(
-    replica: &mut Replica,
-    role: Role,
-    map: &MetaMap,
+/// What carrying out the membership core's actions needs.
+struct Shell<'a> {
     shard: u32,
     addr: SocketAddrV4,
-    journal: &RefCell<Option<Journal>>,
-    data_dir: Option<&Path>,
-) -> Result<Role, ServerError> {
-    let config = config_in(map, shard, addr);
-    let role = match (role, config) {
-        (Role::Member, Some(config)) => {
-            if *replica.config() != config {
+    data_dir: Option<&'a Path>,
+    durable: Option<&'a Persistence>,
+    journal: &'a RefCell<Option<Journal>>,
+}
+
+impl Shell<'_> {
+    /// Carries out one action of the membership core. `snapshot` holds the
+    /// state a transfer brought, for `LoadSnapshot`.
+    fn carry_out(
+        &self,
+        action: Action,
+        replica: &mut Replica,
+        transfer: &mut Option<Transfer>,
+        snapshot: Option<&[u8]>,
+    ) -> Result<(), ServerError> {
+        match action {
+            Action::Reconfigure(config) => {
                 tracing::info!(epoch = config.epoch, role = config.role_name(), chain = ?config.chain, "reconfigured");
                 replica.reconfigure(config);
             }
-            Role::Member
-        }
-        (Role::Joining { cancel, loaded }, Some(config)) => {
-            if replica.config().chain == config.chain {
+            Action::StartJoin(config) => {
+                if let Some(previous) = transfer.take() {
+                    previous.cancel();
+                }
+                tracing::info!(epoch = config.epoch, position = config.position, from = %config.predecessor(), "joining the chain: fetching state");
+                let cancel = Arc::new(AtomicBool::new(false));
+                let (done, loaded) = mpsc::channel();
+                let (from, epoch) = (config.predecessor(), config.epoch);
+                let stop = cancel.clone();
+                std::thread::spawn(move || fetch_until_loaded(from, epoch, &stop, &done));
                 replica.reconfigure(config);
-                Role::Joining { cancel, loaded }
-            } else {
-                // The chain changed under the transfer: start it again.
-                cancel.store(true, Ordering::Relaxed);
-                start_join(replica, config)
+                *transfer = Some(Transfer { cancel, loaded });
             }
-        }
-        (Role::Spare, Some(config)) => start_join(replica, config),
-        (role, None) => {
-            if let Role::Joining { cancel, .. } = &role {
-                cancel.store(true, Ordering::Relaxed);
+            Action::CancelJoin => {
+                if let Some(previous) = transfer.take() {
+                    previous.cancel();
+                }
             }
-            if !matches!(role, Role::Spare) {
-                tracing::warn!(shard, %addr, version = map.version, "taken out of the chain: dropping my data, waiting as a spare");
-                *replica = Replica::new(outside(shard, addr));
+            Action::DropData => {
+                tracing::warn!(shard = self.shard, addr = %self.addr, "taken out of the chain: dropping my data, waiting as a spare");
+                *replica = Replica::new(outside(self.shard, self.addr));
                 replica.set_fenced(true);
-                become_spare(data_dir, journal)?;
+                become_spare(self.data_dir, self.journal)?;
             }
-            Role::Spare
+            Action::LoadSnapshot(config) => {
+                let bytes = snapshot.expect("a snapshot comes with LoadSnapshot");
+                self.load(replica, config, bytes)?;
+                mark_member(self.data_dir)?;
+            }
         }
-    };
-    Ok(role)
-}
-
-fn start_join(replica: &mut Replica, config: ReplicaConfig) -> Role {
-    tracing::info!(epoch = config.epoch, position = config.position, from = %config.predecessor(), "joining the chain: fetching state");
-    let cancel = Arc::new(AtomicBool::new(false));
-    let (done, loaded) = mpsc::channel();
-    let from = config.predecessor();
-    let epoch = config.epoch;
-    let stop = cancel.clone();
-    std::thread::spawn(move || fetch_until_loaded(from, epoch, &stop, &done));
-    replica.reconfigure(config);
-    Role::Joining { cancel, loaded }
-}
-
-/// Replaces the replica's state with the predecessor's snapshot, if the
-/// predecessor served it at this replica's epoch or later (it then already
-/// forwarded every later write here).
-fn load(
-    replica: &mut Replica,
-    epoch: u32,
-    bytes: &[u8],
-    journal: &RefCell<Option<Journal>>,
-    durable: Option<&Persistence>,
-) -> Result<bool, ServerError> {
-    let config = replica.config().clone();
-    if epoch < config.epoch {
-        return Ok(false);
+        Ok(())
     }
-    let mut loaded = Replica::restore(config, Some(bytes))?;
-    let applied = loaded.store().applied_seq();
-    if let Some(persistence) = durable {
-        let mut writer = LogWriter::open(&persistence.data_dir, applied + 1)?;
-        let (seq, state) = loaded.snapshot();
-        writer.snapshot(seq, &state)?;
-        *journal.borrow_mut() = Some(Journal::new(writer, persistence, 0));
-        loaded = loaded.with_journal();
+
+    /// Replaces the replica's state with the predecessor's snapshot, starts
+    /// a fresh log from it when durable, and asks for every later write.
+    fn load(
+        &self,
+        replica: &mut Replica,
+        config: ReplicaConfig,
+        bytes: &[u8],
+    ) -> Result<(), ServerError> {
+        let mut loaded = Replica::restore(config, Some(bytes))?;
+        let applied = loaded.store().applied_seq();
+        if let Some(persistence) = self.durable {
+            let mut writer = LogWriter::open(&persistence.data_dir, applied + 1)?;
+            let (seq, state) = loaded.snapshot();
+            writer.snapshot(seq, &state)?;
+            *self.journal.borrow_mut() = Some(Journal::new(writer, persistence, 0));
+            loaded = loaded.with_journal();
+        }
+        loaded.catch_up();
+        *replica = loaded;
+        tracing::info!(
+            applied,
+            bytes = bytes.len(),
+            "joined: state loaded, catching up"
+        );
+        Ok(())
     }
-    loaded.catch_up();
-    *replica = loaded;
-    tracing::info!(
-        applied,
-        bytes = bytes.len(),
-        "joined: state loaded, catching up"
-    );
-    Ok(true)
 }
 
 fn mark_member(data_dir: Option<&Path>) -> io::Result<()> {
