@@ -6,12 +6,14 @@
 //! request outstanding; run one per thread for concurrency.
 
 pub mod pipeline;
+pub mod retry;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
 pub use pipeline::{Completion, PIPELINE_DEPTH_MAX, Pipeline, Request};
+use retry::{Retry, Verdict};
 pub use tern_control::meta;
 pub use tern_control::{ClusterMap, MapError, ShardMap};
 use tern_wire::{
@@ -402,52 +404,40 @@ impl Client {
         self.counters.requests += 1;
         let start = Instant::now();
         let deadline = start + self.options.deadline;
-        let mut attempts = 0;
-        let mut backoff = Duration::from_millis(1);
+        let mut retry = Retry::new(start, &self.options, routed && !self.map.meta.is_empty());
         loop {
-            attempts += 1;
+            retry.sent();
             self.socket.send_to(&self.send_buffer, to)?;
             let attempt_end = (Instant::now() + self.options.attempt_timeout).min(deadline);
             match self.wait_for(request_id, attempt_end)? {
-                Some(reply) if reply.status == Status::TryAgain => {
-                    // The coordinator is recovering or its window is full.
-                    self.counters.try_again += 1;
-                    std::thread::sleep(
-                        backoff.min(deadline.saturating_duration_since(Instant::now())),
-                    );
-                    backoff = (backoff * 2).min(Duration::from_millis(50));
-                }
-                Some(reply)
-                    if reply.status == Status::StaleEpoch
-                        && routed
-                        && !self.map.meta.is_empty() =>
-                {
-                    // Meta or the replicas are mid-reconfiguration: a new
-                    // route is tried at once, the same one after a pause, and
-                    // so is a map older than the one the refusal names.
-                    let rerouted = self.refresh_route(&mut header, &mut to, key, value);
-                    let behind = reply
-                        .extensions
-                        .map_version
-                        .is_some_and(|version| self.map.version < version);
-                    if !rerouted || behind {
-                        std::thread::sleep(
-                            backoff.min(deadline.saturating_duration_since(Instant::now())),
-                        );
-                        backoff = (backoff * 2).min(Duration::from_millis(50));
+                Some(reply) => match retry.on_reply(Instant::now(), reply.status) {
+                    Verdict::Done => return Ok(reply),
+                    Verdict::RetryAfter(pause) => {
+                        self.counters.try_again += 1;
+                        std::thread::sleep(pause);
+                    }
+                    Verdict::Reroute => {
+                        let rerouted = self.refresh_route(&mut header, &mut to, key, value);
+                        let behind = reply
+                            .extensions
+                            .map_version
+                            .is_some_and(|version| self.map.version < version);
+                        if let Some(pause) = retry.after_reroute(Instant::now(), rerouted, behind) {
+                            std::thread::sleep(pause);
+                        }
+                    }
+                    Verdict::Resend | Verdict::Expired => {}
+                },
+                None => {
+                    if retry.on_silence(Instant::now()) == Verdict::Reroute {
+                        self.refresh_route(&mut header, &mut to, key, value);
                     }
                 }
-                Some(reply) => return Ok(reply),
-                // The coordinator may have failed over: the map says.
-                None if routed => {
-                    self.refresh_route(&mut header, &mut to, key, value);
-                }
-                None => {}
             }
-            if Instant::now() >= deadline {
+            if retry.expired(Instant::now()) {
                 self.counters.timeouts += 1;
                 return Err(ClientError::Timeout {
-                    attempts,
+                    attempts: retry.attempts(),
                     elapsed: start.elapsed(),
                 });
             }

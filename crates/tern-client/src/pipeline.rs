@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tern_wire::{MESSAGE_LEN_MAX, Message, Op, Status, encode_into};
 
+use crate::retry::{Retry, Verdict};
 use crate::{ClientError, ClientOptions, ClusterMap, Reply};
 
 /// Requests one pipeline may have in flight: the head remembers the outcomes
@@ -45,7 +46,13 @@ struct InFlight {
     bytes: Vec<u8>,
     submitted: Instant,
     last_sent: Instant,
-    attempts: u32,
+    /// When to send it again (the attempt timeout, or a shorter pause).
+    next_send: Instant,
+    retry: Retry,
+    /// Waiting for the map to be refreshed before it is resent.
+    reroute: bool,
+    /// The newest map version a refusal of it named.
+    wanted_map_version: u64,
 }
 
 /// Many requests in flight from one socket and one client id.
@@ -130,6 +137,8 @@ impl Pipeline {
         encode_into(&header, key, value, &mut bytes).expect("sizes were checked");
         self.socket.send_to(&bytes, to)?;
         let now = Instant::now();
+        let mut retry = Retry::new(now, &self.options, !self.map.meta.is_empty());
+        retry.sent();
         self.in_flight.insert(
             self.next_request_id,
             InFlight {
@@ -138,7 +147,10 @@ impl Pipeline {
                 bytes,
                 submitted: now,
                 last_sent: now,
-                attempts: 1,
+                next_send: now + self.options.attempt_timeout,
+                retry,
+                reroute: false,
+                wanted_map_version: 0,
             },
         );
         self.next_request_id += 1;
@@ -189,19 +201,36 @@ impl Pipeline {
             return;
         }
         let request_id = header.request_id.get();
-        if header.status() == Status::TryAgain {
-            // Left in flight: resent after the attempt timeout.
-            return;
-        }
-        if header.status() == Status::StaleEpoch && !self.map.meta.is_empty() {
-            // Left in flight: rerouted by the map from meta, then resent.
-            self.stale = true;
-            return;
-        }
-        let Some(request) = self.in_flight.remove(&request_id) else {
+        let Some(request) = self.in_flight.get_mut(&request_id) else {
             return;
         };
-        let result = if header.status() == Status::StaleEpoch {
+        let now = Instant::now();
+        match request.retry.on_reply(now, header.status()) {
+            Verdict::RetryAfter(pause) => {
+                request.next_send = now + pause;
+                return;
+            }
+            Verdict::Reroute => {
+                request.reroute = true;
+                request.wanted_map_version = request
+                    .wanted_map_version
+                    .max(message.extensions.map_version.unwrap_or(0));
+                self.stale = true;
+                return;
+            }
+            Verdict::Resend => {
+                request.next_send = now;
+                return;
+            }
+            Verdict::Done | Verdict::Expired => {}
+        }
+        let request = self.in_flight.remove(&request_id).expect("found above");
+        let result = if header.status() == Status::TryAgain {
+            Err(ClientError::Timeout {
+                attempts: request.retry.attempts(),
+                elapsed: now - request.submitted,
+            })
+        } else if header.status() == Status::StaleEpoch {
             Err(ClientError::StaleEpoch {
                 shard: header.shard.get(),
             })
@@ -222,27 +251,41 @@ impl Pipeline {
 
     /// With meta: fetches the map (at most twice per attempt timeout) and
     /// points every request in flight at its shard's coordinator and epoch
-    /// as the map now has them (same request ids: still applied once).
-    fn refresh_routes(&mut self) {
-        if self.map.meta.is_empty()
-            || self
-                .last_refresh
-                .is_some_and(|last| last.elapsed() < self.options.attempt_timeout / 2)
-        {
-            return;
+    /// as the map now has them (same request ids: still applied once); a
+    /// request that waited for this is resent as `Retry::after_reroute` says.
+    /// Whether the map was refreshed.
+    fn refresh_routes(&mut self, now: Instant) -> bool {
+        if self.map.meta.is_empty() {
+            return true;
         }
-        self.last_refresh = Some(Instant::now());
+        if self
+            .last_refresh
+            .is_some_and(|last| last.elapsed() < self.options.attempt_timeout / 2)
+        {
+            return false;
+        }
+        self.last_refresh = Some(now);
         let Ok(map) = crate::meta::fetch_map(&self.map.meta, &mut self.meta_hint) else {
-            return;
+            return false;
         };
         for request in self.in_flight.values_mut() {
             let message = Message::decode(&request.bytes).expect("encoded by submit");
             let mut header = message.header;
+            let before = (request.to, header.epoch.get());
             let (key, value) = (message.key.to_vec(), message.value.to_vec());
             request.to = crate::reroute(&map, &mut header);
             encode_into(&header, &key, &value, &mut request.bytes).expect("sizes were checked");
+            if std::mem::take(&mut request.reroute) {
+                let rerouted = (request.to, header.epoch.get()) != before;
+                let behind = map.version < request.wanted_map_version;
+                request.next_send = match request.retry.after_reroute(now, rerouted, behind) {
+                    None => now,
+                    Some(pause) => now + pause,
+                };
+            }
         }
         self.map = map;
+        true
     }
 
     fn resend_or_expire(&mut self, completed: &mut Vec<Completion>) -> Result<(), ClientError> {
@@ -250,7 +293,7 @@ impl Pipeline {
         let expired: Vec<u64> = self
             .in_flight
             .iter()
-            .filter(|(_, request)| now.duration_since(request.submitted) >= self.options.deadline)
+            .filter(|(_, request)| request.retry.expired(now))
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
@@ -259,23 +302,33 @@ impl Pipeline {
                 token: request.token,
                 submitted: request.submitted,
                 result: Err(ClientError::Timeout {
-                    attempts: request.attempts,
+                    attempts: request.retry.attempts(),
                     elapsed: now - request.submitted,
                 }),
             });
         }
         let attempt_timeout = self.options.attempt_timeout;
-        let due =
-            move |request: &InFlight| now.duration_since(request.last_sent) >= attempt_timeout;
-        if std::mem::take(&mut self.stale) || self.in_flight.values().any(due) {
-            // A silent coordinator may have failed over: the map says.
-            self.refresh_routes();
+        for request in self.in_flight.values_mut() {
+            let silent = now.duration_since(request.last_sent) >= attempt_timeout;
+            if silent
+                && request.next_send <= now
+                && request.retry.on_silence(now) == Verdict::Reroute
+            {
+                request.reroute = true;
+                self.stale = true;
+            }
+        }
+        if self.stale {
+            // Until the map is refreshed (it is fetched at most twice per
+            // attempt timeout), requests go on their old routes.
+            self.stale = !self.refresh_routes(now);
         }
         for request in self.in_flight.values_mut() {
-            if due(request) {
+            if request.next_send <= now {
                 self.socket.send_to(&request.bytes, request.to)?;
                 request.last_sent = now;
-                request.attempts += 1;
+                request.next_send = now + attempt_timeout;
+                request.retry.sent();
             }
         }
         Ok(())
