@@ -11,4 +11,4 @@
 mod map;
 pub mod meta;
 
-pub use map::{ClusterMap, MapError, ShardMap};
+pub use map::{ClusterMap, MapError, ShardMap, SlotRange};

@@ -8,12 +8,17 @@ use serde::{Deserialize, Serialize};
 use tern_wire::SLOT_COUNT;
 use thiserror::Error;
 
-/// One shard: its slot range `[slots[0], slots[1])`, coordinator and chain.
+/// A range of hash slots, `[start, end)` (written `[start, end]` in files).
+pub type SlotRange = [u32; 2];
+
+/// One shard: the slot ranges it owns, its coordinator and its chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardMap {
     pub id: u32,
     pub epoch: u32,
-    pub slots: [u32; 2],
+    /// The slot ranges this shard owns, `[start, end)` each: a shard may own
+    /// several, so that slots can move between shards range by range.
+    pub slots: Vec<SlotRange>,
     pub coordinator: SocketAddrV4,
     /// Head first, tail last.
     pub replicas: Vec<SocketAddrV4>,
@@ -89,7 +94,7 @@ impl ClusterMap {
     }
 
     /// Splits the slot space evenly over `count` shards: `[start, end)` ranges.
-    pub fn even_slot_ranges(count: u32) -> Vec<[u32; 2]> {
+    pub fn even_slot_ranges(count: u32) -> Vec<SlotRange> {
         (0..count)
             .map(|index| [SLOT_COUNT * index / count, SLOT_COUNT * (index + 1) / count])
             .collect()
@@ -102,12 +107,22 @@ impl ClusterMap {
         }
         let mut owner = vec![u32::MAX; SLOT_COUNT as usize];
         for (index, shard) in self.shards.iter().enumerate() {
-            let [start, end] = shard.slots;
-            if start >= end || end > SLOT_COUNT {
-                return invalid(format!(
-                    "shard {} has slot range [{start}, {end}) outside [0, {SLOT_COUNT})",
-                    shard.id
-                ));
+            if shard.slots.is_empty() {
+                return invalid(format!("shard {} owns no slots", shard.id));
+            }
+            for &[start, end] in &shard.slots {
+                if start >= end || end > SLOT_COUNT {
+                    return invalid(format!(
+                        "shard {} has slot range [{start}, {end}) outside [0, {SLOT_COUNT})",
+                        shard.id
+                    ));
+                }
+                for slot in start..end {
+                    if owner[slot as usize] != u32::MAX {
+                        return invalid(format!("slot {slot} belongs to two shards"));
+                    }
+                    owner[slot as usize] = index as u32;
+                }
             }
             if shard.replicas.is_empty() {
                 return invalid(format!("shard {} has no replicas", shard.id));
@@ -117,12 +132,6 @@ impl ClusterMap {
                 .any(|other| other.id == shard.id)
             {
                 return invalid(format!("shard id {} appears twice", shard.id));
-            }
-            for slot in start..end {
-                if owner[slot as usize] != u32::MAX {
-                    return invalid(format!("slot {slot} belongs to two shards"));
-                }
-                owner[slot as usize] = index as u32;
             }
         }
         if let Some(slot) = owner.iter().position(|&index| index == u32::MAX) {
@@ -137,11 +146,11 @@ impl ClusterMap {
 mod tests {
     use super::*;
 
-    fn shard(id: u32, slots: [u32; 2]) -> ShardMap {
+    fn shard(id: u32, slots: SlotRange) -> ShardMap {
         ShardMap {
             id,
             epoch: 1,
-            slots,
+            slots: vec![slots],
             coordinator: "127.0.0.1:7000".parse().unwrap(),
             replicas: vec!["127.0.0.1:7100".parse().unwrap()],
         }
@@ -171,5 +180,25 @@ mod tests {
         );
         let overlap = ClusterMap::new(vec![shard(0, [0, 200]), shard(1, [100, SLOT_COUNT])]);
         assert!(overlap.unwrap_err().to_string().contains("two shards"));
+    }
+
+    #[test]
+    fn a_shard_may_own_several_ranges() {
+        let mut interleaved = shard(0, [0, 100]);
+        interleaved.slots.push([200, SLOT_COUNT]);
+        let map = ClusterMap::new(vec![interleaved, shard(1, [100, 200])]).unwrap();
+        assert_eq!(map.shard_of_slot(50).id, 0);
+        assert_eq!(map.shard_of_slot(150).id, 1);
+        assert_eq!(map.shard_of_slot(250).id, 0);
+        let parsed = ClusterMap::parse(&map.to_toml()).unwrap();
+        assert_eq!(parsed, map);
+        let mut empty = shard(2, [0, 1]);
+        empty.slots.clear();
+        assert!(
+            ClusterMap::new(vec![empty])
+                .unwrap_err()
+                .to_string()
+                .contains("owns no slots")
+        );
     }
 }

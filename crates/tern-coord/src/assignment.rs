@@ -176,7 +176,7 @@ mod tests {
         let entry = |config: &ShardConfig, coordinator| ShardMap {
             id: config.shard,
             epoch: config.epoch,
-            slots: [config.shard * 100, config.shard * 100 + 99],
+            slots: vec![[config.shard * 100, config.shard * 100 + 99]],
             coordinator,
             replicas: config.chain.clone(),
         };

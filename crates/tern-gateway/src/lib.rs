@@ -560,11 +560,15 @@ impl<'a> Connection<'a> {
                 .iter()
                 .map(|replica| replica.to_string())
                 .collect();
+            let slots: Vec<String> = shard
+                .slots
+                .iter()
+                .map(|[start, end]| format!("{start}-{}", end - 1))
+                .collect();
             text.push_str(&format!(
-                "shard{}:slots={}-{},epoch={},coordinator={},chain={}\r\n",
+                "shard{}:slots={},epoch={},coordinator={},chain={}\r\n",
                 shard.id,
-                shard.slots[0],
-                shard.slots[1] - 1,
+                slots.join("|"),
                 shard.epoch,
                 shard.coordinator,
                 chain.join("|")

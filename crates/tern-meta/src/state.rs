@@ -157,7 +157,7 @@ mod tests {
         let shards = vec![ShardMap {
             id: 0,
             epoch: 1,
-            slots: [0, tern_wire::SLOT_COUNT],
+            slots: vec![[0, tern_wire::SLOT_COUNT]],
             coordinator: addr(1),
             replicas: vec![addr(10), addr(11), addr(12)],
         }];

@@ -496,7 +496,7 @@ fn start(
         .map(|(id, slots)| ShardMap {
             id: id as u32,
             epoch: 1,
-            slots,
+            slots: vec![slots],
             coordinator,
             replicas: remaining.by_ref().take(replicas).collect(),
         })
@@ -979,9 +979,16 @@ fn status(dir: &Path) -> Result<ExitCode> {
         );
     }
     for shard in &map.shards {
+        let slots: Vec<String> = shard
+            .slots
+            .iter()
+            .map(|[start, end]| format!("[{start}, {end})"))
+            .collect();
         println!(
-            "shard {} slots [{}, {}) epoch {}",
-            shard.id, shard.slots[0], shard.slots[1], shard.epoch
+            "shard {} slots {} epoch {}",
+            shard.id,
+            slots.join(" "),
+            shard.epoch
         );
         let line = describe(shard.coordinator, shard.id);
         all_up &= !line.ends_with("DOWN");

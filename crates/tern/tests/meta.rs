@@ -105,7 +105,7 @@ fn meta_keeps_the_map_through_the_loss_of_its_leader() {
     std::fs::write(
         dir.path().join("cluster.toml"),
         format!(
-            "meta = [{}]\n[[shards]]\nid = 0\nepoch = 1\nslots = [0, 16384]\ncoordinator = \"{coordinator}\"\nreplicas = [{}]\n",
+            "meta = [{}]\n[[shards]]\nid = 0\nepoch = 1\nslots = [[0, 16384]]\ncoordinator = \"{coordinator}\"\nreplicas = [{}]\n",
             meta_list.join(", "),
             replicas.join(", ")
         ),
