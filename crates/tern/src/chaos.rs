@@ -19,7 +19,7 @@ use tern_client::{CasOutcome, Client, ClientOptions, ClusterMap};
 use tern_wire::{key_hash, slot_of};
 
 use crate::DurabilityArg;
-use crate::cluster::{self, ClusterCommand, ClusterMode, ProcessEntry, TopologyKind};
+use crate::cluster::{self, ClusterCommand, ClusterMode, ProcessEntry, ProcessRole, TopologyKind};
 use crate::netns::Topology;
 
 /// A kind of fault.
@@ -292,20 +292,20 @@ fn inject(
         .shards
         .iter()
         .flat_map(|shard| (0..shard.replicas.len()).map(move |position| (shard.id, position)))
-        .map(|(shard, position)| (format!("shard{shard}-replica{position}"), shard, position))
+        .map(|(shard, position)| {
+            (
+                ProcessRole::Replica { shard, position }.name(),
+                shard,
+                position,
+            )
+        })
         .collect();
     // Some faults heal before the failure timeout (1 s by default), others
     // outlast it and make meta reconfigure.
     let hold = Duration::from_millis(random.random_range(200..2500));
     let started = Instant::now();
     let (replica, shard, position) = replicas[random.random_range(0..replicas.len())].clone();
-    let node = |name: &str| {
-        let short = match name {
-            "coordinator" => "c".to_string(),
-            _ => format!("s{shard}r{position}"),
-        };
-        topology.node(&short).clone()
-    };
+    let replica_role = ProcessRole::Replica { shard, position };
     let target = match kind {
         FaultKind::KillReplica => {
             kill(dir, &replica)?;
@@ -315,7 +315,7 @@ fn inject(
         }
         FaultKind::KillCoordinator => {
             let active = match map.meta.is_empty() {
-                true => "coordinator".to_string(),
+                true => ProcessRole::Coordinator.name(),
                 false => {
                     let current = tern_client::meta::fetch_map(&map.meta, &mut None)?;
                     name_at(dir, current.shards[0].coordinator)?
@@ -356,17 +356,15 @@ fn inject(
             format!("{} <-> {}", first.name, second.name)
         }
         FaultKind::Loss => {
-            let name = if random.random_bool(0.25) {
-                "coordinator".to_string()
+            let role = if random.random_bool(0.25) {
+                ProcessRole::Coordinator
             } else {
-                replica
+                replica_role
             };
-            let node = node(&name);
-            let port = if name == "coordinator" {
-                "7000"
-            } else {
-                "7100"
-            };
+            let name = role.name();
+            let node = topology.node(&role.node_name()).clone();
+            let port = role.port().to_string();
+            let port = port.as_str();
             let percent = random.random_range(10..=30).to_string();
             let ns = node.namespace.as_str();
             run_command(
@@ -407,7 +405,7 @@ fn inject(
             format!("{name} ({percent}% loss)")
         }
         FaultKind::Partition => {
-            let veth = node(&replica).veth;
+            let veth = topology.node(&replica_role.node_name()).veth.clone();
             run_command("ip", &["link", "set", &veth, "down"])?;
             std::thread::sleep(hold);
             run_command("ip", &["link", "set", &veth, "up"])?;

@@ -236,6 +236,94 @@ pub(crate) struct ProcessTable {
     pub(crate) process: Vec<ProcessEntry>,
 }
 
+/// What a process of a local cluster is. Its name in `processes.toml` (and
+/// in logs) is [`ProcessRole::name`]; code matches on the role, never on the
+/// text of the name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ProcessRole {
+    /// The first coordinator, which `cluster up` makes active.
+    Coordinator,
+    /// A standby coordinator (number N of `--standby`).
+    Standby(u32),
+    Replica {
+        shard: u32,
+        position: usize,
+    },
+    Meta(u64),
+    Gateway,
+}
+
+impl ProcessRole {
+    pub(crate) fn name(self) -> String {
+        match self {
+            ProcessRole::Coordinator => "coordinator".into(),
+            ProcessRole::Standby(number) => format!("{STANDBY}{number}"),
+            ProcessRole::Replica { shard, position } => format!("shard{shard}-replica{position}"),
+            ProcessRole::Meta(id) => format!("{META}{id}"),
+            ProcessRole::Gateway => GATEWAY.into(),
+        }
+    }
+
+    /// The role a process name stands for.
+    pub(crate) fn of(name: &str) -> Option<ProcessRole> {
+        if name == "coordinator" {
+            return Some(ProcessRole::Coordinator);
+        }
+        if name == GATEWAY {
+            return Some(ProcessRole::Gateway);
+        }
+        if let Some((shard, position)) = name
+            .strip_prefix("shard")
+            .and_then(|rest| rest.split_once("-replica"))
+        {
+            return Some(ProcessRole::Replica {
+                shard: shard.parse().ok()?,
+                position: position.parse().ok()?,
+            });
+        }
+        if let Some(id) = name.strip_prefix(META) {
+            return id.parse().ok().map(ProcessRole::Meta);
+        }
+        name.strip_prefix(STANDBY)?
+            .parse()
+            .ok()
+            .map(ProcessRole::Standby)
+    }
+
+    /// Coordinators, active or standing by: any may take over a shard.
+    pub(crate) fn is_coordinator(self) -> bool {
+        matches!(self, ProcessRole::Coordinator | ProcessRole::Standby(_))
+    }
+
+    /// The short node name inside the netns topology (it becomes part of
+    /// interface names, which are short).
+    pub(crate) fn node_name(self) -> String {
+        match self {
+            ProcessRole::Coordinator => "c".into(),
+            ProcessRole::Standby(number) => format!("c{number}"),
+            ProcessRole::Replica { shard, position } => format!("s{shard}r{position}"),
+            ProcessRole::Meta(id) => format!("m{id}"),
+            ProcessRole::Gateway => "g".into(),
+        }
+    }
+
+    /// The UDP (and TCP) port of the role inside the netns topology.
+    pub(crate) fn port(self) -> u16 {
+        match self {
+            ProcessRole::Meta(_) => META_PORT,
+            ProcessRole::Replica { .. } => REPLICA_PORT,
+            _ => COORDINATOR_PORT,
+        }
+    }
+}
+
+impl ProcessEntry {
+    /// The entry's role; every entry `cluster up` writes has one.
+    pub(crate) fn role(&self) -> Option<ProcessRole> {
+        ProcessRole::of(&self.name)
+    }
+}
+
 pub fn run(command: ClusterCommand) -> Result<ExitCode> {
     match command {
         ClusterCommand::Up {
@@ -298,7 +386,7 @@ pub fn processes_of(map: &ClusterMap) -> Vec<(String, SocketAddrV4, u32)> {
             .iter()
             .any(|(_, address, _)| *address == shard.coordinator)
         {
-            processes.push(("coordinator".into(), shard.coordinator, shard.id));
+            processes.push((ProcessRole::Coordinator.name(), shard.coordinator, shard.id));
         }
     }
     for shard in &map.shards {
@@ -310,7 +398,7 @@ pub fn processes_of(map: &ClusterMap) -> Vec<(String, SocketAddrV4, u32)> {
 }
 
 fn replica_name(shard: u32, position: usize) -> String {
-    format!("shard{shard}-replica{position}")
+    ProcessRole::Replica { shard, position }.name()
 }
 
 fn table_path(dir: &Path) -> PathBuf {
@@ -359,19 +447,9 @@ fn free_addresses(count: usize) -> Result<Vec<SocketAddrV4>> {
 
 /// Short node names inside the netns topology (they become interface names).
 fn node_name(process: &str) -> String {
-    if let Some((shard, position)) = process
-        .strip_prefix("shard")
-        .and_then(|rest| rest.split_once("-replica"))
-    {
-        return format!("s{shard}r{position}");
-    }
-    if let Some(number) = process.strip_prefix(META) {
-        return format!("m{number}");
-    }
-    if let Some(number) = process.strip_prefix(STANDBY) {
-        return format!("c{number}");
-    }
-    "c".to_string()
+    ProcessRole::of(process)
+        .expect("cluster up names every process by its role")
+        .node_name()
 }
 
 /// Process name prefixes of meta nodes and standby coordinators.
@@ -424,12 +502,12 @@ fn up(
 
     // Names and addresses: one coordinator process, then every replica,
     // then meta nodes and standby coordinators.
-    let mut names = vec!["coordinator".to_string()];
+    let mut names = vec![ProcessRole::Coordinator.name()];
     for shard in 0..shard_count {
         names.extend((0..replicas).map(|position| replica_name(shard, position)));
     }
-    names.extend((1..=control.meta).map(|number| format!("{META}{number}")));
-    names.extend((1..=control.standby).map(|number| format!("{STANDBY}{number}")));
+    names.extend((1..=control.meta as u64).map(|id| ProcessRole::Meta(id).name()));
+    names.extend((1..=control.standby as u32).map(|number| ProcessRole::Standby(number).name()));
     let mut topology = match topology_kind {
         TopologyKind::Loopback => None,
         TopologyKind::Netns => {
@@ -477,14 +555,9 @@ fn start(
         Some(topology) => names
             .iter()
             .map(|name| {
-                let port = if name.starts_with(META) {
-                    META_PORT
-                } else if name.starts_with("shard") {
-                    REPLICA_PORT
-                } else {
-                    COORDINATOR_PORT
-                };
-                SocketAddrV4::new(topology.node(&node_name(name)).address, port)
+                let role =
+                    ProcessRole::of(name).expect("cluster up names every process by its role");
+                SocketAddrV4::new(topology.node(&role.node_name()).address, role.port())
             })
             .collect(),
     };
@@ -507,7 +580,7 @@ fn start(
     let map_path = dir.join("cluster.toml");
     std::fs::write(&map_path, map.to_toml()).context("writing cluster.toml")?;
 
-    let mode = resolve_mode(mode, topology.as_deref_mut(), dir)?;
+    let mode = resolve_mode(mode, topology.as_deref_mut(), dir, names)?;
     let topology = topology.as_deref();
     let executable = std::env::current_exe().context("locating the tern executable")?;
     let mut table = ProcessTable {
@@ -554,14 +627,16 @@ fn start(
         }
         command.push(executable.display().to_string());
         command.extend(["--cluster".to_string(), map_path.display().to_string()]);
-        if let Some(number) = name.strip_prefix(META) {
+        let role = ProcessRole::of(&name).expect("cluster up names every process by its role");
+        if let ProcessRole::Meta(id) = role {
             let data = dir.join("data").join(&name).display().to_string();
             let timeout = control.failure_timeout_ms.to_string();
+            let id = id.to_string();
             command.extend(
                 [
                     "meta",
                     "--id",
-                    number,
+                    &id,
                     "--peers",
                     &peers,
                     "--data-dir",
@@ -571,7 +646,7 @@ fn start(
                 ]
                 .map(String::from),
             );
-        } else if name == "coordinator" || name.starts_with(STANDBY) {
+        } else if role.is_coordinator() {
             let mode = if mode == ClusterMode::Xdp {
                 "xdp"
             } else {
@@ -668,6 +743,7 @@ fn resolve_mode(
     mode: ClusterMode,
     topology: Option<&mut Topology>,
     dir: &Path,
+    names: &[String],
 ) -> Result<ClusterMode> {
     if mode == ClusterMode::User {
         return Ok(ClusterMode::User);
@@ -677,7 +753,7 @@ fn resolve_mode(
             Err("this is not root (XDP needs CAP_NET_ADMIN and CAP_BPF)".to_string())
         }
         None => Err("the loopback topology has no interface of its own to attach to".to_string()),
-        Some(topology) => prepare_xdp(topology)
+        Some(topology) => prepare_xdp(topology, names)
             .map_err(|error| format!("{error:#}"))
             .and_then(|()| {
                 topology
@@ -695,17 +771,17 @@ fn resolve_mode(
     }
 }
 
-fn prepare_xdp(topology: &mut Topology) -> Result<()> {
+fn prepare_xdp(topology: &mut Topology, names: &[String]) -> Result<()> {
     if !tern_coord::xdp::is_built() {
         return Err(tern_coord::xdp::XdpError::NotBuilt.into());
     }
     netns::ensure_bpffs()?;
     // Every coordinator's, standbys' too: any of them may take over.
-    let coordinators: Vec<String> = topology
-        .nodes
+    let coordinators: Vec<String> = names
         .iter()
-        .filter(|node| node.name.starts_with('c'))
-        .map(|node| node.veth.clone())
+        .filter_map(|name| ProcessRole::of(name))
+        .filter(|role| role.is_coordinator())
+        .map(|role| topology.node(&role.node_name()).veth.clone())
         .collect();
     for veth in coordinators {
         let pin = PathBuf::from(format!("/sys/fs/bpf/tern{}-{veth}-pass", topology.index));
@@ -802,17 +878,18 @@ fn wait_ready(map: &ClusterMap, children: &mut [(Child, ProcessEntry)]) -> Resul
                     entry.name
                 );
             }
-            let ready = if entry.name == GATEWAY {
-                gateway_answers(entry.address)
-            } else if entry.name.starts_with(META) {
-                meta_has_map(entry.address)
-            } else if entry.name.starts_with(STANDBY) {
-                // A standby serves nothing until it takes over: running is all.
-                true
-            } else {
-                matches!(client.admin(entry.address, Op::Ping, entry.shard), Ok(reply) if reply.status == Status::Ok)
+            let ready = match entry.role() {
+                Some(ProcessRole::Gateway) => gateway_answers(entry.address),
+                Some(ProcessRole::Meta(_)) => meta_has_map(entry.address),
+                Some(ProcessRole::Standby(_)) => {
+                    // A standby serves nothing until it takes over: running is all.
+                    true
+                }
+                _ => {
+                    matches!(client.admin(entry.address, Op::Ping, entry.shard), Ok(reply) if reply.status == Status::Ok)
                     // A coordinator restarted after a takeover is a standby.
                     || is_standby(map, entry.address)
+                }
             };
             if !ready {
                 still.push(index);
@@ -933,7 +1010,8 @@ fn status(dir: &Path) -> Result<ExitCode> {
         deadline: Duration::from_millis(400),
     };
     let mut client = Client::with_options(map.clone(), options)?;
-    let mut describe = |address: SocketAddrV4, shard: u32| -> String {
+    // The status line of the process at `address`, and whether it is up.
+    let mut describe = |address: SocketAddrV4, shard: u32| -> (String, bool) {
         let pid = table
             .process
             .iter()
@@ -945,13 +1023,16 @@ fn status(dir: &Path) -> Result<ExitCode> {
             None => "pid ?      ".to_string(),
         };
         match client.admin(address, Op::Ping, shard) {
-            Ok(reply) => format!(
-                "{process} up    {} seq {} commit_seq {}",
-                String::from_utf8_lossy(&reply.value),
-                reply.header.seq.get(),
-                reply.header.commit_seq.get()
+            Ok(reply) => (
+                format!(
+                    "{process} up    {} seq {} commit_seq {}",
+                    String::from_utf8_lossy(&reply.value),
+                    reply.header.seq.get(),
+                    reply.header.commit_seq.get()
+                ),
+                true,
             ),
-            Err(_) => format!("{process} DOWN"),
+            Err(_) => (format!("{process} DOWN"), false),
         }
     };
     let mut all_up = true;
@@ -966,7 +1047,11 @@ fn status(dir: &Path) -> Result<ExitCode> {
         None => "unknown",
     };
     println!("mode {mode}, topology {topology}");
-    if let Some(gateway) = table.process.iter().find(|p| p.name == GATEWAY) {
+    if let Some(gateway) = table
+        .process
+        .iter()
+        .find(|p| p.role() == Some(ProcessRole::Gateway))
+    {
         let up = if gateway_answers(gateway.address) {
             "up"
         } else {
@@ -990,8 +1075,8 @@ fn status(dir: &Path) -> Result<ExitCode> {
             slots.join(" "),
             shard.epoch
         );
-        let line = describe(shard.coordinator, shard.id);
-        all_up &= !line.ends_with("DOWN");
+        let (line, up) = describe(shard.coordinator, shard.id);
+        all_up &= up;
         println!("  coordinator {:<21} {line}", shard.coordinator);
         for (position, address) in shard.replicas.iter().enumerate() {
             let role = match position {
@@ -1000,34 +1085,36 @@ fn status(dir: &Path) -> Result<ExitCode> {
                 p if p + 1 == shard.replicas.len() => "tail",
                 _ => "middle",
             };
-            let line = describe(*address, shard.id);
-            all_up &= !line.ends_with("DOWN");
+            let (line, up) = describe(*address, shard.id);
+            all_up &= up;
             println!("  {role:<11} {address:<21} {line}");
         }
     }
     for entry in &table.process {
-        let spare_replica = entry.name.starts_with("shard")
+        let role = entry.role();
+        let spare_replica = matches!(role, Some(ProcessRole::Replica { .. }))
             && map
                 .shards
                 .iter()
                 .all(|shard| !shard.replicas.contains(&entry.address));
-        let standby = (entry.name == "coordinator" || entry.name.starts_with(STANDBY))
+        let standby = role.is_some_and(ProcessRole::is_coordinator)
             && map
                 .shards
                 .iter()
                 .all(|shard| shard.coordinator != entry.address);
-        let role = if entry.name.starts_with(META) {
-            let state = match tern_client::meta::call(
+        let line = if matches!(role, Some(ProcessRole::Meta(_))) {
+            let (state, up) = match tern_client::meta::call(
                 entry.address,
                 &tern_client::meta::Request::Status,
                 Duration::from_millis(300),
             ) {
-                Ok(tern_client::meta::Reply::Status(status)) => {
-                    format!("up    {} term {}", status.state.to_lowercase(), status.term)
-                }
-                _ => "DOWN".to_string(),
+                Ok(tern_client::meta::Reply::Status(status)) => (
+                    format!("up    {} term {}", status.state.to_lowercase(), status.term),
+                    true,
+                ),
+                _ => ("DOWN".to_string(), false),
             };
-            all_up &= state != "DOWN";
+            all_up &= up;
             format!(
                 "meta        {:<21} pid {:<7} {state}",
                 entry.address, entry.pid
@@ -1042,11 +1129,45 @@ fn status(dir: &Path) -> Result<ExitCode> {
         } else {
             continue;
         };
-        println!("{role}");
+        println!("{line}");
     }
     Ok(if all_up {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProcessRole;
+
+    #[test]
+    fn every_role_round_trips_through_its_name_and_has_a_distinct_node() {
+        let roles = [
+            ProcessRole::Coordinator,
+            ProcessRole::Standby(1),
+            ProcessRole::Standby(12),
+            ProcessRole::Replica {
+                shard: 0,
+                position: 2,
+            },
+            ProcessRole::Replica {
+                shard: 11,
+                position: 0,
+            },
+            ProcessRole::Meta(3),
+            ProcessRole::Gateway,
+        ];
+        let mut nodes = std::collections::BTreeSet::new();
+        for role in roles {
+            assert_eq!(ProcessRole::of(&role.name()), Some(role), "{role:?}");
+            assert!(
+                nodes.insert(role.node_name()),
+                "{role:?} shares a node name"
+            );
+        }
+        assert_eq!(ProcessRole::of("shard1-replicaX"), None);
+        assert_eq!(ProcessRole::of("somebody"), None);
+    }
 }
