@@ -1,9 +1,5 @@
 //! `tern`: one command for every role of a Tern cluster.
 
-mod chaos;
-mod cluster;
-mod compare;
-mod netns;
 mod signals;
 
 use std::net::SocketAddrV4;
@@ -15,6 +11,7 @@ use clap::{Parser, Subcommand};
 use tern_client::{CasOutcome, Client, ClusterMap};
 use tern_proto::coordinator::ShardConfig;
 use tern_proto::replica::ReplicaConfig;
+use tern_testbed::{DurabilityArg, chaos, cluster, compare};
 use tern_wire::Op;
 
 #[derive(Debug, Parser)]
@@ -138,20 +135,6 @@ enum Command {
 }
 
 /// When an acknowledged write becomes durable (see tern_server::Durability).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum DurabilityArg {
-    /// fdatasync before a replica passes a write on: nothing acknowledged is lost.
-    Always,
-    /// write before passing on, fdatasync every --sync-interval-ms: a power
-    /// loss of every replica's machine can lose the last interval's writes.
-    Interval,
-    /// Memory only (the benchmark mode).
-    None,
-}
-
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
     /// Append a running spare replica to a shard's chain as its new tail (it

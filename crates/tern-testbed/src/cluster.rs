@@ -216,10 +216,10 @@ fn gateway_answers(address: SocketAddrV4) -> bool {
 
 /// One started process.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct ProcessEntry {
-    pub(crate) name: String,
-    pub(crate) pid: u32,
-    pub(crate) address: SocketAddrV4,
+pub struct ProcessEntry {
+    pub name: String,
+    pub pid: u32,
+    pub address: SocketAddrV4,
     shard: u32,
     log: PathBuf,
     /// The full command line, for `cluster restart`.
@@ -228,19 +228,19 @@ pub(crate) struct ProcessEntry {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub(crate) struct ProcessTable {
+pub struct ProcessTable {
     /// The coordinators' mode, `auto` resolved.
     mode: Option<ClusterMode>,
     topology: Option<TopologyKind>,
     durability: Option<DurabilityArg>,
-    pub(crate) process: Vec<ProcessEntry>,
+    pub process: Vec<ProcessEntry>,
 }
 
 /// What a process of a local cluster is. Its name in `processes.toml` (and
 /// in logs) is [`ProcessRole::name`]; code matches on the role, never on the
 /// text of the name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ProcessRole {
+pub enum ProcessRole {
     /// The first coordinator, which `cluster up` makes active.
     Coordinator,
     /// A standby coordinator (number N of `--standby`).
@@ -254,7 +254,7 @@ pub(crate) enum ProcessRole {
 }
 
 impl ProcessRole {
-    pub(crate) fn name(self) -> String {
+    pub fn name(self) -> String {
         match self {
             ProcessRole::Coordinator => "coordinator".into(),
             ProcessRole::Standby(number) => format!("{STANDBY}{number}"),
@@ -265,7 +265,7 @@ impl ProcessRole {
     }
 
     /// The role a process name stands for.
-    pub(crate) fn of(name: &str) -> Option<ProcessRole> {
+    pub fn of(name: &str) -> Option<ProcessRole> {
         if name == "coordinator" {
             return Some(ProcessRole::Coordinator);
         }
@@ -291,13 +291,13 @@ impl ProcessRole {
     }
 
     /// Coordinators, active or standing by: any may take over a shard.
-    pub(crate) fn is_coordinator(self) -> bool {
+    pub fn is_coordinator(self) -> bool {
         matches!(self, ProcessRole::Coordinator | ProcessRole::Standby(_))
     }
 
     /// The short node name inside the netns topology (it becomes part of
     /// interface names, which are short).
-    pub(crate) fn node_name(self) -> String {
+    pub fn node_name(self) -> String {
         match self {
             ProcessRole::Coordinator => "c".into(),
             ProcessRole::Standby(number) => format!("c{number}"),
@@ -308,7 +308,7 @@ impl ProcessRole {
     }
 
     /// The UDP (and TCP) port of the role inside the netns topology.
-    pub(crate) fn port(self) -> u16 {
+    pub fn port(self) -> u16 {
         match self {
             ProcessRole::Meta(_) => META_PORT,
             ProcessRole::Replica { .. } => REPLICA_PORT,
@@ -319,7 +319,7 @@ impl ProcessRole {
 
 impl ProcessEntry {
     /// The entry's role; every entry `cluster up` writes has one.
-    pub(crate) fn role(&self) -> Option<ProcessRole> {
+    pub fn role(&self) -> Option<ProcessRole> {
         ProcessRole::of(&self.name)
     }
 }
@@ -409,7 +409,7 @@ fn topology_path(dir: &Path) -> PathBuf {
     dir.join("topology.toml")
 }
 
-pub(crate) fn read_table(dir: &Path) -> Result<ProcessTable> {
+pub fn read_table(dir: &Path) -> Result<ProcessTable> {
     let path = table_path(dir);
     if !path.exists() {
         return Ok(ProcessTable::default());
