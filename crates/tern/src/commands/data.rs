@@ -1,0 +1,69 @@
+//! The client commands: get, put, del, cas, stats.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use tern_client::{CasOutcome, Client, ClusterMap};
+use tern_testbed::cluster;
+use tern_wire::Op;
+
+pub fn get(map: &ClusterMap, key: &str, with_version: bool) -> Result<ExitCode> {
+    let mut client = Client::new(map.clone())?;
+    match client.get(key.as_bytes())? {
+        Some(found) => {
+            let value = String::from_utf8_lossy(&found.value);
+            if with_version {
+                println!("{}\t{value}", found.version);
+            } else {
+                println!("{value}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("(not found)");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+pub fn put(map: &ClusterMap, key: &str, value: &str) -> Result<ExitCode> {
+    let mut client = Client::new(map.clone())?;
+    let version = client.put(key.as_bytes(), value.as_bytes())?;
+    println!("OK version {version}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn del(map: &ClusterMap, key: &str) -> Result<ExitCode> {
+    let mut client = Client::new(map.clone())?;
+    if client.delete(key.as_bytes())? {
+        println!("deleted");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("(not found)");
+        Ok(ExitCode::from(1))
+    }
+}
+
+pub fn cas(map: &ClusterMap, key: &str, expected_version: u64, value: &str) -> Result<ExitCode> {
+    let mut client = Client::new(map.clone())?;
+    match client.cas(key.as_bytes(), expected_version, value.as_bytes())? {
+        CasOutcome::Swapped { version } => {
+            println!("OK version {version}");
+            Ok(ExitCode::SUCCESS)
+        }
+        CasOutcome::Mismatch { current } => {
+            println!("MISMATCH current version {current}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+pub fn stats(map: &ClusterMap) -> Result<ExitCode> {
+    let mut client = Client::new(map.clone())?;
+    for (name, address, shard) in cluster::processes_of(map) {
+        let reply = client.admin(address, Op::Stats, shard)?;
+        println!("== {name} {address}");
+        print!("{}", String::from_utf8_lossy(&reply.value));
+    }
+    Ok(ExitCode::SUCCESS)
+}

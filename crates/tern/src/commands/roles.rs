@@ -1,0 +1,245 @@
+//! The long-running roles: a replica, a coordinator, a meta node, the
+//! Redis-protocol gateway.
+
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use tern_client::ClusterMap;
+use tern_proto::coordinator::ShardConfig;
+use tern_proto::replica::ReplicaConfig;
+use tern_testbed::DurabilityArg;
+
+use crate::signals;
+
+/// Run a replica of one shard (started for you by `tern cluster up`).
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    #[arg(long)]
+    pub shard: u32,
+    /// Position in the shard's chain in the cluster file: 0 is the head.
+    #[arg(long, required_unless_present = "listen")]
+    pub replica: Option<usize>,
+    /// The replica's address, for one not in the cluster file (a spare
+    /// that meta or `tern node add` puts into the chain).
+    #[arg(long)]
+    pub listen: Option<SocketAddrV4>,
+    /// Directory of the replica's log and snapshots (omit: memory only).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Always)]
+    pub durability: DurabilityArg,
+    /// With `--durability interval`: milliseconds between syncs.
+    #[arg(long, default_value_t = 10)]
+    pub sync_interval_ms: u64,
+    /// Log records between snapshots (a snapshot lets older log go).
+    #[arg(long, default_value_t = 200_000)]
+    pub snapshot_every: u64,
+}
+
+/// Run the coordinator of every shard whose coordinator address is LISTEN.
+#[derive(Debug, clap::Args)]
+pub struct CoordinatorArgs {
+    #[arg(long)]
+    pub listen: SocketAddrV4,
+    /// user: all logic in this process; xdp: the XDP fast path on the
+    /// interface holding LISTEN, this process for the rare cases.
+    #[arg(long, value_enum, default_value_t = CoordinatorMode::User)]
+    pub mode: CoordinatorMode,
+}
+
+/// Run one node of the control plane: the cluster map on openraft,
+/// failure detection and reconfiguration.
+#[derive(Debug, clap::Args)]
+pub struct MetaArgs {
+    /// This node's id in --peers.
+    #[arg(long)]
+    pub id: u64,
+    /// Every meta node as ID=ADDR, comma separated (this one included).
+    #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
+    pub peers: Vec<(u64, SocketAddrV4)>,
+    /// Directory of the Raft log, vote and snapshots.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Silence after which a replica or coordinator is declared failed;
+    /// processes heartbeat every tenth of it and stop serving after half.
+    #[arg(long, default_value_t = 1000)]
+    pub failure_timeout_ms: u64,
+}
+
+/// Serve the Redis protocol (RESP2/RESP3) in front of the cluster.
+#[derive(Debug, clap::Args)]
+pub struct GatewayArgs {
+    /// Where to listen; when taken, the same address on a free port (printed).
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    pub listen: std::net::SocketAddr,
+    /// Require AUTH with this password before other commands (requirepass).
+    #[arg(long, env = "TERN_REQUIREPASS")]
+    pub requirepass: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CoordinatorMode {
+    User,
+    Xdp,
+}
+
+fn parse_peer(text: &str) -> Result<(u64, SocketAddrV4), String> {
+    let (id, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not ID=ADDR"))?;
+    let id = id.parse().map_err(|_| format!("{id:?} is not a node id"))?;
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not IP:PORT"))?;
+    Ok((id, addr))
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub fn server(map: &ClusterMap, args: ServerArgs) -> Result<ExitCode> {
+    let ServerArgs {
+        shard,
+        replica,
+        listen,
+        data_dir,
+        durability,
+        sync_interval_ms,
+        snapshot_every,
+    } = args;
+    init_logging();
+    let shutdown = signals::shutdown_flag();
+    let durability = match durability {
+        DurabilityArg::Always => tern_server::Durability::Always,
+        DurabilityArg::Interval => {
+            tern_server::Durability::Interval(std::time::Duration::from_millis(sync_interval_ms))
+        }
+        DurabilityArg::None => tern_server::Durability::None,
+    };
+    let persistence = data_dir.map(|data_dir| tern_server::Persistence {
+        data_dir,
+        durability,
+        snapshot_every,
+    });
+    if map.meta.is_empty() {
+        let Some(replica) = replica else {
+            bail!("a cluster without meta has a static chain: give --replica");
+        };
+        let config = replica_config(map, shard, replica)?;
+        tern_server::run(config, persistence, shutdown)?;
+    } else {
+        let addr = match (listen, replica) {
+            (Some(listen), _) => listen,
+            (None, Some(replica)) => replica_config(map, shard, replica)?.chain[replica],
+            (None, None) => unreachable!("clap requires one"),
+        };
+        tern_server::run_under_meta(addr, shard, map.meta.clone(), persistence, shutdown)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn coordinator(map: &ClusterMap, args: CoordinatorArgs) -> Result<ExitCode> {
+    let CoordinatorArgs { listen, mode } = args;
+    init_logging();
+    let shutdown = signals::shutdown_flag();
+    let mode = match mode {
+        CoordinatorMode::User => tern_coord::Mode::User,
+        CoordinatorMode::Xdp => tern_coord::Mode::Xdp,
+    };
+    if map.meta.is_empty() {
+        let shards = coordinator_shards(map, listen)?;
+        tern_coord::run(listen, shards, mode, shutdown)?;
+    } else {
+        tern_coord::run_under_meta(listen, map.meta.clone(), mode, shutdown)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn meta(map: ClusterMap, args: MetaArgs) -> Result<ExitCode> {
+    let MetaArgs {
+        id,
+        peers,
+        data_dir,
+        failure_timeout_ms,
+    } = args;
+    init_logging();
+    let peers: std::collections::BTreeMap<u64, SocketAddrV4> = peers.into_iter().collect();
+    if !peers.contains_key(&id) {
+        bail!("--peers does not name this node's id {id}");
+    }
+    let options = tern_meta::MetaOptions {
+        id,
+        peers,
+        data_dir,
+        initial: map.shards,
+        failure_timeout: std::time::Duration::from_millis(failure_timeout_ms),
+    };
+    tern_meta::run(options, signals::shutdown_flag())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
+    let GatewayArgs {
+        listen,
+        requirepass,
+    } = args;
+    init_logging();
+    let (listener, address) = tern_gateway::bind(listen)?;
+    if listen.port() != 0 && address != listen {
+        println!("{listen} is taken: listening on {address}");
+    }
+    println!("gateway listening on {address}");
+    tracing::info!(%address, auth = requirepass.is_some(), "gateway serving");
+    // The signal handler sets a static flag; connections share an Arc.
+    let signal = signals::shutdown_flag();
+    let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watched = shutdown.clone();
+    std::thread::spawn(move || {
+        while !signal.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        watched.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let config = tern_gateway::GatewayConfig {
+        map,
+        password: requirepass,
+    };
+    tern_gateway::serve(listener, config, shutdown)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn replica_config(map: &ClusterMap, shard: u32, position: usize) -> Result<ReplicaConfig> {
+    let Some(entry) = map.shard(shard) else {
+        bail!("shard {shard} is not in the cluster map")
+    };
+    if position >= entry.replicas.len() {
+        bail!(
+            "shard {shard} has {} replicas; there is no replica {position}",
+            entry.replicas.len()
+        );
+    }
+    Ok(ReplicaConfig {
+        shard,
+        epoch: entry.epoch,
+        chain: entry.replicas.clone(),
+        position,
+        coordinator: entry.coordinator,
+    })
+}
+
+fn coordinator_shards(map: &ClusterMap, listen: SocketAddrV4) -> Result<Vec<ShardConfig>> {
+    let shards = tern_coord::shards_of(&map.shards, listen);
+    if shards.is_empty() {
+        bail!("no shard in the cluster map has its coordinator at {listen}");
+    }
+    Ok(shards)
+}
