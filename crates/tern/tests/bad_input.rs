@@ -10,7 +10,7 @@ mod common;
 use std::net::{SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
-use common::TestCluster;
+use common::{TestCluster, counter, stats_of};
 use tern_client::Client;
 use tern_wire::{Header, Message, Op, Status, encode, key_hash};
 use zerocopy::IntoBytes;
@@ -142,22 +142,6 @@ fn cases() -> Vec<Case> {
         });
     }
     cases
-}
-
-fn counter(stats: &str, name: &str) -> u64 {
-    stats
-        .lines()
-        .find_map(|line| {
-            // `name value`, or `name total cpu0 cpu1 ...` for XDP counters.
-            let values = line.strip_prefix(name)?.strip_prefix(' ')?;
-            values.split(' ').next()?.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no counter {name} in:\n{stats}"))
-}
-
-fn stats_of(client: &mut Client, address: SocketAddrV4) -> String {
-    let reply = client.admin(address, Op::Stats, 0).expect("STATS answered");
-    String::from_utf8(reply.value).unwrap()
 }
 
 fn send_bad_datagrams_to(target: SocketAddrV4, cluster: &TestCluster) {

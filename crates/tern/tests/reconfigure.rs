@@ -10,26 +10,9 @@ use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::TestCluster;
+use common::{TestCluster, counter, stats_of};
 use tern_client::Client;
 use tern_client::meta::{self, Reply, Request};
-use tern_wire::Op;
-
-/// The first number after `name ` in STATS text.
-fn counter(stats: &str, name: &str) -> u64 {
-    stats
-        .lines()
-        .find_map(|line| {
-            let values = line.strip_prefix(name)?.strip_prefix(' ')?;
-            values.split(' ').next()?.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no counter {name} in:\n{stats}"))
-}
-
-fn stats_of(client: &mut Client, address: SocketAddrV4) -> String {
-    let reply = client.admin(address, Op::Stats, 0).expect("STATS answered");
-    String::from_utf8(reply.value).unwrap()
-}
 
 /// Shard 0's chain as meta has it now.
 fn chain(cluster: &TestCluster) -> Vec<SocketAddrV4> {

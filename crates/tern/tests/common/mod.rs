@@ -157,3 +157,23 @@ impl Drop for TestCluster {
         ]);
     }
 }
+
+/// The first number after `name ` in STATS text: `name value`, or
+/// `name total cpu0 cpu1 ...` for XDP counters.
+pub fn counter(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|line| {
+            let values = line.strip_prefix(name)?.strip_prefix(' ')?;
+            values.split(' ').next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no counter {name} in:\n{stats}"))
+}
+
+/// The STATS text of the process at `address`.
+pub fn stats_of(client: &mut tern_client::Client, address: std::net::SocketAddrV4) -> String {
+    let reply = client
+        .admin(address, tern_wire::Op::Stats, 0)
+        .expect("STATS answered");
+    String::from_utf8(reply.value).unwrap()
+}
