@@ -589,3 +589,28 @@ fn rule7_a_refusal_of_another_epoch_names_the_map_version_its_sender_acts_on() {
     assert_eq!(sim.reply_to(2).extensions.map_version, Some(9));
     assert_eq!(sim.reply_to(3).extensions.map_version, None);
 }
+
+#[test]
+fn a_committed_seq_a_longer_chain_still_holds_is_never_filled_with_nothing() {
+    let mut sim = Sim::new(3);
+    sim.put(b"k", b"v", 1);
+    sim.deliver_all();
+    // The head comes back without seq 1 (a log cut short); its successors
+    // still hold it.
+    let config = sim.replica_config(0);
+    sim.replicas[0] = tern_proto::replica::Replica::new(config);
+    sim.put(b"other", b"w", 2);
+    for _ in 0..5 {
+        sim.deliver_all();
+        sim.advance(Duration::from_millis(30));
+    }
+    assert_eq!(sim.shard().counters().lost_fills, 0);
+    for replica in &sim.replicas[1..] {
+        assert_eq!(replica.store().latest(b"k").unwrap().value, b"v");
+    }
+    assert_eq!(
+        sim.head().store().applied_seq(),
+        0,
+        "the head waits rather than serve a state without seq 1"
+    );
+}

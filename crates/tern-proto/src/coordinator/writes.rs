@@ -113,13 +113,18 @@ impl<S: ShardState> ShardCoordinator<S> {
         for seq in first..=last {
             if self.resend(seq, Time::MAX, now, outbox) {
                 continue;
-            } else if seq < self.first_seq || seq <= self.state.commit_seq() {
+            } else if seq < self.first_seq
+                || (seq <= self.state.commit_seq() && self.config.chain.len() == 1)
+            {
                 // Assigned by a coordinator that is gone and never applied by
                 // the head (the head asks for it), or acknowledged once and
-                // lost since by every replica that had it (a chain that
-                // restarted without durable state): fill it with nothing, so
-                // that the chain can move on. A healthy head never asks for
-                // a committed seq: it applied every one before the tail.
+                // lost since by the chain's only replica (it restarted
+                // without durable state; nobody else can have it): fill it
+                // with nothing, so that the shard writes again. A healthy
+                // head never asks for a committed seq (it applied every one
+                // before the tail); in a longer chain its successors still
+                // hold that write, so filling it would make this head serve
+                // stale values: it is left waiting instead.
                 if seq < self.first_seq {
                     self.counters.noop_fills += 1;
                 } else {
