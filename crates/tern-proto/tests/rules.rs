@@ -534,12 +534,12 @@ fn rule5_a_replica_behind_the_stamp_refuses_the_read_and_catches_up() {
     assert_eq!(reply.value, b"v");
 }
 
-#[test]
-fn a_committed_seq_the_whole_chain_lost_is_filled_so_writes_go_on() {
-    let mut sim = Sim::new(1);
+/// Commits a write, restarts the head without it (a log that lacks it),
+/// then sends another write and lets the chain try for a while.
+fn head_loses_a_committed_write(length: usize) -> Sim {
+    let mut sim = Sim::new(length);
     sim.put(b"k", b"v", 1);
     sim.deliver_all();
-    // The only replica restarts without durable state: seq 1 is gone.
     let config = sim.replica_config(0);
     sim.replicas[0] = tern_proto::replica::Replica::new(config);
     sim.put(b"other", b"w", 2);
@@ -547,6 +547,13 @@ fn a_committed_seq_the_whole_chain_lost_is_filled_so_writes_go_on() {
         sim.deliver_all();
         sim.advance(Duration::from_millis(30));
     }
+    sim
+}
+
+#[test]
+fn a_committed_seq_the_whole_chain_lost_is_filled_so_writes_go_on() {
+    // The only replica restarts without durable state: seq 1 is gone.
+    let sim = head_loses_a_committed_write(1);
     assert_eq!(
         sim.reply_to(2).status(),
         Status::Ok,
@@ -592,18 +599,9 @@ fn rule7_a_refusal_of_another_epoch_names_the_map_version_its_sender_acts_on() {
 
 #[test]
 fn a_committed_seq_a_longer_chain_still_holds_is_never_filled_with_nothing() {
-    let mut sim = Sim::new(3);
-    sim.put(b"k", b"v", 1);
-    sim.deliver_all();
     // The head comes back without seq 1 (a log cut short); its successors
     // still hold it.
-    let config = sim.replica_config(0);
-    sim.replicas[0] = tern_proto::replica::Replica::new(config);
-    sim.put(b"other", b"w", 2);
-    for _ in 0..5 {
-        sim.deliver_all();
-        sim.advance(Duration::from_millis(30));
-    }
+    let sim = head_loses_a_committed_write(3);
     assert_eq!(sim.shard().counters().lost_fills, 0);
     for replica in &sim.replicas[1..] {
         assert_eq!(replica.store().latest(b"k").unwrap().value, b"v");
