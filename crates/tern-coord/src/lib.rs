@@ -151,6 +151,26 @@ fn apply_change(
     }
 }
 
+/// Carries out what `poll` said: whether to go on serving.
+fn carry_out(
+    next: Poll,
+    core: &mut Coordinator<SharedShard>,
+    install: &mut dyn FnMut(Install<'_>),
+) -> bool {
+    match next {
+        Poll::Serve => true,
+        Poll::Stop => false,
+        Poll::Change {
+            reconfigure,
+            remove,
+            map_version,
+        } => {
+            apply_change(core, reconfigure, remove, map_version, install);
+            true
+        }
+    }
+}
+
 /// A change to put into effect beyond the cores.
 #[derive(Clone, Copy, Debug)]
 enum Install<'a> {
@@ -169,18 +189,7 @@ fn serve_and_report(
     tern_net::serve_while(
         socket,
         coordinator,
-        |core| match poll() {
-            Poll::Serve => true,
-            Poll::Stop => false,
-            Poll::Change {
-                reconfigure,
-                remove,
-                map_version,
-            } => {
-                apply_change(core, reconfigure, remove, map_version, install);
-                true
-            }
-        },
+        |core| carry_out(poll(), core, install),
         |_, _| Ok(()),
     )?;
     tracing::info!(stats = %coordinator.render_stats(None), send_errors = socket.send_errors(), "coordinator stopped");
@@ -340,21 +349,9 @@ fn serve_shards(
                         return false;
                     }
                     routes.borrow_mut().finish_resolving(&fast_path);
-                    match poll() {
-                        Poll::Serve => true,
-                        Poll::Stop => {
-                            stopped = true;
-                            false
-                        }
-                        Poll::Change {
-                            reconfigure,
-                            remove,
-                            map_version,
-                        } => {
-                            apply_change(core, reconfigure, remove, map_version, &mut install);
-                            true
-                        }
-                    }
+                    let going_on = carry_out(poll(), core, &mut install);
+                    stopped = !going_on;
+                    going_on
                 },
                 |_, _| Ok(()),
             )?;

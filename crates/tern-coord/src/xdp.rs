@@ -254,7 +254,6 @@ impl XdpCoordinator {
                     shard.shard
                 )));
             }
-            check_chain(shard)?;
             local_index.insert(shard.shard, index as u32);
         }
 

@@ -55,27 +55,38 @@ pub(crate) fn answer_status(
     outbox.push_with(to, &reply, &extensions, &[], &[]);
 }
 
-/// Decodes a received datagram. A datagram that fails is counted by reason
-/// and, when its header is readable and names a request, answered with an
-/// error status; then `None` is returned and the caller drops it.
+/// Decodes a received datagram. A datagram that fails goes to
+/// [`refuse_undecodable`]; then `None` is returned and the caller drops it.
 pub(crate) fn decode_or_refuse<'a>(
     from: std::net::SocketAddrV4,
     bytes: &'a [u8],
     drops: &mut counters::DecodeDrops,
     outbox: &mut Outbox,
 ) -> Option<tern_wire::Message<'a>> {
-    let error = match tern_wire::Message::decode(bytes) {
-        Ok(message) => return Some(message),
-        Err(error) => error,
-    };
-    drops.record(&error);
+    match tern_wire::Message::decode(bytes) {
+        Ok(message) => Some(message),
+        Err(error) => {
+            drops.record(&error);
+            refuse_undecodable(from, bytes, &error, outbox);
+            None
+        }
+    }
+}
+
+/// Answers a datagram that failed to decode with its error status, when its
+/// header is readable and names a request (the caller has counted it).
+pub(crate) fn refuse_undecodable(
+    from: std::net::SocketAddrV4,
+    bytes: &[u8],
+    error: &tern_wire::DecodeError,
+    outbox: &mut Outbox,
+) {
     if let (Some(status), Some(received)) = (
         error.reply_status(),
         tern_wire::Message::readable_header(bytes),
     ) {
         answer_status(from, &received, status, received.epoch.get(), 0, outbox);
     }
-    None
 }
 
 /// A protocol core as its I/O shell drives it.

@@ -583,7 +583,7 @@ impl Replica {
             && received.epoch.get() == self.config.epoch
             && !self.fenced;
         if !sequenced_here {
-            return crate::answer_status(from, &received, status, received.epoch.get(), 0, outbox);
+            return crate::refuse_undecodable(from, bytes, &error, outbox);
         }
         // Defence in depth: the coordinator checks what this decoder checks,
         // so this never happens while both agree. If they ever disagree, a

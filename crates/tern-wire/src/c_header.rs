@@ -256,15 +256,10 @@ fn classify_ops(out: &mut String) {
     );
     let _ = writeln!(out, "\tswitch (op) {{");
     for (op, name) in Op::ALL {
-        let classes: Vec<String> = op_class::ALL
-            .iter()
-            .filter(|(class, _)| op.classes() & class != 0)
-            .map(|(_, class_name)| format!("TERN_OP_CLASS_{class_name}"))
-            .collect();
         let _ = writeln!(
             out,
             "\tcase TERN_OP_{name}:\n\t\treturn {};",
-            classes.join(" | ")
+            class_names(op.classes())
         );
     }
     let _ = writeln!(out, "\tdefault:\n\t\treturn 0;\n\t}}\n}}");
@@ -299,19 +294,24 @@ fn describe_extensions(out: &mut String) {
         "static inline __attribute__((always_inline)) int tern_extensions_allowed(__u8 classes, __u8 mask)\n{{"
     );
     for kind in extension::KINDS {
-        let classes: Vec<String> = op_class::ALL
-            .iter()
-            .filter(|(class, _)| kind.carried_by & class != 0)
-            .map(|(_, class_name)| format!("TERN_OP_CLASS_{class_name}"))
-            .collect();
         let _ = writeln!(
             out,
             "\tif ((mask & TERN_EXT_{}) && !(classes & ({})))\n\t\treturn 0;",
             kind.name,
-            classes.join(" | ")
+            class_names(kind.carried_by)
         );
     }
     let _ = writeln!(out, "\treturn 1;\n}}");
+}
+
+/// The op classes of `mask` as C: `TERN_OP_CLASS_A | TERN_OP_CLASS_B`.
+fn class_names(mask: u8) -> String {
+    op_class::ALL
+        .iter()
+        .filter(|(class, _)| mask & class != 0)
+        .map(|(_, name)| format!("TERN_OP_CLASS_{name}"))
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// `tern_<what>_known(value)`: whether `value` is one of `values`.

@@ -113,7 +113,8 @@ impl<S: ShardState> ShardCoordinator<S> {
         for seq in first..=last {
             if self.resend(seq, Time::MAX, now, outbox) {
                 continue;
-            } else if seq < self.first_seq
+            }
+            if seq < self.first_seq
                 || (seq <= self.state.commit_seq() && self.config.chain.len() == 1)
             {
                 // Assigned by a coordinator that is gone and never applied by
