@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 pub use pipeline::{Completion, PIPELINE_DEPTH_MAX, Pipeline, Request};
 use retry::{Retry, Verdict};
 pub use tern_control::meta;
-pub use tern_control::{ClusterMap, MapError, ShardMap};
+pub use tern_control::{ClientId, ClusterMap, Epoch, MapError, ShardId, ShardMap, Slot};
 use tern_wire::{
     Extensions, Header, KEY_LEN_MAX, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX,
-    encode_into, flags, key_hash, slot_of,
+    encode_into, flags, key_hash,
 };
 use thiserror::Error;
 
@@ -121,7 +121,7 @@ pub struct ClientCounters {
 /// its shard's coordinator; refuses keys and values over the limits.
 pub(crate) fn request_header(
     map: &ClusterMap,
-    client_id: u64,
+    client_id: ClientId,
     op: Op,
     key: &[u8],
     value: &[u8],
@@ -134,10 +134,10 @@ pub(crate) fn request_header(
         return Err(ClientError::ValueTooLarge { len: value.len() });
     }
     let hash = key_hash(key);
-    let shard = map.shard_of_slot(slot_of(hash));
-    let mut header = Header::new(op, shard.id, shard.epoch);
+    let shard = map.shard_of_key_hash(hash);
+    let mut header = Header::new(op, shard.id.get(), shard.epoch.get());
     header.key_hash.set(hash);
-    header.client_id.set(client_id);
+    header.client_id.set(client_id.get());
     header.set_expected_version(version);
     Ok((header, shard.coordinator))
 }
@@ -145,9 +145,9 @@ pub(crate) fn request_header(
 /// Points `header` at its key's shard as `map` has it (shard id, epoch);
 /// returns that shard's coordinator.
 pub(crate) fn reroute(map: &ClusterMap, header: &mut Header) -> SocketAddrV4 {
-    let shard = map.shard_of_slot(slot_of(header.key_hash.get()));
-    header.shard.set(shard.id);
-    header.epoch.set(shard.epoch);
+    let shard = map.shard_of_key_hash(header.key_hash.get());
+    header.shard.set(shard.id.get());
+    header.epoch.set(shard.epoch.get());
     shard.coordinator
 }
 
@@ -156,7 +156,7 @@ pub(crate) fn reroute(map: &ClusterMap, header: &mut Header) -> SocketAddrV4 {
 pub struct Client {
     socket: UdpSocket,
     map: ClusterMap,
-    client_id: u64,
+    client_id: ClientId,
     next_request_id: u64,
     options: ClientOptions,
     send_buffer: Vec<u8>,
@@ -179,7 +179,7 @@ impl Client {
         Ok(Client {
             socket,
             map,
-            client_id: rand::random::<u64>() | 1,
+            client_id: ClientId::random(),
             next_request_id: 1,
             options,
             send_buffer: Vec::with_capacity(MESSAGE_LEN_MAX),
@@ -193,7 +193,7 @@ impl Client {
         &self.map
     }
 
-    pub fn client_id(&self) -> u64 {
+    pub fn client_id(&self) -> ClientId {
         self.client_id
     }
 
@@ -314,15 +314,20 @@ impl Client {
     }
 
     /// Sends an administrative request (PING, STATS) to one process.
-    pub fn admin(&mut self, to: SocketAddrV4, op: Op, shard: u32) -> Result<Reply, ClientError> {
+    pub fn admin(
+        &mut self,
+        to: SocketAddrV4,
+        op: Op,
+        shard: ShardId,
+    ) -> Result<Reply, ClientError> {
         let epoch = self
             .map
             .shards
             .iter()
             .find(|s| s.id == shard)
-            .map_or(0, |s| s.epoch);
-        let mut header = Header::new(op, shard, epoch);
-        header.client_id.set(self.client_id);
+            .map_or(0, |s| s.epoch.get());
+        let mut header = Header::new(op, shard.get(), epoch);
+        header.client_id.set(self.client_id.get());
         self.exchange(to, header, &[], &[], false)
     }
 
@@ -466,7 +471,8 @@ impl Client {
                 let header = message.header;
                 if header.op() == Op::Reply
                     && header.request_id.get() == request_id
-                    && (header.client_id.get() == self.client_id || header.client_id.get() == 0)
+                    && (header.client_id.get() == self.client_id.get()
+                        || header.client_id.get() == 0)
                 {
                     return Ok(Some(Reply {
                         status: header.status(),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tern_wire::{MESSAGE_LEN_MAX, Message, Op, Status, encode_into};
 
 use crate::retry::{Retry, Verdict};
-use crate::{ClientError, ClientOptions, ClusterMap, Reply};
+use crate::{ClientError, ClientId, ClientOptions, ClusterMap, Reply};
 
 /// Requests one pipeline may have in flight: the head remembers the outcomes
 /// of this many writes per client for deduplication (DESIGN rule 6).
@@ -60,7 +60,7 @@ struct InFlight {
 pub struct Pipeline {
     socket: UdpSocket,
     map: ClusterMap,
-    client_id: u64,
+    client_id: ClientId,
     next_request_id: u64,
     options: ClientOptions,
     in_flight: HashMap<u64, InFlight>,
@@ -83,7 +83,7 @@ impl Pipeline {
         Ok(Pipeline {
             socket,
             map,
-            client_id: rand::random::<u64>() | 1,
+            client_id: ClientId::random(),
             next_request_id: 1,
             options,
             in_flight: HashMap::new(),
@@ -196,7 +196,7 @@ impl Pipeline {
         };
         let header = message.header;
         if header.op() != Op::Reply
-            || (header.client_id.get() != self.client_id && header.client_id.get() != 0)
+            || (header.client_id.get() != self.client_id.get() && header.client_id.get() != 0)
         {
             return;
         }

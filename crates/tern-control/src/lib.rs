@@ -8,7 +8,9 @@
 //! it depends on no server crate and on nothing of the data path beyond the
 //! wire format's limits.
 
+mod ids;
 mod map;
 pub mod meta;
 
+pub use ids::{ClientId, Epoch, Seq, ShardId, Slot};
 pub use map::{ClusterMap, MapError, ShardMap, SlotRange};

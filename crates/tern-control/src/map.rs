@@ -8,14 +8,16 @@ use serde::{Deserialize, Serialize};
 use tern_wire::SLOT_COUNT;
 use thiserror::Error;
 
+use crate::{Epoch, ShardId, Slot};
+
 /// A range of hash slots, `[start, end)` (written `[start, end]` in files).
 pub type SlotRange = [u32; 2];
 
 /// One shard: the slot ranges it owns, its coordinator and its chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardMap {
-    pub id: u32,
-    pub epoch: u32,
+    pub id: ShardId,
+    pub epoch: Epoch,
     /// The slot ranges this shard owns, `[start, end)` each: a shard may own
     /// several, so that slots can move between shards range by range.
     pub slots: Vec<SlotRange>,
@@ -85,11 +87,16 @@ impl ClusterMap {
     }
 
     /// The shard owning `slot`. Validation guarantees there is exactly one.
-    pub fn shard_of_slot(&self, slot: u32) -> &ShardMap {
-        &self.shards[self.slot_owner[slot as usize] as usize]
+    pub fn shard_of_slot(&self, slot: Slot) -> &ShardMap {
+        &self.shards[self.slot_owner[slot.get() as usize] as usize]
     }
 
-    pub fn shard(&self, id: u32) -> Option<&ShardMap> {
+    /// The shard owning keys of this hash.
+    pub fn shard_of_key_hash(&self, key_hash: u32) -> &ShardMap {
+        self.shard_of_slot(Slot::of_key_hash(key_hash))
+    }
+
+    pub fn shard(&self, id: ShardId) -> Option<&ShardMap> {
         self.shards.iter().find(|shard| shard.id == id)
     }
 
@@ -148,8 +155,8 @@ mod tests {
 
     fn shard(id: u32, slots: SlotRange) -> ShardMap {
         ShardMap {
-            id,
-            epoch: 1,
+            id: ShardId(id),
+            epoch: Epoch(1),
             slots: vec![slots],
             coordinator: "127.0.0.1:7000".parse().unwrap(),
             replicas: vec!["127.0.0.1:7100".parse().unwrap()],
@@ -166,8 +173,8 @@ mod tests {
         let map = ClusterMap::new(shards).unwrap();
         let parsed = ClusterMap::parse(&map.to_toml()).unwrap();
         assert_eq!(parsed, map);
-        assert_eq!(parsed.shard_of_slot(0).id, 0);
-        assert_eq!(parsed.shard_of_slot(SLOT_COUNT - 1).id, 2);
+        assert_eq!(parsed.shard_of_slot(Slot(0)).id, ShardId(0));
+        assert_eq!(parsed.shard_of_slot(Slot(SLOT_COUNT - 1)).id, ShardId(2));
     }
 
     #[test]
@@ -187,9 +194,9 @@ mod tests {
         let mut interleaved = shard(0, [0, 100]);
         interleaved.slots.push([200, SLOT_COUNT]);
         let map = ClusterMap::new(vec![interleaved, shard(1, [100, 200])]).unwrap();
-        assert_eq!(map.shard_of_slot(50).id, 0);
-        assert_eq!(map.shard_of_slot(150).id, 1);
-        assert_eq!(map.shard_of_slot(250).id, 0);
+        assert_eq!(map.shard_of_slot(Slot(50)).id, ShardId(0));
+        assert_eq!(map.shard_of_slot(Slot(150)).id, ShardId(1));
+        assert_eq!(map.shard_of_slot(Slot(250)).id, ShardId(0));
         let parsed = ClusterMap::parse(&map.to_toml()).unwrap();
         assert_eq!(parsed, map);
         let mut empty = shard(2, [0, 1]);

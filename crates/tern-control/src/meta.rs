@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ClusterMap, MapError, ShardMap};
+use crate::{ClusterMap, MapError, ShardId, ShardMap};
 
 /// What a process that heartbeats is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,7 +22,7 @@ pub enum NodeKind {
     /// data dropped, ready to join (meta appends only such replicas, so one
     /// that still believes itself a member can never be re-added with its
     /// outdated state).
-    Replica { shard: u32, spare: bool },
+    Replica { shard: ShardId, spare: bool },
     /// A coordinator process (active for some shards, or a standby).
     Coordinator,
 }
@@ -33,9 +33,9 @@ pub enum NodeKind {
 pub enum Change {
     /// Appends a replica to the shard's chain as its new tail; it joins by
     /// state transfer from its predecessor.
-    AddReplica { shard: u32, addr: SocketAddrV4 },
+    AddReplica { shard: ShardId, addr: SocketAddrV4 },
     /// Takes a replica out of the shard's chain.
-    RemoveReplica { shard: u32, addr: SocketAddrV4 },
+    RemoveReplica { shard: ShardId, addr: SocketAddrV4 },
     /// Moves every shard coordinated at `from` to `to`.
     MoveCoordinator {
         from: SocketAddrV4,
@@ -57,7 +57,7 @@ pub enum Request {
     /// without its data) asks to be taken out, so it can rejoin by state
     /// transfer.
     Leave {
-        shard: u32,
+        shard: ShardId,
         addr: SocketAddrV4,
     },
     Change(Change),
@@ -112,21 +112,21 @@ pub enum Refusal {
     #[error("invalid cluster map: {0}")]
     InvalidMap(String),
     #[error("there is no shard {shard}")]
-    NoSuchShard { shard: u32 },
+    NoSuchShard { shard: ShardId },
     #[error("shard {shard} already has {limit} replicas, the limit")]
-    ChainFull { shard: u32, limit: usize },
+    ChainFull { shard: ShardId, limit: usize },
     #[error("{addr} is not a replica of shard {shard}")]
-    NotAReplica { shard: u32, addr: SocketAddrV4 },
+    NotAReplica { shard: ShardId, addr: SocketAddrV4 },
     #[error("{addr} is the last replica of shard {shard}; it stays until it returns")]
-    LastReplica { shard: u32, addr: SocketAddrV4 },
+    LastReplica { shard: ShardId, addr: SocketAddrV4 },
     #[error("{addr} is already a replica of shard {shard}")]
-    AlreadyAReplica { shard: u32, addr: SocketAddrV4 },
+    AlreadyAReplica { shard: ShardId, addr: SocketAddrV4 },
     #[error("{addr} is the coordinator of shard {shard}")]
-    IsTheCoordinator { shard: u32, addr: SocketAddrV4 },
+    IsTheCoordinator { shard: ShardId, addr: SocketAddrV4 },
     #[error(
         "{addr} is not a live spare replica of shard {shard}: start `tern server --shard {shard} --listen {addr}` and wait for it to report as spare"
     )]
-    NotASpare { shard: u32, addr: SocketAddrV4 },
+    NotASpare { shard: ShardId, addr: SocketAddrV4 },
     #[error("the coordinator would move to itself")]
     MoveToItself,
     #[error("{addr} is a replica")]

@@ -24,8 +24,8 @@ pub fn shards_of(shards: &[ShardMap], listen: SocketAddrV4) -> Vec<ShardConfig> 
         .iter()
         .filter(|shard| shard.coordinator == listen)
         .map(|shard| ShardConfig {
-            shard: shard.id,
-            epoch: shard.epoch,
+            shard: shard.id.get(),
+            epoch: shard.epoch.get(),
             chain: shard.replicas.clone(),
         })
         .collect()
@@ -174,8 +174,8 @@ mod tests {
     /// coordinates `ours` and another one the rest.
     fn map(version: u64, ours: &[ShardConfig], theirs: &[ShardConfig]) -> MetaMap {
         let entry = |config: &ShardConfig, coordinator| ShardMap {
-            id: config.shard,
-            epoch: config.epoch,
+            id: config.shard.into(),
+            epoch: config.epoch.into(),
             slots: vec![[config.shard * 100, config.shard * 100 + 99]],
             coordinator,
             replicas: config.chain.clone(),

@@ -492,7 +492,7 @@ impl<'a> Connection<'a> {
     /// Keys with a value, summed over every shard's tail (a snapshot of
     /// each tail, not one linearizable count).
     fn dbsize(&mut self) -> Result<u64, ClientError> {
-        let tails: Vec<(u32, std::net::SocketAddrV4)> = self
+        let tails: Vec<(tern_client::ShardId, std::net::SocketAddrV4)> = self
             .shared
             .config
             .map

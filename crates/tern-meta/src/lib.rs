@@ -29,8 +29,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, Config, Raft, ServerState};
-use tern_control::ShardMap;
 use tern_control::meta::{Change, MetaStatus, NodeKind, Refusal, Reply, Request};
+use tern_control::{ShardId, ShardMap};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -270,7 +270,7 @@ impl Node {
     }
 
     /// Whether `addr` heartbeats, recently, as a spare of `shard`.
-    fn is_spare(&self, shard: u32, addr: SocketAddrV4) -> bool {
+    fn is_spare(&self, shard: ShardId, addr: SocketAddrV4) -> bool {
         let detector = self.detector.lock().expect("detector lock");
         let spare = NodeKind::Replica { shard, spare: true };
         detector

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 
 use serde::{Deserialize, Serialize};
-use tern_control::ShardMap;
 use tern_control::meta::{Change, MetaMap, Refusal};
+use tern_control::{ShardId, ShardMap};
 use tern_wire::maps::CHAIN_LEN_MAX;
 
 /// A command in the Raft log.
@@ -17,7 +17,7 @@ pub enum Command {
     Operator(Change),
     /// Failure handling: takes a silent replica out of its chain without
     /// lowering the shard's replication target, so a spare may replace it.
-    Fail { shard: u32, addr: SocketAddrV4 },
+    Fail { shard: ShardId, addr: SocketAddrV4 },
 }
 
 /// What applying a command gave: the new map, or why it was refused.
@@ -32,7 +32,7 @@ pub struct MetaState {
     pub shards: Vec<ShardMap>,
     /// Chain length each shard should have; failure handling refills a
     /// shorter chain from spare replicas of the shard.
-    pub replication: BTreeMap<u32, usize>,
+    pub replication: BTreeMap<ShardId, usize>,
 }
 
 impl MetaState {
@@ -67,7 +67,7 @@ impl MetaState {
                     });
                 }
                 entry.replicas.push(*addr);
-                entry.epoch += 1;
+                entry.epoch = entry.epoch.next();
                 let length = entry.replicas.len();
                 let target = self.replication.entry(*shard).or_default();
                 *target = (*target).max(length);
@@ -89,7 +89,7 @@ impl MetaState {
                 let mut moved = 0;
                 for shard in self.shards.iter_mut().filter(|s| s.coordinator == *from) {
                     shard.coordinator = *to;
-                    shard.epoch += 1;
+                    shard.epoch = shard.epoch.next();
                     moved += 1;
                 }
                 if moved == 0 {
@@ -101,7 +101,7 @@ impl MetaState {
         Ok(self.map())
     }
 
-    fn shard_mut(&mut self, shard: u32) -> Result<&mut ShardMap, Refusal> {
+    fn shard_mut(&mut self, shard: ShardId) -> Result<&mut ShardMap, Refusal> {
         if self.version == 0 {
             return Err(Refusal::NotInitialised);
         }
@@ -112,7 +112,7 @@ impl MetaState {
     }
 
     /// Takes `addr` out of the chain; the chain's new length.
-    fn remove(&mut self, shard: u32, addr: SocketAddrV4) -> Result<usize, Refusal> {
+    fn remove(&mut self, shard: ShardId, addr: SocketAddrV4) -> Result<usize, Refusal> {
         let entry = self.shard_mut(shard)?;
         let Some(position) = entry.replicas.iter().position(|r| *r == addr) else {
             return Err(Refusal::NotAReplica { shard, addr });
@@ -121,7 +121,7 @@ impl MetaState {
             return Err(Refusal::LastReplica { shard, addr });
         }
         entry.replicas.remove(position);
-        entry.epoch += 1;
+        entry.epoch = entry.epoch.next();
         Ok(entry.replicas.len())
     }
 
@@ -147,6 +147,7 @@ impl MetaState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tern_control::Epoch;
 
     fn addr(last: u8) -> SocketAddrV4 {
         SocketAddrV4::new([10, 0, 0, last].into(), 7000)
@@ -155,8 +156,8 @@ mod tests {
     fn initial() -> MetaState {
         let mut state = MetaState::default();
         let shards = vec![ShardMap {
-            id: 0,
-            epoch: 1,
+            id: ShardId(0),
+            epoch: Epoch(1),
             slots: vec![[0, tern_wire::SLOT_COUNT]],
             coordinator: addr(1),
             replicas: vec![addr(10), addr(11), addr(12)],
@@ -171,21 +172,25 @@ mod tests {
         assert_eq!(state.version, 1);
         let map = state
             .apply(&Command::Fail {
-                shard: 0,
+                shard: ShardId(0),
                 addr: addr(11),
             })
             .unwrap();
         assert_eq!(map.shards[0].replicas, vec![addr(10), addr(12)]);
-        assert_eq!(map.shards[0].epoch, 2);
-        assert_eq!(state.replication[&0], 3, "a failure keeps the target");
+        assert_eq!(map.shards[0].epoch, Epoch(2));
+        assert_eq!(
+            state.replication[&ShardId(0)],
+            3,
+            "a failure keeps the target"
+        );
         let map = state
             .apply(&Command::Operator(Change::AddReplica {
-                shard: 0,
+                shard: ShardId(0),
                 addr: addr(11),
             }))
             .unwrap();
         assert_eq!(map.shards[0].replicas, vec![addr(10), addr(12), addr(11)]);
-        assert_eq!((map.shards[0].epoch, map.version), (3, 3));
+        assert_eq!((map.shards[0].epoch, map.version), (Epoch(3), 3));
         let map = state
             .apply(&Command::Operator(Change::MoveCoordinator {
                 from: addr(1),
@@ -194,15 +199,19 @@ mod tests {
             .unwrap();
         assert_eq!(
             (map.shards[0].coordinator, map.shards[0].epoch),
-            (addr(2), 4)
+            (addr(2), Epoch(4))
         );
         state
             .apply(&Command::Operator(Change::RemoveReplica {
-                shard: 0,
+                shard: ShardId(0),
                 addr: addr(10),
             }))
             .unwrap();
-        assert_eq!(state.replication[&0], 2, "an operator's removal lowers it");
+        assert_eq!(
+            state.replication[&ShardId(0)],
+            2,
+            "an operator's removal lowers it"
+        );
     }
 
     #[test]
@@ -211,15 +220,15 @@ mod tests {
         let before = state.clone();
         for command in [
             Command::Operator(Change::AddReplica {
-                shard: 0,
+                shard: ShardId(0),
                 addr: addr(10),
             }),
             Command::Operator(Change::AddReplica {
-                shard: 7,
+                shard: ShardId(7),
                 addr: addr(20),
             }),
             Command::Fail {
-                shard: 0,
+                shard: ShardId(0),
                 addr: addr(20),
             },
             Command::Operator(Change::MoveCoordinator {
@@ -237,19 +246,19 @@ mod tests {
         for gone in [10, 11] {
             state
                 .apply(&Command::Fail {
-                    shard: 0,
+                    shard: ShardId(0),
                     addr: addr(gone),
                 })
                 .unwrap();
         }
         let last = state.apply(&Command::Fail {
-            shard: 0,
+            shard: ShardId(0),
             addr: addr(12),
         });
         assert_eq!(
             last.unwrap_err(),
             Refusal::LastReplica {
-                shard: 0,
+                shard: ShardId(0),
                 addr: addr(12)
             }
         );

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::time::Duration;
 
+use tern_control::ShardId;
 use tern_control::meta::{self, Heartbeats, MetaMap, NodeKind, Refusal, Reply, Request};
 use tern_net::BatchSocket;
 use tern_proto::membership::{Action, Membership, Start};
@@ -42,12 +43,12 @@ impl Transfer {
 }
 
 /// This replica's place in `map`, if it has one.
-pub fn config_in(map: &MetaMap, shard: u32, addr: SocketAddrV4) -> Option<ReplicaConfig> {
+pub fn config_in(map: &MetaMap, shard: ShardId, addr: SocketAddrV4) -> Option<ReplicaConfig> {
     let entry = map.shards.iter().find(|entry| entry.id == shard)?;
     let position = entry.replicas.iter().position(|replica| *replica == addr)?;
     Some(ReplicaConfig {
-        shard,
-        epoch: entry.epoch,
+        shard: shard.get(),
+        epoch: entry.epoch.get(),
         chain: entry.replicas.clone(),
         position,
         coordinator: entry.coordinator,
@@ -55,9 +56,9 @@ pub fn config_in(map: &MetaMap, shard: u32, addr: SocketAddrV4) -> Option<Replic
 }
 
 /// A configuration for a replica outside every chain (fenced anyway).
-fn outside(shard: u32, addr: SocketAddrV4) -> ReplicaConfig {
+fn outside(shard: ShardId, addr: SocketAddrV4) -> ReplicaConfig {
     ReplicaConfig {
-        shard,
+        shard: shard.get(),
         epoch: 0,
         chain: vec![addr],
         position: 0,
@@ -71,7 +72,7 @@ type SnapshotRequest = SyncSender<(u32, Vec<u8>)>;
 /// Serves one replica of `shard` at `addr` under meta at `nodes`.
 pub fn run(
     addr: SocketAddrV4,
-    shard: u32,
+    shard: ShardId,
     nodes: Vec<SocketAddrV4>,
     persistence: Option<Persistence>,
     shutdown: &AtomicBool,
@@ -126,14 +127,14 @@ pub fn run(
     match start {
         Start::Resume => {
             mark_member(data_dir.as_deref())?;
-            tracing::info!(shard, %addr, version = map.version, applied = replica.store().applied_seq(), "resuming as a chain member");
+            tracing::info!(%shard, %addr, version = map.version, applied = replica.store().applied_seq(), "resuming as a chain member");
         }
         Start::AskToLeave => {
-            tracing::warn!(shard, %addr, "in the chain without my data: asking meta to take me out");
+            tracing::warn!(%shard, %addr, "in the chain without my data: asking meta to take me out");
             let taken_out = leave(&nodes, shard, addr, &heartbeats, shutdown);
             if !taken_out {
                 // The only replica left: nobody holds the shard's data.
-                tracing::error!(shard, %addr, "the last replica of the shard restarted without durable state: serving it empty, its data is lost");
+                tracing::error!(%shard, %addr, "the last replica of the shard restarted without durable state: serving it empty, its data is lost");
             }
             for action in membership.left(taken_out) {
                 shell.carry_out(action, &mut replica, &mut transfer, None)?;
@@ -146,7 +147,7 @@ pub fn run(
         .name("state-transfer".into())
         .spawn(move || serve_transfers(addr, requests_tx))?;
     let mut socket = BatchSocket::bind(addr)?;
-    tracing::info!(shard, %addr, role = ?membership.role(), "replica serving under meta");
+    tracing::info!(%shard, %addr, role = ?membership.role(), "replica serving under meta");
     let mut failure: Option<ServerError> = None;
     tern_net::serve_while(
         &mut socket,
@@ -209,7 +210,7 @@ pub fn run(
 
 /// What carrying out the membership core's actions needs.
 struct Shell<'a> {
-    shard: u32,
+    shard: ShardId,
     addr: SocketAddrV4,
     data_dir: Option<&'a Path>,
     durable: Option<&'a Persistence>,
@@ -250,7 +251,7 @@ impl Shell<'_> {
                 }
             }
             Action::DropData => {
-                tracing::warn!(shard = self.shard, addr = %self.addr, "taken out of the chain: dropping my data, waiting as a spare");
+                tracing::warn!(shard = %self.shard, addr = %self.addr, "taken out of the chain: dropping my data, waiting as a spare");
                 *replica = Replica::new(outside(self.shard, self.addr));
                 replica.set_fenced(true);
                 become_spare(self.data_dir, self.journal)?;
@@ -320,7 +321,7 @@ fn become_spare(data_dir: Option<&Path>, journal: &RefCell<Option<Journal>>) -> 
 /// (true), or meta refuses because it is the chain's last replica (false).
 fn leave(
     nodes: &[SocketAddrV4],
-    shard: u32,
+    shard: ShardId,
     addr: SocketAddrV4,
     heartbeats: &Heartbeats,
     shutdown: &AtomicBool,

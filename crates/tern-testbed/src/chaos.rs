@@ -15,8 +15,8 @@ use anyhow::{Context, Result, bail};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use tern_check::{Input, Operation, Output, Recorder, Verdict, check};
-use tern_client::{CasOutcome, Client, ClientOptions, ClusterMap};
-use tern_wire::{key_hash, slot_of};
+use tern_client::{CasOutcome, Client, ClientOptions, ClusterMap, ShardId};
+use tern_wire::key_hash;
 
 use crate::DurabilityArg;
 use crate::cluster::{self, ClusterCommand, ClusterMode, ProcessEntry, ProcessRole, TopologyKind};
@@ -97,7 +97,7 @@ fn contended_keys(map: &ClusterMap, per_shard: usize) -> Vec<Vec<u8>> {
         keys.extend(
             (0..)
                 .map(|index| format!("chaos-{index}").into_bytes())
-                .filter(|key| map.shard_of_slot(slot_of(key_hash(key))).id == shard.id)
+                .filter(|key| map.shard_of_key_hash(key_hash(key)).id == shard.id)
                 .take(per_shard),
         );
     }
@@ -288,7 +288,7 @@ fn inject(
     topology: &Topology,
     random: &mut SmallRng,
 ) -> Result<Fault> {
-    let replicas: Vec<(String, u32, usize)> = map
+    let replicas: Vec<(String, ShardId, usize)> = map
         .shards
         .iter()
         .flat_map(|shard| (0..shard.replicas.len()).map(move |position| (shard.id, position)))

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use serde::{Deserialize, Serialize};
-use tern_client::{Client, ClientOptions, ClusterMap, ShardMap};
+use tern_client::{Client, ClientOptions, ClusterMap, Epoch, ShardId, ShardMap};
 use tern_wire::{Op, Status};
 
 use crate::DurabilityArg;
@@ -182,7 +182,7 @@ fn start_gateway(dir: &Path, options: &GatewayOptions) -> Result<()> {
         name: GATEWAY.into(),
         pid: child.id(),
         address,
-        shard: 0,
+        shard: ShardId(0),
         log,
         command,
     });
@@ -220,7 +220,7 @@ pub struct ProcessEntry {
     pub name: String,
     pub pid: u32,
     pub address: SocketAddrV4,
-    shard: u32,
+    shard: ShardId,
     log: PathBuf,
     /// The full command line, for `cluster restart`.
     #[serde(default)]
@@ -246,7 +246,7 @@ pub enum ProcessRole {
     /// A standby coordinator (number N of `--standby`).
     Standby(u32),
     Replica {
-        shard: u32,
+        shard: ShardId,
         position: usize,
     },
     Meta(u64),
@@ -379,8 +379,8 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
 }
 
 /// Every process of a map: (name, address, a shard it serves).
-pub fn processes_of(map: &ClusterMap) -> Vec<(String, SocketAddrV4, u32)> {
-    let mut processes: Vec<(String, SocketAddrV4, u32)> = Vec::new();
+pub fn processes_of(map: &ClusterMap) -> Vec<(String, SocketAddrV4, ShardId)> {
+    let mut processes: Vec<(String, SocketAddrV4, ShardId)> = Vec::new();
     for shard in &map.shards {
         if !processes
             .iter()
@@ -397,7 +397,7 @@ pub fn processes_of(map: &ClusterMap) -> Vec<(String, SocketAddrV4, u32)> {
     processes
 }
 
-fn replica_name(shard: u32, position: usize) -> String {
+fn replica_name(shard: ShardId, position: usize) -> String {
     ProcessRole::Replica { shard, position }.name()
 }
 
@@ -504,7 +504,7 @@ fn up(
     // then meta nodes and standby coordinators.
     let mut names = vec![ProcessRole::Coordinator.name()];
     for shard in 0..shard_count {
-        names.extend((0..replicas).map(|position| replica_name(shard, position)));
+        names.extend((0..replicas).map(|position| replica_name(ShardId(shard), position)));
     }
     names.extend((1..=control.meta as u64).map(|id| ProcessRole::Meta(id).name()));
     names.extend((1..=control.standby as u32).map(|number| ProcessRole::Standby(number).name()));
@@ -567,8 +567,8 @@ fn start(
         .into_iter()
         .enumerate()
         .map(|(id, slots)| ShardMap {
-            id: id as u32,
-            epoch: 1,
+            id: ShardId(id as u32),
+            epoch: Epoch(1),
             slots: vec![slots],
             coordinator,
             replicas: remaining.by_ref().take(replicas).collect(),
@@ -596,11 +596,11 @@ fn start(
     let mut children: Vec<(Child, ProcessEntry)> = Vec::new();
     // Meta first (everyone asks it for the map), then replicas (a
     // coordinator in XDP mode learns their MAC addresses), then coordinators.
-    let mut processes: Vec<(String, SocketAddrV4, u32)> = map
+    let mut processes: Vec<(String, SocketAddrV4, ShardId)> = map
         .meta
         .iter()
         .enumerate()
-        .map(|(index, address)| (format!("{META}{}", index + 1), *address, 0))
+        .map(|(index, address)| (format!("{META}{}", index + 1), *address, ShardId(0)))
         .collect();
     let mut data_processes = processes_of(&map);
     data_processes.rotate_left(1);
@@ -609,7 +609,7 @@ fn start(
         standbys
             .iter()
             .enumerate()
-            .map(|(index, address)| (format!("{STANDBY}{}", index + 1), *address, 0)),
+            .map(|(index, address)| (format!("{STANDBY}{}", index + 1), *address, ShardId(0))),
     );
     let peers = map
         .meta
@@ -1011,7 +1011,7 @@ fn status(dir: &Path) -> Result<ExitCode> {
     };
     let mut client = Client::with_options(map.clone(), options)?;
     // The status line of the process at `address`, and whether it is up.
-    let mut describe = |address: SocketAddrV4, shard: u32| -> (String, bool) {
+    let mut describe = |address: SocketAddrV4, shard: ShardId| -> (String, bool) {
         let pid = table
             .process
             .iter()
@@ -1140,7 +1140,7 @@ fn status(dir: &Path) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use super::ProcessRole;
+    use super::{ProcessRole, ShardId};
 
     #[test]
     fn every_role_round_trips_through_its_name_and_has_a_distinct_node() {
@@ -1149,11 +1149,11 @@ mod tests {
             ProcessRole::Standby(1),
             ProcessRole::Standby(12),
             ProcessRole::Replica {
-                shard: 0,
+                shard: ShardId(0),
                 position: 2,
             },
             ProcessRole::Replica {
-                shard: 11,
+                shard: ShardId(11),
                 position: 0,
             },
             ProcessRole::Meta(3),

@@ -128,7 +128,7 @@ fn meta_keeps_the_map_through_the_loss_of_its_leader() {
         },
     );
     assert_eq!(moved.shards[0].coordinator, standby);
-    assert_eq!(moved.shards[0].epoch, 2);
+    assert_eq!(moved.shards[0].epoch, tern_client::Epoch(2));
 
     // Kill the leader: the other two elect a new one that holds the map.
     let index = nodes.iter().position(|node| node.addr == first).unwrap();

@@ -13,13 +13,13 @@ pub enum NodeCommand {
     /// joins by state transfer).
     Add {
         #[arg(long)]
-        shard: u32,
+        shard: tern_client::ShardId,
         addr: SocketAddrV4,
     },
     /// Take a replica out of a shard's chain.
     Remove {
         #[arg(long)]
-        shard: u32,
+        shard: tern_client::ShardId,
         addr: SocketAddrV4,
     },
     /// Move every shard coordinated at FROM to the coordinator at TO.

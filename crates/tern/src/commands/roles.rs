@@ -17,7 +17,7 @@ use crate::signals;
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
     #[arg(long)]
-    pub shard: u32,
+    pub shard: tern_client::ShardId,
     /// Position in the shard's chain in the cluster file: 0 is the head.
     #[arg(long, required_unless_present = "listen")]
     pub replica: Option<usize>,
@@ -217,7 +217,11 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn replica_config(map: &ClusterMap, shard: u32, position: usize) -> Result<ReplicaConfig> {
+fn replica_config(
+    map: &ClusterMap,
+    shard: tern_client::ShardId,
+    position: usize,
+) -> Result<ReplicaConfig> {
     let Some(entry) = map.shard(shard) else {
         bail!("shard {shard} is not in the cluster map")
     };
@@ -228,8 +232,8 @@ fn replica_config(map: &ClusterMap, shard: u32, position: usize) -> Result<Repli
         );
     }
     Ok(ReplicaConfig {
-        shard,
-        epoch: entry.epoch,
+        shard: shard.get(),
+        epoch: entry.epoch.get(),
         chain: entry.replicas.clone(),
         position,
         coordinator: entry.coordinator,
