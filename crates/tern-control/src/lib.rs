@@ -13,4 +13,4 @@ mod map;
 pub mod meta;
 
 pub use ids::{ClientId, Epoch, Seq, ShardId, Slot};
-pub use map::{ClusterMap, MapError, ShardMap, SlotRange};
+pub use map::{ClusterMap, HandOff, MapError, Migration, ShardMap, SlotRange, SlotState};

@@ -1,5 +1,6 @@
-//! The cluster map as a file: which shard owns which slots, and where its
-//! coordinator and replicas listen.
+//! The cluster map as a file: which shard owns which slots, where its
+//! coordinator and replicas listen, and which slots are moving between
+//! shards (each slot's state: owned, copying, or handed off).
 
 use std::net::SocketAddrV4;
 use std::path::Path;
@@ -8,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tern_wire::SLOT_COUNT;
 use thiserror::Error;
 
-use crate::{Epoch, ShardId, Slot};
+use crate::{Epoch, Seq, ShardId, Slot};
 
 /// A range of hash slots, `[start, end)` (written `[start, end]` in files).
 pub type SlotRange = [u32; 2];
@@ -26,6 +27,91 @@ pub struct ShardMap {
     pub replicas: Vec<SocketAddrV4>,
 }
 
+/// A move of a slot range from one shard to another (live migration). The
+/// range is cut into groups of `group_slots` slots, handed off one group at
+/// a time: until its hand-off a group is served by `from` (which streams its
+/// data to `to`), afterwards by `to`. When every group is handed off, the
+/// range moves from `from`'s slots to `to`'s and the migration ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    pub id: u64,
+    pub from: ShardId,
+    pub to: ShardId,
+    /// The slots that move, `[start, end)`; all owned by `from`.
+    pub slots: SlotRange,
+    /// Slots per group (the last group may be shorter).
+    pub group_slots: u32,
+    /// The groups handed off so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handed_off: Vec<HandOff>,
+}
+
+/// One group handed off to a migration's destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandOff {
+    /// The group's index in the migration's range.
+    pub group: u32,
+    /// Every write the destination sequences for this group has a seq at
+    /// least this high, so above every version the group had at the source.
+    pub floor: Seq,
+}
+
+impl Migration {
+    /// How many groups the range is cut into.
+    pub fn group_count(&self) -> u32 {
+        (self.slots[1] - self.slots[0]).div_ceil(self.group_slots)
+    }
+
+    /// The group of `slot`, if the migration moves it.
+    pub fn group_of(&self, slot: Slot) -> Option<u32> {
+        let slot = slot.get();
+        (self.slots[0] <= slot && slot < self.slots[1])
+            .then(|| (slot - self.slots[0]) / self.group_slots)
+    }
+
+    /// The slots of `group`, `[start, end)`.
+    pub fn group_slots_of(&self, group: u32) -> SlotRange {
+        let start = self.slots[0] + group * self.group_slots;
+        [start, (start + self.group_slots).min(self.slots[1])]
+    }
+
+    fn hand_off(&self, group: u32) -> Option<&HandOff> {
+        self.handed_off.iter().find(|done| done.group == group)
+    }
+}
+
+/// Where a slot stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    /// Served by its owner; not moving.
+    Owned { shard: ShardId },
+    /// Moving, not yet handed off: served by `from`, which copies it to `to`.
+    Copying {
+        migration: u64,
+        from: ShardId,
+        to: ShardId,
+    },
+    /// Handed off: served by `to`, whose writes of it get seqs of at least
+    /// `floor`; `from` still lists it until the migration completes.
+    HandedOff {
+        migration: u64,
+        from: ShardId,
+        to: ShardId,
+        floor: Seq,
+    },
+}
+
+impl SlotState {
+    /// The shard that serves the slot now.
+    pub fn serving(self) -> ShardId {
+        match self {
+            SlotState::Owned { shard } => shard,
+            SlotState::Copying { from, .. } => from,
+            SlotState::HandedOff { to, .. } => to,
+        }
+    }
+}
+
 /// The cluster map (`cluster.toml`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterMap {
@@ -34,10 +120,14 @@ pub struct ClusterMap {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub meta: Vec<SocketAddrV4>,
     pub shards: Vec<ShardMap>,
+    /// Slot ranges moving between shards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<Migration>,
     /// The version meta gave this map (0: read from a file).
     #[serde(skip)]
     pub version: u64,
-    /// `slot -> index into shards`, derived when the map is validated.
+    /// `slot -> index into shards` of the shard serving it, derived when
+    /// the map is validated.
     #[serde(skip)]
     slot_owner: Vec<u32>,
 }
@@ -58,8 +148,17 @@ pub enum MapError {
 impl ClusterMap {
     /// A validated map.
     pub fn new(shards: Vec<ShardMap>) -> Result<Self, MapError> {
+        Self::with_migrations(shards, Vec::new())
+    }
+
+    /// A validated map with slot ranges under way between shards.
+    pub fn with_migrations(
+        shards: Vec<ShardMap>,
+        migrations: Vec<Migration>,
+    ) -> Result<Self, MapError> {
         let mut map = ClusterMap {
             shards,
+            migrations,
             meta: Vec::new(),
             version: 0,
             slot_owner: Vec::new(),
@@ -86,7 +185,9 @@ impl ClusterMap {
         toml::to_string(self).expect("a cluster map always serializes")
     }
 
-    /// The shard owning `slot`. Validation guarantees there is exactly one.
+    /// The shard serving `slot`: its owner, or the destination of a
+    /// migration that has handed it off. Validation guarantees there is
+    /// exactly one.
     pub fn shard_of_slot(&self, slot: Slot) -> &ShardMap {
         &self.shards[self.slot_owner[slot.get() as usize] as usize]
     }
@@ -94,6 +195,31 @@ impl ClusterMap {
     /// The shard owning keys of this hash.
     pub fn shard_of_key_hash(&self, key_hash: u32) -> &ShardMap {
         self.shard_of_slot(Slot::of_key_hash(key_hash))
+    }
+
+    /// Whether `slot` is moving, and where it stands.
+    pub fn slot_state(&self, slot: Slot) -> SlotState {
+        for migration in &self.migrations {
+            if let Some(group) = migration.group_of(slot) {
+                let (id, from, to) = (migration.id, migration.from, migration.to);
+                return match migration.hand_off(group) {
+                    Some(done) => SlotState::HandedOff {
+                        migration: id,
+                        from,
+                        to,
+                        floor: done.floor,
+                    },
+                    None => SlotState::Copying {
+                        migration: id,
+                        from,
+                        to,
+                    },
+                };
+            }
+        }
+        SlotState::Owned {
+            shard: self.shard_of_slot(slot).id,
+        }
     }
 
     pub fn shard(&self, id: ShardId) -> Option<&ShardMap> {
@@ -144,6 +270,58 @@ impl ClusterMap {
         if let Some(slot) = owner.iter().position(|&index| index == u32::MAX) {
             return invalid(format!("slot {slot} belongs to no shard"));
         }
+        let mut moving = vec![false; SLOT_COUNT as usize];
+        for (index, migration) in self.migrations.iter().enumerate() {
+            let id = migration.id;
+            if self.migrations[..index].iter().any(|other| other.id == id) {
+                return invalid(format!("migration id {id} appears twice"));
+            }
+            let [start, end] = migration.slots;
+            if start >= end || end > SLOT_COUNT || migration.group_slots == 0 {
+                return invalid(format!(
+                    "migration {id} moves slots [{start}, {end}) in groups of {}",
+                    migration.group_slots
+                ));
+            }
+            let (Some(from), Some(to)) = (
+                self.shards
+                    .iter()
+                    .position(|shard| shard.id == migration.from),
+                self.shards
+                    .iter()
+                    .position(|shard| shard.id == migration.to),
+            ) else {
+                return invalid(format!("migration {id} names a shard not in the map"));
+            };
+            if from == to {
+                return invalid(format!("migration {id} moves slots to their owner"));
+            }
+            for slot in start..end {
+                if owner[slot as usize] != from as u32 {
+                    return invalid(format!(
+                        "migration {id} moves slot {slot}, which shard {} does not own",
+                        migration.from
+                    ));
+                }
+                if std::mem::replace(&mut moving[slot as usize], true) {
+                    return invalid(format!("slot {slot} is in two migrations"));
+                }
+            }
+            for (position, done) in migration.handed_off.iter().enumerate() {
+                if done.group >= migration.group_count()
+                    || migration.handed_off[..position]
+                        .iter()
+                        .any(|other| other.group == done.group)
+                {
+                    return invalid(format!(
+                        "migration {id} hands off group {} twice or outside its range",
+                        done.group
+                    ));
+                }
+                let [group_start, group_end] = migration.group_slots_of(done.group);
+                owner[group_start as usize..group_end as usize].fill(to as u32);
+            }
+        }
         self.slot_owner = owner;
         Ok(())
     }
@@ -187,6 +365,106 @@ mod tests {
         );
         let overlap = ClusterMap::new(vec![shard(0, [0, 200]), shard(1, [100, SLOT_COUNT])]);
         assert!(overlap.unwrap_err().to_string().contains("two shards"));
+    }
+
+    fn two_shards_moving(handed_off: Vec<HandOff>) -> Result<ClusterMap, MapError> {
+        let migration = Migration {
+            id: 5,
+            from: ShardId(0),
+            to: ShardId(1),
+            slots: [100, 150],
+            group_slots: 16,
+            handed_off,
+        };
+        ClusterMap::with_migrations(
+            vec![shard(0, [0, 200]), shard(1, [200, SLOT_COUNT])],
+            vec![migration],
+        )
+    }
+
+    #[test]
+    fn a_handed_off_group_is_served_by_the_destination_and_the_rest_by_the_source() {
+        let floor = Seq(7000);
+        let map = two_shards_moving(vec![HandOff { group: 1, floor }]).unwrap();
+        assert_eq!(map.migrations[0].group_count(), 4, "16 + 16 + 16 + 2 slots");
+        assert_eq!(map.migrations[0].group_slots_of(3), [148, 150]);
+        let (from, to) = (ShardId(0), ShardId(1));
+        let copying = SlotState::Copying {
+            migration: 5,
+            from,
+            to,
+        };
+        let handed_off = SlotState::HandedOff {
+            migration: 5,
+            from,
+            to,
+            floor,
+        };
+        for (slot, state) in [
+            (99, SlotState::Owned { shard: from }),
+            (100, copying),
+            (115, copying),
+            (116, handed_off),
+            (131, handed_off),
+            (132, copying),
+            (149, copying),
+            (150, SlotState::Owned { shard: from }),
+            (200, SlotState::Owned { shard: to }),
+        ] {
+            assert_eq!(map.slot_state(Slot(slot)), state, "slot {slot}");
+            assert_eq!(
+                map.shard_of_slot(Slot(slot)).id,
+                state.serving(),
+                "slot {slot}"
+            );
+        }
+        let parsed = ClusterMap::parse(&map.to_toml()).unwrap();
+        assert_eq!(parsed, map);
+        assert_eq!(parsed.shard_of_slot(Slot(120)).id, to);
+    }
+
+    #[test]
+    fn impossible_migrations_are_refused() {
+        let floor = Seq(1);
+        let twice = two_shards_moving(vec![
+            HandOff { group: 0, floor },
+            HandOff { group: 0, floor },
+        ]);
+        assert!(twice.unwrap_err().to_string().contains("group 0 twice"));
+        let outside = two_shards_moving(vec![HandOff { group: 4, floor }]);
+        assert!(
+            outside
+                .unwrap_err()
+                .to_string()
+                .contains("outside its range")
+        );
+        let base = two_shards_moving(Vec::new()).unwrap();
+        let refused = |edit: &dyn Fn(&mut Migration)| {
+            let mut migration = base.migrations[0].clone();
+            edit(&mut migration);
+            ClusterMap::with_migrations(base.shards.clone(), vec![migration])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            refused(&|m| m.slots = [150, 250]).contains("slot 200, which shard 0 does not own")
+        );
+        assert!(refused(&|m| m.to = ShardId(0)).contains("to their owner"));
+        assert!(refused(&|m| m.to = ShardId(9)).contains("not in the map"));
+        assert!(refused(&|m| m.group_slots = 0).contains("groups of 0"));
+        let mut second = base.migrations[0].clone();
+        second.id = 6;
+        second.slots = [140, 160];
+        let overlap = ClusterMap::with_migrations(
+            base.shards.clone(),
+            vec![base.migrations[0].clone(), second],
+        );
+        assert!(
+            overlap
+                .unwrap_err()
+                .to_string()
+                .contains("slot 140 is in two migrations")
+        );
     }
 
     #[test]

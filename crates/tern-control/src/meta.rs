@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ClusterMap, MapError, ShardId, ShardMap};
+use crate::{ClusterMap, MapError, Migration, ShardId, ShardMap};
 
 /// What a process that heartbeats is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,12 +70,15 @@ pub enum Request {
 pub struct MetaMap {
     pub version: u64,
     pub shards: Vec<ShardMap>,
+    /// Slot ranges moving between shards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<Migration>,
 }
 
 impl MetaMap {
     /// The validated cluster map, with the meta addresses it came from.
     pub fn to_cluster_map(&self, meta: &[SocketAddrV4]) -> Result<ClusterMap, MapError> {
-        let mut map = ClusterMap::new(self.shards.clone())?;
+        let mut map = ClusterMap::with_migrations(self.shards.clone(), self.migrations.clone())?;
         map.meta = meta.to_vec();
         map.version = self.version;
         Ok(map)

@@ -188,6 +188,7 @@ mod tests {
                 .map(|config| entry(config, LISTEN))
                 .chain(theirs.iter().map(|config| entry(config, other)))
                 .collect(),
+            migrations: Vec::new(),
         }
     }
 

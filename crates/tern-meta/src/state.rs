@@ -5,7 +5,7 @@ use std::net::SocketAddrV4;
 
 use serde::{Deserialize, Serialize};
 use tern_control::meta::{Change, MetaMap, Refusal};
-use tern_control::{ShardId, ShardMap};
+use tern_control::{Migration, ShardId, ShardMap};
 use tern_wire::maps::CHAIN_LEN_MAX;
 
 /// A command in the Raft log.
@@ -33,6 +33,9 @@ pub struct MetaState {
     /// Chain length each shard should have; failure handling refills a
     /// shorter chain from spare replicas of the shard.
     pub replication: BTreeMap<ShardId, usize>,
+    /// Slot ranges moving between shards.
+    #[serde(default)]
+    pub migrations: Vec<Migration>,
 }
 
 impl MetaState {
@@ -40,6 +43,7 @@ impl MetaState {
         MetaMap {
             version: self.version,
             shards: self.shards.clone(),
+            migrations: self.migrations.clone(),
         }
     }
 
