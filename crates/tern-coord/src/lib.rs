@@ -18,11 +18,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use assignment::Supervisor;
-pub use assignment::{Poll, shards_of};
+use assignment::assignment_of;
+pub use assignment::shards_of;
 use tern_control::meta::{Heartbeats, NodeKind};
 use tern_net::BatchSocket;
 use tern_proto::SharedShard;
+pub use tern_proto::assignment::Poll;
+use tern_proto::assignment::Supervisor;
 use tern_proto::coordinator::{Coordinator, ShardConfig, ShardCoordinator};
 use thiserror::Error;
 
@@ -68,7 +70,7 @@ pub fn run(
 /// A coordinator under meta: it heartbeats, and serves the shards the map
 /// gives it while its lease holds. A new chain or epoch of a shard it
 /// serves is installed in place, and a shard moved away is dropped
-/// ([`assignment::decide`]); a takeover of a shard or a lost lease starts
+/// ([`tern_proto::assignment::decide`]); a takeover of a shard or a lost lease starts
 /// the shards afresh: every key dirty and sequencing above the chain (DESIGN
 /// rule 8), with the XDP program and maps loaded anew in XDP mode. With no
 /// shard it is a standby.
@@ -99,14 +101,18 @@ pub fn run_under_meta(
             continue;
         }
         standing_by = false;
-        let mut supervisor = Supervisor::new(listen, shards.clone());
+        let mut supervisor = Supervisor::new(shards.clone());
         let mut poll = || {
             if shutdown.load(Ordering::Relaxed) {
                 return Poll::Stop;
             }
-            let next = supervisor.poll(heartbeats.map().as_ref(), |version| {
-                heartbeats.lease_valid(version)
-            });
+            // The map is copied out only when it is newer than the one acted
+            // on; its version and shards then come from that one copy.
+            let newest = (heartbeats.version() != supervisor.acted_on())
+                .then(|| heartbeats.map())
+                .flatten()
+                .map(|map| assignment_of(&map, listen));
+            let next = supervisor.poll(newest, |version| heartbeats.lease_valid(version));
             if let Poll::Change {
                 reconfigure,
                 remove,

@@ -213,4 +213,11 @@ impl Membership {
     pub fn fenced(&self, lease_valid: impl Fn(u64) -> bool) -> bool {
         !self.is_member() || !lease_valid(self.acted_on)
     }
+
+    /// Whether the replica may hand its state to a joining successor: only
+    /// as a member that may serve. A joiner's own (empty or partial) state
+    /// never seeds another joiner, whatever epoch it is configured at.
+    pub fn may_serve_state(&self, lease_valid: impl Fn(u64) -> bool) -> bool {
+        !self.fenced(lease_valid)
+    }
 }

@@ -173,7 +173,7 @@ pub fn run(
                     }
                 }
                 while let Ok(answer) = requests.try_recv() {
-                    if membership.is_member() && !replica.is_fenced() {
+                    if membership.may_serve_state(|version| heartbeats.lease_valid(version)) {
                         let (_, bytes) = replica.snapshot();
                         let _ = answer.try_send((replica.config().epoch, bytes));
                     }

@@ -58,6 +58,8 @@ pub struct Sim {
     pub now: Time,
     pub coordinator_addr: SocketAddrV4,
     pub coordinator: Coordinator<SharedShard>,
+    /// Where each replica process listens (`replicas[i]` at `chain[i]`): the
+    /// shard's chain unless a test adds spares or changes the chain itself.
     pub chain: Vec<SocketAddrV4>,
     pub replicas: Vec<Replica>,
     pub network: VecDeque<Datagram>,
@@ -319,6 +321,23 @@ impl Sim {
             epoch,
             chain: self.chain.clone(),
         }
+    }
+
+    /// Starts a replica process at `address` outside every chain (a spare,
+    /// fenced and empty); it gets datagrams sent to `address` from now on.
+    pub fn add_spare(&mut self, address: SocketAddrV4) -> usize {
+        let mut spare = Replica::new(ReplicaConfig {
+            shard: SHARD,
+            epoch: 0,
+            chain: vec![address],
+            position: 0,
+            coordinator: address,
+        });
+        spare.set_fenced(true);
+        self.chain.push(address);
+        self.replicas.push(spare);
+        self.disks.push(Vec::new());
+        self.chain.len() - 1
     }
 
     /// The client's replies to `request_id`.
