@@ -111,6 +111,8 @@ counters! {
         reads,
         writes_applied,
         dedup_hits,
+        /// Late copies of writes older than the outcomes remembered, refused.
+        dedup_forgotten,
         duplicates,
         held_back,
         holdback_full,
@@ -140,6 +142,10 @@ struct Outcome {
 struct ClientOutcomes {
     last_seq: u64,
     recent: VecDeque<Outcome>,
+    /// The highest request id whose outcome was dropped from `recent`: a
+    /// copy of a write up to it that `recent` does not hold may have been
+    /// applied, and is refused rather than applied again.
+    forgotten_max: u64,
 }
 
 /// One replica of one shard.
@@ -256,6 +262,11 @@ impl Replica {
                 bytes.extend_from_slice(&outcome.version.to_le_bytes());
             }
         }
+        // A trailer that snapshots written before it lack: each client's
+        // `forgotten_max`, in the order above.
+        for client in self.outcomes.values() {
+            bytes.extend_from_slice(&client.forgotten_max.to_le_bytes());
+        }
         (self.store.applied_seq(), bytes)
     }
 
@@ -271,18 +282,18 @@ impl Replica {
         };
         let (store, used) =
             Store::decode(bytes).map_err(|error| RestoreError(error.to_string()))?;
-        let mut rest = &bytes[used..];
-        let mut take = |length: usize| -> Result<&[u8], RestoreError> {
-            if rest.len() < length {
+        let rest = std::cell::Cell::new(&bytes[used..]);
+        let take = |length: usize| -> Result<&[u8], RestoreError> {
+            let Some((taken, left)) = rest.get().split_at_checked(length) else {
                 return Err(RestoreError("snapshot truncated".into()));
-            }
-            let (taken, left) = rest.split_at(length);
-            rest = left;
+            };
+            rest.set(left);
             Ok(taken)
         };
         let u64_of = |bytes: &[u8]| u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
         replica.highest_seen = u64_of(take(8)?);
         let clients = u64_of(take(8)?);
+        let mut order = Vec::new();
         for _ in 0..clients {
             let client_id = u64_of(take(8)?);
             let last_seq = u64_of(take(8)?);
@@ -290,6 +301,7 @@ impl Replica {
             let mut client = ClientOutcomes {
                 last_seq,
                 recent: VecDeque::new(),
+                forgotten_max: 0,
             };
             for _ in 0..count {
                 let request_id = u64_of(take(8)?);
@@ -303,6 +315,15 @@ impl Replica {
                 });
             }
             replica.outcomes.insert(client_id, client);
+            order.push(client_id);
+        }
+        if !rest.get().is_empty() {
+            for client_id in order {
+                let forgotten_max = u64_of(take(8)?);
+                if let Some(client) = replica.outcomes.get_mut(&client_id) {
+                    client.forgotten_max = forgotten_max;
+                }
+            }
         }
         replica.sent_log_first_seq = store.applied_seq() + 1;
         replica.store = store;
@@ -635,6 +656,15 @@ impl Replica {
             self.counters.dedup_hits += 1;
             return decided(Effect::None, outcome.status, outcome.version);
         }
+        if self
+            .outcomes
+            .get(&header.client_id.get())
+            .is_some_and(|client| header.request_id.get() <= client.forgotten_max)
+        {
+            // A late copy of a write whose outcome is no longer remembered.
+            self.counters.dedup_forgotten += 1;
+            return decided(Effect::None, Status::Forgotten, 0);
+        }
         let current = self.store.latest(message.key);
         let version = current.map(|found| found.version);
         match header.op() {
@@ -701,8 +731,15 @@ impl Replica {
         {
             return;
         }
-        if client.recent.len() == DEDUP_PER_CLIENT_MAX {
-            client.recent.pop_front();
+        if outcome.status == Status::Forgotten {
+            // Nothing to answer a later copy with but the same refusal,
+            // which `forgotten_max` gives: keep the room for real outcomes.
+            return;
+        }
+        if client.recent.len() == DEDUP_PER_CLIENT_MAX
+            && let Some(dropped) = client.recent.pop_front()
+        {
+            client.forgotten_max = client.forgotten_max.max(dropped.request_id);
         }
         client.recent.push_back(outcome);
     }

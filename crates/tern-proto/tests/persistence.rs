@@ -123,3 +123,27 @@ fn a_snapshot_and_the_records_after_it_restore_the_same_replica() {
         "older versions too"
     );
 }
+
+#[test]
+fn the_writes_a_replica_forgot_stay_refused_after_a_restart() {
+    let writes = tern_proto::replica::DEDUP_PER_CLIENT_MAX as u64 + 2;
+    for from_snapshot in [false, true] {
+        let mut sim = Sim::new(1).with_journals();
+        for request_id in 1..=writes {
+            sim.send(request(Op::IncrBy, b"n", b"1", 0, request_id));
+            sim.deliver_all();
+        }
+        let snapshot = from_snapshot.then(|| sim.head().snapshot());
+        sim.restart_replica(0, snapshot);
+        // A late copy of the first write: its outcome was dropped before
+        // the restart, and the restarted head still knows it dropped it.
+        sim.send(request(Op::IncrBy, b"n", b"1", 0, 1));
+        sim.deliver_all();
+        assert_eq!(sim.replies_to(1)[1].status(), Status::Forgotten);
+        assert_eq!(
+            sim.head().store().latest(b"n").unwrap().value,
+            writes.to_string().as_bytes(),
+            "applied once (restored from a snapshot: {from_snapshot})"
+        );
+    }
+}

@@ -11,6 +11,7 @@ use sim::*;
 use tern_proto::coordinator::{
     ReadRoute, ShardConfig, ShardCoordinator, ShardState, complete_write, route_read,
 };
+use tern_proto::replica::DEDUP_PER_CLIENT_MAX;
 use tern_proto::{Outbox, SharedShard, Time};
 use tern_wire::{Header, Op, Status, dirty_index, flags, key_hash};
 
@@ -611,4 +612,34 @@ fn a_committed_seq_a_longer_chain_still_holds_is_never_filled_with_nothing() {
         0,
         "the head waits rather than serve a state without seq 1"
     );
+}
+
+#[test]
+fn rule6_a_late_copy_of_a_write_older_than_the_dedup_window_is_never_applied_again() {
+    let mut sim = Sim::new(3);
+    // The first attempt of write 1 is held up on its way to the
+    // coordinator; the client's retry is applied and answered.
+    sim.send(request(Op::IncrBy, b"n", b"1", 0, 1));
+    let late = sim.network.pop_front().unwrap();
+    sim.send(request(Op::IncrBy, b"n", b"1", 0, 1));
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(1).status(), Status::Ok);
+    // The client goes on: more writes than the head remembers outcomes of.
+    let later = DEDUP_PER_CLIENT_MAX as u64 + 1;
+    for request_id in 2..=1 + later {
+        sim.send(request(Op::IncrBy, b"n", b"1", 0, request_id));
+        sim.deliver_all();
+    }
+    // Then the old copy arrives: its outcome is forgotten, but it must not
+    // be applied a second time.
+    sim.network.push_back(late);
+    sim.deliver_all();
+    let expected = (1 + later).to_string();
+    for replica in &sim.replicas {
+        let found = replica.store().latest(b"n").unwrap();
+        assert_eq!(found.value, expected.as_bytes(), "applied exactly once");
+    }
+    let refusals = sim.replies_to(1);
+    assert_eq!(refusals.len(), 2, "the late copy is answered");
+    assert_eq!(refusals[1].status(), Status::Forgotten);
 }

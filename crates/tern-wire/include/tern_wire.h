@@ -53,6 +53,7 @@
 #define TERN_STATUS_TOO_LARGE        9
 #define TERN_STATUS_BAD_KEY_HASH     10
 #define TERN_STATUS_NOT_INTEGER      11
+#define TERN_STATUS_FORGOTTEN        12
 
 #define TERN_EFFECT_NONE             0
 #define TERN_EFFECT_PUT              1
@@ -283,6 +284,7 @@ static inline __attribute__((always_inline)) int tern_status_known(__u8 value)
 	case 9:
 	case 10:
 	case 11:
+	case 12:
 		return 1;
 	default:
 		return 0;

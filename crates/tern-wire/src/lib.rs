@@ -110,6 +110,11 @@ wire_enum! {
         BadKeyHash = 10 => "BAD_KEY_HASH",
         /// INCRBY on a value that is not a decimal 64-bit integer, or overflow.
         NotInteger = 11 => "NOT_INTEGER",
+        /// A copy of a write older than every outcome the replicas remember
+        /// for its client (the client had more writes decided since than a
+        /// client may keep outstanding): it may have been applied before,
+        /// so it is not applied now.
+        Forgotten = 12 => "FORGOTTEN",
     }
 }
 
