@@ -13,4 +13,7 @@ mod map;
 pub mod meta;
 
 pub use ids::{ClientId, Epoch, Seq, ShardId, Slot};
-pub use map::{ClusterMap, HandOff, MapError, Migration, ShardMap, SlotRange, SlotState};
+pub use map::{
+    ClusterMap, HandOff, MapError, Migration, ShardMap, SlotRange, SlotState, add_slots,
+    first_slot_missing, remove_slots,
+};

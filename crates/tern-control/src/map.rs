@@ -80,6 +80,45 @@ impl Migration {
     }
 }
 
+/// Removes `range` from `ranges` (which must hold all of it).
+pub fn remove_slots(ranges: &mut Vec<SlotRange>, [start, end]: SlotRange) {
+    let mut kept = Vec::with_capacity(ranges.len() + 1);
+    for &[from, to] in ranges.iter() {
+        if to <= start || end <= from {
+            kept.push([from, to]);
+            continue;
+        }
+        if from < start {
+            kept.push([from, start]);
+        }
+        if end < to {
+            kept.push([end, to]);
+        }
+    }
+    *ranges = kept;
+}
+
+/// Adds `range` to `ranges`, keeping them sorted with neighbours merged.
+pub fn add_slots(ranges: &mut Vec<SlotRange>, range: SlotRange) {
+    ranges.push(range);
+    ranges.sort_unstable();
+    let mut merged: Vec<SlotRange> = Vec::with_capacity(ranges.len());
+    for &[from, to] in ranges.iter() {
+        match merged.last_mut() {
+            Some(last) if last[1] >= from => last[1] = last[1].max(to),
+            _ => merged.push([from, to]),
+        }
+    }
+    *ranges = merged;
+}
+
+/// Whether `ranges` hold every slot of `range`; if not, the first missing.
+pub fn first_slot_missing(ranges: &[SlotRange], [start, end]: SlotRange) -> Option<Slot> {
+    (start..end)
+        .find(|slot| !ranges.iter().any(|&[from, to]| from <= *slot && *slot < to))
+        .map(Slot)
+}
+
 /// Where a slot stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotState {
@@ -240,9 +279,6 @@ impl ClusterMap {
         }
         let mut owner = vec![u32::MAX; SLOT_COUNT as usize];
         for (index, shard) in self.shards.iter().enumerate() {
-            if shard.slots.is_empty() {
-                return invalid(format!("shard {} owns no slots", shard.id));
-            }
             for &[start, end] in &shard.slots {
                 if start >= end || end > SLOT_COUNT {
                     return invalid(format!(
@@ -468,6 +504,22 @@ mod tests {
     }
 
     #[test]
+    fn slot_ranges_split_and_merge() {
+        let mut ranges = vec![[0, 100], [200, 300]];
+        remove_slots(&mut ranges, [40, 60]);
+        assert_eq!(ranges, [[0, 40], [60, 100], [200, 300]]);
+        remove_slots(&mut ranges, [200, 300]);
+        assert_eq!(ranges, [[0, 40], [60, 100]]);
+        add_slots(&mut ranges, [40, 60]);
+        assert_eq!(ranges, [[0, 100]]);
+        add_slots(&mut ranges, [150, 160]);
+        add_slots(&mut ranges, [100, 150]);
+        assert_eq!(ranges, [[0, 160]]);
+        assert_eq!(first_slot_missing(&ranges, [10, 160]), None);
+        assert_eq!(first_slot_missing(&ranges, [150, 170]), Some(Slot(160)));
+    }
+
+    #[test]
     fn a_shard_may_own_several_ranges() {
         let mut interleaved = shard(0, [0, 100]);
         interleaved.slots.push([200, SLOT_COUNT]);
@@ -477,13 +529,17 @@ mod tests {
         assert_eq!(map.shard_of_slot(Slot(250)).id, ShardId(0));
         let parsed = ClusterMap::parse(&map.to_toml()).unwrap();
         assert_eq!(parsed, map);
+        // A shard may own nothing (drained, or not yet filled), as long as
+        // every slot has an owner.
         let mut empty = shard(2, [0, 1]);
         empty.slots.clear();
+        let with_empty = ClusterMap::new(vec![shard(0, [0, SLOT_COUNT]), empty.clone()]).unwrap();
+        assert_eq!(with_empty.shard_of_slot(Slot(0)).id, ShardId(0));
         assert!(
             ClusterMap::new(vec![empty])
                 .unwrap_err()
                 .to_string()
-                .contains("owns no slots")
+                .contains("slot 0 belongs to no shard")
         );
     }
 }

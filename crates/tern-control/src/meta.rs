@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ClusterMap, MapError, Migration, ShardId, ShardMap};
+use crate::{ClusterMap, MapError, Migration, Seq, ShardId, ShardMap, Slot, SlotRange};
 
 /// What a process that heartbeats is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +41,28 @@ pub enum Change {
         from: SocketAddrV4,
         to: SocketAddrV4,
     },
+    /// Starts moving `slots` (all owned by `from`) to `to`, in groups of
+    /// `group_slots`. Chains and epochs stay as they are. Repeating the
+    /// same request while it runs changes nothing.
+    BeginMigration {
+        from: ShardId,
+        to: ShardId,
+        slots: SlotRange,
+        group_slots: u32,
+    },
+    /// Group `group` of `migration` is served by the destination from now
+    /// on; its writes there get seqs of at least `floor`. Idempotent.
+    HandOff {
+        migration: u64,
+        group: u32,
+        floor: Seq,
+    },
+    /// Every group is handed off: the slots become the destination's.
+    /// Idempotent.
+    CompleteMigration { migration: u64 },
+    /// Stops a migration: the groups handed off stay at the destination,
+    /// the others at the source. Idempotent.
+    CancelMigration { migration: u64 },
 }
 
 /// A request to a meta node.
@@ -136,6 +158,26 @@ pub enum Refusal {
     CoordinatorIsAReplica { addr: SocketAddrV4 },
     #[error("no shard has its coordinator at {from}")]
     NoShardCoordinatedAt { from: SocketAddrV4 },
+    #[error("shard {shard} does not own slot {slot}, so it cannot move it")]
+    SlotNotOwned { shard: ShardId, slot: Slot },
+    #[error("slot {slot} is already moving in migration {migration}")]
+    SlotAlreadyMoving { slot: Slot, migration: u64 },
+    #[error(
+        "a migration moves slots [start, end) with start < end <= {limit} in groups of at least one slot"
+    )]
+    BadSlotRange { limit: u32 },
+    #[error("the slots would move to the shard that owns them")]
+    MigrateToItself,
+    #[error("there is no migration {migration}")]
+    NoSuchMigration { migration: u64 },
+    #[error("migration {migration} has no group {group}")]
+    NoSuchGroup { migration: u64, group: u32 },
+    #[error("migration {migration} still has {left} groups to hand off")]
+    MigrationUnfinished { migration: u64, left: u32 },
+    #[error("migration {migration} was cancelled")]
+    MigrationCancelled { migration: u64 },
+    #[error("migration {migration} is complete")]
+    MigrationCompleted { migration: u64 },
     #[error("undecodable request: {0}")]
     Undecodable(String),
     #[error("meta could not commit the change: {0}")]

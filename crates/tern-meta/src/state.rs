@@ -5,8 +5,19 @@ use std::net::SocketAddrV4;
 
 use serde::{Deserialize, Serialize};
 use tern_control::meta::{Change, MetaMap, Refusal};
-use tern_control::{Migration, ShardId, ShardMap};
+use tern_control::{
+    ClusterMap, HandOff, Migration, ShardId, ShardMap, Slot, SlotRange, add_slots,
+    first_slot_missing, remove_slots,
+};
+use tern_wire::SLOT_COUNT;
 use tern_wire::maps::CHAIN_LEN_MAX;
+
+/// Whether a command changed the state.
+enum Outcome {
+    Changed,
+    /// A repeat of a change already made (or an `Init` of an installed map).
+    Unchanged,
+}
 
 /// A command in the Raft log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +47,13 @@ pub struct MetaState {
     /// Slot ranges moving between shards.
     #[serde(default)]
     pub migrations: Vec<Migration>,
+    /// The id the next migration gets.
+    #[serde(default)]
+    pub next_migration: u64,
+    /// Migrations that ended: true when completed, false when cancelled
+    /// (so that a repeated request is answered as the first one was).
+    #[serde(default)]
+    pub ended: BTreeMap<u64, bool>,
 }
 
 impl MetaState {
@@ -47,14 +65,37 @@ impl MetaState {
         }
     }
 
+    /// Applies `command`: the new map, or why it was refused (and then
+    /// nothing changed). A command that repeats one already applied changes
+    /// nothing and keeps the version.
     pub fn apply(&mut self, command: &Command) -> Result<MetaMap, Refusal> {
+        let before = self.clone();
+        match self.change(command) {
+            Ok(Outcome::Unchanged) => Ok(self.map()),
+            Ok(Outcome::Changed) => {
+                // Whatever a change did, the map it leaves must be valid.
+                if let Err(error) =
+                    ClusterMap::with_migrations(self.shards.clone(), self.migrations.clone())
+                {
+                    *self = before;
+                    return Err(Refusal::InvalidMap(error.to_string()));
+                }
+                self.version += 1;
+                Ok(self.map())
+            }
+            Err(refusal) => {
+                *self = before;
+                Err(refusal)
+            }
+        }
+    }
+
+    fn change(&mut self, command: &Command) -> Result<Outcome, Refusal> {
         match command {
             Command::Init { shards } => {
                 if self.version != 0 {
-                    return Ok(self.map());
+                    return Ok(Outcome::Unchanged);
                 }
-                tern_control::ClusterMap::new(shards.clone())
-                    .map_err(|error| Refusal::InvalidMap(error.to_string()))?;
                 self.shards = shards.clone();
                 self.replication = shards
                     .iter()
@@ -100,9 +141,144 @@ impl MetaState {
                     return Err(Refusal::NoShardCoordinatedAt { from: *from });
                 }
             }
+            Command::Operator(Change::BeginMigration {
+                from,
+                to,
+                slots,
+                group_slots,
+            }) => return self.begin_migration(*from, *to, *slots, *group_slots),
+            Command::Operator(Change::HandOff {
+                migration,
+                group,
+                floor,
+            }) => {
+                let migration = self.migration_mut(*migration)?;
+                if *group >= migration.group_count() {
+                    return Err(Refusal::NoSuchGroup {
+                        migration: migration.id,
+                        group: *group,
+                    });
+                }
+                if migration.handed_off.iter().any(|done| done.group == *group) {
+                    return Ok(Outcome::Unchanged);
+                }
+                migration.handed_off.push(HandOff {
+                    group: *group,
+                    floor: *floor,
+                });
+                migration.handed_off.sort_unstable_by_key(|done| done.group);
+            }
+            Command::Operator(Change::CompleteMigration { migration }) => {
+                match self.ended.get(migration) {
+                    Some(true) => return Ok(Outcome::Unchanged),
+                    Some(false) => {
+                        return Err(Refusal::MigrationCancelled {
+                            migration: *migration,
+                        });
+                    }
+                    None => {}
+                }
+                let moving = self.migration_mut(*migration)?.clone();
+                let left = moving.group_count() - moving.handed_off.len() as u32;
+                if left > 0 {
+                    return Err(Refusal::MigrationUnfinished {
+                        migration: moving.id,
+                        left,
+                    });
+                }
+                self.move_slots(moving.from, moving.to, moving.slots)?;
+                self.end(moving.id, true);
+            }
+            Command::Operator(Change::CancelMigration { migration }) => {
+                match self.ended.get(migration) {
+                    Some(false) => return Ok(Outcome::Unchanged),
+                    Some(true) => {
+                        return Err(Refusal::MigrationCompleted {
+                            migration: *migration,
+                        });
+                    }
+                    None => {}
+                }
+                let moving = self.migration_mut(*migration)?.clone();
+                for done in &moving.handed_off {
+                    self.move_slots(moving.from, moving.to, moving.group_slots_of(done.group))?;
+                }
+                self.end(moving.id, false);
+            }
         }
-        self.version += 1;
-        Ok(self.map())
+        Ok(Outcome::Changed)
+    }
+
+    fn begin_migration(
+        &mut self,
+        from: ShardId,
+        to: ShardId,
+        slots: SlotRange,
+        group_slots: u32,
+    ) -> Result<Outcome, Refusal> {
+        let [start, end] = slots;
+        if start >= end || end > SLOT_COUNT || group_slots == 0 {
+            return Err(Refusal::BadSlotRange { limit: SLOT_COUNT });
+        }
+        if from == to {
+            return Err(Refusal::MigrateToItself);
+        }
+        self.shard_mut(to)?;
+        let source = self.shard_mut(from)?.clone();
+        if self.migrations.iter().any(|running| {
+            (running.from, running.to, running.slots, running.group_slots)
+                == (from, to, slots, group_slots)
+        }) {
+            return Ok(Outcome::Unchanged);
+        }
+        if let Some(slot) = first_slot_missing(&source.slots, slots) {
+            return Err(Refusal::SlotNotOwned { shard: from, slot });
+        }
+        for running in &self.migrations {
+            let [other_start, other_end] = running.slots;
+            if other_start < end && start < other_end {
+                return Err(Refusal::SlotAlreadyMoving {
+                    slot: Slot(start.max(other_start)),
+                    migration: running.id,
+                });
+            }
+        }
+        let id = self.next_migration.max(1);
+        self.next_migration = id + 1;
+        self.migrations.push(Migration {
+            id,
+            from,
+            to,
+            slots,
+            group_slots,
+            handed_off: Vec::new(),
+        });
+        Ok(Outcome::Changed)
+    }
+
+    /// The running migration `id`.
+    fn migration_mut(&mut self, id: u64) -> Result<&mut Migration, Refusal> {
+        match self.ended.get(&id) {
+            Some(true) => return Err(Refusal::MigrationCompleted { migration: id }),
+            Some(false) => return Err(Refusal::MigrationCancelled { migration: id }),
+            None => {}
+        }
+        self.migrations
+            .iter_mut()
+            .find(|migration| migration.id == id)
+            .ok_or(Refusal::NoSuchMigration { migration: id })
+    }
+
+    /// Moves `slots` from shard `from`'s ranges to shard `to`'s.
+    fn move_slots(&mut self, from: ShardId, to: ShardId, slots: SlotRange) -> Result<(), Refusal> {
+        remove_slots(&mut self.shard_mut(from)?.slots, slots);
+        add_slots(&mut self.shard_mut(to)?.slots, slots);
+        Ok(())
+    }
+
+    fn end(&mut self, id: u64, completed: bool) {
+        self.migrations.retain(|migration| migration.id != id);
+        self.ended.insert(id, completed);
     }
 
     fn shard_mut(&mut self, shard: ShardId) -> Result<&mut ShardMap, Refusal> {
@@ -265,6 +441,221 @@ mod tests {
                 shard: ShardId(0),
                 addr: addr(12)
             }
+        );
+    }
+
+    /// Two shards: 0 owns [0, 8192), 1 owns the rest.
+    fn two_shards() -> MetaState {
+        let mut state = MetaState::default();
+        let shard = |id: u32, slots: SlotRange, first: u8| ShardMap {
+            id: ShardId(id),
+            epoch: Epoch(1),
+            slots: vec![slots],
+            coordinator: addr(first),
+            replicas: vec![addr(first + 10), addr(first + 11)],
+        };
+        let shards = vec![shard(0, [0, 8192], 1), shard(1, [8192, SLOT_COUNT], 2)];
+        state.apply(&Command::Init { shards }).unwrap();
+        state
+    }
+
+    fn change(state: &mut MetaState, change: Change) -> Result<MetaMap, Refusal> {
+        state.apply(&Command::Operator(change))
+    }
+
+    fn begin(from: u32, to: u32, slots: SlotRange) -> Change {
+        Change::BeginMigration {
+            from: ShardId(from),
+            to: ShardId(to),
+            slots,
+            group_slots: 64,
+        }
+    }
+
+    fn hand_off(migration: u64, group: u32) -> Change {
+        Change::HandOff {
+            migration,
+            group,
+            floor: tern_control::Seq(1000 + group as u64),
+        }
+    }
+
+    fn cluster(map: &MetaMap) -> ClusterMap {
+        map.to_cluster_map(&[]).unwrap()
+    }
+
+    #[test]
+    fn a_migration_hands_off_group_by_group_then_moves_its_slots() {
+        let mut state = two_shards();
+        let map = change(&mut state, begin(0, 1, [0, 256])).unwrap();
+        assert_eq!(map.version, 2);
+        assert!(
+            map.shards.iter().all(|shard| shard.epoch == Epoch(1)),
+            "no chain changes, so no epoch changes"
+        );
+        let id = map.migrations[0].id;
+        // Repeating a request changes nothing, not even the version.
+        assert_eq!(
+            change(&mut state, begin(0, 1, [0, 256])).unwrap().version,
+            2
+        );
+        let map = change(&mut state, hand_off(id, 1)).unwrap();
+        assert_eq!(
+            change(&mut state, hand_off(id, 1)).unwrap().version,
+            map.version
+        );
+        let routed = cluster(&map);
+        assert_eq!(
+            routed.shard_of_slot(Slot(0)).id,
+            ShardId(0),
+            "group 0: not yet"
+        );
+        assert_eq!(
+            routed.shard_of_slot(Slot(64)).id,
+            ShardId(1),
+            "group 1: handed off"
+        );
+        assert_eq!(
+            change(&mut state, Change::CompleteMigration { migration: id }),
+            Err(Refusal::MigrationUnfinished {
+                migration: id,
+                left: 3
+            })
+        );
+        for group in [0, 2, 3] {
+            change(&mut state, hand_off(id, group)).unwrap();
+        }
+        let map = change(&mut state, Change::CompleteMigration { migration: id }).unwrap();
+        assert!(map.migrations.is_empty());
+        assert_eq!(map.shards[0].slots, vec![[256, 8192]]);
+        assert_eq!(map.shards[1].slots, vec![[0, 256], [8192, SLOT_COUNT]]);
+        let version = map.version;
+        let again = change(&mut state, Change::CompleteMigration { migration: id }).unwrap();
+        assert_eq!(again.version, version);
+        assert_eq!(
+            change(&mut state, Change::CancelMigration { migration: id }),
+            Err(Refusal::MigrationCompleted { migration: id })
+        );
+        // The slots can move back.
+        let back = change(&mut state, begin(1, 0, [0, 256])).unwrap();
+        assert_ne!(back.migrations[0].id, id, "ids are never reused");
+    }
+
+    #[test]
+    fn a_cancelled_migration_leaves_the_groups_handed_off_at_the_destination() {
+        let mut state = two_shards();
+        let id = change(&mut state, begin(0, 1, [0, 256]))
+            .unwrap()
+            .migrations[0]
+            .id;
+        change(&mut state, hand_off(id, 0)).unwrap();
+        let map = change(&mut state, Change::CancelMigration { migration: id }).unwrap();
+        assert!(map.migrations.is_empty());
+        assert_eq!(map.shards[0].slots, vec![[64, 8192]]);
+        assert_eq!(map.shards[1].slots, vec![[0, 64], [8192, SLOT_COUNT]]);
+        assert_eq!(
+            change(&mut state, Change::CancelMigration { migration: id })
+                .unwrap()
+                .version,
+            map.version
+        );
+        assert_eq!(
+            change(&mut state, hand_off(id, 1)),
+            Err(Refusal::MigrationCancelled { migration: id })
+        );
+    }
+
+    #[test]
+    fn a_whole_shard_may_be_drained() {
+        let mut state = two_shards();
+        let id = change(&mut state, begin(1, 0, [8192, SLOT_COUNT]))
+            .unwrap()
+            .migrations[0]
+            .id;
+        for group in 0..8192 / 64 {
+            change(&mut state, hand_off(id, group)).unwrap();
+        }
+        let map = change(&mut state, Change::CompleteMigration { migration: id }).unwrap();
+        assert_eq!(map.shards[0].slots, vec![[0, SLOT_COUNT]]);
+        assert!(map.shards[1].slots.is_empty());
+    }
+
+    #[test]
+    fn impossible_migrations_are_refused_and_change_nothing() {
+        let mut state = two_shards();
+        let id = change(&mut state, begin(0, 1, [0, 256]))
+            .unwrap()
+            .migrations[0]
+            .id;
+        let before = state.clone();
+        for (request, refusal) in [
+            (
+                begin(0, 1, [8000, 8300]),
+                Refusal::SlotNotOwned {
+                    shard: ShardId(0),
+                    slot: Slot(8192),
+                },
+            ),
+            (
+                begin(0, 7, [300, 400]),
+                Refusal::NoSuchShard { shard: ShardId(7) },
+            ),
+            (
+                begin(9, 1, [300, 400]),
+                Refusal::NoSuchShard { shard: ShardId(9) },
+            ),
+            (
+                begin(0, 1, [200, 400]),
+                Refusal::SlotAlreadyMoving {
+                    slot: Slot(200),
+                    migration: id,
+                },
+            ),
+            (begin(0, 0, [300, 400]), Refusal::MigrateToItself),
+            (
+                begin(0, 1, [400, 300]),
+                Refusal::BadSlotRange { limit: SLOT_COUNT },
+            ),
+            (
+                begin(0, 1, [0, SLOT_COUNT + 1]),
+                Refusal::BadSlotRange { limit: SLOT_COUNT },
+            ),
+            (
+                Change::BeginMigration {
+                    from: ShardId(0),
+                    to: ShardId(1),
+                    slots: [300, 400],
+                    group_slots: 0,
+                },
+                Refusal::BadSlotRange { limit: SLOT_COUNT },
+            ),
+            (
+                hand_off(id, 4),
+                Refusal::NoSuchGroup {
+                    migration: id,
+                    group: 4,
+                },
+            ),
+            (hand_off(77, 0), Refusal::NoSuchMigration { migration: 77 }),
+            (
+                Change::CompleteMigration { migration: 77 },
+                Refusal::NoSuchMigration { migration: 77 },
+            ),
+        ] {
+            assert_eq!(
+                change(&mut state, request.clone()),
+                Err(refusal),
+                "{request:?}"
+            );
+            assert_eq!(state, before, "{request:?} changed nothing");
+        }
+        assert!(
+            Refusal::SlotNotOwned {
+                shard: ShardId(0),
+                slot: Slot(8192)
+            }
+            .to_string()
+            .contains("shard 0 does not own slot 8192")
         );
     }
 }
