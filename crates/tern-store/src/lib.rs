@@ -1,7 +1,9 @@
 //! The versioned in-memory store of one shard on one replica.
 //!
 //! Every write carries the sequence number the coordinator gave it, and that
-//! number is the version of the value it writes. The store keeps, per key, the
+//! number is the version of the value it writes, except for a value installed
+//! by a migration from another shard, which keeps the version it had there
+//! (the seq orders it here; the version is what clients see and CAS on). The store keeps, per key, the
 //! newest version at or below the replica's known `commit_seq` plus every newer
 //! (not yet committed) version, so that a read stamped with an older
 //! `commit_seq` can still be answered with the right value (DESIGN rule 5).
@@ -18,9 +20,12 @@ use std::collections::{HashMap, VecDeque};
 pub enum Write<'a> {
     Put(&'a [u8]),
     Delete,
+    /// A value copied from another shard, with the version it had there.
+    Install { value: &'a [u8], version: u64 },
 }
 
-/// A value as read: its version (the sequence number that wrote it) and bytes.
+/// A value as read: its version (the sequence number that wrote it, or the
+/// version it was installed with) and bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Versioned<'a> {
     pub version: u64,
@@ -30,6 +35,8 @@ pub struct Versioned<'a> {
 #[derive(Debug)]
 struct Version {
     seq: u64,
+    /// What clients see: `seq`, unless installed by a migration.
+    version: u64,
     /// `None` is a deletion (tombstone).
     value: Option<Box<[u8]>>,
 }
@@ -124,9 +131,10 @@ impl Store {
             self.applied_seq
         );
         self.applied_seq = seq;
-        let value = match write {
-            Write::Put(value) => Some(Box::<[u8]>::from(value)),
-            Write::Delete => None,
+        let (value, version) = match write {
+            Write::Put(value) => (Some(Box::<[u8]>::from(value)), seq),
+            Write::Delete => (None, seq),
+            Write::Install { value, version } => (Some(Box::<[u8]>::from(value)), version),
         };
         let commit_seq = self.commit_seq;
         let versions = match self.keys.get_mut(key) {
@@ -144,7 +152,11 @@ impl Store {
             .newest()
             .is_some_and(|version| version.value.is_some());
         let is_live = value.is_some();
-        versions.0.push(Version { seq, value });
+        versions.0.push(Version {
+            seq,
+            version,
+            value,
+        });
         // The new version is above every commit_seq seen so far (the tail has
         // not acknowledged it yet), so pruning never empties the list here.
         versions.prune(commit_seq);
@@ -174,7 +186,7 @@ impl Store {
     pub fn latest(&self, key: &[u8]) -> Option<Versioned<'_>> {
         let version = self.keys.get(key)?.newest()?;
         Some(Versioned {
-            version: version.seq,
+            version: version.version,
             value: version.value.as_deref()?,
         })
     }
@@ -193,7 +205,7 @@ impl Store {
                 .filter(|version| version.seq <= self.commit_seq)?,
         };
         Some(Versioned {
-            version: version.seq,
+            version: version.version,
             value: version.value.as_deref()?,
         })
     }
@@ -261,7 +273,12 @@ impl Store {
                 out.extend_from_slice(&version.seq.to_le_bytes());
                 match &version.value {
                     Some(value) => {
-                        out.push(1);
+                        if version.version == version.seq {
+                            out.push(1);
+                        } else {
+                            out.push(2);
+                            out.extend_from_slice(&version.version.to_le_bytes());
+                        }
                         out.extend_from_slice(&(value.len() as u32).to_le_bytes());
                         out.extend_from_slice(value);
                     }
@@ -287,12 +304,14 @@ impl Store {
             let mut versions = Versions::default();
             for _ in 0..version_count {
                 let seq = reader.u64()?;
-                let value = match reader.take(1)?[0] {
+                let kind = reader.take(1)?[0];
+                let version = if kind == 2 { reader.u64()? } else { seq };
+                let value = match kind {
                     0 => {
                         deletions.push((seq, key.clone()));
                         None
                     }
-                    1 => {
+                    1 | 2 => {
                         let length = reader.u32()? as usize;
                         Some(reader.take(length)?.into())
                     }
@@ -303,7 +322,11 @@ impl Store {
                 {
                     return Err(SnapshotError(format!("version {seq} out of order")));
                 }
-                versions.0.push(Version { seq, value });
+                versions.0.push(Version {
+                    seq,
+                    version,
+                    value,
+                });
             }
             if versions
                 .newest()
@@ -322,6 +345,36 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_installed_value_keeps_its_version_and_is_ordered_by_its_seq() {
+        let mut store = Store::new();
+        store.apply(1, b"k", Write::Put(b"here"));
+        // Copied from another shard where it had version 7000; here it is
+        // the write of seq 2, and a read stamped 2 sees it.
+        store.apply(
+            2,
+            b"m",
+            Write::Install {
+                value: b"moved",
+                version: 7000,
+            },
+        );
+        store.observe_commit(2);
+        let moved = store.read_at(b"m", 2).unwrap();
+        assert_eq!((moved.version, moved.value), (7000, &b"moved"[..]));
+        // A later write (after the shard jumped above every copied version).
+        store.apply(7001, b"m", Write::Put(b"later"));
+        assert_eq!(store.latest(b"m").unwrap().version, 7001);
+        assert_eq!(store.read_at(b"m", 2).unwrap().version, 7000);
+        // Snapshots keep both numbers.
+        let mut bytes = Vec::new();
+        store.encode(&mut bytes);
+        let (restored, _) = Store::decode(&bytes).unwrap();
+        assert_eq!(restored.read_at(b"m", 2).unwrap().version, 7000);
+        assert_eq!(restored.read_at(b"k", 2).unwrap().version, 1);
+        assert_eq!(restored.latest(b"m").unwrap().value, b"later");
+    }
 
     #[test]
     fn read_at_stamp_ignores_uncommitted_newer_versions() {
