@@ -81,7 +81,9 @@ impl Retry {
         }
         match status {
             Status::TryAgain => Verdict::RetryAfter(self.pause(now)),
-            Status::StaleEpoch if self.follows_map => Verdict::Reroute,
+            // The map changed: a chain or coordinator (another epoch), or
+            // the slot's shard (a migration).
+            Status::StaleEpoch | Status::WrongShard if self.follows_map => Verdict::Reroute,
             _ => Verdict::Done,
         }
     }
@@ -157,12 +159,14 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_epoch_reroutes_only_a_request_that_follows_a_map_from_meta() {
+    fn a_stale_epoch_or_a_wrong_shard_reroutes_only_a_request_that_follows_a_map_from_meta() {
         let now = Instant::now();
         let mut routed = Retry::new(now, &options(), true);
-        assert_eq!(routed.on_reply(now, Status::StaleEpoch), Verdict::Reroute);
         let mut named = Retry::new(now, &options(), false);
-        assert_eq!(named.on_reply(now, Status::StaleEpoch), Verdict::Done);
+        for status in [Status::StaleEpoch, Status::WrongShard] {
+            assert_eq!(routed.on_reply(now, status), Verdict::Reroute);
+            assert_eq!(named.on_reply(now, status), Verdict::Done);
+        }
         for status in [
             Status::Ok,
             Status::NotFound,

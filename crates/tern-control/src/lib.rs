@@ -15,5 +15,5 @@ pub mod meta;
 pub use ids::{ClientId, Epoch, Seq, ShardId, Slot};
 pub use map::{
     ClusterMap, HandOff, MapError, Migration, ShardMap, SlotRange, SlotState, add_slots,
-    first_slot_missing, remove_slots,
+    first_slot_missing, remove_slots, served_slots,
 };

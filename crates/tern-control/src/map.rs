@@ -119,6 +119,23 @@ pub fn first_slot_missing(ranges: &[SlotRange], [start, end]: SlotRange) -> Opti
         .map(Slot)
 }
 
+/// The slot ranges `shard` serves: those it owns, except the groups it has
+/// handed off in a migration, plus those handed off to it.
+pub fn served_slots(shard: &ShardMap, migrations: &[Migration]) -> Vec<SlotRange> {
+    let mut served = shard.slots.clone();
+    for migration in migrations {
+        for done in &migration.handed_off {
+            let group = migration.group_slots_of(done.group);
+            if migration.from == shard.id {
+                remove_slots(&mut served, group);
+            } else if migration.to == shard.id {
+                add_slots(&mut served, group);
+            }
+        }
+    }
+    served
+}
+
 /// Where a slot stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotState {
@@ -457,6 +474,14 @@ mod tests {
         let parsed = ClusterMap::parse(&map.to_toml()).unwrap();
         assert_eq!(parsed, map);
         assert_eq!(parsed.shard_of_slot(Slot(120)).id, to);
+        assert_eq!(
+            served_slots(&map.shards[0], &map.migrations),
+            [[0, 116], [132, 200]]
+        );
+        assert_eq!(
+            served_slots(&map.shards[1], &map.migrations),
+            [[116, 132], [200, SLOT_COUNT]]
+        );
     }
 
     #[test]

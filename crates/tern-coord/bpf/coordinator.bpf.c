@@ -51,6 +51,10 @@ int tern_coordinator(struct xdp_md *ctx)
 	cell = bpf_map_lookup_elem(&shard_cells, &local_index);
 	if (!cell)
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_UNKNOWN_SHARD);
+	/* Only acknowledgements come from the chain; every other op here is a
+	 * client's request for a key, served only for the shard's own slots. */
+	if (frame.tern->op != TERN_OP_ACK && !serves_slot(&view, frame.tern->key_hash))
+		return hand_to_user_space(TERN_XDP_COUNTER_PASS_SLOT);
 	switch (frame.tern->op) {
 	case TERN_OP_GET:
 		return forward_read(&frame, &view, cell);

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The maps of the XDP coordinator and the shared-memory primitives. The
- * mmapable maps (shard_routes, shard_cells, dirty_counts, window) are laid
+ * mmapable maps (shard_routes, shard_cells, dirty_counts, window,
+ * shard_slots) are laid
  * out by tern_wire::maps and mapped by the user-space coordinator, so both
  * paths work on the same memory (crates/tern-proto/src/shared.rs).
  */
@@ -54,6 +55,17 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } dirty_counts SEC(".maps");
+
+/* The slots each local shard serves here: a bitmap of TERN_SLOT_WORDS words
+ * per local shard (bit slot % 64 of word slot / 64), written by the control
+ * path when the shard's slots change. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, TERN_SLOT_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} shard_slots SEC(".maps");
 
 /* In-flight windows: TERN_INFLIGHT_WRITES_MAX slots per local shard. */
 struct {

@@ -4,13 +4,18 @@
 
 use std::net::SocketAddrV4;
 
-use tern_control::ShardMap;
 use tern_control::meta::MetaMap;
+use tern_control::{Migration, ShardMap, served_slots};
 use tern_proto::assignment::Assignment;
 use tern_proto::coordinator::ShardConfig;
 
-/// The shards of `shards` whose coordinator is at `listen`.
-pub fn shards_of(shards: &[ShardMap], listen: SocketAddrV4) -> Vec<ShardConfig> {
+/// The shards of `shards` whose coordinator is at `listen`, each with the
+/// slots it serves given `migrations`.
+pub fn shards_of(
+    shards: &[ShardMap],
+    migrations: &[Migration],
+    listen: SocketAddrV4,
+) -> Vec<ShardConfig> {
     shards
         .iter()
         .filter(|shard| shard.coordinator == listen)
@@ -18,6 +23,7 @@ pub fn shards_of(shards: &[ShardMap], listen: SocketAddrV4) -> Vec<ShardConfig> 
             shard: shard.id.get(),
             epoch: shard.epoch.get(),
             chain: shard.replicas.clone(),
+            slots: served_slots(shard, migrations),
         })
         .collect()
 }
@@ -27,6 +33,6 @@ pub fn shards_of(shards: &[ShardMap], listen: SocketAddrV4) -> Vec<ShardConfig> 
 pub fn assignment_of(map: &MetaMap, listen: SocketAddrV4) -> Assignment {
     Assignment {
         version: map.version,
-        shards: shards_of(&map.shards, listen),
+        shards: shards_of(&map.shards, &map.migrations, listen),
     }
 }

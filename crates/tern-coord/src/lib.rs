@@ -84,7 +84,7 @@ pub fn run_under_meta(
     // The shards of the newest map, with its version; none without a lease.
     let assigned = || match heartbeats.map() {
         Some(map) if heartbeats.lease_valid(map.version) => {
-            (map.version, shards_of(&map.shards, listen))
+            (map.version, shards_of(&map.shards, &map.migrations, listen))
         }
         Some(map) => (map.version, Vec::new()),
         None => (0, Vec::new()),

@@ -1,7 +1,7 @@
 //! The XDP fast path: loading `bpf/coordinator.bpf.c`, installing routes,
 //! mapping its shared maps into this process, attaching it.
 //!
-//! The maps `shard_cells`, `dirty_counts` and `window` are created with
+//! The maps `shard_cells`, `dirty_counts`, `window` and `shard_slots` are created with
 //! `BPF_F_MMAPABLE`; mapped here they become the memory of one
 //! [`SharedShard`] per shard, so the user-space rare path runs the same
 //! coordinator logic on the same state as the kernel.
@@ -17,11 +17,11 @@ use aya::maps::{Array, Map, MapData, PerCpuArray};
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use tern_proto::SharedShard;
-use tern_proto::coordinator::ShardConfig;
+use tern_proto::coordinator::{ShardConfig, ShardState};
 use tern_wire::DIRTY_SLOTS;
 use tern_wire::maps::{
-    CHAIN_LEN_MAX, Endpoint, INFLIGHT_WRITES_MAX, SHARD_ID_MAX, ShardCell, ShardRoute, WindowSlot,
-    XdpCounter,
+    CHAIN_LEN_MAX, Endpoint, INFLIGHT_WRITES_MAX, SHARD_ID_MAX, SLOT_WORDS, ShardCell, ShardRoute,
+    WindowSlot, XdpCounter,
 };
 use thiserror::Error;
 use zerocopy::IntoBytes;
@@ -114,6 +114,7 @@ struct Mappings {
     cells: Mapping,
     dirty: Mapping,
     window: Mapping,
+    slots: Mapping,
 }
 
 /// One fast-path counter as read from the per-CPU map.
@@ -275,6 +276,10 @@ impl XdpCoordinator {
                 array_data(&ebpf, "window")?,
                 count * INFLIGHT_WRITES_MAX as usize * size_of::<WindowSlot>(),
             )?,
+            slots: Mapping::of(
+                array_data(&ebpf, "shard_slots")?,
+                count * SLOT_WORDS as usize * 8,
+            )?,
         });
         let stats = PerCpuArray::try_from(
             ebpf.take_map("xdp_stats")
@@ -344,6 +349,8 @@ impl XdpCoordinator {
         for (slot, replica) in route.replicas.iter_mut().zip(&shard.chain) {
             *slot = endpoint(*replica, macs.get(replica).copied().unwrap_or_default());
         }
+        // The slots first: a route never appears serving slots it lacks.
+        self.shared_shard(shard.shard)?.set_slots(&shard.slots);
         self.write_route(shard.shard, &route);
         Ok(missing)
     }
@@ -421,11 +428,12 @@ impl XdpCoordinator {
             index * INFLIGHT_WRITES_MAX as usize * size_of::<WindowSlot>(),
         )
         .cast();
+        let slots = base(&self.mappings.slots, index * SLOT_WORDS as usize * 8).cast();
         // SAFETY: the pointers address this shard's part of the mapped maps,
         // whose layouts are those of tern_wire::maps (the C program uses the
         // generated header); the Arc keeps the mappings alive.
         Ok(unsafe {
-            SharedShard::from_raw_parts(cell, dirty, window, Box::new(self.mappings.clone()))
+            SharedShard::from_raw_parts(cell, dirty, window, slots, Box::new(self.mappings.clone()))
         })
     }
 
@@ -502,6 +510,7 @@ fn load_object(shard_count: u32) -> Result<Ebpf, XdpError> {
         .map_max_entries("shard_cells", shard_count)
         .map_max_entries("dirty_counts", shard_count * DIRTY_SLOTS)
         .map_max_entries("window", shard_count * INFLIGHT_WRITES_MAX as u32)
+        .map_max_entries("shard_slots", shard_count * SLOT_WORDS)
         .load(OBJECT)
         .map_err(|error| {
             let text = format!("{error:#}");

@@ -24,11 +24,20 @@ use tern_proto::{Core, Outbox, SharedShard, Time};
 use tern_wire::maps::XdpCounter;
 use tern_wire::{
     HEADER_LEN, Header, KEY_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, dirty_index, encode,
-    flags, key_hash,
+    flags, key_hash, slot_of,
 };
 use zerocopy::IntoBytes;
 
 const SHARD: u32 = 5;
+
+/// A key of the one slot the shard does not serve.
+const ELSEWHERE: &[u8] = b"elsewhere";
+
+/// Every slot but the one of `ELSEWHERE`.
+fn served() -> Vec<[u32; 2]> {
+    let slot = slot_of(key_hash(ELSEWHERE));
+    vec![[0, slot], [slot + 1, tern_wire::SLOT_COUNT]]
+}
 
 /// A coordinator process for shard 5 on `state`, past its start-up probe.
 fn ready_coordinator(state: SharedShard) -> Coordinator<SharedShard> {
@@ -36,6 +45,7 @@ fn ready_coordinator(state: SharedShard) -> Coordinator<SharedShard> {
         shard: SHARD,
         epoch: EPOCH,
         chain: vec![replica(0), replica(1), replica(2)],
+        slots: served(),
     };
     let mut coordinator = Coordinator::new([ShardCoordinator::new(config, state)]);
     // DESIGN rule 8 against an empty chain: head and tail report nothing.
@@ -104,7 +114,7 @@ struct Twins {
 
 impl Twins {
     fn new() -> Twins {
-        let (xdp, kernel_state) = load();
+        let (xdp, kernel_state) = load_serving(served());
         let kernel_side = ready_coordinator(xdp.shared_shard(SHARD).unwrap());
         let rust = ready_coordinator(SharedShard::in_process());
         Twins {
@@ -258,6 +268,16 @@ fn valid_corpus() -> Vec<(String, Sender, Vec<u8>)> {
         request(Op::Put, b"big", &vec![b'v'; VALUE_LEN_MAX], 10),
     );
     add("empty key", Sender::Client, request(Op::Put, b"", b"v", 11));
+    add(
+        "get of a slot served elsewhere",
+        Sender::Client,
+        request(Op::Get, ELSEWHERE, b"", 30),
+    );
+    add(
+        "put of a slot served elsewhere",
+        Sender::Client,
+        request(Op::Put, ELSEWHERE, b"v", 31),
+    );
     add(
         "ack of seq 1",
         Sender::Tail,
@@ -443,6 +463,7 @@ fn the_kernel_and_rust_paths_agree_on_valid_and_malformed_datagrams() {
             .total()
     };
     assert_eq!(count(XdpCounter::PassBadKeyHash), 2);
+    assert_eq!(count(XdpCounter::PassSlot), 2);
     assert!(count(XdpCounter::PassMalformed) >= 10);
     assert_eq!(
         twins.kernel_state.next_seq(),

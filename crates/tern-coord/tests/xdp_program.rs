@@ -267,6 +267,7 @@ fn other_chain(epoch: u32) -> (ShardConfig, HashMap<SocketAddrV4, [u8; 6]>) {
         shard: 5,
         epoch,
         chain,
+        slots: vec![[0, tern_wire::SLOT_COUNT]],
     };
     (config, macs)
 }
@@ -360,6 +361,7 @@ fn a_read_never_uses_a_route_torn_by_a_concurrent_rewrite() {
         shard: 5,
         epoch: EPOCH,
         chain: vec![replica(0), replica(1), replica(2)],
+        slots: vec![[0, tern_wire::SLOT_COUNT]],
     };
     let original_macs: HashMap<_, _> = (0..3).map(|i| (replica(i), replica_mac(i))).collect();
     // Every replica's address belongs with exactly one MAC.

@@ -23,6 +23,7 @@ fn coordinator(c: &mut Criterion) {
         shard: 0,
         epoch: 1,
         chain: chain.clone(),
+        slots: vec![[0, tern_wire::SLOT_COUNT]],
     };
     let mut coordinator =
         Coordinator::new([ShardCoordinator::new(config, SharedShard::in_process())]);

@@ -7,8 +7,8 @@ use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tern_wire::maps::{CAS_ATTEMPTS_MAX, INFLIGHT_WRITES_MAX, ShardCell, WindowSlot};
-use tern_wire::{DIRTY_SLOTS, MESSAGE_LEN_MAX};
+use tern_wire::maps::{CAS_ATTEMPTS_MAX, INFLIGHT_WRITES_MAX, SLOT_WORDS, ShardCell, WindowSlot};
+use tern_wire::{DIRTY_SLOTS, MESSAGE_LEN_MAX, SLOT_COUNT};
 
 use crate::Time;
 use crate::coordinator::ShardState;
@@ -19,6 +19,8 @@ pub struct SharedShard {
     cell: NonNull<ShardCell>,
     dirty: NonNull<AtomicU64>,
     window: NonNull<WindowSlot>,
+    /// The bitmap of slots served: `SLOT_WORDS` words.
+    slots: NonNull<AtomicU64>,
     /// Keeps the memory alive (heap regions, or the mapped BPF maps).
     _owner: Box<dyn std::fmt::Debug + Send + Sync>,
 }
@@ -69,10 +71,13 @@ impl SharedShard {
         let window = HeapRegion::zeroed(
             Layout::array::<WindowSlot>(INFLIGHT_WRITES_MAX as usize).expect("fits"),
         );
+        let slots =
+            HeapRegion::zeroed(Layout::array::<AtomicU64>(SLOT_WORDS as usize).expect("fits"));
         let pointers = (
             cell.pointer.cast(),
             dirty.pointer.cast(),
             window.pointer.cast(),
+            slots.pointer.cast(),
         );
         // SAFETY: the regions are zeroed (a valid state of every field),
         // sized and aligned for their types, and owned by the returned value.
@@ -81,7 +86,8 @@ impl SharedShard {
                 pointers.0,
                 pointers.1,
                 pointers.2,
-                Box::new((cell, dirty, window)),
+                pointers.3,
+                Box::new((cell, dirty, window, slots)),
             )
         };
         shard.cell().next_seq.store(1, Ordering::Release);
@@ -92,20 +98,29 @@ impl SharedShard {
     ///
     /// # Safety
     /// `cell` must point at one `ShardCell`, `dirty` at `DIRTY_SLOTS`
-    /// `AtomicU64`s and `window` at `INFLIGHT_WRITES_MAX` `WindowSlot`s, all
-    /// aligned and valid for as long as `owner` lives.
+    /// `AtomicU64`s, `window` at `INFLIGHT_WRITES_MAX` `WindowSlot`s and
+    /// `slots` at `SLOT_WORDS` `AtomicU64`s, all aligned and valid for as
+    /// long as `owner` lives.
     pub unsafe fn from_raw_parts(
         cell: NonNull<ShardCell>,
         dirty: NonNull<AtomicU64>,
         window: NonNull<WindowSlot>,
+        slots: NonNull<AtomicU64>,
         owner: Box<dyn std::fmt::Debug + Send + Sync>,
     ) -> Self {
         SharedShard {
             cell,
             dirty,
             window,
+            slots,
             _owner: owner,
         }
+    }
+
+    fn slot_word(&self, word: u32) -> &AtomicU64 {
+        assert!(word < SLOT_WORDS, "slot word {word} out of range");
+        // SAFETY: in bounds (checked) and valid for our lifetime.
+        unsafe { &*self.slots.as_ptr().add(word as usize) }
     }
 
     fn cell(&self) -> &ShardCell {
@@ -250,5 +265,22 @@ impl ShardState for SharedShard {
 
     fn next_replica(&self) -> u64 {
         self.cell().next_replica.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn serves_slot(&self, slot: u32) -> bool {
+        slot < SLOT_COUNT
+            && self.slot_word(slot / 64).load(Ordering::Acquire) & (1 << (slot % 64)) != 0
+    }
+
+    fn set_slots(&self, ranges: &[[u32; 2]]) {
+        let mut words = [0u64; SLOT_WORDS as usize];
+        for &[start, end] in ranges {
+            for slot in start..end.min(SLOT_COUNT) {
+                words[(slot / 64) as usize] |= 1 << (slot % 64);
+            }
+        }
+        for (index, word) in words.iter().enumerate() {
+            self.slot_word(index as u32).store(*word, Ordering::Release);
+        }
     }
 }

@@ -70,6 +70,7 @@ impl Cluster {
             shard: SHARD,
             epoch: EPOCH,
             chain: sim.chain.clone(),
+            slots: vec![[0, tern_wire::SLOT_COUNT]],
         };
         let mut cluster = Cluster {
             members: Vec::new(),
@@ -220,6 +221,7 @@ impl Cluster {
                 shard: SHARD,
                 epoch: self.meta.epoch,
                 chain: self.meta.chain.clone(),
+                slots: vec![[0, tern_wire::SLOT_COUNT]],
             }]
         } else {
             Vec::new()

@@ -183,6 +183,12 @@ impl ShardState for Hooked {
     fn set_all_dirty(&self, on: bool) {
         self.changed(|inner| inner.set_all_dirty(on))
     }
+    fn serves_slot(&self, slot: u32) -> bool {
+        self.inner.serves_slot(slot)
+    }
+    fn set_slots(&self, ranges: &[[u32; 2]]) {
+        self.inner.set_slots(ranges)
+    }
 }
 
 #[test]
@@ -205,6 +211,7 @@ fn rule4_no_read_between_the_steps_of_an_ack_can_miss_the_acknowledged_write() {
         shard: SHARD,
         epoch: EPOCH,
         chain: chain.clone(),
+        slots: vec![[0, tern_wire::SLOT_COUNT]],
     };
     let mut coordinator = ShardCoordinator::new(config, state);
     let now = Time::from_nanos(1_000_000_000);
@@ -642,4 +649,37 @@ fn rule6_a_late_copy_of_a_write_older_than_the_dedup_window_is_never_applied_aga
     let refusals = sim.replies_to(1);
     assert_eq!(refusals.len(), 2, "the late copy is answered");
     assert_eq!(refusals[1].status(), Status::Forgotten);
+}
+
+#[test]
+fn a_key_of_a_slot_the_shard_does_not_serve_is_refused_until_the_slot_is_given_to_it() {
+    let mut sim = Sim::new(2);
+    sim.coordinator.set_map_version(4);
+    let slot = tern_wire::slot_of(key_hash(b"moved"));
+    let mut config = sim.shard().config().clone();
+    config.slots = vec![[0, slot], [slot + 1, tern_wire::SLOT_COUNT]];
+    assert!(sim.coordinator.reconfigure(config.clone()));
+    // A client whose map still gives the slot to this shard learns the
+    // version of the map that does not.
+    sim.put(b"moved", b"v", 1);
+    sim.get(b"moved", 2);
+    sim.put(b"stays", b"v", 3);
+    sim.deliver_all();
+    for request_id in [1, 2] {
+        let reply = sim.reply_to(request_id);
+        assert_eq!(reply.status(), Status::WrongShard);
+        assert_eq!(reply.extensions.map_version, Some(4));
+    }
+    assert_eq!(sim.reply_to(3).status(), Status::Ok);
+    assert_eq!(sim.shard().counters().wrong_slot, 2);
+    assert!(
+        sim.tail().store().latest(b"moved").is_none(),
+        "nothing applied"
+    );
+    // The slot is given back (a migration to this shard): served again.
+    config.slots = vec![[0, tern_wire::SLOT_COUNT]];
+    assert!(sim.coordinator.reconfigure(config));
+    sim.put(b"moved", b"v", 4);
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(4).status(), Status::Ok);
 }

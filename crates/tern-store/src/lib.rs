@@ -21,7 +21,10 @@ pub enum Write<'a> {
     Put(&'a [u8]),
     Delete,
     /// A value copied from another shard, with the version it had there.
-    Install { value: &'a [u8], version: u64 },
+    Install {
+        value: &'a [u8],
+        version: u64,
+    },
 }
 
 /// A value as read: its version (the sequence number that wrote it, or the

@@ -84,6 +84,7 @@
 #define TERN_CHAIN_LEN_MAX           8
 #define TERN_CAS_ATTEMPTS_MAX        8
 #define TERN_CLIENT_MACS_MAX         65536
+#define TERN_SLOT_WORDS              256
 #define TERN_XDP_COUNTER_READS_ANY   0
 #define TERN_XDP_COUNTER_READS_TAIL  1
 #define TERN_XDP_COUNTER_WRITES      2
@@ -99,7 +100,8 @@
 #define TERN_XDP_COUNTER_PASS_CONTENDED 12
 #define TERN_XDP_COUNTER_PASS_BAD_KEY_HASH 13
 #define TERN_XDP_COUNTER_PASS_RECONFIGURING 14
-#define TERN_XDP_COUNTER_COUNT       15
+#define TERN_XDP_COUNTER_PASS_SLOT   15
+#define TERN_XDP_COUNTER_COUNT       16
 
 struct tern_header {
 	__u16 magic;                     /* @0  Always MAGIC. */

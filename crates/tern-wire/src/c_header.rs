@@ -10,7 +10,7 @@ use std::mem::size_of;
 use crate::extension::{self, MapVersionExtension};
 use crate::maps::{
     CAS_ATTEMPTS_MAX, CHAIN_LEN_MAX, CLIENT_MACS_MAX, Endpoint, INFLIGHT_WRITES_MAX, SHARD_ID_MAX,
-    ShardCell, ShardRoute, WindowSlot, XDP_COUNTER_COUNT, XdpCounter,
+    SLOT_WORDS, ShardCell, ShardRoute, WindowSlot, XDP_COUNTER_COUNT, XdpCounter,
 };
 use crate::{
     CStruct, DIRTY_INDEX_MASK, DIRTY_SLOTS, EXTENSIONS_LEN_MAX, Effect, HEADER_LEN, Header,
@@ -133,6 +133,7 @@ pub fn generate() -> String {
     define(out, "TERN_CHAIN_LEN_MAX", &CHAIN_LEN_MAX.to_string());
     define(out, "TERN_CAS_ATTEMPTS_MAX", &CAS_ATTEMPTS_MAX.to_string());
     define(out, "TERN_CLIENT_MACS_MAX", &CLIENT_MACS_MAX.to_string());
+    define(out, "TERN_SLOT_WORDS", &SLOT_WORDS.to_string());
     for (counter, name) in XdpCounter::ALL {
         define(
             out,

@@ -27,6 +27,10 @@ pub const CHAIN_LEN_MAX: usize = 8;
 /// a sequence number, advancing `commit_seq`) before the XDP program hands
 /// the datagram to user space and user space reports the window as full.
 pub const CAS_ATTEMPTS_MAX: u32 = 8;
+/// Words of the bitmap of slots a shard serves here (`shard_slots`: bit
+/// `slot % 64` of word `slot / 64`, a block of these words per local shard).
+pub const SLOT_WORDS: u32 = crate::SLOT_COUNT / 64;
+
 /// Clients whose Ethernet address the XDP program remembers (an LRU table),
 /// to turn acknowledgements into replies in the kernel.
 pub const CLIENT_MACS_MAX: u32 = 65536;
@@ -164,6 +168,8 @@ crate::wire_enum! {
         PassBadKeyHash = 13 => "PASS_BAD_KEY_HASH",
         /// Handed to user space: the shard's route was being rewritten.
         PassReconfiguring = 14 => "PASS_RECONFIGURING",
+        /// Handed to user space: a key of a slot the shard does not serve here.
+        PassSlot = 15 => "PASS_SLOT",
     }
 }
 

@@ -28,14 +28,21 @@ pub fn replica_mac(index: u8) -> [u8; 6] {
     [2, 0, 0, 0, 1, index]
 }
 
-/// A loaded program serving shard 5 with a chain of three replicas.
+/// A loaded program serving every slot of shard 5 with a chain of three
+/// replicas.
 pub fn load() -> (XdpCoordinator, SharedShard) {
+    load_serving(vec![[0, tern_wire::SLOT_COUNT]])
+}
+
+/// As `load`, the shard serving only `slots`.
+pub fn load_serving(slots: Vec<[u32; 2]>) -> (XdpCoordinator, SharedShard) {
     let chain = vec![replica(0), replica(1), replica(2)];
     let macs: HashMap<_, _> = (0..3).map(|i| (replica(i), replica_mac(i))).collect();
     let shard = ShardConfig {
         shard: 5,
         epoch: EPOCH,
         chain,
+        slots,
     };
     let coordinator = XdpCoordinator::load(COORDINATOR, &[shard], &macs)
         .unwrap_or_else(|error| panic!("loading the XDP program (these tests need root): {error}"));

@@ -30,7 +30,7 @@ pub use reads::{ReadRoute, route_read};
 use recovery::Recovery;
 pub use state::ShardState;
 pub use tern_wire::maps::INFLIGHT_WRITES_MAX;
-use tern_wire::{Header, MESSAGE_LEN_MAX, Message, Op, Status};
+use tern_wire::{Header, MESSAGE_LEN_MAX, Message, Op, Status, slot_of};
 pub use writes::complete_write;
 
 use crate::counters::counters;
@@ -51,6 +51,10 @@ pub struct ShardConfig {
     pub epoch: u32,
     /// Replicas, head first.
     pub chain: Vec<SocketAddrV4>,
+    /// The hash slots the shard serves, `[start, end)` each: a request for
+    /// a key of another slot is refused WRONG_SHARD (its client's map is
+    /// out of date, e.g. after a slot moved to another shard).
+    pub slots: Vec<[u32; 2]>,
 }
 
 impl ShardConfig {
@@ -78,6 +82,8 @@ counters! {
         lost_fills,
         refused_recovering,
         stale_epoch,
+        /// Requests for keys of slots this shard does not serve.
+        wrong_slot,
         unexpected_sender,
         /// Chain or epoch changes applied in place (`reconfigure`).
         reconfigurations,
@@ -119,6 +125,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             "a shard needs at least one replica"
         );
         state.set_all_dirty(true);
+        state.set_slots(&config.slots);
         ShardCoordinator {
             config,
             state,
@@ -176,6 +183,9 @@ impl<S: ShardState> ShardCoordinator<S> {
         if config == self.config {
             return;
         }
+        if config.slots != self.config.slots {
+            self.state.set_slots(&config.slots);
+        }
         self.counters.reconfigurations += 1;
         if config.head() != self.config.head() {
             self.resend_all = true;
@@ -210,6 +220,16 @@ impl<S: ShardState> ShardCoordinator<S> {
                         from,
                         header,
                         Status::StaleEpoch,
+                        self.config.epoch,
+                        self.map_version,
+                        outbox,
+                    );
+                } else if !self.state.serves_slot(slot_of(header.key_hash.get())) {
+                    self.counters.wrong_slot += 1;
+                    crate::answer_status(
+                        from,
+                        header,
+                        Status::WrongShard,
                         self.config.epoch,
                         self.map_version,
                         outbox,

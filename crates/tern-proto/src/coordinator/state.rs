@@ -34,4 +34,8 @@ pub trait ShardState {
     fn set_all_dirty(&self, on: bool);
     /// Takes the next value of the round-robin counter of clean reads.
     fn next_replica(&self) -> u64;
+    /// Whether the shard serves keys of hash slot `slot` here.
+    fn serves_slot(&self, slot: u32) -> bool;
+    /// Control path: the shard serves exactly these `[start, end)` ranges.
+    fn set_slots(&self, ranges: &[[u32; 2]]);
 }

@@ -115,6 +115,7 @@ impl Sim {
             shard: SHARD,
             epoch: EPOCH,
             chain: chain.to_vec(),
+            slots: vec![[0, tern_wire::SLOT_COUNT]],
         };
         Coordinator::new([ShardCoordinator::new(config, SharedShard::in_process())])
     }
@@ -320,6 +321,7 @@ impl Sim {
             shard: SHARD,
             epoch,
             chain: self.chain.clone(),
+            slots: vec![[0, tern_wire::SLOT_COUNT]],
         }
     }
 

@@ -241,7 +241,7 @@ fn replica_config(
 }
 
 fn coordinator_shards(map: &ClusterMap, listen: SocketAddrV4) -> Result<Vec<ShardConfig>> {
-    let shards = tern_coord::shards_of(&map.shards, listen);
+    let shards = tern_coord::shards_of(&map.shards, &map.migrations, listen);
     if shards.is_empty() {
         bail!("no shard in the cluster map has its coordinator at {listen}");
     }
