@@ -514,7 +514,7 @@ impl Replica {
         record.commit_seq.set(self.store.commit_seq());
         let value = match (effect, &decision.value) {
             (Effect::Put, Some(computed)) => &computed[..],
-            (Effect::Put, None) => message.value,
+            (Effect::Put | Effect::Install, None) => message.value,
             _ => &[],
         };
         if self.journaling {
@@ -540,6 +540,18 @@ impl Replica {
         match record.effect() {
             Effect::Put => self.store.apply(seq, key, Write::Put(value)),
             Effect::Delete => self.store.apply(seq, key, Write::Delete),
+            Effect::Install => {
+                let version = record.version();
+                self.store
+                    .apply(seq, key, Write::Install { value, version });
+            }
+            Effect::Rebase => self.store.rebase(seq, record.version()),
+            Effect::DropSlots => {
+                let [start, end] = record.slot_range();
+                self.store.drop_keys(seq, |key| {
+                    (start..end).contains(&tern_wire::slot_of(tern_wire::key_hash(key)))
+                });
+            }
             Effect::None => self.store.skip(seq),
         }
         if record.client_id.get() != 0 {
@@ -631,7 +643,9 @@ impl Replica {
     /// The head's decision for a sequenced client write (DESIGN rules 2, 6).
     fn decide(&mut self, message: &Message<'_>) -> Decision {
         let header = &message.header;
-        let seq = header.seq.get();
+        // The version this write gives its key (its seq, plus the offset a
+        // migration into this shard may have added).
+        let new_version = self.store.version_of(header.seq.get());
         let decided = |effect, status, version| Decision {
             effect,
             status,
@@ -671,15 +685,15 @@ impl Replica {
             Op::Put if header.has_flag(flags::IF_EXISTS) && current.is_none() => {
                 decided(Effect::None, Status::NotFound, 0)
             }
-            Op::Put => decided(Effect::Put, Status::Ok, seq),
+            Op::Put => decided(Effect::Put, Status::Ok, new_version),
             Op::Delete => match version {
-                Some(_) => decided(Effect::Delete, Status::Ok, seq),
-                None => decided(Effect::None, Status::NotFound, seq),
+                Some(_) => decided(Effect::Delete, Status::Ok, new_version),
+                None => decided(Effect::None, Status::NotFound, new_version),
             },
             Op::Cas => {
                 let version = version.unwrap_or(0);
                 if version == header.expected_version() {
-                    decided(Effect::Put, Status::Ok, seq)
+                    decided(Effect::Put, Status::Ok, new_version)
                 } else {
                     decided(Effect::None, Status::CasMismatch, version)
                 }
@@ -698,7 +712,7 @@ impl Replica {
                 match sum {
                     Some(sum) => Decision {
                         value: Some(sum.to_string().into_bytes()),
-                        ..decided(Effect::Put, Status::Ok, seq)
+                        ..decided(Effect::Put, Status::Ok, new_version)
                     },
                     None => decided(Effect::None, Status::NotInteger, version.unwrap_or(0)),
                 }
@@ -711,7 +725,27 @@ impl Replica {
                 }
                 Decision {
                     value: Some(value),
-                    ..decided(Effect::Put, Status::Ok, seq)
+                    ..decided(Effect::Put, Status::Ok, new_version)
+                }
+            }
+            Op::Install => {
+                // A copy never replaces what is newer: installs of one key
+                // may arrive more than once (a migration resumed).
+                let installed = header.version();
+                match version {
+                    Some(current) if current >= installed => {
+                        decided(Effect::None, Status::Ok, current)
+                    }
+                    _ => decided(Effect::Install, Status::Ok, installed),
+                }
+            }
+            Op::Rebase => decided(Effect::Rebase, Status::Ok, header.version()),
+            Op::DropSlots => {
+                let [start, end] = header.slot_range();
+                if start < end && end <= tern_wire::SLOT_COUNT {
+                    decided(Effect::DropSlots, Status::Ok, header.version())
+                } else {
+                    decided(Effect::None, Status::Malformed, 0)
                 }
             }
             other => unreachable!("{other:?} is not a client write"),
@@ -942,7 +976,15 @@ impl Core for Replica {
         }
         match header.op() {
             Op::Get => self.serve_read(now, from, &message, outbox),
-            Op::Put | Op::Delete | Op::Cas | Op::IncrBy | Op::Append | Op::Noop => {
+            Op::Put
+            | Op::Delete
+            | Op::Cas
+            | Op::IncrBy
+            | Op::Append
+            | Op::Install
+            | Op::Rebase
+            | Op::DropSlots
+            | Op::Noop => {
                 if self.config.is_head() && from == self.config.coordinator {
                     self.receive_sequenced(now, &message, bytes, outbox);
                 } else {

@@ -1,9 +1,11 @@
 //! The versioned in-memory store of one shard on one replica.
 //!
-//! Every write carries the sequence number the coordinator gave it, and that
-//! number is the version of the value it writes, except for a value installed
-//! by a migration from another shard, which keeps the version it had there
-//! (the seq orders it here; the version is what clients see and CAS on). The store keeps, per key, the
+//! Every write carries the sequence number the coordinator gave it, which
+//! orders it; its version (what clients see and CAS on) is the seq plus the
+//! store's `offset`, which is 0 until a migration brings in values from
+//! another shard. An installed value keeps the version it had there, and the
+//! offset rises so that every later version is higher: versions of a key only
+//! ever grow, whatever shard wrote them. The store keeps, per key, the
 //! newest version at or below the replica's known `commit_seq` plus every newer
 //! (not yet committed) version, so that a read stamped with an older
 //! `commit_seq` can still be answered with the right value (DESIGN rule 5).
@@ -80,6 +82,9 @@ pub struct Store {
     /// Deletions not yet committed, oldest first, so that a deleted key that is
     /// never written again is still forgotten once its deletion commits.
     pending_deletions: VecDeque<(u64, Box<[u8]>)>,
+    /// What a write's version adds to its seq (raised by `rebase` and by
+    /// installs, never lowered).
+    offset: u64,
 }
 
 impl Store {
@@ -100,6 +105,40 @@ impl Store {
     /// Number of keys whose newest applied version is a value.
     pub fn live_keys(&self) -> usize {
         self.live_keys
+    }
+
+    /// The version a write applied at `seq` gets.
+    pub fn version_of(&self, seq: u64) -> u64 {
+        seq + self.offset
+    }
+
+    /// Consumes `seq` and makes every later write's version at least
+    /// `floor` (a migration's destination, above every version the moved
+    /// keys had at their source).
+    pub fn rebase(&mut self, seq: u64, floor: u64) {
+        self.skip(seq);
+        self.raise_offset(seq, floor);
+    }
+
+    fn raise_offset(&mut self, seq: u64, floor: u64) {
+        self.offset = self.offset.max(floor.saturating_sub(seq));
+    }
+
+    /// Consumes `seq` and forgets every key `dropped` selects, at once and
+    /// without tombstones: for keys of slots that moved to another shard,
+    /// which this shard serves no more.
+    pub fn drop_keys(&mut self, seq: u64, dropped: impl Fn(&[u8]) -> bool) {
+        self.skip(seq);
+        let mut live = 0;
+        self.keys.retain(|key, versions| {
+            let keep = !dropped(key);
+            if keep && versions.newest().is_some_and(|v| v.value.is_some()) {
+                live += 1;
+            }
+            keep
+        });
+        self.live_keys = live;
+        self.pending_deletions.retain(|(_, key)| !dropped(key));
     }
 
     /// Records that everything up to `commit_seq` is acknowledged by the tail.
@@ -135,9 +174,13 @@ impl Store {
         );
         self.applied_seq = seq;
         let (value, version) = match write {
-            Write::Put(value) => (Some(Box::<[u8]>::from(value)), seq),
-            Write::Delete => (None, seq),
-            Write::Install { value, version } => (Some(Box::<[u8]>::from(value)), version),
+            Write::Put(value) => (Some(Box::<[u8]>::from(value)), self.version_of(seq)),
+            Write::Delete => (None, self.version_of(seq)),
+            Write::Install { value, version } => {
+                // Later writes get higher versions than the installed one.
+                self.raise_offset(seq, version);
+                (Some(Box::<[u8]>::from(value)), version)
+            }
         };
         let commit_seq = self.commit_seq;
         let versions = match self.keys.get_mut(key) {
@@ -265,6 +308,10 @@ impl Store {
     /// retained version of every key (uncommitted ones included, so that a
     /// read stamped below them is still answered right after a restart).
     pub fn encode(&self, out: &mut Vec<u8>) {
+        // A marker no applied seq can be, then the offset: snapshots written
+        // before the offset existed start with the applied seq.
+        out.extend_from_slice(&u64::MAX.to_le_bytes());
+        out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.applied_seq.to_le_bytes());
         out.extend_from_slice(&self.commit_seq.to_le_bytes());
         out.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
@@ -297,6 +344,10 @@ impl Store {
         let mut reader = Reader(bytes);
         let mut store = Store::new();
         store.applied_seq = reader.u64()?;
+        if store.applied_seq == u64::MAX {
+            store.offset = reader.u64()?;
+            store.applied_seq = reader.u64()?;
+        }
         store.commit_seq = reader.u64()?;
         let key_count = reader.u64()?;
         let mut deletions = Vec::new();
@@ -366,10 +417,12 @@ mod tests {
         store.observe_commit(2);
         let moved = store.read_at(b"m", 2).unwrap();
         assert_eq!((moved.version, moved.value), (7000, &b"moved"[..]));
-        // A later write (after the shard jumped above every copied version).
-        store.apply(7001, b"m", Write::Put(b"later"));
+        // A later write gets a higher version, on any key.
+        store.apply(3, b"m", Write::Put(b"later"));
         assert_eq!(store.latest(b"m").unwrap().version, 7001);
         assert_eq!(store.read_at(b"m", 2).unwrap().version, 7000);
+        store.apply(4, b"k", Write::Put(b"again"));
+        assert_eq!(store.latest(b"k").unwrap().version, 7002);
         // Snapshots keep both numbers.
         let mut bytes = Vec::new();
         store.encode(&mut bytes);
@@ -377,6 +430,62 @@ mod tests {
         assert_eq!(restored.read_at(b"m", 2).unwrap().version, 7000);
         assert_eq!(restored.read_at(b"k", 2).unwrap().version, 1);
         assert_eq!(restored.latest(b"m").unwrap().value, b"later");
+    }
+
+    #[test]
+    fn a_rebase_lifts_every_later_version_above_its_floor_and_survives_snapshots() {
+        let mut store = Store::new();
+        store.apply(1, b"k", Write::Put(b"a"));
+        store.rebase(2, 5000);
+        store.apply(3, b"k", Write::Put(b"b"));
+        assert_eq!(store.latest(b"k").unwrap().version, 5001);
+        // A lower floor never lowers versions.
+        store.rebase(4, 10);
+        store.apply(5, b"k", Write::Put(b"c"));
+        assert_eq!(store.latest(b"k").unwrap().version, 5003);
+        let mut bytes = Vec::new();
+        store.encode(&mut bytes);
+        let (mut restored, _) = Store::decode(&bytes).unwrap();
+        restored.apply(6, b"k", Write::Put(b"d"));
+        assert_eq!(restored.latest(b"k").unwrap().version, 5004);
+    }
+
+    #[test]
+    fn dropped_keys_are_forgotten_at_once() {
+        let mut store = Store::new();
+        store.apply(1, b"gone-1", Write::Put(b"a"));
+        store.apply(2, b"kept", Write::Put(b"b"));
+        store.apply(3, b"gone-2", Write::Delete);
+        store.apply(4, b"gone-3", Write::Put(b"c"));
+        store.apply(5, b"gone-3", Write::Delete);
+        store.drop_keys(6, |key| key.starts_with(b"gone"));
+        assert_eq!(store.applied_seq(), 6);
+        assert_eq!(store.live_keys(), 1);
+        assert_eq!(store.version_count(b"gone-1"), 0);
+        assert_eq!(store.version_count(b"gone-3"), 0);
+        assert_eq!(store.latest(b"kept").unwrap().value, b"b");
+        store.observe_commit(6);
+        assert_eq!(store.latest(b"kept").unwrap().value, b"b");
+    }
+
+    #[test]
+    fn snapshots_written_before_the_offset_existed_still_restore() {
+        // The old format: applied, commit, keys (one key, one version).
+        let mut old = Vec::new();
+        old.extend_from_slice(&3u64.to_le_bytes());
+        old.extend_from_slice(&3u64.to_le_bytes());
+        old.extend_from_slice(&1u64.to_le_bytes());
+        old.extend_from_slice(&1u32.to_le_bytes());
+        old.extend_from_slice(b"k");
+        old.extend_from_slice(&1u32.to_le_bytes());
+        old.extend_from_slice(&3u64.to_le_bytes());
+        old.push(1);
+        old.extend_from_slice(&1u32.to_le_bytes());
+        old.extend_from_slice(b"v");
+        let (store, used) = Store::decode(&old).unwrap();
+        assert_eq!(used, old.len());
+        assert_eq!(store.latest(b"k").unwrap().version, 3);
+        assert_eq!(store.version_of(4), 4);
     }
 
     #[test]

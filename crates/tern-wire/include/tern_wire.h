@@ -34,6 +34,9 @@
 #define TERN_OP_APPEND               7
 #define TERN_OP_PING                 8
 #define TERN_OP_STATS                9
+#define TERN_OP_INSTALL              10
+#define TERN_OP_REBASE               11
+#define TERN_OP_DROP_SLOTS           12
 #define TERN_OP_REPLY                16
 #define TERN_OP_REPLICATE            17
 #define TERN_OP_ACK                  18
@@ -58,6 +61,9 @@
 #define TERN_EFFECT_NONE             0
 #define TERN_EFFECT_PUT              1
 #define TERN_EFFECT_DELETE           2
+#define TERN_EFFECT_INSTALL          3
+#define TERN_EFFECT_REBASE           4
+#define TERN_EFFECT_DROP_SLOTS       5
 
 #define TERN_FLAG_TAIL_READ          1
 #define TERN_FLAG_RESENT             2
@@ -75,6 +81,7 @@
 #define TERN_OP_CLASS_ADMIN          16
 #define TERN_OP_CLASS_INTERNAL       32
 #define TERN_OP_CLASS_ANSWER         64
+#define TERN_OP_CLASS_ANY_SLOT       128
 
 #define TERN_EXT_MAP_VERSION         1
 #define TERN_EXTENSIONS_KNOWN        1
@@ -235,6 +242,12 @@ static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)
 		return TERN_OP_CLASS_ADMIN;
 	case TERN_OP_STATS:
 		return TERN_OP_CLASS_ADMIN;
+	case TERN_OP_INSTALL:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_ANY_SLOT;
+	case TERN_OP_REBASE:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_ANY_SLOT;
+	case TERN_OP_DROP_SLOTS:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_ANY_SLOT;
 	case TERN_OP_REPLY:
 		return TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_INTERNAL | TERN_OP_CLASS_ANSWER;
 	case TERN_OP_REPLICATE:
@@ -300,6 +313,9 @@ static inline __attribute__((always_inline)) int tern_effect_known(__u8 value)
 	case 0:
 	case 1:
 	case 2:
+	case 3:
+	case 4:
+	case 5:
 		return 1;
 	default:
 		return 0;

@@ -129,6 +129,16 @@ impl Header {
         self.argument.set(version);
     }
 
+    /// DROP_SLOTS: the slot range `[start, end)` whose keys go.
+    pub fn slot_range(&self) -> [u32; 2] {
+        let packed = self.argument.get();
+        [packed as u32, (packed >> 32) as u32]
+    }
+
+    pub fn set_slot_range(&mut self, [start, end]: [u32; 2]) {
+        self.argument.set(u64::from(start) | (u64::from(end) << 32));
+    }
+
     /// RETRANSMIT: the last sequence number of the range `seq..=last`.
     pub fn retransmit_last(&self) -> u64 {
         self.argument.get()

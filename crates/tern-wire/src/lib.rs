@@ -75,6 +75,16 @@ wire_enum! {
         Ping = 8 => "PING",
         /// Counter request; the reply's value is `name value` lines.
         Stats = 9 => "STATS",
+        /// A migration copies a key from another shard: the value, with the
+        /// version it had there (`argument`). Sequenced like a write; it
+        /// replaces only an older version of the key.
+        Install = 10 => "INSTALL",
+        /// Every later write of the shard gets a version of at least
+        /// `argument` (a migration's destination, above the source's).
+        Rebase = 11 => "REBASE",
+        /// Forgets every key of the slots `argument` names (low 32 bits the
+        /// first slot, high 32 bits the end): slots that moved away.
+        DropSlots = 12 => "DROP_SLOTS",
         /// Answer to a client (or to an administrative request).
         Reply = 16 => "REPLY",
         /// A sequenced write travelling down the chain; `effect` says what it does.
@@ -125,6 +135,12 @@ wire_enum! {
         None = 0 => "NONE",
         Put = 1 => "PUT",
         Delete = 2 => "DELETE",
+        /// A value with the version in `argument` (INSTALL).
+        Install = 3 => "INSTALL",
+        /// Later versions at least `argument` (REBASE).
+        Rebase = 4 => "REBASE",
+        /// The keys of the slot range in `argument` are gone (DROP_SLOTS).
+        DropSlots = 5 => "DROP_SLOTS",
     }
 }
 
@@ -146,6 +162,9 @@ pub mod op_class {
     pub const INTERNAL: u8 = 32;
     /// An answer to a request (REPLY).
     pub const ANSWER: u8 = 64;
+    /// A sequenced write not bound to its key's slot: a migration's copy,
+    /// rebase and drop, sequenced whatever slots the shard serves.
+    pub const ANY_SLOT: u8 = 128;
     /// Every class with its C name.
     pub const ALL: &[(u8, &str)] = &[
         (CLIENT_READ, "CLIENT_READ"),
@@ -155,6 +174,7 @@ pub mod op_class {
         (ADMIN, "ADMIN"),
         (INTERNAL, "INTERNAL"),
         (ANSWER, "ANSWER"),
+        (ANY_SLOT, "ANY_SLOT"),
     ];
 }
 
@@ -167,6 +187,8 @@ impl Op {
             Op::Get => CLIENT_READ | FAST_PATH,
             Op::Put | Op::Cas | Op::IncrBy | Op::Append => CLIENT_WRITE | CARRIES_VALUE | FAST_PATH,
             Op::Delete => CLIENT_WRITE | FAST_PATH,
+            Op::Install => CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT,
+            Op::Rebase | Op::DropSlots => CLIENT_WRITE | ANY_SLOT,
             Op::Noop | Op::Retransmit | Op::SeqProbe | Op::SeqReport => INTERNAL,
             Op::Ping | Op::Stats => ADMIN,
             Op::Reply => INTERNAL | CARRIES_VALUE | ANSWER,
@@ -187,6 +209,11 @@ impl Op {
     /// A client's write, which the coordinator sequences.
     pub const fn is_client_write(self) -> bool {
         self.is(op_class::CLIENT_WRITE)
+    }
+
+    /// A migration's write, sequenced whatever slots the shard serves.
+    pub const fn is_any_slot(self) -> bool {
+        self.is(op_class::ANY_SLOT)
     }
 
     /// Whether a datagram of this op may carry value bytes.

@@ -224,7 +224,9 @@ impl<S: ShardState> ShardCoordinator<S> {
                         self.map_version,
                         outbox,
                     );
-                } else if !self.state.serves_slot(slot_of(header.key_hash.get())) {
+                } else if !header.op().is_any_slot()
+                    && !self.state.serves_slot(slot_of(header.key_hash.get()))
+                {
                     self.counters.wrong_slot += 1;
                     crate::answer_status(
                         from,

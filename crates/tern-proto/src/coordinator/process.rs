@@ -174,6 +174,9 @@ impl<S: ShardState> Core for Coordinator<S> {
             | Op::Cas
             | Op::IncrBy
             | Op::Append
+            | Op::Install
+            | Op::Rebase
+            | Op::DropSlots
             | Op::Ack
             | Op::Retransmit
             | Op::SeqReport => {}
