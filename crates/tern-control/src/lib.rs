@@ -14,6 +14,6 @@ pub mod meta;
 
 pub use ids::{ClientId, Epoch, Seq, ShardId, Slot};
 pub use map::{
-    ClusterMap, HandOff, MapError, Migration, ShardMap, SlotRange, SlotState, add_slots,
-    first_slot_missing, remove_slots, served_slots,
+    ClusterMap, HandOff, MapError, Migration, ShardMap, SlotRange, SlotState, first_slot_missing,
+    served_slots,
 };

@@ -11,8 +11,9 @@ use thiserror::Error;
 
 use crate::{Epoch, Seq, ShardId, Slot};
 
+use tern_wire::slots;
 /// A range of hash slots, `[start, end)` (written `[start, end]` in files).
-pub type SlotRange = [u32; 2];
+pub use tern_wire::slots::SlotRange;
 
 /// One shard: the slot ranges it owns, its coordinator and its chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,43 +81,9 @@ impl Migration {
     }
 }
 
-/// Removes `range` from `ranges` (which must hold all of it).
-pub fn remove_slots(ranges: &mut Vec<SlotRange>, [start, end]: SlotRange) {
-    let mut kept = Vec::with_capacity(ranges.len() + 1);
-    for &[from, to] in ranges.iter() {
-        if to <= start || end <= from {
-            kept.push([from, to]);
-            continue;
-        }
-        if from < start {
-            kept.push([from, start]);
-        }
-        if end < to {
-            kept.push([end, to]);
-        }
-    }
-    *ranges = kept;
-}
-
-/// Adds `range` to `ranges`, keeping them sorted with neighbours merged.
-pub fn add_slots(ranges: &mut Vec<SlotRange>, range: SlotRange) {
-    ranges.push(range);
-    ranges.sort_unstable();
-    let mut merged: Vec<SlotRange> = Vec::with_capacity(ranges.len());
-    for &[from, to] in ranges.iter() {
-        match merged.last_mut() {
-            Some(last) if last[1] >= from => last[1] = last[1].max(to),
-            _ => merged.push([from, to]),
-        }
-    }
-    *ranges = merged;
-}
-
 /// Whether `ranges` hold every slot of `range`; if not, the first missing.
-pub fn first_slot_missing(ranges: &[SlotRange], [start, end]: SlotRange) -> Option<Slot> {
-    (start..end)
-        .find(|slot| !ranges.iter().any(|&[from, to]| from <= *slot && *slot < to))
-        .map(Slot)
+pub fn first_slot_missing(ranges: &[SlotRange], range: SlotRange) -> Option<Slot> {
+    tern_wire::slots::first_missing(ranges, range).map(Slot)
 }
 
 /// The slot ranges `shard` serves: those it owns, except the groups it has
@@ -127,9 +94,9 @@ pub fn served_slots(shard: &ShardMap, migrations: &[Migration]) -> Vec<SlotRange
         for done in &migration.handed_off {
             let group = migration.group_slots_of(done.group);
             if migration.from == shard.id {
-                remove_slots(&mut served, group);
+                slots::remove(&mut served, group);
             } else if migration.to == shard.id {
-                add_slots(&mut served, group);
+                slots::add(&mut served, group);
             }
         }
     }
@@ -529,17 +496,8 @@ mod tests {
     }
 
     #[test]
-    fn slot_ranges_split_and_merge() {
-        let mut ranges = vec![[0, 100], [200, 300]];
-        remove_slots(&mut ranges, [40, 60]);
-        assert_eq!(ranges, [[0, 40], [60, 100], [200, 300]]);
-        remove_slots(&mut ranges, [200, 300]);
-        assert_eq!(ranges, [[0, 40], [60, 100]]);
-        add_slots(&mut ranges, [40, 60]);
-        assert_eq!(ranges, [[0, 100]]);
-        add_slots(&mut ranges, [150, 160]);
-        add_slots(&mut ranges, [100, 150]);
-        assert_eq!(ranges, [[0, 160]]);
+    fn the_first_missing_slot_is_named() {
+        let ranges = vec![[0, 160]];
         assert_eq!(first_slot_missing(&ranges, [10, 160]), None);
         assert_eq!(first_slot_missing(&ranges, [150, 170]), Some(Slot(160)));
     }

@@ -278,6 +278,43 @@ fn valid_corpus() -> Vec<(String, Sender, Vec<u8>)> {
         Sender::Client,
         request(Op::Put, ELSEWHERE, b"v", 31),
     );
+    // A migration holds the slot of "frozen": its writes wait, reads go on.
+    let frozen = slot_of(key_hash(b"frozen"));
+    let freeze = |mode, request_id| {
+        let mut header = header_of(&request(Op::Freeze, b"", b"", request_id));
+        header.set_slot_range([frozen, frozen + 1]);
+        let value = tern_wire::freeze::Request {
+            mode,
+            hold_ms: 5000,
+        }
+        .encode();
+        encode(&header, b"", &value).unwrap()
+    };
+    add(
+        "freeze",
+        Sender::Client,
+        freeze(tern_wire::freeze::WRITES, 32),
+    );
+    add(
+        "put of a frozen slot",
+        Sender::Client,
+        request(Op::Put, b"frozen", b"v", 33),
+    );
+    add(
+        "get of a frozen slot",
+        Sender::Client,
+        request(Op::Get, b"frozen", b"", 34),
+    );
+    add(
+        "release",
+        Sender::Client,
+        freeze(tern_wire::freeze::RELEASE, 35),
+    );
+    add(
+        "put after the release",
+        Sender::Client,
+        request(Op::Put, b"frozen", b"v", 36),
+    );
     add(
         "ack of seq 1",
         Sender::Tail,
@@ -463,12 +500,12 @@ fn the_kernel_and_rust_paths_agree_on_valid_and_malformed_datagrams() {
             .total()
     };
     assert_eq!(count(XdpCounter::PassBadKeyHash), 2);
-    assert_eq!(count(XdpCounter::PassSlot), 2);
+    assert_eq!(count(XdpCounter::PassSlot), 4, "elsewhere twice, frozen twice");
     assert!(count(XdpCounter::PassMalformed) >= 10);
     assert_eq!(
         twins.kernel_state.next_seq(),
-        9 + 1,
-        "nine writes sequenced"
+        10 + 1,
+        "ten writes sequenced"
     );
 }
 

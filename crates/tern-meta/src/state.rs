@@ -6,8 +6,7 @@ use std::net::SocketAddrV4;
 use serde::{Deserialize, Serialize};
 use tern_control::meta::{Change, MetaMap, Refusal};
 use tern_control::{
-    ClusterMap, HandOff, Migration, ShardId, ShardMap, Slot, SlotRange, add_slots,
-    first_slot_missing, remove_slots,
+    ClusterMap, HandOff, Migration, ShardId, ShardMap, Slot, SlotRange, first_slot_missing,
 };
 use tern_wire::SLOT_COUNT;
 use tern_wire::maps::CHAIN_LEN_MAX;
@@ -271,8 +270,8 @@ impl MetaState {
 
     /// Moves `slots` from shard `from`'s ranges to shard `to`'s.
     fn move_slots(&mut self, from: ShardId, to: ShardId, slots: SlotRange) -> Result<(), Refusal> {
-        remove_slots(&mut self.shard_mut(from)?.slots, slots);
-        add_slots(&mut self.shard_mut(to)?.slots, slots);
+        tern_wire::slots::remove(&mut self.shard_mut(from)?.slots, slots);
+        tern_wire::slots::add(&mut self.shard_mut(to)?.slots, slots);
         Ok(())
     }
 

@@ -1006,7 +1006,7 @@ impl Core for Replica {
                 }
             }
             Op::SeqProbe => self.answer_seq_probe(from, header, outbox),
-            Op::Ping | Op::Stats | Op::Reply | Op::Ack | Op::SeqReport => {
+            Op::Ping | Op::Stats | Op::Reply | Op::Ack | Op::SeqReport | Op::Freeze => {
                 self.counters.unexpected_op += 1;
             }
         }

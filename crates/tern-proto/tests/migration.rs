@@ -8,6 +8,7 @@
 mod sim;
 
 use sim::*;
+use tern_proto::coordinator::ShardState;
 use tern_wire::{Header, Op, Status, encode, key_hash, slot_of};
 
 /// A migration request for the simulated shard, stamped as a client's.
@@ -152,4 +153,108 @@ fn installs_and_rebases_survive_a_restart_from_the_log_and_from_a_snapshot() {
             "the floor holds after the restart (snapshot: {from_snapshot})"
         );
     }
+}
+
+fn freeze_request(range: [u32; 2], mode: u8, hold_ms: u32, request_id: u64) -> Vec<u8> {
+    let mut header = Header::new(Op::Freeze, SHARD, EPOCH);
+    header.client_id.set(7);
+    header.request_id.set(request_id);
+    header.set_slot_range(range);
+    let value = tern_wire::freeze::Request { mode, hold_ms }.encode();
+    encode(&header, b"", &value).unwrap()
+}
+
+fn slot_range_of(key: &[u8]) -> [u32; 2] {
+    let slot = slot_of(key_hash(key));
+    [slot, slot + 1]
+}
+
+#[test]
+fn a_frozen_range_holds_its_writes_serves_its_reads_and_reports_when_drained() {
+    let mut sim = Sim::new(3);
+    sim.put(b"frozen", b"v1", 1);
+    sim.deliver_all();
+    // A write in flight when the freeze arrives: not drained yet.
+    sim.put(b"frozen", b"v2", 2);
+    sim.deliver_first(from_client);
+    let range = slot_range_of(b"frozen");
+    sim.send(freeze_request(range, tern_wire::freeze::WRITES, 2000, 10));
+    sim.deliver_first(from_client);
+    sim.deliver_first(to(CLIENT));
+    assert_eq!(
+        sim.reply_to(10).status(),
+        Status::TryAgain,
+        "a write in flight"
+    );
+    sim.deliver_all();
+    assert_eq!(
+        sim.reply_to(2).status(),
+        Status::Ok,
+        "the write in flight ends"
+    );
+    sim.send(freeze_request(range, tern_wire::freeze::WRITES, 2000, 11));
+    sim.deliver_all();
+    let drained = sim.reply_to(11);
+    assert_eq!(drained.status(), Status::Ok);
+    assert_eq!(drained.header.seq.get(), sim.shard().state().next_seq());
+    // Writes of the range wait; reads and other keys go on.
+    sim.put(b"frozen", b"v3", 3);
+    sim.get(b"frozen", 4);
+    sim.put(b"elsewhere", b"v", 5);
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(3).status(), Status::TryAgain);
+    assert_eq!(sim.reply_to(4).value, b"v2");
+    assert_eq!(sim.reply_to(5).status(), Status::Ok);
+    // Holding reads too: the hand-off is near.
+    sim.send(freeze_request(range, tern_wire::freeze::ALL, 2000, 12));
+    sim.get(b"frozen", 6);
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(6).status(), Status::TryAgain);
+    // Released: served again.
+    sim.send(freeze_request(range, tern_wire::freeze::RELEASE, 0, 13));
+    sim.put(b"frozen", b"v3", 7);
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(7).status(), Status::Ok);
+    assert_eq!(sim.shard().counters().held_frozen, 2);
+}
+
+#[test]
+fn a_hold_ends_by_itself_when_the_migration_stops_renewing_it() {
+    let mut sim = Sim::new(2);
+    let range = slot_range_of(b"frozen");
+    sim.send(freeze_request(range, tern_wire::freeze::ALL, 500, 1));
+    sim.put(b"frozen", b"v", 2);
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(2).status(), Status::TryAgain);
+    sim.advance(std::time::Duration::from_millis(600));
+    sim.put(b"frozen", b"v", 3);
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(3).status(), Status::Ok);
+}
+
+#[test]
+fn a_bad_freeze_is_refused_and_holds_nothing() {
+    let mut sim = Sim::new(2);
+    let range = slot_range_of(b"frozen");
+    sim.send(freeze_request([10, 5], tern_wire::freeze::WRITES, 500, 1));
+    sim.send(freeze_request(range, 7, 500, 2));
+    sim.send(freeze_request(range, tern_wire::freeze::WRITES, 60_000, 3));
+    sim.put(b"frozen", b"v", 4);
+    sim.deliver_all();
+    for request_id in 1..=3 {
+        assert_eq!(sim.reply_to(request_id).status(), Status::Malformed);
+    }
+    assert_eq!(sim.reply_to(4).status(), Status::Ok);
+}
+
+#[test]
+fn a_hold_outlives_a_reconfiguration_of_the_chain() {
+    let mut sim = Sim::new(3);
+    let range = slot_range_of(b"frozen");
+    sim.send(freeze_request(range, tern_wire::freeze::WRITES, 2000, 1));
+    sim.deliver_all();
+    sim.fail_replica_in_place(1);
+    sim.send(request_at(EPOCH + 1, Op::Put, b"frozen", b"v", 0, 2));
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(2).status(), Status::TryAgain);
 }

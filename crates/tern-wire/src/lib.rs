@@ -11,11 +11,13 @@
 //! No I/O here: this crate must not depend on sockets, tokio or aya.
 
 pub mod extension;
+pub mod freeze;
 mod header;
 mod layout;
 mod limits;
 pub mod maps;
 mod message;
+pub mod slots;
 
 pub mod c_header;
 
@@ -85,6 +87,11 @@ wire_enum! {
         /// Forgets every key of the slots `argument` names (low 32 bits the
         /// first slot, high 32 bits the end): slots that moved away.
         DropSlots = 12 => "DROP_SLOTS",
+        /// A migration holds the slots `argument` names (as DROP_SLOTS) still
+        /// at their coordinator: the value is a [`freeze::Request`]. The reply
+        /// is OK once no write of them is in flight (TRY_AGAIN before), with
+        /// `seq` = the shard's next seq.
+        Freeze = 13 => "FREEZE",
         /// Answer to a client (or to an administrative request).
         Reply = 16 => "REPLY",
         /// A sequenced write travelling down the chain; `effect` says what it does.
@@ -189,6 +196,7 @@ impl Op {
             Op::Delete => CLIENT_WRITE | FAST_PATH,
             Op::Install => CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT,
             Op::Rebase | Op::DropSlots => CLIENT_WRITE | ANY_SLOT,
+            Op::Freeze => INTERNAL | CARRIES_VALUE,
             Op::Noop | Op::Retransmit | Op::SeqProbe | Op::SeqReport => INTERNAL,
             Op::Ping | Op::Stats => ADMIN,
             Op::Reply => INTERNAL | CARRIES_VALUE | ANSWER,

@@ -10,12 +10,13 @@
 
 //!
 //! Layout: `state` (the shared state's interface), `reads` (rules 3-5),
-//! `writes` (rules 1, 3, 4 and resends), `recovery` (rule 8), `process`
-//! (the coordinator process and its control calls); this module holds a
-//! shard's coordinator, its dispatch, timers and in-place reconfiguration.
-//! Locks, the hot-key cache and per-slot migration state get modules of
-//! their own beside these.
+//! `writes` (rules 1, 3, 4 and resends), `recovery` (rule 8), `freeze`
+//! (slot ranges held still for a migration), `process` (the coordinator
+//! process and its control calls); this module holds a shard's coordinator,
+//! its dispatch, timers and in-place reconfiguration. Locks and the hot-key
+//! cache get modules of their own beside these.
 
+mod freeze;
 mod process;
 mod reads;
 mod recovery;
@@ -30,7 +31,7 @@ pub use reads::{ReadRoute, route_read};
 use recovery::Recovery;
 pub use state::ShardState;
 pub use tern_wire::maps::INFLIGHT_WRITES_MAX;
-use tern_wire::{Header, MESSAGE_LEN_MAX, Message, Op, Status, slot_of};
+use tern_wire::{Header, MESSAGE_LEN_MAX, Message, Op, Status};
 pub use writes::complete_write;
 
 use crate::counters::counters;
@@ -84,6 +85,8 @@ counters! {
         stale_epoch,
         /// Requests for keys of slots this shard does not serve.
         wrong_slot,
+        /// Requests held (TRY_AGAIN) because a migration froze their slot.
+        held_frozen,
         unexpected_sender,
         /// Chain or epoch changes applied in place (`reconfigure`).
         reconfigurations,
@@ -113,6 +116,8 @@ pub struct ShardCoordinator<S> {
     /// Version of the cluster map this coordinator acts on (0: static).
     map_version: u64,
     resend_buffer: Vec<u8>,
+    /// Slot ranges a migration holds still (`freeze`).
+    freezes: Vec<freeze::Freeze>,
     counters: ShardCounters,
 }
 
@@ -141,6 +146,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             resend_all: false,
             map_version: 0,
             resend_buffer: Vec::with_capacity(MESSAGE_LEN_MAX),
+            freezes: Vec::new(),
             counters: ShardCounters::default(),
         }
     }
@@ -183,9 +189,7 @@ impl<S: ShardState> ShardCoordinator<S> {
         if config == self.config {
             return;
         }
-        if config.slots != self.config.slots {
-            self.state.set_slots(&config.slots);
-        }
+        let slots_changed = config.slots != self.config.slots;
         self.counters.reconfigurations += 1;
         if config.head() != self.config.head() {
             self.resend_all = true;
@@ -201,6 +205,9 @@ impl<S: ShardState> ShardCoordinator<S> {
             self.last_probe = None;
         }
         self.config = config;
+        if slots_changed {
+            self.install_slots();
+        }
     }
 
     /// Handles a decoded datagram addressed to this shard.
@@ -224,14 +231,11 @@ impl<S: ShardState> ShardCoordinator<S> {
                         self.map_version,
                         outbox,
                     );
-                } else if !header.op().is_any_slot()
-                    && !self.state.serves_slot(slot_of(header.key_hash.get()))
-                {
-                    self.counters.wrong_slot += 1;
+                } else if let Some(status) = self.refusal_for_slot(header) {
                     crate::answer_status(
                         from,
                         header,
-                        Status::WrongShard,
+                        status,
                         self.config.epoch,
                         self.map_version,
                         outbox,
@@ -247,12 +251,15 @@ impl<S: ShardState> ShardCoordinator<S> {
                 self.resend_range(now, header.seq.get(), header.retransmit_last(), outbox);
             }
             Op::SeqReport if self.config.chain.contains(&from) => self.learn_progress(from, header),
+            Op::Freeze => self.freeze(now, from, message, outbox),
             _ => self.counters.unexpected_sender += 1,
         }
     }
 
-    /// Drives timers: recovery probes and resends of unacknowledged writes.
+    /// Drives timers: recovery probes, resends of unacknowledged writes,
+    /// holds that ran out.
     pub fn tick(&mut self, now: Time, outbox: &mut Outbox) {
+        self.expire_freezes(now);
         if let Recovery::Probing { .. } = self.recovery {
             if self
                 .last_probe

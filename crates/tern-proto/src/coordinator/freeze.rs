@@ -1,0 +1,134 @@
+//! Slot ranges a migration holds still at their source coordinator (FREEZE).
+//!
+//! A migration freezes a group of slots, waits until none of its writes is
+//! in flight, copies the group to the destination and hands it off. While
+//! frozen, the group's writes are answered TRY_AGAIN (the client retries, so
+//! nothing fails); its reads go on, since this shard still has every
+//! committed write, until the migration holds reads too, just before the
+//! destination takes over. A hold lasts as long as the request asked (at
+//! most `freeze::HOLD_MAX_MS`) and the migration renews it while it works,
+//! so a migration that dies lets go by itself.
+//!
+//! The kernel's bitmap of served slots leaves frozen slots out, so their
+//! requests come up here: the fast path never needs to know about holds.
+
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use tern_wire::{DIRTY_SLOTS, Header, Message, Op, SLOT_COUNT, Status, freeze, slot_of, slots};
+
+use super::{ShardCoordinator, ShardState};
+use crate::{Outbox, Time};
+
+/// One held slot range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Freeze {
+    range: [u32; 2],
+    reads: bool,
+    until: Time,
+}
+
+impl<S: ShardState> ShardCoordinator<S> {
+    /// FREEZE: holds (or releases) the slot range in `argument` and answers
+    /// OK once none of its writes is in flight, with `seq` = `next_seq`.
+    pub(super) fn freeze(
+        &mut self,
+        now: Time,
+        from: SocketAddrV4,
+        message: &Message<'_>,
+        outbox: &mut Outbox,
+    ) {
+        let header = &message.header;
+        let [start, end] = header.slot_range();
+        let Some(request) =
+            freeze::Request::decode(message.value).filter(|_| start < end && end <= SLOT_COUNT)
+        else {
+            return self.answer_freeze(from, header, Status::Malformed, outbox);
+        };
+        self.freezes.retain(|held| held.range != [start, end]);
+        if request.mode != freeze::RELEASE {
+            self.freezes.push(Freeze {
+                range: [start, end],
+                reads: request.mode == freeze::ALL,
+                until: now + Duration::from_millis(u64::from(request.hold_ms)),
+            });
+        }
+        self.install_slots();
+        let status = if request.mode == freeze::RELEASE || self.drained([start, end]) {
+            Status::Ok
+        } else {
+            Status::TryAgain
+        };
+        self.answer_freeze(from, header, status, outbox);
+    }
+
+    fn answer_freeze(
+        &self,
+        to: SocketAddrV4,
+        received: &Header,
+        status: Status,
+        outbox: &mut Outbox,
+    ) {
+        let mut reply = Header::new(Op::Reply, self.config.shard, self.config.epoch);
+        reply.status = status as u8;
+        reply.client_id = received.client_id;
+        reply.request_id = received.request_id;
+        reply.seq.set(self.state.next_seq());
+        reply.commit_seq.set(self.state.commit_seq());
+        reply.argument = received.argument;
+        outbox.push(to, &reply, &[], &[]);
+    }
+
+    /// Whether no write of a slot of `range` is in flight: each slot owns
+    /// the dirty entries `slot + k * SLOT_COUNT`.
+    fn drained(&self, [start, end]: [u32; 2]) -> bool {
+        !self.state.all_dirty()
+            && (start..end).all(|slot| {
+                (slot..DIRTY_SLOTS)
+                    .step_by(SLOT_COUNT as usize)
+                    .all(|index| self.state.dirty_count(index) == 0)
+            })
+    }
+
+    /// Lets go of holds whose time is up.
+    pub(super) fn expire_freezes(&mut self, now: Time) {
+        let before = self.freezes.len();
+        self.freezes.retain(|held| held.until > now);
+        if self.freezes.len() != before {
+            self.install_slots();
+        }
+    }
+
+    /// Writes the slots served to the shared bitmap: those of the
+    /// configuration, less the frozen ones (whose requests come up here).
+    pub(super) fn install_slots(&self) {
+        let mut served = self.config.slots.clone();
+        for held in &self.freezes {
+            slots::remove(&mut served, held.range);
+        }
+        self.state.set_slots(&served);
+    }
+
+    /// Why a request for a key cannot be served here now: WRONG_SHARD for
+    /// a slot this shard does not serve, TRY_AGAIN for one a migration
+    /// holds; None to serve it. Checked against the shared bitmap first,
+    /// so only requests the fast path would hand up get past it.
+    pub(super) fn refusal_for_slot(&mut self, header: &Header) -> Option<Status> {
+        let slot = slot_of(header.key_hash.get());
+        if header.op().is_any_slot() || self.state.serves_slot(slot) {
+            return None;
+        }
+        if !slots::contains(&self.config.slots, slot) {
+            self.counters.wrong_slot += 1;
+            return Some(Status::WrongShard);
+        }
+        let held = self.freezes.iter().any(|held| {
+            (held.range[0]..held.range[1]).contains(&slot) && (held.reads || header.op() != Op::Get)
+        });
+        if held {
+            self.counters.held_frozen += 1;
+            return Some(Status::TryAgain);
+        }
+        None
+    }
+}

@@ -1,0 +1,64 @@
+//! The value of a FREEZE request: what a migration holds still at a slot
+//! range's coordinator, and for how long.
+
+/// Let the range go: served again as usual.
+pub const RELEASE: u8 = 0;
+/// Hold the range's writes (answered TRY_AGAIN, so clients retry); reads go
+/// on, since the source still has every committed write.
+pub const WRITES: u8 = 1;
+/// Hold reads too: the destination is about to take the range over.
+pub const ALL: u8 = 2;
+/// The longest hold one request may ask for; a migration renews it while
+/// it works, so a migration that dies lets go by itself.
+pub const HOLD_MAX_MS: u32 = 10_000;
+/// Bytes of an encoded request.
+pub const LEN: usize = 5;
+
+/// A FREEZE request's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// [`RELEASE`], [`WRITES`] or [`ALL`].
+    pub mode: u8,
+    /// How long the hold lasts from its arrival, at most [`HOLD_MAX_MS`].
+    pub hold_ms: u32,
+}
+
+impl Request {
+    pub fn encode(self) -> [u8; LEN] {
+        let mut bytes = [0; LEN];
+        bytes[0] = self.mode;
+        bytes[1..].copy_from_slice(&self.hold_ms.to_le_bytes());
+        bytes
+    }
+
+    /// The request in `bytes`; None when they are not one.
+    pub fn decode(bytes: &[u8]) -> Option<Request> {
+        let bytes: [u8; LEN] = bytes.try_into().ok()?;
+        let request = Request {
+            mode: bytes[0],
+            hold_ms: u32::from_le_bytes(bytes[1..].try_into().expect("4 bytes")),
+        };
+        (request.mode <= ALL && request.hold_ms <= HOLD_MAX_MS).then_some(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_bad_ones_are_refused() {
+        let request = Request {
+            mode: WRITES,
+            hold_ms: 2000,
+        };
+        assert_eq!(Request::decode(&request.encode()), Some(request));
+        let too_long = Request {
+            mode: ALL,
+            hold_ms: HOLD_MAX_MS + 1,
+        };
+        assert_eq!(Request::decode(&too_long.encode()), None);
+        assert_eq!(Request::decode(&[3, 0, 0, 0, 0]), None);
+        assert_eq!(Request::decode(&[1, 0]), None);
+    }
+}
