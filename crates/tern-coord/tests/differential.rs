@@ -500,7 +500,11 @@ fn the_kernel_and_rust_paths_agree_on_valid_and_malformed_datagrams() {
             .total()
     };
     assert_eq!(count(XdpCounter::PassBadKeyHash), 2);
-    assert_eq!(count(XdpCounter::PassSlot), 4, "elsewhere twice, frozen twice");
+    assert_eq!(
+        count(XdpCounter::PassSlot),
+        4,
+        "elsewhere twice, frozen twice"
+    );
     assert!(count(XdpCounter::PassMalformed) >= 10);
     assert_eq!(
         twins.kernel_state.next_seq(),

@@ -136,7 +136,12 @@ struct Outcome {
     request_id: u64,
     status: Status,
     version: u64,
+    /// The key's hash, so that a migration moves the outcome with its slot.
+    key_hash: u32,
 }
+
+/// The replica snapshot's format number (after the store's bytes).
+const SNAPSHOT_FORMAT: u64 = 2;
 
 #[derive(Debug, Default)]
 struct ClientOutcomes {
@@ -250,22 +255,23 @@ impl Replica {
     pub fn snapshot(&self) -> (u64, Vec<u8>) {
         let mut bytes = Vec::new();
         self.store.encode(&mut bytes);
+        // A marker no highest seq can be, and the format: snapshots written
+        // before the format had a number start with the highest seq seen.
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        bytes.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
         bytes.extend_from_slice(&self.highest_seen.to_le_bytes());
         bytes.extend_from_slice(&(self.outcomes.len() as u64).to_le_bytes());
         for (client_id, client) in &self.outcomes {
             bytes.extend_from_slice(&client_id.to_le_bytes());
             bytes.extend_from_slice(&client.last_seq.to_le_bytes());
+            bytes.extend_from_slice(&client.forgotten_max.to_le_bytes());
             bytes.extend_from_slice(&(client.recent.len() as u32).to_le_bytes());
             for outcome in &client.recent {
                 bytes.extend_from_slice(&outcome.request_id.to_le_bytes());
                 bytes.push(outcome.status as u8);
                 bytes.extend_from_slice(&outcome.version.to_le_bytes());
+                bytes.extend_from_slice(&outcome.key_hash.to_le_bytes());
             }
-        }
-        // A trailer that snapshots written before it lack: each client's
-        // `forgotten_max`, in the order above.
-        for client in self.outcomes.values() {
-            bytes.extend_from_slice(&client.forgotten_max.to_le_bytes());
         }
         (self.store.applied_seq(), bytes)
     }
@@ -291,39 +297,43 @@ impl Replica {
             Ok(taken)
         };
         let u64_of = |bytes: &[u8]| u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
-        replica.highest_seen = u64_of(take(8)?);
+        let u32_of = |bytes: &[u8]| u32::from_le_bytes(bytes.try_into().expect("4 bytes"));
+        let mut first = u64_of(take(8)?);
+        // Format 1 (unnumbered): no forgotten request ids, no key hashes.
+        let numbered = first == u64::MAX;
+        if numbered {
+            let format = u64_of(take(8)?);
+            if format != SNAPSHOT_FORMAT {
+                return Err(RestoreError(format!("unknown snapshot format {format}")));
+            }
+            first = u64_of(take(8)?);
+        }
+        replica.highest_seen = first;
         let clients = u64_of(take(8)?);
-        let mut order = Vec::new();
         for _ in 0..clients {
             let client_id = u64_of(take(8)?);
             let last_seq = u64_of(take(8)?);
-            let count = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
+            let forgotten_max = if numbered { u64_of(take(8)?) } else { 0 };
+            let count = u32_of(take(4)?);
             let mut client = ClientOutcomes {
                 last_seq,
                 recent: VecDeque::new(),
-                forgotten_max: 0,
+                forgotten_max,
             };
             for _ in 0..count {
                 let request_id = u64_of(take(8)?);
                 let status = Status::from_u8(take(1)?[0])
                     .ok_or_else(|| RestoreError("unknown status in snapshot".into()))?;
                 let version = u64_of(take(8)?);
+                let key_hash = if numbered { u32_of(take(4)?) } else { 0 };
                 client.recent.push_back(Outcome {
                     request_id,
                     status,
                     version,
+                    key_hash,
                 });
             }
             replica.outcomes.insert(client_id, client);
-            order.push(client_id);
-        }
-        if !rest.get().is_empty() {
-            for client_id in order {
-                let forgotten_max = u64_of(take(8)?);
-                if let Some(client) = replica.outcomes.get_mut(&client_id) {
-                    client.forgotten_max = forgotten_max;
-                }
-            }
         }
         replica.sent_log_first_seq = store.applied_seq() + 1;
         replica.store = store;
@@ -559,6 +569,7 @@ impl Replica {
                 request_id: record.request_id.get(),
                 status: record.status(),
                 version: record.version(),
+                key_hash: record.key_hash.get(),
             };
             self.remember_outcome(record.client_id.get(), seq, outcome);
         }

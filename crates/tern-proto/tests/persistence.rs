@@ -147,3 +147,30 @@ fn the_writes_a_replica_forgot_stay_refused_after_a_restart() {
         );
     }
 }
+
+#[test]
+fn a_snapshot_in_the_first_format_still_restores_with_its_dedup_outcomes() {
+    // Written by Tern before snapshots had a format number: the store, the
+    // highest seq seen, then each client's recent outcomes.
+    let mut sim = Sim::new(1);
+    sim.put(b"k", b"v", 5);
+    sim.deliver_all();
+    let mut bytes = Vec::new();
+    let mut store = tern_store::Store::new();
+    store.apply(1, b"k", tern_store::Write::Put(b"v"));
+    store.encode(&mut bytes);
+    bytes.extend_from_slice(&1u64.to_le_bytes()); // highest seen
+    bytes.extend_from_slice(&1u64.to_le_bytes()); // one client
+    bytes.extend_from_slice(&42u64.to_le_bytes()); // its id
+    bytes.extend_from_slice(&1u64.to_le_bytes()); // its last seq
+    bytes.extend_from_slice(&1u32.to_le_bytes()); // one outcome
+    bytes.extend_from_slice(&5u64.to_le_bytes()); // request 5
+    bytes.push(Status::Ok as u8);
+    bytes.extend_from_slice(&1u64.to_le_bytes()); // version 1
+    sim.restart_replica(0, Some((1, bytes)));
+    // A retry of request 5 is answered from the restored outcome.
+    sim.put(b"k", b"v", 5);
+    sim.deliver_all();
+    assert_eq!(sim.replies_to(5)[1].header.version(), 1);
+    assert_eq!(sim.head().counters().dedup_hits, 1);
+}
