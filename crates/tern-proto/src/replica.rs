@@ -13,6 +13,7 @@ use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use tern_store::{Store, Write};
+use tern_wire::export::{Export, ExportedKey, ExportedOutcome};
 use tern_wire::{DecodeError, Effect, Header, Message, Op, Status, VALUE_LEN_MAX, flags};
 
 use crate::counters::{DecodeDrops, counters};
@@ -344,6 +345,46 @@ impl Replica {
         &self.config
     }
 
+    /// The copy of the slot range `[start, end)` a migration takes from
+    /// this replica (the source's tail, once the range's writes have all
+    /// committed): its live keys with their newest versions, its dedup
+    /// outcomes, and a version floor above every version it gave.
+    pub fn export_slots(&self, [start, end]: [u32; 2]) -> Export {
+        let in_range = |hash: u32| (start..end).contains(&tern_wire::slot_of(hash));
+        let keys = self
+            .store
+            .live()
+            .filter(|(key, _)| in_range(tern_wire::key_hash(key)))
+            .map(|(key, found)| ExportedKey {
+                key: key.to_vec(),
+                version: found.version,
+                value: found.value.to_vec(),
+            })
+            .collect();
+        let outcomes = self
+            .outcomes
+            .iter()
+            .flat_map(|(client_id, client)| {
+                client
+                    .recent
+                    .iter()
+                    .filter(|outcome| in_range(outcome.key_hash))
+                    .map(|outcome| ExportedOutcome {
+                        client_id: *client_id,
+                        request_id: outcome.request_id,
+                        status: outcome.status,
+                        version: outcome.version,
+                        key_hash: outcome.key_hash,
+                    })
+            })
+            .collect();
+        Export {
+            floor: self.store.version_of(self.store.applied_seq() + 1),
+            keys,
+            outcomes,
+        }
+    }
+
     /// Installs a new chain configuration (a new epoch) from meta. Writes this
     /// replica passed on but not yet committed go again to its new
     /// downstream on the next tick; a new tail acknowledges them itself.
@@ -524,7 +565,7 @@ impl Replica {
         record.commit_seq.set(self.store.commit_seq());
         let value = match (effect, &decision.value) {
             (Effect::Put, Some(computed)) => &computed[..],
-            (Effect::Put | Effect::Install, None) => message.value,
+            (Effect::Put | Effect::Install | Effect::Outcome, None) => message.value,
             _ => &[],
         };
         if self.journaling {
@@ -562,14 +603,19 @@ impl Replica {
                     (start..end).contains(&tern_wire::slot_of(tern_wire::key_hash(key)))
                 });
             }
-            Effect::None => self.store.skip(seq),
+            Effect::None | Effect::Outcome => self.store.skip(seq),
         }
         if record.client_id.get() != 0 {
+            // An installed outcome names its key's hash in the value.
+            let key_hash = match (record.effect(), <[u8; 4]>::try_from(value)) {
+                (Effect::Outcome, Ok(hash)) => u32::from_le_bytes(hash),
+                _ => record.key_hash.get(),
+            };
             let outcome = Outcome {
                 request_id: record.request_id.get(),
                 status: record.status(),
                 version: record.version(),
-                key_hash: record.key_hash.get(),
+                key_hash,
             };
             self.remember_outcome(record.client_id.get(), seq, outcome);
         }
@@ -751,6 +797,11 @@ impl Replica {
                 }
             }
             Op::Rebase => decided(Effect::Rebase, Status::Ok, header.version()),
+            // Not known here yet (the dedup check above found none).
+            Op::InstallOutcome if message.value.len() == 4 => {
+                decided(Effect::Outcome, header.status(), header.version())
+            }
+            Op::InstallOutcome => decided(Effect::None, Status::Malformed, 0),
             Op::DropSlots => {
                 let [start, end] = header.slot_range();
                 if start < end && end <= tern_wire::SLOT_COUNT {
@@ -776,9 +827,10 @@ impl Replica {
         {
             return;
         }
-        if outcome.status == Status::Forgotten {
+        if matches!(outcome.status, Status::Forgotten | Status::Malformed) {
             // Nothing to answer a later copy with but the same refusal,
-            // which `forgotten_max` gives: keep the room for real outcomes.
+            // which it gets again: keep the room for real outcomes (a
+            // malformed INSTALL_OUTCOME must not stand for its client's).
             return;
         }
         if client.recent.len() == DEDUP_PER_CLIENT_MAX
@@ -995,6 +1047,7 @@ impl Core for Replica {
             | Op::Install
             | Op::Rebase
             | Op::DropSlots
+            | Op::InstallOutcome
             | Op::Noop => {
                 if self.config.is_head() && from == self.config.coordinator {
                     self.receive_sequenced(now, &message, bytes, outbox);

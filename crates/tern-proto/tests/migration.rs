@@ -258,3 +258,89 @@ fn a_hold_outlives_a_reconfiguration_of_the_chain() {
     sim.deliver_all();
     assert_eq!(sim.reply_to(2).status(), Status::TryAgain);
 }
+
+fn install_outcome(client_id: u64, request_id: u64, version: u64, of_key: &[u8]) -> Vec<u8> {
+    let mut header = Header::new(Op::InstallOutcome, SHARD, EPOCH);
+    header.key_hash.set(key_hash(b""));
+    header.client_id.set(client_id);
+    header.request_id.set(request_id);
+    header.status = Status::Ok as u8;
+    header.set_version(version);
+    encode(&header, b"", &key_hash(of_key).to_le_bytes()).unwrap()
+}
+
+#[test]
+fn a_write_applied_at_the_source_and_retried_at_the_destination_is_applied_once() {
+    let mut sim = destination_not_serving(b"counter");
+    // At the source, client 42's INCRBY (request 9) made the counter 5 at
+    // version 7000; its reply was lost. The migration copies the key and
+    // the outcome.
+    sim.send(install(b"counter", b"5", 7000, 1));
+    sim.send(install_outcome(42, 9, 7000, b"counter"));
+    sim.send(rebase(9000, 2));
+    sim.deliver_all();
+    let mut config = sim.shard().config().clone();
+    config.slots = vec![[0, tern_wire::SLOT_COUNT]];
+    assert!(sim.coordinator.reconfigure(config));
+    // The client retries with the same request id, now at the destination.
+    sim.send(request(Op::IncrBy, b"counter", b"1", 0, 9));
+    sim.deliver_all();
+    let retried = sim.replies_to(9);
+    let answer = retried.last().unwrap();
+    assert_eq!(
+        (answer.status(), answer.header.version()),
+        (Status::Ok, 7000)
+    );
+    for replica in &sim.replicas {
+        assert_eq!(replica.store().latest(b"counter").unwrap().value, b"5");
+    }
+    // A new write is applied.
+    sim.send(request(Op::IncrBy, b"counter", b"1", 0, 10));
+    sim.deliver_all();
+    assert_eq!(sim.tail().store().latest(b"counter").unwrap().value, b"6");
+}
+
+#[test]
+fn an_installed_outcome_survives_snapshots_with_its_key_hash() {
+    let mut sim = destination_not_serving(b"counter");
+    sim.send(install_outcome(42, 9, 7000, b"counter"));
+    sim.deliver_all();
+    let snapshot = sim.tail().snapshot();
+    let restored =
+        tern_proto::replica::Replica::restore(sim.tail().config().clone(), Some(&snapshot.1))
+            .unwrap();
+    let exported = restored.export_slots(slot_range_of(b"counter"));
+    assert_eq!(exported.outcomes.len(), 1);
+    assert_eq!(exported.outcomes[0].request_id, 9);
+}
+
+#[test]
+fn the_export_of_a_range_has_its_live_keys_its_outcomes_and_a_floor_above_them() {
+    let mut sim = Sim::new(3);
+    let keys: Vec<Vec<u8>> = (0..30).map(|n| format!("key-{n}").into_bytes()).collect();
+    for (n, key) in keys.iter().enumerate() {
+        sim.put(key, b"v", n as u64 + 1);
+    }
+    sim.send(request(Op::Delete, &keys[0], b"", 0, 100));
+    sim.deliver_all();
+    let range = [0, tern_wire::SLOT_COUNT / 2];
+    let moved = |key: &[u8]| (range[0]..range[1]).contains(&slot_of(key_hash(key)));
+    let export = sim.tail().export_slots(range);
+    let mut exported: Vec<&[u8]> = export.keys.iter().map(|k| &k.key[..]).collect();
+    exported.sort();
+    let mut expected: Vec<&[u8]> = keys[1..]
+        .iter()
+        .map(|k| &k[..])
+        .filter(|k| moved(k))
+        .collect();
+    expected.sort();
+    assert_eq!(exported, expected, "live keys of the range, the deleted one left out");
+    assert!(export.keys.iter().all(|k| k.version < export.floor));
+    // The client's last 16 writes are remembered (requests 16 to 30 and the
+    // delete): those to keys of the range are exported.
+    let requests: Vec<u64> = export.outcomes.iter().map(|o| o.request_id).collect();
+    for (n, key) in keys.iter().enumerate() {
+        let request_id = n as u64 + 1;
+        assert_eq!(requests.contains(&request_id), moved(key) && n >= 30 - 15, "{n}");
+    }
+}

@@ -256,6 +256,20 @@ impl Store {
         })
     }
 
+    /// Every key with a value, each with its newest applied version.
+    pub fn live(&self) -> impl Iterator<Item = (&[u8], Versioned<'_>)> {
+        self.keys.iter().filter_map(|(key, versions)| {
+            let newest = versions.newest()?;
+            Some((
+                &key[..],
+                Versioned {
+                    version: newest.version,
+                    value: newest.value.as_deref()?,
+                },
+            ))
+        })
+    }
+
     /// Number of versions held for `key` (for tests and statistics).
     pub fn version_count(&self, key: &[u8]) -> usize {
         self.keys.get(key).map_or(0, |versions| versions.0.len())

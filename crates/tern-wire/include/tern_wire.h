@@ -38,6 +38,7 @@
 #define TERN_OP_REBASE               11
 #define TERN_OP_DROP_SLOTS           12
 #define TERN_OP_FREEZE               13
+#define TERN_OP_INSTALL_OUTCOME      14
 #define TERN_OP_REPLY                16
 #define TERN_OP_REPLICATE            17
 #define TERN_OP_ACK                  18
@@ -65,6 +66,7 @@
 #define TERN_EFFECT_INSTALL          3
 #define TERN_EFFECT_REBASE           4
 #define TERN_EFFECT_DROP_SLOTS       5
+#define TERN_EFFECT_OUTCOME          6
 
 #define TERN_FLAG_TAIL_READ          1
 #define TERN_FLAG_RESENT             2
@@ -251,6 +253,8 @@ static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)
 		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_ANY_SLOT;
 	case TERN_OP_FREEZE:
 		return TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_INTERNAL;
+	case TERN_OP_INSTALL_OUTCOME:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_ANY_SLOT;
 	case TERN_OP_REPLY:
 		return TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_INTERNAL | TERN_OP_CLASS_ANSWER;
 	case TERN_OP_REPLICATE:
@@ -319,6 +323,7 @@ static inline __attribute__((always_inline)) int tern_effect_known(__u8 value)
 	case 3:
 	case 4:
 	case 5:
+	case 6:
 		return 1;
 	default:
 		return 0;

@@ -10,6 +10,7 @@
 //!
 //! No I/O here: this crate must not depend on sockets, tokio or aya.
 
+pub mod export;
 pub mod extension;
 pub mod freeze;
 mod header;
@@ -92,6 +93,11 @@ wire_enum! {
         /// is OK once no write of them is in flight (TRY_AGAIN before), with
         /// `seq` = the shard's next seq.
         Freeze = 13 => "FREEZE",
+        /// A migration copies a dedup outcome from another shard: the
+        /// header's `client_id`, `request_id`, `status` and `argument` (the
+        /// version) are the outcome's; the value is its key's hash (4 bytes,
+        /// little-endian). A retry of that request is then answered with it.
+        InstallOutcome = 14 => "INSTALL_OUTCOME",
         /// Answer to a client (or to an administrative request).
         Reply = 16 => "REPLY",
         /// A sequenced write travelling down the chain; `effect` says what it does.
@@ -148,6 +154,9 @@ wire_enum! {
         Rebase = 4 => "REBASE",
         /// The keys of the slot range in `argument` are gone (DROP_SLOTS).
         DropSlots = 5 => "DROP_SLOTS",
+        /// Nothing written; the outcome is remembered with the key hash in
+        /// the value (INSTALL_OUTCOME).
+        Outcome = 6 => "OUTCOME",
     }
 }
 
@@ -194,7 +203,7 @@ impl Op {
             Op::Get => CLIENT_READ | FAST_PATH,
             Op::Put | Op::Cas | Op::IncrBy | Op::Append => CLIENT_WRITE | CARRIES_VALUE | FAST_PATH,
             Op::Delete => CLIENT_WRITE | FAST_PATH,
-            Op::Install => CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT,
+            Op::Install | Op::InstallOutcome => CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT,
             Op::Rebase | Op::DropSlots => CLIENT_WRITE | ANY_SLOT,
             Op::Freeze => INTERNAL | CARRIES_VALUE,
             Op::Noop | Op::Retransmit | Op::SeqProbe | Op::SeqReport => INTERNAL,

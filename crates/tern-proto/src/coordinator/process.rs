@@ -177,6 +177,7 @@ impl<S: ShardState> Core for Coordinator<S> {
             | Op::Install
             | Op::Rebase
             | Op::DropSlots
+            | Op::InstallOutcome
             | Op::Freeze
             | Op::Ack
             | Op::Retransmit

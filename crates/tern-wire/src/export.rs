@@ -1,0 +1,171 @@
+//! What a migration copies out of a source shard for a slot range: every
+//! live key with its version and value, the dedup outcomes of writes to
+//! those slots, and the version floor above which the destination's later
+//! writes must lie. Sent by the source's tail over its state-transfer
+//! connection; decoded by the migration, which installs it at the
+//! destination (INSTALL, INSTALL_OUTCOME, REBASE).
+
+use thiserror::Error;
+
+use crate::{KEY_LEN_MAX, Status, VALUE_LEN_MAX};
+
+/// A key as copied: its newest committed version and value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportedKey {
+    pub key: Vec<u8>,
+    pub version: u64,
+    pub value: Vec<u8>,
+}
+
+/// A dedup outcome as copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExportedOutcome {
+    pub client_id: u64,
+    pub request_id: u64,
+    pub status: Status,
+    pub version: u64,
+    pub key_hash: u32,
+}
+
+/// The copy of one slot range.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Export {
+    /// Every version the range had at the source is below this.
+    pub floor: u64,
+    pub keys: Vec<ExportedKey>,
+    pub outcomes: Vec<ExportedOutcome>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ExportError {
+    #[error("export truncated")]
+    Truncated,
+    #[error("export record of kind {0} is unknown")]
+    UnknownKind(u8),
+    #[error("exported key of {0} bytes is over the limit")]
+    KeyTooLarge(usize),
+    #[error("exported value of {0} bytes is over the limit")]
+    ValueTooLarge(usize),
+    #[error("exported outcome has unknown status {0}")]
+    UnknownStatus(u8),
+}
+
+const KEY: u8 = 1;
+const OUTCOME: u8 = 2;
+
+impl Export {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&self.floor.to_le_bytes());
+        for key in &self.keys {
+            out.push(KEY);
+            out.extend_from_slice(&(key.key.len() as u16).to_le_bytes());
+            out.extend_from_slice(&key.key);
+            out.extend_from_slice(&key.version.to_le_bytes());
+            out.extend_from_slice(&(key.value.len() as u32).to_le_bytes());
+            out.extend_from_slice(&key.value);
+        }
+        for outcome in &self.outcomes {
+            out.push(OUTCOME);
+            out.extend_from_slice(&outcome.client_id.to_le_bytes());
+            out.extend_from_slice(&outcome.request_id.to_le_bytes());
+            out.push(outcome.status as u8);
+            out.extend_from_slice(&outcome.version.to_le_bytes());
+            out.extend_from_slice(&outcome.key_hash.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(mut bytes: &[u8]) -> Result<Export, ExportError> {
+        let mut take = |length: usize| -> Result<&[u8], ExportError> {
+            let (taken, rest) = bytes
+                .split_at_checked(length)
+                .ok_or(ExportError::Truncated)?;
+            bytes = rest;
+            Ok(taken)
+        };
+        let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        let mut export = Export {
+            floor: u64_of(take(8)?),
+            ..Export::default()
+        };
+        loop {
+            let kind = match take(1) {
+                Ok(kind) => kind[0],
+                Err(_) => return Ok(export),
+            };
+            match kind {
+                KEY => {
+                    let length = usize::from(u16::from_le_bytes(take(2)?.try_into().expect("2")));
+                    if length > KEY_LEN_MAX {
+                        return Err(ExportError::KeyTooLarge(length));
+                    }
+                    let key = take(length)?.to_vec();
+                    let version = u64_of(take(8)?);
+                    let length = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
+                    if length > VALUE_LEN_MAX {
+                        return Err(ExportError::ValueTooLarge(length));
+                    }
+                    let value = take(length)?.to_vec();
+                    export.keys.push(ExportedKey {
+                        key,
+                        version,
+                        value,
+                    });
+                }
+                OUTCOME => {
+                    let client_id = u64_of(take(8)?);
+                    let request_id = u64_of(take(8)?);
+                    let status = take(1)?[0];
+                    let status =
+                        Status::from_u8(status).ok_or(ExportError::UnknownStatus(status))?;
+                    let version = u64_of(take(8)?);
+                    let key_hash = u32::from_le_bytes(take(4)?.try_into().expect("4"));
+                    export.outcomes.push(ExportedOutcome {
+                        client_id,
+                        request_id,
+                        status,
+                        version,
+                        key_hash,
+                    });
+                }
+                other => return Err(ExportError::UnknownKind(other)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_export_round_trips_and_damage_is_refused() {
+        let export = Export {
+            floor: 9000,
+            keys: vec![ExportedKey {
+                key: b"k".to_vec(),
+                version: 7000,
+                value: b"v".to_vec(),
+            }],
+            outcomes: vec![ExportedOutcome {
+                client_id: 42,
+                request_id: 9,
+                status: Status::Ok,
+                version: 7000,
+                key_hash: 5,
+            }],
+        };
+        let bytes = export.encode();
+        assert_eq!(Export::decode(&bytes), Ok(export));
+        for cut in 1..bytes.len() {
+            if cut != 8 && cut != 8 + 1 + 2 + 1 + 8 + 4 + 1 {
+                assert!(Export::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+            }
+        }
+        assert_eq!(
+            Export::decode(&[0, 0, 0, 0, 0, 0, 0, 0, 9]),
+            Err(ExportError::UnknownKind(9))
+        );
+    }
+}
