@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ClusterMap, MapError, Migration, Seq, ShardId, ShardMap, Slot, SlotRange};
+use crate::{ClusterMap, Epoch, MapError, Migration, Seq, ShardId, ShardMap, Slot, SlotRange};
 
 /// What a process that heartbeats is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,11 +51,15 @@ pub enum Change {
         group_slots: u32,
     },
     /// Group `group` of `migration` is served by the destination from now
-    /// on; its writes there get seqs of at least `floor`. Idempotent.
+    /// on; its writes there get versions above `floor`. Refused when the
+    /// source shard's epoch is no longer `source_epoch` (its coordinator
+    /// changed since it held the group still, so the hold may be gone).
+    /// Idempotent.
     HandOff {
         migration: u64,
         group: u32,
         floor: Seq,
+        source_epoch: Epoch,
     },
     /// Every group is handed off: the slots become the destination's.
     /// Idempotent.
@@ -178,6 +182,14 @@ pub enum Refusal {
     MigrationCancelled { migration: u64 },
     #[error("migration {migration} is complete")]
     MigrationCompleted { migration: u64 },
+    #[error(
+        "shard {shard} is at epoch {epoch}, not {expected}: its coordinator changed during the hand-off"
+    )]
+    SourceChanged {
+        shard: ShardId,
+        epoch: Epoch,
+        expected: Epoch,
+    },
     #[error("undecodable request: {0}")]
     Undecodable(String),
     #[error("meta could not commit the change: {0}")]

@@ -150,7 +150,10 @@ impl MetaState {
                 migration,
                 group,
                 floor,
+                source_epoch,
             }) => {
+                let source = self.migration_mut(*migration)?.from;
+                let epoch = self.shard_mut(source)?.epoch;
                 let migration = self.migration_mut(*migration)?;
                 if *group >= migration.group_count() {
                     return Err(Refusal::NoSuchGroup {
@@ -160,6 +163,13 @@ impl MetaState {
                 }
                 if migration.handed_off.iter().any(|done| done.group == *group) {
                     return Ok(Outcome::Unchanged);
+                }
+                if epoch != *source_epoch {
+                    return Err(Refusal::SourceChanged {
+                        shard: source,
+                        epoch,
+                        expected: *source_epoch,
+                    });
                 }
                 migration.handed_off.push(HandOff {
                     group: *group,
@@ -476,6 +486,7 @@ mod tests {
             migration,
             group,
             floor: tern_control::Seq(1000 + group as u64),
+            source_epoch: Epoch(1),
         }
     }
 
@@ -636,6 +647,19 @@ mod tests {
                 },
             ),
             (hand_off(77, 0), Refusal::NoSuchMigration { migration: 77 }),
+            (
+                Change::HandOff {
+                    migration: id,
+                    group: 0,
+                    floor: tern_control::Seq(1),
+                    source_epoch: Epoch(7),
+                },
+                Refusal::SourceChanged {
+                    shard: ShardId(0),
+                    epoch: Epoch(1),
+                    expected: Epoch(7),
+                },
+            ),
             (
                 Change::CompleteMigration { migration: 77 },
                 Refusal::NoSuchMigration { migration: 77 },

@@ -334,13 +334,20 @@ fn the_export_of_a_range_has_its_live_keys_its_outcomes_and_a_floor_above_them()
         .filter(|k| moved(k))
         .collect();
     expected.sort();
-    assert_eq!(exported, expected, "live keys of the range, the deleted one left out");
+    assert_eq!(
+        exported, expected,
+        "live keys of the range, the deleted one left out"
+    );
     assert!(export.keys.iter().all(|k| k.version < export.floor));
     // The client's last 16 writes are remembered (requests 16 to 30 and the
     // delete): those to keys of the range are exported.
     let requests: Vec<u64> = export.outcomes.iter().map(|o| o.request_id).collect();
     for (n, key) in keys.iter().enumerate() {
         let request_id = n as u64 + 1;
-        assert_eq!(requests.contains(&request_id), moved(key) && n >= 30 - 15, "{n}");
+        assert_eq!(
+            requests.contains(&request_id),
+            moved(key) && n >= 30 - 15,
+            "{n}"
+        );
     }
 }

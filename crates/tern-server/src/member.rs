@@ -3,11 +3,13 @@
 //! heartbeats, hands each new map and each finished state transfer to the
 //! membership core, and carries out what the core decides: reconfigure the
 //! replica, drop its data, fetch its predecessor's state over TCP (same
-//! address as the replica's UDP), load it. It fences the replica whenever
-//! the core says so (not a member, or no lease for the map acted on).
+//! address as the replica's UDP, `tern_control::transfer`), load it. It
+//! fences the replica whenever the core says so (not a member, or no lease
+//! for the map acted on). On the same TCP address it serves its own state
+//! to a joining successor, and a slot range's copy to a migration.
 
 use std::cell::RefCell;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io;
 use std::net::{SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use std::time::Duration;
 
 use tern_control::ShardId;
 use tern_control::meta::{self, Heartbeats, MetaMap, NodeKind, Refusal, Reply, Request};
+use tern_control::transfer::{self, TRANSFER_TIMEOUT, TransferRequest};
 use tern_net::BatchSocket;
 use tern_proto::membership::{Action, Membership, Start};
 use tern_proto::replica::{Replica, ReplicaConfig};
@@ -26,8 +29,6 @@ use crate::{Durability, Journal, Persistence, ServerError, recover};
 
 /// Marks a data directory whose replica has served as a chain member.
 const MEMBER_MARKER: &str = "member";
-/// How long the state transfer may take per attempt.
-const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A state transfer under way: its cancel flag and where its result comes.
 #[derive(Debug)]
@@ -66,8 +67,8 @@ fn outside(shard: ShardId, addr: SocketAddrV4) -> ReplicaConfig {
     }
 }
 
-/// A snapshot request from the transfer listener, with where to answer.
-type SnapshotRequest = SyncSender<(u32, Vec<u8>)>;
+/// A request from the transfer listener, with where to answer it.
+type TransferCall = (TransferRequest, SyncSender<(u32, Vec<u8>)>);
 
 /// Serves one replica of `shard` at `addr` under meta at `nodes`.
 pub fn run(
@@ -142,7 +143,7 @@ pub fn run(
         }
         Start::Spare => become_spare(data_dir.as_deref(), &journal)?,
     }
-    let (requests_tx, requests) = mpsc::channel::<SnapshotRequest>();
+    let (requests_tx, requests) = mpsc::channel::<TransferCall>();
     std::thread::Builder::new()
         .name("state-transfer".into())
         .spawn(move || serve_transfers(addr, requests_tx))?;
@@ -172,9 +173,12 @@ pub fn run(
                         shell.carry_out(action, replica, &mut transfer, Some(&bytes))?;
                     }
                 }
-                while let Ok(answer) = requests.try_recv() {
+                while let Ok((request, answer)) = requests.try_recv() {
                     if membership.may_serve_state(|version| heartbeats.lease_valid(version)) {
-                        let (_, bytes) = replica.snapshot();
+                        let bytes = match request {
+                            TransferRequest::Snapshot => replica.snapshot().1,
+                            TransferRequest::Slots(range) => replica.export_slots(range).encode(),
+                        };
                         let _ = answer.try_send((replica.config().epoch, bytes));
                     }
                 }
@@ -348,7 +352,7 @@ fn leave(
 /// Accepts state-transfer connections on `addr` (TCP, the replica's UDP
 /// address) and hands each to the main loop. On loopback the port may be
 /// briefly taken by someone's outgoing connection: binding is retried.
-fn serve_transfers(addr: SocketAddrV4, requests: Sender<SnapshotRequest>) {
+fn serve_transfers(addr: SocketAddrV4, requests: Sender<TransferCall>) {
     let listener = loop {
         match TcpListener::bind(addr) {
             Ok(listener) => break listener,
@@ -369,22 +373,14 @@ fn serve_transfers(addr: SocketAddrV4, requests: Sender<SnapshotRequest>) {
     }
 }
 
-fn answer_transfer(stream: TcpStream, requests: &Sender<SnapshotRequest>) -> io::Result<()> {
-    stream.set_read_timeout(Some(TRANSFER_TIMEOUT))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    if line.trim() != "SNAPSHOT" {
-        return Err(io::Error::other(format!("unknown request {line:?}")));
-    }
-    let (answer, snapshot) = mpsc::sync_channel(1);
-    requests.send(answer).map_err(io::Error::other)?;
-    let (epoch, bytes) = snapshot
+fn answer_transfer(stream: TcpStream, requests: &Sender<TransferCall>) -> io::Result<()> {
+    let request = transfer::read_request(&stream)?;
+    let (answer, served) = mpsc::sync_channel(1);
+    requests.send((request, answer)).map_err(io::Error::other)?;
+    let (epoch, bytes) = served
         .recv_timeout(TRANSFER_TIMEOUT)
-        .map_err(|_| io::Error::other("no snapshot: not a serving member"))?;
-    let mut stream = stream;
-    stream.write_all(format!("{epoch} {}\n", bytes.len()).as_bytes())?;
-    stream.write_all(&bytes)
+        .map_err(|_| io::Error::other("nothing served: not a serving member"))?;
+    transfer::write_answer(&stream, epoch, &bytes)
 }
 
 /// Fetches the predecessor's state; retries until it serves `epoch` (it may
@@ -396,7 +392,7 @@ fn fetch_until_loaded(
     done: &Sender<(u32, Vec<u8>)>,
 ) {
     while !cancel.load(Ordering::Relaxed) {
-        match fetch(from) {
+        match transfer::fetch(from, TransferRequest::Snapshot) {
             Ok((served, bytes)) if served >= epoch => {
                 let _ = done.send((served, bytes));
                 return;
@@ -406,25 +402,4 @@ fn fetch_until_loaded(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn fetch(from: SocketAddrV4) -> io::Result<(u32, Vec<u8>)> {
-    let stream = TcpStream::connect_timeout(&from.into(), Duration::from_millis(500))?;
-    stream.set_read_timeout(Some(TRANSFER_TIMEOUT))?;
-    let mut writer = stream.try_clone()?;
-    writer.write_all(b"SNAPSHOT\n")?;
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut fields = line.split_whitespace();
-    let parse = |field: Option<&str>| -> io::Result<u64> {
-        field
-            .and_then(|text| text.parse().ok())
-            .ok_or_else(|| io::Error::other(format!("bad transfer header {line:?}")))
-    };
-    let epoch = parse(fields.next())? as u32;
-    let length = parse(fields.next())? as usize;
-    let mut bytes = vec![0; length];
-    reader.read_exact(&mut bytes)?;
-    Ok((epoch, bytes))
 }

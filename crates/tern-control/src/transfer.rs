@@ -1,0 +1,104 @@
+//! The state-transfer protocol of replicas, over TCP at the replica's own
+//! address: a joining replica fetches its predecessor's whole state, and a
+//! migration fetches a slot range's copy from the source's tail. One
+//! request line, then one answer: `<epoch> <length>\n` and `length` bytes
+//! (a replica snapshot, or a `tern_wire::export::Export`).
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddrV4, TcpStream};
+use std::time::Duration;
+
+use tern_wire::SLOT_COUNT;
+
+/// How long one transfer may take to answer.
+pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest request line a replica reads.
+pub const REQUEST_LINE_MAX: u64 = 64;
+/// The largest answer a fetch accepts (a replica's whole state).
+pub const ANSWER_LEN_MAX: usize = 16 << 30;
+
+/// What is asked of a replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferRequest {
+    /// Its whole state (a replica snapshot), for a joining successor.
+    Snapshot,
+    /// The copy of the slots `[start, end)`, for a migration.
+    Slots([u32; 2]),
+}
+
+impl TransferRequest {
+    fn line(self) -> String {
+        match self {
+            TransferRequest::Snapshot => "SNAPSHOT\n".into(),
+            TransferRequest::Slots([start, end]) => format!("SLOTS {start} {end}\n"),
+        }
+    }
+
+    fn parse(line: &str) -> Option<TransferRequest> {
+        let mut words = line.split_whitespace();
+        let request = match words.next()? {
+            "SNAPSHOT" => TransferRequest::Snapshot,
+            "SLOTS" => {
+                let start: u32 = words.next()?.parse().ok()?;
+                let end: u32 = words.next()?.parse().ok()?;
+                if start >= end || end > SLOT_COUNT {
+                    return None;
+                }
+                TransferRequest::Slots([start, end])
+            }
+            _ => return None,
+        };
+        words.next().is_none().then_some(request)
+    }
+}
+
+/// Reads one request from a connection to a replica (at most
+/// `REQUEST_LINE_MAX` bytes).
+pub fn read_request(stream: &TcpStream) -> io::Result<TransferRequest> {
+    stream.set_read_timeout(Some(TRANSFER_TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(stream.take(REQUEST_LINE_MAX)).read_line(&mut line)?;
+    TransferRequest::parse(&line)
+        .ok_or_else(|| io::Error::other(format!("unknown transfer request {line:?}")))
+}
+
+/// Answers a request with the bytes served at `epoch`.
+pub fn write_answer(mut stream: &TcpStream, epoch: u32, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(format!("{epoch} {}\n", bytes.len()).as_bytes())?;
+    stream.write_all(bytes)
+}
+
+/// Asks the replica at `from`; its epoch and answer.
+pub fn fetch(from: SocketAddrV4, request: TransferRequest) -> io::Result<(u32, Vec<u8>)> {
+    let stream = TcpStream::connect_timeout(&from.into(), Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(TRANSFER_TIMEOUT))?;
+    (&stream).write_all(request.line().as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    (&mut reader).take(REQUEST_LINE_MAX).read_line(&mut line)?;
+    let mut fields = line.split_whitespace();
+    let bad = || io::Error::other(format!("bad transfer answer {line:?}"));
+    let epoch: u32 = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+    let length: usize = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+    if length > ANSWER_LEN_MAX {
+        return Err(bad());
+    }
+    let mut bytes = vec![0; length];
+    reader.read_exact(&mut bytes)?;
+    Ok((epoch, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_back_and_bad_ones_are_refused() {
+        for request in [TransferRequest::Snapshot, TransferRequest::Slots([3, 90])] {
+            assert_eq!(TransferRequest::parse(&request.line()), Some(request));
+        }
+        for bad in ["", "SLOTS 5 5", "SLOTS 1 99999", "SLOTS 1", "SNAPSHOT now", "HELLO"] {
+            assert_eq!(TransferRequest::parse(bad), None, "{bad:?}");
+        }
+    }
+}
