@@ -6,6 +6,7 @@
 //! request outstanding; run one per thread for concurrency.
 
 pub mod pipeline;
+pub mod reshard;
 pub mod retry;
 
 use std::io;
@@ -377,9 +378,11 @@ impl Client {
             Ok(map) => map,
             Err(_) => return false,
         };
-        let before = (header.epoch.get(), *to);
+        // A route is a coordinator, a shard and its epoch: a slot that moved
+        // to another shard of the same coordinator is a new route too.
+        let before = (*to, header.shard.get(), header.epoch.get());
         *to = reroute(&map, header);
-        let changed = (header.epoch.get(), *to) != before;
+        let changed = (*to, header.shard.get(), header.epoch.get()) != before;
         self.counters.map_refreshes += 1;
         self.map = map;
         if changed {

@@ -271,12 +271,12 @@ impl Pipeline {
         for request in self.in_flight.values_mut() {
             let message = Message::decode(&request.bytes).expect("encoded by submit");
             let mut header = message.header;
-            let before = (request.to, header.epoch.get());
+            let before = (request.to, header.shard.get(), header.epoch.get());
             let (key, value) = (message.key.to_vec(), message.value.to_vec());
             request.to = crate::reroute(&map, &mut header);
             encode_into(&header, &key, &value, &mut request.bytes).expect("sizes were checked");
             if std::mem::take(&mut request.reroute) {
-                let rerouted = (request.to, header.epoch.get()) != before;
+                let rerouted = (request.to, header.shard.get(), header.epoch.get()) != before;
                 let behind = map.version < request.wanted_map_version;
                 request.next_send = match request.retry.after_reroute(now, rerouted, behind) {
                     None => now,

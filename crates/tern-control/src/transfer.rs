@@ -97,7 +97,14 @@ mod tests {
         for request in [TransferRequest::Snapshot, TransferRequest::Slots([3, 90])] {
             assert_eq!(TransferRequest::parse(&request.line()), Some(request));
         }
-        for bad in ["", "SLOTS 5 5", "SLOTS 1 99999", "SLOTS 1", "SNAPSHOT now", "HELLO"] {
+        for bad in [
+            "",
+            "SLOTS 5 5",
+            "SLOTS 1 99999",
+            "SLOTS 1",
+            "SNAPSHOT now",
+            "HELLO",
+        ] {
             assert_eq!(TransferRequest::parse(bad), None, "{bad:?}");
         }
     }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use commands::{data, node, roles};
+use commands::{data, node, reshard, roles};
 use tern_client::ClusterMap;
 use tern_testbed::{chaos, cluster, compare};
 
@@ -66,6 +66,9 @@ enum Command {
     /// Change or inspect the cluster's membership through meta.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Move slots from one shard to another while both serve (or: the
+    /// migrations under way, `status`; stop one, `cancel ID`).
+    Reshard(reshard::ReshardArgs),
     /// Run a recorded workload against a netns cluster while injecting faults,
     /// then check linearizability, lost writes and recovery time.
     Chaos(chaos::ChaosArgs),
@@ -131,6 +134,7 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
         Command::Coordinator(args) => roles::coordinator(&load_map(cluster)?, args),
         Command::Meta(args) => roles::meta(load_map(cluster)?, args),
         Command::Node(command) => node::run(&load_map(cluster)?, command),
+        Command::Reshard(args) => reshard::run(&load_map(cluster)?, args),
         Command::Cluster(command) => cluster::run(command),
         Command::Chaos(args) => chaos::run(&args),
         Command::Gateway(args) => roles::gateway(load_map(cluster)?, args),

@@ -4,4 +4,5 @@
 
 pub mod data;
 pub mod node;
+pub mod reshard;
 pub mod roles;

@@ -1,0 +1,519 @@
+//! Moving a slot range from one shard to another while both serve: the
+//! migration behind `tern reshard`.
+//!
+//! Meta holds the authority (the migration's record and every group handed
+//! off); this driver does the work, group by group:
+//! 1. the source coordinator holds the group's writes (FREEZE) and says when
+//!    none is in flight; reads go on;
+//! 2. the source's tail exports the group (keys with their versions, dedup
+//!    outcomes, a version floor) over its state-transfer connection;
+//! 3. the destination installs it: INSTALL per key, INSTALL_OUTCOME per
+//!    outcome, REBASE to the floor, each acknowledged by its tail;
+//! 4. the source holds the group's reads too, and meta records the hand-off,
+//!    fenced by the source's epoch as the hold saw it (a coordinator that
+//!    changed since may have let the hold go: the group starts again);
+//! 5. the hold stays until it runs out: by then the source has the map
+//!    with the hand-off and answers WRONG_SHARD for the group, so clients
+//!    reroute to the destination (or it has lost its lease, which is
+//!    shorter than the hold, and serves nothing). Releasing it earlier would
+//!    let a source that has not seen the new map serve the group again
+//!    beside the destination.
+//!
+//! When every group is handed off meta completes the migration and the
+//! source forgets the slots (DROP_SLOTS). A write waits (TRY_AGAIN, retried
+//! by the client) only while its group is held; a read from step 4 until
+//! the source's map has the hand-off (a heartbeat). Every step can be repeated: a driver that stops is run again on
+//! the same slots and goes on from the groups meta has not recorded.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::time::{Duration, Instant};
+
+use tern_control::meta::{Change, MetaClient, MetaMap, Refusal, Reply, Request};
+use tern_control::transfer::{self, TransferRequest};
+use tern_control::{ClientId, Epoch, Migration, Seq, ShardId, ShardMap, SlotRange};
+use tern_wire::export::Export;
+use tern_wire::{Header, MESSAGE_LEN_MAX, Message, Op, Status, encode, freeze, key_hash};
+use thiserror::Error;
+
+/// How a reshard runs.
+#[derive(Clone, Copy, Debug)]
+pub struct ReshardOptions {
+    /// Slots per group: the unit held still and handed off at once.
+    pub group_slots: u32,
+    /// How long one hold lasts unless renewed (the driver renews it).
+    pub hold: Duration,
+    /// How long one step may keep failing before the reshard gives up.
+    pub step_deadline: Duration,
+}
+
+impl Default for ReshardOptions {
+    fn default() -> Self {
+        ReshardOptions {
+            group_slots: 16,
+            hold: Duration::from_secs(5),
+            step_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a reshard did.
+#[derive(Clone, Debug, Default)]
+pub struct ReshardReport {
+    pub migration: u64,
+    pub groups: u32,
+    pub keys: u64,
+    pub outcomes: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// How long each group's writes were held, in hand-off order.
+    pub holds: Vec<Duration>,
+    /// Groups started again because the source changed under them.
+    pub restarts: u32,
+}
+
+impl ReshardReport {
+    pub fn longest_hold(&self) -> Duration {
+        self.holds.iter().copied().max().unwrap_or_default()
+    }
+}
+
+/// How a reshard went so far, for progress lines.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub migration: u64,
+    pub groups_done: u32,
+    pub groups: u32,
+    pub keys: u64,
+    pub elapsed: Duration,
+    pub longest_hold: Duration,
+}
+
+#[derive(Debug, Error)]
+pub enum ReshardError {
+    #[error("meta refused: {0}")]
+    Refused(#[from] Refusal),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{step} did not succeed within {deadline:?}: {last}")]
+    Stuck {
+        step: &'static str,
+        deadline: Duration,
+        last: String,
+    },
+    #[error("the migration's export from the source is damaged: {0}")]
+    Export(#[from] tern_wire::export::ExportError),
+}
+
+/// Moves `slots` from shard `from` to shard `to` of the cluster whose meta
+/// nodes are `nodes`; `progress` is called after every group.
+pub fn reshard(
+    nodes: &[SocketAddrV4],
+    from: ShardId,
+    to: ShardId,
+    slots: SlotRange,
+    options: ReshardOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<ReshardReport, ReshardError> {
+    let started = Instant::now();
+    let mut driver = Driver::new(nodes, options)?;
+    let begin = Change::BeginMigration {
+        from,
+        to,
+        slots,
+        group_slots: options.group_slots,
+    };
+    let map = driver.change(begin)?;
+    let migration = map
+        .migrations
+        .iter()
+        .find(|m| (m.from, m.to, m.slots) == (from, to, slots))
+        .cloned()
+        .expect("meta answers a begun migration with the map that has it");
+    let mut report = ReshardReport {
+        migration: migration.id,
+        groups: migration.group_count(),
+        ..ReshardReport::default()
+    };
+    for group in 0..migration.group_count() {
+        if !migration.handed_off.iter().any(|done| done.group == group) {
+            driver.hand_off(&migration, group, &mut report)?;
+        }
+        progress(&Progress {
+            migration: migration.id,
+            groups_done: group + 1,
+            groups: report.groups,
+            keys: report.keys,
+            elapsed: started.elapsed(),
+            longest_hold: report.longest_hold(),
+        });
+    }
+    driver.change(Change::CompleteMigration {
+        migration: migration.id,
+    })?;
+    // The source forgets the slots it no longer serves.
+    let map = driver.map()?;
+    let source = shard(&map, from);
+    let mut header = Header::new(Op::DropSlots, from.get(), source.epoch.get());
+    header.key_hash.set(key_hash(b""));
+    header.set_slot_range(slots);
+    driver.exchange(
+        from,
+        vec![Pending::keyless(header)],
+        "dropping the moved slots at the source",
+    )?;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// Stops migration `id`: the groups handed off stay at the destination.
+pub fn cancel(nodes: &[SocketAddrV4], id: u64) -> Result<MetaMap, ReshardError> {
+    Driver::new(nodes, ReshardOptions::default())?.change(Change::CancelMigration { migration: id })
+}
+
+/// The migrations under way.
+pub fn status(nodes: &[SocketAddrV4]) -> Result<Vec<Migration>, ReshardError> {
+    Ok(Driver::new(nodes, ReshardOptions::default())?
+        .map()?
+        .migrations)
+}
+
+fn shard(map: &MetaMap, id: ShardId) -> &ShardMap {
+    map.shards
+        .iter()
+        .find(|shard| shard.id == id)
+        .expect("meta validated the migration's shards")
+}
+
+struct Driver {
+    meta: MetaClient,
+    socket: UdpSocket,
+    client_id: ClientId,
+    next_request: u64,
+    options: ReshardOptions,
+    buffer: Vec<u8>,
+}
+
+/// A request to a shard's coordinator, until it is answered.
+#[derive(Clone, Debug)]
+struct Pending {
+    header: Header,
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl Pending {
+    fn keyless(header: Header) -> Pending {
+        Pending {
+            header,
+            key: Vec::new(),
+            value: Vec::new(),
+        }
+    }
+
+    /// Whom an answer to it names (an installed outcome is answered as
+    /// its own client's request).
+    fn id(&self) -> (u64, u64) {
+        (self.header.client_id.get(), self.header.request_id.get())
+    }
+}
+
+impl Driver {
+    fn new(nodes: &[SocketAddrV4], options: ReshardOptions) -> Result<Driver, ReshardError> {
+        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+        socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+        Ok(Driver {
+            meta: MetaClient::new(nodes.to_vec()),
+            socket,
+            client_id: ClientId::random(),
+            next_request: 1,
+            options,
+            buffer: vec![0; MESSAGE_LEN_MAX],
+        })
+    }
+
+    fn call_meta(&mut self, request: &Request) -> Result<MetaMap, ReshardError> {
+        match self.meta.call_leader(request)? {
+            Reply::Map(map) => Ok(map),
+            Reply::Refused(refusal) => Err(refusal.into()),
+            other => Err(std::io::Error::other(format!("unexpected meta reply {other:?}")).into()),
+        }
+    }
+
+    fn map(&mut self) -> Result<MetaMap, ReshardError> {
+        self.call_meta(&Request::GetMap)
+    }
+
+    fn change(&mut self, change: Change) -> Result<MetaMap, ReshardError> {
+        self.call_meta(&Request::Change(change))
+    }
+
+    /// Moves one group; starts it again when the source changes under it.
+    fn hand_off(
+        &mut self,
+        migration: &Migration,
+        group: u32,
+        report: &mut ReshardReport,
+    ) -> Result<(), ReshardError> {
+        let range = migration.group_slots_of(group);
+        loop {
+            let held = Instant::now();
+            let epoch = self.freeze(migration.from, range, freeze::WRITES)?;
+            let map = self.map()?;
+            let tail = *shard(&map, migration.from)
+                .replicas
+                .last()
+                .expect("a chain has a tail");
+            let (_, bytes) = transfer::fetch(tail, TransferRequest::Slots(range))?;
+            let export = Export::decode(&bytes)?;
+            self.install(migration.to, &export)?;
+            // Renews the hold and takes the reads too: the destination is
+            // about to serve the group. Held by the same coordinator at the
+            // same epoch, or the hold may have lapsed in between.
+            let handed = if held.elapsed() > self.options.hold / 2 {
+                // The copy took so long that the hold may have lapsed and
+                // let writes in after the export: take the group again.
+                Err(ReshardError::Refused(Refusal::SourceChanged {
+                    shard: migration.from,
+                    epoch: Epoch(epoch),
+                    expected: Epoch(epoch),
+                }))
+            } else if self.freeze(migration.from, range, freeze::ALL)? == epoch {
+                self.change(Change::HandOff {
+                    migration: migration.id,
+                    group,
+                    floor: Seq(export.floor),
+                    source_epoch: Epoch(epoch),
+                })
+                .map(|_| ())
+            } else {
+                Err(ReshardError::Refused(Refusal::SourceChanged {
+                    shard: migration.from,
+                    epoch: Epoch(epoch),
+                    expected: Epoch(epoch),
+                }))
+            };
+            match handed {
+                Ok(()) => {
+                    report.keys += export.keys.len() as u64;
+                    report.outcomes += export.outcomes.len() as u64;
+                    report.bytes += bytes.len() as u64;
+                    report.holds.push(held.elapsed());
+                    return Ok(());
+                }
+                Err(ReshardError::Refused(Refusal::SourceChanged { .. })) => {
+                    // Not handed off: the source serves the group again.
+                    let _ = self.freeze(migration.from, range, freeze::RELEASE);
+                    report.restarts += 1;
+                }
+                Err(error) => {
+                    let _ = self.freeze(migration.from, range, freeze::RELEASE);
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// Holds (or releases) `range` at `shard_id`'s coordinator until none of
+    /// its writes is in flight; the epoch the coordinator holds it at.
+    fn freeze(
+        &mut self,
+        shard_id: ShardId,
+        range: SlotRange,
+        mode: u8,
+    ) -> Result<u32, ReshardError> {
+        let hold_ms = self
+            .options
+            .hold
+            .as_millis()
+            .min(u128::from(freeze::HOLD_MAX_MS)) as u32;
+        let value = freeze::Request { mode, hold_ms }.encode();
+        let deadline = Instant::now() + self.options.step_deadline;
+        let mut last = String::from("no answer");
+        while Instant::now() < deadline {
+            let map = self.map()?;
+            let source = shard(&map, shard_id);
+            let mut header = Header::new(Op::Freeze, shard_id.get(), source.epoch.get());
+            header.set_slot_range(range);
+            header.client_id.set(self.client_id.get());
+            let request_id = self.request_id();
+            header.request_id.set(request_id);
+            self.send(source.coordinator, &header, &[], &value)?;
+            let until = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < until {
+                let Some(answer) = self.receive()? else {
+                    continue;
+                };
+                if answer.request_id.get() != request_id {
+                    continue;
+                }
+                match answer.status() {
+                    Status::Ok => return Ok(answer.epoch.get()),
+                    Status::TryAgain => {
+                        last = "writes still in flight".into();
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    other => last = format!("{other:?}"),
+                }
+                break;
+            }
+        }
+        Err(ReshardError::Stuck {
+            step: "holding the group at the source",
+            deadline: self.options.step_deadline,
+            last,
+        })
+    }
+
+    /// Installs an export at `shard_id`: its keys, its outcomes, its floor.
+    fn install(&mut self, shard_id: ShardId, export: &Export) -> Result<(), ReshardError> {
+        let map = self.map()?;
+        let epoch = shard(&map, shard_id).epoch.get();
+        let mut requests = Vec::with_capacity(export.keys.len() + export.outcomes.len() + 1);
+        for copied in &export.keys {
+            let mut header = Header::new(Op::Install, shard_id.get(), epoch);
+            header.key_hash.set(key_hash(&copied.key));
+            header.set_version(copied.version);
+            requests.push(Pending {
+                header,
+                key: copied.key.clone(),
+                value: copied.value.clone(),
+            });
+        }
+        for outcome in &export.outcomes {
+            let mut header = Header::new(Op::InstallOutcome, shard_id.get(), epoch);
+            header.key_hash.set(key_hash(b""));
+            header.client_id.set(outcome.client_id);
+            header.request_id.set(outcome.request_id);
+            header.status = outcome.status as u8;
+            header.set_version(outcome.version);
+            requests.push(Pending {
+                header,
+                key: Vec::new(),
+                value: outcome.key_hash.to_le_bytes().to_vec(),
+            });
+        }
+        let mut rebase = Header::new(Op::Rebase, shard_id.get(), epoch);
+        rebase.key_hash.set(key_hash(b""));
+        rebase.set_version(export.floor);
+        requests.push(Pending::keyless(rebase));
+        self.exchange(
+            shard_id,
+            requests,
+            "installing the group at the destination",
+        )
+    }
+
+    /// Sends `requests` to `shard_id`'s coordinator, at most a pipeline's
+    /// depth in flight (the replicas remember that many outcomes per
+    /// client), until each is answered: resent after silence or TRY_AGAIN,
+    /// re-stamped with the map's epoch after STALE_EPOCH or WRONG_SHARD.
+    fn exchange(
+        &mut self,
+        shard_id: ShardId,
+        requests: Vec<Pending>,
+        step: &'static str,
+    ) -> Result<(), ReshardError> {
+        const RESEND_AFTER: Duration = Duration::from_millis(100);
+        let deadline = Instant::now() + self.options.step_deadline;
+        let mut map = self.map()?;
+        let mut waiting = requests.into_iter();
+        let mut in_flight: HashMap<(u64, u64), (Pending, Instant)> = HashMap::new();
+        let mut last = String::from("no answer");
+        loop {
+            while in_flight.len() < crate::PIPELINE_DEPTH_MAX
+                && let Some(mut request) = waiting.next()
+            {
+                if request.header.client_id.get() == 0 {
+                    request.header.client_id.set(self.client_id.get());
+                    let request_id = self.request_id();
+                    request.header.request_id.set(request_id);
+                }
+                // Sent on the first pass of the resend loop below.
+                let never = Instant::now() - RESEND_AFTER;
+                in_flight.insert(request.id(), (request, never));
+            }
+            if in_flight.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ReshardError::Stuck {
+                    step,
+                    deadline: self.options.step_deadline,
+                    last,
+                });
+            }
+            let target = shard(&map, shard_id);
+            let (coordinator, epoch) = (target.coordinator, target.epoch.get());
+            let now = Instant::now();
+            let mut due: Vec<Pending> = Vec::new();
+            for (request, sent) in in_flight.values_mut() {
+                if now.duration_since(*sent) >= RESEND_AFTER {
+                    request.header.epoch.set(epoch);
+                    *sent = now;
+                    due.push(request.clone());
+                }
+            }
+            for request in due {
+                self.send(coordinator, &request.header, &request.key, &request.value)?;
+            }
+            let Some(answer) = self.receive()? else {
+                continue;
+            };
+            let id = (answer.client_id.get(), answer.request_id.get());
+            let Some((_, sent)) = in_flight.get_mut(&id) else {
+                continue;
+            };
+            match answer.status() {
+                Status::TryAgain => {
+                    last = "TRY_AGAIN".into();
+                    *sent = now - RESEND_AFTER / 2;
+                }
+                Status::StaleEpoch | Status::WrongShard => {
+                    last = format!("{:?}", answer.status());
+                    *sent = now - RESEND_AFTER;
+                    map = self.map()?;
+                }
+                _ => {
+                    in_flight.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn request_id(&mut self) -> u64 {
+        self.next_request += 1;
+        self.next_request
+    }
+
+    fn send(
+        &mut self,
+        to: SocketAddrV4,
+        header: &Header,
+        key: &[u8],
+        value: &[u8],
+    ) -> std::io::Result<()> {
+        let bytes = encode(header, key, value).map_err(std::io::Error::other)?;
+        self.socket.send_to(&bytes, to)?;
+        Ok(())
+    }
+
+    /// The header of the next reply to arrive (None after a short wait).
+    fn receive(&mut self) -> std::io::Result<Option<Header>> {
+        match self.socket.recv_from(&mut self.buffer) {
+            Ok((length, _)) => Ok(Message::decode(&self.buffer[..length])
+                .ok()
+                .filter(|message| message.header.op() == Op::Reply)
+                .map(|message| message.header)),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+}

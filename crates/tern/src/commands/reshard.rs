@@ -1,0 +1,148 @@
+//! `tern reshard`: moving slots between shards while they serve, and the
+//! migrations under way.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use tern_client::reshard::{self, Progress, ReshardOptions};
+use tern_client::{ClusterMap, ShardId};
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ReshardArgs {
+    #[command(subcommand)]
+    command: Option<ReshardCommand>,
+    /// The shard the slots leave.
+    #[arg(long)]
+    from: Option<ShardId>,
+    /// The shard the slots go to.
+    #[arg(long)]
+    to: Option<ShardId>,
+    /// The slots to move: FIRST-LAST (inclusive) or one slot.
+    #[arg(long, value_parser = parse_slots)]
+    slots: Option<[u32; 2]>,
+    /// Slots per group, held still and handed off at once.
+    #[arg(long, default_value_t = ReshardOptions::default().group_slots)]
+    group_slots: u32,
+}
+
+#[derive(Debug, Subcommand)]
+enum ReshardCommand {
+    /// The migrations under way and how far each has got.
+    Status,
+    /// Stop migration ID: the groups handed off stay where they went.
+    Cancel { id: u64 },
+}
+
+/// `FIRST-LAST` (inclusive) or `SLOT`, as `[first, last + 1)`.
+fn parse_slots(text: &str) -> Result<[u32; 2], String> {
+    let number = |part: &str| {
+        part.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{part:?} is not a slot number"))
+    };
+    let (first, last) = match text.split_once('-') {
+        Some((first, last)) => (number(first)?, number(last)?),
+        None => {
+            let slot = number(text)?;
+            (slot, slot)
+        }
+    };
+    if first > last || last >= tern_wire::SLOT_COUNT {
+        return Err(format!(
+            "slots {first}-{last} are not a range inside 0-{}",
+            tern_wire::SLOT_COUNT - 1
+        ));
+    }
+    Ok([first, last + 1])
+}
+
+pub fn run(map: &ClusterMap, args: ReshardArgs) -> Result<ExitCode> {
+    if map.meta.is_empty() {
+        bail!("this cluster map names no meta nodes: its slots cannot move");
+    }
+    match args.command {
+        Some(ReshardCommand::Status) => {
+            let migrations = reshard::status(&map.meta)?;
+            if migrations.is_empty() {
+                println!("no migration under way");
+            }
+            for m in migrations {
+                println!(
+                    "migration {}: shard {} -> shard {}, slots {}-{}, {}/{} groups handed off",
+                    m.id,
+                    m.from,
+                    m.to,
+                    m.slots[0],
+                    m.slots[1] - 1,
+                    m.handed_off.len(),
+                    m.group_count()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(ReshardCommand::Cancel { id }) => {
+            reshard::cancel(&map.meta, id).with_context(|| format!("cancelling migration {id}"))?;
+            println!("migration {id} cancelled: the groups handed off stay at the destination");
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let (Some(from), Some(to), Some(slots)) = (args.from, args.to, args.slots) else {
+                bail!("give --from, --to and --slots (or `status`, `cancel ID`)");
+            };
+            let options = ReshardOptions {
+                group_slots: args.group_slots,
+                ..ReshardOptions::default()
+            };
+            let mut every = 0u32;
+            let mut progress = |p: &Progress| {
+                every += 1;
+                if every.is_multiple_of(64) || p.groups_done == p.groups {
+                    let rate = p.keys as f64 / p.elapsed.as_secs_f64().max(1e-9);
+                    let left = p.elapsed.mul_f64(
+                        f64::from(p.groups - p.groups_done) / f64::from(p.groups_done.max(1)),
+                    );
+                    eprintln!(
+                        "migration {}: {}/{} groups, {} keys ({rate:.0} keys/s), ETA {:.1}s, longest write hold {:.1} ms",
+                        p.migration,
+                        p.groups_done,
+                        p.groups,
+                        p.keys,
+                        left.as_secs_f64(),
+                        p.longest_hold.as_secs_f64() * 1e3
+                    );
+                }
+            };
+            let report = reshard::reshard(&map.meta, from, to, slots, options, &mut progress)
+                .with_context(|| {
+                    format!(
+                        "moving slots {}-{} from shard {from} to shard {to}",
+                        slots[0],
+                        slots[1] - 1
+                    )
+                })?;
+            let mut holds = report.holds.clone();
+            holds.sort();
+            let p99 = holds
+                .get((holds.len() * 99 / 100).min(holds.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default();
+            println!(
+                "moved slots {}-{} from shard {from} to shard {to}: migration {}, {} groups, {} keys, {} outcomes, {:.1} MB in {:.2}s; write hold p99 {:.2} ms, longest {:.2} ms; {} groups started again",
+                slots[0],
+                slots[1] - 1,
+                report.migration,
+                report.groups,
+                report.keys,
+                report.outcomes,
+                report.bytes as f64 / 1e6,
+                report.elapsed.as_secs_f64(),
+                p99.as_secs_f64() * 1e3,
+                report.longest_hold().as_secs_f64() * 1e3,
+                report.restarts
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! `tern reshard` on a running cluster, in each coordinator mode: slots move
+//! from shard 0 to shard 1 while clients write and read them. No request
+//! fails, every acknowledged INCRBY is counted exactly once at the
+//! destination, reads never go back, a CAS with a version from before the
+//! move succeeds after it, and impossible reshards are refused with a
+//! message and change nothing.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::TestCluster;
+use tern_client::meta::{self, Reply, Request};
+use tern_client::{CasOutcome, Client, ShardId, Slot};
+
+/// Slots 0-1023 move (shard 0 owns 0-8191 of two even shards).
+const MOVED: [u32; 2] = [0, 1024];
+
+fn moved(key: &[u8]) -> bool {
+    (MOVED[0]..MOVED[1]).contains(&Slot::of_key(key).get())
+}
+
+/// Keys of the moved slots, and as many that stay.
+fn keys() -> Vec<Vec<u8>> {
+    let candidates = (0..).map(|n| format!("counter-{n}").into_bytes());
+    let (mut inside, mut outside) = (Vec::new(), Vec::new());
+    for key in candidates {
+        if moved(&key) && inside.len() < 8 {
+            inside.push(key);
+        } else if !moved(&key) && outside.len() < 8 {
+            outside.push(key);
+        }
+        if inside.len() == 8 && outside.len() == 8 {
+            break;
+        }
+    }
+    inside.into_iter().chain(outside).collect()
+}
+
+fn meta_map(cluster: &TestCluster) -> meta::MetaMap {
+    match meta::call_leader(&cluster.map.meta, &mut None, &Request::GetMap) {
+        Ok(Reply::Map(map)) => map,
+        other => panic!("no map from meta: {other:?}"),
+    }
+}
+
+fn reshard_under_load(mode: &str, topology: &str) {
+    let cluster = TestCluster::up_with(2, 3, mode, topology);
+    let keys = keys();
+    let mut setup = Client::new(cluster.map.clone()).unwrap();
+    // A key of the moved slots whose version from before the move is kept
+    // for a CAS after it.
+    let cas_key = (0..)
+        .map(|n| format!("cas-{n}").into_bytes())
+        .find(|key| moved(key))
+        .unwrap();
+    let old_version = setup.put(&cas_key, b"before").unwrap();
+    let running = AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..2)
+            .map(|worker| {
+                let (keys, running, map) = (&keys, &running, cluster.map.clone());
+                scope.spawn(move || {
+                    let mut client = Client::new(map).unwrap();
+                    let mut acknowledged: HashMap<Vec<u8>, i64> = HashMap::new();
+                    let mut seen: HashMap<Vec<u8>, i64> = HashMap::new();
+                    let mut failures = Vec::new();
+                    let mut n = worker;
+                    while running.load(Ordering::Relaxed) {
+                        let key = &keys[n % keys.len()];
+                        n += 1;
+                        match client.incr_by(key, 1) {
+                            Ok(value) => {
+                                *acknowledged.entry(key.clone()).or_default() += 1;
+                                let last = seen.entry(key.clone()).or_default();
+                                assert!(value > *last, "INCRBY went back on {key:?}");
+                                *last = value;
+                            }
+                            Err(error) => failures.push(format!("incrby: {error}")),
+                        }
+                        match client.get(key) {
+                            Ok(found) => {
+                                let value: i64 = found.map_or(0, |v| {
+                                    String::from_utf8(v.value).unwrap().parse().unwrap()
+                                });
+                                let last = seen.entry(key.clone()).or_default();
+                                assert!(value >= *last, "a read went back on {key:?}");
+                                *last = value;
+                            }
+                            Err(error) => failures.push(format!("get: {error}")),
+                        }
+                    }
+                    (acknowledged, failures)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(400));
+        let output = cluster.tern(&[
+            "reshard",
+            "--from",
+            "0",
+            "--to",
+            "1",
+            "--slots",
+            &format!("{}-{}", MOVED[0], MOVED[1] - 1),
+            "--group-slots",
+            "64",
+        ]);
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(
+            output.status.success(),
+            "reshard failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("16 groups"), "{stdout}");
+        std::thread::sleep(Duration::from_millis(400));
+        running.store(false, Ordering::Relaxed);
+        let mut total: HashMap<Vec<u8>, i64> = HashMap::new();
+        for worker in workers {
+            let (acknowledged, failures) = worker.join().unwrap();
+            assert!(failures.is_empty(), "requests failed: {failures:?}");
+            for (key, count) in acknowledged {
+                *total.entry(key).or_default() += count;
+            }
+        }
+        // Every acknowledged INCRBY counted once, wherever its key lives now.
+        let mut reader = Client::new(cluster.map.clone()).unwrap();
+        for key in &keys {
+            let found = reader.get(key).unwrap();
+            let value: i64 =
+                found.map_or(0, |v| String::from_utf8(v.value).unwrap().parse().unwrap());
+            assert_eq!(value, total.get(key).copied().unwrap_or(0), "{key:?}");
+        }
+    });
+    let map = meta_map(&cluster);
+    assert!(map.migrations.is_empty(), "{:?}", map.migrations);
+    assert_eq!(map.shards[1].slots[0], MOVED, "{:?}", map.shards[1].slots);
+    let routed = map.to_cluster_map(&cluster.map.meta).unwrap();
+    for key in keys.iter().filter(|key| moved(key)) {
+        assert_eq!(routed.shard_of_slot(Slot::of_key(key)).id, ShardId(1));
+    }
+    // A version from before the move still names the key's value.
+    let mut client = Client::new(cluster.map.clone()).unwrap();
+    let outcome = client.cas(&cas_key, old_version, b"after").unwrap();
+    assert!(matches!(outcome, CasOutcome::Swapped { .. }), "{outcome:?}");
+    let status = cluster.tern(&["reshard", "status"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("no migration under way"));
+}
+
+#[test]
+fn slots_move_under_load_with_the_user_space_coordinator() {
+    reshard_under_load("user", "loopback");
+}
+
+#[test]
+fn slots_move_under_load_with_the_xdp_coordinator() {
+    reshard_under_load("xdp", "netns");
+}
+
+#[test]
+fn impossible_reshards_are_refused_with_a_message_and_change_nothing() {
+    let cluster = TestCluster::up_with(2, 1, "user", "loopback");
+    let before = meta_map(&cluster);
+    for (args, message) in [
+        (
+            ["--from", "0", "--to", "1", "--slots", "8000-8300"],
+            "shard 0 does not own slot 8192",
+        ),
+        (
+            ["--from", "0", "--to", "7", "--slots", "0-10"],
+            "there is no shard 7",
+        ),
+        (
+            ["--from", "1", "--to", "1", "--slots", "9000-9010"],
+            "to the shard that owns them",
+        ),
+        (
+            ["--from", "0", "--to", "1", "--slots", "10-5"],
+            "not a range",
+        ),
+    ] {
+        let mut all = vec!["reshard"];
+        all.extend(args);
+        let output = cluster.tern(&all);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+    assert_eq!(meta_map(&cluster), before, "nothing changed");
+}
