@@ -168,6 +168,8 @@ fn pipelined(
     let mut next_token = 0u64;
     let mut next_intended = Instant::now();
     let mut completed = Vec::with_capacity(depth);
+    // The writes of read-modify-writes whose read is done, waiting for room.
+    let mut writes_due: Vec<(OpKind, u64, Instant)> = Vec::new();
     let submit =
         |pipeline: &mut Pipeline, worker: &mut Worker, token: u64, index: u64, write: bool| {
             write_key_name(index, worker.key_size, &mut worker.key);
@@ -179,7 +181,18 @@ fn pipelined(
             pipeline.submit(request, &worker.key, token)
         };
     while running.load(Ordering::Relaxed) {
-        while pipeline.in_flight() < depth {
+        while pipeline.has_room()
+            && let Some((kind, index, started)) = writes_due.pop()
+        {
+            next_token += 1;
+            match submit(&mut pipeline, worker, next_token, index, true) {
+                Ok(()) => {
+                    pending.insert(next_token, (kind, index, started, true));
+                }
+                Err(error) => worker.record(kind, started, Err(error)),
+            }
+        }
+        while pipeline.in_flight() < depth && pipeline.has_room() {
             let started = match pace {
                 None => Instant::now(),
                 Some(_) if next_intended > Instant::now() => break,
@@ -215,13 +228,7 @@ fn pipelined(
                 status => Err(ClientError::Refused { status }),
             });
             if kind == OpKind::ReadModifyWrite && !read_done && result.is_ok() {
-                next_token += 1;
-                match submit(&mut pipeline, worker, next_token, index, true) {
-                    Ok(()) => {
-                        pending.insert(next_token, (kind, index, started, true));
-                    }
-                    Err(error) => worker.record(kind, started, Err(error)),
-                }
+                writes_due.push((kind, index, started));
             } else {
                 worker.record(kind, started, result);
             }

@@ -16,8 +16,11 @@ use tern_wire::{MESSAGE_LEN_MAX, Message, Op, Status, encode_into};
 use crate::retry::{Retry, Verdict};
 use crate::{ClientError, ClientId, ClientOptions, ClusterMap, Reply};
 
-/// Requests one pipeline may have in flight: the head remembers the outcomes
-/// of this many writes per client for deduplication (DESIGN rule 6).
+/// Requests one pipeline may have in flight, and how far apart their
+/// request ids may be: the replicas remember the outcomes of this many
+/// writes per client, and take a request below all of them for a late copy
+/// (DESIGN rule 6), which holds only while a client's outstanding ids stay
+/// this close.
 pub const PIPELINE_DEPTH_MAX: usize = 16;
 
 /// A request to submit.
@@ -111,15 +114,27 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Whether `submit` would take another request now: fewer than
+    /// `PIPELINE_DEPTH_MAX` in flight, and the oldest of them less than that
+    /// many request ids back.
+    pub fn has_room(&self) -> bool {
+        self.in_flight.len() < PIPELINE_DEPTH_MAX
+            && self
+                .in_flight
+                .keys()
+                .min()
+                .is_none_or(|oldest| self.next_request_id - oldest < PIPELINE_DEPTH_MAX as u64)
+    }
+
     /// Sends a request. Fails when the key or value is over its limit or the
-    /// pipeline already holds `PIPELINE_DEPTH_MAX` requests.
+    /// pipeline has no room (`has_room`).
     pub fn submit(
         &mut self,
         request: Request<'_>,
         key: &[u8],
         token: u64,
     ) -> Result<(), ClientError> {
-        if self.in_flight.len() >= PIPELINE_DEPTH_MAX {
+        if !self.has_room() {
             return Err(ClientError::Refused {
                 status: Status::TryAgain,
             });

@@ -421,9 +421,23 @@ impl Driver {
         let mut in_flight: HashMap<(u64, u64), (Pending, Instant)> = HashMap::new();
         let mut last = String::from("no answer");
         loop {
-            while in_flight.len() < crate::PIPELINE_DEPTH_MAX
+            // As a pipeline: at most its depth in flight, and this driver's
+            // own request ids no further apart (DESIGN rule 6).
+            let own = self.client_id.get();
+            let oldest_own = in_flight
+                .keys()
+                .filter(|(client, _)| *client == own)
+                .map(|(_, request)| *request)
+                .min();
+            let mut room = crate::PIPELINE_DEPTH_MAX.saturating_sub(in_flight.len());
+            if let Some(oldest) = oldest_own {
+                let span = (self.next_request + 1 - oldest) as usize;
+                room = room.min(crate::PIPELINE_DEPTH_MAX.saturating_sub(span));
+            }
+            while room > 0
                 && let Some(mut request) = waiting.next()
             {
+                room -= 1;
                 if request.header.client_id.get() == 0 {
                     request.header.client_id.set(self.client_id.get());
                     let request_id = self.request_id();

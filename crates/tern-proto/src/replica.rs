@@ -147,11 +147,27 @@ const SNAPSHOT_FORMAT: u64 = 2;
 #[derive(Debug, Default)]
 struct ClientOutcomes {
     last_seq: u64,
+    /// The outcomes of the client's `DEDUP_PER_CLIENT_MAX` highest request
+    /// ids decided here (the lowest is dropped first).
     recent: VecDeque<Outcome>,
-    /// The highest request id whose outcome was dropped from `recent`: a
-    /// copy of a write up to it that `recent` does not hold may have been
-    /// applied, and is refused rather than applied again.
-    forgotten_max: u64,
+}
+
+impl ClientOutcomes {
+    /// Whether `request_id` is below every remembered one while as many are
+    /// remembered as a client may keep outstanding. A client keeps its
+    /// outstanding request ids within `DEDUP_PER_CLIENT_MAX` of each other
+    /// (the pipeline's depth), so it sent that many requests after this one
+    /// only once this one was answered: this is a late copy, which may have
+    /// been applied and is refused rather than applied again. (Requests a
+    /// client sends to other shards do not count here, so an old id that
+    /// first arrives now, after a migration, is not mistaken for one.)
+    fn forgot(&self, request_id: u64) -> bool {
+        self.recent.len() == DEDUP_PER_CLIENT_MAX
+            && self
+                .recent
+                .iter()
+                .all(|outcome| outcome.request_id > request_id)
+    }
 }
 
 /// One replica of one shard.
@@ -265,7 +281,6 @@ impl Replica {
         for (client_id, client) in &self.outcomes {
             bytes.extend_from_slice(&client_id.to_le_bytes());
             bytes.extend_from_slice(&client.last_seq.to_le_bytes());
-            bytes.extend_from_slice(&client.forgotten_max.to_le_bytes());
             bytes.extend_from_slice(&(client.recent.len() as u32).to_le_bytes());
             for outcome in &client.recent {
                 bytes.extend_from_slice(&outcome.request_id.to_le_bytes());
@@ -300,7 +315,7 @@ impl Replica {
         let u64_of = |bytes: &[u8]| u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
         let u32_of = |bytes: &[u8]| u32::from_le_bytes(bytes.try_into().expect("4 bytes"));
         let mut first = u64_of(take(8)?);
-        // Format 1 (unnumbered): no forgotten request ids, no key hashes.
+        // Format 1 (unnumbered): outcomes without key hashes.
         let numbered = first == u64::MAX;
         if numbered {
             let format = u64_of(take(8)?);
@@ -314,12 +329,10 @@ impl Replica {
         for _ in 0..clients {
             let client_id = u64_of(take(8)?);
             let last_seq = u64_of(take(8)?);
-            let forgotten_max = if numbered { u64_of(take(8)?) } else { 0 };
             let count = u32_of(take(4)?);
             let mut client = ClientOutcomes {
                 last_seq,
                 recent: VecDeque::new(),
-                forgotten_max,
             };
             for _ in 0..count {
                 let request_id = u64_of(take(8)?);
@@ -730,7 +743,7 @@ impl Replica {
         if self
             .outcomes
             .get(&header.client_id.get())
-            .is_some_and(|client| header.request_id.get() <= client.forgotten_max)
+            .is_some_and(|client| client.forgot(header.request_id.get()))
         {
             // A late copy of a write whose outcome is no longer remembered.
             self.counters.dedup_forgotten += 1;
@@ -833,10 +846,15 @@ impl Replica {
             // malformed INSTALL_OUTCOME must not stand for its client's).
             return;
         }
+        if client.forgot(outcome.request_id) {
+            // Older than all it would displace (an installed outcome).
+            return;
+        }
         if client.recent.len() == DEDUP_PER_CLIENT_MAX
-            && let Some(dropped) = client.recent.pop_front()
+            && let Some(lowest) =
+                (0..client.recent.len()).min_by_key(|&index| client.recent[index].request_id)
         {
-            client.forgotten_max = client.forgotten_max.max(dropped.request_id);
+            client.recent.remove(lowest);
         }
         client.recent.push_back(outcome);
     }

@@ -252,11 +252,14 @@ impl Cluster {
         }
     }
 
-    /// A new write, unless the client already has as many outstanding as
-    /// a client may (`DEDUP_PER_CLIENT_MAX`, the pipeline's depth).
+    /// A new write, unless it would take the client's outstanding request
+    /// ids further apart than a client keeps them (`DEDUP_PER_CLIENT_MAX`,
+    /// the pipeline's depth).
     fn write(&mut self) {
-        let outstanding = self.writes.len() as u64 - self.acknowledged();
-        if outstanding >= DEDUP_PER_CLIENT_MAX as u64 {
+        let oldest = self.writes.iter().copied().find(|id| !self.answered(*id));
+        if oldest
+            .is_some_and(|oldest| self.next_request + 1 - oldest >= DEDUP_PER_CLIENT_MAX as u64)
+        {
             return;
         }
         let id = self.request_id();

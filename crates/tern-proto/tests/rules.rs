@@ -683,3 +683,31 @@ fn a_key_of_a_slot_the_shard_does_not_serve_is_refused_until_the_slot_is_given_t
     sim.deliver_all();
     assert_eq!(sim.reply_to(4).status(), Status::Ok);
 }
+
+#[test]
+fn rule6_an_old_request_id_arriving_for_the_first_time_is_applied() {
+    // A client's request ids interleave across shards: this shard sees the
+    // even ones. Request 100 went to another shard, which held it (a
+    // migration froze its slot) until the slot moved here; meanwhile the
+    // client's later requests 102 to 114 were decided here, after 2 to 98.
+    let mut sim = Sim::new(3);
+    for request_id in (2..=98).chain(102..=114).filter(|id| id % 2 == 0) {
+        sim.send(request(Op::IncrBy, b"n", b"1", 0, request_id));
+        sim.deliver_all();
+    }
+    // A client keeps its outstanding ids within 16 of each other, so fewer
+    // than 16 ids above 100 can have been decided while it was outstanding:
+    // 100 is new, and applied.
+    sim.send(request(Op::IncrBy, b"n", b"1", 0, 100));
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(100).status(), Status::Ok);
+    assert_eq!(sim.tail().store().latest(b"n").unwrap().value, b"57");
+    // A late copy of request 2, below every remembered id, is not.
+    sim.send(request(Op::IncrBy, b"n", b"1", 0, 2));
+    sim.deliver_all();
+    assert_eq!(
+        sim.replies_to(2).last().unwrap().status(),
+        Status::Forgotten
+    );
+    assert_eq!(sim.tail().store().latest(b"n").unwrap().value, b"57");
+}

@@ -188,7 +188,7 @@ fn disk_use_stays_bounded_under_a_long_overwrite_run() {
     let (mut acknowledged, mut largest, mut sequence) = (0u64, 0u64, 0u64);
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(6) {
-        while pipeline.in_flight() < tern_client::PIPELINE_DEPTH_MAX {
+        while pipeline.has_room() {
             sequence += 1;
             let key = format!("key-{}", sequence % 200);
             pipeline
