@@ -36,6 +36,9 @@ use tern_wire::export::Export;
 use tern_wire::{Header, MESSAGE_LEN_MAX, Message, Op, Status, encode, freeze, key_hash};
 use thiserror::Error;
 
+/// Installs in flight at once.
+const INSTALL_WINDOW: usize = 128;
+
 /// How a reshard runs.
 #[derive(Clone, Copy, Debug)]
 pub struct ReshardOptions {
@@ -70,6 +73,13 @@ pub struct ReshardReport {
     pub holds: Vec<Duration>,
     /// Groups started again because the source changed under them.
     pub restarts: u32,
+    /// Where the time went, summed over groups: holding the source until
+    /// its writes drained, exporting, installing, and meta's hand-off
+    /// (with the hold of the reads).
+    pub draining: Duration,
+    pub exporting: Duration,
+    pub installing: Duration,
+    pub handing_off: Duration,
 }
 
 impl ReshardReport {
@@ -187,6 +197,8 @@ fn shard(map: &MetaMap, id: ShardId) -> &ShardMap {
 
 struct Driver {
     meta: MetaClient,
+    /// The newest map known (refreshed when a refusal says it is old).
+    known: Option<MetaMap>,
     socket: UdpSocket,
     client_id: ClientId,
     next_request: u64,
@@ -224,6 +236,7 @@ impl Driver {
         socket.set_read_timeout(Some(Duration::from_millis(20)))?;
         Ok(Driver {
             meta: MetaClient::new(nodes.to_vec()),
+            known: None,
             socket,
             client_id: ClientId::random(),
             next_request: 1,
@@ -234,13 +247,25 @@ impl Driver {
 
     fn call_meta(&mut self, request: &Request) -> Result<MetaMap, ReshardError> {
         match self.meta.call_leader(request)? {
-            Reply::Map(map) => Ok(map),
+            Reply::Map(map) => {
+                self.known = Some(map.clone());
+                Ok(map)
+            }
             Reply::Refused(refusal) => Err(refusal.into()),
             other => Err(std::io::Error::other(format!("unexpected meta reply {other:?}")).into()),
         }
     }
 
+    /// The newest map known, fetched if there is none.
     fn map(&mut self) -> Result<MetaMap, ReshardError> {
+        match &self.known {
+            Some(map) => Ok(map.clone()),
+            None => self.refresh(),
+        }
+    }
+
+    /// The map as meta has it now.
+    fn refresh(&mut self) -> Result<MetaMap, ReshardError> {
         self.call_meta(&Request::GetMap)
     }
 
@@ -257,8 +282,10 @@ impl Driver {
     ) -> Result<(), ReshardError> {
         let range = migration.group_slots_of(group);
         loop {
+            self.refresh()?;
             let held = Instant::now();
             let epoch = self.freeze(migration.from, range, freeze::WRITES)?;
+            let drained = Instant::now();
             let map = self.map()?;
             let tail = *shard(&map, migration.from)
                 .replicas
@@ -266,7 +293,12 @@ impl Driver {
                 .expect("a chain has a tail");
             let (_, bytes) = transfer::fetch(tail, TransferRequest::Slots(range))?;
             let export = Export::decode(&bytes)?;
+            let exported = Instant::now();
             self.install(migration.to, &export)?;
+            let installed = Instant::now();
+            report.draining += drained - held;
+            report.exporting += exported - drained;
+            report.installing += installed - exported;
             // Renews the hold and takes the reads too: the destination is
             // about to serve the group. Held by the same coordinator at the
             // same epoch, or the hold may have lapsed in between.
@@ -295,6 +327,7 @@ impl Driver {
             };
             match handed {
                 Ok(()) => {
+                    report.handing_off += installed.elapsed();
                     report.keys += export.keys.len() as u64;
                     report.outcomes += export.outcomes.len() as u64;
                     report.bytes += bytes.len() as u64;
@@ -340,7 +373,12 @@ impl Driver {
             header.request_id.set(request_id);
             self.send(source.coordinator, &header, &[], &value)?;
             let until = Instant::now() + Duration::from_millis(200);
-            while Instant::now() < until {
+            loop {
+                if Instant::now() >= until {
+                    // Silence: the coordinator may have moved.
+                    self.refresh()?;
+                    break;
+                }
                 let Some(answer) = self.receive()? else {
                     continue;
                 };
@@ -353,7 +391,10 @@ impl Driver {
                         last = "writes still in flight".into();
                         std::thread::sleep(Duration::from_millis(1));
                     }
-                    other => last = format!("{other:?}"),
+                    other => {
+                        last = format!("{other:?}");
+                        self.refresh()?;
+                    }
                 }
                 break;
             }
@@ -404,10 +445,14 @@ impl Driver {
         )
     }
 
-    /// Sends `requests` to `shard_id`'s coordinator, at most a pipeline's
-    /// depth in flight (the replicas remember that many outcomes per
-    /// client), until each is answered: resent after silence or TRY_AGAIN,
+    /// Sends `requests` to `shard_id`'s coordinator, `INSTALL_WINDOW` in
+    /// flight, until each is answered: resent after silence or TRY_AGAIN,
     /// re-stamped with the map's epoch after STALE_EPOCH or WRONG_SHARD.
+    /// Each request is idempotent by itself (an INSTALL never replaces a
+    /// newer version, a REBASE only raises the floor, dropping slots twice
+    /// drops nothing more, an INSTALL_OUTCOME is deduplicated under its own
+    /// client's id), so the driver's own go without a client id and need
+    /// no dedup window.
     fn exchange(
         &mut self,
         shard_id: ShardId,
@@ -421,25 +466,12 @@ impl Driver {
         let mut in_flight: HashMap<(u64, u64), (Pending, Instant)> = HashMap::new();
         let mut last = String::from("no answer");
         loop {
-            // As a pipeline: at most its depth in flight, and this driver's
-            // own request ids no further apart (DESIGN rule 6).
-            let own = self.client_id.get();
-            let oldest_own = in_flight
-                .keys()
-                .filter(|(client, _)| *client == own)
-                .map(|(_, request)| *request)
-                .min();
-            let mut room = crate::PIPELINE_DEPTH_MAX.saturating_sub(in_flight.len());
-            if let Some(oldest) = oldest_own {
-                let span = (self.next_request + 1 - oldest) as usize;
-                room = room.min(crate::PIPELINE_DEPTH_MAX.saturating_sub(span));
-            }
-            while room > 0
+            while in_flight.len() < INSTALL_WINDOW
                 && let Some(mut request) = waiting.next()
             {
-                room -= 1;
-                if request.header.client_id.get() == 0 {
-                    request.header.client_id.set(self.client_id.get());
+                if request.header.request_id.get() == 0 {
+                    // Anonymous (client id 0): nothing here needs the
+                    // replicas' dedup (see `exchange`), so no dedup window.
                     let request_id = self.request_id();
                     request.header.request_id.set(request_id);
                 }
@@ -486,7 +518,7 @@ impl Driver {
                 Status::StaleEpoch | Status::WrongShard => {
                     last = format!("{:?}", answer.status());
                     *sent = now - RESEND_AFTER;
-                    map = self.map()?;
+                    map = self.refresh()?;
                 }
                 _ => {
                     in_flight.remove(&id);

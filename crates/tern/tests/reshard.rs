@@ -46,6 +46,14 @@ fn meta_map(cluster: &TestCluster) -> meta::MetaMap {
     }
 }
 
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
 fn reshard_under_load(mode: &str, topology: &str) {
     let cluster = TestCluster::up_with(2, 3, mode, topology);
     let keys = keys();
@@ -96,6 +104,9 @@ fn reshard_under_load(mode: &str, topology: &str) {
                 })
             })
             .collect();
+        // The workers stop however this thread leaves the scope (a failed
+        // assertion included), or the scope would wait for them forever.
+        let _stop = StopOnDrop(&running);
         std::thread::sleep(Duration::from_millis(400));
         let output = cluster.tern(&[
             "reshard",

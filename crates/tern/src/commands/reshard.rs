@@ -142,6 +142,13 @@ pub fn run(map: &ClusterMap, args: ReshardArgs) -> Result<ExitCode> {
                 report.longest_hold().as_secs_f64() * 1e3,
                 report.restarts
             );
+            println!(
+                "time per group: draining {:.2} ms, exporting {:.2} ms, installing {:.2} ms, handing off {:.2} ms",
+                report.draining.as_secs_f64() * 1e3 / f64::from(report.groups.max(1)),
+                report.exporting.as_secs_f64() * 1e3 / f64::from(report.groups.max(1)),
+                report.installing.as_secs_f64() * 1e3 / f64::from(report.groups.max(1)),
+                report.handing_off.as_secs_f64() * 1e3 / f64::from(report.groups.max(1)),
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
