@@ -6,14 +6,20 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use tern_proto::{Core, Outbox, SharedShard, Time};
 use tern_proto::coordinator::{Coordinator, ShardConfig, ShardCoordinator};
 use tern_proto::replica::{Replica, ReplicaConfig};
+use tern_proto::{Core, Outbox, SharedShard, Time};
 
 fuzz_target!(|input: &[u8]| {
     let address = |octet| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, octet), 7000);
     let chain = vec![address(10), address(11), address(12)];
-    let peers = [address(1), address(10), address(11), address(12), address(99)];
+    let peers = [
+        address(1),
+        address(10),
+        address(11),
+        address(12),
+        address(99),
+    ];
     let mut replica = Replica::new(ReplicaConfig {
         shard: 0,
         epoch: 1,
@@ -21,8 +27,14 @@ fuzz_target!(|input: &[u8]| {
         position: 1,
         coordinator: address(1),
     });
-    let config = ShardConfig { shard: 0, epoch: 1, chain };
-    let mut coordinator = Coordinator::new([ShardCoordinator::new(config, SharedShard::in_process())]);
+    let config = ShardConfig {
+        shard: 0,
+        epoch: 1,
+        chain,
+        slots: vec![[0, tern_wire::SLOT_COUNT]],
+    };
+    let mut coordinator =
+        Coordinator::new([ShardCoordinator::new(config, SharedShard::in_process())]);
     let mut outbox = Outbox::new();
     let mut now = Time::from_nanos(1_000_000_000);
     // Each datagram: one byte naming the sender, two of length, then bytes.
