@@ -17,7 +17,7 @@ COMPARE_REPEAT ?= 5
 COMPARE_DURATION ?= 10s
 TERN := $(CURDIR)/target/release/tern
 
-.PHONY: demo test check unit fuzz deps bench-compare bench-peers
+.PHONY: demo test check unit fuzz deps bench-compare bench-peers bench-reshard
 
 deps:
 	@scripts/install-deps.sh
@@ -58,6 +58,12 @@ bench-compare: deps
 	$(CARGO) build --release --bin tern
 	$(TERN) bench compare --modes user,xdp --repeat $(COMPARE_REPEAT) --duration $(COMPARE_DURATION) \
 		--read-fraction 0.95 --distribution zipfian --keys 10000 --clients 8
+
+# Live slot migration under YCSB-B load against the same load without it,
+# runs alternating (needs root): MODE=user|xdp, REPEAT=N.
+bench-reshard: deps
+	$(CARGO) build --release --bin tern
+	TERN=$(TERN) scripts/bench-reshard.sh
 
 # Tern (user and XDP coordinators) against Redis 7 (a primary and two
 # replicas, with and without WAIT 2 0), workloads B and A, 8 clients each.
