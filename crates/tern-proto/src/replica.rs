@@ -141,6 +141,14 @@ struct Outcome {
     key_hash: u32,
 }
 
+/// A replica's store: its keys bucketed by hash slot, so that a migration
+/// lists or drops a slot range's keys without walking the others.
+fn new_store() -> Store {
+    Store::with_buckets(tern_wire::SLOT_COUNT, |key| {
+        tern_wire::slot_of(tern_wire::key_hash(key))
+    })
+}
+
 /// The replica snapshot's format number (after the store's bytes).
 const SNAPSHOT_FORMAT: u64 = 2;
 
@@ -212,7 +220,7 @@ impl Replica {
         );
         Replica {
             config,
-            store: Store::new(),
+            store: new_store(),
             highest_seen: 0,
             holdback: BTreeMap::new(),
             sent_log: VecDeque::new(),
@@ -302,8 +310,8 @@ impl Replica {
         let Some(bytes) = snapshot else {
             return Ok(replica);
         };
-        let (store, used) =
-            Store::decode(bytes).map_err(|error| RestoreError(error.to_string()))?;
+        let (store, used) = Store::decode_into(bytes, new_store())
+            .map_err(|error| RestoreError(error.to_string()))?;
         let rest = std::cell::Cell::new(&bytes[used..]);
         let take = |length: usize| -> Result<&[u8], RestoreError> {
             let Some((taken, left)) = rest.get().split_at_checked(length) else {
@@ -366,8 +374,7 @@ impl Replica {
         let in_range = |hash: u32| (start..end).contains(&tern_wire::slot_of(hash));
         let keys = self
             .store
-            .live()
-            .filter(|(key, _)| in_range(tern_wire::key_hash(key)))
+            .live_in([start, end])
             .map(|(key, found)| ExportedKey {
                 key: key.to_vec(),
                 version: found.version,
@@ -612,9 +619,7 @@ impl Replica {
             Effect::Rebase => self.store.rebase(seq, record.version()),
             Effect::DropSlots => {
                 let [start, end] = record.slot_range();
-                self.store.drop_keys(seq, |key| {
-                    (start..end).contains(&tern_wire::slot_of(tern_wire::key_hash(key)))
-                });
+                self.store.drop_buckets(seq, [start, end]);
             }
             Effect::None | Effect::Outcome => self.store.skip(seq),
         }

@@ -72,10 +72,17 @@ impl Versions {
     }
 }
 
+/// Which bucket a key belongs to. The store keeps its keys by bucket, so
+/// that the keys of some buckets can be listed or dropped without walking
+/// the others (a replica buckets its keys by hash slot, for migrations).
+pub type BucketOf = fn(&[u8]) -> u32;
+
 /// The data of one shard on one replica.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Store {
-    keys: HashMap<Box<[u8]>, Versions>,
+    /// The keys of bucket `b` in `buckets[b]`.
+    buckets: Vec<HashMap<Box<[u8]>, Versions>>,
+    bucket_of: BucketOf,
     commit_seq: u64,
     applied_seq: u64,
     live_keys: usize,
@@ -87,9 +94,39 @@ pub struct Store {
     offset: u64,
 }
 
+impl Default for Store {
+    fn default() -> Self {
+        Store::with_buckets(1, |_| 0)
+    }
+}
+
 impl Store {
+    /// A store with all its keys in one bucket.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store whose keys go to `count` buckets by `bucket_of`, which must
+    /// give every key a bucket below `count`.
+    pub fn with_buckets(count: u32, bucket_of: BucketOf) -> Self {
+        Store {
+            buckets: (0..count.max(1)).map(|_| HashMap::new()).collect(),
+            bucket_of,
+            commit_seq: 0,
+            applied_seq: 0,
+            live_keys: 0,
+            pending_deletions: VecDeque::new(),
+            offset: 0,
+        }
+    }
+
+    fn bucket(&self, key: &[u8]) -> &HashMap<Box<[u8]>, Versions> {
+        &self.buckets[(self.bucket_of)(key) as usize]
+    }
+
+    fn bucket_mut(&mut self, key: &[u8]) -> &mut HashMap<Box<[u8]>, Versions> {
+        let index = (self.bucket_of)(key) as usize;
+        &mut self.buckets[index]
     }
 
     /// Highest sequence number applied.
@@ -124,21 +161,23 @@ impl Store {
         self.offset = self.offset.max(floor.saturating_sub(seq));
     }
 
-    /// Consumes `seq` and forgets every key `dropped` selects, at once and
-    /// without tombstones: for keys of slots that moved to another shard,
-    /// which this shard serves no more.
-    pub fn drop_keys(&mut self, seq: u64, dropped: impl Fn(&[u8]) -> bool) {
+    /// Consumes `seq` and forgets every key of the buckets `[start, end)`,
+    /// at once and without tombstones: for keys of slots that moved to
+    /// another shard, which this shard serves no more.
+    pub fn drop_buckets(&mut self, seq: u64, [start, end]: [u32; 2]) {
         self.skip(seq);
-        let mut live = 0;
-        self.keys.retain(|key, versions| {
-            let keep = !dropped(key);
-            if keep && versions.newest().is_some_and(|v| v.value.is_some()) {
-                live += 1;
-            }
-            keep
-        });
-        self.live_keys = live;
-        self.pending_deletions.retain(|(_, key)| !dropped(key));
+        let end = (end as usize).min(self.buckets.len());
+        for bucket in &mut self.buckets[(start as usize).min(end)..end] {
+            let live = bucket
+                .values()
+                .filter(|versions| versions.newest().is_some_and(|v| v.value.is_some()))
+                .count();
+            self.live_keys -= live;
+            bucket.clear();
+        }
+        let bucket_of = self.bucket_of;
+        self.pending_deletions
+            .retain(|(_, key)| !(start..end as u32).contains(&bucket_of(key)));
     }
 
     /// Records that everything up to `commit_seq` is acknowledged by the tail.
@@ -153,12 +192,12 @@ impl Store {
                 break;
             }
             let (_, key) = self.pending_deletions.pop_front().expect("front exists");
-            if self
-                .keys
+            let bucket = self.bucket_mut(&key);
+            if bucket
                 .get_mut(&key)
                 .is_some_and(|versions| versions.prune(commit_seq))
             {
-                self.keys.remove(&key);
+                bucket.remove(&key);
             }
         }
     }
@@ -183,7 +222,8 @@ impl Store {
             }
         };
         let commit_seq = self.commit_seq;
-        let versions = match self.keys.get_mut(key) {
+        let bucket = (self.bucket_of)(key) as usize;
+        let versions = match self.buckets[bucket].get_mut(key) {
             Some(versions) => versions,
             None => {
                 if value.is_none() {
@@ -191,7 +231,7 @@ impl Store {
                     // at any stamp finds the key absent either way.
                     return;
                 }
-                self.keys.entry(Box::from(key)).or_default()
+                self.buckets[bucket].entry(Box::from(key)).or_default()
             }
         };
         let was_live = versions
@@ -230,7 +270,7 @@ impl Store {
     /// The newest applied version of `key`, committed or not. Used by the
     /// head to execute CAS and by the tail for reads of dirty keys.
     pub fn latest(&self, key: &[u8]) -> Option<Versioned<'_>> {
-        let version = self.keys.get(key)?.newest()?;
+        let version = self.bucket(key).get(key)?.newest()?;
         Some(Versioned {
             version: version.version,
             value: version.value.as_deref()?,
@@ -243,7 +283,7 @@ impl Store {
     /// version is committed (pruning keeps the newest committed version), and
     /// returning it is linearizable: it was committed before this read ran.
     pub fn read_at(&self, key: &[u8], stamp: u64) -> Option<Versioned<'_>> {
-        let versions = &self.keys.get(key)?.0;
+        let versions = &self.bucket(key).get(key)?.0;
         let version = match versions.iter().rev().find(|version| version.seq <= stamp) {
             Some(version) => version,
             None => versions
@@ -256,23 +296,30 @@ impl Store {
         })
     }
 
-    /// Every key with a value, each with its newest applied version.
-    pub fn live(&self) -> impl Iterator<Item = (&[u8], Versioned<'_>)> {
-        self.keys.iter().filter_map(|(key, versions)| {
-            let newest = versions.newest()?;
-            Some((
-                &key[..],
-                Versioned {
-                    version: newest.version,
-                    value: newest.value.as_deref()?,
-                },
-            ))
-        })
+    /// Every key with a value in the buckets `[start, end)`, each with its
+    /// newest applied version.
+    pub fn live_in(&self, [start, end]: [u32; 2]) -> impl Iterator<Item = (&[u8], Versioned<'_>)> {
+        let end = (end as usize).min(self.buckets.len());
+        self.buckets[(start as usize).min(end)..end]
+            .iter()
+            .flatten()
+            .filter_map(|(key, versions)| {
+                let newest = versions.newest()?;
+                Some((
+                    &key[..],
+                    Versioned {
+                        version: newest.version,
+                        value: newest.value.as_deref()?,
+                    },
+                ))
+            })
     }
 
     /// Number of versions held for `key` (for tests and statistics).
     pub fn version_count(&self, key: &[u8]) -> usize {
-        self.keys.get(key).map_or(0, |versions| versions.0.len())
+        self.bucket(key)
+            .get(key)
+            .map_or(0, |versions| versions.0.len())
     }
 }
 
@@ -328,8 +375,9 @@ impl Store {
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.applied_seq.to_le_bytes());
         out.extend_from_slice(&self.commit_seq.to_le_bytes());
-        out.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
-        for (key, versions) in &self.keys {
+        let key_count: usize = self.buckets.iter().map(HashMap::len).sum();
+        out.extend_from_slice(&(key_count as u64).to_le_bytes());
+        for (key, versions) in self.buckets.iter().flatten() {
             out.extend_from_slice(&(key.len() as u32).to_le_bytes());
             out.extend_from_slice(key);
             out.extend_from_slice(&(versions.0.len() as u32).to_le_bytes());
@@ -355,8 +403,12 @@ impl Store {
     /// Decodes what `encode` wrote at the start of `bytes`; returns the store
     /// and the number of bytes used.
     pub fn decode(bytes: &[u8]) -> Result<(Store, usize), SnapshotError> {
+        Store::decode_into(bytes, Store::new())
+    }
+
+    /// As `decode`, into `store` (empty, with its buckets).
+    pub fn decode_into(bytes: &[u8], mut store: Store) -> Result<(Store, usize), SnapshotError> {
         let mut reader = Reader(bytes);
-        let mut store = Store::new();
         store.applied_seq = reader.u64()?;
         if store.applied_seq == u64::MAX {
             store.offset = reader.u64()?;
@@ -402,7 +454,8 @@ impl Store {
             {
                 store.live_keys += 1;
             }
-            store.keys.insert(key, versions);
+            let bucket = (store.bucket_of)(&key) as usize;
+            store.buckets[bucket].insert(key, versions);
         }
         deletions.sort();
         store.pending_deletions = deletions.into();
@@ -466,13 +519,13 @@ mod tests {
 
     #[test]
     fn dropped_keys_are_forgotten_at_once() {
-        let mut store = Store::new();
+        let mut store = Store::with_buckets(2, |key| u32::from(key.starts_with(b"gone")));
         store.apply(1, b"gone-1", Write::Put(b"a"));
         store.apply(2, b"kept", Write::Put(b"b"));
         store.apply(3, b"gone-2", Write::Delete);
         store.apply(4, b"gone-3", Write::Put(b"c"));
         store.apply(5, b"gone-3", Write::Delete);
-        store.drop_keys(6, |key| key.starts_with(b"gone"));
+        store.drop_buckets(6, [1, 2]);
         assert_eq!(store.applied_seq(), 6);
         assert_eq!(store.live_keys(), 1);
         assert_eq!(store.version_count(b"gone-1"), 0);
