@@ -139,7 +139,7 @@ pub fn reshard(
         .iter()
         .find(|m| (m.from, m.to, m.slots) == (from, to, slots))
         .cloned()
-        .expect("meta answers a begun migration with the map that has it");
+        .ok_or_else(|| std::io::Error::other("meta's map lacks the migration just begun"))?;
     let mut report = ReshardReport {
         migration: migration.id,
         groups: migration.group_count(),

@@ -351,3 +351,37 @@ fn the_export_of_a_range_has_its_live_keys_its_outcomes_and_a_floor_above_them()
         );
     }
 }
+
+#[test]
+fn holds_are_bounded_and_a_hold_at_the_bound_is_still_renewed() {
+    let mut sim = Sim::new(1);
+    let max = tern_proto::coordinator::FREEZES_MAX as u32;
+    for slot in 0..max {
+        sim.send(freeze_request(
+            [slot, slot + 1],
+            tern_wire::freeze::WRITES,
+            5000,
+            u64::from(slot) + 1,
+        ));
+    }
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(u64::from(max)).status(), Status::Ok);
+    sim.send(freeze_request(
+        [max, max + 1],
+        tern_wire::freeze::WRITES,
+        5000,
+        1000,
+    ));
+    sim.send(freeze_request([0, 1], tern_wire::freeze::ALL, 5000, 1001));
+    sim.deliver_all();
+    assert_eq!(
+        sim.reply_to(1000).status(),
+        Status::TryAgain,
+        "one too many"
+    );
+    assert_eq!(
+        sim.reply_to(1001).status(),
+        Status::Ok,
+        "a renewal is not a new hold"
+    );
+}

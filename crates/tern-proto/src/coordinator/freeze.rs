@@ -20,6 +20,10 @@ use tern_wire::{DIRTY_SLOTS, Header, Message, Op, SLOT_COUNT, Status, freeze, sl
 use super::{ShardCoordinator, ShardState};
 use crate::{Outbox, Time};
 
+/// Holds one shard keeps at once; a FREEZE of a new range beyond them is
+/// answered TRY_AGAIN (a migration holds one or two groups at a time).
+pub const FREEZES_MAX: usize = 256;
+
 /// One held slot range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Freeze {
@@ -45,6 +49,10 @@ impl<S: ShardState> ShardCoordinator<S> {
         else {
             return self.answer_freeze(from, header, Status::Malformed, outbox);
         };
+        let renewed = self.freezes.iter().any(|held| held.range == [start, end]);
+        if request.mode != freeze::RELEASE && !renewed && self.freezes.len() >= FREEZES_MAX {
+            return self.answer_freeze(from, header, Status::TryAgain, outbox);
+        }
         self.freezes.retain(|held| held.range != [start, end]);
         if request.mode != freeze::RELEASE {
             self.freezes.push(Freeze {

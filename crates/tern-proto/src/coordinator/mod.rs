@@ -26,6 +26,7 @@ mod writes;
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
+pub use freeze::FREEZES_MAX;
 pub use process::{Coordinator, CoordinatorCounters, ExtraStats};
 pub use reads::{ReadRoute, route_read};
 use recovery::Recovery;
