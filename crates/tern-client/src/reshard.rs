@@ -281,6 +281,7 @@ impl Driver {
         report: &mut ReshardReport,
     ) -> Result<(), ReshardError> {
         let range = migration.group_slots_of(group);
+        let deadline = Instant::now() + self.options.step_deadline;
         loop {
             self.refresh()?;
             let held = Instant::now();
@@ -291,7 +292,19 @@ impl Driver {
                 .replicas
                 .last()
                 .expect("a chain has a tail");
-            let (_, bytes) = transfer::fetch(tail, TransferRequest::Slots(range))?;
+            let bytes = match transfer::fetch(tail, TransferRequest::Slots(range)) {
+                Ok((_, bytes)) => bytes,
+                Err(error) if Instant::now() < deadline => {
+                    // The tail may be failing, or replaced: take the group
+                    // again from the chain meta has then.
+                    tracing::debug!(%error, %tail, "export failed; taking the group again");
+                    let _ = self.freeze(migration.from, range, freeze::RELEASE);
+                    report.restarts += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
             let export = Export::decode(&bytes)?;
             let exported = Instant::now();
             self.install(migration.to, &export)?;
