@@ -116,7 +116,8 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 		__u32 dirty_index = READ_SHARED(slot->dirty_index) & TERN_DIRTY_INDEX_MASK;
 
 		BARRIER();
-		if (__sync_val_compare_and_swap(&slot->seq, seq, 0) == seq) {
+		/* Seqs start at 1: a free slot holds 0, which must not match. */
+		if (seq != 0 && __sync_val_compare_and_swap(&slot->seq, seq, 0) == seq) {
 			__u64 *dirty = dirty_count_of(view, dirty_index);
 
 			if (dirty)

@@ -188,6 +188,10 @@ impl ShardState for SharedShard {
     }
 
     fn end_write(&self, seq: u64) -> Option<u32> {
+        if seq == 0 {
+            // Seqs start at 1; a free slot holds 0, which must not match.
+            return None;
+        }
         let slot = self.slot(seq);
         let index = slot.dirty_index.load(Ordering::Acquire);
         slot.seq
@@ -197,7 +201,7 @@ impl ShardState for SharedShard {
     }
 
     fn is_in_flight(&self, seq: u64) -> bool {
-        self.slot(seq).seq.load(Ordering::Acquire) == seq
+        seq != 0 && self.slot(seq).seq.load(Ordering::Acquire) == seq
     }
 
     fn resend(&self, seq: u64, sent_before: Time, now: Time, out: &mut Vec<u8>) -> bool {
