@@ -355,7 +355,11 @@ fn valid_corpus() -> Vec<(String, Sender, Vec<u8>)> {
     );
     // Seqs start at 1; a free window slot holds 0, which must not match
     // (a mutation found both paths lowering a dirty count below zero).
-    add("ack of seq 0", Sender::Tail, ack(0, Status::Ok, b"", Some(CLIENT)));
+    add(
+        "ack of seq 0",
+        Sender::Tail,
+        ack(0, Status::Ok, b"", Some(CLIENT)),
+    );
     add(
         "ping",
         Sender::Client,
