@@ -302,11 +302,13 @@ impl XdpCoordinator {
             local_index,
         };
         for shard in shards {
+            let state = coordinator.shared_shard(shard.shard)?;
             // Sequence numbers start at 1, as in user mode.
-            tern_proto::coordinator::ShardState::set_next_seq(
-                &coordinator.shared_shard(shard.shard)?,
-                1,
-            );
+            state.set_next_seq(1);
+            // The slots served, before the route appears. From here on the
+            // shard's coordinator core owns them (it leaves out the slots a
+            // migration holds), so `install_route` never writes them.
+            state.set_slots(&shard.slots);
             let missing = coordinator.install_route(shard, macs)?;
             if let Some(replica) = missing.first() {
                 return Err(XdpError::Setup(format!(
@@ -349,8 +351,6 @@ impl XdpCoordinator {
         for (slot, replica) in route.replicas.iter_mut().zip(&shard.chain) {
             *slot = endpoint(*replica, macs.get(replica).copied().unwrap_or_default());
         }
-        // The slots first: a route never appears serving slots it lacks.
-        self.shared_shard(shard.shard)?.set_slots(&shard.slots);
         self.write_route(shard.shard, &route);
         Ok(missing)
     }

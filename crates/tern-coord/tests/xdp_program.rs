@@ -10,8 +10,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use common::*;
 use tern_coord::xdp::XdpCoordinator;
-use tern_proto::Time;
-use tern_proto::coordinator::{ShardConfig, ShardState};
+use tern_proto::coordinator::{Coordinator, ShardConfig, ShardCoordinator, ShardState};
+use tern_proto::{Core, Outbox, Time};
 use tern_wire::maps::XdpCounter;
 use tern_wire::{Header, Message, Op, Status, dirty_index, encode, flags, key_hash};
 
@@ -411,4 +411,48 @@ fn a_read_never_uses_a_route_torn_by_a_concurrent_rewrite() {
         handed_up,
         "every hand-up was a read during a rewrite"
     );
+}
+
+#[test]
+fn a_slot_a_migration_holds_stays_out_of_the_kernel_when_the_route_is_rewritten() {
+    let (coordinator, _) = load();
+    let (_, macs) = other_chain(EPOCH + 1);
+    let config = ShardConfig {
+        shard: 5,
+        epoch: EPOCH,
+        chain: vec![replica(0), replica(1), replica(2)],
+        slots: vec![[0, tern_wire::SLOT_COUNT]],
+    };
+    let state = coordinator.shared_shard(5).unwrap();
+    let mut core = Coordinator::new([ShardCoordinator::new(config, state)]);
+    let frozen = tern_wire::slot_of(key_hash(b"k"));
+    let mut hold = Header::new(Op::Freeze, 5, EPOCH);
+    hold.set_slot_range([frozen, frozen + 1]);
+    let value = tern_wire::freeze::Request {
+        mode: tern_wire::freeze::WRITES,
+        hold_ms: 5000,
+    }
+    .encode();
+    let mut outbox = Outbox::new();
+    core.step(
+        Time::ZERO,
+        CLIENT,
+        &encode(&hold, b"", &value).unwrap(),
+        &mut outbox,
+    );
+    // A chain change while the slot is held: the kernel's route is
+    // rewritten, then the core installs the new chain (same slots).
+    let (other, _) = other_chain(EPOCH + 1);
+    coordinator.install_route(&other, &macs).unwrap();
+    assert!(core.reconfigure(other));
+    let mut header = Message::decode(&request(Op::Put, b"k", b"v"))
+        .unwrap()
+        .header;
+    header.epoch.set(EPOCH + 1);
+    let (verdict, _) = run(
+        &coordinator,
+        &from_client(&encode(&header, b"k", b"v").unwrap()),
+    );
+    assert_eq!(verdict, XDP_PASS, "the held write goes up, not to the head");
+    assert_eq!(counter(&coordinator, XdpCounter::PassSlot), 1);
 }
