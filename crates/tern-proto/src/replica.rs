@@ -1060,18 +1060,12 @@ impl Core for Replica {
                 }
             }
         }
-        match header.op() {
+        let op = header.op();
+        match op {
             Op::Get => self.serve_read(now, from, &message, outbox),
-            Op::Put
-            | Op::Delete
-            | Op::Cas
-            | Op::IncrBy
-            | Op::Append
-            | Op::Install
-            | Op::Rebase
-            | Op::DropSlots
-            | Op::InstallOutcome
-            | Op::Noop => {
+            // Sequenced writes (by op class) and gap fills, from the
+            // coordinator to the head.
+            _ if op.is_client_write() || op == Op::Noop => {
                 if self.config.is_head() && from == self.config.coordinator {
                     self.receive_sequenced(now, &message, bytes, outbox);
                 } else {
@@ -1093,9 +1087,7 @@ impl Core for Replica {
                 }
             }
             Op::SeqProbe => self.answer_seq_probe(from, header, outbox),
-            Op::Ping | Op::Stats | Op::Reply | Op::Ack | Op::SeqReport | Op::Freeze => {
-                self.counters.unexpected_op += 1;
-            }
+            _ => self.counters.unexpected_op += 1,
         }
     }
 
