@@ -24,7 +24,7 @@ use tern_control::meta::{Heartbeats, NodeKind};
 use tern_net::BatchSocket;
 use tern_proto::SharedShard;
 pub use tern_proto::assignment::Poll;
-use tern_proto::assignment::Supervisor;
+use tern_proto::assignment::{Install, Supervisor, carry_out};
 use tern_proto::coordinator::{Coordinator, ShardConfig, ShardCoordinator};
 use thiserror::Error;
 
@@ -70,7 +70,8 @@ pub fn run(
 /// A coordinator under meta: it heartbeats, and serves the shards the map
 /// gives it while its lease holds. A new chain or epoch of a shard it
 /// serves is installed in place, and a shard moved away is dropped
-/// ([`tern_proto::assignment::decide`]); a takeover of a shard or a lost lease starts
+/// ([`tern_proto::assignment::decide`], carried out by
+/// [`tern_proto::assignment::carry_out`]); a takeover of a shard or a lost lease starts
 /// the shards afresh: every key dirty and sequencing above the chain (DESIGN
 /// rule 8), with the XDP program and maps loaded anew in XDP mode. With no
 /// shard it is a standby.
@@ -134,54 +135,6 @@ pub fn run_under_meta(
     }
     heartbeats.stop();
     Ok(())
-}
-
-/// Carries out a change: each new configuration installed beyond the core
-/// by `install` (the kernel's route in XDP mode) and then in the core, each
-/// removed shard dropped from the core and then from `install`'s side.
-fn apply_change(
-    core: &mut Coordinator<SharedShard>,
-    reconfigure: Vec<ShardConfig>,
-    remove: Vec<u32>,
-    map_version: u64,
-    install: &mut dyn FnMut(Install<'_>),
-) {
-    core.set_map_version(map_version);
-    for config in reconfigure {
-        install(Install::Route(&config));
-        core.reconfigure(config);
-    }
-    for shard in remove {
-        core.remove(shard);
-        install(Install::Gone(shard));
-    }
-}
-
-/// Carries out what `poll` said: whether to go on serving.
-fn carry_out(
-    next: Poll,
-    core: &mut Coordinator<SharedShard>,
-    install: &mut dyn FnMut(Install<'_>),
-) -> bool {
-    match next {
-        Poll::Serve => true,
-        Poll::Stop => false,
-        Poll::Change {
-            reconfigure,
-            remove,
-            map_version,
-        } => {
-            apply_change(core, reconfigure, remove, map_version, install);
-            true
-        }
-    }
-}
-
-/// A change to put into effect beyond the cores.
-#[derive(Clone, Copy, Debug)]
-enum Install<'a> {
-    Route(&'a ShardConfig),
-    Gone(u32),
 }
 
 /// Serves until `poll` says stop, installing the changes it hands over,

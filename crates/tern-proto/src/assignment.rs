@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::coordinator::ShardConfig;
+use crate::coordinator::{Coordinator, ShardConfig, ShardState};
 
 /// One map as this coordinator reads it: its version and the shards it
 /// assigns to this coordinator, both taken from the same map value (a
@@ -110,6 +110,44 @@ impl Supervisor {
             next
         } else {
             Poll::Stop
+        }
+    }
+}
+
+/// A change to put into effect beyond the coordinator core (in XDP mode,
+/// the kernel's routes).
+#[derive(Clone, Copy, Debug)]
+pub enum Install<'a> {
+    Route(&'a ShardConfig),
+    Gone(u32),
+}
+
+/// Carries out what `poll` said on `core`: each new configuration installed
+/// by `install` and then in the core, each removed shard dropped from the
+/// core and then from `install`'s side. Whether to go on serving.
+pub fn carry_out<S: ShardState>(
+    next: Poll,
+    core: &mut Coordinator<S>,
+    install: &mut dyn FnMut(Install<'_>),
+) -> bool {
+    match next {
+        Poll::Serve => true,
+        Poll::Stop => false,
+        Poll::Change {
+            reconfigure,
+            remove,
+            map_version,
+        } => {
+            core.set_map_version(map_version);
+            for config in reconfigure {
+                install(Install::Route(&config));
+                core.reconfigure(config);
+            }
+            for shard in remove {
+                core.remove(shard);
+                install(Install::Gone(shard));
+            }
+            true
         }
     }
 }

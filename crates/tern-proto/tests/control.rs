@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use sim::*;
-use tern_proto::assignment::{Assignment, Poll, Supervisor};
+use tern_proto::assignment::{Assignment, Poll, Supervisor, carry_out};
 use tern_proto::coordinator::ShardConfig;
 use tern_proto::membership::{Action, Membership, Role};
 use tern_proto::replica::{DEDUP_PER_CLIENT_MAX, Replica, ReplicaConfig};
@@ -231,25 +231,17 @@ impl Cluster {
             shards,
         });
         let lease = self.coordinator_lease;
-        match self.supervisor.poll(newest, |acted_on| acted_on >= lease) {
-            Poll::Serve => true,
-            Poll::Stop => false,
-            Poll::Change {
-                reconfigure,
-                remove,
-                map_version,
-            } => {
-                let core = &mut self.sim.coordinator;
-                core.set_map_version(map_version);
-                for config in reconfigure {
-                    assert!(core.reconfigure(config), "reconfigured in place");
-                }
-                for shard in remove {
-                    core.remove(shard);
-                }
-                true
+        let next = self.supervisor.poll(newest, |acted_on| acted_on >= lease);
+        if let Poll::Change { reconfigure, .. } = &next {
+            for config in reconfigure {
+                assert!(
+                    self.sim.coordinator.shard(config.shard).is_some(),
+                    "reconfigured in place"
+                );
             }
         }
+        // As the serve loop does; nothing beyond the core in user mode.
+        carry_out(next, &mut self.sim.coordinator, &mut |_| {})
     }
 
     /// A new write, unless it would take the client's outstanding request
