@@ -206,6 +206,16 @@ struct Driver {
     buffer: Vec<u8>,
 }
 
+/// How one try at moving a group ended.
+enum Attempt {
+    HandedOff,
+    /// Not handed off (the source changed, or the hold may have lapsed):
+    /// take the group again after `pause`.
+    Again {
+        pause: Duration,
+    },
+}
+
 /// A request to a shard's coordinator, until it is answered.
 #[derive(Clone, Debug)]
 struct Pending {
@@ -283,80 +293,93 @@ impl Driver {
         let range = migration.group_slots_of(group);
         let deadline = Instant::now() + self.options.step_deadline;
         loop {
-            self.refresh()?;
-            let held = Instant::now();
-            let epoch = self.freeze(migration.from, range, freeze::WRITES)?;
-            let drained = Instant::now();
-            let map = self.map()?;
-            let tail = *shard(&map, migration.from)
-                .replicas
-                .last()
-                .expect("a chain has a tail");
-            let bytes = match transfer::fetch(tail, TransferRequest::Slots(range)) {
-                Ok((_, bytes)) => bytes,
-                Err(error) if Instant::now() < deadline => {
-                    // The tail may be failing, or replaced: take the group
-                    // again from the chain meta has then.
-                    tracing::debug!(%error, %tail, "export failed; taking the group again");
-                    let _ = self.freeze(migration.from, range, freeze::RELEASE);
+            let attempt = self.attempt(migration, group, deadline, report);
+            if !matches!(attempt, Ok(Attempt::HandedOff)) {
+                // Not handed off: the source serves the group again.
+                let _ = self.freeze(migration.from, range, freeze::RELEASE);
+            }
+            match attempt? {
+                Attempt::HandedOff => return Ok(()),
+                Attempt::Again { pause } => {
                     report.restarts += 1;
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-                Err(error) => return Err(error.into()),
-            };
-            let export = Export::decode(&bytes)?;
-            let exported = Instant::now();
-            self.install(migration.to, &export)?;
-            let installed = Instant::now();
-            report.draining += drained - held;
-            report.exporting += exported - drained;
-            report.installing += installed - exported;
-            // Renews the hold and takes the reads too: the destination is
-            // about to serve the group. Held by the same coordinator at the
-            // same epoch, or the hold may have lapsed in between.
-            let handed = if held.elapsed() > self.options.hold / 2 {
-                // The copy took so long that the hold may have lapsed and
-                // let writes in after the export: take the group again.
-                Err(ReshardError::Refused(Refusal::SourceChanged {
-                    shard: migration.from,
-                    epoch: Epoch(epoch),
-                    expected: Epoch(epoch),
-                }))
-            } else if self.freeze(migration.from, range, freeze::ALL)? == epoch {
-                self.change(Change::HandOff {
-                    migration: migration.id,
-                    group,
-                    floor: Seq(export.floor),
-                    source_epoch: Epoch(epoch),
-                })
-                .map(|_| ())
-            } else {
-                Err(ReshardError::Refused(Refusal::SourceChanged {
-                    shard: migration.from,
-                    epoch: Epoch(epoch),
-                    expected: Epoch(epoch),
-                }))
-            };
-            match handed {
-                Ok(()) => {
-                    report.handing_off += installed.elapsed();
-                    report.keys += export.keys.len() as u64;
-                    report.outcomes += export.outcomes.len() as u64;
-                    report.bytes += bytes.len() as u64;
-                    report.holds.push(held.elapsed());
-                    return Ok(());
-                }
-                Err(ReshardError::Refused(Refusal::SourceChanged { .. })) => {
-                    // Not handed off: the source serves the group again.
-                    let _ = self.freeze(migration.from, range, freeze::RELEASE);
-                    report.restarts += 1;
-                }
-                Err(error) => {
-                    let _ = self.freeze(migration.from, range, freeze::RELEASE);
-                    return Err(error);
+                    std::thread::sleep(pause);
                 }
             }
+        }
+    }
+
+    /// One try at moving a group: hold, export, install, hold the reads,
+    /// hand off.
+    fn attempt(
+        &mut self,
+        migration: &Migration,
+        group: u32,
+        deadline: Instant,
+        report: &mut ReshardReport,
+    ) -> Result<Attempt, ReshardError> {
+        let range = migration.group_slots_of(group);
+        self.refresh()?;
+        let held = Instant::now();
+        let epoch = self.freeze(migration.from, range, freeze::WRITES)?;
+        let drained = Instant::now();
+        let map = self.map()?;
+        let tail = *shard(&map, migration.from)
+            .replicas
+            .last()
+            .expect("a chain has a tail");
+        let bytes = match transfer::fetch(tail, TransferRequest::Slots(range)) {
+            Ok((_, bytes)) => bytes,
+            Err(error) if Instant::now() < deadline => {
+                // The tail may be failing, or replaced: take the group
+                // again from the chain meta has then.
+                tracing::debug!(%error, %tail, "export failed; taking the group again");
+                return Ok(Attempt::Again {
+                    pause: Duration::from_millis(100),
+                });
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let export = Export::decode(&bytes)?;
+        let exported = Instant::now();
+        self.install(migration.to, &export)?;
+        let installed = Instant::now();
+        report.draining += drained - held;
+        report.exporting += exported - drained;
+        report.installing += installed - exported;
+        if held.elapsed() > self.options.hold / 2 {
+            // The copy took so long that the hold may have lapsed and let
+            // writes in after the export: take the group again.
+            return Ok(Attempt::Again {
+                pause: Duration::ZERO,
+            });
+        }
+        // Renews the hold and takes the reads too: the destination is about
+        // to serve the group. Held by the same coordinator at the same
+        // epoch, or the hold may have lapsed in between.
+        if self.freeze(migration.from, range, freeze::ALL)? != epoch {
+            return Ok(Attempt::Again {
+                pause: Duration::ZERO,
+            });
+        }
+        let handed = self.change(Change::HandOff {
+            migration: migration.id,
+            group,
+            floor: Seq(export.floor),
+            source_epoch: Epoch(epoch),
+        });
+        match handed {
+            Ok(_) => {
+                report.handing_off += installed.elapsed();
+                report.keys += export.keys.len() as u64;
+                report.outcomes += export.outcomes.len() as u64;
+                report.bytes += bytes.len() as u64;
+                report.holds.push(held.elapsed());
+                Ok(Attempt::HandedOff)
+            }
+            Err(ReshardError::Refused(Refusal::SourceChanged { .. })) => Ok(Attempt::Again {
+                pause: Duration::ZERO,
+            }),
+            Err(error) => Err(error),
         }
     }
 
