@@ -11,29 +11,30 @@ use sim::*;
 use tern_proto::coordinator::ShardState;
 use tern_wire::{Header, Op, Status, encode, key_hash, slot_of};
 
-/// A migration request for the simulated shard, stamped as a client's.
-fn migration_request(op: Op, key: &[u8], value: &[u8], argument: u64, request_id: u64) -> Vec<u8> {
+/// The header of a migration's request about `key` to the simulated shard,
+/// from the migration's own client (7).
+fn migration_header(op: Op, key: &[u8], request_id: u64) -> Header {
     let mut header = Header::new(op, SHARD, EPOCH);
     header.key_hash.set(key_hash(key));
     header.client_id.set(7);
     header.request_id.set(request_id);
-    header.set_version(argument);
-    encode(&header, key, value).unwrap()
+    header
 }
 
 fn install(key: &[u8], value: &[u8], version: u64, request_id: u64) -> Vec<u8> {
-    migration_request(Op::Install, key, value, version, request_id)
+    let mut header = migration_header(Op::Install, key, request_id);
+    header.set_version(version);
+    encode(&header, key, value).unwrap()
 }
 
 fn rebase(floor: u64, request_id: u64) -> Vec<u8> {
-    migration_request(Op::Rebase, b"", b"", floor, request_id)
+    let mut header = migration_header(Op::Rebase, b"", request_id);
+    header.set_version(floor);
+    encode(&header, b"", b"").unwrap()
 }
 
 fn drop_slots(range: [u32; 2], request_id: u64) -> Vec<u8> {
-    let mut header = Header::new(Op::DropSlots, SHARD, EPOCH);
-    header.key_hash.set(key_hash(b""));
-    header.client_id.set(7);
-    header.request_id.set(request_id);
+    let mut header = migration_header(Op::DropSlots, b"", request_id);
     header.set_slot_range(range);
     encode(&header, b"", b"").unwrap()
 }
@@ -156,9 +157,7 @@ fn installs_and_rebases_survive_a_restart_from_the_log_and_from_a_snapshot() {
 }
 
 fn freeze_request(range: [u32; 2], mode: u8, hold_ms: u32, request_id: u64) -> Vec<u8> {
-    let mut header = Header::new(Op::Freeze, SHARD, EPOCH);
-    header.client_id.set(7);
-    header.request_id.set(request_id);
+    let mut header = migration_header(Op::Freeze, b"", request_id);
     header.set_slot_range(range);
     let value = tern_wire::freeze::Request { mode, hold_ms }.encode();
     encode(&header, b"", &value).unwrap()
@@ -260,10 +259,9 @@ fn a_hold_outlives_a_reconfiguration_of_the_chain() {
 }
 
 fn install_outcome(client_id: u64, request_id: u64, version: u64, of_key: &[u8]) -> Vec<u8> {
-    let mut header = Header::new(Op::InstallOutcome, SHARD, EPOCH);
-    header.key_hash.set(key_hash(b""));
+    // Under the original client's id: the outcome is remembered as its.
+    let mut header = migration_header(Op::InstallOutcome, b"", request_id);
     header.client_id.set(client_id);
-    header.request_id.set(request_id);
     header.status = Status::Ok as u8;
     header.set_version(version);
     encode(&header, b"", &key_hash(of_key).to_le_bytes()).unwrap()
