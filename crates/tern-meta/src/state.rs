@@ -178,14 +178,9 @@ impl MetaState {
                 migration.handed_off.sort_unstable_by_key(|done| done.group);
             }
             Command::Operator(Change::CompleteMigration { migration }) => {
-                match self.ended.get(migration) {
-                    Some(true) => return Ok(Outcome::Unchanged),
-                    Some(false) => {
-                        return Err(Refusal::MigrationCancelled {
-                            migration: *migration,
-                        });
-                    }
-                    None => {}
+                // A repeat; a cancelled one is refused by `migration_mut`.
+                if self.ended.get(migration) == Some(&true) {
+                    return Ok(Outcome::Unchanged);
                 }
                 let moving = self.migration_mut(*migration)?.clone();
                 let left = moving.group_count() - moving.handed_off.len() as u32;
@@ -199,14 +194,9 @@ impl MetaState {
                 self.end(moving.id, true);
             }
             Command::Operator(Change::CancelMigration { migration }) => {
-                match self.ended.get(migration) {
-                    Some(false) => return Ok(Outcome::Unchanged),
-                    Some(true) => {
-                        return Err(Refusal::MigrationCompleted {
-                            migration: *migration,
-                        });
-                    }
-                    None => {}
+                // A repeat; a completed one is refused by `migration_mut`.
+                if self.ended.get(migration) == Some(&false) {
+                    return Ok(Outcome::Unchanged);
                 }
                 let moving = self.migration_mut(*migration)?.clone();
                 for done in &moving.handed_off {
