@@ -7,7 +7,6 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use tern_wire::SLOT_COUNT;
 
 macro_rules! id {
     ($(#[$doc:meta])* $name:ident($inner:ty)) => {
@@ -77,13 +76,6 @@ impl Epoch {
     }
 }
 
-impl Seq {
-    /// The seq after this one.
-    pub fn next(self) -> Seq {
-        Seq(self.0 + 1)
-    }
-}
-
 impl Slot {
     /// The slot owning a key of this hash.
     pub fn of_key_hash(key_hash: u32) -> Slot {
@@ -93,11 +85,6 @@ impl Slot {
     /// The slot owning `key`.
     pub fn of_key(key: &[u8]) -> Slot {
         Slot::of_key_hash(tern_wire::key_hash(key))
-    }
-
-    /// Every slot, in order.
-    pub fn all() -> impl Iterator<Item = Slot> {
-        (0..SLOT_COUNT).map(Slot)
     }
 }
 
@@ -118,7 +105,6 @@ mod tests {
         assert_eq!(serde_json::to_string(&ShardId(7)).unwrap(), "7");
         assert_eq!(serde_json::from_str::<Epoch>("3").unwrap(), Epoch(3));
         assert_eq!(Epoch(3).next(), Epoch(4));
-        assert_eq!(Seq(9).next().get(), 10);
         assert_eq!(
             Slot::of_key(b"k"),
             Slot(tern_wire::slot_of(tern_wire::key_hash(b"k")))
