@@ -168,7 +168,8 @@ fn pipelined(
     let mut next_token = 0u64;
     let mut next_intended = Instant::now();
     let mut completed = Vec::with_capacity(depth);
-    // The writes of read-modify-writes whose read is done, waiting for room.
+    // Writes waiting for room: those of read-modify-writes whose read is
+    // done, and writes behind a write held up.
     let mut writes_due: Vec<(OpKind, u64, Instant)> = Vec::new();
     let submit =
         |pipeline: &mut Pipeline, worker: &mut Worker, token: u64, index: u64, write: bool| {
@@ -192,7 +193,10 @@ fn pipelined(
                 Err(error) => worker.record(kind, started, Err(error)),
             }
         }
-        while pipeline.in_flight() < depth && pipeline.has_room() {
+        while pipeline.in_flight() < depth
+            && pipeline.has_room_for_read()
+            && writes_due.len() < depth
+        {
             let started = match pace {
                 None => Instant::now(),
                 Some(_) if next_intended > Instant::now() => break,
@@ -204,6 +208,12 @@ fn pipelined(
             };
             let (kind, index) = worker.next();
             let write = matches!(kind, OpKind::Update | OpKind::Insert);
+            if write && !pipeline.has_room() {
+                // Behind a write held up (its group held by a migration,
+                // say): it waits for room, and reads go on meanwhile.
+                writes_due.push((kind, index, started));
+                continue;
+            }
             next_token += 1;
             match submit(&mut pipeline, worker, next_token, index, write) {
                 Ok(()) => {

@@ -425,12 +425,19 @@ impl Client {
                         std::thread::sleep(pause);
                     }
                     Verdict::Reroute => {
-                        let rerouted = self.refresh_route(&mut header, &mut to, key, value);
-                        let behind = reply
-                            .extensions
-                            .map_version
-                            .is_some_and(|version| self.map.version < version);
-                        if let Some(pause) = retry.after_reroute(Instant::now(), rerouted, behind) {
+                        let refuser = reply.extensions.map_version;
+                        let pause =
+                            match retry.refuser_behind(Instant::now(), refuser, self.map.version) {
+                                Some(pause) => Some(pause),
+                                None => {
+                                    let rerouted =
+                                        self.refresh_route(&mut header, &mut to, key, value);
+                                    let behind =
+                                        refuser.is_some_and(|version| self.map.version < version);
+                                    retry.after_reroute(Instant::now(), rerouted, behind)
+                                }
+                            };
+                        if let Some(pause) = pause {
                             std::thread::sleep(pause);
                         }
                     }

@@ -16,12 +16,18 @@ use tern_wire::{MESSAGE_LEN_MAX, Message, Op, Status, encode_into};
 use crate::retry::{Retry, Verdict};
 use crate::{ClientError, ClientId, ClientOptions, ClusterMap, Reply};
 
-/// Requests one pipeline may have in flight, and how far apart their
-/// request ids may be: the replicas remember the outcomes of this many
-/// writes per client, and take a request below all of them for a late copy
-/// (DESIGN rule 6), which holds only while a client's outstanding ids stay
-/// this close.
+/// Requests one pipeline may have in flight, and how many writes it may
+/// send after its oldest unfinished write: the replicas remember the
+/// outcomes of this many writes per client, and take a write below all of
+/// them for a late copy (DESIGN rule 6), which holds only while fewer writes
+/// than that follow a client's oldest outstanding write. Reads leave no
+/// outcome, so they do not count: a write held up (by a migration's hold,
+/// say) does not stop the reads behind it.
 pub const PIPELINE_DEPTH_MAX: usize = 16;
+
+/// The least time between two fetches of the map when a refusal named a
+/// newer one than the pipeline's.
+const MAP_REFRESH_SPACING_BEHIND: Duration = Duration::from_millis(2);
 
 /// A request to submit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +62,8 @@ struct InFlight {
     reroute: bool,
     /// The newest map version a refusal of it named.
     wanted_map_version: u64,
+    /// For a write: how many writes this pipeline had sent before it.
+    write: Option<u64>,
 }
 
 /// Many requests in flight from one socket and one client id.
@@ -74,6 +82,8 @@ pub struct Pipeline {
     last_refresh: Option<Instant>,
     /// A reply said STALE_EPOCH: refresh the map before the next resends.
     stale: bool,
+    /// Writes submitted so far.
+    writes: u64,
 }
 
 impl Pipeline {
@@ -95,6 +105,7 @@ impl Pipeline {
             meta_hint: None,
             last_refresh: None,
             stale: false,
+            writes: 0,
         })
     }
 
@@ -114,27 +125,40 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Whether `submit` would take another request now: fewer than
-    /// `PIPELINE_DEPTH_MAX` in flight, and the oldest of them less than that
-    /// many request ids back.
+    /// Whether `submit` would take another request of any kind now: room
+    /// for a read ([`Pipeline::has_room_for_read`]), and fewer than
+    /// `PIPELINE_DEPTH_MAX` writes sent since the oldest write in flight.
     pub fn has_room(&self) -> bool {
-        self.in_flight.len() < PIPELINE_DEPTH_MAX
+        self.has_room_for_read()
             && self
                 .in_flight
-                .keys()
+                .values()
+                .filter_map(|request| request.write)
                 .min()
-                .is_none_or(|oldest| self.next_request_id - oldest < PIPELINE_DEPTH_MAX as u64)
+                .is_none_or(|oldest| self.writes - oldest < PIPELINE_DEPTH_MAX as u64)
+    }
+
+    /// Whether `submit` would take another read now: fewer than
+    /// `PIPELINE_DEPTH_MAX` requests in flight.
+    pub fn has_room_for_read(&self) -> bool {
+        self.in_flight.len() < PIPELINE_DEPTH_MAX
     }
 
     /// Sends a request. Fails when the key or value is over its limit or the
-    /// pipeline has no room (`has_room`).
+    /// pipeline has no room for it (`has_room`, `has_room_for_read`).
     pub fn submit(
         &mut self,
         request: Request<'_>,
         key: &[u8],
         token: u64,
     ) -> Result<(), ClientError> {
-        if !self.has_room() {
+        let is_write = request != Request::Get;
+        let room = if is_write {
+            self.has_room()
+        } else {
+            self.has_room_for_read()
+        };
+        if !room {
             return Err(ClientError::Refused {
                 status: Status::TryAgain,
             });
@@ -166,9 +190,11 @@ impl Pipeline {
                 retry,
                 reroute: false,
                 wanted_map_version: 0,
+                write: is_write.then_some(self.writes),
             },
         );
         self.next_request_id += 1;
+        self.writes += u64::from(is_write);
         Ok(())
     }
 
@@ -226,6 +252,11 @@ impl Pipeline {
                 return;
             }
             Verdict::Reroute => {
+                let refuser = message.extensions.map_version;
+                if let Some(pause) = request.retry.refuser_behind(now, refuser, self.map.version) {
+                    request.next_send = now + pause;
+                    return;
+                }
                 request.reroute = true;
                 request.wanted_map_version = request
                     .wanted_map_version
@@ -273,9 +304,21 @@ impl Pipeline {
         if self.map.meta.is_empty() {
             return true;
         }
+        // A refusal that named a newer map than this one says for sure it
+        // changed (a migration's hand-off, say): fetch it soon. Otherwise at
+        // most twice per attempt timeout.
+        let surely_behind = self
+            .in_flight
+            .values()
+            .any(|request| request.reroute && request.wanted_map_version > self.map.version);
+        let spacing = if surely_behind {
+            MAP_REFRESH_SPACING_BEHIND
+        } else {
+            self.options.attempt_timeout / 2
+        };
         if self
             .last_refresh
-            .is_some_and(|last| last.elapsed() < self.options.attempt_timeout / 2)
+            .is_some_and(|last| last.elapsed() < spacing)
         {
             return false;
         }
@@ -347,5 +390,96 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_control::{Epoch, ShardId, ShardMap};
+    use tern_wire::Header;
+
+    /// A coordinator that never answers requests for the key `stuck`.
+    fn server() -> (UdpSocket, ClusterMap) {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let std::net::SocketAddr::V4(addr) = server.local_addr().unwrap() else {
+            unreachable!("bound to IPv4")
+        };
+        let shard = ShardMap {
+            id: ShardId(0),
+            epoch: Epoch(1),
+            slots: vec![[0, tern_wire::SLOT_COUNT]],
+            coordinator: addr,
+            replicas: vec![addr],
+        };
+        (server, ClusterMap::new(vec![shard]).unwrap())
+    }
+
+    /// Answers the next request that is not for `stuck`.
+    fn answer_one(server: &UdpSocket) {
+        let mut buffer = [0; 2048];
+        loop {
+            let (length, from) = server.recv_from(&mut buffer).unwrap();
+            let message = Message::decode(&buffer[..length]).unwrap();
+            if message.key == b"stuck" {
+                continue;
+            }
+            let mut reply = Header::new(Op::Reply, 0, 1);
+            reply.client_id = message.header.client_id;
+            reply.request_id = message.header.request_id;
+            reply.status = Status::Ok as u8;
+            let reply = tern_wire::encode(&reply, b"", b"").unwrap();
+            server.send_to(&reply, from).unwrap();
+            return;
+        }
+    }
+
+    fn submit_and_complete(
+        pipeline: &mut Pipeline,
+        server: &UdpSocket,
+        request: Request<'_>,
+        token: u64,
+    ) {
+        pipeline.submit(request, b"k", token).unwrap();
+        answer_one(server);
+        let mut completed = Vec::new();
+        while completed.is_empty() {
+            pipeline.poll(&mut completed).unwrap();
+        }
+        assert_eq!(completed[0].token, token);
+    }
+
+    #[test]
+    fn a_write_held_up_bounds_the_writes_after_it_but_not_the_reads() {
+        let (server, map) = server();
+        let options = ClientOptions {
+            attempt_timeout: Duration::from_secs(5),
+            deadline: Duration::from_secs(10),
+            ..ClientOptions::default()
+        };
+        let mut pipeline = Pipeline::new(map, options).unwrap();
+        // One write that is never answered...
+        pipeline.submit(Request::Put(b"v"), b"stuck", 0).unwrap();
+        // ...does not stop reads, however many...
+        for token in 1..=(3 * PIPELINE_DEPTH_MAX as u64) {
+            assert!(pipeline.has_room_for_read());
+            submit_and_complete(&mut pipeline, &server, Request::Get, token);
+        }
+        // ...but only so many writes may follow it, each finished at once:
+        // one more and the replicas could have forgotten the first.
+        for token in 1..PIPELINE_DEPTH_MAX as u64 {
+            assert!(pipeline.has_room(), "write {token}");
+            submit_and_complete(&mut pipeline, &server, Request::Put(b"v"), 100 + token);
+        }
+        assert_eq!(pipeline.in_flight(), 1, "only the stuck write is left");
+        assert!(!pipeline.has_room());
+        assert!(
+            pipeline.submit(Request::Put(b"v"), b"w", 200).is_err(),
+            "one write too many after the stuck one"
+        );
+        assert!(pipeline.has_room_for_read());
     }
 }

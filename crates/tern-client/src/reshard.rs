@@ -25,7 +25,7 @@
 //! the source's map has the hand-off (a heartbeat). Every step can be repeated: a driver that stops is run again on
 //! the same slots and goes on from the groups meta has not recorded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -73,9 +73,11 @@ pub struct ReshardReport {
     pub holds: Vec<Duration>,
     /// Groups started again because the source changed under them.
     pub restarts: u32,
-    /// Where the time went, summed over groups: holding the source until
-    /// its writes drained, exporting, installing, and meta's hand-off
-    /// (with the hold of the reads).
+    /// Where the time went, summed over groups: the first copy (export and
+    /// install while the group serves), then, while its writes are held:
+    /// until they drained, exporting and installing what changed since the
+    /// first copy, and meta's hand-off (with the hold of the reads).
+    pub copying: Duration,
     pub draining: Duration,
     pub exporting: Duration,
     pub installing: Duration,
@@ -308,8 +310,8 @@ impl Driver {
         }
     }
 
-    /// One try at moving a group: hold, export, install, hold the reads,
-    /// hand off.
+    /// One try at moving a group: copy it while it serves, hold its writes,
+    /// copy what changed since, hold the reads, hand off.
     fn attempt(
         &mut self,
         migration: &Migration,
@@ -319,29 +321,53 @@ impl Driver {
     ) -> Result<Attempt, ReshardError> {
         let range = migration.group_slots_of(group);
         self.refresh()?;
+        let copying = Instant::now();
+        let Some((first, first_len)) = self.export(migration.from, range, 0, deadline)? else {
+            return Ok(Attempt::Again {
+                pause: Duration::from_millis(100),
+            });
+        };
+        self.install(migration.to, &first, &[], None)?;
         let held = Instant::now();
+        report.copying += held - copying;
         let epoch = self.freeze(migration.from, range, freeze::WRITES)?;
         let drained = Instant::now();
-        let map = self.map()?;
-        let tail = *shard(&map, migration.from)
-            .replicas
-            .last()
-            .expect("a chain has a tail");
-        let bytes = match transfer::fetch(tail, TransferRequest::Slots(range)) {
-            Ok((_, bytes)) => bytes,
-            Err(error) if Instant::now() < deadline => {
-                // The tail may be failing, or replaced: take the group
-                // again from the chain meta has then.
-                tracing::debug!(%error, %tail, "export failed; taking the group again");
-                return Ok(Attempt::Again {
-                    pause: Duration::from_millis(100),
-                });
-            }
-            Err(error) => return Err(error.into()),
+        // Every write of the group is at the tail now, and none comes
+        // after: what changed since the first copy is final.
+        let Some((delta, delta_len)) = self.export(migration.from, range, first.floor, deadline)?
+        else {
+            return Ok(Attempt::Again {
+                pause: Duration::from_millis(100),
+            });
         };
-        let export = Export::decode(&bytes)?;
         let exported = Instant::now();
-        self.install(migration.to, &export)?;
+        let still_live: HashSet<&[u8]> = delta
+            .keys
+            .iter()
+            .map(|copied| &copied.key[..])
+            .chain(delta.unchanged.iter().map(|key| &key[..]))
+            .collect();
+        let deleted: Vec<Vec<u8>> = first
+            .keys
+            .iter()
+            .filter(|copied| !still_live.contains(&copied.key[..]))
+            .map(|copied| copied.key.clone())
+            .collect();
+        let installed_first: HashSet<(u64, u64)> = first
+            .outcomes
+            .iter()
+            .map(|outcome| (outcome.client_id, outcome.request_id))
+            .collect();
+        let changes = Export {
+            outcomes: delta
+                .outcomes
+                .iter()
+                .filter(|outcome| !installed_first.contains(&(outcome.client_id, outcome.request_id)))
+                .copied()
+                .collect(),
+            ..delta.clone()
+        };
+        self.install(migration.to, &changes, &deleted, Some(delta.floor))?;
         let installed = Instant::now();
         report.draining += drained - held;
         report.exporting += exported - drained;
@@ -364,22 +390,69 @@ impl Driver {
         let handed = self.change(Change::HandOff {
             migration: migration.id,
             group,
-            floor: Seq(export.floor),
+            floor: Seq(delta.floor),
             source_epoch: Epoch(epoch),
         });
         match handed {
-            Ok(_) => {
+            Ok(map) => {
                 report.handing_off += installed.elapsed();
-                report.keys += export.keys.len() as u64;
-                report.outcomes += export.outcomes.len() as u64;
-                report.bytes += bytes.len() as u64;
+                report.keys += still_live.len() as u64;
+                report.outcomes += delta.outcomes.len() as u64;
+                report.bytes += (first_len + delta_len) as u64;
                 report.holds.push(held.elapsed());
+                // Meta has it: the source sends the group's clients to the
+                // map at once (WRONG_SHARD) instead of holding them until
+                // its own heartbeat brings the map. Only a shortcut: without
+                // it the hold does the same, later.
+                self.announce_moved(migration.from, range, map.version);
                 Ok(Attempt::HandedOff)
             }
             Err(ReshardError::Refused(Refusal::SourceChanged { .. })) => Ok(Attempt::Again {
                 pause: Duration::ZERO,
             }),
             Err(error) => Err(error),
+        }
+    }
+
+    /// The copy of `range` from `shard_id`'s tail (keys at or above version
+    /// `since` in full), with its encoded length; None when the tail cannot
+    /// give it now (failing or replaced: the group is taken again from the
+    /// chain meta has then).
+    fn export(
+        &mut self,
+        shard_id: ShardId,
+        range: SlotRange,
+        since: u64,
+        deadline: Instant,
+    ) -> Result<Option<(Export, usize)>, ReshardError> {
+        let map = self.map()?;
+        let tail = *shard(&map, shard_id)
+            .replicas
+            .last()
+            .expect("a chain has a tail");
+        match transfer::fetch(tail, TransferRequest::Slots { range, since }) {
+            Ok((_, bytes)) => Ok(Some((Export::decode(&bytes)?, bytes.len()))),
+            Err(error) if Instant::now() < deadline => {
+                tracing::debug!(%error, %tail, "export failed; taking the group again");
+                Ok(None)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Tells `shard_id`'s coordinator that `range` was handed off in map
+    /// `map_version`: its requests are answered WRONG_SHARD naming it until
+    /// the hold runs out. One short try; if it is lost the hold does the
+    /// same until the map arrives.
+    fn announce_moved(&mut self, shard_id: ShardId, range: SlotRange, map_version: u64) {
+        if let Err(error) = self.freeze_within(
+            shard_id,
+            range,
+            freeze::MOVED,
+            map_version,
+            Duration::from_millis(50),
+        ) {
+            tracing::debug!(%error, "the source did not confirm the hand-off announcement");
         }
     }
 
@@ -391,13 +464,31 @@ impl Driver {
         range: SlotRange,
         mode: u8,
     ) -> Result<u32, ReshardError> {
+        self.freeze_within(shard_id, range, mode, 0, self.options.step_deadline)
+    }
+
+    /// [`Driver::freeze`], naming `map_version` (for `freeze::MOVED`),
+    /// giving up after `patience`.
+    fn freeze_within(
+        &mut self,
+        shard_id: ShardId,
+        range: SlotRange,
+        mode: u8,
+        map_version: u64,
+        patience: Duration,
+    ) -> Result<u32, ReshardError> {
         let hold_ms = self
             .options
             .hold
             .as_millis()
             .min(u128::from(freeze::HOLD_MAX_MS)) as u32;
-        let value = freeze::Request { mode, hold_ms }.encode();
-        let deadline = Instant::now() + self.options.step_deadline;
+        let value = freeze::Request {
+            mode,
+            hold_ms,
+            map_version,
+        }
+        .encode();
+        let deadline = Instant::now() + patience;
         let mut last = String::from("no answer");
         while Instant::now() < deadline {
             let map = self.map()?;
@@ -408,7 +499,7 @@ impl Driver {
             let request_id = self.request_id();
             header.request_id.set(request_id);
             self.send(source.coordinator, &header, &[], &value)?;
-            let until = Instant::now() + Duration::from_millis(200);
+            let until = (Instant::now() + Duration::from_millis(200)).min(deadline);
             loop {
                 if Instant::now() >= until {
                     // Silence: the coordinator may have moved.
@@ -437,16 +528,25 @@ impl Driver {
         }
         Err(ReshardError::Stuck {
             step: "holding the group at the source",
-            deadline: self.options.step_deadline,
+            deadline: patience,
             last,
         })
     }
 
-    /// Installs an export at `shard_id`: its keys, its outcomes, its floor.
-    fn install(&mut self, shard_id: ShardId, export: &Export) -> Result<(), ReshardError> {
+    /// Installs at `shard_id` an export's keys and outcomes, forgets the
+    /// copied keys in `deleted` (deleted at the source since they were
+    /// copied), and raises the version floor to `floor` when given.
+    fn install(
+        &mut self,
+        shard_id: ShardId,
+        export: &Export,
+        deleted: &[Vec<u8>],
+        floor: Option<u64>,
+    ) -> Result<(), ReshardError> {
         let map = self.map()?;
         let epoch = shard(&map, shard_id).epoch.get();
-        let mut requests = Vec::with_capacity(export.keys.len() + export.outcomes.len() + 1);
+        let mut requests =
+            Vec::with_capacity(export.keys.len() + export.outcomes.len() + deleted.len() + 1);
         for copied in &export.keys {
             let mut header = Header::new(Op::Install, shard_id.get(), epoch);
             header.key_hash.set(key_hash(&copied.key));
@@ -455,6 +555,17 @@ impl Driver {
                 header,
                 key: copied.key.clone(),
                 value: copied.value.clone(),
+            });
+        }
+        for key in deleted {
+            let mut header = Header::new(Op::Uninstall, shard_id.get(), epoch);
+            header.key_hash.set(key_hash(key));
+            // Every version the source gave is below the delta's floor.
+            header.set_version(floor.unwrap_or(u64::MAX));
+            requests.push(Pending {
+                header,
+                key: key.clone(),
+                value: Vec::new(),
             });
         }
         for outcome in &export.outcomes {
@@ -470,10 +581,12 @@ impl Driver {
                 value: outcome.key_hash.to_le_bytes().to_vec(),
             });
         }
-        let mut rebase = Header::new(Op::Rebase, shard_id.get(), epoch);
-        rebase.key_hash.set(key_hash(b""));
-        rebase.set_version(export.floor);
-        requests.push(Pending::keyless(rebase));
+        if let Some(floor) = floor {
+            let mut rebase = Header::new(Op::Rebase, shard_id.get(), epoch);
+            rebase.key_hash.set(key_hash(b""));
+            rebase.set_version(floor);
+            requests.push(Pending::keyless(rebase));
+        }
         self.exchange(
             shard_id,
             requests,
@@ -548,8 +661,9 @@ impl Driver {
             };
             match answer.status() {
                 Status::TryAgain => {
+                    // A full window at the destination: again shortly.
                     last = "TRY_AGAIN".into();
-                    *sent = now - RESEND_AFTER / 2;
+                    *sent = now - RESEND_AFTER + Duration::from_millis(2);
                 }
                 Status::StaleEpoch | Status::WrongShard => {
                     last = format!("{:?}", answer.status());

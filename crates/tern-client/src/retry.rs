@@ -18,6 +18,10 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(1);
 /// The longest pause between two attempts of one request.
 pub const BACKOFF_MAX: Duration = Duration::from_millis(50);
 
+/// The longest pause given to a refuser whose map is behind the request's
+/// before the map is fetched anyway (pauses of 1, 2, 4 and 8 ms: 15 ms).
+const BEHIND_BACKOFF_MAX: Duration = Duration::from_millis(16);
+
 /// What to do with a request now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -114,6 +118,24 @@ impl Retry {
         (!rerouted || map_behind).then(|| self.pause(now))
     }
 
+    /// A STALE_EPOCH or WRONG_SHARD refusal whose sender acts on map
+    /// `refuser_map` (its MAP_VERSION extension) for a request routed by
+    /// map `routed_by`: when the refuser's map is the older one, it is the
+    /// refuser that is behind (it learns the map in a moment), so the same
+    /// route is retried after a pause instead of fetching the map, for a few
+    /// short pauses (a refuser cut off from meta never catches up: then the
+    /// map is fetched after all, in case it moved the shard again). The
+    /// pause, or None when the map should be fetched.
+    pub fn refuser_behind(
+        &mut self,
+        now: Instant,
+        refuser_map: Option<u64>,
+        routed_by: u64,
+    ) -> Option<Duration> {
+        (self.backoff < BEHIND_BACKOFF_MAX && refuser_map.is_some_and(|version| version < routed_by))
+            .then(|| self.pause(now))
+    }
+
     fn pause(&mut self, now: Instant) -> Duration {
         let pause = self
             .backoff
@@ -156,6 +178,25 @@ mod tests {
             retry.on_reply(start + Duration::from_secs(3), Status::TryAgain),
             Verdict::Expired
         );
+    }
+
+    #[test]
+    fn a_refuser_with_an_older_map_is_retried_after_a_pause_without_fetching_the_map() {
+        let now = Instant::now();
+        let mut retry = Retry::new(now, &options(), true);
+        assert_eq!(retry.refuser_behind(now, Some(4), 5), Some(BACKOFF_MIN));
+        assert_eq!(retry.refuser_behind(now, Some(4), 5), Some(BACKOFF_MIN * 2));
+        assert_eq!(retry.refuser_behind(now, Some(4), 5), Some(BACKOFF_MIN * 4));
+        assert_eq!(retry.refuser_behind(now, Some(4), 5), Some(BACKOFF_MIN * 8));
+        assert_eq!(
+            retry.refuser_behind(now, Some(4), 5),
+            None,
+            "behind for too long: fetch after all"
+        );
+        let mut retry = Retry::new(now, &options(), true);
+        assert_eq!(retry.refuser_behind(now, Some(5), 5), None, "as new: fetch");
+        assert_eq!(retry.refuser_behind(now, Some(6), 5), None, "newer: fetch");
+        assert_eq!(retry.refuser_behind(now, None, 5), None, "unknown: fetch");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -360,26 +360,48 @@ pub struct Heartbeats {
     /// What a replica reports as `spare`.
     spare: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    /// Asks the thread for a heartbeat now ([`Heartbeats::nudge`]).
+    nudges: mpsc::SyncSender<()>,
 }
+
+/// The least time between two heartbeats, however often nudged.
+pub const NUDGE_SPACING: Duration = Duration::from_millis(10);
 
 impl Heartbeats {
     /// Starts heartbeating as `addr` of kind `kind` to `nodes`.
     pub fn start(nodes: Vec<SocketAddrV4>, addr: SocketAddrV4, kind: NodeKind) -> Heartbeats {
+        let (nudges, nudged) = mpsc::sync_channel(1);
         let heartbeats = Heartbeats {
             learnt: Arc::default(),
             version: Arc::default(),
             spare: Arc::default(),
             stop: Arc::default(),
+            nudges,
         };
         let this = heartbeats.clone();
         std::thread::Builder::new()
             .name("heartbeat".into())
-            .spawn(move || this.run(&nodes, addr, kind))
+            .spawn(move || this.run(&nodes, addr, kind, &nudged))
             .expect("spawning the heartbeat thread");
         heartbeats
     }
 
-    fn run(&self, nodes: &[SocketAddrV4], addr: SocketAddrV4, kind: NodeKind) {
+    /// Heartbeats as soon as `NUDGE_SPACING` after the last one allows
+    /// instead of at the next interval: the map may have changed (a client
+    /// was refused for a slot or shard the process's map says is elsewhere,
+    /// so the client's map may be the newer one).
+    pub fn nudge(&self) {
+        // A nudge already waiting is enough.
+        let _ = self.nudges.try_send(());
+    }
+
+    fn run(
+        &self,
+        nodes: &[SocketAddrV4],
+        addr: SocketAddrV4,
+        kind: NodeKind,
+        nudged: &mpsc::Receiver<()>,
+    ) {
         let mut meta = MetaClient::new(nodes.to_vec());
         let mut interval = Duration::from_millis(100);
         while !self.stop.load(Ordering::Relaxed) {
@@ -416,8 +438,9 @@ impl Heartbeats {
                 Ok(other) => tracing::debug!(?other, "meta did not grant a lease"),
                 Err(error) => tracing::debug!(%error, "heartbeat failed"),
             }
-            let elapsed = sent.elapsed();
-            std::thread::sleep(interval.saturating_sub(elapsed));
+            std::thread::sleep(NUDGE_SPACING.min(interval).saturating_sub(sent.elapsed()));
+            // Until the interval is up, or a nudge.
+            let _ = nudged.recv_timeout(interval.saturating_sub(sent.elapsed()));
         }
     }
 

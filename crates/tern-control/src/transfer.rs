@@ -22,15 +22,20 @@ pub const ANSWER_LEN_MAX: usize = 16 << 30;
 pub enum TransferRequest {
     /// Its whole state (a replica snapshot), for a joining successor.
     Snapshot,
-    /// The copy of the slots `[start, end)`, for a migration.
-    Slots([u32; 2]),
+    /// The copy of the slots `range` (`[start, end)`) for a migration:
+    /// the keys whose version is at least `since` in full, the others by
+    /// name only (0: every key in full, a first copy).
+    Slots { range: [u32; 2], since: u64 },
 }
 
 impl TransferRequest {
     fn line(self) -> String {
         match self {
             TransferRequest::Snapshot => "SNAPSHOT\n".into(),
-            TransferRequest::Slots([start, end]) => format!("SLOTS {start} {end}\n"),
+            TransferRequest::Slots {
+                range: [start, end],
+                since,
+            } => format!("SLOTS {start} {end} {since}\n"),
         }
     }
 
@@ -41,10 +46,18 @@ impl TransferRequest {
             "SLOTS" => {
                 let start: u32 = words.next()?.parse().ok()?;
                 let end: u32 = words.next()?.parse().ok()?;
+                // Optional: a first copy asks without it.
+                let since: u64 = match words.next() {
+                    Some(word) => word.parse().ok()?,
+                    None => 0,
+                };
                 if start >= end || end > SLOT_COUNT {
                     return None;
                 }
-                TransferRequest::Slots([start, end])
+                TransferRequest::Slots {
+                    range: [start, end],
+                    since,
+                }
             }
             _ => return None,
         };
@@ -94,14 +107,34 @@ mod tests {
 
     #[test]
     fn requests_parse_back_and_bad_ones_are_refused() {
-        for request in [TransferRequest::Snapshot, TransferRequest::Slots([3, 90])] {
+        for request in [
+            TransferRequest::Snapshot,
+            TransferRequest::Slots {
+                range: [3, 90],
+                since: 0,
+            },
+            TransferRequest::Slots {
+                range: [16383, 16384],
+                since: u64::MAX,
+            },
+        ] {
             assert_eq!(TransferRequest::parse(&request.line()), Some(request));
+            assert!(request.line().len() as u64 <= REQUEST_LINE_MAX);
         }
+        assert_eq!(
+            TransferRequest::parse("SLOTS 3 90"),
+            Some(TransferRequest::Slots {
+                range: [3, 90],
+                since: 0
+            })
+        );
         for bad in [
             "",
             "SLOTS 5 5",
             "SLOTS 1 99999",
             "SLOTS 1",
+            "SLOTS 1 2 x",
+            "SLOTS 1 2 3 4",
             "SNAPSHOT now",
             "HELLO",
         ] {

@@ -57,7 +57,8 @@ pub fn run(
     mode: Mode,
     shutdown: &AtomicBool,
 ) -> Result<(), CoordError> {
-    let mut poll = || {
+    // A static map cannot be fetched again: a doubt changes nothing.
+    let mut poll = |_map_doubted| {
         if shutdown.load(Ordering::Relaxed) {
             Poll::Stop
         } else {
@@ -103,9 +104,12 @@ pub fn run_under_meta(
         }
         standing_by = false;
         let mut supervisor = Supervisor::new(shards.clone());
-        let mut poll = || {
+        let mut poll = |map_doubted: bool| {
             if shutdown.load(Ordering::Relaxed) {
                 return Poll::Stop;
+            }
+            if map_doubted {
+                heartbeats.nudge();
             }
             // The map is copied out only when it is newer than the one acted
             // on; its version and shards then come from that one copy.
@@ -142,13 +146,13 @@ pub fn run_under_meta(
 fn serve_and_report(
     socket: &mut BatchSocket,
     coordinator: &mut Coordinator<SharedShard>,
-    poll: &mut dyn FnMut() -> Poll,
+    poll: &mut dyn FnMut(bool) -> Poll,
     install: &mut dyn FnMut(Install<'_>),
 ) -> std::io::Result<()> {
     tern_net::serve_while(
         socket,
         coordinator,
-        |core| carry_out(poll(), core, install),
+        |core| carry_out(poll(core.take_map_doubt()), core, install),
         |_, _| Ok(()),
     )?;
     tracing::info!(stats = %coordinator.render_stats(None), send_errors = socket.send_errors(), "coordinator stopped");
@@ -251,12 +255,14 @@ impl Routes {
     }
 }
 
-/// Serves the coordinators of `shards` on `listen` while `poll` says so.
+/// Serves the coordinators of `shards` on `listen` while `poll` says so;
+/// `poll` is told whether a client's request said the map may have changed
+/// ([`Coordinator::take_map_doubt`]).
 fn serve_shards(
     listen: SocketAddrV4,
     shards: Vec<ShardConfig>,
     mode: Mode,
-    poll: &mut dyn FnMut() -> Poll,
+    poll: &mut dyn FnMut(bool) -> Poll,
 ) -> Result<(), CoordError> {
     let ids: Vec<u32> = shards.iter().map(|shard| shard.shard).collect();
     match mode {
@@ -308,7 +314,7 @@ fn serve_shards(
                         return false;
                     }
                     routes.borrow_mut().finish_resolving(&fast_path);
-                    let going_on = carry_out(poll(), core, &mut install);
+                    let going_on = carry_out(poll(core.take_map_doubt()), core, &mut install);
                     stopped = !going_on;
                     going_on
                 },
@@ -320,9 +326,9 @@ fn serve_shards(
             fast_path.attach(&interface)?;
             tracing::info!(%listen, %interface, shards = ?ids, mode = "xdp", "coordinator serving, fast path attached");
             let fast_path = &fast_path;
-            let mut poll_and_resolve = || {
+            let mut poll_and_resolve = |map_doubted| {
                 routes.borrow_mut().finish_resolving(fast_path);
-                poll()
+                poll(map_doubted)
             };
             serve_and_report(
                 &mut socket,

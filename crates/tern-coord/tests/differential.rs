@@ -286,6 +286,7 @@ fn valid_corpus() -> Vec<(String, Sender, Vec<u8>)> {
         let value = tern_wire::freeze::Request {
             mode,
             hold_ms: 5000,
+            map_version: 9,
         }
         .encode();
         encode(&header, b"", &value).unwrap()
@@ -304,6 +305,21 @@ fn valid_corpus() -> Vec<(String, Sender, Vec<u8>)> {
         "get of a frozen slot",
         Sender::Client,
         request(Op::Get, b"frozen", b"", 34),
+    );
+    add(
+        "hand-off announced",
+        Sender::Client,
+        freeze(tern_wire::freeze::MOVED, 37),
+    );
+    add(
+        "put of a slot handed off",
+        Sender::Client,
+        request(Op::Put, b"frozen", b"v", 38),
+    );
+    add(
+        "get of a slot handed off",
+        Sender::Client,
+        request(Op::Get, b"frozen", b"", 39),
     );
     add(
         "release",

@@ -431,6 +431,7 @@ fn a_slot_a_migration_holds_stays_out_of_the_kernel_when_the_route_is_rewritten(
     let value = tern_wire::freeze::Request {
         mode: tern_wire::freeze::WRITES,
         hold_ms: 5000,
+        map_version: 0,
     }
     .encode();
     let mut outbox = Outbox::new();

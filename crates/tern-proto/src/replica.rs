@@ -369,18 +369,24 @@ impl Replica {
     /// The copy of the slot range `[start, end)` a migration takes from
     /// this replica (the source's tail, once the range's writes have all
     /// committed): its live keys with their newest versions, its dedup
-    /// outcomes, and a version floor above every version it gave.
-    pub fn export_slots(&self, [start, end]: [u32; 2]) -> Export {
+    /// outcomes, and a version floor above every version it gave. Keys
+    /// whose version is below `since` (the floor of an earlier copy, which
+    /// had them) come by name only.
+    pub fn export_slots(&self, [start, end]: [u32; 2], since: u64) -> Export {
         let in_range = |hash: u32| (start..end).contains(&tern_wire::slot_of(hash));
-        let keys = self
-            .store
-            .live_in([start, end])
-            .map(|(key, found)| ExportedKey {
-                key: key.to_vec(),
-                version: found.version,
-                value: found.value.to_vec(),
-            })
-            .collect();
+        let mut keys = Vec::new();
+        let mut unchanged = Vec::new();
+        for (key, found) in self.store.live_in([start, end]) {
+            if found.version >= since {
+                keys.push(ExportedKey {
+                    key: key.to_vec(),
+                    version: found.version,
+                    value: found.value.to_vec(),
+                });
+            } else {
+                unchanged.push(key.to_vec());
+            }
+        }
         let outcomes = self
             .outcomes
             .iter()
@@ -402,6 +408,7 @@ impl Replica {
             floor: self.store.version_of(self.store.applied_seq() + 1),
             keys,
             outcomes,
+            unchanged,
         }
     }
 
@@ -814,6 +821,13 @@ impl Replica {
                     _ => decided(Effect::Install, Status::Ok, installed),
                 }
             }
+            Op::Uninstall => match version {
+                // A newer copy (or nothing to forget): left as it is.
+                Some(current) if current < header.version() => {
+                    decided(Effect::Delete, Status::Ok, current)
+                }
+                _ => decided(Effect::None, Status::Ok, version.unwrap_or(0)),
+            },
             Op::Rebase => decided(Effect::Rebase, Status::Ok, header.version()),
             // Not known here yet (the dedup check above found none).
             Op::InstallOutcome if message.value.len() == 4 => {

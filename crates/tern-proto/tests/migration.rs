@@ -159,7 +159,12 @@ fn installs_and_rebases_survive_a_restart_from_the_log_and_from_a_snapshot() {
 fn freeze_request(range: [u32; 2], mode: u8, hold_ms: u32, request_id: u64) -> Vec<u8> {
     let mut header = migration_header(Op::Freeze, b"", request_id);
     header.set_slot_range(range);
-    let value = tern_wire::freeze::Request { mode, hold_ms }.encode();
+    let value = tern_wire::freeze::Request {
+        mode,
+        hold_ms,
+        map_version: 0,
+    }
+    .encode();
     encode(&header, b"", &value).unwrap()
 }
 
@@ -307,7 +312,7 @@ fn an_installed_outcome_survives_snapshots_with_its_key_hash() {
     let restored =
         tern_proto::replica::Replica::restore(sim.tail().config().clone(), Some(&snapshot.1))
             .unwrap();
-    let exported = restored.export_slots(slot_range_of(b"counter"));
+    let exported = restored.export_slots(slot_range_of(b"counter"), 0);
     assert_eq!(exported.outcomes.len(), 1);
     assert_eq!(exported.outcomes[0].request_id, 9);
 }
@@ -323,7 +328,7 @@ fn the_export_of_a_range_has_its_live_keys_its_outcomes_and_a_floor_above_them()
     sim.deliver_all();
     let range = [0, tern_wire::SLOT_COUNT / 2];
     let moved = |key: &[u8]| (range[0]..range[1]).contains(&slot_of(key_hash(key)));
-    let export = sim.tail().export_slots(range);
+    let export = sim.tail().export_slots(range, 0);
     let mut exported: Vec<&[u8]> = export.keys.iter().map(|k| &k.key[..]).collect();
     exported.sort();
     let mut expected: Vec<&[u8]> = keys[1..]
@@ -382,4 +387,98 @@ fn holds_are_bounded_and_a_hold_at_the_bound_is_still_renewed() {
         Status::Ok,
         "a renewal is not a new hold"
     );
+}
+
+fn uninstall(key: &[u8], version: u64, request_id: u64) -> Vec<u8> {
+    let mut header = migration_header(Op::Uninstall, key, request_id);
+    header.set_version(version);
+    encode(&header, key, b"").unwrap()
+}
+
+/// What a replica holds of the slots `range`: each live key with its
+/// version and value, sorted.
+fn contents(replica: &tern_proto::replica::Replica, range: [u32; 2]) -> Vec<(Vec<u8>, u64, Vec<u8>)> {
+    let mut found: Vec<_> = replica
+        .store()
+        .live_in(range)
+        .map(|(key, found)| (key.to_vec(), found.version, found.value.to_vec()))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn a_delta_copy_brings_what_changed_since_the_first_and_the_destination_forgets_what_was_deleted()
+{
+    let range = [0, tern_wire::SLOT_COUNT / 2];
+    let in_range = |key: &[u8]| (range[0]..range[1]).contains(&slot_of(key_hash(key)));
+    let keys: Vec<Vec<u8>> = (0..40)
+        .map(|n| format!("key-{n}").into_bytes())
+        .filter(|key| in_range(key))
+        .take(6)
+        .collect();
+    let mut source = Sim::new(3);
+    for (n, key) in keys.iter().enumerate() {
+        source.put(key, b"first", n as u64 + 1);
+    }
+    source.deliver_all();
+    let mut destination = Sim::new(3);
+    let mut config = destination.shard().config().clone();
+    config.slots = vec![[range[1], tern_wire::SLOT_COUNT]];
+    assert!(destination.coordinator.reconfigure(config));
+    let mut request_id = 1000;
+    let mut install_all = |destination: &mut Sim, export: &tern_wire::export::Export| {
+        for copied in &export.keys {
+            request_id += 1;
+            destination.send(install(&copied.key, &copied.value, copied.version, request_id));
+        }
+        destination.deliver_all();
+    };
+    // The first copy, while the source goes on serving.
+    let first = source.tail().export_slots(range, 0);
+    assert!(first.unchanged.is_empty());
+    install_all(&mut destination, &first);
+    // Meanwhile: one key overwritten, one deleted, one deleted and written
+    // again, one new.
+    source.put(&keys[0], b"second", 100);
+    source.send(request(Op::Delete, &keys[1], b"", 0, 101));
+    source.send(request(Op::Delete, &keys[2], b"", 0, 102));
+    source.deliver_all();
+    source.put(&keys[2], b"again", 103);
+    let new_key = (40..200)
+        .map(|n| format!("key-{n}").into_bytes())
+        .find(|key| in_range(key))
+        .unwrap();
+    source.put(&new_key, b"new", 104);
+    source.deliver_all();
+    // The delta: only what changed comes in full.
+    let delta = source.tail().export_slots(range, first.floor);
+    let mut changed: Vec<&[u8]> = delta.keys.iter().map(|k| &k.key[..]).collect();
+    changed.sort();
+    let mut expected = vec![&keys[0][..], &keys[2][..], &new_key[..]];
+    expected.sort();
+    assert_eq!(changed, expected);
+    let mut unchanged = delta.unchanged.clone();
+    unchanged.sort();
+    assert_eq!(unchanged, keys[3..].to_vec());
+    install_all(&mut destination, &delta);
+    // The copied keys the delta no longer names were deleted at the source.
+    let live: std::collections::HashSet<&[u8]> = delta
+        .keys
+        .iter()
+        .map(|k| &k.key[..])
+        .chain(delta.unchanged.iter().map(|k| &k[..]))
+        .collect();
+    for (n, copied) in first.keys.iter().filter(|k| !live.contains(&k.key[..])).enumerate() {
+        destination.send(uninstall(&copied.key, delta.floor, 2000 + n as u64));
+    }
+    // An UNINSTALL never forgets a newer copy.
+    destination.send(uninstall(&keys[0], first.floor, 2100));
+    destination.deliver_all();
+    assert_eq!(destination.reply_to(2100).status(), Status::Ok);
+    let wanted = contents(source.tail(), range);
+    assert_eq!(wanted.len(), keys.len());
+    for replica in &destination.replicas {
+        assert_eq!(contents(replica, range), wanted);
+    }
 }

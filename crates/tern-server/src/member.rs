@@ -177,7 +177,9 @@ pub fn run(
                     if membership.may_serve_state(|version| heartbeats.lease_valid(version)) {
                         let bytes = match request {
                             TransferRequest::Snapshot => replica.snapshot().1,
-                            TransferRequest::Slots(range) => replica.export_slots(range).encode(),
+                            TransferRequest::Slots { range, since } => {
+                                replica.export_slots(range, since).encode()
+                            }
                         };
                         let _ = answer.try_send((replica.config().epoch, bytes));
                     }

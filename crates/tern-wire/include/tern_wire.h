@@ -39,6 +39,7 @@
 #define TERN_OP_DROP_SLOTS           12
 #define TERN_OP_FREEZE               13
 #define TERN_OP_INSTALL_OUTCOME      14
+#define TERN_OP_UNINSTALL            15
 #define TERN_OP_REPLY                16
 #define TERN_OP_REPLICATE            17
 #define TERN_OP_ACK                  18
@@ -255,6 +256,8 @@ static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)
 		return TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_INTERNAL;
 	case TERN_OP_INSTALL_OUTCOME:
 		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_ANY_SLOT;
+	case TERN_OP_UNINSTALL:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_ANY_SLOT;
 	case TERN_OP_REPLY:
 		return TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_INTERNAL | TERN_OP_CLASS_ANSWER;
 	case TERN_OP_REPLICATE:

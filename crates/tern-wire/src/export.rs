@@ -1,7 +1,10 @@
 //! What a migration copies out of a source shard for a slot range: every
 //! live key with its version and value, the dedup outcomes of writes to
 //! those slots, and the version floor above which the destination's later
-//! writes must lie. Sent by the source's tail over its state-transfer
+//! writes must lie. A later copy of the same range (the delta, taken while
+//! the range's writes are held) carries in full only the keys written since
+//! the first copy's floor, and the others by name, so that the destination
+//! also learns which copied keys were deleted since. Sent by the source's tail over its state-transfer
 //! connection; decoded by the migration, which installs it at the
 //! destination (INSTALL, INSTALL_OUTCOME, REBASE).
 
@@ -34,6 +37,9 @@ pub struct Export {
     pub floor: u64,
     pub keys: Vec<ExportedKey>,
     pub outcomes: Vec<ExportedOutcome>,
+    /// Live keys not in `keys`: their version is below the copy's `since`,
+    /// so the destination has them already.
+    pub unchanged: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -52,6 +58,7 @@ pub enum ExportError {
 
 const KEY: u8 = 1;
 const OUTCOME: u8 = 2;
+const UNCHANGED: u8 = 3;
 
 impl Export {
     pub fn encode(&self) -> Vec<u8> {
@@ -72,6 +79,11 @@ impl Export {
             out.push(outcome.status as u8);
             out.extend_from_slice(&outcome.version.to_le_bytes());
             out.extend_from_slice(&outcome.key_hash.to_le_bytes());
+        }
+        for key in &self.unchanged {
+            out.push(UNCHANGED);
+            out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+            out.extend_from_slice(key);
         }
         out
     }
@@ -94,13 +106,16 @@ impl Export {
                 Ok(kind) => kind[0],
                 Err(_) => return Ok(export),
             };
+            let mut take_key = || -> Result<Vec<u8>, ExportError> {
+                let length = usize::from(u16::from_le_bytes(take(2)?.try_into().expect("2")));
+                if length > KEY_LEN_MAX {
+                    return Err(ExportError::KeyTooLarge(length));
+                }
+                Ok(take(length)?.to_vec())
+            };
             match kind {
                 KEY => {
-                    let length = usize::from(u16::from_le_bytes(take(2)?.try_into().expect("2")));
-                    if length > KEY_LEN_MAX {
-                        return Err(ExportError::KeyTooLarge(length));
-                    }
-                    let key = take(length)?.to_vec();
+                    let key = take_key()?;
                     let version = u64_of(take(8)?);
                     let length = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
                     if length > VALUE_LEN_MAX {
@@ -129,6 +144,10 @@ impl Export {
                         key_hash,
                     });
                 }
+                UNCHANGED => {
+                    let key = take_key()?;
+                    export.unchanged.push(key);
+                }
                 other => return Err(ExportError::UnknownKind(other)),
             }
         }
@@ -155,11 +174,15 @@ mod tests {
                 version: 7000,
                 key_hash: 5,
             }],
+            unchanged: vec![b"old".to_vec()],
         };
         let bytes = export.encode();
         assert_eq!(Export::decode(&bytes), Ok(export));
+        // Cuts between records decode as a shorter export.
+        let key_end = 8 + 1 + 2 + 1 + 8 + 4 + 1;
+        let outcome_end = key_end + 1 + 8 + 8 + 1 + 8 + 4;
         for cut in 1..bytes.len() {
-            if cut != 8 && cut != 8 + 1 + 2 + 1 + 8 + 4 + 1 {
+            if ![8, key_end, outcome_end].contains(&cut) {
                 assert!(Export::decode(&bytes[..cut]).is_err(), "cut at {cut}");
             }
         }

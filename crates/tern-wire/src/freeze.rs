@@ -8,26 +8,35 @@ pub const RELEASE: u8 = 0;
 pub const WRITES: u8 = 1;
 /// Hold reads too: the destination is about to take the range over.
 pub const ALL: u8 = 2;
+/// The range was handed off (meta has committed it in the map of version
+/// `map_version`): its requests are answered WRONG_SHARD naming that
+/// version, so clients fetch the map and find the destination at once
+/// instead of waiting for this coordinator to get it. Lasts as a hold does;
+/// by then the coordinator's map says the same.
+pub const MOVED: u8 = 3;
 /// The longest hold one request may ask for; a migration renews it while
 /// it works, so a migration that dies lets go by itself.
 pub const HOLD_MAX_MS: u32 = 10_000;
 /// Bytes of an encoded request.
-pub const LEN: usize = 5;
+pub const LEN: usize = 13;
 
 /// A FREEZE request's value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request {
-    /// [`RELEASE`], [`WRITES`] or [`ALL`].
+    /// [`RELEASE`], [`WRITES`], [`ALL`] or [`MOVED`].
     pub mode: u8,
     /// How long the hold lasts from its arrival, at most [`HOLD_MAX_MS`].
     pub hold_ms: u32,
+    /// For [`MOVED`]: the version of meta's map with the hand-off (else 0).
+    pub map_version: u64,
 }
 
 impl Request {
     pub fn encode(self) -> [u8; LEN] {
         let mut bytes = [0; LEN];
         bytes[0] = self.mode;
-        bytes[1..].copy_from_slice(&self.hold_ms.to_le_bytes());
+        bytes[1..5].copy_from_slice(&self.hold_ms.to_le_bytes());
+        bytes[5..].copy_from_slice(&self.map_version.to_le_bytes());
         bytes
     }
 
@@ -36,9 +45,10 @@ impl Request {
         let bytes: [u8; LEN] = bytes.try_into().ok()?;
         let request = Request {
             mode: bytes[0],
-            hold_ms: u32::from_le_bytes(bytes[1..].try_into().expect("4 bytes")),
+            hold_ms: u32::from_le_bytes(bytes[1..5].try_into().expect("4 bytes")),
+            map_version: u64::from_le_bytes(bytes[5..].try_into().expect("8 bytes")),
         };
-        (request.mode <= ALL && request.hold_ms <= HOLD_MAX_MS).then_some(request)
+        (request.mode <= MOVED && request.hold_ms <= HOLD_MAX_MS).then_some(request)
     }
 }
 
@@ -51,14 +61,25 @@ mod tests {
         let request = Request {
             mode: WRITES,
             hold_ms: 2000,
+            map_version: 0,
         };
         assert_eq!(Request::decode(&request.encode()), Some(request));
         let too_long = Request {
             mode: ALL,
             hold_ms: HOLD_MAX_MS + 1,
+            map_version: 0,
         };
         assert_eq!(Request::decode(&too_long.encode()), None);
-        assert_eq!(Request::decode(&[3, 0, 0, 0, 0]), None);
+        let moved = Request {
+            mode: MOVED,
+            hold_ms: 5000,
+            map_version: 77,
+        };
+        assert_eq!(Request::decode(&moved.encode()), Some(moved));
+        let mut unknown_mode = moved.encode();
+        unknown_mode[0] = MOVED + 1;
+        assert_eq!(Request::decode(&unknown_mode), None);
+        assert_eq!(Request::decode(&moved.encode()[..5]), None, "too short");
         assert_eq!(Request::decode(&[1, 0]), None);
     }
 }

@@ -98,6 +98,10 @@ wire_enum! {
         /// version) are the outcome's; the value is its key's hash (4 bytes,
         /// little-endian). A retry of that request is then answered with it.
         InstallOutcome = 14 => "INSTALL_OUTCOME",
+        /// A migration's destination forgets a key it copied that the
+        /// source deleted since: the key is deleted unless it has a version
+        /// of at least `argument` (a newer copy). Sequenced like a write.
+        Uninstall = 15 => "UNINSTALL",
         /// Answer to a client (or to an administrative request).
         Reply = 16 => "REPLY",
         /// A sequenced write travelling down the chain; `effect` says what it does.
@@ -204,7 +208,7 @@ impl Op {
             Op::Put | Op::Cas | Op::IncrBy | Op::Append => CLIENT_WRITE | CARRIES_VALUE | FAST_PATH,
             Op::Delete => CLIENT_WRITE | FAST_PATH,
             Op::Install | Op::InstallOutcome => CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT,
-            Op::Rebase | Op::DropSlots => CLIENT_WRITE | ANY_SLOT,
+            Op::Rebase | Op::DropSlots | Op::Uninstall => CLIENT_WRITE | ANY_SLOT,
             Op::Freeze => INTERNAL | CARRIES_VALUE,
             Op::Noop | Op::Retransmit | Op::SeqProbe | Op::SeqReport => INTERNAL,
             Op::Ping | Op::Stats => ADMIN,

@@ -28,7 +28,10 @@ pub const FREEZES_MAX: usize = 256;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Freeze {
     range: [u32; 2],
-    reads: bool,
+    /// `freeze::WRITES`, `ALL` or `MOVED`.
+    mode: u8,
+    /// For `MOVED`: the map version its refusals name.
+    map_version: u64,
     until: Time,
 }
 
@@ -57,7 +60,8 @@ impl<S: ShardState> ShardCoordinator<S> {
         if request.mode != freeze::RELEASE {
             self.freezes.push(Freeze {
                 range: [start, end],
-                reads: request.mode == freeze::ALL,
+                mode: request.mode,
+                map_version: request.map_version,
                 until: now + Duration::from_millis(u64::from(request.hold_ms)),
             });
         }
@@ -118,25 +122,36 @@ impl<S: ShardState> ShardCoordinator<S> {
     }
 
     /// Why a request for a key cannot be served here now: WRONG_SHARD for
-    /// a slot this shard does not serve, TRY_AGAIN for one a migration
-    /// holds; None to serve it. Checked against the shared bitmap first,
-    /// so only requests the fast path would hand up get past it.
-    pub(super) fn refusal_for_slot(&mut self, header: &Header) -> Option<Status> {
+    /// a slot this shard does not serve (or whose hand-off a migration
+    /// announced ahead of the map), TRY_AGAIN for one a migration holds;
+    /// None to serve it; with the map version a WRONG_SHARD names.
+    /// Checked against the shared bitmap first, so only requests the fast
+    /// path would hand up get past it.
+    pub(super) fn refusal_for_slot(&mut self, header: &Header) -> Option<(Status, u64)> {
         let slot = slot_of(header.key_hash.get());
         if header.op().is_any_slot() || self.state.serves_slot(slot) {
             return None;
         }
         if !slots::contains(&self.config.slots, slot) {
             self.counters.wrong_slot += 1;
-            return Some(Status::WrongShard);
+            self.map_doubted = true;
+            return Some((Status::WrongShard, self.map_version));
         }
-        let held = self.freezes.iter().any(|held| {
-            (held.range[0]..held.range[1]).contains(&slot) && (held.reads || header.op() != Op::Get)
-        });
-        if held {
-            self.counters.held_frozen += 1;
-            return Some(Status::TryAgain);
+        let hold = self
+            .freezes
+            .iter()
+            .find(|held| (held.range[0]..held.range[1]).contains(&slot))?;
+        match hold.mode {
+            freeze::WRITES if header.op() == Op::Get => None,
+            freeze::MOVED => {
+                self.counters.wrong_slot += 1;
+                self.map_doubted = true;
+                Some((Status::WrongShard, self.map_version.max(hold.map_version)))
+            }
+            _ => {
+                self.counters.held_frozen += 1;
+                Some((Status::TryAgain, self.map_version))
+            }
         }
-        None
     }
 }

@@ -119,6 +119,10 @@ pub struct ShardCoordinator<S> {
     resend_buffer: Vec<u8>,
     /// Slot ranges a migration holds still (`freeze`).
     freezes: Vec<freeze::Freeze>,
+    /// A client was refused in a way that says its map may be newer than
+    /// this coordinator's (WRONG_SHARD, or a higher epoch): the shell
+    /// fetches the map early (`Coordinator::take_map_doubt`).
+    map_doubted: bool,
     counters: ShardCounters,
 }
 
@@ -148,6 +152,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             map_version: 0,
             resend_buffer: Vec::with_capacity(MESSAGE_LEN_MAX),
             freezes: Vec::new(),
+            map_doubted: false,
             counters: ShardCounters::default(),
         }
     }
@@ -224,6 +229,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             op if op.is_client_request() => {
                 if header.epoch.get() != self.config.epoch {
                     self.counters.stale_epoch += 1;
+                    self.map_doubted |= header.epoch.get() > self.config.epoch;
                     crate::answer_status(
                         from,
                         header,
@@ -232,13 +238,13 @@ impl<S: ShardState> ShardCoordinator<S> {
                         self.map_version,
                         outbox,
                     );
-                } else if let Some(status) = self.refusal_for_slot(header) {
+                } else if let Some((status, map_version)) = self.refusal_for_slot(header) {
                     crate::answer_status(
                         from,
                         header,
                         status,
                         self.config.epoch,
-                        self.map_version,
+                        map_version,
                         outbox,
                     );
                 } else if header.op() == Op::Get {

@@ -30,6 +30,8 @@ pub struct Coordinator<S> {
     extra_stats: Option<ExtraStats>,
     /// Version of the cluster map this process acts on (0: static).
     map_version: u64,
+    /// A request came for a shard not served here.
+    map_doubted: bool,
 }
 
 /// A source of extra STATS lines.
@@ -56,6 +58,7 @@ impl<S: ShardState> Coordinator<S> {
             drops: DecodeDrops::default(),
             extra_stats: None,
             map_version: 0,
+            map_doubted: false,
         }
     }
 
@@ -83,6 +86,20 @@ impl<S: ShardState> Coordinator<S> {
         for shard in self.shards.values_mut() {
             shard.map_version = version;
         }
+    }
+
+    /// Whether a client was refused since the last call in a way that says
+    /// its map may be newer than this process's: WRONG_SHARD (a shard or
+    /// slot served elsewhere by this map) or an epoch above the shard's. A
+    /// process under meta then fetches the map early
+    /// (`tern_control::meta::Heartbeats::nudge`), so that a coordinator
+    /// learns a hand-off or a new shard as soon as clients do.
+    pub fn take_map_doubt(&mut self) -> bool {
+        let mut doubted = std::mem::take(&mut self.map_doubted);
+        for shard in self.shards.values_mut() {
+            doubted |= std::mem::take(&mut shard.map_doubted);
+        }
+        doubted
     }
 
     /// Stops serving `shard` (the map moved it elsewhere); its requests are
@@ -182,6 +199,7 @@ impl<S: ShardState> Core for Coordinator<S> {
             Some(shard) => shard.step(now, from, &message, outbox),
             None => {
                 self.counters.unknown_shard += 1;
+                self.map_doubted = true;
                 crate::answer_status(
                     from,
                     header,
