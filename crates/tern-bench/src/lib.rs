@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use distribution::KeyChooser;
-pub use report::{BenchReport, Event, OpReport, SecondReport};
+pub use report::{BenchReport, Event, IntervalReport, OpReport, Window};
 pub use run::run;
 pub use workload::{Distribution, Mix, OpKind, WorkloadName};
 
@@ -85,9 +85,13 @@ pub struct BenchArgs {
     /// Write every figure and the configuration as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Draw throughput and p99 latency per second as SVG here.
+    /// Draw throughput and p50/p99 latency per interval as SVG here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Length of each interval of the time series, e.g. `1s` or `100ms`.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[serde(serialize_with = "seconds")]
+    pub interval: Duration,
 }
 
 fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {

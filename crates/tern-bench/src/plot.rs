@@ -1,5 +1,6 @@
-//! An SVG picture of a run: throughput and p99 latency per second, sharing
-//! the time axis, with a dashed marker per event (e.g. "migration starts").
+//! An SVG picture of a run: throughput and p50/p99 latency per interval,
+//! sharing the time axis, with a dashed marker per event (e.g. "migration
+//! starts").
 //! Written by hand: two line charts do not need a plotting library and its
 //! font handling.
 
@@ -33,17 +34,23 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// One line of a panel: its points and colour.
+type Line<'a> = (&'a [(f64, f64)], &'a str);
+
 fn panel(
     out: &mut String,
     top: f64,
     title: &str,
-    points: &[(f64, f64)],
-    color: &str,
+    lines: &[Line<'_>],
     x_max: f64,
     events: &[(f64, &str)],
 ) {
     let plot_width = WIDTH - LEFT - RIGHT;
-    let y_max = nice_ceiling(points.iter().map(|(_, y)| *y).fold(0.0, f64::max) * 1.05);
+    let highest = lines
+        .iter()
+        .flat_map(|(points, _)| points.iter().map(|(_, y)| *y))
+        .fold(0.0, f64::max);
+    let y_max = nice_ceiling(highest * 1.05);
     let x = |value: f64| LEFT + value / x_max * plot_width;
     let y = |value: f64| top + PANEL_HEIGHT - value / y_max * PANEL_HEIGHT;
     let _ = writeln!(
@@ -89,15 +96,17 @@ fn panel(
             px = x(*at)
         );
     }
-    let line: Vec<String> = points
-        .iter()
-        .map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py)))
-        .collect();
-    let _ = writeln!(
-        out,
-        r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-        line.join(" ")
-    );
+    for (points, color) in lines {
+        let line: Vec<String> = points
+            .iter()
+            .map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py)))
+            .collect();
+        let _ = writeln!(
+            out,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            line.join(" ")
+        );
+    }
 }
 
 /// The SVG document for `report`, its events as dashed markers.
@@ -108,18 +117,19 @@ pub fn svg(report: &BenchReport) -> String {
         .map(|e| (e.second, e.label.as_str()))
         .collect();
     let events = &events[..];
-    // Each point sits at the middle of its second.
-    let throughput: Vec<(f64, f64)> = report
-        .series
-        .iter()
-        .map(|s| (s.second as f64 + 0.5, s.ops as f64))
-        .collect();
-    let p99: Vec<(f64, f64)> = report
-        .series
-        .iter()
-        .map(|s| (s.second as f64 + 0.5, s.p99_us as f64))
-        .collect();
-    let x_max = (report.series.len() as f64).max(1.0);
+    // Each point sits at the middle of its interval.
+    let half = report.interval_s / 2.0;
+    let points = |value: fn(&crate::IntervalReport) -> f64| -> Vec<(f64, f64)> {
+        report
+            .series
+            .iter()
+            .map(|s| (s.start_s + half, value(s)))
+            .collect()
+    };
+    let throughput = points(|s| s.ops_per_s);
+    let p50 = points(|s| s.p50_us as f64);
+    let p99 = points(|s| s.p99_us as f64);
+    let x_max = (report.series.len() as f64 * report.interval_s).max(1.0);
     let height = TOP + 2.0 * PANEL_HEIGHT + GAP + 40.0;
     let mut out = String::new();
     let _ = writeln!(
@@ -145,17 +155,15 @@ pub fn svg(report: &BenchReport) -> String {
         &mut out,
         TOP,
         "throughput (operations per second)",
-        &throughput,
-        "#1f5fbf",
+        &[(&throughput, "#1f5fbf")],
         x_max,
         events,
     );
     panel(
         &mut out,
         TOP + PANEL_HEIGHT + GAP,
-        "p99 latency (microseconds)",
-        &p99,
-        "#d9730d",
+        "latency (microseconds): p99 orange, p50 green",
+        &[(&p99, "#d9730d"), (&p50, "#2a9d4b")],
         x_max,
         events,
     );
@@ -172,7 +180,7 @@ pub fn svg(report: &BenchReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::nice_ceiling;
-    use crate::report::{Event, SecondReport};
+    use crate::report::{Event, IntervalReport};
 
     /// A report of a run with default options that measured nothing.
     fn empty_report() -> crate::BenchReport {
@@ -183,7 +191,10 @@ mod tests {
         }
         let args = <Command as clap::Parser>::parse_from(["bench"]).args;
         let mix = crate::Mix::of(args.workload, args.read_fraction, args.distribution).unwrap();
-        let recorder = crate::report::Recorder::new(std::time::Instant::now());
+        let recorder = crate::report::Recorder::new(
+            std::time::Instant::now(),
+            std::time::Duration::from_secs(1),
+        );
         crate::BenchReport::build(&args, mix, std::time::Duration::from_secs(5), recorder)
     }
 
@@ -191,10 +202,13 @@ mod tests {
     fn the_plot_has_both_series_and_every_event() {
         let mut report = empty_report();
         report.series = (0..5)
-            .map(|second| SecondReport {
-                second,
+            .map(|second| IntervalReport {
+                start_s: second as f64,
                 ops: 1000 + second * 10,
+                ops_per_s: (1000 + second * 10) as f64,
+                p50_us: 100,
                 p99_us: 200,
+                latency: crate::report::histogram(),
             })
             .collect();
         report.events.push(Event {
@@ -202,7 +216,7 @@ mod tests {
             label: "migration starts".into(),
         });
         let svg = super::svg(&report);
-        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert_eq!(svg.matches("<polyline").count(), 3);
         assert_eq!(
             svg.matches("migration starts").count(),
             2,

@@ -1,5 +1,6 @@
-//! What a run measured: HDR histograms per operation, a per-second series,
-//! errors; printed as a table, written as JSON.
+//! What a run measured: HDR histograms per operation, a time series (per
+//! second unless `--interval` says otherwise), errors; printed as a table,
+//! written as JSON.
 
 use std::time::{Duration, Instant};
 
@@ -22,14 +23,16 @@ pub(crate) struct Recorder {
     per_op: Vec<Histogram<u64>>,
     errors: Vec<u64>,
     timeouts: Vec<u64>,
-    /// (operations completed, latency histogram) per second of the run.
+    /// (operations completed, latency histogram) per interval of the run.
     series: Vec<(u64, Histogram<u64>)>,
+    interval: Duration,
 }
 
 impl Recorder {
-    pub(crate) fn new(run_start: Instant) -> Self {
+    pub(crate) fn new(run_start: Instant, interval: Duration) -> Self {
         Recorder {
             run_start,
+            interval: interval.max(Duration::from_millis(1)),
             per_op: OpKind::ALL.iter().map(|_| histogram()).collect(),
             errors: vec![0; OpKind::ALL.len()],
             timeouts: vec![0; OpKind::ALL.len()],
@@ -50,12 +53,13 @@ impl Recorder {
             Ok(()) => {
                 let micros = (now.duration_since(started).as_micros() as u64).max(1);
                 self.per_op[kind.index()].saturating_record(micros);
-                let second = now.saturating_duration_since(self.run_start).as_secs() as usize;
-                while self.series.len() <= second {
+                let since = now.saturating_duration_since(self.run_start);
+                let index = (since.as_nanos() / self.interval.as_nanos()) as usize;
+                while self.series.len() <= index {
                     self.series.push((0, histogram()));
                 }
-                self.series[second].0 += 1;
-                self.series[second].1.saturating_record(micros);
+                self.series[index].0 += 1;
+                self.series[index].1.saturating_record(micros);
             }
             Err(ClientError::Timeout { .. }) => self.timeouts[kind.index()] += 1,
             Err(_) => self.errors[kind.index()] += 1,
@@ -70,12 +74,12 @@ impl Recorder {
             self.errors[index] += other.errors[index];
             self.timeouts[index] += other.timeouts[index];
         }
-        for (second, (count, latency)) in other.series.into_iter().enumerate() {
-            while self.series.len() <= second {
+        for (index, (count, latency)) in other.series.into_iter().enumerate() {
+            while self.series.len() <= index {
                 self.series.push((0, histogram()));
             }
-            self.series[second].0 += count;
-            self.series[second].1.add(&latency).expect("same bounds");
+            self.series[index].0 += count;
+            self.series[index].1.add(&latency).expect("same bounds");
         }
     }
 }
@@ -112,12 +116,28 @@ impl OpReport {
     }
 }
 
-/// One second of the run.
+/// One interval of the run (a second unless `--interval` says otherwise).
 #[derive(Clone, Debug, Serialize)]
-pub struct SecondReport {
-    pub second: u64,
+pub struct IntervalReport {
+    /// When it starts, in seconds since the run started.
+    pub start_s: f64,
+    /// Operations completed in it.
     pub ops: u64,
+    pub ops_per_s: f64,
+    pub p50_us: u64,
     pub p99_us: u64,
+    /// Its latencies, for figures over several intervals (`window`).
+    #[serde(skip)]
+    pub latency: Histogram<u64>,
+}
+
+/// Figures over the intervals of a stretch of a run (`BenchReport::window`).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Window {
+    pub ops_per_s: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub intervals: usize,
 }
 
 /// Everything a run measured, with its configuration.
@@ -133,9 +153,14 @@ pub struct BenchReport {
     /// Operation types that ran.
     pub operations: Vec<OpReport>,
     pub all: OpReport,
-    pub series: Vec<SecondReport>,
+    /// Length of each interval of `series`, in seconds.
+    pub interval_s: f64,
+    pub series: Vec<IntervalReport>,
     /// Moments to mark on the plot (e.g. a migration starting).
     pub events: Vec<Event>,
+    /// When the measured run started (events are placed relative to it).
+    #[serde(skip)]
+    pub started: Instant,
 }
 
 /// Something that happened during a run, at `second` since its start.
@@ -162,15 +187,21 @@ impl BenchReport {
         }
         let errors = recorder.errors.iter().sum();
         let timeouts = recorder.timeouts.iter().sum();
+        let interval = recorder.interval.as_secs_f64();
+        // Whole intervals only: the last, cut short, would look like a drop.
+        let whole = (elapsed.as_secs_f64() / interval + 1e-9).floor() as usize;
         let series = recorder
             .series
-            .iter()
+            .into_iter()
+            .take(whole)
             .enumerate()
-            .filter(|(second, _)| (*second as f64) < elapsed.as_secs_f64().floor())
-            .map(|(second, (ops, latency))| SecondReport {
-                second: second as u64,
-                ops: *ops,
+            .map(|(index, (ops, latency))| IntervalReport {
+                start_s: index as f64 * interval,
+                ops,
+                ops_per_s: ops as f64 / interval,
+                p50_us: latency.value_at_quantile(0.50),
                 p99_us: latency.value_at_quantile(0.99),
+                latency,
             })
             .collect();
         BenchReport {
@@ -183,9 +214,46 @@ impl BenchReport {
             timeouts,
             all: OpReport::of("ALL", &all, errors, timeouts),
             operations,
+            interval_s: interval,
             series,
             events: Vec::new(),
+            started: recorder.run_start,
         }
+    }
+
+    /// Seconds from the run's start to `at` (negative before it).
+    pub fn seconds_at(&self, at: Instant) -> f64 {
+        match at.checked_duration_since(self.started) {
+            Some(after) => after.as_secs_f64(),
+            None => -self.started.duration_since(at).as_secs_f64(),
+        }
+    }
+
+    /// Throughput and latency over the intervals that lie within
+    /// `[from_s, to_s)` (seconds since the start); None when none does.
+    pub fn window(&self, from_s: f64, to_s: f64) -> Option<Window> {
+        let inside: Vec<&IntervalReport> = self
+            .series
+            .iter()
+            .filter(|interval| {
+                interval.start_s >= from_s - 1e-9
+                    && interval.start_s + self.interval_s <= to_s + 1e-9
+            })
+            .collect();
+        if inside.is_empty() {
+            return None;
+        }
+        let mut latency = histogram();
+        for interval in &inside {
+            latency.add(&interval.latency).expect("same bounds");
+        }
+        let ops: u64 = inside.iter().map(|interval| interval.ops).sum();
+        Some(Window {
+            ops_per_s: ops as f64 / (inside.len() as f64 * self.interval_s),
+            p50_us: latency.value_at_quantile(0.50),
+            p99_us: latency.value_at_quantile(0.99),
+            intervals: inside.len(),
+        })
     }
 
     /// Errors and timeouts together.
@@ -239,5 +307,48 @@ impl BenchReport {
                 op.timeouts
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_counts_the_intervals_inside_it_with_their_latencies() {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: BenchArgs,
+        }
+        let args = <Command as clap::Parser>::parse_from(["bench", "--interval", "100ms"]).args;
+        let mix = Mix::of(args.workload, args.read_fraction, args.distribution).unwrap();
+        let mut recorder = Recorder::new(Instant::now(), args.interval);
+        // Ten intervals of 100 ms: 10 operations each of 100 us, except
+        // intervals 3 and 4 with 5 operations of 10 ms.
+        for index in 0..10 {
+            let mut latency = histogram();
+            let (ops, micros) = if (3..5).contains(&index) {
+                (5, 10_000)
+            } else {
+                (10, 100)
+            };
+            latency.record_n(micros, ops).unwrap();
+            recorder.series.push((ops, latency));
+        }
+        // A run of 1.05 s: the last, partial interval is left out.
+        recorder.series.push((1, histogram()));
+        let report = BenchReport::build(&args, mix, Duration::from_millis(1050), recorder);
+        assert_eq!(report.series.len(), 10);
+        assert!((report.series[4].start_s - 0.4).abs() < 1e-9);
+        let slow = report.window(0.3, 0.5).unwrap();
+        assert_eq!(slow.intervals, 2);
+        assert!((slow.ops_per_s - 50.0).abs() < 1e-6, "{}", slow.ops_per_s);
+        assert!(slow.p99_us >= 9_990, "{}", slow.p99_us);
+        let steady = report.window(0.0, 0.3).unwrap();
+        assert_eq!(steady.intervals, 3);
+        assert!((steady.ops_per_s - 100.0).abs() < 1e-6);
+        assert!(steady.p99_us < 200);
+        assert!(report.window(2.0, 3.0).is_none());
     }
 }

@@ -326,7 +326,7 @@ pub fn run(map: Option<&ClusterMap>, args: &BenchArgs) -> Result<BenchReport> {
                 key_size: args.key_size,
                 value: vec![b'v'; args.value_size],
                 key: Vec::new(),
-                recorder: Recorder::new(started),
+                recorder: Recorder::new(started, args.interval),
                 completed,
             };
             match connection {
@@ -368,7 +368,7 @@ pub fn run(map: Option<&ClusterMap>, args: &BenchArgs) -> Result<BenchReport> {
     if progress {
         eprintln!();
     }
-    let mut total = Recorder::new(started);
+    let mut total = Recorder::new(started, args.interval);
     for worker in workers {
         total.merge(
             worker

@@ -458,7 +458,6 @@ mod tests {
         let options = ClientOptions {
             attempt_timeout: Duration::from_secs(5),
             deadline: Duration::from_secs(10),
-            ..ClientOptions::default()
         };
         let mut pipeline = Pipeline::new(map, options).unwrap();
         // One write that is never answered...

@@ -48,6 +48,10 @@ pub struct ReshardOptions {
     pub hold: Duration,
     /// How long one step may keep failing before the reshard gives up.
     pub step_deadline: Duration,
+    /// Copy each group while it serves and hold its writes only for what
+    /// changed since (true), or hold them for the whole copy (false: the
+    /// stop-and-copy baseline of `tern bench migrate`).
+    pub copy_first: bool,
 }
 
 impl Default for ReshardOptions {
@@ -56,6 +60,7 @@ impl Default for ReshardOptions {
             group_slots: 16,
             hold: Duration::from_secs(5),
             step_deadline: Duration::from_secs(30),
+            copy_first: true,
         }
     }
 }
@@ -322,12 +327,17 @@ impl Driver {
         let range = migration.group_slots_of(group);
         self.refresh()?;
         let copying = Instant::now();
-        let Some((first, first_len)) = self.export(migration.from, range, 0, deadline)? else {
-            return Ok(Attempt::Again {
-                pause: Duration::from_millis(100),
-            });
-        };
-        self.install(migration.to, &first, &[], None)?;
+        // Without a first copy, the copy taken while held has everything.
+        let (mut first, mut first_len) = (Export::default(), 0);
+        if self.options.copy_first {
+            let Some(copy) = self.export(migration.from, range, 0, deadline)? else {
+                return Ok(Attempt::Again {
+                    pause: Duration::from_millis(100),
+                });
+            };
+            (first, first_len) = copy;
+            self.install(migration.to, &first, &[], None)?;
+        }
         let held = Instant::now();
         report.copying += held - copying;
         let epoch = self.freeze(migration.from, range, freeze::WRITES)?;
@@ -362,7 +372,9 @@ impl Driver {
             outcomes: delta
                 .outcomes
                 .iter()
-                .filter(|outcome| !installed_first.contains(&(outcome.client_id, outcome.request_id)))
+                .filter(|outcome| {
+                    !installed_first.contains(&(outcome.client_id, outcome.request_id))
+                })
                 .copied()
                 .collect(),
             ..delta.clone()

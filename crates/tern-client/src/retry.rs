@@ -132,8 +132,9 @@ impl Retry {
         refuser_map: Option<u64>,
         routed_by: u64,
     ) -> Option<Duration> {
-        (self.backoff < BEHIND_BACKOFF_MAX && refuser_map.is_some_and(|version| version < routed_by))
-            .then(|| self.pause(now))
+        (self.backoff < BEHIND_BACKOFF_MAX
+            && refuser_map.is_some_and(|version| version < routed_by))
+        .then(|| self.pause(now))
     }
 
     fn pause(&mut self, now: Instant) -> Duration {

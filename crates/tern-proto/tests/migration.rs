@@ -397,7 +397,10 @@ fn uninstall(key: &[u8], version: u64, request_id: u64) -> Vec<u8> {
 
 /// What a replica holds of the slots `range`: each live key with its
 /// version and value, sorted.
-fn contents(replica: &tern_proto::replica::Replica, range: [u32; 2]) -> Vec<(Vec<u8>, u64, Vec<u8>)> {
+fn contents(
+    replica: &tern_proto::replica::Replica,
+    range: [u32; 2],
+) -> Vec<(Vec<u8>, u64, Vec<u8>)> {
     let mut found: Vec<_> = replica
         .store()
         .live_in(range)
@@ -408,8 +411,7 @@ fn contents(replica: &tern_proto::replica::Replica, range: [u32; 2]) -> Vec<(Vec
 }
 
 #[test]
-fn a_delta_copy_brings_what_changed_since_the_first_and_the_destination_forgets_what_was_deleted()
-{
+fn a_delta_copy_brings_what_changed_since_the_first_and_the_destination_forgets_what_was_deleted() {
     let range = [0, tern_wire::SLOT_COUNT / 2];
     let in_range = |key: &[u8]| (range[0]..range[1]).contains(&slot_of(key_hash(key)));
     let keys: Vec<Vec<u8>> = (0..40)
@@ -430,7 +432,12 @@ fn a_delta_copy_brings_what_changed_since_the_first_and_the_destination_forgets_
     let mut install_all = |destination: &mut Sim, export: &tern_wire::export::Export| {
         for copied in &export.keys {
             request_id += 1;
-            destination.send(install(&copied.key, &copied.value, copied.version, request_id));
+            destination.send(install(
+                &copied.key,
+                &copied.value,
+                copied.version,
+                request_id,
+            ));
         }
         destination.deliver_all();
     };
@@ -469,7 +476,12 @@ fn a_delta_copy_brings_what_changed_since_the_first_and_the_destination_forgets_
         .map(|k| &k.key[..])
         .chain(delta.unchanged.iter().map(|k| &k[..]))
         .collect();
-    for (n, copied) in first.keys.iter().filter(|k| !live.contains(&k.key[..])).enumerate() {
+    for (n, copied) in first
+        .keys
+        .iter()
+        .filter(|k| !live.contains(&k.key[..]))
+        .enumerate()
+    {
         destination.send(uninstall(&copied.key, delta.floor, 2000 + n as u64));
     }
     // An UNINSTALL never forgets a newer copy.

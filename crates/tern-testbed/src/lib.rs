@@ -10,6 +10,7 @@
 pub mod chaos;
 pub mod cluster;
 pub mod compare;
+pub mod migrate;
 pub mod netns;
 
 /// How durably replicas keep what they apply (`--durability`).

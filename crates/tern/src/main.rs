@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use commands::{data, node, reshard, roles};
 use tern_client::ClusterMap;
-use tern_testbed::{chaos, cluster, compare};
+use tern_testbed::{chaos, cluster, compare, migrate};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -96,6 +96,10 @@ enum BenchCommand {
     Log(tern_bench::persistence::LogBenchArgs),
     /// Time to recover a replica of N keys from its log, and from a snapshot.
     Recovery(tern_bench::persistence::RecoveryBenchArgs),
+    /// Move slots between shards under a workload (NetMigrate's experiment),
+    /// by Tern's live migration and by stop-and-copy, alternating; time
+    /// series and plots of every run, medians against the steady state.
+    Migrate(migrate::MigrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -157,6 +161,13 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
             ..
         } => {
             tern_bench::persistence::run_recovery(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            compare: Some(BenchCommand::Migrate(args)),
+            ..
+        } => {
+            migrate::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
