@@ -12,6 +12,11 @@ use tern_wire::SLOT_COUNT;
 
 /// How long one transfer may take to answer.
 pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a migration waits for a slot range's copy: a group is small,
+/// and a tail that cannot answer soon (cut off, or not serving) is better
+/// asked again through meta's newest map than waited for while the group's
+/// writes are held.
+pub const SLOTS_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest request line a replica reads.
 pub const REQUEST_LINE_MAX: u64 = 64;
 /// The largest answer a fetch accepts (a replica's whole state).
@@ -29,6 +34,14 @@ pub enum TransferRequest {
 }
 
 impl TransferRequest {
+    /// How long a fetch waits for the answer.
+    pub fn timeout(self) -> Duration {
+        match self {
+            TransferRequest::Snapshot => TRANSFER_TIMEOUT,
+            TransferRequest::Slots { .. } => SLOTS_TIMEOUT,
+        }
+    }
+
     fn line(self) -> String {
         match self {
             TransferRequest::Snapshot => "SNAPSHOT\n".into(),
@@ -77,14 +90,19 @@ pub fn read_request(stream: &TcpStream) -> io::Result<TransferRequest> {
 
 /// Answers a request with the bytes served at `epoch`.
 pub fn write_answer(mut stream: &TcpStream, epoch: u32, bytes: &[u8]) -> io::Result<()> {
-    stream.write_all(format!("{epoch} {}\n", bytes.len()).as_bytes())?;
-    stream.write_all(bytes)
+    // One write: the answer's line and bytes leave without waiting for an
+    // acknowledgement of the line (Nagle's algorithm).
+    stream.set_nodelay(true)?;
+    let mut answer = format!("{epoch} {}\n", bytes.len()).into_bytes();
+    answer.extend_from_slice(bytes);
+    stream.write_all(&answer)
 }
 
 /// Asks the replica at `from`; its epoch and answer.
 pub fn fetch(from: SocketAddrV4, request: TransferRequest) -> io::Result<(u32, Vec<u8>)> {
     let stream = TcpStream::connect_timeout(&from.into(), Duration::from_millis(500))?;
-    stream.set_read_timeout(Some(TRANSFER_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(request.timeout()))?;
     (&stream).write_all(request.line().as_bytes())?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();

@@ -1,6 +1,7 @@
 //! `tern chaos`: a workload of concurrent recording clients against a netns
 //! cluster while faults are injected (replica and coordinator kills with
-//! restarts, packet loss, partitions), then heal, read every key, and check:
+//! restarts, packet loss, partitions, and slot ranges moving between shards
+//! while the other faults go on), then heal, read every key, and check:
 //! (a) the history is linearizable, (b) no key reads older than its newest
 //! acknowledged write, (c) how long the cluster took to serve again.
 
@@ -39,6 +40,10 @@ pub enum FaultKind {
     Partition,
     /// Drop everything between two processes (nftables in one's namespace).
     PartitionPair,
+    /// Move a slot range holding contended keys from its shard to another
+    /// (`tern reshard`), in the background: the next faults strike while it
+    /// runs. Ranges move back and forth among the shards.
+    Reshard,
 }
 
 #[derive(Debug, clap::Args)]
@@ -56,7 +61,7 @@ pub struct ChaosArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "kill-replica,kill-coordinator,kill-meta,loss,partition,partition-pair"
+        default_value = "kill-replica,kill-coordinator,kill-meta,loss,partition,partition-pair,reshard"
     )]
     pub faults: Vec<FaultKind>,
     /// Inject nothing: only the recorded workload and the checks.
@@ -404,6 +409,7 @@ fn inject(
             )?;
             format!("{name} ({percent}% loss)")
         }
+        FaultKind::Reshard => bail!("reshards run in the background (`Reshards`)"),
         FaultKind::Partition => {
             let veth = topology.node(&replica_role.node_name()).veth.clone();
             run_command("ip", &["link", "set", &veth, "down"])?;
@@ -418,6 +424,137 @@ fn inject(
         started,
         healed: Instant::now(),
     })
+}
+
+/// A migration under way in the background (`FaultKind::Reshard`).
+struct Moving {
+    what: String,
+    started: Instant,
+    thread: std::thread::JoinHandle<Result<tern_client::reshard::ReshardReport, String>>,
+}
+
+/// The reshard faults of a run: one migration at a time, in the background.
+struct Reshards {
+    meta: Vec<std::net::SocketAddrV4>,
+    moving: Option<Moving>,
+    done: usize,
+    failed: Vec<String>,
+}
+
+impl Reshards {
+    fn new(map: &ClusterMap) -> Reshards {
+        Reshards {
+            meta: map.meta.clone(),
+            moving: None,
+            done: 0,
+            failed: Vec::new(),
+        }
+    }
+
+    /// Starts moving a range with a contended key from its shard (as meta
+    /// has it now) to another; none when one is still under way.
+    fn start(&mut self, map: &ClusterMap, keys: &[Vec<u8>], random: &mut SmallRng) -> Result<()> {
+        if self.moving.is_some() || map.shards.len() < 2 {
+            return Ok(());
+        }
+        let current = tern_client::meta::fetch_map(&map.meta, &mut None)?;
+        let key = &keys[random.random_range(0..keys.len())];
+        let slot = tern_wire::slot_of(key_hash(key));
+        let Some((source, owned)) = current.shards.iter().find_map(|shard| {
+            shard
+                .slots
+                .iter()
+                .find(|range| (range[0]..range[1]).contains(&slot))
+                .map(|range| (shard, *range))
+        }) else {
+            // The slot is moving already (a migration left unfinished).
+            return Ok(());
+        };
+        let others: Vec<_> = current
+            .shards
+            .iter()
+            .filter(|shard| shard.id != source.id)
+            .collect();
+        let destination = others[random.random_range(0..others.len())].id;
+        let length = random.random_range(1..=48);
+        let first = slot
+            .saturating_sub(random.random_range(0..length))
+            .max(owned[0]);
+        let slots = [first, (first + length).min(owned[1])];
+        let (from, meta) = (source.id, map.meta.clone());
+        let what = format!(
+            "slots {}-{} from shard {from} to shard {destination}",
+            slots[0],
+            slots[1] - 1
+        );
+        let options = tern_client::reshard::ReshardOptions {
+            group_slots: random.random_range(1..=16),
+            ..Default::default()
+        };
+        let thread = std::thread::spawn(move || {
+            tern_client::reshard::reshard(&meta, from, destination, slots, options, &mut |_| {})
+                .map_err(|error| error.to_string())
+        });
+        self.moving = Some(Moving {
+            what,
+            started: Instant::now(),
+            thread,
+        });
+        Ok(())
+    }
+
+    /// The fault of the migration under way once it has finished.
+    fn finish_if_done(&mut self, run_start: Instant) -> Option<Fault> {
+        if self.moving.as_ref()?.thread.is_finished() {
+            self.finish(run_start)
+        } else {
+            None
+        }
+    }
+
+    /// Waits for the migration under way; its fault.
+    fn finish(&mut self, run_start: Instant) -> Option<Fault> {
+        let moving = self.moving.take()?;
+        let result = moving
+            .thread
+            .join()
+            .unwrap_or_else(|_| Err("the reshard panicked".into()));
+        let healed = Instant::now();
+        let outcome = match &result {
+            Ok(report) => format!(
+                "{} groups, {} keys, longest write hold {:?}",
+                report.groups,
+                report.keys,
+                report.longest_hold()
+            ),
+            Err(error) => format!("FAILED: {error}"),
+        };
+        println!(
+            "{:>6.1}s Reshard {} ({outcome}), took {:?}",
+            moving.started.duration_since(run_start).as_secs_f64(),
+            moving.what,
+            healed - moving.started
+        );
+        match result {
+            Ok(_) => self.done += 1,
+            Err(error) => {
+                // Cancelled, so that later reshards of its slots can begin;
+                // its groups handed off stay where they went.
+                if let Ok(unfinished) = tern_client::reshard::status(&self.meta) {
+                    for migration in unfinished {
+                        let _ = tern_client::reshard::cancel(&self.meta, migration.id);
+                    }
+                }
+                self.failed.push(format!("{}: {error}", moving.what));
+            }
+        }
+        Some(Fault {
+            kind: FaultKind::Reshard,
+            target: moving.what,
+            started: moving.started,
+            healed,
+        })
+    }
 }
 
 /// Reads every key until the cluster answers; records the reads.
@@ -544,12 +681,23 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
     let started = Instant::now();
     let mut faults = Vec::new();
     let mut injection_error = None;
+    let mut reshards = Reshards::new(&map);
+    let mut turn = 0;
     while started.elapsed() < args.duration {
         std::thread::sleep(Duration::from_millis(random.random_range(200..600)));
         let Some(topology) = topology.as_ref().filter(|_| !args.no_faults) else {
             continue;
         };
-        let kind = args.faults[faults.len() % args.faults.len()];
+        let kind = args.faults[turn % args.faults.len()];
+        turn += 1;
+        if kind == FaultKind::Reshard {
+            faults.extend(reshards.finish_if_done(started));
+            if let Err(error) = reshards.start(&map, &keys, &mut random) {
+                injection_error = Some(error);
+                break;
+            }
+            continue;
+        }
         match inject(kind, dir, &map, topology, &mut random) {
             Ok(fault) => {
                 println!(
@@ -566,6 +714,7 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
             }
         }
     }
+    faults.extend(reshards.finish(started));
     std::thread::sleep(Duration::from_millis(500));
     running.store(false, Ordering::Relaxed);
     let mut successes: Vec<Instant> = Vec::new();
@@ -647,6 +796,14 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
     println!(
         "contention: {swapped} CAS swapped, {mismatched} CAS mismatched, {distinct} distinct values read"
     );
+    println!(
+        "reshards: {} done, {} failed",
+        reshards.done,
+        reshards.failed.len()
+    );
+    for failure in &reshards.failed {
+        println!("  {failure}");
+    }
     println!("acknowledged writes lost: {}", lost.len());
     for line in &lost {
         println!("  {line}");
