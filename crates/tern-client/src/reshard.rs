@@ -183,6 +183,94 @@ pub fn reshard(
     Ok(report)
 }
 
+/// One move of a rebalance: `slots` from shard `from` to shard `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Move {
+    pub from: ShardId,
+    pub to: ShardId,
+    pub slots: SlotRange,
+}
+
+/// The moves that leave every shard of `owned` (each shard with the slot
+/// ranges it owns) with an even share of the slots: counts differing by at
+/// most one, the shards that own the most keeping the larger shares. Each
+/// move is a contiguous run taken from the end of one of the donor's
+/// ranges, so every move is of slots its donor owns when it runs (in
+/// order); as few slots move as an even share allows.
+pub fn plan_even(owned: &[(ShardId, Vec<SlotRange>)]) -> Vec<Move> {
+    let count = |ranges: &[SlotRange]| -> u32 { ranges.iter().map(|[s, e]| e - s).sum() };
+    let mut shards: Vec<(ShardId, Vec<SlotRange>)> = owned.to_vec();
+    if shards.is_empty() {
+        return Vec::new();
+    }
+    let total: u32 = shards.iter().map(|(_, ranges)| count(ranges)).sum();
+    let n = shards.len() as u32;
+    // The larger shares go to those that own the most already.
+    let mut order: Vec<usize> = (0..shards.len()).collect();
+    order.sort_by_key(|&index| (std::cmp::Reverse(count(&shards[index].1)), shards[index].0));
+    let mut target = vec![total / n; shards.len()];
+    for &index in order.iter().take((total % n) as usize) {
+        target[index] += 1;
+    }
+    let mut moves = Vec::new();
+    loop {
+        let excess = |index: usize, shards: &[(ShardId, Vec<SlotRange>)]| {
+            i64::from(count(&shards[index].1)) - i64::from(target[index])
+        };
+        let donor = (0..shards.len()).max_by_key(|&index| (excess(index, &shards), index));
+        let receiver = (0..shards.len()).min_by_key(|&index| (excess(index, &shards), index));
+        let (Some(donor), Some(receiver)) = (donor, receiver) else {
+            break;
+        };
+        let (surplus, deficit) = (excess(donor, &shards), -excess(receiver, &shards));
+        if surplus <= 0 || deficit <= 0 {
+            break;
+        }
+        let &[start, end] = shards[donor].1.last().expect("a donor owns slots");
+        let length = (end - start).min(surplus.min(deficit) as u32);
+        let slots = [end - length, end];
+        tern_wire::slots::remove(&mut shards[donor].1, slots);
+        tern_wire::slots::add(&mut shards[receiver].1, slots);
+        moves.push(Move {
+            from: shards[donor].0,
+            to: shards[receiver].0,
+            slots,
+        });
+    }
+    moves
+}
+
+/// Moves slots until every shard owns an even share (`plan_even`), one
+/// reshard after another; refused while a migration is under way.
+/// `progress` is called after every group of every move.
+pub fn rebalance(
+    nodes: &[SocketAddrV4],
+    options: ReshardOptions,
+    progress: &mut dyn FnMut(&Move, &Progress),
+) -> Result<Vec<(Move, ReshardReport)>, ReshardError> {
+    let map = Driver::new(nodes, options)?.refresh()?;
+    if let Some(under_way) = map.migrations.first() {
+        return Err(std::io::Error::other(format!(
+            "migration {} is under way (shard {} -> shard {}): finish it (run the same `tern reshard` again) or cancel it first",
+            under_way.id, under_way.from, under_way.to
+        ))
+        .into());
+    }
+    let owned: Vec<(ShardId, Vec<SlotRange>)> = map
+        .shards
+        .iter()
+        .map(|shard| (shard.id, shard.slots.clone()))
+        .collect();
+    let mut done = Vec::new();
+    for step in plan_even(&owned) {
+        let report = reshard(nodes, step.from, step.to, step.slots, options, &mut |p| {
+            progress(&step, p)
+        })?;
+        done.push((step, report));
+    }
+    Ok(done)
+}
+
 /// Stops migration `id`: the groups handed off stay at the destination.
 pub fn cancel(nodes: &[SocketAddrV4], id: u64) -> Result<MetaMap, ReshardError> {
     Driver::new(nodes, ReshardOptions::default())?.change(Change::CancelMigration { migration: id })
@@ -722,6 +810,87 @@ impl Driver {
                 Ok(None)
             }
             Err(error) => Err(error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tern_wire::SLOT_COUNT;
+
+    /// Carries out `moves` on `owned`, checking that each moves slots its
+    /// donor owns then; the slots each shard owns after.
+    fn carry_out(owned: &[(ShardId, Vec<SlotRange>)], moves: &[Move]) -> Vec<u32> {
+        let mut shards = owned.to_vec();
+        for step in moves {
+            let donor = shards.iter().position(|(id, _)| *id == step.from).unwrap();
+            let receiver = shards.iter().position(|(id, _)| *id == step.to).unwrap();
+            assert_eq!(
+                tern_wire::slots::first_missing(&shards[donor].1, step.slots),
+                None,
+                "{step:?} moves slots its donor does not own"
+            );
+            tern_wire::slots::remove(&mut shards[donor].1, step.slots);
+            tern_wire::slots::add(&mut shards[receiver].1, step.slots);
+        }
+        shards
+            .iter()
+            .map(|(_, ranges)| ranges.iter().map(|[s, e]| e - s).sum())
+            .collect()
+    }
+
+    #[test]
+    fn a_new_empty_shard_gets_a_third_from_the_two_others() {
+        let owned = vec![
+            (ShardId(0), vec![[0, SLOT_COUNT / 2]]),
+            (ShardId(1), vec![[SLOT_COUNT / 2, SLOT_COUNT]]),
+            (ShardId(2), vec![]),
+        ];
+        let moves = plan_even(&owned);
+        assert!(moves.iter().all(|step| step.to == ShardId(2)), "{moves:?}");
+        let counts = carry_out(&owned, &moves);
+        assert_eq!(counts.iter().sum::<u32>(), SLOT_COUNT);
+        assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1);
+        let moved: u32 = moves.iter().map(|step| step.slots[1] - step.slots[0]).sum();
+        assert_eq!(moved, SLOT_COUNT / 3, "only the new shard's share moves");
+    }
+
+    #[test]
+    fn an_even_cluster_needs_no_move() {
+        let even: Vec<(ShardId, Vec<SlotRange>)> = tern_control::ClusterMap::even_slot_ranges(3)
+            .into_iter()
+            .enumerate()
+            .map(|(id, range)| (ShardId(id as u32), vec![range]))
+            .collect();
+        assert!(plan_even(&even).is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn any_layout_ends_even_with_moves_of_owned_slots(
+            cuts in proptest::collection::vec(1..SLOT_COUNT, 1..12),
+            shards in 1u32..6,
+            owner_seed in any::<u64>(),
+        ) {
+            // Cut the slots into runs and deal them to the shards.
+            let mut cuts = cuts;
+            cuts.push(0);
+            cuts.push(SLOT_COUNT);
+            cuts.sort();
+            cuts.dedup();
+            let mut owned: Vec<(ShardId, Vec<SlotRange>)> =
+                (0..shards).map(|id| (ShardId(id), Vec::new())).collect();
+            for (index, run) in cuts.windows(2).enumerate() {
+                let owner = ((owner_seed >> (index % 60)) as usize + index) % shards as usize;
+                tern_wire::slots::add(&mut owned[owner].1, [run[0], run[1]]);
+            }
+            let moves = plan_even(&owned);
+            let counts = carry_out(&owned, &moves);
+            prop_assert_eq!(counts.iter().sum::<u32>(), SLOT_COUNT);
+            prop_assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1);
+            prop_assert!(moves.iter().all(|step| step.from != step.to && step.slots[0] < step.slots[1]));
         }
     }
 }

@@ -201,3 +201,42 @@ fn impossible_reshards_are_refused_with_a_message_and_change_nothing() {
     }
     assert_eq!(meta_map(&cluster), before, "nothing changed");
 }
+
+#[test]
+fn rebalance_evens_the_slots_and_keeps_every_key() {
+    let cluster = TestCluster::up_with(3, 1, "user", "loopback");
+    let mut client = Client::new(cluster.map.clone()).unwrap();
+    let keys: Vec<Vec<u8>> = (0..300).map(|n| format!("key-{n}").into_bytes()).collect();
+    for key in &keys {
+        client.put(key, key).unwrap();
+    }
+    // Uneven first: most of shard 0's slots go to shard 1.
+    let output = cluster.tern(&["reshard", "--from", "0", "--to", "1", "--slots", "0-4999"]);
+    assert!(output.status.success(), "{output:?}");
+    let output = cluster.tern(&["reshard", "rebalance", "--group-slots", "64"]);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("rebalanced"), "{stdout}");
+    let map = meta_map(&cluster);
+    assert!(map.migrations.is_empty());
+    let counts: Vec<u32> = map
+        .shards
+        .iter()
+        .map(|shard| shard.slots.iter().map(|[s, e]| e - s).sum())
+        .collect();
+    assert_eq!(counts.iter().sum::<u32>(), tern_wire::SLOT_COUNT);
+    assert!(
+        counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
+        "{counts:?}"
+    );
+    for key in &keys {
+        let found = client.get(key).unwrap().expect("every key is still there");
+        assert_eq!(&found.value, key);
+    }
+    let again = cluster.tern(&["reshard", "rebalance"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("even already"));
+}

@@ -33,6 +33,15 @@ enum ReshardCommand {
     Status,
     /// Stop migration ID: the groups handed off stay where they went.
     Cancel { id: u64 },
+    /// Move slots until every shard owns an even share (counts differ by
+    /// at most one; as few slots move as that allows), one migration after
+    /// another: a shard just added gets its share, a shard with none left
+    /// can be retired.
+    Rebalance {
+        /// Slots per group, held still and handed off at once.
+        #[arg(long, default_value_t = ReshardOptions::default().group_slots)]
+        group_slots: u32,
+    },
 }
 
 /// `FIRST-LAST` (inclusive) or `SLOT`, as `[first, last + 1)`.
@@ -78,6 +87,39 @@ pub fn run(map: &ClusterMap, args: ReshardArgs) -> Result<ExitCode> {
                     m.slots[1] - 1,
                     m.handed_off.len(),
                     m.group_count()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(ReshardCommand::Rebalance { group_slots }) => {
+            let options = ReshardOptions {
+                group_slots,
+                ..ReshardOptions::default()
+            };
+            let mut progress = |step: &reshard::Move, p: &Progress| {
+                if p.groups_done == p.groups {
+                    eprintln!(
+                        "slots {}-{} moved from shard {} to shard {}: {} keys in {:.2}s, longest write hold {:.1} ms",
+                        step.slots[0],
+                        step.slots[1] - 1,
+                        step.from,
+                        step.to,
+                        p.keys,
+                        p.elapsed.as_secs_f64(),
+                        p.longest_hold.as_secs_f64() * 1e3
+                    );
+                }
+            };
+            let moves = reshard::rebalance(&map.meta, options, &mut progress)
+                .context("rebalancing the slots")?;
+            let slots: u32 = moves.iter().map(|(m, _)| m.slots[1] - m.slots[0]).sum();
+            let keys: u64 = moves.iter().map(|(_, report)| report.keys).sum();
+            if moves.is_empty() {
+                println!("the slots are even already: nothing moved");
+            } else {
+                println!(
+                    "rebalanced: {} moves, {slots} slots, {keys} keys",
+                    moves.len()
                 );
             }
             Ok(ExitCode::SUCCESS)
