@@ -32,8 +32,10 @@ use std::time::{Duration, Instant};
 use tern_control::meta::{Change, MetaClient, MetaMap, Refusal, Reply, Request};
 use tern_control::transfer::{self, TransferRequest};
 use tern_control::{ClientId, Epoch, Migration, Seq, ShardId, ShardMap, SlotRange};
-use tern_wire::export::Export;
-use tern_wire::{Header, MESSAGE_LEN_MAX, Message, Op, Status, encode, freeze, key_hash};
+use tern_wire::export::{self, Export, ExportedKey};
+use tern_wire::{
+    Header, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, encode, freeze, key_hash,
+};
 use thiserror::Error;
 
 /// Installs in flight at once.
@@ -647,16 +649,43 @@ impl Driver {
         let epoch = shard(&map, shard_id).epoch.get();
         let mut requests =
             Vec::with_capacity(export.keys.len() + export.outcomes.len() + deleted.len() + 1);
-        for copied in &export.keys {
-            let mut header = Header::new(Op::Install, shard_id.get(), epoch);
-            header.key_hash.set(key_hash(&copied.key));
-            header.set_version(copied.version);
+        // Keys go several to a datagram (INSTALL_KEYS), as many as fit one
+        // value; a key too large to share one goes alone (INSTALL).
+        let mut batch: Vec<&ExportedKey> = Vec::new();
+        let mut batch_len = 0;
+        let flush = |batch: &mut Vec<&ExportedKey>, requests: &mut Vec<Pending>| {
+            if batch.is_empty() {
+                return;
+            }
+            let mut header = Header::new(Op::InstallKeys, shard_id.get(), epoch);
+            header.key_hash.set(key_hash(b""));
             requests.push(Pending {
                 header,
-                key: copied.key.clone(),
-                value: copied.value.clone(),
+                key: Vec::new(),
+                value: export::encode_keys(batch.drain(..)),
             });
+        };
+        for copied in &export.keys {
+            let length = copied.encoded_len();
+            if length > VALUE_LEN_MAX {
+                let mut header = Header::new(Op::Install, shard_id.get(), epoch);
+                header.key_hash.set(key_hash(&copied.key));
+                header.set_version(copied.version);
+                requests.push(Pending {
+                    header,
+                    key: copied.key.clone(),
+                    value: copied.value.clone(),
+                });
+                continue;
+            }
+            if batch_len + length > VALUE_LEN_MAX {
+                flush(&mut batch, &mut requests);
+                batch_len = 0;
+            }
+            batch.push(copied);
+            batch_len += length;
         }
+        flush(&mut batch, &mut requests);
         for key in deleted {
             let mut header = Header::new(Op::Uninstall, shard_id.get(), epoch);
             header.key_hash.set(key_hash(key));

@@ -525,8 +525,8 @@ fn the_kernel_and_rust_paths_agree_on_valid_and_malformed_datagrams() {
     assert_eq!(count(XdpCounter::PassBadKeyHash), 2);
     assert_eq!(
         count(XdpCounter::PassSlot),
-        4,
-        "elsewhere twice, frozen twice"
+        6,
+        "elsewhere twice, frozen twice, handed off twice"
     );
     assert!(count(XdpCounter::PassMalformed) >= 10);
     assert_eq!(

@@ -457,3 +457,126 @@ fn a_slot_a_migration_holds_stays_out_of_the_kernel_when_the_route_is_rewritten(
     assert_eq!(verdict, XDP_PASS, "the held write goes up, not to the head");
     assert_eq!(counter(&coordinator, XdpCounter::PassSlot), 1);
 }
+
+/// What user space did with a request handed up: answered the client (with
+/// a status and the map version it names) or forwarded it to a replica.
+#[derive(Debug, PartialEq, Eq)]
+enum Above {
+    Answered(Status, Option<u64>),
+    Forwarded(SocketAddrV4),
+}
+
+/// What the kernel does with a PUT and a GET of a key, and what the core in
+/// user space does with those it hands up.
+fn put_and_get(
+    coordinator: &XdpCoordinator,
+    core: &mut Coordinator<tern_proto::SharedShard>,
+    key: &[u8],
+) -> [(u32, Option<Above>); 2] {
+    [Op::Put, Op::Get].map(|op| {
+        let bytes = request(op, key, if op == Op::Put { b"v" } else { b"" });
+        let (verdict, _) = run(coordinator, &from_client(&bytes));
+        if verdict != XDP_PASS {
+            return (verdict, None);
+        }
+        let mut outbox = Outbox::new();
+        core.step(Time::ZERO, CLIENT, &bytes, &mut outbox);
+        let above = outbox.iter().next().map(|(to, bytes)| {
+            let message = Message::decode(bytes).unwrap();
+            if to == CLIENT {
+                Above::Answered(message.header.status(), message.extensions.map_version)
+            } else {
+                Above::Forwarded(to)
+            }
+        });
+        (verdict, above)
+    })
+}
+
+#[test]
+fn each_state_of_a_migrating_group_in_the_kernel_and_above_it() {
+    let (coordinator, state) = load();
+    let config = ShardConfig {
+        shard: 5,
+        epoch: EPOCH,
+        chain: vec![replica(0), replica(1), replica(2)],
+        slots: vec![[0, tern_wire::SLOT_COUNT]],
+    };
+    let mut core = Coordinator::new([ShardCoordinator::new(
+        config,
+        coordinator.shared_shard(5).unwrap(),
+    )]);
+    core.set_map_version(3);
+    // Recovery done (nothing dirty, sequencing from 1), as the shell
+    // leaves it before attaching the program.
+    state.set_all_dirty(false);
+    let slot = tern_wire::slot_of(key_hash(b"k"));
+    let hold = |core: &mut Coordinator<_>, mode, map_version| {
+        let mut header = Header::new(Op::Freeze, 5, EPOCH);
+        header.set_slot_range([slot, slot + 1]);
+        let value = tern_wire::freeze::Request {
+            mode,
+            hold_ms: 5000,
+            map_version,
+        }
+        .encode();
+        core.step(
+            Time::ZERO,
+            CLIENT,
+            &encode(&header, b"", &value).unwrap(),
+            &mut Outbox::new(),
+        );
+    };
+    let index = dirty_index(key_hash(b"k"));
+    // Owned: both served in the kernel, the write sequenced.
+    let [put, get] = put_and_get(&coordinator, &mut core, b"k");
+    assert_eq!((put.0, get.0), (XDP_TX, XDP_TX));
+    assert_eq!(state.next_seq(), 2);
+    let (_, out) = run(&coordinator, &from_tail(&ack(1, b"k")));
+    assert_eq!(sent(&out).header.op(), Op::Reply);
+    assert_eq!(state.dirty_count(index), 0);
+    // Writes held: the slot leaves the kernel's bitmap. The write goes up
+    // untouched (no seq, nothing dirty) and is answered TRY_AGAIN; the read
+    // goes up and is served from there (forwarded to a replica).
+    hold(&mut core, tern_wire::freeze::WRITES, 0);
+    let [put, get] = put_and_get(&coordinator, &mut core, b"k");
+    let try_again = Some(Above::Answered(Status::TryAgain, None));
+    assert_eq!(put, (XDP_PASS, try_again));
+    assert!(
+        matches!(get, (XDP_PASS, Some(Above::Forwarded(to))) if (0..3).any(|i| to == replica(i))),
+        "{get:?}"
+    );
+    assert_eq!(state.next_seq(), 2, "the held write took no seq");
+    assert_eq!(state.dirty_count(index), 0, "nor marked its key");
+    // Everything held: the read goes up too.
+    hold(&mut core, tern_wire::freeze::ALL, 0);
+    for handed_up in put_and_get(&coordinator, &mut core, b"k") {
+        let try_again = Some(Above::Answered(Status::TryAgain, None));
+        assert_eq!(handed_up, (XDP_PASS, try_again));
+    }
+    // Handed off: both sent to meta's newer map.
+    hold(&mut core, tern_wire::freeze::MOVED, 9);
+    for handed_up in put_and_get(&coordinator, &mut core, b"k") {
+        let moved = Some(Above::Answered(Status::WrongShard, Some(9)));
+        assert_eq!(handed_up, (XDP_PASS, moved));
+    }
+    assert!(
+        core.take_map_doubt(),
+        "the coordinator fetches the map early"
+    );
+    // The map without the slot: refused by this coordinator's own map.
+    let mut config = core.shard(5).unwrap().config().clone();
+    config.slots = vec![[0, slot], [slot + 1, tern_wire::SLOT_COUNT]];
+    hold(&mut core, tern_wire::freeze::RELEASE, 0);
+    assert!(core.reconfigure(config));
+    for handed_up in put_and_get(&coordinator, &mut core, b"k") {
+        let elsewhere = Some(Above::Answered(Status::WrongShard, Some(3)));
+        assert_eq!(handed_up, (XDP_PASS, elsewhere));
+    }
+    assert_eq!(
+        state.next_seq(),
+        2,
+        "nothing sequenced since the first write"
+    );
+    assert_eq!(counter(&coordinator, XdpCounter::PassSlot), 8);
+}

@@ -129,6 +129,9 @@ counters! {
         refused_sequenced,
         /// Reads refused because they were stamped above what is applied here.
         behind_stamp,
+        /// Decided records whose value did not decode (INSTALL_KEYS): their
+        /// seq is used up without a write.
+        damaged_records,
     }
 }
 
@@ -591,8 +594,11 @@ impl Replica {
         record.set_version(version);
         record.commit_seq.set(self.store.commit_seq());
         let value = match (effect, &decision.value) {
-            (Effect::Put, Some(computed)) => &computed[..],
-            (Effect::Put | Effect::Install | Effect::Outcome, None) => message.value,
+            (Effect::Put | Effect::InstallKeys, Some(computed)) => &computed[..],
+            // As decided upstream (a REPLICATE).
+            (Effect::Put | Effect::Install | Effect::InstallKeys | Effect::Outcome, None) => {
+                message.value
+            }
             _ => &[],
         };
         if self.journaling {
@@ -623,6 +629,24 @@ impl Replica {
                 self.store
                     .apply(seq, key, Write::Install { value, version });
             }
+            Effect::InstallKeys => match tern_wire::export::decode_keys(value) {
+                Ok(keys) => self.store.apply_all(
+                    seq,
+                    keys.iter().map(|copied| {
+                        let write = Write::Install {
+                            value: &copied.value,
+                            version: copied.version,
+                        };
+                        (&copied.key[..], write)
+                    }),
+                ),
+                Err(_) => {
+                    // Its head wrote the value from keys it decoded: only
+                    // a damaged record gets here. The seq is used up.
+                    self.counters.damaged_records += 1;
+                    self.store.skip(seq);
+                }
+            },
             Effect::Rebase => self.store.rebase(seq, record.version()),
             Effect::DropSlots => {
                 let [start, end] = record.slot_range();
@@ -827,6 +851,28 @@ impl Replica {
                     decided(Effect::Delete, Status::Ok, current)
                 }
                 _ => decided(Effect::None, Status::Ok, version.unwrap_or(0)),
+            },
+            Op::InstallKeys => match tern_wire::export::decode_keys(message.value) {
+                Ok(keys) => {
+                    // As INSTALL, key by key: only what is newer goes in.
+                    let newer: Vec<&tern_wire::export::ExportedKey> = keys
+                        .iter()
+                        .filter(|copied| {
+                            self.store
+                                .latest(&copied.key)
+                                .is_none_or(|current| current.version < copied.version)
+                        })
+                        .collect();
+                    if newer.is_empty() {
+                        decided(Effect::None, Status::Ok, 0)
+                    } else {
+                        Decision {
+                            value: Some(tern_wire::export::encode_keys(newer)),
+                            ..decided(Effect::InstallKeys, Status::Ok, 0)
+                        }
+                    }
+                }
+                Err(_) => decided(Effect::None, Status::Malformed, 0),
             },
             Op::Rebase => decided(Effect::Rebase, Status::Ok, header.version()),
             // Not known here yet (the dedup check above found none).

@@ -494,3 +494,57 @@ fn a_delta_copy_brings_what_changed_since_the_first_and_the_destination_forgets_
         assert_eq!(contents(replica, range), wanted);
     }
 }
+
+fn install_keys(keys: &[(&[u8], u64, &[u8])], request_id: u64) -> Vec<u8> {
+    let copied: Vec<tern_wire::export::ExportedKey> = keys
+        .iter()
+        .map(|(key, version, value)| tern_wire::export::ExportedKey {
+            key: key.to_vec(),
+            version: *version,
+            value: value.to_vec(),
+        })
+        .collect();
+    let header = migration_header(Op::InstallKeys, b"", request_id);
+    encode(&header, b"", &tern_wire::export::encode_keys(&copied)).unwrap()
+}
+
+#[test]
+fn several_keys_install_under_one_seq_each_only_over_an_older_version_and_survive_a_restart() {
+    let mut sim = destination_not_serving(b"a");
+    sim.send(install(b"b", b"newer-here", 9000, 1));
+    sim.deliver_all();
+    sim.send(install_keys(
+        &[
+            (b"a", 7000, b"from-a"),
+            (b"b", 8000, b"older"),
+            (b"c", 7500, b"from-c"),
+        ],
+        2,
+    ));
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(2).status(), Status::Ok);
+    let expect = |replica: &tern_proto::replica::Replica| {
+        let found = |key: &[u8]| {
+            let found = replica.store().latest(key).unwrap();
+            (found.version, found.value.to_vec())
+        };
+        assert_eq!(found(b"a"), (7000, b"from-a".to_vec()));
+        assert_eq!(
+            found(b"b"),
+            (9000, b"newer-here".to_vec()),
+            "never over a newer one"
+        );
+        assert_eq!(found(b"c"), (7500, b"from-c".to_vec()));
+    };
+    sim.replicas.iter().for_each(expect);
+    // From the log, as a restarted replica replays it.
+    sim.restart_replica(1, None);
+    expect(&sim.replicas[1]);
+    // A damaged batch is refused and changes nothing.
+    let mut header = migration_header(Op::InstallKeys, b"", 3);
+    header.key_hash.set(key_hash(b""));
+    sim.send(encode(&header, b"", &[1, 200, 0]).unwrap());
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(3).status(), Status::Malformed);
+    sim.replicas.iter().for_each(expect);
+}

@@ -206,12 +206,33 @@ impl Store {
     /// strictly increasing sequence order; the caller (the replica role)
     /// guarantees it, so a violation is a programmer error.
     pub fn apply(&mut self, seq: u64, key: &[u8], write: Write<'_>) {
+        self.advance_to(seq);
+        self.write_key(seq, key, write);
+    }
+
+    /// Applies several writes under the one sequence number `seq` (a
+    /// migration's INSTALL_KEYS), in order, as `apply` applies one.
+    pub fn apply_all<'a>(
+        &mut self,
+        seq: u64,
+        writes: impl IntoIterator<Item = (&'a [u8], Write<'a>)>,
+    ) {
+        self.advance_to(seq);
+        for (key, write) in writes {
+            self.write_key(seq, key, write);
+        }
+    }
+
+    fn advance_to(&mut self, seq: u64) {
         assert!(
             seq > self.applied_seq,
             "write {seq} applied after {}",
             self.applied_seq
         );
         self.applied_seq = seq;
+    }
+
+    fn write_key(&mut self, seq: u64, key: &[u8], write: Write<'_>) {
         let (value, version) = match write {
             Write::Put(value) => (Some(Box::<[u8]>::from(value)), self.version_of(seq)),
             Write::Delete => (None, self.version_of(seq)),

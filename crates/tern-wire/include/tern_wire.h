@@ -46,6 +46,7 @@
 #define TERN_OP_RETRANSMIT           19
 #define TERN_OP_SEQ_PROBE            20
 #define TERN_OP_SEQ_REPORT           21
+#define TERN_OP_INSTALL_KEYS         22
 
 #define TERN_STATUS_OK               0
 #define TERN_STATUS_NOT_FOUND        1
@@ -68,6 +69,7 @@
 #define TERN_EFFECT_REBASE           4
 #define TERN_EFFECT_DROP_SLOTS       5
 #define TERN_EFFECT_OUTCOME          6
+#define TERN_EFFECT_INSTALL_KEYS     7
 
 #define TERN_FLAG_TAIL_READ          1
 #define TERN_FLAG_RESENT             2
@@ -270,6 +272,8 @@ static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)
 		return TERN_OP_CLASS_INTERNAL;
 	case TERN_OP_SEQ_REPORT:
 		return TERN_OP_CLASS_INTERNAL;
+	case TERN_OP_INSTALL_KEYS:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_ANY_SLOT;
 	default:
 		return 0;
 	}
@@ -327,6 +331,7 @@ static inline __attribute__((always_inline)) int tern_effect_known(__u8 value)
 	case 4:
 	case 5:
 	case 6:
+	case 7:
 		return 1;
 	default:
 		return 0;

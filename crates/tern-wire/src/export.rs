@@ -60,17 +60,50 @@ const KEY: u8 = 1;
 const OUTCOME: u8 = 2;
 const UNCHANGED: u8 = 3;
 
+impl ExportedKey {
+    /// Bytes of its record.
+    pub fn encoded_len(&self) -> usize {
+        1 + 2 + self.key.len() + 8 + 4 + self.value.len()
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(KEY);
+        out.extend_from_slice(&(self.key.len() as u16).to_le_bytes());
+        out.extend_from_slice(&self.key);
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&(self.value.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.value);
+    }
+}
+
+/// Keys as one INSTALL_KEYS value: their records, as in an export.
+pub fn encode_keys<'a>(keys: impl IntoIterator<Item = &'a ExportedKey>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for key in keys {
+        key.encode_into(&mut out);
+    }
+    out
+}
+
+/// The keys of an INSTALL_KEYS value; anything but key records is refused.
+pub fn decode_keys(bytes: &[u8]) -> Result<Vec<ExportedKey>, ExportError> {
+    let mut export = Export::default();
+    export.decode_records(bytes)?;
+    if !export.outcomes.is_empty() {
+        return Err(ExportError::UnknownKind(OUTCOME));
+    }
+    if !export.unchanged.is_empty() {
+        return Err(ExportError::UnknownKind(UNCHANGED));
+    }
+    Ok(export.keys)
+}
+
 impl Export {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&self.floor.to_le_bytes());
         for key in &self.keys {
-            out.push(KEY);
-            out.extend_from_slice(&(key.key.len() as u16).to_le_bytes());
-            out.extend_from_slice(&key.key);
-            out.extend_from_slice(&key.version.to_le_bytes());
-            out.extend_from_slice(&(key.value.len() as u32).to_le_bytes());
-            out.extend_from_slice(&key.value);
+            key.encode_into(&mut out);
         }
         for outcome in &self.outcomes {
             out.push(OUTCOME);
@@ -88,7 +121,19 @@ impl Export {
         out
     }
 
-    pub fn decode(mut bytes: &[u8]) -> Result<Export, ExportError> {
+    pub fn decode(bytes: &[u8]) -> Result<Export, ExportError> {
+        let (floor, records) = bytes.split_at_checked(8).ok_or(ExportError::Truncated)?;
+        let mut export = Export {
+            floor: u64::from_le_bytes(floor.try_into().expect("8 bytes")),
+            ..Export::default()
+        };
+        export.decode_records(records)?;
+        Ok(export)
+    }
+
+    /// Appends the records in `bytes` to this export.
+    fn decode_records(&mut self, mut bytes: &[u8]) -> Result<(), ExportError> {
+        let export = self;
         let mut take = |length: usize| -> Result<&[u8], ExportError> {
             let (taken, rest) = bytes
                 .split_at_checked(length)
@@ -97,14 +142,10 @@ impl Export {
             Ok(taken)
         };
         let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
-        let mut export = Export {
-            floor: u64_of(take(8)?),
-            ..Export::default()
-        };
         loop {
             let kind = match take(1) {
                 Ok(kind) => kind[0],
-                Err(_) => return Ok(export),
+                Err(_) => return Ok(()),
             };
             let mut take_key = || -> Result<Vec<u8>, ExportError> {
                 let length = usize::from(u16::from_le_bytes(take(2)?.try_into().expect("2")));
@@ -177,7 +218,7 @@ mod tests {
             unchanged: vec![b"old".to_vec()],
         };
         let bytes = export.encode();
-        assert_eq!(Export::decode(&bytes), Ok(export));
+        assert_eq!(Export::decode(&bytes), Ok(export.clone()));
         // Cuts between records decode as a shorter export.
         let key_end = 8 + 1 + 2 + 1 + 8 + 4 + 1;
         let outcome_end = key_end + 1 + 8 + 8 + 1 + 8 + 4;
@@ -189,6 +230,17 @@ mod tests {
         assert_eq!(
             Export::decode(&[0, 0, 0, 0, 0, 0, 0, 0, 9]),
             Err(ExportError::UnknownKind(9))
+        );
+        // The keys alone, as INSTALL_KEYS carries them.
+        let keys = encode_keys(&export.keys);
+        assert_eq!(keys.len(), export.keys[0].encoded_len());
+        assert_eq!(decode_keys(&keys), Ok(export.keys.clone()));
+        assert_eq!(decode_keys(&[]), Ok(Vec::new()));
+        assert!(decode_keys(&keys[..keys.len() - 1]).is_err());
+        assert_eq!(
+            decode_keys(&bytes[8..]),
+            Err(ExportError::UnknownKind(OUTCOME)),
+            "only keys"
         );
     }
 }

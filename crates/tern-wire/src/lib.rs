@@ -114,6 +114,11 @@ wire_enum! {
         SeqProbe = 20 => "SEQ_PROBE",
         /// Answer to `SeqProbe`: `seq` = highest applied, `version` = highest seen.
         SeqReport = 21 => "SEQ_REPORT",
+        /// A migration copies several keys from another shard at once: the
+        /// value is their records (`export::encode_keys`: key, version,
+        /// value each), the key empty. Each replaces only an older version
+        /// of its key, as INSTALL does; one sequence number for all.
+        InstallKeys = 22 => "INSTALL_KEYS",
     }
 }
 
@@ -161,6 +166,9 @@ wire_enum! {
         /// Nothing written; the outcome is remembered with the key hash in
         /// the value (INSTALL_OUTCOME).
         Outcome = 6 => "OUTCOME",
+        /// The keys in the value, each with its version (INSTALL_KEYS; the
+        /// head leaves out those it has newer).
+        InstallKeys = 7 => "INSTALL_KEYS",
     }
 }
 
@@ -207,7 +215,9 @@ impl Op {
             Op::Get => CLIENT_READ | FAST_PATH,
             Op::Put | Op::Cas | Op::IncrBy | Op::Append => CLIENT_WRITE | CARRIES_VALUE | FAST_PATH,
             Op::Delete => CLIENT_WRITE | FAST_PATH,
-            Op::Install | Op::InstallOutcome => CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT,
+            Op::Install | Op::InstallOutcome | Op::InstallKeys => {
+                CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT
+            }
             Op::Rebase | Op::DropSlots | Op::Uninstall => CLIENT_WRITE | ANY_SLOT,
             Op::Freeze => INTERNAL | CARRIES_VALUE,
             Op::Noop | Op::Retransmit | Op::SeqProbe | Op::SeqReport => INTERNAL,
