@@ -54,6 +54,11 @@ pub struct ReshardOptions {
     /// changed since (true), or hold them for the whole copy (false: the
     /// stop-and-copy baseline of `tern bench migrate`).
     pub copy_first: bool,
+    /// At most this many keys moved per second, on average over the
+    /// migration (None: as fast as it goes). Copying takes the same CPU
+    /// and network as the workload; a limit leaves it more of both, and the
+    /// migration takes longer.
+    pub max_keys_per_s: Option<u64>,
 }
 
 impl Default for ReshardOptions {
@@ -63,6 +68,7 @@ impl Default for ReshardOptions {
             hold: Duration::from_secs(5),
             step_deadline: Duration::from_secs(30),
             copy_first: true,
+            max_keys_per_s: None,
         }
     }
 }
@@ -157,6 +163,10 @@ pub fn reshard(
     for group in 0..migration.group_count() {
         if !migration.handed_off.iter().any(|done| done.group == group) {
             driver.hand_off(&migration, group, &mut report)?;
+            if let Some(rate) = options.max_keys_per_s.filter(|rate| *rate > 0) {
+                let due = Duration::from_secs_f64(report.keys as f64 / rate as f64);
+                std::thread::sleep(due.saturating_sub(started.elapsed()));
+            }
         }
         progress(&Progress {
             migration: migration.id,

@@ -41,9 +41,13 @@ impl Strategy {
         }
     }
 
-    fn options(self, slots: [u32; 2]) -> ReshardOptions {
+    fn options(self, slots: [u32; 2], args: &MigrateArgs) -> ReshardOptions {
         match self {
-            Strategy::Live => ReshardOptions::default(),
+            Strategy::Live => ReshardOptions {
+                group_slots: args.group_slots,
+                max_keys_per_s: args.max_keys_per_s,
+                ..ReshardOptions::default()
+            },
             Strategy::StopAndCopy => ReshardOptions {
                 group_slots: slots[1] - slots[0],
                 hold: Duration::from_millis(u64::from(tern_wire::freeze::HOLD_MAX_MS)),
@@ -86,6 +90,13 @@ pub struct MigrateArgs {
     /// The slots that move from shard 0 to shard 1 (FIRST-LAST).
     #[arg(long, default_value = "0-4095", value_parser = parse_slots)]
     pub slots: [u32; 2],
+    /// Live migration: at most this many keys moved per second (default:
+    /// as fast as it goes).
+    #[arg(long)]
+    pub max_keys_per_s: Option<u64>,
+    /// Slots per group of the live migration.
+    #[arg(long, default_value_t = ReshardOptions::default().group_slots)]
+    pub group_slots: u32,
     #[arg(long, default_value_t = 2)]
     pub clients: usize,
     /// Requests each client keeps in flight.
@@ -218,7 +229,7 @@ fn one_run(
                 ShardId(0),
                 ShardId(1),
                 args.slots,
-                strategy.options(args.slots),
+                strategy.options(args.slots, args),
                 &mut |_| {},
             );
             let ended = Instant::now();

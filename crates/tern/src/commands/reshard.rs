@@ -25,6 +25,10 @@ pub struct ReshardArgs {
     /// Slots per group, held still and handed off at once.
     #[arg(long, default_value_t = ReshardOptions::default().group_slots)]
     group_slots: u32,
+    /// At most this many keys moved per second (default: as fast as it
+    /// goes): the workload keeps more of the machine, the move takes longer.
+    #[arg(long)]
+    max_keys_per_s: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +139,7 @@ pub fn run(map: &ClusterMap, args: ReshardArgs) -> Result<ExitCode> {
             };
             let options = ReshardOptions {
                 group_slots: args.group_slots,
+                max_keys_per_s: args.max_keys_per_s,
                 ..ReshardOptions::default()
             };
             let mut every = 0u32;
