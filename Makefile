@@ -17,7 +17,7 @@ COMPARE_REPEAT ?= 5
 COMPARE_DURATION ?= 10s
 TERN := $(CURDIR)/target/release/tern
 
-.PHONY: demo test check unit fuzz deps bench-compare bench-peers bench-reshard
+.PHONY: demo test check unit fuzz deps bench-compare bench-peers bench-migrate
 
 deps:
 	@scripts/install-deps.sh
@@ -59,11 +59,16 @@ bench-compare: deps
 	$(TERN) bench compare --modes user,xdp --repeat $(COMPARE_REPEAT) --duration $(COMPARE_DURATION) \
 		--read-fraction 0.95 --distribution zipfian --keys 10000 --clients 8
 
-# Live slot migration under YCSB-B load against the same load without it,
-# runs alternating (needs root): MODE=user|xdp, REPEAT=N.
-bench-reshard: deps
+# Live slot migration against stop-and-copy under a zipfian workload
+# (NetMigrate's experiment), write fractions 0-30%, runs alternating (needs
+# root): MIGRATE_MODE=user|xdp, MIGRATE_REPEAT=N. Series and plots in
+# target/bench-migrate.
+MIGRATE_MODE ?= user
+MIGRATE_REPEAT ?= 3
+bench-migrate: deps
 	$(CARGO) build --release --bin tern
-	TERN=$(TERN) scripts/bench-reshard.sh
+	$(TERN) bench migrate --mode $(MIGRATE_MODE) --repeat $(MIGRATE_REPEAT) --duration 10s \
+		--write-fractions 0,0.05,0.1,0.3
 
 # Tern (user and XDP coordinators) against Redis 7 (a primary and two
 # replicas, with and without WAIT 2 0), workloads B and A, 8 clients each.

@@ -40,6 +40,8 @@ use thiserror::Error;
 
 /// Installs in flight at once.
 const INSTALL_WINDOW: usize = 128;
+/// The pause before asking meta again when no leader answered.
+const META_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// How a reshard runs.
 #[derive(Clone, Copy, Debug)]
@@ -321,6 +323,10 @@ enum Attempt {
     Again {
         pause: Duration,
     },
+    /// Meta may or may not have recorded the hand-off (no leader answered
+    /// before the deadline): the hold must run out by itself, never be
+    /// released, in case the destination serves the group already.
+    Unknown(ReshardError),
 }
 
 /// A request to a shard's coordinator, until it is answered.
@@ -362,7 +368,23 @@ impl Driver {
         })
     }
 
+    /// Asks meta's leader, again while no leader answers (an election)
+    /// until the step deadline: every request the driver makes is
+    /// idempotent.
     fn call_meta(&mut self, request: &Request) -> Result<MetaMap, ReshardError> {
+        let deadline = Instant::now() + self.options.step_deadline;
+        loop {
+            match self.call_meta_once(request) {
+                Err(ReshardError::Io(error)) if Instant::now() < deadline => {
+                    tracing::debug!(%error, "no meta leader answered; asking again");
+                    std::thread::sleep(META_RETRY_PAUSE);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn call_meta_once(&mut self, request: &Request) -> Result<MetaMap, ReshardError> {
         match self.meta.call_leader(request)? {
             Reply::Map(map) => {
                 self.known = Some(map.clone());
@@ -401,12 +423,13 @@ impl Driver {
         let deadline = Instant::now() + self.options.step_deadline;
         loop {
             let attempt = self.attempt(migration, group, deadline, report);
-            if !matches!(attempt, Ok(Attempt::HandedOff)) {
+            if !matches!(attempt, Ok(Attempt::HandedOff | Attempt::Unknown(_))) {
                 // Not handed off: the source serves the group again.
                 let _ = self.freeze(migration.from, range, freeze::RELEASE);
             }
             match attempt? {
                 Attempt::HandedOff => return Ok(()),
+                Attempt::Unknown(error) => return Err(error),
                 Attempt::Again { pause } => {
                     report.restarts += 1;
                     std::thread::sleep(pause);
@@ -499,12 +522,35 @@ impl Driver {
                 pause: Duration::ZERO,
             });
         }
-        let handed = self.change(Change::HandOff {
+        let hand_off = Request::Change(Change::HandOff {
             migration: migration.id,
             group,
             floor: Seq(delta.floor),
             source_epoch: Epoch(epoch),
         });
+        let handed = loop {
+            match self.call_meta_once(&hand_off) {
+                Err(ReshardError::Io(error)) => {
+                    // Meta between leaders: the hand-off may be recorded or
+                    // not. The hold stays, renewed, and the same hand-off
+                    // (idempotent) is asked again: meta says which it was.
+                    if Instant::now() >= deadline {
+                        return Ok(Attempt::Unknown(error.into()));
+                    }
+                    std::thread::sleep(META_RETRY_PAUSE);
+                    // A coordinator that changed since has let the hold go
+                    // and meta refuses the hand-off (fenced by the epoch).
+                    let _ = self.freeze_within(
+                        migration.from,
+                        range,
+                        freeze::ALL,
+                        0,
+                        Duration::from_millis(200),
+                    );
+                }
+                other => break other,
+            }
+        };
         match handed {
             Ok(map) => {
                 report.handing_off += installed.elapsed();
@@ -750,6 +796,8 @@ impl Driver {
         const RESEND_AFTER: Duration = Duration::from_millis(100);
         let deadline = Instant::now() + self.options.step_deadline;
         let mut map = self.map()?;
+        let mut last_refresh = Instant::now();
+        let mut last_answer = Instant::now();
         let mut waiting = requests.into_iter();
         let mut in_flight: HashMap<(u64, u64), (Pending, Instant)> = HashMap::new();
         let mut last = String::from("no answer");
@@ -777,9 +825,16 @@ impl Driver {
                     last,
                 });
             }
+            let now = Instant::now();
+            let silent = now.duration_since(last_answer) >= RESEND_AFTER * 2;
+            if silent && last_refresh.elapsed() >= RESEND_AFTER * 2 {
+                // Unanswered for a while: the coordinator may have failed
+                // over to a standby. The map says where the shard is now.
+                map = self.refresh()?;
+                last_refresh = Instant::now();
+            }
             let target = shard(&map, shard_id);
             let (coordinator, epoch) = (target.coordinator, target.epoch.get());
-            let now = Instant::now();
             let mut due: Vec<Pending> = Vec::new();
             for (request, sent) in in_flight.values_mut() {
                 if now.duration_since(*sent) >= RESEND_AFTER {
@@ -798,6 +853,7 @@ impl Driver {
             let Some((_, sent)) = in_flight.get_mut(&id) else {
                 continue;
             };
+            last_answer = now;
             match answer.status() {
                 Status::TryAgain => {
                     // A full window at the destination: again shortly.

@@ -953,6 +953,26 @@ impl Replica {
 
     /// Resends what this replica sent downstream for `first..=last`.
     fn resend_range(&mut self, first: u64, last: u64, outbox: &mut Outbox) {
+        if self.config.is_tail() && first < self.sent_log_first_seq {
+            // Applied here with no record left to send (they came with a
+            // snapshot, or left the bounded log). The tail has them, so they
+            // are committed: a bare acknowledgement, with no client to
+            // answer, lets the coordinator finish them (their window places
+            // and dirty counts would otherwise stay taken for good). Their
+            // clients, unanswered, retry and are answered from dedup.
+            let bare_last = last
+                .min(self.sent_log_first_seq - 1)
+                .min(self.store.applied_seq())
+                .min(first.saturating_add(RETRANSMIT_BATCH_MAX - 1));
+            for seq in first..=bare_last {
+                let mut ack = Header::new(Op::Ack, self.config.shard, self.config.epoch);
+                ack.seq.set(seq);
+                ack.commit_seq.set(self.store.commit_seq());
+                ack.key_hash.set(tern_wire::key_hash(b""));
+                self.counters.resent += 1;
+                outbox.push(self.config.downstream(), &ack, &[], &[]);
+            }
+        }
         let first = first.max(self.sent_log_first_seq);
         let last = last
             .min(self.store.applied_seq())

@@ -711,3 +711,44 @@ fn rule6_an_old_request_id_arriving_for_the_first_time_is_applied() {
     );
     assert_eq!(sim.tail().store().latest(b"n").unwrap().value, b"57");
 }
+
+#[test]
+fn a_tail_that_has_a_write_only_from_a_snapshot_still_acknowledges_it() {
+    // The tail applies write 1 but its ACK is lost; the tail then restarts
+    // from a snapshot that holds the write, so no record of it is left to
+    // send again. The coordinator's resends reach it as duplicates.
+    let mut sim = Sim::new(3).with_journals();
+    sim.put(b"k", b"v", 1);
+    let tail = sim.chain[2];
+    sim.deliver_all_except(|d| d.from == tail && d.op() == Op::Ack);
+    sim.lose(|d| d.from == tail && d.op() == Op::Ack);
+    assert!(sim.shard().state().is_in_flight(1));
+    let snapshot = sim.tail().snapshot();
+    assert_eq!(snapshot.0, 1);
+    sim.restart_replica(2, Some(snapshot));
+    for _ in 0..20 {
+        sim.advance(Duration::from_millis(50));
+        sim.tick();
+        sim.deliver_all();
+    }
+    // The tail acknowledged it without a reply address (it has no record
+    // of the client's request): the write is finished, its key clean, and
+    // the window moves on.
+    assert!(!sim.shard().state().is_in_flight(1), "still in flight");
+    assert_eq!(
+        sim.shard().state().dirty_count(dirty_index(key_hash(b"k"))),
+        0
+    );
+    assert!(sim.replies_to(1).is_empty(), "nobody to answer");
+    // The client, unanswered, sends it again: answered from dedup, applied
+    // once.
+    sim.put(b"k", b"v", 1);
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(1).status(), Status::Ok);
+    assert_eq!(
+        sim.tail().store().applied_seq(),
+        2,
+        "the retry took a seq, no write"
+    );
+    assert_eq!(sim.tail().store().latest(b"k").unwrap().version, 1);
+}

@@ -1,5 +1,6 @@
 //! Short chaos runs in `make test`: every fault kind (replica, coordinator
-//! and meta-leader kills, loss, link and pairwise partitions), both
+//! and meta-leader kills, loss, link and pairwise partitions, and slot
+//! ranges moving between shards while the others strike), both
 //! coordinator modes, three meta nodes and a standby coordinator; the run
 //! must stay linearizable and lose no acknowledged write. The seed is
 //! printed; `tern chaos --seed N` replays the choices.
@@ -25,6 +26,7 @@ fn chaos(extra: &[&str]) {
         "Loss",
         "Partition",
         "PartitionPair",
+        "Reshard",
     ] {
         assert!(
             stdout

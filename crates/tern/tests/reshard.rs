@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::TestCluster;
 use tern_client::meta::{self, Reply, Request};
@@ -54,8 +54,23 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+/// A process killed while the reshard runs, and restarted a moment later.
+struct Crash {
+    /// Its name in processes.toml.
+    process: &'static str,
+    /// What the cluster needs for it (three meta nodes, a standby).
+    cluster_args: &'static [&'static str],
+}
+
 fn reshard_under_load(mode: &str, topology: &str) {
     let cluster = TestCluster::up_with(2, 3, mode, topology);
+    move_under_load(&cluster, None);
+}
+
+/// Moves `MOVED` from shard 0 to shard 1 while two clients INCRBY and read
+/// keys inside and outside it, with `crash` part-way; then checks that no
+/// request failed, every acknowledged INCRBY counted once, and the map.
+fn move_under_load(cluster: &TestCluster, crash: Option<&Crash>) {
     let keys = keys();
     let mut setup = Client::new(cluster.map.clone()).unwrap();
     // A key of the moved slots whose version from before the move is kept
@@ -108,6 +123,18 @@ fn reshard_under_load(mode: &str, topology: &str) {
         // assertion included), or the scope would wait for them forever.
         let _stop = StopOnDrop(&running);
         std::thread::sleep(Duration::from_millis(400));
+        let crasher = crash.map(|crash| {
+            scope.spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                cluster.kill(&[crash.process]);
+                let killed = Instant::now();
+                std::thread::sleep(Duration::from_millis(1500));
+                cluster.restart_stopped();
+                killed
+            })
+        });
+        // Small groups under a crash, so that it strikes mid-move.
+        let group_slots = if crash.is_some() { "2" } else { "64" };
         let output = cluster.tern(&[
             "reshard",
             "--from",
@@ -117,15 +144,25 @@ fn reshard_under_load(mode: &str, topology: &str) {
             "--slots",
             &format!("{}-{}", MOVED[0], MOVED[1] - 1),
             "--group-slots",
-            "64",
+            group_slots,
         ]);
+        let ended = Instant::now();
+        if let Some(crasher) = crasher {
+            let killed = crasher.join().unwrap();
+            assert!(killed < ended, "the crash came after the move");
+        }
         let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-        assert!(
-            output.status.success(),
-            "reshard failed: {stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(stdout.contains("16 groups"), "{stdout}");
+        if !output.status.success() {
+            // What the processes counted, to see where it stuck.
+            let stats = cluster.tern(&["stats"]);
+            panic!(
+                "reshard failed: {stdout}{}\n{}",
+                String::from_utf8_lossy(&output.stderr),
+                String::from_utf8_lossy(&stats.stdout)
+            );
+        }
+        let groups = (MOVED[1] - MOVED[0]) / group_slots.parse::<u32>().unwrap();
+        assert!(stdout.contains(&format!("{groups} groups")), "{stdout}");
         std::thread::sleep(Duration::from_millis(400));
         running.store(false, Ordering::Relaxed);
         let mut total: HashMap<Vec<u8>, i64> = HashMap::new();
@@ -145,7 +182,7 @@ fn reshard_under_load(mode: &str, topology: &str) {
             assert_eq!(value, total.get(key).copied().unwrap_or(0), "{key:?}");
         }
     });
-    let map = meta_map(&cluster);
+    let map = meta_map(cluster);
     assert!(map.migrations.is_empty(), "{:?}", map.migrations);
     assert_eq!(map.shards[1].slots[0], MOVED, "{:?}", map.shards[1].slots);
     let routed = map.to_cluster_map(&cluster.map.meta).unwrap();
@@ -168,6 +205,44 @@ fn slots_move_under_load_with_the_user_space_coordinator() {
 #[test]
 fn slots_move_under_load_with_the_xdp_coordinator() {
     reshard_under_load("xdp", "netns");
+}
+
+/// A crash during the move, in user mode.
+fn move_with_crash(crash: Crash) {
+    let mut args = vec!["--mode", "user", "--topology", "netns"];
+    args.extend_from_slice(crash.cluster_args);
+    let cluster = TestCluster::up_with_args(2, 3, &args);
+    move_under_load(&cluster, Some(&crash));
+}
+
+/// Every participant in turn, one cluster at a time (each is a netns
+/// cluster under load: run side by side, they would starve each other of
+/// the machine's two cores).
+#[test]
+fn slots_move_while_a_participant_crashes() {
+    for crash in [
+        Crash {
+            process: "shard0-replica2",
+            cluster_args: &[],
+        },
+        Crash {
+            process: "shard1-replica0",
+            cluster_args: &[],
+        },
+        // The coordinator of both shards: source and destination at once.
+        Crash {
+            process: "coordinator",
+            cluster_args: &["--standby", "1"],
+        },
+        // The first meta node, which usually leads.
+        Crash {
+            process: "meta1",
+            cluster_args: &["--meta", "3"],
+        },
+    ] {
+        eprintln!("crashing {} during the move", crash.process);
+        move_with_crash(crash);
+    }
 }
 
 #[test]
