@@ -2,6 +2,7 @@
 #   make demo   start a local 3-replica cluster, run a mixed workload, print results, stop it
 #   make test   every test: unit, property, protocol rules, XDP program, real-process system tests, chaos, fuzzing
 #   make bench-compare   user-space vs XDP coordinator, alternating runs, medians and ratio
+#   make bench-migrate   live slot migration against stop-and-copy (NetMigrate's experiment)
 SHELL := /bin/bash
 CARGO ?= cargo
 DEMO_DIR ?= $(CURDIR)/target/demo-cluster
