@@ -13,7 +13,7 @@ use std::io;
 use std::net::{SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::time::Duration;
 
@@ -351,9 +351,16 @@ fn leave(
     true
 }
 
+/// State-transfer connections served at once; one more is closed at once
+/// (a joining successor and a migration need one or two; the fetcher
+/// tries again).
+const TRANSFER_CONNECTIONS_MAX: usize = 8;
+
 /// Accepts state-transfer connections on `addr` (TCP, the replica's UDP
-/// address) and hands each to the main loop. On loopback the port may be
-/// briefly taken by someone's outgoing connection: binding is retried.
+/// address) and hands each to the main loop, at most
+/// `TRANSFER_CONNECTIONS_MAX` at once: each has a thread, a bounded request
+/// line and a read timeout. On loopback the port may be briefly taken by
+/// someone's outgoing connection: binding is retried.
 fn serve_transfers(addr: SocketAddrV4, requests: Sender<TransferCall>) {
     let listener = loop {
         match TcpListener::bind(addr) {
@@ -364,13 +371,24 @@ fn serve_transfers(addr: SocketAddrV4, requests: Sender<TransferCall>) {
             }
         }
     };
+    let open = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        let requests = requests.clone();
+        if open.fetch_add(1, Ordering::AcqRel) >= TRANSFER_CONNECTIONS_MAX {
+            open.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(
+                limit = TRANSFER_CONNECTIONS_MAX,
+                peer = ?stream.peer_addr().ok(),
+                "too many state-transfer connections: one closed"
+            );
+            continue;
+        }
+        let (requests, open) = (requests.clone(), open.clone());
         std::thread::spawn(move || {
             if let Err(error) = answer_transfer(stream, &requests) {
                 tracing::debug!(%error, "state transfer not served");
             }
+            open.fetch_sub(1, Ordering::AcqRel);
         });
     }
 }
