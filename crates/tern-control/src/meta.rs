@@ -67,6 +67,18 @@ pub enum Change {
     /// Stops a migration: the groups handed off stay at the destination,
     /// the others at the source. Idempotent.
     CancelMigration { migration: u64 },
+    /// A new shard `shard`, owning no slots yet, with a chain of running
+    /// spare replicas of it (`tern server --shard SHARD --listen ADDR`),
+    /// coordinated at `coordinator`; its slots come by migration
+    /// (`tern reshard rebalance`). Repeating it changes nothing.
+    AddShard {
+        shard: ShardId,
+        coordinator: SocketAddrV4,
+        replicas: Vec<SocketAddrV4>,
+    },
+    /// Retires shard `shard`, which must own no slots (move them away
+    /// first) and be in no migration. Repeating it changes nothing.
+    RemoveShard { shard: ShardId },
 }
 
 /// A request to a meta node.
@@ -190,6 +202,18 @@ pub enum Refusal {
         epoch: Epoch,
         expected: Epoch,
     },
+    #[error("shard {shard} exists already, with other replicas or another coordinator")]
+    ShardExists { shard: ShardId },
+    #[error("a shard needs between 1 and {limit} replicas")]
+    BadChainLength { limit: usize },
+    #[error(
+        "shard {shard} still owns {slots} slots: move them away first (`tern reshard --from {shard} ...`)"
+    )]
+    ShardOwnsSlots { shard: ShardId, slots: u32 },
+    #[error("shard {shard} is in migration {migration}: finish or cancel it first")]
+    ShardMigrating { shard: ShardId, migration: u64 },
+    #[error("{addr} is not a live coordinator: start `tern coordinator --listen {addr}` first")]
+    NotACoordinator { addr: SocketAddrV4 },
     #[error("undecodable request: {0}")]
     Undecodable(String),
     #[error("meta could not commit the change: {0}")]

@@ -264,6 +264,26 @@ impl Node {
             Request::Change(Change::AddReplica { shard, addr }) if !self.is_spare(shard, addr) => {
                 Reply::Refused(Refusal::NotASpare { shard, addr })
             }
+            Request::Change(Change::AddShard {
+                shard,
+                coordinator,
+                ref replicas,
+            }) if self.state.read().expect("state lock").shard_is_new(shard) => {
+                // A new shard's replicas and coordinator must be running: a
+                // chain of processes that are not would be dead on arrival.
+                if let Some(&addr) = replicas.iter().find(|addr| !self.is_spare(shard, **addr)) {
+                    return Reply::Refused(Refusal::NotASpare { shard, addr });
+                }
+                if !self.heartbeats_as(coordinator, NodeKind::Coordinator) {
+                    return Reply::Refused(Refusal::NotACoordinator { addr: coordinator });
+                }
+                let change = Change::AddShard {
+                    shard,
+                    coordinator,
+                    replicas: replicas.clone(),
+                };
+                self.propose(Command::Operator(change)).await
+            }
             Request::Change(change) => self.propose(Command::Operator(change)).await,
             Request::Status => unreachable!("answered above"),
         }
@@ -271,12 +291,16 @@ impl Node {
 
     /// Whether `addr` heartbeats, recently, as a spare of `shard`.
     fn is_spare(&self, shard: ShardId, addr: SocketAddrV4) -> bool {
+        self.heartbeats_as(addr, NodeKind::Replica { shard, spare: true })
+    }
+
+    /// Whether `addr` heartbeats, recently, as `kind`.
+    fn heartbeats_as(&self, addr: SocketAddrV4, kind: NodeKind) -> bool {
         let detector = self.detector.lock().expect("detector lock");
-        let spare = NodeKind::Replica { shard, spare: true };
         detector
             .seen
             .get(&addr)
-            .is_some_and(|(kind, _)| *kind == spare)
+            .is_some_and(|(seen, _)| *seen == kind)
             && detector.silent_for(addr, Instant::now()) < self.options.failure_timeout
     }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddrV4;
 use serde::{Deserialize, Serialize};
 use tern_control::meta::{Change, MetaMap, Refusal};
 use tern_control::{
-    ClusterMap, HandOff, Migration, ShardId, ShardMap, Slot, SlotRange, first_slot_missing,
+    ClusterMap, Epoch, HandOff, Migration, ShardId, ShardMap, Slot, SlotRange, first_slot_missing,
 };
 use tern_wire::SLOT_COUNT;
 use tern_wire::maps::CHAIN_LEN_MAX;
@@ -53,6 +53,9 @@ pub struct MetaState {
     /// (so that a repeated request is answered as the first one was).
     #[serde(default)]
     pub ended: BTreeMap<u64, bool>,
+    /// Shards retired (`RemoveShard`), so that a repeat changes nothing.
+    #[serde(default)]
+    pub retired: std::collections::BTreeSet<ShardId>,
 }
 
 impl MetaState {
@@ -115,6 +118,76 @@ impl MetaState {
                 let length = entry.replicas.len();
                 let target = self.replication.entry(*shard).or_default();
                 *target = (*target).max(length);
+            }
+            Command::Operator(Change::AddShard {
+                shard,
+                coordinator,
+                replicas,
+            }) => {
+                if let Some(existing) = self.shards.iter().find(|s| s.id == *shard) {
+                    if existing.coordinator == *coordinator && existing.replicas == *replicas {
+                        return Ok(Outcome::Unchanged);
+                    }
+                    return Err(Refusal::ShardExists { shard: *shard });
+                }
+                if replicas.is_empty() || replicas.len() > CHAIN_LEN_MAX {
+                    return Err(Refusal::BadChainLength {
+                        limit: CHAIN_LEN_MAX,
+                    });
+                }
+                if replicas.contains(coordinator)
+                    || self.shards.iter().any(|s| s.replicas.contains(coordinator))
+                {
+                    return Err(Refusal::CoordinatorIsAReplica { addr: *coordinator });
+                }
+                for (index, addr) in replicas.iter().enumerate() {
+                    self.check_unused(*addr)?;
+                    if replicas[..index].contains(addr) {
+                        return Err(Refusal::AlreadyAReplica {
+                            shard: *shard,
+                            addr: *addr,
+                        });
+                    }
+                }
+                // Epoch 1: a chain born with its replicas, which start it
+                // empty (`Membership::on_map`).
+                self.shards.push(ShardMap {
+                    id: *shard,
+                    epoch: Epoch(1),
+                    slots: Vec::new(),
+                    coordinator: *coordinator,
+                    replicas: replicas.clone(),
+                });
+                self.replication.insert(*shard, replicas.len());
+                self.retired.remove(shard);
+            }
+            Command::Operator(Change::RemoveShard { shard }) => {
+                let Some(index) = self.shards.iter().position(|s| s.id == *shard) else {
+                    if self.retired.contains(shard) {
+                        return Ok(Outcome::Unchanged);
+                    }
+                    return Err(Refusal::NoSuchShard { shard: *shard });
+                };
+                let slots: u32 = self.shards[index].slots.iter().map(|[s, e]| e - s).sum();
+                if slots > 0 {
+                    return Err(Refusal::ShardOwnsSlots {
+                        shard: *shard,
+                        slots,
+                    });
+                }
+                if let Some(migration) = self
+                    .migrations
+                    .iter()
+                    .find(|m| m.from == *shard || m.to == *shard)
+                {
+                    return Err(Refusal::ShardMigrating {
+                        shard: *shard,
+                        migration: migration.id,
+                    });
+                }
+                self.shards.remove(index);
+                self.replication.remove(shard);
+                self.retired.insert(*shard);
             }
             Command::Operator(Change::RemoveReplica { shard, addr }) => {
                 let length = self.remove(*shard, *addr)?;
@@ -302,6 +375,11 @@ impl MetaState {
         entry.replicas.remove(position);
         entry.epoch = entry.epoch.next();
         Ok(entry.replicas.len())
+    }
+
+    /// Whether no shard `shard` is in the map (an `AddShard` would create it).
+    pub fn shard_is_new(&self, shard: ShardId) -> bool {
+        self.shards.iter().all(|s| s.id != shard)
     }
 
     fn check_unused(&self, addr: SocketAddrV4) -> Result<(), Refusal> {
@@ -669,6 +747,89 @@ mod tests {
             }
             .to_string()
             .contains("shard 0 does not own slot 8192")
+        );
+    }
+
+    #[test]
+    fn a_shard_is_added_empty_and_retired_only_once_it_owns_nothing() {
+        let mut state = initial();
+        let add = |replicas: Vec<SocketAddrV4>| {
+            Command::Operator(Change::AddShard {
+                shard: ShardId(1),
+                coordinator: addr(1),
+                replicas,
+            })
+        };
+        let map = state.apply(&add(vec![addr(20), addr(21)])).unwrap();
+        let added = map.shards.iter().find(|s| s.id == ShardId(1)).unwrap();
+        assert_eq!((added.epoch, added.slots.len()), (Epoch(1), 0));
+        assert_eq!(state.replication[&ShardId(1)], 2);
+        let version = map.version;
+        assert_eq!(
+            state.apply(&add(vec![addr(20), addr(21)])).unwrap().version,
+            version,
+            "a repeat changes nothing"
+        );
+        assert_eq!(
+            state.apply(&add(vec![addr(22)])),
+            Err(Refusal::ShardExists { shard: ShardId(1) })
+        );
+        let taken = Command::Operator(Change::AddShard {
+            shard: ShardId(2),
+            coordinator: addr(1),
+            replicas: vec![addr(10)],
+        });
+        assert!(matches!(
+            state.apply(&taken),
+            Err(Refusal::AlreadyAReplica { .. })
+        ));
+        let empty = Command::Operator(Change::AddShard {
+            shard: ShardId(2),
+            coordinator: addr(1),
+            replicas: vec![],
+        });
+        assert!(matches!(
+            state.apply(&empty),
+            Err(Refusal::BadChainLength { .. })
+        ));
+        // Shard 0 owns every slot: it stays.
+        let remove = |shard| {
+            Command::Operator(Change::RemoveShard {
+                shard: ShardId(shard),
+            })
+        };
+        assert_eq!(
+            state.apply(&remove(0)),
+            Err(Refusal::ShardOwnsSlots {
+                shard: ShardId(0),
+                slots: tern_wire::SLOT_COUNT
+            })
+        );
+        // In a migration: it stays too.
+        state
+            .apply(&Command::Operator(begin(0, 1, [0, 64])))
+            .unwrap();
+        assert!(matches!(
+            state.apply(&remove(1)),
+            Err(Refusal::ShardMigrating { .. })
+        ));
+        let id = state.migrations[0].id;
+        state
+            .apply(&Command::Operator(Change::CancelMigration {
+                migration: id,
+            }))
+            .unwrap();
+        let map = state.apply(&remove(1)).unwrap();
+        assert!(map.shards.iter().all(|s| s.id != ShardId(1)));
+        assert!(!state.replication.contains_key(&ShardId(1)));
+        assert_eq!(
+            state.apply(&remove(1)).unwrap().version,
+            map.version,
+            "a repeat"
+        );
+        assert_eq!(
+            state.apply(&remove(7)),
+            Err(Refusal::NoSuchShard { shard: ShardId(7) })
         );
     }
 }

@@ -59,6 +59,10 @@ pub enum Action {
     /// Load the fetched state into the replica at this place, ask the
     /// predecessor for every later write, and mark the data as a member's.
     LoadSnapshot(ReplicaConfig),
+    /// Serve at this place from the empty state, marking the data as a
+    /// member's: the chain was born with this replica (a new shard, at
+    /// epoch 1), so there is nothing to fetch.
+    StartEmpty(ReplicaConfig),
 }
 
 /// The membership of one replica process.
@@ -147,6 +151,14 @@ impl Membership {
                     // The chain changed under the transfer: start it again.
                     self.join(config)
                 }
+            }
+            // Every later chain of a shard comes from a change that bumps
+            // its epoch (a replica added, failed, moved): a spare placed at
+            // epoch 1 is in a chain created with it (`AddShard`), whose
+            // members all start empty.
+            (Role::Spare, Some(config)) if config.epoch == 1 => {
+                self.place = Some(config.clone());
+                (Role::Member, vec![Action::StartEmpty(config)])
             }
             (Role::Spare, Some(config)) => self.join(config),
             (role, None) => {

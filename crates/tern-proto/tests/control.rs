@@ -183,6 +183,7 @@ impl Cluster {
                 *replica = loaded;
                 self.joining[index] = false;
             }
+            Action::StartEmpty(config) => *replica = Replica::new(config),
         }
     }
 

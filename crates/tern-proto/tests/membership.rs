@@ -161,3 +161,24 @@ fn a_map_version_is_acted_on_only_once_it_is_seen() {
     assert!(member.on_map(6, place(1, &[1, 2, ME])).is_empty());
     assert_eq!(member.acted_on(), 7);
 }
+
+#[test]
+fn a_spare_in_a_chain_born_with_it_serves_from_empty_and_any_later_chain_is_joined() {
+    // A new shard's chain (AddShard): epoch 1, every member a spare.
+    let (mut member, _) = Membership::start(5, None, false, false);
+    let born = place(1, &[ME, 4]).unwrap();
+    assert_eq!(
+        member.on_map(6, Some(born.clone())),
+        vec![Action::StartEmpty(born)]
+    );
+    assert!(member.is_member());
+    assert!(!member.fenced(lease(6)));
+    // A spare appended to an existing chain (an epoch above 1) fetches the
+    // chain's state as before.
+    let (mut spare, _) = Membership::start(5, None, false, false);
+    let appended = place(2, &[1, 2, ME]).unwrap();
+    assert_eq!(
+        spare.on_map(6, Some(appended.clone())),
+        vec![Action::StartJoin(appended)]
+    );
+}

@@ -267,6 +267,13 @@ impl Shell<'_> {
                 self.load(replica, config, bytes)?;
                 mark_member(self.data_dir)?;
             }
+            Action::StartEmpty(config) => {
+                tracing::info!(epoch = config.epoch, position = config.position, chain = ?config.chain, "in a new shard's chain: serving from empty");
+                // The empty state, loaded as a joiner's (a fresh log when durable).
+                let (_, empty) = Replica::new(config.clone()).snapshot();
+                self.load(replica, config, &empty)?;
+                mark_member(self.data_dir)?;
+            }
         }
         Ok(())
     }

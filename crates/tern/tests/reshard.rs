@@ -315,3 +315,130 @@ fn rebalance_evens_the_slots_and_keeps_every_key() {
     let again = cluster.tern(&["reshard", "rebalance"]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("even already"));
 }
+
+/// Replica processes a test starts itself, killed when dropped.
+struct Spares(Vec<std::process::Child>);
+
+impl Drop for Spares {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_shard_is_added_from_spares_given_its_share_then_drained_and_retired() {
+    let cluster = TestCluster::up_with(2, 1, "user", "loopback");
+    let mut client = Client::new(cluster.map.clone()).unwrap();
+    let keys: Vec<Vec<u8>> = (0..300).map(|n| format!("key-{n}").into_bytes()).collect();
+    for key in &keys {
+        client.put(key, key).unwrap();
+    }
+    // Two spares of the new shard 2, started as an operator would.
+    let addresses: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let map_path = cluster.map_path();
+    let _spares = Spares(
+        addresses
+            .iter()
+            .map(|address| {
+                common::tern()
+                    .args(["--cluster", map_path.to_str().unwrap()])
+                    .args(["server", "--shard", "2", "--listen", address])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
+    let coordinator = cluster.map.shards[0].coordinator.to_string();
+    let mut add = vec![
+        "node",
+        "add-shard",
+        "--shard",
+        "2",
+        "--coordinator",
+        &coordinator,
+    ];
+    add.extend(addresses.iter().map(String::as_str));
+    // Refused until both report as spares.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let output = cluster.tern(&add);
+        if output.status.success() {
+            break;
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert!(stderr.contains("not a live spare"), "{stderr}");
+        assert!(
+            Instant::now() < deadline,
+            "the spares never reported: {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let output = cluster.tern(&["reshard", "rebalance", "--group-slots", "128"]);
+    assert!(output.status.success(), "{output:?}");
+    let counts = |map: &meta::MetaMap| -> Vec<(u32, u32)> {
+        map.shards
+            .iter()
+            .map(|s| (s.id.get(), s.slots.iter().map(|[a, b]| b - a).sum()))
+            .collect()
+    };
+    let map = meta_map(&cluster);
+    let even = counts(&map);
+    assert_eq!(even.len(), 3, "{even:?}");
+    assert!(
+        even.iter()
+            .all(|(_, n)| n.abs_diff(tern_wire::SLOT_COUNT / 3) <= 1),
+        "{even:?}"
+    );
+    // Every key still there, and the new shard takes writes.
+    let mut moved = 0;
+    for key in &keys {
+        assert_eq!(client.get(key).unwrap().unwrap().value, *key);
+        let routed = map.to_cluster_map(&cluster.map.meta).unwrap();
+        if routed.shard_of_slot(Slot::of_key(key)).id == ShardId(2) {
+            client.put(key, b"on shard 2").unwrap();
+            moved += 1;
+        }
+    }
+    assert!(moved > 50, "{moved} keys on the new shard");
+    // A shard that still owns slots is not retired.
+    let refused = cluster.tern(&["node", "remove-shard", "2"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("still owns"));
+    // Drained back to shard 0, then retired.
+    for [start, end] in map
+        .shards
+        .iter()
+        .find(|s| s.id == ShardId(2))
+        .unwrap()
+        .slots
+        .clone()
+    {
+        let slots = format!("{start}-{}", end - 1);
+        let output = cluster.tern(&["reshard", "--from", "2", "--to", "0", "--slots", &slots]);
+        assert!(output.status.success(), "{output:?}");
+    }
+    let output = cluster.tern(&["node", "remove-shard", "2"]);
+    assert!(output.status.success(), "{output:?}");
+    let map = meta_map(&cluster);
+    assert_eq!(map.shards.len(), 2);
+    for key in &keys {
+        let found = client.get(key).unwrap().unwrap();
+        let routed = map.to_cluster_map(&cluster.map.meta).unwrap();
+        assert_ne!(routed.shard_of_slot(Slot::of_key(key)).id, ShardId(2));
+        assert!(found.value == *key || found.value == b"on shard 2");
+    }
+}

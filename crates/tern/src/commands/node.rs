@@ -27,6 +27,21 @@ pub enum NodeCommand {
         from: SocketAddrV4,
         to: SocketAddrV4,
     },
+    /// Add shard SHARD, owning no slots yet: a chain of running spares
+    /// (`tern server --shard SHARD --listen ADDR` each, head first) under the
+    /// running coordinator at COORDINATOR. Then `tern reshard rebalance`
+    /// gives it its share.
+    AddShard {
+        #[arg(long)]
+        shard: tern_client::ShardId,
+        #[arg(long)]
+        coordinator: SocketAddrV4,
+        #[arg(required = true)]
+        replicas: Vec<SocketAddrV4>,
+    },
+    /// Retire shard SHARD, which must own no slots any more (move them away
+    /// with `tern reshard --from SHARD ...` first); its processes can stop.
+    RemoveShard { shard: tern_client::ShardId },
     /// Each meta node's view (role, leader, term) and the current map.
     Status,
 }
@@ -40,6 +55,16 @@ pub fn run(map: &ClusterMap, command: NodeCommand) -> Result<ExitCode> {
         NodeCommand::Add { shard, addr } => Change::AddReplica { shard, addr },
         NodeCommand::Remove { shard, addr } => Change::RemoveReplica { shard, addr },
         NodeCommand::MoveCoordinator { from, to } => Change::MoveCoordinator { from, to },
+        NodeCommand::AddShard {
+            shard,
+            coordinator,
+            replicas,
+        } => Change::AddShard {
+            shard,
+            coordinator,
+            replicas,
+        },
+        NodeCommand::RemoveShard { shard } => Change::RemoveShard { shard },
         NodeCommand::Status => {
             for node in &map.meta {
                 match meta::call(*node, &Request::Status, meta::META_CALL_TIMEOUT) {
