@@ -103,6 +103,28 @@ pub enum ClusterCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Add a shard: start its replicas (in new namespaces on netns), add it
+    /// through meta under the coordinator of shard 0, then move slots until
+    /// every shard owns an even share (`tern reshard rebalance`).
+    AddShard {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Replicas of the new shard (the chain length).
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// Log records between a replica's snapshots.
+        #[arg(long, default_value_t = 200_000)]
+        snapshot_every: u64,
+    },
+    /// Retire a shard: move its slots to the other shards (each range to the
+    /// shard that owns the fewest), remove it through meta, stop its
+    /// replicas.
+    RemoveShard {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        shard: ShardId,
+    },
     /// Start again processes of the cluster that are not running (or the
     /// named ones, which must be stopped), with their original command lines.
     Restart {
@@ -373,6 +395,12 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
             )
         }
         ClusterCommand::Restart { dir, names } => restart(&dir, &names),
+        ClusterCommand::AddShard {
+            dir,
+            replicas,
+            snapshot_every,
+        } => add_shard(&dir, replicas, snapshot_every),
+        ClusterCommand::RemoveShard { dir, shard } => remove_shard(&dir, shard),
         ClusterCommand::Down { dir } => down(&dir),
         ClusterCommand::Status { dir } => status(&dir),
     }
@@ -849,6 +877,215 @@ fn restart(dir: &Path, names: &[String]) -> Result<ExitCode> {
         .map(|(_, entry)| entry.name.as_str())
         .collect();
     println!("restarted {}: {}", restarted.len(), restarted.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The map meta has now, for a cluster of `dir` that runs meta.
+fn current_map(dir: &Path) -> Result<(ClusterMap, ClusterMap)> {
+    let map = ClusterMap::load(&dir.join("cluster.toml"))?;
+    if map.meta.is_empty() {
+        bail!("this cluster has no meta nodes (`--meta 0`): its shards are fixed");
+    }
+    let current = tern_client::meta::fetch_map(&map.meta, &mut None)?;
+    Ok((map, current))
+}
+
+fn add_shard(dir: &Path, replicas: usize, snapshot_every: u64) -> Result<ExitCode> {
+    use tern_client::meta::{self, Change, Refusal, Reply, Request};
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("no cluster directory {}", dir.display()))?;
+    let (map, current) = current_map(&dir)?;
+    if replicas == 0 {
+        bail!("a shard needs at least one replica");
+    }
+    let shard = ShardId(
+        current
+            .shards
+            .iter()
+            .map(|s| s.id.get() + 1)
+            .max()
+            .unwrap_or(0),
+    );
+    let coordinator = current.shards[0].coordinator;
+    let names: Vec<String> = (0..replicas)
+        .map(|position| replica_name(shard, position))
+        .collect();
+    let mut topology = Topology::load(&topology_path(&dir))?;
+    let addresses: Vec<SocketAddrV4> = match &mut topology {
+        None => free_addresses(replicas)?,
+        Some(topology) => {
+            let nodes: Vec<String> = names.iter().map(|name| node_name(name)).collect();
+            topology.extend(&nodes)?;
+            topology.save(&topology_path(&dir))?;
+            names
+                .iter()
+                .map(|name| {
+                    let role = ProcessRole::of(name).expect("a replica's name");
+                    SocketAddrV4::new(topology.node(&role.node_name()).address, role.port())
+                })
+                .collect()
+        }
+    };
+    let mut table = read_table(&dir)?;
+    let durability = table.durability.unwrap_or(DurabilityArg::Always);
+    let executable = std::env::current_exe().context("locating the tern executable")?;
+    let map_path = dir.join("cluster.toml");
+    for (name, address) in names.iter().zip(&addresses) {
+        let mut command: Vec<String> = Vec::new();
+        if let Some(topology) = &topology {
+            let namespace = &topology.node(&node_name(name)).namespace;
+            command.extend(["ip", "netns", "exec", namespace].map(String::from));
+        }
+        let data = dir.join("data").join(name).display().to_string();
+        let policy = format!("{durability:?}").to_lowercase();
+        let every = snapshot_every.to_string();
+        command.push(executable.display().to_string());
+        command.extend(
+            [
+                "--cluster",
+                &map_path.display().to_string(),
+                "server",
+                "--shard",
+                &shard.to_string(),
+                "--listen",
+                &address.to_string(),
+                "--data-dir",
+                &data,
+                "--durability",
+                &policy,
+                "--snapshot-every",
+                &every,
+            ]
+            .map(String::from),
+        );
+        let log = dir.join("logs").join(format!("{name}.log"));
+        let child = spawn_detached(&command, &log, false)?;
+        table.process.push(ProcessEntry {
+            name: name.clone(),
+            pid: child.id(),
+            address: *address,
+            shard,
+            log,
+            command,
+        });
+    }
+    write_table(&dir, &table)?;
+    // Meta takes the chain once every replica reports as a spare.
+    let add = Request::Change(Change::AddShard {
+        shard,
+        coordinator,
+        replicas: addresses.clone(),
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match meta::call_leader(&map.meta, &mut None, &add) {
+            Ok(Reply::Map(_)) => break,
+            Ok(Reply::Refused(Refusal::NotASpare { .. })) if Instant::now() < deadline => {}
+            Ok(Reply::Refused(why)) => bail!("meta refused the new shard {shard}: {why}"),
+            Ok(other) => bail!("unexpected answer from meta: {other:?}"),
+            // No leader yet (an election): asked again.
+            Err(_) if Instant::now() < deadline => {}
+            Err(error) => return Err(error).context("adding the shard through meta"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "shard {shard} added: {} under the coordinator at {coordinator}",
+        addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let moves = tern_client::reshard::rebalance(
+        &map.meta,
+        tern_client::reshard::ReshardOptions::default(),
+        &mut |_, _| {},
+    )
+    .context("rebalancing the slots onto the new shard")?;
+    for (step, report) in &moves {
+        println!(
+            "  slots {}-{} from shard {} to shard {}: {} keys, longest write hold {:.1} ms",
+            step.slots[0],
+            step.slots[1] - 1,
+            step.from,
+            step.to,
+            report.keys,
+            report.longest_hold().as_secs_f64() * 1e3
+        );
+    }
+    println!("rebalanced: {} moves", moves.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn remove_shard(dir: &Path, shard: ShardId) -> Result<ExitCode> {
+    use tern_client::meta::{self, Change, Reply, Request};
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("no cluster directory {}", dir.display()))?;
+    let (map, current) = current_map(&dir)?;
+    let Some(leaving) = current.shards.iter().find(|s| s.id == shard) else {
+        bail!("there is no shard {shard}");
+    };
+    if current.shards.len() < 2 {
+        bail!("shard {shard} is the only shard: its slots have nowhere to go");
+    }
+    // Each of its ranges to the shard that owns the fewest slots then.
+    let mut owned: Vec<(ShardId, u32)> = current
+        .shards
+        .iter()
+        .filter(|s| s.id != shard)
+        .map(|s| (s.id, s.slots.iter().map(|[a, b]| b - a).sum()))
+        .collect();
+    for &[start, end] in &leaving.slots {
+        let (to, count) = owned
+            .iter_mut()
+            .min_by_key(|(id, count)| (*count, *id))
+            .expect("another shard");
+        let report = tern_client::reshard::reshard(
+            &map.meta,
+            shard,
+            *to,
+            [start, end],
+            tern_client::reshard::ReshardOptions::default(),
+            &mut |_| {},
+        )
+        .with_context(|| format!("moving slots {start}-{} to shard {to}", end - 1))?;
+        println!(
+            "  slots {start}-{} to shard {to}: {} keys, longest write hold {:.1} ms",
+            end - 1,
+            report.keys,
+            report.longest_hold().as_secs_f64() * 1e3
+        );
+        *count += end - start;
+    }
+    match meta::call_leader(
+        &map.meta,
+        &mut None,
+        &Request::Change(Change::RemoveShard { shard }),
+    )? {
+        Reply::Map(_) => {}
+        Reply::Refused(why) => bail!("meta refused to retire shard {shard}: {why}"),
+        other => bail!("unexpected answer from meta: {other:?}"),
+    }
+    // Its replicas serve nothing now: stopped, and out of the table.
+    let mut table = read_table(&dir)?;
+    let (gone, kept): (Vec<ProcessEntry>, Vec<ProcessEntry>) = table.process.into_iter().partition(
+        |entry| matches!(entry.role(), Some(ProcessRole::Replica { shard: of, .. }) if of == shard),
+    );
+    for entry in &gone {
+        if is_running(entry.pid) {
+            // SAFETY: a plain system call on a pid this cluster started.
+            unsafe { libc::kill(entry.pid as i32, libc::SIGTERM) };
+        }
+    }
+    table.process = kept;
+    write_table(&dir, &table)?;
+    println!(
+        "shard {shard} retired: its slots moved, {} replicas stopped",
+        gone.len()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

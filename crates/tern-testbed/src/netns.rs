@@ -87,7 +87,20 @@ impl Topology {
         let host = format!("{}/24", self.host_address);
         ip(&["addr", "add", &host, "dev", &self.bridge])?;
         ip(&["link", "set", &self.bridge, "up"])?;
-        for (offset, name) in names.iter().enumerate() {
+        self.extend(names)
+    }
+
+    /// Adds a namespace per name to the running topology (processes joining
+    /// a cluster: a new shard's replicas), on the next free addresses.
+    pub fn extend(&mut self, names: &[String]) -> Result<()> {
+        for name in names {
+            if self.nodes.iter().any(|node| node.name == *name) {
+                bail!("the topology has a node {name} already");
+            }
+            let offset = self.nodes.len();
+            if offset + 2 > 254 {
+                bail!("the topology's /24 has no free address left");
+            }
             let node = Node {
                 name: name.clone(),
                 namespace: format!("tern{}-{name}", self.index),

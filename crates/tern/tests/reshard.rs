@@ -442,3 +442,50 @@ fn a_shard_is_added_from_spares_given_its_share_then_drained_and_retired() {
         assert!(found.value == *key || found.value == b"on shard 2");
     }
 }
+
+#[test]
+fn cluster_add_shard_and_remove_shard_grow_and_shrink_a_running_cluster() {
+    let cluster = TestCluster::up_with(2, 1, "user", "loopback");
+    let mut client = Client::new(cluster.map.clone()).unwrap();
+    let keys: Vec<Vec<u8>> = (0..200).map(|n| format!("key-{n}").into_bytes()).collect();
+    for key in &keys {
+        client.put(key, key).unwrap();
+    }
+    let dir = cluster.dir().to_str().unwrap().to_string();
+    let output = common::run_tern(&["cluster", "add-shard", "--dir", &dir, "--replicas", "2"]);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("shard 2 added"), "{stdout}");
+    let map = meta_map(&cluster);
+    let counts: Vec<u32> = map
+        .shards
+        .iter()
+        .map(|s| s.slots.iter().map(|[a, b]| b - a).sum())
+        .collect();
+    assert_eq!(counts.len(), 3);
+    assert!(
+        counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
+        "{counts:?}"
+    );
+    for key in &keys {
+        assert_eq!(client.get(key).unwrap().unwrap().value, *key);
+    }
+    let output = common::run_tern(&["cluster", "remove-shard", "--dir", &dir, "--shard", "2"]);
+    assert!(output.status.success(), "{output:?}");
+    let map = meta_map(&cluster);
+    assert_eq!(map.shards.len(), 2);
+    for key in &keys {
+        assert_eq!(client.get(key).unwrap().unwrap().value, *key);
+    }
+    // Its replicas are gone from the process table.
+    assert!(
+        cluster
+            .processes()
+            .iter()
+            .all(|(name, _)| !name.starts_with("shard2-"))
+    );
+}
