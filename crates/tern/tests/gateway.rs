@@ -355,3 +355,59 @@ fn concurrent_connections_through_the_gateway_are_linearizable() {
         }
     }
 }
+
+#[test]
+fn a_redis_client_sees_no_error_while_slots_move_under_it() {
+    let cluster = TestCluster::up(2, 1);
+    let gateway = Gateway::start(&cluster, None);
+    // Keys of the slots that move (shard 0 owns 0-8191 of two even shards).
+    let keys: Vec<String> = (0..)
+        .map(|n| format!("counter-{n}"))
+        .filter(|key| tern_client::Slot::of_key(key.as_bytes()).get() < 2048)
+        .take(8)
+        .collect();
+    let running = std::sync::atomic::AtomicBool::new(true);
+    let (counted, errors) = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            let mut connection = gateway.connection();
+            let mut counted = vec![0i64; keys.len()];
+            let mut errors = Vec::new();
+            let mut n = 0;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                let index = n % keys.len();
+                n += 1;
+                match redis::cmd("INCR")
+                    .arg(&keys[index])
+                    .query::<i64>(&mut connection)
+                {
+                    Ok(_) => counted[index] += 1,
+                    Err(error) => errors.push(error.to_string()),
+                }
+            }
+            (counted, errors)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let output = cluster.tern(&[
+            "reshard",
+            "--from",
+            "0",
+            "--to",
+            "1",
+            "--slots",
+            "0-2047",
+            "--group-slots",
+            "64",
+        ]);
+        std::thread::sleep(Duration::from_millis(300));
+        running.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert!(output.status.success(), "{output:?}");
+        worker.join().unwrap()
+    });
+    assert!(errors.is_empty(), "the client saw errors: {errors:?}");
+    let mut connection = gateway.connection();
+    for (key, count) in keys.iter().zip(&counted) {
+        let value: i64 = redis::cmd("GET").arg(key).query(&mut connection).unwrap();
+        assert_eq!(value, *count, "{key}: every INCR counted once");
+    }
+    assert!(counted.iter().sum::<i64>() > 100, "{counted:?}");
+}
