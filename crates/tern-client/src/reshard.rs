@@ -183,16 +183,7 @@ pub fn reshard(
         migration: migration.id,
     })?;
     // The source forgets the slots it no longer serves.
-    let map = driver.map()?;
-    let source = shard(&map, from);
-    let mut header = Header::new(Op::DropSlots, from.get(), source.epoch.get());
-    header.key_hash.set(key_hash(b""));
-    header.set_slot_range(slots);
-    driver.exchange(
-        from,
-        vec![Pending::keyless(header)],
-        "dropping the moved slots at the source",
-    )?;
+    driver.drop_slots(from, slots, "dropping the moved slots at the source")?;
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -450,6 +441,11 @@ impl Driver {
         let range = migration.group_slots_of(group);
         self.refresh()?;
         let copying = Instant::now();
+        // What an earlier try (or an earlier driver) installed goes first:
+        // a key deleted at the source since would otherwise stay at the
+        // destination, named by no copy of this try. The destination does
+        // not serve the group yet, so nothing is lost.
+        self.drop_slots(migration.to, range, "clearing the group at the destination")?;
         // Without a first copy, the copy taken while held has everything.
         let (mut first, mut first_len) = (Export::default(), 0);
         if self.options.copy_first {
@@ -596,6 +592,22 @@ impl Driver {
             }
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// Forgets every key of `range` at `shard_id` (DROP_SLOTS, sequenced),
+    /// which does not serve it.
+    fn drop_slots(
+        &mut self,
+        shard_id: ShardId,
+        range: SlotRange,
+        step: &'static str,
+    ) -> Result<(), ReshardError> {
+        let map = self.map()?;
+        let epoch = shard(&map, shard_id).epoch.get();
+        let mut header = Header::new(Op::DropSlots, shard_id.get(), epoch);
+        header.key_hash.set(key_hash(b""));
+        header.set_slot_range(range);
+        self.exchange(shard_id, vec![Pending::keyless(header)], step)
     }
 
     /// Tells `shard_id`'s coordinator that `range` was handed off in map

@@ -114,6 +114,15 @@ fn dropped_slots_are_forgotten_by_every_replica_and_other_keys_stay() {
     let range = [0, tern_wire::SLOT_COUNT / 2];
     let moved = |key: &[u8]| (range[0]..range[1]).contains(&slot_of(key_hash(key)));
     assert!(keys.iter().any(|key| moved(key)) && keys.iter().any(|key| !moved(key)));
+    // Slots the shard serves are never dropped.
+    sim.send(drop_slots(range, 99));
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(99).status(), Status::TryAgain);
+    assert_eq!(sim.tail().store().live_keys(), keys.len());
+    // Once its map no longer has them (the migration completed), they go.
+    let mut config = sim.shard().config().clone();
+    config.slots = vec![[range[1], tern_wire::SLOT_COUNT]];
+    assert!(sim.coordinator.reconfigure(config));
     sim.send(drop_slots(range, 100));
     sim.deliver_all();
     assert_eq!(sim.reply_to(100).status(), Status::Ok);

@@ -43,6 +43,11 @@ pub fn contains(ranges: &[SlotRange], slot: u32) -> bool {
         .any(|&[start, end]| start <= slot && slot < end)
 }
 
+/// Whether `ranges` and `range` share a slot.
+pub fn overlaps(ranges: &[SlotRange], [start, end]: SlotRange) -> bool {
+    ranges.iter().any(|&[s, e]| s < end && start < e)
+}
+
 /// The first slot of `range` that `ranges` lack, if any.
 pub fn first_missing(ranges: &[SlotRange], [start, end]: SlotRange) -> Option<u32> {
     (start..end).find(|slot| !contains(ranges, *slot))
@@ -51,6 +56,15 @@ pub fn first_missing(ranges: &[SlotRange], [start, end]: SlotRange) -> Option<u3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlaps_need_a_shared_slot() {
+        let ranges = [[0, 100], [200, 300]];
+        assert!(overlaps(&ranges, [99, 101]));
+        assert!(overlaps(&ranges, [150, 201]));
+        assert!(!overlaps(&ranges, [100, 200]));
+        assert!(!overlaps(&[], [0, 10]));
+    }
 
     #[test]
     fn slot_ranges_split_and_merge() {

@@ -88,6 +88,8 @@ counters! {
         wrong_slot,
         /// Requests held (TRY_AGAIN) because a migration froze their slot.
         held_frozen,
+        /// DROP_SLOTS of slots this shard serves, refused (TRY_AGAIN).
+        drop_of_served,
         unexpected_sender,
         /// Chain or epoch changes applied in place (`reconfigure`).
         reconfigurations,
@@ -245,6 +247,21 @@ impl<S: ShardState> ShardCoordinator<S> {
                         status,
                         self.config.epoch,
                         map_version,
+                        outbox,
+                    );
+                } else if header.op() == Op::DropSlots
+                    && tern_wire::slots::overlaps(&self.config.slots, header.slot_range())
+                {
+                    // A shard never forgets slots it serves: a migration's
+                    // drop at the source waits for the map without them, and
+                    // a destination that took a group over keeps it.
+                    self.counters.drop_of_served += 1;
+                    crate::answer_status(
+                        from,
+                        header,
+                        Status::TryAgain,
+                        self.config.epoch,
+                        self.map_version,
                         outbox,
                     );
                 } else if header.op() == Op::Get {
