@@ -275,6 +275,29 @@ fn impossible_reshards_are_refused_with_a_message_and_change_nothing() {
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
     assert_eq!(meta_map(&cluster), before, "nothing changed");
+    // A range overlapping a migration under way (one begun and not driven).
+    let begun = meta::call_leader(
+        &cluster.map.meta,
+        &mut None,
+        &Request::Change(meta::Change::BeginMigration {
+            from: ShardId(0),
+            to: ShardId(1),
+            slots: [0, 100],
+            group_slots: 16,
+        }),
+    );
+    assert!(matches!(begun, Ok(Reply::Map(_))), "{begun:?}");
+    let before = meta_map(&cluster);
+    let output = cluster.tern(&["reshard", "--from", "0", "--to", "1", "--slots", "50-150"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("slot 50 is already moving in migration"),
+        "{stderr}"
+    );
+    assert_eq!(meta_map(&cluster), before, "nothing changed");
+    let status = cluster.tern(&["reshard", "status"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("0/7 groups handed off"));
 }
 
 #[test]
