@@ -188,6 +188,123 @@ pub fn reshard(
     Ok(report)
 }
 
+/// Holds one coordinator keeps at once (`tern_proto::coordinator::FREEZES_MAX`).
+const HOLDS_MAX: u32 = 256;
+
+/// The ownership-first baseline of `tern bench migrate`, after Rocksteady
+/// without its priority pulls: the destination takes the whole range over
+/// at once and holds each group's requests (TRY_AGAIN) until a background
+/// pull, group after group in slot order, has brought it in. Nothing is
+/// pulled ahead for a request that waits: that is the part of Rocksteady
+/// this does not do, and what makes its waits long. Not for production use:
+/// a failure in the middle is not taken again (the baseline stops with the
+/// error, its holds run out by themselves).
+pub fn reshard_ownership_first(
+    nodes: &[SocketAddrV4],
+    from: ShardId,
+    to: ShardId,
+    slots: SlotRange,
+    options: ReshardOptions,
+) -> Result<ReshardReport, ReshardError> {
+    let started = Instant::now();
+    let hold = Duration::from_millis(u64::from(freeze::HOLD_MAX_MS));
+    let options = ReshardOptions {
+        // One hold per group at the destination, all at once.
+        group_slots: options
+            .group_slots
+            .max((slots[1] - slots[0]).div_ceil(HOLDS_MAX)),
+        hold,
+        ..options
+    };
+    let mut driver = Driver::new(nodes, options)?;
+    let map = driver.change(Change::BeginMigration {
+        from,
+        to,
+        slots,
+        group_slots: options.group_slots,
+    })?;
+    let migration = map
+        .migrations
+        .iter()
+        .find(|m| (m.from, m.to, m.slots) == (from, to, slots))
+        .cloned()
+        .ok_or_else(|| std::io::Error::other("meta's map lacks the migration just begun"))?;
+    let groups: Vec<SlotRange> = (0..migration.group_count())
+        .map(|group| migration.group_slots_of(group))
+        .collect();
+    let deadline = started + options.step_deadline;
+    let stuck = |step| ReshardError::Stuck {
+        step,
+        deadline: options.step_deadline,
+        last: "the source's tail did not answer".into(),
+    };
+    // The destination holds every group before it serves any.
+    driver.drop_slots(to, slots, "clearing the range at the destination")?;
+    for range in &groups {
+        driver.freeze(to, *range, freeze::ALL)?;
+    }
+    // Ownership moves: the source stops serving the range, its dedup
+    // outcomes and version floor go first, meta hands every group over.
+    let held = Instant::now();
+    let epoch = driver.freeze(from, slots, freeze::ALL)?;
+    let (names, _) = driver
+        .export(from, slots, u64::MAX, deadline)?
+        .ok_or_else(|| stuck("taking the source's floor"))?;
+    let first = Export {
+        keys: Vec::new(),
+        unchanged: Vec::new(),
+        ..names
+    };
+    driver.install(to, &first, &[], Some(first.floor))?;
+    let mut map_version = 0;
+    for group in 0..migration.group_count() {
+        let map = driver.change(Change::HandOff {
+            migration: migration.id,
+            group,
+            floor: Seq(first.floor),
+            source_epoch: Epoch(epoch),
+        })?;
+        map_version = map.version;
+    }
+    driver.announce_moved(from, slots, map_version);
+    let mut report = ReshardReport {
+        migration: migration.id,
+        groups: migration.group_count(),
+        outcomes: first.outcomes.len() as u64,
+        ..ReshardReport::default()
+    };
+    report.handing_off = held.elapsed();
+    // The pulls, in slot order; each group is served once it is in.
+    let mut renewed = Instant::now();
+    for (index, range) in groups.iter().enumerate() {
+        if renewed.elapsed() > hold / 3 {
+            for waiting in &groups[index..] {
+                driver.freeze(to, *waiting, freeze::ALL)?;
+            }
+            renewed = Instant::now();
+        }
+        let (copy, length) = driver
+            .export(from, *range, 0, deadline)?
+            .ok_or_else(|| stuck("pulling a group from the source"))?;
+        let keys = Export {
+            outcomes: Vec::new(),
+            ..copy
+        };
+        driver.install(to, &keys, &[], None)?;
+        driver.freeze(to, *range, freeze::RELEASE)?;
+        report.keys += keys.keys.len() as u64;
+        report.bytes += length as u64;
+        // How long this group's requests waited.
+        report.holds.push(held.elapsed());
+    }
+    driver.change(Change::CompleteMigration {
+        migration: migration.id,
+    })?;
+    driver.drop_slots(from, slots, "dropping the moved slots at the source")?;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
 /// One move of a rebalance: `slots` from shard `from` to shard `to`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Move {

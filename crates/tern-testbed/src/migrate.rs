@@ -31,6 +31,10 @@ pub enum Strategy {
     Live,
     /// Hold the whole range's writes, copy it, switch (one group).
     StopAndCopy,
+    /// Rocksteady without its priority pulls: the destination takes the
+    /// range over at once and each group waits there until a background
+    /// pull brings it in.
+    OwnershipFirst,
 }
 
 impl Strategy {
@@ -38,6 +42,7 @@ impl Strategy {
         match self {
             Strategy::Live => "live",
             Strategy::StopAndCopy => "stop-and-copy",
+            Strategy::OwnershipFirst => "ownership-first",
         }
     }
 
@@ -48,6 +53,7 @@ impl Strategy {
                 max_keys_per_s: args.max_keys_per_s,
                 ..ReshardOptions::default()
             },
+            Strategy::OwnershipFirst => ReshardOptions::default(),
             Strategy::StopAndCopy => ReshardOptions {
                 group_slots: slots[1] - slots[0],
                 hold: Duration::from_millis(u64::from(tern_wire::freeze::HOLD_MAX_MS)),
@@ -224,14 +230,14 @@ fn one_run(
             let bench = scope.spawn(|| tern_bench::run(Some(&map), &measured));
             std::thread::sleep(args.migrate_at);
             let started = Instant::now();
-            let moved = reshard::reshard(
-                &map.meta,
-                ShardId(0),
-                ShardId(1),
-                args.slots,
-                strategy.options(args.slots, args),
-                &mut |_| {},
-            );
+            let options = strategy.options(args.slots, args);
+            let (from, to) = (ShardId(0), ShardId(1));
+            let moved = match strategy {
+                Strategy::OwnershipFirst => {
+                    reshard::reshard_ownership_first(&map.meta, from, to, args.slots, options)
+                }
+                _ => reshard::reshard(&map.meta, from, to, args.slots, options, &mut |_| {}),
+            };
             let ended = Instant::now();
             let report = bench
                 .join()
