@@ -2,7 +2,7 @@
 #   make demo   start a local 3-replica cluster, run a mixed workload, print results, stop it
 #   make test   every test: unit, property, protocol rules, XDP program, real-process system tests, chaos, fuzzing
 #   make bench-compare   user-space vs XDP coordinator, alternating runs, medians and ratio
-#   make bench-migrate   live slot migration against stop-and-copy (NetMigrate's experiment)
+#   make bench-migrate   live slot migration against stop-and-copy and ownership-first (NetMigrate's experiment)
 SHELL := /bin/bash
 CARGO ?= cargo
 DEMO_DIR ?= $(CURDIR)/target/demo-cluster
@@ -60,7 +60,7 @@ bench-compare: deps
 	$(TERN) bench compare --modes user,xdp --repeat $(COMPARE_REPEAT) --duration $(COMPARE_DURATION) \
 		--read-fraction 0.95 --distribution zipfian --keys 10000 --clients 8
 
-# Live slot migration against stop-and-copy under a zipfian workload
+# Live slot migration against stop-and-copy and ownership-first under a zipfian workload
 # (NetMigrate's experiment), write fractions 0-30%, runs alternating (needs
 # root): MIGRATE_MODE=user|xdp, MIGRATE_REPEAT=N. Series and plots in
 # target/bench-migrate.

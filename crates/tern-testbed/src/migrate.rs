@@ -7,10 +7,11 @@
 //! machine hit each alike, and the summary gives medians.
 //!
 //! Strategies: `live` (Tern's: each group copied while it serves, its
-//! writes held only for what changed since) and `stop-and-copy` (the
-//! baseline: the whole range's writes held while it is copied, then
-//! switched). The third strategy of the issue, pull-on-demand (Rocksteady:
-//! ownership first, misses pulled from the source), is not built.
+//! writes held only for what changed since), `stop-and-copy` (the whole
+//! range's writes held while it is copied, then switched) and
+//! `ownership-first` (after Rocksteady without its priority pulls: the
+//! destination takes the range at once, each group waits there for a
+//! background pull in slot order).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -74,7 +75,7 @@ pub struct MigrateArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "live,stop-and-copy"
+        default_value = "live,stop-and-copy,ownership-first"
     )]
     pub strategies: Vec<Strategy>,
     /// Fractions of operations that are writes (NetMigrate's Table 5 varies

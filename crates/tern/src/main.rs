@@ -97,8 +97,9 @@ enum BenchCommand {
     /// Time to recover a replica of N keys from its log, and from a snapshot.
     Recovery(tern_bench::persistence::RecoveryBenchArgs),
     /// Move slots between shards under a workload (NetMigrate's experiment),
-    /// by Tern's live migration and by stop-and-copy, alternating; time
-    /// series and plots of every run, medians against the steady state.
+    /// by Tern's live migration, stop-and-copy and ownership-first,
+    /// alternating; time series and plots of every run, medians against the
+    /// steady state.
     Migrate(migrate::MigrateArgs),
 }
 
