@@ -103,6 +103,16 @@ impl ReshardReport {
     pub fn longest_hold(&self) -> Duration {
         self.holds.iter().copied().max().unwrap_or_default()
     }
+
+    /// The 99th percentile of the holds.
+    pub fn hold_p99(&self) -> Duration {
+        let mut holds = self.holds.clone();
+        holds.sort();
+        holds
+            .get((holds.len() * 99 / 100).min(holds.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    }
 }
 
 /// How a reshard went so far, for progress lines.
@@ -144,19 +154,7 @@ pub fn reshard(
 ) -> Result<ReshardReport, ReshardError> {
     let started = Instant::now();
     let mut driver = Driver::new(nodes, options)?;
-    let begin = Change::BeginMigration {
-        from,
-        to,
-        slots,
-        group_slots: options.group_slots,
-    };
-    let map = driver.change(begin)?;
-    let migration = map
-        .migrations
-        .iter()
-        .find(|m| (m.from, m.to, m.slots) == (from, to, slots))
-        .cloned()
-        .ok_or_else(|| std::io::Error::other("meta's map lacks the migration just begun"))?;
+    let migration = driver.begin(from, to, slots)?;
     let mut report = ReshardReport {
         migration: migration.id,
         groups: migration.group_count(),
@@ -217,18 +215,7 @@ pub fn reshard_ownership_first(
         ..options
     };
     let mut driver = Driver::new(nodes, options)?;
-    let map = driver.change(Change::BeginMigration {
-        from,
-        to,
-        slots,
-        group_slots: options.group_slots,
-    })?;
-    let migration = map
-        .migrations
-        .iter()
-        .find(|m| (m.from, m.to, m.slots) == (from, to, slots))
-        .cloned()
-        .ok_or_else(|| std::io::Error::other("meta's map lacks the migration just begun"))?;
+    let migration = driver.begin(from, to, slots)?;
     let groups: Vec<SlotRange> = (0..migration.group_count())
         .map(|group| migration.group_slots_of(group))
         .collect();
@@ -518,6 +505,28 @@ impl Driver {
 
     fn change(&mut self, change: Change) -> Result<MetaMap, ReshardError> {
         self.call_meta(&Request::Change(change))
+    }
+
+    /// Begins moving `slots` from `from` to `to` in groups of the options'
+    /// size (or finds the migration begun before: it is idempotent).
+    fn begin(
+        &mut self,
+        from: ShardId,
+        to: ShardId,
+        slots: SlotRange,
+    ) -> Result<Migration, ReshardError> {
+        let map = self.change(Change::BeginMigration {
+            from,
+            to,
+            slots,
+            group_slots: self.options.group_slots,
+        })?;
+        map.migrations
+            .into_iter()
+            .find(|m| (m.from, m.to, m.slots) == (from, to, slots))
+            .ok_or_else(|| {
+                std::io::Error::other("meta's map lacks the migration just begun").into()
+            })
     }
 
     /// Moves one group; starts it again when the source changes under it.

@@ -709,20 +709,7 @@ fn start(
                 .map(String::from),
             );
             if persistence.durability != DurabilityArg::None || control.meta > 0 {
-                let data = dir.join("data").join(&name).display().to_string();
-                let policy = format!("{:?}", persistence.durability).to_lowercase();
-                let every = persistence.snapshot_every.to_string();
-                command.extend(
-                    [
-                        "--data-dir",
-                        &data,
-                        "--durability",
-                        &policy,
-                        "--snapshot-every",
-                        &every,
-                    ]
-                    .map(String::from),
-                );
+                command.extend(storage_args(dir, &name, persistence));
             }
         }
         let child = spawn_detached(&command, &log, false)?;
@@ -763,6 +750,23 @@ fn start(
         map_path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The arguments that give replica `name` its log in DIR/data/<name>.
+fn storage_args(dir: &Path, name: &str, persistence: Persistence) -> Vec<String> {
+    let data = dir.join("data").join(name).display().to_string();
+    let policy = format!("{:?}", persistence.durability).to_lowercase();
+    let every = persistence.snapshot_every.to_string();
+    [
+        "--data-dir",
+        &data,
+        "--durability",
+        &policy,
+        "--snapshot-every",
+        &every,
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Resolves `auto`, and prepares the XDP mode: the coordinator's veth peer
@@ -880,6 +884,33 @@ fn restart(dir: &Path, names: &[String]) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A cluster as the benchmarks start it in `dir`: one meta node, no standby
+/// or gateway, a failure timeout of 1 s.
+pub fn up_for_benchmark(
+    dir: &Path,
+    shards: u32,
+    replicas: usize,
+    mode: ClusterMode,
+    topology: TopologyKind,
+    durability: DurabilityArg,
+) -> Result<ExitCode> {
+    run(ClusterCommand::Up {
+        dir: dir.to_path_buf(),
+        shards,
+        replicas,
+        mode,
+        topology: Some(topology),
+        durability,
+        snapshot_every: 200_000,
+        gateway: false,
+        gateway_listen: "127.0.0.1:6379".parse().expect("an address"),
+        requirepass: None,
+        meta: 1,
+        standby: 0,
+        failure_timeout_ms: 1000,
+    })
+}
+
 /// The map meta has now, for a cluster of `dir` that runs meta.
 fn current_map(dir: &Path) -> Result<(ClusterMap, ClusterMap)> {
     let map = ClusterMap::load(&dir.join("cluster.toml"))?;
@@ -928,7 +959,10 @@ fn add_shard(dir: &Path, replicas: usize, snapshot_every: u64) -> Result<ExitCod
         }
     };
     let mut table = read_table(&dir)?;
-    let durability = table.durability.unwrap_or(DurabilityArg::Always);
+    let persistence = Persistence {
+        durability: table.durability.unwrap_or(DurabilityArg::Always),
+        snapshot_every,
+    };
     let executable = std::env::current_exe().context("locating the tern executable")?;
     let map_path = dir.join("cluster.toml");
     for (name, address) in names.iter().zip(&addresses) {
@@ -937,9 +971,6 @@ fn add_shard(dir: &Path, replicas: usize, snapshot_every: u64) -> Result<ExitCod
             let namespace = &topology.node(&node_name(name)).namespace;
             command.extend(["ip", "netns", "exec", namespace].map(String::from));
         }
-        let data = dir.join("data").join(name).display().to_string();
-        let policy = format!("{durability:?}").to_lowercase();
-        let every = snapshot_every.to_string();
         command.push(executable.display().to_string());
         command.extend(
             [
@@ -950,15 +981,10 @@ fn add_shard(dir: &Path, replicas: usize, snapshot_every: u64) -> Result<ExitCod
                 &shard.to_string(),
                 "--listen",
                 &address.to_string(),
-                "--data-dir",
-                &data,
-                "--durability",
-                &policy,
-                "--snapshot-every",
-                &every,
             ]
             .map(String::from),
         );
+        command.extend(storage_args(&dir, name, persistence));
         let log = dir.join("logs").join(format!("{name}.log"));
         let child = spawn_detached(&command, &log, false)?;
         table.process.push(ProcessEntry {

@@ -110,21 +110,14 @@ fn run_tern(dir: &Path, args: &CompareArgs, target: Target) -> Result<BenchRepor
         Target::Xdp => (ClusterMode::Xdp, TopologyKind::Netns),
         _ => (ClusterMode::User, TopologyKind::Loopback),
     };
-    cluster::run(ClusterCommand::Up {
-        dir: dir.to_path_buf(),
-        shards: args.shards,
-        replicas: args.replicas,
+    cluster::up_for_benchmark(
+        dir,
+        args.shards,
+        args.replicas,
         mode,
-        topology: Some(topology),
-        durability: args.durability,
-        snapshot_every: 200_000,
-        gateway: false,
-        gateway_listen: "127.0.0.1:6379".parse().expect("an address"),
-        requirepass: None,
-        meta: 1,
-        standby: 0,
-        failure_timeout_ms: 1000,
-    })?;
+        topology,
+        args.durability,
+    )?;
     let result = (|| {
         let map = ClusterMap::load(&dir.join("cluster.toml"))?;
         let mut workload = args.workload.clone();

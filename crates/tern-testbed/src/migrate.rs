@@ -187,20 +187,6 @@ fn bench_args(args: &MigrateArgs, write_fraction: f64, load: bool) -> BenchArgs 
     bench
 }
 
-/// The holds' p99 and longest, in milliseconds.
-fn holds_ms(report: &ReshardReport) -> (f64, f64) {
-    let mut holds = report.holds.clone();
-    holds.sort();
-    let p99 = holds
-        .get((holds.len() * 99 / 100).min(holds.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or_default();
-    (
-        p99.as_secs_f64() * 1e3,
-        report.longest_hold().as_secs_f64() * 1e3,
-    )
-}
-
 fn one_run(
     args: &MigrateArgs,
     strategy: Strategy,
@@ -208,21 +194,14 @@ fn one_run(
     name: &str,
 ) -> Result<Sample> {
     let dir = tempfile::tempdir().context("creating a cluster directory")?;
-    cluster::run(ClusterCommand::Up {
-        dir: dir.path().to_path_buf(),
-        shards: 2,
-        replicas: 3,
-        mode: args.mode,
-        topology: Some(TopologyKind::Netns),
-        durability: DurabilityArg::None,
-        snapshot_every: 200_000,
-        gateway: false,
-        gateway_listen: "127.0.0.1:6379".parse().expect("an address"),
-        requirepass: None,
-        meta: 1,
-        standby: 0,
-        failure_timeout_ms: 1000,
-    })?;
+    cluster::up_for_benchmark(
+        dir.path(),
+        2,
+        3,
+        args.mode,
+        TopologyKind::Netns,
+        DurabilityArg::None,
+    )?;
     let result = (|| -> Result<Sample> {
         let map = ClusterMap::load(&dir.path().join("cluster.toml"))?;
         tern_bench::run(Some(&map), &bench_args(args, write_fraction, true))?;
@@ -297,7 +276,11 @@ fn sample_of(
             (end_s / interval).ceil() * interval,
         )
         .context("no interval inside the migration")?;
-    let (hold_p99_ms, longest_hold_ms) = holds_ms(moved);
+    let milliseconds = |hold: Duration| hold.as_secs_f64() * 1e3;
+    let (hold_p99_ms, longest_hold_ms) = (
+        milliseconds(moved.hold_p99()),
+        milliseconds(moved.longest_hold()),
+    );
     Ok(Sample {
         steady,
         during,

@@ -169,12 +169,7 @@ pub fn run(map: &ClusterMap, args: ReshardArgs) -> Result<ExitCode> {
                         slots[1] - 1
                     )
                 })?;
-            let mut holds = report.holds.clone();
-            holds.sort();
-            let p99 = holds
-                .get((holds.len() * 99 / 100).min(holds.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or_default();
+            let p99 = report.hold_p99();
             println!(
                 "moved slots {}-{} from shard {from} to shard {to}: migration {}, {} groups, {} keys, {} outcomes, {:.1} MB in {:.2}s; write hold p99 {:.2} ms, longest {:.2} ms; {} groups started again",
                 slots[0],
