@@ -2,28 +2,34 @@
 //! migration behind `tern reshard`.
 //!
 //! Meta holds the authority (the migration's record and every group handed
-//! off); this driver does the work, group by group:
-//! 1. the source coordinator holds the group's writes (FREEZE) and says when
-//!    none is in flight; reads go on;
+//! off); this driver does the work, group by group (the [`Step`]s):
+//! 1. the destination forgets whatever an earlier try left of the group
+//!    (DROP_SLOTS; it does not serve the group yet);
 //! 2. the source's tail exports the group (keys with their versions, dedup
-//!    outcomes, a version floor) over its state-transfer connection;
-//! 3. the destination installs it: INSTALL per key, INSTALL_OUTCOME per
-//!    outcome, REBASE to the floor, each acknowledged by its tail;
-//! 4. the source holds the group's reads too, and meta records the hand-off,
-//!    fenced by the source's epoch as the hold saw it (a coordinator that
-//!    changed since may have let the hold go: the group starts again);
-//! 5. the hold stays until it runs out: by then the source has the map
-//!    with the hand-off and answers WRONG_SHARD for the group, so clients
-//!    reroute to the destination (or it has lost its lease, which is
-//!    shorter than the hold, and serves nothing). Releasing it earlier would
-//!    let a source that has not seen the new map serve the group again
-//!    beside the destination.
+//!    outcomes, a version floor) over its state-transfer connection and
+//!    the destination installs it (INSTALL_KEYS, INSTALL_OUTCOME), while
+//!    the group serves;
+//! 3. the source coordinator holds the group's writes (FREEZE WRITES) and
+//!    says when none is in flight; reads go on;
+//! 4. the tail exports what changed since the first copy (keys at or above
+//!    its floor in full, the rest by name), and the destination installs
+//!    it, forgets copied keys deleted since (UNINSTALL) and lifts its
+//!    version floor above the source's (REBASE);
+//! 5. the source holds the group's reads too, and meta records the
+//!    hand-off, fenced by the source's epoch as the hold saw it (a
+//!    coordinator that changed since may have let the hold go: the group
+//!    starts again);
+//! 6. the source is told (FREEZE MOVED) and answers WRONG_SHARD for the
+//!    group at once; its hold stays until it runs out, so that a source
+//!    that has not seen the new map never serves the group again beside
+//!    the destination (or it has lost its lease, shorter than the hold).
 //!
-//! When every group is handed off meta completes the migration and the
-//! source forgets the slots (DROP_SLOTS). A write waits (TRY_AGAIN, retried
-//! by the client) only while its group is held; a read from step 4 until
-//! the source's map has the hand-off (a heartbeat). Every step can be repeated: a driver that stops is run again on
-//! the same slots and goes on from the groups meta has not recorded.
+//! When every group is handed off the source forgets the range
+//! (DROP_SLOTS), then meta completes the migration. A write waits
+//! (TRY_AGAIN, retried by the client) only while its group is held; a read
+//! from step 5 until the clients have the new map. Every step can be
+//! repeated: a driver that stops is run again on the same slots and goes on
+//! from the groups meta has not recorded.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -61,7 +67,81 @@ pub struct ReshardOptions {
     /// and network as the workload; a limit leaves it more of both, and the
     /// migration takes longer.
     pub max_keys_per_s: Option<u64>,
+    /// Stop once, for a while, after a step of the first group (fault
+    /// drills: a test or an operator crashes a participant there and
+    /// watches the migration recover).
+    pub pause: Option<Pause>,
 }
+
+/// The steps of moving one group, in order (`Completed` once, after the
+/// last group).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// The destination forgot whatever an earlier try left of the group.
+    Cleared,
+    /// The first copy is installed at the destination; the group serves.
+    Copied,
+    /// The source holds the group's writes and none is in flight.
+    WritesHeld,
+    /// What changed since the first copy is installed at the destination.
+    ChangesInstalled,
+    /// The source holds the group's reads too.
+    ReadsHeld,
+    /// Meta recorded the hand-off.
+    HandedOff,
+    /// Every group is handed off and the source forgot the range; meta
+    /// has not completed the migration yet.
+    Dropped,
+}
+
+impl Step {
+    pub const ALL: [Step; 7] = [
+        Step::Cleared,
+        Step::Copied,
+        Step::WritesHeld,
+        Step::ChangesInstalled,
+        Step::ReadsHeld,
+        Step::HandedOff,
+        Step::Dropped,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Cleared => "cleared",
+            Step::Copied => "copied",
+            Step::WritesHeld => "writes-held",
+            Step::ChangesInstalled => "changes-installed",
+            Step::ReadsHeld => "reads-held",
+            Step::HandedOff => "handed-off",
+            Step::Dropped => "dropped",
+        }
+    }
+}
+
+impl std::str::FromStr for Step {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Step, String> {
+        Step::ALL
+            .into_iter()
+            .find(|step| step.name() == text)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Step::ALL.iter().map(|step| step.name()).collect();
+                format!("{text:?} is not a step ({})", names.join(", "))
+            })
+    }
+}
+
+/// A pause of the migration after `after`, for `duration`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pause {
+    pub after: Step,
+    pub duration: Duration,
+}
+
+/// What the driver writes on standard error when it pauses, followed by
+/// the step's name: the line a fault drill waits for.
+pub const PAUSED: &str = "reshard paused after ";
 
 impl Default for ReshardOptions {
     fn default() -> Self {
@@ -71,6 +151,7 @@ impl Default for ReshardOptions {
             step_deadline: Duration::from_secs(30),
             copy_first: true,
             max_keys_per_s: None,
+            pause: None,
         }
     }
 }
@@ -177,11 +258,14 @@ pub fn reshard(
             longest_hold: report.longest_hold(),
         });
     }
+    // The source forgets the slots it no longer serves, before meta
+    // completes the migration: a driver that stops in between is run again
+    // on the same slots, finds the migration and drops them again.
+    driver.drop_slots(from, slots, "dropping the moved slots at the source")?;
+    driver.reached(Step::Dropped);
     driver.change(Change::CompleteMigration {
         migration: migration.id,
     })?;
-    // The source forgets the slots it no longer serves.
-    driver.drop_slots(from, slots, "dropping the moved slots at the source")?;
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -284,10 +368,10 @@ pub fn reshard_ownership_first(
         // How long this group's requests waited.
         report.holds.push(held.elapsed());
     }
+    driver.drop_slots(from, slots, "dropping the moved slots at the source")?;
     driver.change(Change::CompleteMigration {
         migration: migration.id,
     })?;
-    driver.drop_slots(from, slots, "dropping the moved slots at the source")?;
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -408,6 +492,8 @@ struct Driver {
     next_request: u64,
     options: ReshardOptions,
     buffer: Vec<u8>,
+    /// The options' pause is over (it is taken once).
+    paused: bool,
 }
 
 /// How one try at moving a group ended.
@@ -460,7 +546,20 @@ impl Driver {
             next_request: 1,
             options,
             buffer: vec![0; MESSAGE_LEN_MAX],
+            paused: false,
         })
+    }
+
+    /// Takes the options' pause if it comes after `step` and was not taken.
+    fn reached(&mut self, step: Step) {
+        let Some(pause) = self.options.pause.filter(|pause| pause.after == step) else {
+            return;
+        };
+        if std::mem::replace(&mut self.paused, true) {
+            return;
+        }
+        eprintln!("{PAUSED}{} for {:?}", step.name(), pause.duration);
+        std::thread::sleep(pause.duration);
     }
 
     /// Asks meta's leader, again while no leader answers (an election)
@@ -572,6 +671,7 @@ impl Driver {
         // destination, named by no copy of this try. The destination does
         // not serve the group yet, so nothing is lost.
         self.drop_slots(migration.to, range, "clearing the group at the destination")?;
+        self.reached(Step::Cleared);
         // Without a first copy, the copy taken while held has everything.
         let (mut first, mut first_len) = (Export::default(), 0);
         if self.options.copy_first {
@@ -582,11 +682,13 @@ impl Driver {
             };
             (first, first_len) = copy;
             self.install(migration.to, &first, &[], None)?;
+            self.reached(Step::Copied);
         }
         let held = Instant::now();
         report.copying += held - copying;
         let epoch = self.freeze(migration.from, range, freeze::WRITES)?;
         let drained = Instant::now();
+        self.reached(Step::WritesHeld);
         // Every write of the group is at the tail now, and none comes
         // after: what changed since the first copy is final.
         let Some((delta, delta_len)) = self.export(migration.from, range, first.floor, deadline)?
@@ -626,6 +728,7 @@ impl Driver {
         };
         self.install(migration.to, &changes, &deleted, Some(delta.floor))?;
         let installed = Instant::now();
+        self.reached(Step::ChangesInstalled);
         report.draining += drained - held;
         report.exporting += exported - drained;
         report.installing += installed - exported;
@@ -644,6 +747,7 @@ impl Driver {
                 pause: Duration::ZERO,
             });
         }
+        self.reached(Step::ReadsHeld);
         let hand_off = Request::Change(Change::HandOff {
             migration: migration.id,
             group,
@@ -680,6 +784,7 @@ impl Driver {
                 report.outcomes += delta.outcomes.len() as u64;
                 report.bytes += (first_len + delta_len) as u64;
                 report.holds.push(held.elapsed());
+                self.reached(Step::HandedOff);
                 // Meta has it: the source sends the group's clients to the
                 // map at once (WRONG_SHARD) instead of holding them until
                 // its own heartbeat brings the map. Only a shortcut: without

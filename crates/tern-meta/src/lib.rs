@@ -53,6 +53,10 @@ openraft::declare_raft_types!(
 /// The default silence after which a process is declared failed.
 pub const FAILURE_TIMEOUT_DEFAULT: Duration = Duration::from_millis(1000);
 
+/// How long a leader waits to catch up (or to confirm it leads) before it
+/// answers a map request as not the leader.
+const CATCH_UP_PATIENCE: Duration = Duration::from_millis(500);
+
 /// How one meta node runs.
 #[derive(Clone, Debug)]
 pub struct MetaOptions {
@@ -218,6 +222,38 @@ impl Node {
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.options.id)
     }
 
+    /// Waits (briefly) until this leader has applied an entry of its own
+    /// term, the blank one it appends when elected: every entry committed
+    /// under earlier leaders is applied then. A leader just elected may
+    /// not have applied the last ones yet; its map would be older than one
+    /// already given out (a hand-off recorded, then forgotten by a map
+    /// that grants a lease). Cheap: no message, once caught up.
+    async fn caught_up(&self) -> bool {
+        let own_term_applied = |metrics: &openraft::RaftMetrics<u64, BasicNode>| {
+            metrics
+                .last_applied
+                .is_some_and(|applied| applied.leader_id.term == metrics.current_term)
+        };
+        own_term_applied(&self.raft.metrics().borrow())
+            || self
+                .raft
+                .wait(Some(CATCH_UP_PATIENCE))
+                .metrics(own_term_applied, "the leader's blank entry applied")
+                .await
+                .is_ok()
+    }
+
+    /// Waits until a read of the map is linearizable: a quorum still
+    /// follows this leader and it has applied everything committed when
+    /// asked (a deposed leader that does not know it yet would answer with
+    /// an old map). One round of heartbeats: for reads, not for leases.
+    async fn linearizable(&self) -> bool {
+        matches!(
+            tokio::time::timeout(CATCH_UP_PATIENCE, self.raft.ensure_linearizable()).await,
+            Ok(Ok(_))
+        )
+    }
+
     fn map_reply(&self) -> Reply {
         let state = self.state.read().expect("state lock");
         if state.version == 0 {
@@ -243,6 +279,8 @@ impl Node {
             return self.not_leader();
         }
         match request {
+            Request::Heartbeat { .. } if !self.caught_up().await => self.not_leader(),
+            Request::GetMap if !self.linearizable().await => self.not_leader(),
             Request::Heartbeat { addr, kind } => {
                 self.detector
                     .lock()

@@ -132,6 +132,9 @@ counters! {
         /// Decided records whose value did not decode (INSTALL_KEYS): their
         /// seq is used up without a write.
         damaged_records,
+        /// Reads forwarded before their slot was dropped here (it moved to
+        /// another shard) and arriving after: refused, the client asks again.
+        read_before_drop,
     }
 }
 
@@ -211,6 +214,10 @@ pub struct Replica {
     map_version: u64,
     /// Scratch space for encoding sent-log entries.
     scratch: Vec<u8>,
+    /// By slot, the seq of the last DROP_SLOTS that covered it (none before
+    /// the first drop): a forwarded read stamped below it was routed before
+    /// the slot left this shard.
+    dropped_at: Option<Box<[u64]>>,
     counters: ReplicaCounters,
     drops: DecodeDrops,
 }
@@ -236,6 +243,7 @@ impl Replica {
             catching_up: false,
             map_version: 0,
             scratch: Vec::new(),
+            dropped_at: None,
             counters: ReplicaCounters::default(),
             drops: DecodeDrops::default(),
         }
@@ -496,6 +504,13 @@ impl Replica {
             self.request_up_to(now, header.commit_seq.get(), outbox);
             return self.answer_status(to, header, Status::TryAgain, outbox);
         }
+        if header.reply_port.get() != 0 && self.dropped_since(header) {
+            // Routed here before its slot moved away, and late: this chain
+            // forgot the slot's keys since. Asked again, the read goes
+            // where the slot is now.
+            self.counters.read_before_drop += 1;
+            return self.answer_status(to, header, Status::TryAgain, outbox);
+        }
         self.store.observe_commit(header.commit_seq.get());
         // DESIGN rule 5: a clean read returns the newest version at or below
         // its stamp; a dirty read (sent to the tail) the newest applied one.
@@ -521,6 +536,15 @@ impl Replica {
                 outbox.push(to, &reply, &[], &[]);
             }
         }
+    }
+
+    /// Whether the read's slot was dropped here after the read was stamped
+    /// (every stamp is the coordinator's commit seq when it forwarded).
+    fn dropped_since(&self, header: &Header) -> bool {
+        self.dropped_at.as_ref().is_some_and(|dropped_at| {
+            let slot = tern_wire::slot_of(header.key_hash.get());
+            dropped_at[slot as usize] > header.commit_seq.get()
+        })
     }
 
     fn receive_sequenced(
@@ -651,6 +675,12 @@ impl Replica {
             Effect::DropSlots => {
                 let [start, end] = record.slot_range();
                 self.store.drop_buckets(seq, [start, end]);
+                let dropped_at = self.dropped_at.get_or_insert_with(|| {
+                    vec![0; tern_wire::SLOT_COUNT as usize].into_boxed_slice()
+                });
+                // Decided ranges are inside the slots (checked at the head).
+                let end = end.min(tern_wire::SLOT_COUNT) as usize;
+                dropped_at[(start as usize).min(end)..end].fill(seq);
             }
             Effect::None | Effect::Outcome => self.store.skip(seq),
         }

@@ -145,6 +145,43 @@ fn dropped_slots_are_forgotten_by_every_replica_and_other_keys_stay() {
 }
 
 #[test]
+fn a_read_routed_before_its_slot_was_dropped_and_arriving_after_is_asked_again() {
+    let mut sim = Sim::new(3).with_journals();
+    sim.put(b"leaving", b"v", 1);
+    sim.deliver_all();
+    let range = slot_range_of(b"leaving");
+    // The coordinator forwards a read of the key while it serves the slot;
+    // the read is slow to arrive.
+    sim.get(b"leaving", 2);
+    sim.deliver_first(from_client);
+    let forwarded = sim.lose(op(Op::Get));
+    assert_eq!(forwarded.len(), 1);
+    // Meanwhile the slot moves away and the chain forgets it.
+    let mut config = sim.shard().config().clone();
+    tern_wire::slots::remove(&mut config.slots, range);
+    assert!(sim.coordinator.reconfigure(config));
+    sim.send(drop_slots(range, 3));
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(3).status(), Status::Ok);
+    // Answered NOT_FOUND it would say the key never was; asked again, the
+    // client is sent where the slot went.
+    for datagram in forwarded {
+        sim.receive(datagram);
+    }
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(2).status(), Status::TryAgain);
+    let counted: u64 = sim
+        .replicas
+        .iter()
+        .map(|replica| replica.counters().read_before_drop)
+        .sum();
+    assert_eq!(counted, 1);
+    sim.get(b"leaving", 4);
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(4).status(), Status::WrongShard);
+}
+
+#[test]
 fn installs_and_rebases_survive_a_restart_from_the_log_and_from_a_snapshot() {
     for from_snapshot in [false, true] {
         let mut sim = destination_not_serving(b"moved");

@@ -454,21 +454,41 @@ fn write_table(dir: &Path, table: &ProcessTable) -> Result<()> {
 
 /// Reserves `count` distinct loopback ports free for both UDP and TCP (a
 /// replica serves state transfers, a meta node everything, over TCP on its
-/// port).
+/// port), below the kernel's range of ephemeral ports: a process's port
+/// stays its own while it is down (a client's outgoing connection may take
+/// any free ephemeral port, and a restart would find its address in use).
 fn free_addresses(count: usize) -> Result<Vec<SocketAddrV4>> {
+    const LOWEST: u16 = 10_000;
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_from.saturating_sub(LOWEST);
+    // Clusters started side by side (tests) begin at different places.
+    let mut next = LOWEST + rand::random_range(0..span.max(1));
     // Holding every socket until all are chosen keeps the ports distinct.
     let mut held = Vec::new();
     let mut addresses = Vec::new();
+    let mut tried = 0u32;
     while addresses.len() < count {
-        let udp = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
-            .context("reserving loopback ports")?;
-        let std::net::SocketAddr::V4(address) = udp.local_addr()? else {
-            bail!("loopback socket is not IPv4");
-        };
-        if let Ok(tcp) = std::net::TcpListener::bind(address) {
-            addresses.push(address);
-            held.push((udp, tcp));
+        tried += 1;
+        if tried > u32::from(span) {
+            bail!("no {count} free loopback ports between {LOWEST} and {ephemeral_from}");
         }
+        let address = SocketAddrV4::new(Ipv4Addr::LOCALHOST, next);
+        next = if next + 1 >= ephemeral_from {
+            LOWEST
+        } else {
+            next + 1
+        };
+        let (Ok(udp), Ok(tcp)) = (
+            UdpSocket::bind(address),
+            std::net::TcpListener::bind(address),
+        ) else {
+            continue;
+        };
+        addresses.push(address);
+        held.push((udp, tcp));
     }
     Ok(addresses)
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use tern_client::reshard::{self, Progress, ReshardOptions};
+use tern_client::reshard::{self, Pause, Progress, ReshardOptions};
 use tern_client::{ClusterMap, ShardId};
 
 #[derive(Debug, Args)]
@@ -29,6 +29,12 @@ pub struct ReshardArgs {
     /// goes): the workload keeps more of the machine, the move takes longer.
     #[arg(long)]
     max_keys_per_s: Option<u64>,
+    /// For fault drills: stop once after STEP of the first group for MS
+    /// milliseconds (default 1000) and say so on standard error, so that a
+    /// participant can be crashed right there. Steps: cleared, copied,
+    /// writes-held, changes-installed, reads-held, handed-off, dropped.
+    #[arg(long, value_name = "STEP[:MS]", value_parser = parse_pause)]
+    pause_after: Option<Pause>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,6 +52,18 @@ enum ReshardCommand {
         #[arg(long, default_value_t = ReshardOptions::default().group_slots)]
         group_slots: u32,
     },
+}
+
+/// `STEP` or `STEP:MS`.
+fn parse_pause(text: &str) -> Result<Pause, String> {
+    let (step, ms) = text.split_once(':').unwrap_or((text, "1000"));
+    let ms: u64 = ms
+        .parse()
+        .map_err(|_| format!("{ms:?} is not a number of milliseconds"))?;
+    Ok(Pause {
+        after: step.parse()?,
+        duration: std::time::Duration::from_millis(ms),
+    })
 }
 
 /// `FIRST-LAST` (inclusive) or `SLOT`, as `[first, last + 1)`.
@@ -140,6 +158,7 @@ pub fn run(map: &ClusterMap, args: ReshardArgs) -> Result<ExitCode> {
             let options = ReshardOptions {
                 group_slots: args.group_slots,
                 max_keys_per_s: args.max_keys_per_s,
+                pause: args.pause_after,
                 ..ReshardOptions::default()
             };
             let mut every = 0u32;
