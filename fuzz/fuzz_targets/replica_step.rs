@@ -28,6 +28,7 @@ fuzz_target!(|input: &[u8]| {
         coordinator: address(1),
     });
     let config = ShardConfig {
+        incarnation: 0,
         shard: 0,
         epoch: 1,
         chain,

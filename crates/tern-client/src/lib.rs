@@ -6,6 +6,7 @@
 //! request outstanding; run one per thread for concurrency.
 
 pub mod pipeline;
+pub mod plan;
 pub mod reshard;
 pub mod retry;
 

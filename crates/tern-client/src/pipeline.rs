@@ -414,6 +414,7 @@ mod tests {
             slots: vec![[0, tern_wire::SLOT_COUNT]],
             coordinator: addr,
             replicas: vec![addr],
+            incarnation: 0,
         };
         (server, ClusterMap::new(vec![shard]).unwrap())
     }

@@ -39,6 +39,10 @@ use tern_control::meta::{Change, MetaClient, MetaMap, Refusal, Reply, Request};
 use tern_control::transfer::{self, TransferRequest};
 use tern_control::{ClientId, Epoch, Migration, Seq, ShardId, ShardMap, SlotRange};
 use tern_wire::export::{self, Export, ExportedKey};
+use tern_wire::load::SlotLoad;
+
+pub use crate::plan::Move;
+use crate::plan::{plan_by_load, plan_even};
 use tern_wire::{
     Header, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, encode, freeze, key_hash,
 };
@@ -317,7 +321,7 @@ pub fn reshard_ownership_first(
     // Ownership moves: the source stops serving the range, its dedup
     // outcomes and version floor go first, meta hands every group over.
     let held = Instant::now();
-    let epoch = driver.freeze(from, slots, freeze::ALL)?;
+    let source = driver.freeze(from, slots, freeze::ALL)?;
     let (names, _) = driver
         .export(from, slots, u64::MAX, deadline)?
         .ok_or_else(|| stuck("taking the source's floor"))?;
@@ -333,7 +337,8 @@ pub fn reshard_ownership_first(
             migration: migration.id,
             group,
             floor: Seq(first.floor),
-            source_epoch: Epoch(epoch),
+            source_epoch: Epoch(source.epoch),
+            source_incarnation: source.incarnation,
         })?;
         map_version = map.version;
     }
@@ -376,71 +381,34 @@ pub fn reshard_ownership_first(
     Ok(report)
 }
 
-/// One move of a rebalance: `slots` from shard `from` to shard `to`.
+/// What a rebalance evens out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Move {
-    pub from: ShardId,
-    pub to: ShardId,
-    pub slots: SlotRange,
+pub enum Balance {
+    /// Slot counts (`plan_even`).
+    Slots,
+    /// Load: what each slot was asked during `window`, measured before
+    /// planning (`measure_load`, `plan_by_load`).
+    Load { window: Duration },
 }
 
-/// The moves that leave every shard of `owned` (each shard with the slot
-/// ranges it owns) with an even share of the slots: counts differing by at
-/// most one, the shards that own the most keeping the larger shares. Each
-/// move is a contiguous run taken from the end of one of the donor's
-/// ranges, so every move is of slots its donor owns when it runs (in
-/// order); as few slots move as an even share allows.
-pub fn plan_even(owned: &[(ShardId, Vec<SlotRange>)]) -> Vec<Move> {
-    let count = |ranges: &[SlotRange]| -> u32 { ranges.iter().map(|[s, e]| e - s).sum() };
-    let mut shards: Vec<(ShardId, Vec<SlotRange>)> = owned.to_vec();
-    if shards.is_empty() {
-        return Vec::new();
-    }
-    let total: u32 = shards.iter().map(|(_, ranges)| count(ranges)).sum();
-    let n = shards.len() as u32;
-    // The larger shares go to those that own the most already.
-    let mut order: Vec<usize> = (0..shards.len()).collect();
-    order.sort_by_key(|&index| (std::cmp::Reverse(count(&shards[index].1)), shards[index].0));
-    let mut target = vec![total / n; shards.len()];
-    for &index in order.iter().take((total % n) as usize) {
-        target[index] += 1;
-    }
-    let mut moves = Vec::new();
-    loop {
-        let excess = |index: usize, shards: &[(ShardId, Vec<SlotRange>)]| {
-            i64::from(count(&shards[index].1)) - i64::from(target[index])
-        };
-        let donor = (0..shards.len()).max_by_key(|&index| (excess(index, &shards), index));
-        let receiver = (0..shards.len()).min_by_key(|&index| (excess(index, &shards), index));
-        let (Some(donor), Some(receiver)) = (donor, receiver) else {
-            break;
-        };
-        let (surplus, deficit) = (excess(donor, &shards), -excess(receiver, &shards));
-        if surplus <= 0 || deficit <= 0 {
-            break;
-        }
-        let &[start, end] = shards[donor].1.last().expect("a donor owns slots");
-        let length = (end - start).min(surplus.min(deficit) as u32);
-        let slots = [end - length, end];
-        tern_wire::slots::remove(&mut shards[donor].1, slots);
-        tern_wire::slots::add(&mut shards[receiver].1, slots);
-        moves.push(Move {
-            from: shards[donor].0,
-            to: shards[receiver].0,
-            slots,
-        });
-    }
-    moves
+/// What a rebalance did: the moves, and for a rebalance by load the load
+/// of each shard (by id) measured before and expected after.
+#[derive(Clone, Debug, Default)]
+pub struct Rebalanced {
+    pub moves: Vec<(Move, ReshardReport)>,
+    pub load_before: Vec<(ShardId, u64)>,
+    pub load_after: Vec<(ShardId, u64)>,
 }
 
-/// Moves slots until every shard owns an even share (`plan_even`), one
-/// reshard after another; refused while a migration is under way.
-/// `progress` is called after every group of every move.
+/// Moves slots until every shard owns an even share of what `balance`
+/// names, one reshard after another; refused while a migration is under
+/// way. `progress` is called after every group of every move.
 pub fn rebalance(
     nodes: &[SocketAddrV4],
     options: ReshardOptions,
+    balance: Balance,
     progress: &mut dyn FnMut(&Move, &Progress),
-) -> Result<Vec<(Move, ReshardReport)>, ReshardError> {
+) -> Result<Rebalanced, ReshardError> {
     let map = Driver::new(nodes, options)?.refresh()?;
     if let Some(under_way) = map.migrations.first() {
         return Err(std::io::Error::other(format!(
@@ -454,14 +422,99 @@ pub fn rebalance(
         .iter()
         .map(|shard| (shard.id, shard.slots.clone()))
         .collect();
-    let mut done = Vec::new();
-    for step in plan_even(&owned) {
+    let mut done = Rebalanced::default();
+    let plan = match balance {
+        Balance::Slots => plan_even(&owned),
+        Balance::Load { window } => {
+            let load = measure_load(&map, window)?;
+            let plan = plan_by_load(&owned, &load);
+            let shard_loads = |owned: &[(ShardId, Vec<SlotRange>)]| -> Vec<(ShardId, u64)> {
+                owned
+                    .iter()
+                    .map(|(id, ranges)| {
+                        let asked = ranges
+                            .iter()
+                            .flat_map(|&[start, end]| start..end)
+                            .map(|slot| load[slot as usize])
+                            .sum();
+                        (*id, asked)
+                    })
+                    .collect()
+            };
+            done.load_before = shard_loads(&owned);
+            let mut after = owned.clone();
+            for step in &plan {
+                for (id, ranges) in &mut after {
+                    if *id == step.from {
+                        tern_wire::slots::remove(ranges, step.slots);
+                    } else if *id == step.to {
+                        tern_wire::slots::add(ranges, step.slots);
+                    }
+                }
+            }
+            done.load_after = shard_loads(&after);
+            plan
+        }
+    };
+    for step in plan {
         let report = reshard(nodes, step.from, step.to, step.slots, options, &mut |p| {
             progress(&step, p)
         })?;
-        done.push((step, report));
+        done.moves.push((step, report));
     }
     Ok(done)
+}
+
+/// What each slot was asked during `window`, from the counts of every
+/// replica in `map` taken at its start and end (`TransferRequest::Load`):
+/// the reads the shard's replicas answered, plus its writes times its chain
+/// length (every replica applies each write), so that the figure is the
+/// replicas' work. A replica that does not answer both times counts for
+/// nothing; if none answers the rebalance stops.
+pub fn measure_load(map: &MetaMap, window: Duration) -> Result<Vec<u64>, ReshardError> {
+    let sample = || -> HashMap<SocketAddrV4, SlotLoad> {
+        map.shards
+            .iter()
+            .flat_map(|shard| shard.replicas.iter().copied())
+            .filter_map(|replica| {
+                let (_, bytes) = transfer::fetch(replica, TransferRequest::Load)
+                    .inspect_err(|error| tracing::warn!(%replica, %error, "no load from replica"))
+                    .ok()?;
+                SlotLoad::decode(&bytes)
+                    .inspect_err(|error| tracing::warn!(%replica, %error, "bad load from replica"))
+                    .ok()
+                    .map(|load| (replica, load))
+            })
+            .collect()
+    };
+    let first = sample();
+    std::thread::sleep(window);
+    let second = sample();
+    let mut load = vec![0u64; tern_wire::SLOT_COUNT as usize];
+    let mut answered = 0;
+    for shard in &map.shards {
+        let recent: Vec<SlotLoad> = shard
+            .replicas
+            .iter()
+            .filter_map(|replica| Some(second.get(replica)?.since(first.get(replica)?)))
+            .collect();
+        answered += recent.len();
+        let chain = shard.replicas.len() as u64;
+        for (slot, asked) in load.iter_mut().enumerate() {
+            let slot = slot as u32;
+            let reads: u64 = recent.iter().map(|load| load.reads(slot)).sum();
+            let writes = recent
+                .iter()
+                .map(|load| load.writes(slot))
+                .max()
+                .unwrap_or(0);
+            *asked += reads + writes * chain;
+        }
+    }
+    if answered == 0 {
+        return Err(std::io::Error::other("no replica reported its load").into());
+    }
+    Ok(load)
 }
 
 /// Stops migration `id`: the groups handed off stay at the destination.
@@ -494,6 +547,14 @@ struct Driver {
     buffer: Vec<u8>,
     /// The options' pause is over (it is taken once).
     paused: bool,
+}
+
+/// Who holds a group at the source: its coordinator's epoch and
+/// incarnation when it answered the FREEZE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Holder {
+    epoch: u32,
+    incarnation: u64,
 }
 
 /// How one try at moving a group ended.
@@ -686,7 +747,7 @@ impl Driver {
         }
         let held = Instant::now();
         report.copying += held - copying;
-        let epoch = self.freeze(migration.from, range, freeze::WRITES)?;
+        let holder = self.freeze(migration.from, range, freeze::WRITES)?;
         let drained = Instant::now();
         self.reached(Step::WritesHeld);
         // Every write of the group is at the tail now, and none comes
@@ -740,9 +801,11 @@ impl Driver {
             });
         }
         // Renews the hold and takes the reads too: the destination is about
-        // to serve the group. Held by the same coordinator at the same
-        // epoch, or the hold may have lapsed in between.
-        if self.freeze(migration.from, range, freeze::ALL)? != epoch {
+        // to serve the group. Held by the same coordinator at the same epoch
+        // and incarnation, or the hold may have lapsed in between (a
+        // coordinator that started afresh, at the same epoch after a lost
+        // lease, holds nothing).
+        if self.freeze(migration.from, range, freeze::ALL)? != holder {
             return Ok(Attempt::Again {
                 pause: Duration::ZERO,
             });
@@ -752,7 +815,8 @@ impl Driver {
             migration: migration.id,
             group,
             floor: Seq(delta.floor),
-            source_epoch: Epoch(epoch),
+            source_epoch: Epoch(holder.epoch),
+            source_incarnation: holder.incarnation,
         });
         let handed = loop {
             match self.call_meta_once(&hand_off) {
@@ -792,7 +856,9 @@ impl Driver {
                 self.announce_moved(migration.from, range, map.version);
                 Ok(Attempt::HandedOff)
             }
-            Err(ReshardError::Refused(Refusal::SourceChanged { .. })) => Ok(Attempt::Again {
+            Err(ReshardError::Refused(
+                Refusal::SourceChanged { .. } | Refusal::SourceRestarted { .. },
+            )) => Ok(Attempt::Again {
                 pause: Duration::ZERO,
             }),
             Err(error) => Err(error),
@@ -858,13 +924,13 @@ impl Driver {
     }
 
     /// Holds (or releases) `range` at `shard_id`'s coordinator until none of
-    /// its writes is in flight; the epoch the coordinator holds it at.
+    /// its writes is in flight; who holds it.
     fn freeze(
         &mut self,
         shard_id: ShardId,
         range: SlotRange,
         mode: u8,
-    ) -> Result<u32, ReshardError> {
+    ) -> Result<Holder, ReshardError> {
         self.freeze_within(shard_id, range, mode, 0, self.options.step_deadline)
     }
 
@@ -877,7 +943,7 @@ impl Driver {
         mode: u8,
         map_version: u64,
         patience: Duration,
-    ) -> Result<u32, ReshardError> {
+    ) -> Result<Holder, ReshardError> {
         let hold_ms = self
             .options
             .hold
@@ -907,14 +973,21 @@ impl Driver {
                     self.refresh()?;
                     break;
                 }
-                let Some(answer) = self.receive()? else {
+                let Some((answer, value)) = self.receive()? else {
                     continue;
                 };
                 if answer.request_id.get() != request_id {
                     continue;
                 }
                 match answer.status() {
-                    Status::Ok => return Ok(answer.epoch.get()),
+                    Status::Ok => {
+                        return Ok(Holder {
+                            epoch: answer.epoch.get(),
+                            incarnation: <[u8; 8]>::try_from(&value[..])
+                                .map(u64::from_le_bytes)
+                                .unwrap_or_default(),
+                        });
+                    }
                     Status::TryAgain => {
                         last = "writes still in flight".into();
                         std::thread::sleep(Duration::from_millis(1));
@@ -1089,7 +1162,7 @@ impl Driver {
             for request in due {
                 self.send(coordinator, &request.header, &request.key, &request.value)?;
             }
-            let Some(answer) = self.receive()? else {
+            let Some((answer, _)) = self.receive()? else {
                 continue;
             };
             let id = (answer.client_id.get(), answer.request_id.get());
@@ -1132,13 +1205,14 @@ impl Driver {
         Ok(())
     }
 
-    /// The header of the next reply to arrive (None after a short wait).
-    fn receive(&mut self) -> std::io::Result<Option<Header>> {
+    /// The header and value of the next reply to arrive (None after a
+    /// short wait).
+    fn receive(&mut self) -> std::io::Result<Option<(Header, Vec<u8>)>> {
         match self.socket.recv_from(&mut self.buffer) {
             Ok((length, _)) => Ok(Message::decode(&self.buffer[..length])
                 .ok()
                 .filter(|message| message.header.op() == Op::Reply)
-                .map(|message| message.header)),
+                .map(|message| (message.header, message.value.to_vec()))),
             Err(error)
                 if matches!(
                     error.kind(),
@@ -1148,87 +1222,6 @@ impl Driver {
                 Ok(None)
             }
             Err(error) => Err(error),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-    use tern_wire::SLOT_COUNT;
-
-    /// Carries out `moves` on `owned`, checking that each moves slots its
-    /// donor owns then; the slots each shard owns after.
-    fn carry_out(owned: &[(ShardId, Vec<SlotRange>)], moves: &[Move]) -> Vec<u32> {
-        let mut shards = owned.to_vec();
-        for step in moves {
-            let donor = shards.iter().position(|(id, _)| *id == step.from).unwrap();
-            let receiver = shards.iter().position(|(id, _)| *id == step.to).unwrap();
-            assert_eq!(
-                tern_wire::slots::first_missing(&shards[donor].1, step.slots),
-                None,
-                "{step:?} moves slots its donor does not own"
-            );
-            tern_wire::slots::remove(&mut shards[donor].1, step.slots);
-            tern_wire::slots::add(&mut shards[receiver].1, step.slots);
-        }
-        shards
-            .iter()
-            .map(|(_, ranges)| ranges.iter().map(|[s, e]| e - s).sum())
-            .collect()
-    }
-
-    #[test]
-    fn a_new_empty_shard_gets_a_third_from_the_two_others() {
-        let owned = vec![
-            (ShardId(0), vec![[0, SLOT_COUNT / 2]]),
-            (ShardId(1), vec![[SLOT_COUNT / 2, SLOT_COUNT]]),
-            (ShardId(2), vec![]),
-        ];
-        let moves = plan_even(&owned);
-        assert!(moves.iter().all(|step| step.to == ShardId(2)), "{moves:?}");
-        let counts = carry_out(&owned, &moves);
-        assert_eq!(counts.iter().sum::<u32>(), SLOT_COUNT);
-        assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1);
-        let moved: u32 = moves.iter().map(|step| step.slots[1] - step.slots[0]).sum();
-        assert_eq!(moved, SLOT_COUNT / 3, "only the new shard's share moves");
-    }
-
-    #[test]
-    fn an_even_cluster_needs_no_move() {
-        let even: Vec<(ShardId, Vec<SlotRange>)> = tern_control::ClusterMap::even_slot_ranges(3)
-            .into_iter()
-            .enumerate()
-            .map(|(id, range)| (ShardId(id as u32), vec![range]))
-            .collect();
-        assert!(plan_even(&even).is_empty());
-    }
-
-    proptest! {
-        #[test]
-        fn any_layout_ends_even_with_moves_of_owned_slots(
-            cuts in proptest::collection::vec(1..SLOT_COUNT, 1..12),
-            shards in 1u32..6,
-            owner_seed in any::<u64>(),
-        ) {
-            // Cut the slots into runs and deal them to the shards.
-            let mut cuts = cuts;
-            cuts.push(0);
-            cuts.push(SLOT_COUNT);
-            cuts.sort();
-            cuts.dedup();
-            let mut owned: Vec<(ShardId, Vec<SlotRange>)> =
-                (0..shards).map(|id| (ShardId(id), Vec::new())).collect();
-            for (index, run) in cuts.windows(2).enumerate() {
-                let owner = ((owner_seed >> (index % 60)) as usize + index) % shards as usize;
-                tern_wire::slots::add(&mut owned[owner].1, [run[0], run[1]]);
-            }
-            let moves = plan_even(&owned);
-            let counts = carry_out(&owned, &moves);
-            prop_assert_eq!(counts.iter().sum::<u32>(), SLOT_COUNT);
-            prop_assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1);
-            prop_assert!(moves.iter().all(|step| step.from != step.to && step.slots[0] < step.slots[1]));
         }
     }
 }

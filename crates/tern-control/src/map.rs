@@ -26,6 +26,17 @@ pub struct ShardMap {
     pub coordinator: SocketAddrV4,
     /// Head first, tail last.
     pub replicas: Vec<SocketAddrV4>,
+    /// Raised by the coordinator each time it starts sequencing the shard
+    /// afresh at the same epoch (its process restarted, or it got its lease
+    /// back), before it serves (`Change::Resequence`): a migration's hold
+    /// lives in the coordinator's memory, so a hand-off is fenced by the
+    /// incarnation that held the group as well as by the epoch.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub incarnation: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// A move of a slot range from one shard to another (live migration). The
@@ -358,6 +369,7 @@ mod tests {
             slots: vec![slots],
             coordinator: "127.0.0.1:7000".parse().unwrap(),
             replicas: vec!["127.0.0.1:7100".parse().unwrap()],
+            incarnation: 0,
         }
     }
 

@@ -52,14 +52,27 @@ pub enum Change {
     },
     /// Group `group` of `migration` is served by the destination from now
     /// on; its writes there get versions above `floor`. Refused when the
-    /// source shard's epoch is no longer `source_epoch` (its coordinator
-    /// changed since it held the group still, so the hold may be gone).
+    /// source shard's epoch is no longer `source_epoch` or its incarnation
+    /// no longer `source_incarnation` (its coordinator changed or restarted
+    /// since it held the group still, so the hold may be gone).
     /// Idempotent.
     HandOff {
         migration: u64,
         group: u32,
         floor: Seq,
         source_epoch: Epoch,
+        /// The source's incarnation as the hold saw it.
+        #[serde(default)]
+        source_incarnation: u64,
+    },
+    /// The coordinator at `coordinator` starts sequencing `shards` afresh
+    /// (each with the incarnation it read in the map): each shard it still
+    /// coordinates whose incarnation is still that one gets the next. The
+    /// epoch stays (replicas and clients see no change); a hand-off fenced
+    /// by the old incarnation is refused from then on. Idempotent.
+    Resequence {
+        coordinator: SocketAddrV4,
+        shards: Vec<(ShardId, u64)>,
     },
     /// Every group is handed off: the slots become the destination's.
     /// Idempotent.
@@ -201,6 +214,14 @@ pub enum Refusal {
         shard: ShardId,
         epoch: Epoch,
         expected: Epoch,
+    },
+    #[error(
+        "shard {shard}'s coordinator started afresh during the hand-off (incarnation {incarnation}, not {expected}): its hold may be gone"
+    )]
+    SourceRestarted {
+        shard: ShardId,
+        incarnation: u64,
+        expected: u64,
     },
     #[error("shard {shard} exists already, with other replicas or another coordinator")]
     ShardExists { shard: ShardId },

@@ -1,8 +1,9 @@
 //! The state-transfer protocol of replicas, over TCP at the replica's own
 //! address: a joining replica fetches its predecessor's whole state, and a
-//! migration fetches a slot range's copy from the source's tail. One
-//! request line, then one answer: `<epoch> <length>\n` and `length` bytes
-//! (a replica snapshot, or a `tern_wire::export::Export`).
+//! migration fetches a slot range's copy from the source's tail, and a
+//! rebalance by load fetches how much each slot was asked. One request
+//! line, then one answer: `<epoch> <length>\n` and `length` bytes (a replica
+//! snapshot, a `tern_wire::export::Export` or a `tern_wire::load::SlotLoad`).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
@@ -31,6 +32,8 @@ pub enum TransferRequest {
     /// the keys whose version is at least `since` in full, the others by
     /// name only (0: every key in full, a first copy).
     Slots { range: [u32; 2], since: u64 },
+    /// The reads it answered and the client writes it applied, by slot.
+    Load,
 }
 
 impl TransferRequest {
@@ -38,7 +41,7 @@ impl TransferRequest {
     pub fn timeout(self) -> Duration {
         match self {
             TransferRequest::Snapshot => TRANSFER_TIMEOUT,
-            TransferRequest::Slots { .. } => SLOTS_TIMEOUT,
+            TransferRequest::Slots { .. } | TransferRequest::Load => SLOTS_TIMEOUT,
         }
     }
 
@@ -49,6 +52,7 @@ impl TransferRequest {
                 range: [start, end],
                 since,
             } => format!("SLOTS {start} {end} {since}\n"),
+            TransferRequest::Load => "LOAD\n".into(),
         }
     }
 
@@ -56,6 +60,7 @@ impl TransferRequest {
         let mut words = line.split_whitespace();
         let request = match words.next()? {
             "SNAPSHOT" => TransferRequest::Snapshot,
+            "LOAD" => TransferRequest::Load,
             "SLOTS" => {
                 let start: u32 = words.next()?.parse().ok()?;
                 let end: u32 = words.next()?.parse().ok()?;
@@ -127,6 +132,7 @@ mod tests {
     fn requests_parse_back_and_bad_ones_are_refused() {
         for request in [
             TransferRequest::Snapshot,
+            TransferRequest::Load,
             TransferRequest::Slots {
                 range: [3, 90],
                 since: 0,
@@ -154,6 +160,7 @@ mod tests {
             "SLOTS 1 2 x",
             "SLOTS 1 2 3 4",
             "SNAPSHOT now",
+            "LOAD 1",
             "HELLO",
         ] {
             assert_eq!(TransferRequest::parse(bad), None, "{bad:?}");

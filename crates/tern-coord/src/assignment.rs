@@ -24,6 +24,7 @@ pub fn shards_of(
             epoch: shard.epoch.get(),
             chain: shard.replicas.clone(),
             slots: served_slots(shard, migrations),
+            incarnation: shard.incarnation,
         })
         .collect()
 }

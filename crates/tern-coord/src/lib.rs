@@ -16,11 +16,12 @@ use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use assignment::assignment_of;
 pub use assignment::shards_of;
-use tern_control::meta::{Heartbeats, NodeKind};
+use tern_control::ShardId;
+use tern_control::meta::{Change, Heartbeats, MetaClient, NodeKind, Reply, Request};
 use tern_net::BatchSocket;
 use tern_proto::SharedShard;
 pub use tern_proto::assignment::Poll;
@@ -74,14 +75,16 @@ pub fn run(
 /// ([`tern_proto::assignment::decide`], carried out by
 /// [`tern_proto::assignment::carry_out`]); a takeover of a shard or a lost lease starts
 /// the shards afresh: every key dirty and sequencing above the chain (DESIGN
-/// rule 8), with the XDP program and maps loaded anew in XDP mode. With no
-/// shard it is a standby.
+/// rule 8), with the XDP program and maps loaded anew in XDP mode, at a new
+/// incarnation taken from meta first ([`resequence`]). With no shard it is
+/// a standby.
 pub fn run_under_meta(
     listen: SocketAddrV4,
     nodes: Vec<SocketAddrV4>,
     mode: Mode,
     shutdown: &AtomicBool,
 ) -> Result<(), CoordError> {
+    let mut meta = MetaClient::new(nodes.clone());
     let heartbeats = Heartbeats::start(nodes, listen, NodeKind::Coordinator);
     // The shards of the newest map, with its version; none without a lease.
     let assigned = || match heartbeats.map() {
@@ -103,6 +106,10 @@ pub fn run_under_meta(
             continue;
         }
         standing_by = false;
+        let Some(shards) = resequence(&mut meta, &heartbeats, listen, &shards, &assigned) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
         let mut supervisor = Supervisor::new(shards.clone());
         let mut poll = |map_doubted: bool| {
             if shutdown.load(Ordering::Relaxed) {
@@ -139,6 +146,57 @@ pub fn run_under_meta(
     }
     heartbeats.stop();
     Ok(())
+}
+
+/// Starts `shards` afresh: takes the next incarnation of each from meta
+/// (`Change::Resequence`) and waits until the heartbeats bring the map
+/// with it, under a lease. A migration's hold lives in the memory of the
+/// coordinator that took it; one that starts afresh at the same epoch (its
+/// process restarted, or it lost its lease and got it back) holds nothing,
+/// and a hand-off fenced by the old incarnation is refused from then on.
+/// The shards to serve (those at the incarnation taken), or None to look
+/// at the map again.
+fn resequence(
+    meta: &mut MetaClient,
+    heartbeats: &Heartbeats,
+    listen: SocketAddrV4,
+    shards: &[ShardConfig],
+    assigned: &dyn Fn() -> (u64, Vec<ShardConfig>),
+) -> Option<Vec<ShardConfig>> {
+    let request = Request::Change(Change::Resequence {
+        coordinator: listen,
+        shards: shards
+            .iter()
+            .map(|shard| (ShardId(shard.shard), shard.incarnation))
+            .collect(),
+    });
+    let map = match meta.call_leader(&request) {
+        Ok(Reply::Map(map)) => map,
+        other => {
+            tracing::debug!(?other, "meta did not give the shards a new incarnation");
+            return None;
+        }
+    };
+    let taken: HashMap<u32, u64> = map
+        .shards
+        .iter()
+        .filter(|shard| shard.coordinator == listen)
+        .map(|shard| (shard.id.get(), shard.incarnation))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while heartbeats.version() < map.version {
+        if Instant::now() > deadline {
+            return None;
+        }
+        heartbeats.nudge();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let (_, now) = assigned();
+    let fresh: Vec<ShardConfig> = now
+        .into_iter()
+        .filter(|shard| taken.get(&shard.shard) == Some(&shard.incarnation))
+        .collect();
+    (!fresh.is_empty()).then_some(fresh)
 }
 
 /// Serves until `poll` says stop, installing the changes it hands over,

@@ -42,6 +42,7 @@ fn served() -> Vec<[u32; 2]> {
 /// A coordinator process for shard 5 on `state`, past its start-up probe.
 fn ready_coordinator(state: SharedShard) -> Coordinator<SharedShard> {
     let config = ShardConfig {
+        incarnation: 0,
         shard: SHARD,
         epoch: EPOCH,
         chain: vec![replica(0), replica(1), replica(2)],

@@ -264,6 +264,7 @@ fn other_chain(epoch: u32) -> (ShardConfig, HashMap<SocketAddrV4, [u8; 6]>) {
     let chain = vec![replica(3), replica(4)];
     let macs = (3..5).map(|i| (replica(i), replica_mac(i))).collect();
     let config = ShardConfig {
+        incarnation: 0,
         shard: 5,
         epoch,
         chain,
@@ -358,6 +359,7 @@ fn a_read_never_uses_a_route_torn_by_a_concurrent_rewrite() {
     let (coordinator, _state) = load();
     let (other, other_macs) = other_chain(EPOCH);
     let original = ShardConfig {
+        incarnation: 0,
         shard: 5,
         epoch: EPOCH,
         chain: vec![replica(0), replica(1), replica(2)],
@@ -418,6 +420,7 @@ fn a_slot_a_migration_holds_stays_out_of_the_kernel_when_the_route_is_rewritten(
     let (coordinator, _) = load();
     let (_, macs) = other_chain(EPOCH + 1);
     let config = ShardConfig {
+        incarnation: 0,
         shard: 5,
         epoch: EPOCH,
         chain: vec![replica(0), replica(1), replica(2)],
@@ -497,6 +500,7 @@ fn put_and_get(
 fn each_state_of_a_migrating_group_in_the_kernel_and_above_it() {
     let (coordinator, state) = load();
     let config = ShardConfig {
+        incarnation: 0,
         shard: 5,
         epoch: EPOCH,
         chain: vec![replica(0), replica(1), replica(2)],

@@ -157,6 +157,7 @@ impl MetaState {
                     slots: Vec::new(),
                     coordinator: *coordinator,
                     replicas: replicas.clone(),
+                    incarnation: 0,
                 });
                 self.replication.insert(*shard, replicas.len());
                 self.retired.remove(shard);
@@ -213,6 +214,34 @@ impl MetaState {
                     return Err(Refusal::NoShardCoordinatedAt { from: *from });
                 }
             }
+            Command::Operator(Change::Resequence {
+                coordinator,
+                shards,
+            }) => {
+                let (mut coordinated, mut bumped) = (false, false);
+                for (id, seen) in shards {
+                    let Some(shard) = self
+                        .shards
+                        .iter_mut()
+                        .find(|shard| shard.id == *id && shard.coordinator == *coordinator)
+                    else {
+                        // Moved to another coordinator meanwhile: not its own.
+                        continue;
+                    };
+                    coordinated = true;
+                    if shard.incarnation == *seen {
+                        shard.incarnation += 1;
+                        bumped = true;
+                    }
+                }
+                if !coordinated {
+                    return Err(Refusal::NoShardCoordinatedAt { from: *coordinator });
+                }
+                if !bumped {
+                    // Asked again after its answer was lost: done already.
+                    return Ok(Outcome::Unchanged);
+                }
+            }
             Command::Operator(Change::BeginMigration {
                 from,
                 to,
@@ -224,9 +253,13 @@ impl MetaState {
                 group,
                 floor,
                 source_epoch,
+                source_incarnation,
             }) => {
                 let source = self.migration_mut(*migration)?.from;
-                let epoch = self.shard_mut(source)?.epoch;
+                let (epoch, incarnation) = {
+                    let shard = self.shard_mut(source)?;
+                    (shard.epoch, shard.incarnation)
+                };
                 let migration = self.migration_mut(*migration)?;
                 if *group >= migration.group_count() {
                     return Err(Refusal::NoSuchGroup {
@@ -242,6 +275,13 @@ impl MetaState {
                         shard: source,
                         epoch,
                         expected: *source_epoch,
+                    });
+                }
+                if incarnation != *source_incarnation {
+                    return Err(Refusal::SourceRestarted {
+                        shard: source,
+                        incarnation,
+                        expected: *source_incarnation,
                     });
                 }
                 migration.handed_off.push(HandOff {
@@ -418,6 +458,7 @@ mod tests {
             slots: vec![[0, tern_wire::SLOT_COUNT]],
             coordinator: addr(1),
             replicas: vec![addr(10), addr(11), addr(12)],
+            incarnation: 0,
         }];
         state.apply(&Command::Init { shards }).unwrap();
         state
@@ -530,6 +571,7 @@ mod tests {
             slots: vec![slots],
             coordinator: addr(first),
             replicas: vec![addr(first + 10), addr(first + 11)],
+            incarnation: 0,
         };
         let shards = vec![shard(0, [0, 8192], 1), shard(1, [8192, SLOT_COUNT], 2)];
         state.apply(&Command::Init { shards }).unwrap();
@@ -555,6 +597,7 @@ mod tests {
             group,
             floor: tern_control::Seq(1000 + group as u64),
             source_epoch: Epoch(1),
+            source_incarnation: 0,
         }
     }
 
@@ -644,6 +687,71 @@ mod tests {
     }
 
     #[test]
+    fn a_coordinator_starting_afresh_fences_the_hand_offs_of_its_old_holds() {
+        let mut state = two_shards();
+        let id = change(&mut state, begin(0, 1, [0, 256]))
+            .unwrap()
+            .migrations[0]
+            .id;
+        let resequence = |seen: u64| Change::Resequence {
+            coordinator: addr(1),
+            shards: vec![(ShardId(0), seen)],
+        };
+        let map = change(&mut state, resequence(0)).unwrap();
+        assert_eq!(map.shards[0].incarnation, 1);
+        assert_eq!(map.shards[0].epoch, Epoch(1), "replicas see no change");
+        assert_eq!(map.shards[1].incarnation, 0, "not named");
+        // Asked again (its answer lost), it changes nothing.
+        assert_eq!(
+            change(&mut state, resequence(0)).unwrap().version,
+            map.version
+        );
+        // A hold taken before the restart cannot hand off...
+        assert_eq!(
+            change(&mut state, hand_off(id, 0)),
+            Err(Refusal::SourceRestarted {
+                shard: ShardId(0),
+                incarnation: 1,
+                expected: 0
+            })
+        );
+        // ...one taken after can.
+        let Change::HandOff {
+            migration,
+            group,
+            floor,
+            source_epoch,
+            ..
+        } = hand_off(id, 0)
+        else {
+            unreachable!()
+        };
+        let map = change(
+            &mut state,
+            Change::HandOff {
+                migration,
+                group,
+                floor,
+                source_epoch,
+                source_incarnation: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(map.migrations[0].handed_off.len(), 1);
+        // Only the shard's own coordinator starts it afresh.
+        assert_eq!(
+            change(
+                &mut state,
+                Change::Resequence {
+                    coordinator: addr(2),
+                    shards: vec![(ShardId(0), 1)],
+                }
+            ),
+            Err(Refusal::NoShardCoordinatedAt { from: addr(2) })
+        );
+    }
+
+    #[test]
     fn a_whole_shard_may_be_drained() {
         let mut state = two_shards();
         let id = change(&mut state, begin(1, 0, [8192, SLOT_COUNT]))
@@ -721,6 +829,7 @@ mod tests {
                     group: 0,
                     floor: tern_control::Seq(1),
                     source_epoch: Epoch(7),
+                    source_incarnation: 0,
                 },
                 Refusal::SourceChanged {
                     shard: ShardId(0),

@@ -20,6 +20,7 @@ fn coordinator(c: &mut Criterion) {
     let address = |octet| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, octet), 7000);
     let chain = vec![address(10), address(11), address(12)];
     let config = ShardConfig {
+        incarnation: 0,
         shard: 0,
         epoch: 1,
         chain: chain.clone(),

@@ -311,6 +311,7 @@ mod tests {
 
     fn shard(id: u32, epoch: u32, replicas: &[u8]) -> ShardConfig {
         ShardConfig {
+            incarnation: 0,
             shard: id,
             epoch,
             chain: replicas

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tern_store::{Store, Write};
 use tern_wire::export::{Export, ExportedKey, ExportedOutcome};
+use tern_wire::load::SlotLoad;
 use tern_wire::{DecodeError, Effect, Header, Message, Op, Status, VALUE_LEN_MAX, flags};
 
 use crate::counters::{DecodeDrops, counters};
@@ -218,6 +219,9 @@ pub struct Replica {
     /// the first drop): a forwarded read stamped below it was routed before
     /// the slot left this shard.
     dropped_at: Option<Box<[u64]>>,
+    /// Reads answered and client writes applied, by slot (`tern reshard
+    /// rebalance --by load`).
+    load: SlotLoad,
     counters: ReplicaCounters,
     drops: DecodeDrops,
 }
@@ -244,6 +248,7 @@ impl Replica {
             map_version: 0,
             scratch: Vec::new(),
             dropped_at: None,
+            load: SlotLoad::default(),
             counters: ReplicaCounters::default(),
             drops: DecodeDrops::default(),
         }
@@ -472,6 +477,11 @@ impl Replica {
         &self.store
     }
 
+    /// Reads answered and client writes applied here, by slot, since start.
+    pub fn slot_load(&self) -> &SlotLoad {
+        &self.load
+    }
+
     pub fn counters(&self) -> &ReplicaCounters {
         &self.counters
     }
@@ -525,6 +535,8 @@ impl Replica {
         reply.key_hash = header.key_hash;
         reply.commit_seq.set(self.store.commit_seq());
         self.counters.reads += 1;
+        self.load
+            .count_read(tern_wire::slot_of(header.key_hash.get()));
         match found {
             Some(found) => {
                 reply.status = Status::Ok as u8;
@@ -627,6 +639,11 @@ impl Replica {
         };
         if self.journaling {
             outbox.journal_push(header.seq.get(), &record, message.key, value);
+        }
+        // Counted live only: a replay of the log is no load.
+        if matches!(record.effect(), Effect::Put | Effect::Delete) {
+            self.load
+                .count_write(tern_wire::slot_of(record.key_hash.get()));
         }
         self.apply_record(&record, message.key, value, outbox);
     }

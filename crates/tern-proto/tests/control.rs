@@ -67,6 +67,7 @@ impl Cluster {
             coordinator: sim.coordinator_addr,
         };
         let shard = ShardConfig {
+            incarnation: 0,
             shard: SHARD,
             epoch: EPOCH,
             chain: sim.chain.clone(),
@@ -219,6 +220,7 @@ impl Cluster {
         self.coordinator_lease = self.meta.version;
         let shards = if self.meta.coordinator == self.sim.coordinator_addr {
             vec![ShardConfig {
+                incarnation: 0,
                 shard: SHARD,
                 epoch: self.meta.epoch,
                 chain: self.meta.chain.clone(),

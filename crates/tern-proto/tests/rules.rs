@@ -208,6 +208,7 @@ fn rule4_no_read_between_the_steps_of_an_ack_can_miss_the_acknowledged_write() {
         after_load: Box::new(|_| {}),
     };
     let config = ShardConfig {
+        incarnation: 0,
         shard: SHARD,
         epoch: EPOCH,
         chain: chain.clone(),

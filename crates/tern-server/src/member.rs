@@ -180,6 +180,7 @@ pub fn run(
                             TransferRequest::Slots { range, since } => {
                                 replica.export_slots(range, since).encode()
                             }
+                            TransferRequest::Load => replica.slot_load().encode(),
                         };
                         let _ = answer.try_send((replica.config().epoch, bytes));
                     }

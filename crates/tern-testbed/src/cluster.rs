@@ -620,6 +620,7 @@ fn start(
             slots: vec![slots],
             coordinator,
             replicas: remaining.by_ref().take(replicas).collect(),
+            incarnation: 0,
         })
         .collect();
     let mut map = ClusterMap::new(shards)?;
@@ -1047,9 +1048,11 @@ fn add_shard(dir: &Path, replicas: usize, snapshot_every: u64) -> Result<ExitCod
     let moves = tern_client::reshard::rebalance(
         &map.meta,
         tern_client::reshard::ReshardOptions::default(),
+        tern_client::reshard::Balance::Slots,
         &mut |_, _| {},
     )
-    .context("rebalancing the slots onto the new shard")?;
+    .context("rebalancing the slots onto the new shard")?
+    .moves;
     for (step, report) in &moves {
         println!(
             "  slots {}-{} from shard {} to shard {}: {} keys, longest write hold {:.1} ms",

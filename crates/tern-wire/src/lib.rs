@@ -16,6 +16,7 @@ pub mod freeze;
 mod header;
 mod layout;
 mod limits;
+pub mod load;
 pub mod maps;
 mod message;
 pub mod slots;

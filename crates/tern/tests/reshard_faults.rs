@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddrV4;
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -308,6 +308,8 @@ fn a_crash_of_each_participant_at_each_step_loses_nothing() {
     );
     let keys = keys(&ranges);
     let running = AtomicBool::new(true);
+    // The scenario under way, named in failures.
+    let scenario = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         let worker = scope.spawn(|| {
             // Patient: a write of a group held while the driver pauses
@@ -329,28 +331,39 @@ fn a_crash_of_each_participant_at_each_step_loses_nothing() {
                         value
                     }
                     Err(error) => {
-                        failures.push(format!("incrby {key:?}: {error}"));
+                        let during = scenario.load(Ordering::Relaxed);
+                        failures.push(format!("scenario {during}: incrby {key:?}: {error}"));
                         continue;
                     }
                 };
                 // A read never goes back behind an acknowledged write.
+                let during = scenario.load(Ordering::Relaxed);
+                let key_name = String::from_utf8_lossy(key);
                 match client.get(key) {
                     Ok(found) => {
+                        let version = found.as_ref().map(|found| found.version);
                         let value: i64 = found.map_or(0, |found| {
                             String::from_utf8(found.value).unwrap().parse().unwrap()
                         });
                         if value < counted {
-                            failures.push(format!("{key:?} read {value} after {counted}"));
+                            failures.push(format!(
+                                "scenario {during}: {key_name} (slot {}) read {value} (version {version:?}) after {counted}",
+                                Slot::of_key(key).get()
+                            ));
                         }
                     }
-                    Err(error) => failures.push(format!("get {key:?}: {error}")),
+                    Err(error) => failures.push(format!("scenario {during}: get {key_name}: {error}")),
                 }
             }
             (acknowledged, failures)
         });
         let _stop = StopOnDrop(&running);
-        for ((step, participant), slots) in scenarios.iter().zip(&ranges) {
-            eprintln!("crashing {participant:?} after {}", step.name());
+        for (index, ((step, participant), slots)) in scenarios.iter().zip(&ranges).enumerate() {
+            scenario.store(index, Ordering::Relaxed);
+            eprintln!(
+                "scenario {index}: crashing {participant:?} after {} (slots {slots:?})",
+                step.name()
+            );
             let started = Instant::now();
             let mut child = start_reshard(&cluster, *slots, Some(*step));
             wait_paused(&mut child, *step);

@@ -39,6 +39,7 @@ pub fn load_serving(slots: Vec<[u32; 2]>) -> (XdpCoordinator, SharedShard) {
     let chain = vec![replica(0), replica(1), replica(2)];
     let macs: HashMap<_, _> = (0..3).map(|i| (replica(i), replica_mac(i))).collect();
     let shard = ShardConfig {
+        incarnation: 0,
         shard: 5,
         epoch: EPOCH,
         chain,

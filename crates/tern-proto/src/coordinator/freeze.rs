@@ -37,7 +37,8 @@ pub(super) struct Freeze {
 
 impl<S: ShardState> ShardCoordinator<S> {
     /// FREEZE: holds (or releases) the slot range in `argument` and answers
-    /// OK once none of its writes is in flight, with `seq` = `next_seq`.
+    /// OK once none of its writes is in flight, with `seq` = `next_seq` and
+    /// the shard's incarnation as the value (8 bytes, little-endian).
     pub(super) fn freeze(
         &mut self,
         now: Time,
@@ -88,7 +89,7 @@ impl<S: ShardState> ShardCoordinator<S> {
         reply.seq.set(self.state.next_seq());
         reply.commit_seq.set(self.state.commit_seq());
         reply.argument = received.argument;
-        outbox.push(to, &reply, &[], &[]);
+        outbox.push(to, &reply, &[], &self.config.incarnation.to_le_bytes());
     }
 
     /// Whether no write of a slot of `range` is in flight: each slot owns

@@ -57,6 +57,10 @@ pub struct ShardConfig {
     /// a key of another slot is refused WRONG_SHARD (its client's map is
     /// out of date, e.g. after a slot moved to another shard).
     pub slots: Vec<[u32; 2]>,
+    /// The map's incarnation of the shard this coordinator serves it at
+    /// (`ShardMap::incarnation`); answered with every FREEZE, so that a
+    /// migration sees a coordinator that started afresh (without its holds).
+    pub incarnation: u64,
 }
 
 impl ShardConfig {

@@ -112,6 +112,7 @@ impl Sim {
 
     pub fn fresh_coordinator(chain: &[SocketAddrV4]) -> Coordinator<SharedShard> {
         let config = ShardConfig {
+            incarnation: 0,
             shard: SHARD,
             epoch: EPOCH,
             chain: chain.to_vec(),
@@ -318,6 +319,7 @@ impl Sim {
             });
         }
         ShardConfig {
+            incarnation: 0,
             shard: SHARD,
             epoch,
             chain: self.chain.clone(),

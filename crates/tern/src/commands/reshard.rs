@@ -47,11 +47,32 @@ enum ReshardCommand {
     /// at most one; as few slots move as that allows), one migration after
     /// another: a shard just added gets its share, a shard with none left
     /// can be retired.
+    ///
+    /// With `--by load`: move slots until no shard does much more than its
+    /// share of the work (within 5% of the mean), the work of each slot
+    /// measured on every replica over `--load-window` first (reads answered,
+    /// writes times the chain's length). Hot slots go from the busiest shard
+    /// to the idlest, a contiguous run at a time; a single slot hotter than
+    /// the gap stays whole.
     Rebalance {
         /// Slots per group, held still and handed off at once.
         #[arg(long, default_value_t = ReshardOptions::default().group_slots)]
         group_slots: u32,
+        /// What to even out.
+        #[arg(long, value_enum, default_value_t = By::Slots)]
+        by: By,
+        /// How long the load is measured before the plan (`--by load`).
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+        load_window: f64,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum By {
+    /// Slot counts.
+    Slots,
+    /// The requests each slot had lately.
+    Load,
 }
 
 /// `STEP` or `STEP:MS`.
@@ -113,10 +134,26 @@ pub fn run(map: &ClusterMap, args: ReshardArgs) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some(ReshardCommand::Rebalance { group_slots }) => {
+        Some(ReshardCommand::Rebalance {
+            group_slots,
+            by,
+            load_window,
+        }) => {
             let options = ReshardOptions {
                 group_slots,
                 ..ReshardOptions::default()
+            };
+            let balance = match by {
+                By::Slots => reshard::Balance::Slots,
+                By::Load => {
+                    if !(load_window > 0.0 && load_window <= 600.0) {
+                        bail!("--load-window must be more than 0 and at most 600 seconds");
+                    }
+                    eprintln!("measuring the load for {load_window}s");
+                    reshard::Balance::Load {
+                        window: std::time::Duration::from_secs_f64(load_window),
+                    }
+                }
             };
             let mut progress = |step: &reshard::Move, p: &Progress| {
                 if p.groups_done == p.groups {
@@ -132,16 +169,42 @@ pub fn run(map: &ClusterMap, args: ReshardArgs) -> Result<ExitCode> {
                     );
                 }
             };
-            let moves = reshard::rebalance(&map.meta, options, &mut progress)
+            let done = reshard::rebalance(&map.meta, options, balance, &mut progress)
                 .context("rebalancing the slots")?;
-            let slots: u32 = moves.iter().map(|(m, _)| m.slots[1] - m.slots[0]).sum();
-            let keys: u64 = moves.iter().map(|(_, report)| report.keys).sum();
-            if moves.is_empty() {
-                println!("the slots are even already: nothing moved");
+            let shares = |loads: &[(ShardId, u64)]| -> String {
+                let total: u64 = loads.iter().map(|(_, load)| load).sum::<u64>().max(1);
+                loads
+                    .iter()
+                    .map(|(id, load)| {
+                        format!("shard {id} {:.0}%", *load as f64 * 100.0 / total as f64)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if !done.load_before.is_empty() {
+                println!("load before: {}", shares(&done.load_before));
+            }
+            let slots: u32 = done
+                .moves
+                .iter()
+                .map(|(m, _)| m.slots[1] - m.slots[0])
+                .sum();
+            let keys: u64 = done.moves.iter().map(|(_, report)| report.keys).sum();
+            if done.moves.is_empty() {
+                println!(
+                    "the {} is even already: nothing moved",
+                    match by {
+                        By::Slots => "slot count",
+                        By::Load => "load",
+                    }
+                );
             } else {
+                if !done.load_after.is_empty() {
+                    println!("load expected after: {}", shares(&done.load_after));
+                }
                 println!(
                     "rebalanced: {} moves, {slots} slots, {keys} keys",
-                    moves.len()
+                    done.moves.len()
                 );
             }
             Ok(ExitCode::SUCCESS)
