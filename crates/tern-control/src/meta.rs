@@ -28,7 +28,9 @@ pub enum NodeKind {
 }
 
 /// A change an operator (or meta's own failure handling) makes to the map.
-/// Every change bumps the epoch of each shard it touches (DESIGN rule 7).
+/// Every change of a chain or coordinator bumps the epoch of each shard it
+/// touches (DESIGN rule 7); migration records and `Resequence` leave the
+/// epochs as they are (no chain changes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     /// Appends a replica to the shard's chain as its new tail; it joins by

@@ -594,3 +594,32 @@ fn several_keys_install_under_one_seq_each_only_over_an_older_version_and_surviv
     assert_eq!(sim.reply_to(3).status(), Status::Malformed);
     sim.replicas.iter().for_each(expect);
 }
+
+#[test]
+fn replicas_count_the_reads_they_answer_and_the_writes_they_apply_by_slot() {
+    let mut sim = Sim::new(3).with_journals();
+    let slot = slot_of(key_hash(b"counted"));
+    for request_id in 1..=3 {
+        sim.put(b"counted", b"v", request_id);
+    }
+    for request_id in 4..=9 {
+        sim.get(b"counted", request_id);
+    }
+    // A migration's copy is no load.
+    sim.send(install(b"copied", b"v", 5, 10));
+    sim.deliver_all();
+    let copied = slot_of(key_hash(b"copied"));
+    for replica in &sim.replicas {
+        assert_eq!(replica.slot_load().writes(slot), 3);
+        assert_eq!(replica.slot_load().writes(copied), 0);
+    }
+    let reads: u64 = sim
+        .replicas
+        .iter()
+        .map(|replica| replica.slot_load().reads(slot))
+        .sum();
+    assert_eq!(reads, 6, "each read answered once, by some replica");
+    // Counted live: a replica restarted from its log starts from zero.
+    sim.restart_replica(1, None);
+    assert_eq!(sim.replicas[1].slot_load().writes(slot), 0);
+}

@@ -278,6 +278,77 @@ fn rebalance_evens_the_slots_and_keeps_every_key() {
     assert!(String::from_utf8_lossy(&again.stdout).contains("even already"));
 }
 
+#[test]
+fn rebalance_by_load_moves_hot_slots_to_the_idle_shard() {
+    let cluster = TestCluster::up_with(2, 2, "user", "loopback");
+    // Every key the workload asks lives at shard 0 (slots 0-8191).
+    let hot: Vec<Vec<u8>> = (0..)
+        .map(|n| format!("hot-{n}").into_bytes())
+        .filter(|key| Slot::of_key(key).get() < tern_wire::SLOT_COUNT / 2)
+        .take(200)
+        .collect();
+    let mut setup = Client::new(cluster.map.clone()).unwrap();
+    for key in &hot {
+        setup.put(key, key).unwrap();
+    }
+    let running = AtomicBool::new(true);
+    let output = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            let mut client = Client::new(cluster.map.clone()).unwrap();
+            let mut failures = 0;
+            for key in hot.iter().cycle() {
+                if !running.load(Ordering::Relaxed) {
+                    break;
+                }
+                match client.get(key) {
+                    Ok(Some(found)) if &found.value == key => {}
+                    _ => failures += 1,
+                }
+            }
+            failures
+        });
+        let _stop = StopOnDrop(&running);
+        std::thread::sleep(Duration::from_millis(300));
+        let output = cluster.tern(&[
+            "reshard",
+            "rebalance",
+            "--by",
+            "load",
+            "--load-window",
+            "1",
+            "--group-slots",
+            "64",
+        ]);
+        running.store(false, Ordering::Relaxed);
+        assert_eq!(worker.join().unwrap(), 0, "reads failed");
+        output
+    });
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("load before: shard 0 100%, shard 1 0%"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("rebalanced"), "{stdout}");
+    // About half of the hot keys live at shard 1 now.
+    let map = meta_map(&cluster);
+    assert!(map.migrations.is_empty());
+    let routed = map.to_cluster_map(&cluster.map.meta).unwrap();
+    let moved = hot
+        .iter()
+        .filter(|key| routed.shard_of_slot(Slot::of_key(key)).id == ShardId(1))
+        .count();
+    assert!((60..=140).contains(&moved), "{moved} of 200 hot keys moved");
+    let mut client = Client::new(cluster.map.clone()).unwrap();
+    for key in &hot {
+        assert_eq!(&client.get(key).unwrap().unwrap().value, key);
+    }
+}
+
 /// Replica processes a test starts itself, killed when dropped.
 struct Spares(Vec<std::process::Child>);
 
