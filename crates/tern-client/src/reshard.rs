@@ -173,6 +173,9 @@ pub struct ReshardReport {
     pub holds: Vec<Duration>,
     /// Groups started again because the source changed under them.
     pub restarts: u32,
+    /// Ownership-first only: slots pulled ahead of the order because a
+    /// client asked for one of them.
+    pub priority_pulls: u32,
     /// Where the time went, summed over groups: the first copy (export and
     /// install while the group serves), then, while its writes are held:
     /// until they drained, exporting and installing what changed since the
@@ -275,16 +278,20 @@ pub fn reshard(
 }
 
 /// Holds one coordinator keeps at once (`tern_proto::coordinator::FREEZES_MAX`).
-const HOLDS_MAX: u32 = 256;
+const HOLDS_MAX: u32 = 1024;
+/// The ownership-first baseline's groups: few enough that the holds they
+/// split by pulling slots ahead stay under `HOLDS_MAX`.
+const PULL_GROUPS_MAX: u32 = 64;
 
-/// The ownership-first baseline of `tern bench migrate`, after Rocksteady
-/// without its priority pulls: the destination takes the whole range over
-/// at once and holds each group's requests (TRY_AGAIN) until a background
-/// pull, group after group in slot order, has brought it in. Nothing is
-/// pulled ahead for a request that waits: that is the part of Rocksteady
-/// this does not do, and what makes its waits long. Not for production use:
-/// a failure in the middle is not taken again (the baseline stops with the
-/// error, its holds run out by themselves).
+/// The ownership-first baseline of `tern bench migrate`, after Rocksteady:
+/// the destination takes the whole range over at once and holds each
+/// group's requests (TRY_AGAIN) until a background pull, group after group
+/// in slot order, has brought it in; a slot clients asked for meanwhile is
+/// pulled ahead of the order (Rocksteady's priority pulls, by slot here:
+/// the destination names the slots asked in its FREEZE answers,
+/// `freeze::PULL`). Not for production use: a failure in the middle is not
+/// taken again (the baseline stops with the error, its holds run out by
+/// themselves).
 pub fn reshard_ownership_first(
     nodes: &[SocketAddrV4],
     from: ShardId,
@@ -298,7 +305,7 @@ pub fn reshard_ownership_first(
         // One hold per group at the destination, all at once.
         group_slots: options
             .group_slots
-            .max((slots[1] - slots[0]).div_ceil(HOLDS_MAX)),
+            .max((slots[1] - slots[0]).div_ceil(PULL_GROUPS_MAX)),
         hold,
         ..options
     };
@@ -313,10 +320,11 @@ pub fn reshard_ownership_first(
         deadline: options.step_deadline,
         last: "the source's tail did not answer".into(),
     };
-    // The destination holds every group before it serves any.
+    // The destination holds every group before it serves any, and keeps
+    // the slots asked meanwhile.
     driver.drop_slots(to, slots, "clearing the range at the destination")?;
     for range in &groups {
-        driver.freeze(to, *range, freeze::ALL)?;
+        driver.freeze(to, *range, freeze::PULL)?;
     }
     // Ownership moves: the source stops serving the range, its dedup
     // outcomes and version floor go first, meta hands every group over.
@@ -350,27 +358,87 @@ pub fn reshard_ownership_first(
         ..ReshardReport::default()
     };
     report.handing_off = held.elapsed();
-    // The pulls, in slot order; each group is served once it is in.
+    // The pulls: first every slot a request waits for (Rocksteady's
+    // priority pulls: each FREEZE answer names the slots asked since the
+    // last), then the next group in slot order without the slots pulled
+    // ahead; each is served once it is in.
+    let mut waiting: std::collections::BTreeSet<u32> = (0..migration.group_count()).collect();
+    let mut pulled_ahead: HashSet<u32> = HashSet::new();
+    // Each slot pulled ahead out of a group's middle splits its hold.
+    let splits_max = HOLDS_MAX - migration.group_count() - 1;
     let mut renewed = Instant::now();
-    for (index, range) in groups.iter().enumerate() {
-        if renewed.elapsed() > hold / 3 {
-            for waiting in &groups[index..] {
-                driver.freeze(to, *waiting, freeze::ALL)?;
+    while let Some(&in_order) = waiting.first() {
+        // The pieces of each waiting group still held.
+        let held_pieces = |group: u32, pulled: &HashSet<u32>| -> Vec<SlotRange> {
+            let mut pieces = vec![groups[group as usize]];
+            for slot in pulled {
+                tern_wire::slots::remove(&mut pieces, [*slot, slot + 1]);
             }
+            pieces
+        };
+        let due: Vec<u32> = if renewed.elapsed() > hold / 3 {
             renewed = Instant::now();
+            waiting.iter().copied().collect()
+        } else {
+            vec![in_order]
+        };
+        for group in due {
+            for piece in held_pieces(group, &pulled_ahead) {
+                driver.freeze(to, piece, freeze::PULL)?;
+            }
         }
+        let asked: Vec<u32> = std::mem::take(&mut driver.wanted)
+            .into_iter()
+            .filter(|slot| {
+                migration
+                    .group_of(tern_control::Slot(*slot))
+                    .is_some_and(|group| waiting.contains(&group))
+                    && !pulled_ahead.contains(slot)
+            })
+            .collect();
+        // A few slots asked, then a group in order, so that neither waits
+        // for the other long (the slots left are asked again by the retries).
+        let room = splits_max.saturating_sub(pulled_ahead.len() as u32) as usize;
+        for slot in asked.into_iter().take(room.min(8)) {
+            let range = [slot, slot + 1];
+            let (copy, length) = driver
+                .export(from, range, 0, deadline)?
+                .ok_or_else(|| stuck("pulling a slot from the source"))?;
+            let keys = Export {
+                outcomes: Vec::new(),
+                ..copy
+            };
+            driver.install(to, &keys, &[], None)?;
+            driver.freeze(to, range, freeze::RELEASE)?;
+            pulled_ahead.insert(slot);
+            report.priority_pulls += 1;
+            report.keys += keys.keys.len() as u64;
+            report.bytes += length as u64;
+        }
+        let range = groups[in_order as usize];
         let (copy, length) = driver
-            .export(from, *range, 0, deadline)?
+            .export(from, range, 0, deadline)?
             .ok_or_else(|| stuck("pulling a group from the source"))?;
+        // Slots pulled ahead are served at the destination already: their
+        // keys there may be newer, or deleted since.
         let keys = Export {
             outcomes: Vec::new(),
+            keys: copy
+                .keys
+                .into_iter()
+                .filter(|copied| {
+                    !pulled_ahead.contains(&tern_wire::slot_of(tern_wire::key_hash(&copied.key)))
+                })
+                .collect(),
             ..copy
         };
         driver.install(to, &keys, &[], None)?;
-        driver.freeze(to, *range, freeze::RELEASE)?;
+        driver.freeze(to, range, freeze::RELEASE)?;
+        waiting.remove(&in_order);
         report.keys += keys.keys.len() as u64;
         report.bytes += length as u64;
-        // How long this group's requests waited.
+        // How long this group's requests waited (the slots not pulled
+        // ahead).
         report.holds.push(held.elapsed());
     }
     driver.drop_slots(from, slots, "dropping the moved slots at the source")?;
@@ -547,6 +615,8 @@ struct Driver {
     buffer: Vec<u8>,
     /// The options' pause is over (it is taken once).
     paused: bool,
+    /// Slots clients asked for while held in PULL mode, not pulled yet.
+    wanted: std::collections::BTreeSet<u32>,
 }
 
 /// Who holds a group at the source: its coordinator's epoch and
@@ -608,6 +678,7 @@ impl Driver {
             options,
             buffer: vec![0; MESSAGE_LEN_MAX],
             paused: false,
+            wanted: Default::default(),
         })
     }
 
@@ -978,6 +1049,14 @@ impl Driver {
                 };
                 if answer.request_id.get() != request_id {
                     continue;
+                }
+                // Slots asked at a coordinator holding in PULL mode.
+                if let Some(asked) = value.get(8..) {
+                    self.wanted.extend(
+                        asked
+                            .chunks_exact(freeze::WANTED_LEN)
+                            .map(|slot| u32::from(u16::from_le_bytes([slot[0], slot[1]]))),
+                    );
                 }
                 match answer.status() {
                     Status::Ok => {

@@ -419,20 +419,63 @@ fn holds_are_bounded_and_a_hold_at_the_bound_is_still_renewed() {
         [max, max + 1],
         tern_wire::freeze::WRITES,
         5000,
-        1000,
+        1_000_000,
     ));
-    sim.send(freeze_request([0, 1], tern_wire::freeze::ALL, 5000, 1001));
+    sim.send(freeze_request(
+        [0, 1],
+        tern_wire::freeze::ALL,
+        5000,
+        1_000_001,
+    ));
     sim.deliver_all();
     assert_eq!(
-        sim.reply_to(1000).status(),
+        sim.reply_to(1_000_000).status(),
         Status::TryAgain,
         "one too many"
     );
     assert_eq!(
-        sim.reply_to(1001).status(),
+        sim.reply_to(1_000_001).status(),
         Status::Ok,
         "a renewal is not a new hold"
     );
+}
+
+#[test]
+fn a_release_inside_a_hold_lets_go_of_that_part_only() {
+    let mut sim = Sim::new(1);
+    let key = b"inside";
+    let slot = slot_of(key_hash(key));
+    // A neighbour of the key in the held range, on either side.
+    let neighbour = (0..)
+        .map(|n| format!("neighbour-{n}").into_bytes())
+        .find(|other| {
+            let other = slot_of(key_hash(other));
+            other != slot && other.abs_diff(slot) < 8
+        })
+        .unwrap();
+    let range = [
+        slot.saturating_sub(8),
+        (slot + 8).min(tern_wire::SLOT_COUNT),
+    ];
+    sim.send(freeze_request(range, tern_wire::freeze::ALL, 5000, 1));
+    sim.send(freeze_request(
+        [slot, slot + 1],
+        tern_wire::freeze::RELEASE,
+        0,
+        2,
+    ));
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(2).status(), Status::Ok);
+    sim.put(key, b"v", 3);
+    sim.put(&neighbour, b"v", 4);
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(3).status(), Status::Ok, "released");
+    assert_eq!(sim.reply_to(4).status(), Status::TryAgain, "still held");
+    // Releasing the whole range lets go of both pieces.
+    sim.send(freeze_request(range, tern_wire::freeze::RELEASE, 0, 5));
+    sim.put(&neighbour, b"v", 6);
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(6).status(), Status::Ok);
 }
 
 fn uninstall(key: &[u8], version: u64, request_id: u64) -> Vec<u8> {
@@ -622,4 +665,32 @@ fn replicas_count_the_reads_they_answer_and_the_writes_they_apply_by_slot() {
     // Counted live: a replica restarted from its log starts from zero.
     sim.restart_replica(1, None);
     assert_eq!(sim.replicas[1].slot_load().writes(slot), 0);
+}
+
+#[test]
+fn a_range_held_to_pull_names_the_slots_asked_once_and_the_incarnation() {
+    let mut sim = Sim::new(3);
+    let mut config = sim.shard().config().clone();
+    config.incarnation = 5;
+    assert!(sim.coordinator.reconfigure(config));
+    let range = [0, tern_wire::SLOT_COUNT];
+    sim.send(freeze_request(range, tern_wire::freeze::PULL, 2000, 1));
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(1).value, 5u64.to_le_bytes());
+    // Requests wait, and their slots are remembered (each once).
+    sim.get(b"wanted", 2);
+    sim.put(b"wanted", b"v", 3);
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(2).status(), Status::TryAgain);
+    assert_eq!(sim.reply_to(3).status(), Status::TryAgain);
+    sim.send(freeze_request(range, tern_wire::freeze::PULL, 2000, 4));
+    sim.deliver_all();
+    let slot = slot_of(key_hash(b"wanted")) as u16;
+    let mut expected = 5u64.to_le_bytes().to_vec();
+    expected.extend_from_slice(&slot.to_le_bytes());
+    assert_eq!(sim.reply_to(4).value, expected);
+    // Named once: the next answer has the incarnation only.
+    sim.send(freeze_request(range, tern_wire::freeze::PULL, 2000, 5));
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(5).value, 5u64.to_le_bytes());
 }

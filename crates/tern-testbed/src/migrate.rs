@@ -9,9 +9,9 @@
 //! Strategies: `live` (Tern's: each group copied while it serves, its
 //! writes held only for what changed since), `stop-and-copy` (the whole
 //! range's writes held while it is copied, then switched) and
-//! `ownership-first` (after Rocksteady without its priority pulls: the
-//! destination takes the range at once, each group waits there for a
-//! background pull in slot order).
+//! `ownership-first` (after Rocksteady: the destination takes the range
+//! at once, each group waits there for a background pull in slot order, a
+//! group whose slots clients ask for pulled ahead).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -32,9 +32,9 @@ pub enum Strategy {
     Live,
     /// Hold the whole range's writes, copy it, switch (one group).
     StopAndCopy,
-    /// Rocksteady without its priority pulls: the destination takes the
-    /// range over at once and each group waits there until a background
-    /// pull brings it in.
+    /// Rocksteady: the destination takes the range over at once and each
+    /// group waits there until a background pull brings it in, a group
+    /// clients ask for pulled ahead of the others.
     OwnershipFirst,
 }
 

@@ -14,6 +14,14 @@ pub const ALL: u8 = 2;
 /// instead of waiting for this coordinator to get it. Lasts as a hold does;
 /// by then the coordinator's map says the same.
 pub const MOVED: u8 = 3;
+/// Hold reads and writes as [`ALL`] does, and remember which slots were
+/// asked meanwhile: the ownership-first baseline of `tern bench migrate`
+/// (Rocksteady) pulls those ahead of the others. Every FREEZE answer names
+/// them after the incarnation, [`WANTED_LEN`] bytes each, and they are
+/// forgotten once named.
+pub const PULL: u8 = 4;
+/// Bytes of one slot asked while held in [`PULL`] mode, in an answer.
+pub const WANTED_LEN: usize = 2;
 /// The longest hold one request may ask for; a migration renews it while
 /// it works, so a migration that dies lets go by itself.
 pub const HOLD_MAX_MS: u32 = 10_000;
@@ -23,7 +31,8 @@ pub const LEN: usize = 13;
 /// A FREEZE request's value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request {
-    /// [`RELEASE`], [`WRITES`], [`ALL`] or [`MOVED`].
+    /// [`RELEASE`] (of every hold over the range, whole or in part),
+    /// [`WRITES`], [`ALL`], [`MOVED`] or [`PULL`].
     pub mode: u8,
     /// How long the hold lasts from its arrival, at most [`HOLD_MAX_MS`].
     pub hold_ms: u32,
@@ -48,7 +57,7 @@ impl Request {
             hold_ms: u32::from_le_bytes(bytes[1..5].try_into().expect("4 bytes")),
             map_version: u64::from_le_bytes(bytes[5..].try_into().expect("8 bytes")),
         };
-        (request.mode <= MOVED && request.hold_ms <= HOLD_MAX_MS).then_some(request)
+        (request.mode <= PULL && request.hold_ms <= HOLD_MAX_MS).then_some(request)
     }
 }
 
@@ -77,7 +86,7 @@ mod tests {
         };
         assert_eq!(Request::decode(&moved.encode()), Some(moved));
         let mut unknown_mode = moved.encode();
-        unknown_mode[0] = MOVED + 1;
+        unknown_mode[0] = PULL + 1;
         assert_eq!(Request::decode(&unknown_mode), None);
         assert_eq!(Request::decode(&moved.encode()[..5]), None, "too short");
         assert_eq!(Request::decode(&[1, 0]), None);

@@ -20,9 +20,15 @@ use tern_wire::{DIRTY_SLOTS, Header, Message, Op, SLOT_COUNT, Status, freeze, sl
 use super::{ShardCoordinator, ShardState};
 use crate::{Outbox, Time};
 
-/// Holds one shard keeps at once; a FREEZE of a new range beyond them is
-/// answered TRY_AGAIN (a migration holds one or two groups at a time).
-pub const FREEZES_MAX: usize = 256;
+/// Holds one shard keeps at once; a FREEZE of a new range beyond them (or
+/// a RELEASE that would split one beyond them) is answered TRY_AGAIN. A
+/// live migration holds one or two groups at a time; the ownership-first
+/// baseline every group of its range, split further by its priority pulls.
+pub const FREEZES_MAX: usize = 1024;
+
+/// Slots asked while held in `freeze::PULL` mode, remembered until the
+/// next FREEZE answer names them (the fullest answer stays one datagram).
+pub const WANTED_MAX: usize = 64;
 
 /// One held slot range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,8 +63,22 @@ impl<S: ShardState> ShardCoordinator<S> {
         if request.mode != freeze::RELEASE && !renewed && self.freezes.len() >= FREEZES_MAX {
             return self.answer_freeze(from, header, Status::TryAgain, outbox);
         }
-        self.freezes.retain(|held| held.range != [start, end]);
-        if request.mode != freeze::RELEASE {
+        if request.mode == freeze::RELEASE {
+            // Every hold over the range lets go of it; one that covers more
+            // keeps the rest (the ownership-first baseline releases a slot
+            // it pulled ahead out of a held group).
+            let mut kept = Vec::with_capacity(self.freezes.len() + 1);
+            for held in &self.freezes {
+                let mut rest = vec![held.range];
+                slots::remove(&mut rest, [start, end]);
+                kept.extend(rest.into_iter().map(|range| Freeze { range, ..*held }));
+            }
+            if kept.len() > FREEZES_MAX {
+                return self.answer_freeze(from, header, Status::TryAgain, outbox);
+            }
+            self.freezes = kept;
+        } else {
+            self.freezes.retain(|held| held.range != [start, end]);
             self.freezes.push(Freeze {
                 range: [start, end],
                 mode: request.mode,
@@ -76,7 +96,7 @@ impl<S: ShardState> ShardCoordinator<S> {
     }
 
     fn answer_freeze(
-        &self,
+        &mut self,
         to: SocketAddrV4,
         received: &Header,
         status: Status,
@@ -89,7 +109,11 @@ impl<S: ShardState> ShardCoordinator<S> {
         reply.seq.set(self.state.next_seq());
         reply.commit_seq.set(self.state.commit_seq());
         reply.argument = received.argument;
-        outbox.push(to, &reply, &[], &self.config.incarnation.to_le_bytes());
+        let mut value = self.config.incarnation.to_le_bytes().to_vec();
+        for slot in self.wanted.drain(..) {
+            value.extend_from_slice(&slot.to_le_bytes());
+        }
+        outbox.push(to, &reply, &[], &value);
     }
 
     /// Whether no write of a slot of `range` is in flight: each slot owns
@@ -148,6 +172,14 @@ impl<S: ShardState> ShardCoordinator<S> {
                 self.counters.wrong_slot += 1;
                 self.map_doubted = true;
                 Some((Status::WrongShard, self.map_version.max(hold.map_version)))
+            }
+            freeze::PULL => {
+                let slot = slot as u16;
+                if self.wanted.len() < WANTED_MAX && !self.wanted.contains(&slot) {
+                    self.wanted.push(slot);
+                }
+                self.counters.held_frozen += 1;
+                Some((Status::TryAgain, self.map_version))
             }
             _ => {
                 self.counters.held_frozen += 1;

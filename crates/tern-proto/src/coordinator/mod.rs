@@ -125,6 +125,8 @@ pub struct ShardCoordinator<S> {
     resend_buffer: Vec<u8>,
     /// Slot ranges a migration holds still (`freeze`).
     freezes: Vec<freeze::Freeze>,
+    /// Slots asked while held in PULL mode, for the next FREEZE answer.
+    wanted: Vec<u16>,
     /// A client was refused in a way that says its map may be newer than
     /// this coordinator's (WRONG_SHARD, or a higher epoch): the shell
     /// fetches the map early (`Coordinator::take_map_doubt`).
@@ -158,6 +160,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             map_version: 0,
             resend_buffer: Vec::with_capacity(MESSAGE_LEN_MAX),
             freezes: Vec::new(),
+            wanted: Vec::new(),
             map_doubted: false,
             counters: ShardCounters::default(),
         }
