@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::TestCluster;
+use common::{StopOnDrop, TestCluster};
 use tern_client::meta::{self, Reply, Request};
 use tern_client::{CasOutcome, Client, ShardId, Slot};
 
@@ -37,21 +37,6 @@ fn keys() -> Vec<Vec<u8>> {
         }
     }
     inside.into_iter().chain(outside).collect()
-}
-
-fn meta_map(cluster: &TestCluster) -> meta::MetaMap {
-    match meta::call_leader(&cluster.map.meta, &mut None, &Request::GetMap) {
-        Ok(Reply::Map(map)) => map,
-        other => panic!("no map from meta: {other:?}"),
-    }
-}
-
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Relaxed);
-    }
 }
 
 fn reshard_under_load(mode: &str, topology: &str) {
@@ -159,7 +144,7 @@ fn move_under_load(cluster: &TestCluster) {
             assert_eq!(value, total.get(key).copied().unwrap_or(0), "{key:?}");
         }
     });
-    let map = meta_map(cluster);
+    let map = cluster.meta_map();
     assert!(map.migrations.is_empty(), "{:?}", map.migrations);
     assert_eq!(map.shards[1].slots[0], MOVED, "{:?}", map.shards[1].slots);
     let routed = map.to_cluster_map(&cluster.map.meta).unwrap();
@@ -187,7 +172,7 @@ fn slots_move_under_load_with_the_xdp_coordinator() {
 #[test]
 fn impossible_reshards_are_refused_with_a_message_and_change_nothing() {
     let cluster = TestCluster::up_with(2, 1, "user", "loopback");
-    let before = meta_map(&cluster);
+    let before = cluster.meta_map();
     for (args, message) in [
         (
             ["--from", "0", "--to", "1", "--slots", "8000-8300"],
@@ -213,7 +198,7 @@ fn impossible_reshards_are_refused_with_a_message_and_change_nothing() {
         assert!(!output.status.success(), "{args:?} was accepted");
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
-    assert_eq!(meta_map(&cluster), before, "nothing changed");
+    assert_eq!(cluster.meta_map(), before, "nothing changed");
     // A range overlapping a migration under way (one begun and not driven).
     let begun = meta::call_leader(
         &cluster.map.meta,
@@ -226,7 +211,7 @@ fn impossible_reshards_are_refused_with_a_message_and_change_nothing() {
         }),
     );
     assert!(matches!(begun, Ok(Reply::Map(_))), "{begun:?}");
-    let before = meta_map(&cluster);
+    let before = cluster.meta_map();
     let output = cluster.tern(&["reshard", "--from", "0", "--to", "1", "--slots", "50-150"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
@@ -234,7 +219,7 @@ fn impossible_reshards_are_refused_with_a_message_and_change_nothing() {
         stderr.contains("slot 50 is already moving in migration"),
         "{stderr}"
     );
-    assert_eq!(meta_map(&cluster), before, "nothing changed");
+    assert_eq!(cluster.meta_map(), before, "nothing changed");
     let status = cluster.tern(&["reshard", "status"]);
     assert!(String::from_utf8_lossy(&status.stdout).contains("0/7 groups handed off"));
 }
@@ -258,7 +243,7 @@ fn rebalance_evens_the_slots_and_keeps_every_key() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("rebalanced"), "{stdout}");
-    let map = meta_map(&cluster);
+    let map = cluster.meta_map();
     assert!(map.migrations.is_empty());
     let counts: Vec<u32> = map
         .shards
@@ -335,7 +320,7 @@ fn rebalance_by_load_moves_hot_slots_to_the_idle_shard() {
     );
     assert!(stdout.contains("rebalanced"), "{stdout}");
     // About half of the hot keys live at shard 1 now.
-    let map = meta_map(&cluster);
+    let map = cluster.meta_map();
     assert!(map.migrations.is_empty());
     let routed = map.to_cluster_map(&cluster.map.meta).unwrap();
     let moved = hot
@@ -429,7 +414,7 @@ fn a_shard_is_added_from_spares_given_its_share_then_drained_and_retired() {
             .map(|s| (s.id.get(), s.slots.iter().map(|[a, b]| b - a).sum()))
             .collect()
     };
-    let map = meta_map(&cluster);
+    let map = cluster.meta_map();
     let even = counts(&map);
     assert_eq!(even.len(), 3, "{even:?}");
     assert!(
@@ -466,7 +451,7 @@ fn a_shard_is_added_from_spares_given_its_share_then_drained_and_retired() {
     }
     let output = cluster.tern(&["node", "remove-shard", "2"]);
     assert!(output.status.success(), "{output:?}");
-    let map = meta_map(&cluster);
+    let map = cluster.meta_map();
     assert_eq!(map.shards.len(), 2);
     for key in &keys {
         let found = client.get(key).unwrap().unwrap();
@@ -493,7 +478,7 @@ fn cluster_add_shard_and_remove_shard_grow_and_shrink_a_running_cluster() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("shard 2 added"), "{stdout}");
-    let map = meta_map(&cluster);
+    let map = cluster.meta_map();
     let counts: Vec<u32> = map
         .shards
         .iter()
@@ -509,7 +494,7 @@ fn cluster_add_shard_and_remove_shard_grow_and_shrink_a_running_cluster() {
     }
     let output = common::run_tern(&["cluster", "remove-shard", "--dir", &dir, "--shard", "2"]);
     assert!(output.status.success(), "{output:?}");
-    let map = meta_map(&cluster);
+    let map = cluster.meta_map();
     assert_eq!(map.shards.len(), 2);
     for key in &keys {
         assert_eq!(client.get(key).unwrap().unwrap().value, *key);

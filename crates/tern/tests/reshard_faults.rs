@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::TestCluster;
+use common::{StopOnDrop, TestCluster};
 use tern_client::meta::{self, MetaMap, Reply, Request};
 use tern_client::reshard::{PAUSED, Step};
 use tern_client::{Client, ClientOptions, ShardId, Slot};
@@ -51,17 +51,6 @@ const PARTICIPANTS: [Participant; 5] = [
     Participant::Coordinator,
     Participant::MetaLeader,
 ];
-
-fn meta_map(cluster: &TestCluster) -> MetaMap {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match meta::call_leader(&cluster.map.meta, &mut None, &Request::GetMap) {
-            Ok(Reply::Map(map)) => return map,
-            other if Instant::now() > deadline => panic!("no map from meta: {other:?}"),
-            _ => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
 
 /// The process listening on `address`, by its name in processes.toml.
 fn process_at(cluster: &TestCluster, address: SocketAddrV4) -> String {
@@ -100,7 +89,8 @@ fn wait_until(what: &str, patience: Duration, mut done: impl FnMut() -> bool) {
 fn wait_whole(cluster: &TestCluster) {
     wait_until("the cluster whole again", Duration::from_secs(30), || {
         meta_leader(cluster).is_some()
-            && meta_map(cluster)
+            && cluster
+                .meta_map()
                 .shards
                 .iter()
                 .all(|shard| shard.replicas.len() == 3)
@@ -111,7 +101,7 @@ fn wait_whole(cluster: &TestCluster) {
 /// has noticed: the chain without the replica, another coordinator or
 /// another leader.
 fn crash(cluster: &TestCluster, participant: Participant) {
-    let map = meta_map(cluster);
+    let map = cluster.meta_map();
     let name = match participant {
         Participant::Driver => unreachable!("the driver is the test's own child"),
         Participant::SourceTail => process_at(cluster, *map.shards[0].replicas.last().unwrap()),
@@ -130,7 +120,7 @@ fn crash(cluster: &TestCluster, participant: Participant) {
                 meta_leader(cluster).is_some_and(|leader| format!("meta{leader}") != name)
             }
             _ => {
-                let now = meta_map(cluster);
+                let now = cluster.meta_map();
                 map_address_of(participant, &now) != killed
                     || !now.shards.iter().all(|shard| shard.replicas.len() == 3)
             }
@@ -207,7 +197,7 @@ fn succeeded(child: Child) {
 /// After a migration of `slots`: no migration left, each slot owned by
 /// exactly one shard, `slots` by shard 1, and nothing of them at shard 0.
 fn check_moved(cluster: &TestCluster, slots: [u32; 2]) {
-    let map = meta_map(cluster);
+    let map = cluster.meta_map();
     assert!(map.migrations.is_empty(), "{:?}", map.migrations);
     let mut owned: Vec<(u32, u32, ShardId)> = map
         .shards
@@ -267,14 +257,6 @@ fn keys(ranges: &[[u32; 2]]) -> Vec<Vec<u8>> {
         }
     }
     unreachable!()
-}
-
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Relaxed);
-    }
 }
 
 #[test]

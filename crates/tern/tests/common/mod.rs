@@ -3,8 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tern_client::ClusterMap;
+use tern_client::meta::{self, MetaMap, Reply, Request};
 
 pub fn tern() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tern"))
@@ -176,4 +179,30 @@ pub fn stats_of(client: &mut tern_client::Client, address: std::net::SocketAddrV
         .admin(address, tern_wire::Op::Stats, tern_client::ShardId(0))
         .expect("STATS answered");
     String::from_utf8(reply.value).unwrap()
+}
+
+impl TestCluster {
+    /// The map as meta's leader has it (asked again for a while during an
+    /// election).
+    pub fn meta_map(&self) -> MetaMap {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match meta::call_leader(&self.map.meta, &mut None, &Request::GetMap) {
+                Ok(Reply::Map(map)) => return map,
+                other if Instant::now() > deadline => panic!("no map from meta: {other:?}"),
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+/// Clears the flag when dropped: workers that loop while it is set stop
+/// however the test thread leaves a scope (a failed assertion included),
+/// or the scope would wait for them forever.
+pub struct StopOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
