@@ -187,7 +187,30 @@ pub struct ReshardReport {
     pub handing_off: Duration,
 }
 
+/// Where a migration's time went, per group on average (ms): see
+/// [`ReshardReport`]'s fields of the same names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct TimePerGroup {
+    pub copying_ms: f64,
+    pub draining_ms: f64,
+    pub exporting_ms: f64,
+    pub installing_ms: f64,
+    pub handing_off_ms: f64,
+}
+
 impl ReshardReport {
+    /// Where the time went, per group on average.
+    pub fn time_per_group(&self) -> TimePerGroup {
+        let per_group = |total: Duration| total.as_secs_f64() * 1e3 / f64::from(self.groups.max(1));
+        TimePerGroup {
+            copying_ms: per_group(self.copying),
+            draining_ms: per_group(self.draining),
+            exporting_ms: per_group(self.exporting),
+            installing_ms: per_group(self.installing),
+            handing_off_ms: per_group(self.handing_off),
+        }
+    }
+
     pub fn longest_hold(&self) -> Duration {
         self.holds.iter().copied().max().unwrap_or_default()
     }

@@ -306,6 +306,10 @@ fn serde_json_report(
         keys: u64,
         write_hold_p99_ms: f64,
         longest_write_hold_ms: f64,
+        /// Where the time went (live and stop-and-copy).
+        time_per_group: reshard::TimePerGroup,
+        /// Ownership-first: slots pulled ahead because a request waited.
+        priority_pulls: u32,
     }
     Ok(serde_json::to_string_pretty(&Run {
         bench: report,
@@ -316,6 +320,8 @@ fn serde_json_report(
         keys: moved.keys,
         write_hold_p99_ms: sample.hold_p99_ms,
         longest_write_hold_ms: sample.longest_hold_ms,
+        time_per_group: moved.time_per_group(),
+        priority_pulls: moved.priority_pulls,
     })?)
 }
 

@@ -46,6 +46,13 @@ fn each_strategy_moves_the_slots_without_a_failed_request_and_leaves_its_series(
         .unwrap();
         assert!(series["keys"].as_u64().unwrap() > 0, "{run} moved no key");
         assert!(series["migration_s"].as_f64().unwrap() > 0.0);
+        // Where the time went, for whoever reads the series.
+        assert!(
+            series["time_per_group"]["handing_off_ms"]
+                .as_f64()
+                .is_some()
+        );
+        assert!(series["priority_pulls"].as_u64().is_some());
         let plot = std::fs::read_to_string(out.path().join(format!("{run}.svg"))).unwrap();
         assert!(
             plot.starts_with("<svg") || plot.contains("<svg"),

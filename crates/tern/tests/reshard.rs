@@ -118,9 +118,10 @@ fn move_under_load(cluster: &TestCluster) {
             // What the processes counted, to see where it stuck.
             let stats = cluster.tern(&["stats"]);
             panic!(
-                "reshard failed: {stdout}{}\n{}",
+                "reshard failed: {stdout}{}\n{}\n{}",
                 String::from_utf8_lossy(&output.stderr),
-                String::from_utf8_lossy(&stats.stdout)
+                String::from_utf8_lossy(&stats.stdout),
+                cluster.log_tails(15)
             );
         }
         let groups = (MOVED[1] - MOVED[0]) / group_slots.parse::<u32>().unwrap();

@@ -266,16 +266,14 @@ pub fn run(map: &ClusterMap, args: ReshardArgs) -> Result<ExitCode> {
                 report.longest_hold().as_secs_f64() * 1e3,
                 report.restarts
             );
-            let per_group = |total: std::time::Duration| {
-                total.as_secs_f64() * 1e3 / f64::from(report.groups.max(1))
-            };
+            let time = report.time_per_group();
             println!(
                 "time per group: first copy {:.2} ms; held: draining {:.2} ms, exporting the changes {:.2} ms, installing them {:.2} ms, handing off {:.2} ms",
-                per_group(report.copying),
-                per_group(report.draining),
-                per_group(report.exporting),
-                per_group(report.installing),
-                per_group(report.handing_off),
+                time.copying_ms,
+                time.draining_ms,
+                time.exporting_ms,
+                time.installing_ms,
+                time.handing_off_ms,
             );
             Ok(ExitCode::SUCCESS)
         }

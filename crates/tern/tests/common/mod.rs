@@ -182,6 +182,26 @@ pub fn stats_of(client: &mut tern_client::Client, address: std::net::SocketAddrV
 }
 
 impl TestCluster {
+    /// The last `lines` lines of every process's log, for a failure message.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut tails = String::new();
+        let Ok(entries) = std::fs::read_dir(self.dir().join("logs")) else {
+            return tails;
+        };
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|entry| entry.path()).collect();
+        paths.sort();
+        for path in paths {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            tails.push_str(&format!("== {}\n", path.display()));
+            for line in &all[all.len().saturating_sub(lines)..] {
+                tails.push_str(line);
+                tails.push('\n');
+            }
+        }
+        tails
+    }
+
     /// The map as meta's leader has it (asked again for a while during an
     /// election).
     pub fn meta_map(&self) -> MetaMap {
