@@ -234,7 +234,10 @@ impl Node {
                 .last_applied
                 .is_some_and(|applied| applied.leader_id.term == metrics.current_term)
         };
-        own_term_applied(&self.raft.metrics().borrow())
+        // The metrics' guard goes before the wait: held across it, it would
+        // keep Raft from publishing the very change waited for.
+        let applied = own_term_applied(&self.raft.metrics().borrow());
+        applied
             || self
                 .raft
                 .wait(Some(CATCH_UP_PATIENCE))
