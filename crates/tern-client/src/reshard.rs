@@ -300,10 +300,8 @@ pub fn reshard(
     Ok(report)
 }
 
-/// Holds one coordinator keeps at once (`tern_proto::coordinator::FREEZES_MAX`).
-const HOLDS_MAX: u32 = 1024;
 /// The ownership-first baseline's groups: few enough that the holds they
-/// split by pulling slots ahead stay under `HOLDS_MAX`.
+/// split by pulling slots ahead stay under `freeze::HOLDS_MAX`.
 const PULL_GROUPS_MAX: u32 = 64;
 
 /// The ownership-first baseline of `tern bench migrate`, after Rocksteady:
@@ -388,7 +386,7 @@ pub fn reshard_ownership_first(
     let mut waiting: std::collections::BTreeSet<u32> = (0..migration.group_count()).collect();
     let mut pulled_ahead: HashSet<u32> = HashSet::new();
     // Each slot pulled ahead out of a group's middle splits its hold.
-    let splits_max = HOLDS_MAX - migration.group_count() - 1;
+    let splits_max = freeze::HOLDS_MAX as u32 - migration.group_count() - 1;
     let mut renewed = Instant::now();
     while let Some(&in_order) = waiting.first() {
         // The pieces of each waiting group still held.
@@ -1073,21 +1071,15 @@ impl Driver {
                 if answer.request_id.get() != request_id {
                     continue;
                 }
+                let answered = freeze::Answer::decode(&value).unwrap_or_default();
                 // Slots asked at a coordinator holding in PULL mode.
-                if let Some(asked) = value.get(8..) {
-                    self.wanted.extend(
-                        asked
-                            .chunks_exact(freeze::WANTED_LEN)
-                            .map(|slot| u32::from(u16::from_le_bytes([slot[0], slot[1]]))),
-                    );
-                }
+                self.wanted
+                    .extend(answered.wanted.iter().map(|slot| u32::from(*slot)));
                 match answer.status() {
                     Status::Ok => {
                         return Ok(Holder {
                             epoch: answer.epoch.get(),
-                            incarnation: <[u8; 8]>::try_from(&value[..])
-                                .map(u64::from_le_bytes)
-                                .unwrap_or_default(),
+                            incarnation: answered.incarnation,
                         });
                     }
                     Status::TryAgain => {

@@ -1,5 +1,5 @@
 //! The value of a FREEZE request: what a migration holds still at a slot
-//! range's coordinator, and for how long.
+//! range's coordinator, and for how long; and the value of its answer.
 
 /// Let the range go: served again as usual.
 pub const RELEASE: u8 = 0;
@@ -17,11 +17,17 @@ pub const MOVED: u8 = 3;
 /// Hold reads and writes as [`ALL`] does, and remember which slots were
 /// asked meanwhile: the ownership-first baseline of `tern bench migrate`
 /// (Rocksteady) pulls those ahead of the others. Every FREEZE answer names
-/// them after the incarnation, [`WANTED_LEN`] bytes each, and they are
-/// forgotten once named.
+/// them ([`Answer::wanted`]), and they are forgotten once named.
 pub const PULL: u8 = 4;
-/// Bytes of one slot asked while held in [`PULL`] mode, in an answer.
-pub const WANTED_LEN: usize = 2;
+/// Holds one shard's coordinator keeps at once; a FREEZE of a new range
+/// beyond them (or a RELEASE that would split one beyond them) is answered
+/// TRY_AGAIN. A live migration holds one or two groups at a time; the
+/// ownership-first baseline every group of its range, split further by its
+/// priority pulls.
+pub const HOLDS_MAX: usize = 1024;
+/// Slots asked while held in [`PULL`] mode that a coordinator remembers
+/// until its next answer names them (the fullest answer stays small).
+pub const WANTED_MAX: usize = 64;
 /// The longest hold one request may ask for; a migration renews it while
 /// it works, so a migration that dies lets go by itself.
 pub const HOLD_MAX_MS: u32 = 10_000;
@@ -61,9 +67,56 @@ impl Request {
     }
 }
 
+/// A FREEZE answer's value: the incarnation of the shard's coordinator
+/// (8 bytes), then the slots asked while held in [`PULL`] mode since the
+/// last answer (2 bytes each), little-endian.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Answer {
+    pub incarnation: u64,
+    pub wanted: Vec<u16>,
+}
+
+impl Answer {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(8 + 2 * self.wanted.len());
+        bytes.extend_from_slice(&self.incarnation.to_le_bytes());
+        for slot in &self.wanted {
+            bytes.extend_from_slice(&slot.to_le_bytes());
+        }
+        bytes
+    }
+
+    /// The answer in `bytes`; None when they are not one.
+    pub fn decode(bytes: &[u8]) -> Option<Answer> {
+        let (incarnation, wanted) = bytes.split_at_checked(8)?;
+        if wanted.len() % 2 != 0 {
+            return None;
+        }
+        Some(Answer {
+            incarnation: u64::from_le_bytes(incarnation.try_into().expect("8 bytes")),
+            wanted: wanted
+                .chunks_exact(2)
+                .map(|slot| u16::from_le_bytes([slot[0], slot[1]]))
+                .collect(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_round_trip_and_bad_ones_are_refused() {
+        let answer = Answer {
+            incarnation: 7,
+            wanted: vec![3, 16383],
+        };
+        assert_eq!(Answer::decode(&answer.encode()), Some(answer.clone()));
+        let bytes = answer.encode();
+        assert_eq!(Answer::decode(&bytes[..9]), None, "half a slot");
+        assert_eq!(Answer::decode(&bytes[..7]), None, "no incarnation");
+    }
 
     #[test]
     fn requests_round_trip_and_bad_ones_are_refused() {

@@ -20,15 +20,8 @@ use tern_wire::{DIRTY_SLOTS, Header, Message, Op, SLOT_COUNT, Status, freeze, sl
 use super::{ShardCoordinator, ShardState};
 use crate::{Outbox, Time};
 
-/// Holds one shard keeps at once; a FREEZE of a new range beyond them (or
-/// a RELEASE that would split one beyond them) is answered TRY_AGAIN. A
-/// live migration holds one or two groups at a time; the ownership-first
-/// baseline every group of its range, split further by its priority pulls.
-pub const FREEZES_MAX: usize = 1024;
-
-/// Slots asked while held in `freeze::PULL` mode, remembered until the
-/// next FREEZE answer names them (the fullest answer stays one datagram).
-pub const WANTED_MAX: usize = 64;
+/// Holds one shard keeps at once (`freeze::HOLDS_MAX`).
+pub const FREEZES_MAX: usize = freeze::HOLDS_MAX;
 
 /// One held slot range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +37,7 @@ pub(super) struct Freeze {
 impl<S: ShardState> ShardCoordinator<S> {
     /// FREEZE: holds (or releases) the slot range in `argument` and answers
     /// OK once none of its writes is in flight, with `seq` = `next_seq` and
-    /// the shard's incarnation as the value (8 bytes, little-endian).
+    /// a `freeze::Answer` as the value.
     pub(super) fn freeze(
         &mut self,
         now: Time,
@@ -109,11 +102,11 @@ impl<S: ShardState> ShardCoordinator<S> {
         reply.seq.set(self.state.next_seq());
         reply.commit_seq.set(self.state.commit_seq());
         reply.argument = received.argument;
-        let mut value = self.config.incarnation.to_le_bytes().to_vec();
-        for slot in self.wanted.drain(..) {
-            value.extend_from_slice(&slot.to_le_bytes());
-        }
-        outbox.push(to, &reply, &[], &value);
+        let answer = freeze::Answer {
+            incarnation: self.config.incarnation,
+            wanted: std::mem::take(&mut self.wanted),
+        };
+        outbox.push(to, &reply, &[], &answer.encode());
     }
 
     /// Whether no write of a slot of `range` is in flight: each slot owns
@@ -175,7 +168,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             }
             freeze::PULL => {
                 let slot = slot as u16;
-                if self.wanted.len() < WANTED_MAX && !self.wanted.contains(&slot) {
+                if self.wanted.len() < freeze::WANTED_MAX && !self.wanted.contains(&slot) {
                     self.wanted.push(slot);
                 }
                 self.counters.held_frozen += 1;
