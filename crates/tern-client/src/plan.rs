@@ -17,6 +17,41 @@ fn slot_count(ranges: &[SlotRange]) -> u32 {
     ranges.iter().map(|[start, end]| end - start).sum()
 }
 
+/// What each shard of `owned` was asked: the sum of `load` (index: slot)
+/// over the slots it owns.
+pub fn shard_loads(owned: &[(ShardId, Vec<SlotRange>)], load: &[u64]) -> Vec<(ShardId, u64)> {
+    owned
+        .iter()
+        .map(|(id, ranges)| {
+            let asked = ranges
+                .iter()
+                .flat_map(|&[start, end]| start..end)
+                .map(|slot| load.get(slot as usize).copied().unwrap_or(0))
+                .sum();
+            (*id, asked)
+        })
+        .collect()
+}
+
+/// `owned` once `moves` are carried out, in order (each of slots its donor
+/// owns then, as the plans here make them).
+pub fn after(
+    owned: &[(ShardId, Vec<SlotRange>)],
+    moves: &[Move],
+) -> Vec<(ShardId, Vec<SlotRange>)> {
+    let mut shards = owned.to_vec();
+    let index = |shards: &[(ShardId, Vec<SlotRange>)], id: ShardId| {
+        shards.iter().position(|(shard, _)| *shard == id)
+    };
+    for step in moves {
+        if let (Some(donor), Some(receiver)) = (index(&shards, step.from), index(&shards, step.to))
+        {
+            carry(&mut shards, donor, receiver, step.slots);
+        }
+    }
+    shards
+}
+
 /// Moves `slots` from `shards[donor]` to `shards[receiver]` in the plan.
 fn carry(
     shards: &mut [(ShardId, Vec<SlotRange>)],
@@ -93,15 +128,9 @@ pub const LOAD_TOLERANCE: f64 = 0.05;
 pub fn plan_by_load(owned: &[(ShardId, Vec<SlotRange>)], load: &[u64]) -> Vec<Move> {
     let slot_load = |slot: u32| load.get(slot as usize).copied().unwrap_or(0);
     let mut shards: Vec<(ShardId, Vec<SlotRange>)> = owned.to_vec();
-    let mut loads: Vec<u64> = shards
-        .iter()
-        .map(|(_, ranges)| {
-            ranges
-                .iter()
-                .flat_map(|&[start, end]| start..end)
-                .map(slot_load)
-                .sum()
-        })
+    let mut loads: Vec<u64> = shard_loads(&shards, load)
+        .into_iter()
+        .map(|(_, asked)| asked)
         .collect();
     let total: u64 = loads.iter().sum();
     if shards.len() < 2 || total == 0 {
@@ -166,36 +195,36 @@ mod tests {
 
     /// Carries out `moves` on `owned`, checking that each moves slots its
     /// donor owns then; the slot ranges each shard owns after.
-    fn carry_out(owned: &[(ShardId, Vec<SlotRange>)], moves: &[Move]) -> Vec<Vec<SlotRange>> {
+    fn carry_out(
+        owned: &[(ShardId, Vec<SlotRange>)],
+        moves: &[Move],
+    ) -> Vec<(ShardId, Vec<SlotRange>)> {
         let mut shards = owned.to_vec();
         for step in moves {
             assert!(step.from != step.to && step.slots[0] < step.slots[1]);
-            let donor = shards.iter().position(|(id, _)| *id == step.from).unwrap();
-            let receiver = shards.iter().position(|(id, _)| *id == step.to).unwrap();
+            let (_, donor) = shards.iter().find(|(id, _)| *id == step.from).unwrap();
+            assert!(shards.iter().any(|(id, _)| *id == step.to));
             assert_eq!(
-                tern_wire::slots::first_missing(&shards[donor].1, step.slots),
+                tern_wire::slots::first_missing(donor, step.slots),
                 None,
                 "{step:?} moves slots its donor does not own"
             );
-            carry(&mut shards, donor, receiver, step.slots);
+            shards = after(&shards, std::slice::from_ref(step));
         }
-        shards.into_iter().map(|(_, ranges)| ranges).collect()
+        shards
     }
 
-    fn counts(ranges: &[Vec<SlotRange>]) -> Vec<u32> {
-        ranges.iter().map(|ranges| slot_count(ranges)).collect()
-    }
-
-    fn loads(ranges: &[Vec<SlotRange>], load: &[u64]) -> Vec<u64> {
-        ranges
+    fn counts(shards: &[(ShardId, Vec<SlotRange>)]) -> Vec<u32> {
+        shards
             .iter()
-            .map(|ranges| {
-                ranges
-                    .iter()
-                    .flat_map(|&[s, e]| s..e)
-                    .map(|slot| load[slot as usize])
-                    .sum()
-            })
+            .map(|(_, ranges)| slot_count(ranges))
+            .collect()
+    }
+
+    fn loads(shards: &[(ShardId, Vec<SlotRange>)], load: &[u64]) -> Vec<u64> {
+        shard_loads(shards, load)
+            .into_iter()
+            .map(|(_, asked)| asked)
             .collect()
     }
 
@@ -300,7 +329,7 @@ mod tests {
             for (slot, asked) in hot {
                 load[slot as usize] += asked;
             }
-            let before = loads(&owned.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(), &load);
+            let before = loads(&owned, &load);
             let moves = plan_by_load(&owned, &load);
             let after_ranges = carry_out(&owned, &moves);
             prop_assert_eq!(counts(&after_ranges).iter().sum::<u32>(), SLOT_COUNT);

@@ -42,7 +42,7 @@ use tern_wire::export::{self, Export, ExportedKey};
 use tern_wire::load::SlotLoad;
 
 pub use crate::plan::Move;
-use crate::plan::{plan_by_load, plan_even};
+use crate::plan::{self, plan_by_load, plan_even};
 use tern_wire::{
     Header, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, encode, freeze, key_hash,
 };
@@ -512,40 +512,17 @@ pub fn rebalance(
         .map(|shard| (shard.id, shard.slots.clone()))
         .collect();
     let mut done = Rebalanced::default();
-    let plan = match balance {
+    let moves = match balance {
         Balance::Slots => plan_even(&owned),
         Balance::Load { window } => {
             let load = measure_load(&map, window)?;
-            let plan = plan_by_load(&owned, &load);
-            let shard_loads = |owned: &[(ShardId, Vec<SlotRange>)]| -> Vec<(ShardId, u64)> {
-                owned
-                    .iter()
-                    .map(|(id, ranges)| {
-                        let asked = ranges
-                            .iter()
-                            .flat_map(|&[start, end]| start..end)
-                            .map(|slot| load[slot as usize])
-                            .sum();
-                        (*id, asked)
-                    })
-                    .collect()
-            };
-            done.load_before = shard_loads(&owned);
-            let mut after = owned.clone();
-            for step in &plan {
-                for (id, ranges) in &mut after {
-                    if *id == step.from {
-                        tern_wire::slots::remove(ranges, step.slots);
-                    } else if *id == step.to {
-                        tern_wire::slots::add(ranges, step.slots);
-                    }
-                }
-            }
-            done.load_after = shard_loads(&after);
-            plan
+            let moves = plan_by_load(&owned, &load);
+            done.load_before = plan::shard_loads(&owned, &load);
+            done.load_after = plan::shard_loads(&plan::after(&owned, &moves), &load);
+            moves
         }
     };
-    for step in plan {
+    for step in moves {
         let report = reshard(nodes, step.from, step.to, step.slots, options, &mut |p| {
             progress(&step, p)
         })?;
