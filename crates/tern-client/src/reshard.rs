@@ -77,7 +77,7 @@ pub struct ReshardOptions {
     pub pause: Option<Pause>,
 }
 
-/// The steps of moving one group, in order (`Completed` once, after the
+/// The steps of moving one group, in order (`Dropped` once, after the
 /// last group).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Step {
@@ -387,6 +387,35 @@ pub fn reshard_ownership_first(
     let mut pulled_ahead: HashSet<u32> = HashSet::new();
     // Each slot pulled ahead out of a group's middle splits its hold.
     let splits_max = freeze::HOLDS_MAX as u32 - migration.group_count() - 1;
+    // Copies `range` from the source into the destination, except the
+    // slots pulled ahead (served at the destination already: their keys
+    // there may be newer, or deleted since), and serves it there.
+    let pull = |driver: &mut Driver,
+                what: &'static str,
+                range: SlotRange,
+                pulled_ahead: &HashSet<u32>,
+                report: &mut ReshardReport|
+     -> Result<(), ReshardError> {
+        let (copy, length) = driver
+            .export(from, range, 0, deadline)?
+            .ok_or_else(|| stuck(what))?;
+        let keys = Export {
+            outcomes: Vec::new(),
+            keys: copy
+                .keys
+                .into_iter()
+                .filter(|copied| {
+                    !pulled_ahead.contains(&tern_wire::slot_of(tern_wire::key_hash(&copied.key)))
+                })
+                .collect(),
+            ..copy
+        };
+        driver.install(to, &keys, &[], None)?;
+        driver.freeze(to, range, freeze::RELEASE)?;
+        report.keys += keys.keys.len() as u64;
+        report.bytes += length as u64;
+        Ok(())
+    };
     let mut renewed = Instant::now();
     while let Some(&in_order) = waiting.first() {
         // The pieces of each waiting group still held.
@@ -421,43 +450,24 @@ pub fn reshard_ownership_first(
         // for the other long (the slots left are asked again by the retries).
         let room = splits_max.saturating_sub(pulled_ahead.len() as u32) as usize;
         for slot in asked.into_iter().take(room.min(8)) {
-            let range = [slot, slot + 1];
-            let (copy, length) = driver
-                .export(from, range, 0, deadline)?
-                .ok_or_else(|| stuck("pulling a slot from the source"))?;
-            let keys = Export {
-                outcomes: Vec::new(),
-                ..copy
-            };
-            driver.install(to, &keys, &[], None)?;
-            driver.freeze(to, range, freeze::RELEASE)?;
+            pull(
+                &mut driver,
+                "pulling a slot from the source",
+                [slot, slot + 1],
+                &pulled_ahead,
+                &mut report,
+            )?;
             pulled_ahead.insert(slot);
             report.priority_pulls += 1;
-            report.keys += keys.keys.len() as u64;
-            report.bytes += length as u64;
         }
-        let range = groups[in_order as usize];
-        let (copy, length) = driver
-            .export(from, range, 0, deadline)?
-            .ok_or_else(|| stuck("pulling a group from the source"))?;
-        // Slots pulled ahead are served at the destination already: their
-        // keys there may be newer, or deleted since.
-        let keys = Export {
-            outcomes: Vec::new(),
-            keys: copy
-                .keys
-                .into_iter()
-                .filter(|copied| {
-                    !pulled_ahead.contains(&tern_wire::slot_of(tern_wire::key_hash(&copied.key)))
-                })
-                .collect(),
-            ..copy
-        };
-        driver.install(to, &keys, &[], None)?;
-        driver.freeze(to, range, freeze::RELEASE)?;
+        pull(
+            &mut driver,
+            "pulling a group from the source",
+            groups[in_order as usize],
+            &pulled_ahead,
+            &mut report,
+        )?;
         waiting.remove(&in_order);
-        report.keys += keys.keys.len() as u64;
-        report.bytes += length as u64;
         // How long this group's requests waited (the slots not pulled
         // ahead).
         report.holds.push(held.elapsed());
