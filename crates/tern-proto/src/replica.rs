@@ -514,7 +514,8 @@ impl Replica {
             self.request_up_to(now, header.commit_seq.get(), outbox);
             return self.answer_status(to, header, Status::TryAgain, outbox);
         }
-        if header.reply_port.get() != 0 && self.dropped_since(header) {
+        let slot = tern_wire::slot_of(header.key_hash.get());
+        if header.reply_port.get() != 0 && self.dropped_since(slot, header.commit_seq.get()) {
             // Routed here before its slot moved away, and late: this chain
             // forgot the slot's keys since. Asked again, the read goes
             // where the slot is now.
@@ -535,8 +536,7 @@ impl Replica {
         reply.key_hash = header.key_hash;
         reply.commit_seq.set(self.store.commit_seq());
         self.counters.reads += 1;
-        self.load
-            .count_read(tern_wire::slot_of(header.key_hash.get()));
+        self.load.count_read(slot);
         match found {
             Some(found) => {
                 reply.status = Status::Ok as u8;
@@ -550,13 +550,13 @@ impl Replica {
         }
     }
 
-    /// Whether the read's slot was dropped here after the read was stamped
-    /// (every stamp is the coordinator's commit seq when it forwarded).
-    fn dropped_since(&self, header: &Header) -> bool {
-        self.dropped_at.as_ref().is_some_and(|dropped_at| {
-            let slot = tern_wire::slot_of(header.key_hash.get());
-            dropped_at[slot as usize] > header.commit_seq.get()
-        })
+    /// Whether `slot` was dropped here after a read of it was stamped with
+    /// `stamp` (every stamp is the coordinator's commit seq when it
+    /// forwarded).
+    fn dropped_since(&self, slot: u32, stamp: u64) -> bool {
+        self.dropped_at
+            .as_ref()
+            .is_some_and(|dropped_at| dropped_at[slot as usize] > stamp)
     }
 
     fn receive_sequenced(
