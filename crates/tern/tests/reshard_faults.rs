@@ -52,20 +52,6 @@ const PARTICIPANTS: [Participant; 5] = [
     Participant::MetaLeader,
 ];
 
-/// The process listening on `address`, by its name in processes.toml.
-fn process_at(cluster: &TestCluster, address: SocketAddrV4) -> String {
-    let text = std::fs::read_to_string(cluster.dir().join("processes.toml")).unwrap();
-    let table: toml::Table = toml::from_str(&text).unwrap();
-    table["process"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["address"].as_str() == Some(&address.to_string()))
-        .and_then(|p| p["name"].as_str())
-        .unwrap_or_else(|| panic!("no process at {address}"))
-        .to_string()
-}
-
 /// The id of meta's leader, as a meta node that answers says.
 fn meta_leader(cluster: &TestCluster) -> Option<u64> {
     cluster.map.meta.iter().find_map(|node| {
@@ -104,9 +90,9 @@ fn crash(cluster: &TestCluster, participant: Participant) {
     let map = cluster.meta_map();
     let name = match participant {
         Participant::Driver => unreachable!("the driver is the test's own child"),
-        Participant::SourceTail => process_at(cluster, *map.shards[0].replicas.last().unwrap()),
-        Participant::DestinationHead => process_at(cluster, map.shards[1].replicas[0]),
-        Participant::Coordinator => process_at(cluster, map.shards[0].coordinator),
+        Participant::SourceTail => cluster.process_at(*map.shards[0].replicas.last().unwrap()),
+        Participant::DestinationHead => cluster.process_at(map.shards[1].replicas[0]),
+        Participant::Coordinator => cluster.process_at(map.shards[0].coordinator),
         Participant::MetaLeader => format!("meta{}", meta_leader(cluster).expect("a leader")),
     };
     eprintln!("  killing {name}");

@@ -103,11 +103,7 @@ impl TestCluster {
 
     /// (name, pid) of every process, from processes.toml.
     pub fn processes(&self) -> Vec<(String, u32)> {
-        let text = std::fs::read_to_string(self.dir.path().join("processes.toml")).unwrap();
-        let table: toml::Table = toml::from_str(&text).unwrap();
-        table["process"]
-            .as_array()
-            .unwrap()
+        self.process_entries()
             .iter()
             .map(|p| {
                 (
@@ -116,6 +112,23 @@ impl TestCluster {
                 )
             })
             .collect()
+    }
+
+    /// The name in processes.toml of the process listening on `address`.
+    pub fn process_at(&self, address: std::net::SocketAddrV4) -> String {
+        self.process_entries()
+            .iter()
+            .find(|p| p["address"].as_str() == Some(&address.to_string()))
+            .and_then(|p| p["name"].as_str())
+            .unwrap_or_else(|| panic!("no process at {address}"))
+            .to_string()
+    }
+
+    /// The entries of processes.toml.
+    fn process_entries(&self) -> Vec<toml::Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("processes.toml")).unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        table["process"].as_array().unwrap().clone()
     }
 
     /// SIGKILLs the named processes.
