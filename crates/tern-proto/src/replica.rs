@@ -573,6 +573,20 @@ impl Replica {
             // A resend of something already applied (a lost acknowledgement
             // somewhere below): pass our record of it on again.
             self.counters.duplicates += 1;
+            if seq < self.sent_log_first_seq
+                && !self.config.is_tail()
+                && message.header.op() == Op::Replicate
+            {
+                // No record of it here: it came in the snapshot this replica
+                // joined with. The decided record just received goes on
+                // instead; every replica below joined later, from a state
+                // that holds it too, so the tail answers it with a bare
+                // acknowledgement (without this the resend stopped here and
+                // the write stayed in flight for good).
+                self.counters.resent += 1;
+                outbox.push_encoded(self.config.downstream(), bytes);
+                return;
+            }
             self.resend_range(seq, seq, outbox);
             return;
         }

@@ -753,3 +753,34 @@ fn a_tail_that_has_a_write_only_from_a_snapshot_still_acknowledges_it() {
     );
     assert_eq!(sim.tail().store().latest(b"k").unwrap().version, 1);
 }
+
+#[test]
+fn a_middle_that_has_a_write_only_from_a_snapshot_passes_its_resend_on() {
+    // Write 1 reaches every replica but the tail's ACK is lost; then the
+    // middle and the tail both start over from snapshots that hold it (as
+    // replicas that joined by state transfer do), so neither has a record
+    // of it. The coordinator's resends pass the head as duplicates; the
+    // middle must not stop them.
+    let mut sim = Sim::new(3).with_journals();
+    sim.put(b"k", b"v", 1);
+    let tail = sim.chain[2];
+    sim.deliver_all_except(|d| d.from == tail && d.op() == Op::Ack);
+    sim.lose(|d| d.from == tail && d.op() == Op::Ack);
+    assert!(sim.shard().state().is_in_flight(1));
+    for index in [1, 2] {
+        let snapshot = sim.replicas[index].snapshot();
+        assert_eq!(snapshot.0, 1);
+        sim.restart_replica(index, Some(snapshot));
+    }
+    for _ in 0..20 {
+        sim.advance(Duration::from_millis(50));
+        sim.tick();
+        sim.deliver_all();
+    }
+    assert!(!sim.shard().state().is_in_flight(1), "still in flight");
+    assert_eq!(
+        sim.shard().state().dirty_count(dirty_index(key_hash(b"k"))),
+        0
+    );
+    assert_eq!(sim.tail().store().latest(b"k").unwrap().version, 1);
+}
