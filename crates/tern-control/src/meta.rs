@@ -340,12 +340,28 @@ impl MetaClient {
         }
         let mut last_error = io::Error::other("no meta node answered");
         let mut next = 0;
-        for _ in 0..self.nodes.len() * 2 {
+        // Times a leader said it was not ready yet (just elected and not
+        // caught up, or confirming that a quorum still follows it).
+        let mut settling = 0;
+        let mut tries = 0;
+        while tries < self.nodes.len() * 2 {
+            tries += 1;
             let node = self.leader.take().unwrap_or_else(|| {
                 next += 1;
                 self.nodes[(next - 1) % self.nodes.len()]
             });
             match self.exchange_with(node, request) {
+                Ok(Reply::NotLeader { leader })
+                    if leader == Some(node) && settling < LEADER_SETTLING_TRIES =>
+                {
+                    // The leader itself, not ready to answer: ask it again
+                    // shortly rather than the followers, which point to it.
+                    last_error = io::Error::other(format!("{node} leads but is not ready yet"));
+                    settling += 1;
+                    tries -= 1;
+                    self.leader = Some(node);
+                    std::thread::sleep(LEADER_SETTLING_PAUSE);
+                }
                 Ok(Reply::NotLeader { leader }) => {
                     last_error = io::Error::other(format!("{node} is not the meta leader"));
                     self.leader = leader.filter(|leader| *leader != node);
@@ -360,6 +376,12 @@ impl MetaClient {
         Err(last_error)
     }
 }
+
+/// How often, and after what pause, a leader that is not ready to answer
+/// yet is asked again (about a second in all: a new leader catches up, or
+/// confirms its quorum, within one heartbeat round unless it is cut off).
+const LEADER_SETTLING_TRIES: u32 = 20;
+const LEADER_SETTLING_PAUSE: Duration = Duration::from_millis(50);
 
 /// One request to the leader over a fresh connection; `hint` is where the
 /// leader was last seen, and is updated.
