@@ -34,6 +34,26 @@ pub struct BatchSocket {
     sources: [SocketAddrV4; BATCH_MAX],
     received: usize,
     send_errors: u64,
+    /// Where this process's own [`Waker`]s send from: their empty
+    /// datagrams only end a wait, and never reach the core.
+    wakers: Vec<SocketAddrV4>,
+}
+
+/// Ends a [`BatchSocket`]'s wait for datagrams from another thread (one that
+/// left work for the main loop, which looks for it between batches): an
+/// empty datagram to the socket, from an address the socket knows as its
+/// own waker's.
+#[derive(Debug)]
+pub struct Waker {
+    socket: UdpSocket,
+    to: SocketAddrV4,
+}
+
+impl Waker {
+    pub fn wake(&self) {
+        // Best effort: a lost wake-up costs one wait of TICK_INTERVAL.
+        let _ = self.socket.send_to(&[], self.to);
+    }
 }
 
 impl BatchSocket {
@@ -51,7 +71,22 @@ impl BatchSocket {
             sources: [SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); BATCH_MAX],
             received: 0,
             send_errors: 0,
+            wakers: Vec::new(),
         })
+    }
+
+    /// A [`Waker`] for this socket.
+    pub fn waker(&mut self) -> io::Result<Waker> {
+        let mut to = self.local_addr()?;
+        if to.ip().is_unspecified() {
+            to.set_ip(Ipv4Addr::LOCALHOST);
+        }
+        let socket = UdpSocket::bind(SocketAddrV4::new(*to.ip(), 0))?;
+        let std::net::SocketAddr::V4(from) = socket.local_addr()? else {
+            unreachable!("bound to IPv4")
+        };
+        self.wakers.push(from);
+        Ok(Waker { socket, to })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddrV4> {
@@ -111,14 +146,17 @@ impl BatchSocket {
         Ok(self.received)
     }
 
-    /// The datagrams of the last [`BatchSocket::recv_batch`].
+    /// The datagrams of the last [`BatchSocket::recv_batch`] (less the
+    /// wake-ups).
     pub fn received(&self) -> impl Iterator<Item = (SocketAddrV4, &[u8])> {
-        (0..self.received).map(|index| {
-            (
-                self.sources[index],
-                &self.buffers[index][..self.lengths[index]],
-            )
-        })
+        (0..self.received)
+            .filter(|&index| self.lengths[index] > 0 || !self.wakers.contains(&self.sources[index]))
+            .map(|index| {
+                (
+                    self.sources[index],
+                    &self.buffers[index][..self.lengths[index]],
+                )
+            })
     }
 
     /// Sends every datagram, `BATCH_MAX` per system call. A datagram the
@@ -258,4 +296,32 @@ pub fn serve_while<C: Core>(
         outbox.clear();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)
+    }
+
+    #[test]
+    fn a_wake_up_ends_the_wait_and_reaches_no_core_but_a_stranger_s_empty_datagram_does() {
+        let mut socket = BatchSocket::bind(local()).unwrap();
+        let waker = socket.waker().unwrap();
+        waker.wake();
+        assert_eq!(socket.recv_batch().unwrap(), 1);
+        assert_eq!(socket.received().count(), 0);
+
+        let stranger = UdpSocket::bind(local()).unwrap();
+        stranger.send_to(&[], socket.local_addr().unwrap()).unwrap();
+        assert_eq!(socket.recv_batch().unwrap(), 1);
+        let received: Vec<_> = socket.received().map(|(_, bytes)| bytes.len()).collect();
+        assert_eq!(
+            received,
+            [0],
+            "an empty datagram from elsewhere goes to the core"
+        );
+    }
 }

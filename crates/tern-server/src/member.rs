@@ -20,7 +20,7 @@ use std::time::Duration;
 use tern_control::ShardId;
 use tern_control::meta::{self, Heartbeats, MetaMap, NodeKind, Refusal, Reply, Request};
 use tern_control::transfer::{self, TRANSFER_TIMEOUT, TransferRequest};
-use tern_net::BatchSocket;
+use tern_net::{BatchSocket, Waker};
 use tern_proto::membership::{Action, Membership, Start};
 use tern_proto::replica::{Replica, ReplicaConfig};
 use tern_store::log::LogWriter;
@@ -143,11 +143,15 @@ pub fn run(
         }
         Start::Spare => become_spare(data_dir.as_deref(), &journal)?,
     }
+    let mut socket = BatchSocket::bind(addr)?;
+    // The main loop looks for transfer requests between batches; the waker
+    // gets it there at once instead of after its next datagram or tick (a
+    // migration holds a group's writes while the source's tail exports it).
+    let waker = Arc::new(socket.waker()?);
     let (requests_tx, requests) = mpsc::channel::<TransferCall>();
     std::thread::Builder::new()
         .name("state-transfer".into())
-        .spawn(move || serve_transfers(addr, requests_tx))?;
-    let mut socket = BatchSocket::bind(addr)?;
+        .spawn(move || serve_transfers(addr, requests_tx, waker))?;
     tracing::info!(%shard, %addr, role = ?membership.role(), "replica serving under meta");
     let mut failure: Option<ServerError> = None;
     tern_net::serve_while(
@@ -369,7 +373,7 @@ const TRANSFER_CONNECTIONS_MAX: usize = 8;
 /// `TRANSFER_CONNECTIONS_MAX` at once: each has a thread, a bounded request
 /// line and a read timeout. On loopback the port may be briefly taken by
 /// someone's outgoing connection: binding is retried.
-fn serve_transfers(addr: SocketAddrV4, requests: Sender<TransferCall>) {
+fn serve_transfers(addr: SocketAddrV4, requests: Sender<TransferCall>, waker: Arc<Waker>) {
     let listener = loop {
         match TcpListener::bind(addr) {
             Ok(listener) => break listener,
@@ -391,9 +395,9 @@ fn serve_transfers(addr: SocketAddrV4, requests: Sender<TransferCall>) {
             );
             continue;
         }
-        let (requests, open) = (requests.clone(), open.clone());
+        let (requests, open, waker) = (requests.clone(), open.clone(), waker.clone());
         std::thread::spawn(move || {
-            if let Err(error) = answer_transfer(stream, &requests) {
+            if let Err(error) = answer_transfer(stream, &requests, &waker) {
                 tracing::debug!(%error, "state transfer not served");
             }
             open.fetch_sub(1, Ordering::AcqRel);
@@ -401,10 +405,15 @@ fn serve_transfers(addr: SocketAddrV4, requests: Sender<TransferCall>) {
     }
 }
 
-fn answer_transfer(stream: TcpStream, requests: &Sender<TransferCall>) -> io::Result<()> {
+fn answer_transfer(
+    stream: TcpStream,
+    requests: &Sender<TransferCall>,
+    waker: &Waker,
+) -> io::Result<()> {
     let request = transfer::read_request(&stream)?;
     let (answer, served) = mpsc::sync_channel(1);
     requests.send((request, answer)).map_err(io::Error::other)?;
+    waker.wake();
     let (epoch, bytes) = served
         .recv_timeout(TRANSFER_TIMEOUT)
         .map_err(|_| io::Error::other("nothing served: not a serving member"))?;
