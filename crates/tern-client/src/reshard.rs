@@ -67,9 +67,10 @@ pub struct ReshardOptions {
     /// stop-and-copy baseline of `tern bench migrate`).
     pub copy_first: bool,
     /// At most this many keys moved per second, on average over the
-    /// migration (None: as fast as it goes). Copying takes the same CPU
-    /// and network as the workload; a limit leaves it more of both, and the
-    /// migration takes longer.
+    /// migration (None or 0: as fast as it goes; the default is
+    /// [`DEFAULT_MAX_KEYS_PER_S`]). Copying takes the same CPU and network
+    /// as the workload; a limit leaves it more of both, and the migration
+    /// takes longer.
     pub max_keys_per_s: Option<u64>,
     /// Stop once, for a while, after a step of the first group (fault
     /// drills: a test or an operator crashes a participant there and
@@ -147,14 +148,29 @@ pub struct Pause {
 /// the step's name: the line a fault drill waits for.
 pub const PAUSED: &str = "reshard paused after ";
 
+/// Slots per group unless asked otherwise. Each group costs a hand-off (two
+/// exports, three holds, a meta commit, a new map for every client and
+/// process) whatever its size; with groups of 64 slots a migration's cost
+/// to the workload is mostly the copy itself (`docs/BENCHMARKS.md`), and a
+/// hold covers what changed in 64 slots during one group's copy.
+pub const DEFAULT_GROUP_SLOTS: u32 = 64;
+
+/// Keys moved per second unless asked otherwise: a migration shares the
+/// machines with the workload, and on the reference machine (2 cores for
+/// the workload, the cluster and the driver) this rate keeps the
+/// workload's throughput within a few percent of what it was
+/// (`docs/BENCHMARKS.md`); as fast as it goes, the copy took a third of
+/// it. `tern reshard --max-keys-per-s 0` lifts the limit.
+pub const DEFAULT_MAX_KEYS_PER_S: u64 = 5_000;
+
 impl Default for ReshardOptions {
     fn default() -> Self {
         ReshardOptions {
-            group_slots: 16,
+            group_slots: DEFAULT_GROUP_SLOTS,
             hold: Duration::from_secs(5),
             step_deadline: Duration::from_secs(30),
             copy_first: true,
-            max_keys_per_s: None,
+            max_keys_per_s: Some(DEFAULT_MAX_KEYS_PER_S),
             pause: None,
         }
     }
@@ -274,7 +290,8 @@ pub fn reshard(
     for group in 0..migration.group_count() {
         if !migration.handed_off.iter().any(|done| done.group == group) {
             driver.hand_off(&migration, group, &mut report)?;
-            if let Some(rate) = options.max_keys_per_s.filter(|rate| *rate > 0) {
+            let last = group + 1 == migration.group_count();
+            if let Some(rate) = options.max_keys_per_s.filter(|rate| *rate > 0 && !last) {
                 let due = Duration::from_secs_f64(report.keys as f64 / rate as f64);
                 std::thread::sleep(due.saturating_sub(started.elapsed()));
             }

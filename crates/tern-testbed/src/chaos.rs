@@ -489,6 +489,8 @@ impl Reshards {
         );
         let options = tern_client::reshard::ReshardOptions {
             group_slots: random.random_range(1..=16),
+            // As fast as it goes: more hand-offs inside the faults.
+            max_keys_per_s: None,
             ..Default::default()
         };
         let thread = std::thread::spawn(move || {

@@ -51,7 +51,7 @@ impl Strategy {
         match self {
             Strategy::Live => ReshardOptions {
                 group_slots: args.group_slots,
-                max_keys_per_s: args.max_keys_per_s,
+                max_keys_per_s: Some(args.max_keys_per_s),
                 ..ReshardOptions::default()
             },
             Strategy::OwnershipFirst => ReshardOptions::default(),
@@ -59,6 +59,7 @@ impl Strategy {
                 group_slots: slots[1] - slots[0],
                 hold: Duration::from_millis(u64::from(tern_wire::freeze::HOLD_MAX_MS)),
                 copy_first: false,
+                max_keys_per_s: None,
                 ..ReshardOptions::default()
             },
         }
@@ -97,10 +98,10 @@ pub struct MigrateArgs {
     /// The slots that move from shard 0 to shard 1 (FIRST-LAST).
     #[arg(long, default_value = "0-4095", value_parser = parse_slots)]
     pub slots: [u32; 2],
-    /// Live migration: at most this many keys moved per second (default:
-    /// as fast as it goes).
-    #[arg(long)]
-    pub max_keys_per_s: Option<u64>,
+    /// Live migration: at most this many keys moved per second (0: as fast
+    /// as it goes). The default is `tern reshard`'s.
+    #[arg(long, default_value_t = tern_client::reshard::DEFAULT_MAX_KEYS_PER_S)]
+    pub max_keys_per_s: u64,
     /// Slots per group of the live migration.
     #[arg(long, default_value_t = ReshardOptions::default().group_slots)]
     pub group_slots: u32,

@@ -25,10 +25,10 @@ pub struct ReshardArgs {
     /// Slots per group, held still and handed off at once.
     #[arg(long, default_value_t = ReshardOptions::default().group_slots)]
     group_slots: u32,
-    /// At most this many keys moved per second (default: as fast as it
-    /// goes): the workload keeps more of the machine, the move takes longer.
-    #[arg(long)]
-    max_keys_per_s: Option<u64>,
+    /// At most this many keys moved per second (0: as fast as it goes):
+    /// the workload keeps more of the machine, the move takes longer.
+    #[arg(long, default_value_t = reshard::DEFAULT_MAX_KEYS_PER_S)]
+    max_keys_per_s: u64,
     /// For fault drills: stop once after STEP of the first group for MS
     /// milliseconds (default 1000) and say so on standard error, so that a
     /// participant can be crashed right there. Steps: cleared, copied,
@@ -64,6 +64,10 @@ enum ReshardCommand {
         /// How long the load is measured before the plan (`--by load`).
         #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
         load_window: f64,
+        /// At most this many keys moved per second by each move (0: as
+        /// fast as it goes).
+        #[arg(long, default_value_t = reshard::DEFAULT_MAX_KEYS_PER_S)]
+        max_keys_per_s: u64,
     },
 }
 
@@ -138,9 +142,11 @@ pub fn run(map: &ClusterMap, args: ReshardArgs) -> Result<ExitCode> {
             group_slots,
             by,
             load_window,
+            max_keys_per_s,
         }) => {
             let options = ReshardOptions {
                 group_slots,
+                max_keys_per_s: Some(max_keys_per_s),
                 ..ReshardOptions::default()
             };
             let balance = match by {
@@ -220,7 +226,7 @@ pub fn run(map: &ClusterMap, args: ReshardArgs) -> Result<ExitCode> {
             };
             let options = ReshardOptions {
                 group_slots: args.group_slots,
-                max_keys_per_s: args.max_keys_per_s,
+                max_keys_per_s: Some(args.max_keys_per_s),
                 pause: args.pause_after,
                 ..ReshardOptions::default()
             };
