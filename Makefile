@@ -76,7 +76,7 @@ bench-migrate: deps
 PEERS_REPEAT ?= 3
 PEERS_DURATION ?= 8s
 bench-peers:
-	@scripts/install-deps.sh --peers
+	@scripts/install-deps.sh
 	$(CARGO) build --release --bin tern
 	for workload in b a; do \
 		$(TERN) bench compare --targets redis,redis-wait,user-loopback,user,xdp --repeat $(PEERS_REPEAT) \

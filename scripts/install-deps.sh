@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
 # Installs what Tern's build and tests need, idempotently: Debian packages via
 # apt-get (only when missing), Rust components via rustup, cargo-fuzz via cargo.
-# Usage: scripts/install-deps.sh [--fuzz] [--peers]
+# Usage: scripts/install-deps.sh [--fuzz]
 set -euo pipefail
 
 RUST_MIN="1.95"
 want_fuzz=false
-want_peers=false
 for argument in "$@"; do
     case "$argument" in
         --fuzz) want_fuzz=true ;;
-        --peers) want_peers=true ;;
     esac
 done
 
@@ -27,16 +25,22 @@ need_package libbpf-dev
 need_package iproute2
 # Packet loss for the chaos tests (tc netem is not available on these kernels).
 need_package nftables
-# redis-cli drives the gateway's tests.
+# redis-cli drives the gateway's tests; they compare the gateway's answers to
+# bad input with redis-server's, which is also the peer of the benchmark
+# comparison (Redis 7 from Debian).
 need_package redis-tools
-# The peer of the benchmark comparison (Redis 7 from Debian).
-if $want_peers; then
-    need_package redis-server
-fi
+need_package redis-server
 if ((${#missing_packages[@]})); then
     echo "installing Debian packages: ${missing_packages[*]}"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_packages[@]}"
+    # Debian starts the redis-server it installs as a service on port 6379,
+    # the gateway's default; tests and benchmarks run their own. A service
+    # this script installed is stopped and disabled (one that was there
+    # before is left alone).
+    if [[ " ${missing_packages[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1; then
+        as_root systemctl disable --now redis-server >/dev/null 2>&1 || true
+    fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

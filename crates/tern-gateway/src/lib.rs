@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use resp::{Frame, ParseError, parse_command};
+use resp::{Frame, Parser};
 use tern_client::{Client, ClientError, ClusterMap, SetCondition};
 use tern_wire::{Op, VALUE_LEN_MAX};
 
@@ -25,6 +25,19 @@ use tern_wire::{Op, VALUE_LEN_MAX};
 const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
 /// Bytes read from a connection at once.
 const READ_CHUNK: usize = 16 * 1024;
+/// Replies of a pipelined batch kept before they are written: a client
+/// sending faster than it reads waits on its own socket beyond this.
+const OUTPUT_FLUSH: usize = 64 * 1024;
+/// A client that reads none of its replies for this long is disconnected
+/// (its thread would wait on it for good).
+const WRITE_STALL_MAX: Duration = Duration::from_secs(30);
+/// Stack of each connection's thread: the parser and the client keep their
+/// buffers on the heap, so 10 000 connections stay within a few GB of
+/// address space and far less memory.
+const CONNECTION_STACK: usize = 256 * 1024;
+/// Connections served at once unless configured otherwise (Redis:
+/// `maxclients` 10000).
+pub const MAX_CLIENTS_DEFAULT: usize = 10_000;
 
 /// What a gateway serves.
 #[derive(Clone, Debug)]
@@ -32,6 +45,23 @@ pub struct GatewayConfig {
     pub map: ClusterMap,
     /// `requirepass`: commands before AUTH are refused with NOAUTH.
     pub password: Option<String>,
+    /// `maxclients`: a connection beyond it is answered `ERR max number of
+    /// clients reached` and closed.
+    pub max_clients: usize,
+    /// `timeout`: a connection idle this long is closed (None: never).
+    pub idle_timeout: Option<Duration>,
+}
+
+impl GatewayConfig {
+    /// Redis's defaults: no password, 10 000 clients, no idle timeout.
+    pub fn new(map: ClusterMap) -> GatewayConfig {
+        GatewayConfig {
+            map,
+            password: None,
+            max_clients: MAX_CLIENTS_DEFAULT,
+            idle_timeout: None,
+        }
+    }
 }
 
 /// State shared by all connections.
@@ -39,6 +69,8 @@ pub struct GatewayConfig {
 struct Shared {
     config: GatewayConfig,
     connected: AtomicU64,
+    /// Connections refused by `maxclients` (`INFO`'s `rejected_connections`).
+    rejected: AtomicU64,
     next_client_id: AtomicU64,
     shutdown: Arc<AtomicBool>,
 }
@@ -68,22 +100,43 @@ pub fn serve(
     let shared = Arc::new(Shared {
         config,
         connected: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
         next_client_id: AtomicU64::new(1),
         shutdown: shutdown.clone(),
     });
     let mut connections = Vec::new();
     while !shutdown.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((stream, _)) => {
-                let shared = shared.clone();
-                connections.push(std::thread::spawn(move || {
-                    shared.connected.fetch_add(1, Ordering::Relaxed);
-                    if let Err(error) = Connection::new(&shared).and_then(|mut c| c.run(stream)) {
-                        tracing::debug!(%error, "connection ended");
+            Ok((mut stream, _)) => {
+                connections.retain(|handle: &std::thread::JoinHandle<()>| !handle.is_finished());
+                if shared.connected.load(Ordering::Relaxed) >= shared.config.max_clients as u64 {
+                    // Best effort, as Redis does: the client may not read it.
+                    let _ = stream.set_nonblocking(true);
+                    let _ = stream.write_all(b"-ERR max number of clients reached\r\n");
+                    shared.rejected.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                shared.connected.fetch_add(1, Ordering::Relaxed);
+                let connection_shared = shared.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("gateway-connection".into())
+                    .stack_size(CONNECTION_STACK)
+                    .spawn(move || {
+                        let shared = connection_shared;
+                        if let Err(error) = Connection::new(&shared).and_then(|mut c| c.run(stream))
+                        {
+                            tracing::debug!(%error, "connection ended");
+                        }
+                        shared.connected.fetch_sub(1, Ordering::Relaxed);
+                    });
+                match spawned {
+                    Ok(handle) => connections.push(handle),
+                    Err(error) => {
+                        // No thread for it (the stream closed with the closure).
+                        shared.connected.fetch_sub(1, Ordering::Relaxed);
+                        tracing::warn!(%error, "no thread for a new connection");
                     }
-                    shared.connected.fetch_sub(1, Ordering::Relaxed);
-                }));
-                connections.retain(|handle| !handle.is_finished());
+                }
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(5))
@@ -165,10 +218,16 @@ impl<'a> Connection<'a> {
     fn run(&mut self, mut stream: TcpStream) -> io::Result<()> {
         stream.set_nonblocking(false)?;
         stream.set_read_timeout(Some(SHUTDOWN_POLL))?;
+        stream.set_write_timeout(Some(WRITE_STALL_MAX))?;
         stream.set_nodelay(true)?;
+        // Bounded: at most one incomplete bulk string or inline line besides
+        // a read (the parser takes every complete argument out), and the
+        // parser's arguments within `resp::QUERY_BUFFER_MAX`.
         let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
         let mut chunk = vec![0u8; READ_CHUNK];
         let mut output = Vec::with_capacity(READ_CHUNK);
+        let mut parser = Parser::new();
+        let mut last_heard = std::time::Instant::now();
         loop {
             let read = match stream.read(&mut chunk) {
                 Ok(0) => return Ok(()),
@@ -182,27 +241,41 @@ impl<'a> Connection<'a> {
                     if self.shared.shutdown.load(Ordering::Relaxed) {
                         return Ok(());
                     }
+                    if self
+                        .shared
+                        .config
+                        .idle_timeout
+                        .is_some_and(|timeout| last_heard.elapsed() >= timeout)
+                    {
+                        return Ok(());
+                    }
                     continue;
                 }
                 Err(error) => return Err(error),
             };
+            last_heard = std::time::Instant::now();
             input.extend_from_slice(&chunk[..read]);
-            // Every complete command of the batch, in order; one write back.
+            // Every complete command of the batch, in order; replies leave
+            // together, or every `OUTPUT_FLUSH` bytes.
             let mut used = 0;
             loop {
-                match parse_command(&input[used..]) {
-                    Ok((arguments, length)) => {
-                        used += length;
+                match parser.next(&input[used..], self.authenticated) {
+                    Ok((taken, command)) => {
+                        used += taken;
+                        let Some(arguments) = command else { break };
                         if !arguments.is_empty() {
                             self.execute(&arguments).encode(self.protocol, &mut output);
                         }
                         if self.closing {
                             break;
                         }
+                        if output.len() >= OUTPUT_FLUSH {
+                            stream.write_all(&output)?;
+                            output.clear();
+                        }
                     }
-                    Err(ParseError::Incomplete) => break,
-                    Err(ParseError::Protocol(message)) => {
-                        Frame::error(format!("ERR {message}")).encode(self.protocol, &mut output);
+                    Err(refused) => {
+                        Frame::error(format!("ERR {refused}")).encode(self.protocol, &mut output);
                         self.closing = true;
                         break;
                     }
@@ -547,11 +620,14 @@ impl<'a> Connection<'a> {
         let keys = self.dbsize().unwrap_or(0);
         let mut text = format!(
             "# Server\r\nredis_version:7.0.0\r\ntern_version:{}\r\nredis_mode:standalone\r\n\r\n\
-             # Clients\r\nconnected_clients:{}\r\n\r\n\
+             # Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n\
+             # Stats\r\nrejected_connections:{}\r\n\r\n\
              # Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n\r\n\
              # Tern\r\nshards:{}\r\n",
             env!("CARGO_PKG_VERSION"),
             self.shared.connected.load(Ordering::Relaxed),
+            self.shared.config.max_clients,
+            self.shared.rejected.load(Ordering::Relaxed),
             map.shards.len()
         );
         for shard in &map.shards {

@@ -22,6 +22,10 @@ struct Gateway {
 
 impl Gateway {
     fn start(cluster: &TestCluster, password: Option<&str>) -> Gateway {
+        Gateway::start_with(cluster, password, &[])
+    }
+
+    fn start_with(cluster: &TestCluster, password: Option<&str>, args: &[&str]) -> Gateway {
         let mut command = common::tern();
         command.arg("--cluster").arg(cluster.map_path()).args([
             "gateway",
@@ -31,6 +35,7 @@ impl Gateway {
         if let Some(password) = password {
             command.args(["--requirepass", password]);
         }
+        command.args(args);
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -410,4 +415,212 @@ fn a_redis_client_sees_no_error_while_slots_move_under_it() {
         assert_eq!(value, *count, "{key}: every INCR counted once");
     }
     assert!(counted.iter().sum::<i64>() > 100, "{counted:?}");
+}
+
+/// A redis-server of its own on a free loopback port, without persistence,
+/// stopped when dropped.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start(password: Option<&str>) -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(
+                password
+                    .map(|password| ["--requirepass", password])
+                    .into_iter()
+                    .flatten(),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/install-deps.sh)");
+        let server = RedisServer { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+                // PONG, or NOAUTH with a password: serving either way.
+                stream.write_all(b"PING\r\n").unwrap();
+                if !read_until(&mut stream, b"\r\n").is_empty() {
+                    return server;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `input` on a fresh connection, says it has no more, and returns
+/// everything answered until the server closes (or 5 s pass).
+fn answers_to(port: u16, input: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(input).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received);
+    received
+}
+
+#[test]
+fn bad_input_gets_the_answers_redis_server_gives() {
+    let cluster = cluster();
+    let gateway = Gateway::start(&cluster, None);
+    let redis = RedisServer::start(None);
+    let long = |lead: &[u8]| {
+        // Past the 64 KiB limit on a line, and small enough that each server
+        // reads all of it before it answers and closes.
+        let mut input = lead.to_vec();
+        input.resize(64 * 1024 + 100, b'1');
+        input
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "inline quoting",
+            b"set \"a b\" c\r\nget 'a b'\r\nget \"a\\x20b\"\r\n".to_vec(),
+        ),
+        (
+            "unbalanced quotes",
+            b"set \"\"\"test-key\"\"\" test-value\r\n".to_vec(),
+        ),
+        ("an open quote", b"get \"a\r\n".to_vec()),
+        (
+            "a line feed alone ends an inline command",
+            b"ping\nping x\r\n".to_vec(),
+        ),
+        (
+            "blank lines and empty arrays",
+            b"\r\n*0\r\n*-1\r\nping\r\n".to_vec(),
+        ),
+        (
+            "a bulk length out of range",
+            b"*1\r\n$99999999999\r\n".to_vec(),
+        ),
+        ("a negative bulk length", b"*1\r\n$-5\r\n".to_vec()),
+        ("a multibulk length that is no number", b"*x\r\n".to_vec()),
+        ("a multibulk length with a plus", b"*+1\r\n".to_vec()),
+        ("not a bulk string", b"*1\r\n+x\r\n".to_vec()),
+        ("no line end at all", long(b"")),
+        ("zero bytes and no line end", long(b"\0")),
+        ("a count without a line end", long(b"*")),
+        ("a bulk length without a line end", long(b"*1\r\n$")),
+    ];
+    assert_same_answers(&gateway, &redis, &cases);
+    // Before AUTH, with a password set: the small limits of Redis 7.
+    let gateway = Gateway::start(&cluster, Some("pw"));
+    let redis = RedisServer::start(Some("pw"));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("11 arguments before AUTH", b"*11\r\n".to_vec()),
+        (
+            "a 16 KiB + 1 string before AUTH",
+            b"*1\r\n$16385\r\n".to_vec(),
+        ),
+        (
+            "a command before AUTH",
+            b"get x\r\nauth pw\r\nping\r\n".to_vec(),
+        ),
+    ];
+    assert_same_answers(&gateway, &redis, &cases);
+}
+
+fn assert_same_answers(gateway: &Gateway, redis: &RedisServer, cases: &[(&str, Vec<u8>)]) {
+    for (what, input) in cases {
+        let expected = answers_to(redis.port, input);
+        assert!(
+            !expected.is_empty(),
+            "{what}: redis-server answered nothing"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&answers_to(gateway.port, input)),
+            String::from_utf8_lossy(&expected),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn connections_are_bounded_in_number_idle_time_and_unread_replies() {
+    let cluster = cluster();
+    let gateway = Gateway::start_with(&cluster, None, &["--maxclients", "2", "--timeout", "1"]);
+    let ping = |stream: &mut TcpStream| {
+        stream.write_all(b"PING\r\n").unwrap();
+        assert_eq!(read_until(stream, b"\r\n"), b"+PONG\r\n");
+    };
+    let connect = || TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+    let (mut first, mut second) = (connect(), connect());
+    ping(&mut first);
+    ping(&mut second);
+    // One more than maxclients: told so and closed.
+    assert_eq!(
+        answers_to(gateway.port, b"PING\r\n"),
+        b"-ERR max number of clients reached\r\n"
+    );
+    // Idle for the timeout: closed, which frees both places.
+    for stream in [&mut first, &mut second] {
+        let started = Instant::now();
+        let mut byte = [0u8; 1];
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(stream.read(&mut byte).unwrap(), 0, "closed when idle");
+        assert!(started.elapsed() < Duration::from_secs(4));
+    }
+    // A client that sends and never reads fills its own socket only: the
+    // other client is answered all along.
+    let mut greedy = connect();
+    let pings = b"PING\r\n".repeat(200_000);
+    let sender = std::thread::spawn(move || {
+        greedy
+            .set_write_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        // Stops once the gateway no longer reads it either.
+        let _ = greedy.write_all(&pings);
+        greedy
+    });
+    let mut other = connect();
+    for _ in 0..20 {
+        let started = Instant::now();
+        ping(&mut other);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Closing both frees their places (the greedy one's thread stops
+    // writing when its peer is gone); INFO counts the refusals.
+    drop(other);
+    drop(sender.join().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let reply = answers_to(gateway.port, b"INFO stats\r\n");
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        if text.starts_with('$') {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no place freed: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let rejected: u64 = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("rejected_connections:"))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{stats}"));
+    assert!(rejected >= 1, "{stats}");
 }

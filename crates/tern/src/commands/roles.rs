@@ -77,6 +77,14 @@ pub struct GatewayArgs {
     /// Require AUTH with this password before other commands (requirepass).
     #[arg(long, env = "TERN_REQUIREPASS")]
     pub requirepass: Option<String>,
+    /// Most connections served at once; one more is answered `ERR max
+    /// number of clients reached` and closed (Redis's maxclients).
+    #[arg(long, default_value_t = tern_gateway::MAX_CLIENTS_DEFAULT)]
+    pub maxclients: usize,
+    /// Close a connection idle this many seconds (0: never; Redis's
+    /// timeout).
+    #[arg(long, default_value_t = 0)]
+    pub timeout: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -191,8 +199,14 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
     let GatewayArgs {
         listen,
         requirepass,
+        maxclients,
+        timeout,
     } = args;
+    if maxclients == 0 {
+        bail!("--maxclients must be at least 1");
+    }
     init_logging();
+    raise_open_file_limit(maxclients);
     let (listener, address) = tern_gateway::bind(listen)?;
     if listen.port() != 0 && address != listen {
         println!("{listen} is taken: listening on {address}");
@@ -210,11 +224,37 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
         watched.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     let config = tern_gateway::GatewayConfig {
-        map,
         password: requirepass,
+        max_clients: maxclients,
+        idle_timeout: (timeout > 0).then(|| std::time::Duration::from_secs(timeout)),
+        ..tern_gateway::GatewayConfig::new(map)
     };
     tern_gateway::serve(listener, config, shutdown)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each connection takes two descriptors (its TCP stream and its client's
+/// UDP socket): raises the soft limit towards what `maxclients` needs, as
+/// far as the hard limit allows, and says so when that is not enough.
+fn raise_open_file_limit(max_clients: usize) {
+    let wanted = (max_clients as u64).saturating_mul(2).saturating_add(64);
+    // SAFETY: passes a pointer to a live rlimit struct.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < wanted {
+        limit.rlim_cur = wanted.min(limit.rlim_max);
+        // SAFETY: passes a pointer to a live rlimit struct.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    }
+    if limit.rlim_cur < wanted {
+        tracing::warn!(
+            open_files = limit.rlim_cur,
+            max_clients,
+            "the open-file limit is below what maxclients needs (two per client): connections beyond it fail"
+        );
+    }
 }
 
 fn replica_config(
