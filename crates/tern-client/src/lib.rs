@@ -235,6 +235,18 @@ impl Client {
         }
     }
 
+    /// Removes `key` and answers the value it had (None: it was absent), in
+    /// one write decided at the chain head.
+    pub fn get_del(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        let reply = self.call_with(Op::Delete, key, &[], 0, flags::RETURN_OLD)?;
+        match reply.status {
+            Status::Ok | Status::NotFound => {
+                Ok((!reply.header.has_flag(flags::ANSWER_ABSENT)).then_some(reply.value))
+            }
+            status => Err(ClientError::Refused { status }),
+        }
+    }
+
     /// Writes `value` if the key's version is `expected` (0: the key is absent).
     pub fn cas(
         &mut self,

@@ -10,6 +10,7 @@
 //! atomic across keys (Tern has no multi-key transactions yet).
 
 pub mod resp;
+pub mod stats;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -69,8 +70,8 @@ impl GatewayConfig {
 struct Shared {
     config: GatewayConfig,
     connected: AtomicU64,
-    /// Connections refused by `maxclients` (`INFO`'s `rejected_connections`).
-    rejected: AtomicU64,
+    /// `INFO`'s counters.
+    stats: stats::Stats,
     next_client_id: AtomicU64,
     shutdown: Arc<AtomicBool>,
 }
@@ -100,7 +101,7 @@ pub fn serve(
     let shared = Arc::new(Shared {
         config,
         connected: AtomicU64::new(0),
-        rejected: AtomicU64::new(0),
+        stats: stats::Stats::default(),
         next_client_id: AtomicU64::new(1),
         shutdown: shutdown.clone(),
     });
@@ -113,10 +114,17 @@ pub fn serve(
                     // Best effort, as Redis does: the client may not read it.
                     let _ = stream.set_nonblocking(true);
                     let _ = stream.write_all(b"-ERR max number of clients reached\r\n");
-                    shared.rejected.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .stats
+                        .rejected_connections
+                        .fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 shared.connected.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .stats
+                    .connections_received
+                    .fetch_add(1, Ordering::Relaxed);
                 let connection_shared = shared.clone();
                 let spawned = std::thread::Builder::new()
                     .name("gateway-connection".into())
@@ -198,6 +206,23 @@ fn parse_i64(bytes: &[u8]) -> Option<i64> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
+/// `GETRANGE`'s slice of `value`, `start` and `end` inclusive, negative
+/// ones counted from the end, as Redis computes it.
+fn string_range(value: &[u8], start: i64, end: i64) -> &[u8] {
+    let length = value.len() as i64;
+    if start < 0 && end < 0 && start > end {
+        return &[];
+    }
+    let start = if start < 0 { length + start } else { start }.max(0);
+    let end = if end < 0 { length + end } else { end }
+        .max(0)
+        .min(length - 1);
+    if length == 0 || start > end {
+        return &[];
+    }
+    &value[start as usize..=end as usize]
+}
+
 fn upper(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).to_uppercase()
 }
@@ -254,6 +279,10 @@ impl<'a> Connection<'a> {
                 Err(error) => return Err(error),
             };
             last_heard = std::time::Instant::now();
+            let stats = &self.shared.stats;
+            stats
+                .net_input_bytes
+                .fetch_add(read as u64, Ordering::Relaxed);
             input.extend_from_slice(&chunk[..read]);
             // Every complete command of the batch, in order; replies leave
             // together, or every `OUTPUT_FLUSH` bytes.
@@ -264,14 +293,17 @@ impl<'a> Connection<'a> {
                         used += taken;
                         let Some(arguments) = command else { break };
                         if !arguments.is_empty() {
-                            self.execute(&arguments).encode(self.protocol, &mut output);
+                            let started = std::time::Instant::now();
+                            let reply = self.execute(&arguments);
+                            let stats = &self.shared.stats;
+                            stats.record(&arguments[0], started.elapsed(), &reply);
+                            reply.encode(self.protocol, &mut output);
                         }
                         if self.closing {
                             break;
                         }
                         if output.len() >= OUTPUT_FLUSH {
-                            stream.write_all(&output)?;
-                            output.clear();
+                            self.write_out(&mut stream, &mut output)?;
                         }
                     }
                     Err(refused) => {
@@ -282,12 +314,22 @@ impl<'a> Connection<'a> {
                 }
             }
             input.drain(..used);
-            stream.write_all(&output)?;
-            output.clear();
+            self.write_out(&mut stream, &mut output)?;
             if self.closing || self.shared.shutdown.load(Ordering::Relaxed) {
                 return Ok(());
             }
         }
+    }
+
+    /// Writes the replies kept and counts them.
+    fn write_out(&self, stream: &mut TcpStream, output: &mut Vec<u8>) -> io::Result<()> {
+        stream.write_all(output)?;
+        self.shared
+            .stats
+            .net_output_bytes
+            .fetch_add(output.len() as u64, Ordering::Relaxed);
+        output.clear();
+        Ok(())
     }
 
     fn execute(&mut self, arguments: &[Vec<u8>]) -> Frame {
@@ -359,8 +401,9 @@ impl<'a> Connection<'a> {
                 },
                 _ => arity_error(&name),
             },
-            "DEL" | "EXISTS" if args.is_empty() => arity_error(&name),
-            "DEL" => {
+            "DEL" | "UNLINK" | "EXISTS" | "TOUCH" if args.is_empty() => arity_error(&name),
+            // No lazy freeing to choose: UNLINK deletes as DEL does.
+            "DEL" | "UNLINK" => {
                 let mut count = 0;
                 for key in args {
                     match self.client.delete(key) {
@@ -370,7 +413,8 @@ impl<'a> Connection<'a> {
                 }
                 Frame::Integer(count)
             }
-            "EXISTS" => {
+            // No access times are kept: TOUCH counts the keys that exist.
+            "EXISTS" | "TOUCH" => {
                 let mut count = 0;
                 for key in args {
                     match self.client.get(key) {
@@ -402,6 +446,47 @@ impl<'a> Connection<'a> {
                 }
                 Frame::ok()
             }
+            "GETDEL" => match args {
+                [key] => match self.client.get_del(key) {
+                    Ok(old) => old.map_or(Frame::Nil, Frame::bulk),
+                    Err(error) => tern_error(error),
+                },
+                _ => arity_error(&name),
+            },
+            "GETRANGE" | "SUBSTR" => match args {
+                [key, start, end] => match (parse_i64(start), parse_i64(end)) {
+                    (Some(start), Some(end)) => match self.client.get(key) {
+                        Ok(found) => {
+                            let value = found.map(|found| found.value).unwrap_or_default();
+                            Frame::bulk(string_range(&value, start, end).to_vec())
+                        }
+                        Err(error) => tern_error(error),
+                    },
+                    _ => integer_error(),
+                },
+                _ => arity_error(&name),
+            },
+            "TYPE" => match args {
+                [key] => match self.client.get(key) {
+                    Ok(found) => {
+                        Frame::Simple(if found.is_some() { "string" } else { "none" }.into())
+                    }
+                    Err(error) => tern_error(error),
+                },
+                _ => arity_error(&name),
+            },
+            "TIME" => match args {
+                [] => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    Frame::Array(vec![
+                        Frame::bulk(now.as_secs().to_string()),
+                        Frame::bulk(now.subsec_micros().to_string()),
+                    ])
+                }
+                _ => arity_error(&name),
+            },
             "INCR" | "DECR" => match args {
                 [key] => self.incr_by(key, if name == "INCR" { 1 } else { -1 }),
                 _ => arity_error(&name),
@@ -596,10 +681,11 @@ impl<'a> Connection<'a> {
             .iter()
             .map(|section| String::from_utf8_lossy(section).to_lowercase())
             .collect();
-        let all = wanted.is_empty()
-            || wanted
-                .iter()
-                .any(|w| matches!(w.as_str(), "all" | "everything" | "default"));
+        // As in Redis: `commandstats` only when asked for, or with `all`.
+        let everything = wanted
+            .iter()
+            .any(|w| matches!(w.as_str(), "all" | "everything"));
+        let default = wanted.is_empty() || wanted.iter().any(|w| w == "default");
         self.full_info()
             .split("\r\n\r\n")
             .filter(|section| {
@@ -609,7 +695,7 @@ impl<'a> Connection<'a> {
                     .next()
                     .unwrap_or_default()
                     .to_lowercase();
-                all || wanted.contains(&title)
+                everything || (default && title != "commandstats") || wanted.contains(&title)
             })
             .collect::<Vec<_>>()
             .join("\r\n\r\n")
@@ -621,13 +707,16 @@ impl<'a> Connection<'a> {
         let mut text = format!(
             "# Server\r\nredis_version:7.0.0\r\ntern_version:{}\r\nredis_mode:standalone\r\n\r\n\
              # Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n\
-             # Stats\r\nrejected_connections:{}\r\n\r\n\
+             {}\r\n{}\r\n{}\r\n{}\r\n\
              # Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n\r\n\
              # Tern\r\nshards:{}\r\n",
             env!("CARGO_PKG_VERSION"),
             self.shared.connected.load(Ordering::Relaxed),
             self.shared.config.max_clients,
-            self.shared.rejected.load(Ordering::Relaxed),
+            stats::memory_section(),
+            stats::cpu_section(),
+            self.shared.stats.stats_section(),
+            self.shared.stats.commandstats_section(),
             map.shards.len()
         );
         for shard in &map.shards {

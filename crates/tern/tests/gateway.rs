@@ -624,3 +624,71 @@ fn connections_are_bounded_in_number_idle_time_and_unread_replies() {
         .unwrap_or_else(|| panic!("{stats}"));
     assert!(rejected >= 1, "{stats}");
 }
+
+#[test]
+fn string_and_keyspace_commands_answer_as_redis_server_does() {
+    let cluster = cluster();
+    let gateway = Gateway::start(&cluster, None);
+    let redis = RedisServer::start(None);
+    let script = b"set s \"This is a string\"\r\n\
+        getrange s 0 3\r\ngetrange s -3 -1\r\ngetrange s 0 -1\r\ngetrange s 10 100\r\n\
+        getrange s 5 3\r\ngetrange s -100 -50\r\ngetrange s -1 -5\r\ngetrange s -100 2\r\n\
+        getrange missing 0 -1\r\ngetrange s x 1\r\ngetrange s 1\r\nsubstr s 1 2\r\n\
+        set empty \"\"\r\ngetrange empty 0 -1\r\n\
+        type s\r\ntype missing\r\ntype\r\n\
+        getdel s\r\ngetdel s\r\nexists s\r\ngetdel\r\n\
+        set a 1\r\nset b 2\r\ntouch a b c\r\nunlink a b c\r\nexists a b\r\nunlink\r\n\
+        time 1\r\n";
+    assert_same_answers(&gateway, &redis, &[("the script", script.to_vec())]);
+    // TIME answers seconds and microseconds near the machine's clock.
+    let reply = answers_to(gateway.port, b"time\r\n");
+    let text = String::from_utf8_lossy(&reply);
+    let seconds: u64 = text.lines().nth(2).and_then(|s| s.parse().ok()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(seconds.abs_diff(now) <= 2, "{text}");
+}
+
+#[test]
+fn info_reports_memory_cpu_and_per_command_counters() {
+    let cluster = cluster();
+    let gateway = Gateway::start(&cluster, None);
+    let reply = answers_to(
+        gateway.port,
+        b"set k v\r\nget k\r\nget k\r\nget\r\nincr k\r\nnosuch\r\ninfo\r\ninfo commandstats\r\ninfo cpu memory stats\r\n",
+    );
+    let text = String::from_utf8_lossy(&reply);
+    // The three INFO replies are the last bulk strings.
+    let sections: Vec<&str> = text.split("\r\n$").collect();
+    let [default, commandstats, asked] = sections[sections.len() - 3..] else {
+        panic!("{text}")
+    };
+    assert!(!default.contains("# Commandstats"), "{default}");
+    for field in [
+        "used_memory:",
+        "used_cpu_user:",
+        "total_commands_processed:",
+        "db0:keys=",
+    ] {
+        assert!(default.contains(field), "{field} in {default}");
+    }
+    assert!(
+        commandstats.contains("cmdstat_get:calls=2,") && commandstats.contains("rejected_calls=1,"),
+        "{commandstats}"
+    );
+    let incr = commandstats
+        .lines()
+        .find(|line| line.starts_with("cmdstat_incr:"))
+        .unwrap_or_else(|| panic!("{commandstats}"));
+    assert!(
+        incr.starts_with("cmdstat_incr:calls=1,") && incr.ends_with("failed_calls=1"),
+        "an INCR of a non-number ran and failed: {incr}"
+    );
+    assert!(!commandstats.contains("nosuch"), "{commandstats}");
+    for field in ["# CPU", "# Memory", "# Stats", "total_error_replies:3"] {
+        assert!(asked.contains(field), "{field} in {asked}");
+    }
+    assert!(!asked.contains("# Keyspace"), "{asked}");
+}

@@ -1,0 +1,223 @@
+//! What `INFO` reports about the gateway itself: the counters of its
+//! `stats` and `commandstats` sections (Redis's field names), and the
+//! process's memory and CPU.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::resp::Frame;
+
+/// One command's counters (`cmdstat_<name>`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommandStat {
+    /// Runs, failed ones included.
+    pub calls: u64,
+    pub usec: u64,
+    /// Refused before running: wrong arity, or not authenticated.
+    pub rejected_calls: u64,
+    /// Ran and answered an error.
+    pub failed_calls: u64,
+}
+
+/// Counters shared by every connection.
+#[derive(Debug, Default)]
+pub struct Stats {
+    commands: Mutex<BTreeMap<String, CommandStat>>,
+    pub connections_received: AtomicU64,
+    pub rejected_connections: AtomicU64,
+    commands_processed: AtomicU64,
+    error_replies: AtomicU64,
+    pub net_input_bytes: AtomicU64,
+    pub net_output_bytes: AtomicU64,
+}
+
+impl Stats {
+    /// Counts one command `name` that answered `reply` after `elapsed`.
+    /// An unknown command gets no entry of its own, as in Redis.
+    pub fn record(&self, name: &[u8], elapsed: Duration, reply: &Frame) {
+        self.commands_processed.fetch_add(1, Ordering::Relaxed);
+        let error = match reply {
+            Frame::Error(text) => Some(text.as_str()),
+            _ => None,
+        };
+        if error.is_some() {
+            self.error_replies.fetch_add(1, Ordering::Relaxed);
+        }
+        if error.is_some_and(|text| text.starts_with("ERR unknown command")) {
+            return;
+        }
+        let rejected = error.is_some_and(|text| {
+            text.starts_with("ERR wrong number of arguments") || text.starts_with("NOAUTH")
+        });
+        let name = String::from_utf8_lossy(name).to_lowercase();
+        let mut commands = self.commands.lock().expect("stats lock");
+        let stat = commands.entry(name).or_default();
+        if rejected {
+            stat.rejected_calls += 1;
+        } else {
+            stat.calls += 1;
+            stat.usec += elapsed.as_micros() as u64;
+            stat.failed_calls += u64::from(error.is_some());
+        }
+    }
+
+    /// The counters of command `name`, if it ran or was refused.
+    pub fn command(&self, name: &str) -> Option<CommandStat> {
+        self.commands.lock().expect("stats lock").get(name).copied()
+    }
+
+    /// The `# Stats` section's fields.
+    pub fn stats_section(&self) -> String {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        format!(
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
+             rejected_connections:{}\r\ntotal_error_replies:{}\r\n\
+             total_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\n",
+            load(&self.connections_received),
+            load(&self.commands_processed),
+            load(&self.rejected_connections),
+            load(&self.error_replies),
+            load(&self.net_input_bytes),
+            load(&self.net_output_bytes),
+        )
+    }
+
+    /// The `# Commandstats` section, in Redis 7's format.
+    pub fn commandstats_section(&self) -> String {
+        let mut text = String::from("# Commandstats\r\n");
+        for (name, stat) in self.commands.lock().expect("stats lock").iter() {
+            let per_call = if stat.calls == 0 {
+                0.0
+            } else {
+                stat.usec as f64 / stat.calls as f64
+            };
+            text.push_str(&format!(
+                "cmdstat_{name}:calls={},usec={},usec_per_call={per_call:.2},rejected_calls={},failed_calls={}\r\n",
+                stat.calls, stat.usec, stat.rejected_calls, stat.failed_calls
+            ));
+        }
+        text
+    }
+}
+
+/// The `# Memory` section: the process's resident memory (Redis's
+/// `used_memory` counts its allocator's bytes; the gateway reports what it
+/// holds resident, under both names).
+pub fn memory_section() -> String {
+    let resident = resident_bytes().unwrap_or(0);
+    format!(
+        "# Memory\r\nused_memory:{resident}\r\nused_memory_human:{}\r\n\
+         used_memory_rss:{resident}\r\nmaxmemory:0\r\n",
+        human(resident)
+    )
+}
+
+/// The `# CPU` section: the process's CPU time in seconds.
+pub fn cpu_section() -> String {
+    // SAFETY: passes a pointer to a live rusage struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is always valid.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0;
+    let seconds = |time: libc::timeval| {
+        if ok {
+            format!("{}.{:06}", time.tv_sec, time.tv_usec)
+        } else {
+            "0.000000".into()
+        }
+    };
+    format!(
+        "# CPU\r\nused_cpu_sys:{}\r\nused_cpu_user:{}\r\n",
+        seconds(usage.ru_stime),
+        seconds(usage.ru_utime)
+    )
+}
+
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+/// Bytes as Redis's `*_human` fields write them.
+fn human(bytes: u64) -> String {
+    let bytes = bytes as f64;
+    if bytes < 1024.0 {
+        format!("{bytes}B")
+    } else if bytes < 1024.0 * 1024.0 {
+        format!("{:.2}K", bytes / 1024.0)
+    } else if bytes < 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2}M", bytes / (1024.0 * 1024.0))
+    } else {
+        format!("{:.2}G", bytes / (1024.0 * 1024.0 * 1024.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_counted_as_run_rejected_or_failed() {
+        let stats = Stats::default();
+        let took = Duration::from_micros(10);
+        stats.record(b"GET", took, &Frame::Nil);
+        stats.record(b"get", took, &Frame::bulk("v"));
+        stats.record(
+            b"get",
+            took,
+            &Frame::error("ERR wrong number of arguments for 'get' command"),
+        );
+        stats.record(
+            b"incr",
+            took,
+            &Frame::error("ERR value is not an integer or out of range"),
+        );
+        stats.record(
+            b"nosuch",
+            took,
+            &Frame::error("ERR unknown command 'nosuch'"),
+        );
+        assert_eq!(
+            stats.command("get"),
+            Some(CommandStat {
+                calls: 2,
+                usec: 20,
+                rejected_calls: 1,
+                failed_calls: 0
+            })
+        );
+        assert_eq!(stats.command("incr").map(|s| s.failed_calls), Some(1));
+        assert_eq!(stats.command("nosuch"), None);
+        let section = stats.commandstats_section();
+        assert!(
+            section.contains(
+                "cmdstat_get:calls=2,usec=20,usec_per_call=10.00,rejected_calls=1,failed_calls=0\r\n"
+            ),
+            "{section}"
+        );
+        assert!(
+            stats
+                .stats_section()
+                .contains("total_commands_processed:5\r\n")
+        );
+        assert!(stats.stats_section().contains("total_error_replies:3\r\n"));
+    }
+
+    #[test]
+    fn memory_and_cpu_are_the_process_s_own() {
+        let memory = memory_section();
+        let resident: u64 = memory
+            .lines()
+            .find_map(|line| line.strip_prefix("used_memory_rss:"))
+            .and_then(|value| value.parse().ok())
+            .unwrap();
+        assert!(resident > 1 << 20, "{memory}");
+        assert!(cpu_section().contains("used_cpu_user:"));
+        assert_eq!(human(512), "512B");
+        assert_eq!(human(3 << 20), "3.00M");
+    }
+}
