@@ -138,7 +138,6 @@ pub fn carry_out<S: ShardState>(
             remove,
             map_version,
         } => {
-            core.set_map_version(map_version);
             for config in reconfigure {
                 install(Install::Route(&config));
                 core.reconfigure(config);
@@ -147,6 +146,11 @@ pub fn carry_out<S: ShardState>(
                 core.remove(shard);
                 install(Install::Gone(shard));
             }
+            // After the configurations: acting on the new version lets go
+            // of the holds of hand-offs it has (MOVED), and in XDP mode the
+            // kernel serves whatever the bitmap says at once, so the
+            // bitmap must already leave the slots handed off out.
+            core.set_map_version(map_version);
             true
         }
     }

@@ -203,15 +203,57 @@ fn installs_and_rebases_survive_a_restart_from_the_log_and_from_a_snapshot() {
 }
 
 fn freeze_request(range: [u32; 2], mode: u8, hold_ms: u32, request_id: u64) -> Vec<u8> {
+    freeze_request_naming(range, mode, hold_ms, 0, request_id)
+}
+
+fn freeze_request_naming(
+    range: [u32; 2],
+    mode: u8,
+    hold_ms: u32,
+    map_version: u64,
+    request_id: u64,
+) -> Vec<u8> {
     let mut header = migration_header(Op::Freeze, b"", request_id);
     header.set_slot_range(range);
     let value = tern_wire::freeze::Request {
         mode,
         hold_ms,
-        map_version: 0,
+        map_version,
     }
     .encode();
     encode(&header, b"", &value).unwrap()
+}
+
+#[test]
+fn a_moved_hold_goes_once_the_coordinator_has_the_map_of_its_hand_off() {
+    let mut sim = Sim::new(2);
+    let range = slot_range_of(b"moving");
+    // Handed off in map 7: refused, naming map 7, until the map arrives.
+    sim.send(freeze_request_naming(
+        range,
+        tern_wire::freeze::MOVED,
+        5000,
+        7,
+        1,
+    ));
+    sim.put(b"moving", b"v", 2);
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(2).status(), Status::WrongShard);
+    sim.coordinator.set_map_version(6);
+    sim.put(b"moving", b"v", 3);
+    sim.deliver_all();
+    assert_eq!(
+        sim.reply_to(3).status(),
+        Status::WrongShard,
+        "map 6 is older"
+    );
+    // Map 7 or later: the configuration decides. Here the slot is still
+    // (or again) this shard's, as after a move away and back within the
+    // hold's 5 s: served, not refused until the hold runs out.
+    sim.coordinator.set_map_version(8);
+    sim.put(b"moving", b"v", 4);
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(4).status(), Status::Ok);
 }
 
 fn slot_range_of(key: &[u8]) -> [u32; 2] {

@@ -120,6 +120,22 @@ impl<S: ShardState> ShardCoordinator<S> {
             })
     }
 
+    /// This shard now acts on map `version`: a MOVED hold from a hand-off
+    /// in a map no newer has done its work (it only bridged the time until
+    /// this coordinator had that map; its configuration says where the
+    /// slots are now) and goes. Kept until it ran out, it would refuse a
+    /// range that came back to this shard meanwhile (moved away and back
+    /// within the hold), sending its clients round in circles.
+    pub(super) fn acted_on_map(&mut self, version: u64) {
+        self.map_version = version;
+        let before = self.freezes.len();
+        self.freezes
+            .retain(|held| held.mode != freeze::MOVED || held.map_version > version);
+        if self.freezes.len() != before {
+            self.install_slots();
+        }
+    }
+
     /// Lets go of holds whose time is up.
     pub(super) fn expire_freezes(&mut self, now: Time) {
         let before = self.freezes.len();

@@ -84,7 +84,7 @@ impl<S: ShardState> Coordinator<S> {
     pub fn set_map_version(&mut self, version: u64) {
         self.map_version = version;
         for shard in self.shards.values_mut() {
-            shard.map_version = version;
+            shard.acted_on_map(version);
         }
     }
 
