@@ -9,6 +9,7 @@
 //! read-then-write in the gateway. MSET and multi-key DEL/EXISTS/MGET are not
 //! atomic across keys (Tern has no multi-key transactions yet).
 
+pub mod keyspace;
 pub mod resp;
 pub mod stats;
 
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use resp::{Frame, Parser};
 use tern_client::{Client, ClientError, ClusterMap, SetCondition};
-use tern_wire::{Op, VALUE_LEN_MAX};
+use tern_wire::VALUE_LEN_MAX;
 
 /// How often blocked accept and read calls look at the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
@@ -172,6 +173,8 @@ struct Connection<'a> {
     protocol: u8,
     authenticated: bool,
     closing: bool,
+    /// The database `SELECT` chose (`keyspace`).
+    db: u32,
 }
 
 fn arity_error(name: &str) -> Frame {
@@ -206,6 +209,51 @@ fn parse_i64(bytes: &[u8]) -> Option<i64> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
+/// Deletes every key of `stored` (as Tern stores them), many in flight.
+fn delete_all(map: &ClusterMap, stored: &[Vec<u8>]) -> Result<(), ClientError> {
+    let mut pipeline = tern_client::Pipeline::new(map.clone(), Default::default())?;
+    let (mut next, mut done) = (0, 0);
+    let mut completed = Vec::new();
+    while done < stored.len() {
+        while next < stored.len() && pipeline.has_room() {
+            pipeline.submit(tern_client::Request::Delete, &stored[next], next as u64)?;
+            next += 1;
+        }
+        pipeline.poll(&mut completed)?;
+        for completion in completed.drain(..) {
+            completion.result?;
+            done += 1;
+        }
+    }
+    Ok(())
+}
+
+/// `args` with the keys of command `name` moved into database `db`.
+fn keys_in_db(name: &str, args: &[Vec<u8>], db: u32) -> Vec<Vec<u8>> {
+    let is_key = |index: usize| match name {
+        "DEL" | "UNLINK" | "EXISTS" | "TOUCH" | "MGET" => true,
+        "MSET" => index.is_multiple_of(2),
+        "GET" | "SET" | "SETNX" | "GETSET" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "STRLEN"
+        | "APPEND" | "GETDEL" | "GETRANGE" | "SUBSTR" | "TYPE" => index == 0,
+        _ => false,
+    };
+    args.iter()
+        .enumerate()
+        .map(|(index, arg)| {
+            if is_key(index) {
+                keyspace::key_in(db, arg)
+            } else {
+                arg.clone()
+            }
+        })
+        .collect()
+}
+
+/// A walk of the keys that failed (a tail that does not answer).
+fn walk_error(error: io::Error) -> Frame {
+    Frame::error(format!("TRYAGAIN the keys could not be listed: {error}"))
+}
+
 /// `GETRANGE`'s slice of `value`, `start` and `end` inclusive, negative
 /// ones counted from the end, as Redis computes it.
 fn string_range(value: &[u8], start: i64, end: i64) -> &[u8] {
@@ -237,6 +285,7 @@ impl<'a> Connection<'a> {
             protocol: 2,
             authenticated: shared.config.password.is_none(),
             closing: false,
+            db: 0,
         })
     }
 
@@ -338,6 +387,14 @@ impl<'a> Connection<'a> {
         if !self.authenticated && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
             return Frame::error("NOAUTH Authentication required.");
         }
+        // Keys of the selected database, as Tern stores them.
+        let in_db;
+        let args = if self.db == 0 {
+            args
+        } else {
+            in_db = keys_in_db(&name, args, self.db);
+            &in_db[..]
+        };
         match name.as_str() {
             "PING" => match args {
                 [] => Frame::Simple("PONG".into()),
@@ -353,8 +410,42 @@ impl<'a> Connection<'a> {
                 Frame::ok()
             }
             "SELECT" => match args {
-                [index] if parse_i64(index) == Some(0) => Frame::ok(),
-                [_] => Frame::error("ERR DB index is out of range"),
+                [index] => match parse_i64(index) {
+                    Some(db) if (0..i64::from(keyspace::DATABASES)).contains(&db) => {
+                        self.db = db as u32;
+                        Frame::ok()
+                    }
+                    Some(_) => Frame::error("ERR DB index is out of range"),
+                    None => integer_error(),
+                },
+                _ => arity_error(&name),
+            },
+            "FLUSHDB" | "FLUSHALL" => match args {
+                [] => self.flush(name == "FLUSHALL"),
+                [mode] if matches!(upper(mode).as_str(), "SYNC" | "ASYNC") => {
+                    self.flush(name == "FLUSHALL")
+                }
+                [_] => Frame::error("ERR syntax error"),
+                _ => arity_error(&name),
+            },
+            "KEYS" => match args {
+                [pattern] => match self
+                    .walk_map()
+                    .and_then(|map| keyspace::all_keys(&map, self.db))
+                {
+                    Ok(keys) => Frame::Array(
+                        keys.into_iter()
+                            .filter(|key| keyspace::glob_match(pattern, key))
+                            .map(Frame::bulk)
+                            .collect(),
+                    ),
+                    Err(error) => walk_error(error),
+                },
+                _ => arity_error(&name),
+            },
+            "SCAN" => self.scan(args),
+            "RANDOMKEY" => match args {
+                [] => self.random_key(),
                 _ => arity_error(&name),
             },
             "AUTH" => match args {
@@ -374,9 +465,9 @@ impl<'a> Connection<'a> {
                 Some("GET") => Frame::Array(Vec::new()),
                 _ => Frame::error("ERR CONFIG supports only GET in Tern (and answers it empty)"),
             },
-            "DBSIZE" => match self.dbsize() {
-                Ok(count) => Frame::Integer(count as i64),
-                Err(error) => tern_error(error),
+            "DBSIZE" => match self.walk_map().and_then(|map| keyspace::counts(&map)) {
+                Ok(counts) => Frame::Integer(counts[self.db as usize] as i64),
+                Err(error) => walk_error(error),
             },
             "GET" => match args {
                 [key] => match self.client.get(key) {
@@ -531,6 +622,148 @@ impl<'a> Connection<'a> {
         }
     }
 
+    /// The map to walk the keys by: meta's newest when there is a meta (a
+    /// migration may have moved slots since the client's), else the given.
+    fn walk_map(&mut self) -> io::Result<ClusterMap> {
+        let map = self.client.map();
+        if map.meta.is_empty() {
+            return Ok(map.clone());
+        }
+        let nodes = map.meta.clone();
+        tern_client::meta::fetch_map(&nodes, &mut None)
+    }
+
+    /// FLUSHDB (this database) or FLUSHALL (every one): deletes each key,
+    /// many in flight. Not atomic: a key written while the flush runs may
+    /// stay (Redis's is atomic; Tern has no multi-key transactions yet).
+    fn flush(&mut self, all: bool) -> Frame {
+        let map = match self.walk_map() {
+            Ok(map) => map,
+            Err(error) => return walk_error(error),
+        };
+        let mut stored = Vec::new();
+        let mut slot = 0;
+        while slot < tern_wire::SLOT_COUNT {
+            match keyspace::keys_of_slots(&map, slot, tern_wire::SLOT_COUNT) {
+                Ok((names, next)) => {
+                    stored.extend(
+                        names
+                            .into_iter()
+                            .filter(|name| all || keyspace::split(name).0 == self.db),
+                    );
+                    slot = next;
+                }
+                Err(error) => return walk_error(error),
+            }
+        }
+        match delete_all(&map, &stored) {
+            Ok(()) => Frame::ok(),
+            Err(error) => tern_error(error),
+        }
+    }
+
+    /// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]: the cursor is
+    /// the next slot to walk, so it stays valid whichever shard serves the
+    /// slot by the next call.
+    fn scan(&mut self, args: &[Vec<u8>]) -> Frame {
+        let [cursor, options @ ..] = args else {
+            return arity_error("scan");
+        };
+        let Some(cursor) = std::str::from_utf8(cursor)
+            .ok()
+            .and_then(|text| text.parse::<u64>().ok())
+        else {
+            return Frame::error("ERR invalid cursor");
+        };
+        let (mut pattern, mut count, mut only_strings) = (None, 10usize, true);
+        let mut options = options.iter();
+        while let Some(option) = options.next() {
+            let Some(value) = options.next() else {
+                return Frame::error("ERR syntax error");
+            };
+            match upper(option).as_str() {
+                "MATCH" => pattern = Some(value.clone()),
+                "COUNT" => match parse_i64(value) {
+                    Some(wanted) if wanted >= 1 => count = wanted as usize,
+                    Some(_) => return Frame::error("ERR syntax error"),
+                    None => return integer_error(),
+                },
+                // Every Tern value is a string.
+                "TYPE" => only_strings = upper(value) == "STRING",
+                _ => return Frame::error("ERR syntax error"),
+            }
+        }
+        let map = match self.walk_map() {
+            Ok(map) => map,
+            Err(error) => return walk_error(error),
+        };
+        let (mut slot, mut span) = (cursor.min(u64::from(tern_wire::SLOT_COUNT)) as u32, 16);
+        let mut found = Vec::new();
+        while slot < tern_wire::SLOT_COUNT && found.len() < count {
+            let end = (slot + span).min(tern_wire::SLOT_COUNT);
+            match keyspace::keys_of_slots(&map, slot, end) {
+                Ok((names, next)) => {
+                    found.extend(names.iter().filter_map(|stored| {
+                        let (db, key) = keyspace::split(stored);
+                        (db == self.db
+                            && only_strings
+                            && pattern
+                                .as_ref()
+                                .is_none_or(|pattern| keyspace::glob_match(pattern, key)))
+                        .then(|| Frame::bulk(key.to_vec()))
+                    }));
+                    slot = next;
+                    span = (span * 2).min(tern_wire::SLOT_COUNT);
+                }
+                Err(error) => return walk_error(error),
+            }
+        }
+        let next = if slot >= tern_wire::SLOT_COUNT {
+            0
+        } else {
+            slot
+        };
+        Frame::Array(vec![Frame::bulk(next.to_string()), Frame::Array(found)])
+    }
+
+    /// RANDOMKEY: a key of this database from a slot chosen at random (the
+    /// next slot with one, round the ring), or nil when it has none.
+    fn random_key(&mut self) -> Frame {
+        let map = match self.walk_map() {
+            Ok(map) => map,
+            Err(error) => return walk_error(error),
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let start = nanos % tern_wire::SLOT_COUNT;
+        let (mut slot, mut walked) = (start, 0);
+        while walked < tern_wire::SLOT_COUNT {
+            let end = (slot + 64).min(tern_wire::SLOT_COUNT);
+            match keyspace::keys_of_slots(&map, slot, end) {
+                Ok((names, next)) => {
+                    let mut keys = names.iter().filter_map(|stored| {
+                        let (db, key) = keyspace::split(stored);
+                        (db == self.db).then_some(key)
+                    });
+                    let keys: Vec<&[u8]> = keys.by_ref().collect();
+                    if !keys.is_empty() {
+                        return Frame::bulk(keys[nanos as usize % keys.len()].to_vec());
+                    }
+                    walked += next - slot;
+                    slot = if next >= tern_wire::SLOT_COUNT {
+                        0
+                    } else {
+                        next
+                    };
+                }
+                Err(error) => return walk_error(error),
+            }
+        }
+        Frame::Nil
+    }
+
     fn incr_by(&mut self, key: &[u8], delta: i64) -> Frame {
         match self.client.incr_by(key, delta) {
             Ok(value) => Frame::Integer(value),
@@ -647,34 +880,6 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Keys with a value, summed over every shard's tail (a snapshot of
-    /// each tail, not one linearizable count).
-    fn dbsize(&mut self) -> Result<u64, ClientError> {
-        let tails: Vec<(tern_client::ShardId, std::net::SocketAddrV4)> = self
-            .shared
-            .config
-            .map
-            .shards
-            .iter()
-            .map(|shard| {
-                (
-                    shard.id,
-                    *shard.replicas.last().expect("a chain has a tail"),
-                )
-            })
-            .collect();
-        let mut total = 0;
-        for (shard, tail) in tails {
-            let reply = self.client.admin(tail, Op::Stats, shard)?;
-            let text = String::from_utf8_lossy(&reply.value);
-            total += text
-                .lines()
-                .find_map(|line| line.strip_prefix("live_keys ")?.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-        Ok(total)
-    }
-
     /// INFO [section ...]: the server, clients, keyspace and tern sections.
     fn info(&mut self, sections: &[Vec<u8>]) -> String {
         let wanted: Vec<String> = sections
@@ -703,12 +908,24 @@ impl<'a> Connection<'a> {
 
     fn full_info(&mut self) -> String {
         let map = &self.shared.config.map;
-        let keys = self.dbsize().unwrap_or(0);
+        // The databases that have keys, as Redis lists them (none: none).
+        let keys: String = self
+            .walk_map()
+            .and_then(|map| keyspace::counts(&map))
+            .map(|counts| {
+                counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, count)| **count > 0)
+                    .map(|(db, count)| format!("db{db}:keys={count},expires=0,avg_ttl=0\r\n"))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut text = format!(
             "# Server\r\nredis_version:7.0.0\r\ntern_version:{}\r\nredis_mode:standalone\r\n\r\n\
              # Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n\
              {}\r\n{}\r\n{}\r\n{}\r\n\
-             # Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n\r\n\
+             # Keyspace\r\n{keys}\r\n\
              # Tern\r\nshards:{}\r\n",
             env!("CARGO_PKG_VERSION"),
             self.shared.connected.load(Ordering::Relaxed),

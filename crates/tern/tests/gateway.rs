@@ -243,8 +243,8 @@ fn errors_come_back_in_redis_form_and_the_connection_survives() {
     let gateway = Gateway::start(&cluster, None);
     let cli = |args: &[&str]| gateway.cli(args);
     assert_eq!(
-        cli(&["FLUSHALL"]),
-        "ERR unknown command 'FLUSHALL', with args beginning with:"
+        cli(&["LPUSH", "list", "x"]),
+        "ERR unknown command 'LPUSH', with args beginning with: 'list' 'x'"
     );
     assert_eq!(
         cli(&["GET"]),
@@ -265,7 +265,7 @@ fn errors_come_back_in_redis_form_and_the_connection_survives() {
         "ERR value is not an integer or out of range"
     );
     assert!(cli(&["SET", "k", "v", "EX", "10"]).contains("not supported by Tern"));
-    assert_eq!(cli(&["SELECT", "3"]), "ERR DB index is out of range");
+    assert_eq!(cli(&["SELECT", "16"]), "ERR DB index is out of range");
     // Several errors on one connection, then normal service.
     let mut connection = gateway.connection();
     for _ in 0..3 {
@@ -691,4 +691,212 @@ fn info_reports_memory_cpu_and_per_command_counters() {
         assert!(asked.contains(field), "{field} in {asked}");
     }
     assert!(!asked.contains("# Keyspace"), "{asked}");
+}
+
+/// What one server answers to a session of commands, as text: arrays of
+/// keys sorted (the order of KEYS and SCAN is the server's own), SCAN's
+/// pages gathered into the set of keys they named, errors by their text.
+fn query_on(connection: &mut redis::Connection, args: &[&str]) -> Result<redis::Value, String> {
+    let mut command = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        command.arg(*arg);
+    }
+    command
+        .query::<redis::Value>(connection)
+        .map_err(|error| error.detail().unwrap_or_default().to_string())
+}
+
+/// The keys of an array reply, sorted.
+fn texts(value: redis::Value) -> Vec<String> {
+    let redis::Value::Array(items) = value else {
+        panic!("not an array: {value:?}")
+    };
+    let mut keys: Vec<String> = items
+        .into_iter()
+        .map(|item| match item {
+            redis::Value::BulkString(bytes) => String::from_utf8(bytes).unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Every key SCAN names from cursor 0 until it answers 0 again.
+fn scan_all(connection: &mut redis::Connection, args: &[&str]) -> Vec<String> {
+    let (mut cursor, mut seen) = ("0".to_string(), std::collections::BTreeSet::new());
+    loop {
+        let mut command = vec!["SCAN", &cursor];
+        command.extend_from_slice(args);
+        let redis::Value::Array(page) = query_on(connection, &command).unwrap() else {
+            panic!("SCAN answers an array")
+        };
+        let [redis::Value::BulkString(next), keys] = &page[..] else {
+            panic!("{page:?}")
+        };
+        seen.extend(texts(keys.clone()));
+        cursor = String::from_utf8(next.clone()).unwrap();
+        if cursor == "0" {
+            return seen.into_iter().collect();
+        }
+    }
+}
+
+fn session_answers(port: u16) -> Vec<String> {
+    let mut connection = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut answers = Vec::new();
+    let mut say = |what: &str, answer: String| answers.push(format!("{what}: {answer}"));
+    say(
+        "flushall",
+        format!("{:?}", query_on(&mut connection, &["FLUSHALL"])),
+    );
+    for key in ["a", "b", "user:1", "user:2", "user:10", "other"] {
+        query_on(&mut connection, &["SET", key, key]).unwrap();
+    }
+    say(
+        "select 9",
+        format!("{:?}", query_on(&mut connection, &["SELECT", "9"])),
+    );
+    query_on(&mut connection, &["SET", "a", "nine"]).unwrap();
+    query_on(&mut connection, &["SET", "only-in-9", "x"]).unwrap();
+    say(
+        "dbsize 9",
+        format!("{:?}", query_on(&mut connection, &["DBSIZE"])),
+    );
+    say(
+        "keys 9",
+        format!(
+            "{:?}",
+            texts(query_on(&mut connection, &["KEYS", "*"]).unwrap())
+        ),
+    );
+    say(
+        "get a in 9",
+        format!("{:?}", query_on(&mut connection, &["GET", "a"])),
+    );
+    say(
+        "scan 9",
+        format!("{:?}", scan_all(&mut connection, &["COUNT", "1"])),
+    );
+    say(
+        "select 0",
+        format!("{:?}", query_on(&mut connection, &["SELECT", "0"])),
+    );
+    say(
+        "get a in 0",
+        format!("{:?}", query_on(&mut connection, &["GET", "a"])),
+    );
+    say(
+        "exists only-in-9",
+        format!("{:?}", query_on(&mut connection, &["EXISTS", "only-in-9"])),
+    );
+    say(
+        "dbsize 0",
+        format!("{:?}", query_on(&mut connection, &["DBSIZE"])),
+    );
+    for pattern in ["*", "user:*", "user:?", "*[ab]", "[^u]*", "nothing*"] {
+        say(
+            pattern,
+            format!(
+                "{:?}",
+                texts(query_on(&mut connection, &["KEYS", pattern]).unwrap())
+            ),
+        );
+    }
+    say(
+        "scan",
+        format!("{:?}", scan_all(&mut connection, &["COUNT", "2"])),
+    );
+    say(
+        "scan match",
+        format!("{:?}", scan_all(&mut connection, &["MATCH", "user:*"])),
+    );
+    say(
+        "scan type",
+        format!(
+            "{:?}",
+            scan_all(&mut connection, &["TYPE", "string", "COUNT", "100"])
+        ),
+    );
+    say(
+        "scan other type",
+        format!("{:?}", scan_all(&mut connection, &["TYPE", "hash"])),
+    );
+    let random = query_on(&mut connection, &["RANDOMKEY"]).unwrap();
+    let redis::Value::BulkString(random) = random else {
+        panic!("{random:?}")
+    };
+    say(
+        "randomkey is a key",
+        format!(
+            "{}",
+            ["a", "b", "user:1", "user:2", "user:10", "other"]
+                .contains(&String::from_utf8(random).unwrap().as_str())
+        ),
+    );
+    say(
+        "select 16",
+        format!("{:?}", query_on(&mut connection, &["SELECT", "16"])),
+    );
+    say(
+        "select x",
+        format!("{:?}", query_on(&mut connection, &["SELECT", "x"])),
+    );
+    say(
+        "scan bad cursor",
+        format!("{:?}", query_on(&mut connection, &["SCAN", "x"])),
+    );
+    say(
+        "select 9 again",
+        format!("{:?}", query_on(&mut connection, &["SELECT", "9"])),
+    );
+    say(
+        "flushdb 9",
+        format!("{:?}", query_on(&mut connection, &["FLUSHDB", "SYNC"])),
+    );
+    say(
+        "dbsize 9 flushed",
+        format!("{:?}", query_on(&mut connection, &["DBSIZE"])),
+    );
+    say(
+        "randomkey of none",
+        format!("{:?}", query_on(&mut connection, &["RANDOMKEY"])),
+    );
+    query_on(&mut connection, &["SELECT", "0"]).unwrap();
+    say(
+        "dbsize 0 kept",
+        format!("{:?}", query_on(&mut connection, &["DBSIZE"])),
+    );
+    say(
+        "flushall async",
+        format!("{:?}", query_on(&mut connection, &["FLUSHALL", "ASYNC"])),
+    );
+    say(
+        "dbsize after flushall",
+        format!("{:?}", query_on(&mut connection, &["DBSIZE"])),
+    );
+    say(
+        "keys after flushall",
+        format!(
+            "{:?}",
+            texts(query_on(&mut connection, &["KEYS", "*"]).unwrap())
+        ),
+    );
+    answers
+}
+
+#[test]
+fn databases_keys_and_scans_answer_as_redis_server_does() {
+    let cluster = cluster();
+    let gateway = Gateway::start(&cluster, None);
+    let redis = RedisServer::start(None);
+    let expected = session_answers(redis.port);
+    let answered = session_answers(gateway.port);
+    for (tern, redis) in answered.iter().zip(&expected) {
+        assert_eq!(tern, redis);
+    }
+    assert_eq!(answered.len(), expected.len());
 }
