@@ -13,6 +13,7 @@
 
 use std::io;
 use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
 
 use tern_client::ClusterMap;
 use tern_control::transfer::{self, TransferRequest};
@@ -94,13 +95,25 @@ pub fn counts(map: &ClusterMap) -> io::Result<Vec<u64>> {
     Ok(counts)
 }
 
+/// How long a tail that does not give its keys yet is asked again: one
+/// that has just started serves state only once meta granted its lease, and
+/// all of its transfer connections may be taken for a moment.
+const FETCH_PATIENCE: Duration = Duration::from_secs(2);
+
 fn fetch_names(tail: SocketAddrV4, start: u32, end: u32) -> io::Result<Vec<Vec<u8>>> {
     // Nothing is new enough to come in full: every live key by name.
     let request = TransferRequest::Slots {
         range: [start, end],
         since: u64::MAX,
     };
-    let (_, bytes) = transfer::fetch(tail, request)?;
+    let deadline = Instant::now() + FETCH_PATIENCE;
+    let bytes = loop {
+        match transfer::fetch(tail, request) {
+            Ok((_, bytes)) => break bytes,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(error) => return Err(error),
+        }
+    };
     let export = Export::decode(&bytes).map_err(io::Error::other)?;
     Ok(export
         .unchanged

@@ -9,6 +9,8 @@
 //! read-then-write in the gateway. MSET and multi-key DEL/EXISTS/MGET are not
 //! atomic across keys (Tern has no multi-key transactions yet).
 
+pub mod clients;
+pub mod commands;
 pub mod keyspace;
 pub mod resp;
 pub mod stats;
@@ -16,7 +18,7 @@ pub mod stats;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use resp::{Frame, Parser};
@@ -73,6 +75,12 @@ struct Shared {
     connected: AtomicU64,
     /// `INFO`'s counters.
     stats: stats::Stats,
+    /// The connections, for `CLIENT LIST` and `KILL`.
+    clients: clients::Registry,
+    /// `maxclients` and `timeout` (seconds, 0: never) as `CONFIG SET` last
+    /// set them.
+    max_clients: AtomicUsize,
+    idle_timeout_s: AtomicU64,
     next_client_id: AtomicU64,
     shutdown: Arc<AtomicBool>,
 }
@@ -99,10 +107,15 @@ pub fn serve(
     shutdown: Arc<AtomicBool>,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
+    let max_clients = AtomicUsize::new(config.max_clients);
+    let idle_timeout_s = AtomicU64::new(config.idle_timeout.map_or(0, |t| t.as_secs().max(1)));
     let shared = Arc::new(Shared {
         config,
         connected: AtomicU64::new(0),
         stats: stats::Stats::default(),
+        clients: clients::Registry::default(),
+        max_clients,
+        idle_timeout_s,
         next_client_id: AtomicU64::new(1),
         shutdown: shutdown.clone(),
     });
@@ -111,7 +124,8 @@ pub fn serve(
         match listener.accept() {
             Ok((mut stream, _)) => {
                 connections.retain(|handle: &std::thread::JoinHandle<()>| !handle.is_finished());
-                if shared.connected.load(Ordering::Relaxed) >= shared.config.max_clients as u64 {
+                let max_clients = shared.max_clients.load(Ordering::Relaxed) as u64;
+                if shared.connected.load(Ordering::Relaxed) >= max_clients {
                     // Best effort, as Redis does: the client may not read it.
                     let _ = stream.set_nonblocking(true);
                     let _ = stream.write_all(b"-ERR max number of clients reached\r\n");
@@ -132,9 +146,14 @@ pub fn serve(
                     .stack_size(CONNECTION_STACK)
                     .spawn(move || {
                         let shared = connection_shared;
-                        if let Err(error) = Connection::new(&shared).and_then(|mut c| c.run(stream))
-                        {
-                            tracing::debug!(%error, "connection ended");
+                        match Connection::new(&shared, &stream) {
+                            Ok(mut connection) => {
+                                if let Err(error) = connection.run(stream) {
+                                    tracing::debug!(%error, "connection ended");
+                                }
+                                shared.clients.leave(connection.id);
+                            }
+                            Err(error) => tracing::warn!(%error, "no client for a connection"),
                         }
                         shared.connected.fetch_sub(1, Ordering::Relaxed);
                     });
@@ -169,7 +188,8 @@ struct Connection<'a> {
     shared: &'a Shared,
     client: Client,
     id: u64,
-    name: Option<Vec<u8>>,
+    /// Its entry in the registry (its name, what it last ran).
+    entry: Arc<clients::ClientEntry>,
     protocol: u8,
     authenticated: bool,
     closing: bool,
@@ -230,17 +250,11 @@ fn delete_all(map: &ClusterMap, stored: &[Vec<u8>]) -> Result<(), ClientError> {
 
 /// `args` with the keys of command `name` moved into database `db`.
 fn keys_in_db(name: &str, args: &[Vec<u8>], db: u32) -> Vec<Vec<u8>> {
-    let is_key = |index: usize| match name {
-        "DEL" | "UNLINK" | "EXISTS" | "TOUCH" | "MGET" => true,
-        "MSET" => index.is_multiple_of(2),
-        "GET" | "SET" | "SETNX" | "GETSET" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "STRLEN"
-        | "APPEND" | "GETDEL" | "GETRANGE" | "SUBSTR" | "TYPE" => index == 0,
-        _ => false,
-    };
+    let spec = commands::find(name);
     args.iter()
         .enumerate()
         .map(|(index, arg)| {
-            if is_key(index) {
+            if spec.is_some_and(|spec| spec.is_key(index, args.len())) {
                 keyspace::key_in(db, arg)
             } else {
                 arg.clone()
@@ -276,12 +290,20 @@ fn upper(bytes: &[u8]) -> String {
 }
 
 impl<'a> Connection<'a> {
-    fn new(shared: &'a Shared) -> io::Result<Self> {
+    fn new(shared: &'a Shared, stream: &TcpStream) -> io::Result<Self> {
+        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(clients::ClientEntry::new(
+            id,
+            stream.peer_addr().ok(),
+            stream.local_addr().ok(),
+        ));
+        let client = Client::new(shared.config.map.clone())?;
+        shared.clients.join(entry.clone());
         Ok(Connection {
             shared,
-            client: Client::new(shared.config.map.clone())?,
-            id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
-            name: None,
+            client,
+            id,
+            entry,
             protocol: 2,
             authenticated: shared.config.password.is_none(),
             closing: false,
@@ -312,15 +334,11 @@ impl<'a> Connection<'a> {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    if self.shared.shutdown.load(Ordering::Relaxed) {
+                    if self.shared.shutdown.load(Ordering::Relaxed) || self.entry.is_killed() {
                         return Ok(());
                     }
-                    if self
-                        .shared
-                        .config
-                        .idle_timeout
-                        .is_some_and(|timeout| last_heard.elapsed() >= timeout)
-                    {
+                    let timeout = self.shared.idle_timeout_s.load(Ordering::Relaxed);
+                    if timeout > 0 && last_heard.elapsed().as_secs() >= timeout {
                         return Ok(());
                     }
                     continue;
@@ -346,6 +364,9 @@ impl<'a> Connection<'a> {
                             let reply = self.execute(&arguments);
                             let stats = &self.shared.stats;
                             stats.record(&arguments[0], started.elapsed(), &reply);
+                            let name = commands::find(&String::from_utf8_lossy(&arguments[0]))
+                                .map_or("unknown", |spec| spec.name);
+                            self.entry.ran(name, self.db, self.protocol);
                             reply.encode(self.protocol, &mut output);
                         }
                         if self.closing {
@@ -364,7 +385,10 @@ impl<'a> Connection<'a> {
             }
             input.drain(..used);
             self.write_out(&mut stream, &mut output)?;
-            if self.closing || self.shared.shutdown.load(Ordering::Relaxed) {
+            if self.closing
+                || self.entry.is_killed()
+                || self.shared.shutdown.load(Ordering::Relaxed)
+            {
                 return Ok(());
             }
         }
@@ -454,17 +478,9 @@ impl<'a> Connection<'a> {
             },
             "HELLO" => self.hello(args),
             "CLIENT" => self.client_command(args),
-            "COMMAND" => match args.first().map(|sub| upper(sub)).as_deref() {
-                None | Some("DOCS") | Some("INFO") => Frame::Array(Vec::new()),
-                Some("COUNT") => Frame::Integer(0),
-                Some(_) => Frame::error("ERR unknown subcommand for 'command'"),
-            },
+            "COMMAND" => self.command_command(args),
             "INFO" => Frame::bulk(self.info(args)),
-            // Tools (redis-benchmark) read settings at start; Tern has none of Redis's.
-            "CONFIG" => match args.first().map(|sub| upper(sub)).as_deref() {
-                Some("GET") => Frame::Array(Vec::new()),
-                _ => Frame::error("ERR CONFIG supports only GET in Tern (and answers it empty)"),
-            },
+            "CONFIG" => self.config_command(args),
             "DBSIZE" => match self.walk_map().and_then(|map| keyspace::counts(&map)) {
                 Ok(counts) => Frame::Integer(counts[self.db as usize] as i64),
                 Err(error) => walk_error(error),
@@ -835,7 +851,7 @@ impl<'a> Connection<'a> {
                     rest = more;
                 }
                 ("SETNAME", [name, more @ ..]) => {
-                    self.name = Some(name.clone());
+                    self.entry.set_name(Some(name.clone()));
                     rest = more;
                 }
                 _ => return Frame::error("ERR syntax error in HELLO option"),
@@ -867,16 +883,243 @@ impl<'a> Connection<'a> {
             args.get(1..).unwrap_or_default(),
         ) {
             (Some("SETNAME"), [name]) => {
-                self.name = Some(name.clone());
+                if name.iter().any(|byte| !(b'!'..=b'~').contains(byte)) {
+                    return Frame::error(
+                        "ERR Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                self.entry
+                    .set_name((!name.is_empty()).then(|| name.clone()));
                 Frame::ok()
             }
-            (Some("GETNAME"), []) => self.name.clone().map_or(Frame::Nil, Frame::bulk),
+            (Some("GETNAME"), []) => self.entry.name().map_or(Frame::Nil, Frame::bulk),
             (Some("ID"), []) => Frame::Integer(self.id as i64),
             (Some("SETINFO"), [_, _]) => Frame::ok(),
-            (Some(sub @ ("SETNAME" | "GETNAME" | "ID" | "SETINFO")), _) => {
-                arity_error(&format!("client|{sub}"))
+            (Some("INFO"), []) => Frame::bulk(self.entry.line()),
+            (Some("LIST"), rest) => {
+                let ids: Option<Vec<u64>> = match rest {
+                    [] => None,
+                    [by, ids @ ..] if upper(by) == "ID" && !ids.is_empty() => {
+                        match ids
+                            .iter()
+                            .map(|id| parse_i64(id).map(|id| id as u64))
+                            .collect()
+                        {
+                            Some(ids) => Some(ids),
+                            None => return Frame::error("ERR Invalid client ID"),
+                        }
+                    }
+                    [by, kind] if upper(by) == "TYPE" && upper(kind) == "NORMAL" => None,
+                    _ => return Frame::error("ERR syntax error"),
+                };
+                let lines: String = self
+                    .shared
+                    .clients
+                    .entries()
+                    .iter()
+                    .filter(|entry| ids.as_ref().is_none_or(|ids| ids.contains(&entry.id)))
+                    .map(|entry| entry.line())
+                    .collect();
+                Frame::bulk(lines)
             }
-            _ => Frame::error("ERR unknown subcommand for 'client'"),
+            (Some("KILL"), rest) => self.client_kill(rest),
+            (Some(sub @ ("SETNAME" | "GETNAME" | "ID" | "SETINFO" | "INFO")), _) => {
+                arity_error(&format!("client|{}", sub.to_lowercase()))
+            }
+            (Some(sub), _) => Frame::error(format!(
+                "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+                sub.to_lowercase()
+            )),
+            (None, _) => arity_error("client"),
+        }
+    }
+
+    /// CLIENT KILL ip:port (the old form: OK, or an error when none is
+    /// there) or CLIENT KILL [ID id] [ADDR ip:port] [LADDR ip:port]
+    /// [SKIPME yes|no] (the number killed).
+    fn client_kill(&mut self, args: &[Vec<u8>]) -> Frame {
+        let entries = self.shared.clients.entries();
+        if let [addr] = args {
+            let addr = String::from_utf8_lossy(addr);
+            let filter = clients::KillFilter {
+                addr: Some(addr.into_owned()),
+                ..clients::KillFilter::default()
+            };
+            let picked: Vec<_> = entries
+                .iter()
+                .filter(|e| filter.picks(e, self.id))
+                .collect();
+            if picked.is_empty() {
+                return Frame::error("ERR No such client");
+            }
+            picked.iter().for_each(|entry| entry.kill());
+            return Frame::ok();
+        }
+        if args.is_empty() || !args.len().is_multiple_of(2) {
+            return Frame::error("ERR syntax error");
+        }
+        let mut filter = clients::KillFilter {
+            skip_me: true,
+            ..clients::KillFilter::default()
+        };
+        for pair in args.chunks(2) {
+            let value = String::from_utf8_lossy(&pair[1]).into_owned();
+            match upper(&pair[0]).as_str() {
+                "ID" => match value.parse() {
+                    Ok(id) => filter.id = Some(id),
+                    Err(_) => return Frame::error("ERR client-id should be greater than 0"),
+                },
+                "ADDR" => filter.addr = Some(value),
+                "LADDR" => filter.laddr = Some(value),
+                "SKIPME" => match value.to_lowercase().as_str() {
+                    "yes" => filter.skip_me = true,
+                    "no" => filter.skip_me = false,
+                    _ => return Frame::error("ERR syntax error"),
+                },
+                _ => return Frame::error("ERR syntax error"),
+            }
+        }
+        let picked: Vec<_> = entries
+            .iter()
+            .filter(|e| filter.picks(e, self.id))
+            .collect();
+        picked.iter().for_each(|entry| entry.kill());
+        Frame::Integer(picked.len() as i64)
+    }
+
+    /// COMMAND, COMMAND COUNT, COMMAND INFO name..., COMMAND DOCS (empty:
+    /// no documentation is kept), from the one table of commands.
+    fn command_command(&mut self, args: &[Vec<u8>]) -> Frame {
+        match (
+            args.first().map(|sub| upper(sub)).as_deref(),
+            args.get(1..).unwrap_or_default(),
+        ) {
+            (None, _) => Frame::Array(
+                commands::COMMANDS
+                    .iter()
+                    .map(commands::Spec::info)
+                    .collect(),
+            ),
+            (Some("COUNT"), []) => Frame::Integer(commands::COMMANDS.len() as i64),
+            (Some("INFO"), []) => Frame::Array(
+                commands::COMMANDS
+                    .iter()
+                    .map(commands::Spec::info)
+                    .collect(),
+            ),
+            (Some("INFO"), names) => Frame::Array(
+                names
+                    .iter()
+                    .map(|name| {
+                        commands::find(&String::from_utf8_lossy(name))
+                            .map_or(Frame::Nil, commands::Spec::info)
+                    })
+                    .collect(),
+            ),
+            (Some("DOCS"), _) => Frame::Map(Vec::new()),
+            (Some(sub), _) => Frame::error(format!(
+                "ERR unknown subcommand '{}'. Try COMMAND HELP.",
+                sub.to_lowercase()
+            )),
+        }
+    }
+
+    /// CONFIG GET pattern... (the gateway's own settings, and those tools
+    /// read: persistence is not the gateway's and reads as off), CONFIG SET
+    /// for `maxclients` and `timeout`, CONFIG RESETSTAT.
+    fn config_command(&mut self, args: &[Vec<u8>]) -> Frame {
+        let settings = [
+            (
+                "maxclients",
+                self.shared.max_clients.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "timeout",
+                self.shared
+                    .idle_timeout_s
+                    .load(Ordering::Relaxed)
+                    .to_string(),
+            ),
+            ("databases", keyspace::DATABASES.to_string()),
+            (
+                "requirepass",
+                self.shared.config.password.clone().unwrap_or_default(),
+            ),
+            ("proto-max-bulk-len", resp::BULK_LEN_MAX.to_string()),
+            (
+                "client-query-buffer-limit",
+                resp::QUERY_BUFFER_MAX.to_string(),
+            ),
+            ("save", String::new()),
+            ("appendonly", "no".into()),
+        ];
+        match (
+            args.first().map(|sub| upper(sub)).as_deref(),
+            args.get(1..).unwrap_or_default(),
+        ) {
+            (Some("GET"), []) => arity_error("config|get"),
+            (Some("GET"), patterns) => Frame::Map(
+                settings
+                    .iter()
+                    .filter(|(name, _)| {
+                        patterns.iter().any(|pattern| {
+                            keyspace::glob_match(&pattern.to_ascii_lowercase(), name.as_bytes())
+                        })
+                    })
+                    .map(|(name, value)| (Frame::bulk(*name), Frame::bulk(value.clone())))
+                    .collect(),
+            ),
+            (Some("SET"), pairs) if pairs.is_empty() || !pairs.len().is_multiple_of(2) => {
+                arity_error("config|set")
+            }
+            (Some("SET"), pairs) => {
+                // All or nothing, as in Redis: every pair checked first.
+                let mut changes = Vec::new();
+                for pair in pairs.chunks(2) {
+                    let name = String::from_utf8_lossy(&pair[0]).to_lowercase();
+                    let value = parse_i64(&pair[1]);
+                    match (name.as_str(), value) {
+                        ("maxclients", Some(value)) if value >= 1 => {
+                            changes.push((0, value as u64))
+                        }
+                        ("timeout", Some(value)) if value >= 0 => changes.push((1, value as u64)),
+                        ("maxclients" | "timeout", _) => {
+                            return Frame::error(format!(
+                                "ERR CONFIG SET failed (possibly related to argument '{name}') - argument couldn't be parsed into an integer"
+                            ));
+                        }
+                        _ if settings.iter().any(|(known, _)| *known == name) => {
+                            return Frame::error(format!(
+                                "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
+                            ));
+                        }
+                        _ => {
+                            return Frame::error(format!(
+                                "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
+                            ));
+                        }
+                    }
+                }
+                for (which, value) in changes {
+                    if which == 0 {
+                        self.shared
+                            .max_clients
+                            .store(value as usize, Ordering::Relaxed);
+                    } else {
+                        self.shared.idle_timeout_s.store(value, Ordering::Relaxed);
+                    }
+                }
+                Frame::ok()
+            }
+            (Some("RESETSTAT"), []) => {
+                self.shared.stats.reset();
+                Frame::ok()
+            }
+            (Some(sub), _) => Frame::error(format!(
+                "ERR unknown subcommand '{}'. Try CONFIG HELP.",
+                sub.to_lowercase()
+            )),
+            (None, _) => arity_error("config"),
         }
     }
 

@@ -63,6 +63,21 @@ impl Stats {
         }
     }
 
+    /// CONFIG RESETSTAT: every counter back to zero.
+    pub fn reset(&self) {
+        self.commands.lock().expect("stats lock").clear();
+        for counter in [
+            &self.connections_received,
+            &self.rejected_connections,
+            &self.commands_processed,
+            &self.error_replies,
+            &self.net_input_bytes,
+            &self.net_output_bytes,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// The counters of command `name`, if it ran or was refused.
     pub fn command(&self, name: &str) -> Option<CommandStat> {
         self.commands.lock().expect("stats lock").get(name).copied()

@@ -126,7 +126,10 @@ fn redis_cli_runs_every_command() {
     );
     assert!(cli(&["INFO"]).contains("db0:keys=4"));
     assert!(cli(&["INFO", "tern"]).contains("shards:2"));
-    assert_eq!(cli(&["COMMAND", "COUNT"]), "0");
+    assert_eq!(
+        cli(&["COMMAND", "COUNT"]),
+        tern_gateway::commands::COMMANDS.len().to_string()
+    );
     assert_eq!(cli(&["QUIT"]), "OK");
 }
 
@@ -899,4 +902,131 @@ fn databases_keys_and_scans_answer_as_redis_server_does() {
         assert_eq!(tern, redis);
     }
     assert_eq!(answered.len(), expected.len());
+}
+
+#[test]
+fn command_info_describes_each_command_as_redis_server_does() {
+    let cluster = cluster();
+    let gateway = Gateway::start(&cluster, None);
+    let redis = RedisServer::start(None);
+    let (mut ours, mut theirs) = (gateway.connection(), {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", redis.port))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    });
+    let redis::Value::Array(all) = query_on(&mut ours, &["COMMAND"]).unwrap() else {
+        panic!("COMMAND answers an array")
+    };
+    assert_eq!(
+        query_on(&mut ours, &["COMMAND", "COUNT"]),
+        Ok(redis::Value::Int(all.len() as i64))
+    );
+    // Name, arity, flags, first key, last key, step: what clients route by.
+    let head = |info: &redis::Value| -> Vec<redis::Value> {
+        let redis::Value::Array(fields) = info else {
+            panic!("{info:?}")
+        };
+        fields[..6].to_vec()
+    };
+    for info in &all {
+        let redis::Value::Array(fields) = info else {
+            panic!("{info:?}")
+        };
+        let redis::Value::BulkString(name) = &fields[0] else {
+            panic!("{fields:?}")
+        };
+        let name = String::from_utf8(name.clone()).unwrap();
+        let redis::Value::Array(expected) =
+            query_on(&mut theirs, &["COMMAND", "INFO", &name]).unwrap()
+        else {
+            panic!("an array")
+        };
+        assert_eq!(head(info), head(&expected[0]), "{name}");
+    }
+    assert_eq!(
+        query_on(&mut ours, &["COMMAND", "INFO", "nosuch"]),
+        Ok(redis::Value::Array(vec![redis::Value::Nil]))
+    );
+}
+
+#[test]
+fn client_and_config_serve_the_tools() {
+    let cluster = cluster();
+    let gateway = Gateway::start(&cluster, None);
+    let mut alpha = gateway.connection();
+    let mut other = gateway.connection();
+    let text = |value: Result<redis::Value, String>| match value {
+        Ok(redis::Value::BulkString(bytes)) => String::from_utf8(bytes).unwrap(),
+        Ok(redis::Value::SimpleString(text)) => text,
+        Ok(redis::Value::Okay) => "OK".into(),
+        Ok(redis::Value::Int(n)) => n.to_string(),
+        Ok(other) => format!("{other:?}"),
+        Err(error) => format!("ERR {error}"),
+    };
+    assert_eq!(
+        text(query_on(&mut alpha, &["CLIENT", "SETNAME", "alpha"])),
+        "OK"
+    );
+    query_on(&mut alpha, &["SELECT", "3"]).unwrap();
+    query_on(&mut alpha, &["GET", "x"]).unwrap();
+    let info = text(query_on(&mut alpha, &["CLIENT", "INFO"]));
+    for field in ["name=alpha ", "db=3 ", "cmd=get "] {
+        assert!(info.contains(field), "{field} in {info}");
+    }
+    let id = text(query_on(&mut alpha, &["CLIENT", "ID"]));
+    let list = text(query_on(&mut other, &["CLIENT", "LIST"]));
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(
+        list.contains(&format!("id={id} ")) && list.contains("name=alpha"),
+        "{list}"
+    );
+    assert_eq!(
+        text(query_on(&mut other, &["CLIENT", "KILL", "ID", &id])),
+        "1"
+    );
+    assert!(
+        text(query_on(&mut other, &["CLIENT", "KILL", "10.9.9.9:1"])).contains("No such client")
+    );
+    // The killed connection is closed within its read timeout.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while query_on(&mut alpha, &["PING"]).is_ok() {
+        assert!(Instant::now() < deadline, "still served after CLIENT KILL");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Settings: read, changed at run time, refused with Redis's texts.
+    let get = |connection: &mut redis::Connection, pattern: &str| {
+        format!(
+            "{:?}",
+            query_on(connection, &["CONFIG", "GET", pattern]).unwrap()
+        )
+    };
+    assert!(get(&mut other, "maxclients").contains("10000"));
+    assert!(get(&mut other, "*").contains("appendonly"));
+    assert_eq!(
+        text(query_on(&mut other, &["CONFIG", "SET", "timeout", "1"])),
+        "OK"
+    );
+    let mut idle = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        idle.read(&mut [0u8; 1]).unwrap(),
+        0,
+        "an idle connection is closed"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // `other` was idle as long: a new connection sets it back.
+    let mut other = gateway.connection();
+    assert_eq!(
+        text(query_on(&mut other, &["CONFIG", "SET", "timeout", "0"])),
+        "OK"
+    );
+    assert!(text(query_on(&mut other, &["CONFIG", "SET", "databases", "4"])).contains("immutable"));
+    assert!(
+        text(query_on(&mut other, &["CONFIG", "SET", "nosuch", "1"])).contains("Unknown option")
+    );
+    assert_eq!(text(query_on(&mut other, &["CONFIG", "RESETSTAT"])), "OK");
+    let stats = text(query_on(&mut other, &["INFO", "stats"]));
+    assert!(stats.contains("total_connections_received:0"), "{stats}");
 }
