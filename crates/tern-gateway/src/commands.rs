@@ -115,9 +115,14 @@ pub const COMMANDS: &[Spec] = &[
 
 /// The command named `name` (any case), if it is served.
 pub fn find(name: &str) -> Option<&'static Spec> {
+    index_of(name).map(|index| &COMMANDS[index])
+}
+
+/// Where the command named `name` (any case) is in [`COMMANDS`].
+pub fn index_of(name: &str) -> Option<usize> {
     COMMANDS
         .iter()
-        .find(|spec| spec.name.eq_ignore_ascii_case(name))
+        .position(|spec| spec.name.eq_ignore_ascii_case(name))
 }
 
 impl Spec {

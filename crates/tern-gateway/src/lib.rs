@@ -362,10 +362,11 @@ impl<'a> Connection<'a> {
                         if !arguments.is_empty() {
                             let started = std::time::Instant::now();
                             let reply = self.execute(&arguments);
+                            let index = commands::index_of(&String::from_utf8_lossy(&arguments[0]));
                             let stats = &self.shared.stats;
-                            stats.record(&arguments[0], started.elapsed(), &reply);
-                            let name = commands::find(&String::from_utf8_lossy(&arguments[0]))
-                                .map_or("unknown", |spec| spec.name);
+                            stats.record(index, started.elapsed(), &reply);
+                            let name =
+                                index.map_or("unknown", |index| commands::COMMANDS[index].name);
                             self.entry.ran(name, self.db, self.protocol);
                             reply.encode(self.protocol, &mut output);
                         }

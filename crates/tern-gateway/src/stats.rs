@@ -2,11 +2,10 @@
 //! `stats` and `commandstats` sections (Redis's field names), and the
 //! process's memory and CPU.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::commands::COMMANDS;
 use crate::resp::Frame;
 
 /// One command's counters (`cmdstat_<name>`).
@@ -21,10 +20,32 @@ pub struct CommandStat {
     pub failed_calls: u64,
 }
 
-/// Counters shared by every connection.
+/// One command's counters as every connection adds to them: atomics, so
+/// no connection waits for another to count.
 #[derive(Debug, Default)]
+struct Counters {
+    calls: AtomicU64,
+    usec: AtomicU64,
+    rejected_calls: AtomicU64,
+    failed_calls: AtomicU64,
+}
+
+impl Counters {
+    fn load(&self) -> CommandStat {
+        CommandStat {
+            calls: self.calls.load(Ordering::Relaxed),
+            usec: self.usec.load(Ordering::Relaxed),
+            rejected_calls: self.rejected_calls.load(Ordering::Relaxed),
+            failed_calls: self.failed_calls.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Counters shared by every connection.
+#[derive(Debug)]
 pub struct Stats {
-    commands: Mutex<BTreeMap<String, CommandStat>>,
+    /// By the command's place in `commands::COMMANDS`.
+    commands: Vec<Counters>,
     pub connections_received: AtomicU64,
     pub rejected_connections: AtomicU64,
     commands_processed: AtomicU64,
@@ -33,10 +54,25 @@ pub struct Stats {
     pub net_output_bytes: AtomicU64,
 }
 
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            commands: COMMANDS.iter().map(|_| Counters::default()).collect(),
+            connections_received: AtomicU64::new(0),
+            rejected_connections: AtomicU64::new(0),
+            commands_processed: AtomicU64::new(0),
+            error_replies: AtomicU64::new(0),
+            net_input_bytes: AtomicU64::new(0),
+            net_output_bytes: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Stats {
-    /// Counts one command `name` that answered `reply` after `elapsed`.
-    /// An unknown command gets no entry of its own, as in Redis.
-    pub fn record(&self, name: &[u8], elapsed: Duration, reply: &Frame) {
+    /// Counts one command, the `command`-th of `COMMANDS` (None: one the
+    /// gateway does not know, which gets no entry of its own, as in Redis),
+    /// that answered `reply` after `elapsed`.
+    pub fn record(&self, command: Option<usize>, elapsed: Duration, reply: &Frame) {
         self.commands_processed.fetch_add(1, Ordering::Relaxed);
         let error = match reply {
             Frame::Error(text) => Some(text.as_str()),
@@ -45,42 +81,52 @@ impl Stats {
         if error.is_some() {
             self.error_replies.fetch_add(1, Ordering::Relaxed);
         }
-        if error.is_some_and(|text| text.starts_with("ERR unknown command")) {
+        let Some(counters) = command.and_then(|index| self.commands.get(index)) else {
             return;
-        }
+        };
         let rejected = error.is_some_and(|text| {
             text.starts_with("ERR wrong number of arguments") || text.starts_with("NOAUTH")
         });
-        let name = String::from_utf8_lossy(name).to_lowercase();
-        let mut commands = self.commands.lock().expect("stats lock");
-        let stat = commands.entry(name).or_default();
         if rejected {
-            stat.rejected_calls += 1;
+            counters.rejected_calls.fetch_add(1, Ordering::Relaxed);
         } else {
-            stat.calls += 1;
-            stat.usec += elapsed.as_micros() as u64;
-            stat.failed_calls += u64::from(error.is_some());
+            counters.calls.fetch_add(1, Ordering::Relaxed);
+            counters
+                .usec
+                .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+            if error.is_some() {
+                counters.failed_calls.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
     /// CONFIG RESETSTAT: every counter back to zero.
     pub fn reset(&self) {
-        self.commands.lock().expect("stats lock").clear();
-        for counter in [
+        let per_command = self.commands.iter().flat_map(|counters| {
+            [
+                &counters.calls,
+                &counters.usec,
+                &counters.rejected_calls,
+                &counters.failed_calls,
+            ]
+        });
+        for counter in per_command.chain([
             &self.connections_received,
             &self.rejected_connections,
             &self.commands_processed,
             &self.error_replies,
             &self.net_input_bytes,
             &self.net_output_bytes,
-        ] {
+        ]) {
             counter.store(0, Ordering::Relaxed);
         }
     }
 
     /// The counters of command `name`, if it ran or was refused.
     pub fn command(&self, name: &str) -> Option<CommandStat> {
-        self.commands.lock().expect("stats lock").get(name).copied()
+        let index = crate::commands::index_of(name)?;
+        let stat = self.commands[index].load();
+        (stat != CommandStat::default()).then_some(stat)
     }
 
     /// The `# Stats` section's fields.
@@ -99,10 +145,18 @@ impl Stats {
         )
     }
 
-    /// The `# Commandstats` section, in Redis 7's format.
+    /// The `# Commandstats` section, in Redis 7's format: the commands that
+    /// ran or were refused, by name.
     pub fn commandstats_section(&self) -> String {
         let mut text = String::from("# Commandstats\r\n");
-        for (name, stat) in self.commands.lock().expect("stats lock").iter() {
+        let mut used: Vec<(&str, CommandStat)> = COMMANDS
+            .iter()
+            .zip(&self.commands)
+            .map(|(spec, counters)| (spec.name, counters.load()))
+            .filter(|(_, stat)| *stat != CommandStat::default())
+            .collect();
+        used.sort_unstable_by_key(|(name, _)| *name);
+        for (name, stat) in used {
             let per_call = if stat.calls == 0 {
                 0.0
             } else {
@@ -179,20 +233,21 @@ mod tests {
     fn commands_are_counted_as_run_rejected_or_failed() {
         let stats = Stats::default();
         let took = Duration::from_micros(10);
-        stats.record(b"GET", took, &Frame::Nil);
-        stats.record(b"get", took, &Frame::bulk("v"));
+        let index = |name| crate::commands::index_of(name);
+        stats.record(index("GET"), took, &Frame::Nil);
+        stats.record(index("get"), took, &Frame::bulk("v"));
         stats.record(
-            b"get",
+            index("get"),
             took,
             &Frame::error("ERR wrong number of arguments for 'get' command"),
         );
         stats.record(
-            b"incr",
+            index("incr"),
             took,
             &Frame::error("ERR value is not an integer or out of range"),
         );
         stats.record(
-            b"nosuch",
+            index("nosuch"),
             took,
             &Frame::error("ERR unknown command 'nosuch'"),
         );
@@ -207,6 +262,7 @@ mod tests {
         );
         assert_eq!(stats.command("incr").map(|s| s.failed_calls), Some(1));
         assert_eq!(stats.command("nosuch"), None);
+        assert_eq!(stats.command("set"), None, "never ran");
         let section = stats.commandstats_section();
         assert!(
             section.contains(
@@ -220,6 +276,13 @@ mod tests {
                 .contains("total_commands_processed:5\r\n")
         );
         assert!(stats.stats_section().contains("total_error_replies:3\r\n"));
+        stats.reset();
+        assert_eq!(stats.command("get"), None);
+        assert!(
+            stats
+                .stats_section()
+                .contains("total_commands_processed:0\r\n")
+        );
     }
 
     #[test]
