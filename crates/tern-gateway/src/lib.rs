@@ -1135,7 +1135,9 @@ impl<'a> Connection<'a> {
             .iter()
             .any(|w| matches!(w.as_str(), "all" | "everything"));
         let default = wanted.is_empty() || wanted.iter().any(|w| w == "default");
-        self.full_info()
+        // Counting the keys walks every shard's tail: only when shown.
+        let keyspace = everything || default || wanted.iter().any(|w| w == "keyspace");
+        self.full_info(keyspace)
             .split("\r\n\r\n")
             .filter(|section| {
                 let title = section
@@ -1150,11 +1152,15 @@ impl<'a> Connection<'a> {
             .join("\r\n\r\n")
     }
 
-    fn full_info(&mut self) -> String {
+    fn full_info(&mut self, with_keyspace: bool) -> String {
         let map = &self.shared.config.map;
         // The databases that have keys, as Redis lists them (none: none).
-        let keys: String = self
-            .walk_map()
+        let walked = if with_keyspace {
+            self.walk_map()
+        } else {
+            Err(io::Error::other("not asked for"))
+        };
+        let keys: String = walked
             .and_then(|map| keyspace::counts(&map))
             .map(|counts| {
                 counts
