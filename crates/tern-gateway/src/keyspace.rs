@@ -66,31 +66,34 @@ pub fn keys_of_slots(map: &ClusterMap, start: u32, end: u32) -> io::Result<(Vec<
     Ok((fetch_names(tail, start, stop)?, stop))
 }
 
-/// Every key of database `db`, as Redis names it.
-pub fn all_keys(map: &ClusterMap, db: u32) -> io::Result<Vec<Vec<u8>>> {
-    let mut keys = Vec::new();
+/// Every key as Tern stores it, of every database, shard after shard.
+pub fn all_stored(map: &ClusterMap) -> io::Result<Vec<Vec<u8>>> {
+    let mut stored = Vec::new();
     let mut slot = 0;
     while slot < SLOT_COUNT {
         let (names, next) = keys_of_slots(map, slot, SLOT_COUNT)?;
-        keys.extend(names.iter().filter_map(|stored| {
-            let (in_db, key) = split(stored);
-            (in_db == db).then(|| key.to_vec())
-        }));
+        stored.extend(names);
         slot = next;
     }
-    Ok(keys)
+    Ok(stored)
+}
+
+/// Every key of database `db`, as Redis names it.
+pub fn all_keys(map: &ClusterMap, db: u32) -> io::Result<Vec<Vec<u8>>> {
+    Ok(all_stored(map)?
+        .iter()
+        .filter_map(|stored| {
+            let (in_db, key) = split(stored);
+            (in_db == db).then(|| key.to_vec())
+        })
+        .collect())
 }
 
 /// The number of keys in each database (index = database).
 pub fn counts(map: &ClusterMap) -> io::Result<Vec<u64>> {
     let mut counts = vec![0u64; DATABASES as usize];
-    let mut slot = 0;
-    while slot < SLOT_COUNT {
-        let (names, next) = keys_of_slots(map, slot, SLOT_COUNT)?;
-        for stored in &names {
-            counts[split(stored).0 as usize] += 1;
-        }
-        slot = next;
+    for stored in all_stored(map)? {
+        counts[split(&stored).0 as usize] += 1;
     }
     Ok(counts)
 }

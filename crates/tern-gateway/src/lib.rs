@@ -248,9 +248,8 @@ fn delete_all(map: &ClusterMap, stored: &[Vec<u8>]) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// `args` with the keys of command `name` moved into database `db`.
-fn keys_in_db(name: &str, args: &[Vec<u8>], db: u32) -> Vec<Vec<u8>> {
-    let spec = commands::find(name);
+/// `args` with the keys of command `spec` moved into database `db`.
+fn keys_in_db(spec: Option<&commands::Spec>, args: &[Vec<u8>], db: u32) -> Vec<Vec<u8>> {
     args.iter()
         .enumerate()
         .map(|(index, arg)| {
@@ -361,12 +360,12 @@ impl<'a> Connection<'a> {
                         let Some(arguments) = command else { break };
                         if !arguments.is_empty() {
                             let started = std::time::Instant::now();
-                            let reply = self.execute(&arguments);
                             let index = commands::index_of(&String::from_utf8_lossy(&arguments[0]));
+                            let spec = index.map(|index| &commands::COMMANDS[index]);
+                            let reply = self.execute(&arguments, spec);
                             let stats = &self.shared.stats;
                             stats.record(index, started.elapsed(), &reply);
-                            let name =
-                                index.map_or("unknown", |index| commands::COMMANDS[index].name);
+                            let name = spec.map_or("unknown", |spec| spec.name);
                             self.entry.ran(name, self.db, self.protocol);
                             reply.encode(self.protocol, &mut output);
                         }
@@ -406,7 +405,9 @@ impl<'a> Connection<'a> {
         Ok(())
     }
 
-    fn execute(&mut self, arguments: &[Vec<u8>]) -> Frame {
+    /// Runs one command; `spec` is its entry in `commands::COMMANDS` (None:
+    /// not one the gateway serves).
+    fn execute(&mut self, arguments: &[Vec<u8>], spec: Option<&commands::Spec>) -> Frame {
         let name = upper(&arguments[0]);
         let args = &arguments[1..];
         if !self.authenticated && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
@@ -417,7 +418,7 @@ impl<'a> Connection<'a> {
         let args = if self.db == 0 {
             args
         } else {
-            in_db = keys_in_db(&name, args, self.db);
+            in_db = keys_in_db(spec, args, self.db);
             &in_db[..]
         };
         match name.as_str() {
@@ -658,21 +659,13 @@ impl<'a> Connection<'a> {
             Ok(map) => map,
             Err(error) => return walk_error(error),
         };
-        let mut stored = Vec::new();
-        let mut slot = 0;
-        while slot < tern_wire::SLOT_COUNT {
-            match keyspace::keys_of_slots(&map, slot, tern_wire::SLOT_COUNT) {
-                Ok((names, next)) => {
-                    stored.extend(
-                        names
-                            .into_iter()
-                            .filter(|name| all || keyspace::split(name).0 == self.db),
-                    );
-                    slot = next;
-                }
-                Err(error) => return walk_error(error),
-            }
-        }
+        let stored: Vec<Vec<u8>> = match keyspace::all_stored(&map) {
+            Ok(stored) => stored
+                .into_iter()
+                .filter(|name| all || keyspace::split(name).0 == self.db)
+                .collect(),
+            Err(error) => return walk_error(error),
+        };
         match delete_all(&map, &stored) {
             Ok(()) => Frame::ok(),
             Err(error) => tern_error(error),
@@ -760,11 +753,13 @@ impl<'a> Connection<'a> {
             let end = (slot + 64).min(tern_wire::SLOT_COUNT);
             match keyspace::keys_of_slots(&map, slot, end) {
                 Ok((names, next)) => {
-                    let mut keys = names.iter().filter_map(|stored| {
-                        let (db, key) = keyspace::split(stored);
-                        (db == self.db).then_some(key)
-                    });
-                    let keys: Vec<&[u8]> = keys.by_ref().collect();
+                    let keys: Vec<&[u8]> = names
+                        .iter()
+                        .filter_map(|stored| {
+                            let (db, key) = keyspace::split(stored);
+                            (db == self.db).then_some(key)
+                        })
+                        .collect();
                     if !keys.is_empty() {
                         return Frame::bulk(keys[nanos as usize % keys.len()].to_vec());
                     }

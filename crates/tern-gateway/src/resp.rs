@@ -206,62 +206,48 @@ pub fn split_arguments(line: &[u8]) -> Option<Vec<Vec<u8>>> {
             return Some(arguments);
         }
         let mut current = Vec::new();
-        let (mut double, mut single) = (false, false);
+        // Inside quotes: the quote that closes them.
+        let mut quote: Option<u8> = None;
         loop {
             let byte = at(position);
-            if double {
-                match byte? {
-                    b'\\'
-                        if at(position + 1) == Some(b'x')
-                            && at(position + 2).is_some_and(|b| b.is_ascii_hexdigit())
-                            && at(position + 3).is_some_and(|b| b.is_ascii_hexdigit()) =>
-                    {
-                        let hex = |b: u8| (b as char).to_digit(16).expect("checked") as u8;
-                        current.push(hex(line[position + 2]) * 16 + hex(line[position + 3]));
-                        position += 3;
-                    }
-                    b'\\' if at(position + 1).is_some() => {
-                        position += 1;
-                        current.push(match line[position] {
-                            b'n' => b'\n',
-                            b'r' => b'\r',
-                            b't' => b'\t',
-                            b'b' => 0x08,
-                            b'a' => 0x07,
-                            other => other,
-                        });
-                    }
-                    b'"' => {
-                        if at(position + 1).is_some_and(|b| !is_space(b)) {
-                            return None;
-                        }
-                        position += 1;
-                        break;
-                    }
-                    other => current.push(other),
+            match (quote, byte) {
+                (Some(_), None) => return None,
+                (Some(b'"'), Some(b'\\'))
+                    if at(position + 1) == Some(b'x')
+                        && at(position + 2).is_some_and(|b| b.is_ascii_hexdigit())
+                        && at(position + 3).is_some_and(|b| b.is_ascii_hexdigit()) =>
+                {
+                    let hex = |b: u8| (b as char).to_digit(16).expect("checked") as u8;
+                    current.push(hex(line[position + 2]) * 16 + hex(line[position + 3]));
+                    position += 3;
                 }
-            } else if single {
-                match byte? {
-                    b'\\' if at(position + 1) == Some(b'\'') => {
-                        position += 1;
-                        current.push(b'\'');
-                    }
-                    b'\'' => {
-                        if at(position + 1).is_some_and(|b| !is_space(b)) {
-                            return None;
-                        }
-                        position += 1;
-                        break;
-                    }
-                    other => current.push(other),
+                (Some(b'"'), Some(b'\\')) if at(position + 1).is_some() => {
+                    position += 1;
+                    current.push(match line[position] {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 0x08,
+                        b'a' => 0x07,
+                        other => other,
+                    });
                 }
-            } else {
-                match byte {
-                    None | Some(b' ' | b'\n' | b'\r' | b'\t' | 0) => break,
-                    Some(b'"') => double = true,
-                    Some(b'\'') => single = true,
-                    Some(other) => current.push(other),
+                (Some(b'\''), Some(b'\\')) if at(position + 1) == Some(b'\'') => {
+                    position += 1;
+                    current.push(b'\'');
                 }
+                (Some(closing), Some(byte)) if byte == closing => {
+                    // A closing quote must end the argument.
+                    if at(position + 1).is_some_and(|b| !is_space(b)) {
+                        return None;
+                    }
+                    position += 1;
+                    break;
+                }
+                (Some(_), Some(other)) => current.push(other),
+                (None, None | Some(b' ' | b'\n' | b'\r' | b'\t' | 0)) => break,
+                (None, Some(opening @ (b'"' | b'\''))) => quote = Some(opening),
+                (None, Some(other)) => current.push(other),
             }
             position += 1;
         }
