@@ -713,25 +713,37 @@ fn rule6_an_old_request_id_arriving_for_the_first_time_is_applied() {
     assert_eq!(sim.tail().store().latest(b"n").unwrap().value, b"57");
 }
 
-#[test]
-fn a_tail_that_has_a_write_only_from_a_snapshot_still_acknowledges_it() {
-    // The tail applies write 1 but its ACK is lost; the tail then restarts
-    // from a snapshot that holds the write, so no record of it is left to
-    // send again. The coordinator's resends reach it as duplicates.
+/// Write 1 of `k` applied by all three replicas, the tail's ACK lost: the
+/// coordinator still has it in flight.
+fn write_whose_tail_ack_is_lost() -> Sim {
     let mut sim = Sim::new(3).with_journals();
     sim.put(b"k", b"v", 1);
     let tail = sim.chain[2];
     sim.deliver_all_except(|d| d.from == tail && d.op() == Op::Ack);
     sim.lose(|d| d.from == tail && d.op() == Op::Ack);
     assert!(sim.shard().state().is_in_flight(1));
-    let snapshot = sim.tail().snapshot();
-    assert_eq!(snapshot.0, 1);
-    sim.restart_replica(2, Some(snapshot));
+    sim
+}
+
+/// A second of the coordinator's resends, every message delivered.
+fn resend_for_a_second(sim: &mut Sim) {
     for _ in 0..20 {
         sim.advance(Duration::from_millis(50));
         sim.tick();
         sim.deliver_all();
     }
+}
+
+#[test]
+fn a_tail_that_has_a_write_only_from_a_snapshot_still_acknowledges_it() {
+    // The tail applies write 1 but its ACK is lost; the tail then restarts
+    // from a snapshot that holds the write, so no record of it is left to
+    // send again. The coordinator's resends reach it as duplicates.
+    let mut sim = write_whose_tail_ack_is_lost();
+    let snapshot = sim.tail().snapshot();
+    assert_eq!(snapshot.0, 1);
+    sim.restart_replica(2, Some(snapshot));
+    resend_for_a_second(&mut sim);
     // The tail acknowledged it without a reply address (it has no record
     // of the client's request): the write is finished, its key clean, and
     // the window moves on.
@@ -761,22 +773,13 @@ fn a_middle_that_has_a_write_only_from_a_snapshot_passes_its_resend_on() {
     // replicas that joined by state transfer do), so neither has a record
     // of it. The coordinator's resends pass the head as duplicates; the
     // middle must not stop them.
-    let mut sim = Sim::new(3).with_journals();
-    sim.put(b"k", b"v", 1);
-    let tail = sim.chain[2];
-    sim.deliver_all_except(|d| d.from == tail && d.op() == Op::Ack);
-    sim.lose(|d| d.from == tail && d.op() == Op::Ack);
-    assert!(sim.shard().state().is_in_flight(1));
+    let mut sim = write_whose_tail_ack_is_lost();
     for index in [1, 2] {
         let snapshot = sim.replicas[index].snapshot();
         assert_eq!(snapshot.0, 1);
         sim.restart_replica(index, Some(snapshot));
     }
-    for _ in 0..20 {
-        sim.advance(Duration::from_millis(50));
-        sim.tick();
-        sim.deliver_all();
-    }
+    resend_for_a_second(&mut sim);
     assert!(!sim.shard().state().is_in_flight(1), "still in flight");
     assert_eq!(
         sim.shard().state().dirty_count(dirty_index(key_hash(b"k"))),

@@ -68,11 +68,16 @@ impl Gateway {
     }
 
     fn connection(&self) -> redis::Connection {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
-            .unwrap()
-            .get_connection()
-            .unwrap()
+        connect(self.port)
     }
+}
+
+/// A `redis` crate connection to a server on the loopback `port`.
+fn connect(port: u16) -> redis::Connection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap()
 }
 
 impl Drop for Gateway {
@@ -139,11 +144,7 @@ fn a_client_library_gets_redis_semantics_and_pipelining() {
     let gateway = Gateway::start(&cluster, None);
     let mut connection = gateway.connection();
     let query = |connection: &mut redis::Connection, args: &[&str]| -> redis::Value {
-        let mut command = redis::cmd(args[0]);
-        for arg in &args[1..] {
-            command.arg(*arg);
-        }
-        command.query(connection).unwrap()
+        query_on(connection, args).unwrap()
     };
     use redis::Value;
     let bulk = |text: &str| Value::BulkString(text.as_bytes().to_vec());
@@ -696,9 +697,7 @@ fn info_reports_memory_cpu_and_per_command_counters() {
     assert!(!asked.contains("# Keyspace"), "{asked}");
 }
 
-/// What one server answers to a session of commands, as text: arrays of
-/// keys sorted (the order of KEYS and SCAN is the server's own), SCAN's
-/// pages gathered into the set of keys they named, errors by their text.
+/// Sends `args` as one command; an error reply as its text.
 fn query_on(connection: &mut redis::Connection, args: &[&str]) -> Result<redis::Value, String> {
     let mut command = redis::cmd(args[0]);
     for arg in &args[1..] {
@@ -745,150 +744,90 @@ fn scan_all(connection: &mut redis::Connection, args: &[&str]) -> Vec<String> {
     }
 }
 
+/// A session with one server, writing down what it answers.
+struct Session {
+    connection: redis::Connection,
+    answers: Vec<String>,
+}
+
+impl Session {
+    fn say(&mut self, what: &str, answer: impl std::fmt::Debug) {
+        self.answers.push(format!("{what}: {answer:?}"));
+    }
+
+    /// Records what `args` answered.
+    fn ask(&mut self, what: &str, args: &[&str]) {
+        let answer = query_on(&mut self.connection, args);
+        self.say(what, answer);
+    }
+
+    /// Records the keys `KEYS pattern` answered, sorted.
+    fn keys(&mut self, what: &str, pattern: &str) {
+        let keys = texts(query_on(&mut self.connection, &["KEYS", pattern]).unwrap());
+        self.say(what, keys);
+    }
+
+    /// Records the keys a whole SCAN named.
+    fn scan(&mut self, what: &str, args: &[&str]) {
+        let keys = scan_all(&mut self.connection, args);
+        self.say(what, keys);
+    }
+
+    fn run(&mut self, args: &[&str]) {
+        query_on(&mut self.connection, args).unwrap();
+    }
+}
+
+/// What one server answers to a session of commands, as text: arrays of
+/// keys sorted (the order of KEYS and SCAN is the server's own), SCAN's
+/// pages gathered into the set of keys they named, errors by their text.
 fn session_answers(port: u16) -> Vec<String> {
-    let mut connection = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let mut answers = Vec::new();
-    let mut say = |what: &str, answer: String| answers.push(format!("{what}: {answer}"));
-    say(
-        "flushall",
-        format!("{:?}", query_on(&mut connection, &["FLUSHALL"])),
-    );
-    for key in ["a", "b", "user:1", "user:2", "user:10", "other"] {
-        query_on(&mut connection, &["SET", key, key]).unwrap();
+    let mut session = Session {
+        connection: connect(port),
+        answers: Vec::new(),
+    };
+    let keys = ["a", "b", "user:1", "user:2", "user:10", "other"];
+    session.ask("flushall", &["FLUSHALL"]);
+    for key in keys {
+        session.run(&["SET", key, key]);
     }
-    say(
-        "select 9",
-        format!("{:?}", query_on(&mut connection, &["SELECT", "9"])),
-    );
-    query_on(&mut connection, &["SET", "a", "nine"]).unwrap();
-    query_on(&mut connection, &["SET", "only-in-9", "x"]).unwrap();
-    say(
-        "dbsize 9",
-        format!("{:?}", query_on(&mut connection, &["DBSIZE"])),
-    );
-    say(
-        "keys 9",
-        format!(
-            "{:?}",
-            texts(query_on(&mut connection, &["KEYS", "*"]).unwrap())
-        ),
-    );
-    say(
-        "get a in 9",
-        format!("{:?}", query_on(&mut connection, &["GET", "a"])),
-    );
-    say(
-        "scan 9",
-        format!("{:?}", scan_all(&mut connection, &["COUNT", "1"])),
-    );
-    say(
-        "select 0",
-        format!("{:?}", query_on(&mut connection, &["SELECT", "0"])),
-    );
-    say(
-        "get a in 0",
-        format!("{:?}", query_on(&mut connection, &["GET", "a"])),
-    );
-    say(
-        "exists only-in-9",
-        format!("{:?}", query_on(&mut connection, &["EXISTS", "only-in-9"])),
-    );
-    say(
-        "dbsize 0",
-        format!("{:?}", query_on(&mut connection, &["DBSIZE"])),
-    );
+    session.ask("select 9", &["SELECT", "9"]);
+    session.run(&["SET", "a", "nine"]);
+    session.run(&["SET", "only-in-9", "x"]);
+    session.ask("dbsize 9", &["DBSIZE"]);
+    session.keys("keys 9", "*");
+    session.ask("get a in 9", &["GET", "a"]);
+    session.scan("scan 9", &["COUNT", "1"]);
+    session.ask("select 0", &["SELECT", "0"]);
+    session.ask("get a in 0", &["GET", "a"]);
+    session.ask("exists only-in-9", &["EXISTS", "only-in-9"]);
+    session.ask("dbsize 0", &["DBSIZE"]);
     for pattern in ["*", "user:*", "user:?", "*[ab]", "[^u]*", "nothing*"] {
-        say(
-            pattern,
-            format!(
-                "{:?}",
-                texts(query_on(&mut connection, &["KEYS", pattern]).unwrap())
-            ),
-        );
+        session.keys(pattern, pattern);
     }
-    say(
-        "scan",
-        format!("{:?}", scan_all(&mut connection, &["COUNT", "2"])),
-    );
-    say(
-        "scan match",
-        format!("{:?}", scan_all(&mut connection, &["MATCH", "user:*"])),
-    );
-    say(
-        "scan type",
-        format!(
-            "{:?}",
-            scan_all(&mut connection, &["TYPE", "string", "COUNT", "100"])
-        ),
-    );
-    say(
-        "scan other type",
-        format!("{:?}", scan_all(&mut connection, &["TYPE", "hash"])),
-    );
-    let random = query_on(&mut connection, &["RANDOMKEY"]).unwrap();
+    session.scan("scan", &["COUNT", "2"]);
+    session.scan("scan match", &["MATCH", "user:*"]);
+    session.scan("scan type", &["TYPE", "string", "COUNT", "100"]);
+    session.scan("scan other type", &["TYPE", "hash"]);
+    let random = query_on(&mut session.connection, &["RANDOMKEY"]).unwrap();
     let redis::Value::BulkString(random) = random else {
         panic!("{random:?}")
     };
-    say(
-        "randomkey is a key",
-        format!(
-            "{}",
-            ["a", "b", "user:1", "user:2", "user:10", "other"]
-                .contains(&String::from_utf8(random).unwrap().as_str())
-        ),
-    );
-    say(
-        "select 16",
-        format!("{:?}", query_on(&mut connection, &["SELECT", "16"])),
-    );
-    say(
-        "select x",
-        format!("{:?}", query_on(&mut connection, &["SELECT", "x"])),
-    );
-    say(
-        "scan bad cursor",
-        format!("{:?}", query_on(&mut connection, &["SCAN", "x"])),
-    );
-    say(
-        "select 9 again",
-        format!("{:?}", query_on(&mut connection, &["SELECT", "9"])),
-    );
-    say(
-        "flushdb 9",
-        format!("{:?}", query_on(&mut connection, &["FLUSHDB", "SYNC"])),
-    );
-    say(
-        "dbsize 9 flushed",
-        format!("{:?}", query_on(&mut connection, &["DBSIZE"])),
-    );
-    say(
-        "randomkey of none",
-        format!("{:?}", query_on(&mut connection, &["RANDOMKEY"])),
-    );
-    query_on(&mut connection, &["SELECT", "0"]).unwrap();
-    say(
-        "dbsize 0 kept",
-        format!("{:?}", query_on(&mut connection, &["DBSIZE"])),
-    );
-    say(
-        "flushall async",
-        format!("{:?}", query_on(&mut connection, &["FLUSHALL", "ASYNC"])),
-    );
-    say(
-        "dbsize after flushall",
-        format!("{:?}", query_on(&mut connection, &["DBSIZE"])),
-    );
-    say(
-        "keys after flushall",
-        format!(
-            "{:?}",
-            texts(query_on(&mut connection, &["KEYS", "*"]).unwrap())
-        ),
-    );
-    answers
+    let random = String::from_utf8(random).unwrap();
+    session.say("randomkey is a key", keys.contains(&random.as_str()));
+    session.ask("select 16", &["SELECT", "16"]);
+    session.ask("select x", &["SELECT", "x"]);
+    session.ask("scan bad cursor", &["SCAN", "x"]);
+    session.ask("select 9 again", &["SELECT", "9"]);
+    session.ask("flushdb 9", &["FLUSHDB", "SYNC"]);
+    session.ask("dbsize 9 flushed", &["DBSIZE"]);
+    session.ask("randomkey of none", &["RANDOMKEY"]);
+    session.run(&["SELECT", "0"]);
+    session.ask("dbsize 0 kept", &["DBSIZE"]);
+    session.ask("flushall async", &["FLUSHALL", "ASYNC"]);
+    session.ask("dbsize after flushall", &["DBSIZE"]);
+    session.keys("keys after flushall", "*");
+    session.answers
 }
 
 #[test]
@@ -909,12 +848,7 @@ fn command_info_describes_each_command_as_redis_server_does() {
     let cluster = cluster();
     let gateway = Gateway::start(&cluster, None);
     let redis = RedisServer::start(None);
-    let (mut ours, mut theirs) = (gateway.connection(), {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", redis.port))
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    });
+    let (mut ours, mut theirs) = (gateway.connection(), connect(redis.port));
     let redis::Value::Array(all) = query_on(&mut ours, &["COMMAND"]).unwrap() else {
         panic!("COMMAND answers an array")
     };
