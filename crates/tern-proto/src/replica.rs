@@ -468,6 +468,14 @@ impl Replica {
         self.fenced
     }
 
+    /// Keeps `previous`'s event and drop counters: they count what this
+    /// process saw since it started, not since its state was last replaced
+    /// (a join, a new shard's empty start, a drop of its data).
+    pub fn keep_counters_of(&mut self, previous: &Replica) {
+        self.counters = previous.counters.clone();
+        self.drops = previous.drops.clone();
+    }
+
     /// After loading a predecessor's state: asks it for everything later.
     pub fn catch_up(&mut self) {
         self.catching_up = true;

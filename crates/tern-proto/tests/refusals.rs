@@ -8,7 +8,8 @@
 mod sim;
 
 use sim::*;
-use tern_proto::Time;
+use tern_proto::replica::Replica;
+use tern_proto::{Core, Time};
 use tern_proto::coordinator::ShardState;
 use tern_wire::{Header, Message, Op, Status, dirty_index, key_hash};
 use zerocopy::IntoBytes;
@@ -120,4 +121,23 @@ fn an_undecodable_write_from_anyone_but_the_coordinator_is_only_refused() {
     assert_eq!(sim.reply_to(1).status(), Status::BadKeyHash);
     assert_eq!(sim.head().store().applied_seq(), 0);
     assert_eq!(sim.head().counters().refused_sequenced, 0);
+}
+
+#[test]
+fn a_replica_whose_state_is_replaced_keeps_counting_from_where_it_was() {
+    let sim = Sim::new(3);
+    let mut outside = Replica::new(sim.replica_config(1));
+    let mut outbox = tern_proto::Outbox::new();
+    // Ten bytes: shorter than a header.
+    outside.step(Time::ZERO, CLIENT, &[0u8; 10], &mut outbox);
+    assert!(outside.render_stats().contains("drop_truncated 1\n"));
+    // The state a join or a new shard's empty start loads in its place.
+    let (_, empty) = Replica::new(sim.replica_config(1)).snapshot();
+    let mut loaded = Replica::restore(sim.replica_config(1), Some(&empty)).unwrap();
+    loaded.keep_counters_of(&outside);
+    assert!(
+        loaded.render_stats().contains("drop_truncated 1\n"),
+        "{}",
+        loaded.render_stats()
+    );
 }

@@ -263,7 +263,9 @@ impl Shell<'_> {
             }
             Action::DropData => {
                 tracing::warn!(shard = %self.shard, addr = %self.addr, "taken out of the chain: dropping my data, waiting as a spare");
-                *replica = Replica::new(outside(self.shard, self.addr));
+                let mut emptied = Replica::new(outside(self.shard, self.addr));
+                emptied.keep_counters_of(replica);
+                *replica = emptied;
                 replica.set_fenced(true);
                 become_spare(self.data_dir, self.journal)?;
             }
@@ -301,6 +303,7 @@ impl Shell<'_> {
             loaded = loaded.with_journal();
         }
         loaded.catch_up();
+        loaded.keep_counters_of(replica);
         *replica = loaded;
         tracing::info!(
             applied,
