@@ -63,7 +63,7 @@ fn record(seq: u64, value: &[u8], out: &mut Outbox) {
     header.effect = Effect::Put as u8;
     header.status = Status::Ok as u8;
     header.set_version(seq);
-    out.journal_push(seq, &header, key.as_bytes(), value);
+    out.journal_push(seq, &header, &Default::default(), key.as_bytes(), value);
 }
 
 fn scratch_dir(base: &Option<PathBuf>) -> Result<tempfile::TempDir> {

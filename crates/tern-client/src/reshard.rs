@@ -44,7 +44,8 @@ use tern_wire::load::SlotLoad;
 pub use crate::plan::Move;
 use crate::plan::{self, plan_by_load, plan_even};
 use tern_wire::{
-    Header, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, encode, freeze, key_hash,
+    Extensions, Header, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, encode_append_with,
+    freeze, key_hash,
 };
 use thiserror::Error;
 
@@ -670,17 +671,24 @@ enum Attempt {
 #[derive(Clone, Debug)]
 struct Pending {
     header: Header,
+    /// A copied key's deadline (INSTALL).
+    extensions: Extensions,
     key: Vec<u8>,
     value: Vec<u8>,
 }
 
 impl Pending {
-    fn keyless(header: Header) -> Pending {
+    fn new(header: Header, key: Vec<u8>, value: Vec<u8>) -> Pending {
         Pending {
             header,
-            key: Vec::new(),
-            value: Vec::new(),
+            extensions: Extensions::default(),
+            key,
+            value,
         }
+    }
+
+    fn keyless(header: Header) -> Pending {
+        Pending::new(header, Vec::new(), Vec::new())
     }
 
     /// Whom an answer to it names (an installed outcome is answered as
@@ -1129,11 +1137,11 @@ impl Driver {
             }
             let mut header = Header::new(Op::InstallKeys, shard_id.get(), epoch);
             header.key_hash.set(key_hash(b""));
-            requests.push(Pending {
+            requests.push(Pending::new(
                 header,
-                key: Vec::new(),
-                value: export::encode_keys(batch.drain(..)),
-            });
+                Vec::new(),
+                export::encode_keys(batch.drain(..)),
+            ));
         };
         for copied in &export.keys {
             let length = copied.encoded_len();
@@ -1142,9 +1150,8 @@ impl Driver {
                 header.key_hash.set(key_hash(&copied.key));
                 header.set_version(copied.version);
                 requests.push(Pending {
-                    header,
-                    key: copied.key.clone(),
-                    value: copied.value.clone(),
+                    extensions: Extensions::deadline(copied.deadline_ms),
+                    ..Pending::new(header, copied.key.clone(), copied.value.clone())
                 });
                 continue;
             }
@@ -1161,11 +1168,7 @@ impl Driver {
             header.key_hash.set(key_hash(key));
             // Every version the source gave is below the delta's floor.
             header.set_version(floor.unwrap_or(u64::MAX));
-            requests.push(Pending {
-                header,
-                key: key.clone(),
-                value: Vec::new(),
-            });
+            requests.push(Pending::new(header, key.clone(), Vec::new()));
         }
         for outcome in &export.outcomes {
             let mut header = Header::new(Op::InstallOutcome, shard_id.get(), epoch);
@@ -1174,11 +1177,11 @@ impl Driver {
             header.request_id.set(outcome.request_id);
             header.status = outcome.status as u8;
             header.set_version(outcome.version);
-            requests.push(Pending {
+            requests.push(Pending::new(
                 header,
-                key: Vec::new(),
-                value: outcome.key_hash.to_le_bytes().to_vec(),
-            });
+                Vec::new(),
+                outcome.key_hash.to_le_bytes().to_vec(),
+            ));
         }
         if let Some(floor) = floor {
             let mut rebase = Header::new(Op::Rebase, shard_id.get(), epoch);
@@ -1258,7 +1261,13 @@ impl Driver {
                 }
             }
             for request in due {
-                self.send(coordinator, &request.header, &request.key, &request.value)?;
+                self.send_with(
+                    coordinator,
+                    &request.header,
+                    &request.extensions,
+                    &request.key,
+                    &request.value,
+                )?;
             }
             let Some((answer, _)) = self.receive()? else {
                 continue;
@@ -1298,7 +1307,20 @@ impl Driver {
         key: &[u8],
         value: &[u8],
     ) -> std::io::Result<()> {
-        let bytes = encode(header, key, value).map_err(std::io::Error::other)?;
+        self.send_with(to, header, &Extensions::default(), key, value)
+    }
+
+    fn send_with(
+        &mut self,
+        to: SocketAddrV4,
+        header: &Header,
+        extensions: &Extensions,
+        key: &[u8],
+        value: &[u8],
+    ) -> std::io::Result<()> {
+        let mut bytes = Vec::new();
+        encode_append_with(header, extensions, key, value, &mut bytes)
+            .map_err(std::io::Error::other)?;
         self.socket.send_to(&bytes, to)?;
         Ok(())
     }

@@ -269,6 +269,30 @@ fn valid_corpus() -> Vec<(String, Sender, Vec<u8>)> {
         request(Op::Put, b"big", &vec![b'v'; VALUE_LEN_MAX], 10),
     );
     add("empty key", Sender::Client, request(Op::Put, b"", b"v", 11));
+    // Deadlines travel with their write, the extension before the key.
+    let expiring = |op: Op, key: &[u8], value: &[u8], request_id, mode| {
+        let header = header_of(&request(op, key, value, request_id));
+        let extensions = tern_wire::Extensions {
+            expiry: Some(tern_wire::Expiry {
+                deadline_ms: 1500,
+                mode,
+            }),
+            ..tern_wire::Extensions::default()
+        };
+        let mut bytes = Vec::new();
+        tern_wire::encode_append_with(&header, &extensions, key, value, &mut bytes).unwrap();
+        bytes
+    };
+    add(
+        "put with a deadline",
+        Sender::Client,
+        expiring(Op::Put, b"e", b"v", 12, tern_wire::expiry::RELATIVE),
+    );
+    add(
+        "expire",
+        Sender::Client,
+        expiring(Op::Expire, b"e", b"", 13, tern_wire::expiry::IF_SOME),
+    );
     add(
         "get of a slot served elsewhere",
         Sender::Client,
@@ -469,10 +493,18 @@ fn malformed_corpus() -> Vec<(String, Sender, Vec<u8>)> {
     reply.status = Status::StaleEpoch as u8;
     let extensions = tern_wire::Extensions {
         map_version: Some(7),
+        ..tern_wire::Extensions::default()
     };
     let mut bytes = Vec::new();
     tern_wire::encode_append_with(&reply, &extensions, b"", b"", &mut bytes).unwrap();
     add("a reply with a map version sent to the coordinator", bytes);
+    // A deadline (9 bytes) on a read, which may not carry one.
+    let mut expiry_on_get = header_of(&request(Op::Get, b"k", b"", 90));
+    expiry_on_get.extensions = tern_wire::ext::EXPIRY;
+    add(
+        "a deadline on a get",
+        raw(expiry_on_get, b"\x10\0\0\0\0\0\0\0\x01k"),
+    );
     corpus
 }
 
@@ -532,8 +564,8 @@ fn the_kernel_and_rust_paths_agree_on_valid_and_malformed_datagrams() {
     assert!(count(XdpCounter::PassMalformed) >= 10);
     assert_eq!(
         twins.kernel_state.next_seq(),
-        10 + 1,
-        "ten writes sequenced"
+        12 + 1,
+        "twelve writes sequenced (two with deadlines)"
     );
 }
 

@@ -252,6 +252,15 @@ pub fn monotonic_now() -> Time {
     Time::from_nanos(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
 }
 
+/// Unix milliseconds minus CLOCK_MONOTONIC milliseconds, now: what turns
+/// the monotonic time handed to cores into wall time.
+pub fn wall_offset_ms() -> i64 {
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64);
+    unix_ms - (monotonic_now().as_nanos() / 1_000_000) as i64
+}
+
 /// Runs `core` on `socket` until `shutdown` is set: the main loop of every
 /// Tern process.
 pub fn serve<C: Core>(

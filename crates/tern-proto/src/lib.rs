@@ -13,6 +13,7 @@
 pub mod assignment;
 pub mod coordinator;
 mod counters;
+pub mod expiry;
 pub mod membership;
 mod outbox;
 pub mod replica;
@@ -21,7 +22,7 @@ mod time;
 
 pub use outbox::{Outbox, Outgoing};
 pub use shared::SharedShard;
-pub use time::Time;
+pub use time::{Time, WallClock};
 
 /// Answers `received` with `status` (an error or a refusal), unless it is
 /// itself a reply or acknowledgement: two nodes must never trade errors.
@@ -52,6 +53,7 @@ pub(crate) fn answer_status(
     let names_the_map = matches!(status, Status::StaleEpoch | Status::WrongShard);
     let extensions = tern_wire::Extensions {
         map_version: (names_the_map && map_version != 0).then_some(map_version),
+        ..tern_wire::Extensions::default()
     };
     outbox.push_with(to, &reply, &extensions, &[], &[]);
 }

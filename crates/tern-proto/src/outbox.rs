@@ -6,7 +6,7 @@
 
 use std::net::SocketAddrV4;
 
-use tern_wire::{Extensions, Header, encode_append, encode_append_with};
+use tern_wire::{Extensions, Header, encode_append_with};
 
 /// One datagram to send.
 #[derive(Debug, Default)]
@@ -88,10 +88,18 @@ impl Outbox {
         self.len == 0
     }
 
-    /// Queues a log record: the datagram `header`, `key`, `value` encoded.
-    pub fn journal_push(&mut self, seq: u64, header: &Header, key: &[u8], value: &[u8]) {
+    /// Queues a log record: the datagram `header`, `extensions`, `key`,
+    /// `value` encoded.
+    pub fn journal_push(
+        &mut self,
+        seq: u64,
+        header: &Header,
+        extensions: &Extensions,
+        key: &[u8],
+        value: &[u8],
+    ) {
         let start = self.journal.len();
-        encode_append(header, key, value, &mut self.journal)
+        encode_append_with(header, extensions, key, value, &mut self.journal)
             .expect("cores only journal keys and values within the wire limits");
         self.journal_index.push((seq, start, self.journal.len()));
     }

@@ -15,10 +15,14 @@ use std::time::Duration;
 use tern_store::{Store, Write};
 use tern_wire::export::{Export, ExportedKey, ExportedOutcome};
 use tern_wire::load::SlotLoad;
-use tern_wire::{DecodeError, Effect, Header, Message, Op, Status, VALUE_LEN_MAX, flags};
+use tern_wire::{
+    DecodeError, Effect, Expiry, Extensions, Header, Message, Op, Status, VALUE_LEN_MAX, expiry,
+    flags,
+};
 
 use crate::counters::{DecodeDrops, counters};
-use crate::{Core, Outbox, Time};
+use crate::expiry::{self as expiring, ExpireOutcome, Reaper};
+use crate::{Core, Outbox, Time, WallClock};
 
 /// Writes held back while waiting for a gap to be filled.
 pub const HOLDBACK_MAX: usize = 4096;
@@ -43,6 +47,10 @@ struct Decision {
     version: u64,
     /// The value to write when it is computed (INCRBY, APPEND), not sent.
     value: Option<Vec<u8>>,
+    /// The deadline of the key's new value (Unix milliseconds; 0: none).
+    deadline_ms: u64,
+    /// The key's value before had expired (flags::OLD_EXPIRED).
+    old_expired: bool,
 }
 
 /// Why a replica could not be restored from its snapshot and log.
@@ -136,6 +144,12 @@ counters! {
         /// Reads forwarded before their slot was dropped here (it moved to
         /// another shard) and arriving after: refused, the client asks again.
         read_before_drop,
+        /// Reads of a key whose value had expired here: answered NOT_FOUND.
+        expired_reads,
+        /// Reap requests this head sent its coordinator for expired keys.
+        reap_requests,
+        /// Expired keys this head decided to delete.
+        reaped,
     }
 }
 
@@ -224,6 +238,12 @@ pub struct Replica {
     load: SlotLoad,
     counters: ReplicaCounters,
     drops: DecodeDrops,
+    /// Unix time from the monotonic time handed in (set by the shell).
+    clock: WallClock,
+    /// The time handed to the step or tick under way.
+    now: Time,
+    /// The reap requests this replica has outstanding while it is head.
+    reaper: Reaper,
 }
 
 impl Replica {
@@ -233,7 +253,6 @@ impl Replica {
             "position outside the chain"
         );
         Replica {
-            config,
             store: new_store(),
             highest_seen: 0,
             holdback: BTreeMap::new(),
@@ -251,7 +270,27 @@ impl Replica {
             load: SlotLoad::default(),
             counters: ReplicaCounters::default(),
             drops: DecodeDrops::default(),
+            clock: WallClock::default(),
+            now: Time::ZERO,
+            reaper: Reaper::new(config.chain[config.position]),
+            config,
         }
+    }
+
+    /// The clock by which deadlines are decided and values hide once
+    /// expired. The shell sets it from the system clock, and again now and
+    /// then so that adjustments of the system clock reach it.
+    pub fn set_wall_clock(&mut self, clock: WallClock) {
+        self.clock = clock;
+    }
+
+    pub fn wall_clock(&self) -> WallClock {
+        self.clock
+    }
+
+    /// Unix milliseconds now, by this replica's clock.
+    fn unix_ms(&self) -> u64 {
+        self.clock.unix_ms(self.now)
     }
 
     /// Also queue every applied write as a log record (see `Outbox::journal`).
@@ -287,7 +326,11 @@ impl Replica {
         }
         self.store.observe_commit(header.commit_seq.get());
         self.highest_seen = self.highest_seen.max(seq);
-        self.apply_record(header, message.key, message.value, scratch);
+        let deadline_ms = message
+            .extensions
+            .expiry
+            .map_or(0, |asked| asked.deadline_ms);
+        self.apply_record(header, message.key, message.value, deadline_ms, scratch);
         Ok(())
     }
 
@@ -398,6 +441,7 @@ impl Replica {
                     key: key.to_vec(),
                     version: found.version,
                     value: found.value.to_vec(),
+                    deadline_ms: found.deadline_ms,
                 });
             } else {
                 unchanged.push(key.to_vec());
@@ -474,6 +518,7 @@ impl Replica {
     pub fn keep_counters_of(&mut self, previous: &Replica) {
         self.counters = previous.counters.clone();
         self.drops = previous.drops.clone();
+        self.clock = previous.clock;
     }
 
     /// After loading a predecessor's state: asks it for everything later.
@@ -533,11 +578,18 @@ impl Replica {
         self.store.observe_commit(header.commit_seq.get());
         // DESIGN rule 5: a clean read returns the newest version at or below
         // its stamp; a dirty read (sent to the tail) the newest applied one.
-        let found = if header.has_flag(flags::TAIL_READ) {
+        let stored = if header.has_flag(flags::TAIL_READ) {
             self.store.latest(message.key)
         } else {
             self.store.read_at(message.key, header.seq.get())
         };
+        // An expired value is gone for readers from its deadline on, by this
+        // replica's clock, though its delete may not have come yet.
+        let now_ms = self.unix_ms();
+        let found = stored.filter(|found| found.live_at(now_ms));
+        if stored.is_some() && found.is_none() {
+            self.counters.expired_reads += 1;
+        }
         let mut reply = Header::new(Op::Reply, self.config.shard, self.config.epoch);
         reply.client_id = header.client_id;
         reply.request_id = header.request_id;
@@ -549,7 +601,8 @@ impl Replica {
             Some(found) => {
                 reply.status = Status::Ok as u8;
                 reply.set_version(found.version);
-                outbox.push(to, &reply, &[], found.value);
+                let deadline = Extensions::deadline(found.deadline_ms);
+                outbox.push_with(to, &reply, &deadline, &[], found.value);
             }
             None => {
                 reply.status = Status::NotFound as u8;
@@ -637,6 +690,11 @@ impl Replica {
                 status: header.status(),
                 version: header.version(),
                 value: None,
+                deadline_ms: message
+                    .extensions
+                    .expiry
+                    .map_or(0, |decided| decided.deadline_ms),
+                old_expired: header.has_flag(flags::OLD_EXPIRED),
             }
         };
         let (effect, status, version) = (decision.effect, decision.status, decision.version);
@@ -647,8 +705,12 @@ impl Replica {
         record.op = Op::Replicate as u8;
         record.effect = effect as u8;
         record.status = status as u8;
-        // Only the client's write options travel on with the write.
+        // Only the client's write options travel on with the write, and
+        // what the head found.
         record.flags &= flags::WRITE_OPTIONS;
+        if decision.old_expired {
+            record.flags |= flags::OLD_EXPIRED;
+        }
         record.set_version(version);
         record.commit_seq.set(self.store.commit_seq());
         let value = match (effect, &decision.value) {
@@ -659,38 +721,59 @@ impl Replica {
             }
             _ => &[],
         };
+        // Only a written value has a deadline.
+        let deadline_ms = match effect {
+            Effect::Put | Effect::Install => decision.deadline_ms,
+            _ => 0,
+        };
         if self.journaling {
-            outbox.journal_push(header.seq.get(), &record, message.key, value);
+            let deadline = Extensions::deadline(deadline_ms);
+            outbox.journal_push(header.seq.get(), &record, &deadline, message.key, value);
         }
         // Counted live only: a replay of the log is no load.
         if matches!(record.effect(), Effect::Put | Effect::Delete) {
             self.load
                 .count_write(tern_wire::slot_of(record.key_hash.get()));
         }
-        self.apply_record(&record, message.key, value, outbox);
+        self.apply_record(&record, message.key, value, deadline_ms, outbox);
     }
 
     /// Applies a decided write (a REPLICATE record) and queues what goes
     /// downstream: the record to the successor, or an ACK from the tail.
     /// Execution and log replay both come through here.
-    fn apply_record(&mut self, record: &Header, key: &[u8], value: &[u8], outbox: &mut Outbox) {
+    fn apply_record(
+        &mut self,
+        record: &Header,
+        key: &[u8],
+        value: &[u8],
+        deadline_ms: u64,
+        outbox: &mut Outbox,
+    ) {
         let seq = record.seq.get();
         // The tail answers with the key's value before or after this write
         // when asked: it applies every write in order, so it knows both.
         // The value before is answered whatever the outcome (a refused
         // `SET NX GET` returns the existing value); the value after only on
         // success. None inside: the key had no value.
+        // A value the head found expired is answered as none.
         let answer_with = |store: &Store| store.latest(key).map(|found| found.value.to_vec());
         let tail = self.config.is_tail();
-        let mut result_value =
-            (tail && record.has_flag(flags::RETURN_OLD)).then(|| answer_with(&self.store));
+        let mut result_value = (tail && record.has_flag(flags::RETURN_OLD)).then(|| {
+            if record.has_flag(flags::OLD_EXPIRED) {
+                None
+            } else {
+                answer_with(&self.store)
+            }
+        });
         match record.effect() {
-            Effect::Put => self.store.apply(seq, key, Write::Put(value)),
+            Effect::Put => self
+                .store
+                .apply_expiring(seq, key, Write::Put(value), deadline_ms),
             Effect::Delete => self.store.apply(seq, key, Write::Delete),
             Effect::Install => {
                 let version = record.version();
                 self.store
-                    .apply(seq, key, Write::Install { value, version });
+                    .apply_expiring(seq, key, Write::Install { value, version }, deadline_ms);
             }
             Effect::InstallKeys => match tern_wire::export::decode_keys(value) {
                 Ok(keys) => self.store.apply_all(
@@ -700,7 +783,7 @@ impl Replica {
                             value: &copied.value,
                             version: copied.version,
                         };
-                        (&copied.key[..], write)
+                        (&copied.key[..], write, copied.deadline_ms)
                     }),
                 ),
                 Err(_) => {
@@ -754,12 +837,15 @@ impl Replica {
             // The log keeps the record itself: if this replica stops being
             // the tail, it passes the record on instead.
             let mut scratch = std::mem::take(&mut self.scratch);
-            tern_wire::encode_into(record, key, value, &mut scratch)
+            scratch.clear();
+            let deadline = Extensions::deadline(deadline_ms);
+            tern_wire::encode_append_with(record, &deadline, key, value, &mut scratch)
                 .expect("an applied record fits a datagram");
             self.log_sent(seq, &scratch);
             self.scratch = scratch;
         } else {
-            outbox.push(to, &next, key, value);
+            let deadline = Extensions::deadline(deadline_ms);
+            outbox.push_with(to, &next, &deadline, key, value);
             let sent = outbox.iter().last().expect("just pushed").1;
             self.log_sent(seq, sent);
         }
@@ -826,6 +912,8 @@ impl Replica {
             status,
             version,
             value: None,
+            deadline_ms: 0,
+            old_expired: false,
         };
         if header.op() == Op::Noop {
             // A gap fill (Ok), or a sequenced write this head refused (`refuse`).
@@ -854,28 +942,57 @@ impl Replica {
             self.counters.dedup_forgotten += 1;
             return decided(Effect::None, Status::Forgotten, 0);
         }
-        let current = self.store.latest(message.key);
+        // A value whose deadline has passed by this head's clock is absent
+        // to every decision but a migration's version comparisons.
+        let now_ms = self.unix_ms();
+        let stored = self.store.latest(message.key);
+        let current = stored.filter(|found| found.live_at(now_ms));
+        let old_expired = stored.is_some() && current.is_none();
         let version = current.map(|found| found.version);
-        match header.op() {
+        let stored_version = stored.map(|found| found.version);
+        let asked = message.extensions.expiry;
+        let op = header.op();
+        if asked.is_some() && !matches!(op, Op::Put | Op::Cas | Op::Expire | Op::Install) {
+            return decided(Effect::None, Status::Malformed, 0);
+        }
+        let with_deadline = |decision: Decision, deadline_ms| Decision {
+            deadline_ms,
+            ..decision
+        };
+        // The deadline of a whole new value (SET, CAS), or a refusal.
+        let deadline_of_write = expiring::deadline_of_write(asked, current, now_ms);
+        let mut decision = match op {
+            _ if matches!(op, Op::Put | Op::Cas) && deadline_of_write.is_none() => {
+                decided(Effect::None, Status::Malformed, 0)
+            }
             Op::Put if header.has_flag(flags::IF_EXISTS) && current.is_none() => {
                 decided(Effect::None, Status::NotFound, 0)
             }
-            Op::Put => decided(Effect::Put, Status::Ok, new_version),
-            Op::Delete => match version {
-                Some(_) => decided(Effect::Delete, Status::Ok, new_version),
-                None => decided(Effect::None, Status::NotFound, new_version),
+            Op::Put => with_deadline(
+                decided(Effect::Put, Status::Ok, new_version),
+                deadline_of_write.unwrap_or(0),
+            ),
+            Op::Delete => match (version, stored_version) {
+                (Some(_), _) => decided(Effect::Delete, Status::Ok, new_version),
+                // Expired: gone for the client, and its memory reclaimed now.
+                (None, Some(_)) => decided(Effect::Delete, Status::NotFound, new_version),
+                (None, None) => decided(Effect::None, Status::NotFound, new_version),
             },
             Op::Cas => {
                 let version = version.unwrap_or(0);
                 if version == header.expected_version() {
-                    decided(Effect::Put, Status::Ok, new_version)
+                    with_deadline(
+                        decided(Effect::Put, Status::Ok, new_version),
+                        deadline_of_write.unwrap_or(0),
+                    )
                 } else {
                     decided(Effect::None, Status::CasMismatch, version)
                 }
             }
             Op::IncrBy => {
                 // Redis semantics: an absent key counts as 0; the value and
-                // the delta must be decimal 64-bit integers; no overflow.
+                // the delta must be decimal 64-bit integers; no overflow;
+                // the key keeps its deadline.
                 let parse = |bytes: &[u8]| std::str::from_utf8(bytes).ok()?.parse::<i64>().ok();
                 let sum = match (
                     current.map_or(Some(0), |found| parse(found.value)),
@@ -887,6 +1004,7 @@ impl Replica {
                 match sum {
                     Some(sum) => Decision {
                         value: Some(sum.to_string().into_bytes()),
+                        deadline_ms: current.map_or(0, |found| found.deadline_ms),
                         ..decided(Effect::Put, Status::Ok, new_version)
                     },
                     None => decided(Effect::None, Status::NotInteger, version.unwrap_or(0)),
@@ -900,26 +1018,35 @@ impl Replica {
                 }
                 Decision {
                     value: Some(value),
+                    deadline_ms: current.map_or(0, |found| found.deadline_ms),
                     ..decided(Effect::Put, Status::Ok, new_version)
                 }
             }
+            Op::Expire => expire_decision(asked, stored, current, now_ms, new_version),
             Op::Install => {
                 // A copy never replaces what is newer: installs of one key
-                // may arrive more than once (a migration resumed).
+                // may arrive more than once (a migration resumed). It keeps
+                // the deadline it had (absolute, as its source decided it).
                 let installed = header.version();
-                match version {
-                    Some(current) if current >= installed => {
+                match (stored_version, asked) {
+                    (_, Some(copied)) if copied.mode != 0 => {
+                        decided(Effect::None, Status::Malformed, 0)
+                    }
+                    (Some(current), _) if current >= installed => {
                         decided(Effect::None, Status::Ok, current)
                     }
-                    _ => decided(Effect::Install, Status::Ok, installed),
+                    _ => with_deadline(
+                        decided(Effect::Install, Status::Ok, installed),
+                        asked.map_or(0, |copied| copied.deadline_ms),
+                    ),
                 }
             }
-            Op::Uninstall => match version {
+            Op::Uninstall => match stored_version {
                 // A newer copy (or nothing to forget): left as it is.
                 Some(current) if current < header.version() => {
                     decided(Effect::Delete, Status::Ok, current)
                 }
-                _ => decided(Effect::None, Status::Ok, version.unwrap_or(0)),
+                _ => decided(Effect::None, Status::Ok, stored_version.unwrap_or(0)),
             },
             Op::InstallKeys => match tern_wire::export::decode_keys(message.value) {
                 Ok(keys) => {
@@ -958,7 +1085,15 @@ impl Replica {
                 }
             }
             other => unreachable!("{other:?} is not a client write"),
+        };
+        decision.old_expired = old_expired;
+        if op == Op::Expire
+            && asked.is_some_and(|asked| asked.has(expiry::REAP))
+            && decision.effect == Effect::Delete
+        {
+            self.counters.reaped += 1;
         }
+        decision
     }
 
     fn remember_outcome(&mut self, client_id: u64, seq: u64, outcome: Outcome) {
@@ -1110,6 +1245,31 @@ impl Replica {
         outbox.push(self.config.predecessor(), &request, &[], &[]);
     }
 
+    /// Asks the coordinator to sequence the delete of expired keys: an
+    /// EXPIRE with `expiry::REAP` for each, sent as a client would (a key
+    /// written again meanwhile is left alone when its turn comes).
+    fn reap(&mut self, now: Time, outbox: &mut Outbox) {
+        let unix_ms = self.unix_ms();
+        let chosen = self
+            .reaper
+            .choose(now, unix_ms, self.store.expired_at(unix_ms));
+        let reap = Extensions {
+            expiry: Some(Expiry {
+                deadline_ms: 0,
+                mode: expiry::REAP,
+            }),
+            ..Extensions::default()
+        };
+        for (request_id, key) in chosen {
+            let mut request = Header::new(Op::Expire, self.config.shard, self.config.epoch);
+            request.key_hash.set(tern_wire::key_hash(&key));
+            request.client_id.set(self.reaper.client_id());
+            request.request_id.set(request_id);
+            outbox.push_with(self.config.coordinator, &request, &reap, &key, &[]);
+            self.counters.reap_requests += 1;
+        }
+    }
+
     fn answer_status(
         &self,
         to: SocketAddrV4,
@@ -1154,10 +1314,11 @@ impl Replica {
         let _ = std::fmt::Write::write_fmt(
             &mut text,
             format_args!(
-                "applied_seq {}\ncommit_seq {}\nlive_keys {}\nheld_back_now {}\n",
+                "applied_seq {}\ncommit_seq {}\nlive_keys {}\nexpiring_keys {}\nheld_back_now {}\n",
                 self.store.applied_seq(),
                 self.store.commit_seq(),
                 self.store.live_keys(),
+                self.store.expiring_keys(),
                 self.holdback.len()
             ),
         );
@@ -1177,6 +1338,7 @@ impl Replica {
 impl Core for Replica {
     /// Handles one received datagram.
     fn step(&mut self, now: Time, from: SocketAddrV4, bytes: &[u8], outbox: &mut Outbox) {
+        self.now = now;
         let message = match Message::decode(bytes) {
             Ok(message) => message,
             Err(error) => return self.refuse(now, from, bytes, error, outbox),
@@ -1185,6 +1347,16 @@ impl Core for Replica {
         match header.op() {
             Op::Ping => return self.answer_ping(from, header, outbox),
             Op::Stats => return self.answer_stats(from, header, outbox),
+            Op::Reply => {
+                // The answer to one of this head's reap requests, whatever
+                // its epoch; any other reply is nobody's business here.
+                if header.client_id.get() != self.reaper.client_id()
+                    || !self.reaper.answered(header.request_id.get())
+                {
+                    self.counters.unexpected_op += 1;
+                }
+                return;
+            }
             _ => {}
         }
         if header.shard.get() != self.config.shard {
@@ -1242,6 +1414,12 @@ impl Core for Replica {
 
     /// Drives timers: asks again for a gap whose resend did not arrive.
     fn tick(&mut self, now: Time, outbox: &mut Outbox) {
+        self.now = now;
+        if self.fenced || !self.config.is_head() {
+            self.reaper.clear();
+        } else {
+            self.reap(now, outbox);
+        }
         if self.fenced {
             return;
         }
@@ -1264,5 +1442,52 @@ impl Core for Replica {
         if !self.holdback.is_empty() {
             self.request_gap(now, outbox);
         }
+    }
+}
+
+/// The head's decision for an EXPIRE: a new deadline for a live key (its
+/// value written again under a new version, so that a read at an older
+/// stamp still sees the older deadline), its deletion, or, with
+/// `expiry::REAP`, the deletion of a key that has expired.
+fn expire_decision(
+    asked: Option<Expiry>,
+    stored: Option<tern_store::Versioned<'_>>,
+    current: Option<tern_store::Versioned<'_>>,
+    now_ms: u64,
+    new_version: u64,
+) -> Decision {
+    let decided = |effect, status, version| Decision {
+        effect,
+        status,
+        version,
+        value: None,
+        deadline_ms: 0,
+        old_expired: false,
+    };
+    let Some(asked) = asked else {
+        return decided(Effect::None, Status::Malformed, 0);
+    };
+    if asked.has(expiry::REAP) {
+        if asked.mode != expiry::REAP {
+            return decided(Effect::None, Status::Malformed, 0);
+        }
+        return match (stored, current) {
+            (Some(_), None) => decided(Effect::Delete, Status::Ok, new_version),
+            // Written again since it was found due, or gone already.
+            _ => decided(Effect::None, Status::NotFound, 0),
+        };
+    }
+    let Some(found) = current else {
+        return decided(Effect::None, Status::NotFound, 0);
+    };
+    match expiring::decide_expire(asked, found.deadline_ms, now_ms) {
+        ExpireOutcome::Set(deadline_ms) => Decision {
+            value: Some(found.value.to_vec()),
+            deadline_ms,
+            ..decided(Effect::Put, Status::Ok, new_version)
+        },
+        ExpireOutcome::Delete => decided(Effect::Delete, Status::Ok, new_version),
+        ExpireOutcome::Unchanged => decided(Effect::None, Status::CasMismatch, found.version),
+        ExpireOutcome::Malformed => decided(Effect::None, Status::Malformed, 0),
     }
 }

@@ -48,3 +48,30 @@ impl Sub<Duration> for Time {
         Time(self.0.saturating_sub(duration.as_nanos() as u64))
     }
 }
+
+/// Unix time (milliseconds) as a core reads it: the monotonic [`Time`] it
+/// is handed plus an offset its shell sets from the system clock (and sets
+/// again, so that clock adjustments reach it). Cores stay clock-free and
+/// simulations give each process the clock they want, skewed or not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WallClock {
+    /// Unix milliseconds minus monotonic milliseconds.
+    offset_ms: i64,
+}
+
+impl WallClock {
+    pub const fn with_offset(offset_ms: i64) -> Self {
+        WallClock { offset_ms }
+    }
+
+    pub const fn offset_ms(&self) -> i64 {
+        self.offset_ms
+    }
+
+    /// Unix milliseconds at `now` (0 before the epoch, which no real clock
+    /// reads).
+    pub fn unix_ms(&self, now: Time) -> u64 {
+        let monotonic_ms = (now.as_nanos() / 1_000_000) as i64;
+        monotonic_ms.saturating_add(self.offset_ms).max(0) as u64
+    }
+}

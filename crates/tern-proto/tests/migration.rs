@@ -633,6 +633,7 @@ fn install_keys(keys: &[(&[u8], u64, &[u8])], request_id: u64) -> Vec<u8> {
             key: key.to_vec(),
             version: *version,
             value: value.to_vec(),
+            deadline_ms: 0,
         })
         .collect();
     let header = migration_header(Op::InstallKeys, b"", request_id);

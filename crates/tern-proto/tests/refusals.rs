@@ -8,9 +8,9 @@
 mod sim;
 
 use sim::*;
+use tern_proto::coordinator::ShardState;
 use tern_proto::replica::Replica;
 use tern_proto::{Core, Time};
-use tern_proto::coordinator::ShardState;
 use tern_wire::{Header, Message, Op, Status, dirty_index, key_hash};
 use zerocopy::IntoBytes;
 

@@ -167,6 +167,24 @@ fn recover(
 
 pub use member::run as run_under_meta;
 
+/// The variable that skews a replica's clock, in milliseconds (positive:
+/// ahead): for tests of expiry under clock skew, never needed otherwise.
+pub const CLOCK_SKEW_VARIABLE: &str = "TERN_CLOCK_SKEW_MS";
+
+/// The replica's wall clock now: the system clock, skewed by
+/// `CLOCK_SKEW_VARIABLE` when it is set. Read again after every batch, so
+/// that adjustments of the system clock reach the core.
+pub fn wall_clock() -> tern_proto::WallClock {
+    static SKEW_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let skew = *SKEW_MS.get_or_init(|| {
+        std::env::var(CLOCK_SKEW_VARIABLE)
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0)
+    });
+    tern_proto::WallClock::with_offset(tern_net::wall_offset_ms() + skew)
+}
+
 /// Serves one replica until `shutdown` is set.
 pub fn run(
     config: ReplicaConfig,
@@ -186,10 +204,14 @@ pub fn run(
     };
     let mut socket = BatchSocket::bind(address)?;
     tracing::info!(shard, role, %address, durable = journal.is_some(), "replica serving");
+    replica.set_wall_clock(wall_clock());
     tern_net::serve_while(
         &mut socket,
         &mut replica,
-        |_| !shutdown.load(std::sync::atomic::Ordering::Relaxed),
+        |replica| {
+            replica.set_wall_clock(wall_clock());
+            !shutdown.load(std::sync::atomic::Ordering::Relaxed)
+        },
         |replica, outbox| match journal.as_mut() {
             Some(journal) => journal.persist(replica, outbox),
             None => Ok(()),

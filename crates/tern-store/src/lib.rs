@@ -15,7 +15,7 @@
 
 pub mod log;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// What a sequenced write does to its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,11 +30,22 @@ pub enum Write<'a> {
 }
 
 /// A value as read: its version (the sequence number that wrote it, or the
-/// version it was installed with) and bytes.
+/// version it was installed with), bytes and deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Versioned<'a> {
     pub version: u64,
     pub value: &'a [u8],
+    /// When the value expires (Unix milliseconds), 0 when it does not. The
+    /// store keeps an expired value until a sequenced delete removes it;
+    /// readers treat it as absent from its deadline on ([`Versioned::live_at`]).
+    pub deadline_ms: u64,
+}
+
+impl Versioned<'_> {
+    /// Whether the value still exists at `now_ms` (Unix milliseconds).
+    pub fn live_at(&self, now_ms: u64) -> bool {
+        self.deadline_ms == 0 || now_ms < self.deadline_ms
+    }
 }
 
 #[derive(Debug)]
@@ -44,6 +55,27 @@ struct Version {
     version: u64,
     /// `None` is a deletion (tombstone).
     value: Option<Box<[u8]>>,
+    /// Unix milliseconds; 0: none.
+    deadline_ms: u64,
+}
+
+impl Version {
+    fn read(&self) -> Option<Versioned<'_>> {
+        Some(Versioned {
+            version: self.version,
+            value: self.value.as_deref()?,
+            deadline_ms: self.deadline_ms,
+        })
+    }
+
+    /// The deadline of a live version (0 for a deletion or none).
+    fn live_deadline(&self) -> u64 {
+        if self.value.is_some() {
+            self.deadline_ms
+        } else {
+            0
+        }
+    }
 }
 
 /// Versions of one key, oldest first.
@@ -92,6 +124,9 @@ pub struct Store {
     /// What a write's version adds to its seq (raised by `rebase` and by
     /// installs, never lowered).
     offset: u64,
+    /// (deadline, key) of every key whose newest version is a value with a
+    /// deadline: the keys to reap, soonest first.
+    deadlines: BTreeSet<(u64, Box<[u8]>)>,
 }
 
 impl Default for Store {
@@ -117,6 +152,7 @@ impl Store {
             live_keys: 0,
             pending_deletions: VecDeque::new(),
             offset: 0,
+            deadlines: BTreeSet::new(),
         }
     }
 
@@ -142,6 +178,20 @@ impl Store {
     /// Number of keys whose newest applied version is a value.
     pub fn live_keys(&self) -> usize {
         self.live_keys
+    }
+
+    /// Number of keys whose newest applied version has a deadline.
+    pub fn expiring_keys(&self) -> usize {
+        self.deadlines.len()
+    }
+
+    /// Keys whose newest version's deadline is at or before `now_ms`,
+    /// soonest first: the ones a head reaps.
+    pub fn expired_at(&self, now_ms: u64) -> impl Iterator<Item = &[u8]> {
+        self.deadlines
+            .iter()
+            .take_while(move |(deadline, _)| *deadline <= now_ms)
+            .map(|(_, key)| &key[..])
     }
 
     /// The version a write applied at `seq` gets.
@@ -178,6 +228,8 @@ impl Store {
         let bucket_of = self.bucket_of;
         self.pending_deletions
             .retain(|(_, key)| !(start..end as u32).contains(&bucket_of(key)));
+        self.deadlines
+            .retain(|(_, key)| !(start..end as u32).contains(&bucket_of(key)));
     }
 
     /// Records that everything up to `commit_seq` is acknowledged by the tail.
@@ -206,20 +258,27 @@ impl Store {
     /// strictly increasing sequence order; the caller (the replica role)
     /// guarantees it, so a violation is a programmer error.
     pub fn apply(&mut self, seq: u64, key: &[u8], write: Write<'_>) {
+        self.apply_expiring(seq, key, write, 0);
+    }
+
+    /// Applies a write whose value expires at `deadline_ms` (Unix
+    /// milliseconds; 0: never; ignored for a deletion), as `apply` does.
+    pub fn apply_expiring(&mut self, seq: u64, key: &[u8], write: Write<'_>, deadline_ms: u64) {
         self.advance_to(seq);
-        self.write_key(seq, key, write);
+        self.write_key(seq, key, write, deadline_ms);
     }
 
     /// Applies several writes under the one sequence number `seq` (a
-    /// migration's INSTALL_KEYS), in order, as `apply` applies one.
+    /// migration's INSTALL_KEYS), in order, each with its deadline, as
+    /// `apply_expiring` applies one.
     pub fn apply_all<'a>(
         &mut self,
         seq: u64,
-        writes: impl IntoIterator<Item = (&'a [u8], Write<'a>)>,
+        writes: impl IntoIterator<Item = (&'a [u8], Write<'a>, u64)>,
     ) {
         self.advance_to(seq);
-        for (key, write) in writes {
-            self.write_key(seq, key, write);
+        for (key, write, deadline_ms) in writes {
+            self.write_key(seq, key, write, deadline_ms);
         }
     }
 
@@ -232,7 +291,7 @@ impl Store {
         self.applied_seq = seq;
     }
 
-    fn write_key(&mut self, seq: u64, key: &[u8], write: Write<'_>) {
+    fn write_key(&mut self, seq: u64, key: &[u8], write: Write<'_>, deadline_ms: u64) {
         let (value, version) = match write {
             Write::Put(value) => (Some(Box::<[u8]>::from(value)), self.version_of(seq)),
             Write::Delete => (None, self.version_of(seq)),
@@ -258,15 +317,26 @@ impl Store {
         let was_live = versions
             .newest()
             .is_some_and(|version| version.value.is_some());
+        let was_due = versions.newest().map_or(0, Version::live_deadline);
         let is_live = value.is_some();
+        let deadline_ms = if is_live { deadline_ms } else { 0 };
         versions.0.push(Version {
             seq,
             version,
             value,
+            deadline_ms,
         });
         // The new version is above every commit_seq seen so far (the tail has
         // not acknowledged it yet), so pruning never empties the list here.
         versions.prune(commit_seq);
+        if was_due != deadline_ms {
+            if was_due != 0 {
+                self.deadlines.remove(&(was_due, Box::from(key)));
+            }
+            if deadline_ms != 0 {
+                self.deadlines.insert((deadline_ms, Box::from(key)));
+            }
+        }
         match (was_live, is_live) {
             (false, true) => self.live_keys += 1,
             (true, false) => self.live_keys -= 1,
@@ -291,11 +361,7 @@ impl Store {
     /// The newest applied version of `key`, committed or not. Used by the
     /// head to execute CAS and by the tail for reads of dirty keys.
     pub fn latest(&self, key: &[u8]) -> Option<Versioned<'_>> {
-        let version = self.bucket(key).get(key)?.newest()?;
-        Some(Versioned {
-            version: version.version,
-            value: version.value.as_deref()?,
-        })
+        self.bucket(key).get(key)?.newest()?.read()
     }
 
     /// The newest version of `key` at or below `stamp` (DESIGN rule 5).
@@ -311,10 +377,7 @@ impl Store {
                 .first()
                 .filter(|version| version.seq <= self.commit_seq)?,
         };
-        Some(Versioned {
-            version: version.version,
-            value: version.value.as_deref()?,
-        })
+        version.read()
     }
 
     /// Every key with a value in the buckets `[start, end)`, each with its
@@ -324,16 +387,7 @@ impl Store {
         self.buckets[(start as usize).min(end)..end]
             .iter()
             .flatten()
-            .filter_map(|(key, versions)| {
-                let newest = versions.newest()?;
-                Some((
-                    &key[..],
-                    Versioned {
-                        version: newest.version,
-                        value: newest.value.as_deref()?,
-                    },
-                ))
-            })
+            .filter_map(|(key, versions)| Some((&key[..], versions.newest()?.read()?)))
     }
 
     /// Number of versions held for `key` (for tests and statistics).
@@ -357,6 +411,10 @@ impl std::fmt::Display for SnapshotError {
 impl std::error::Error for SnapshotError {}
 
 /// Reads little-endian fields off the front of a byte slice.
+/// Added to a snapshot's version kind (1, 2) when a deadline follows the
+/// version.
+const KIND_EXPIRING: u8 = 4;
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -406,11 +464,19 @@ impl Store {
                 out.extend_from_slice(&version.seq.to_le_bytes());
                 match &version.value {
                     Some(value) => {
-                        if version.version == version.seq {
-                            out.push(1);
+                        let expiring = if version.deadline_ms == 0 {
+                            0
                         } else {
-                            out.push(2);
+                            KIND_EXPIRING
+                        };
+                        if version.version == version.seq {
+                            out.push(1 | expiring);
+                        } else {
+                            out.push(2 | expiring);
                             out.extend_from_slice(&version.version.to_le_bytes());
+                        }
+                        if expiring != 0 {
+                            out.extend_from_slice(&version.deadline_ms.to_le_bytes());
                         }
                         out.extend_from_slice(&(value.len() as u32).to_le_bytes());
                         out.extend_from_slice(value);
@@ -446,7 +512,18 @@ impl Store {
             for _ in 0..version_count {
                 let seq = reader.u64()?;
                 let kind = reader.take(1)?[0];
+                // A value's kind (1, 2) plus KIND_EXPIRING when a deadline follows.
+                let expiring = kind & KIND_EXPIRING != 0 && kind != KIND_EXPIRING;
+                let kind = if expiring {
+                    kind & !KIND_EXPIRING
+                } else {
+                    kind
+                };
                 let version = if kind == 2 { reader.u64()? } else { seq };
+                let deadline_ms = if expiring { reader.u64()? } else { 0 };
+                if expiring && deadline_ms == 0 {
+                    return Err(SnapshotError(format!("version {seq}: a deadline of 0")));
+                }
                 let value = match kind {
                     0 => {
                         deletions.push((seq, key.clone()));
@@ -467,6 +544,7 @@ impl Store {
                     seq,
                     version,
                     value,
+                    deadline_ms,
                 });
             }
             if versions
@@ -474,6 +552,10 @@ impl Store {
                 .is_some_and(|newest| newest.value.is_some())
             {
                 store.live_keys += 1;
+            }
+            let due = versions.newest().map_or(0, Version::live_deadline);
+            if due != 0 {
+                store.deadlines.insert((due, key.clone()));
             }
             let bucket = (store.bucket_of)(&key) as usize;
             store.buckets[bucket].insert(key, versions);
@@ -574,6 +656,52 @@ mod tests {
         assert_eq!(used, old.len());
         assert_eq!(store.latest(b"k").unwrap().version, 3);
         assert_eq!(store.version_of(4), 4);
+    }
+
+    #[test]
+    fn deadlines_travel_with_their_version_and_the_due_keys_are_listed_soonest_first() {
+        let mut store = Store::new();
+        store.apply_expiring(1, b"late", Write::Put(b"a"), 9000);
+        store.apply_expiring(2, b"soon", Write::Put(b"b"), 5000);
+        store.apply(3, b"lasting", Write::Put(b"c"));
+        store.observe_commit(3);
+        assert_eq!(store.expiring_keys(), 2);
+        let due: Vec<&[u8]> = store.expired_at(6000).collect();
+        assert_eq!(due, vec![&b"soon"[..]]);
+        let soon = store.latest(b"soon").unwrap();
+        assert_eq!(soon.deadline_ms, 5000);
+        assert!(soon.live_at(4999) && !soon.live_at(5000));
+        assert!(store.latest(b"lasting").unwrap().live_at(u64::MAX));
+        // A new version with another deadline, or none, moves the key in
+        // the list; a read at an older stamp still gets the older deadline.
+        store.apply_expiring(4, b"soon", Write::Put(b"b2"), 20_000);
+        store.apply(5, b"late", Write::Put(b"a2"));
+        assert_eq!(store.read_at(b"soon", 3).unwrap().deadline_ms, 5000);
+        assert_eq!(store.expired_at(10_000).count(), 0);
+        assert_eq!(store.expiring_keys(), 1);
+        // Snapshots keep deadlines; a delete takes the key off the list.
+        let mut bytes = Vec::new();
+        store.encode(&mut bytes);
+        let (mut restored, used) = Store::decode(&bytes).unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(restored.latest(b"soon").unwrap().deadline_ms, 20_000);
+        assert_eq!(restored.read_at(b"soon", 3).unwrap().deadline_ms, 5000);
+        assert_eq!(restored.latest(b"late").unwrap().deadline_ms, 0);
+        assert_eq!(
+            restored.expired_at(u64::MAX).collect::<Vec<_>>(),
+            vec![&b"soon"[..]]
+        );
+        restored.apply(6, b"soon", Write::Delete);
+        assert_eq!(restored.expiring_keys(), 0);
+        // A dropped bucket's keys leave the list too.
+        let mut buckets = Store::with_buckets(2, |key| u32::from(key.starts_with(b"gone")));
+        buckets.apply_expiring(1, b"gone", Write::Put(b"x"), 10);
+        buckets.apply_expiring(2, b"kept", Write::Put(b"y"), 10);
+        buckets.drop_buckets(3, [1, 2]);
+        assert_eq!(
+            buckets.expired_at(10).collect::<Vec<_>>(),
+            vec![&b"kept"[..]]
+        );
     }
 
     #[test]

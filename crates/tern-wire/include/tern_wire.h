@@ -47,6 +47,7 @@
 #define TERN_OP_SEQ_PROBE            20
 #define TERN_OP_SEQ_REPORT           21
 #define TERN_OP_INSTALL_KEYS         22
+#define TERN_OP_EXPIRE               23
 
 #define TERN_STATUS_OK               0
 #define TERN_STATUS_NOT_FOUND        1
@@ -77,6 +78,7 @@
 #define TERN_FLAG_RETURN_OLD         8
 #define TERN_FLAG_RETURN_NEW         16
 #define TERN_FLAG_ANSWER_ABSENT      32
+#define TERN_FLAG_OLD_EXPIRED        64
 #define TERN_FLAGS_WRITE_OPTIONS     28
 #define TERN_FLAGS_REPLY_OPTIONS     32
 
@@ -90,7 +92,8 @@
 #define TERN_OP_CLASS_ANY_SLOT       128
 
 #define TERN_EXT_MAP_VERSION         1
-#define TERN_EXTENSIONS_KNOWN        1
+#define TERN_EXT_EXPIRY              2
+#define TERN_EXTENSIONS_KNOWN        3
 
 #define TERN_INFLIGHT_WRITES_MAX     4096
 #define TERN_SHARD_ID_MAX            64
@@ -167,6 +170,15 @@ struct tern_ext_map_version {
 
 _Static_assert(sizeof(struct tern_ext_map_version) == 8, "tern_ext_map_version size");
 _Static_assert(__builtin_offsetof(struct tern_ext_map_version, version) == 0, "tern_ext_map_version.version offset");
+
+struct tern_ext_expiry {
+	__u64 deadline_ms;               /* @0  Unix time in milliseconds, or a duration (`expiry::RELATIVE`). */
+	__u8 mode;                       /* @8  Bits of `expiry`. */
+} __attribute__((packed));
+
+_Static_assert(sizeof(struct tern_ext_expiry) == 9, "tern_ext_expiry size");
+_Static_assert(__builtin_offsetof(struct tern_ext_expiry, deadline_ms) == 0, "tern_ext_expiry.deadline_ms offset");
+_Static_assert(__builtin_offsetof(struct tern_ext_expiry, mode) == 8, "tern_ext_expiry.mode offset");
 
 struct tern_endpoint {
 	__be32 ip;                       /* @0  IPv4 address, network byte order. */
@@ -274,6 +286,8 @@ static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)
 		return TERN_OP_CLASS_INTERNAL;
 	case TERN_OP_INSTALL_KEYS:
 		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_ANY_SLOT;
+	case TERN_OP_EXPIRE:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_FAST_PATH;
 	default:
 		return 0;
 	}
@@ -286,6 +300,8 @@ static inline __attribute__((always_inline)) __u32 tern_extensions_len(__u8 mask
 
 	if (mask & TERN_EXT_MAP_VERSION)
 		len += 8;
+	if (mask & TERN_EXT_EXPIRY)
+		len += 9;
 	return len;
 }
 
@@ -293,6 +309,8 @@ static inline __attribute__((always_inline)) __u32 tern_extensions_len(__u8 mask
 static inline __attribute__((always_inline)) int tern_extensions_allowed(__u8 classes, __u8 mask)
 {
 	if ((mask & TERN_EXT_MAP_VERSION) && !(classes & (TERN_OP_CLASS_ANSWER)))
+		return 0;
+	if ((mask & TERN_EXT_EXPIRY) && !(classes & (TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_INTERNAL | TERN_OP_CLASS_ANSWER)))
 		return 0;
 	return 1;
 }

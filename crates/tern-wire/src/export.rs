@@ -18,6 +18,9 @@ pub struct ExportedKey {
     pub key: Vec<u8>,
     pub version: u64,
     pub value: Vec<u8>,
+    /// When the key expires (Unix milliseconds), 0 when it does not: a
+    /// moved key keeps its deadline.
+    pub deadline_ms: u64,
 }
 
 /// A dedup outcome as copied.
@@ -59,18 +62,28 @@ pub enum ExportError {
 const KEY: u8 = 1;
 const OUTCOME: u8 = 2;
 const UNCHANGED: u8 = 3;
+/// A KEY record followed by its deadline.
+const EXPIRING_KEY: u8 = 4;
 
 impl ExportedKey {
     /// Bytes of its record.
     pub fn encoded_len(&self) -> usize {
-        1 + 2 + self.key.len() + 8 + 4 + self.value.len()
+        let deadline = if self.deadline_ms == 0 { 0 } else { 8 };
+        1 + 2 + self.key.len() + 8 + deadline + 4 + self.value.len()
     }
 
     fn encode_into(&self, out: &mut Vec<u8>) {
-        out.push(KEY);
+        out.push(if self.deadline_ms == 0 {
+            KEY
+        } else {
+            EXPIRING_KEY
+        });
         out.extend_from_slice(&(self.key.len() as u16).to_le_bytes());
         out.extend_from_slice(&self.key);
         out.extend_from_slice(&self.version.to_le_bytes());
+        if self.deadline_ms != 0 {
+            out.extend_from_slice(&self.deadline_ms.to_le_bytes());
+        }
         out.extend_from_slice(&(self.value.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.value);
     }
@@ -155,9 +168,14 @@ impl Export {
                 Ok(take(length)?.to_vec())
             };
             match kind {
-                KEY => {
+                KEY | EXPIRING_KEY => {
                     let key = take_key()?;
                     let version = u64_of(take(8)?);
+                    let deadline_ms = if kind == EXPIRING_KEY {
+                        u64_of(take(8)?)
+                    } else {
+                        0
+                    };
                     let length = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
                     if length > VALUE_LEN_MAX {
                         return Err(ExportError::ValueTooLarge(length));
@@ -167,6 +185,7 @@ impl Export {
                         key,
                         version,
                         value,
+                        deadline_ms,
                     });
                 }
                 OUTCOME => {
@@ -207,6 +226,7 @@ mod tests {
                 key: b"k".to_vec(),
                 version: 7000,
                 value: b"v".to_vec(),
+                deadline_ms: 0,
             }],
             outcomes: vec![ExportedOutcome {
                 client_id: 42,
@@ -242,5 +262,28 @@ mod tests {
             Err(ExportError::UnknownKind(OUTCOME)),
             "only keys"
         );
+    }
+
+    #[test]
+    fn a_key_with_a_deadline_keeps_it_and_one_without_is_written_as_before() {
+        let expiring = ExportedKey {
+            key: b"session".to_vec(),
+            version: 12,
+            value: b"v".to_vec(),
+            deadline_ms: 1_800_000_000_000,
+        };
+        let lasting = ExportedKey {
+            deadline_ms: 0,
+            ..expiring.clone()
+        };
+        let bytes = encode_keys([&expiring, &lasting]);
+        assert_eq!(bytes.len(), expiring.encoded_len() + lasting.encoded_len());
+        assert_eq!(bytes[0], EXPIRING_KEY);
+        assert_eq!(bytes[expiring.encoded_len()], KEY);
+        assert_eq!(decode_keys(&bytes), Ok(vec![expiring.clone(), lasting]));
+        let one = encode_keys([&expiring]);
+        for cut in 1..one.len() {
+            assert!(decode_keys(&one[..cut]).is_err(), "cut at {cut}");
+        }
     }
 }

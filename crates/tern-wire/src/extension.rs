@@ -21,6 +21,39 @@ pub mod ext {
     /// (STALE_EPOCH, WRONG_SHARD). A client whose map is older knows it, and
     /// one whose map is as new knows a retry will do.
     pub const MAP_VERSION: u8 = 1;
+    /// [`super::ExpiryExtension`]: a key's deadline. On a client write, the
+    /// deadline it asks for (see [`super::expiry`]); on a REPLICATE, the
+    /// deadline the head decided for the key's new version (absolute); on
+    /// a read's REPLY, the deadline of the version read. Absent: no
+    /// deadline (a SET without options makes a key last).
+    pub const EXPIRY: u8 = 2;
+}
+
+/// Bits of [`ExpiryExtension::mode`]. Every value of the byte is
+/// well-formed on the wire; the head refuses (MALFORMED) a combination that
+/// means nothing, as it decides the write.
+pub mod expiry {
+    /// `deadline_ms` is a duration from the head's clock when it decides
+    /// (Redis EX/PX/EXPIRE), not a Unix time (EXAT/PXAT/EXPIREAT).
+    pub const RELATIVE: u8 = 1;
+    /// A write keeps the key's deadline (SET KEEPTTL).
+    pub const KEEP: u8 = 2;
+    /// EXPIRE only when the key has no deadline (NX).
+    pub const IF_NONE: u8 = 4;
+    /// EXPIRE only when the key has a deadline (XX).
+    pub const IF_SOME: u8 = 8;
+    /// EXPIRE only when the new deadline is later (GT; no deadline counts
+    /// as infinitely late).
+    pub const IF_LATER: u8 = 16;
+    /// EXPIRE only when the new deadline is earlier (LT).
+    pub const IF_EARLIER: u8 = 32;
+    /// EXPIRE removes the key's deadline (PERSIST, GETEX PERSIST).
+    pub const PERSIST: u8 = 64;
+    /// EXPIRE deletes the key if its deadline has passed by the head's
+    /// clock: the sequenced delete with which a head reclaims expired keys.
+    pub const REAP: u8 = 128;
+    /// The conditions of EXPIRE.
+    pub const CONDITIONS: u8 = IF_NONE | IF_SOME | IF_LATER | IF_EARLIER;
 }
 
 // zerocopy's KnownLayout derive generates a helper type without Debug.
@@ -37,8 +70,20 @@ mod records {
             pub version: le::U64 => "__u64",
         }
     }
+
+    wire_struct! {
+        /// A key's deadline (`ext::EXPIRY`).
+        #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[repr(C)]
+        pub struct ExpiryExtension {
+            /// Unix time in milliseconds, or a duration (`expiry::RELATIVE`).
+            pub deadline_ms: le::U64 => "__u64",
+            /// Bits of `expiry`.
+            pub mode: u8 => "__u8",
+        }
+    }
 }
-pub use records::MapVersionExtension;
+pub use records::{ExpiryExtension, MapVersionExtension};
 
 /// One kind of extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,12 +99,22 @@ pub struct ExtensionKind {
 }
 
 /// Every kind, in bit order.
-pub const KINDS: &[ExtensionKind] = &[ExtensionKind {
-    bit: ext::MAP_VERSION,
-    name: "MAP_VERSION",
-    len: size_of::<MapVersionExtension>(),
-    carried_by: op_class::ANSWER,
-}];
+pub const KINDS: &[ExtensionKind] = &[
+    ExtensionKind {
+        bit: ext::MAP_VERSION,
+        name: "MAP_VERSION",
+        len: size_of::<MapVersionExtension>(),
+        carried_by: op_class::ANSWER,
+    },
+    ExtensionKind {
+        bit: ext::EXPIRY,
+        name: "EXPIRY",
+        len: size_of::<ExpiryExtension>(),
+        // Client writes ask for one, REPLICATE carries the decided one,
+        // REPLY the one of the version read.
+        carried_by: op_class::CLIENT_WRITE | op_class::INTERNAL | op_class::ANSWER,
+    },
+];
 
 /// Every bit a kind defines.
 pub const KNOWN: u8 = {
@@ -114,11 +169,53 @@ pub const fn extensions_allowed(op: Op, mask: u8) -> bool {
     true
 }
 
+/// A key's deadline as an extension carries it (`ext::EXPIRY`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Expiry {
+    pub deadline_ms: u64,
+    /// Bits of [`expiry`].
+    pub mode: u8,
+}
+
+impl Expiry {
+    /// An absolute deadline, as the head decides it.
+    pub fn at(deadline_ms: u64) -> Expiry {
+        Expiry {
+            deadline_ms,
+            mode: 0,
+        }
+    }
+
+    /// A deadline `duration_ms` after the head's clock when it decides.
+    pub fn after(duration_ms: u64) -> Expiry {
+        Expiry {
+            deadline_ms: duration_ms,
+            mode: expiry::RELATIVE,
+        }
+    }
+
+    pub fn has(&self, bits: u8) -> bool {
+        self.mode & bits != 0
+    }
+}
+
 /// The extensions of one datagram, decoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Extensions {
     /// `ext::MAP_VERSION`.
     pub map_version: Option<u64>,
+    /// `ext::EXPIRY`.
+    pub expiry: Option<Expiry>,
+}
+
+impl Extensions {
+    /// Just an absolute deadline, or nothing for 0 (no deadline).
+    pub fn deadline(deadline_ms: u64) -> Extensions {
+        Extensions {
+            expiry: (deadline_ms != 0).then(|| Expiry::at(deadline_ms)),
+            ..Extensions::default()
+        }
+    }
 }
 
 impl Extensions {
@@ -127,6 +224,9 @@ impl Extensions {
         let mut mask = 0;
         if self.map_version.is_some() {
             mask |= ext::MAP_VERSION;
+        }
+        if self.expiry.is_some() {
+            mask |= ext::EXPIRY;
         }
         mask
     }
@@ -141,6 +241,15 @@ impl Extensions {
             extensions.map_version = Some(record.version.get());
             bytes = rest;
         }
+        if mask & ext::EXPIRY != 0 {
+            let (record, rest) = ExpiryExtension::read_from_prefix(bytes)
+                .expect("the caller checked the area's length");
+            extensions.expiry = Some(Expiry {
+                deadline_ms: record.deadline_ms.get(),
+                mode: record.mode,
+            });
+            bytes = rest;
+        }
         debug_assert!(bytes.is_empty());
         extensions
     }
@@ -150,6 +259,13 @@ impl Extensions {
         if let Some(version) = self.map_version {
             let record = MapVersionExtension {
                 version: le::U64::new(version),
+            };
+            out.extend_from_slice(record.as_bytes());
+        }
+        if let Some(expiry) = self.expiry {
+            let record = ExpiryExtension {
+                deadline_ms: le::U64::new(expiry.deadline_ms),
+                mode: expiry.mode,
             };
             out.extend_from_slice(record.as_bytes());
         }

@@ -23,7 +23,7 @@ pub mod slots;
 
 pub mod c_header;
 
-pub use extension::{Extensions, ext};
+pub use extension::{Expiry, Extensions, expiry, ext};
 pub use header::Header;
 pub use layout::{CStruct, FieldInfo};
 pub use limits::*;
@@ -120,6 +120,11 @@ wire_enum! {
         /// value each), the key empty. Each replaces only an older version
         /// of its key, as INSTALL does; one sequence number for all.
         InstallKeys = 22 => "INSTALL_KEYS",
+        /// Client change of a key's deadline alone, named by the EXPIRY
+        /// extension it must carry (EXPIRE and its options, PERSIST, and a
+        /// head's reaping of an expired key). OK when it changed the key;
+        /// NOT_FOUND without the key; CAS_MISMATCH when a condition failed.
+        Expire = 23 => "EXPIRE",
     }
 }
 
@@ -215,7 +220,7 @@ impl Op {
         match self {
             Op::Get => CLIENT_READ | FAST_PATH,
             Op::Put | Op::Cas | Op::IncrBy | Op::Append => CLIENT_WRITE | CARRIES_VALUE | FAST_PATH,
-            Op::Delete => CLIENT_WRITE | FAST_PATH,
+            Op::Delete | Op::Expire => CLIENT_WRITE | FAST_PATH,
             Op::Install | Op::InstallOutcome | Op::InstallKeys => {
                 CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT
             }
@@ -279,6 +284,10 @@ pub mod flags {
     pub const RETURN_NEW: u8 = 16;
     /// On a reply to RETURN_OLD: the key had no value (Redis nil).
     pub const ANSWER_ABSENT: u8 = 32;
+    /// On a REPLICATE: the key's value before this write had expired by
+    /// the head's clock when it decided, so the tail answers RETURN_OLD
+    /// with nil as the head's decision assumed. Set by heads only.
+    pub const OLD_EXPIRED: u8 = 64;
     /// Flags a client sets on a write, which travel with it down the chain.
     pub const WRITE_OPTIONS: u8 = IF_EXISTS | RETURN_OLD | RETURN_NEW;
     /// Flags a reply keeps from the acknowledgement it is made from.
@@ -291,5 +300,6 @@ pub mod flags {
         (RETURN_OLD, "RETURN_OLD"),
         (RETURN_NEW, "RETURN_NEW"),
         (ANSWER_ABSENT, "ANSWER_ABSENT"),
+        (OLD_EXPIRED, "OLD_EXPIRED"),
     ];
 }

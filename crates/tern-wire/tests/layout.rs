@@ -199,26 +199,37 @@ proptest! {
     #[test]
     fn extensions_round_trip_on_the_ops_that_may_carry_them(
         header in arbitrary_header(),
-        version in any::<u64>(),
+        version in prop::option::of(any::<u64>()),
+        expiry in prop::option::of((any::<u64>(), any::<u8>())),
         key in prop::collection::vec(any::<u8>(), 0..8),
     ) {
         let mut header = header;
         header.key_hash.set(key_hash(&key));
-        let extensions = Extensions { map_version: Some(version) };
+        let extensions = Extensions {
+            map_version: version,
+            expiry: expiry.map(|(deadline_ms, mode)| Expiry { deadline_ms, mode }),
+        };
         let mut bytes = Vec::new();
         encode_append_with(&header, &extensions, &key, b"", &mut bytes).unwrap();
-        prop_assert_eq!(bytes.len(), HEADER_LEN + 8 + key.len());
+        let area = 8 * usize::from(version.is_some()) + 9 * usize::from(expiry.is_some());
+        prop_assert_eq!(bytes.len(), HEADER_LEN + area + key.len());
+        // Who may carry what: MAP_VERSION answers; EXPIRY client writes,
+        // internal messages and answers.
+        let classes = header.op().classes();
+        let allowed = (version.is_none() || classes & op_class::ANSWER != 0)
+            && (expiry.is_none()
+                || classes & (op_class::CLIENT_WRITE | op_class::INTERNAL | op_class::ANSWER) != 0);
         match Message::decode(&bytes) {
             Ok(message) => {
-                prop_assert_eq!(header.op(), Op::Reply);
+                prop_assert!(allowed);
                 prop_assert_eq!(message.extensions, extensions);
                 prop_assert_eq!(message.key, &key[..]);
             }
             Err(error) => {
-                prop_assert_ne!(header.op(), Op::Reply);
+                prop_assert!(!allowed);
                 prop_assert_eq!(
                     error,
-                    DecodeError::ExtensionNotAllowed { op: header.op(), mask: ext::MAP_VERSION }
+                    DecodeError::ExtensionNotAllowed { op: header.op(), mask: extensions.mask() }
                 );
             }
         }

@@ -54,7 +54,14 @@ impl<S: ShardState> ShardCoordinator<S> {
         forwarded.seq.set(seq);
         forwarded.commit_seq.set(self.state.commit_seq());
         self.counters.writes += 1;
-        outbox.push(self.config.head(), &forwarded, message.key, message.value);
+        // Forwarded whole, its extensions too (a deadline asked for).
+        outbox.push_with(
+            self.config.head(),
+            &forwarded,
+            &message.extensions,
+            message.key,
+            message.value,
+        );
         let sent = outbox.iter().last().expect("just pushed").1;
         self.state.record_sent(seq, index, sent, now);
     }
@@ -80,7 +87,13 @@ impl<S: ShardState> ShardCoordinator<S> {
             let mut reply = *header;
             reply.op = Op::Reply as u8;
             reply.flags &= flags::REPLY_OPTIONS;
-            outbox.push(header.reply_addr(), &reply, message.key, message.value);
+            outbox.push_with(
+                header.reply_addr(),
+                &reply,
+                &message.extensions,
+                message.key,
+                message.value,
+            );
         }
     }
 
