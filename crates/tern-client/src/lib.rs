@@ -5,6 +5,7 @@
 //! Blocking and single-threaded by design: one `Client` has at most one
 //! request outstanding; run one per thread for concurrency.
 
+pub mod expiry;
 pub mod pipeline;
 pub mod plan;
 pub mod reshard;
@@ -14,13 +15,14 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
+pub use expiry::{Deadline, ExpireCondition, Lifetime};
 pub use pipeline::{Completion, PIPELINE_DEPTH_MAX, Pipeline, Request};
 use retry::{Retry, Verdict};
 pub use tern_control::meta;
 pub use tern_control::{ClientId, ClusterMap, Epoch, MapError, ShardId, ShardMap, Slot};
 use tern_wire::{
     Extensions, Header, KEY_LEN_MAX, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX,
-    encode_into, flags, key_hash,
+    encode_append_with, flags, key_hash,
 };
 use thiserror::Error;
 
@@ -69,6 +71,8 @@ impl Default for ClientOptions {
 pub struct Versioned {
     pub version: u64,
     pub value: Vec<u8>,
+    /// When the value expires (Unix milliseconds), if it does.
+    pub deadline_ms: Option<u64>,
 }
 
 /// Outcome of a compare-and-set.
@@ -95,6 +99,8 @@ pub enum SetCondition {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SetOutcome {
     pub written: bool,
+    /// The version written (when `written`).
+    pub version: u64,
     /// With `return_old`: the value before (None: the key was absent).
     pub old: Option<Vec<u8>>,
 }
@@ -209,6 +215,7 @@ impl Client {
         match reply.status {
             Status::Ok => Ok(Some(Versioned {
                 version: reply.header.version(),
+                deadline_ms: reply.extensions.expiry.map(|decided| decided.deadline_ms),
                 value: reply.value,
             })),
             Status::NotFound => Ok(None),
@@ -298,13 +305,27 @@ impl Client {
     }
 
     /// Writes `value` under `condition`, atomically at the chain head; with
-    /// `return_old`, also answers the value the key had just before.
+    /// `return_old`, also answers the value the key had just before. The
+    /// key keeps no deadline (Redis SET); see [`Client::set_for`].
     pub fn set(
         &mut self,
         key: &[u8],
         value: &[u8],
         condition: SetCondition,
         return_old: bool,
+    ) -> Result<SetOutcome, ClientError> {
+        self.set_for(key, value, condition, return_old, Lifetime::Forever)
+    }
+
+    /// As [`Client::set`], with what the write does to the key's deadline
+    /// (SET EX/PX/EXAT/PXAT/KEEPTTL).
+    pub fn set_for(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        condition: SetCondition,
+        return_old: bool,
+        lifetime: Lifetime,
     ) -> Result<SetOutcome, ClientError> {
         let mut write_flags = if return_old { flags::RETURN_OLD } else { 0 };
         let op = match condition {
@@ -316,7 +337,11 @@ impl Client {
             }
         };
         // CAS against version 0 is "only if absent".
-        let reply = self.call_with(op, key, value, 0, write_flags)?;
+        let extensions = Extensions {
+            expiry: lifetime.asked(),
+            ..Extensions::default()
+        };
+        let reply = self.call_ext(op, key, value, 0, write_flags, &extensions)?;
         let written = match reply.status {
             Status::Ok => true,
             Status::CasMismatch | Status::NotFound => false,
@@ -324,7 +349,58 @@ impl Client {
         };
         let old =
             (return_old && !reply.header.has_flag(flags::ANSWER_ABSENT)).then_some(reply.value);
-        Ok(SetOutcome { written, old })
+        Ok(SetOutcome {
+            written,
+            version: if written { reply.header.version() } else { 0 },
+            old,
+        })
+    }
+
+    /// Gives `key` a new deadline, or none (`Deadline::Never`, PERSIST),
+    /// under `condition`, decided at the chain head. Whether the key
+    /// changed: false when it is absent, the condition failed, or PERSIST
+    /// found no deadline (Redis's 0). A deadline already passed deletes
+    /// the key (true).
+    pub fn expire(
+        &mut self,
+        key: &[u8],
+        deadline: Deadline,
+        condition: ExpireCondition,
+    ) -> Result<bool, ClientError> {
+        let extensions = Extensions {
+            expiry: Some(deadline.asked(condition)),
+            ..Extensions::default()
+        };
+        let reply = self.call_ext(Op::Expire, key, &[], 0, 0, &extensions)?;
+        match reply.status {
+            Status::Ok => Ok(true),
+            Status::NotFound | Status::CasMismatch => Ok(false),
+            status => Err(ClientError::Refused { status }),
+        }
+    }
+
+    /// The value of `key` (None: absent), giving it `deadline` in the same
+    /// write when one is named (Redis GETEX).
+    pub fn get_ex(
+        &mut self,
+        key: &[u8],
+        deadline: Option<Deadline>,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let Some(deadline) = deadline else {
+            return Ok(self.get(key)?.map(|found| found.value));
+        };
+        let extensions = Extensions {
+            expiry: Some(deadline.asked(ExpireCondition::Always)),
+            ..Extensions::default()
+        };
+        let reply = self.call_ext(Op::Expire, key, &[], 0, flags::RETURN_OLD, &extensions)?;
+        match reply.status {
+            Status::Ok | Status::CasMismatch => {
+                Ok((!reply.header.has_flag(flags::ANSWER_ABSENT)).then_some(reply.value))
+            }
+            Status::NotFound => Ok(None),
+            status => Err(ClientError::Refused { status }),
+        }
     }
 
     /// Sends an administrative request (PING, STATS) to one process.
@@ -342,7 +418,7 @@ impl Client {
             .map_or(0, |s| s.epoch.get());
         let mut header = Header::new(op, shard.get(), epoch);
         header.client_id.set(self.client_id.get());
-        self.exchange(to, header, &[], &[], false)
+        self.exchange(to, header, &Extensions::default(), &[], &[], false)
     }
 
     fn call(
@@ -363,11 +439,23 @@ impl Client {
         version: u64,
         write_flags: u8,
     ) -> Result<Reply, ClientError> {
+        self.call_ext(op, key, value, version, write_flags, &Extensions::default())
+    }
+
+    fn call_ext(
+        &mut self,
+        op: Op,
+        key: &[u8],
+        value: &[u8],
+        version: u64,
+        write_flags: u8,
+        extensions: &Extensions,
+    ) -> Result<Reply, ClientError> {
         let (mut header, coordinator) =
             request_header(&self.map, self.client_id, op, key, value, version)?;
         header.flags = write_flags;
         let shard_id = header.shard.get();
-        let reply = self.exchange(coordinator, header, key, value, true)?;
+        let reply = self.exchange(coordinator, header, extensions, key, value, true)?;
         if reply.status == Status::StaleEpoch {
             return Err(ClientError::StaleEpoch { shard: shard_id });
         }
@@ -381,8 +469,7 @@ impl Client {
         &mut self,
         header: &mut Header,
         to: &mut SocketAddrV4,
-        key: &[u8],
-        value: &[u8],
+        (extensions, key, value): (&Extensions, &[u8], &[u8]),
     ) -> bool {
         if self.map.meta.is_empty() {
             return false;
@@ -399,10 +486,15 @@ impl Client {
         self.counters.map_refreshes += 1;
         self.map = map;
         if changed {
-            encode_into(header, key, value, &mut self.send_buffer)
-                .expect("key and value sizes were checked");
+            self.encode(header, extensions, key, value);
         }
         changed
+    }
+
+    fn encode(&mut self, header: &Header, extensions: &Extensions, key: &[u8], value: &[u8]) {
+        self.send_buffer.clear();
+        encode_append_with(header, extensions, key, value, &mut self.send_buffer)
+            .expect("key and value sizes were checked");
     }
 
     /// Sends the request until a final reply arrives or the deadline passes.
@@ -413,6 +505,7 @@ impl Client {
         &mut self,
         mut to: SocketAddrV4,
         mut header: Header,
+        extensions: &Extensions,
         key: &[u8],
         value: &[u8],
         routed: bool,
@@ -420,8 +513,7 @@ impl Client {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         header.request_id.set(request_id);
-        encode_into(&header, key, value, &mut self.send_buffer)
-            .expect("key and value sizes were checked");
+        self.encode(&header, extensions, key, value);
         self.counters.requests += 1;
         let start = Instant::now();
         let deadline = start + self.options.deadline;
@@ -443,8 +535,11 @@ impl Client {
                             match retry.refuser_behind(Instant::now(), refuser, self.map.version) {
                                 Some(pause) => Some(pause),
                                 None => {
-                                    let rerouted =
-                                        self.refresh_route(&mut header, &mut to, key, value);
+                                    let rerouted = self.refresh_route(
+                                        &mut header,
+                                        &mut to,
+                                        (extensions, key, value),
+                                    );
                                     let behind =
                                         refuser.is_some_and(|version| self.map.version < version);
                                     retry.after_reroute(Instant::now(), rerouted, behind)
@@ -458,7 +553,7 @@ impl Client {
                 },
                 None => {
                     if retry.on_silence(Instant::now()) == Verdict::Reroute {
-                        self.refresh_route(&mut header, &mut to, key, value);
+                        self.refresh_route(&mut header, &mut to, (extensions, key, value));
                     }
                 }
             }

@@ -11,6 +11,7 @@
 
 pub mod clients;
 pub mod commands;
+mod expire;
 pub mod keyspace;
 pub mod resp;
 pub mod stats;
@@ -284,6 +285,11 @@ fn string_range(value: &[u8], start: i64, end: i64) -> &[u8] {
     &value[start as usize..=end as usize]
 }
 
+/// The lower-case name of a served command.
+fn spec_name(spec: Option<&commands::Spec>) -> &'static str {
+    spec.map_or("", |spec| spec.name)
+}
+
 fn upper(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).to_uppercase()
 }
@@ -495,7 +501,16 @@ impl<'a> Connection<'a> {
                 },
                 _ => arity_error(&name),
             },
-            "SET" => self.set(args),
+            "SET" => expire::set(&mut self.client, args),
+            "SETEX" | "PSETEX" => expire::set_ex(&mut self.client, spec_name(spec), args),
+            "GETEX" => expire::get_ex(&mut self.client, args),
+            "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => {
+                expire::expire(&mut self.client, spec_name(spec), args)
+            }
+            "PERSIST" => expire::persist(&mut self.client, args),
+            "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" => {
+                expire::ttl(&mut self.client, spec_name(spec), args)
+            }
             "SETNX" => match args {
                 [key, value] => match self.client.set(key, value, SetCondition::IfAbsent, false) {
                     Ok(outcome) => Frame::Integer(i64::from(outcome.written)),
@@ -784,33 +799,6 @@ impl<'a> Connection<'a> {
     }
 
     /// SET key value [NX | XX] [GET]; expiries are refused.
-    fn set(&mut self, args: &[Vec<u8>]) -> Frame {
-        let [key, value, options @ ..] = args else {
-            return arity_error("set");
-        };
-        let mut condition = SetCondition::Always;
-        let mut return_old = false;
-        for option in options {
-            match upper(option).as_str() {
-                "NX" if condition == SetCondition::Always => condition = SetCondition::IfAbsent,
-                "XX" if condition == SetCondition::Always => condition = SetCondition::IfExists,
-                "GET" => return_old = true,
-                "EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL" => {
-                    return Frame::error(
-                        "ERR expiry (EX, PX, EXAT, PXAT, KEEPTTL) is not supported by Tern",
-                    );
-                }
-                _ => return Frame::error("ERR syntax error"),
-            }
-        }
-        match self.client.set(key, value, condition, return_old) {
-            Ok(outcome) if return_old => outcome.old.map_or(Frame::Nil, Frame::bulk),
-            Ok(outcome) if outcome.written => Frame::ok(),
-            Ok(_) => Frame::Nil,
-            Err(error) => tern_error(error),
-        }
-    }
-
     fn authenticate(&mut self, password: &[u8]) -> Frame {
         match &self.shared.config.password {
             None => Frame::error(

@@ -430,12 +430,15 @@ impl Replica {
     /// committed): its live keys with their newest versions, its dedup
     /// outcomes, and a version floor above every version it gave. Keys
     /// whose version is below `since` (the floor of an earlier copy, which
-    /// had them) come by name only.
+    /// had them) come by name only. Keys expired by this replica's clock
+    /// are left out: they exist for no reader, here or there.
     pub fn export_slots(&self, [start, end]: [u32; 2], since: u64) -> Export {
         let in_range = |hash: u32| (start..end).contains(&tern_wire::slot_of(hash));
         let mut keys = Vec::new();
         let mut unchanged = Vec::new();
-        for (key, found) in self.store.live_in([start, end]) {
+        let now_ms = self.unix_ms();
+        let live = self.store.live_in([start, end]);
+        for (key, found) in live.filter(|(_, found)| found.live_at(now_ms)) {
             if found.version >= since {
                 keys.push(ExportedKey {
                     key: key.to_vec(),

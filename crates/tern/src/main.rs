@@ -45,7 +45,26 @@ enum Command {
         with_version: bool,
     },
     /// Write a key; prints its new version.
-    Put { key: String, value: String },
+    Put {
+        key: String,
+        value: String,
+        /// The key expires this long after the write (e.g. 30s, 500ms);
+        /// without it, the key keeps no deadline.
+        #[arg(long, value_parser = tern_bench::parse_duration)]
+        expire_in: Option<std::time::Duration>,
+    },
+    /// Give a key a deadline this long from now (e.g. 30s), or none with
+    /// `--persist`; exit status 1 when the key is absent.
+    Expire {
+        key: String,
+        #[arg(value_parser = tern_bench::parse_duration, required_unless_present = "persist")]
+        after: Option<std::time::Duration>,
+        #[arg(long, conflicts_with = "after")]
+        persist: bool,
+    },
+    /// Print how long a key has left in milliseconds, `none` without a
+    /// deadline (exit status 1 when absent).
+    Ttl { key: String },
     /// Delete a key (exit status 1 when it did not exist).
     Del { key: String },
     /// Write a key only if its version is EXPECTED_VERSION (0: the key is absent).
@@ -127,7 +146,17 @@ fn main() -> ExitCode {
 fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
     match command {
         Command::Get { key, with_version } => data::get(&load_map(cluster)?, &key, with_version),
-        Command::Put { key, value } => data::put(&load_map(cluster)?, &key, &value),
+        Command::Put {
+            key,
+            value,
+            expire_in,
+        } => data::put(&load_map(cluster)?, &key, &value, expire_in),
+        Command::Expire {
+            key,
+            after,
+            persist,
+        } => data::expire(&load_map(cluster)?, &key, after.filter(|_| !persist)),
+        Command::Ttl { key } => data::ttl(&load_map(cluster)?, &key),
         Command::Del { key } => data::del(&load_map(cluster)?, &key),
         Command::Cas {
             key,

@@ -268,7 +268,10 @@ fn errors_come_back_in_redis_form_and_the_connection_survives() {
         cli(&["INCRBY", "t", "x"]),
         "ERR value is not an integer or out of range"
     );
-    assert!(cli(&["SET", "k", "v", "EX", "10"]).contains("not supported by Tern"));
+    assert_eq!(
+        cli(&["SET", "k", "v", "EX", "0"]),
+        "ERR invalid expire time in 'set' command"
+    );
     assert_eq!(cli(&["SELECT", "16"]), "ERR DB index is out of range");
     // Several errors on one connection, then normal service.
     let mut connection = gateway.connection();
@@ -963,4 +966,56 @@ fn client_and_config_serve_the_tools() {
     assert_eq!(text(query_on(&mut other, &["CONFIG", "RESETSTAT"])), "OK");
     let stats = text(query_on(&mut other, &["INFO", "stats"]));
     assert!(stats.contains("total_connections_received:0"), "{stats}");
+}
+
+#[test]
+fn expiry_commands_answer_as_redis_server_does() {
+    let cluster = cluster();
+    let gateway = Gateway::start(&cluster, None);
+    let redis = RedisServer::start(None);
+    // Deadlines far enough ahead that TTL's rounding hides the time the
+    // commands take; fixed instants for the absolute forms (2100-01-01).
+    let script = b"set k v ex 100\r\nttl k\r\nset k v px 100000\r\nttl k\r\n\
+        set k v exat 4102444800\r\nexpiretime k\r\npexpiretime k\r\n\
+        set k v keepttl\r\nexpiretime k\r\nset k v\r\nttl k\r\n\
+        ttl missing\r\npttl missing\r\nexpiretime missing\r\n\
+        set k v ex 0\r\nset k v ex -5\r\nset k v ex abc\r\nset k v ex\r\n\
+        set k v ex 10 px 10\r\nset k v keepttl ex 10\r\nset k v ex 10 ex 20\r\nttl k\r\n\
+        set k v ex 9999999999999999\r\nset k v pxat 4102444800000 get\r\npexpiretime k\r\n\
+        set k v nx ex 10\r\nset fresh v nx ex 30\r\nttl fresh\r\n\
+        setex k 100 v\r\nttl k\r\nsetex k 0 v\r\nsetex k x v\r\nsetex k 100\r\n\
+        psetex k 100000 v\r\nttl k\r\npsetex k -1 v\r\n\
+        expire k 200\r\nttl k\r\nexpire k 300 nx\r\nexpire k 300 xx\r\nttl k\r\n\
+        expire k 100 gt\r\nexpire k 400 gt\r\nexpire k 500 lt\r\nexpire k 50 lt\r\nttl k\r\n\
+        expire k 60 xx gt\r\nexpire k 10 xx lt\r\nttl k\r\n\
+        expire k 10 nx xx\r\nexpire k 10 gt lt\r\nexpire k 10 foo\r\nexpire k x\r\n\
+        expire k\r\nexpire missing 10\r\n\
+        persist k\r\npersist k\r\nttl k\r\npersist missing\r\n\
+        expire k 100 gt\r\nexpire k 100 lt\r\nttl k\r\n\
+        pexpire k 200000\r\nttl k\r\nexpireat k 4102444800\r\nexpiretime k\r\n\
+        pexpireat k 4102444800123\r\npexpiretime k\r\nexpiretime k\r\n\
+        getex k\r\ngetex k ex 300\r\nttl k\r\ngetex k persist\r\nttl k\r\n\
+        getex k px 20000 px 30000\r\nttl k\r\ngetex k ex 0\r\ngetex k ex 10 persist\r\n\
+        getex missing ex 10\r\ngetex k foo\r\ngetex\r\n\
+        set n 10 ex 100\r\nincr n\r\nttl n\r\nappend n 1\r\nttl n\r\nget n\r\n\
+        expire k -1\r\nexists k\r\nset k v\r\nexpire k 0\r\nexists k\r\n\
+        set k v\r\nexpireat k 1\r\nget k\r\nset k v ex 100\r\nexpire k -1 gt\r\nttl k\r\n";
+    assert_same_answers(&gateway, &redis, &[("the expiry script", script.to_vec())]);
+    // Then time passes: a value is gone from its deadline on, for GET,
+    // EXISTS, TTL and the keyspace commands alike.
+    let mut ours = gateway.connection();
+    let mut ask = |args: &[&str]| query_on(&mut ours, args).unwrap();
+    assert_eq!(ask(&["FLUSHALL"]), redis::Value::Okay);
+    assert_eq!(ask(&["SET", "short", "v", "PX", "300"]), redis::Value::Okay);
+    assert_eq!(ask(&["SET", "long", "v", "EX", "100"]), redis::Value::Okay);
+    let redis::Value::Int(left) = ask(&["PTTL", "short"]) else {
+        panic!("PTTL answers an integer")
+    };
+    assert!((1..=300).contains(&left), "{left}");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(ask(&["GET", "short"]), redis::Value::Nil);
+    assert_eq!(ask(&["EXISTS", "short", "long"]), redis::Value::Int(1));
+    assert_eq!(ask(&["TTL", "short"]), redis::Value::Int(-2));
+    assert_eq!(texts(ask(&["KEYS", "*"])), ["long"]);
+    assert_eq!(ask(&["DBSIZE"]), redis::Value::Int(1));
 }

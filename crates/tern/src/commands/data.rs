@@ -3,7 +3,12 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use tern_client::{CasOutcome, Client, ClusterMap};
+use std::time::Duration;
+
+use tern_client::expiry::unix_now_ms;
+use tern_client::{
+    CasOutcome, Client, ClusterMap, Deadline, ExpireCondition, Lifetime, SetCondition,
+};
 use tern_testbed::cluster;
 use tern_wire::Op;
 
@@ -26,11 +31,60 @@ pub fn get(map: &ClusterMap, key: &str, with_version: bool) -> Result<ExitCode> 
     }
 }
 
-pub fn put(map: &ClusterMap, key: &str, value: &str) -> Result<ExitCode> {
+pub fn put(
+    map: &ClusterMap,
+    key: &str,
+    value: &str,
+    expire_in: Option<Duration>,
+) -> Result<ExitCode> {
     let mut client = Client::new(map.clone())?;
-    let version = client.put(key.as_bytes(), value.as_bytes())?;
+    let version = match expire_in {
+        None => client.put(key.as_bytes(), value.as_bytes())?,
+        Some(after) => {
+            let lifetime = Lifetime::For(after);
+            let (key, value) = (key.as_bytes(), value.as_bytes());
+            client
+                .set_for(key, value, SetCondition::Always, false, lifetime)?
+                .version
+        }
+    };
     println!("OK version {version}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Gives `key` a deadline `after` from now, or none.
+pub fn expire(map: &ClusterMap, key: &str, after: Option<Duration>) -> Result<ExitCode> {
+    let mut client = Client::new(map.clone())?;
+    let deadline = after.map_or(Deadline::Never, Deadline::In);
+    if client.expire(key.as_bytes(), deadline, ExpireCondition::Always)? {
+        println!("OK");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if client.get(key.as_bytes())?.is_some() {
+        // PERSIST of a key without a deadline.
+        println!("OK (no deadline)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("(not found)");
+    Ok(ExitCode::from(1))
+}
+
+/// Prints the milliseconds `key` has left, or `none`.
+pub fn ttl(map: &ClusterMap, key: &str) -> Result<ExitCode> {
+    let mut client = Client::new(map.clone())?;
+    match client.get(key.as_bytes())? {
+        Some(found) => {
+            match found.deadline_ms {
+                Some(deadline) => println!("{}", deadline.saturating_sub(unix_now_ms())),
+                None => println!("none"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("(not found)");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 pub fn del(map: &ClusterMap, key: &str) -> Result<ExitCode> {

@@ -1,0 +1,172 @@
+//! Expiry on a running cluster: no read that starts after a key's deadline
+//! returns it, from whichever replica answers, while replicas are killed,
+//! restarted and failed over; the deadlines survive all of it; and once the
+//! keys have expired every replica's memory of them is gone (the head's
+//! sequenced deletes). The CLI sets, shows and clears deadlines.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{TestCluster, counter, stats_of};
+use tern_client::expiry::unix_now_ms;
+use tern_client::{Client, ClientOptions, Lifetime, SetCondition};
+
+const EXPIRING: usize = 300;
+const LASTING: usize = 50;
+/// Every process reads the same clock; a core reads it through an offset
+/// taken in whole milliseconds, hence a millisecond either way.
+const CLOCK_SLACK_MS: u64 = 2;
+
+#[test]
+fn expired_keys_are_never_read_across_restarts_and_failover_and_their_memory_comes_back() {
+    let cluster =
+        TestCluster::up_with_args(1, 3, &["--topology", "loopback", "--durability", "always"]);
+    let mut client = Client::new(cluster.map.clone()).unwrap();
+    // Deadlines spread over two seconds, each read back as the head decided it.
+    let mut deadlines = HashMap::new();
+    for index in 0..EXPIRING {
+        let key = format!("e{index}");
+        let lifetime = Lifetime::For(Duration::from_millis(1000 + 6 * index as u64));
+        client
+            .set_for(key.as_bytes(), b"v", SetCondition::Always, false, lifetime)
+            .unwrap();
+        let found = client
+            .get(key.as_bytes())
+            .unwrap()
+            .expect("not expired yet");
+        deadlines.insert(key, found.deadline_ms.expect("a deadline"));
+    }
+    for index in 0..LASTING {
+        client.put(format!("l{index}").as_bytes(), b"kept").unwrap();
+    }
+    let deadlines = Arc::new(deadlines);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, late) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let readers: Vec<_> = (0..2)
+        .map(|reader| {
+            let (map, deadlines, stop) = (cluster.map.clone(), deadlines.clone(), stop.clone());
+            let (seen, late) = (seen.clone(), late.clone());
+            std::thread::spawn(move || {
+                let options = ClientOptions {
+                    attempt_timeout: Duration::from_millis(100),
+                    deadline: Duration::from_millis(500),
+                };
+                let mut client = Client::with_options(map, options).unwrap();
+                let mut index = reader;
+                while !stop.load(Ordering::Relaxed) {
+                    index = (index + 7) % EXPIRING;
+                    let key = format!("e{index}");
+                    let started = unix_now_ms();
+                    // Failover makes some reads fail: only answers count.
+                    let Ok(found) = client.get(key.as_bytes()) else {
+                        continue;
+                    };
+                    let deadline = deadlines[&key];
+                    if let Some(found) = found {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                        assert_eq!(
+                            found.deadline_ms,
+                            Some(deadline),
+                            "{key}: its deadline kept"
+                        );
+                        if started >= deadline + CLOCK_SLACK_MS {
+                            eprintln!("{key} read at {started}, after its deadline {deadline}");
+                            late.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // The tail killed and restarted from its log; then the head, long enough
+    // for meta to take it out of the chain, before it comes back.
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.kill(&["shard0-replica2"]);
+    std::thread::sleep(Duration::from_millis(100));
+    cluster.restart_stopped();
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.kill(&["shard0-replica0"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.restart_stopped();
+    // Until the last deadline has passed, and a while after.
+    let last = *deadlines.values().max().unwrap();
+    while unix_now_ms() < last + 500 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    assert!(
+        seen.load(Ordering::Relaxed) > 50,
+        "the readers saw keys live"
+    );
+    assert_eq!(late.load(Ordering::Relaxed), 0, "reads after a deadline");
+    // Every replica of the chain forgets the expired keys; the others stay.
+    let started = Instant::now();
+    loop {
+        let map = cluster
+            .meta_map()
+            .to_cluster_map(&cluster.map.meta)
+            .unwrap();
+        let mut admin = Client::new(map.clone()).unwrap();
+        let counts: Vec<(u64, u64)> = map.shards[0]
+            .replicas
+            .iter()
+            .map(|replica| {
+                let stats = stats_of(&mut admin, *replica);
+                (
+                    counter(&stats, "live_keys"),
+                    counter(&stats, "expiring_keys"),
+                )
+            })
+            .collect();
+        if counts.len() == 3 && counts.iter().all(|&count| count == (LASTING as u64, 0)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "(live, expiring) keys per replica: {counts:?}\n{}",
+            cluster.log_tails(20)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut client = Client::new(
+        cluster
+            .meta_map()
+            .to_cluster_map(&cluster.map.meta)
+            .unwrap(),
+    )
+    .unwrap();
+    for index in 0..LASTING {
+        let found = client.get(format!("l{index}").as_bytes()).unwrap().unwrap();
+        assert_eq!((found.value, found.deadline_ms), (b"kept".to_vec(), None));
+    }
+}
+
+#[test]
+fn the_cli_sets_shows_and_clears_deadlines() {
+    let cluster = TestCluster::up_with_args(1, 3, &["--topology", "loopback"]);
+    let run = |args: &[&str]| {
+        let output = cluster.tern(args);
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).trim().to_string(),
+        )
+    };
+    assert_eq!(run(&["put", "k", "v", "--expire-in", "60s"]).0, Some(0));
+    let (_, left) = run(&["ttl", "k"]);
+    let left: u64 = left.parse().unwrap_or_else(|_| panic!("{left}"));
+    assert!((50_000..=60_000).contains(&left), "{left}");
+    assert_eq!(run(&["expire", "k", "--persist"]), (Some(0), "OK".into()));
+    assert_eq!(run(&["ttl", "k"]), (Some(0), "none".into()));
+    assert_eq!(run(&["expire", "k", "300ms"]), (Some(0), "OK".into()));
+    assert_eq!(run(&["expire", "absent", "1s"]).0, Some(1));
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(run(&["get", "k"]).0, Some(1), "expired");
+    assert_eq!(run(&["ttl", "k"]).0, Some(1));
+}
