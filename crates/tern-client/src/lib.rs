@@ -21,7 +21,7 @@ use retry::{Retry, Verdict};
 pub use tern_control::meta;
 pub use tern_control::{ClientId, ClusterMap, Epoch, MapError, ShardId, ShardMap, Slot};
 use tern_wire::{
-    Extensions, Header, KEY_LEN_MAX, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX,
+    Extensions, Header, KEY_LEN_MAX, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, edit,
     encode_append_with, flags, key_hash,
 };
 use thiserror::Error;
@@ -40,6 +40,10 @@ pub enum ClientError {
     StaleEpoch { shard: u32 },
     #[error("value is not an integer or out of range")]
     NotInteger,
+    #[error("value is not a valid float")]
+    NotFloat,
+    #[error("increment would produce NaN or Infinity")]
+    NotFinite,
     #[error("the result would exceed the value limit of {VALUE_LEN_MAX} bytes")]
     ResultTooLarge,
     #[error("request refused: {status:?}")]
@@ -148,6 +152,15 @@ pub(crate) fn request_header(
     header.client_id.set(client_id.get());
     header.set_expected_version(version);
     Ok((header, shard.coordinator))
+}
+
+/// Bit `offset` of `value` (0: the high bit of the first byte; past the
+/// end: 0), as Redis's GETBIT reads it.
+pub fn bit_of(value: &[u8], offset: u64) -> bool {
+    usize::try_from(offset / 8)
+        .ok()
+        .and_then(|byte| value.get(byte))
+        .is_some_and(|byte| byte & (0x80 >> (offset % 8)) != 0)
 }
 
 /// Points `header` at its key's shard as `map` has it (shard id, epoch);
@@ -354,6 +367,77 @@ impl Client {
             version: if written { reply.header.version() } else { 0 },
             old,
         })
+    }
+
+    /// Writes `bytes` into the key's value at byte `offset`, padding with
+    /// zero bytes (Redis SETRANGE), at the chain head; returns the new
+    /// length. Empty `bytes` change nothing.
+    pub fn set_range(
+        &mut self,
+        key: &[u8],
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<usize, ClientError> {
+        let reply = self.edit(key, edit::SET_RANGE, offset, bytes, flags::RETURN_NEW)?;
+        Ok(reply.value.len())
+    }
+
+    /// Adds the decimal `delta` to the key's decimal value (Redis
+    /// INCRBYFLOAT), at the chain head; returns the new value as stored.
+    pub fn incr_by_float(&mut self, key: &[u8], delta: &str) -> Result<Vec<u8>, ClientError> {
+        let reply = self.edit(
+            key,
+            edit::INCR_BY_FLOAT,
+            0,
+            delta.as_bytes(),
+            flags::RETURN_NEW,
+        )?;
+        Ok(reply.value)
+    }
+
+    /// Sets bit `offset` of the key's value (0: the high bit of the first
+    /// byte) to `on`, padding with zero bytes (Redis SETBIT), at the chain
+    /// head; returns the bit's value before.
+    pub fn set_bit(&mut self, key: &[u8], offset: u64, on: bool) -> Result<bool, ClientError> {
+        let operand: &[u8] = if on { b"1" } else { b"0" };
+        let reply = self.edit(key, edit::SET_BIT, offset, operand, flags::RETURN_OLD)?;
+        let before = if reply.header.has_flag(flags::ANSWER_ABSENT) {
+            &[][..]
+        } else {
+            &reply.value[..]
+        };
+        Ok(bit_of(before, offset))
+    }
+
+    fn edit(
+        &mut self,
+        key: &[u8],
+        kind: u8,
+        offset: u64,
+        operand: &[u8],
+        answer: u8,
+    ) -> Result<Reply, ClientError> {
+        let (mut header, coordinator) =
+            request_header(&self.map, self.client_id, Op::Edit, key, operand, 0)?;
+        header.flags = answer;
+        header.set_edit(kind, offset);
+        let shard = header.shard.get();
+        let reply = self.exchange(
+            coordinator,
+            header,
+            &Extensions::default(),
+            key,
+            operand,
+            true,
+        )?;
+        match reply.status {
+            Status::Ok => Ok(reply),
+            Status::StaleEpoch => Err(ClientError::StaleEpoch { shard }),
+            Status::TooLarge => Err(ClientError::ResultTooLarge),
+            Status::NotInteger => Err(ClientError::NotFloat),
+            Status::NotFinite => Err(ClientError::NotFinite),
+            status => Err(ClientError::Refused { status }),
+        }
     }
 
     /// Gives `key` a new deadline, or none (`Deadline::Never`, PERSIST),

@@ -288,6 +288,13 @@ fn valid_corpus() -> Vec<(String, Sender, Vec<u8>)> {
         Sender::Client,
         expiring(Op::Put, b"e", b"v", 12, tern_wire::expiry::RELATIVE),
     );
+    let mut setrange = header_of(&request(Op::Edit, b"r", b"xy", 14));
+    setrange.set_edit(tern_wire::edit::SET_RANGE, 3);
+    add(
+        "edit (setrange)",
+        Sender::Client,
+        encode(&setrange, b"r", b"xy").unwrap(),
+    );
     add(
         "expire",
         Sender::Client,
@@ -564,8 +571,8 @@ fn the_kernel_and_rust_paths_agree_on_valid_and_malformed_datagrams() {
     assert!(count(XdpCounter::PassMalformed) >= 10);
     assert_eq!(
         twins.kernel_state.next_seq(),
-        12 + 1,
-        "twelve writes sequenced (two with deadlines)"
+        13 + 1,
+        "thirteen writes sequenced (two with deadlines, one edit)"
     );
 }
 

@@ -15,6 +15,7 @@ mod expire;
 pub mod keyspace;
 pub mod resp;
 pub mod stats;
+mod strings;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -213,6 +214,8 @@ fn integer_error() -> Frame {
 fn tern_error(error: ClientError) -> Frame {
     match error {
         ClientError::NotInteger => integer_error(),
+        ClientError::NotFloat => Frame::error("ERR value is not a valid float"),
+        ClientError::NotFinite => Frame::error("ERR increment would produce NaN or Infinity"),
         ClientError::ResultTooLarge => Frame::error(format!(
             "ERR string exceeds maximum allowed size (Tern values are limited to {VALUE_LEN_MAX} bytes)"
         )),
@@ -508,6 +511,13 @@ impl<'a> Connection<'a> {
                 expire::expire(&mut self.client, spec_name(spec), args)
             }
             "PERSIST" => expire::persist(&mut self.client, args),
+            "SETRANGE" => strings::set_range(&mut self.client, args),
+            "INCRBYFLOAT" => strings::incr_by_float(&mut self.client, args),
+            "SETBIT" => strings::set_bit(&mut self.client, args),
+            "GETBIT" => strings::get_bit(&mut self.client, args),
+            "BITCOUNT" => strings::bit_count(&mut self.client, args),
+            "BITPOS" => strings::bit_pos(&mut self.client, args),
+            "LCS" => strings::lcs(&mut self.client, args),
             "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" => {
                 expire::ttl(&mut self.client, spec_name(spec), args)
             }

@@ -13,6 +13,7 @@
 pub mod assignment;
 pub mod coordinator;
 mod counters;
+pub mod edit;
 pub mod expiry;
 pub mod membership;
 mod outbox;

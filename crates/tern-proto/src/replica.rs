@@ -21,6 +21,7 @@ use tern_wire::{
 };
 
 use crate::counters::{DecodeDrops, counters};
+use crate::edit::EditError;
 use crate::expiry::{self as expiring, ExpireOutcome, Reaper};
 use crate::{Core, Outbox, Time, WallClock};
 
@@ -824,7 +825,15 @@ impl Replica {
             self.remember_outcome(record.client_id.get(), seq, outcome);
         }
         if tail && record.has_flag(flags::RETURN_NEW) && record.status() == Status::Ok {
-            result_value = Some(answer_with(&self.store));
+            // A write that changed nothing answers the value as the head
+            // found it: none when that had expired.
+            let unchanged_expired =
+                record.effect() == Effect::None && record.has_flag(flags::OLD_EXPIRED);
+            result_value = Some(if unchanged_expired {
+                None
+            } else {
+                answer_with(&self.store)
+            });
         }
         self.counters.writes_applied += 1;
         let mut next = *record;
@@ -1026,6 +1035,26 @@ impl Replica {
                 }
             }
             Op::Expire => expire_decision(asked, stored, current, now_ms, new_version),
+            Op::Edit => {
+                let (kind, offset) = header.edit();
+                let before = current.map_or(&[][..], |found| found.value);
+                let keep = current.map_or(0, |found| found.deadline_ms);
+                let refused = |status| decided(Effect::None, status, version.unwrap_or(0));
+                match crate::edit::apply(kind, offset, before, message.value) {
+                    Ok(Some(value)) => Decision {
+                        value: Some(value),
+                        deadline_ms: keep,
+                        ..decided(Effect::Put, Status::Ok, new_version)
+                    },
+                    // Nothing to change (SETRANGE of nothing): answered
+                    // with the value as it is.
+                    Ok(None) => decided(Effect::None, Status::Ok, version.unwrap_or(0)),
+                    Err(EditError::TooLarge) => refused(Status::TooLarge),
+                    Err(EditError::NotNumber) => refused(Status::NotInteger),
+                    Err(EditError::NotFinite) => refused(Status::NotFinite),
+                    Err(EditError::Malformed) => refused(Status::Malformed),
+                }
+            }
             Op::Install => {
                 // A copy never replaces what is newer: installs of one key
                 // may arrive more than once (a migration resumed). It keeps

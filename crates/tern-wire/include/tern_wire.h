@@ -48,6 +48,7 @@
 #define TERN_OP_SEQ_REPORT           21
 #define TERN_OP_INSTALL_KEYS         22
 #define TERN_OP_EXPIRE               23
+#define TERN_OP_EDIT                 24
 
 #define TERN_STATUS_OK               0
 #define TERN_STATUS_NOT_FOUND        1
@@ -62,6 +63,7 @@
 #define TERN_STATUS_BAD_KEY_HASH     10
 #define TERN_STATUS_NOT_INTEGER      11
 #define TERN_STATUS_FORGOTTEN        12
+#define TERN_STATUS_NOT_FINITE       13
 
 #define TERN_EFFECT_NONE             0
 #define TERN_EFFECT_PUT              1
@@ -288,6 +290,8 @@ static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)
 		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_ANY_SLOT;
 	case TERN_OP_EXPIRE:
 		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_FAST_PATH;
+	case TERN_OP_EDIT:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_FAST_PATH;
 	default:
 		return 0;
 	}
@@ -332,6 +336,7 @@ static inline __attribute__((always_inline)) int tern_status_known(__u8 value)
 	case 10:
 	case 11:
 	case 12:
+	case 13:
 		return 1;
 	default:
 		return 0;

@@ -148,6 +148,19 @@ impl Header {
         self.argument.set(last);
     }
 
+    /// EDIT: its kind (`edit::*`, the top byte) and offset (the rest).
+    pub fn edit(&self) -> (u8, u64) {
+        let packed = self.argument.get();
+        ((packed >> 56) as u8, packed & crate::edit::OFFSET_MAX)
+    }
+
+    /// Sets EDIT's kind and offset; an offset over `edit::OFFSET_MAX` is
+    /// cut to it (every value limit is far below).
+    pub fn set_edit(&mut self, kind: u8, offset: u64) {
+        let offset = offset.min(crate::edit::OFFSET_MAX);
+        self.argument.set(u64::from(kind) << 56 | offset);
+    }
+
     /// SEQ_REPORT, and a replica's answer to PING: the highest sequence
     /// number it has seen.
     pub fn highest_seen(&self) -> u64 {

@@ -125,6 +125,10 @@ wire_enum! {
         /// head's reaping of an expired key). OK when it changed the key;
         /// NOT_FOUND without the key; CAS_MISMATCH when a condition failed.
         Expire = 23 => "EXPIRE",
+        /// Client in-place change of the key's value, decided by the head
+        /// like INCRBY: `Header::edit` names the kind (`edit::*`) and its
+        /// offset, the value is the operand. The key keeps its deadline.
+        Edit = 24 => "EDIT",
     }
 }
 
@@ -153,6 +157,8 @@ wire_enum! {
         /// client may keep outstanding): it may have been applied before,
         /// so it is not applied now.
         Forgotten = 12 => "FORGOTTEN",
+        /// INCRBYFLOAT whose result would be NaN or infinite.
+        NotFinite = 13 => "NOT_FINITE",
     }
 }
 
@@ -219,7 +225,9 @@ impl Op {
         use op_class::*;
         match self {
             Op::Get => CLIENT_READ | FAST_PATH,
-            Op::Put | Op::Cas | Op::IncrBy | Op::Append => CLIENT_WRITE | CARRIES_VALUE | FAST_PATH,
+            Op::Put | Op::Cas | Op::IncrBy | Op::Append | Op::Edit => {
+                CLIENT_WRITE | CARRIES_VALUE | FAST_PATH
+            }
             Op::Delete | Op::Expire => CLIENT_WRITE | FAST_PATH,
             Op::Install | Op::InstallOutcome | Op::InstallKeys => {
                 CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT
@@ -267,6 +275,21 @@ impl Op {
     pub const fn is_admin(self) -> bool {
         self.is(op_class::ADMIN)
     }
+}
+
+/// The kinds of EDIT, each decided by the head against the key's value
+/// (absent: empty), as Redis's command of the same name.
+pub mod edit {
+    /// SETRANGE: the operand written at byte `offset`, the value padded
+    /// with zero bytes up to it. An empty operand changes nothing.
+    pub const SET_RANGE: u8 = 1;
+    /// INCRBYFLOAT: the decimal operand added to the decimal value.
+    pub const INCR_BY_FLOAT: u8 = 2;
+    /// SETBIT: bit `offset` (0: the high bit of byte 0) set to the operand,
+    /// `0` or `1`; the value padded with zero bytes up to it.
+    pub const SET_BIT: u8 = 3;
+    /// Largest offset `Header::set_edit` packs.
+    pub const OFFSET_MAX: u64 = (1 << 56) - 1;
 }
 
 /// Bits of [`Header::flags`].

@@ -1019,3 +1019,47 @@ fn expiry_commands_answer_as_redis_server_does() {
     assert_eq!(texts(ask(&["KEYS", "*"])), ["long"]);
     assert_eq!(ask(&["DBSIZE"]), redis::Value::Int(1));
 }
+
+#[test]
+fn setrange_incrbyfloat_bits_and_lcs_answer_as_redis_server_does() {
+    let cluster = cluster();
+    let gateway = Gateway::start(&cluster, None);
+    let redis = RedisServer::start(None);
+    let script = b"set s \"Hello World\"\r\nsetrange s 6 Redis\r\nget s\r\n\
+        setrange fresh 5 x\r\nget fresh\r\nsetrange s 0 \"\"\r\nsetrange missing 3 \"\"\r\n\
+        exists missing\r\nsetrange s -1 x\r\nsetrange s x y\r\nsetrange s 1\r\nstrlen s\r\n\
+        set f 10.50\r\nincrbyfloat f 0.1\r\nincrbyfloat f -5\r\nincrbyfloat f 2.0e1\r\n\
+        incrbyfloat nf 3\r\nincrbyfloat nf 0.2\r\nincrbyfloat f abc\r\nset t text\r\n\
+        incrbyfloat t 1\r\nset z 3\r\nincrbyfloat z -3\r\nincrbyfloat f\r\n\
+        set e 5 ex 100\r\nincrbyfloat e 1\r\nttl e\r\nsetrange e 0 9\r\nttl e\r\n\
+        setbit b 7 1\r\nsetbit b 7 0\r\nsetbit b 7 1\r\nget b\r\nsetbit b 100 1\r\nstrlen b\r\n\
+        getbit b 7\r\ngetbit b 6\r\ngetbit b 100\r\ngetbit b 99999\r\ngetbit missing 3\r\n\
+        setbit b -1 1\r\nsetbit b 1 2\r\nsetbit b x 1\r\ngetbit b x\r\ngetbit b 4294967296\r\n\
+        set foobar foobar\r\nbitcount foobar\r\nbitcount foobar 0 0\r\nbitcount foobar 1 1\r\n\
+        bitcount foobar 1 1 byte\r\nbitcount foobar 5 30 bit\r\nbitcount foobar -2 -1\r\n\
+        bitcount foobar 3 1\r\nbitcount foobar 0\r\nbitcount foobar 0 1 nope\r\n\
+        bitcount foobar x 1\r\nbitcount missing\r\nbitcount missing 0 1\r\n\
+        set p \"\\xff\\xf0\\x00\"\r\nbitpos p 0\r\nbitpos p 1\r\nbitpos p 1 2\r\n\
+        bitpos p 0 1 -1\r\nbitpos p 1 7 15 bit\r\nbitpos p 0 0 0\r\nbitpos p 2\r\n\
+        set ones \"\\xff\\xff\"\r\nbitpos ones 0\r\nbitpos ones 0 0 -1\r\nbitpos ones 1 5 1\r\n\
+        bitpos missing 0\r\nbitpos missing 1\r\nbitpos p 1 0 1 byte\r\nbitpos p 1 0 1 nope\r\n\
+        bitpos p x\r\n\
+        set k1 ohmytext\r\nset k2 mynewtext\r\nlcs k1 k2\r\nlcs k1 k2 len\r\n\
+        lcs k1 k2 idx\r\nlcs k1 k2 idx minmatchlen 4\r\nlcs k1 k2 idx withmatchlen\r\n\
+        lcs k1 k2 idx minmatchlen 4 withmatchlen\r\nlcs k1 k2 len idx\r\nlcs k1 missing\r\n\
+        lcs k1 missing idx\r\nlcs k1 k2 nope\r\nlcs k1 k2 minmatchlen x\r\nlcs k1\r\n";
+    assert_same_answers(&gateway, &redis, &[("the script", script.to_vec())]);
+    // Not like redis-server, which adds in long double: sums are 64-bit
+    // floats printed to 15 significant digits, and one past f64's range is
+    // refused.
+    let mut ours = gateway.connection();
+    let mut ask = |args: &[&str]| query_on(&mut ours, args);
+    ask(&["SET", "f", "5.6"]).unwrap();
+    let sum = ask(&["INCRBYFLOAT", "f", "5000"]).unwrap();
+    assert_eq!(sum, redis::Value::BulkString(b"5005.6".to_vec()));
+    ask(&["SET", "big", "1.7e308"]).unwrap();
+    assert_eq!(
+        ask(&["INCRBYFLOAT", "big", "1.7e308"]),
+        Err("increment would produce NaN or Infinity".into())
+    );
+}
