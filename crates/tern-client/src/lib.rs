@@ -5,6 +5,7 @@
 //! Blocking and single-threaded by design: one `Client` has at most one
 //! request outstanding; run one per thread for concurrency.
 
+pub mod answer;
 pub mod expiry;
 pub mod pipeline;
 pub mod plan;
@@ -224,16 +225,8 @@ impl Client {
 
     /// The value of `key`, if any.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Versioned>, ClientError> {
-        let reply = self.call(Op::Get, key, &[], 0)?;
-        match reply.status {
-            Status::Ok => Ok(Some(Versioned {
-                version: reply.header.version(),
-                deadline_ms: reply.extensions.expiry.map(|decided| decided.deadline_ms),
-                value: reply.value,
-            })),
-            Status::NotFound => Ok(None),
-            status => Err(ClientError::Refused { status }),
-        }
+        let reply = self.send(key, answer::Call::get())?;
+        answer::read(reply)
     }
 
     /// Writes `value`; returns its version.
@@ -247,12 +240,8 @@ impl Client {
 
     /// Removes `key`; returns whether it existed.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool, ClientError> {
-        let reply = self.call(Op::Delete, key, &[], 0)?;
-        match reply.status {
-            Status::Ok => Ok(true),
-            Status::NotFound => Ok(false),
-            status => Err(ClientError::Refused { status }),
-        }
+        let reply = self.send(key, answer::Call::delete())?;
+        answer::deleted(&reply)
     }
 
     /// Removes `key` and answers the value it had (None: it was absent), in
@@ -289,21 +278,9 @@ impl Client {
     /// Adds `delta` to the key's decimal integer value (an absent key counts
     /// as 0), atomically at the chain head; returns the new value.
     pub fn incr_by(&mut self, key: &[u8], delta: i64) -> Result<i64, ClientError> {
-        let reply = self.call_with(
-            Op::IncrBy,
-            key,
-            delta.to_string().as_bytes(),
-            0,
-            flags::RETURN_NEW,
-        )?;
-        match reply.status {
-            Status::Ok => std::str::from_utf8(&reply.value)
-                .ok()
-                .and_then(|text| text.parse().ok())
-                .ok_or(ClientError::NotInteger),
-            Status::NotInteger => Err(ClientError::NotInteger),
-            status => Err(ClientError::Refused { status }),
-        }
+        let delta = delta.to_string();
+        let reply = self.send(key, answer::Call::incr_by(delta.as_bytes()))?;
+        answer::sum(&reply)
     }
 
     /// Appends `value` to the key's value atomically at the chain head;
@@ -340,33 +317,11 @@ impl Client {
         return_old: bool,
         lifetime: Lifetime,
     ) -> Result<SetOutcome, ClientError> {
-        let mut write_flags = if return_old { flags::RETURN_OLD } else { 0 };
-        let op = match condition {
-            SetCondition::Always => Op::Put,
-            SetCondition::IfAbsent => Op::Cas,
-            SetCondition::IfExists => {
-                write_flags |= flags::IF_EXISTS;
-                Op::Put
-            }
-        };
-        // CAS against version 0 is "only if absent".
-        let extensions = Extensions {
-            expiry: lifetime.asked(),
-            ..Extensions::default()
-        };
-        let reply = self.call_ext(op, key, value, 0, write_flags, &extensions)?;
-        let written = match reply.status {
-            Status::Ok => true,
-            Status::CasMismatch | Status::NotFound => false,
-            status => return Err(ClientError::Refused { status }),
-        };
-        let old =
-            (return_old && !reply.header.has_flag(flags::ANSWER_ABSENT)).then_some(reply.value);
-        Ok(SetOutcome {
-            written,
-            version: if written { reply.header.version() } else { 0 },
-            old,
-        })
+        let reply = self.send(
+            key,
+            answer::Call::set(value, condition, return_old, lifetime),
+        )?;
+        answer::set(reply, return_old)
     }
 
     /// Writes `bytes` into the key's value at byte `offset`, padding with
@@ -503,6 +458,18 @@ impl Client {
         let mut header = Header::new(op, shard.get(), epoch);
         header.client_id.set(self.client_id.get());
         self.exchange(to, header, &Extensions::default(), &[], &[], false)
+    }
+
+    /// Sends `call` for `key` and waits for its reply.
+    fn send(&mut self, key: &[u8], call: answer::Call<'_>) -> Result<Reply, ClientError> {
+        self.call_ext(
+            call.op,
+            key,
+            call.value,
+            call.version,
+            call.flags,
+            &call.extensions,
+        )
     }
 
     fn call(

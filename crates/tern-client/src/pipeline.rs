@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use tern_wire::{MESSAGE_LEN_MAX, Message, Op, Status, encode_into};
+use tern_wire::{MESSAGE_LEN_MAX, Message, Op, Status, encode_append_with};
 
 use crate::retry::{Retry, Verdict};
 use crate::{ClientError, ClientId, ClientOptions, ClusterMap, Reply};
@@ -35,7 +35,12 @@ pub enum Request<'a> {
     Get,
     Put(&'a [u8]),
     Delete,
-    Cas { expected: u64, value: &'a [u8] },
+    Cas {
+        expected: u64,
+        value: &'a [u8],
+    },
+    /// Any request, with its write flags and extensions.
+    Call(crate::answer::Call<'a>),
 }
 
 /// A finished request.
@@ -152,7 +157,17 @@ impl Pipeline {
         key: &[u8],
         token: u64,
     ) -> Result<(), ClientError> {
-        let is_write = request != Request::Get;
+        let call = match request {
+            Request::Get => crate::answer::Call::get(),
+            Request::Put(value) => crate::answer::Call::new(Op::Put, value),
+            Request::Delete => crate::answer::Call::delete(),
+            Request::Cas { expected, value } => crate::answer::Call {
+                version: expected,
+                ..crate::answer::Call::new(Op::Cas, value)
+            },
+            Request::Call(call) => call,
+        };
+        let is_write = call.op != Op::Get;
         let room = if is_write {
             self.has_room()
         } else {
@@ -163,17 +178,19 @@ impl Pipeline {
                 status: Status::TryAgain,
             });
         }
-        let (op, value, version) = match request {
-            Request::Get => (Op::Get, &[][..], 0),
-            Request::Put(value) => (Op::Put, value, 0),
-            Request::Delete => (Op::Delete, &[][..], 0),
-            Request::Cas { expected, value } => (Op::Cas, value, expected),
-        };
-        let (mut header, to) =
-            crate::request_header(&self.map, self.client_id, op, key, value, version)?;
+        let (mut header, to) = crate::request_header(
+            &self.map,
+            self.client_id,
+            call.op,
+            key,
+            call.value,
+            call.version,
+        )?;
         header.request_id.set(self.next_request_id);
+        header.flags = call.flags;
         let mut bytes = Vec::with_capacity(MESSAGE_LEN_MAX);
-        encode_into(&header, key, value, &mut bytes).expect("sizes were checked");
+        encode_append_with(&header, &call.extensions, key, call.value, &mut bytes)
+            .expect("sizes were checked");
         self.socket.send_to(&bytes, to)?;
         let now = Instant::now();
         let mut retry = Retry::new(now, &self.options, !self.map.meta.is_empty());
@@ -331,8 +348,11 @@ impl Pipeline {
             let mut header = message.header;
             let before = (request.to, header.shard.get(), header.epoch.get());
             let (key, value) = (message.key.to_vec(), message.value.to_vec());
+            let extensions = message.extensions;
             request.to = crate::reroute(&map, &mut header);
-            encode_into(&header, &key, &value, &mut request.bytes).expect("sizes were checked");
+            request.bytes.clear();
+            encode_append_with(&header, &extensions, &key, &value, &mut request.bytes)
+                .expect("sizes were checked");
             if std::mem::take(&mut request.reroute) {
                 let rerouted = (request.to, header.shard.get(), header.epoch.get()) != before;
                 let behind = map.version < request.wanted_map_version;

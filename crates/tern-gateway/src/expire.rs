@@ -120,26 +120,17 @@ fn lifetime_of(command: &str, chosen: Option<(&str, Option<&[u8]>)>) -> Result<L
     }
 }
 
-/// SET key value [NX | XX] [GET] [EX s | PX ms | EXAT t | PXAT t | KEEPTTL]
-pub fn set(client: &mut Client, args: &[Vec<u8>]) -> Frame {
+/// SET key value [NX | XX] [GET] [EX s | PX ms | EXAT t | PXAT t | KEEPTTL]:
+/// its key, value, condition, whether it answers the old value, and what
+/// it does to the deadline; or Redis's error.
+#[allow(clippy::type_complexity)]
+pub fn parse_set(args: &[Vec<u8>]) -> Result<(&[u8], &[u8], SetCondition, bool, Lifetime), Frame> {
     let [key, value, options @ ..] = args else {
-        return arity_error("set");
+        return Err(arity_error("set"));
     };
-    let parsed = match parse_options(options, true) {
-        Ok(parsed) => parsed,
-        Err(error) => return error,
-    };
-    let lifetime = match lifetime_of("set", parsed.lifetime) {
-        Ok(lifetime) => lifetime,
-        Err(error) => return error,
-    };
-    let return_old = parsed.return_old;
-    match client.set_for(key, value, parsed.condition, return_old, lifetime) {
-        Ok(outcome) if return_old => outcome.old.map_or(Frame::Nil, Frame::bulk),
-        Ok(outcome) if outcome.written => Frame::ok(),
-        Ok(_) => Frame::Nil,
-        Err(error) => tern_error(error),
-    }
+    let parsed = parse_options(options, true)?;
+    let lifetime = lifetime_of("set", parsed.lifetime)?;
+    Ok((key, value, parsed.condition, parsed.return_old, lifetime))
 }
 
 /// SETEX key seconds value, PSETEX key milliseconds value.

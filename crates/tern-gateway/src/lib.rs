@@ -9,6 +9,7 @@
 //! read-then-write in the gateway. MSET and multi-key DEL/EXISTS/MGET are not
 //! atomic across keys (Tern has no multi-key transactions yet).
 
+mod batch;
 pub mod clients;
 pub mod commands;
 mod expire;
@@ -24,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use resp::{Frame, Parser};
-use tern_client::{Client, ClientError, ClusterMap, SetCondition};
+use tern_client::{Client, ClientError, ClusterMap};
 use tern_wire::VALUE_LEN_MAX;
 
 /// How often blocked accept and read calls look at the shutdown flag.
@@ -197,7 +198,13 @@ struct Connection<'a> {
     closing: bool,
     /// The database `SELECT` chose (`keyspace`).
     db: u32,
+    /// Sends the planned commands (`batch`), made at the first of them.
+    pipeline: Option<tern_client::Pipeline>,
 }
+
+/// Commands of one connection run together at most (more wait for the
+/// next round, after their replies are written).
+const BATCH_COMMANDS_MAX: usize = 64;
 
 fn arity_error(name: &str) -> Frame {
     Frame::error(format!(
@@ -316,6 +323,7 @@ impl<'a> Connection<'a> {
             authenticated: shared.config.password.is_none(),
             closing: false,
             db: 0,
+            pipeline: None,
         })
     }
 
@@ -359,38 +367,52 @@ impl<'a> Connection<'a> {
                 .net_input_bytes
                 .fetch_add(read as u64, Ordering::Relaxed);
             input.extend_from_slice(&chunk[..read]);
-            // Every complete command of the batch, in order; replies leave
-            // together, or every `OUTPUT_FLUSH` bytes.
+            // Every complete command, in order, in rounds: the planned
+            // commands of a round in flight together, ended by any other
+            // command (which may change how the next ones are read: AUTH,
+            // SELECT, QUIT). Replies leave together, or every
+            // `OUTPUT_FLUSH` bytes.
             let mut used = 0;
-            loop {
-                match parser.next(&input[used..], self.authenticated) {
-                    Ok((taken, command)) => {
-                        used += taken;
-                        let Some(arguments) = command else { break };
-                        if !arguments.is_empty() {
-                            let started = std::time::Instant::now();
-                            let index = commands::index_of(&String::from_utf8_lossy(&arguments[0]));
-                            let spec = index.map(|index| &commands::COMMANDS[index]);
-                            let reply = self.execute(&arguments, spec);
-                            let stats = &self.shared.stats;
-                            stats.record(index, started.elapsed(), &reply);
-                            let name = spec.map_or("unknown", |spec| spec.name);
-                            self.entry.ran(name, self.db, self.protocol);
-                            reply.encode(self.protocol, &mut output);
+            let mut refused = None;
+            while !self.closing {
+                let mut round: Vec<Vec<Vec<u8>>> = Vec::new();
+                loop {
+                    match parser.next(&input[used..], self.authenticated) {
+                        Ok((taken, command)) => {
+                            used += taken;
+                            let Some(arguments) = command else { break };
+                            if arguments.is_empty() {
+                                continue;
+                            }
+                            let planned = self.authenticated
+                                && batch::is_planned(&String::from_utf8_lossy(&arguments[0]));
+                            round.push(arguments);
+                            if !planned || round.len() == BATCH_COMMANDS_MAX {
+                                break;
+                            }
                         }
-                        if self.closing {
+                        Err(error) => {
+                            refused = Some(error);
                             break;
                         }
-                        if output.len() >= OUTPUT_FLUSH {
-                            self.write_out(&mut stream, &mut output)?;
-                        }
-                    }
-                    Err(refused) => {
-                        Frame::error(format!("ERR {refused}")).encode(self.protocol, &mut output);
-                        self.closing = true;
-                        break;
                     }
                 }
+                if round.is_empty() {
+                    break;
+                }
+                self.run_round(&round, &mut output);
+                if output.len() >= OUTPUT_FLUSH {
+                    self.write_out(&mut stream, &mut output)?;
+                }
+                if refused.is_some() {
+                    break;
+                }
+            }
+            if let Some(refused) = refused
+                && !self.closing
+            {
+                Frame::error(format!("ERR {refused}")).encode(self.protocol, &mut output);
+                self.closing = true;
             }
             input.drain(..used);
             self.write_out(&mut stream, &mut output)?;
@@ -412,6 +434,83 @@ impl<'a> Connection<'a> {
             .fetch_add(output.len() as u64, Ordering::Relaxed);
         output.clear();
         Ok(())
+    }
+
+    /// Runs one round of commands (`batch`): the planned ones through the
+    /// pipeline, many at once, then the other one that may end the round;
+    /// their replies in order into `output`, each counted.
+    fn run_round(&mut self, round: &[Vec<Vec<u8>>], output: &mut Vec<u8>) {
+        let started = std::time::Instant::now();
+        let specs: Vec<Option<usize>> = round
+            .iter()
+            .map(|arguments| commands::index_of(&String::from_utf8_lossy(&arguments[0])))
+            .collect();
+        // Keys of the selected database, as Tern stores them.
+        let in_db: Vec<Vec<Vec<u8>>> = round
+            .iter()
+            .zip(&specs)
+            .map(|(arguments, index)| {
+                let spec = index.map(|index| &commands::COMMANDS[index]);
+                if self.db == 0 {
+                    arguments[1..].to_vec()
+                } else {
+                    keys_in_db(spec, &arguments[1..], self.db)
+                }
+            })
+            .collect();
+        let mut answers: Vec<Option<(Frame, std::time::Duration)>> = vec![None; round.len()];
+        let mut deltas: Vec<Option<Vec<u8>>> = vec![None; round.len()];
+        let mut plans = Vec::new();
+        let mut others = Vec::new();
+        for (slot, ((arguments, args), delta)) in
+            round.iter().zip(&in_db).zip(deltas.iter_mut()).enumerate()
+        {
+            let name = upper(&arguments[0]);
+            match self
+                .authenticated
+                .then(|| batch::plan(&name, args, delta))
+                .flatten()
+            {
+                Some(Ok(plan)) => plans.push((slot, plan)),
+                Some(Err(refusal)) => answers[slot] = Some((refusal, started.elapsed())),
+                None => others.push(slot),
+            }
+        }
+        if !plans.is_empty() {
+            match self.pipeline() {
+                Ok(pipeline) => batch::run(pipeline, plans, |slot, frame| {
+                    answers[slot] = Some((frame, started.elapsed()));
+                }),
+                Err(error) => {
+                    let refusal = tern_error(error);
+                    for (slot, _) in plans {
+                        answers[slot] = Some((refusal.clone(), started.elapsed()));
+                    }
+                }
+            }
+        }
+        for slot in others {
+            let spec = specs[slot].map(|index| &commands::COMMANDS[index]);
+            let reply = self.execute(&round[slot], spec);
+            answers[slot] = Some((reply, started.elapsed()));
+        }
+        for (slot, answer) in answers.into_iter().enumerate() {
+            let (reply, took) = answer.expect("every command answered");
+            self.shared.stats.record(specs[slot], took, &reply);
+            let spec = specs[slot].map(|index| &commands::COMMANDS[index]);
+            let name = spec.map_or("unknown", |spec| spec.name);
+            self.entry.ran(name, self.db, self.protocol);
+            reply.encode(self.protocol, output);
+        }
+    }
+
+    /// The pipeline of this connection's planned commands.
+    fn pipeline(&mut self) -> Result<&mut tern_client::Pipeline, ClientError> {
+        if self.pipeline.is_none() {
+            let map = self.shared.config.map.clone();
+            self.pipeline = Some(tern_client::Pipeline::new(map, Default::default())?);
+        }
+        Ok(self.pipeline.as_mut().expect("made above"))
     }
 
     /// Runs one command; `spec` is its entry in `commands::COMMANDS` (None:
@@ -496,15 +595,6 @@ impl<'a> Connection<'a> {
                 Ok(counts) => Frame::Integer(counts[self.db as usize] as i64),
                 Err(error) => walk_error(error),
             },
-            "GET" => match args {
-                [key] => match self.client.get(key) {
-                    Ok(Some(found)) => Frame::bulk(found.value),
-                    Ok(None) => Frame::Nil,
-                    Err(error) => tern_error(error),
-                },
-                _ => arity_error(&name),
-            },
-            "SET" => expire::set(&mut self.client, args),
             "SETEX" | "PSETEX" => expire::set_ex(&mut self.client, spec_name(spec), args),
             "GETEX" => expire::get_ex(&mut self.client, args),
             "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => {
@@ -520,65 +610,6 @@ impl<'a> Connection<'a> {
             "LCS" => strings::lcs(&mut self.client, args),
             "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" => {
                 expire::ttl(&mut self.client, spec_name(spec), args)
-            }
-            "SETNX" => match args {
-                [key, value] => match self.client.set(key, value, SetCondition::IfAbsent, false) {
-                    Ok(outcome) => Frame::Integer(i64::from(outcome.written)),
-                    Err(error) => tern_error(error),
-                },
-                _ => arity_error(&name),
-            },
-            "GETSET" => match args {
-                [key, value] => match self.client.set(key, value, SetCondition::Always, true) {
-                    Ok(outcome) => outcome.old.map_or(Frame::Nil, Frame::bulk),
-                    Err(error) => tern_error(error),
-                },
-                _ => arity_error(&name),
-            },
-            "DEL" | "UNLINK" | "EXISTS" | "TOUCH" if args.is_empty() => arity_error(&name),
-            // No lazy freeing to choose: UNLINK deletes as DEL does.
-            "DEL" | "UNLINK" => {
-                let mut count = 0;
-                for key in args {
-                    match self.client.delete(key) {
-                        Ok(existed) => count += i64::from(existed),
-                        Err(error) => return tern_error(error),
-                    }
-                }
-                Frame::Integer(count)
-            }
-            // No access times are kept: TOUCH counts the keys that exist.
-            "EXISTS" | "TOUCH" => {
-                let mut count = 0;
-                for key in args {
-                    match self.client.get(key) {
-                        Ok(found) => count += i64::from(found.is_some()),
-                        Err(error) => return tern_error(error),
-                    }
-                }
-                Frame::Integer(count)
-            }
-            "MGET" if args.is_empty() => arity_error(&name),
-            "MGET" => {
-                let mut values = Vec::with_capacity(args.len());
-                for key in args {
-                    match self.client.get(key) {
-                        Ok(found) => {
-                            values.push(found.map_or(Frame::Nil, |found| Frame::bulk(found.value)))
-                        }
-                        Err(error) => return tern_error(error),
-                    }
-                }
-                Frame::Array(values)
-            }
-            "MSET" if args.is_empty() || !args.len().is_multiple_of(2) => arity_error(&name),
-            "MSET" => {
-                for pair in args.chunks(2) {
-                    if let Err(error) = self.client.put(&pair[0], &pair[1]) {
-                        return tern_error(error);
-                    }
-                }
-                Frame::ok()
             }
             "GETDEL" => match args {
                 [key] => match self.client.get_del(key) {
@@ -619,28 +650,6 @@ impl<'a> Connection<'a> {
                         Frame::bulk(now.subsec_micros().to_string()),
                     ])
                 }
-                _ => arity_error(&name),
-            },
-            "INCR" | "DECR" => match args {
-                [key] => self.incr_by(key, if name == "INCR" { 1 } else { -1 }),
-                _ => arity_error(&name),
-            },
-            "INCRBY" | "DECRBY" => match args {
-                [key, delta] => match parse_i64(delta) {
-                    Some(delta) if name == "INCRBY" => self.incr_by(key, delta),
-                    Some(delta) => match delta.checked_neg() {
-                        Some(negated) => self.incr_by(key, negated),
-                        None => integer_error(),
-                    },
-                    None => integer_error(),
-                },
-                _ => arity_error(&name),
-            },
-            "STRLEN" => match args {
-                [key] => match self.client.get(key) {
-                    Ok(found) => Frame::Integer(found.map_or(0, |found| found.value.len() as i64)),
-                    Err(error) => tern_error(error),
-                },
                 _ => arity_error(&name),
             },
             "APPEND" => match args {
@@ -801,14 +810,6 @@ impl<'a> Connection<'a> {
         Frame::Nil
     }
 
-    fn incr_by(&mut self, key: &[u8], delta: i64) -> Frame {
-        match self.client.incr_by(key, delta) {
-            Ok(value) => Frame::Integer(value),
-            Err(error) => tern_error(error),
-        }
-    }
-
-    /// SET key value [NX | XX] [GET]; expiries are refused.
     fn authenticate(&mut self, password: &[u8]) -> Frame {
         match &self.shared.config.password {
             None => Frame::error(

@@ -1063,3 +1063,29 @@ fn setrange_incrbyfloat_bits_and_lcs_answer_as_redis_server_does() {
         Err("increment would produce NaN or Infinity".into())
     );
 }
+
+#[test]
+fn pipelined_commands_keep_each_keys_order_as_redis_server_does() {
+    let cluster = cluster();
+    let gateway = Gateway::start(&cluster, None);
+    let redis = RedisServer::start(None);
+    // One write of many commands: the gateway runs them together, yet the
+    // same key's commands must land in order and every reply in its place.
+    let mut script = Vec::new();
+    for round in 0..40 {
+        script.extend_from_slice(b"incr counter\r\n");
+        script.extend_from_slice(format!("set k{round} v{round}\r\n").as_bytes());
+        script.extend_from_slice(format!("append k{round} x\r\nget k{round}\r\n").as_bytes());
+        script.extend_from_slice(format!("mset a {round} b {round} a late{round}\r\n").as_bytes());
+        script.extend_from_slice(b"mget a b nothing\r\n");
+        if round % 10 == 0 {
+            // Commands that end a round: another database, then back.
+            script.extend_from_slice(b"select 3\r\nget counter\r\nincr counter\r\nselect 0\r\n");
+        }
+        script.extend_from_slice(
+            format!("del k{round} k{round} missing\r\nexists a k{round}\r\n").as_bytes(),
+        );
+    }
+    script.extend_from_slice(b"get counter\r\nincrby counter x\r\nset\r\nstrlen a\r\n");
+    assert_same_answers(&gateway, &redis, &[("one pipelined write", script)]);
+}
