@@ -47,7 +47,11 @@ enum Command {
     /// Write a key; prints its new version.
     Put {
         key: String,
-        value: String,
+        #[arg(required_unless_present = "value_file")]
+        value: Option<String>,
+        /// Read the value from this file (`-`: standard input), as bytes.
+        #[arg(long, conflicts_with = "value")]
+        value_file: Option<PathBuf>,
         /// The key expires this long after the write (e.g. 30s, 500ms);
         /// without it, the key keeps no deadline.
         #[arg(long, value_parser = tern_bench::parse_duration)]
@@ -149,8 +153,16 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
         Command::Put {
             key,
             value,
+            value_file,
             expire_in,
-        } => data::put(&load_map(cluster)?, &key, &value, expire_in),
+        } => {
+            let value = match (value, value_file) {
+                (Some(value), _) => value.into_bytes(),
+                (None, Some(path)) => data::read_value(&path)?,
+                (None, None) => unreachable!("clap requires one"),
+            };
+            data::put(&load_map(cluster)?, &key, &value, expire_in)
+        }
         Command::Expire {
             key,
             after,

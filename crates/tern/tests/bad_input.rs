@@ -255,6 +255,29 @@ fn the_cli_refuses_oversized_keys_and_values_and_states_the_limit() {
         String::from_utf8_lossy(&output.stdout).trim_end(),
         max_value
     );
+
+    // From a file or standard input: the same limit, said the same way.
+    let file = cluster.dir().join("value");
+    std::fs::write(&file, "w".repeat(tern_wire::VALUE_LEN_MAX + 1)).unwrap();
+    let output = cluster.tern(&["put", "k", "--value-file", file.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains("of 1025 bytes exceeds the limit of 1024 bytes"),
+        "{message}"
+    );
+    let mut put = common::tern()
+        .args(["--cluster", cluster.map_path().to_str().unwrap()])
+        .args(["put", "piped", "--value-file", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    put.stdin.take().unwrap().write_all(b"from\nstdin").unwrap();
+    assert!(put.wait_with_output().unwrap().status.success());
+    let output = cluster.tern(&["get", "piped"]);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "from\nstdin\n");
 }
 
 #[test]

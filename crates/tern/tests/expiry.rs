@@ -170,3 +170,112 @@ fn the_cli_sets_shows_and_clears_deadlines() {
     assert_eq!(run(&["get", "k"]).0, Some(1), "expired");
     assert_eq!(run(&["ttl", "k"]).0, Some(1));
 }
+
+/// The answer of the replica at `replica` to a read of `key` sent straight
+/// to it (its newest value), as the map names the shard's epoch.
+fn read_at(
+    cluster: &TestCluster,
+    replica: std::net::SocketAddrV4,
+    key: &[u8],
+) -> tern_wire::Status {
+    use tern_wire::{Header, Message, Op, encode, flags, key_hash};
+    let epoch = cluster.meta_map().shards[0].epoch.get();
+    let mut header = Header::new(Op::Get, 0, epoch);
+    header.key_hash.set(key_hash(key));
+    header.request_id.set(1);
+    header.flags = flags::TAIL_READ;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let request = encode(&header, key, b"").unwrap();
+    let mut buffer = [0u8; 2048];
+    for _ in 0..10 {
+        socket.send_to(&request, replica).unwrap();
+        if let Ok((length, _)) = socket.recv_from(&mut buffer) {
+            let status = Message::decode(&buffer[..length]).unwrap().header.status();
+            if status != tern_wire::Status::TryAgain {
+                return status;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no answer from {replica}");
+}
+
+#[test]
+fn a_replica_whose_clock_runs_ahead_hides_a_value_early_by_at_most_its_skew() {
+    const SKEW_MS: u64 = 400;
+    let cluster =
+        TestCluster::up_with_args(1, 3, &["--topology", "loopback", "--durability", "always"]);
+    // One replica comes back with its clock SKEW_MS ahead of the others'.
+    cluster.kill(&["shard0-replica2"]);
+    let output = common::tern()
+        .args([
+            "cluster",
+            "restart",
+            "--dir",
+            cluster.dir().to_str().unwrap(),
+        ])
+        .env(tern_server::CLOCK_SKEW_VARIABLE, SKEW_MS.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Wherever meta has put it back in the chain, once it serves there.
+    let started = Instant::now();
+    let (map, skewed, other) = loop {
+        let map = cluster
+            .meta_map()
+            .to_cluster_map(&cluster.map.meta)
+            .unwrap();
+        let replicas = map.shards[0].replicas.clone();
+        let skewed = replicas
+            .iter()
+            .find(|replica| cluster.process_at(**replica) == "shard0-replica2");
+        if let Some(&skewed) = skewed
+            && replicas.len() == 3
+            && read_at(&cluster, skewed, b"probe") == tern_wire::Status::NotFound
+        {
+            let other = *replicas.iter().find(|replica| **replica != skewed).unwrap();
+            break (map, skewed, other);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "not back in the chain"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut client = Client::new(map).unwrap();
+    let lifetime = Lifetime::For(Duration::from_millis(2000));
+    client
+        .set_for(b"k", b"v", SetCondition::Always, false, lifetime)
+        .unwrap();
+    // Decided by the head's clock, not the skewed tail's.
+    let deadline = client.get(b"k").unwrap().unwrap().deadline_ms.unwrap();
+    let wait_until = |unix_ms: u64| {
+        while unix_now_ms() < unix_ms {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    // Half the skew before the deadline: another replica still has the
+    // value; the skewed one, whose clock reads past the deadline, hides it.
+    wait_until(deadline - SKEW_MS / 2);
+    assert_eq!(read_at(&cluster, other, b"k"), tern_wire::Status::Ok);
+    assert_eq!(read_at(&cluster, skewed, b"k"), tern_wire::Status::NotFound);
+    // After the deadline: gone from both, and reaped from the skewed one.
+    wait_until(deadline + CLOCK_SLACK_MS);
+    assert_eq!(read_at(&cluster, other, b"k"), tern_wire::Status::NotFound);
+    let started = Instant::now();
+    let mut admin = Client::new(cluster.map.clone()).unwrap();
+    while counter(&stats_of(&mut admin, skewed), "live_keys") != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the delete never came"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

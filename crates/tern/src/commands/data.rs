@@ -1,16 +1,17 @@
-//! The client commands: get, put, del, cas, stats.
+//! The client commands: get, put, del, cas, expire, ttl, stats.
 
+use std::io::Read;
+use std::path::Path;
 use std::process::ExitCode;
-
-use anyhow::Result;
 use std::time::Duration;
 
+use anyhow::{Context, Result};
 use tern_client::expiry::unix_now_ms;
 use tern_client::{
     CasOutcome, Client, ClusterMap, Deadline, ExpireCondition, Lifetime, SetCondition,
 };
 use tern_testbed::cluster;
-use tern_wire::Op;
+use tern_wire::{Op, VALUE_LEN_MAX};
 
 pub fn get(map: &ClusterMap, key: &str, with_version: bool) -> Result<ExitCode> {
     let mut client = Client::new(map.clone())?;
@@ -31,18 +32,37 @@ pub fn get(map: &ClusterMap, key: &str, with_version: bool) -> Result<ExitCode> 
     }
 }
 
+/// A value from a file, or from standard input for `-`; one over the
+/// value limit is refused before anything is sent, naming the limit.
+pub fn read_value(path: &Path) -> Result<Vec<u8>> {
+    let value = if path == Path::new("-") {
+        let mut value = Vec::new();
+        std::io::stdin().read_to_end(&mut value)?;
+        value
+    } else {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    if value.len() > VALUE_LEN_MAX {
+        anyhow::bail!(
+            "the value of {} bytes exceeds the limit of {VALUE_LEN_MAX} bytes",
+            value.len()
+        );
+    }
+    Ok(value)
+}
+
 pub fn put(
     map: &ClusterMap,
     key: &str,
-    value: &str,
+    value: &[u8],
     expire_in: Option<Duration>,
 ) -> Result<ExitCode> {
     let mut client = Client::new(map.clone())?;
     let version = match expire_in {
-        None => client.put(key.as_bytes(), value.as_bytes())?,
+        None => client.put(key.as_bytes(), value)?,
         Some(after) => {
             let lifetime = Lifetime::For(after);
-            let (key, value) = (key.as_bytes(), value.as_bytes());
+            let key = key.as_bytes();
             client
                 .set_for(key, value, SetCondition::Always, false, lifetime)?
                 .version
