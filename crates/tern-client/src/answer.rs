@@ -67,6 +67,19 @@ impl<'a> Call<'a> {
         }
     }
 
+    /// A change of the key's deadline alone (EXPIRE, PERSIST; GETEX with
+    /// `flags::RETURN_OLD`).
+    pub fn expire(asked: tern_wire::Expiry, write_flags: u8) -> Call<'static> {
+        Call {
+            flags: write_flags,
+            extensions: Extensions {
+                expiry: Some(asked),
+                ..Extensions::default()
+            },
+            ..Call::new(Op::Expire, &[])
+        }
+    }
+
     /// An atomic add of `delta` (its decimal text) answering the sum.
     pub fn incr_by(delta: &'a [u8]) -> Call<'a> {
         Call {

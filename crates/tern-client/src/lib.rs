@@ -231,7 +231,7 @@ impl Client {
 
     /// Writes `value`; returns its version.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<u64, ClientError> {
-        let reply = self.call(Op::Put, key, value, 0)?;
+        let reply = self.send(key, answer::Call::new(Op::Put, value))?;
         match reply.status {
             Status::Ok => Ok(reply.header.version()),
             status => Err(ClientError::Refused { status }),
@@ -247,7 +247,11 @@ impl Client {
     /// Removes `key` and answers the value it had (None: it was absent), in
     /// one write decided at the chain head.
     pub fn get_del(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
-        let reply = self.call_with(Op::Delete, key, &[], 0, flags::RETURN_OLD)?;
+        let call = answer::Call {
+            flags: flags::RETURN_OLD,
+            ..answer::Call::delete()
+        };
+        let reply = self.send(key, call)?;
         match reply.status {
             Status::Ok | Status::NotFound => {
                 Ok((!reply.header.has_flag(flags::ANSWER_ABSENT)).then_some(reply.value))
@@ -263,7 +267,11 @@ impl Client {
         expected: u64,
         value: &[u8],
     ) -> Result<CasOutcome, ClientError> {
-        let reply = self.call(Op::Cas, key, value, expected)?;
+        let call = answer::Call {
+            version: expected,
+            ..answer::Call::new(Op::Cas, value)
+        };
+        let reply = self.send(key, call)?;
         match reply.status {
             Status::Ok => Ok(CasOutcome::Swapped {
                 version: reply.header.version(),
@@ -286,7 +294,11 @@ impl Client {
     /// Appends `value` to the key's value atomically at the chain head;
     /// returns the new length.
     pub fn append(&mut self, key: &[u8], value: &[u8]) -> Result<usize, ClientError> {
-        let reply = self.call_with(Op::Append, key, value, 0, flags::RETURN_NEW)?;
+        let call = answer::Call {
+            flags: flags::RETURN_NEW,
+            ..answer::Call::new(Op::Append, value)
+        };
+        let reply = self.send(key, call)?;
         match reply.status {
             Status::Ok => Ok(reply.value.len()),
             Status::TooLarge => Err(ClientError::ResultTooLarge),
@@ -372,22 +384,14 @@ impl Client {
         operand: &[u8],
         answer: u8,
     ) -> Result<Reply, ClientError> {
-        let (mut header, coordinator) =
-            request_header(&self.map, self.client_id, Op::Edit, key, operand, 0)?;
-        header.flags = answer;
-        header.set_edit(kind, offset);
-        let shard = header.shard.get();
-        let reply = self.exchange(
-            coordinator,
-            header,
-            &Extensions::default(),
-            key,
-            operand,
-            true,
-        )?;
+        let call = answer::Call {
+            version: edit::pack(kind, offset),
+            flags: answer,
+            ..answer::Call::new(Op::Edit, operand)
+        };
+        let reply = self.send(key, call)?;
         match reply.status {
             Status::Ok => Ok(reply),
-            Status::StaleEpoch => Err(ClientError::StaleEpoch { shard }),
             Status::TooLarge => Err(ClientError::ResultTooLarge),
             Status::NotInteger => Err(ClientError::NotFloat),
             Status::NotFinite => Err(ClientError::NotFinite),
@@ -406,11 +410,7 @@ impl Client {
         deadline: Deadline,
         condition: ExpireCondition,
     ) -> Result<bool, ClientError> {
-        let extensions = Extensions {
-            expiry: Some(deadline.asked(condition)),
-            ..Extensions::default()
-        };
-        let reply = self.call_ext(Op::Expire, key, &[], 0, 0, &extensions)?;
+        let reply = self.send(key, answer::Call::expire(deadline.asked(condition), 0))?;
         match reply.status {
             Status::Ok => Ok(true),
             Status::NotFound | Status::CasMismatch => Ok(false),
@@ -428,11 +428,8 @@ impl Client {
         let Some(deadline) = deadline else {
             return Ok(self.get(key)?.map(|found| found.value));
         };
-        let extensions = Extensions {
-            expiry: Some(deadline.asked(ExpireCondition::Always)),
-            ..Extensions::default()
-        };
-        let reply = self.call_ext(Op::Expire, key, &[], 0, flags::RETURN_OLD, &extensions)?;
+        let asked = deadline.asked(ExpireCondition::Always);
+        let reply = self.send(key, answer::Call::expire(asked, flags::RETURN_OLD))?;
         match reply.status {
             Status::Ok | Status::CasMismatch => {
                 Ok((!reply.header.has_flag(flags::ANSWER_ABSENT)).then_some(reply.value))
@@ -462,51 +459,17 @@ impl Client {
 
     /// Sends `call` for `key` and waits for its reply.
     fn send(&mut self, key: &[u8], call: answer::Call<'_>) -> Result<Reply, ClientError> {
-        self.call_ext(
+        let (mut header, coordinator) = request_header(
+            &self.map,
+            self.client_id,
             call.op,
             key,
             call.value,
             call.version,
-            call.flags,
-            &call.extensions,
-        )
-    }
-
-    fn call(
-        &mut self,
-        op: Op,
-        key: &[u8],
-        value: &[u8],
-        version: u64,
-    ) -> Result<Reply, ClientError> {
-        self.call_with(op, key, value, version, 0)
-    }
-
-    fn call_with(
-        &mut self,
-        op: Op,
-        key: &[u8],
-        value: &[u8],
-        version: u64,
-        write_flags: u8,
-    ) -> Result<Reply, ClientError> {
-        self.call_ext(op, key, value, version, write_flags, &Extensions::default())
-    }
-
-    fn call_ext(
-        &mut self,
-        op: Op,
-        key: &[u8],
-        value: &[u8],
-        version: u64,
-        write_flags: u8,
-        extensions: &Extensions,
-    ) -> Result<Reply, ClientError> {
-        let (mut header, coordinator) =
-            request_header(&self.map, self.client_id, op, key, value, version)?;
-        header.flags = write_flags;
+        )?;
+        header.flags = call.flags;
         let shard_id = header.shard.get();
-        let reply = self.exchange(coordinator, header, extensions, key, value, true)?;
+        let reply = self.exchange(coordinator, header, &call.extensions, key, call.value, true)?;
         if reply.status == Status::StaleEpoch {
             return Err(ClientError::StaleEpoch { shard: shard_id });
         }

@@ -54,6 +54,20 @@ struct Decision {
     old_expired: bool,
 }
 
+impl Decision {
+    /// A decision that writes no computed value and no deadline.
+    fn of(effect: Effect, status: Status, version: u64) -> Decision {
+        Decision {
+            effect,
+            status,
+            version,
+            value: None,
+            deadline_ms: 0,
+            old_expired: false,
+        }
+    }
+}
+
 /// Why a replica could not be restored from its snapshot and log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RestoreError(pub String);
@@ -919,14 +933,7 @@ impl Replica {
         // The version this write gives its key (its seq, plus the offset a
         // migration into this shard may have added).
         let new_version = self.store.version_of(header.seq.get());
-        let decided = |effect, status, version| Decision {
-            effect,
-            status,
-            version,
-            value: None,
-            deadline_ms: 0,
-            old_expired: false,
-        };
+        let decided = Decision::of;
         if header.op() == Op::Noop {
             // A gap fill (Ok), or a sequenced write this head refused (`refuse`).
             return decided(Effect::None, header.status(), 0);
@@ -1231,17 +1238,30 @@ impl Replica {
             header.epoch.set(self.config.epoch);
             header.commit_seq.set(self.store.commit_seq());
             if !self.config.is_tail() {
-                outbox.push(to, &header, record.key, record.value);
+                // Whole: its deadline too.
+                outbox.push_with(to, &header, &record.extensions, record.key, record.value);
                 continue;
             }
+            // The values before and after this write are still kept: it is
+            // not committed yet (the coordinator resends only those). One
+            // the head found expired is answered as none, as `apply_record`
+            // answers it.
+            let old_expired = header.has_flag(flags::OLD_EXPIRED);
             header.op = Op::Ack as u8;
             header.flags &= flags::WRITE_OPTIONS;
-            // The values before and after this write are still kept: it is
-            // not committed yet (the coordinator resends only those).
+            let unchanged = header.effect() == Effect::None;
             let answer = if header.has_flag(flags::RETURN_OLD) {
-                Some(self.store.read_at(record.key, seq - 1))
+                Some(
+                    self.store
+                        .read_at(record.key, seq - 1)
+                        .filter(|_| !old_expired),
+                )
             } else if header.has_flag(flags::RETURN_NEW) && header.status() == Status::Ok {
-                Some(self.store.read_at(record.key, seq))
+                Some(
+                    self.store
+                        .read_at(record.key, seq)
+                        .filter(|_| !(unchanged && old_expired)),
+                )
             } else {
                 None
             };
@@ -1488,14 +1508,7 @@ fn expire_decision(
     now_ms: u64,
     new_version: u64,
 ) -> Decision {
-    let decided = |effect, status, version| Decision {
-        effect,
-        status,
-        version,
-        value: None,
-        deadline_ms: 0,
-        old_expired: false,
-    };
+    let decided = Decision::of;
     let Some(asked) = asked else {
         return decided(Effect::None, Status::Malformed, 0);
     };

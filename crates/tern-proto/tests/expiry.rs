@@ -329,3 +329,25 @@ fn deadlines_survive_the_log_snapshots_and_a_migration_copy() {
             .all(|(_, bytes)| { Message::decode(bytes).unwrap().header.op() != Op::Expire })
     );
 }
+
+#[test]
+fn a_write_passed_on_again_after_a_reconfiguration_keeps_its_deadline() {
+    let mut sim = Sim::new(3);
+    let decided_at = unix_ms(&sim);
+    sim.send(with_expiry(Op::Put, b"k", b"v", 1, Expiry::after(5000)));
+    // The head applies it; its copy to the middle is lost, and the middle
+    // fails before anyone resends it.
+    let head = sim.chain[0];
+    sim.deliver_all_except(|datagram| datagram.from == head && datagram.op() == Op::Replicate);
+    sim.fail_replica_in_place(1);
+    // The head passes its record on again under the new epoch, re-encoded.
+    sim.tick();
+    sim.deliver_all();
+    sim.advance(Duration::from_millis(10));
+    sim.deliver_all();
+    for replica in &sim.replicas {
+        let found = replica.store().latest(b"k").expect("applied everywhere");
+        assert_eq!(found.deadline_ms, decided_at + 5000);
+    }
+    assert_eq!(sim.reply_to(1).status(), Status::Ok);
+}

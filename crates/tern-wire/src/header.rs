@@ -154,11 +154,9 @@ impl Header {
         ((packed >> 56) as u8, packed & crate::edit::OFFSET_MAX)
     }
 
-    /// Sets EDIT's kind and offset; an offset over `edit::OFFSET_MAX` is
-    /// cut to it (every value limit is far below).
+    /// Sets EDIT's kind and offset (`edit::pack`).
     pub fn set_edit(&mut self, kind: u8, offset: u64) {
-        let offset = offset.min(crate::edit::OFFSET_MAX);
-        self.argument.set(u64::from(kind) << 56 | offset);
+        self.argument.set(crate::edit::pack(kind, offset));
     }
 
     /// SEQ_REPORT, and a replica's answer to PING: the highest sequence

@@ -290,6 +290,17 @@ pub mod edit {
     pub const SET_BIT: u8 = 3;
     /// Largest offset `Header::set_edit` packs.
     pub const OFFSET_MAX: u64 = (1 << 56) - 1;
+
+    /// EDIT's `argument`: the kind in the top byte, the offset (cut to
+    /// `OFFSET_MAX`: every value limit is far below) in the rest.
+    pub const fn pack(kind: u8, offset: u64) -> u64 {
+        let offset = if offset > OFFSET_MAX {
+            OFFSET_MAX
+        } else {
+            offset
+        };
+        (kind as u64) << 56 | offset
+    }
 }
 
 /// Bits of [`Header::flags`].
