@@ -279,3 +279,50 @@ fn a_replica_whose_clock_runs_ahead_hides_a_value_early_by_at_most_its_skew() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn keys_moved_by_a_reshard_keep_their_deadlines_and_expire_at_their_new_shard() {
+    let cluster = TestCluster::up_with_args(2, 1, &["--topology", "loopback"]);
+    let mut client = Client::new(cluster.map.clone()).unwrap();
+    // Keys of shard 0's first slots, each with a deadline, and one lasting.
+    let moved = |key: &[u8]| tern_client::Slot::of_key(key).get() < 4096;
+    let keys: Vec<Vec<u8>> = (0..)
+        .map(|n| format!("moving-{n}").into_bytes())
+        .filter(|key| moved(key))
+        .take(40)
+        .collect();
+    let mut deadlines = HashMap::new();
+    for (index, key) in keys.iter().enumerate() {
+        let lifetime = Lifetime::For(Duration::from_millis(4000 + 10 * index as u64));
+        client
+            .set_for(key, b"v", SetCondition::Always, false, lifetime)
+            .unwrap();
+        deadlines.insert(key.clone(), client.get(key).unwrap().unwrap().deadline_ms);
+    }
+    client.put(&keys[0], b"lasting").unwrap();
+    deadlines.insert(keys[0].clone(), None);
+    let output = cluster.tern(&["reshard", "--from", "0", "--to", "1", "--slots", "0-4095"]);
+    assert!(output.status.success(), "{output:?}");
+    let map = cluster.meta_map().to_cluster_map(&cluster.map.meta).unwrap();
+    let mut client = Client::new(map.clone()).unwrap();
+    for key in &keys {
+        assert_eq!(map.shard_of_key_hash(tern_wire::key_hash(key)).id.get(), 1);
+        let found = client.get(key).unwrap().expect("moved, not expired yet");
+        assert_eq!(found.deadline_ms, deadlines[key], "{}", String::from_utf8_lossy(key));
+    }
+    // They expire where they are now, and the new shard's head reaps them.
+    let last = deadlines.values().flatten().max().copied().unwrap();
+    while unix_now_ms() < last + 50 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for key in &keys[1..] {
+        assert!(client.get(key).unwrap().is_none());
+    }
+    assert_eq!(client.get(&keys[0]).unwrap().unwrap().value, b"lasting");
+    let destination = *map.shards[1].replicas.last().unwrap();
+    let started = Instant::now();
+    while counter(&stats_of(&mut client, destination), "expiring_keys") != 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "never reaped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
