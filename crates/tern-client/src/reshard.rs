@@ -867,7 +867,7 @@ impl Driver {
             .keys
             .iter()
             .map(|copied| &copied.key[..])
-            .chain(delta.unchanged.iter().map(|key| &key[..]))
+            .chain(delta.unchanged.iter().map(|named| &named.key[..]))
             .collect();
         let deleted: Vec<Vec<u8>> = first
             .keys

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tern_client::ClusterMap;
 use tern_control::transfer::{self, TransferRequest};
 use tern_wire::SLOT_COUNT;
-use tern_wire::export::Export;
+use tern_wire::export::{Export, Named};
 
 /// Databases `SELECT` accepts (Redis's default `databases 16`).
 pub const DATABASES: u32 = 16;
@@ -57,6 +57,12 @@ pub fn split(stored: &[u8]) -> (u32, &[u8]) {
 /// the shards serving them; with the slot where the walk stopped (`end`, or
 /// earlier at a shard's boundary: one shard is asked per call).
 pub fn keys_of_slots(map: &ClusterMap, start: u32, end: u32) -> io::Result<(Vec<Vec<u8>>, u32)> {
+    let (named, stop) = named_of_slots(map, start, end)?;
+    Ok((named.into_iter().map(|named| named.key).collect(), stop))
+}
+
+/// As `keys_of_slots`, each key with its deadline.
+fn named_of_slots(map: &ClusterMap, start: u32, end: u32) -> io::Result<(Vec<Named>, u32)> {
     let shard = map.shard_of_slot(tern_client::Slot(start));
     let mut stop = start + 1;
     while stop < end && map.shard_of_slot(tern_client::Slot(stop)).id == shard.id {
@@ -68,11 +74,16 @@ pub fn keys_of_slots(map: &ClusterMap, start: u32, end: u32) -> io::Result<(Vec<
 
 /// Every key as Tern stores it, of every database, shard after shard.
 pub fn all_stored(map: &ClusterMap) -> io::Result<Vec<Vec<u8>>> {
+    Ok(all_named(map)?.into_iter().map(|named| named.key).collect())
+}
+
+/// As `all_stored`, each key with its deadline.
+fn all_named(map: &ClusterMap) -> io::Result<Vec<Named>> {
     let mut stored = Vec::new();
     let mut slot = 0;
     while slot < SLOT_COUNT {
-        let (names, next) = keys_of_slots(map, slot, SLOT_COUNT)?;
-        stored.extend(names);
+        let (named, next) = named_of_slots(map, slot, SLOT_COUNT)?;
+        stored.extend(named);
         slot = next;
     }
     Ok(stored)
@@ -89,11 +100,32 @@ pub fn all_keys(map: &ClusterMap, db: u32) -> io::Result<Vec<Vec<u8>>> {
         .collect())
 }
 
-/// The number of keys in each database (index = database).
-pub fn counts(map: &ClusterMap) -> io::Result<Vec<u64>> {
-    let mut counts = vec![0u64; DATABASES as usize];
-    for stored in all_stored(map)? {
-        counts[split(&stored).0 as usize] += 1;
+/// What `INFO keyspace` says of one database.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Count {
+    pub keys: u64,
+    /// Keys with a deadline.
+    pub expires: u64,
+    /// Their mean time left, in milliseconds, at `now_ms` (0 without any).
+    pub avg_ttl_ms: u64,
+}
+
+/// The keys of each database (index = database), at Unix time `now_ms`.
+pub fn counts(map: &ClusterMap, now_ms: u64) -> io::Result<Vec<Count>> {
+    let mut counts = vec![Count::default(); DATABASES as usize];
+    let mut ttl_sums = vec![0u128; DATABASES as usize];
+    for named in all_named(map)? {
+        let db = split(&named.key).0 as usize;
+        counts[db].keys += 1;
+        if named.deadline_ms != 0 {
+            counts[db].expires += 1;
+            ttl_sums[db] += u128::from(named.deadline_ms.saturating_sub(now_ms));
+        }
+    }
+    for (count, sum) in counts.iter_mut().zip(ttl_sums) {
+        if count.expires > 0 {
+            count.avg_ttl_ms = (sum / u128::from(count.expires)) as u64;
+        }
     }
     Ok(counts)
 }
@@ -103,7 +135,7 @@ pub fn counts(map: &ClusterMap) -> io::Result<Vec<u64>> {
 /// all of its transfer connections may be taken for a moment.
 const FETCH_PATIENCE: Duration = Duration::from_secs(2);
 
-fn fetch_names(tail: SocketAddrV4, start: u32, end: u32) -> io::Result<Vec<Vec<u8>>> {
+fn fetch_names(tail: SocketAddrV4, start: u32, end: u32) -> io::Result<Vec<Named>> {
     // Nothing is new enough to come in full: every live key by name.
     let request = TransferRequest::Slots {
         range: [start, end],
@@ -121,7 +153,10 @@ fn fetch_names(tail: SocketAddrV4, start: u32, end: u32) -> io::Result<Vec<Vec<u
     Ok(export
         .unchanged
         .into_iter()
-        .chain(export.keys.into_iter().map(|copied| copied.key))
+        .chain(export.keys.into_iter().map(|copied| Named {
+            key: copied.key,
+            deadline_ms: copied.deadline_ms,
+        }))
         .collect())
 }
 

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use resp::{Frame, Parser};
+use tern_client::expiry::unix_now_ms;
 use tern_client::{Client, ClientError, ClusterMap};
 use tern_wire::VALUE_LEN_MAX;
 
@@ -591,8 +592,11 @@ impl<'a> Connection<'a> {
             "COMMAND" => self.command_command(args),
             "INFO" => Frame::bulk(self.info(args)),
             "CONFIG" => self.config_command(args),
-            "DBSIZE" => match self.walk_map().and_then(|map| keyspace::counts(&map)) {
-                Ok(counts) => Frame::Integer(counts[self.db as usize] as i64),
+            "DBSIZE" => match self
+                .walk_map()
+                .and_then(|map| keyspace::counts(&map, unix_now_ms()))
+            {
+                Ok(counts) => Frame::Integer(counts[self.db as usize].keys as i64),
                 Err(error) => walk_error(error),
             },
             "SETEX" | "PSETEX" => expire::set_ex(&mut self.client, spec_name(spec), args),
@@ -1155,13 +1159,18 @@ impl<'a> Connection<'a> {
             Err(io::Error::other("not asked for"))
         };
         let keys: String = walked
-            .and_then(|map| keyspace::counts(&map))
+            .and_then(|map| keyspace::counts(&map, unix_now_ms()))
             .map(|counts| {
                 counts
                     .iter()
                     .enumerate()
-                    .filter(|(_, count)| **count > 0)
-                    .map(|(db, count)| format!("db{db}:keys={count},expires=0,avg_ttl=0\r\n"))
+                    .filter(|(_, count)| count.keys > 0)
+                    .map(|(db, count)| {
+                        format!(
+                            "db{db}:keys={},expires={},avg_ttl={}\r\n",
+                            count.keys, count.expires, count.avg_ttl_ms
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();

@@ -13,7 +13,7 @@ use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use tern_store::{Store, Write};
-use tern_wire::export::{Export, ExportedKey, ExportedOutcome};
+use tern_wire::export::{Export, ExportedKey, ExportedOutcome, Named};
 use tern_wire::load::SlotLoad;
 use tern_wire::{
     DecodeError, Effect, Expiry, Extensions, Header, Message, Op, Status, VALUE_LEN_MAX, expiry,
@@ -462,7 +462,10 @@ impl Replica {
                     deadline_ms: found.deadline_ms,
                 });
             } else {
-                unchanged.push(key.to_vec());
+                unchanged.push(Named {
+                    key: key.to_vec(),
+                    deadline_ms: found.deadline_ms,
+                });
             }
         }
         let outcomes = self

@@ -596,7 +596,11 @@ fn a_delta_copy_brings_what_changed_since_the_first_and_the_destination_forgets_
     let mut expected = vec![&keys[0][..], &keys[2][..], &new_key[..]];
     expected.sort();
     assert_eq!(changed, expected);
-    let mut unchanged = delta.unchanged.clone();
+    let mut unchanged: Vec<Vec<u8>> = delta
+        .unchanged
+        .iter()
+        .map(|named| named.key.clone())
+        .collect();
     unchanged.sort();
     assert_eq!(unchanged, keys[3..].to_vec());
     install_all(&mut destination, &delta);
@@ -605,7 +609,7 @@ fn a_delta_copy_brings_what_changed_since_the_first_and_the_destination_forgets_
         .keys
         .iter()
         .map(|k| &k.key[..])
-        .chain(delta.unchanged.iter().map(|k| &k[..]))
+        .chain(delta.unchanged.iter().map(|named| &named.key[..]))
         .collect();
     for (n, copied) in first
         .keys

@@ -42,7 +42,14 @@ pub struct Export {
     pub outcomes: Vec<ExportedOutcome>,
     /// Live keys not in `keys`: their version is below the copy's `since`,
     /// so the destination has them already.
-    pub unchanged: Vec<Vec<u8>>,
+    pub unchanged: Vec<Named>,
+}
+
+/// A key named without its value, with its deadline (0: none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Named {
+    pub key: Vec<u8>,
+    pub deadline_ms: u64,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -64,6 +71,8 @@ const OUTCOME: u8 = 2;
 const UNCHANGED: u8 = 3;
 /// A KEY record followed by its deadline.
 const EXPIRING_KEY: u8 = 4;
+/// An UNCHANGED record followed by its key's deadline.
+const EXPIRING_UNCHANGED: u8 = 5;
 
 impl ExportedKey {
     /// Bytes of its record.
@@ -126,10 +135,18 @@ impl Export {
             out.extend_from_slice(&outcome.version.to_le_bytes());
             out.extend_from_slice(&outcome.key_hash.to_le_bytes());
         }
-        for key in &self.unchanged {
-            out.push(UNCHANGED);
-            out.extend_from_slice(&(key.len() as u16).to_le_bytes());
-            out.extend_from_slice(key);
+        for named in &self.unchanged {
+            let expiring = named.deadline_ms != 0;
+            out.push(if expiring {
+                EXPIRING_UNCHANGED
+            } else {
+                UNCHANGED
+            });
+            out.extend_from_slice(&(named.key.len() as u16).to_le_bytes());
+            out.extend_from_slice(&named.key);
+            if expiring {
+                out.extend_from_slice(&named.deadline_ms.to_le_bytes());
+            }
         }
         out
     }
@@ -204,9 +221,14 @@ impl Export {
                         key_hash,
                     });
                 }
-                UNCHANGED => {
+                UNCHANGED | EXPIRING_UNCHANGED => {
                     let key = take_key()?;
-                    export.unchanged.push(key);
+                    let deadline_ms = if kind == EXPIRING_UNCHANGED {
+                        u64_of(take(8)?)
+                    } else {
+                        0
+                    };
+                    export.unchanged.push(Named { key, deadline_ms });
                 }
                 other => return Err(ExportError::UnknownKind(other)),
             }
@@ -235,15 +257,30 @@ mod tests {
                 version: 7000,
                 key_hash: 5,
             }],
-            unchanged: vec![b"old".to_vec()],
+            unchanged: vec![
+                Named {
+                    key: b"old".to_vec(),
+                    deadline_ms: 0,
+                },
+                Named {
+                    key: b"brief".to_vec(),
+                    deadline_ms: 1_800_000_000_000,
+                },
+            ],
         };
         let bytes = export.encode();
         assert_eq!(Export::decode(&bytes), Ok(export.clone()));
         // Cuts between records decode as a shorter export.
         let key_end = 8 + 1 + 2 + 1 + 8 + 4 + 1;
         let outcome_end = key_end + 1 + 8 + 8 + 1 + 8 + 4;
+        let old_end = outcome_end + 1 + 2 + 3;
+        assert_eq!(
+            bytes.len(),
+            old_end + 1 + 2 + 5 + 8,
+            "a deadline after the name"
+        );
         for cut in 1..bytes.len() {
-            if ![8, key_end, outcome_end].contains(&cut) {
+            if ![8, key_end, outcome_end, old_end].contains(&cut) {
                 assert!(Export::decode(&bytes[..cut]).is_err(), "cut at {cut}");
             }
         }

@@ -303,12 +303,20 @@ fn keys_moved_by_a_reshard_keep_their_deadlines_and_expire_at_their_new_shard() 
     deadlines.insert(keys[0].clone(), None);
     let output = cluster.tern(&["reshard", "--from", "0", "--to", "1", "--slots", "0-4095"]);
     assert!(output.status.success(), "{output:?}");
-    let map = cluster.meta_map().to_cluster_map(&cluster.map.meta).unwrap();
+    let map = cluster
+        .meta_map()
+        .to_cluster_map(&cluster.map.meta)
+        .unwrap();
     let mut client = Client::new(map.clone()).unwrap();
     for key in &keys {
         assert_eq!(map.shard_of_key_hash(tern_wire::key_hash(key)).id.get(), 1);
         let found = client.get(key).unwrap().expect("moved, not expired yet");
-        assert_eq!(found.deadline_ms, deadlines[key], "{}", String::from_utf8_lossy(key));
+        assert_eq!(
+            found.deadline_ms,
+            deadlines[key],
+            "{}",
+            String::from_utf8_lossy(key)
+        );
     }
     // They expire where they are now, and the new shard's head reaps them.
     let last = deadlines.values().flatten().max().copied().unwrap();

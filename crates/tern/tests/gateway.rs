@@ -1018,6 +1018,18 @@ fn expiry_commands_answer_as_redis_server_does() {
     assert_eq!(ask(&["TTL", "short"]), redis::Value::Int(-2));
     assert_eq!(texts(ask(&["KEYS", "*"])), ["long"]);
     assert_eq!(ask(&["DBSIZE"]), redis::Value::Int(1));
+    // INFO keyspace counts the keys with a deadline and their mean TTL.
+    assert_eq!(ask(&["SET", "lasting", "v"]), redis::Value::Okay);
+    let redis::Value::BulkString(info) = ask(&["INFO", "keyspace"]) else {
+        panic!("INFO answers a bulk string")
+    };
+    let info = String::from_utf8(info).unwrap();
+    let line = info
+        .lines()
+        .find_map(|line| line.strip_prefix("db0:keys=2,expires=1,avg_ttl="))
+        .unwrap_or_else(|| panic!("{info}"));
+    let avg_ttl: u64 = line.trim().parse().unwrap();
+    assert!((90_000..=100_000).contains(&avg_ttl), "{info}");
 }
 
 #[test]
