@@ -233,11 +233,11 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Each connection takes two descriptors (its TCP stream and its client's
-/// UDP socket): raises the soft limit towards what `maxclients` needs, as
+/// Each connection takes three descriptors (its TCP stream, its client's
+/// UDP socket, and its pipeline's once it pipelines): raises the soft limit towards what `maxclients` needs, as
 /// far as the hard limit allows, and says so when that is not enough.
 fn raise_open_file_limit(max_clients: usize) {
-    let wanted = (max_clients as u64).saturating_mul(2).saturating_add(64);
+    let wanted = (max_clients as u64).saturating_mul(3).saturating_add(64);
     // SAFETY: passes a pointer to a live rlimit struct.
     let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
@@ -252,7 +252,7 @@ fn raise_open_file_limit(max_clients: usize) {
         tracing::warn!(
             open_files = limit.rlim_cur,
             max_clients,
-            "the open-file limit is below what maxclients needs (two per client): connections beyond it fail"
+            "the open-file limit is below what maxclients needs (three per client): connections beyond it fail"
         );
     }
 }
