@@ -130,28 +130,29 @@ pub struct ClientCounters {
     pub map_refreshes: u64,
 }
 
-/// The header of a request for `key` (request id left 0) and the address of
+/// The header of `call` for `key` (request id left 0) and the address of
 /// its shard's coordinator; refuses keys and values over the limits.
 pub(crate) fn request_header(
     map: &ClusterMap,
     client_id: ClientId,
-    op: Op,
     key: &[u8],
-    value: &[u8],
-    version: u64,
+    call: &answer::Call<'_>,
 ) -> Result<(Header, SocketAddrV4), ClientError> {
     if key.len() > KEY_LEN_MAX {
         return Err(ClientError::KeyTooLarge { len: key.len() });
     }
-    if value.len() > VALUE_LEN_MAX {
-        return Err(ClientError::ValueTooLarge { len: value.len() });
+    if call.value.len() > VALUE_LEN_MAX {
+        return Err(ClientError::ValueTooLarge {
+            len: call.value.len(),
+        });
     }
     let hash = key_hash(key);
     let shard = map.shard_of_key_hash(hash);
-    let mut header = Header::new(op, shard.id.get(), shard.epoch.get());
+    let mut header = Header::new(call.op, shard.id.get(), shard.epoch.get());
     header.key_hash.set(hash);
     header.client_id.set(client_id.get());
-    header.set_expected_version(version);
+    header.set_expected_version(call.version);
+    header.flags = call.flags;
     Ok((header, shard.coordinator))
 }
 
@@ -459,15 +460,7 @@ impl Client {
 
     /// Sends `call` for `key` and waits for its reply.
     fn send(&mut self, key: &[u8], call: answer::Call<'_>) -> Result<Reply, ClientError> {
-        let (mut header, coordinator) = request_header(
-            &self.map,
-            self.client_id,
-            call.op,
-            key,
-            call.value,
-            call.version,
-        )?;
-        header.flags = call.flags;
+        let (header, coordinator) = request_header(&self.map, self.client_id, key, &call)?;
         let shard_id = header.shard.get();
         let reply = self.exchange(coordinator, header, &call.extensions, key, call.value, true)?;
         if reply.status == Status::StaleEpoch {

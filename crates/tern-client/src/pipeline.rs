@@ -178,16 +178,8 @@ impl Pipeline {
                 status: Status::TryAgain,
             });
         }
-        let (mut header, to) = crate::request_header(
-            &self.map,
-            self.client_id,
-            call.op,
-            key,
-            call.value,
-            call.version,
-        )?;
+        let (mut header, to) = crate::request_header(&self.map, self.client_id, key, &call)?;
         header.request_id.set(self.next_request_id);
-        header.flags = call.flags;
         let mut bytes = Vec::with_capacity(MESSAGE_LEN_MAX);
         encode_append_with(&header, &call.extensions, key, call.value, &mut bytes)
             .expect("sizes were checked");
