@@ -299,10 +299,6 @@ impl Replica {
         self.clock = clock;
     }
 
-    pub fn wall_clock(&self) -> WallClock {
-        self.clock
-    }
-
     /// Unix milliseconds now, by this replica's clock.
     fn unix_ms(&self) -> u64 {
         self.clock.unix_ms(self.now)

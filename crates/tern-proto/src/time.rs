@@ -64,10 +64,6 @@ impl WallClock {
         WallClock { offset_ms }
     }
 
-    pub const fn offset_ms(&self) -> i64 {
-        self.offset_ms
-    }
-
     /// Unix milliseconds at `now` (0 before the epoch, which no real clock
     /// reads).
     pub fn unix_ms(&self, now: Time) -> u64 {
