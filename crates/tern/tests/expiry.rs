@@ -21,16 +21,26 @@ const LASTING: usize = 50;
 /// taken in whole milliseconds, hence a millisecond either way.
 const CLOCK_SLACK_MS: u64 = 2;
 
+/// Sleeps until this machine's clock reads `unix_ms`.
+fn wait_until(unix_ms: u64) {
+    while unix_now_ms() < unix_ms {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn expired_keys_are_never_read_across_restarts_and_failover_and_their_memory_comes_back() {
     let cluster =
         TestCluster::up_with_args(1, 3, &["--topology", "loopback", "--durability", "always"]);
     let mut client = Client::new(cluster.map.clone()).unwrap();
-    // Deadlines spread over two seconds, each read back as the head decided it.
+    // Deadlines spread over two seconds from three seconds on (absolute, so
+    // that a slow machine writing them still writes them all ahead of
+    // their deadlines), each read back as the head has it.
     let mut deadlines = HashMap::new();
+    let first = unix_now_ms() + 3000;
     for index in 0..EXPIRING {
         let key = format!("e{index}");
-        let lifetime = Lifetime::For(Duration::from_millis(1000 + 6 * index as u64));
+        let lifetime = Lifetime::Until(first + 6 * index as u64);
         client
             .set_for(key.as_bytes(), b"v", SetCondition::Always, false, lifetime)
             .unwrap();
@@ -82,9 +92,10 @@ fn expired_keys_are_never_read_across_restarts_and_failover_and_their_memory_com
             })
         })
         .collect();
-    // The tail killed and restarted from its log; then the head, long enough
+    // Kills come while keys are live and while they expire: the tail
+    // killed and restarted from its log; then the head, long enough
     // for meta to take it out of the chain, before it comes back.
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(first - 500);
     cluster.kill(&["shard0-replica2"]);
     std::thread::sleep(Duration::from_millis(100));
     cluster.restart_stopped();
@@ -94,9 +105,7 @@ fn expired_keys_are_never_read_across_restarts_and_failover_and_their_memory_com
     cluster.restart_stopped();
     // Until the last deadline has passed, and a while after.
     let last = *deadlines.values().max().unwrap();
-    while unix_now_ms() < last + 500 {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(last + 500);
     stop.store(true, Ordering::Relaxed);
     for reader in readers {
         reader.join().unwrap();
@@ -256,11 +265,6 @@ fn a_replica_whose_clock_runs_ahead_hides_a_value_early_by_at_most_its_skew() {
         .unwrap();
     // Decided by the head's clock, not the skewed tail's.
     let deadline = client.get(b"k").unwrap().unwrap().deadline_ms.unwrap();
-    let wait_until = |unix_ms: u64| {
-        while unix_now_ms() < unix_ms {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
     // Half the skew before the deadline: another replica still has the
     // value; the skewed one, whose clock reads past the deadline, hides it.
     wait_until(deadline - SKEW_MS / 2);
@@ -293,7 +297,7 @@ fn keys_moved_by_a_reshard_keep_their_deadlines_and_expire_at_their_new_shard() 
         .collect();
     let mut deadlines = HashMap::new();
     for (index, key) in keys.iter().enumerate() {
-        let lifetime = Lifetime::For(Duration::from_millis(4000 + 10 * index as u64));
+        let lifetime = Lifetime::For(Duration::from_millis(8000 + 10 * index as u64));
         client
             .set_for(key, b"v", SetCondition::Always, false, lifetime)
             .unwrap();
@@ -303,6 +307,11 @@ fn keys_moved_by_a_reshard_keep_their_deadlines_and_expire_at_their_new_shard() 
     deadlines.insert(keys[0].clone(), None);
     let output = cluster.tern(&["reshard", "--from", "0", "--to", "1", "--slots", "0-4095"]);
     assert!(output.status.success(), "{output:?}");
+    let soonest = deadlines.values().flatten().min().copied().unwrap();
+    assert!(
+        unix_now_ms() < soonest,
+        "the reshard took longer than the keys live"
+    );
     let map = cluster
         .meta_map()
         .to_cluster_map(&cluster.map.meta)
@@ -320,9 +329,7 @@ fn keys_moved_by_a_reshard_keep_their_deadlines_and_expire_at_their_new_shard() 
     }
     // They expire where they are now, and the new shard's head reaps them.
     let last = deadlines.values().flatten().max().copied().unwrap();
-    while unix_now_ms() < last + 50 {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(last + 50);
     for key in &keys[1..] {
         assert!(client.get(key).unwrap().is_none());
     }
