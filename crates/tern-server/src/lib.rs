@@ -167,6 +167,45 @@ fn recover(
 
 pub use member::run as run_under_meta;
 
+/// Gives freed memory back to the system after the store shrank by
+/// `TRIM_AFTER_KEYS` keys (a mass expiry, a dropped slot range, a flush):
+/// the allocator keeps what a process freed for its next allocations, so
+/// without this a replica's resident memory would stay at its peak.
+#[derive(Debug)]
+pub(crate) struct MemoryTrim {
+    /// The most keys since the last trim.
+    peak: usize,
+    last: std::time::Instant,
+}
+
+/// Keys the store must lose before memory is trimmed.
+const TRIM_AFTER_KEYS: usize = 10_000;
+
+impl MemoryTrim {
+    pub(crate) fn new() -> Self {
+        MemoryTrim {
+            peak: 0,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// After a batch: trims, at most once a second, once `live_keys` is
+    /// `TRIM_AFTER_KEYS` below its peak since the last trim, or half of it
+    /// (the end of a mass delete).
+    pub(crate) fn after_batch(&mut self, live_keys: usize) {
+        self.peak = self.peak.max(live_keys);
+        let dropped = self.peak - live_keys;
+        let shrank = dropped >= TRIM_AFTER_KEYS || (dropped > 0 && live_keys <= self.peak / 2);
+        if shrank && self.last.elapsed() >= Duration::from_secs(1) {
+            // SAFETY: a plain call into glibc's allocator, which may be made
+            // at any time from any thread.
+            unsafe { libc::malloc_trim(0) };
+            self.peak = live_keys;
+            self.last = std::time::Instant::now();
+        }
+    }
+}
+
 /// The variable that skews a replica's clock, in milliseconds (positive:
 /// ahead): for tests of expiry under clock skew, never needed otherwise.
 pub const CLOCK_SKEW_VARIABLE: &str = "TERN_CLOCK_SKEW_MS";
@@ -205,11 +244,13 @@ pub fn run(
     let mut socket = BatchSocket::bind(address)?;
     tracing::info!(shard, role, %address, durable = journal.is_some(), "replica serving");
     replica.set_wall_clock(wall_clock());
+    let mut trim = MemoryTrim::new();
     tern_net::serve_while(
         &mut socket,
         &mut replica,
         |replica| {
             replica.set_wall_clock(wall_clock());
+            trim.after_batch(replica.store().live_keys());
             !shutdown.load(std::sync::atomic::Ordering::Relaxed)
         },
         |replica, outbox| match journal.as_mut() {

@@ -250,7 +250,16 @@ impl Store {
                 .is_some_and(|versions| versions.prune(commit_seq))
             {
                 bucket.remove(&key);
+                if bucket.is_empty() {
+                    // A map keeps its capacity when emptied: after a mass
+                    // delete (expiry, a flush) the memory would stay taken.
+                    *bucket = HashMap::new();
+                }
             }
+        }
+        let queue = &mut self.pending_deletions;
+        if queue.capacity() > 4096 && queue.len() < queue.capacity() / 4 {
+            queue.shrink_to(queue.len() * 2);
         }
     }
 
