@@ -228,6 +228,20 @@ pub fn finish(finish: Finish, replies: Vec<Result<Reply, ClientError>>) -> Frame
     result.unwrap_or_else(tern_error)
 }
 
+/// A call's pipeline token: its command's place among those under way in
+/// the high half, its own among the command's calls in the low half (a
+/// command may have many: DEL or MSET of thousands of keys).
+fn token(command: usize, call: usize) -> u64 {
+    (command as u64) << 32 | call as u64
+}
+
+fn untoken(token: u64) -> (usize, usize) {
+    (
+        (token >> 32) as usize,
+        (token & u64::from(u32::MAX)) as usize,
+    )
+}
+
 /// One planned command under way.
 struct Running {
     /// Its place among the commands of the batch.
@@ -238,7 +252,7 @@ struct Running {
 }
 
 /// What is under way: the commands, and (key, token) of each call in
-/// flight (token: the command's index << 16 | the call's).
+/// flight (`token`).
 struct Flight<'a> {
     running: Vec<Running>,
     in_flight: Vec<(&'a [u8], u64)>,
@@ -274,8 +288,9 @@ impl<'a> Flight<'a> {
         result: Result<Reply, ClientError>,
         done: &mut impl FnMut(usize, Frame),
     ) {
-        let command = &mut self.running[(token >> 16) as usize];
-        command.replies[(token & 0xFFFF) as usize] = Some(result);
+        let (command, call) = untoken(token);
+        let command = &mut self.running[command];
+        command.replies[call] = Some(result);
         command.left -= 1;
         if command.left == 0 {
             let replies = command
@@ -330,7 +345,7 @@ pub fn run<'a>(
         while plan.calls.iter().any(|(key, _)| flight.busy(key)) {
             flight.poll(pipeline, &mut done);
         }
-        let index = flight.running.len() as u64;
+        let index = flight.running.len();
         flight.running.push(Running {
             slot,
             finish: plan.finish,
@@ -342,7 +357,7 @@ pub fn run<'a>(
             while flight.busy(call.0) {
                 flight.poll(pipeline, &mut done);
             }
-            flight.submit(pipeline, call, index << 16 | call_index as u64, &mut done);
+            flight.submit(pipeline, call, token(index, call_index), &mut done);
         }
     }
     while !flight.in_flight.is_empty() {

@@ -1104,3 +1104,34 @@ fn pipelined_commands_keep_each_keys_order_as_redis_server_does() {
     script.extend_from_slice(b"get counter\r\nincrby counter x\r\nset\r\nstrlen a\r\n");
     assert_same_answers(&gateway, &redis, &[("one pipelined write", script)]);
 }
+
+#[test]
+fn a_command_naming_more_keys_than_a_token_half_holds_is_answered_whole() {
+    let cluster = cluster();
+    let gateway = Gateway::start(&cluster, None);
+    let mut connection = gateway.connection();
+    query_on(&mut connection, &["SET", "k7", "seven"]).unwrap();
+    query_on(&mut connection, &["SET", "k70000", "last"]).unwrap();
+    // 70 001 keys: more calls than 16 bits count, in one command.
+    let keys: Vec<String> = (0..=70_000).map(|n| format!("k{n}")).collect();
+    let mut args = vec!["MGET"];
+    args.extend(keys.iter().map(String::as_str));
+    let redis::Value::Array(values) = query_on(&mut connection, &args).unwrap() else {
+        panic!("MGET answers an array")
+    };
+    assert_eq!(values.len(), 70_001);
+    assert_eq!(values[7], redis::Value::BulkString(b"seven".to_vec()));
+    assert_eq!(values[70_000], redis::Value::BulkString(b"last".to_vec()));
+    assert_eq!(
+        values
+            .iter()
+            .filter(|value| **value != redis::Value::Nil)
+            .count(),
+        2
+    );
+    // The connection still serves.
+    assert_eq!(
+        query_on(&mut connection, &["GET", "k7"]).unwrap(),
+        redis::Value::BulkString(b"seven".to_vec())
+    );
+}
