@@ -776,7 +776,7 @@ impl Replica {
         let answer_with = |store: &Store| store.latest(key).map(|found| found.value.to_vec());
         let tail = self.config.is_tail();
         let mut result_value = (tail && record.has_flag(flags::RETURN_OLD)).then(|| {
-            if record.has_flag(flags::OLD_EXPIRED) {
+            if answer_hidden(record, false) {
                 None
             } else {
                 answer_with(&self.store)
@@ -838,11 +838,7 @@ impl Replica {
             self.remember_outcome(record.client_id.get(), seq, outcome);
         }
         if tail && record.has_flag(flags::RETURN_NEW) && record.status() == Status::Ok {
-            // A write that changed nothing answers the value as the head
-            // found it: none when that had expired.
-            let unchanged_expired =
-                record.effect() == Effect::None && record.has_flag(flags::OLD_EXPIRED);
-            result_value = Some(if unchanged_expired {
+            result_value = Some(if answer_hidden(record, true) {
                 None
             } else {
                 answer_with(&self.store)
@@ -968,6 +964,8 @@ impl Replica {
         let old_expired = stored.is_some() && current.is_none();
         let version = current.map(|found| found.version);
         let stored_version = stored.map(|found| found.version);
+        // What INCRBY, APPEND and EDIT give the new value: the key's own.
+        let kept_deadline = current.map_or(0, |found| found.deadline_ms);
         let asked = message.extensions.expiry;
         let op = header.op();
         if asked.is_some() && !matches!(op, Op::Put | Op::Cas | Op::Expire | Op::Install) {
@@ -1022,7 +1020,7 @@ impl Replica {
                 match sum {
                     Some(sum) => Decision {
                         value: Some(sum.to_string().into_bytes()),
-                        deadline_ms: current.map_or(0, |found| found.deadline_ms),
+                        deadline_ms: kept_deadline,
                         ..decided(Effect::Put, Status::Ok, new_version)
                     },
                     None => decided(Effect::None, Status::NotInteger, version.unwrap_or(0)),
@@ -1036,7 +1034,7 @@ impl Replica {
                 }
                 Decision {
                     value: Some(value),
-                    deadline_ms: current.map_or(0, |found| found.deadline_ms),
+                    deadline_ms: kept_deadline,
                     ..decided(Effect::Put, Status::Ok, new_version)
                 }
             }
@@ -1044,12 +1042,11 @@ impl Replica {
             Op::Edit => {
                 let (kind, offset) = header.edit();
                 let before = current.map_or(&[][..], |found| found.value);
-                let keep = current.map_or(0, |found| found.deadline_ms);
                 let refused = |status| decided(Effect::None, status, version.unwrap_or(0));
                 match crate::edit::apply(kind, offset, before, message.value) {
                     Ok(Some(value)) => Decision {
                         value: Some(value),
-                        deadline_ms: keep,
+                        deadline_ms: kept_deadline,
                         ..decided(Effect::Put, Status::Ok, new_version)
                     },
                     // Nothing to change (SETRANGE of nothing): answered
@@ -1242,25 +1239,19 @@ impl Replica {
                 continue;
             }
             // The values before and after this write are still kept: it is
-            // not committed yet (the coordinator resends only those). One
-            // the head found expired is answered as none, as `apply_record`
-            // answers it.
-            let old_expired = header.has_flag(flags::OLD_EXPIRED);
+            // not committed yet (the coordinator resends only those).
+            let hide_old = answer_hidden(&header, false);
+            let hide_new = answer_hidden(&header, true);
             header.op = Op::Ack as u8;
             header.flags &= flags::WRITE_OPTIONS;
-            let unchanged = header.effect() == Effect::None;
             let answer = if header.has_flag(flags::RETURN_OLD) {
                 Some(
                     self.store
                         .read_at(record.key, seq - 1)
-                        .filter(|_| !old_expired),
+                        .filter(|_| !hide_old),
                 )
             } else if header.has_flag(flags::RETURN_NEW) && header.status() == Status::Ok {
-                Some(
-                    self.store
-                        .read_at(record.key, seq)
-                        .filter(|_| !(unchanged && old_expired)),
-                )
+                Some(self.store.read_at(record.key, seq).filter(|_| !hide_new))
             } else {
                 None
             };
@@ -1494,6 +1485,14 @@ impl Core for Replica {
             self.request_gap(now, outbox);
         }
     }
+}
+
+/// Whether the tail answers a decided write's value before it (`after`
+/// false: RETURN_OLD) or after it (RETURN_NEW) as none although its store
+/// holds one: the head found that value expired (`flags::OLD_EXPIRED`), and
+/// the value after is that same value when the write changed nothing.
+fn answer_hidden(record: &Header, after: bool) -> bool {
+    record.has_flag(flags::OLD_EXPIRED) && (!after || record.effect() == Effect::None)
 }
 
 /// The head's decision for an EXPIRE: a new deadline for a live key (its
