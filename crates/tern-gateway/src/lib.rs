@@ -446,26 +446,24 @@ impl<'a> Connection<'a> {
             .iter()
             .map(|arguments| commands::index_of(&String::from_utf8_lossy(&arguments[0])))
             .collect();
-        // Keys of the selected database, as Tern stores them.
-        let in_db: Vec<Vec<Vec<u8>>> = round
+        // Keys of the selected database, as Tern stores them (database 0:
+        // the arguments as they came).
+        let in_db: Vec<Option<Vec<Vec<u8>>>> = round
             .iter()
             .zip(&specs)
             .map(|(arguments, index)| {
                 let spec = index.map(|index| &commands::COMMANDS[index]);
-                if self.db == 0 {
-                    arguments[1..].to_vec()
-                } else {
-                    keys_in_db(spec, &arguments[1..], self.db)
-                }
+                (self.db != 0).then(|| keys_in_db(spec, &arguments[1..], self.db))
             })
             .collect();
         let mut answers: Vec<Option<(Frame, std::time::Duration)>> = vec![None; round.len()];
         let mut deltas: Vec<Option<Vec<u8>>> = vec![None; round.len()];
         let mut plans = Vec::new();
         let mut others = Vec::new();
-        for (slot, ((arguments, args), delta)) in
+        for (slot, ((arguments, in_db), delta)) in
             round.iter().zip(&in_db).zip(deltas.iter_mut()).enumerate()
         {
+            let args = in_db.as_deref().unwrap_or(&arguments[1..]);
             let name = upper(&arguments[0]);
             match self
                 .authenticated
