@@ -18,6 +18,14 @@ fn invalid_time(command: &str) -> Frame {
     Frame::error(format!("ERR invalid expire time in '{command}' command"))
 }
 
+/// Whether `millis` from now is past what Redis's millisecond clock holds
+/// (its "invalid expire time" for a relative time).
+fn past_the_clock(millis: u64) -> bool {
+    unix_now_ms()
+        .checked_add(millis)
+        .is_none_or(|at| at > i64::MAX as u64)
+}
+
 /// The unit of a time argument.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Unit {
@@ -39,10 +47,7 @@ fn lifetime(command: &str, amount: &[u8], unit: Unit, absolute: bool) -> Result<
     };
     if absolute {
         Ok(Lifetime::Until(millis))
-    } else if unix_now_ms()
-        .checked_add(millis)
-        .is_none_or(|at| at > i64::MAX as u64)
-    {
+    } else if past_the_clock(millis) {
         Err(invalid_time(command))
     } else {
         Ok(Lifetime::For(Duration::from_millis(millis)))
@@ -227,10 +232,7 @@ pub fn expire(client: &mut Client, command: &str, args: &[Vec<u8>]) -> Frame {
         Some(millis) if millis <= 0 => Deadline::At(1),
         Some(millis) if absolute => Deadline::At(millis as u64),
         Some(millis) => {
-            if unix_now_ms()
-                .checked_add(millis as u64)
-                .is_none_or(|at| at > i64::MAX as u64)
-            {
+            if past_the_clock(millis as u64) {
                 return invalid_time(command);
             }
             Deadline::In(Duration::from_millis(millis as u64))
