@@ -167,12 +167,14 @@ fn recover(
 
 pub use member::run as run_under_meta;
 
-/// Gives freed memory back to the system after the store shrank by
-/// `TRIM_AFTER_KEYS` keys (a mass expiry, a dropped slot range, a flush):
-/// the allocator keeps what a process freed for its next allocations, so
-/// without this a replica's resident memory would stay at its peak.
+/// What a replica's shell does between batches, in either main loop: hands
+/// the core the wall clock again, and gives freed memory back to the
+/// system after the store shrank by `TRIM_AFTER_KEYS` keys (a mass expiry,
+/// a dropped slot range, a flush): the allocator keeps what a process freed
+/// for its next allocations, so without this a replica's resident memory
+/// would stay at its peak.
 #[derive(Debug)]
-pub(crate) struct MemoryTrim {
+pub(crate) struct Upkeep {
     /// The most keys since the last trim.
     peak: usize,
     last: std::time::Instant,
@@ -181,18 +183,21 @@ pub(crate) struct MemoryTrim {
 /// Keys the store must lose before memory is trimmed.
 const TRIM_AFTER_KEYS: usize = 10_000;
 
-impl MemoryTrim {
+impl Upkeep {
     pub(crate) fn new() -> Self {
-        MemoryTrim {
+        Upkeep {
             peak: 0,
             last: std::time::Instant::now(),
         }
     }
 
-    /// After a batch: trims, at most once a second, once `live_keys` is
-    /// `TRIM_AFTER_KEYS` below its peak since the last trim, or half of it
-    /// (the end of a mass delete).
-    pub(crate) fn after_batch(&mut self, live_keys: usize) {
+    /// Before the first batch and after each: sets the clock; trims, at
+    /// most once a second, once the live keys are `TRIM_AFTER_KEYS` below
+    /// their peak since the last trim, or half of it (the end of a mass
+    /// delete).
+    pub(crate) fn after_batch(&mut self, replica: &mut Replica) {
+        replica.set_wall_clock(wall_clock());
+        let live_keys = replica.store().live_keys();
         self.peak = self.peak.max(live_keys);
         let dropped = self.peak - live_keys;
         let shrank = dropped >= TRIM_AFTER_KEYS || (dropped > 0 && live_keys <= self.peak / 2);
@@ -213,7 +218,7 @@ pub const CLOCK_SKEW_VARIABLE: &str = "TERN_CLOCK_SKEW_MS";
 /// The replica's wall clock now: the system clock, skewed by
 /// `CLOCK_SKEW_VARIABLE` when it is set. Read again after every batch, so
 /// that adjustments of the system clock reach the core.
-pub fn wall_clock() -> tern_proto::WallClock {
+fn wall_clock() -> tern_proto::WallClock {
     static SKEW_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     let skew = *SKEW_MS.get_or_init(|| {
         std::env::var(CLOCK_SKEW_VARIABLE)
@@ -243,14 +248,13 @@ pub fn run(
     };
     let mut socket = BatchSocket::bind(address)?;
     tracing::info!(shard, role, %address, durable = journal.is_some(), "replica serving");
-    replica.set_wall_clock(wall_clock());
-    let mut trim = MemoryTrim::new();
+    let mut upkeep = Upkeep::new();
+    upkeep.after_batch(&mut replica);
     tern_net::serve_while(
         &mut socket,
         &mut replica,
         |replica| {
-            replica.set_wall_clock(wall_clock());
-            trim.after_batch(replica.store().live_keys());
+            upkeep.after_batch(replica);
             !shutdown.load(std::sync::atomic::Ordering::Relaxed)
         },
         |replica, outbox| match journal.as_mut() {

@@ -154,8 +154,8 @@ pub fn run(
         .spawn(move || serve_transfers(addr, requests_tx, waker))?;
     tracing::info!(%shard, %addr, role = ?membership.role(), "replica serving under meta");
     let mut failure: Option<ServerError> = None;
-    replica.set_wall_clock(crate::wall_clock());
-    let mut trim = crate::MemoryTrim::new();
+    let mut upkeep = crate::Upkeep::new();
+    upkeep.after_batch(&mut replica);
     tern_net::serve_while(
         &mut socket,
         &mut replica,
@@ -193,8 +193,7 @@ pub fn run(
                 }
                 replica.set_fenced(membership.fenced(|version| heartbeats.lease_valid(version)));
                 // After any replacement of the replica above, too.
-                replica.set_wall_clock(crate::wall_clock());
-                trim.after_batch(replica.store().live_keys());
+                upkeep.after_batch(replica);
                 heartbeats.set_spare(membership.is_spare());
                 // Named in refusals that send a client to the map.
                 replica.set_map_version(membership.acted_on());
