@@ -7,6 +7,7 @@
 
 pub mod answer;
 pub mod expiry;
+pub mod large;
 pub mod pipeline;
 pub mod plan;
 pub mod reshard;
@@ -22,8 +23,8 @@ use retry::{Retry, Verdict};
 pub use tern_control::meta;
 pub use tern_control::{ClientId, ClusterMap, Epoch, MapError, ShardId, ShardMap, Slot};
 use tern_wire::{
-    Extensions, Header, KEY_LEN_MAX, MESSAGE_LEN_MAX, Message, Op, Status, VALUE_LEN_MAX, edit,
-    encode_append_with, flags, key_hash,
+    Extensions, Header, KEY_LEN_MAX, LARGE_VALUE_LEN_DEFAULT, Large, MESSAGE_LEN_MAX, Message, Op,
+    Status, edit, encode_append_with, flags, key_hash,
 };
 use thiserror::Error;
 
@@ -32,8 +33,8 @@ use thiserror::Error;
 pub enum ClientError {
     #[error("key of {len} bytes exceeds the limit of {KEY_LEN_MAX} bytes")]
     KeyTooLarge { len: usize },
-    #[error("value of {len} bytes exceeds the limit of {VALUE_LEN_MAX} bytes")]
-    ValueTooLarge { len: usize },
+    #[error("value of {len} bytes exceeds the limit of {limit} bytes")]
+    ValueTooLarge { len: usize, limit: usize },
     /// No reply within the deadline: a write may or may not have happened.
     #[error("no reply after {attempts} attempts in {elapsed:?}")]
     Timeout { attempts: u32, elapsed: Duration },
@@ -45,7 +46,7 @@ pub enum ClientError {
     NotFloat,
     #[error("increment would produce NaN or Infinity")]
     NotFinite,
-    #[error("the result would exceed the value limit of {VALUE_LEN_MAX} bytes")]
+    #[error("the result would exceed the longest value the replicas accept")]
     ResultTooLarge,
     #[error("request refused: {status:?}")]
     Refused { status: Status },
@@ -60,6 +61,10 @@ pub struct ClientOptions {
     pub attempt_timeout: Duration,
     /// Time after which a request gives up with [`ClientError::Timeout`].
     pub deadline: Duration,
+    /// The longest value sent; longer ones are refused before anything
+    /// is sent. The replicas have a limit of their own (by default the
+    /// same), which they name when they refuse.
+    pub value_limit: usize,
 }
 
 impl Default for ClientOptions {
@@ -67,6 +72,7 @@ impl Default for ClientOptions {
         ClientOptions {
             attempt_timeout: Duration::from_millis(200),
             deadline: Duration::from_secs(3),
+            value_limit: LARGE_VALUE_LEN_DEFAULT,
         }
     }
 }
@@ -131,19 +137,22 @@ pub struct ClientCounters {
 }
 
 /// The header of `call` for `key` (request id left 0) and the address of
-/// its shard's coordinator; refuses keys and values over the limits.
+/// its shard's coordinator; refuses keys over the limit and values over
+/// `value_limit`.
 pub(crate) fn request_header(
     map: &ClusterMap,
     client_id: ClientId,
     key: &[u8],
     call: &answer::Call<'_>,
+    value_limit: usize,
 ) -> Result<(Header, SocketAddrV4), ClientError> {
     if key.len() > KEY_LEN_MAX {
         return Err(ClientError::KeyTooLarge { len: key.len() });
     }
-    if call.value.len() > VALUE_LEN_MAX {
+    if call.value.len() > value_limit {
         return Err(ClientError::ValueTooLarge {
             len: call.value.len(),
+            limit: value_limit,
         });
     }
     let hash = key_hash(key);
@@ -187,6 +196,8 @@ pub struct Client {
     meta_hint: Option<SocketAddrV4>,
     recv_buffer: Box<[u8]>,
     counters: ClientCounters,
+    /// Connections to replicas for large values.
+    links: large::Links,
 }
 
 impl Client {
@@ -209,6 +220,7 @@ impl Client {
             recv_buffer: vec![0; 2048].into_boxed_slice(),
             counters: ClientCounters::default(),
             meta_hint: None,
+            links: large::Links::default(),
         })
     }
 
@@ -455,18 +467,75 @@ impl Client {
             .map_or(0, |s| s.epoch.get());
         let mut header = Header::new(op, shard.get(), epoch);
         header.client_id.set(self.client_id.get());
-        self.exchange(to, header, &Extensions::default(), &[], &[], false)
+        let request_id = self.take_request_id();
+        self.exchange(to, header, request_id, &Extensions::default(), &[], &[], false)
     }
 
-    /// Sends `call` for `key` and waits for its reply.
+    fn take_request_id(&mut self) -> u64 {
+        self.next_request_id += 1;
+        self.next_request_id - 1
+    }
+
+    /// Sends `call` for `key` and waits for its reply, a large answer
+    /// fetched (a request whose large answer is gone before it is fetched
+    /// is sent again, under a new id: a read, or a write answered the
+    /// same from dedup).
     fn send(&mut self, key: &[u8], call: answer::Call<'_>) -> Result<Reply, ClientError> {
-        let (header, coordinator) = request_header(&self.map, self.client_id, key, &call)?;
-        let shard_id = header.shard.get();
-        let reply = self.exchange(coordinator, header, &call.extensions, key, call.value, true)?;
-        if reply.status == Status::StaleEpoch {
-            return Err(ClientError::StaleEpoch { shard: shard_id });
+        for _ in 0..3 {
+            let mut reply = if large::is_large(call.value) {
+                self.send_large(key, call)?
+            } else {
+                let limit = self.options.value_limit;
+                let (header, coordinator) =
+                    request_header(&self.map, self.client_id, key, &call, limit)?;
+                let request_id = self.take_request_id();
+                let (extensions, value) = (&call.extensions, call.value);
+                self.exchange(coordinator, header, request_id, extensions, key, value, true)?
+            };
+            if reply.status == Status::StaleEpoch {
+                return Err(ClientError::StaleEpoch {
+                    shard: reply.header.shard.get(),
+                });
+            }
+            if self.links.complete(&mut reply)? {
+                return Ok(reply);
+            }
         }
-        Ok(reply)
+        Err(ClientError::Refused {
+            status: Status::ValueMissing,
+        })
+    }
+
+    /// Sends a write whose value is too large for a datagram: the value
+    /// staged at the shard's head first, then the write naming it. A head
+    /// that does not hold it (VALUE_MISSING: the chain changed, or it
+    /// restarted) gets it again, and the same request (dedup keeps it
+    /// applied once).
+    fn send_large(&mut self, key: &[u8], call: answer::Call<'_>) -> Result<Reply, ClientError> {
+        let limit = self.options.value_limit;
+        let request_id = self.take_request_id();
+        let nowhere = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+        let extensions = Extensions {
+            large: Some(Large::of(call.value, nowhere)),
+            ..call.extensions
+        };
+        let start = Instant::now();
+        loop {
+            // The map may have changed since the last attempt.
+            let (header, coordinator) =
+                request_header(&self.map, self.client_id, key, &call, limit)?;
+            let head = self.map.shard_of_key_hash(key_hash(key)).replicas[0];
+            let ids = (self.client_id.get(), request_id);
+            self.links.stage(head, ids, call.value)?;
+            let reply = self.exchange(coordinator, header, request_id, &extensions, key, &[], true)?;
+            if reply.status != Status::ValueMissing || start.elapsed() >= self.options.deadline {
+                return Ok(reply);
+            }
+            let mut refreshed = header;
+            let mut to = coordinator;
+            self.refresh_route(&mut refreshed, &mut to, (&extensions, key, &[]));
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Reloads the map from meta (when the cluster has meta) and points
@@ -508,17 +577,17 @@ impl Client {
     /// Every resend carries the same request id. A routed request (not one
     /// to a named process) follows the map from meta when its shard's epoch
     /// is stale or its coordinator does not answer.
+    #[allow(clippy::too_many_arguments)]
     fn exchange(
         &mut self,
         mut to: SocketAddrV4,
         mut header: Header,
+        request_id: u64,
         extensions: &Extensions,
         key: &[u8],
         value: &[u8],
         routed: bool,
     ) -> Result<Reply, ClientError> {
-        let request_id = self.next_request_id;
-        self.next_request_id += 1;
         header.request_id.set(request_id);
         self.encode(&header, extensions, key, value);
         self.counters.requests += 1;

@@ -89,6 +89,8 @@ pub struct Pipeline {
     stale: bool,
     /// Writes submitted so far.
     writes: u64,
+    /// Connections to replicas for large answers.
+    links: crate::large::Links,
 }
 
 impl Pipeline {
@@ -111,6 +113,7 @@ impl Pipeline {
             last_refresh: None,
             stale: false,
             writes: 0,
+            links: crate::large::Links::default(),
         })
     }
 
@@ -178,7 +181,9 @@ impl Pipeline {
                 status: Status::TryAgain,
             });
         }
-        let (mut header, to) = crate::request_header(&self.map, self.client_id, key, &call)?;
+        // Values go in the datagram: a large one takes a `Client`'s way.
+        let limit = tern_wire::VALUE_LEN_MAX;
+        let (mut header, to) = crate::request_header(&self.map, self.client_id, key, &call, limit)?;
         header.request_id.set(self.next_request_id);
         let mut bytes = Vec::with_capacity(MESSAGE_LEN_MAX);
         encode_append_with(&header, &call.extensions, key, call.value, &mut bytes)
@@ -290,12 +295,20 @@ impl Pipeline {
                 shard: header.shard.get(),
             })
         } else {
-            Ok(Reply {
+            let mut reply = Reply {
                 status: header.status(),
                 header,
                 extensions: message.extensions,
                 value: message.value.to_vec(),
-            })
+            };
+            // A large answer, fetched now from the replica that holds it.
+            match self.links.complete(&mut reply) {
+                Ok(true) => Ok(reply),
+                Ok(false) => Err(ClientError::Refused {
+                    status: Status::ValueMissing,
+                }),
+                Err(error) => Err(error),
+            }
         };
         completed.push(Completion {
             token: request.token,
@@ -471,6 +484,7 @@ mod tests {
         let options = ClientOptions {
             attempt_timeout: Duration::from_secs(5),
             deadline: Duration::from_secs(10),
+            ..ClientOptions::default()
         };
         let mut pipeline = Pipeline::new(map, options).unwrap();
         // One write that is never answered...

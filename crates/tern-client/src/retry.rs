@@ -154,6 +154,7 @@ mod tests {
         ClientOptions {
             attempt_timeout: Duration::from_millis(200),
             deadline: Duration::from_secs(3),
+            ..ClientOptions::default()
         }
     }
 

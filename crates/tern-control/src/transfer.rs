@@ -4,6 +4,13 @@
 //! rebalance by load fetches how much each slot was asked. One request
 //! line, then one answer: `<epoch> <length>\n` and `length` bytes (a replica
 //! snapshot, a `tern_wire::export::Export` or a `tern_wire::load::SlotLoad`).
+//!
+//! The same listener moves values too large for a datagram (`ext::LARGE`,
+//! `tern_proto::large`), on connections that stay open for many requests:
+//! a client stages a write's value at the head (`STAGE`, the value after
+//! the line), a successor fetches a record's value from its predecessor
+//! (`RECORD`), a client fetches a large answer from the replica its reply
+//! names (`ANSWER`). A refusal is one line, `! <reason>`.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
@@ -19,7 +26,7 @@ pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// writes are held.
 pub const SLOTS_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest request line a replica reads.
-pub const REQUEST_LINE_MAX: u64 = 64;
+pub const REQUEST_LINE_MAX: u64 = 96;
 /// The largest answer a fetch accepts (a replica's whole state).
 pub const ANSWER_LEN_MAX: usize = 16 << 30;
 
@@ -34,15 +41,43 @@ pub enum TransferRequest {
     Slots { range: [u32; 2], since: u64 },
     /// The reads it answered and the client writes it applied, by slot.
     Load,
+    /// A client's value for its write (client, request): `length` bytes
+    /// follow the line.
+    Stage {
+        client_id: u64,
+        request_id: u64,
+        length: u64,
+    },
+    /// The value of record `seq` as `length` and `checksum` name it.
+    Record {
+        seq: u64,
+        length: u32,
+        checksum: u32,
+    },
+    /// The large answer kept for a client's request.
+    Answer { client_id: u64, request_id: u64 },
 }
 
 impl TransferRequest {
     /// How long a fetch waits for the answer.
     pub fn timeout(self) -> Duration {
         match self {
-            TransferRequest::Snapshot => TRANSFER_TIMEOUT,
+            TransferRequest::Snapshot
+            | TransferRequest::Stage { .. }
+            | TransferRequest::Record { .. }
+            | TransferRequest::Answer { .. } => TRANSFER_TIMEOUT,
             TransferRequest::Slots { .. } | TransferRequest::Load => SLOTS_TIMEOUT,
         }
+    }
+
+    /// Whether it asks for a value (served on a connection kept open).
+    pub fn is_value(self) -> bool {
+        matches!(
+            self,
+            TransferRequest::Stage { .. }
+                | TransferRequest::Record { .. }
+                | TransferRequest::Answer { .. }
+        )
     }
 
     fn line(self) -> String {
@@ -53,6 +88,20 @@ impl TransferRequest {
                 since,
             } => format!("SLOTS {start} {end} {since}\n"),
             TransferRequest::Load => "LOAD\n".into(),
+            TransferRequest::Stage {
+                client_id,
+                request_id,
+                length,
+            } => format!("STAGE {client_id} {request_id} {length}\n"),
+            TransferRequest::Record {
+                seq,
+                length,
+                checksum,
+            } => format!("RECORD {seq} {length} {checksum}\n"),
+            TransferRequest::Answer {
+                client_id,
+                request_id,
+            } => format!("ANSWER {client_id} {request_id}\n"),
         }
     }
 
@@ -77,20 +126,168 @@ impl TransferRequest {
                     since,
                 }
             }
+            "STAGE" => TransferRequest::Stage {
+                client_id: words.next()?.parse().ok()?,
+                request_id: words.next()?.parse().ok()?,
+                length: words.next()?.parse().ok()?,
+            },
+            "RECORD" => TransferRequest::Record {
+                seq: words.next()?.parse().ok()?,
+                length: words.next()?.parse().ok()?,
+                checksum: words.next()?.parse().ok()?,
+            },
+            "ANSWER" => TransferRequest::Answer {
+                client_id: words.next()?.parse().ok()?,
+                request_id: words.next()?.parse().ok()?,
+            },
             _ => return None,
         };
         words.next().is_none().then_some(request)
     }
 }
 
-/// Reads one request from a connection to a replica (at most
-/// `REQUEST_LINE_MAX` bytes).
-pub fn read_request(stream: &TcpStream) -> io::Result<TransferRequest> {
-    stream.set_read_timeout(Some(TRANSFER_TIMEOUT))?;
+/// Reads the next request from a connection to a replica (at most
+/// `REQUEST_LINE_MAX` bytes); None when the peer closed it. The reader
+/// keeps what follows the line (a staged value).
+pub fn read_request(reader: &mut impl BufRead) -> io::Result<Option<TransferRequest>> {
     let mut line = String::new();
-    BufReader::new(stream.take(REQUEST_LINE_MAX)).read_line(&mut line)?;
+    reader.take(REQUEST_LINE_MAX).read_line(&mut line)?;
+    if line.is_empty() {
+        return Ok(None);
+    }
     TransferRequest::parse(&line)
+        .map(Some)
         .ok_or_else(|| io::Error::other(format!("unknown transfer request {line:?}")))
+}
+
+/// Why a replica did not serve a value request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueRefusal {
+    /// It does not hold the value (any more).
+    Missing,
+    /// Its table of values is full: try again shortly.
+    Full,
+    /// Longer than the replica accepts.
+    TooLarge { limit: u64 },
+}
+
+impl ValueRefusal {
+    fn line(self) -> String {
+        match self {
+            ValueRefusal::Missing => "! MISSING\n".into(),
+            ValueRefusal::Full => "! FULL\n".into(),
+            ValueRefusal::TooLarge { limit } => format!("! TOO_LARGE {limit}\n"),
+        }
+    }
+
+    fn parse(line: &str) -> Option<ValueRefusal> {
+        let mut words = line.strip_prefix("! ")?.split_whitespace();
+        let refusal = match words.next()? {
+            "MISSING" => ValueRefusal::Missing,
+            "FULL" => ValueRefusal::Full,
+            "TOO_LARGE" => ValueRefusal::TooLarge {
+                limit: words.next()?.parse().ok()?,
+            },
+            _ => return None,
+        };
+        words.next().is_none().then_some(refusal)
+    }
+}
+
+/// A value request that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    #[error("{0:?}")]
+    Refused(ValueRefusal),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Answers a value request with a refusal.
+pub fn write_refusal(mut stream: &TcpStream, refusal: ValueRefusal) -> io::Result<()> {
+    stream.write_all(refusal.line().as_bytes())
+}
+
+/// A connection to one replica for value requests, kept open.
+#[derive(Debug)]
+pub struct ValueLink {
+    reader: BufReader<TcpStream>,
+}
+
+impl ValueLink {
+    pub fn connect(to: SocketAddrV4) -> io::Result<ValueLink> {
+        let stream = TcpStream::connect_timeout(&to.into(), Duration::from_millis(500))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(TRANSFER_TIMEOUT))?;
+        stream.set_write_timeout(Some(TRANSFER_TIMEOUT))?;
+        Ok(ValueLink {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Stages `value` for the write (client, request) at the head.
+    pub fn stage(
+        &mut self,
+        client_id: u64,
+        request_id: u64,
+        value: &[u8],
+    ) -> Result<(), ValueError> {
+        let request = TransferRequest::Stage {
+            client_id,
+            request_id,
+            length: value.len() as u64,
+        };
+        let mut stream = self.reader.get_ref();
+        stream.write_all(request.line().as_bytes())?;
+        stream.write_all(value)?;
+        self.answer_of(0).map(drop)
+    }
+
+    /// The value of record `seq`, as `length` and `checksum` name it.
+    pub fn record(&mut self, seq: u64, length: u32, checksum: u32) -> Result<Vec<u8>, ValueError> {
+        let request = TransferRequest::Record {
+            seq,
+            length,
+            checksum,
+        };
+        self.reader.get_ref().write_all(request.line().as_bytes())?;
+        self.answer_of(length as usize)
+    }
+
+    /// The large answer kept for the request (client, request), of at most
+    /// `length` bytes.
+    pub fn answer(
+        &mut self,
+        client_id: u64,
+        request_id: u64,
+        length: u32,
+    ) -> Result<Vec<u8>, ValueError> {
+        let request = TransferRequest::Answer {
+            client_id,
+            request_id,
+        };
+        self.reader.get_ref().write_all(request.line().as_bytes())?;
+        self.answer_of(length as usize)
+    }
+
+    /// Reads an answer of at most `length_max` bytes, or a refusal.
+    fn answer_of(&mut self, length_max: usize) -> Result<Vec<u8>, ValueError> {
+        let mut line = String::new();
+        (&mut self.reader).take(REQUEST_LINE_MAX).read_line(&mut line)?;
+        if let Some(refusal) = ValueRefusal::parse(&line) {
+            return Err(ValueError::Refused(refusal));
+        }
+        let bad = || io::Error::other(format!("bad value answer {line:?}"));
+        let mut fields = line.split_whitespace();
+        let _epoch: u32 = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+        let length: usize = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+        if length > length_max {
+            return Err(bad().into());
+        }
+        let mut bytes = vec![0; length];
+        self.reader.read_exact(&mut bytes)?;
+        Ok(bytes)
+    }
 }
 
 /// Answers a request with the bytes served at `epoch`.
@@ -141,6 +338,20 @@ mod tests {
                 range: [16383, 16384],
                 since: u64::MAX,
             },
+            TransferRequest::Stage {
+                client_id: u64::MAX,
+                request_id: u64::MAX,
+                length: u64::MAX,
+            },
+            TransferRequest::Record {
+                seq: u64::MAX,
+                length: u32::MAX,
+                checksum: u32::MAX,
+            },
+            TransferRequest::Answer {
+                client_id: u64::MAX,
+                request_id: u64::MAX,
+            },
         ] {
             assert_eq!(TransferRequest::parse(&request.line()), Some(request));
             assert!(request.line().len() as u64 <= REQUEST_LINE_MAX);
@@ -162,8 +373,20 @@ mod tests {
             "SNAPSHOT now",
             "LOAD 1",
             "HELLO",
+            "STAGE 1 2",
+            "STAGE 1 2 -3",
+            "RECORD 1 2",
+            "ANSWER 1",
         ] {
             assert_eq!(TransferRequest::parse(bad), None, "{bad:?}");
         }
+        for refusal in [
+            ValueRefusal::Missing,
+            ValueRefusal::Full,
+            ValueRefusal::TooLarge { limit: 16 << 20 },
+        ] {
+            assert_eq!(ValueRefusal::parse(&refusal.line()), Some(refusal));
+        }
+        assert_eq!(ValueRefusal::parse("0 12\n"), None);
     }
 }

@@ -159,6 +159,12 @@ impl BatchSocket {
             })
     }
 
+    /// Whether the last [`BatchSocket::recv_batch`] brought a wake-up.
+    pub fn woken(&self) -> bool {
+        (0..self.received)
+            .any(|index| self.lengths[index] == 0 && self.wakers.contains(&self.sources[index]))
+    }
+
     /// Sends every datagram, `BATCH_MAX` per system call. A datagram the
     /// kernel refuses is skipped and counted in [`BatchSocket::send_errors`].
     pub fn send_batch<'a>(
@@ -293,7 +299,8 @@ pub fn serve_while<C: Core>(
         for (from, bytes) in socket.received() {
             core.step(now, from, bytes, &mut outbox);
         }
-        if now.since(last_tick) >= TICK_INTERVAL {
+        // A wake-up means another thread left work for the core's timers.
+        if socket.woken() || now.since(last_tick) >= TICK_INTERVAL {
             last_tick = now;
             core.tick(now, &mut outbox);
         }

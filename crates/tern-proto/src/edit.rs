@@ -3,12 +3,14 @@
 //! functions of the value before and the operand, so every head decides
 //! them alike.
 
-use tern_wire::{VALUE_LEN_MAX, edit};
+use tern_wire::edit;
+#[cfg(test)]
+use tern_wire::VALUE_LEN_MAX;
 
 /// Why an edit is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EditError {
-    /// The value would grow over VALUE_LEN_MAX.
+    /// The value would grow over the replica's longest value.
     TooLarge,
     /// INCRBYFLOAT of a value or operand that is not a decimal float.
     NotNumber,
@@ -19,29 +21,36 @@ pub enum EditError {
 }
 
 /// The value after the edit `kind` at `offset` with `operand`, from
-/// `current` (empty for an absent key); None when nothing changes.
+/// `current` (empty for an absent key); None when nothing changes. The value
+/// may not grow past `limit` bytes.
 pub fn apply(
     kind: u8,
     offset: u64,
     current: &[u8],
     operand: &[u8],
+    limit: usize,
 ) -> Result<Option<Vec<u8>>, EditError> {
     match kind {
-        edit::SET_RANGE => set_range(offset, current, operand),
+        edit::SET_RANGE => set_range(offset, current, operand, limit),
         edit::INCR_BY_FLOAT => incr_by_float(current, operand).map(Some),
-        edit::SET_BIT => set_bit(offset, current, operand).map(Some),
+        edit::SET_BIT => set_bit(offset, current, operand, limit).map(Some),
         _ => Err(EditError::Malformed),
     }
 }
 
-fn set_range(offset: u64, current: &[u8], operand: &[u8]) -> Result<Option<Vec<u8>>, EditError> {
+fn set_range(
+    offset: u64,
+    current: &[u8],
+    operand: &[u8],
+    limit: usize,
+) -> Result<Option<Vec<u8>>, EditError> {
     if operand.is_empty() {
         return Ok(None);
     }
     let end = usize::try_from(offset)
         .ok()
         .and_then(|offset| offset.checked_add(operand.len()))
-        .filter(|end| *end <= VALUE_LEN_MAX)
+        .filter(|end| *end <= limit)
         .ok_or(EditError::TooLarge)?;
     let offset = end - operand.len();
     let mut value = current.to_vec();
@@ -90,7 +99,7 @@ fn incr_by_float(current: &[u8], operand: &[u8]) -> Result<Vec<u8>, EditError> {
     Ok(format_float(sum).into_bytes())
 }
 
-fn set_bit(offset: u64, current: &[u8], operand: &[u8]) -> Result<Vec<u8>, EditError> {
+fn set_bit(offset: u64, current: &[u8], operand: &[u8], limit: usize) -> Result<Vec<u8>, EditError> {
     let on = match operand {
         b"0" => false,
         b"1" => true,
@@ -98,7 +107,7 @@ fn set_bit(offset: u64, current: &[u8], operand: &[u8]) -> Result<Vec<u8>, EditE
     };
     let byte = usize::try_from(offset / 8)
         .ok()
-        .filter(|byte| *byte < VALUE_LEN_MAX)
+        .filter(|byte| *byte < limit)
         .ok_or(EditError::TooLarge)?;
     let mask = 0x80u8 >> (offset % 8);
     let mut value = current.to_vec();
@@ -120,7 +129,7 @@ mod tests {
     #[test]
     fn setrange_pads_overwrites_and_refuses_to_grow_past_the_limit() {
         let run = |offset, current: &[u8], operand: &[u8]| {
-            apply(edit::SET_RANGE, offset, current, operand)
+            apply(edit::SET_RANGE, offset, current, operand, VALUE_LEN_MAX)
         };
         assert_eq!(
             run(6, b"Hello World", b"Redis"),
@@ -141,7 +150,7 @@ mod tests {
     #[test]
     fn incrbyfloat_reads_and_writes_decimals_as_redis_does() {
         let run = |current: &[u8], operand: &[u8]| {
-            apply(edit::INCR_BY_FLOAT, 0, current, operand)
+            apply(edit::INCR_BY_FLOAT, 0, current, operand, VALUE_LEN_MAX)
                 .map(|value| String::from_utf8(value.unwrap()).unwrap())
         };
         assert_eq!(run(b"10.50", b"0.1"), Ok("10.6".into()));
@@ -159,7 +168,7 @@ mod tests {
     #[test]
     fn setbit_counts_bits_from_the_high_end_and_pads() {
         let run =
-            |offset, current: &[u8], operand: &[u8]| apply(edit::SET_BIT, offset, current, operand);
+            |offset, current: &[u8], operand: &[u8]| apply(edit::SET_BIT, offset, current, operand, VALUE_LEN_MAX);
         assert_eq!(run(7, b"", b"1"), Ok(Some(vec![0x01])));
         assert_eq!(run(0, b"\x01", b"1"), Ok(Some(vec![0x81])));
         assert_eq!(run(9, b"\xff", b"1"), Ok(Some(vec![0xff, 0x40])));
@@ -168,6 +177,6 @@ mod tests {
         let last = VALUE_LEN_MAX as u64 * 8 - 1;
         assert_eq!(run(last, b"", b"1").unwrap().unwrap().len(), VALUE_LEN_MAX);
         assert_eq!(run(last + 1, b"", b"1"), Err(EditError::TooLarge));
-        assert_eq!(apply(99, 0, b"", b""), Err(EditError::Malformed));
+        assert_eq!(apply(99, 0, b"", b"", VALUE_LEN_MAX), Err(EditError::Malformed));
     }
 }

@@ -15,6 +15,7 @@ pub mod coordinator;
 mod counters;
 pub mod edit;
 pub mod expiry;
+pub mod large;
 pub mod membership;
 mod outbox;
 pub mod replica;

@@ -89,7 +89,8 @@ impl Outbox {
     }
 
     /// Queues a log record: the datagram `header`, `extensions`, `key`,
-    /// `value` encoded.
+    /// `value` encoded; a value out of band (`extensions.large`) follows
+    /// the datagram, which carries none.
     pub fn journal_push(
         &mut self,
         seq: u64,
@@ -99,8 +100,12 @@ impl Outbox {
         value: &[u8],
     ) {
         let start = self.journal.len();
-        encode_append_with(header, extensions, key, value, &mut self.journal)
+        let inline = if extensions.large.is_some() { &[][..] } else { value };
+        encode_append_with(header, extensions, key, inline, &mut self.journal)
             .expect("cores only journal keys and values within the wire limits");
+        if extensions.large.is_some() {
+            self.journal.extend_from_slice(value);
+        }
         self.journal_index.push((seq, start, self.journal.len()));
     }
 

@@ -10,19 +10,21 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddrV4;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tern_store::{Store, Write};
 use tern_wire::export::{Export, ExportedKey, ExportedOutcome, Named};
 use tern_wire::load::SlotLoad;
 use tern_wire::{
-    DecodeError, Effect, Expiry, Extensions, Header, Message, Op, Status, VALUE_LEN_MAX, expiry,
-    flags,
+    DecodeError, Effect, Expiry, Extensions, Header, Large, Message, Op, Status, VALUE_LEN_MAX,
+    expiry, flags,
 };
 
 use crate::counters::{DecodeDrops, counters};
 use crate::edit::EditError;
 use crate::expiry::{self as expiring, ExpireOutcome, Reaper};
+use crate::large::{Values, Wanted};
 use crate::{Core, Outbox, Time, WallClock};
 
 /// Writes held back while waiting for a gap to be filled.
@@ -165,6 +167,12 @@ counters! {
         reap_requests,
         /// Expired keys this head decided to delete.
         reaped,
+        /// Records whose out-of-band value was fetched from the predecessor.
+        values_fetched,
+        /// Writes decided VALUE_MISSING: their value was not staged here.
+        values_missing,
+        /// Answers too large for a datagram, kept for their client to fetch.
+        large_answers,
     }
 }
 
@@ -259,6 +267,8 @@ pub struct Replica {
     now: Time,
     /// The reap requests this replica has outstanding while it is head.
     reaper: Reaper,
+    /// Values too large for a datagram, shared with the shell.
+    values: Values,
 }
 
 impl Replica {
@@ -288,6 +298,7 @@ impl Replica {
             clock: WallClock::default(),
             now: Time::ZERO,
             reaper: Reaper::new(config.chain[config.position]),
+            values: Values::default(),
             config,
         }
     }
@@ -302,6 +313,17 @@ impl Replica {
     /// Unix milliseconds now, by this replica's clock.
     fn unix_ms(&self) -> u64 {
         self.clock.unix_ms(self.now)
+    }
+
+    /// The table of out-of-band values this replica uses: the shell's, which
+    /// its threads fill and serve from (a replica starts with a table of
+    /// its own, with the default limits).
+    pub fn set_values(&mut self, values: Values) {
+        self.values = values;
+    }
+
+    pub fn values(&self) -> &Values {
+        &self.values
     }
 
     /// Also queue every applied write as a log record (see `Outbox::journal`).
@@ -319,9 +341,20 @@ impl Replica {
         payload: &[u8],
         scratch: &mut Outbox,
     ) -> Result<(), RestoreError> {
-        let message =
-            Message::decode(payload).map_err(|error| RestoreError(format!("record: {error}")))?;
+        let (message, trailer) = Message::decode_with_trailer(payload)
+            .map_err(|error| RestoreError(format!("record: {error}")))?;
         let header = &message.header;
+        // A large value follows its record's datagram.
+        let value = match message.extensions.large {
+            Some(large) if large.names(trailer) => trailer,
+            None if trailer.is_empty() => message.value,
+            _ => {
+                return Err(RestoreError(format!(
+                    "record {}: its value does not match its length and checksum",
+                    header.seq.get()
+                )));
+            }
+        };
         if header.op() != Op::Replicate {
             return Err(RestoreError(format!("a record of op {:?}", header.op())));
         }
@@ -341,7 +374,7 @@ impl Replica {
             .extensions
             .expiry
             .map_or(0, |asked| asked.deadline_ms);
-        self.apply_record(header, message.key, message.value, deadline_ms, scratch);
+        self.apply_record(header, message.key, value, deadline_ms, scratch);
         Ok(())
     }
 
@@ -508,6 +541,7 @@ impl Replica {
             // them): drop them. Nobody after this replica has them either,
             // so none was acknowledged; their clients send them again.
             self.holdback.clear();
+            self.values.unwant();
             self.last_gap_request = None;
             self.highest_seen = self.store.applied_seq();
         }
@@ -536,6 +570,7 @@ impl Replica {
         self.counters = previous.counters.clone();
         self.drops = previous.drops.clone();
         self.clock = previous.clock;
+        self.values = previous.values.clone();
     }
 
     /// After loading a predecessor's state: asks it for everything later.
@@ -619,7 +654,10 @@ impl Replica {
                 reply.status = Status::Ok as u8;
                 reply.set_version(found.version);
                 let deadline = Extensions::deadline(found.deadline_ms);
-                outbox.push_with(to, &reply, &deadline, &[], found.value);
+                let value = found.value;
+                if self.push_answer(to, &reply, deadline, value, outbox) {
+                    self.counters.large_answers += 1;
+                }
             }
             None => {
                 reply.status = Status::NotFound as u8;
@@ -680,27 +718,80 @@ impl Replica {
             self.request_gap(now, outbox);
             return;
         }
-        self.execute(message, outbox);
+        if !self.execute(message, outbox) {
+            // Its value is on its way from the predecessor.
+            self.holdback.entry(seq).or_insert_with(|| bytes.to_vec());
+            return;
+        }
+        self.apply_held(outbox);
+    }
+
+    /// Applies the held-back writes that are next in order.
+    fn apply_held(&mut self, outbox: &mut Outbox) {
         while let Some(entry) = self.holdback.first_entry() {
             if *entry.key() != self.store.applied_seq() + 1 {
                 break;
             }
             let held = entry.remove();
-            let held = Message::decode(&held).expect("held datagrams were decoded once");
-            self.execute(&held, outbox);
+            let message = Message::decode(&held).expect("held datagrams were decoded once");
+            if !self.execute(&message, outbox) {
+                let seq = message.header.seq.get();
+                self.holdback.insert(seq, held);
+                return;
+            }
         }
         if self.holdback.is_empty() {
             self.last_gap_request = None;
         }
     }
 
-    /// Applies the write that carries the next sequence number and sends it on.
-    fn execute(&mut self, message: &Message<'_>, outbox: &mut Outbox) {
+    /// The value a sequenced write brings: in the datagram, or out of band
+    /// (`ext::LARGE`): staged here by its client (for the head to decide;
+    /// `Err(VALUE_MISSING)` when it is not), or, for a decided record,
+    /// fetched from the predecessor (None: not here yet, and asked for).
+    fn value_of(&mut self, message: &Message<'_>) -> Option<Result<Arc<[u8]>, Status>> {
         let header = &message.header;
+        let large = message.extensions.large?;
+        if !message.value.is_empty() {
+            return Some(Err(Status::Malformed));
+        }
+        if header.op() != Op::Replicate {
+            let ids = (header.client_id.get(), header.request_id.get());
+            return Some(self.values.take_staged(ids, &large).ok_or(Status::ValueMissing));
+        }
+        let seq = header.seq.get();
+        if let Some(value) = self.values.record(seq, &large) {
+            return Some(Ok(value));
+        }
+        let asked = self.values.want(Wanted {
+            seq,
+            large,
+            from: self.config.predecessor(),
+        });
+        if asked {
+            self.counters.values_fetched += 1;
+        }
+        None
+    }
+
+    /// Applies the write that carries the next sequence number and sends it
+    /// on; false when it cannot yet, its value being on its way.
+    fn execute(&mut self, message: &Message<'_>, outbox: &mut Outbox) -> bool {
+        let header = &message.header;
+        let out_of_band = match self.value_of(message) {
+            Some(value) => Some(value),
+            None if message.extensions.large.is_some() => return false,
+            None => None,
+        };
+        let operand = match &out_of_band {
+            Some(Ok(value)) => Ok(&value[..]),
+            Some(Err(status)) => Err(*status),
+            None => Ok(message.value),
+        };
         // A REPLICATE carries its head's decision, even at a replica that
         // became head after receiving it (held back across a reconfiguration).
         let decision = if self.config.is_head() && header.op() != Op::Replicate {
-            self.decide(message)
+            self.decide(message, operand)
         } else {
             Decision {
                 effect: header.effect(),
@@ -730,12 +821,11 @@ impl Replica {
         }
         record.set_version(version);
         record.commit_seq.set(self.store.commit_seq());
-        let value = match (effect, &decision.value) {
-            (Effect::Put | Effect::InstallKeys, Some(computed)) => &computed[..],
-            // As decided upstream (a REPLICATE).
-            (Effect::Put | Effect::Install | Effect::InstallKeys | Effect::Outcome, None) => {
-                message.value
-            }
+        let value = match (effect, &decision.value, operand) {
+            (Effect::Put | Effect::InstallKeys, Some(computed), _) => &computed[..],
+            // The client's value, or as decided upstream (a REPLICATE).
+            (Effect::Put | Effect::Install, None, Ok(operand)) => operand,
+            (Effect::InstallKeys | Effect::Outcome, None, _) => message.value,
             _ => &[],
         };
         // Only a written value has a deadline.
@@ -744,8 +834,8 @@ impl Replica {
             _ => 0,
         };
         if self.journaling {
-            let deadline = Extensions::deadline(deadline_ms);
-            outbox.journal_push(header.seq.get(), &record, &deadline, message.key, value);
+            let extensions = record_extensions(deadline_ms, value);
+            outbox.journal_push(header.seq.get(), &record, &extensions, message.key, value);
         }
         // Counted live only: a replay of the log is no load.
         if matches!(record.effect(), Effect::Put | Effect::Delete) {
@@ -753,6 +843,7 @@ impl Replica {
                 .count_write(tern_wire::slot_of(record.key_hash.get()));
         }
         self.apply_record(&record, message.key, value, deadline_ms, outbox);
+        true
     }
 
     /// Applies a decided write (a REPLICATE record) and queues what goes
@@ -848,28 +939,63 @@ impl Replica {
         let mut next = *record;
         next.commit_seq.set(self.store.commit_seq());
         let to = self.config.downstream();
+        let extensions = record_extensions(deadline_ms, value);
+        let inline = if extensions.large.is_some() {
+            // Kept for the successor to fetch while the record is in the
+            // sent log.
+            self.values.keep_record(seq, value.into());
+            &[][..]
+        } else {
+            value
+        };
         if tail {
             next.op = Op::Ack as u8;
             if matches!(result_value, Some(None)) {
                 next.flags |= flags::ANSWER_ABSENT;
             }
             let answer = result_value.flatten();
-            outbox.push(to, &next, &[], answer.as_deref().unwrap_or_default());
+            let answer = answer.as_deref().unwrap_or_default();
+            if self.push_answer(to, &next, Extensions::default(), answer, outbox) {
+                self.counters.large_answers += 1;
+            }
             // The log keeps the record itself: if this replica stops being
             // the tail, it passes the record on instead.
             let mut scratch = std::mem::take(&mut self.scratch);
             scratch.clear();
-            let deadline = Extensions::deadline(deadline_ms);
-            tern_wire::encode_append_with(record, &deadline, key, value, &mut scratch)
+            tern_wire::encode_append_with(record, &extensions, key, inline, &mut scratch)
                 .expect("an applied record fits a datagram");
             self.log_sent(seq, &scratch);
             self.scratch = scratch;
         } else {
-            let deadline = Extensions::deadline(deadline_ms);
-            outbox.push_with(to, &next, &deadline, key, value);
+            outbox.push_with(to, &next, &extensions, key, inline);
             let sent = outbox.iter().last().expect("just pushed").1;
             self.log_sent(seq, sent);
         }
+    }
+
+    /// Queues an answer (a read's REPLY, the tail's ACK) that carries
+    /// `value`: in the datagram when it fits, else kept here for its
+    /// client to fetch, named by `ext::LARGE` with this replica's address
+    /// (then true, for the caller to count).
+    #[must_use]
+    fn push_answer(
+        &self,
+        to: SocketAddrV4,
+        header: &Header,
+        mut extensions: Extensions,
+        value: &[u8],
+        outbox: &mut Outbox,
+    ) -> bool {
+        if value.len() <= VALUE_LEN_MAX {
+            outbox.push_with(to, header, &extensions, &[], value);
+            return false;
+        }
+        let holder = self.config.chain[self.config.position];
+        extensions.large = Some(Large::of(value, holder));
+        let ids = (header.client_id.get(), header.request_id.get());
+        self.values.keep_answer(self.now, ids, value.into());
+        outbox.push_with(to, header, &extensions, &[], &[]);
+        true
     }
 
     /// A datagram that failed to decode: counted, answered when its sender
@@ -923,7 +1049,7 @@ impl Replica {
     }
 
     /// The head's decision for a sequenced client write (DESIGN rules 2, 6).
-    fn decide(&mut self, message: &Message<'_>) -> Decision {
+    fn decide(&mut self, message: &Message<'_>, operand: Result<&[u8], Status>) -> Decision {
         let header = &message.header;
         // The version this write gives its key (its seq, plus the offset a
         // migration into this shard may have added).
@@ -956,6 +1082,17 @@ impl Replica {
             self.counters.dedup_forgotten += 1;
             return decided(Effect::None, Status::Forgotten, 0);
         }
+        // The value the write brings (out of band, it may be missing here).
+        let operand = match operand {
+            Ok(operand) => operand,
+            Err(status) => {
+                if status == Status::ValueMissing {
+                    self.counters.values_missing += 1;
+                }
+                return decided(Effect::None, status, 0);
+            }
+        };
+        let limit = self.values.limit();
         // A value whose deadline has passed by this head's clock is absent
         // to every decision but a migration's version comparisons.
         let now_ms = self.unix_ms();
@@ -1012,7 +1149,7 @@ impl Replica {
                 let parse = |bytes: &[u8]| std::str::from_utf8(bytes).ok()?.parse::<i64>().ok();
                 let sum = match (
                     current.map_or(Some(0), |found| parse(found.value)),
-                    parse(message.value),
+                    parse(operand),
                 ) {
                     (Some(value), Some(delta)) => value.checked_add(delta),
                     _ => None,
@@ -1028,8 +1165,8 @@ impl Replica {
             }
             Op::Append => {
                 let mut value = current.map_or_else(Vec::new, |found| found.value.to_vec());
-                value.extend_from_slice(message.value);
-                if value.len() > VALUE_LEN_MAX {
+                value.extend_from_slice(operand);
+                if value.len() > limit {
                     return decided(Effect::None, Status::TooLarge, version.unwrap_or(0));
                 }
                 Decision {
@@ -1043,7 +1180,7 @@ impl Replica {
                 let (kind, offset) = header.edit();
                 let before = current.map_or(&[][..], |found| found.value);
                 let refused = |status| decided(Effect::None, status, version.unwrap_or(0));
-                match crate::edit::apply(kind, offset, before, message.value) {
+                match crate::edit::apply(kind, offset, before, operand, limit) {
                     Ok(Some(value)) => Decision {
                         value: Some(value),
                         deadline_ms: kept_deadline,
@@ -1144,7 +1281,10 @@ impl Replica {
         {
             return;
         }
-        if matches!(outcome.status, Status::Forgotten | Status::Malformed) {
+        if matches!(
+            outcome.status,
+            Status::Forgotten | Status::Malformed | Status::ValueMissing
+        ) {
             // Nothing to answer a later copy with but the same refusal,
             // which it gets again: keep the room for real outcomes (a
             // malformed INSTALL_OUTCOME must not stand for its client's).
@@ -1259,7 +1399,10 @@ impl Replica {
                 header.flags |= flags::ANSWER_ABSENT;
             }
             let value = answer.flatten().map(|found| found.value.to_vec());
-            outbox.push(to, &header, &[], value.as_deref().unwrap_or_default());
+            let value = value.as_deref().unwrap_or_default();
+            if self.push_answer(to, &header, Extensions::default(), value, outbox) {
+                self.counters.large_answers += 1;
+            }
         }
     }
 
@@ -1482,8 +1625,23 @@ impl Core for Replica {
             outbox.push(self.config.predecessor(), &request, &[], &[]);
         }
         if !self.holdback.is_empty() {
+            // A value fetched since may let the next record apply.
+            self.apply_held(outbox);
             self.request_gap(now, outbox);
         }
+        self.values
+            .trim(now, self.store.commit_seq(), self.sent_log_first_seq);
+    }
+}
+
+/// The extensions of a decided record: its value's deadline, and, for a
+/// value too large for a datagram, its length and checksum (the value
+/// then travels out of band).
+fn record_extensions(deadline_ms: u64, value: &[u8]) -> Extensions {
+    let nowhere = SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0);
+    Extensions {
+        large: (value.len() > VALUE_LEN_MAX).then(|| Large::of(value, nowhere)),
+        ..Extensions::deadline(deadline_ms)
     }
 }
 

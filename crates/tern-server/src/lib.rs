@@ -6,6 +6,7 @@
 //! So a replica never forwards or acknowledges a write it has not persisted,
 //! and one `fdatasync` covers the whole batch (group commit).
 
+mod listener;
 mod member;
 
 use std::io;
@@ -247,6 +248,7 @@ pub fn run(
         None => (Replica::new(config), None),
     };
     let mut socket = BatchSocket::bind(address)?;
+    listener::start(address, &mut socket, replica.values(), None)?;
     tracing::info!(shard, role, %address, durable = journal.is_some(), "replica serving");
     let mut upkeep = Upkeep::new();
     upkeep.after_batch(&mut replica);

@@ -10,21 +10,22 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::net::{SocketAddrV4, TcpListener, TcpStream};
+use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
 use tern_control::ShardId;
 use tern_control::meta::{self, Heartbeats, MetaMap, NodeKind, Refusal, Reply, Request};
-use tern_control::transfer::{self, TRANSFER_TIMEOUT, TransferRequest};
-use tern_net::{BatchSocket, Waker};
+use tern_control::transfer::{self, TransferRequest};
+use tern_net::BatchSocket;
 use tern_proto::membership::{Action, Membership, Start};
 use tern_proto::replica::{Replica, ReplicaConfig};
 use tern_store::log::LogWriter;
 
+use crate::listener::TransferCall;
 use crate::{Durability, Journal, Persistence, ServerError, recover};
 
 /// Marks a data directory whose replica has served as a chain member.
@@ -66,9 +67,6 @@ fn outside(shard: ShardId, addr: SocketAddrV4) -> ReplicaConfig {
         coordinator: addr,
     }
 }
-
-/// A request from the transfer listener, with where to answer it.
-type TransferCall = (TransferRequest, SyncSender<(u32, Vec<u8>)>);
 
 /// Serves one replica of `shard` at `addr` under meta at `nodes`.
 pub fn run(
@@ -149,9 +147,7 @@ pub fn run(
     // migration holds a group's writes while the source's tail exports it).
     let waker = Arc::new(socket.waker()?);
     let (requests_tx, requests) = mpsc::channel::<TransferCall>();
-    std::thread::Builder::new()
-        .name("state-transfer".into())
-        .spawn(move || serve_transfers(addr, requests_tx, waker))?;
+    crate::listener::start(addr, &mut socket, replica.values(), Some((requests_tx, waker)))?;
     tracing::info!(%shard, %addr, role = ?membership.role(), "replica serving under meta");
     let mut failure: Option<ServerError> = None;
     let mut upkeep = crate::Upkeep::new();
@@ -187,6 +183,10 @@ pub fn run(
                                 replica.export_slots(range, since).encode()
                             }
                             TransferRequest::Load => replica.slot_load().encode(),
+                            // Served by the listener itself, never sent here.
+                            TransferRequest::Stage { .. }
+                            | TransferRequest::Record { .. }
+                            | TransferRequest::Answer { .. } => continue,
                         };
                         let _ = answer.try_send((replica.config().epoch, bytes));
                     }
@@ -368,63 +368,6 @@ fn leave(
         std::thread::sleep(Duration::from_millis(50));
     }
     true
-}
-
-/// State-transfer connections served at once; one more is closed at once
-/// (a joining successor and a migration need one or two; the fetcher
-/// tries again).
-const TRANSFER_CONNECTIONS_MAX: usize = 8;
-
-/// Accepts state-transfer connections on `addr` (TCP, the replica's UDP
-/// address) and hands each to the main loop, at most
-/// `TRANSFER_CONNECTIONS_MAX` at once: each has a thread, a bounded request
-/// line and a read timeout. On loopback the port may be briefly taken by
-/// someone's outgoing connection: binding is retried.
-fn serve_transfers(addr: SocketAddrV4, requests: Sender<TransferCall>, waker: Arc<Waker>) {
-    let listener = loop {
-        match TcpListener::bind(addr) {
-            Ok(listener) => break listener,
-            Err(error) => {
-                tracing::warn!(%error, %addr, "cannot listen for state transfers yet");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    };
-    let open = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        if open.fetch_add(1, Ordering::AcqRel) >= TRANSFER_CONNECTIONS_MAX {
-            open.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(
-                limit = TRANSFER_CONNECTIONS_MAX,
-                peer = ?stream.peer_addr().ok(),
-                "too many state-transfer connections: one closed"
-            );
-            continue;
-        }
-        let (requests, open, waker) = (requests.clone(), open.clone(), waker.clone());
-        std::thread::spawn(move || {
-            if let Err(error) = answer_transfer(stream, &requests, &waker) {
-                tracing::debug!(%error, "state transfer not served");
-            }
-            open.fetch_sub(1, Ordering::AcqRel);
-        });
-    }
-}
-
-fn answer_transfer(
-    stream: TcpStream,
-    requests: &Sender<TransferCall>,
-    waker: &Waker,
-) -> io::Result<()> {
-    let request = transfer::read_request(&stream)?;
-    let (answer, served) = mpsc::sync_channel(1);
-    requests.send((request, answer)).map_err(io::Error::other)?;
-    waker.wake();
-    let (epoch, bytes) = served
-        .recv_timeout(TRANSFER_TIMEOUT)
-        .map_err(|_| io::Error::other("nothing served: not a serving member"))?;
-    transfer::write_answer(&stream, epoch, &bytes)
 }
 
 /// Fetches the predecessor's state; retries until it serves `epoch` (it may

@@ -149,6 +149,7 @@ fn start_clients(
             let options = ClientOptions {
                 attempt_timeout: Duration::from_millis(200),
                 deadline: Duration::from_secs(2),
+                ..ClientOptions::default()
             };
             let mut client = Client::with_options(map.clone(), options)?;
             let (keys, recorder, running, start_line) = (

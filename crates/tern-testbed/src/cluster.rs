@@ -1142,6 +1142,7 @@ fn wait_ready(map: &ClusterMap, children: &mut [(Child, ProcessEntry)]) -> Resul
     let options = ClientOptions {
         attempt_timeout: Duration::from_millis(100),
         deadline: Duration::from_millis(100),
+        ..ClientOptions::default()
     };
     let mut client = Client::with_options(map.clone(), options)?;
     let start = Instant::now();
@@ -1294,6 +1295,7 @@ fn status(dir: &Path) -> Result<ExitCode> {
     let options = ClientOptions {
         attempt_timeout: Duration::from_millis(200),
         deadline: Duration::from_millis(400),
+        ..ClientOptions::default()
     };
     let mut client = Client::with_options(map.clone(), options)?;
     // The status line of the process at `address`, and whether it is up.

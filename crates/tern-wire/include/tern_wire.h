@@ -64,6 +64,7 @@
 #define TERN_STATUS_NOT_INTEGER      11
 #define TERN_STATUS_FORGOTTEN        12
 #define TERN_STATUS_NOT_FINITE       13
+#define TERN_STATUS_VALUE_MISSING    14
 
 #define TERN_EFFECT_NONE             0
 #define TERN_EFFECT_PUT              1
@@ -95,7 +96,8 @@
 
 #define TERN_EXT_MAP_VERSION         1
 #define TERN_EXT_EXPIRY              2
-#define TERN_EXTENSIONS_KNOWN        3
+#define TERN_EXT_LARGE               4
+#define TERN_EXTENSIONS_KNOWN        7
 
 #define TERN_INFLIGHT_WRITES_MAX     4096
 #define TERN_SHARD_ID_MAX            64
@@ -181,6 +183,19 @@ struct tern_ext_expiry {
 _Static_assert(sizeof(struct tern_ext_expiry) == 9, "tern_ext_expiry size");
 _Static_assert(__builtin_offsetof(struct tern_ext_expiry, deadline_ms) == 0, "tern_ext_expiry.deadline_ms offset");
 _Static_assert(__builtin_offsetof(struct tern_ext_expiry, mode) == 8, "tern_ext_expiry.mode offset");
+
+struct tern_ext_large {
+	__u32 length;                    /* @0  The value's length in bytes. */
+	__u32 checksum;                  /* @4  CRC-32 (IEEE) of the value. */
+	__be32 holder_ip;                /* @8  On answers, the IPv4 address of the replica holding the value (else 0). */
+	__be16 holder_port;              /* @12 On answers, that replica's port. */
+} __attribute__((packed));
+
+_Static_assert(sizeof(struct tern_ext_large) == 14, "tern_ext_large size");
+_Static_assert(__builtin_offsetof(struct tern_ext_large, length) == 0, "tern_ext_large.length offset");
+_Static_assert(__builtin_offsetof(struct tern_ext_large, checksum) == 4, "tern_ext_large.checksum offset");
+_Static_assert(__builtin_offsetof(struct tern_ext_large, holder_ip) == 8, "tern_ext_large.holder_ip offset");
+_Static_assert(__builtin_offsetof(struct tern_ext_large, holder_port) == 12, "tern_ext_large.holder_port offset");
 
 struct tern_endpoint {
 	__be32 ip;                       /* @0  IPv4 address, network byte order. */
@@ -306,6 +321,8 @@ static inline __attribute__((always_inline)) __u32 tern_extensions_len(__u8 mask
 		len += 8;
 	if (mask & TERN_EXT_EXPIRY)
 		len += 9;
+	if (mask & TERN_EXT_LARGE)
+		len += 14;
 	return len;
 }
 
@@ -315,6 +332,8 @@ static inline __attribute__((always_inline)) int tern_extensions_allowed(__u8 cl
 	if ((mask & TERN_EXT_MAP_VERSION) && !(classes & (TERN_OP_CLASS_ANSWER)))
 		return 0;
 	if ((mask & TERN_EXT_EXPIRY) && !(classes & (TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_INTERNAL | TERN_OP_CLASS_ANSWER)))
+		return 0;
+	if ((mask & TERN_EXT_LARGE) && !(classes & (TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_INTERNAL | TERN_OP_CLASS_ANSWER)))
 		return 0;
 	return 1;
 }
@@ -337,6 +356,7 @@ static inline __attribute__((always_inline)) int tern_status_known(__u8 value)
 	case 11:
 	case 12:
 	case 13:
+	case 14:
 		return 1;
 	default:
 		return 0;

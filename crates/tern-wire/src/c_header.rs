@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use std::mem::size_of;
 
-use crate::extension::{self, ExpiryExtension, MapVersionExtension};
+use crate::extension::{self, ExpiryExtension, LargeExtension, MapVersionExtension};
 use crate::maps::{
     CAS_ATTEMPTS_MAX, CHAIN_LEN_MAX, CLIENT_MACS_MAX, Endpoint, INFLIGHT_WRITES_MAX, SHARD_ID_MAX,
     SLOT_WORDS, ShardCell, ShardRoute, WindowSlot, XDP_COUNTER_COUNT, XdpCounter,
@@ -183,6 +183,12 @@ pub const STRUCTS: &[CStruct] = &[
         name: "tern_ext_expiry",
         fields: ExpiryExtension::FIELDS,
         size: size_of::<ExpiryExtension>(),
+        packed: true,
+    },
+    CStruct {
+        name: "tern_ext_large",
+        fields: LargeExtension::FIELDS,
+        size: size_of::<LargeExtension>(),
         packed: true,
     },
     CStruct {

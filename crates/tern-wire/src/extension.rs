@@ -8,6 +8,7 @@
 //! by one entry in [`KINDS`], a field in [`Extensions`] and its two lines in
 //! `decode` and `encode_into`.
 
+use zerocopy::big_endian as be;
 use zerocopy::little_endian as le;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -27,6 +28,15 @@ pub mod ext {
     /// a read's REPLY, the deadline of the version read. Absent: no
     /// deadline (a SET without options makes a key last).
     pub const EXPIRY: u8 = 2;
+    /// [`super::LargeExtension`]: the write's value, or the answer's, is
+    /// too large for a datagram and travels out of band (over TCP, see
+    /// `tern_control::transfer`): its length and checksum here, the
+    /// datagram's own value empty. On a client write the value was staged
+    /// at the head under the write's client and request ids; on a
+    /// REPLICATE the successor fetches it from its predecessor by seq; on
+    /// a REPLY (or the tail's ACK) the client fetches it from the replica
+    /// named here, under its own ids.
+    pub const LARGE: u8 = 4;
 }
 
 /// Bits of [`ExpiryExtension::mode`]. Every value of the byte is
@@ -82,8 +92,24 @@ mod records {
             pub mode: u8 => "__u8",
         }
     }
+
+    wire_struct! {
+        /// A value carried out of band (`ext::LARGE`).
+        #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[repr(C)]
+        pub struct LargeExtension {
+            /// The value's length in bytes.
+            pub length: le::U32 => "__u32",
+            /// CRC-32 (IEEE) of the value.
+            pub checksum: le::U32 => "__u32",
+            /// On answers, the IPv4 address of the replica holding the value (else 0).
+            pub holder_ip: be::U32 => "__be32",
+            /// On answers, that replica's port.
+            pub holder_port: be::U16 => "__be16",
+        }
+    }
 }
-pub use records::{ExpiryExtension, MapVersionExtension};
+pub use records::{ExpiryExtension, LargeExtension, MapVersionExtension};
 
 /// One kind of extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +138,13 @@ pub const KINDS: &[ExtensionKind] = &[
         len: size_of::<ExpiryExtension>(),
         // Client writes ask for one, REPLICATE carries the decided one,
         // REPLY the one of the version read.
+        carried_by: op_class::CLIENT_WRITE | op_class::INTERNAL | op_class::ANSWER,
+    },
+    ExtensionKind {
+        bit: ext::LARGE,
+        name: "LARGE",
+        len: size_of::<LargeExtension>(),
+        // A client's write, the decided record, the answer.
         carried_by: op_class::CLIENT_WRITE | op_class::INTERNAL | op_class::ANSWER,
     },
 ];
@@ -199,6 +232,36 @@ impl Expiry {
     }
 }
 
+/// A value carried out of band, as an extension names it (`ext::LARGE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Large {
+    pub length: u32,
+    /// CRC-32 of the value ([`Large::checksum_of`]).
+    pub checksum: u32,
+    /// Who holds an answer's value (0.0.0.0:0 on writes).
+    pub holder: std::net::SocketAddrV4,
+}
+
+impl Large {
+    /// The extension for `value`, held by `holder` (unspecified on writes).
+    pub fn of(value: &[u8], holder: std::net::SocketAddrV4) -> Large {
+        Large {
+            length: value.len() as u32,
+            checksum: Large::checksum_of(value),
+            holder,
+        }
+    }
+
+    pub fn checksum_of(value: &[u8]) -> u32 {
+        crc32fast::hash(value)
+    }
+
+    /// Whether `value` is the value this extension names.
+    pub fn names(&self, value: &[u8]) -> bool {
+        value.len() == self.length as usize && Large::checksum_of(value) == self.checksum
+    }
+}
+
 /// The extensions of one datagram, decoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Extensions {
@@ -206,6 +269,8 @@ pub struct Extensions {
     pub map_version: Option<u64>,
     /// `ext::EXPIRY`.
     pub expiry: Option<Expiry>,
+    /// `ext::LARGE`.
+    pub large: Option<Large>,
 }
 
 impl Extensions {
@@ -227,6 +292,9 @@ impl Extensions {
         }
         if self.expiry.is_some() {
             mask |= ext::EXPIRY;
+        }
+        if self.large.is_some() {
+            mask |= ext::LARGE;
         }
         mask
     }
@@ -250,6 +318,19 @@ impl Extensions {
             });
             bytes = rest;
         }
+        if mask & ext::LARGE != 0 {
+            let (record, rest) = LargeExtension::read_from_prefix(bytes)
+                .expect("the caller checked the area's length");
+            extensions.large = Some(Large {
+                length: record.length.get(),
+                checksum: record.checksum.get(),
+                holder: std::net::SocketAddrV4::new(
+                    record.holder_ip.get().into(),
+                    record.holder_port.get(),
+                ),
+            });
+            bytes = rest;
+        }
         debug_assert!(bytes.is_empty());
         extensions
     }
@@ -266,6 +347,15 @@ impl Extensions {
             let record = ExpiryExtension {
                 deadline_ms: le::U64::new(expiry.deadline_ms),
                 mode: expiry.mode,
+            };
+            out.extend_from_slice(record.as_bytes());
+        }
+        if let Some(large) = self.large {
+            let record = LargeExtension {
+                length: le::U32::new(large.length),
+                checksum: le::U32::new(large.checksum),
+                holder_ip: be::U32::new((*large.holder.ip()).into()),
+                holder_port: be::U16::new(large.holder.port()),
             };
             out.extend_from_slice(record.as_bytes());
         }

@@ -23,7 +23,7 @@ pub mod slots;
 
 pub mod c_header;
 
-pub use extension::{Expiry, Extensions, expiry, ext};
+pub use extension::{Expiry, Extensions, Large, expiry, ext};
 pub use header::Header;
 pub use layout::{CStruct, FieldInfo};
 pub use limits::*;
@@ -159,6 +159,12 @@ wire_enum! {
         Forgotten = 12 => "FORGOTTEN",
         /// INCRBYFLOAT whose result would be NaN or infinite.
         NotFinite = 13 => "NOT_FINITE",
+        /// A write whose value travels out of band (`ext::LARGE`) reached a
+        /// head that does not hold it (staged elsewhere, lost with a
+        /// restart, or not matching its checksum): nothing applied, and
+        /// not remembered, so the client stages it again and resends the
+        /// same request.
+        ValueMissing = 14 => "VALUE_MISSING",
     }
 }
 

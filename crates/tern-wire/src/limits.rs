@@ -14,6 +14,9 @@ pub const KEY_LEN_MAX: usize = 256;
 /// Ethernet frame (MTU 1500 minus 28 bytes of IPv4 and UDP headers), which the
 /// kernel fast path needs: it cannot reassemble fragments.
 pub const VALUE_LEN_MAX: usize = 1024;
+/// Longest value a replica accepts out of band (`ext::LARGE`) unless
+/// configured otherwise, in bytes: 16 MiB.
+pub const LARGE_VALUE_LEN_DEFAULT: usize = 16 << 20;
 /// Longest extension area, in bytes (every extension at once fits).
 pub const EXTENSIONS_LEN_MAX: usize = 64;
 /// Largest datagram Tern sends or accepts, in bytes.

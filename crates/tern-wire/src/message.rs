@@ -145,6 +145,21 @@ impl<'a> Message<'a> {
         })
     }
 
+    /// Decodes a datagram at the start of `bytes` (its length from its
+    /// header) and returns it with the bytes after it: a log record of a
+    /// large value is its datagram followed by the value.
+    pub fn decode_with_trailer(bytes: &'a [u8]) -> Result<(Self, &'a [u8]), DecodeError> {
+        let Ok((header, _)) = Header::read_from_prefix(bytes) else {
+            return Err(DecodeError::Truncated { len: bytes.len() });
+        };
+        let announced = HEADER_LEN
+            + extensions_len(header.extensions)
+            + usize::from(header.key_len.get())
+            + usize::from(header.value_len.get());
+        let (datagram, trailer) = bytes.split_at(announced.min(bytes.len()));
+        Ok((Message::decode(datagram)?, trailer))
+    }
+
     /// The header of a datagram that failed to decode, when one can be read,
     /// so that the receiver can answer the sender with an error.
     pub fn readable_header(bytes: &[u8]) -> Option<Header> {

@@ -201,6 +201,7 @@ proptest! {
         header in arbitrary_header(),
         version in prop::option::of(any::<u64>()),
         expiry in prop::option::of((any::<u64>(), any::<u8>())),
+        large in prop::option::of((any::<u32>(), any::<u32>(), any::<u32>(), any::<u16>())),
         key in prop::collection::vec(any::<u8>(), 0..8),
     ) {
         let mut header = header;
@@ -208,17 +209,25 @@ proptest! {
         let extensions = Extensions {
             map_version: version,
             expiry: expiry.map(|(deadline_ms, mode)| Expiry { deadline_ms, mode }),
+            large: large.map(|(length, checksum, ip, port)| Large {
+                length,
+                checksum,
+                holder: std::net::SocketAddrV4::new(ip.into(), port),
+            }),
         };
         let mut bytes = Vec::new();
         encode_append_with(&header, &extensions, &key, b"", &mut bytes).unwrap();
-        let area = 8 * usize::from(version.is_some()) + 9 * usize::from(expiry.is_some());
+        let area = 8 * usize::from(version.is_some())
+            + 9 * usize::from(expiry.is_some())
+            + 14 * usize::from(large.is_some());
         prop_assert_eq!(bytes.len(), HEADER_LEN + area + key.len());
-        // Who may carry what: MAP_VERSION answers; EXPIRY client writes,
-        // internal messages and answers.
+        // Who may carry what: MAP_VERSION answers; EXPIRY and LARGE client
+        // writes, internal messages and answers.
         let classes = header.op().classes();
+        let writes = op_class::CLIENT_WRITE | op_class::INTERNAL | op_class::ANSWER;
         let allowed = (version.is_none() || classes & op_class::ANSWER != 0)
-            && (expiry.is_none()
-                || classes & (op_class::CLIENT_WRITE | op_class::INTERNAL | op_class::ANSWER) != 0);
+            && (expiry.is_none() || classes & writes != 0)
+            && (large.is_none() || classes & writes != 0);
         match Message::decode(&bytes) {
             Ok(message) => {
                 prop_assert!(allowed);

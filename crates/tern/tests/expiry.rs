@@ -64,6 +64,7 @@ fn expired_keys_are_never_read_across_restarts_and_failover_and_their_memory_com
                 let options = ClientOptions {
                     attempt_timeout: Duration::from_millis(100),
                     deadline: Duration::from_millis(500),
+                    ..ClientOptions::default()
                 };
                 let mut client = Client::with_options(map, options).unwrap();
                 let mut index = reader;

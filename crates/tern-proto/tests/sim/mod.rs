@@ -174,15 +174,70 @@ impl Sim {
         gone
     }
 
-    /// Delivers until the network is empty (bounded, to catch livelock).
+    /// Delivers until the network is empty (bounded, to catch livelock),
+    /// moving out-of-band values as the shells' fetchers would.
     pub fn deliver_all(&mut self) {
         for _ in 0..100_000 {
             let Some(datagram) = self.network.pop_front() else {
+                if self.move_values() {
+                    continue;
+                }
                 return;
             };
             self.receive(datagram);
         }
         panic!("the network never went quiet");
+    }
+
+    /// What a replica shell's fetcher does: hands each replica the value
+    /// of the record it waits for, from the replica it names, and runs its
+    /// timers (the wake-up). Whether anything moved.
+    pub fn move_values(&mut self) -> bool {
+        let mut moved = false;
+        for index in 0..self.replicas.len() {
+            let Some(wanted) = self.replicas[index]
+                .values()
+                .wait_wanted(Duration::ZERO)
+            else {
+                continue;
+            };
+            let Some(source) = self.chain.iter().position(|a| *a == wanted.from) else {
+                continue;
+            };
+            let Some(value) = self.replicas[source]
+                .values()
+                .record(wanted.seq, &wanted.large)
+            else {
+                continue;
+            };
+            if self.replicas[index]
+                .values()
+                .deliver(wanted.seq, value.to_vec())
+            {
+                moved = true;
+                let now = self.now;
+                self.replicas[index].tick(now, &mut self.outbox);
+                self.flush(self.chain[index]);
+            }
+        }
+        moved
+    }
+
+    /// Gives every replica a table of out-of-band values of its own with
+    /// these limits.
+    pub fn with_value_limits(mut self, limit: usize, budget: usize) -> Sim {
+        for replica in &mut self.replicas {
+            replica.set_values(tern_proto::large::Values::new(limit, budget));
+        }
+        self
+    }
+
+    /// Stages a client's value at the head, as the client does over TCP.
+    pub fn stage(&mut self, request_id: u64, value: &[u8]) {
+        self.replicas[0]
+            .values()
+            .stage(self.now, (42, request_id), value.to_vec())
+            .unwrap();
     }
 
     /// Delivers everything except datagrams matching `held`, which stay queued.

@@ -1,0 +1,119 @@
+//! Values too large for a datagram, on the client's side: a write's value is
+//! staged at its shard's head over TCP before the write is sent (the write
+//! then names it by `ext::LARGE`), and a reply that names a large answer is
+//! completed by fetching it from the replica the reply names
+//! (`tern_control::transfer`, `tern_proto::large` on the replica's side).
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+use tern_control::transfer::{ValueError, ValueLink, ValueRefusal};
+use tern_wire::VALUE_LEN_MAX;
+
+use crate::{ClientError, Reply};
+
+/// How long a client waits for room at a head whose table is full before
+/// it gives up on a write (it was not sent).
+const FULL_FOR: Duration = Duration::from_secs(3);
+
+/// Whether a value travels out of band.
+pub fn is_large(value: &[u8]) -> bool {
+    value.len() > VALUE_LEN_MAX
+}
+
+/// A client's connections to replicas for large values, kept open.
+#[derive(Debug, Default)]
+pub struct Links {
+    links: HashMap<SocketAddrV4, ValueLink>,
+}
+
+impl Links {
+    /// Runs `request` on the connection to `to`, connecting (again) when
+    /// there is none or it failed; one reconnection per call.
+    fn with_link<T>(
+        &mut self,
+        to: SocketAddrV4,
+        mut request: impl FnMut(&mut ValueLink) -> Result<T, ValueError>,
+    ) -> Result<T, ValueError> {
+        for attempt in 0..2 {
+            let link = match self.links.entry(to) {
+                std::collections::hash_map::Entry::Occupied(link) => link.into_mut(),
+                std::collections::hash_map::Entry::Vacant(room) => {
+                    room.insert(ValueLink::connect(to)?)
+                }
+            };
+            match request(link) {
+                Err(ValueError::Io(error)) => {
+                    self.links.remove(&to);
+                    if attempt == 1 {
+                        return Err(ValueError::Io(error));
+                    }
+                }
+                // A refused stage closes the connection (its value unread).
+                Err(refused @ ValueError::Refused(_)) => {
+                    self.links.remove(&to);
+                    return Err(refused);
+                }
+                done => return done,
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    /// Stages `value` for the write (client, request) at the head `head`,
+    /// waiting while its table is full.
+    pub fn stage(
+        &mut self,
+        head: SocketAddrV4,
+        ids: (u64, u64),
+        value: &[u8],
+    ) -> Result<(), ClientError> {
+        let start = Instant::now();
+        loop {
+            match self.with_link(head, |link| link.stage(ids.0, ids.1, value)) {
+                Ok(()) => return Ok(()),
+                Err(ValueError::Refused(ValueRefusal::Full)) if start.elapsed() < FULL_FOR => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(ValueError::Refused(ValueRefusal::TooLarge { limit })) => {
+                    return Err(ClientError::ValueTooLarge {
+                        len: value.len(),
+                        limit: limit as usize,
+                    });
+                }
+                Err(ValueError::Refused(refusal)) => {
+                    return Err(ClientError::Io(std::io::Error::other(format!(
+                        "value not staged at {head}: {refusal:?}"
+                    ))));
+                }
+                Err(ValueError::Io(error)) => return Err(ClientError::Io(error)),
+            }
+        }
+    }
+
+    /// Completes a reply that names a large answer with its value, fetched
+    /// from the replica holding it. False when that replica no longer
+    /// holds it (the caller asks again).
+    pub fn complete(&mut self, reply: &mut Reply) -> Result<bool, ClientError> {
+        let Some(large) = reply.extensions.large else {
+            return Ok(true);
+        };
+        let ids = (
+            reply.header.client_id.get(),
+            reply.header.request_id.get(),
+        );
+        let fetched = self.with_link(large.holder, |link| {
+            link.answer(ids.0, ids.1, large.length)
+        });
+        match fetched {
+            Ok(value) if large.names(&value) => {
+                reply.value = value;
+                reply.extensions.large = None;
+                Ok(true)
+            }
+            Ok(_) | Err(ValueError::Refused(_)) => Ok(false),
+            Err(ValueError::Io(error)) => Err(ClientError::Io(error)),
+        }
+    }
+}
