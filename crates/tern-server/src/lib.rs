@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tern_net::BatchSocket;
 use tern_proto::Outbox;
+pub use tern_proto::large::Values;
 use tern_proto::replica::{Replica, ReplicaConfig, RestoreError};
 use tern_store::log::{self, LogWriter};
 use thiserror::Error;
@@ -230,10 +231,20 @@ fn wall_clock() -> tern_proto::WallClock {
     tern_proto::WallClock::with_offset(tern_net::wall_offset_ms() + skew)
 }
 
+/// The longest value a replica may be configured to take: its log record
+/// must fit `tern_store::log::RECORD_PAYLOAD_MAX`.
+pub const LARGE_VALUE_LEN_MOST: usize = 256 << 20;
+
+/// The memory for large values of a replica unless configured otherwise.
+pub const fn large_budget_default() -> usize {
+    tern_proto::large::BUDGET_DEFAULT
+}
+
 /// Serves one replica until `shutdown` is set.
 pub fn run(
     config: ReplicaConfig,
     persistence: Option<Persistence>,
+    values: Values,
     shutdown: &AtomicBool,
 ) -> Result<(), ServerError> {
     let address = config.chain[config.position];
@@ -247,6 +258,7 @@ pub fn run(
         }
         None => (Replica::new(config), None),
     };
+    replica.set_values(values);
     let mut socket = BatchSocket::bind(address)?;
     listener::start(address, &mut socket, replica.values(), None)?;
     tracing::info!(shard, role, %address, durable = journal.is_some(), "replica serving");

@@ -74,6 +74,7 @@ pub fn run(
     shard: ShardId,
     nodes: Vec<SocketAddrV4>,
     persistence: Option<Persistence>,
+    values: tern_proto::large::Values,
     shutdown: &AtomicBool,
 ) -> Result<(), ServerError> {
     let heartbeats = Heartbeats::start(
@@ -112,6 +113,7 @@ pub fn run(
             None,
         ),
     };
+    replica.set_values(values);
     let has_state = replica.store().applied_seq() > 0;
     let journal = RefCell::new(journal);
     let (mut membership, start) = Membership::start(map.version, start_config, has_state, marked);

@@ -16,8 +16,11 @@ use std::path::{Path, PathBuf};
 
 /// A segment is closed and a new one started past this size, in bytes.
 pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
-/// Longest record payload accepted on replay, in bytes.
-pub const RECORD_PAYLOAD_MAX: usize = 1 << 20;
+/// Longest record payload, in bytes: a large value's record carries the
+/// value (up to 256 MiB, the most a replica may be configured to take,
+/// `tern_proto::large`) after its datagram. Longer is a torn or corrupt
+/// length on replay.
+pub const RECORD_PAYLOAD_MAX: usize = (256 << 20) + 4096;
 /// Bytes of framing before each payload.
 pub const RECORD_HEADER_LEN: usize = 16;
 const SNAPSHOT_MAGIC: &[u8; 8] = b"TERNSNAP";

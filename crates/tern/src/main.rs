@@ -43,6 +43,10 @@ enum Command {
         /// Print `VERSION<TAB>VALUE` (the version is what `cas` expects).
         #[arg(long)]
         with_version: bool,
+        /// Write the value's bytes as they are to this file (`-`: standard
+        /// output) instead of printing it as text.
+        #[arg(long)]
+        value_file: Option<PathBuf>,
     },
     /// Write a key; prints its new version.
     Put {
@@ -149,7 +153,11 @@ fn main() -> ExitCode {
 
 fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
     match command {
-        Command::Get { key, with_version } => data::get(&load_map(cluster)?, &key, with_version),
+        Command::Get {
+            key,
+            with_version,
+            value_file,
+        } => data::get(&load_map(cluster)?, &key, with_version, value_file.as_deref()),
         Command::Put {
             key,
             value,

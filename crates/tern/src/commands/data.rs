@@ -1,6 +1,6 @@
 //! The client commands: get, put, del, cas, expire, ttl, stats.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,11 +11,33 @@ use tern_client::{
     CasOutcome, Client, ClusterMap, Deadline, ExpireCondition, Lifetime, SetCondition,
 };
 use tern_testbed::cluster;
-use tern_wire::{Op, VALUE_LEN_MAX};
+use tern_wire::{LARGE_VALUE_LEN_DEFAULT, Op};
 
-pub fn get(map: &ClusterMap, key: &str, with_version: bool) -> Result<ExitCode> {
+/// Prints the key's value (as text), or writes its bytes as they are to
+/// `value_file` (`-`: standard output).
+pub fn get(
+    map: &ClusterMap,
+    key: &str,
+    with_version: bool,
+    value_file: Option<&Path>,
+) -> Result<ExitCode> {
     let mut client = Client::new(map.clone())?;
     match client.get(key.as_bytes())? {
+        Some(found) if value_file.is_some() => {
+            let path = value_file.expect("just checked");
+            if path == Path::new("-") {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&found.value)?;
+                out.flush()?;
+            } else {
+                std::fs::write(path, &found.value)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if with_version {
+                eprintln!("version {}", found.version);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Some(found) => {
             let value = String::from_utf8_lossy(&found.value);
             if with_version {
@@ -33,19 +55,28 @@ pub fn get(map: &ClusterMap, key: &str, with_version: bool) -> Result<ExitCode> 
 }
 
 /// A value from a file, or from standard input for `-`; one over the
-/// value limit is refused before anything is sent, naming the limit.
+/// value limit is refused before it is read whole, naming the limit.
 pub fn read_value(path: &Path) -> Result<Vec<u8>> {
-    let value = if path == Path::new("-") {
-        let mut value = Vec::new();
-        std::io::stdin().read_to_end(&mut value)?;
-        value
+    let limit = LARGE_VALUE_LEN_DEFAULT;
+    let mut value = Vec::new();
+    let read = if path == Path::new("-") {
+        std::io::stdin()
+            .lock()
+            .take(limit as u64 + 1)
+            .read_to_end(&mut value)
     } else {
-        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+        std::fs::File::open(path)
+            .and_then(|file| file.take(limit as u64 + 1).read_to_end(&mut value))
     };
-    if value.len() > VALUE_LEN_MAX {
+    read.with_context(|| format!("reading {}", path.display()))?;
+    if value.len() > limit {
         anyhow::bail!(
-            "the value of {} bytes exceeds the limit of {VALUE_LEN_MAX} bytes",
-            value.len()
+            "the value of {} exceeds the limit of {limit} bytes",
+            if path == Path::new("-") {
+                "standard input".to_string()
+            } else {
+                path.display().to_string()
+            }
         );
     }
     Ok(value)

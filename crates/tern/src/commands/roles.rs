@@ -36,6 +36,15 @@ pub struct ServerArgs {
     /// Log records between snapshots (a snapshot lets older log go).
     #[arg(long, default_value_t = 200_000)]
     pub snapshot_every: u64,
+    /// Longest value accepted, in bytes (at most 256 MiB); values over
+    /// 1024 bytes travel out of band over TCP.
+    #[arg(long, default_value_t = tern_wire::LARGE_VALUE_LEN_DEFAULT)]
+    pub value_limit: usize,
+    /// Memory for large values in flight (staged, kept for the successor,
+    /// answers waiting for their client), in bytes; staging waits while
+    /// it is used up.
+    #[arg(long, default_value_t = tern_server::large_budget_default())]
+    pub value_memory: usize,
 }
 
 /// Run the coordinator of every shard whose coordinator address is LISTEN.
@@ -123,8 +132,15 @@ pub fn server(map: &ClusterMap, args: ServerArgs) -> Result<ExitCode> {
         durability,
         sync_interval_ms,
         snapshot_every,
+        value_limit,
+        value_memory,
     } = args;
     init_logging();
+    let most = tern_server::LARGE_VALUE_LEN_MOST;
+    if value_limit > most {
+        bail!("--value-limit {value_limit} exceeds the most a replica takes, {most} bytes");
+    }
+    let values = tern_server::Values::new(value_limit, value_memory);
     let shutdown = signals::shutdown_flag();
     let durability = match durability {
         DurabilityArg::Always => tern_server::Durability::Always,
@@ -143,14 +159,15 @@ pub fn server(map: &ClusterMap, args: ServerArgs) -> Result<ExitCode> {
             bail!("a cluster without meta has a static chain: give --replica");
         };
         let config = replica_config(map, shard, replica)?;
-        tern_server::run(config, persistence, shutdown)?;
+        tern_server::run(config, persistence, values, shutdown)?;
     } else {
         let addr = match (listen, replica) {
             (Some(listen), _) => listen,
             (None, Some(replica)) => replica_config(map, shard, replica)?.chain[replica],
             (None, None) => unreachable!("clap requires one"),
         };
-        tern_server::run_under_meta(addr, shard, map.meta.clone(), persistence, shutdown)?;
+        let meta = map.meta.clone();
+        tern_server::run_under_meta(addr, shard, meta, persistence, values, shutdown)?;
     }
     Ok(ExitCode::SUCCESS)
 }
