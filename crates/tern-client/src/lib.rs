@@ -452,6 +452,12 @@ impl Client {
         }
     }
 
+    /// Sends `call` for `key` and waits for its reply: the requests of
+    /// [`answer`], one at a time (a [`Pipeline`] sends many).
+    pub fn call(&mut self, key: &[u8], call: answer::Call<'_>) -> Result<Reply, ClientError> {
+        self.send(key, call)
+    }
+
     /// Sends an administrative request (PING, STATS) to one process.
     pub fn admin(
         &mut self,

@@ -82,6 +82,32 @@ pub fn plan<'a>(
     args: &'a [Vec<u8>],
     delta: &'a mut Option<Vec<u8>>,
 ) -> Option<Result<Plan<'a>, Frame>> {
+    if args.iter().any(|arg| tern_client::large::is_large(arg)) {
+        // A value too large for a datagram is staged before its write is
+        // sent (the client's blocking way): its command runs alone
+        // (`run_alone`).
+        return None;
+    }
+    plan_calls(name, args, delta)
+}
+
+/// A planned command with a value too large for a datagram, its calls one
+/// after the other through the blocking client.
+pub fn run_alone(client: &mut tern_client::Client, plan: Plan<'_>) -> Frame {
+    let replies = plan
+        .calls
+        .into_iter()
+        .map(|(key, call)| client.call(key, call))
+        .collect();
+    finish(plan.finish, replies)
+}
+
+/// The plan of a command, whatever the size of its values.
+pub fn plan_calls<'a>(
+    name: &str,
+    args: &'a [Vec<u8>],
+    delta: &'a mut Option<Vec<u8>>,
+) -> Option<Result<Plan<'a>, Frame>> {
     let arity = || Err(arity_error(name));
     Some(match (name, args) {
         ("GET", [key]) => Ok(Plan::one(key, Call::get(), Finish::Value)),

@@ -27,7 +27,6 @@ use std::time::Duration;
 use resp::{Frame, Parser};
 use tern_client::expiry::unix_now_ms;
 use tern_client::{Client, ClientError, ClusterMap};
-use tern_wire::VALUE_LEN_MAX;
 
 /// How often blocked accept and read calls look at the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
@@ -224,9 +223,9 @@ fn tern_error(error: ClientError) -> Frame {
         ClientError::NotInteger => integer_error(),
         ClientError::NotFloat => Frame::error("ERR value is not a valid float"),
         ClientError::NotFinite => Frame::error("ERR increment would produce NaN or Infinity"),
-        ClientError::ResultTooLarge => Frame::error(format!(
-            "ERR string exceeds maximum allowed size (Tern values are limited to {VALUE_LEN_MAX} bytes)"
-        )),
+        ClientError::ResultTooLarge => Frame::error(
+            "ERR string exceeds maximum allowed size (the longest value the Tern replicas take)",
+        ),
         ClientError::KeyTooLarge { .. } | ClientError::ValueTooLarge { .. } => {
             Frame::error(format!("ERR {error}"))
         }
@@ -661,11 +660,20 @@ impl<'a> Connection<'a> {
                 },
                 _ => arity_error(&name),
             },
+            _ if batch::is_planned(&name) => {
+                let mut delta = None;
+                match batch::plan_calls(&name, args, &mut delta) {
+                    Some(Ok(plan)) => batch::run_alone(&mut self.client, plan),
+                    Some(Err(refusal)) => refusal,
+                    None => Frame::error(format!("ERR unknown command '{name}'")),
+                }
+            }
             _ => {
                 let beginning: Vec<String> = args
                     .iter()
                     .take(3)
-                    .map(|arg| format!("'{}'", String::from_utf8_lossy(arg)))
+                    // Redis quotes at most 128 bytes of each.
+                    .map(|arg| format!("'{}'", String::from_utf8_lossy(&arg[..arg.len().min(128)])))
                     .collect();
                 Frame::error(format!(
                     "ERR unknown command '{}', with args beginning with: {}",

@@ -8,9 +8,11 @@
 //! buffered for it.
 
 /// Largest bulk string accepted in a command, in bytes (Redis:
-/// `proto-max-bulk-len`). Tern values are far smaller; the bound keeps a bad
+/// `proto-max-bulk-len`, 512 MB there): twice the replicas' default value
+/// limit, so that a value over that limit is read and refused with an
+/// error naming it while the connection stays open; the bound keeps a bad
 /// client from exhausting memory.
-pub const BULK_LEN_MAX: usize = 1 << 20;
+pub const BULK_LEN_MAX: usize = 32 << 20;
 /// Most arguments accepted in one command (Redis: `INT_MAX`; here enough
 /// for any command Tern serves).
 pub const ARGUMENTS_MAX: usize = 1 << 20;
@@ -20,7 +22,7 @@ pub const INLINE_MAX: usize = 64 * 1024;
 /// Most bytes one command may hold while it arrives: its arguments so far
 /// and the bulk string it is in (Redis: `client-query-buffer-limit`, 1 GB
 /// there). Bounds a connection's input memory.
-pub const QUERY_BUFFER_MAX: usize = 16 << 20;
+pub const QUERY_BUFFER_MAX: usize = 64 << 20;
 /// What one argument costs besides its bytes, counted against
 /// [`QUERY_BUFFER_MAX`] (so a million empty ones count too).
 const ARGUMENT_OVERHEAD: usize = std::mem::size_of::<Vec<u8>>();
