@@ -99,13 +99,8 @@ impl Links {
         let Some(large) = reply.extensions.large else {
             return Ok(true);
         };
-        let ids = (
-            reply.header.client_id.get(),
-            reply.header.request_id.get(),
-        );
-        let fetched = self.with_link(large.holder, |link| {
-            link.answer(ids.0, ids.1, large.length)
-        });
+        let ids = (reply.header.client_id.get(), reply.header.request_id.get());
+        let fetched = self.with_link(large.holder, |link| link.answer(ids.0, ids.1, large.length));
         match fetched {
             Ok(value) if large.names(&value) => {
                 reply.value = value;

@@ -474,7 +474,15 @@ impl Client {
         let mut header = Header::new(op, shard.get(), epoch);
         header.client_id.set(self.client_id.get());
         let request_id = self.take_request_id();
-        self.exchange(to, header, request_id, &Extensions::default(), &[], &[], false)
+        self.exchange(
+            to,
+            header,
+            request_id,
+            &Extensions::default(),
+            &[],
+            &[],
+            false,
+        )
     }
 
     fn take_request_id(&mut self) -> u64 {
@@ -496,7 +504,15 @@ impl Client {
                     request_header(&self.map, self.client_id, key, &call, limit)?;
                 let request_id = self.take_request_id();
                 let (extensions, value) = (&call.extensions, call.value);
-                self.exchange(coordinator, header, request_id, extensions, key, value, true)?
+                self.exchange(
+                    coordinator,
+                    header,
+                    request_id,
+                    extensions,
+                    key,
+                    value,
+                    true,
+                )?
             };
             if reply.status == Status::StaleEpoch {
                 return Err(ClientError::StaleEpoch {
@@ -532,15 +548,31 @@ impl Client {
                 request_header(&self.map, self.client_id, key, &call, limit)?;
             let head = self.map.shard_of_key_hash(key_hash(key)).replicas[0];
             let ids = (self.client_id.get(), request_id);
-            self.links.stage(head, ids, call.value)?;
-            let reply = self.exchange(coordinator, header, request_id, &extensions, key, &[], true)?;
-            if reply.status != Status::ValueMissing || start.elapsed() >= self.options.deadline {
-                return Ok(reply);
+            match self.links.stage(head, ids, call.value) {
+                // A head that failed, or left the chain: the map names the
+                // next one.
+                Err(ClientError::Io(_)) if start.elapsed() < self.options.deadline => {}
+                Err(error) => return Err(error),
+                Ok(()) => {
+                    let reply = self.exchange(
+                        coordinator,
+                        header,
+                        request_id,
+                        &extensions,
+                        key,
+                        &[],
+                        true,
+                    )?;
+                    if reply.status != Status::ValueMissing
+                        || start.elapsed() >= self.options.deadline
+                    {
+                        return Ok(reply);
+                    }
+                }
             }
-            let mut refreshed = header;
-            let mut to = coordinator;
+            let (mut refreshed, mut to) = (header, coordinator);
             self.refresh_route(&mut refreshed, &mut to, (&extensions, key, &[]));
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -273,7 +273,9 @@ impl ValueLink {
     /// Reads an answer of at most `length_max` bytes, or a refusal.
     fn answer_of(&mut self, length_max: usize) -> Result<Vec<u8>, ValueError> {
         let mut line = String::new();
-        (&mut self.reader).take(REQUEST_LINE_MAX).read_line(&mut line)?;
+        (&mut self.reader)
+            .take(REQUEST_LINE_MAX)
+            .read_line(&mut line)?;
         if let Some(refusal) = ValueRefusal::parse(&line) {
             return Err(ValueError::Refused(refusal));
         }

@@ -3,9 +3,9 @@
 //! functions of the value before and the operand, so every head decides
 //! them alike.
 
-use tern_wire::edit;
 #[cfg(test)]
 use tern_wire::VALUE_LEN_MAX;
+use tern_wire::edit;
 
 /// Why an edit is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +99,12 @@ fn incr_by_float(current: &[u8], operand: &[u8]) -> Result<Vec<u8>, EditError> {
     Ok(format_float(sum).into_bytes())
 }
 
-fn set_bit(offset: u64, current: &[u8], operand: &[u8], limit: usize) -> Result<Vec<u8>, EditError> {
+fn set_bit(
+    offset: u64,
+    current: &[u8],
+    operand: &[u8],
+    limit: usize,
+) -> Result<Vec<u8>, EditError> {
     let on = match operand {
         b"0" => false,
         b"1" => true,
@@ -167,8 +172,9 @@ mod tests {
 
     #[test]
     fn setbit_counts_bits_from_the_high_end_and_pads() {
-        let run =
-            |offset, current: &[u8], operand: &[u8]| apply(edit::SET_BIT, offset, current, operand, VALUE_LEN_MAX);
+        let run = |offset, current: &[u8], operand: &[u8]| {
+            apply(edit::SET_BIT, offset, current, operand, VALUE_LEN_MAX)
+        };
         assert_eq!(run(7, b"", b"1"), Ok(Some(vec![0x01])));
         assert_eq!(run(0, b"\x01", b"1"), Ok(Some(vec![0x81])));
         assert_eq!(run(9, b"\xff", b"1"), Ok(Some(vec![0xff, 0x40])));
@@ -177,6 +183,9 @@ mod tests {
         let last = VALUE_LEN_MAX as u64 * 8 - 1;
         assert_eq!(run(last, b"", b"1").unwrap().unwrap().len(), VALUE_LEN_MAX);
         assert_eq!(run(last + 1, b"", b"1"), Err(EditError::TooLarge));
-        assert_eq!(apply(99, 0, b"", b"", VALUE_LEN_MAX), Err(EditError::Malformed));
+        assert_eq!(
+            apply(99, 0, b"", b"", VALUE_LEN_MAX),
+            Err(EditError::Malformed)
+        );
     }
 }

@@ -105,7 +105,10 @@ impl Values {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic elsewhere leaves the table consistent: each change is
         // made whole under the lock.
-        self.inner.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The longest value accepted.
@@ -133,12 +136,7 @@ impl Values {
 
     /// Stages a client's value for its write (client, request); a value
     /// staged again replaces the first.
-    pub fn stage(
-        &self,
-        now: Time,
-        ids: (u64, u64),
-        value: Vec<u8>,
-    ) -> Result<(), StageRefusal> {
+    pub fn stage(&self, now: Time, ids: (u64, u64), value: Vec<u8>) -> Result<(), StageRefusal> {
         self.admits(value.len())?;
         let mut inner = self.lock();
         inner.expire(now);
@@ -166,7 +164,9 @@ impl Values {
     /// Waits up to `timeout` for a record the core wants.
     pub fn wait_wanted(&self, timeout: Duration) -> Option<Wanted> {
         let (mutex, condvar) = &*self.inner;
-        let inner = mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let inner = mutex
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (inner, _) = condvar
             .wait_timeout_while(inner, timeout, |inner| inner.wanted.is_none())
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -306,15 +306,25 @@ mod tests {
         );
         values.stage(now, (1, 1), vec![1; 10]).unwrap();
         values.stage(now, (1, 2), vec![2; 10]).unwrap();
-        assert_eq!(values.stage(now, (1, 3), vec![3; 10]), Err(StageRefusal::Full));
+        assert_eq!(
+            values.stage(now, (1, 3), vec![3; 10]),
+            Err(StageRefusal::Full)
+        );
         let named = Large::of(&[1; 10], NOWHERE);
         assert_eq!(values.take_staged((1, 2), &named), None, "another value");
-        assert_eq!(values.take_staged((1, 1), &named).as_deref(), Some(&[1; 10][..]));
+        assert_eq!(
+            values.take_staged((1, 1), &named).as_deref(),
+            Some(&[1; 10][..])
+        );
         assert_eq!(values.take_staged((1, 1), &named), None, "taken once");
         assert_eq!(values.used(), 0);
         values.stage(now, (1, 3), vec![3; 10]).unwrap();
         values.trim(now + STAGED_FOR, 0, 0);
-        assert_eq!(values.used(), 0, "a staged value waits for its write only so long");
+        assert_eq!(
+            values.used(),
+            0,
+            "a staged value waits for its write only so long"
+        );
     }
 
     #[test]

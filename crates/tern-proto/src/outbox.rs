@@ -100,7 +100,11 @@ impl Outbox {
         value: &[u8],
     ) {
         let start = self.journal.len();
-        let inline = if extensions.large.is_some() { &[][..] } else { value };
+        let inline = if extensions.large.is_some() {
+            &[][..]
+        } else {
+            value
+        };
         encode_append_with(header, extensions, key, inline, &mut self.journal)
             .expect("cores only journal keys and values within the wire limits");
         if extensions.large.is_some() {

@@ -757,7 +757,11 @@ impl Replica {
         }
         if header.op() != Op::Replicate {
             let ids = (header.client_id.get(), header.request_id.get());
-            return Some(self.values.take_staged(ids, &large).ok_or(Status::ValueMissing));
+            return Some(
+                self.values
+                    .take_staged(ids, &large)
+                    .ok_or(Status::ValueMissing),
+            );
         }
         let seq = header.seq.get();
         if let Some(value) = self.values.record(seq, &large) {

@@ -25,7 +25,9 @@ fn large_write(op: Op, key: &[u8], value: &[u8], write_flags: u8, request_id: u6
 }
 
 fn value_of(length: usize, seed: u8) -> Vec<u8> {
-    (0..length).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    (0..length)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
 }
 
 #[test]

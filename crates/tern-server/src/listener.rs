@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender, SyncSender};
 use std::time::Duration;
 
-use tern_control::transfer::{
-    self, TRANSFER_TIMEOUT, TransferRequest, ValueLink, ValueRefusal,
-};
+use tern_control::transfer::{self, TRANSFER_TIMEOUT, TransferRequest, ValueLink, ValueRefusal};
 use tern_net::Waker;
 use tern_proto::large::{StageRefusal, Values};
 use tern_wire::Large;

@@ -149,7 +149,12 @@ pub fn run(
     // migration holds a group's writes while the source's tail exports it).
     let waker = Arc::new(socket.waker()?);
     let (requests_tx, requests) = mpsc::channel::<TransferCall>();
-    crate::listener::start(addr, &mut socket, replica.values(), Some((requests_tx, waker)))?;
+    crate::listener::start(
+        addr,
+        &mut socket,
+        replica.values(),
+        Some((requests_tx, waker)),
+    )?;
     tracing::info!(%shard, %addr, role = ?membership.role(), "replica serving under meta");
     let mut failure: Option<ServerError> = None;
     let mut upkeep = crate::Upkeep::new();

@@ -157,7 +157,12 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
             key,
             with_version,
             value_file,
-        } => data::get(&load_map(cluster)?, &key, with_version, value_file.as_deref()),
+        } => data::get(
+            &load_map(cluster)?,
+            &key,
+            with_version,
+            value_file.as_deref(),
+        ),
         Command::Put {
             key,
             value,

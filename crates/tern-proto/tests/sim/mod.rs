@@ -195,10 +195,7 @@ impl Sim {
     pub fn move_values(&mut self) -> bool {
         let mut moved = false;
         for index in 0..self.replicas.len() {
-            let Some(wanted) = self.replicas[index]
-                .values()
-                .wait_wanted(Duration::ZERO)
-            else {
+            let Some(wanted) = self.replicas[index].values().wait_wanted(Duration::ZERO) else {
                 continue;
             };
             let Some(source) = self.chain.iter().position(|a| *a == wanted.from) else {
