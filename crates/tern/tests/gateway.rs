@@ -1135,3 +1135,107 @@ fn a_command_naming_more_keys_than_a_token_half_holds_is_answered_whole() {
         redis::Value::BulkString(b"seven".to_vec())
     );
 }
+
+#[test]
+fn large_values_answer_as_redis_server_does() {
+    let cluster = cluster();
+    let gateway = Gateway::start(&cluster, None);
+    let redis = RedisServer::start(None);
+    let bytes = |length: usize, seed: u8| -> Vec<u8> {
+        (0..length)
+            .map(|i| (i as u8).wrapping_mul(37).wrapping_add(seed))
+            .collect()
+    };
+    let mut tern = gateway.connection();
+    let mut peer = connect(redis.port);
+    for (index, size) in [1024usize, 1025, 64 << 10, 1 << 20, 16 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let value = bytes(size, index as u8);
+        let other = bytes(size / 2 + 3, 100 + index as u8);
+        let key = format!("big{size}");
+        let commands: Vec<Vec<Vec<u8>>> = vec![
+            vec![b"SET".to_vec(), key.clone().into(), value.clone()],
+            vec![b"GET".to_vec(), key.clone().into()],
+            vec![b"STRLEN".to_vec(), key.clone().into()],
+            vec![
+                b"GETRANGE".to_vec(),
+                key.clone().into(),
+                b"1000".to_vec(),
+                b"1100".to_vec(),
+            ],
+            vec![b"APPEND".to_vec(), key.clone().into(), b"tail".to_vec()],
+            vec![
+                b"SETRANGE".to_vec(),
+                key.clone().into(),
+                b"5".to_vec(),
+                other.clone(),
+            ],
+            vec![b"GETSET".to_vec(), key.clone().into(), other.clone()],
+            vec![b"INCR".to_vec(), key.clone().into()],
+            vec![
+                b"MSET".to_vec(),
+                b"m1".to_vec(),
+                value.clone(),
+                b"m2".to_vec(),
+                other.clone(),
+            ],
+            vec![
+                b"MGET".to_vec(),
+                b"m1".to_vec(),
+                b"m2".to_vec(),
+                b"none".to_vec(),
+            ],
+            vec![
+                b"SET".to_vec(),
+                b"m1".to_vec(),
+                other.clone(),
+                b"GET".to_vec(),
+            ],
+            vec![b"GETDEL".to_vec(), key.clone().into()],
+            vec![b"EXISTS".to_vec(), key.clone().into(), b"m1".to_vec()],
+        ];
+        for command in &commands {
+            let grows_past_limit =
+                command[0] == b"APPEND" && size + 4 > tern_wire::LARGE_VALUE_LEN_DEFAULT;
+            let run = |connection: &mut redis::Connection| {
+                let mut cmd = redis::cmd(std::str::from_utf8(&command[0]).unwrap());
+                for arg in &command[1..] {
+                    cmd.arg(&arg[..]);
+                }
+                cmd.query::<redis::Value>(connection)
+                    .map_err(|error| error.to_string())
+            };
+            if grows_past_limit {
+                // Past the replicas' limit (Redis's is 512 MB): refused,
+                // the value unchanged.
+                let refused = run(&mut tern).unwrap_err();
+                assert!(
+                    refused.contains("exceeds maximum allowed size"),
+                    "{refused}"
+                );
+                continue;
+            }
+            let (ours, theirs) = (run(&mut tern), run(&mut peer));
+            assert!(
+                ours == theirs,
+                "{} of a {size}-byte value: the gateway and redis-server differ",
+                String::from_utf8_lossy(&command[0])
+            );
+        }
+    }
+    // Over the replicas' limit: an error naming it, the connection kept.
+    let over = vec![b'o'; tern_wire::LARGE_VALUE_LEN_DEFAULT + 1];
+    let refused = redis::cmd("SET")
+        .arg("over")
+        .arg(&over[..])
+        .query::<redis::Value>(&mut tern)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("16777216"), "{refused}");
+    assert_eq!(
+        query_on(&mut tern, &["PING"]).unwrap(),
+        redis::Value::SimpleString("PONG".into())
+    );
+}
