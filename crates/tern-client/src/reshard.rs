@@ -643,6 +643,8 @@ struct Driver {
     paused: bool,
     /// Slots clients asked for while held in PULL mode, not pulled yet.
     wanted: std::collections::BTreeSet<u32>,
+    /// Connections to destination heads, for copies of large values.
+    links: crate::large::Links,
 }
 
 /// Who holds a group at the source: its coordinator's epoch and
@@ -671,10 +673,14 @@ enum Attempt {
 #[derive(Clone, Debug)]
 struct Pending {
     header: Header,
-    /// A copied key's deadline (INSTALL).
+    /// A copied key's deadline (INSTALL), and a value too large for a
+    /// datagram named (`ext::LARGE`): staged at the head before it is
+    /// sent, and again when the head answers VALUE_MISSING.
     extensions: Extensions,
     key: Vec<u8>,
     value: Vec<u8>,
+    /// Its large value is staged at the head it goes to now.
+    staged: bool,
 }
 
 impl Pending {
@@ -684,6 +690,7 @@ impl Pending {
             extensions: Extensions::default(),
             key,
             value,
+            staged: false,
         }
     }
 
@@ -712,6 +719,7 @@ impl Driver {
             buffer: vec![0; MESSAGE_LEN_MAX],
             paused: false,
             wanted: Default::default(),
+            links: crate::large::Links::default(),
         })
     }
 
@@ -1145,6 +1153,25 @@ impl Driver {
         };
         for copied in &export.keys {
             let length = copied.encoded_len();
+            if crate::large::is_large(&copied.value) {
+                // Out of band, under ids of its own: staged values are
+                // found by (client, request), and a client id used once
+                // never meets the replicas' dedup window.
+                let mut header = Header::new(Op::Install, shard_id.get(), epoch);
+                header.key_hash.set(key_hash(&copied.key));
+                header.set_version(copied.version);
+                header.client_id.set(ClientId::random().get());
+                header.request_id.set(1);
+                let nowhere = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+                requests.push(Pending {
+                    extensions: Extensions {
+                        large: Some(tern_wire::Large::of(&copied.value, nowhere)),
+                        ..Extensions::deadline(copied.deadline_ms)
+                    },
+                    ..Pending::new(header, copied.key.clone(), copied.value.clone())
+                });
+                continue;
+            }
             if length > VALUE_LEN_MAX {
                 let mut header = Header::new(Op::Install, shard_id.get(), epoch);
                 header.key_hash.set(key_hash(&copied.key));
@@ -1252,22 +1279,43 @@ impl Driver {
             }
             let target = shard(&map, shard_id);
             let (coordinator, epoch) = (target.coordinator, target.epoch.get());
-            let mut due: Vec<Pending> = Vec::new();
-            for (request, sent) in in_flight.values_mut() {
+            let head = target.replicas[0];
+            let mut due: Vec<(u64, u64)> = Vec::new();
+            for (id, (request, sent)) in &mut in_flight {
                 if now.duration_since(*sent) >= RESEND_AFTER {
                     request.header.epoch.set(epoch);
                     *sent = now;
-                    due.push(request.clone());
+                    due.push(*id);
                 }
             }
-            for request in due {
-                self.send_with(
-                    coordinator,
+            for id in due {
+                let (request, sent) = in_flight.get_mut(&id).expect("due above");
+                if request.extensions.large.is_some() && !request.staged {
+                    match self.links.stage(head, id, &request.value) {
+                        Ok(()) => request.staged = true,
+                        Err(error) => {
+                            // The head failed or moved: the map will say.
+                            last = format!("staging a large value at {head}: {error}");
+                            *sent = now - RESEND_AFTER / 2;
+                            continue;
+                        }
+                    }
+                }
+                let inline = if request.extensions.large.is_some() {
+                    &[][..]
+                } else {
+                    &request.value[..]
+                };
+                let mut bytes = Vec::new();
+                encode_append_with(
                     &request.header,
                     &request.extensions,
                     &request.key,
-                    &request.value,
-                )?;
+                    inline,
+                    &mut bytes,
+                )
+                .map_err(std::io::Error::other)?;
+                self.socket.send_to(&bytes, coordinator)?;
             }
             let Some((answer, _)) = self.receive()? else {
                 continue;
@@ -1286,6 +1334,15 @@ impl Driver {
                 Status::StaleEpoch | Status::WrongShard => {
                     last = format!("{:?}", answer.status());
                     *sent = now - RESEND_AFTER;
+                    map = self.refresh()?;
+                }
+                Status::ValueMissing => {
+                    // Its head changed (or restarted) since it was staged.
+                    last = "VALUE_MISSING".into();
+                    if let Some((request, sent)) = in_flight.get_mut(&id) {
+                        request.staged = false;
+                        *sent = now - RESEND_AFTER;
+                    }
                     map = self.refresh()?;
                 }
                 _ => {

@@ -233,7 +233,7 @@ fn wall_clock() -> tern_proto::WallClock {
 
 /// The longest value a replica may be configured to take: its log record
 /// must fit `tern_store::log::RECORD_PAYLOAD_MAX`.
-pub const LARGE_VALUE_LEN_MOST: usize = 256 << 20;
+pub const LARGE_VALUE_LEN_MOST: usize = tern_wire::LARGE_VALUE_LEN_MOST;
 
 /// The memory for large values of a replica unless configured otherwise.
 pub const fn large_budget_default() -> usize {

@@ -10,7 +10,7 @@
 
 use thiserror::Error;
 
-use crate::{KEY_LEN_MAX, Status, VALUE_LEN_MAX};
+use crate::{KEY_LEN_MAX, LARGE_VALUE_LEN_MOST, Status};
 
 /// A key as copied: its newest committed version and value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,7 +194,7 @@ impl Export {
                         0
                     };
                     let length = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
-                    if length > VALUE_LEN_MAX {
+                    if length > LARGE_VALUE_LEN_MOST {
                         return Err(ExportError::ValueTooLarge(length));
                     }
                     let value = take(length)?.to_vec();

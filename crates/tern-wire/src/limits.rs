@@ -17,6 +17,9 @@ pub const VALUE_LEN_MAX: usize = 1024;
 /// Longest value a replica accepts out of band (`ext::LARGE`) unless
 /// configured otherwise, in bytes: 16 MiB.
 pub const LARGE_VALUE_LEN_DEFAULT: usize = 16 << 20;
+/// Longest value a replica may be configured to accept out of band, in
+/// bytes: 256 MiB (its log record must fit one log frame).
+pub const LARGE_VALUE_LEN_MOST: usize = 256 << 20;
 /// Longest extension area, in bytes (every extension at once fits).
 pub const EXTENSIONS_LEN_MAX: usize = 64;
 /// Largest datagram Tern sends or accepts, in bytes.

@@ -187,3 +187,53 @@ fn large_values_survive_kills_reconfiguration_and_state_transfer() {
     assert_eq!(chain_of(&cluster), vec![first_head]);
     assert_all_read(&mut client, &written, "from the replica that came back");
 }
+
+#[test]
+fn large_values_move_with_their_slots_and_keep_their_versions() {
+    let cluster =
+        TestCluster::up_with_args(2, 2, &["--topology", "loopback", "--durability", "none"]);
+    let mut client = patient_client(&cluster);
+    let mut written = Vec::new();
+    let mut versions = Vec::new();
+    for index in 0..40u64 {
+        let key = format!("moving{index}");
+        // From just over a datagram to a MiB, and small ones between.
+        let size = match index % 4 {
+            0 => 1025,
+            1 => 100 << 10,
+            2 => 1 << 20,
+            _ => 10,
+        };
+        let value = value_of(size, 400 + index);
+        versions.push(client.put(key.as_bytes(), &value).unwrap());
+        written.push((key, value));
+    }
+    let shard0 = cluster.meta_map().shards[0].slots.clone();
+    let [start, end] = shard0[0];
+    let output = cluster.tern(&[
+        "reshard",
+        "--from",
+        "0",
+        "--to",
+        "1",
+        "--slots",
+        &format!("{start}-{}", end - 1),
+    ]);
+    assert!(
+        output.status.success(),
+        "reshard: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        cluster.log_tails(20)
+    );
+    assert!(cluster.meta_map().shards[0].slots.is_empty());
+    assert_all_read(&mut client, &written, "after their slots moved");
+    // Each kept its version: a CAS naming it still swaps.
+    for ((key, _), version) in written.iter().zip(&versions).take(8) {
+        let replaced = value_of(2000, 999);
+        let outcome = client.cas(key.as_bytes(), *version, &replaced).unwrap();
+        assert!(
+            matches!(outcome, tern_client::CasOutcome::Swapped { .. }),
+            "{key}: {outcome:?}"
+        );
+    }
+}
