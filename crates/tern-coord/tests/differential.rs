@@ -288,6 +288,16 @@ fn valid_corpus() -> Vec<(String, Sender, Vec<u8>)> {
         Sender::Client,
         expiring(Op::Put, b"e", b"v", 12, tern_wire::expiry::RELATIVE),
     );
+    // A value out of band: the datagram names it, sequenced like any write.
+    let mut large = Vec::new();
+    let nowhere = std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0);
+    let named = tern_wire::Extensions {
+        large: Some(tern_wire::Large::of(&[7; 5000], nowhere)),
+        ..tern_wire::Extensions::default()
+    };
+    let header = header_of(&request(Op::Put, b"large", b"", 15));
+    tern_wire::encode_append_with(&header, &named, b"large", b"", &mut large).unwrap();
+    add("put naming a large value", Sender::Client, large);
     let mut setrange = header_of(&request(Op::Edit, b"r", b"xy", 14));
     setrange.set_edit(tern_wire::edit::SET_RANGE, 3);
     add(
@@ -512,6 +522,13 @@ fn malformed_corpus() -> Vec<(String, Sender, Vec<u8>)> {
         "a deadline on a get",
         raw(expiry_on_get, b"\x10\0\0\0\0\0\0\0\x01k"),
     );
+    // A large value's name (14 bytes) on a read, which may not carry one.
+    let mut large_on_get = header_of(&request(Op::Get, b"k", b"", 91));
+    large_on_get.extensions = tern_wire::ext::LARGE;
+    add(
+        "a large value's name on a get",
+        raw(large_on_get, b"\x88\x13\0\0\x01\x02\x03\x04\0\0\0\0\0\0k"),
+    );
     corpus
 }
 
@@ -571,8 +588,8 @@ fn the_kernel_and_rust_paths_agree_on_valid_and_malformed_datagrams() {
     assert!(count(XdpCounter::PassMalformed) >= 10);
     assert_eq!(
         twins.kernel_state.next_seq(),
-        13 + 1,
-        "thirteen writes sequenced (two with deadlines, one edit)"
+        14 + 1,
+        "fourteen writes sequenced (two with deadlines, one edit, one naming a large value)"
     );
 }
 
