@@ -729,6 +729,12 @@ impl Replica {
     /// Applies the held-back writes that are next in order.
     fn apply_held(&mut self, outbox: &mut Outbox) {
         while let Some(entry) = self.holdback.first_entry() {
+            if *entry.key() <= self.store.applied_seq() {
+                // Held while its value was fetched, then applied from a
+                // resend that came once the value was here.
+                entry.remove();
+                continue;
+            }
             if *entry.key() != self.store.applied_seq() + 1 {
                 break;
             }

@@ -5,6 +5,8 @@
 mod sim;
 
 use sim::*;
+use std::time::Duration;
+
 use tern_proto::Outbox;
 use tern_wire::{Extensions, Header, Large, Op, Status, encode_append_with, flags, key_hash};
 
@@ -148,4 +150,40 @@ fn a_large_record_is_logged_whole_and_replayed_after_a_restart() {
         .replay_record(&damaged, &mut Outbox::new())
         .unwrap_err();
     assert!(error.to_string().contains("checksum"), "{error}");
+}
+
+#[test]
+fn a_record_applied_from_a_resend_while_held_never_blocks_the_next() {
+    let mut sim = Sim::new(3);
+    let (first, second) = (value_of(2000, 6), value_of(3000, 7));
+    sim.stage(1, &first);
+    sim.send(large_write(Op::Put, b"a", &first, 0, 1));
+    sim.stage(2, &second);
+    sim.send(large_write(Op::Put, b"b", &second, 0, 2));
+    // Both records reach the middle, which waits for the first's value; a
+    // copy of the first record is kept, as a resend would bring it.
+    let middle = sim.chain[1];
+    let mut copy = None;
+    while let Some(datagram) = sim.network.pop_front() {
+        if datagram.to == middle && datagram.header().seq.get() == 1 && copy.is_none() {
+            copy = Some(datagram.clone());
+        }
+        sim.receive(datagram);
+    }
+    let wanted = sim.replicas[1]
+        .values()
+        .wait_wanted(Duration::ZERO)
+        .unwrap();
+    assert_eq!(wanted.seq, 1);
+    // The value arrives, and the resend too, before the middle's timers
+    // run: the first record is applied from the resend.
+    let value = sim.replicas[0].values().record(1, &wanted.large).unwrap();
+    assert!(sim.replicas[1].values().deliver(1, value.to_vec()));
+    sim.receive(copy.unwrap());
+    // The second follows as soon as its value is fetched, with no resend.
+    sim.deliver_all();
+    for replica in &sim.replicas {
+        assert_eq!(replica.store().latest(b"b").unwrap().value, &second[..]);
+    }
+    assert_eq!(sim.reply_to(2).status(), Status::Ok);
 }

@@ -1225,6 +1225,25 @@ fn large_values_answer_as_redis_server_does() {
             );
         }
     }
+    // Pipelined: a command with a large value runs in its place among the
+    // others (it ends its round), so the same key's commands keep order.
+    let large = "L".repeat(3000);
+    let mut script = Vec::new();
+    for round in 0..5 {
+        script.extend_from_slice(format!("set p{round} small\r\nget p{round}\r\n").as_bytes());
+        script.extend_from_slice(
+            format!(
+                "*3\r\n$3\r\nset\r\n$2\r\np{round}\r\n${}\r\n{large}\r\n",
+                large.len()
+            )
+            .as_bytes(),
+        );
+        script.extend_from_slice(
+            format!("strlen p{round}\r\nappend p{round} x\r\nmget p{round} none\r\nset p{round} s\r\nget p{round}\r\n")
+                .as_bytes(),
+        );
+    }
+    assert_same_answers(&gateway, &redis, &[("large values pipelined", script)]);
     // Over the replicas' limit: an error naming it, the connection kept.
     let over = vec![b'o'; tern_wire::LARGE_VALUE_LEN_DEFAULT + 1];
     let refused = redis::cmd("SET")

@@ -189,6 +189,17 @@ impl Sim {
         panic!("the network never went quiet");
     }
 
+    /// Delivers until the network is empty, moving no out-of-band value.
+    pub fn deliver_datagrams(&mut self) {
+        for _ in 0..100_000 {
+            let Some(datagram) = self.network.pop_front() else {
+                return;
+            };
+            self.receive(datagram);
+        }
+        panic!("the network never went quiet");
+    }
+
     /// What a replica shell's fetcher does: hands each replica the value
     /// of the record it waits for, from the replica it names, and runs its
     /// timers (the wake-up). Whether anything moved.
