@@ -70,6 +70,9 @@ struct Inner {
     /// (when, ids) of answers, oldest first.
     answer_order: VecDeque<(Time, (u64, u64))>,
     wanted: Option<Wanted>,
+    /// The replica's commit seq at the last trim: records at or below it
+    /// may go to make room.
+    committed: u64,
 }
 
 /// A replica's out-of-band values (clones share one table).
@@ -96,6 +99,7 @@ impl Values {
             answers: HashMap::new(),
             answer_order: VecDeque::new(),
             wanted: None,
+            committed: 0,
         };
         Values {
             inner: Arc::new((Mutex::new(inner), Condvar::new())),
@@ -121,15 +125,27 @@ impl Values {
         self.lock().used
     }
 
-    /// Whether a value of `length` bytes may be staged now; the shell asks
-    /// before it reads the bytes.
+    /// Whether a value of `length` bytes may be staged now, making room
+    /// for it by dropping answers and committed records, oldest first; the
+    /// shell asks before it reads the bytes. Full when staged values and
+    /// records not yet committed fill the budget.
     pub fn admits(&self, length: usize) -> Result<(), StageRefusal> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         if length > inner.limit {
             return Err(StageRefusal::TooLarge { limit: inner.limit });
         }
-        if inner.used + length > inner.budget {
-            return Err(StageRefusal::Full);
+        while inner.used + length > inner.budget {
+            let committed = inner.committed;
+            let record_goes = inner
+                .records
+                .first_key_value()
+                .is_some_and(|(&seq, _)| seq <= committed);
+            if record_goes {
+                let (_, value) = inner.records.pop_first().expect("just found");
+                inner.used -= value.len();
+            } else if !inner.drop_oldest_answer() {
+                return Err(StageRefusal::Full);
+            }
         }
         Ok(())
     }
@@ -237,6 +253,7 @@ impl Values {
     pub(crate) fn trim(&self, now: Time, commit_seq: u64, first_kept: u64) {
         let mut inner = self.lock();
         inner.expire(now);
+        inner.committed = commit_seq;
         while let Some((&seq, _)) = inner.records.first_key_value() {
             let over = inner.used > inner.budget && seq <= commit_seq;
             if seq >= first_kept && !over {
@@ -310,6 +327,15 @@ mod tests {
             values.stage(now, (1, 3), vec![3; 10]),
             Err(StageRefusal::Full)
         );
+        // Answers (and committed records) make room; staged values do not.
+        values.keep_answer(now, (9, 9), vec![9; 4].into());
+        assert_eq!(values.stage(now, (1, 4), vec![4; 5]), Ok(()));
+        assert_eq!(values.answer((9, 9)), None, "dropped to make room");
+        assert!(
+            values
+                .take_staged((1, 4), &Large::of(&[4; 5], NOWHERE))
+                .is_some()
+        );
         let named = Large::of(&[1; 10], NOWHERE);
         assert_eq!(values.take_staged((1, 2), &named), None, "another value");
         assert_eq!(
@@ -346,6 +372,15 @@ mod tests {
         // Out of the sent log.
         values.trim(now, 3, 4);
         assert!(values.record(3, &third).is_none());
+        // Staging makes room by dropping committed records, never the
+        // others.
+        values.trim(now, 4, 4);
+        values.keep_record(5, vec![5; 10].into());
+        assert_eq!(values.admits(10), Ok(()));
+        assert_eq!(values.used(), 10, "record 4 dropped for room");
+        assert_eq!(values.admits(11), Err(StageRefusal::TooLarge { limit: 10 }));
+        values.keep_record(6, vec![6; 10].into());
+        assert_eq!(values.admits(10), Err(StageRefusal::Full));
     }
 
     #[test]

@@ -17,7 +17,9 @@ use crate::cluster::{self, ClusterCommand, ClusterMode, TopologyKind};
 
 /// Replicas behind the Redis primary, as Tern's chains have three copies.
 const REDIS_REPLICAS: usize = 2;
-const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Redis waits 5 s (repl-diskless-sync-delay) before it syncs a replica, and
+/// again for one that arrives during a sync.
+const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a comparison runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
