@@ -59,12 +59,16 @@ pub struct Wanted {
     pub from: SocketAddrV4,
 }
 
+/// A write's (client id, request id).
+type Ids = (u64, u64);
+
 #[derive(Debug)]
 struct Inner {
     limit: usize,
     budget: usize,
     used: usize,
-    staged: HashMap<(u64, u64), (Arc<[u8]>, Time)>,
+    /// By (client, request): the value and when it was staged.
+    staged: HashMap<Ids, (Arc<[u8]>, Time)>,
     records: BTreeMap<u64, Arc<[u8]>>,
     answers: HashMap<(u64, u64), Arc<[u8]>>,
     /// (when, ids) of answers, oldest first.
