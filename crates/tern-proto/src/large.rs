@@ -129,11 +129,13 @@ impl Values {
         self.lock().used
     }
 
-    /// Whether a value of `length` bytes may be staged now, making room
-    /// for it by dropping answers and committed records, oldest first; the
-    /// shell asks before it reads the bytes. Full when staged values and
+    /// Takes room for a value of `length` bytes about to be staged, making
+    /// it by dropping answers and committed records, oldest first; the
+    /// shell asks before it reads the bytes, so that values being read
+    /// count too, then stages them (`stage_reserved`) or gives the room
+    /// back (`release`). Full when staged values, values being read and
     /// records not yet committed fill the budget.
-    pub fn admits(&self, length: usize) -> Result<(), StageRefusal> {
+    pub fn reserve(&self, length: usize) -> Result<(), StageRefusal> {
         let mut inner = self.lock();
         if length > inner.limit {
             return Err(StageRefusal::TooLarge { limit: inner.limit });
@@ -151,21 +153,30 @@ impl Values {
                 return Err(StageRefusal::Full);
             }
         }
+        inner.used += length;
         Ok(())
+    }
+
+    /// Gives back room taken by `reserve` for a value that did not come.
+    pub fn release(&self, length: usize) {
+        self.lock().used -= length;
     }
 
     /// Stages a client's value for its write (client, request); a value
     /// staged again replaces the first.
     pub fn stage(&self, now: Time, ids: (u64, u64), value: Vec<u8>) -> Result<(), StageRefusal> {
-        self.admits(value.len())?;
+        self.reserve(value.len())?;
+        self.stage_reserved(now, ids, value);
+        Ok(())
+    }
+
+    /// Stages a value whose room `reserve` took.
+    pub fn stage_reserved(&self, now: Time, ids: (u64, u64), value: Vec<u8>) {
         let mut inner = self.lock();
         inner.expire(now);
-        let value: Arc<[u8]> = value.into();
-        inner.used += value.len();
-        if let Some((old, _)) = inner.staged.insert(ids, (value, now)) {
+        if let Some((old, _)) = inner.staged.insert(ids, (value.into(), now)) {
             inner.used -= old.len();
         }
-        Ok(())
     }
 
     /// The value of record `seq`, if this replica holds it and it is the
@@ -380,11 +391,16 @@ mod tests {
         // others.
         values.trim(now, 4, 4);
         values.keep_record(5, vec![5; 10].into());
-        assert_eq!(values.admits(10), Ok(()));
-        assert_eq!(values.used(), 10, "record 4 dropped for room");
-        assert_eq!(values.admits(11), Err(StageRefusal::TooLarge { limit: 10 }));
+        assert_eq!(values.reserve(10), Ok(()));
+        assert_eq!(values.used(), 20, "record 4 dropped for room");
+        values.release(10);
+        assert_eq!(
+            values.reserve(11),
+            Err(StageRefusal::TooLarge { limit: 10 })
+        );
         values.keep_record(6, vec![6; 10].into());
-        assert_eq!(values.admits(10), Err(StageRefusal::Full));
+        assert_eq!(values.reserve(10), Err(StageRefusal::Full));
+        assert_eq!(values.used(), 20);
     }
 
     #[test]

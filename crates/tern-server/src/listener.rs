@@ -89,17 +89,20 @@ fn answer(
             } => {
                 // Checked before a byte of the value is read; refused, the
                 // connection closes (the value would follow).
+                // Its room is taken first: values being read count against
+                // the replica's budget too.
                 let length = usize::try_from(length).unwrap_or(usize::MAX);
-                if let Err(refusal) = values.admits(length) {
+                if let Err(refusal) = values.reserve(length) {
                     return transfer::write_refusal(&stream, refusal_of(refusal));
                 }
                 let mut value = vec![0; length];
-                reader.read_exact(&mut value)?;
-                let now = tern_net::monotonic_now();
-                match values.stage(now, (client_id, request_id), value) {
-                    Ok(()) => transfer::write_answer(&stream, 0, &[])?,
-                    Err(refusal) => transfer::write_refusal(&stream, refusal_of(refusal))?,
+                if let Err(error) = reader.read_exact(&mut value) {
+                    values.release(length);
+                    return Err(error);
                 }
+                let now = tern_net::monotonic_now();
+                values.stage_reserved(now, (client_id, request_id), value);
+                transfer::write_answer(&stream, 0, &[])?;
             }
             TransferRequest::Record {
                 seq,
