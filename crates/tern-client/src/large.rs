@@ -92,6 +92,51 @@ impl Links {
         }
     }
 
+    /// Stages `value` for the write (client, request) at every replica of
+    /// `chain`: at the head as `stage` does (it must take it), at the
+    /// others as well as they can, so that they need not fetch it down the
+    /// chain (one that did not take it fetches it from its predecessor).
+    pub fn stage_everywhere(
+        &mut self,
+        chain: &[SocketAddrV4],
+        ids: (u64, u64),
+        value: &[u8],
+    ) -> Result<(), ClientError> {
+        let Some((&head, others)) = chain.split_first() else {
+            return Err(ClientError::Io(std::io::Error::other(
+                "a chain of no replica",
+            )));
+        };
+        // Their requests go first and their answers are read after the
+        // head's, so the copies travel at once.
+        let mut sent = Vec::new();
+        for &replica in others {
+            let link = match self.links.entry(replica) {
+                std::collections::hash_map::Entry::Occupied(link) => link.into_mut(),
+                std::collections::hash_map::Entry::Vacant(room) => {
+                    match ValueLink::connect(replica) {
+                        Ok(link) => room.insert(link),
+                        Err(_) => continue,
+                    }
+                }
+            };
+            if link.send_stage(ids.0, ids.1, value).is_ok() {
+                sent.push(replica);
+            } else {
+                self.links.remove(&replica);
+            }
+        }
+        let at_head = self.stage(head, ids, value);
+        for replica in sent {
+            let answered = self.links.get_mut(&replica).map(ValueLink::staged);
+            if !matches!(answered, Some(Ok(()))) {
+                // Refused or broken: it fetches the value instead.
+                self.links.remove(&replica);
+            }
+        }
+        at_head
+    }
+
     /// Completes a reply that names a large answer with its value, fetched
     /// from the replica holding it. False when that replica no longer
     /// holds it (the caller asks again).

@@ -546,9 +546,9 @@ impl Client {
             // The map may have changed since the last attempt.
             let (header, coordinator) =
                 request_header(&self.map, self.client_id, key, &call, limit)?;
-            let head = self.map.shard_of_key_hash(key_hash(key)).replicas[0];
+            let chain = self.map.shard_of_key_hash(key_hash(key)).replicas.clone();
             let ids = (self.client_id.get(), request_id);
-            match self.links.stage(head, ids, call.value) {
+            match self.links.stage_everywhere(&chain, ids, call.value) {
                 // A head that failed, or left the chain: the map names the
                 // next one.
                 Err(ClientError::Io(_)) if start.elapsed() < self.options.deadline => {}

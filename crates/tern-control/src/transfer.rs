@@ -225,8 +225,20 @@ impl ValueLink {
         })
     }
 
-    /// Stages `value` for the write (client, request) at the head.
+    /// Stages `value` for the write (client, request) at the replica.
     pub fn stage(
+        &mut self,
+        client_id: u64,
+        request_id: u64,
+        value: &[u8],
+    ) -> Result<(), ValueError> {
+        self.send_stage(client_id, request_id, value)?;
+        self.staged()
+    }
+
+    /// Sends a stage request without waiting for its answer, which
+    /// `staged` reads (so that a client stages at several replicas at once).
+    pub fn send_stage(
         &mut self,
         client_id: u64,
         request_id: u64,
@@ -240,6 +252,11 @@ impl ValueLink {
         let mut stream = self.reader.get_ref();
         stream.write_all(request.line().as_bytes())?;
         stream.write_all(value)?;
+        Ok(())
+    }
+
+    /// The answer to the stage request sent last.
+    pub fn staged(&mut self) -> Result<(), ValueError> {
         self.answer_of(0).map(drop)
     }
 

@@ -187,6 +187,11 @@ impl Values {
         large.names(value).then(|| value.clone())
     }
 
+    /// Whether a value is staged for the write (client, request).
+    pub fn holds_staged(&self, ids: (u64, u64)) -> bool {
+        self.lock().staged.contains_key(&ids)
+    }
+
     /// The answer kept for a client's request.
     pub fn answer(&self, ids: (u64, u64)) -> Option<Arc<[u8]>> {
         self.lock().answers.get(&ids).cloned()
@@ -227,6 +232,15 @@ impl Values {
         let (value, _) = inner.staged.remove(&ids)?;
         inner.used -= value.len();
         large.names(&value).then_some(value)
+    }
+
+    /// Drops what a write's client staged here, once the write is decided
+    /// (a head that refused it, or computed another value, used none).
+    pub(crate) fn forget_staged(&self, ids: (u64, u64)) {
+        let mut inner = self.lock();
+        if let Some((value, _)) = inner.staged.remove(&ids) {
+            inner.used -= value.len();
+        }
     }
 
     /// Keeps the value of record `seq` (applied here) for the successor.

@@ -169,6 +169,8 @@ counters! {
         reaped,
         /// Records whose out-of-band value was fetched from the predecessor.
         values_fetched,
+        /// Records whose out-of-band value the client had staged here too.
+        values_staged_here,
         /// Writes decided VALUE_MISSING: their value was not staged here.
         values_missing,
         /// Answers too large for a datagram, kept for their client to fetch.
@@ -761,8 +763,8 @@ impl Replica {
         if !message.value.is_empty() {
             return Some(Err(Status::Malformed));
         }
+        let ids = (header.client_id.get(), header.request_id.get());
         if header.op() != Op::Replicate {
-            let ids = (header.client_id.get(), header.request_id.get());
             return Some(
                 self.values
                     .take_staged(ids, &large)
@@ -771,6 +773,13 @@ impl Replica {
         }
         let seq = header.seq.get();
         if let Some(value) = self.values.record(seq, &large) {
+            return Some(Ok(value));
+        }
+        // The client's own value, staged here too: no fetch.
+        if header.has_flag(flags::CLIENT_VALUE)
+            && let Some(value) = self.values.take_staged(ids, &large)
+        {
+            self.counters.values_staged_here += 1;
             return Some(Ok(value));
         }
         let asked = self.values.want(Wanted {
@@ -828,6 +837,15 @@ impl Replica {
         record.flags &= flags::WRITE_OPTIONS;
         if decision.old_expired {
             record.flags |= flags::OLD_EXPIRED;
+        }
+        let client_value = matches!(&out_of_band, Some(Ok(_)))
+            && decision.value.is_none()
+            && matches!(effect, Effect::Put | Effect::Install);
+        let decided_upstream = header.op() == Op::Replicate;
+        if client_value || (decided_upstream && header.has_flag(flags::CLIENT_VALUE)) {
+            // Decided here (or upstream, kept as it was) to be the client's;
+            // a client's own flags never say so.
+            record.flags |= flags::CLIENT_VALUE;
         }
         record.set_version(version);
         record.commit_seq.set(self.store.commit_seq());
@@ -925,6 +943,8 @@ impl Replica {
             Effect::None | Effect::Outcome => self.store.skip(seq),
         }
         if record.client_id.get() != 0 {
+            self.values
+                .forget_staged((record.client_id.get(), record.request_id.get()));
             // An installed outcome names its key's hash in the value.
             let key_hash = match (record.effect(), <[u8; 4]>::try_from(value)) {
                 (Effect::Outcome, Ok(hash)) => u32::from_le_bytes(hash),

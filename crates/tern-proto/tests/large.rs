@@ -187,3 +187,85 @@ fn a_record_applied_from_a_resend_while_held_never_blocks_the_next() {
     }
     assert_eq!(sim.reply_to(2).status(), Status::Ok);
 }
+
+#[test]
+fn a_value_staged_everywhere_is_taken_where_it_is_and_only_when_unchanged() {
+    let mut sim = Sim::new(3);
+    let value = value_of(200 << 10, 8);
+    sim.stage_everywhere(1, &value);
+    sim.send(large_write(Op::Put, b"k", &value, 0, 1));
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(1).status(), Status::Ok);
+    for replica in &sim.replicas[1..] {
+        assert_eq!(replica.counters().values_staged_here, 1);
+        assert_eq!(replica.counters().values_fetched, 0);
+        assert_eq!(replica.store().latest(b"k").unwrap().value, &value[..]);
+    }
+    // An APPEND's operand staged everywhere: the head computes another
+    // value, which its successors fetch; the operand is dropped unused.
+    let operand = value_of(5000, 9);
+    sim.stage_everywhere(2, &operand);
+    sim.send(large_write(Op::Append, b"k", &operand, 0, 2));
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(2).status(), Status::Ok);
+    let mut expected = value.clone();
+    expected.extend_from_slice(&operand);
+    for replica in &sim.replicas {
+        assert_eq!(replica.store().latest(b"k").unwrap().value, &expected[..]);
+        assert_eq!(replica.values().answer((42, 2)), None);
+    }
+    for replica in &sim.replicas[1..] {
+        assert_eq!(replica.counters().values_staged_here, 1, "not the operand");
+        assert_eq!(replica.counters().values_fetched, 1);
+    }
+    // A refused write's staged value goes too.
+    let other = value_of(3000, 10);
+    sim.stage_everywhere(3, &other);
+    let mut cas = large_write(Op::Cas, b"k", &other, 0, 3);
+    let mut header = tern_wire::Message::decode(&cas).unwrap().header;
+    header.set_expected_version(99);
+    cas[..72].copy_from_slice(zerocopy::IntoBytes::as_bytes(&header));
+    sim.send(cas);
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(3).status(), Status::CasMismatch);
+    for replica in &sim.replicas {
+        assert!(!replica.values().holds_staged((42, 3)));
+    }
+}
+
+#[test]
+fn a_client_cannot_mark_a_computed_value_as_its_own() {
+    let mut sim = Sim::new(3);
+    let value = value_of(2000, 11);
+    sim.stage(1, &value);
+    sim.send(large_write(Op::Put, b"k", &value, 0, 1));
+    sim.deliver_all();
+    // An APPEND whose client claims CLIENT_VALUE: the record of it does
+    // not say so (its value is computed), so no replica may take a staged
+    // operand for it. (The coordinator keeps only a client's write options;
+    // the head trusts the flag only on a REPLICATE, too.)
+    let operand = value_of(1500, 12);
+    sim.stage_everywhere(2, &operand);
+    sim.send(large_write(
+        Op::Append,
+        b"k",
+        &operand,
+        flags::CLIENT_VALUE,
+        2,
+    ));
+    let middle = sim.chain[1];
+    let mut records = 0;
+    while let Some(datagram) = sim.network.pop_front() {
+        if datagram.to == middle && datagram.op() == Op::Replicate {
+            records += 1;
+            assert!(!datagram.header().has_flag(flags::CLIENT_VALUE));
+        }
+        sim.receive(datagram);
+    }
+    assert!(records > 0);
+    sim.deliver_all();
+    let head = sim.head().store().latest(b"k").unwrap().value.to_vec();
+    for replica in &sim.replicas {
+        assert_eq!(replica.store().latest(b"k").unwrap().value, &head[..]);
+    }
+}

@@ -328,6 +328,12 @@ pub mod flags {
     /// the head's clock when it decided, so the tail answers RETURN_OLD
     /// with nil as the head's decision assumed. Set by heads only.
     pub const OLD_EXPIRED: u8 = 64;
+    /// On a REPLICATE whose value is out of band (`ext::LARGE`): the value
+    /// is the one its client staged, unchanged (a SET's, not one the head
+    /// computed), so a replica the client staged it at too may take it
+    /// from there instead of fetching it from its predecessor. Set by
+    /// heads only.
+    pub const CLIENT_VALUE: u8 = 128;
     /// Flags a client sets on a write, which travel with it down the chain.
     pub const WRITE_OPTIONS: u8 = IF_EXISTS | RETURN_OLD | RETURN_NEW;
     /// Flags a reply keeps from the acknowledgement it is made from.
@@ -341,5 +347,6 @@ pub mod flags {
         (RETURN_NEW, "RETURN_NEW"),
         (ANSWER_ABSENT, "ANSWER_ABSENT"),
         (OLD_EXPIRED, "OLD_EXPIRED"),
+        (CLIENT_VALUE, "CLIENT_VALUE"),
     ];
 }

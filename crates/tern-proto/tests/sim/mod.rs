@@ -240,6 +240,17 @@ impl Sim {
         self
     }
 
+    /// Stages a client's value at every replica, as the client does over
+    /// TCP.
+    pub fn stage_everywhere(&mut self, request_id: u64, value: &[u8]) {
+        for replica in &self.replicas {
+            replica
+                .values()
+                .stage(self.now, (42, request_id), value.to_vec())
+                .unwrap();
+        }
+    }
+
     /// Stages a client's value at the head, as the client does over TCP.
     pub fn stage(&mut self, request_id: u64, value: &[u8]) {
         self.replicas[0]
