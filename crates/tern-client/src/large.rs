@@ -17,6 +17,15 @@ use crate::{ClientError, Reply};
 /// it gives up on a write (it was not sent).
 const FULL_FOR: Duration = Duration::from_secs(3);
 
+/// Values up to this size are staged at every replica of the chain at
+/// once, which saves the chain's fetches on a write's path (4 KiB: about
+/// 1.2x the writes per second); larger ones at the head only, and fetched
+/// down the chain, where the fetches of one write overlap with the next
+/// writes instead of queueing on the client's path one after the other
+/// and tripling what one client sends. At 64 KiB and 1 MiB the two did not
+/// differ beyond this machine's noise (docs/BENCHMARKS.md, large values).
+pub const STAGE_EVERYWHERE_MAX: usize = 32 << 10;
+
 /// Whether a value travels out of band.
 pub fn is_large(value: &[u8]) -> bool {
     value.len() > VALUE_LEN_MAX
@@ -93,7 +102,8 @@ impl Links {
     }
 
     /// Stages `value` for the write (client, request) at every replica of
-    /// `chain`: at the head as `stage` does (it must take it), at the
+    /// `chain` (a value over `STAGE_EVERYWHERE_MAX` at the head only): at
+    /// the head as `stage` does (it must take it), at the
     /// others as well as they can, so that they need not fetch it down the
     /// chain (one that did not take it fetches it from its predecessor).
     pub fn stage_everywhere(
@@ -106,6 +116,11 @@ impl Links {
             return Err(ClientError::Io(std::io::Error::other(
                 "a chain of no replica",
             )));
+        };
+        let others = if value.len() <= STAGE_EVERYWHERE_MAX {
+            others
+        } else {
+            &[]
         };
         // Their requests go first and their answers are read after the
         // head's, so the copies travel at once.
