@@ -251,8 +251,11 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
 }
 
 /// Each connection takes three descriptors (its TCP stream, its client's
-/// UDP socket, and its pipeline's once it pipelines): raises the soft limit towards what `maxclients` needs, as
-/// far as the hard limit allows, and says so when that is not enough.
+/// UDP socket, and its pipeline's once it pipelines), and one more per
+/// replica it staged a large value at or fetched one from (kept open while
+/// used; each replica serves at most 512): raises the soft limit towards
+/// three per `maxclients`, as far as the hard limit allows, and says so
+/// when that is not enough.
 fn raise_open_file_limit(max_clients: usize) {
     let wanted = (max_clients as u64).saturating_mul(3).saturating_add(64);
     // SAFETY: passes a pointer to a live rlimit struct.
