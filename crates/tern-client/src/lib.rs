@@ -492,17 +492,19 @@ impl Client {
 
     /// Sends `call` for `key` and waits for its reply, a large answer
     /// fetched (a request whose large answer is gone before it is fetched
-    /// is sent again, under a new id: a read, or a write answered the
-    /// same from dedup).
+    /// is sent again under the same id: a read is read again, a write is
+    /// answered from dedup, as any retry, with the key's value now).
     fn send(&mut self, key: &[u8], call: answer::Call<'_>) -> Result<Reply, ClientError> {
+        // Every attempt under one request id: a write asked again is
+        // answered from dedup, never applied twice.
+        let request_id = self.take_request_id();
         for _ in 0..3 {
             let mut reply = if large::is_large(call.value) {
-                self.send_large(key, call)?
+                self.send_large(key, call, request_id)?
             } else {
                 let limit = self.options.value_limit;
                 let (header, coordinator) =
                     request_header(&self.map, self.client_id, key, &call, limit)?;
-                let request_id = self.take_request_id();
                 let (extensions, value) = (&call.extensions, call.value);
                 self.exchange(
                     coordinator,
@@ -533,9 +535,13 @@ impl Client {
     /// that does not hold it (VALUE_MISSING: the chain changed, or it
     /// restarted) gets it again, and the same request (dedup keeps it
     /// applied once).
-    fn send_large(&mut self, key: &[u8], call: answer::Call<'_>) -> Result<Reply, ClientError> {
+    fn send_large(
+        &mut self,
+        key: &[u8],
+        call: answer::Call<'_>,
+        request_id: u64,
+    ) -> Result<Reply, ClientError> {
         let limit = self.options.value_limit;
-        let request_id = self.take_request_id();
         let nowhere = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
         let extensions = Extensions {
             large: Some(Large::of(call.value, nowhere)),

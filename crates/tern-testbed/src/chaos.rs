@@ -247,6 +247,21 @@ fn name_at(dir: &Path, address: std::net::SocketAddrV4) -> Result<String> {
 }
 
 /// The meta node that leads now.
+/// Meta's map, asked again for up to 10 s: right after a fault meta may be
+/// electing, or its leader settling (a chaos run failed on one such answer,
+/// "not the meta leader", just after a partition between two meta nodes
+/// healed).
+fn current_map(map: &ClusterMap) -> Result<ClusterMap> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tern_client::meta::fetch_map(&map.meta, &mut None) {
+            Ok(current) => return Ok(current),
+            Err(error) if Instant::now() >= deadline => return Err(error.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 fn meta_leader(map: &ClusterMap) -> Result<std::net::SocketAddrV4> {
     use tern_client::meta::{self, Reply, Request};
     for _ in 0..100 {
@@ -323,7 +338,7 @@ fn inject(
             let active = match map.meta.is_empty() {
                 true => ProcessRole::Coordinator.name(),
                 false => {
-                    let current = tern_client::meta::fetch_map(&map.meta, &mut None)?;
+                    let current = current_map(map)?;
                     name_at(dir, current.shards[0].coordinator)?
                 }
             };
