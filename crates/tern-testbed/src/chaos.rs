@@ -246,7 +246,6 @@ fn name_at(dir: &Path, address: std::net::SocketAddrV4) -> Result<String> {
         .name)
 }
 
-/// The meta node that leads now.
 /// Meta's map, asked again for up to 10 s: right after a fault meta may be
 /// electing, or its leader settling (a chaos run failed on one such answer,
 /// "not the meta leader", just after a partition between two meta nodes
@@ -262,6 +261,7 @@ fn current_map(map: &ClusterMap) -> Result<ClusterMap> {
     }
 }
 
+/// The meta node that leads now.
 fn meta_leader(map: &ClusterMap) -> Result<std::net::SocketAddrV4> {
     use tern_client::meta::{self, Reply, Request};
     for _ in 0..100 {
@@ -473,7 +473,7 @@ impl Reshards {
         if self.moving.is_some() || map.shards.len() < 2 {
             return Ok(());
         }
-        let current = tern_client::meta::fetch_map(&map.meta, &mut None)?;
+        let current = current_map(map)?;
         let key = &keys[random.random_range(0..keys.len())];
         let slot = tern_wire::slot_of(key_hash(key));
         let Some((source, owned)) = current.shards.iter().find_map(|shard| {
@@ -711,7 +711,7 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
         if kind == FaultKind::Reshard {
             faults.extend(reshards.finish_if_done(started));
             if let Err(error) = reshards.start(&map, &keys, &mut random) {
-                injection_error = Some(error);
+                injection_error = Some(error.context("starting a reshard"));
                 break;
             }
             continue;
@@ -727,7 +727,7 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
                 faults.push(fault);
             }
             Err(error) => {
-                injection_error = Some(error);
+                injection_error = Some(error.context(format!("{kind:?}")));
                 break;
             }
         }
