@@ -160,7 +160,9 @@ impl Links {
             return Ok(true);
         };
         let ids = (reply.header.client_id.get(), reply.header.request_id.get());
-        let fetched = self.with_link(large.holder, |link| link.answer(ids.0, ids.1, large.length));
+        let fetched = self.with_link(large.holder, |link| {
+            link.answer(ids, large.length, large.checksum)
+        });
         match fetched {
             Ok(value) if large.names(&value) => {
                 reply.value = value;

@@ -54,6 +54,13 @@ pub enum ClientError {
     Io(#[from] io::Error),
 }
 
+/// A large write's attempt lasts longer by a microsecond per this many
+/// bytes (20 MB/s: 16 MiB adds 0.8 s)...
+const LARGE_ATTEMPT_BYTES_PER_US: u64 = 20;
+/// ...and its deadline by a microsecond per this many (4 MB/s: 16 MiB adds
+/// 4.2 s).
+const LARGE_DEADLINE_BYTES_PER_US: u64 = 4;
+
 /// Timeouts of a client.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientOptions {
@@ -536,6 +543,29 @@ impl Client {
     /// restarted) gets it again, and the same request (dedup keeps it
     /// applied once).
     fn send_large(
+        &mut self,
+        key: &[u8],
+        call: answer::Call<'_>,
+        request_id: u64,
+    ) -> Result<Reply, ClientError> {
+        // A large write takes longer to go down the chain (a fetch per
+        // hop): its attempts and deadline stretch with its size, so that a
+        // slow one is not sent again and again (each copy is sequenced, and
+        // answered from dedup with the key's value by then, which a GETSET
+        // must not see).
+        let normal = self.options;
+        let bytes = call.value.len() as u64;
+        self.options.attempt_timeout += Duration::from_micros(bytes / LARGE_ATTEMPT_BYTES_PER_US);
+        self.options.deadline += Duration::from_micros(bytes / LARGE_DEADLINE_BYTES_PER_US);
+        self.socket
+            .set_read_timeout(Some(self.options.attempt_timeout))?;
+        let sent = self.send_large_within(key, call, request_id);
+        self.options = normal;
+        self.socket.set_read_timeout(Some(normal.attempt_timeout))?;
+        sent
+    }
+
+    fn send_large_within(
         &mut self,
         key: &[u8],
         call: answer::Call<'_>,

@@ -54,8 +54,13 @@ pub enum TransferRequest {
         length: u32,
         checksum: u32,
     },
-    /// The large answer kept for a client's request.
-    Answer { client_id: u64, request_id: u64 },
+    /// The large answer kept for a client's request, as its reply named it
+    /// (a request asked again may have been answered another value).
+    Answer {
+        client_id: u64,
+        request_id: u64,
+        checksum: u32,
+    },
 }
 
 impl TransferRequest {
@@ -101,7 +106,8 @@ impl TransferRequest {
             TransferRequest::Answer {
                 client_id,
                 request_id,
-            } => format!("ANSWER {client_id} {request_id}\n"),
+                checksum,
+            } => format!("ANSWER {client_id} {request_id} {checksum}\n"),
         }
     }
 
@@ -139,6 +145,7 @@ impl TransferRequest {
             "ANSWER" => TransferRequest::Answer {
                 client_id: words.next()?.parse().ok()?,
                 request_id: words.next()?.parse().ok()?,
+                checksum: words.next()?.parse().ok()?,
             },
             _ => return None,
         };
@@ -271,17 +278,18 @@ impl ValueLink {
         self.answer_of(length as usize)
     }
 
-    /// The large answer kept for the request (client, request), of at most
-    /// `length` bytes.
+    /// The large answer kept for the request (client, request) that its
+    /// reply named by `length` and `checksum`.
     pub fn answer(
         &mut self,
-        client_id: u64,
-        request_id: u64,
+        (client_id, request_id): (u64, u64),
         length: u32,
+        checksum: u32,
     ) -> Result<Vec<u8>, ValueError> {
         let request = TransferRequest::Answer {
             client_id,
             request_id,
+            checksum,
         };
         self.reader.get_ref().write_all(request.line().as_bytes())?;
         self.answer_of(length as usize)
@@ -370,6 +378,7 @@ mod tests {
             TransferRequest::Answer {
                 client_id: u64::MAX,
                 request_id: u64::MAX,
+                checksum: u32::MAX,
             },
         ] {
             assert_eq!(TransferRequest::parse(&request.line()), Some(request));
@@ -396,6 +405,7 @@ mod tests {
             "STAGE 1 2 -3",
             "RECORD 1 2",
             "ANSWER 1",
+            "ANSWER 1 2",
         ] {
             assert_eq!(TransferRequest::parse(bad), None, "{bad:?}");
         }

@@ -61,6 +61,8 @@ pub struct Wanted {
 
 /// A write's (client id, request id).
 type Ids = (u64, u64);
+/// An answer's (client id, request id, checksum).
+type AnswerKey = (u64, u64, u32);
 
 #[derive(Debug)]
 struct Inner {
@@ -70,9 +72,12 @@ struct Inner {
     /// By (client, request): the value and when it was staged.
     staged: HashMap<Ids, (Arc<[u8]>, Time)>,
     records: BTreeMap<u64, Arc<[u8]>>,
-    answers: HashMap<(u64, u64), Arc<[u8]>>,
-    /// (when, ids) of answers, oldest first.
-    answer_order: VecDeque<(Time, (u64, u64))>,
+    /// By (client, request, checksum): a request asked again (a read, or
+    /// a write answered from dedup) may be answered another value, and each
+    /// reply names the one it carries.
+    answers: HashMap<AnswerKey, (Arc<[u8]>, Time)>,
+    /// (when, key) of answers, oldest first.
+    answer_order: VecDeque<(Time, AnswerKey)>,
     wanted: Option<Wanted>,
     /// The replica's commit seq at the last trim: records at or below it
     /// may go to make room.
@@ -193,8 +198,10 @@ impl Values {
     }
 
     /// The answer kept for a client's request.
-    pub fn answer(&self, ids: (u64, u64)) -> Option<Arc<[u8]>> {
-        self.lock().answers.get(&ids).cloned()
+    pub fn answer(&self, ids: (u64, u64), checksum: u32) -> Option<Arc<[u8]>> {
+        let inner = self.lock();
+        let (value, _) = inner.answers.get(&(ids.0, ids.1, checksum))?;
+        Some(value.clone())
     }
 
     /// Waits up to `timeout` for a record the core wants.
@@ -266,13 +273,14 @@ impl Values {
     }
 
     /// Keeps an answer for its client to fetch.
-    pub(crate) fn keep_answer(&self, now: Time, ids: (u64, u64), value: Arc<[u8]>) {
+    pub(crate) fn keep_answer(&self, now: Time, ids: (u64, u64), checksum: u32, value: Arc<[u8]>) {
+        let key = (ids.0, ids.1, checksum);
         let mut inner = self.lock();
         inner.used += value.len();
-        if let Some(old) = inner.answers.insert(ids, value) {
+        if let Some((old, _)) = inner.answers.insert(key, (value, now)) {
             inner.used -= old.len();
         }
-        inner.answer_order.push_back((now, ids));
+        inner.answer_order.push_back((now, key));
     }
 
     /// Drops what is no longer needed: staged values and answers past their
@@ -323,12 +331,13 @@ impl Inner {
     }
 
     fn drop_oldest_answer(&mut self) -> bool {
-        let Some((_, ids)) = self.answer_order.pop_front() else {
+        let Some((at, key)) = self.answer_order.pop_front() else {
             return false;
         };
-        // An answer kept again later has a later place in the order too.
-        if !self.answer_order.iter().any(|(_, later)| *later == ids)
-            && let Some(value) = self.answers.remove(&ids)
+        // An answer kept again later has a later place in the order too:
+        // only the place of its latest keeping drops it.
+        if self.answers.get(&key).is_some_and(|(_, kept)| *kept == at)
+            && let Some((value, _)) = self.answers.remove(&key)
         {
             self.used -= value.len();
         }
@@ -357,9 +366,9 @@ mod tests {
             Err(StageRefusal::Full)
         );
         // Answers (and committed records) make room; staged values do not.
-        values.keep_answer(now, (9, 9), vec![9; 4].into());
+        values.keep_answer(now, (9, 9), 1, vec![9; 4].into());
         assert_eq!(values.stage(now, (1, 4), vec![4; 5]), Ok(()));
-        assert_eq!(values.answer((9, 9)), None, "dropped to make room");
+        assert_eq!(values.answer((9, 9), 1), None, "dropped to make room");
         assert!(
             values
                 .take_staged((1, 4), &Large::of(&[4; 5], NOWHERE))
@@ -435,12 +444,22 @@ mod tests {
     }
 
     #[test]
-    fn answers_leave_after_their_time() {
+    fn answers_leave_after_their_time_and_each_reply_gets_its_own() {
         let values = Values::default();
-        values.keep_answer(Time::ZERO, (5, 9), b"answer".to_vec().into());
-        assert!(values.answer((5, 9)).is_some());
+        values.keep_answer(Time::ZERO, (5, 9), 1, b"answer".to_vec().into());
+        // The same request answered again with another value (a retry):
+        // both kept, each under its checksum.
+        let later = Time::ZERO + Duration::from_secs(1);
+        values.keep_answer(later, (5, 9), 2, b"another".to_vec().into());
+        assert_eq!(values.answer((5, 9), 1).as_deref(), Some(&b"answer"[..]));
+        assert_eq!(values.answer((5, 9), 2).as_deref(), Some(&b"another"[..]));
+        // Kept again: it stays for the time of its latest keeping.
+        values.keep_answer(later, (5, 9), 1, b"answer".to_vec().into());
         values.trim(Time::ZERO + ANSWERED_FOR, 0, 0);
-        assert_eq!(values.answer((5, 9)), None);
+        assert!(values.answer((5, 9), 1).is_some());
+        values.trim(later + ANSWERED_FOR, 0, 0);
+        assert_eq!(values.answer((5, 9), 1), None);
+        assert_eq!(values.answer((5, 9), 2), None);
         assert_eq!(values.used(), 0);
     }
 }

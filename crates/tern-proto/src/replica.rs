@@ -1021,9 +1021,11 @@ impl Replica {
             return false;
         }
         let holder = self.config.chain[self.config.position];
-        extensions.large = Some(Large::of(value, holder));
+        let large = Large::of(value, holder);
+        extensions.large = Some(large);
         let ids = (header.client_id.get(), header.request_id.get());
-        self.values.keep_answer(self.now, ids, value.into());
+        self.values
+            .keep_answer(self.now, ids, large.checksum, value.into());
         outbox.push_with(to, header, &extensions, &[], &[]);
         true
     }

@@ -59,7 +59,10 @@ fn a_staged_value_reaches_every_replica_and_is_read_out_of_band() {
         .iter()
         .position(|address| *address == large.holder)
         .expect("a replica of the chain holds it");
-    let kept = sim.replicas[holder].values().answer((42, 2)).unwrap();
+    let kept = sim.replicas[holder]
+        .values()
+        .answer((42, 2), large.checksum)
+        .unwrap();
     assert_eq!(&kept[..], &value[..]);
 }
 
@@ -121,7 +124,7 @@ fn a_large_value_before_a_write_is_answered_out_of_band_by_the_tail() {
     let reply = sim.reply_to(5);
     let large = reply.extensions.large.expect("too large for the ACK");
     assert_eq!(large.holder, *sim.chain.last().unwrap());
-    let kept = sim.tail().values().answer((42, 5)).unwrap();
+    let kept = sim.tail().values().answer((42, 5), large.checksum).unwrap();
     assert_eq!(&kept[..], &first[..]);
 }
 
@@ -212,7 +215,8 @@ fn a_value_staged_everywhere_is_taken_where_it_is_and_only_when_unchanged() {
     expected.extend_from_slice(&operand);
     for replica in &sim.replicas {
         assert_eq!(replica.store().latest(b"k").unwrap().value, &expected[..]);
-        assert_eq!(replica.values().answer((42, 2)), None);
+        let checksum = Large::of(&expected, std::net::SocketAddrV4::new(0.into(), 0)).checksum;
+        assert_eq!(replica.values().answer((42, 2), checksum), None);
     }
     for replica in &sim.replicas[1..] {
         assert_eq!(replica.counters().values_staged_here, 1, "not the operand");

@@ -122,7 +122,8 @@ fn answer(
             TransferRequest::Answer {
                 client_id,
                 request_id,
-            } => match values.answer((client_id, request_id)) {
+                checksum,
+            } => match values.answer((client_id, request_id), checksum) {
                 Some(value) => transfer::write_answer(&stream, 0, &value)?,
                 None => transfer::write_refusal(&stream, ValueRefusal::Missing)?,
             },
