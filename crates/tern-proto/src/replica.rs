@@ -1531,12 +1531,13 @@ impl Replica {
         let _ = std::fmt::Write::write_fmt(
             &mut text,
             format_args!(
-                "applied_seq {}\ncommit_seq {}\nlive_keys {}\nexpiring_keys {}\nheld_back_now {}\n",
+                "applied_seq {}\ncommit_seq {}\nlive_keys {}\nexpiring_keys {}\nheld_back_now {}\nlarge_values_bytes {}\n",
                 self.store.applied_seq(),
                 self.store.commit_seq(),
                 self.store.live_keys(),
                 self.store.expiring_keys(),
-                self.holdback.len()
+                self.holdback.len(),
+                self.values.used()
             ),
         );
         text

@@ -30,6 +30,11 @@ fn value_of(length: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// The default memory of a replica's table of large values.
+fn tern_server_budget() -> u64 {
+    1 << 30
+}
+
 /// A client that waits out failovers.
 fn patient_client(cluster: &TestCluster) -> Client {
     let options = ClientOptions {
@@ -133,6 +138,11 @@ fn large_values_survive_kills_reconfiguration_and_state_transfer() {
         other => panic!("a value over the limit: {other:?}"),
     }
     assert_all_read(&mut client, &written, "as written");
+    // The head accounts for the values it keeps for its successor (and
+    // answers for readers), within its budget.
+    let head = cluster.map.shards[0].replicas[0];
+    let held = common::counter(&common::stats_of(&mut client, head), "large_values_bytes");
+    assert!(held > 0 && held <= tern_server_budget(), "{held}");
 
     // Every replica SIGKILLed at once, then restarted from its log.
     cluster.kill(&["shard0-replica0", "shard0-replica1", "shard0-replica2"]);
@@ -210,15 +220,8 @@ fn large_values_move_with_their_slots_and_keep_their_versions() {
     }
     let shard0 = cluster.meta_map().shards[0].slots.clone();
     let [start, end] = shard0[0];
-    let output = cluster.tern(&[
-        "reshard",
-        "--from",
-        "0",
-        "--to",
-        "1",
-        "--slots",
-        &format!("{start}-{}", end - 1),
-    ]);
+    let range = format!("{start}-{}", end - 1);
+    let output = cluster.tern(&["reshard", "--from", "0", "--to", "1", "--slots", &range]);
     assert!(
         output.status.success(),
         "reshard: {}\n{}",
