@@ -760,11 +760,12 @@ impl Replica {
     fn value_of(&mut self, message: &Message<'_>) -> Option<Result<Arc<[u8]>, Status>> {
         let header = &message.header;
         let large = message.extensions.large?;
-        if !message.value.is_empty() {
-            return Some(Err(Status::Malformed));
-        }
         let ids = (header.client_id.get(), header.request_id.get());
         if header.op() != Op::Replicate {
+            if !message.value.is_empty() {
+                // A client's write names its value or carries it, not both.
+                return Some(Err(Status::Malformed));
+            }
             return Some(
                 self.values
                     .take_staged(ids, &large)

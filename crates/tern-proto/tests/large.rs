@@ -273,3 +273,27 @@ fn a_client_cannot_mark_a_computed_value_as_its_own() {
         assert_eq!(replica.store().latest(b"k").unwrap().value, &head[..]);
     }
 }
+
+#[test]
+fn a_write_that_names_its_value_and_carries_one_is_refused() {
+    let mut sim = Sim::new(2);
+    let value = value_of(2000, 13);
+    sim.stage(1, &value);
+    let mut header = Header::new(Op::Put, SHARD, EPOCH);
+    header.key_hash.set(key_hash(b"k"));
+    header.client_id.set(42);
+    header.request_id.set(1);
+    let nowhere = std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0);
+    let extensions = Extensions {
+        large: Some(Large::of(&value, nowhere)),
+        ..Extensions::default()
+    };
+    let mut bytes = Vec::new();
+    encode_append_with(&header, &extensions, b"k", b"inline too", &mut bytes).unwrap();
+    sim.send(bytes);
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(1).status(), Status::Malformed);
+    for replica in &sim.replicas {
+        assert!(replica.store().latest(b"k").is_none());
+    }
+}
