@@ -38,6 +38,14 @@ pub struct Links {
 }
 
 impl Links {
+    /// The connection to `to`, opened when there is none.
+    fn link(&mut self, to: SocketAddrV4) -> std::io::Result<&mut ValueLink> {
+        Ok(match self.links.entry(to) {
+            std::collections::hash_map::Entry::Occupied(link) => link.into_mut(),
+            std::collections::hash_map::Entry::Vacant(room) => room.insert(ValueLink::connect(to)?),
+        })
+    }
+
     /// Runs `request` on the connection to `to`, connecting (again) when
     /// there is none or it failed; one reconnection per call.
     fn with_link<T>(
@@ -46,13 +54,7 @@ impl Links {
         mut request: impl FnMut(&mut ValueLink) -> Result<T, ValueError>,
     ) -> Result<T, ValueError> {
         for attempt in 0..2 {
-            let link = match self.links.entry(to) {
-                std::collections::hash_map::Entry::Occupied(link) => link.into_mut(),
-                std::collections::hash_map::Entry::Vacant(room) => {
-                    room.insert(ValueLink::connect(to)?)
-                }
-            };
-            match request(link) {
+            match request(self.link(to)?) {
                 Err(ValueError::Io(error)) => {
                     self.links.remove(&to);
                     if attempt == 1 {
@@ -126,14 +128,8 @@ impl Links {
         // head's, so the copies travel at once.
         let mut sent = Vec::new();
         for &replica in others {
-            let link = match self.links.entry(replica) {
-                std::collections::hash_map::Entry::Occupied(link) => link.into_mut(),
-                std::collections::hash_map::Entry::Vacant(room) => {
-                    match ValueLink::connect(replica) {
-                        Ok(link) => room.insert(link),
-                        Err(_) => continue,
-                    }
-                }
+            let Ok(link) = self.link(replica) else {
+                continue;
             };
             if link.send_stage(ids.0, ids.1, value).is_ok() {
                 sent.push(replica);

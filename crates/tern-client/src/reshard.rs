@@ -1306,16 +1306,13 @@ impl Driver {
                 } else {
                     &request.value[..]
                 };
-                let mut bytes = Vec::new();
-                encode_append_with(
+                self.send_with(
+                    coordinator,
                     &request.header,
                     &request.extensions,
                     &request.key,
                     inline,
-                    &mut bytes,
-                )
-                .map_err(std::io::Error::other)?;
-                self.socket.send_to(&bytes, coordinator)?;
+                )?;
             }
             let Some((answer, _)) = self.receive()? else {
                 continue;

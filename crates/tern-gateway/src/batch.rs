@@ -82,13 +82,17 @@ pub fn plan<'a>(
     args: &'a [Vec<u8>],
     delta: &'a mut Option<Vec<u8>>,
 ) -> Option<Result<Plan<'a>, Frame>> {
-    if args.iter().any(|arg| tern_client::large::is_large(arg)) {
-        // A value too large for a datagram is staged before its write is
-        // sent (the client's blocking way): its command runs alone
-        // (`run_alone`).
+    if has_large_value(args) {
         return None;
     }
     plan_calls(name, args, delta)
+}
+
+/// Whether a command carries a value too large for a datagram: it is
+/// staged before its write is sent (the client's blocking way), so the
+/// command runs alone (`run_alone`) and ends its round.
+pub fn has_large_value(args: &[Vec<u8>]) -> bool {
+    args.iter().any(|arg| tern_client::large::is_large(arg))
 }
 
 /// A planned command with a value too large for a datagram, its calls one

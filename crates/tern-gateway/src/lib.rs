@@ -384,14 +384,11 @@ impl<'a> Connection<'a> {
                             if arguments.is_empty() {
                                 continue;
                             }
-                            // A command with a large value runs alone (see
-                            // `batch::plan`), so it ends the round: it runs
-                            // after the commands before it.
+                            // A command with a large value ends the round:
+                            // it runs after the commands before it.
                             let planned = self.authenticated
                                 && batch::is_planned(&String::from_utf8_lossy(&arguments[0]))
-                                && !arguments
-                                    .iter()
-                                    .any(|arg| tern_client::large::is_large(arg));
+                                && !batch::has_large_value(&arguments);
                             round.push(arguments);
                             if !planned || round.len() == BATCH_COMMANDS_MAX {
                                 break;

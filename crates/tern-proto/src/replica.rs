@@ -376,7 +376,8 @@ impl Replica {
             .extensions
             .expiry
             .map_or(0, |asked| asked.deadline_ms);
-        self.apply_record(header, message.key, value, deadline_ms, scratch);
+        let extensions = record_extensions(deadline_ms, value);
+        self.apply_record(header, message.key, value, &extensions, scratch);
         Ok(())
     }
 
@@ -862,8 +863,10 @@ impl Replica {
             Effect::Put | Effect::Install => decision.deadline_ms,
             _ => 0,
         };
+        // Its deadline, and a large value's name (its checksum computed
+        // once, for the log and the record sent on).
+        let extensions = record_extensions(deadline_ms, value);
         if self.journaling {
-            let extensions = record_extensions(deadline_ms, value);
             outbox.journal_push(header.seq.get(), &record, &extensions, message.key, value);
         }
         // Counted live only: a replay of the log is no load.
@@ -871,22 +874,25 @@ impl Replica {
             self.load
                 .count_write(tern_wire::slot_of(record.key_hash.get()));
         }
-        self.apply_record(&record, message.key, value, deadline_ms, outbox);
+        self.apply_record(&record, message.key, value, &extensions, outbox);
         true
     }
 
     /// Applies a decided write (a REPLICATE record) and queues what goes
     /// downstream: the record to the successor, or an ACK from the tail.
     /// Execution and log replay both come through here.
+    /// `extensions` are the record's (`record_extensions`): the value's
+    /// deadline and, for a large value, its name.
     fn apply_record(
         &mut self,
         record: &Header,
         key: &[u8],
         value: &[u8],
-        deadline_ms: u64,
+        extensions: &Extensions,
         outbox: &mut Outbox,
     ) {
         let seq = record.seq.get();
+        let deadline_ms = extensions.expiry.map_or(0, |decided| decided.deadline_ms);
         // The tail answers with the key's value before or after this write
         // when asked: it applies every write in order, so it knows both.
         // The value before is answered whatever the outcome (a refused
@@ -970,7 +976,6 @@ impl Replica {
         let mut next = *record;
         next.commit_seq.set(self.store.commit_seq());
         let to = self.config.downstream();
-        let extensions = record_extensions(deadline_ms, value);
         let inline = if extensions.large.is_some() {
             // Kept for the successor to fetch while the record is in the
             // sent log.
@@ -993,12 +998,12 @@ impl Replica {
             // the tail, it passes the record on instead.
             let mut scratch = std::mem::take(&mut self.scratch);
             scratch.clear();
-            tern_wire::encode_append_with(record, &extensions, key, inline, &mut scratch)
+            tern_wire::encode_append_with(record, extensions, key, inline, &mut scratch)
                 .expect("an applied record fits a datagram");
             self.log_sent(seq, &scratch);
             self.scratch = scratch;
         } else {
-            outbox.push_with(to, &next, &extensions, key, inline);
+            outbox.push_with(to, &next, extensions, key, inline);
             let sent = outbox.iter().last().expect("just pushed").1;
             self.log_sent(seq, sent);
         }

@@ -22,9 +22,8 @@ pub fn get(
     value_file: Option<&Path>,
 ) -> Result<ExitCode> {
     let mut client = Client::new(map.clone())?;
-    match client.get(key.as_bytes())? {
-        Some(found) if value_file.is_some() => {
-            let path = value_file.expect("just checked");
+    match (client.get(key.as_bytes())?, value_file) {
+        (Some(found), Some(path)) => {
             if path == Path::new("-") {
                 let mut out = std::io::stdout().lock();
                 out.write_all(&found.value)?;
@@ -38,7 +37,7 @@ pub fn get(
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some(found) => {
+        (Some(found), None) => {
             let value = String::from_utf8_lossy(&found.value);
             if with_version {
                 println!("{}\t{value}", found.version);
@@ -47,7 +46,7 @@ pub fn get(
             }
             Ok(ExitCode::SUCCESS)
         }
-        None => {
+        (None, _) => {
             eprintln!("(not found)");
             Ok(ExitCode::from(1))
         }
