@@ -216,10 +216,24 @@ impl Pipeline {
     /// every reply already queued, resends what timed out, and appends every
     /// finished request to `completed`.
     pub fn poll(&mut self, completed: &mut Vec<Completion>) -> Result<(), ClientError> {
+        self.poll_with(0, completed)
+    }
+
+    /// As [`Pipeline::poll`], without waiting: takes the replies already
+    /// queued and resends what timed out. For an event loop that learns
+    /// from its own poller (the socket is [`AsRawFd`]) when replies came.
+    pub fn poll_ready(&mut self, completed: &mut Vec<Completion>) -> Result<(), ClientError> {
+        self.poll_with(libc::MSG_DONTWAIT, completed)
+    }
+
+    fn poll_with(
+        &mut self,
+        mut flags: libc::c_int,
+        completed: &mut Vec<Completion>,
+    ) -> Result<(), ClientError> {
         if self.in_flight.is_empty() {
             return Ok(());
         }
-        let mut flags = 0;
         loop {
             // SAFETY: receives into a live buffer of the given length.
             let length = unsafe {
@@ -415,6 +429,13 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+}
+
+impl AsRawFd for Pipeline {
+    /// The socket replies arrive on.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
     }
 }
 

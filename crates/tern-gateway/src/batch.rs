@@ -1,12 +1,17 @@
 //! A connection's pipelined commands in flight together. The commonest
 //! commands (GET, SET, INCR and kin, DEL, EXISTS, MGET, MSET, STRLEN, ...)
-//! are planned as Tern requests, which a [`Pipeline`] sends many at a time;
+//! are planned as Tern requests, which a `tern_client::Pipeline` sends many at a time;
 //! their replies go back in command order. Each key's commands stay in
 //! order: a command touching a key that is still in flight waits for it.
 //! Any other command runs alone, once everything before it has finished.
+//! A [`Round`] is one connection's share: its worker sends the calls of
+//! many connections' rounds through the same pipelines.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use tern_client::answer::{self, Call};
-use tern_client::{ClientError, Lifetime, Pipeline, Reply, Request, SetCondition};
+use tern_client::{ClientError, Lifetime, Reply, SetCondition};
 
 use crate::expire;
 use crate::resp::Frame;
@@ -258,68 +263,180 @@ pub fn finish(finish: Finish, replies: Vec<Result<Reply, ClientError>>) -> Frame
     result.unwrap_or_else(tern_error)
 }
 
-/// A call's pipeline token: its command's place among those under way in
-/// the high half, its own among the command's calls in the low half (a
-/// command may have many: DEL or MSET of thousands of keys).
-fn token(command: usize, call: usize) -> u64 {
-    (command as u64) << 32 | call as u64
-}
-
-fn untoken(token: u64) -> (usize, usize) {
-    (
-        (token >> 32) as usize,
-        (token & u64::from(u32::MAX)) as usize,
-    )
+/// What became of one call handed to a pipeline.
+pub enum Sent {
+    /// In flight under this tag.
+    Sent(u64),
+    /// No pipeline has room: the round waits until one has.
+    NoRoom,
+    /// It could not be sent: the call fails with this.
+    Failed(ClientError),
 }
 
 /// One planned command under way.
 struct Running {
-    /// Its place among the commands of the batch.
+    /// Its place among the commands of the round.
     slot: usize,
     finish: Finish,
     replies: Vec<Option<Result<Reply, ClientError>>>,
     left: usize,
 }
 
-/// What is under way: the commands, and (key, token) of each call in
-/// flight (`token`).
-struct Flight<'a> {
+/// A round of one connection's commands: the planned ones sent many at
+/// once, each key's calls in order, then those that run alone (at most
+/// the round's last command), answered in order. Kept by the connection
+/// while replies come in; [`Round::pump`] sends what can be sent.
+pub struct Round {
+    /// The commands as they came, name first.
+    commands: Vec<Vec<Vec<u8>>>,
+    /// Their entries in `commands::COMMANDS`.
+    pub specs: Vec<Option<usize>>,
+    /// Each command's arguments with its keys in the selected database
+    /// (None in database 0: as they came).
+    in_db: Vec<Option<Vec<Vec<u8>>>>,
+    answers: Vec<Option<(Frame, Duration)>>,
+    started: Instant,
+    /// The planned commands in order, and the next call to send: (its
+    /// command among them, its place among the command's calls).
     running: Vec<Running>,
-    in_flight: Vec<(&'a [u8], u64)>,
-    completed: Vec<tern_client::Completion>,
+    next: (usize, usize),
+    /// (key, tag) of each call in flight.
+    in_flight: Vec<(Vec<u8>, u64)>,
+    /// The commands that run alone, in order.
+    alone: VecDeque<usize>,
 }
 
-impl<'a> Flight<'a> {
-    fn busy(&self, key: &[u8]) -> bool {
-        self.in_flight.iter().any(|(busy, _)| *busy == key)
-    }
-
-    /// Waits for replies and hands each finished command to `done`.
-    fn poll(&mut self, pipeline: &mut Pipeline, done: &mut impl FnMut(usize, Frame)) {
-        if let Err(error) = pipeline.poll(&mut self.completed) {
-            // The socket failed: every call in flight fails with it.
-            let text = error.to_string();
-            for (_, token) in std::mem::take(&mut self.in_flight) {
-                let failed = ClientError::Io(std::io::Error::other(text.clone()));
-                self.deliver(token, Err(failed), done);
+impl Round {
+    /// Plans `commands` for a connection in database `db`; the planned
+    /// commands wait for [`Round::pump`], refusals are answered at once.
+    pub fn new(commands: Vec<Vec<Vec<u8>>>, db: u32, authenticated: bool) -> Round {
+        let started = Instant::now();
+        let specs: Vec<Option<usize>> = commands
+            .iter()
+            .map(|arguments| crate::commands::index_of(&String::from_utf8_lossy(&arguments[0])))
+            .collect();
+        let in_db: Vec<Option<Vec<Vec<u8>>>> = commands
+            .iter()
+            .zip(&specs)
+            .map(|(arguments, index)| {
+                let spec = index.map(|index| &crate::commands::COMMANDS[index]);
+                (db != 0).then(|| crate::keys_in_db(spec, &arguments[1..], db))
+            })
+            .collect();
+        let mut round = Round {
+            answers: (0..commands.len()).map(|_| None).collect(),
+            specs,
+            in_db,
+            started,
+            running: Vec::new(),
+            next: (0, 0),
+            in_flight: Vec::new(),
+            alone: VecDeque::new(),
+            commands: Vec::new(),
+        };
+        for (slot, arguments) in commands.iter().enumerate() {
+            let args = round.in_db[slot].as_deref().unwrap_or(&arguments[1..]);
+            let mut delta = None;
+            let planned = authenticated
+                .then(|| plan(&crate::upper(&arguments[0]), args, &mut delta))
+                .flatten();
+            match planned {
+                Some(Ok(plan)) => round.running.push(Running {
+                    slot,
+                    finish: plan.finish,
+                    replies: (0..plan.calls.len()).map(|_| None).collect(),
+                    left: plan.calls.len(),
+                }),
+                Some(Err(refusal)) => round.answers[slot] = Some((refusal, started.elapsed())),
+                None => round.alone.push_back(slot),
             }
-            return;
         }
-        for completion in std::mem::take(&mut self.completed) {
-            self.in_flight
-                .retain(|(_, token)| *token != completion.token);
-            self.deliver(completion.token, completion.result, done);
-        }
+        round.commands = commands;
+        round
     }
 
-    fn deliver(
+    /// Sends, through `send(key, call, command, call index)`, every call
+    /// whose key has nothing in flight, in order, until one must wait.
+    /// Whether it stopped for want of room in the pipelines.
+    pub fn pump(&mut self, send: &mut impl FnMut(&[u8], Call<'_>, usize, usize) -> Sent) -> bool {
+        let Round {
+            commands,
+            in_db,
+            running,
+            next,
+            in_flight,
+            answers,
+            started,
+            ..
+        } = self;
+        let busy = |in_flight: &[(Vec<u8>, u64)], key: &[u8]| {
+            in_flight.iter().any(|(busy, _)| busy.as_slice() == key)
+        };
+        while next.0 < running.len() {
+            let (command, first) = *next;
+            let slot = running[command].slot;
+            let arguments = &commands[slot];
+            let args = in_db[slot].as_deref().unwrap_or(&arguments[1..]);
+            let mut delta = None;
+            let Some(Ok(plan)) = plan(&crate::upper(&arguments[0]), args, &mut delta) else {
+                unreachable!("planned when the round began")
+            };
+            // A key's calls in order: a command waits for its keys' calls
+            // in flight, and a call for its command's own on the same key
+            // (MSET a 1 a 2).
+            if first == 0 && plan.calls.iter().any(|(key, _)| busy(in_flight, key)) {
+                return false;
+            }
+            for (index, (key, call)) in plan.calls.into_iter().enumerate().skip(first) {
+                if busy(in_flight, key) {
+                    next.1 = index;
+                    return false;
+                }
+                match send(key, call, command, index) {
+                    Sent::Sent(tag) => in_flight.push((key.to_vec(), tag)),
+                    Sent::NoRoom => {
+                        next.1 = index;
+                        return true;
+                    }
+                    Sent::Failed(error) => {
+                        Self::store(running, answers, *started, command, index, Err(error))
+                    }
+                }
+            }
+            *next = (command + 1, 0);
+        }
+        false
+    }
+
+    /// The reply of call `call` of planned command `command`, sent under
+    /// `tag`.
+    pub fn deliver(
         &mut self,
-        token: u64,
+        command: usize,
+        call: usize,
+        tag: u64,
         result: Result<Reply, ClientError>,
-        done: &mut impl FnMut(usize, Frame),
     ) {
-        let (command, call) = untoken(token);
-        let command = &mut self.running[command];
+        self.in_flight.retain(|(_, sent)| *sent != tag);
+        Self::store(
+            &mut self.running,
+            &mut self.answers,
+            self.started,
+            command,
+            call,
+            result,
+        );
+    }
+
+    fn store(
+        running: &mut [Running],
+        answers: &mut [Option<(Frame, Duration)>],
+        started: Instant,
+        command: usize,
+        call: usize,
+        result: Result<Reply, ClientError>,
+    ) {
+        let command = &mut running[command];
         command.replies[call] = Some(result);
         command.left -= 1;
         if command.left == 0 {
@@ -328,69 +445,39 @@ impl<'a> Flight<'a> {
                 .drain(..)
                 .map(|reply| reply.expect("every call answered"))
                 .collect();
-            done(command.slot, finish(command.finish, replies));
+            answers[command.slot] = Some((finish(command.finish, replies), started.elapsed()));
         }
     }
 
-    /// Sends one call once the pipeline has room for it.
-    fn submit(
-        &mut self,
-        pipeline: &mut Pipeline,
-        (key, call): (&'a [u8], Call<'a>),
-        token: u64,
-        done: &mut impl FnMut(usize, Frame),
-    ) {
-        let room = |pipeline: &Pipeline| {
-            if call.op == tern_wire::Op::Get {
-                pipeline.has_room_for_read()
-            } else {
-                pipeline.has_room()
-            }
-        };
-        while !room(pipeline) {
-            self.poll(pipeline, done);
-        }
-        match pipeline.submit(Request::Call(call), key, token) {
-            Ok(()) => self.in_flight.push((key, token)),
-            Err(error) => self.deliver(token, Err(error), done),
-        }
+    /// Whether every planned command is sent and answered.
+    pub fn planned_done(&self) -> bool {
+        self.next.0 == self.running.len() && self.in_flight.is_empty()
     }
-}
 
-/// Runs `plans` (each with its place `slot`) through `pipeline`, many at
-/// once, each key's calls in order; `done(slot, frame)` gets each
-/// command's answer as it finishes.
-pub fn run<'a>(
-    pipeline: &mut Pipeline,
-    plans: Vec<(usize, Plan<'a>)>,
-    mut done: impl FnMut(usize, Frame),
-) {
-    let mut flight = Flight {
-        running: Vec::new(),
-        in_flight: Vec::new(),
-        completed: Vec::new(),
-    };
-    for (slot, plan) in plans {
-        // A key's calls in order: wait for the ones in flight.
-        while plan.calls.iter().any(|(key, _)| flight.busy(key)) {
-            flight.poll(pipeline, &mut done);
-        }
-        let index = flight.running.len();
-        flight.running.push(Running {
-            slot,
-            finish: plan.finish,
-            replies: (0..plan.calls.len()).map(|_| None).collect(),
-            left: plan.calls.len(),
-        });
-        for (call_index, call) in plan.calls.into_iter().enumerate() {
-            // A command naming a key twice (MSET a 1 a 2): in order too.
-            while flight.busy(call.0) {
-                flight.poll(pipeline, &mut done);
-            }
-            flight.submit(pipeline, call, token(index, call_index), &mut done);
-        }
+    /// The next command that runs alone, once the planned ones are done:
+    /// its slot, its entry in `commands::COMMANDS` and its arguments (name
+    /// first).
+    pub fn next_alone(&mut self) -> Option<(usize, Option<usize>, &mut Vec<Vec<u8>>)> {
+        let slot = self.alone.pop_front()?;
+        Some((slot, self.specs[slot], &mut self.commands[slot]))
     }
-    while !flight.in_flight.is_empty() {
-        flight.poll(pipeline, &mut done);
+
+    /// The answer of a command that ran alone.
+    pub fn answer(&mut self, slot: usize, reply: Frame) {
+        self.answers[slot] = Some((reply, self.started.elapsed()));
+    }
+
+    /// Whether every command of the round is answered.
+    pub fn answered(&self) -> bool {
+        self.planned_done() && self.alone.is_empty() && self.answers.iter().all(Option::is_some)
+    }
+
+    /// Every command's answer and how long it took, in order (once
+    /// [`Round::answered`]).
+    pub fn into_answers(self) -> Vec<(Frame, Duration)> {
+        self.answers
+            .into_iter()
+            .map(|answer| answer.expect("every command answered"))
+            .collect()
     }
 }

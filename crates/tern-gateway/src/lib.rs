@@ -1,13 +1,17 @@
 //! The Redis-protocol gateway (`tern gateway`): RESP2, and RESP3 after
 //! `HELLO 3`, so that Redis clients and tools work with Tern unchanged.
 //!
-//! One thread per connection, each with its own Tern client. Commands of a
-//! pipelined batch run in order and their replies leave together. Every
-//! command maps onto Tern operations that are linearizable per key; the
-//! read-modify-write commands (INCR and its kin, APPEND, SET NX/XX/GET,
-//! GETSET, SETNX) are single Tern writes decided at the chain head, never
-//! read-then-write in the gateway. MSET and multi-key DEL/EXISTS/MGET are not
-//! atomic across keys (Tern has no multi-key transactions yet).
+//! Event-driven (`worker`): a few I/O threads each serve many connections
+//! from one poller, and send the planned commands of all of them (GET,
+//! SET, INCR, ...) through a few shared pipelines, many in flight at once;
+//! the commands that need a blocking client (key walks, expiry, bits, large
+//! values) run on a small pool of threads. Commands of a pipelined batch
+//! run in order and their replies leave together. Every command maps onto
+//! Tern operations that are linearizable per key; the read-modify-write
+//! commands (INCR and its kin, APPEND, SET NX/XX/GET, GETSET, SETNX) are
+//! single Tern writes decided at the chain head, never read-then-write in
+//! the gateway. MSET and multi-key DEL/EXISTS/MGET are not atomic across
+//! keys (Tern has no multi-key transactions yet).
 
 mod batch;
 pub mod clients;
@@ -17,34 +21,27 @@ pub mod keyspace;
 pub mod resp;
 pub mod stats;
 mod strings;
+mod worker;
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use resp::{Frame, Parser};
+use resp::Frame;
 use tern_client::expiry::unix_now_ms;
 use tern_client::{Client, ClientError, ClusterMap};
 
-/// How often blocked accept and read calls look at the shutdown flag.
+/// How often blocked calls look at the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
-/// Bytes read from a connection at once.
-const READ_CHUNK: usize = 16 * 1024;
-/// Replies of a pipelined batch kept before they are written: a client
-/// sending faster than it reads waits on its own socket beyond this.
-const OUTPUT_FLUSH: usize = 64 * 1024;
-/// A client that reads none of its replies for this long is disconnected
-/// (its thread would wait on it for good).
-const WRITE_STALL_MAX: Duration = Duration::from_secs(30);
-/// Stack of each connection's thread: the parser and the client keep their
-/// buffers on the heap, so 10 000 connections stay within a few GB of
-/// address space and far less memory.
-const CONNECTION_STACK: usize = 256 * 1024;
 /// Connections served at once unless configured otherwise (Redis:
 /// `maxclients` 10000).
 pub const MAX_CLIENTS_DEFAULT: usize = 10_000;
+/// Threads running the commands that need a blocking client, unless
+/// configured otherwise: as many such commands run at once, the others
+/// wait (their connections only).
+pub const BLOCKING_THREADS_DEFAULT: usize = 8;
 
 /// What a gateway serves.
 #[derive(Clone, Debug)]
@@ -57,16 +54,24 @@ pub struct GatewayConfig {
     pub max_clients: usize,
     /// `timeout`: a connection idle this long is closed (None: never).
     pub idle_timeout: Option<Duration>,
+    /// `io-threads`: threads serving connections, each with its own poller
+    /// and pipelines.
+    pub io_threads: usize,
+    /// Threads for the commands that need a blocking client.
+    pub blocking_threads: usize,
 }
 
 impl GatewayConfig {
-    /// Redis's defaults: no password, 10 000 clients, no idle timeout.
+    /// Redis's defaults (no password, 10 000 clients, no idle timeout, one
+    /// I/O thread), and `BLOCKING_THREADS_DEFAULT` blocking threads.
     pub fn new(map: ClusterMap) -> GatewayConfig {
         GatewayConfig {
             map,
             password: None,
             max_clients: MAX_CLIENTS_DEFAULT,
             idle_timeout: None,
+            io_threads: 1,
+            blocking_threads: BLOCKING_THREADS_DEFAULT,
         }
     }
 }
@@ -109,7 +114,6 @@ pub fn serve(
     config: GatewayConfig,
     shutdown: Arc<AtomicBool>,
 ) -> io::Result<()> {
-    listener.set_nonblocking(true)?;
     let max_clients = AtomicUsize::new(config.max_clients);
     let idle_timeout_s = AtomicU64::new(config.idle_timeout.map_or(0, |t| t.as_secs().max(1)));
     let shared = Arc::new(Shared {
@@ -120,86 +124,50 @@ pub fn serve(
         max_clients,
         idle_timeout_s,
         next_client_id: AtomicU64::new(1),
-        shutdown: shutdown.clone(),
+        shutdown,
     });
-    let mut connections = Vec::new();
-    while !shutdown.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((mut stream, _)) => {
-                connections.retain(|handle: &std::thread::JoinHandle<()>| !handle.is_finished());
-                let max_clients = shared.max_clients.load(Ordering::Relaxed) as u64;
-                if shared.connected.load(Ordering::Relaxed) >= max_clients {
-                    // Best effort, as Redis does: the client may not read it.
-                    let _ = stream.set_nonblocking(true);
-                    let _ = stream.write_all(b"-ERR max number of clients reached\r\n");
-                    shared
-                        .stats
-                        .rejected_connections
-                        .fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                shared.connected.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .stats
-                    .connections_received
-                    .fetch_add(1, Ordering::Relaxed);
-                let connection_shared = shared.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("gateway-connection".into())
-                    .stack_size(CONNECTION_STACK)
-                    .spawn(move || {
-                        let shared = connection_shared;
-                        match Connection::new(&shared, &stream) {
-                            Ok(mut connection) => {
-                                if let Err(error) = connection.run(stream) {
-                                    tracing::debug!(%error, "connection ended");
-                                }
-                                shared.clients.leave(connection.id);
-                            }
-                            Err(error) => tracing::warn!(%error, "no client for a connection"),
-                        }
-                        shared.connected.fetch_sub(1, Ordering::Relaxed);
-                    });
-                match spawned {
-                    Ok(handle) => connections.push(handle),
-                    Err(error) => {
-                        // No thread for it (the stream closed with the closure).
-                        shared.connected.fetch_sub(1, Ordering::Relaxed);
-                        tracing::warn!(%error, "no thread for a new connection");
-                    }
-                }
-            }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            // A connection that vanished before accept, or no descriptors
-            // left for a moment: keep serving the others.
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-    for connection in connections {
-        let _ = connection.join();
-    }
-    Ok(())
+    worker::serve(listener, shared)
 }
 
-/// One client connection.
-struct Connection<'a> {
-    shared: &'a Shared,
-    client: Client,
+/// What a connection's commands may change about it (AUTH, SELECT,
+/// HELLO, QUIT): kept by its worker, lent to a blocking thread with a
+/// command that runs there.
+#[derive(Debug)]
+pub(crate) struct Session {
     id: u64,
     /// Its entry in the registry (its name, what it last ran).
     entry: Arc<clients::ClientEntry>,
     protocol: u8,
     authenticated: bool,
+    /// QUIT, a protocol error or CLIENT KILL of itself: closes once its
+    /// replies are written.
     closing: bool,
     /// The database `SELECT` chose (`keyspace`).
     db: u32,
-    /// Sends the planned commands (`batch`), made at the first of them.
-    pipeline: Option<tern_client::Pipeline>,
+}
+
+impl Session {
+    fn new(shared: &Shared, peer: Option<SocketAddr>, local: Option<SocketAddr>) -> Session {
+        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(clients::ClientEntry::new(id, peer, local));
+        shared.clients.join(entry.clone());
+        Session {
+            id,
+            entry,
+            protocol: 2,
+            authenticated: shared.config.password.is_none(),
+            closing: false,
+            db: 0,
+        }
+    }
+}
+
+/// One command being run: the connection's session and a blocking client
+/// to run it with.
+struct Context<'a> {
+    shared: &'a Shared,
+    client: &'a mut Client,
+    session: &'a mut Session,
 }
 
 /// Commands of one connection run together at most (more wait for the
@@ -304,230 +272,21 @@ fn upper(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).to_uppercase()
 }
 
-impl<'a> Connection<'a> {
-    fn new(shared: &'a Shared, stream: &TcpStream) -> io::Result<Self> {
-        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
-        let entry = Arc::new(clients::ClientEntry::new(
-            id,
-            stream.peer_addr().ok(),
-            stream.local_addr().ok(),
-        ));
-        let client = Client::new(shared.config.map.clone())?;
-        shared.clients.join(entry.clone());
-        Ok(Connection {
-            shared,
-            client,
-            id,
-            entry,
-            protocol: 2,
-            authenticated: shared.config.password.is_none(),
-            closing: false,
-            db: 0,
-            pipeline: None,
-        })
-    }
-
-    fn run(&mut self, mut stream: TcpStream) -> io::Result<()> {
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(SHUTDOWN_POLL))?;
-        stream.set_write_timeout(Some(WRITE_STALL_MAX))?;
-        stream.set_nodelay(true)?;
-        // Bounded: at most one incomplete bulk string or inline line besides
-        // a read (the parser takes every complete argument out), and the
-        // parser's arguments within `resp::QUERY_BUFFER_MAX`.
-        let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-        let mut chunk = vec![0u8; READ_CHUNK];
-        let mut output = Vec::with_capacity(READ_CHUNK);
-        let mut parser = Parser::new();
-        let mut last_heard = std::time::Instant::now();
-        loop {
-            let read = match stream.read(&mut chunk) {
-                Ok(0) => return Ok(()),
-                Ok(read) => read,
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    if self.shared.shutdown.load(Ordering::Relaxed) || self.entry.is_killed() {
-                        return Ok(());
-                    }
-                    let timeout = self.shared.idle_timeout_s.load(Ordering::Relaxed);
-                    if timeout > 0 && last_heard.elapsed().as_secs() >= timeout {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                Err(error) => return Err(error),
-            };
-            last_heard = std::time::Instant::now();
-            let stats = &self.shared.stats;
-            stats
-                .net_input_bytes
-                .fetch_add(read as u64, Ordering::Relaxed);
-            input.extend_from_slice(&chunk[..read]);
-            // Every complete command, in order, in rounds: the planned
-            // commands of a round in flight together, ended by any other
-            // command (which may change how the next ones are read: AUTH,
-            // SELECT, QUIT). Replies leave together, or every
-            // `OUTPUT_FLUSH` bytes.
-            let mut used = 0;
-            let mut refused = None;
-            while !self.closing {
-                let mut round: Vec<Vec<Vec<u8>>> = Vec::new();
-                loop {
-                    match parser.next(&input[used..], self.authenticated) {
-                        Ok((taken, command)) => {
-                            used += taken;
-                            let Some(arguments) = command else { break };
-                            if arguments.is_empty() {
-                                continue;
-                            }
-                            // A command with a large value ends the round:
-                            // it runs after the commands before it.
-                            let planned = self.authenticated
-                                && batch::is_planned(&String::from_utf8_lossy(&arguments[0]))
-                                && !batch::has_large_value(&arguments);
-                            round.push(arguments);
-                            if !planned || round.len() == BATCH_COMMANDS_MAX {
-                                break;
-                            }
-                        }
-                        Err(error) => {
-                            refused = Some(error);
-                            break;
-                        }
-                    }
-                }
-                if round.is_empty() {
-                    break;
-                }
-                self.run_round(&round, &mut output);
-                if output.len() >= OUTPUT_FLUSH {
-                    self.write_out(&mut stream, &mut output)?;
-                }
-                if refused.is_some() {
-                    break;
-                }
-            }
-            if let Some(refused) = refused
-                && !self.closing
-            {
-                Frame::error(format!("ERR {refused}")).encode(self.protocol, &mut output);
-                self.closing = true;
-            }
-            input.drain(..used);
-            self.write_out(&mut stream, &mut output)?;
-            if self.closing
-                || self.entry.is_killed()
-                || self.shared.shutdown.load(Ordering::Relaxed)
-            {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Writes the replies kept and counts them.
-    fn write_out(&self, stream: &mut TcpStream, output: &mut Vec<u8>) -> io::Result<()> {
-        stream.write_all(output)?;
-        self.shared
-            .stats
-            .net_output_bytes
-            .fetch_add(output.len() as u64, Ordering::Relaxed);
-        output.clear();
-        Ok(())
-    }
-
-    /// Runs one round of commands (`batch`): the planned ones through the
-    /// pipeline, many at once, then the other one that may end the round;
-    /// their replies in order into `output`, each counted.
-    fn run_round(&mut self, round: &[Vec<Vec<u8>>], output: &mut Vec<u8>) {
-        let started = std::time::Instant::now();
-        let specs: Vec<Option<usize>> = round
-            .iter()
-            .map(|arguments| commands::index_of(&String::from_utf8_lossy(&arguments[0])))
-            .collect();
-        // Keys of the selected database, as Tern stores them (database 0:
-        // the arguments as they came).
-        let in_db: Vec<Option<Vec<Vec<u8>>>> = round
-            .iter()
-            .zip(&specs)
-            .map(|(arguments, index)| {
-                let spec = index.map(|index| &commands::COMMANDS[index]);
-                (self.db != 0).then(|| keys_in_db(spec, &arguments[1..], self.db))
-            })
-            .collect();
-        let mut answers: Vec<Option<(Frame, std::time::Duration)>> = vec![None; round.len()];
-        let mut deltas: Vec<Option<Vec<u8>>> = vec![None; round.len()];
-        let mut plans = Vec::new();
-        let mut others = Vec::new();
-        for (slot, ((arguments, in_db), delta)) in
-            round.iter().zip(&in_db).zip(deltas.iter_mut()).enumerate()
-        {
-            let args = in_db.as_deref().unwrap_or(&arguments[1..]);
-            let name = upper(&arguments[0]);
-            match self
-                .authenticated
-                .then(|| batch::plan(&name, args, delta))
-                .flatten()
-            {
-                Some(Ok(plan)) => plans.push((slot, plan)),
-                Some(Err(refusal)) => answers[slot] = Some((refusal, started.elapsed())),
-                None => others.push(slot),
-            }
-        }
-        if !plans.is_empty() {
-            match self.pipeline() {
-                Ok(pipeline) => batch::run(pipeline, plans, |slot, frame| {
-                    answers[slot] = Some((frame, started.elapsed()));
-                }),
-                Err(error) => {
-                    let refusal = tern_error(error);
-                    for (slot, _) in plans {
-                        answers[slot] = Some((refusal.clone(), started.elapsed()));
-                    }
-                }
-            }
-        }
-        for slot in others {
-            let spec = specs[slot].map(|index| &commands::COMMANDS[index]);
-            let reply = self.execute(&round[slot], spec);
-            answers[slot] = Some((reply, started.elapsed()));
-        }
-        for (slot, answer) in answers.into_iter().enumerate() {
-            let (reply, took) = answer.expect("every command answered");
-            self.shared.stats.record(specs[slot], took, &reply);
-            let spec = specs[slot].map(|index| &commands::COMMANDS[index]);
-            let name = spec.map_or("unknown", |spec| spec.name);
-            self.entry.ran(name, self.db, self.protocol);
-            reply.encode(self.protocol, output);
-        }
-    }
-
-    /// The pipeline of this connection's planned commands.
-    fn pipeline(&mut self) -> Result<&mut tern_client::Pipeline, ClientError> {
-        if self.pipeline.is_none() {
-            let map = self.shared.config.map.clone();
-            self.pipeline = Some(tern_client::Pipeline::new(map, Default::default())?);
-        }
-        Ok(self.pipeline.as_mut().expect("made above"))
-    }
-
+impl Context<'_> {
     /// Runs one command; `spec` is its entry in `commands::COMMANDS` (None:
     /// not one the gateway serves).
     fn execute(&mut self, arguments: &[Vec<u8>], spec: Option<&commands::Spec>) -> Frame {
         let name = upper(&arguments[0]);
         let args = &arguments[1..];
-        if !self.authenticated && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
+        if !self.session.authenticated && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
             return Frame::error("NOAUTH Authentication required.");
         }
         // Keys of the selected database, as Tern stores them.
         let in_db;
-        let args = if self.db == 0 {
+        let args = if self.session.db == 0 {
             args
         } else {
-            in_db = keys_in_db(spec, args, self.db);
+            in_db = keys_in_db(spec, args, self.session.db);
             &in_db[..]
         };
         match name.as_str() {
@@ -541,13 +300,13 @@ impl<'a> Connection<'a> {
                 _ => arity_error(&name),
             },
             "QUIT" => {
-                self.closing = true;
+                self.session.closing = true;
                 Frame::ok()
             }
             "SELECT" => match args {
                 [index] => match parse_i64(index) {
                     Some(db) if (0..i64::from(keyspace::DATABASES)).contains(&db) => {
-                        self.db = db as u32;
+                        self.session.db = db as u32;
                         Frame::ok()
                     }
                     Some(_) => Frame::error("ERR DB index is out of range"),
@@ -566,7 +325,7 @@ impl<'a> Connection<'a> {
             "KEYS" => match args {
                 [pattern] => match self
                     .walk_map()
-                    .and_then(|map| keyspace::all_keys(&map, self.db))
+                    .and_then(|map| keyspace::all_keys(&map, self.session.db))
                 {
                     Ok(keys) => Frame::Array(
                         keys.into_iter()
@@ -596,7 +355,7 @@ impl<'a> Connection<'a> {
                 .walk_map()
                 .and_then(|map| keyspace::counts(&map, unix_now_ms()))
             {
-                Ok(counts) => Frame::Integer(counts[self.db as usize].keys as i64),
+                Ok(counts) => Frame::Integer(counts[self.session.db as usize].keys as i64),
                 Err(error) => walk_error(error),
             },
             "SETEX" | "PSETEX" => expire::set_ex(&mut self.client, spec_name(spec), args),
@@ -709,7 +468,7 @@ impl<'a> Connection<'a> {
         let stored: Vec<Vec<u8>> = match keyspace::all_stored(&map) {
             Ok(stored) => stored
                 .into_iter()
-                .filter(|name| all || keyspace::split(name).0 == self.db)
+                .filter(|name| all || keyspace::split(name).0 == self.session.db)
                 .collect(),
             Err(error) => return walk_error(error),
         };
@@ -762,7 +521,7 @@ impl<'a> Connection<'a> {
                 Ok((names, next)) => {
                     found.extend(names.iter().filter_map(|stored| {
                         let (db, key) = keyspace::split(stored);
-                        (db == self.db
+                        (db == self.session.db
                             && only_strings
                             && pattern
                                 .as_ref()
@@ -804,7 +563,7 @@ impl<'a> Connection<'a> {
                         .iter()
                         .filter_map(|stored| {
                             let (db, key) = keyspace::split(stored);
-                            (db == self.db).then_some(key)
+                            (db == self.session.db).then_some(key)
                         })
                         .collect();
                     if !keys.is_empty() {
@@ -830,7 +589,7 @@ impl<'a> Connection<'a> {
                  Are you sure your configuration is correct?",
             ),
             Some(expected) if expected.as_bytes() == password => {
-                self.authenticated = true;
+                self.session.authenticated = true;
                 Frame::ok()
             }
             Some(_) => {
@@ -841,7 +600,7 @@ impl<'a> Connection<'a> {
 
     /// HELLO [protover [AUTH username password] [SETNAME clientname]]
     fn hello(&mut self, args: &[Vec<u8>]) -> Frame {
-        let mut protocol = self.protocol;
+        let mut protocol = self.session.protocol;
         let mut rest = args;
         if let [version, tail @ ..] = rest {
             match parse_i64(version) {
@@ -859,18 +618,18 @@ impl<'a> Connection<'a> {
                     rest = more;
                 }
                 ("SETNAME", [name, more @ ..]) => {
-                    self.entry.set_name(Some(name.clone()));
+                    self.session.entry.set_name(Some(name.clone()));
                     rest = more;
                 }
                 _ => return Frame::error("ERR syntax error in HELLO option"),
             }
         }
-        if !self.authenticated {
+        if !self.session.authenticated {
             return Frame::error(
                 "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
             );
         }
-        self.protocol = protocol;
+        self.session.protocol = protocol;
         Frame::Map(vec![
             (Frame::bulk("server"), Frame::bulk("tern")),
             (
@@ -878,7 +637,7 @@ impl<'a> Connection<'a> {
                 Frame::bulk(env!("CARGO_PKG_VERSION")),
             ),
             (Frame::bulk("proto"), Frame::Integer(i64::from(protocol))),
-            (Frame::bulk("id"), Frame::Integer(self.id as i64)),
+            (Frame::bulk("id"), Frame::Integer(self.session.id as i64)),
             (Frame::bulk("mode"), Frame::bulk("standalone")),
             (Frame::bulk("role"), Frame::bulk("master")),
             (Frame::bulk("modules"), Frame::Array(Vec::new())),
@@ -896,14 +655,15 @@ impl<'a> Connection<'a> {
                         "ERR Client names cannot contain spaces, newlines or special characters.",
                     );
                 }
-                self.entry
+                self.session
+                    .entry
                     .set_name((!name.is_empty()).then(|| name.clone()));
                 Frame::ok()
             }
-            (Some("GETNAME"), []) => self.entry.name().map_or(Frame::Nil, Frame::bulk),
-            (Some("ID"), []) => Frame::Integer(self.id as i64),
+            (Some("GETNAME"), []) => self.session.entry.name().map_or(Frame::Nil, Frame::bulk),
+            (Some("ID"), []) => Frame::Integer(self.session.id as i64),
             (Some("SETINFO"), [_, _]) => Frame::ok(),
-            (Some("INFO"), []) => Frame::bulk(self.entry.line()),
+            (Some("INFO"), []) => Frame::bulk(self.session.entry.line()),
             (Some("LIST"), rest) => {
                 let ids: Option<Vec<u64>> = match rest {
                     [] => None,
@@ -955,7 +715,7 @@ impl<'a> Connection<'a> {
             };
             let picked: Vec<_> = entries
                 .iter()
-                .filter(|e| filter.picks(e, self.id))
+                .filter(|e| filter.picks(e, self.session.id))
                 .collect();
             if picked.is_empty() {
                 return Frame::error("ERR No such client");
@@ -989,7 +749,7 @@ impl<'a> Connection<'a> {
         }
         let picked: Vec<_> = entries
             .iter()
-            .filter(|e| filter.picks(e, self.id))
+            .filter(|e| filter.picks(e, self.session.id))
             .collect();
         picked.iter().for_each(|entry| entry.kill());
         Frame::Integer(picked.len() as i64)

@@ -94,6 +94,14 @@ pub struct GatewayArgs {
     /// timeout).
     #[arg(long, default_value_t = 0)]
     pub timeout: u64,
+    /// Threads serving connections, each with its own poller and
+    /// pipelines (Redis's io-threads).
+    #[arg(long, default_value_t = 1)]
+    pub io_threads: usize,
+    /// Threads running the commands that need a blocking client (key
+    /// walks, expiry, bits, large values): as many run at once.
+    #[arg(long, default_value_t = tern_gateway::BLOCKING_THREADS_DEFAULT)]
+    pub blocking_threads: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -218,9 +226,14 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
         requirepass,
         maxclients,
         timeout,
+        io_threads,
+        blocking_threads,
     } = args;
     if maxclients == 0 {
         bail!("--maxclients must be at least 1");
+    }
+    if io_threads == 0 || blocking_threads == 0 {
+        bail!("--io-threads and --blocking-threads must be at least 1");
     }
     init_logging();
     raise_open_file_limit(maxclients);
@@ -244,20 +257,22 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
         password: requirepass,
         max_clients: maxclients,
         idle_timeout: (timeout > 0).then(|| std::time::Duration::from_secs(timeout)),
+        io_threads,
+        blocking_threads,
         ..tern_gateway::GatewayConfig::new(map)
     };
     tern_gateway::serve(listener, config, shutdown)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Each connection takes three descriptors (its TCP stream, its client's
-/// UDP socket, and its pipeline's once it pipelines), and one more per
-/// replica it staged a large value at or fetched one from (kept open while
-/// used; each replica serves at most 512): raises the soft limit towards
-/// three per `maxclients`, as far as the hard limit allows, and says so
-/// when that is not enough.
+/// Each connection takes one descriptor (its TCP stream); the I/O and
+/// blocking threads a few hundred more at most (their pipelines' and
+/// clients' sockets, and one per replica they staged a large value at or
+/// fetched one from): raises the soft limit towards `maxclients` and that
+/// many, as far as the hard limit allows, and says so when that is not
+/// enough.
 fn raise_open_file_limit(max_clients: usize) {
-    let wanted = (max_clients as u64).saturating_mul(3).saturating_add(64);
+    let wanted = (max_clients as u64).saturating_add(512);
     // SAFETY: passes a pointer to a live rlimit struct.
     let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
@@ -272,7 +287,7 @@ fn raise_open_file_limit(max_clients: usize) {
         tracing::warn!(
             open_files = limit.rlim_cur,
             max_clients,
-            "the open-file limit is below what maxclients needs (three per client): connections beyond it fail"
+            "the open-file limit is below what maxclients needs (one per client, 512 besides): connections beyond it fail"
         );
     }
 }
