@@ -266,11 +266,21 @@ pub fn finish(finish: Finish, replies: Vec<Result<Reply, ClientError>>) -> Frame
 /// What became of one call handed to a pipeline.
 pub enum Sent {
     /// In flight under this tag.
-    Sent(u64),
+    InFlight(u64),
     /// No pipeline has room: the round waits until one has.
     NoRoom,
     /// It could not be sent: the call fails with this.
     Failed(ClientError),
+}
+
+/// A command of a round that runs alone.
+pub struct Alone<'a> {
+    /// Its place in the round.
+    pub slot: usize,
+    /// Its entry in `commands::COMMANDS`.
+    pub spec: Option<usize>,
+    /// Its arguments, name first.
+    pub arguments: &'a mut Vec<Vec<u8>>,
 }
 
 /// One planned command under way.
@@ -393,7 +403,7 @@ impl Round {
                     return false;
                 }
                 match send(key, call, command, index) {
-                    Sent::Sent(tag) => in_flight.push((key.to_vec(), tag)),
+                    Sent::InFlight(tag) => in_flight.push((key.to_vec(), tag)),
                     Sent::NoRoom => {
                         next.1 = index;
                         return true;
@@ -454,12 +464,14 @@ impl Round {
         self.next.0 == self.running.len() && self.in_flight.is_empty()
     }
 
-    /// The next command that runs alone, once the planned ones are done:
-    /// its slot, its entry in `commands::COMMANDS` and its arguments (name
-    /// first).
-    pub fn next_alone(&mut self) -> Option<(usize, Option<usize>, &mut Vec<Vec<u8>>)> {
+    /// The next command that runs alone, once the planned ones are done.
+    pub fn next_alone(&mut self) -> Option<Alone<'_>> {
         let slot = self.alone.pop_front()?;
-        Some((slot, self.specs[slot], &mut self.commands[slot]))
+        Some(Alone {
+            slot,
+            spec: self.specs[slot],
+            arguments: &mut self.commands[slot],
+        })
     }
 
     /// The answer of a command that ran alone.

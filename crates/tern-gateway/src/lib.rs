@@ -25,6 +25,7 @@ mod worker;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -42,6 +43,11 @@ pub const MAX_CLIENTS_DEFAULT: usize = 10_000;
 /// configured otherwise: as many such commands run at once, the others
 /// wait (their connections only).
 pub const BLOCKING_THREADS_DEFAULT: usize = 8;
+/// Connections waiting to be accepted at most (Redis's `tcp-backlog`; the
+/// kernel caps it at `net.core.somaxconn`).
+const TCP_BACKLOG: libc::c_int = 511;
+/// The most I/O threads a gateway starts by default.
+pub const IO_THREADS_MOST: usize = 4;
 
 /// What a gateway serves.
 #[derive(Clone, Debug)]
@@ -62,15 +68,18 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Redis's defaults (no password, 10 000 clients, no idle timeout, one
-    /// I/O thread), and `BLOCKING_THREADS_DEFAULT` blocking threads.
+    /// Redis's defaults (no password, 10 000 clients, no idle timeout), an
+    /// I/O thread per core (at most `IO_THREADS_MOST`; two measured a
+    /// little faster than one on two cores, docs/BENCHMARKS.md) and
+    /// `BLOCKING_THREADS_DEFAULT` blocking threads.
     pub fn new(map: ClusterMap) -> GatewayConfig {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         GatewayConfig {
             map,
             password: None,
             max_clients: MAX_CLIENTS_DEFAULT,
             idle_timeout: None,
-            io_threads: 1,
+            io_threads: cores.min(IO_THREADS_MOST),
             blocking_threads: BLOCKING_THREADS_DEFAULT,
         }
     }
@@ -103,6 +112,12 @@ pub fn bind(listen: SocketAddr) -> io::Result<(TcpListener, SocketAddr)> {
         }
         Err(error) => return Err(error),
     };
+    // Redis's `tcp-backlog`: std listens with 128, which a burst of
+    // connections overflows (each overflow costs its client a second).
+    // SAFETY: listen(2) on a socket this function owns.
+    if unsafe { libc::listen(listener.as_raw_fd(), TCP_BACKLOG) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
     let address = listener.local_addr()?;
     Ok((listener, address))
 }
@@ -358,21 +373,21 @@ impl Context<'_> {
                 Ok(counts) => Frame::Integer(counts[self.session.db as usize].keys as i64),
                 Err(error) => walk_error(error),
             },
-            "SETEX" | "PSETEX" => expire::set_ex(&mut self.client, spec_name(spec), args),
-            "GETEX" => expire::get_ex(&mut self.client, args),
+            "SETEX" | "PSETEX" => expire::set_ex(self.client, spec_name(spec), args),
+            "GETEX" => expire::get_ex(self.client, args),
             "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => {
-                expire::expire(&mut self.client, spec_name(spec), args)
+                expire::expire(self.client, spec_name(spec), args)
             }
-            "PERSIST" => expire::persist(&mut self.client, args),
-            "SETRANGE" => strings::set_range(&mut self.client, args),
-            "INCRBYFLOAT" => strings::incr_by_float(&mut self.client, args),
-            "SETBIT" => strings::set_bit(&mut self.client, args),
-            "GETBIT" => strings::get_bit(&mut self.client, args),
-            "BITCOUNT" => strings::bit_count(&mut self.client, args),
-            "BITPOS" => strings::bit_pos(&mut self.client, args),
-            "LCS" => strings::lcs(&mut self.client, args),
+            "PERSIST" => expire::persist(self.client, args),
+            "SETRANGE" => strings::set_range(self.client, args),
+            "INCRBYFLOAT" => strings::incr_by_float(self.client, args),
+            "SETBIT" => strings::set_bit(self.client, args),
+            "GETBIT" => strings::get_bit(self.client, args),
+            "BITCOUNT" => strings::bit_count(self.client, args),
+            "BITPOS" => strings::bit_pos(self.client, args),
+            "LCS" => strings::lcs(self.client, args),
             "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" => {
-                expire::ttl(&mut self.client, spec_name(spec), args)
+                expire::ttl(self.client, spec_name(spec), args)
             }
             "GETDEL" => match args {
                 [key] => match self.client.get_del(key) {
@@ -425,7 +440,7 @@ impl Context<'_> {
             _ if batch::is_planned(&name) => {
                 let mut delta = None;
                 match batch::plan_calls(&name, args, &mut delta) {
-                    Some(Ok(plan)) => batch::run_alone(&mut self.client, plan),
+                    Some(Ok(plan)) => batch::run_alone(self.client, plan),
                     Some(Err(refusal)) => refusal,
                     None => Frame::error(format!("ERR unknown command '{name}'")),
                 }

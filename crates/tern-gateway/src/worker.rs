@@ -278,7 +278,7 @@ impl Pipes {
                         ..route
                     },
                 );
-                Sent::Sent(tag)
+                Sent::InFlight(tag)
             }
             Err(error) => Sent::Failed(error),
         }
@@ -753,7 +753,12 @@ impl Worker {
                 if !round.planned_done() {
                     return;
                 }
-                if let Some((slot, spec, arguments)) = round.next_alone() {
+                if let Some(batch::Alone {
+                    slot,
+                    spec,
+                    arguments,
+                }) = round.next_alone()
+                {
                     if runs_in_place(arguments, spec, session) {
                         let answer = Context {
                             shared: shared.as_ref(),

@@ -632,6 +632,116 @@ fn connections_are_bounded_in_number_idle_time_and_unread_replies() {
     assert!(rejected >= 1, "{stats}");
 }
 
+/// (resident bytes, threads) of process `pid`, from /proc.
+fn process_status(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|number| number.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    (field("VmRSS:") * 1024, field("Threads:"))
+}
+
+/// The `connected_clients` INFO reports.
+fn connected_clients(connection: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("clients").query(connection).unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("connected_clients:"))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{info}"))
+}
+
+/// Idle connections cost the gateway no thread and about a kilobyte each
+/// (the bound asserted: 4 KiB), and the clients that do send are answered
+/// all along.
+#[test]
+fn ten_thousand_idle_connections_take_no_thread_and_little_memory() {
+    const IDLE: usize = 10_000;
+    const BYTES_PER_IDLE_MAX: u64 = 4 * 1024;
+    // This process holds the idle ends: its open-file limit must allow them.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    let wanted = IDLE as u64 + 256;
+    assert!(
+        limit.rlim_max >= wanted,
+        "the open-file hard limit ({}) is below the {wanted} this test needs",
+        limit.rlim_max
+    );
+    limit.rlim_cur = limit.rlim_cur.max(wanted);
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    let cluster = cluster();
+    // The idle ones and the probe: one over Redis's default maxclients.
+    let gateway = Gateway::start_with(&cluster, None, &["--maxclients", "10001"]);
+    let mut probe = gateway.connection();
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v0")
+        .query(&mut probe)
+        .unwrap();
+    let (rss_before, threads_before) = process_status(gateway.child.id());
+    let mut idle = Vec::with_capacity(IDLE);
+    for index in 0..IDLE {
+        idle.push(TcpStream::connect(("127.0.0.1", gateway.port)).unwrap());
+        // Now and then, the client that works is answered promptly.
+        if index % 1000 == 999 {
+            let started = Instant::now();
+            let value = format!("v{index}");
+            let _: () = redis::cmd("SET")
+                .arg("k")
+                .arg(&value)
+                .query(&mut probe)
+                .unwrap();
+            let read: String = redis::cmd("GET").arg("k").query(&mut probe).unwrap();
+            assert_eq!(read, value);
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let connected = connected_clients(&mut probe);
+        if connected == IDLE as u64 + 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{connected} connections taken");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (rss, threads) = process_status(gateway.child.id());
+    assert!(
+        threads <= threads_before,
+        "{threads} threads with {IDLE} idle connections, {threads_before} before"
+    );
+    let per_connection = rss.saturating_sub(rss_before) / IDLE as u64;
+    eprintln!("{per_connection} resident bytes per idle connection, {threads} threads");
+    assert!(
+        per_connection <= BYTES_PER_IDLE_MAX,
+        "{per_connection} bytes per idle connection ({rss_before} -> {rss} resident)"
+    );
+    // Any of them is served when it speaks.
+    for stream in idle.iter_mut().step_by(IDLE / 50) {
+        stream.write_all(b"PING\r\n").unwrap();
+        assert_eq!(read_until(stream, b"\r\n"), b"+PONG\r\n");
+    }
+    drop(idle);
+    while connected_clients(&mut probe) > 1 {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(10),
+            "places not freed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn string_and_keyspace_commands_answer_as_redis_server_does() {
     let cluster = cluster();

@@ -95,9 +95,9 @@ pub struct GatewayArgs {
     #[arg(long, default_value_t = 0)]
     pub timeout: u64,
     /// Threads serving connections, each with its own poller and
-    /// pipelines (Redis's io-threads).
-    #[arg(long, default_value_t = 1)]
-    pub io_threads: usize,
+    /// pipelines (Redis's io-threads; default: the cores, at most 4).
+    #[arg(long)]
+    pub io_threads: Option<usize>,
     /// Threads running the commands that need a blocking client (key
     /// walks, expiry, bits, large values): as many run at once.
     #[arg(long, default_value_t = tern_gateway::BLOCKING_THREADS_DEFAULT)]
@@ -232,7 +232,7 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
     if maxclients == 0 {
         bail!("--maxclients must be at least 1");
     }
-    if io_threads == 0 || blocking_threads == 0 {
+    if io_threads == Some(0) || blocking_threads == 0 {
         bail!("--io-threads and --blocking-threads must be at least 1");
     }
     init_logging();
@@ -253,14 +253,16 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
         }
         watched.store(true, std::sync::atomic::Ordering::Relaxed);
     });
-    let config = tern_gateway::GatewayConfig {
+    let mut config = tern_gateway::GatewayConfig {
         password: requirepass,
         max_clients: maxclients,
         idle_timeout: (timeout > 0).then(|| std::time::Duration::from_secs(timeout)),
-        io_threads,
         blocking_threads,
         ..tern_gateway::GatewayConfig::new(map)
     };
+    if let Some(io_threads) = io_threads {
+        config.io_threads = io_threads;
+    }
     tern_gateway::serve(listener, config, shutdown)?;
     Ok(ExitCode::SUCCESS)
 }
