@@ -355,7 +355,7 @@ fn serve_shards(
                 .collect::<Result<Vec<_>, xdp::XdpError>>()?;
             let counters = fast_path.counter_reader();
             let mut coordinator = Coordinator::new(cores).with_extra_stats(Box::new(move |out| {
-                counters.render(out);
+                counters.samples(out);
             }));
             // DESIGN rule 8: the kernel knows nothing of recovery, so the
             // program is attached only once this process has learnt where the

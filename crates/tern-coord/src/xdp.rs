@@ -12,6 +12,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering, fence};
+use tern_proto::metrics::{Group, Kind, Samples};
 
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
@@ -165,21 +166,20 @@ impl CounterReader {
             .collect()
     }
 
-    /// Appends `xdp.<name> <total> <cpu0> <cpu1> ...` lines.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
+    /// Appends each counter (its total, and per CPU), and the program's
+    /// run count and time.
+    pub fn samples(&self, out: &mut Samples) {
         match self.read() {
             Ok(counters) => {
                 for values in counters {
-                    let _ = write!(out, "xdp.{} {}", values.name.to_lowercase(), values.total());
-                    for value in &values.per_cpu {
-                        let _ = write!(out, " {value}");
-                    }
-                    out.push('\n');
+                    let name = values.name.to_lowercase();
+                    out.add(Kind::Counter, Group::Xdp, None, name, values.total())
+                        .per_cpu = values.per_cpu.clone();
                 }
             }
             Err(error) => {
-                let _ = writeln!(out, "xdp.error {error}");
+                tracing::warn!(%error, "the XDP counters could not be read");
+                out.add(Kind::Counter, Group::Xdp, None, "read_errors", 1);
             }
         }
         // Counted by the kernel only while kernel.bpf_stats_enabled is 1.
@@ -187,8 +187,15 @@ impl CounterReader {
             .flatten()
             .find(|info| info.id() == self.program_id);
         if let Some(info) = program {
-            let _ = writeln!(out, "xdp.program_runs {}", info.run_count());
-            let _ = writeln!(out, "xdp.program_run_ns {}", info.run_time().as_nanos());
+            out.add(
+                Kind::Counter,
+                Group::Xdp,
+                None,
+                "program_runs",
+                info.run_count(),
+            );
+            let nanos = info.run_time().as_nanos() as u64;
+            out.add(Kind::Counter, Group::Xdp, None, "program_run_ns", nanos);
         }
     }
 }

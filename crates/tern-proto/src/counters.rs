@@ -1,4 +1,5 @@
-//! Named event counters, rendered as `name value` lines for STATS replies.
+//! Named event counters, as samples (`metrics`) for STATS replies and the
+//! metrics exporter.
 
 use tern_wire::DecodeError;
 
@@ -10,10 +11,14 @@ macro_rules! counters {
         pub struct $name { $( $(#[doc = $doc])* pub $field: u64 ),* }
 
         impl $name {
-            /// Appends `prefix + name value` lines to `out`.
-            pub fn render(&self, prefix: &str, out: &mut String) {
-                use std::fmt::Write;
-                $( let _ = writeln!(out, "{prefix}{} {}", stringify!($field), self.$field); )*
+            /// Appends each counter to `out`, in `group` and for `shard`.
+            pub fn samples(
+                &self,
+                group: $crate::metrics::Group,
+                shard: Option<u32>,
+                out: &mut $crate::metrics::Samples,
+            ) {
+                $( out.add($crate::metrics::Kind::Counter, group, shard, stringify!($field), self.$field); )*
             }
         }
     };

@@ -17,6 +17,7 @@ pub mod edit;
 pub mod expiry;
 pub mod large;
 pub mod membership;
+pub mod metrics;
 mod outbox;
 pub mod replica;
 mod shared;

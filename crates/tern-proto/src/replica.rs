@@ -1530,23 +1530,28 @@ impl Replica {
     }
 
     /// Counters as `name value` lines.
+    /// The replica's counters and gauges.
+    pub fn samples(&self) -> crate::metrics::Samples {
+        use crate::metrics::{Group, Samples};
+        let mut samples = Samples::new();
+        self.counters.samples(Group::Plain, None, &mut samples);
+        self.drops.samples(Group::Dropped, None, &mut samples);
+        for (name, value) in [
+            ("applied_seq", self.store.applied_seq()),
+            ("commit_seq", self.store.commit_seq()),
+            ("live_keys", self.store.live_keys() as u64),
+            ("expiring_keys", self.store.expiring_keys() as u64),
+            ("held_back_now", self.holdback.len() as u64),
+            ("large_values_bytes", self.values.used() as u64),
+        ] {
+            samples.gauge(name, value);
+        }
+        samples
+    }
+
+    /// [`Replica::samples`] as STATS text.
     pub fn render_stats(&self) -> String {
-        let mut text = String::new();
-        self.counters.render("", &mut text);
-        self.drops.render("drop_", &mut text);
-        let _ = std::fmt::Write::write_fmt(
-            &mut text,
-            format_args!(
-                "applied_seq {}\ncommit_seq {}\nlive_keys {}\nexpiring_keys {}\nheld_back_now {}\nlarge_values_bytes {}\n",
-                self.store.applied_seq(),
-                self.store.commit_seq(),
-                self.store.live_keys(),
-                self.store.expiring_keys(),
-                self.holdback.len(),
-                self.values.used()
-            ),
-        );
-        text
+        self.samples().text()
     }
 
     fn answer_stats(&self, to: SocketAddrV4, received: &Header, outbox: &mut Outbox) {

@@ -332,17 +332,16 @@ impl<S: ShardState> ShardCoordinator<S> {
         }
     }
 
-    fn render_stats(&self, out: &mut String) {
-        let prefix = format!("shard{}.", self.config.shard);
-        self.counters.render(&prefix, out);
-        let _ = std::fmt::Write::write_fmt(
-            out,
-            format_args!(
-                "{prefix}next_seq {}\n{prefix}commit_seq {}\n{prefix}ready {}\n",
-                self.state.next_seq(),
-                self.state.commit_seq(),
-                u8::from(self.is_ready())
-            ),
-        );
+    fn samples(&self, out: &mut crate::metrics::Samples) {
+        use crate::metrics::{Group, Kind};
+        let shard = Some(self.config.shard);
+        self.counters.samples(Group::Plain, shard, out);
+        for (name, value) in [
+            ("next_seq", self.state.next_seq()),
+            ("commit_seq", self.state.commit_seq()),
+            ("ready", u64::from(self.is_ready())),
+        ] {
+            out.add(Kind::Gauge, Group::Plain, shard, name, value);
+        }
     }
 }

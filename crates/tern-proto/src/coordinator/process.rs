@@ -3,6 +3,7 @@
 //! control calls (reconfigure, remove, map version).
 // PERFORMANCE CRITICAL PATH: `step` runs once per received datagram.
 
+use crate::metrics::{Group, Samples};
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
 
@@ -26,7 +27,7 @@ pub struct Coordinator<S> {
     shards: HashMap<u32, ShardCoordinator<S>>,
     counters: CoordinatorCounters,
     drops: DecodeDrops,
-    /// More `name value` lines for STATS (the XDP fast path's counters).
+    /// More samples for STATS and metrics (the XDP fast path's counters).
     extra_stats: Option<ExtraStats>,
     /// Version of the cluster map this process acts on (0: static).
     map_version: u64,
@@ -34,8 +35,8 @@ pub struct Coordinator<S> {
     map_doubted: bool,
 }
 
-/// A source of extra STATS lines.
-pub type ExtraStats = Box<dyn Fn(&mut String) + Send>;
+/// A source of extra samples.
+pub type ExtraStats = Box<dyn Fn(&mut Samples) + Send>;
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Coordinator<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,7 +63,7 @@ impl<S: ShardState> Coordinator<S> {
         }
     }
 
-    /// Adds lines to every STATS answer.
+    /// Adds samples to every STATS answer and metrics scrape.
     pub fn with_extra_stats(mut self, extra: ExtraStats) -> Self {
         self.extra_stats = Some(extra);
         self
@@ -147,21 +148,28 @@ impl<S: ShardState> Coordinator<S> {
 
     /// Counters as `name value` lines: the process's and those of the shard
     /// named in the request (all shards when it names none it hosts).
-    pub fn render_stats(&self, shard: Option<u32>) -> String {
-        let mut text = String::new();
-        self.counters.render("", &mut text);
-        self.drops.render("drop_", &mut text);
+    /// The process's counters and gauges, and those of `shard` (None:
+    /// every shard's).
+    pub fn samples(&self, shard: Option<u32>) -> Samples {
+        let mut samples = Samples::new();
+        self.counters.samples(Group::Plain, None, &mut samples);
+        self.drops.samples(Group::Dropped, None, &mut samples);
         if let Some(extra) = &self.extra_stats {
-            extra(&mut text);
+            extra(&mut samples);
         }
         let mut shards: Vec<_> = self.shards.values().collect();
         shards.sort_by_key(|shard| shard.config.shard);
         for coordinator in shards {
             if shard.is_none_or(|wanted| wanted == coordinator.config.shard) {
-                coordinator.render_stats(&mut text);
+                coordinator.samples(&mut samples);
             }
         }
-        text
+        samples
+    }
+
+    /// [`Coordinator::samples`] as STATS text.
+    pub fn render_stats(&self, shard: Option<u32>) -> String {
+        self.samples(shard).text()
     }
 
     fn answer_stats(&self, to: SocketAddrV4, received: &Header, outbox: &mut Outbox) {
