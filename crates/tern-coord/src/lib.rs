@@ -210,7 +210,10 @@ fn serve_and_report(
     tern_net::serve_while(
         socket,
         coordinator,
-        |core| carry_out(poll(core.take_map_doubt()), core, install),
+        |core| {
+            tern_metrics::offer(|| core.samples(None));
+            carry_out(poll(core.take_map_doubt()), core, install)
+        },
         |_, _| Ok(()),
     )?;
     tracing::info!(stats = %coordinator.render_stats(None), send_errors = socket.send_errors(), "coordinator stopped");
@@ -372,6 +375,7 @@ fn serve_shards(
                         return false;
                     }
                     routes.borrow_mut().finish_resolving(&fast_path);
+                    tern_metrics::offer(|| core.samples(None));
                     let going_on = carry_out(poll(core.take_map_doubt()), core, &mut install);
                     stopped = !going_on;
                     going_on

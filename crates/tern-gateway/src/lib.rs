@@ -65,6 +65,8 @@ pub struct GatewayConfig {
     pub io_threads: usize,
     /// Threads for the commands that need a blocking client.
     pub blocking_threads: usize,
+    /// Where to serve Prometheus metrics (None: nowhere).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl GatewayConfig {
@@ -81,6 +83,7 @@ impl GatewayConfig {
             idle_timeout: None,
             io_threads: cores.min(IO_THREADS_MOST),
             blocking_threads: BLOCKING_THREADS_DEFAULT,
+            metrics_listen: None,
         }
     }
 }
@@ -141,6 +144,14 @@ pub fn serve(
         next_client_id: AtomicU64::new(1),
         shutdown,
     });
+    if let Some(listen) = shared.config.metrics_listen {
+        let source = shared.clone();
+        let address = tern_metrics::serve(listen, "gateway", move || {
+            let connected = source.connected.load(Ordering::Relaxed);
+            Some(source.stats.samples(connected))
+        })?;
+        tracing::info!(%address, "gateway metrics served");
+    }
     worker::serve(listener, shared)
 }
 

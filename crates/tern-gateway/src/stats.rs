@@ -54,6 +54,40 @@ pub struct Stats {
     pub net_output_bytes: AtomicU64,
 }
 
+impl Stats {
+    /// The counters as metrics samples (`tern_gateway_...`), each
+    /// command's with its name as the `command` label.
+    pub fn samples(&self, connected: u64) -> tern_proto::metrics::Samples {
+        let mut samples = tern_proto::metrics::Samples::new();
+        samples.gauge("connected_clients", connected);
+        for (name, counter) in [
+            ("connections_received", &self.connections_received),
+            ("rejected_connections", &self.rejected_connections),
+            ("commands_processed", &self.commands_processed),
+            ("error_replies", &self.error_replies),
+            ("net_input_bytes", &self.net_input_bytes),
+            ("net_output_bytes", &self.net_output_bytes),
+        ] {
+            samples.counter(name, counter.load(Ordering::Relaxed));
+        }
+        for (spec, counters) in COMMANDS.iter().zip(&self.commands) {
+            let stat = counters.load();
+            if stat.calls == 0 && stat.rejected_calls == 0 {
+                continue;
+            }
+            for (name, value) in [
+                ("command_calls", stat.calls),
+                ("command_duration_microseconds", stat.usec),
+                ("command_rejected_calls", stat.rejected_calls),
+                ("command_failed_calls", stat.failed_calls),
+            ] {
+                samples.counter(name, value).labels = vec![("command", spec.name.to_string())];
+            }
+        }
+        samples
+    }
+}
+
 impl Default for Stats {
     fn default() -> Self {
         Stats {

@@ -67,6 +67,8 @@ pub struct MetaOptions {
     /// The map installed when the cluster starts with none.
     pub initial: Vec<ShardMap>,
     pub failure_timeout: Duration,
+    /// Where to serve Prometheus metrics (None: nowhere).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl MetaOptions {
@@ -155,6 +157,10 @@ async fn serve(options: MetaOptions, shutdown: &AtomicBool) -> io::Result<()> {
         state,
         detector: std::sync::Mutex::new(Detector::default()),
     });
+    if let Some(listen) = node.options.metrics_listen {
+        let address = tern_metrics::serve(listen, "meta", metrics_source(&node))?;
+        tracing::info!(%address, "meta metrics served");
+    }
     tokio::spawn(control_loop(node.clone()));
     while !shutdown.load(Ordering::Relaxed) {
         let accepted = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
@@ -170,6 +176,45 @@ async fn serve(options: MetaOptions, shutdown: &AtomicBool) -> io::Result<()> {
     node.raft.shutdown().await.map_err(io::Error::other)?;
     tracing::info!("meta node stopped");
     Ok(())
+}
+
+/// The node's metrics at each scrape: Raft's term, role and indexes, the
+/// map's version and size, the bytes of its data directory.
+fn metrics_source(node: &Node) -> impl Fn() -> Option<tern_proto::metrics::Samples> + use<> {
+    let raft = node.raft.metrics();
+    let state = node.state.clone();
+    let data_dir = node.options.data_dir.clone();
+    move || {
+        let mut samples = tern_proto::metrics::Samples::new();
+        {
+            let metrics = raft.borrow();
+            samples.gauge("raft_term", metrics.current_term);
+            let leader = metrics.state == ServerState::Leader;
+            samples.gauge("raft_is_leader", u64::from(leader));
+            samples.gauge("raft_last_log_index", metrics.last_log_index.unwrap_or(0));
+            let applied = metrics.last_applied.map_or(0, |id| id.index);
+            samples.gauge("raft_last_applied_index", applied);
+            let snapshot = metrics.snapshot.map_or(0, |id| id.index);
+            samples.gauge("raft_snapshot_index", snapshot);
+        }
+        {
+            let state = state.read().expect("meta state");
+            samples.gauge("map_version", state.version);
+            samples.gauge("shards", state.shards.len() as u64);
+            samples.gauge("migrations", state.migrations.len() as u64);
+        }
+        let bytes: u64 = std::fs::read_dir(&data_dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|entry| entry.metadata().ok())
+                    .map(|metadata| metadata.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        samples.gauge("data_dir_bytes", bytes);
+        Some(samples)
+    }
 }
 
 async fn handle_connection(node: Arc<Node>, stream: TcpStream) {

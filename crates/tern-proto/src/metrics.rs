@@ -34,6 +34,9 @@ pub struct Sample {
     pub value: u64,
     /// Each CPU's share of `value` (the XDP program's per-CPU counters).
     pub per_cpu: Vec<u64>,
+    /// More labels, for metrics only (the gateway's `command`): samples
+    /// that STATS lists have none.
+    pub labels: Vec<(&'static str, String)>,
 }
 
 /// The samples of one process, in the order STATS lists them.
@@ -61,6 +64,7 @@ impl Samples {
             shard,
             value,
             per_cpu: Vec::new(),
+            labels: Vec::new(),
         });
         self.0.last_mut().expect("just pushed")
     }

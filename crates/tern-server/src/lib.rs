@@ -199,6 +199,7 @@ impl Upkeep {
     /// delete).
     pub(crate) fn after_batch(&mut self, replica: &mut Replica) {
         replica.set_wall_clock(wall_clock());
+        tern_metrics::offer(|| replica.samples());
         let live_keys = replica.store().live_keys();
         self.peak = self.peak.max(live_keys);
         let dropped = self.peak - live_keys;

@@ -26,6 +26,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Ports in the netns topology, where every process has its own address.
 const COORDINATOR_PORT: u16 = 7000;
 const REPLICA_PORT: u16 = 7100;
+/// Where every process of a netns cluster serves its Prometheus metrics
+/// (each on its own address; OpenMetrics' registered exporter port).
+const METRICS_PORT: u16 = 9464;
 
 /// Where the coordinators run their logic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -179,6 +182,8 @@ fn start_gateway(dir: &Path, options: &GatewayOptions) -> Result<()> {
     if let Some(password) = &options.password {
         command.extend(["--requirepass".to_string(), password.clone()]);
     }
+    let metrics = free_addresses(1)?[0];
+    command.extend(["--metrics-listen".to_string(), metrics.to_string()]);
     let log = dir.join("logs").join("gateway.log");
     let mut child = spawn_detached(&command, &log, false)?;
     // The gateway prints where it listens first (another port if taken).
@@ -207,6 +212,7 @@ fn start_gateway(dir: &Path, options: &GatewayOptions) -> Result<()> {
         shard: ShardId(0),
         log,
         command,
+        metrics: Some(metrics),
     });
     write_table(dir, &table)?;
     println!(
@@ -247,6 +253,9 @@ pub struct ProcessEntry {
     /// The full command line, for `cluster restart`.
     #[serde(default)]
     command: Vec<String>,
+    /// Where it serves Prometheus metrics.
+    #[serde(default)]
+    pub metrics: Option<SocketAddrV4>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -598,8 +607,14 @@ fn start(
         shard_count,
         replicas,
     } = shape;
+    // On loopback, a free port for each process's metrics too.
+    let mut metrics_ports = Vec::new();
     let addresses: Vec<SocketAddrV4> = match &topology {
-        None => free_addresses(names.len())?,
+        None => {
+            let mut free = free_addresses(2 * names.len())?;
+            metrics_ports = free.split_off(names.len());
+            free
+        }
         Some(topology) => names
             .iter()
             .map(|name| {
@@ -667,8 +682,13 @@ fn start(
         .map(|(index, address)| format!("{}={address}", index + 1))
         .collect::<Vec<_>>()
         .join(",");
+    let mut metrics_ports = metrics_ports.into_iter();
     for (name, address, shard) in processes {
         let log = dir.join("logs").join(format!("{name}.log"));
+        let metrics = match topology {
+            Some(_) => SocketAddrV4::new(*address.ip(), METRICS_PORT),
+            None => metrics_ports.next().expect("one metrics port per process"),
+        };
         let mut command: Vec<String> = Vec::new();
         if let Some(topology) = topology {
             let namespace = &topology.node(&node_name(&name)).namespace;
@@ -733,6 +753,7 @@ fn start(
                 command.extend(storage_args(dir, &name, persistence));
             }
         }
+        command.extend(["--metrics-listen".to_string(), metrics.to_string()]);
         let child = spawn_detached(&command, &log, false)?;
         let entry = ProcessEntry {
             name,
@@ -741,6 +762,7 @@ fn start(
             shard,
             log,
             command,
+            metrics: Some(metrics),
         };
         table.process.push(entry.clone());
         children.push((child, entry));
@@ -964,8 +986,13 @@ fn add_shard(dir: &Path, replicas: usize, snapshot_every: u64) -> Result<ExitCod
         .map(|position| replica_name(shard, position))
         .collect();
     let mut topology = Topology::load(&topology_path(&dir))?;
+    let mut metrics_ports = Vec::new();
     let addresses: Vec<SocketAddrV4> = match &mut topology {
-        None => free_addresses(replicas)?,
+        None => {
+            let mut free = free_addresses(2 * replicas)?;
+            metrics_ports = free.split_off(replicas);
+            free
+        }
         Some(topology) => {
             let nodes: Vec<String> = names.iter().map(|name| node_name(name)).collect();
             topology.extend(&nodes)?;
@@ -986,7 +1013,12 @@ fn add_shard(dir: &Path, replicas: usize, snapshot_every: u64) -> Result<ExitCod
     };
     let executable = std::env::current_exe().context("locating the tern executable")?;
     let map_path = dir.join("cluster.toml");
+    let mut metrics_ports = metrics_ports.into_iter();
     for (name, address) in names.iter().zip(&addresses) {
+        let metrics = match &topology {
+            Some(_) => SocketAddrV4::new(*address.ip(), METRICS_PORT),
+            None => metrics_ports.next().expect("one metrics port per replica"),
+        };
         let mut command: Vec<String> = Vec::new();
         if let Some(topology) = &topology {
             let namespace = &topology.node(&node_name(name)).namespace;
@@ -1006,6 +1038,7 @@ fn add_shard(dir: &Path, replicas: usize, snapshot_every: u64) -> Result<ExitCod
             .map(String::from),
         );
         command.extend(storage_args(&dir, name, persistence));
+        command.extend(["--metrics-listen".to_string(), metrics.to_string()]);
         let log = dir.join("logs").join(format!("{name}.log"));
         let child = spawn_detached(&command, &log, false)?;
         table.process.push(ProcessEntry {
@@ -1015,6 +1048,7 @@ fn add_shard(dir: &Path, replicas: usize, snapshot_every: u64) -> Result<ExitCod
             shard,
             log,
             command,
+            metrics: Some(metrics),
         });
     }
     write_table(&dir, &table)?;
@@ -1335,6 +1369,15 @@ fn status(dir: &Path) -> Result<ExitCode> {
         None => "unknown",
     };
     println!("mode {mode}, topology {topology}");
+    let mut metrics: Vec<String> = table
+        .process
+        .iter()
+        .filter_map(|entry| {
+            let address = entry.metrics?;
+            Some(format!("  {:<12} http://{address}/metrics", entry.name))
+        })
+        .collect();
+    metrics.sort();
     if let Some(gateway) = table
         .process
         .iter()
@@ -1418,6 +1461,12 @@ fn status(dir: &Path) -> Result<ExitCode> {
             continue;
         };
         println!("{line}");
+    }
+    if !metrics.is_empty() {
+        println!("metrics (Prometheus):");
+        for line in metrics {
+            println!("{line}");
+        }
     }
     Ok(if all_up {
         ExitCode::SUCCESS

@@ -45,6 +45,9 @@ pub struct ServerArgs {
     /// it is used up.
     #[arg(long, default_value_t = tern_server::large_budget_default())]
     pub value_memory: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Run the coordinator of every shard whose coordinator address is LISTEN.
@@ -56,6 +59,9 @@ pub struct CoordinatorArgs {
     /// interface holding LISTEN, this process for the rare cases.
     #[arg(long, value_enum, default_value_t = CoordinatorMode::User)]
     pub mode: CoordinatorMode,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Run one node of the control plane: the cluster map on openraft,
@@ -75,6 +81,9 @@ pub struct MetaArgs {
     /// processes heartbeat every tenth of it and stop serving after half.
     #[arg(long, default_value_t = 1000)]
     pub failure_timeout_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Serve the Redis protocol (RESP2/RESP3) in front of the cluster.
@@ -102,6 +111,9 @@ pub struct GatewayArgs {
     /// walks, expiry, bits, large values): as many run at once.
     #[arg(long, default_value_t = tern_gateway::BLOCKING_THREADS_DEFAULT)]
     pub blocking_threads: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -142,8 +154,10 @@ pub fn server(map: &ClusterMap, args: ServerArgs) -> Result<ExitCode> {
         snapshot_every,
         value_limit,
         value_memory,
+        metrics_listen,
     } = args;
     init_logging();
+    serve_snapshots(metrics_listen, "replica")?;
     let most = tern_server::LARGE_VALUE_LEN_MOST;
     if value_limit > most {
         bail!("--value-limit {value_limit} exceeds the most a replica takes, {most} bytes");
@@ -180,9 +194,26 @@ pub fn server(map: &ClusterMap, args: ServerArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// With `--metrics-listen`: serves the main loop's samples (handed over
+/// through `tern_metrics::process_snapshots`) as `tern_<role>_...`.
+fn serve_snapshots(listen: Option<std::net::SocketAddr>, role: &'static str) -> Result<()> {
+    let Some(listen) = listen else {
+        return Ok(());
+    };
+    let address = tern_metrics::serve(listen, role, || tern_metrics::process_snapshots().take())
+        .map_err(|error| anyhow::anyhow!("--metrics-listen {listen}: {error}"))?;
+    tracing::info!(%address, role, "metrics served");
+    Ok(())
+}
+
 pub fn coordinator(map: &ClusterMap, args: CoordinatorArgs) -> Result<ExitCode> {
-    let CoordinatorArgs { listen, mode } = args;
+    let CoordinatorArgs {
+        listen,
+        mode,
+        metrics_listen,
+    } = args;
     init_logging();
+    serve_snapshots(metrics_listen, "coordinator")?;
     let shutdown = signals::shutdown_flag();
     let mode = match mode {
         CoordinatorMode::User => tern_coord::Mode::User,
@@ -203,6 +234,7 @@ pub fn meta(map: ClusterMap, args: MetaArgs) -> Result<ExitCode> {
         peers,
         data_dir,
         failure_timeout_ms,
+        metrics_listen,
     } = args;
     init_logging();
     let peers: std::collections::BTreeMap<u64, SocketAddrV4> = peers.into_iter().collect();
@@ -215,6 +247,7 @@ pub fn meta(map: ClusterMap, args: MetaArgs) -> Result<ExitCode> {
         data_dir,
         initial: map.shards,
         failure_timeout: std::time::Duration::from_millis(failure_timeout_ms),
+        metrics_listen,
     };
     tern_meta::run(options, signals::shutdown_flag())?;
     Ok(ExitCode::SUCCESS)
@@ -228,6 +261,7 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
         timeout,
         io_threads,
         blocking_threads,
+        metrics_listen,
     } = args;
     if maxclients == 0 {
         bail!("--maxclients must be at least 1");
@@ -258,6 +292,7 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
         max_clients: maxclients,
         idle_timeout: (timeout > 0).then(|| std::time::Duration::from_secs(timeout)),
         blocking_threads,
+        metrics_listen,
         ..tern_gateway::GatewayConfig::new(map)
     };
     if let Some(io_threads) = io_threads {
