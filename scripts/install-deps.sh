@@ -30,6 +30,8 @@ need_package nftables
 # comparison (Redis 7 from Debian).
 need_package redis-tools
 need_package redis-server
+# The metrics test has a real Prometheus server scrape a cluster.
+need_package prometheus
 if ((${#missing_packages[@]})); then
     echo "installing Debian packages: ${missing_packages[*]}"
     as_root apt-get update -qq
@@ -40,6 +42,10 @@ if ((${#missing_packages[@]})); then
     # before is left alone).
     if [[ " ${missing_packages[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1; then
         as_root systemctl disable --now redis-server >/dev/null 2>&1 || true
+    fi
+    # Likewise the Prometheus service (port 9090) and its node exporter.
+    if [[ " ${missing_packages[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+        as_root systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
     fi
 fi
 

@@ -102,6 +102,12 @@ pub fn run_under_meta(
                 tracing::info!(%listen, "coordinator standing by");
                 standing_by = true;
             }
+            // No shard, no loop: a scrape sees a standby serving nothing.
+            tern_metrics::offer(|| {
+                let mut samples = tern_proto::metrics::Samples::new();
+                samples.gauge("shards_served", 0);
+                samples
+            });
             std::thread::sleep(Duration::from_millis(5));
             continue;
         }
