@@ -277,18 +277,23 @@ fn a_replica_whose_clock_runs_ahead_hides_a_value_early_by_at_most_its_skew() {
     client
         .set_for(b"k", b"v", SetCondition::Always, false, lifetime)
         .unwrap();
-    // Decided by the head's clock, not the skewed tail's.
+    // Decided by the head's clock.
     let deadline = client.get(b"k").unwrap().unwrap().deadline_ms.unwrap();
-    // Half the skew before the deadline: another replica still has the
-    // value; the skewed one, whose clock reads past the deadline, hides it.
+    // Half the skew before the deadline: the skewed replica, whose clock
+    // reads past the deadline, hides the value. Another still has it,
+    // unless the skewed replica heads the chain (a loaded machine can make
+    // meta reorder it): its head then has the key deleted by its own
+    // clock, up to the skew early, which the stated bound allows.
     wait_until(deadline - SKEW_MS / 2);
     let chain = cluster.meta_map().shards[0].replicas.clone();
-    assert_eq!(
-        read_at(&cluster, other, b"k"),
-        tern_wire::Status::Ok,
-        "chain {chain:?}, skewed {skewed}, other {other}, deadline {deadline}, now {}",
-        unix_now_ms()
-    );
+    if chain.first() != Some(&skewed) {
+        assert_eq!(
+            read_at(&cluster, other, b"k"),
+            tern_wire::Status::Ok,
+            "chain {chain:?}, skewed {skewed}, other {other}, deadline {deadline}, now {}",
+            unix_now_ms()
+        );
+    }
     assert_eq!(read_at(&cluster, skewed, b"k"), tern_wire::Status::NotFound);
     // After the deadline: gone from both, and reaped from the skewed one.
     wait_until(deadline + CLOCK_SLACK_MS);
