@@ -79,19 +79,28 @@ pub struct Membership {
 impl Membership {
     /// The decision of a replica process that starts with the map of
     /// `version`, in which it has `place`. `has_state`: it recovered writes
-    /// from its durable log; `marked_member`: its data directory says it
-    /// served as a member before.
+    /// from its durable log; `marked_member`: whether its data directory
+    /// says it served as a member before (None: it has no data directory,
+    /// so nothing can say).
     pub fn start(
         version: u64,
         place: Option<ReplicaConfig>,
         has_state: bool,
-        marked_member: bool,
+        marked_member: Option<bool>,
     ) -> (Membership, Start) {
+        // A brand-new chain: every replica starts empty and in place. With
+        // a data directory, a replica that never served carries no mark,
+        // and a chain at epoch 1 was never reconfigured, so the replica is
+        // one of those it was made with (the map's version alone does not
+        // say: the coordinator's resequencing bumps it before a slow
+        // replica's first look, which then asked to leave a fresh cluster).
+        // Without one, only the first map says so.
+        let fresh = |place: &ReplicaConfig| match marked_member {
+            Some(marked) => !marked && place.epoch == 1,
+            None => version == 1,
+        };
         let (role, start) = match &place {
-            // A brand-new cluster: every replica starts empty and in place.
-            Some(_) if has_state || (!marked_member && version == 1) => {
-                (Role::Member, Start::Resume)
-            }
+            Some(place) if has_state || fresh(place) => (Role::Member, Start::Resume),
             Some(_) => (Role::Member, Start::AskToLeave),
             None => (Role::Spare, Start::Spare),
         };

@@ -87,7 +87,7 @@ impl Cluster {
             meta,
         };
         for index in 0..length {
-            let (member, _) = Membership::start(1, cluster.place(index), false, false);
+            let (member, _) = Membership::start(1, cluster.place(index), false, Some(false));
             assert!(member.is_member());
             cluster.members.push(member);
         }
@@ -98,7 +98,7 @@ impl Cluster {
     /// Starts a spare replica process (empty, in no chain).
     fn add_spare(&mut self, last_octet: u8) -> usize {
         let index = self.sim.add_spare(addr(last_octet, 7100));
-        let (member, _) = Membership::start(self.meta.version, None, false, false);
+        let (member, _) = Membership::start(self.meta.version, None, false, Some(false));
         assert!(member.is_spare());
         self.members.push(member);
         self.leases.push(self.meta.version);

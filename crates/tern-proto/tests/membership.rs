@@ -39,30 +39,42 @@ fn lease(granted_with: u64) -> impl Fn(u64) -> bool {
 fn a_restarted_member_resumes_only_from_its_own_data() {
     let in_chain = place(1, &[1, 2, ME]);
     // With its log: it resumes.
-    let (member, start) = Membership::start(7, in_chain.clone(), true, true);
+    let (member, start) = Membership::start(7, in_chain.clone(), true, Some(true));
     assert_eq!(start, Start::Resume);
     assert!(member.is_member());
-    // A brand-new cluster (map version 1, never a member): it starts empty.
-    let (_, start) = Membership::start(1, in_chain.clone(), false, false);
+    // A brand-new cluster (never a member, its chain never reconfigured):
+    // it starts empty, even when the map has moved on meanwhile (the
+    // coordinator's resequencing).
+    let (_, start) = Membership::start(1, in_chain.clone(), false, Some(false));
+    assert_eq!(start, Start::Resume);
+    let (_, start) = Membership::start(2, in_chain.clone(), false, Some(false));
+    assert_eq!(start, Start::Resume);
+    // Never marked but in a chain reconfigured since: it asks to leave;
+    // without a data directory, only the first map counts as fresh.
+    let (_, start) = Membership::start(4, place(3, &[1, 2, ME]), false, Some(false));
+    assert_eq!(start, Start::AskToLeave);
+    let (_, start) = Membership::start(2, in_chain.clone(), false, None);
+    assert_eq!(start, Start::AskToLeave);
+    let (_, start) = Membership::start(1, in_chain.clone(), false, None);
     assert_eq!(start, Start::Resume);
     // Without its data in a running cluster: it asks to be taken out...
-    let (mut member, start) = Membership::start(7, in_chain.clone(), false, true);
+    let (mut member, start) = Membership::start(7, in_chain.clone(), false, Some(true));
     assert_eq!(start, Start::AskToLeave);
     assert_eq!(member.left(true), vec![Action::DropData]);
     assert!(member.is_spare());
     // ...unless it is the last replica, which serves empty (data lost).
-    let (mut last, _) = Membership::start(7, place(1, &[ME]), false, true);
+    let (mut last, _) = Membership::start(7, place(1, &[ME]), false, Some(true));
     assert!(last.left(false).is_empty());
     assert!(last.is_member());
     // Outside every chain: a spare.
-    let (spare, start) = Membership::start(7, None, true, true);
+    let (spare, start) = Membership::start(7, None, true, Some(true));
     assert_eq!(start, Start::Spare);
     assert!(spare.is_spare());
 }
 
 #[test]
 fn a_member_follows_its_chain_and_drops_its_data_when_taken_out() {
-    let (mut member, _) = Membership::start(2, place(1, &[1, 2, ME]), true, true);
+    let (mut member, _) = Membership::start(2, place(1, &[1, 2, ME]), true, Some(true));
     assert!(
         member.on_map(2, place(1, &[1, 2, ME])).is_empty(),
         "unchanged"
@@ -83,7 +95,7 @@ fn a_member_follows_its_chain_and_drops_its_data_when_taken_out() {
 
 #[test]
 fn a_spare_joins_from_a_state_taken_at_its_epoch_or_later() {
-    let (mut spare, _) = Membership::start(4, None, false, false);
+    let (mut spare, _) = Membership::start(4, None, false, Some(false));
     let appended = place(5, &[1, 2, ME]);
     assert_eq!(
         spare.on_map(5, appended.clone()),
@@ -109,7 +121,7 @@ fn a_spare_joins_from_a_state_taken_at_its_epoch_or_later() {
 
 #[test]
 fn a_join_restarts_when_the_chain_changes_under_it_and_goes_on_for_a_new_epoch() {
-    let (mut spare, _) = Membership::start(4, None, false, false);
+    let (mut spare, _) = Membership::start(4, None, false, Some(false));
     spare.on_map(5, place(5, &[1, 2, ME]));
     // Only the epoch moved (a coordinator change): same predecessor, and the
     // state must now come from the new epoch.
@@ -141,7 +153,7 @@ fn a_lease_renewed_with_a_map_that_takes_the_replica_out_never_lets_it_serve() {
     // this replica is no longer in the chain; the serve loop has not acted
     // on map 6 yet. Counting the lease for map 5 would let it serve one
     // more batch as a member.
-    let (mut member, _) = Membership::start(5, place(1, &[1, 2, ME]), true, true);
+    let (mut member, _) = Membership::start(5, place(1, &[1, 2, ME]), true, Some(true));
     assert!(!member.fenced(lease(5)));
     assert!(
         member.fenced(lease(6)),
@@ -153,7 +165,7 @@ fn a_lease_renewed_with_a_map_that_takes_the_replica_out_never_lets_it_serve() {
 
 #[test]
 fn a_map_version_is_acted_on_only_once_it_is_seen() {
-    let (mut member, _) = Membership::start(5, place(1, &[1, 2, ME]), true, true);
+    let (mut member, _) = Membership::start(5, place(1, &[1, 2, ME]), true, Some(true));
     assert_eq!(member.acted_on(), 5);
     member.on_map(7, place(2, &[2, ME]));
     assert_eq!(member.acted_on(), 7);
@@ -165,7 +177,7 @@ fn a_map_version_is_acted_on_only_once_it_is_seen() {
 #[test]
 fn a_spare_in_a_chain_born_with_it_serves_from_empty_and_any_later_chain_is_joined() {
     // A new shard's chain (AddShard): epoch 1, every member a spare.
-    let (mut member, _) = Membership::start(5, None, false, false);
+    let (mut member, _) = Membership::start(5, None, false, Some(false));
     let born = place(1, &[ME, 4]).unwrap();
     assert_eq!(
         member.on_map(6, Some(born.clone())),
@@ -175,7 +187,7 @@ fn a_spare_in_a_chain_born_with_it_serves_from_empty_and_any_later_chain_is_join
     assert!(!member.fenced(lease(6)));
     // A spare appended to an existing chain (an epoch above 1) fetches the
     // chain's state as before.
-    let (mut spare, _) = Membership::start(5, None, false, false);
+    let (mut spare, _) = Membership::start(5, None, false, Some(false));
     let appended = place(2, &[1, 2, ME]).unwrap();
     assert_eq!(
         spare.on_map(6, Some(appended.clone())),

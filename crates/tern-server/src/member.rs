@@ -100,7 +100,7 @@ pub fn run(
     let data_dir = persistence.as_ref().map(|p| p.data_dir.clone());
     let marked = data_dir
         .as_ref()
-        .is_some_and(|dir| dir.join(MEMBER_MARKER).exists());
+        .map(|dir| dir.join(MEMBER_MARKER).exists());
     let start_config = config_in(&map, shard, addr);
     let (mut replica, journal) = match &durable {
         Some(persistence) => {
