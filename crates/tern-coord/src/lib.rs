@@ -105,7 +105,7 @@ pub fn run_under_meta(
             // No shard, no loop: a scrape sees a standby serving nothing.
             tern_metrics::offer(|| {
                 let mut samples = tern_proto::metrics::Samples::new();
-                samples.gauge("shards_served", 0);
+                samples.gauge("standing_by", 1);
                 samples
             });
             std::thread::sleep(Duration::from_millis(5));

@@ -12,6 +12,22 @@ use std::time::{Duration, Instant};
 use common::TestCluster;
 use tern_client::Client;
 
+/// Whether `GET path` at `address` answers 200 (Prometheus answers 503
+/// until it is ready).
+fn http_ok(address: SocketAddrV4, path: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(address) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut response = String::new();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").is_ok()
+        && stream.read_to_string(&mut response).is_ok()
+        && response
+            .lines()
+            .next()
+            .is_some_and(|status| status.contains(" 200 "))
+}
+
 /// (content type, body) of `GET path` at `address`.
 fn http_get(address: SocketAddrV4, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(address).unwrap();
@@ -238,36 +254,48 @@ fn a_prometheus_server_scrapes_every_process_and_answers_rates() {
                 .unwrap();
             written += 1;
         }
-        let scraped = std::net::TcpStream::connect(prometheus_at).is_ok()
+        let scraped = http_ok(prometheus_at, "/-/ready")
             && query(prometheus_at, "up").len() == processes.len();
         if scraped {
             let up = query(prometheus_at, "sum(up)");
+            // Over the same closed window, so both rates count the same
+            // scrapes.
+            let at = "[10s:1s]";
             let rates = query(
                 prometheus_at,
-                "sum(rate(tern_replica_writes_applied_total[5s]))",
+                &format!("avg_over_time(rate(tern_replica_writes_applied_total[3s]){at})"),
             );
             let coordinator = query(
                 prometheus_at,
-                "sum(rate(tern_coordinator_writes_total[5s]))",
+                &format!("avg_over_time(rate(tern_coordinator_writes_total[3s]){at})"),
             );
             if up == [processes.len() as f64]
-                && rates.first().is_some_and(|rate| *rate > 0.0)
+                && rates.len() == 3
+                && rates.iter().all(|rate| *rate > 0.0)
                 && coordinator.first().is_some_and(|rate| *rate > 0.0)
+                && written > 3000
             {
-                // Every write reaches three replicas: their rates add up
-                // to about three times the coordinator's.
-                let ratio = rates[0] / coordinator[0];
-                assert!(
-                    (1.5..=4.5).contains(&ratio),
-                    "{rates:?} against {coordinator:?}"
-                );
+                // Every write reaches each of the three replicas: each
+                // applies about as many per second as the coordinator
+                // sequences.
+                for rate in &rates {
+                    let ratio = rate / coordinator[0];
+                    assert!(
+                        (0.5..=1.5).contains(&ratio),
+                        "{rates:?} against {coordinator:?}"
+                    );
+                }
                 break;
             }
         }
         assert!(
             Instant::now() < deadline,
             "Prometheus never saw every target up with writes flowing ({written} written): up {}",
-            http_get(prometheus_at, "/api/v1/query?query=up").1
+            if http_ok(prometheus_at, "/-/ready") {
+                http_get(prometheus_at, "/api/v1/query?query=up").1
+            } else {
+                "(not ready)".to_string()
+            }
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -154,7 +154,6 @@ impl<S: ShardState> Coordinator<S> {
         let mut samples = Samples::new();
         self.counters.samples(Group::Plain, None, &mut samples);
         self.drops.samples(Group::Dropped, None, &mut samples);
-        samples.gauge("shards_served", self.shards.len() as u64);
         if let Some(extra) = &self.extra_stats {
             extra(&mut samples);
         }
