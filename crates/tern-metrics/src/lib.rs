@@ -216,9 +216,14 @@ pub fn render(role: &'static str, samples: Samples) -> String {
     text
 }
 
+/// What [`serve`] prints, followed by the address it listens on (with
+/// port 0, the one the kernel chose): where `cluster up` learns it.
+pub const LISTENING_LINE: &str = "metrics listening on ";
+
 /// Serves `/metrics` on `listen` from a thread of its own until the
-/// process ends: `source` gives the samples at each scrape. The address
-/// it listens on, or an error that names `listen`.
+/// process ends: `source` gives the samples at each scrape. Prints
+/// [`LISTENING_LINE`] and the address; returns it, or an error that names
+/// `listen`.
 pub fn serve(
     listen: SocketAddr,
     role: &'static str,
@@ -231,6 +236,7 @@ pub fn serve(
         .server_addr()
         .to_ip()
         .ok_or_else(|| io::Error::other("metrics: not an IP address"))?;
+    println!("{LISTENING_LINE}{address}");
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Exported {
         role,

@@ -182,7 +182,7 @@ fn start_gateway(dir: &Path, options: &GatewayOptions) -> Result<()> {
     if let Some(password) = &options.password {
         command.extend(["--requirepass".to_string(), password.clone()]);
     }
-    let metrics = free_addresses(1)?[0];
+    let metrics = SocketAddrV4::new(*options.listen.ip(), 0);
     command.extend(["--metrics-listen".to_string(), metrics.to_string()]);
     let log = dir.join("logs").join("gateway.log");
     let mut child = spawn_detached(&command, &log, false)?;
@@ -212,14 +212,51 @@ fn start_gateway(dir: &Path, options: &GatewayOptions) -> Result<()> {
         shard: ShardId(0),
         log,
         command,
-        metrics: Some(metrics),
+        metrics: None,
     });
+    learn_metrics_addresses(&mut table.process)?;
     write_table(dir, &table)?;
     println!(
         "  gateway:     redis-cli -p {} (logs in {})",
         address.port(),
         dir.join("logs").display()
     );
+    Ok(())
+}
+
+/// Where a process at `address` serves its metrics: port 9464 on its own
+/// address in netns (each node has one), a port the kernel chooses on
+/// loopback (learnt from its log: no port chosen here can be taken by
+/// another cluster starting side by side).
+fn metrics_listen(netns: bool, address: SocketAddrV4) -> SocketAddrV4 {
+    let port = if netns { METRICS_PORT } else { 0 };
+    SocketAddrV4::new(*address.ip(), port)
+}
+
+/// Fills in the metrics address of each entry that has none from its
+/// log, where the process printed it.
+fn learn_metrics_addresses(entries: &mut [ProcessEntry]) -> Result<()> {
+    let started = Instant::now();
+    for entry in entries.iter_mut().filter(|entry| entry.metrics.is_none()) {
+        if !entry.command.iter().any(|arg| arg == "--metrics-listen") {
+            continue;
+        }
+        entry.metrics = loop {
+            let text = std::fs::read_to_string(&entry.log).unwrap_or_default();
+            let found = text
+                .lines()
+                .rev()
+                .find_map(|line| line.strip_prefix(tern_metrics::LISTENING_LINE))
+                .and_then(|address| address.trim().parse::<SocketAddrV4>().ok());
+            if found.is_some() {
+                break found;
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                bail!("{} never said where its metrics are: {text}", entry.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+    }
     Ok(())
 }
 
@@ -607,14 +644,8 @@ fn start(
         shard_count,
         replicas,
     } = shape;
-    // On loopback, a free port for each process's metrics too.
-    let mut metrics_ports = Vec::new();
     let addresses: Vec<SocketAddrV4> = match &topology {
-        None => {
-            let mut free = free_addresses(2 * names.len())?;
-            metrics_ports = free.split_off(names.len());
-            free
-        }
+        None => free_addresses(names.len())?,
         Some(topology) => names
             .iter()
             .map(|name| {
@@ -682,13 +713,9 @@ fn start(
         .map(|(index, address)| format!("{}={address}", index + 1))
         .collect::<Vec<_>>()
         .join(",");
-    let mut metrics_ports = metrics_ports.into_iter();
     for (name, address, shard) in processes {
         let log = dir.join("logs").join(format!("{name}.log"));
-        let metrics = match topology {
-            Some(_) => SocketAddrV4::new(*address.ip(), METRICS_PORT),
-            None => metrics_ports.next().expect("one metrics port per process"),
-        };
+        let metrics = metrics_listen(topology.is_some(), address);
         let mut command: Vec<String> = Vec::new();
         if let Some(topology) = topology {
             let namespace = &topology.node(&node_name(&name)).namespace;
@@ -762,13 +789,15 @@ fn start(
             shard,
             log,
             command,
-            metrics: Some(metrics),
+            metrics: None,
         };
         table.process.push(entry.clone());
         children.push((child, entry));
     }
     write_table(dir, &table)?;
     wait_ready(&map, &mut children)?;
+    learn_metrics_addresses(&mut table.process)?;
+    write_table(dir, &table)?;
 
     let shown_mode = if mode == ClusterMode::Xdp {
         "xdp"
@@ -913,6 +942,16 @@ fn restart(dir: &Path, names: &[String]) -> Result<ExitCode> {
         if !wanted {
             continue;
         }
+        // The metrics address it had (on loopback the kernel chose it).
+        if let Some(metrics) = entry.metrics
+            && let Some(at) = entry
+                .command
+                .iter()
+                .position(|arg| arg == "--metrics-listen")
+            && at + 1 < entry.command.len()
+        {
+            entry.command[at + 1] = metrics.to_string();
+        }
         let child = spawn_detached(&entry.command, &entry.log, true)?;
         entry.pid = child.id();
         children.push((child, entry.clone()));
@@ -986,13 +1025,8 @@ fn add_shard(dir: &Path, replicas: usize, snapshot_every: u64) -> Result<ExitCod
         .map(|position| replica_name(shard, position))
         .collect();
     let mut topology = Topology::load(&topology_path(&dir))?;
-    let mut metrics_ports = Vec::new();
     let addresses: Vec<SocketAddrV4> = match &mut topology {
-        None => {
-            let mut free = free_addresses(2 * replicas)?;
-            metrics_ports = free.split_off(replicas);
-            free
-        }
+        None => free_addresses(replicas)?,
         Some(topology) => {
             let nodes: Vec<String> = names.iter().map(|name| node_name(name)).collect();
             topology.extend(&nodes)?;
@@ -1013,12 +1047,8 @@ fn add_shard(dir: &Path, replicas: usize, snapshot_every: u64) -> Result<ExitCod
     };
     let executable = std::env::current_exe().context("locating the tern executable")?;
     let map_path = dir.join("cluster.toml");
-    let mut metrics_ports = metrics_ports.into_iter();
     for (name, address) in names.iter().zip(&addresses) {
-        let metrics = match &topology {
-            Some(_) => SocketAddrV4::new(*address.ip(), METRICS_PORT),
-            None => metrics_ports.next().expect("one metrics port per replica"),
-        };
+        let metrics = metrics_listen(topology.is_some(), *address);
         let mut command: Vec<String> = Vec::new();
         if let Some(topology) = &topology {
             let namespace = &topology.node(&node_name(name)).namespace;
@@ -1048,9 +1078,10 @@ fn add_shard(dir: &Path, replicas: usize, snapshot_every: u64) -> Result<ExitCod
             shard,
             log,
             command,
-            metrics: Some(metrics),
+            metrics: None,
         });
     }
+    learn_metrics_addresses(&mut table.process)?;
     write_table(&dir, &table)?;
     // Meta takes the chain once every replica reports as a spare.
     let add = Request::Change(Change::AddShard {
