@@ -175,15 +175,6 @@ fn every_process_serves_its_counters_in_the_openmetrics_format() {
     );
 }
 
-/// A free loopback TCP port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The numbers a Prometheus instant query returns, one per series.
 fn query(prometheus: SocketAddrV4, expression: &str) -> Vec<f64> {
     let encoded: String = expression
@@ -222,7 +213,7 @@ fn a_prometheus_server_scrapes_every_process_and_answers_rates() {
         ),
     )
     .unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let prometheus_at = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port);
     let prometheus = Command::new("prometheus")
         .arg(format!("--config.file={}", config.display()))

@@ -347,14 +347,6 @@ impl Drop for Spares {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn a_shard_is_added_from_spares_given_its_share_then_drained_and_retired() {
     let cluster = TestCluster::up_with(2, 1, "user", "loopback");
@@ -365,7 +357,7 @@ fn a_shard_is_added_from_spares_given_its_share_then_drained_and_retired() {
     }
     // Two spares of the new shard 2, started as an operator would.
     let addresses: Vec<String> = (0..2)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .map(|_| format!("127.0.0.1:{}", common::free_port()))
         .collect();
     let map_path = cluster.map_path();
     let _spares = Spares(

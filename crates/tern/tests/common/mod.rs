@@ -239,3 +239,12 @@ impl Drop for StopOnDrop<'_> {
         self.0.store(false, Ordering::Relaxed);
     }
 }
+
+/// A free loopback TCP port (the kernel's choice).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
