@@ -28,7 +28,16 @@ struct Counters {
     usec: AtomicU64,
     rejected_calls: AtomicU64,
     failed_calls: AtomicU64,
+    /// Calls by how long they took: one count per bound of
+    /// `LATENCY_BOUNDS_US` (at most it), then those over the last.
+    latency: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
 }
+
+/// Upper bounds of the latency histogram's buckets, in microseconds.
+const LATENCY_BOUNDS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+    5_000_000,
+];
 
 impl Counters {
     fn load(&self) -> CommandStat {
@@ -75,14 +84,35 @@ impl Stats {
             if stat.calls == 0 && stat.rejected_calls == 0 {
                 continue;
             }
+            let labels = vec![("command", spec.name.to_string())];
             for (name, value) in [
                 ("command_calls", stat.calls),
-                ("command_duration_microseconds", stat.usec),
                 ("command_rejected_calls", stat.rejected_calls),
                 ("command_failed_calls", stat.failed_calls),
             ] {
-                samples.counter(name, value).labels = vec![("command", spec.name.to_string())];
+                samples.counter(name, value).labels = labels.clone();
             }
+            let bounds = LATENCY_BOUNDS_US
+                .iter()
+                .map(|bound| *bound as f64 / 1e6)
+                .chain([f64::MAX]);
+            let buckets: Vec<(f64, u64)> = bounds
+                .zip(&counters.latency)
+                .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
+                .collect();
+            let count = buckets.iter().map(|(_, count)| count).sum();
+            let sample = samples.add(
+                tern_proto::metrics::Kind::Histogram,
+                tern_proto::metrics::Group::Plain,
+                None,
+                "command_duration_seconds",
+                count,
+            );
+            sample.labels = labels;
+            sample.histogram = Some(tern_proto::metrics::Histogram {
+                sum: stat.usec as f64 / 1e6,
+                buckets,
+            });
         }
         samples
     }
@@ -125,9 +155,10 @@ impl Stats {
             counters.rejected_calls.fetch_add(1, Ordering::Relaxed);
         } else {
             counters.calls.fetch_add(1, Ordering::Relaxed);
-            counters
-                .usec
-                .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+            let micros = elapsed.as_micros() as u64;
+            counters.usec.fetch_add(micros, Ordering::Relaxed);
+            let bucket = LATENCY_BOUNDS_US.partition_point(|bound| *bound < micros);
+            counters.latency[bucket].fetch_add(1, Ordering::Relaxed);
             if error.is_some() {
                 counters.failed_calls.fetch_add(1, Ordering::Relaxed);
             }
@@ -144,7 +175,11 @@ impl Stats {
                 &counters.failed_calls,
             ]
         });
-        for counter in per_command.chain([
+        let buckets = self
+            .commands
+            .iter()
+            .flat_map(|counters| counters.latency.iter());
+        for counter in per_command.chain(buckets).chain([
             &self.connections_received,
             &self.rejected_connections,
             &self.commands_processed,

@@ -23,10 +23,11 @@ use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use tern_proto::metrics::{Group, Kind, Sample, Samples};
+use tern_proto::metrics::{Group, Histogram, Kind, Sample, Samples};
 
 /// How long a scrape waits for a main loop's snapshot (the loop looks
 /// every few milliseconds).
@@ -103,13 +104,15 @@ impl std::fmt::Debug for Exported {
     }
 }
 
-/// A family: its name, kind and help, and its samples' label sets.
-type Families = BTreeMap<(String, KindKey), Vec<(Vec<(String, String)>, u64)>>;
+/// A family: its name and kind, and each of its samples: label set,
+/// value, histogram.
+type Families = BTreeMap<(String, KindKey), Vec<(Vec<(String, String)>, u64, Option<Histogram>)>>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum KindKey {
     Counter,
     Gauge,
+    Histogram,
 }
 
 /// The family and labels of one sample.
@@ -141,15 +144,16 @@ fn families(role: &str, samples: &Samples) -> Families {
         let kind = match sample.kind {
             Kind::Counter => KindKey::Counter,
             Kind::Gauge => KindKey::Gauge,
+            Kind::Histogram => KindKey::Histogram,
         };
         let entries = families.entry((name, kind)).or_default();
         if sample.per_cpu.is_empty() {
-            entries.push((labels, sample.value));
+            entries.push((labels, sample.value, sample.histogram.clone()));
         } else {
             for (cpu, value) in sample.per_cpu.iter().enumerate() {
                 let mut labels = labels.clone();
                 labels.push(("cpu".to_string(), cpu.to_string()));
-                entries.push((labels, *value));
+                entries.push((labels, *value, None));
             }
         }
     }
@@ -159,13 +163,20 @@ fn families(role: &str, samples: &Samples) -> Families {
 fn encode_value(
     kind: KindKey,
     value: u64,
-    encoder: MetricEncoder<'_>,
+    histogram: Option<&Histogram>,
+    mut encoder: MetricEncoder<'_>,
 ) -> Result<(), std::fmt::Error> {
-    match kind {
-        KindKey::Counter => ConstCounter::new(value).encode(encoder),
-        KindKey::Gauge => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(encoder),
+    match (kind, histogram) {
+        (KindKey::Histogram, Some(histogram)) => {
+            encoder.encode_histogram::<NoLabels>(histogram.sum, value, &histogram.buckets, None)
+        }
+        (KindKey::Counter, _) => ConstCounter::new(value).encode(encoder),
+        _ => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(encoder),
     }
 }
+
+/// Exemplars' labels: none are kept.
+type NoLabels = Vec<(String, String)>;
 
 impl Collector for Exported {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
@@ -183,17 +194,21 @@ impl Collector for Exported {
         };
         for ((name, kind), entries) in families(self.role, &samples) {
             let metric_type = match kind {
-                KindKey::Counter => ConstCounter::new(0u64).metric_type(),
-                KindKey::Gauge => ConstGauge::new(0i64).metric_type(),
+                KindKey::Counter => MetricType::Counter,
+                KindKey::Gauge => MetricType::Gauge,
+                KindKey::Histogram => MetricType::Histogram,
             };
             let help = name.replace('_', " ");
             let mut family = encoder.encode_descriptor(&name, &help, None, metric_type)?;
             match &entries[..] {
                 // No labels: the metric itself, not `name{}`.
-                [(labels, value)] if labels.is_empty() => encode_value(kind, *value, family)?,
+                [(labels, value, histogram)] if labels.is_empty() => {
+                    encode_value(kind, *value, histogram.as_ref(), family)?
+                }
                 _ => {
-                    for (labels, value) in &entries {
-                        encode_value(kind, *value, family.encode_family(labels)?)?;
+                    for (labels, value, histogram) in &entries {
+                        let encoder = family.encode_family(labels)?;
+                        encode_value(kind, *value, histogram.as_ref(), encoder)?;
                     }
                 }
             }
@@ -282,6 +297,12 @@ mod tests {
         samples
             .add(Kind::Counter, Group::Xdp, None, "pass", 5)
             .per_cpu = vec![2, 3];
+        samples
+            .add(Kind::Histogram, Group::Plain, None, "took_seconds", 3)
+            .histogram = Some(Histogram {
+            sum: 0.5,
+            buckets: vec![(0.1, 2), (1.0, 1), (f64::MAX, 0)],
+        });
         let text = render("replica", samples);
         for line in [
             "# TYPE tern_replica_writes_applied counter",
@@ -293,6 +314,11 @@ mod tests {
             "tern_replica_writes_total{shard=\"3\"} 5",
             "tern_replica_xdp_pass_total{cpu=\"0\"} 2",
             "tern_replica_xdp_pass_total{cpu=\"1\"} 3",
+            "# TYPE tern_replica_took_seconds histogram",
+            "tern_replica_took_seconds_count 3",
+            "tern_replica_took_seconds_bucket{le=\"0.1\"} 2",
+            "tern_replica_took_seconds_bucket{le=\"1.0\"} 3",
+            "tern_replica_took_seconds_bucket{le=\"+Inf\"} 3",
         ] {
             assert!(
                 text.lines().any(|got| got == line),

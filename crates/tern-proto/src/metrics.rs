@@ -9,6 +9,16 @@ use std::fmt::Write;
 pub enum Kind {
     Counter,
     Gauge,
+    /// A distribution: `histogram` holds it, `value` its count.
+    Histogram,
+}
+
+/// Observations counted in buckets: each bucket's own count (not
+/// cumulative) by its upper bound, the last one's bound `f64::MAX` (+Inf).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Histogram {
+    pub sum: f64,
+    pub buckets: Vec<(f64, u64)>,
 }
 
 /// The family a sample belongs to, which its STATS name is prefixed with.
@@ -23,7 +33,7 @@ pub enum Group {
 }
 
 /// One counter or gauge.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
     /// Its name within its group (`writes`, `truncated`).
     pub name: String,
@@ -37,10 +47,12 @@ pub struct Sample {
     /// More labels, for metrics only (the gateway's `command`): samples
     /// that STATS lists have none.
     pub labels: Vec<(&'static str, String)>,
+    /// A histogram's buckets (metrics only; STATS shows the count).
+    pub histogram: Option<Histogram>,
 }
 
 /// The samples of one process, in the order STATS lists them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Samples(pub Vec<Sample>);
 
 impl Samples {
@@ -65,6 +77,7 @@ impl Samples {
             value,
             per_cpu: Vec::new(),
             labels: Vec::new(),
+            histogram: None,
         });
         self.0.last_mut().expect("just pushed")
     }

@@ -152,6 +152,14 @@ fn every_process_serves_its_counters_in_the_openmetrics_format() {
             leaders += value(&body, "tern_meta_raft_is_leader").unwrap();
         } else if name == "gateway" {
             at_least("tern_gateway_command_calls_total{command=\"set\"}", 3.0);
+            at_least(
+                "tern_gateway_command_duration_seconds_count{command=\"set\"}",
+                3.0,
+            );
+            at_least(
+                "tern_gateway_command_duration_seconds_bucket{le=\"+Inf\",command=\"set\"}",
+                3.0,
+            );
             at_least("tern_gateway_connected_clients", 1.0);
         }
     }
@@ -234,8 +242,17 @@ fn a_prometheus_server_scrapes_every_process_and_answers_rates() {
         }
     }
     let _stop = Stop(prometheus);
-    // Writes for a while, as Prometheus scrapes.
+    // Writes for a while, as Prometheus scrapes, some through the gateway.
     let mut client = Client::new(cluster.map.clone()).unwrap();
+    let gateway = processes
+        .iter()
+        .find(|(name, ..)| name == "gateway")
+        .expect("a gateway")
+        .1;
+    let mut redis = redis::Client::open(format!("redis://{gateway}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut written = 0u64;
     loop {
@@ -244,6 +261,13 @@ fn a_prometheus_server_scrapes_every_process_and_answers_rates() {
                 .put(format!("key{}", written % 1000).as_bytes(), b"value")
                 .unwrap();
             written += 1;
+        }
+        for _ in 0..20 {
+            let _: () = redis::cmd("SET")
+                .arg("r")
+                .arg("v")
+                .query(&mut redis)
+                .unwrap();
         }
         let scraped = http_ok(prometheus_at, "/-/ready")
             && query(prometheus_at, "up").len() == processes.len();
@@ -260,7 +284,15 @@ fn a_prometheus_server_scrapes_every_process_and_answers_rates() {
                 prometheus_at,
                 &format!("avg_over_time(rate(tern_coordinator_writes_total[3s]){at})"),
             );
+            // The gateway's latency distribution: a quantile that is a
+            // time, above zero and under a second on loopback.
+            let p99 = query(
+                prometheus_at,
+                "histogram_quantile(0.99, sum by (le) (rate(tern_gateway_command_duration_seconds_bucket{command=\"set\"}[5s])))",
+            );
+            let p99_sane = p99.first().is_some_and(|p99| *p99 > 0.0 && *p99 < 1.0);
             if up == [processes.len() as f64]
+                && p99_sane
                 && rates.len() == 3
                 && rates.iter().all(|rate| *rate > 0.0)
                 && coordinator.first().is_some_and(|rate| *rate > 0.0)
