@@ -94,6 +94,19 @@ fn metrics_addresses(cluster: &TestCluster) -> Vec<(String, SocketAddrV4, Socket
         .collect()
 }
 
+/// A `redis` crate connection to the cluster's gateway.
+fn gateway_connection(processes: &[(String, SocketAddrV4, SocketAddrV4)]) -> redis::Connection {
+    let gateway = processes
+        .iter()
+        .find(|(name, ..)| name == "gateway")
+        .expect("a gateway")
+        .1;
+    redis::Client::open(format!("redis://{gateway}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
 #[test]
 fn every_process_serves_its_counters_in_the_openmetrics_format() {
     let cluster = cluster_with_gateway();
@@ -105,15 +118,7 @@ fn every_process_serves_its_counters_in_the_openmetrics_format() {
             .unwrap();
     }
     let processes = metrics_addresses(&cluster);
-    let gateway = processes
-        .iter()
-        .find(|(name, ..)| name == "gateway")
-        .expect("a gateway")
-        .1;
-    let mut redis = redis::Client::open(format!("redis://{gateway}/"))
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut redis = gateway_connection(&processes);
     for _ in 0..3 {
         let _: () = redis::cmd("SET")
             .arg("r")
@@ -244,15 +249,7 @@ fn a_prometheus_server_scrapes_every_process_and_answers_rates() {
     let _stop = Stop(prometheus);
     // Writes for a while, as Prometheus scrapes, some through the gateway.
     let mut client = Client::new(cluster.map.clone()).unwrap();
-    let gateway = processes
-        .iter()
-        .find(|(name, ..)| name == "gateway")
-        .expect("a gateway")
-        .1;
-    let mut redis = redis::Client::open(format!("redis://{gateway}/"))
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut redis = gateway_connection(&processes);
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut written = 0u64;
     loop {
