@@ -152,6 +152,16 @@ impl Pipeline {
         self.in_flight.len() < PIPELINE_DEPTH_MAX
     }
 
+    /// Whether `submit` would take a request of `op` now: a read needs
+    /// [`Pipeline::has_room_for_read`], anything else [`Pipeline::has_room`].
+    pub fn has_room_for(&self, op: Op) -> bool {
+        if op == Op::Get {
+            self.has_room_for_read()
+        } else {
+            self.has_room()
+        }
+    }
+
     /// Sends a request. Fails when the key or value is over its limit or the
     /// pipeline has no room for it (`has_room`, `has_room_for_read`).
     pub fn submit(
@@ -171,12 +181,7 @@ impl Pipeline {
             Request::Call(call) => call,
         };
         let is_write = call.op != Op::Get;
-        let room = if is_write {
-            self.has_room()
-        } else {
-            self.has_room_for_read()
-        };
-        if !room {
+        if !self.has_room_for(call.op) {
             return Err(ClientError::Refused {
                 status: Status::TryAgain,
             });

@@ -300,7 +300,7 @@ pub struct Round {
     /// The commands as they came, name first.
     commands: Vec<Vec<Vec<u8>>>,
     /// Their entries in `commands::COMMANDS`.
-    pub specs: Vec<Option<usize>>,
+    specs: Vec<Option<usize>>,
     /// Each command's arguments with its keys in the selected database
     /// (None in database 0: as they came).
     in_db: Vec<Option<Vec<Vec<u8>>>>,
@@ -479,17 +479,21 @@ impl Round {
         self.answers[slot] = Some((reply, self.started.elapsed()));
     }
 
-    /// Whether every command of the round is answered.
+    /// Whether every command of the round is answered (a planned one is
+    /// once all its calls are, so nothing of the round is in flight).
     pub fn answered(&self) -> bool {
-        self.planned_done() && self.alone.is_empty() && self.answers.iter().all(Option::is_some)
+        self.answers.iter().all(Option::is_some)
     }
 
-    /// Every command's answer and how long it took, in order (once
-    /// [`Round::answered`]).
-    pub fn into_answers(self) -> Vec<(Frame, Duration)> {
-        self.answers
+    /// Each command's entry in `commands::COMMANDS`, answer and how long
+    /// it took, in order (once [`Round::answered`]).
+    pub fn into_answers(self) -> impl Iterator<Item = (Option<usize>, Frame, Duration)> {
+        self.specs
             .into_iter()
-            .map(|answer| answer.expect("every command answered"))
-            .collect()
+            .zip(self.answers)
+            .map(|(spec, answer)| {
+                let (reply, took) = answer.expect("every command answered");
+                (spec, reply, took)
+            })
     }
 }

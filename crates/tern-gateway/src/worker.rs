@@ -66,7 +66,7 @@ const IN_PLACE: &[&str] = &[
 
 /// A command for a blocking thread, with its connection's session.
 struct Job {
-    thread: Arc<Reply>,
+    thread: Arc<Mailbox>,
     connection: usize,
     generation: u64,
     slot: usize,
@@ -76,7 +76,7 @@ struct Job {
 }
 
 /// Where a blocking thread sends an I/O thread its answers.
-struct Reply {
+struct Mailbox {
     done: Sender<Done>,
     waker: Waker,
 }
@@ -108,11 +108,11 @@ pub(crate) fn serve(listener: TcpListener, shared: Arc<Shared>) -> io::Result<()
     for _ in 0..shared.config.io_threads.max(1) {
         let (incoming, streams) = mpsc::channel();
         let worker = Worker::new(shared.clone(), jobs.clone(), streams)?;
-        let waker = worker.reply.clone();
+        let mailbox = worker.mailbox.clone();
         let handle = std::thread::Builder::new()
             .name("gateway-io".into())
             .spawn(move || worker.run())?;
-        threads.push((incoming, waker, handle));
+        threads.push((incoming, mailbox, handle));
     }
     drop(jobs);
     listener.set_nonblocking(true)?;
@@ -146,13 +146,13 @@ pub(crate) fn serve(listener: TcpListener, shared: Arc<Shared>) -> io::Result<()
                         .stats
                         .connections_received
                         .fetch_add(1, Ordering::Relaxed);
-                    let (incoming, reply, _) = &threads[next % threads.len()];
+                    let (incoming, mailbox, _) = &threads[next % threads.len()];
                     next += 1;
                     if incoming.send(stream).is_err() {
                         shared.connected.fetch_sub(1, Ordering::Relaxed);
                         tracing::warn!("an I/O thread is gone; connection dropped");
                     } else {
-                        let _ = reply.waker.wake();
+                        let _ = mailbox.waker.wake();
                     }
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
@@ -166,9 +166,9 @@ pub(crate) fn serve(listener: TcpListener, shared: Arc<Shared>) -> io::Result<()
             }
         }
     }
-    for (incoming, reply, handle) in threads {
+    for (incoming, mailbox, handle) in threads {
         drop(incoming);
-        let _ = reply.waker.wake();
+        let _ = mailbox.waker.wake();
         let _ = handle.join();
     }
     for handle in blocking {
@@ -246,18 +246,11 @@ impl Pipes {
     /// Sends `call` on a pipeline with room for it, opening one if all are
     /// full and fewer than `PIPELINES_MAX` are open.
     fn send(&mut self, key: &[u8], call: Call<'_>, route: Route) -> Sent {
-        let read = call.op == tern_wire::Op::Get;
-        let has_room = |pipeline: &Pipeline| {
-            if read {
-                pipeline.has_room_for_read()
-            } else {
-                pipeline.has_room()
-            }
-        };
-        let found = self
-            .pipelines
-            .iter()
-            .position(|pipeline| pipeline.as_ref().is_some_and(has_room));
+        let found = self.pipelines.iter().position(|pipeline| {
+            pipeline
+                .as_ref()
+                .is_some_and(|pipeline| pipeline.has_room_for(call.op))
+        });
         let index = match found {
             Some(index) => index,
             None => match self.open() {
@@ -360,7 +353,6 @@ struct Connection {
     stream: TcpStream,
     /// Tells a reused place's connections apart (late replies go nowhere).
     generation: u64,
-    id: u64,
     entry: Arc<clients::ClientEntry>,
     /// None while a blocking thread runs one of its commands.
     session: Option<Session>,
@@ -462,8 +454,7 @@ impl Connection {
     /// Writes a finished round's replies, each counted.
     fn answer(&mut self, round: Round, shared: &Shared) {
         let session = self.session.as_ref().expect("not lent");
-        let specs = round.specs.clone();
-        for (spec, (reply, took)) in specs.into_iter().zip(round.into_answers()) {
+        for (spec, reply, took) in round.into_answers() {
             shared.stats.record(spec, took, &reply);
             let name = spec.map_or("unknown", |index| commands::COMMANDS[index].name);
             self.entry.ran(name, session.db, session.protocol);
@@ -490,7 +481,7 @@ fn runs_in_place(arguments: &[Vec<u8>], spec: Option<usize>, session: &Session) 
 struct Worker {
     shared: Arc<Shared>,
     poll: Poll,
-    reply: Arc<Reply>,
+    mailbox: Arc<Mailbox>,
     done: Receiver<Done>,
     streams: Receiver<TcpStream>,
     jobs: Sender<Job>,
@@ -526,7 +517,7 @@ impl Worker {
         Ok(Worker {
             shared,
             poll,
-            reply: Arc::new(Reply {
+            mailbox: Arc::new(Mailbox {
                 done: done_sender,
                 waker,
             }),
@@ -637,7 +628,6 @@ impl Worker {
             let mut connection = Connection {
                 stream,
                 generation: self.generations[index],
-                id: session.id,
                 entry: session.entry.clone(),
                 session: Some(session),
                 parser: Parser::new(),
@@ -718,7 +708,7 @@ impl Worker {
                 pipes,
                 client,
                 jobs,
-                reply,
+                mailbox,
                 ready,
                 waiting_room,
                 scratch,
@@ -770,7 +760,7 @@ impl Worker {
                         continue;
                     }
                     let job = Job {
-                        thread: reply.clone(),
+                        thread: mailbox.clone(),
                         connection: index,
                         generation,
                         slot,
@@ -883,7 +873,7 @@ impl Worker {
             return;
         };
         let _ = self.poll.registry().deregister(&mut connection.stream);
-        self.shared.clients.leave(connection.id);
+        self.shared.clients.leave(connection.entry.id);
         self.shared.connected.fetch_sub(1, Ordering::Relaxed);
         self.free.push(index);
     }

@@ -217,18 +217,17 @@ impl Collector for Exported {
     }
 }
 
-/// The OpenMetrics text of `samples` for a process of `role`.
-pub fn render(role: &'static str, samples: Samples) -> String {
-    let samples = Arc::new(samples);
+/// A registry reporting `source`'s samples as `tern_<role>_...`.
+fn registry(
+    role: &'static str,
+    source: impl Fn() -> Option<Samples> + Send + Sync + 'static,
+) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Exported {
         role,
-        source: Box::new(move || Some((*samples).clone())),
+        source: Box::new(source),
     }));
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry)
-        .expect("writing to a String does not fail");
-    text
+    registry
 }
 
 /// What [`serve`] prints, followed by the address it listens on (with
@@ -252,11 +251,7 @@ pub fn serve(
         .to_ip()
         .ok_or_else(|| io::Error::other("metrics: not an IP address"))?;
     println!("{LISTENING_LINE}{address}");
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(Exported {
-        role,
-        source: Box::new(source),
-    }));
+    let registry = registry(role, source);
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
@@ -285,6 +280,14 @@ pub fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The OpenMetrics text of `samples` for a process of `role`.
+    fn render(role: &'static str, samples: Samples) -> String {
+        let mut text = String::new();
+        let registry = registry(role, move || Some(samples.clone()));
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
 
     #[test]
     fn samples_become_families_with_prometheus_names_and_labels() {

@@ -29,6 +29,8 @@ const REPLICA_PORT: u16 = 7100;
 /// Where every process of a netns cluster serves its Prometheus metrics
 /// (each on its own address; OpenMetrics' registered exporter port).
 const METRICS_PORT: u16 = 9464;
+/// The flag that gives a process its metrics address.
+const METRICS_FLAG: &str = "--metrics-listen";
 
 /// Where the coordinators run their logic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -183,7 +185,7 @@ fn start_gateway(dir: &Path, options: &GatewayOptions) -> Result<()> {
         command.extend(["--requirepass".to_string(), password.clone()]);
     }
     let metrics = SocketAddrV4::new(*options.listen.ip(), 0);
-    command.extend(["--metrics-listen".to_string(), metrics.to_string()]);
+    command.extend([METRICS_FLAG.to_string(), metrics.to_string()]);
     let log = dir.join("logs").join("gateway.log");
     let mut child = spawn_detached(&command, &log, false)?;
     // The gateway prints where it listens first (another port if taken).
@@ -238,7 +240,7 @@ fn metrics_listen(netns: bool, address: SocketAddrV4) -> SocketAddrV4 {
 fn learn_metrics_addresses(entries: &mut [ProcessEntry]) -> Result<()> {
     let started = Instant::now();
     for entry in entries.iter_mut().filter(|entry| entry.metrics.is_none()) {
-        if !entry.command.iter().any(|arg| arg == "--metrics-listen") {
+        if !entry.command.iter().any(|arg| arg == METRICS_FLAG) {
             continue;
         }
         entry.metrics = loop {
@@ -780,7 +782,7 @@ fn start(
                 command.extend(storage_args(dir, &name, persistence));
             }
         }
-        command.extend(["--metrics-listen".to_string(), metrics.to_string()]);
+        command.extend([METRICS_FLAG.to_string(), metrics.to_string()]);
         let child = spawn_detached(&command, &log, false)?;
         let entry = ProcessEntry {
             name,
@@ -944,10 +946,7 @@ fn restart(dir: &Path, names: &[String]) -> Result<ExitCode> {
         }
         // The metrics address it had (on loopback the kernel chose it).
         if let Some(metrics) = entry.metrics
-            && let Some(at) = entry
-                .command
-                .iter()
-                .position(|arg| arg == "--metrics-listen")
+            && let Some(at) = entry.command.iter().position(|arg| arg == METRICS_FLAG)
             && at + 1 < entry.command.len()
         {
             entry.command[at + 1] = metrics.to_string();
@@ -1068,7 +1067,7 @@ fn add_shard(dir: &Path, replicas: usize, snapshot_every: u64) -> Result<ExitCod
             .map(String::from),
         );
         command.extend(storage_args(&dir, name, persistence));
-        command.extend(["--metrics-listen".to_string(), metrics.to_string()]);
+        command.extend([METRICS_FLAG.to_string(), metrics.to_string()]);
         let log = dir.join("logs").join(format!("{name}.log"));
         let child = spawn_detached(&command, &log, false)?;
         table.process.push(ProcessEntry {
