@@ -97,6 +97,11 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 		if (!client)
 			return hand_to_user_space(TERN_XDP_COUNTER_PASS_NO_CLIENT_MAC);
 	}
+	/* A MULTI's keys are in the datagram kept: user space decodes them. */
+	slot = slot_of(view, seq);
+	if (slot && seq != 0 && READ_SHARED(slot->seq) == seq &&
+	    (READ_SHARED(slot->dirty_index) & TERN_WINDOW_MULTI))
+		return hand_to_user_space(TERN_XDP_COUNTER_PASS_OP);
 	/* DESIGN rule 4: commit_seq = max(commit_seq, seq) first. */
 	for (int attempt = 0; attempt < TERN_CAS_ATTEMPTS_MAX; attempt++) {
 		__u64 current = READ_SHARED(cell->commit_seq);
@@ -111,7 +116,6 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_CONTENDED);
 	/* Then the dirty count, only if seq was still in flight, so that a
 	 * duplicate acknowledgement never lowers another write's count. */
-	slot = slot_of(view, seq);
 	if (slot) {
 		__u32 dirty_index = READ_SHARED(slot->dirty_index) & TERN_DIRTY_INDEX_MASK;
 

@@ -229,6 +229,41 @@ fn an_ack_that_cannot_be_completed_in_the_kernel_changes_nothing_there() {
 }
 
 #[test]
+fn a_multi_goes_to_user_space_and_so_does_its_ack_which_lowers_every_key_there() {
+    use tern_proto::coordinator::complete_write;
+    use tern_wire::maps::WINDOW_MULTI;
+    use tern_wire::multi::{Item, encode_items};
+    let (coordinator, state) = load();
+    // A write through the kernel first: it learns the client's MAC.
+    run(&coordinator, &from_client(&request(Op::Put, b"c", b"v")));
+    assert_eq!(run(&coordinator, &from_tail(&ack(1, b"c"))).0, XDP_TX);
+    let items = [Item::put(b"a", b"1"), Item::put(b"b", b"2")];
+    let multi = request(Op::Multi, b"a", &encode_items(&items).unwrap());
+    let (verdict, _) = run(&coordinator, &from_client(&multi));
+    assert_eq!(verdict, XDP_PASS, "the kernel does not decode items");
+    assert_eq!(state.next_seq(), 2, "nothing sequenced in the kernel");
+    // As user space sequences it: every item's key dirty, the window
+    // marked as a MULTI's.
+    let seq = state.begin_write().unwrap();
+    for key in [&b"a"[..], b"b"] {
+        state.increment_dirty(dirty_index(key_hash(key)));
+    }
+    state.record_sent(seq, WINDOW_MULTI, &multi, Time::ZERO);
+    let (verdict, _) = run(&coordinator, &from_tail(&ack(seq, b"a")));
+    assert_eq!(verdict, XDP_PASS, "its keys are in the datagram kept");
+    assert_eq!(state.commit_seq(), 1, "nothing changed in the kernel");
+    assert!(state.is_in_flight(seq));
+    assert_eq!(counter(&coordinator, XdpCounter::PassNoClientMac), 0);
+    assert_eq!(counter(&coordinator, XdpCounter::PassOp), 2);
+    // User space completes it: both keys clean.
+    assert!(complete_write(&state, seq));
+    for key in [&b"a"[..], b"b"] {
+        assert_eq!(state.dirty_count(dirty_index(key_hash(key))), 0);
+    }
+    assert_eq!(state.commit_seq(), seq);
+}
+
+#[test]
 fn a_gap_fill_ack_completes_in_the_kernel_and_answers_nobody() {
     let (coordinator, state) = load();
     let mut noop_ack = Message::decode(&ack(7, b"")).unwrap().header;

@@ -18,7 +18,7 @@ use tern_wire::export::{Export, ExportedKey, ExportedOutcome, Named};
 use tern_wire::load::SlotLoad;
 use tern_wire::{
     DecodeError, Effect, Expiry, Extensions, Header, Large, Message, Op, Status, VALUE_LEN_MAX,
-    expiry, flags,
+    expiry, flags, multi,
 };
 
 use crate::counters::{DecodeDrops, counters};
@@ -852,10 +852,10 @@ impl Replica {
         record.set_version(version);
         record.commit_seq.set(self.store.commit_seq());
         let value = match (effect, &decision.value, operand) {
-            (Effect::Put | Effect::InstallKeys, Some(computed), _) => &computed[..],
+            (Effect::Put | Effect::InstallKeys | Effect::Multi, Some(computed), _) => &computed[..],
             // The client's value, or as decided upstream (a REPLICATE).
             (Effect::Put | Effect::Install, None, Ok(operand)) => operand,
-            (Effect::InstallKeys | Effect::Outcome, None, _) => message.value,
+            (Effect::InstallKeys | Effect::Outcome | Effect::Multi, None, _) => message.value,
             _ => &[],
         };
         // Only a written value has a deadline.
@@ -870,7 +870,10 @@ impl Replica {
             outbox.journal_push(header.seq.get(), &record, &extensions, message.key, value);
         }
         // Counted live only: a replay of the log is no load.
-        if matches!(record.effect(), Effect::Put | Effect::Delete) {
+        if matches!(
+            record.effect(),
+            Effect::Put | Effect::Delete | Effect::Multi
+        ) {
             self.load
                 .count_write(tern_wire::slot_of(record.key_hash.get()));
         }
@@ -932,6 +935,29 @@ impl Replica {
                 Err(_) => {
                     // Its head wrote the value from keys it decoded: only
                     // a damaged record gets here. The seq is used up.
+                    self.counters.damaged_records += 1;
+                    self.store.skip(seq);
+                }
+            },
+            Effect::Multi => match multi::Decided::decode(value) {
+                Ok(decided) => {
+                    self.store.apply_all(
+                        seq,
+                        decided.writes.iter().map(|written| {
+                            let write = match &written.value {
+                                Some(value) => Write::Put(value),
+                                None => Write::Delete,
+                            };
+                            (&written.key[..], write, written.deadline_ms)
+                        }),
+                    );
+                    if tail {
+                        // The answers, as the head decided them.
+                        result_value = Some(Some(multi::encode_answers(&decided.answers)));
+                    }
+                }
+                Err(_) => {
+                    // Its head encoded it: only a damaged record gets here.
                     self.counters.damaged_records += 1;
                     self.store.skip(seq);
                 }
@@ -1280,6 +1306,7 @@ impl Replica {
                 }
                 Err(_) => decided(Effect::None, Status::Malformed, 0),
             },
+            Op::Multi => self.decide_multi(message, new_version, now_ms),
             Op::Rebase => decided(Effect::Rebase, Status::Ok, header.version()),
             // Not known here yet (the dedup check above found none).
             Op::InstallOutcome if message.value.len() == 4 => {
@@ -1304,6 +1331,129 @@ impl Replica {
             self.counters.reaped += 1;
         }
         decision
+    }
+
+    /// The head's decision for a one-shot transaction (`tern_wire::multi`):
+    /// CHECK items against the state before it, then every item in order,
+    /// each seeing the writes before it; all writes at `new_version`.
+    fn decide_multi(&self, message: &Message<'_>, new_version: u64, now_ms: u64) -> Decision {
+        use multi::{Answer, item_flags, kind};
+        let decided = Decision::of;
+        let items = match multi::decode_items(message.value) {
+            // The answers are the reply's value: no write option applies.
+            Ok(items)
+                if items[0].key == message.key
+                    && message.header.flags & flags::WRITE_OPTIONS == 0 =>
+            {
+                items
+            }
+            _ => return decided(Effect::None, Status::Malformed, 0),
+        };
+        let live = |key: &[u8]| self.store.latest(key).filter(|found| found.live_at(now_ms));
+        for item in items.iter().filter(|item| item.kind == kind::CHECK) {
+            let found = live(item.key).map_or(0, |found| found.version);
+            if found != item.version {
+                return decided(Effect::None, Status::CasMismatch, found);
+            }
+        }
+        // Each written key's state so far: value (None: deleted), deadline.
+        let mut written: Vec<(&[u8], Option<Vec<u8>>, u64)> = Vec::new();
+        let view = |written: &[(&[u8], Option<Vec<u8>>, u64)], key: &[u8]| match written
+            .iter()
+            .find(|(known, _, _)| *known == key)
+        {
+            Some((_, value, deadline_ms)) => value.clone().map(|value| (value, *deadline_ms)),
+            None => live(key).map(|found| (found.value.to_vec(), found.deadline_ms)),
+        };
+        fn set<'k>(
+            written: &mut Vec<(&'k [u8], Option<Vec<u8>>, u64)>,
+            key: &'k [u8],
+            value: Option<Vec<u8>>,
+            deadline_ms: u64,
+        ) {
+            match written.iter_mut().find(|(known, _, _)| *known == key) {
+                Some(entry) => *entry = (key, value, deadline_ms),
+                None => written.push((key, value, deadline_ms)),
+            }
+        }
+        let limit = self.values.limit();
+        let parse = |bytes: &[u8]| std::str::from_utf8(bytes).ok()?.parse::<i64>().ok();
+        let mut answers = Vec::with_capacity(items.len());
+        for item in &items {
+            let before = view(&written, item.key);
+            let answer = match item.kind {
+                kind::CHECK => Answer::status(Status::Ok),
+                kind::GET => Answer {
+                    value: before.map(|(value, _)| value),
+                    ..Answer::status(Status::Ok)
+                },
+                kind::PUT if item.flags & item_flags::IF_EXISTS != 0 && before.is_none() => {
+                    Answer::status(Status::NotFound)
+                }
+                kind::PUT if item.flags & item_flags::IF_ABSENT != 0 && before.is_some() => {
+                    Answer::status(Status::CasMismatch)
+                }
+                kind::PUT => {
+                    set(&mut written, item.key, Some(item.value.to_vec()), 0);
+                    Answer::status(Status::Ok)
+                }
+                kind::DELETE if before.is_some() => {
+                    set(&mut written, item.key, None, 0);
+                    Answer::status(Status::Ok)
+                }
+                kind::DELETE => Answer::status(Status::NotFound),
+                kind::INCR_BY => {
+                    let (value, deadline_ms) = before.unwrap_or_else(|| (b"0".to_vec(), 0));
+                    match (parse(&value), parse(item.value)) {
+                        (Some(value), Some(delta)) if value.checked_add(delta).is_some() => {
+                            let sum = (value + delta).to_string().into_bytes();
+                            set(&mut written, item.key, Some(sum.clone()), deadline_ms);
+                            Answer {
+                                value: Some(sum),
+                                ..Answer::status(Status::Ok)
+                            }
+                        }
+                        _ => Answer::status(Status::NotInteger),
+                    }
+                }
+                kind::APPEND => {
+                    let (mut value, deadline_ms) = before.unwrap_or_default();
+                    value.extend_from_slice(item.value);
+                    if value.len() > limit {
+                        Answer::status(Status::TooLarge)
+                    } else {
+                        let number = value.len() as u64;
+                        set(&mut written, item.key, Some(value), deadline_ms);
+                        Answer {
+                            number,
+                            ..Answer::status(Status::Ok)
+                        }
+                    }
+                }
+                other => unreachable!("item kind {other} passed decode_items"),
+            };
+            answers.push(answer);
+        }
+        let writes = written
+            .into_iter()
+            // A key that was never stored and ends deleted needs no write.
+            .filter(|(key, value, _)| value.is_some() || self.store.latest(key).is_some())
+            .map(|(key, value, deadline_ms)| multi::Written {
+                key: key.to_vec(),
+                value,
+                deadline_ms,
+            })
+            .collect();
+        let decision = multi::Decided { writes, answers };
+        if decision.encoded_len() > VALUE_LEN_MAX {
+            // The record travels in one datagram: a transaction of large
+            // values (or answers) is refused whole.
+            return decided(Effect::None, Status::TooLarge, 0);
+        }
+        Decision {
+            value: Some(decision.encode()),
+            ..decided(Effect::Multi, Status::Ok, new_version)
+        }
     }
 
     fn remember_outcome(&mut self, client_id: u64, seq: u64, outcome: Outcome) {

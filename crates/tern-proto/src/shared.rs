@@ -204,11 +204,15 @@ impl ShardState for SharedShard {
         seq != 0 && self.slot(seq).seq.load(Ordering::Acquire) == seq
     }
 
-    fn resend(&self, seq: u64, sent_before: Time, now: Time, out: &mut Vec<u8>) -> bool {
+    fn in_flight_index(&self, seq: u64) -> Option<u32> {
         let slot = self.slot(seq);
-        if slot.seq.load(Ordering::Acquire) != seq
-            || slot.sent_ns.load(Ordering::Relaxed) >= sent_before.as_nanos()
-        {
+        let index = slot.dirty_index.load(Ordering::Acquire);
+        (seq != 0 && slot.seq.load(Ordering::Acquire) == seq).then_some(index)
+    }
+
+    fn copy_in_flight(&self, seq: u64, out: &mut Vec<u8>) -> bool {
+        let slot = self.slot(seq);
+        if seq == 0 || slot.seq.load(Ordering::Acquire) != seq {
             return false;
         }
         let len = (slot.len.load(Ordering::Relaxed) as usize).min(MESSAGE_LEN_MAX);
@@ -221,7 +225,14 @@ impl ShardState for SharedShard {
                 len,
             ))
         };
-        if slot.seq.load(Ordering::Acquire) != seq {
+        slot.seq.load(Ordering::Acquire) == seq
+    }
+
+    fn resend(&self, seq: u64, sent_before: Time, now: Time, out: &mut Vec<u8>) -> bool {
+        let slot = self.slot(seq);
+        if slot.sent_ns.load(Ordering::Relaxed) >= sent_before.as_nanos()
+            || !self.copy_in_flight(seq, out)
+        {
             return false;
         }
         slot.sent_ns.store(now.as_nanos(), Ordering::Relaxed);

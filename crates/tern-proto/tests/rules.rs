@@ -147,6 +147,12 @@ impl ShardState for Hooked {
     fn is_in_flight(&self, seq: u64) -> bool {
         self.inner.is_in_flight(seq)
     }
+    fn in_flight_index(&self, seq: u64) -> Option<u32> {
+        self.inner.in_flight_index(seq)
+    }
+    fn copy_in_flight(&self, seq: u64, out: &mut Vec<u8>) -> bool {
+        self.inner.copy_in_flight(seq, out)
+    }
     fn resend(&self, seq: u64, sent_before: Time, now: Time, out: &mut Vec<u8>) -> bool {
         self.inner.resend(seq, sent_before, now, out)
     }

@@ -49,6 +49,7 @@
 #define TERN_OP_INSTALL_KEYS         22
 #define TERN_OP_EXPIRE               23
 #define TERN_OP_EDIT                 24
+#define TERN_OP_MULTI                25
 
 #define TERN_STATUS_OK               0
 #define TERN_STATUS_NOT_FOUND        1
@@ -74,6 +75,7 @@
 #define TERN_EFFECT_DROP_SLOTS       5
 #define TERN_EFFECT_OUTCOME          6
 #define TERN_EFFECT_INSTALL_KEYS     7
+#define TERN_EFFECT_MULTI            8
 
 #define TERN_FLAG_TAIL_READ          1
 #define TERN_FLAG_RESENT             2
@@ -104,6 +106,7 @@
 #define TERN_SHARD_ID_MAX            64
 #define TERN_CHAIN_LEN_MAX           8
 #define TERN_CAS_ATTEMPTS_MAX        8
+#define TERN_WINDOW_MULTI            0x80000000u
 #define TERN_CLIENT_MACS_MAX         65536
 #define TERN_SLOT_WORDS              256
 #define TERN_XDP_COUNTER_READS_ANY   0
@@ -308,6 +311,8 @@ static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)
 		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_FAST_PATH;
 	case TERN_OP_EDIT:
 		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_FAST_PATH;
+	case TERN_OP_MULTI:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE;
 	default:
 		return 0;
 	}
@@ -376,6 +381,7 @@ static inline __attribute__((always_inline)) int tern_effect_known(__u8 value)
 	case 5:
 	case 6:
 	case 7:
+	case 8:
 		return 1;
 	default:
 		return 0;

@@ -10,7 +10,7 @@ use std::mem::size_of;
 use crate::extension::{self, ExpiryExtension, LargeExtension, MapVersionExtension};
 use crate::maps::{
     CAS_ATTEMPTS_MAX, CHAIN_LEN_MAX, CLIENT_MACS_MAX, Endpoint, INFLIGHT_WRITES_MAX, SHARD_ID_MAX,
-    SLOT_WORDS, ShardCell, ShardRoute, WindowSlot, XDP_COUNTER_COUNT, XdpCounter,
+    SLOT_WORDS, ShardCell, ShardRoute, WINDOW_MULTI, WindowSlot, XDP_COUNTER_COUNT, XdpCounter,
 };
 use crate::{
     CStruct, DIRTY_INDEX_MASK, DIRTY_SLOTS, EXTENSIONS_LEN_MAX, Effect, HEADER_LEN, Header,
@@ -132,6 +132,7 @@ pub fn generate() -> String {
     define(out, "TERN_SHARD_ID_MAX", &SHARD_ID_MAX.to_string());
     define(out, "TERN_CHAIN_LEN_MAX", &CHAIN_LEN_MAX.to_string());
     define(out, "TERN_CAS_ATTEMPTS_MAX", &CAS_ATTEMPTS_MAX.to_string());
+    define(out, "TERN_WINDOW_MULTI", &format!("{WINDOW_MULTI:#x}u"));
     define(out, "TERN_CLIENT_MACS_MAX", &CLIENT_MACS_MAX.to_string());
     define(out, "TERN_SLOT_WORDS", &SLOT_WORDS.to_string());
     for (counter, name) in XdpCounter::ALL {

@@ -19,6 +19,7 @@ mod limits;
 pub mod load;
 pub mod maps;
 mod message;
+pub mod multi;
 pub mod slots;
 
 pub mod c_header;
@@ -129,6 +130,12 @@ wire_enum! {
         /// like INCRBY: `Header::edit` names the kind (`edit::*`) and its
         /// offset, the value is the operand. The key keeps its deadline.
         Edit = 24 => "EDIT",
+        /// Client one-shot transaction of one shard: the value is its items
+        /// (`multi::encode_items`), the key the first item's key. Decided by
+        /// the head all together at one seq; the reply's value is the
+        /// answers (`multi::decode_answers`), or CAS_MISMATCH when a CHECK
+        /// item failed (nothing written).
+        Multi = 25 => "MULTI",
     }
 }
 
@@ -187,6 +194,9 @@ wire_enum! {
         /// The keys in the value, each with its version (INSTALL_KEYS; the
         /// head leaves out those it has newer).
         InstallKeys = 7 => "INSTALL_KEYS",
+        /// A transaction's writes and answers (`multi::Decided`), all at
+        /// this seq.
+        Multi = 8 => "MULTI",
     }
 }
 
@@ -235,6 +245,9 @@ impl Op {
                 CLIENT_WRITE | CARRIES_VALUE | FAST_PATH
             }
             Op::Delete | Op::Expire => CLIENT_WRITE | FAST_PATH,
+            // Its keys are counted dirty by user space, which decodes its
+            // items (the kernel hands it, and its acknowledgement, up).
+            Op::Multi => CLIENT_WRITE | CARRIES_VALUE,
             Op::Install | Op::InstallOutcome | Op::InstallKeys => {
                 CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT
             }

@@ -35,7 +35,13 @@ pub const SLOT_WORDS: u32 = crate::SLOT_COUNT / 64;
 /// to turn acknowledgements into replies in the kernel.
 pub const CLIENT_MACS_MAX: u32 = 65536;
 
+/// A window slot's `dirty_index` with this bit is a MULTI's: its keys'
+/// dirty entries are those of the items in the datagram kept, which user
+/// space decodes to lower them (the kernel hands such an acknowledgement up).
+pub const WINDOW_MULTI: u32 = 1 << 31;
+
 const _: () = assert!(INFLIGHT_WRITES_MAX.is_power_of_two());
+const _: () = assert!(crate::DIRTY_INDEX_MASK & WINDOW_MULTI == 0);
 
 // zerocopy's KnownLayout derive generates a helper type without Debug.
 #[allow(missing_debug_implementations)]

@@ -161,9 +161,9 @@ impl<S: ShardState> ShardCoordinator<S> {
     /// None to serve it; with the map version a WRONG_SHARD names.
     /// Checked against the shared bitmap first, so only requests the fast
     /// path would hand up get past it.
-    pub(super) fn refusal_for_slot(&mut self, header: &Header) -> Option<(Status, u64)> {
-        let slot = slot_of(header.key_hash.get());
-        if header.op().is_any_slot() || self.state.serves_slot(slot) {
+    pub(super) fn refusal_for_slot(&mut self, op: Op, key_hash: u32) -> Option<(Status, u64)> {
+        let slot = slot_of(key_hash);
+        if op.is_any_slot() || self.state.serves_slot(slot) {
             return None;
         }
         if !slots::contains(&self.config.slots, slot) {
@@ -176,7 +176,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             .iter()
             .find(|held| (held.range[0]..held.range[1]).contains(&slot))?;
         match hold.mode {
-            freeze::WRITES if header.op() == Op::Get => None,
+            freeze::WRITES if op == Op::Get => None,
             freeze::MOVED => {
                 self.counters.wrong_slot += 1;
                 self.map_doubted = true;

@@ -97,6 +97,9 @@ counters! {
         unexpected_sender,
         /// Chain or epoch changes applied in place (`reconfigure`).
         reconfigurations,
+        /// MULTI requests whose items did not decode, or did not start
+        /// with the header's key: refused MALFORMED.
+        malformed_multi,
     }
 }
 
@@ -247,7 +250,9 @@ impl<S: ShardState> ShardCoordinator<S> {
                         self.map_version,
                         outbox,
                     );
-                } else if let Some((status, map_version)) = self.refusal_for_slot(header) {
+                } else if let Some((status, map_version)) =
+                    self.refusal_for_slot(header.op(), header.key_hash.get())
+                {
                     crate::answer_status(
                         from,
                         header,

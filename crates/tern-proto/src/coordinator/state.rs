@@ -16,6 +16,11 @@ pub trait ShardState {
     /// Removes `seq` from the window; its dirty index when it was in flight.
     fn end_write(&self, seq: u64) -> Option<u32>;
     fn is_in_flight(&self, seq: u64) -> bool;
+    /// The dirty index `seq` was recorded with, while it is in flight.
+    fn in_flight_index(&self, seq: u64) -> Option<u32>;
+    /// When `seq` is in flight, copies its datagram into `out` and returns
+    /// true.
+    fn copy_in_flight(&self, seq: u64, out: &mut Vec<u8>) -> bool;
     /// When `seq` is in flight and was last sent before `sent_before`, copies
     /// its datagram into `out`, marks it sent at `now` and returns true.
     fn resend(&self, seq: u64, sent_before: Time, now: Time, out: &mut Vec<u8>) -> bool;

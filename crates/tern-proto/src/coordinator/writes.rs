@@ -4,7 +4,8 @@
 
 use std::net::SocketAddrV4;
 
-use tern_wire::{Header, Message, Op, Status, dirty_index, flags};
+use tern_wire::maps::WINDOW_MULTI;
+use tern_wire::{Header, Message, Op, Status, dirty_index, flags, key_hash, multi};
 use zerocopy::FromBytes;
 
 use super::recovery::Recovery;
@@ -16,13 +17,45 @@ use crate::{Outbox, Time};
 /// to the client only afterwards. Returns whether `seq` was in flight here.
 pub fn complete_write(state: &impl ShardState, seq: u64) -> bool {
     state.advance_commit_seq(seq);
+    // A MULTI's entries are read from its datagram while `seq` still holds
+    // its window slot (nobody can reuse the slot before `end_write`).
+    let multi = match state.in_flight_index(seq) {
+        Some(index) if index & WINDOW_MULTI != 0 => {
+            let mut kept = Vec::new();
+            state.copy_in_flight(seq, &mut kept);
+            multi_dirty_indices(&kept)
+        }
+        _ => None,
+    };
     match state.end_write(seq) {
+        Some(index) if index & WINDOW_MULTI != 0 => {
+            for index in multi.unwrap_or_default() {
+                state.decrement_dirty(index);
+            }
+            true
+        }
         Some(index) => {
             state.decrement_dirty(index);
             true
         }
         None => false,
     }
+}
+
+/// The dirty entries a MULTI datagram counts, one per item (an entry
+/// counted twice when two items share it); None when it is not one.
+fn multi_dirty_indices(datagram: &[u8]) -> Option<Vec<u32>> {
+    let message = Message::decode(datagram).ok()?;
+    if message.header.op() != Op::Multi {
+        return None;
+    }
+    let items = multi::decode_items(message.value).ok()?;
+    Some(
+        items
+            .iter()
+            .map(|item| dirty_index(key_hash(item.key)))
+            .collect(),
+    )
 }
 
 impl<S: ShardState> ShardCoordinator<S> {
@@ -39,7 +72,30 @@ impl<S: ShardState> ShardCoordinator<S> {
             crate::answer_status(from, header, Status::TryAgain, self.config.epoch, 0, outbox);
             return;
         }
-        let index = dirty_index(header.key_hash.get());
+        // A MULTI counts every item's key dirty: its items must decode,
+        // start with the header's key, and all be of slots served here.
+        let items = if header.op() == Op::Multi {
+            match self.multi_items(message) {
+                Ok(items) => Some(items),
+                Err((status, map_version)) => {
+                    crate::answer_status(
+                        from,
+                        header,
+                        status,
+                        self.config.epoch,
+                        map_version,
+                        outbox,
+                    );
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let index = match &items {
+            Some(_) => WINDOW_MULTI,
+            None => dirty_index(header.key_hash.get()),
+        };
         // DESIGN rule 1: this is the shard's only serialization point.
         let Some(seq) = self.state.begin_write() else {
             self.counters.window_full += 1;
@@ -47,7 +103,14 @@ impl<S: ShardState> ShardCoordinator<S> {
             return;
         };
         // DESIGN rule 3: the key is dirty before the write can reach anyone.
-        self.state.increment_dirty(index);
+        match &items {
+            Some(indices) => {
+                for &index in indices {
+                    self.state.increment_dirty(index);
+                }
+            }
+            None => self.state.increment_dirty(index),
+        }
         let mut forwarded = *header;
         forwarded.set_reply_addr(from);
         forwarded.flags &= flags::WRITE_OPTIONS;
@@ -64,6 +127,27 @@ impl<S: ShardState> ShardCoordinator<S> {
         );
         let sent = outbox.iter().last().expect("just pushed").1;
         self.state.record_sent(seq, index, sent, now);
+    }
+
+    /// The dirty entries of a MULTI's items, or the refusal it gets.
+    fn multi_items(&mut self, message: &Message<'_>) -> Result<Vec<u32>, (Status, u64)> {
+        let items = multi::decode_items(message.value).map_err(|_| {
+            self.counters.malformed_multi += 1;
+            (Status::Malformed, 0)
+        })?;
+        if items[0].key != message.key {
+            self.counters.malformed_multi += 1;
+            return Err((Status::Malformed, 0));
+        }
+        let mut indices = Vec::with_capacity(items.len());
+        for item in &items {
+            let hash = key_hash(item.key);
+            if let Some(refusal) = self.refusal_for_slot(Op::Multi, hash) {
+                return Err(refusal);
+            }
+            indices.push(dirty_index(hash));
+        }
+        Ok(indices)
     }
 
     pub(super) fn acknowledge(&mut self, message: &Message<'_>, outbox: &mut Outbox) {
