@@ -12,12 +12,17 @@
 //! linearization. An operation that timed out has an unknown outcome: it may
 //! take effect at any point after its call, or never.
 //!
+//! Transactions are checked by `check_serial`: strict serializability in
+//! the commit order the system reports (see its module).
+//!
 //! Depends on nothing: it must be usable by any test, against any system.
 
 mod model;
 mod recorder;
 mod search;
+mod serial;
 
 pub use model::{Input, Output};
 pub use recorder::{Operation, Recorder};
 pub use search::{CheckError, Verdict, check, check_key};
+pub use serial::{SerialError, Transaction, check_serial};

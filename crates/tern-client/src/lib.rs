@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod reshard;
 pub mod retry;
+pub mod txn;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -27,6 +28,7 @@ use tern_wire::{
     Status, edit, encode_append_with, flags, key_hash,
 };
 use thiserror::Error;
+pub use txn::{MultiOutcome, Transacted, Txn};
 
 /// Why a request failed.
 #[derive(Debug, Error)]
@@ -50,6 +52,17 @@ pub enum ClientError {
     ResultTooLarge,
     #[error("request refused: {status:?}")]
     Refused { status: Status },
+    /// A transaction refused before anything was sent (or by its head,
+    /// for a record over the limit), naming the limit.
+    #[error("{0}")]
+    Transaction(tern_wire::multi::MultiError),
+    #[error(
+        "a transaction's keys span shards {first} and {second}: transactions across \
+         shards are not supported yet (keep its keys in one shard)"
+    )]
+    CrossShard { first: u32, second: u32 },
+    #[error("the transaction conflicted {attempts} times in a row; gave up")]
+    Conflict { attempts: u32 },
     #[error("network error: {0}")]
     Io(#[from] io::Error),
 }

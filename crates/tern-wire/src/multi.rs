@@ -146,6 +146,12 @@ pub enum MultiError {
          (items, keys and values together)"
     )]
     TooLarge(usize),
+    /// Refused by the head: what it decided does not fit one record.
+    #[error(
+        "the transaction's writes and answers together exceed the limit of \
+         {VALUE_LEN_MAX} bytes (large values cannot take part in a transaction yet)"
+    )]
+    DecidedTooLarge,
     #[error("transaction answer of unknown status {0}")]
     UnknownStatus(u8),
     #[error("{0} bytes after the transaction")]

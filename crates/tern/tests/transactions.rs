@@ -1,0 +1,278 @@
+//! Transactions of one shard against a real cluster: a bank whose
+//! transfers (optimistic transactions through `Client::transact`) run
+//! concurrently with audits that read every account in one transaction.
+//! Every audit must see the same total, and the whole recorded history
+//! must be strictly serializable in the commit order the heads report
+//! (`tern_check::check_serial`).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use common::TestCluster;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use tern_check::{Transaction, check_serial};
+use tern_client::txn::Item;
+use tern_client::{Client, ClientError, ClusterMap};
+
+const ACCOUNTS: usize = 8;
+const START: i64 = 100;
+const TRANSFERS_PER_CLIENT: usize = 150;
+const CLIENTS: usize = 4;
+
+/// `ACCOUNTS` keys of one shard (the shard of the first).
+fn accounts_of_one_shard(map: &ClusterMap) -> Vec<Vec<u8>> {
+    let shard_of = |key: &[u8]| map.shard_of_key_hash(tern_wire::key_hash(key)).id;
+    let first = shard_of(b"acct/0");
+    (0..)
+        .map(|n| format!("acct/{n}").into_bytes())
+        .filter(|key| shard_of(key) == first)
+        .take(ACCOUNTS)
+        .collect()
+}
+
+fn balance(value: Option<Vec<u8>>) -> i64 {
+    String::from_utf8(value.expect("every account exists"))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+type History = Arc<Mutex<Vec<Transaction>>>;
+
+/// Runs `body` as a transaction, recording what its committed run read
+/// and wrote; the number of runs it took (None: it gave up, conflicting
+/// every time: nothing recorded, as nothing was written).
+fn try_recorded(
+    client: &mut Client,
+    history: &History,
+    mut body: impl FnMut(&mut tern_client::Txn<'_>, &mut Txn) -> Result<(), ClientError>,
+) -> Option<u32> {
+    let mut runs = 0;
+    let mut seen = Txn::default();
+    let call = Instant::now();
+    let done = match client.transact(|tx| {
+        runs += 1;
+        seen = Txn::default();
+        body(tx, &mut seen)
+    }) {
+        Ok(done) => done,
+        Err(ClientError::Conflict { .. }) => return None,
+        Err(error) => panic!("transaction failed: {error}"),
+    };
+    history.lock().unwrap().push(Transaction {
+        call,
+        ret: Instant::now(),
+        version: done.version,
+        reads: seen.reads,
+        writes: seen.writes,
+    });
+    Some(runs)
+}
+
+fn recorded(
+    client: &mut Client,
+    history: &History,
+    body: impl FnMut(&mut tern_client::Txn<'_>, &mut Txn) -> Result<(), ClientError>,
+) -> u32 {
+    try_recorded(client, history, body).expect("the transaction commits")
+}
+
+/// Every account read by one MULTI of GETs, decided at one seq by the
+/// head: recorded, and its total.
+fn audit_at_once(client: &mut Client, history: &History, accounts: &[Vec<u8>]) -> i64 {
+    let items: Vec<Item<'_>> = accounts.iter().map(|key| Item::get(key)).collect();
+    let call = Instant::now();
+    let outcome = client.multi(&items).expect("an audit commits");
+    let tern_client::MultiOutcome::Committed {
+        version,
+        answers: Some(answers),
+    } = outcome
+    else {
+        panic!("an audit without its answers: {outcome:?}");
+    };
+    let reads: Vec<_> = accounts
+        .iter()
+        .cloned()
+        .zip(answers.into_iter().map(|answer| answer.value))
+        .collect();
+    let total = reads.iter().map(|(_, value)| balance(value.clone())).sum();
+    history.lock().unwrap().push(Transaction {
+        call,
+        ret: Instant::now(),
+        version,
+        reads,
+        writes: Vec::new(),
+    });
+    total
+}
+
+#[derive(Default)]
+struct Txn {
+    reads: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Txn {
+    fn get(&mut self, tx: &mut tern_client::Txn<'_>, key: &[u8]) -> Result<i64, ClientError> {
+        let value = tx.get(key)?;
+        self.reads.push((key.to_vec(), value.clone()));
+        Ok(balance(value))
+    }
+
+    fn put(&mut self, tx: &mut tern_client::Txn<'_>, key: &[u8], amount: i64) {
+        let value = amount.to_string().into_bytes();
+        tx.put(key, &value);
+        self.writes.push((key.to_vec(), Some(value)));
+    }
+}
+
+fn bank(cluster: &TestCluster) {
+    let accounts = Arc::new(accounts_of_one_shard(&cluster.map));
+    let history: History = Arc::default();
+    let mut client = Client::new(cluster.map.clone()).unwrap();
+    recorded(&mut client, &history, |tx, seen| {
+        for account in accounts.iter() {
+            seen.put(tx, account, START);
+        }
+        Ok(())
+    });
+    let expected = START * ACCOUNTS as i64;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let auditor = {
+        let (map, accounts, history, stop) = (
+            cluster.map.clone(),
+            accounts.clone(),
+            history.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut client = Client::new(map).unwrap();
+            // Audits of both kinds: optimistic (reads, then a commit that
+            // checks every version read: under this contention most give
+            // up, which is allowed, as long as some commit) and one-shot.
+            let (mut audits, mut optimistic) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || optimistic < 3 {
+                let mut total = 0;
+                let committed = try_recorded(&mut client, &history, |tx, seen| {
+                    total = 0;
+                    for account in accounts.iter() {
+                        total += seen.get(tx, account)?;
+                    }
+                    Ok(())
+                });
+                if committed.is_some() {
+                    assert_eq!(total, expected, "an audit saw money appear or vanish");
+                    optimistic += 1;
+                }
+                for _ in 0..10 {
+                    let total = audit_at_once(&mut client, &history, &accounts);
+                    assert_eq!(total, expected, "an audit saw money appear or vanish");
+                    audits += 1;
+                }
+            }
+            (audits, optimistic)
+        })
+    };
+    let transfers: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (map, accounts, history) = (cluster.map.clone(), accounts.clone(), history.clone());
+            std::thread::spawn(move || {
+                let mut client = Client::new(map).unwrap();
+                let mut rng = SmallRng::seed_from_u64(rand::random());
+                let mut runs = 0;
+                for _ in 0..TRANSFERS_PER_CLIENT {
+                    let from = rng.random_range(0..ACCOUNTS);
+                    let to = (from + rng.random_range(1..ACCOUNTS)) % ACCOUNTS;
+                    let amount = rng.random_range(1..=10);
+                    runs += recorded(&mut client, &history, |tx, seen| {
+                        let (a, b) = (&accounts[from], &accounts[to]);
+                        let (left, right) = (seen.get(tx, a)?, seen.get(tx, b)?);
+                        if left >= amount {
+                            seen.put(tx, a, left - amount);
+                            seen.put(tx, b, right + amount);
+                        }
+                        Ok(())
+                    });
+                }
+                runs
+            })
+        })
+        .collect();
+    let runs: u32 = transfers.into_iter().map(|t| t.join().unwrap()).sum();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (audits, optimistic) = auditor.join().unwrap();
+    let history = history.lock().unwrap();
+    eprintln!(
+        "{} transactions committed ({audits} one-shot audits, {optimistic} optimistic), \
+         {runs} runs for {} transfers",
+        history.len(),
+        CLIENTS * TRANSFERS_PER_CLIENT
+    );
+    if let Err(error) = check_serial(&history) {
+        panic!("not strictly serializable: {error}");
+    }
+    // The workload must contend, or the check proves little.
+    assert!(
+        runs > (CLIENTS * TRANSFERS_PER_CLIENT) as u32,
+        "no transfer ever conflicted"
+    );
+    // And the store holds the total too.
+    let total: i64 = accounts
+        .iter()
+        .map(|account| balance(client.get(account).unwrap().map(|found| found.value)))
+        .sum();
+    assert_eq!(total, expected);
+}
+
+#[test]
+fn bank_transfers_keep_the_total_and_the_history_is_strictly_serializable() {
+    let cluster = TestCluster::up(2, 3);
+    bank(&cluster);
+}
+
+#[test]
+fn bank_with_the_xdp_coordinator_keeps_the_total_and_is_strictly_serializable() {
+    let cluster = TestCluster::up_with(1, 3, "xdp", "netns");
+    bank(&cluster);
+}
+
+#[test]
+fn transactions_over_the_limits_or_across_shards_are_refused_with_the_reason() {
+    let cluster = TestCluster::up(2, 3);
+    let mut client = Client::new(cluster.map.clone()).unwrap();
+    let shard_of = |key: &[u8]| cluster.map.shard_of_key_hash(tern_wire::key_hash(key)).id;
+    let other = (0..)
+        .map(|n| format!("other/{n}").into_bytes())
+        .find(|key| shard_of(key) != shard_of(b"a"))
+        .unwrap();
+    let error = client
+        .multi(&[Item::put(b"a", b"1"), Item::put(&other, b"2")])
+        .unwrap_err();
+    assert!(matches!(error, ClientError::CrossShard { .. }), "{error}");
+    assert!(error.to_string().contains("span shards"), "{error}");
+    let big = vec![b'v'; 2000];
+    let error = client.multi(&[Item::put(b"a", &big)]).unwrap_err();
+    assert!(error.to_string().contains("limit of 1024 bytes"), "{error}");
+    let many = vec![Item::get(b"a"); 17];
+    let error = client.multi(&many).unwrap_err();
+    assert!(error.to_string().contains("at most 16 items"), "{error}");
+    // Nothing was written, and the shard serves on.
+    assert!(client.get(b"a").unwrap().is_none());
+    let outcome = client
+        .multi(&[Item::put(b"a", b"1"), Item::get(b"a")])
+        .unwrap();
+    assert!(matches!(
+        outcome,
+        tern_client::MultiOutcome::Committed { answers: Some(ref answers), .. }
+            if answers[1].value.as_deref() == Some(&b"1"[..])
+    ));
+    // A read of large values inside a transaction: refused whole, named.
+    client.put(b"a", &vec![b'x'; 700]).unwrap();
+    let error = client
+        .multi(&[Item::get(b"a"), Item::get(b"a")])
+        .unwrap_err();
+    assert!(error.to_string().contains("exceed the limit"), "{error}");
+}
