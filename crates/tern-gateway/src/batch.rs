@@ -319,7 +319,10 @@ pub struct Round {
 impl Round {
     /// Plans `commands` for a connection in database `db`; the planned
     /// commands wait for [`Round::pump`], refusals are answered at once.
-    pub fn new(commands: Vec<Vec<Vec<u8>>>, db: u32, authenticated: bool) -> Round {
+    /// `planning`: whether planned commands go through the pipelines (a
+    /// connection that is not authenticated, or queues a MULTI, runs every
+    /// command alone, through `execute`).
+    pub fn new(commands: Vec<Vec<Vec<u8>>>, db: u32, planning: bool) -> Round {
         let started = Instant::now();
         let specs: Vec<Option<usize>> = commands
             .iter()
@@ -347,7 +350,7 @@ impl Round {
         for (slot, arguments) in commands.iter().enumerate() {
             let args = round.in_db[slot].as_deref().unwrap_or(&arguments[1..]);
             let mut delta = None;
-            let planned = authenticated
+            let planned = planning
                 .then(|| plan(&crate::upper(&arguments[0]), args, &mut delta))
                 .flatten();
             match planned {

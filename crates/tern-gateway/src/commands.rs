@@ -56,6 +56,7 @@ const fn all_keys(name: &'static str, arity: i64, flags: &'static [&'static str]
 const READ: &[&str] = &["readonly", "fast"];
 const WRITE: &[&str] = &["write", "denyoom", "fast"];
 const DELETE: &[&str] = &["write", "fast"];
+const TRANSACTION: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
 const NO_AUTH: &[&str] = &[
     "noscript",
     "loading",
@@ -137,6 +138,11 @@ pub const COMMANDS: &[Spec] = &[
     keyless("auth", -2, NO_AUTH),
     keyless("hello", -1, NO_AUTH),
     keyless("quit", -1, NO_AUTH),
+    keyless("multi", 1, TRANSACTION),
+    keyless("exec", 1, &["noscript", "loading", "stale", "skip_slowlog"]),
+    keyless("discard", 1, TRANSACTION),
+    all_keys("watch", -2, TRANSACTION),
+    keyless("unwatch", 1, TRANSACTION),
 ];
 
 /// The command named `name` (any case), if it is served.

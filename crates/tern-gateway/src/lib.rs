@@ -21,6 +21,7 @@ pub mod keyspace;
 pub mod resp;
 pub mod stats;
 mod strings;
+mod transaction;
 mod worker;
 
 use std::io;
@@ -170,6 +171,10 @@ pub(crate) struct Session {
     closing: bool,
     /// The database `SELECT` chose (`keyspace`).
     db: u32,
+    /// The commands queued since MULTI (None: not in a transaction).
+    queue: Option<transaction::Queue>,
+    /// The keys WATCH watches, with their versions then.
+    watched: transaction::Watched,
 }
 
 impl Session {
@@ -184,6 +189,8 @@ impl Session {
             authenticated: shared.config.password.is_none(),
             closing: false,
             db: 0,
+            queue: None,
+            watched: Vec::new(),
         }
     }
 }
@@ -289,6 +296,21 @@ fn string_range(value: &[u8], start: i64, end: i64) -> &[u8] {
     &value[start as usize..=end as usize]
 }
 
+/// Redis's answer to a command it does not know.
+fn unknown_command(arguments: &[Vec<u8>]) -> Frame {
+    let beginning: Vec<String> = arguments[1..]
+        .iter()
+        .take(3)
+        // Redis quotes at most 128 bytes of each.
+        .map(|arg| format!("'{}'", String::from_utf8_lossy(&arg[..arg.len().min(128)])))
+        .collect();
+    Frame::error(format!(
+        "ERR unknown command '{}', with args beginning with: {}",
+        String::from_utf8_lossy(&arguments[0]),
+        beginning.join(" ")
+    ))
+}
+
 /// The lower-case name of a served command.
 fn spec_name(spec: Option<&commands::Spec>) -> &'static str {
     spec.map_or("", |spec| spec.name)
@@ -315,7 +337,60 @@ impl Context<'_> {
             in_db = keys_in_db(spec, args, self.session.db);
             &in_db[..]
         };
+        if let Some(queue) = self.session.queue.as_mut()
+            && !matches!(
+                name.as_str(),
+                "EXEC" | "DISCARD" | "MULTI" | "WATCH" | "QUIT"
+            )
+        {
+            return match spec {
+                Some(_) => transaction::queue(queue, &name, args),
+                None => queue.refuse(unknown_command(arguments)),
+            };
+        }
         match name.as_str() {
+            "MULTI" => match (args, &self.session.queue) {
+                ([], None) => {
+                    self.session.queue = Some(transaction::Queue::default());
+                    Frame::ok()
+                }
+                ([], Some(_)) => Frame::error("ERR MULTI calls can not be nested"),
+                _ => arity_error(&name),
+            },
+            "EXEC" => match (args, self.session.queue.take()) {
+                ([], Some(queue)) => {
+                    let reply = transaction::exec(self.client, queue, &self.session.watched);
+                    self.session.watched.clear();
+                    reply
+                }
+                ([], None) => Frame::error("ERR EXEC without MULTI"),
+                (_, queue) => {
+                    self.session.queue = queue;
+                    arity_error(&name)
+                }
+            },
+            "DISCARD" => match (args, self.session.queue.take()) {
+                ([], Some(_)) => {
+                    self.session.watched.clear();
+                    Frame::ok()
+                }
+                ([], None) => Frame::error("ERR DISCARD without MULTI"),
+                (_, queue) => {
+                    self.session.queue = queue;
+                    arity_error(&name)
+                }
+            },
+            "WATCH" if self.session.queue.is_some() => {
+                Frame::error("ERR WATCH inside MULTI is not allowed")
+            }
+            "WATCH" => transaction::watch(self.client, &mut self.session.watched, args),
+            "UNWATCH" => match args {
+                [] => {
+                    self.session.watched.clear();
+                    Frame::ok()
+                }
+                _ => arity_error(&name),
+            },
             "PING" => match args {
                 [] => Frame::Simple("PONG".into()),
                 [message] => Frame::bulk(message.clone()),
@@ -456,19 +531,7 @@ impl Context<'_> {
                     None => Frame::error(format!("ERR unknown command '{name}'")),
                 }
             }
-            _ => {
-                let beginning: Vec<String> = args
-                    .iter()
-                    .take(3)
-                    // Redis quotes at most 128 bytes of each.
-                    .map(|arg| format!("'{}'", String::from_utf8_lossy(&arg[..arg.len().min(128)])))
-                    .collect();
-                Frame::error(format!(
-                    "ERR unknown command '{}', with args beginning with: {}",
-                    String::from_utf8_lossy(&arguments[0]),
-                    beginning.join(" ")
-                ))
-            }
+            _ => unknown_command(arguments),
         }
     }
 

@@ -270,6 +270,9 @@ pub enum Frame {
     Integer(i64),
     Bulk(Vec<u8>),
     Nil,
+    /// A null array (`*-1` in RESP2): EXEC of a transaction whose watched
+    /// key changed.
+    NullArray,
     Array(Vec<Frame>),
     /// A map in RESP3, a flat array of pairs in RESP2.
     Map(Vec<(Frame, Frame)>),
@@ -309,6 +312,8 @@ impl Frame {
             }
             Frame::Nil if protocol >= 3 => out.extend_from_slice(b"_\r\n"),
             Frame::Nil => out.extend_from_slice(b"$-1\r\n"),
+            Frame::NullArray if protocol >= 3 => out.extend_from_slice(b"_\r\n"),
+            Frame::NullArray => out.extend_from_slice(b"*-1\r\n"),
             Frame::Array(items) => {
                 out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
                 for item in items {

@@ -62,6 +62,7 @@ const CONNECTION_BASE: usize = 1 + PIPELINES_MAX;
 /// The commands that touch no data: run in place by the I/O thread.
 const IN_PLACE: &[&str] = &[
     "PING", "ECHO", "QUIT", "SELECT", "AUTH", "HELLO", "CLIENT", "COMMAND", "CONFIG", "TIME",
+    "MULTI", "DISCARD", "UNWATCH",
 ];
 
 /// A command for a blocking thread, with its connection's session.
@@ -430,7 +431,9 @@ impl Connection {
                     }
                     // A command with a large value ends the round: it runs
                     // after the commands before it.
+                    // Inside MULTI every command is queued by `execute`.
                     let planned = session.authenticated
+                        && session.queue.is_none()
                         && batch::is_planned(&String::from_utf8_lossy(&arguments[0]))
                         && !batch::has_large_value(&arguments);
                     round.push(arguments);
@@ -448,7 +451,8 @@ impl Connection {
         if self.input.is_empty() && self.input.capacity() > BUFFER_KEPT {
             self.input = Vec::new();
         }
-        (!round.is_empty()).then(|| Round::new(round, session.db, session.authenticated))
+        let planning = session.authenticated && session.queue.is_none();
+        (!round.is_empty()).then(|| Round::new(round, session.db, planning))
     }
 
     /// Writes a finished round's replies, each counted.
@@ -472,6 +476,8 @@ fn runs_in_place(arguments: &[Vec<u8>], spec: Option<usize>, session: &Session) 
     let name = String::from_utf8_lossy(&arguments[0]);
     !session.authenticated
         || spec.is_none()
+        // Queued by MULTI, touching no data until EXEC.
+        || (session.queue.is_some() && !name.eq_ignore_ascii_case("EXEC"))
         || IN_PLACE
             .iter()
             .any(|place| place.eq_ignore_ascii_case(&name))

@@ -23,8 +23,9 @@ use thiserror::Error;
 
 use crate::{KEY_LEN_MAX, Status, VALUE_LEN_MAX};
 
-/// Most items in one transaction.
-pub const ITEMS_MAX: usize = 16;
+/// Most items in one transaction (its bytes are bounded too, by
+/// `VALUE_LEN_MAX`, which usually binds first).
+pub const ITEMS_MAX: usize = 64;
 
 /// The kinds of item.
 pub mod kind {
@@ -472,7 +473,7 @@ mod tests {
         assert_eq!(decode_items(&trailing), Err(MultiError::Trailing(1)));
         assert_eq!(encode_items(&[]), Err(MultiError::Empty));
         let many = vec![Item::get(b"k"); ITEMS_MAX + 1];
-        assert_eq!(encode_items(&many), Err(MultiError::TooManyItems(17)));
+        assert_eq!(encode_items(&many), Err(MultiError::TooManyItems(65)));
         let big = vec![7u8; VALUE_LEN_MAX];
         let error = encode_items(&[Item::put(b"k", &big)]).unwrap_err();
         assert!(error.to_string().contains("limit of 1024 bytes"), "{error}");

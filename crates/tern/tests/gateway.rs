@@ -1370,3 +1370,113 @@ fn large_values_answer_as_redis_server_does() {
         redis::Value::SimpleString("PONG".into())
     );
 }
+
+/// Names like `base`, `base1`, ... of keys of the shard `base` is in, one
+/// per `{x}` of `script`, substituted in order of first appearance.
+fn keys_of_one_shard(cluster: &TestCluster, script: &str) -> String {
+    let shard_of = |key: &str| {
+        cluster
+            .map
+            .shard_of_key_hash(tern_wire::key_hash(key.as_bytes()))
+            .id
+    };
+    let wanted = shard_of("t");
+    let mut names = (0..)
+        .map(|n| format!("t{n}"))
+        .filter(|key| shard_of(key) == wanted);
+    let mut out = script.to_string();
+    for placeholder in ["{a}", "{b}", "{c}", "{n}", "{s}", "{t}", "{u}", "{missing}"] {
+        out = out.replace(placeholder, &names.next().unwrap());
+    }
+    out
+}
+
+#[test]
+fn multi_exec_discard_and_watch_answer_as_redis_server_does() {
+    let cluster = cluster();
+    let gateway = Gateway::start(&cluster, None);
+    let redis = RedisServer::start(None);
+    let script = keys_of_one_shard(
+        &cluster,
+        "multi\r\nset {a} 1\r\nincr {n}\r\nincr {a}\r\nget {a}\r\nappend {s} xy\r\n\
+         setnx {a} z\r\nset {b} v nx\r\nset {b} w xx\r\nset {c} v xx\r\n\
+         exists {a} {b} {c}\r\ndel {b} {c}\r\nmget {a} {b}\r\nstrlen {s}\r\n\
+         decrby {n} 5\r\nmset {b} 1 {c} 2\r\nexec\r\n\
+         set {t} text\r\nmulti\r\nincr {t}\r\nset {u} 1\r\nexec\r\nget {u}\r\n\
+         multi\r\nnosuchcommand\r\nset {u} 2\r\nexec\r\nget {u}\r\n\
+         multi\r\nget\r\nexec\r\n\
+         exec\r\ndiscard\r\nmulti\r\nmulti\r\ndiscard\r\n\
+         multi\r\nset {u} 3\r\ndiscard\r\nget {u}\r\nmulti\r\nexec\r\n\
+         watch {a} {b}\r\nset {a} changed\r\nmulti\r\nset {u} 4\r\nexec\r\nget {u}\r\n\
+         watch {a}\r\nmulti\r\nset {u} 5\r\nexec\r\nget {u}\r\n\
+         watch {a}\r\nunwatch\r\nset {a} again\r\nmulti\r\nget {a}\r\nexec\r\n\
+         watch {missing}\r\nmulti\r\nget {a}\r\nexec\r\n",
+    );
+    assert_same_answers(&gateway, &redis, &[("transactions", script.into_bytes())]);
+}
+
+#[test]
+fn a_watched_key_another_client_changes_fails_exec_and_msets_in_exec_are_atomic() {
+    let cluster = cluster();
+    let gateway = Gateway::start(&cluster, None);
+    let names = keys_of_one_shard(&cluster, "{a} {b}");
+    let [a, b]: [&str; 2] = names.split(' ').collect::<Vec<_>>().try_into().unwrap();
+    let (mut first, mut second) = (gateway.connection(), gateway.connection());
+    let set = |connection: &mut redis::Connection, key: &str, value: &str| {
+        query_on(connection, &["SET", key, value]).unwrap();
+    };
+    set(&mut first, a, "0");
+    query_on(&mut first, &["WATCH", a]).unwrap();
+    set(&mut second, a, "other");
+    query_on(&mut first, &["MULTI"]).unwrap();
+    query_on(&mut first, &["SET", a, "mine"]).unwrap();
+    assert_eq!(query_on(&mut first, &["EXEC"]), Ok(redis::Value::Nil));
+    assert_eq!(
+        query_on(&mut first, &["GET", a]),
+        Ok(redis::Value::BulkString(b"other".to_vec()))
+    );
+    set(&mut first, b, "other");
+    // Writers of both keys at once, readers of both in one EXEC: a reader
+    // never sees the keys apart.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|writer| {
+            let (port, stop) = (gateway.port, stop.clone());
+            let (a, b) = (a.to_string(), b.to_string());
+            std::thread::spawn(move || {
+                let mut connection = connect(port);
+                let mut round = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let value = format!("{writer}-{round}");
+                    query_on(&mut connection, &["MULTI"]).unwrap();
+                    query_on(&mut connection, &["MSET", &a, &value, &b, &value]).unwrap();
+                    query_on(&mut connection, &["EXEC"]).unwrap();
+                    round += 1;
+                }
+                round
+            })
+        })
+        .collect();
+    let mut reads = 0;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        query_on(&mut second, &["MULTI"]).unwrap();
+        query_on(&mut second, &["MGET", a, b]).unwrap();
+        let exec = query_on(&mut second, &["EXEC"]).unwrap();
+        let redis::Value::Array(mut replies) = exec else {
+            panic!("EXEC answers an array: {exec:?}")
+        };
+        let redis::Value::Array(replies) = replies.remove(0) else {
+            panic!("MGET answers an array")
+        };
+        assert_eq!(replies.len(), 2, "{replies:?}");
+        assert_eq!(replies[0], replies[1], "a reader saw the keys apart");
+        reads += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(
+        reads > 10 && written > 10,
+        "{reads} reads, {written} writes"
+    );
+}

@@ -256,9 +256,9 @@ fn transactions_over_the_limits_or_across_shards_are_refused_with_the_reason() {
     let big = vec![b'v'; 2000];
     let error = client.multi(&[Item::put(b"a", &big)]).unwrap_err();
     assert!(error.to_string().contains("limit of 1024 bytes"), "{error}");
-    let many = vec![Item::get(b"a"); 17];
+    let many = vec![Item::get(b"a"); 65];
     let error = client.multi(&many).unwrap_err();
-    assert!(error.to_string().contains("at most 16 items"), "{error}");
+    assert!(error.to_string().contains("at most 64 items"), "{error}");
     // Nothing was written, and the shard serves on.
     assert!(client.get(b"a").unwrap().is_none());
     let outcome = client
