@@ -269,6 +269,19 @@ fn transactions_over_the_limits_or_across_shards_are_refused_with_the_reason() {
         tern_client::MultiOutcome::Committed { answers: Some(ref answers), .. }
             if answers[1].value.as_deref() == Some(&b"1"[..])
     ));
+    // The CLI form: items as words, one answer per line.
+    let output = cluster.tern(&["txn", "put", "c", "5", "incr", "c", "2", "get", "c"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.starts_with("COMMITTED version "), "{text}");
+    assert!(text.contains("c\tOk\t7\nc\tOk\t7\n"), "{text}");
+    let output = cluster.tern(&["txn", "check", "c", "1", ";", "put", "c", "9"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("ABORTED"));
+    let output = cluster.tern(&["txn", "incr", "c", "x"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not an integer"));
+    assert_eq!(client.get(b"c").unwrap().unwrap().value, b"7");
     // A read of large values inside a transaction: refused whole, named.
     client.put(b"a", &vec![b'x'; 700]).unwrap();
     let error = client

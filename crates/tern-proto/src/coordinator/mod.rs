@@ -97,9 +97,6 @@ counters! {
         unexpected_sender,
         /// Chain or epoch changes applied in place (`reconfigure`).
         reconfigurations,
-        /// MULTI requests whose items did not decode, or did not start
-        /// with the header's key: refused MALFORMED.
-        malformed_multi,
     }
 }
 

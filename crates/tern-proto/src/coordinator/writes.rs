@@ -131,12 +131,10 @@ impl<S: ShardState> ShardCoordinator<S> {
 
     /// The dirty entries of a MULTI's items, or the refusal it gets.
     fn multi_items(&mut self, message: &Message<'_>) -> Result<Vec<u32>, (Status, u64)> {
-        let items = multi::decode_items(message.value).map_err(|_| {
-            self.counters.malformed_multi += 1;
-            (Status::Malformed, 0)
-        })?;
+        // Refused to the client, as a failed CAS is (not a datagram that
+        // failed to decode: no drop counter).
+        let items = multi::decode_items(message.value).map_err(|_| (Status::Malformed, 0))?;
         if items[0].key != message.key {
-            self.counters.malformed_multi += 1;
             return Err((Status::Malformed, 0));
         }
         let mut indices = Vec::with_capacity(items.len());

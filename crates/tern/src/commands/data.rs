@@ -1,4 +1,4 @@
-//! The client commands: get, put, del, cas, expire, ttl, stats.
+//! The client commands: get, put, del, cas, txn, expire, ttl, stats.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -170,4 +170,85 @@ pub fn stats(map: &ClusterMap) -> Result<ExitCode> {
         print!("{}", String::from_utf8_lossy(&reply.value));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The items of `tern txn` from its words: `get K`, `put K V`, `del K`,
+/// `incr K DELTA`, `append K V`, `check K VERSION`, one after the other
+/// (a `;` between items is allowed). Errors name the word at fault.
+pub fn txn_items(words: &[String]) -> Result<Vec<(u8, Vec<u8>, Vec<u8>, u64)>> {
+    use tern_client::txn::kind;
+    let mut items = Vec::new();
+    let mut words = words.iter().filter(|word| *word != ";").peekable();
+    while let Some(verb) = words.next() {
+        let mut next = |what: &str| {
+            words
+                .next()
+                .cloned()
+                .with_context(|| format!("`{verb}` needs {what}"))
+        };
+        let item = match verb.to_lowercase().as_str() {
+            "get" => (kind::GET, next("a key")?, String::new(), 0),
+            "del" => (kind::DELETE, next("a key")?, String::new(), 0),
+            "put" => (kind::PUT, next("a key")?, next("a value")?, 0),
+            "append" => (kind::APPEND, next("a key")?, next("a value")?, 0),
+            "incr" => {
+                let key = next("a key")?;
+                let delta = next("a delta")?;
+                delta
+                    .parse::<i64>()
+                    .with_context(|| format!("`incr {key}`: {delta:?} is not an integer"))?;
+                (kind::INCR_BY, key, delta, 0)
+            }
+            "check" => {
+                let key = next("a key")?;
+                let version = next("a version")?;
+                let version = version
+                    .parse()
+                    .with_context(|| format!("`check {key}`: {version:?} is not a version"))?;
+                (kind::CHECK, key, String::new(), version)
+            }
+            other => anyhow::bail!(
+                "unknown transaction item `{other}` (get, put, del, incr, append, check)"
+            ),
+        };
+        items.push((item.0, item.1.into_bytes(), item.2.into_bytes(), item.3));
+    }
+    anyhow::ensure!(!items.is_empty(), "a transaction needs at least one item");
+    Ok(items)
+}
+
+/// `tern txn`: runs the items as one transaction of their shard; prints
+/// each item's answer, one line each (exit status 2 when a check failed
+/// and nothing was written).
+pub fn txn(map: &ClusterMap, words: &[String]) -> Result<ExitCode> {
+    use tern_client::MultiOutcome;
+    use tern_client::txn::Item;
+    let owned = txn_items(words)?;
+    let items: Vec<Item<'_>> = owned
+        .iter()
+        .map(|(kind, key, value, version)| Item::of(*kind, key, value).with_version(*version))
+        .collect();
+    let mut client = Client::new(map.clone())?;
+    match client.multi(&items)? {
+        MultiOutcome::Committed { version, answers } => {
+            println!("COMMITTED version {version}");
+            for (item, answer) in items.iter().zip(answers.unwrap_or_default()) {
+                let shown = match (&answer.value, answer.number) {
+                    (Some(value), _) => String::from_utf8_lossy(value).into_owned(),
+                    (None, 0) => String::new(),
+                    (None, number) => number.to_string(),
+                };
+                println!(
+                    "{}\t{:?}\t{shown}",
+                    String::from_utf8_lossy(item.key),
+                    answer.status
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        MultiOutcome::CheckFailed { current } => {
+            println!("ABORTED a check failed (version found: {current}); nothing written");
+            Ok(ExitCode::from(2))
+        }
+    }
 }
