@@ -48,7 +48,7 @@ unit:
 # compiler flags; RUSTC_BOOTSTRAP=1 allows them on the stable toolchain.
 fuzz:
 	@scripts/install-deps.sh --fuzz
-	cd fuzz && for target in decode replica_step; do \
+	cd fuzz && for target in decode replica_step multi; do \
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) -dict=tern.dict -print_final_stats=1 2>&1 | grep -E "^(Done|stat::number_of_executed_units|INFO: Seed)|ERROR|panicked" ; \
 		test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	done

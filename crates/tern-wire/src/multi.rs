@@ -155,6 +155,8 @@ pub enum MultiError {
     DecidedTooLarge,
     #[error("transaction answer of unknown status {0}")]
     UnknownStatus(u8),
+    #[error("transaction bytes malformed: {0}")]
+    Malformed(&'static str),
     #[error("{0} bytes after the transaction")]
     Trailing(usize),
 }
@@ -226,6 +228,15 @@ impl<'a> Reader<'a> {
 
     fn u8(&mut self) -> Result<u8, MultiError> {
         Ok(self.take(1)?[0])
+    }
+
+    /// A byte that is 0 or 1.
+    fn flag(&mut self) -> Result<bool, MultiError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(MultiError::Malformed("a flag byte that is not 0 or 1")),
+        }
     }
 
     fn u16(&mut self) -> Result<usize, MultiError> {
@@ -358,13 +369,19 @@ impl Decided {
         }
         let mut writes = Vec::with_capacity(count);
         for _ in 0..count {
-            let present = reader.u8()? != 0;
+            let present = reader.flag()?;
             let key_len = reader.u16()?;
             let value_len = reader.u16()?;
+            if !present && value_len != 0 {
+                return Err(MultiError::Malformed("a deleted key with a value"));
+            }
             let deadline_ms = reader.u64()?;
             let key = reader.take(key_len)?.to_vec();
             let value = reader.take(value_len)?;
-            if key.is_empty() || key.len() > KEY_LEN_MAX {
+            if key.is_empty() {
+                return Err(MultiError::EmptyKey);
+            }
+            if key.len() > KEY_LEN_MAX {
                 return Err(MultiError::KeyTooLarge(key.len()));
             }
             writes.push(Written {
@@ -419,9 +436,12 @@ impl Reader<'_> {
         for _ in 0..count {
             let status = self.u8()?;
             let status = Status::from_u8(status).ok_or(MultiError::UnknownStatus(status))?;
-            let present = self.u8()? != 0;
+            let present = self.flag()?;
             let number = self.u64()?;
             let len = self.u16()?;
+            if !present && len != 0 {
+                return Err(MultiError::Malformed("an absent answer with a value"));
+            }
             let value = self.take(len)?;
             answers.push(Answer {
                 status,
