@@ -8,7 +8,7 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::TestCluster;
 use rand::rngs::SmallRng;
@@ -129,10 +129,21 @@ impl Txn {
     }
 }
 
-fn bank(cluster: &TestCluster) {
+/// A client that waits out a reconfiguration (meta takes a failed replica
+/// out of its chain within about a second).
+fn patient_client(map: &ClusterMap) -> Client {
+    let options = tern_client::ClientOptions {
+        deadline: Duration::from_secs(15),
+        ..Default::default()
+    };
+    Client::with_options(map.clone(), options).unwrap()
+}
+
+/// Runs the bank; `fault` runs on a thread of its own meanwhile.
+fn bank(cluster: &TestCluster, fault: impl FnOnce() + Send + 'static) {
     let accounts = Arc::new(accounts_of_one_shard(&cluster.map));
     let history: History = Arc::default();
-    let mut client = Client::new(cluster.map.clone()).unwrap();
+    let mut client = patient_client(&cluster.map);
     recorded(&mut client, &history, |tx, seen| {
         for account in accounts.iter() {
             seen.put(tx, account, START);
@@ -149,7 +160,7 @@ fn bank(cluster: &TestCluster) {
             stop.clone(),
         );
         std::thread::spawn(move || {
-            let mut client = Client::new(map).unwrap();
+            let mut client = patient_client(&map);
             // Audits of both kinds: optimistic (reads, then a commit that
             // checks every version read: under this contention most give
             // up, which is allowed, as long as some commit) and one-shot.
@@ -180,7 +191,7 @@ fn bank(cluster: &TestCluster) {
         .map(|_| {
             let (map, accounts, history) = (cluster.map.clone(), accounts.clone(), history.clone());
             std::thread::spawn(move || {
-                let mut client = Client::new(map).unwrap();
+                let mut client = patient_client(&map);
                 let mut rng = SmallRng::seed_from_u64(rand::random());
                 let mut runs = 0;
                 for _ in 0..TRANSFERS_PER_CLIENT {
@@ -201,7 +212,16 @@ fn bank(cluster: &TestCluster) {
             })
         })
         .collect();
+    let fault = std::thread::spawn(move || {
+        fault();
+        Instant::now()
+    });
     let runs: u32 = transfers.into_iter().map(|t| t.join().unwrap()).sum();
+    let transfers_done = Instant::now();
+    assert!(
+        fault.join().unwrap() <= transfers_done,
+        "the fault came after the load"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (audits, optimistic) = auditor.join().unwrap();
     let history = history.lock().unwrap();
@@ -230,13 +250,36 @@ fn bank(cluster: &TestCluster) {
 #[test]
 fn bank_transfers_keep_the_total_and_the_history_is_strictly_serializable() {
     let cluster = TestCluster::up(2, 3);
-    bank(&cluster);
+    bank(&cluster, || {});
 }
 
 #[test]
 fn bank_with_the_xdp_coordinator_keeps_the_total_and_is_strictly_serializable() {
     let cluster = TestCluster::up_with(1, 3, "xdp", "netns");
-    bank(&cluster);
+    bank(&cluster, || {});
+}
+
+#[test]
+fn bank_survives_its_head_and_then_its_tail_being_killed() {
+    // Durable replicas; the shard's head is killed under the load, then
+    // the tail: meta reconfigures the chain each time, transactions in
+    // flight are resent to the new head (applied once), and the history
+    // stays strictly serializable with the total kept.
+    let cluster = Arc::new(TestCluster::up_with_args(
+        1,
+        3,
+        &["--topology", "loopback", "--durability", "always"],
+    ));
+    let killer = cluster.clone();
+    bank(&cluster, move || {
+        std::thread::sleep(Duration::from_millis(300));
+        killer.kill(&["shard0-replica0"]);
+        std::thread::sleep(Duration::from_millis(1500));
+        killer.kill(&["shard0-replica2"]);
+    });
+    // Both were taken out: one replica serves the shard now.
+    let map = cluster.meta_map();
+    assert_eq!(map.shards[0].replicas.len(), 1, "{map:?}");
 }
 
 #[test]
