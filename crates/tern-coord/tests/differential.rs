@@ -269,6 +269,25 @@ fn valid_corpus() -> Vec<(String, Sender, Vec<u8>)> {
         request(Op::Put, b"big", &vec![b'v'; VALUE_LEN_MAX], 10),
     );
     add("empty key", Sender::Client, request(Op::Put, b"", b"v", 11));
+    // Hash tags: the tag's hash, or the whole key's when it has none.
+    for (index, key) in [
+        &b"{user1}.name"[..],
+        b"x{user1}y",
+        b"{}.empty",
+        b"{open",
+        b"}{closed}",
+        b"{a}{b}",
+        b"{{nested}}",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        add(
+            "a key with braces",
+            Sender::Client,
+            request(Op::Put, key, b"v", 100 + index as u64),
+        );
+    }
     // Deadlines travel with their write, the extension before the key.
     let expiring = |op: Op, key: &[u8], value: &[u8], request_id, mode| {
         let header = header_of(&request(op, key, value, request_id));
@@ -588,8 +607,9 @@ fn the_kernel_and_rust_paths_agree_on_valid_and_malformed_datagrams() {
     assert!(count(XdpCounter::PassMalformed) >= 10);
     assert_eq!(
         twins.kernel_state.next_seq(),
-        14 + 1,
-        "fourteen writes sequenced (two with deadlines, one edit, one naming a large value)"
+        21 + 1,
+        "21 writes sequenced (two with deadlines, one edit, one naming a large value, \
+         seven keys with braces)"
     );
 }
 

@@ -33,16 +33,32 @@ const _: () = assert!(MESSAGE_LEN_MAX <= 1500 - 28);
 const _: () = assert!(DIRTY_SLOTS.is_power_of_two());
 const _: () = assert!(DIRTY_SLOTS.is_multiple_of(SLOT_COUNT));
 
-/// 32-bit FNV-1a hash of a key. Routing (slot), the dirty table and the
-/// kernel path all use this one function; it is simple enough to compute in
-/// eBPF with a bounded loop.
+/// 32-bit FNV-1a hash of a key, or of its hash tag when it has one: as
+/// in Redis Cluster, the bytes between the first `{` and the first `}`
+/// after it, when there are any (`{user1}.name` and `{user1}.mail` hash
+/// alike, so they share a slot and one-shard transactions can take both).
+/// Routing (slot), the dirty table and the kernel path all use this one
+/// function (keys of one tag share a dirty entry: a read of one is only
+/// conservative while another is written); it is computed in eBPF in one
+/// pass with a bounded loop, the whole key's hash and the tag's together.
 pub fn key_hash(key: &[u8]) -> u32 {
-    let mut hash: u32 = KEY_HASH_OFFSET_BASIS;
-    for &byte in key {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(KEY_HASH_PRIME);
-    }
-    hash
+    let fnv = |bytes: &[u8]| {
+        let mut hash: u32 = KEY_HASH_OFFSET_BASIS;
+        for &byte in bytes {
+            hash ^= u32::from(byte);
+            hash = hash.wrapping_mul(KEY_HASH_PRIME);
+        }
+        hash
+    };
+    fnv(hash_tag(key).unwrap_or(key))
+}
+
+/// The hash tag of a key (Redis Cluster's rule), if it has a non-empty one.
+pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
+    let open = key.iter().position(|&byte| byte == b'{')?;
+    let rest = &key[open + 1..];
+    let close = rest.iter().position(|&byte| byte == b'}')?;
+    (close > 0).then(|| &rest[..close])
 }
 
 /// FNV-1a's 32-bit offset basis (the hash of the empty key).
@@ -62,3 +78,26 @@ pub fn dirty_index(key_hash: u32) -> u32 {
 
 /// `dirty_index(hash) == hash & DIRTY_INDEX_MASK`.
 pub const DIRTY_INDEX_MASK: u32 = DIRTY_SLOTS - 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tags_follow_redis_cluster() {
+        assert_eq!(key_hash(b"{user1}.name"), key_hash(b"{user1}.mail"));
+        assert_eq!(key_hash(b"{user1}.name"), key_hash(b"user1"));
+        assert_eq!(key_hash(b"x{user1}y"), key_hash(b"user1"));
+        // No tag: the whole key.
+        for key in [&b"{}.empty"[..], b"{open", b"plain", b""] {
+            assert_eq!(hash_tag(key), None, "{key:?}");
+        }
+        assert_ne!(key_hash(b"{}.a"), key_hash(b"{}.b"));
+        // The first '{' and the first '}' after it.
+        assert_eq!(hash_tag(b"}{closed}"), Some(&b"closed"[..]));
+        assert_eq!(hash_tag(b"{a}{b}"), Some(&b"a"[..]));
+        assert_eq!(hash_tag(b"{{nested}}"), Some(&b"{nested"[..]));
+        // FNV-1a of the whole key otherwise (the empty key: the basis).
+        assert_eq!(key_hash(b""), KEY_HASH_OFFSET_BASIS);
+    }
+}

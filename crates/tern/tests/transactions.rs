@@ -312,6 +312,15 @@ fn transactions_over_the_limits_or_across_shards_are_refused_with_the_reason() {
         tern_client::MultiOutcome::Committed { answers: Some(ref answers), .. }
             if answers[1].value.as_deref() == Some(&b"1"[..])
     ));
+    // Keys of one hash tag are of one shard, whatever else they hold.
+    let tagged: Vec<Vec<u8>> = (0..8)
+        .map(|n| format!("{{user7}}.field{n}").into_bytes())
+        .collect();
+    let items: Vec<Item<'_>> = tagged.iter().map(|key| Item::put(key, b"1")).collect();
+    assert!(matches!(
+        client.multi(&items).unwrap(),
+        tern_client::MultiOutcome::Committed { .. }
+    ));
     // The CLI form: items as words, one answer per line.
     let output = cluster.tern(&["txn", "put", "c", "5", "incr", "c", "2", "get", "c"]);
     let text = String::from_utf8_lossy(&output.stdout);
