@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use tern_wire::multi::{Answer, ITEMS_MAX, Item, MultiError, item_flags, kind};
+pub use tern_wire::multi::{Answer, ITEMS_MAX, Item, MultiError, OwnedItem, item_flags, kind};
 use tern_wire::{Op, Status, key_hash, multi};
 
 use crate::{Client, ClientError, answer};

@@ -11,9 +11,9 @@
 //! one shard: a transaction across shards gets a CROSSSLOT error, as
 //! Redis Cluster answers one across slots.
 
-use tern_client::txn::{Answer, Item, item_flags, kind};
+use tern_client::txn::{Answer, Item, OwnedItem, item_flags, kind};
 use tern_client::{Client, ClientError, MultiOutcome};
-use tern_wire::Status;
+use tern_wire::{Status, VALUE_LEN_MAX};
 
 use crate::resp::Frame;
 use crate::{arity_error, parse_i64, tern_error, upper};
@@ -29,6 +29,8 @@ pub(crate) struct Queue {
     commands: Vec<Queued>,
     /// A command was refused while queued: EXEC answers EXECABORT.
     refused: bool,
+    /// Bytes of the items queued (bounded: what a transaction carries).
+    bytes: usize,
 }
 
 impl Queue {
@@ -42,32 +44,8 @@ impl Queue {
 
 #[derive(Debug)]
 struct Queued {
-    items: Vec<Owned>,
+    items: Vec<OwnedItem>,
     reply: Reply,
-}
-
-/// An item, owning its bytes.
-#[derive(Debug, Clone)]
-struct Owned {
-    kind: u8,
-    flags: u8,
-    key: Vec<u8>,
-    value: Vec<u8>,
-}
-
-impl Owned {
-    fn new(kind: u8, key: &[u8], value: &[u8]) -> Owned {
-        Owned {
-            kind,
-            flags: 0,
-            key: key.to_vec(),
-            value: value.to_vec(),
-        }
-    }
-
-    fn item(&self) -> Item<'_> {
-        Item::of(self.kind, &self.key, &self.value).with_flags(self.flags)
-    }
 }
 
 /// How a queued command's answers become its reply.
@@ -112,6 +90,22 @@ pub(crate) fn queue(queue: &mut Queue, name: &str, args: &[Vec<u8>]) -> Frame {
     }
     match items_of(name, args) {
         Ok(queued) => {
+            let bytes: usize = queued
+                .items
+                .iter()
+                .map(|item| item.item().encoded_len())
+                .sum();
+            if queue.bytes + bytes > VALUE_LEN_MAX {
+                // Refused now, so that a queue holds at most this much.
+                return refused(
+                    queue,
+                    Frame::error(format!(
+                        "ERR a Tern transaction's commands take at most {VALUE_LEN_MAX} bytes \
+                         (keys and values together)"
+                    )),
+                );
+            }
+            queue.bytes += bytes;
             queue.commands.push(queued);
             Frame::Simple("QUEUED".into())
         }
@@ -122,13 +116,16 @@ pub(crate) fn queue(queue: &mut Queue, name: &str, args: &[Vec<u8>]) -> Frame {
 fn items_of(name: &str, args: &[Vec<u8>]) -> Result<Queued, Frame> {
     let one = |kind, key: &[u8], value: &[u8], reply| {
         Ok(Queued {
-            items: vec![Owned::new(kind, key, value)],
+            items: vec![OwnedItem::new(kind, key, value)],
             reply,
         })
     };
     let each = |kind, keys: &[Vec<u8>], reply| {
         Ok(Queued {
-            items: keys.iter().map(|key| Owned::new(kind, key, &[])).collect(),
+            items: keys
+                .iter()
+                .map(|key| OwnedItem::new(kind, key, &[]))
+                .collect(),
             reply,
         })
     };
@@ -152,7 +149,7 @@ fn items_of(name: &str, args: &[Vec<u8>]) -> Result<Queued, Frame> {
                     return Err(not_in_transaction("SET with options other than NX or XX"));
                 }
             };
-            let mut item = Owned::new(kind::PUT, key, value);
+            let mut item = OwnedItem::new(kind::PUT, key, value);
             item.flags = flags;
             Ok(Queued {
                 items: vec![item],
@@ -160,7 +157,7 @@ fn items_of(name: &str, args: &[Vec<u8>]) -> Result<Queued, Frame> {
             })
         }
         ("SETNX", [key, value]) => {
-            let mut item = Owned::new(kind::PUT, key, value);
+            let mut item = OwnedItem::new(kind::PUT, key, value);
             item.flags = item_flags::IF_ABSENT;
             Ok(Queued {
                 items: vec![item],
@@ -170,7 +167,7 @@ fn items_of(name: &str, args: &[Vec<u8>]) -> Result<Queued, Frame> {
         ("MSET", pairs) if !pairs.is_empty() && pairs.len().is_multiple_of(2) => Ok(Queued {
             items: pairs
                 .chunks(2)
-                .map(|pair| Owned::new(kind::PUT, &pair[0], &pair[1]))
+                .map(|pair| OwnedItem::new(kind::PUT, &pair[0], &pair[1]))
                 .collect(),
             reply: Reply::Ok,
         }),
@@ -215,7 +212,7 @@ pub(crate) fn exec(client: &mut Client, queue: Queue, watched: &Watched) -> Fram
         .collect();
     let checks = items.len();
     for queued in &queue.commands {
-        items.extend(queued.items.iter().map(Owned::item));
+        items.extend(queued.items.iter().map(OwnedItem::item));
     }
     if items.is_empty() {
         // Nothing queued nor watched: Redis answers an empty array.

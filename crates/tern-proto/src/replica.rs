@@ -195,6 +195,10 @@ fn new_store() -> Store {
     })
 }
 
+/// A key a transaction has written so far (`decide_multi`): its value
+/// (None: deleted) and deadline.
+type Pending<'k> = (&'k [u8], Option<Vec<u8>>, u64);
+
 /// The replica snapshot's format number (after the store's bytes).
 const SNAPSHOT_FORMAT: u64 = 2;
 
@@ -1357,8 +1361,8 @@ impl Replica {
             }
         }
         // Each written key's state so far: value (None: deleted), deadline.
-        let mut written: Vec<(&[u8], Option<Vec<u8>>, u64)> = Vec::new();
-        let view = |written: &[(&[u8], Option<Vec<u8>>, u64)], key: &[u8]| match written
+        let mut written: Vec<Pending<'_>> = Vec::new();
+        let view = |written: &[Pending<'_>], key: &[u8]| match written
             .iter()
             .find(|(known, _, _)| *known == key)
         {
@@ -1366,7 +1370,7 @@ impl Replica {
             None => live(key).map(|found| (found.value.to_vec(), found.deadline_ms)),
         };
         fn set<'k>(
-            written: &mut Vec<(&'k [u8], Option<Vec<u8>>, u64)>,
+            written: &mut Vec<Pending<'k>>,
             key: &'k [u8],
             value: Option<Vec<u8>>,
             deadline_ms: u64,

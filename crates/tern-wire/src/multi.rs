@@ -120,6 +120,38 @@ impl<'a> Item<'a> {
     }
 }
 
+/// An item that owns its bytes (a queued command's, a parsed one's).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnedItem {
+    pub kind: u8,
+    pub flags: u8,
+    pub version: u64,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+impl OwnedItem {
+    pub fn new(kind: u8, key: &[u8], value: &[u8]) -> OwnedItem {
+        OwnedItem {
+            kind,
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ..OwnedItem::default()
+        }
+    }
+
+    /// The item it is.
+    pub fn item(&self) -> Item<'_> {
+        Item {
+            kind: self.kind,
+            flags: self.flags,
+            version: self.version,
+            key: &self.key,
+            value: &self.value,
+        }
+    }
+}
+
 /// kind, flags, key length (u16), value length (u16), version (u64).
 const ITEM_HEADER_LEN: usize = 1 + 1 + 2 + 2 + 8;
 

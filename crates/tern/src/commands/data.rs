@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tern_client::expiry::unix_now_ms;
+use tern_client::txn::OwnedItem;
 use tern_client::{
     CasOutcome, Client, ClusterMap, Deadline, ExpireCondition, Lifetime, SetCondition,
 };
@@ -175,7 +176,7 @@ pub fn stats(map: &ClusterMap) -> Result<ExitCode> {
 /// The items of `tern txn` from its words: `get K`, `put K V`, `del K`,
 /// `incr K DELTA`, `append K V`, `check K VERSION`, one after the other
 /// (a `;` between items is allowed). Errors name the word at fault.
-pub fn txn_items(words: &[String]) -> Result<Vec<(u8, Vec<u8>, Vec<u8>, u64)>> {
+pub fn txn_items(words: &[String]) -> Result<Vec<OwnedItem>> {
     use tern_client::txn::kind;
     let mut items = Vec::new();
     let mut words = words.iter().filter(|word| *word != ";").peekable();
@@ -211,7 +212,10 @@ pub fn txn_items(words: &[String]) -> Result<Vec<(u8, Vec<u8>, Vec<u8>, u64)>> {
                 "unknown transaction item `{other}` (get, put, del, incr, append, check)"
             ),
         };
-        items.push((item.0, item.1.into_bytes(), item.2.into_bytes(), item.3));
+        items.push(OwnedItem {
+            version: item.3,
+            ..OwnedItem::new(item.0, item.1.as_bytes(), item.2.as_bytes())
+        });
     }
     anyhow::ensure!(!items.is_empty(), "a transaction needs at least one item");
     Ok(items)
@@ -224,10 +228,7 @@ pub fn txn(map: &ClusterMap, words: &[String]) -> Result<ExitCode> {
     use tern_client::MultiOutcome;
     use tern_client::txn::Item;
     let owned = txn_items(words)?;
-    let items: Vec<Item<'_>> = owned
-        .iter()
-        .map(|(kind, key, value, version)| Item::of(*kind, key, value).with_version(*version))
-        .collect();
+    let items: Vec<Item<'_>> = owned.iter().map(OwnedItem::item).collect();
     let mut client = Client::new(map.clone())?;
     match client.multi(&items)? {
         MultiOutcome::Committed { version, answers } => {
