@@ -1442,7 +1442,10 @@ fn a_watched_key_another_client_changes_fails_exec_and_msets_in_exec_are_atomic(
     let refused = query_on(&mut first, &["SET", a, &big]).unwrap_err();
     assert!(refused.contains("at most 1024 bytes"), "{refused}");
     let aborted = query_on(&mut first, &["EXEC"]).unwrap_err();
-    assert!(aborted.contains("discarded because of previous errors"), "{aborted}");
+    assert!(
+        aborted.contains("discarded because of previous errors"),
+        "{aborted}"
+    );
     // Writers of both keys at once, readers of both in one EXEC: a reader
     // never sees the keys apart.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
