@@ -239,25 +239,11 @@ impl<S: ShardState> ShardCoordinator<S> {
                 if header.epoch.get() != self.config.epoch {
                     self.counters.stale_epoch += 1;
                     self.map_doubted |= header.epoch.get() > self.config.epoch;
-                    crate::answer_status(
-                        from,
-                        header,
-                        Status::StaleEpoch,
-                        self.config.epoch,
-                        self.map_version,
-                        outbox,
-                    );
-                } else if let Some((status, map_version)) =
+                    self.refuse(from, header, (Status::StaleEpoch, self.map_version), outbox);
+                } else if let Some(refusal) =
                     self.refusal_for_slot(header.op(), header.key_hash.get())
                 {
-                    crate::answer_status(
-                        from,
-                        header,
-                        status,
-                        self.config.epoch,
-                        map_version,
-                        outbox,
-                    );
+                    self.refuse(from, header, refusal, outbox);
                 } else if header.op() == Op::DropSlots
                     && tern_wire::slots::overlaps(&self.config.slots, header.slot_range())
                 {
@@ -265,14 +251,7 @@ impl<S: ShardState> ShardCoordinator<S> {
                     // drop at the source waits for the map without them, and
                     // a destination that took a group over keeps it.
                     self.counters.drop_of_served += 1;
-                    crate::answer_status(
-                        from,
-                        header,
-                        Status::TryAgain,
-                        self.config.epoch,
-                        self.map_version,
-                        outbox,
-                    );
+                    self.refuse(from, header, (Status::TryAgain, self.map_version), outbox);
                 } else if header.op() == Op::Get {
                     self.forward_read(from, message, outbox);
                 } else {
@@ -287,6 +266,18 @@ impl<S: ShardState> ShardCoordinator<S> {
             Op::Freeze => self.freeze(now, from, message, outbox),
             _ => self.counters.unexpected_sender += 1,
         }
+    }
+
+    /// Answers a client's request with a refusal: its status and the map
+    /// version it names, at this shard's epoch.
+    fn refuse(
+        &self,
+        from: SocketAddrV4,
+        header: &Header,
+        (status, map_version): (Status, u64),
+        outbox: &mut Outbox,
+    ) {
+        crate::answer_status(from, header, status, self.config.epoch, map_version, outbox);
     }
 
     /// Drives timers: recovery probes, resends of unacknowledged writes,

@@ -69,7 +69,7 @@ impl<S: ShardState> ShardCoordinator<S> {
         let header = &message.header;
         if matches!(self.recovery, Recovery::Probing { .. }) {
             self.counters.refused_recovering += 1;
-            crate::answer_status(from, header, Status::TryAgain, self.config.epoch, 0, outbox);
+            self.refuse(from, header, (Status::TryAgain, 0), outbox);
             return;
         }
         // A MULTI counts every item's key dirty: its items must decode,
@@ -77,15 +77,8 @@ impl<S: ShardState> ShardCoordinator<S> {
         let items = if header.op() == Op::Multi {
             match self.multi_items(message) {
                 Ok(items) => Some(items),
-                Err((status, map_version)) => {
-                    crate::answer_status(
-                        from,
-                        header,
-                        status,
-                        self.config.epoch,
-                        map_version,
-                        outbox,
-                    );
+                Err(refusal) => {
+                    self.refuse(from, header, refusal, outbox);
                     return;
                 }
             }
@@ -99,7 +92,7 @@ impl<S: ShardState> ShardCoordinator<S> {
         // DESIGN rule 1: this is the shard's only serialization point.
         let Some(seq) = self.state.begin_write() else {
             self.counters.window_full += 1;
-            crate::answer_status(from, header, Status::TryAgain, self.config.epoch, 0, outbox);
+            self.refuse(from, header, (Status::TryAgain, 0), outbox);
             return;
         };
         // DESIGN rule 3: the key is dirty before the write can reach anyone.
