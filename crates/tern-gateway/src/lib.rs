@@ -391,6 +391,7 @@ impl Context<'_> {
                 }
                 _ => arity_error(&name),
             },
+            "MSETNX" => transaction::mset_nx(self.client, args),
             "PING" => match args {
                 [] => Frame::Simple("PONG".into()),
                 [message] => Frame::bulk(message.clone()),

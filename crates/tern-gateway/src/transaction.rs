@@ -229,12 +229,7 @@ pub(crate) fn exec(client: &mut Client, queue: Queue, watched: &Watched) -> Fram
             );
         }
         Ok(MultiOutcome::CheckFailed { .. }) => return Frame::NullArray,
-        Err(ClientError::CrossShard { .. }) => {
-            return Frame::error(
-                "CROSSSLOT Keys in request don't hash to the same slot (a Tern transaction's \
-                 keys, watched ones included, must be of one shard for now)",
-            );
-        }
+        Err(ClientError::CrossShard { .. }) => return cross_slot(),
         Err(error) => return tern_error(error),
     };
     let mut answers = answers.into_iter().skip(checks);
@@ -284,6 +279,30 @@ fn reply_of(reply: Reply, answers: &[Answer]) -> Frame {
         (Reply::Appended, _) => Frame::Integer(first.number as i64),
         (Reply::Values, _) => Frame::Array(answers.iter().map(value).collect()),
     }
+}
+
+/// MSETNX: every key set if none exists, as one transaction (a CHECK that
+/// each is absent, then the writes); the keys must be of one shard.
+pub(crate) fn mset_nx(client: &mut Client, args: &[Vec<u8>]) -> Frame {
+    if args.is_empty() || !args.len().is_multiple_of(2) {
+        return arity_error("MSETNX");
+    }
+    let pairs: Vec<&[Vec<u8>]> = args.chunks(2).collect();
+    let mut items: Vec<Item<'_>> = pairs.iter().map(|pair| Item::check(&pair[0], 0)).collect();
+    items.extend(pairs.iter().map(|pair| Item::put(&pair[0], &pair[1])));
+    match client.multi(&items) {
+        Ok(MultiOutcome::Committed { .. }) => Frame::Integer(1),
+        Ok(MultiOutcome::CheckFailed { .. }) => Frame::Integer(0),
+        Err(ClientError::CrossShard { .. }) => cross_slot(),
+        Err(error) => tern_error(error),
+    }
+}
+
+fn cross_slot() -> Frame {
+    Frame::error(
+        "CROSSSLOT Keys in request don't hash to the same slot (a Tern transaction's \
+         keys, watched ones included, must be of one shard for now)",
+    )
 }
 
 /// WATCH: remembers each key's version now.

@@ -1410,7 +1410,9 @@ fn multi_exec_discard_and_watch_answer_as_redis_server_does() {
          watch {a} {b}\r\nset {a} changed\r\nmulti\r\nset {u} 4\r\nexec\r\nget {u}\r\n\
          watch {a}\r\nmulti\r\nset {u} 5\r\nexec\r\nget {u}\r\n\
          watch {a}\r\nunwatch\r\nset {a} again\r\nmulti\r\nget {a}\r\nexec\r\n\
-         watch {missing}\r\nmulti\r\nget {a}\r\nexec\r\n",
+         watch {missing}\r\nmulti\r\nget {a}\r\nexec\r\n\
+         del {c}\r\nmsetnx {c} 1 {missing} 2\r\nmget {c} {missing}\r\n\
+         msetnx {c} 3 {u} 4\r\nget {c}\r\nmsetnx {c}\r\n",
     );
     assert_same_answers(&gateway, &redis, &[("transactions", script.into_bytes())]);
 }
