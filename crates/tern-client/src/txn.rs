@@ -86,7 +86,7 @@ impl Client {
             }
             // Backoff grows with the attempts, so that contending
             // transactions spread out.
-            let spread = u64::from(attempt.min(8)) * 200 + rand_micros(200);
+            let spread = u64::from(attempt.min(8)) * 200 + rand::random_range(0..200);
             std::thread::sleep(Duration::from_micros(spread));
         }
         Err(ClientError::Conflict {
@@ -112,14 +112,6 @@ impl Client {
         }
         Ok(())
     }
-}
-
-/// A few random microseconds (no dependency: the clock's low bits).
-fn rand_micros(most: u64) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.subsec_nanos());
-    u64::from(nanos) % most.max(1)
 }
 
 /// A committed transaction's result.
