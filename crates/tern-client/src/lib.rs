@@ -57,10 +57,18 @@ pub enum ClientError {
     #[error("{0}")]
     Transaction(tern_wire::multi::MultiError),
     #[error(
-        "a transaction's keys span shards {first} and {second}: transactions across \
-         shards are not supported yet (keep its keys in one shard)"
+        "a one-shot transaction's keys span shards {first} and {second}: keep them in \
+         one shard (a {{hash tag}}), or run it with `transact`, which commits across shards"
     )]
     CrossShard { first: u32, second: u32 },
+    /// A transaction across shards whose outcome this client could not
+    /// learn (a participant did not answer in time): its coordinators
+    /// settle it after its lease, committed or aborted, all or nothing.
+    #[error("transaction {id}: no answer from shard {shard}; it is settled by its lease")]
+    InDoubt {
+        id: tern_wire::txn::TxnId,
+        shard: u32,
+    },
     #[error("the transaction conflicted {attempts} times in a row; gave up")]
     Conflict { attempts: u32 },
     #[error("network error: {0}")]
@@ -195,9 +203,17 @@ pub fn bit_of(value: &[u8], offset: u64) -> bool {
 }
 
 /// Points `header` at its key's shard as `map` has it (shard id, epoch);
-/// returns that shard's coordinator.
+/// returns that shard's coordinator. A transaction's COMMIT, ABORT and
+/// RESOLVE go to the shard they name, wherever its keys are now.
 pub(crate) fn reroute(map: &ClusterMap, header: &mut Header) -> SocketAddrV4 {
-    let shard = map.shard_of_key_hash(header.key_hash.get());
+    let named = matches!(header.op(), Op::Commit | Op::Abort | Op::Resolve)
+        .then(|| {
+            map.shards
+                .iter()
+                .find(|shard| shard.id.get() == header.shard.get())
+        })
+        .flatten();
+    let shard = named.unwrap_or_else(|| map.shard_of_key_hash(header.key_hash.get()));
     header.shard.set(shard.id.get());
     header.epoch.set(shard.epoch.get());
     shard.coordinator
@@ -680,7 +696,8 @@ impl Client {
         self.counters.requests += 1;
         let start = Instant::now();
         let deadline = start + self.options.deadline;
-        let mut retry = Retry::new(start, &self.options, routed && !self.map.meta.is_empty());
+        let mut retry = Retry::new(start, &self.options, routed && !self.map.meta.is_empty())
+            .locked_is_answer(header.op() == Op::Prepare);
         loop {
             retry.sent();
             self.socket.send_to(&self.send_buffer, to)?;

@@ -50,6 +50,8 @@ pub struct Retry {
     backoff: Duration,
     /// Routed by the map, and the map comes from meta.
     follows_map: bool,
+    /// LOCKED is the answer (a PREPARE's no), not a reason to wait.
+    locked_is_answer: bool,
 }
 
 impl Retry {
@@ -62,6 +64,16 @@ impl Retry {
             attempts: 0,
             backoff: BACKOFF_MIN,
             follows_map,
+            locked_is_answer: false,
+        }
+    }
+
+    /// For a request whose LOCKED reply is its answer (a PREPARE, refused
+    /// for good): returned as it is, not waited out.
+    pub fn locked_is_answer(self, answer: bool) -> Retry {
+        Retry {
+            locked_is_answer: answer,
+            ..self
         }
     }
 
@@ -80,11 +92,14 @@ impl Retry {
 
     /// The request's reply says `status`.
     pub fn on_reply(&mut self, now: Instant, status: Status) -> Verdict {
-        if self.expired(now) && status == Status::TryAgain {
+        let busy =
+            status == Status::TryAgain || (status == Status::Locked && !self.locked_is_answer);
+        if self.expired(now) && busy {
             return Verdict::Expired;
         }
         match status {
-            Status::TryAgain => Verdict::RetryAfter(self.pause(now)),
+            // A key a transaction holds: free once it is settled.
+            _ if busy => Verdict::RetryAfter(self.pause(now)),
             // The map changed: a chain or coordinator (another epoch), or
             // the slot's shard (a migration).
             Status::StaleEpoch | Status::WrongShard if self.follows_map => Verdict::Reroute,

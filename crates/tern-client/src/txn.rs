@@ -1,22 +1,24 @@
 //! Transactions through the client: [`Client::multi`] sends one shard's
 //! one-shot transaction (`tern_wire::multi`), decided by its head in one
-//! chain pass; [`Client::transact`] runs optimistic (OCC) transactions on
-//! it: reads with plain GETs, writes buffered, and at commit one MULTI that
-//! checks every version read and applies every write, retried from the
-//! start on a conflict.
-//!
-//! All keys of one transaction must be of one shard today: transactions
-//! across shards (two-phase commit with the coordinators' lock tables) are
-//! the next step, and until then a transaction that spans shards is
-//! refused with [`ClientError::CrossShard`] before anything is sent.
+//! chain pass; [`Client::transact`] runs optimistic (OCC) transactions:
+//! reads with plain GETs, writes buffered, and at commit, when every key
+//! is of one shard, one MULTI that checks every version read and applies
+//! every write; across shards, two-phase commit (`tern_wire::txn`): a
+//! PREPARE to each shard (its versions checked, its keys locked, its
+//! writes decided), then COMMIT to each once all said yes, ABORT to all
+//! when one said no. A read-only transaction across shards reads every
+//! key again instead: it holds if no version changed. Any conflict runs
+//! the body again from the start.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use tern_wire::multi::{Answer, ITEMS_MAX, Item, MultiError, OwnedItem, item_flags, kind};
-use tern_wire::{Op, Status, key_hash, multi};
+pub use tern_wire::txn::TxnId;
+use tern_wire::txn::{LEASE_MS_DEFAULT, Participant, Prepare};
+use tern_wire::{Extensions, Header, Op, Status, key_hash, multi};
 
-use crate::{Client, ClientError, answer};
+use crate::{Client, ClientError, Reply, answer};
 
 /// Attempts of [`Client::transact`] before it gives up with
 /// [`ClientError::Conflict`].
@@ -81,8 +83,16 @@ impl Client {
                 written: BTreeMap::new(),
             };
             let value = body(&mut txn)?;
-            if let Some(version) = txn.commit()? {
-                return Ok(Transacted { value, version });
+            if let Some(versions) = txn.commit()? {
+                let version = match versions[..] {
+                    [(_, version)] => version,
+                    _ => 0,
+                };
+                return Ok(Transacted {
+                    value,
+                    version,
+                    versions,
+                });
             }
             // Backoff grows with the attempts, so that contending
             // transactions spread out.
@@ -119,10 +129,24 @@ impl Client {
 pub struct Transacted<T> {
     /// What its body returned (the last run's, the one that committed).
     pub value: T,
-    /// The version it committed at: every write it made has it, and
-    /// transactions of one shard are serialized in this order (0: it read
-    /// and wrote nothing, so had nothing to commit).
+    /// Of one shard: the version it committed at; every write it made
+    /// has it, and transactions of one shard are serialized in this order
+    /// (0: it read and wrote nothing, so had nothing to commit). Across
+    /// shards: 0 (see `versions`).
     pub version: u64,
+    /// The version it committed at on each shard it touched (its writes
+    /// there have it; 0 for a shard it only read, or whose COMMIT went
+    /// unanswered, settled by its lease).
+    pub versions: Vec<(u32, u64)>,
+}
+
+/// A participant's vote on a PREPARE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Vote {
+    Yes,
+    No,
+    /// No answer in time: it may or may not have prepared.
+    Unknown,
 }
 
 /// An optimistic transaction under way ([`Client::transact`]).
@@ -165,24 +189,187 @@ impl Txn<'_> {
         self.written.insert(key.to_vec(), None);
     }
 
-    /// Commits: its version when it committed, None on a conflict. A
-    /// transaction that read and wrote nothing commits at once.
-    fn commit(self) -> Result<Option<u64>, ClientError> {
+    /// Commits: the version it committed at on each shard, None on a
+    /// conflict. A transaction that read and wrote nothing commits at once.
+    fn commit(self) -> Result<Option<Vec<(u32, u64)>>, ClientError> {
+        let client = self.client;
         let mut items: Vec<Item<'_>> = self
             .read
             .iter()
+            .filter(|(key, _)| !self.written.contains_key(*key))
             .map(|(key, &version)| Item::check(key, version))
             .collect();
-        items.extend(self.written.iter().map(|(key, value)| match value {
-            Some(value) => Item::put(key, value),
-            None => Item::delete(key),
-        }));
+        // A key read and then written is checked just before its write.
+        for (key, value) in &self.written {
+            if let Some(&version) = self.read.get(key) {
+                items.push(Item::check(key, version));
+            }
+            items.push(match value {
+                Some(value) => Item::put(key, value),
+                None => Item::delete(key),
+            });
+        }
         if items.is_empty() {
-            return Ok(Some(0));
+            return Ok(Some(Vec::new()));
         }
-        match self.client.multi(&items)? {
-            MultiOutcome::Committed { version, .. } => Ok(Some(version)),
-            MultiOutcome::CheckFailed { .. } => Ok(None),
+        let mut by_shard: BTreeMap<u32, Vec<Item<'_>>> = BTreeMap::new();
+        for item in items {
+            let shard = client.map.shard_of_key_hash(key_hash(item.key)).id.get();
+            by_shard.entry(shard).or_default().push(item);
         }
+        if by_shard.len() == 1 {
+            let (shard, items) = by_shard.pop_first().expect("one shard");
+            return match client.multi(&items)? {
+                MultiOutcome::Committed { version, .. } => Ok(Some(vec![(shard, version)])),
+                MultiOutcome::CheckFailed { .. } => Ok(None),
+            };
+        }
+        if self.written.is_empty() {
+            // Read-only across shards: every key read again; unchanged
+            // versions mean every value read was current together, between
+            // the last first read and the first second one.
+            for (key, &version) in &self.read {
+                let now = client.get(key)?.map_or(0, |found| found.version);
+                if now != version {
+                    return Ok(None);
+                }
+            }
+            return Ok(Some(by_shard.keys().map(|&shard| (shard, 0)).collect()));
+        }
+        client.two_phase(by_shard)
+    }
+}
+
+impl Client {
+    /// Commits items of several shards by two-phase commit: the version
+    /// committed at on each shard, None when a shard voted no (a version
+    /// changed, or another transaction held a key).
+    fn two_phase(
+        &mut self,
+        by_shard: BTreeMap<u32, Vec<Item<'_>>>,
+    ) -> Result<Option<Vec<(u32, u64)>>, ClientError> {
+        let id = TxnId {
+            client_id: self.client_id.get(),
+            txn_seq: self.take_request_id(),
+        };
+        let participants: Vec<Participant> = by_shard
+            .keys()
+            .map(|&shard| Participant {
+                shard,
+                coordinator: self.coordinator_of(shard),
+            })
+            .collect();
+        let mut votes: Vec<(u32, Vote)> = Vec::with_capacity(by_shard.len());
+        let mut refused = None;
+        for (&shard, items) in &by_shard {
+            let prepare = Prepare {
+                id,
+                lease_ms: LEASE_MS_DEFAULT,
+                participants: participants.clone(),
+                items: items.clone(),
+            };
+            let value = prepare.encode().map_err(ClientError::Transaction)?;
+            let vote = match self.send(items[0].key, answer::Call::new(Op::Prepare, &value)) {
+                Ok(reply) => match reply.status {
+                    // A settler may have committed it already, if this
+                    // client was slower than the lease.
+                    Status::Ok | Status::TxnCommitted => Vote::Yes,
+                    Status::CasMismatch | Status::Locked | Status::TxnAborted => Vote::No,
+                    Status::TooLarge => {
+                        refused = Some(ClientError::Transaction(MultiError::DecidedTooLarge));
+                        Vote::No
+                    }
+                    status => {
+                        refused = Some(ClientError::Refused { status });
+                        Vote::No
+                    }
+                },
+                Err(ClientError::Timeout { .. } | ClientError::Io(_)) => Vote::Unknown,
+                Err(error) => {
+                    refused = Some(error);
+                    Vote::No
+                }
+            };
+            votes.push((shard, vote));
+            if vote == Vote::No {
+                break;
+            }
+        }
+        // Where a PREPARE went unanswered, the shard is asked where it
+        // stands (and made to vote no for good if it never saw it).
+        if !votes.iter().any(|(_, vote)| *vote == Vote::No) {
+            for (shard, vote) in votes.iter_mut().filter(|(_, vote)| *vote == Vote::Unknown) {
+                *vote = match self.finish(*shard, Op::Resolve, id) {
+                    Ok(reply) => match reply.status {
+                        Status::TxnPrepared | Status::TxnCommitted => Vote::Yes,
+                        _ => Vote::No,
+                    },
+                    Err(_) => return Err(ClientError::InDoubt { id, shard: *shard }),
+                };
+                if *vote == Vote::No {
+                    break;
+                }
+            }
+        }
+        if votes.iter().any(|(_, vote)| *vote == Vote::No) {
+            // One shard voted no for good: nobody can commit it. Every
+            // shard that may hold its PREPARE lets go (an unanswered ABORT
+            // is settled by the lease).
+            for &(shard, vote) in &votes {
+                if vote != Vote::No {
+                    let _ = self.finish(shard, Op::Abort, id);
+                }
+            }
+            return match refused {
+                Some(error) => Err(error),
+                None => Ok(None),
+            };
+        }
+        // Every shard holds its PREPARE: the transaction is committed.
+        let mut versions = Vec::with_capacity(votes.len());
+        for (shard, _) in votes {
+            let version = match self.finish(shard, Op::Commit, id) {
+                Ok(reply) if reply.status == Status::Ok => reply.header.version(),
+                // Committed (or settled by the lease) all the same.
+                _ => 0,
+            };
+            versions.push((shard, version));
+        }
+        Ok(Some(versions))
+    }
+
+    /// Sends a COMMIT, ABORT or RESOLVE of `id` to `shard`.
+    fn finish(&mut self, shard: u32, op: Op, id: TxnId) -> Result<Reply, ClientError> {
+        let (epoch, coordinator) = match self.map.shards.iter().find(|s| s.id.get() == shard) {
+            Some(found) => (found.epoch.get(), found.coordinator),
+            None => {
+                return Err(ClientError::Refused {
+                    status: Status::WrongShard,
+                });
+            }
+        };
+        let mut header = Header::new(op, shard, epoch);
+        header.key_hash.set(key_hash(b""));
+        header.client_id.set(self.client_id.get());
+        let request_id = self.take_request_id();
+        let value = id.encode();
+        self.exchange(
+            coordinator,
+            header,
+            request_id,
+            &Extensions::default(),
+            &[],
+            &value,
+            true,
+        )
+    }
+
+    fn coordinator_of(&self, shard: u32) -> std::net::SocketAddrV4 {
+        self.map
+            .shards
+            .iter()
+            .find(|s| s.id.get() == shard)
+            .map(|s| s.coordinator)
+            .expect("a shard of the map")
     }
 }

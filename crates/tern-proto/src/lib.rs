@@ -22,6 +22,7 @@ mod outbox;
 pub mod replica;
 mod shared;
 mod time;
+pub mod txn;
 
 pub use outbox::{Outbox, Outgoing};
 pub use shared::SharedShard;
@@ -59,6 +60,38 @@ pub(crate) fn answer_status(
         ..tern_wire::Extensions::default()
     };
     outbox.push_with(to, &reply, &extensions, &[], &[]);
+}
+
+/// Answers a STATS request with one page of `text`: whole lines from the
+/// byte offset the request's argument names, as many as fit a datagram.
+/// The reply's argument is where the next page starts (0: this was the
+/// last), so a reader asks again until it is 0.
+pub(crate) fn answer_stats_page(
+    to: std::net::SocketAddrV4,
+    received: &tern_wire::Header,
+    mut reply: tern_wire::Header,
+    text: &str,
+    outbox: &mut Outbox,
+) {
+    let start = usize::try_from(received.argument.get())
+        .unwrap_or(usize::MAX)
+        .min(text.len());
+    let rest = &text.as_bytes()[start..];
+    let mut end = rest.len();
+    if end > tern_wire::VALUE_LEN_MAX {
+        // Up to the last line end that fits; a single longer line is cut.
+        end = rest[..tern_wire::VALUE_LEN_MAX]
+            .iter()
+            .rposition(|&byte| byte == b'\n')
+            .map_or(tern_wire::VALUE_LEN_MAX, |at| at + 1);
+    }
+    let next = start + end;
+    reply
+        .argument
+        .set(if next < text.len() { next as u64 } else { 0 });
+    reply.request_id = received.request_id;
+    reply.client_id = received.client_id;
+    outbox.push(to, &reply, &[], &rest[..end]);
 }
 
 /// Decodes a received datagram. A datagram that fails goes to

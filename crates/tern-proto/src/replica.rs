@@ -18,13 +18,14 @@ use tern_wire::export::{Export, ExportedKey, ExportedOutcome, Named};
 use tern_wire::load::SlotLoad;
 use tern_wire::{
     DecodeError, Effect, Expiry, Extensions, Header, Large, Message, Op, Status, VALUE_LEN_MAX,
-    expiry, flags, multi,
+    expiry, flags, multi, txn,
 };
 
 use crate::counters::{DecodeDrops, counters};
 use crate::edit::EditError;
 use crate::expiry::{self as expiring, ExpireOutcome, Reaper};
 use crate::large::{Values, Wanted};
+use crate::txn::{Standing, Transactions};
 use crate::{Core, Outbox, Time, WallClock};
 
 /// Writes held back while waiting for a gap to be filled.
@@ -175,6 +176,14 @@ counters! {
         values_missing,
         /// Answers too large for a datagram, kept for their client to fetch.
         large_answers,
+        /// Reads and writes of a key a transaction held, answered LOCKED.
+        locked,
+        /// Transactions across shards this head prepared, and those it
+        /// refused (the shard voted no).
+        txn_prepared,
+        txn_refused,
+        txn_committed,
+        txn_aborted,
     }
 }
 
@@ -199,8 +208,9 @@ fn new_store() -> Store {
 /// (None: deleted) and deadline.
 type Pending<'k> = (&'k [u8], Option<Vec<u8>>, u64);
 
-/// The replica snapshot's format number (after the store's bytes).
-const SNAPSHOT_FORMAT: u64 = 2;
+/// The replica snapshot's format number (after the store's bytes); 3
+/// adds the transactions (format 2 has none).
+const SNAPSHOT_FORMAT: u64 = 3;
 
 #[derive(Debug, Default)]
 struct ClientOutcomes {
@@ -275,6 +285,9 @@ pub struct Replica {
     reaper: Reaper,
     /// Values too large for a datagram, shared with the shell.
     values: Values,
+    /// Transactions across shards: prepared ones and their locks, and
+    /// the outcomes of finished ones.
+    txns: Transactions,
 }
 
 impl Replica {
@@ -305,6 +318,7 @@ impl Replica {
             now: Time::ZERO,
             reaper: Reaper::new(config.chain[config.position]),
             values: Values::default(),
+            txns: Transactions::default(),
             config,
         }
     }
@@ -407,6 +421,7 @@ impl Replica {
                 bytes.extend_from_slice(&outcome.key_hash.to_le_bytes());
             }
         }
+        self.txns.encode(&mut bytes);
         (self.store.applied_seq(), bytes)
     }
 
@@ -435,9 +450,10 @@ impl Replica {
         let mut first = u64_of(take(8)?);
         // Format 1 (unnumbered): outcomes without key hashes.
         let numbered = first == u64::MAX;
+        let mut format = 1;
         if numbered {
-            let format = u64_of(take(8)?);
-            if format != SNAPSHOT_FORMAT {
+            format = u64_of(take(8)?);
+            if !(2..=SNAPSHOT_FORMAT).contains(&format) {
                 return Err(RestoreError(format!("unknown snapshot format {format}")));
             }
             first = u64_of(take(8)?);
@@ -466,6 +482,9 @@ impl Replica {
                 });
             }
             replica.outcomes.insert(client_id, client);
+        }
+        if format >= 3 {
+            replica.txns = Transactions::decode(take, RestoreError)?;
         }
         replica.sent_log_first_seq = store.applied_seq() + 1;
         replica.store = store;
@@ -633,6 +652,13 @@ impl Replica {
             // where the slot is now.
             self.counters.read_before_drop += 1;
             return self.answer_status(to, header, Status::TryAgain, outbox);
+        }
+        if self.txns.read_blocked(message.key) {
+            // A transaction across shards writes it and may have committed
+            // (at another shard) already: asked again, the read finds its
+            // write or the old value once it is settled here.
+            self.counters.locked += 1;
+            return self.answer_status(to, header, Status::Locked, outbox);
         }
         self.store.observe_commit(header.commit_seq.get());
         // DESIGN rule 5: a clean read returns the newest version at or below
@@ -856,10 +882,28 @@ impl Replica {
         record.set_version(version);
         record.commit_seq.set(self.store.commit_seq());
         let value = match (effect, &decision.value, operand) {
-            (Effect::Put | Effect::InstallKeys | Effect::Multi, Some(computed), _) => &computed[..],
+            (
+                Effect::Put
+                | Effect::InstallKeys
+                | Effect::Multi
+                | Effect::Prepare
+                | Effect::Commit
+                | Effect::Abort,
+                Some(computed),
+                _,
+            ) => &computed[..],
             // The client's value, or as decided upstream (a REPLICATE).
             (Effect::Put | Effect::Install, None, Ok(operand)) => operand,
-            (Effect::InstallKeys | Effect::Outcome | Effect::Multi, None, _) => message.value,
+            (
+                Effect::InstallKeys
+                | Effect::Outcome
+                | Effect::Multi
+                | Effect::Prepare
+                | Effect::Commit
+                | Effect::Abort,
+                None,
+                _,
+            ) => message.value,
             _ => &[],
         };
         // Only a written value has a deadline.
@@ -876,7 +920,7 @@ impl Replica {
         // Counted live only: a replay of the log is no load.
         if matches!(
             record.effect(),
-            Effect::Put | Effect::Delete | Effect::Multi
+            Effect::Put | Effect::Delete | Effect::Multi | Effect::Commit
         ) {
             self.load
                 .count_write(tern_wire::slot_of(record.key_hash.get()));
@@ -945,16 +989,7 @@ impl Replica {
             },
             Effect::Multi => match multi::Decided::decode(value) {
                 Ok(decided) => {
-                    self.store.apply_all(
-                        seq,
-                        decided.writes.iter().map(|written| {
-                            let write = match &written.value {
-                                Some(value) => Write::Put(value),
-                                None => Write::Delete,
-                            };
-                            (&written.key[..], write, written.deadline_ms)
-                        }),
-                    );
+                    apply_writes(&mut self.store, seq, &decided.writes);
                     if tail {
                         // The answers, as the head decided them.
                         result_value = Some(Some(multi::encode_answers(&decided.answers)));
@@ -966,6 +1001,40 @@ impl Replica {
                     self.store.skip(seq);
                 }
             },
+            Effect::Prepare => match txn::PrepareRecord::decode(value) {
+                Ok(prepared) => {
+                    if tail {
+                        result_value = Some(Some(multi::encode_answers(&prepared.decided.answers)));
+                    }
+                    self.txns.prepare(prepared);
+                    self.store.skip(seq);
+                }
+                Err(_) => {
+                    self.counters.damaged_records += 1;
+                    self.store.skip(seq);
+                }
+            },
+            Effect::Commit => match txn::CommitRecord::decode(value) {
+                Ok(committed) => {
+                    apply_writes(&mut self.store, seq, &committed.decided.writes);
+                    self.txns.finish(committed.id, true);
+                    self.counters.txn_committed += 1;
+                }
+                Err(_) => {
+                    self.counters.damaged_records += 1;
+                    self.store.skip(seq);
+                }
+            },
+            Effect::Abort => {
+                match txn::TxnId::decode(value) {
+                    Ok(id) => {
+                        self.txns.finish(id, false);
+                        self.counters.txn_aborted += 1;
+                    }
+                    Err(_) => self.counters.damaged_records += 1,
+                }
+                self.store.skip(seq);
+            }
             Effect::Rebase => self.store.rebase(seq, record.version()),
             Effect::DropSlots => {
                 let [start, end] = record.slot_range();
@@ -1182,6 +1251,16 @@ impl Replica {
         };
         // The deadline of a whole new value (SET, CAS), or a refusal.
         let deadline_of_write = expiring::deadline_of_write(asked, current, now_ms);
+        if matches!(
+            op,
+            Op::Put | Op::Delete | Op::Cas | Op::IncrBy | Op::Append | Op::Expire | Op::Edit
+        ) && self.txns.write_blocked(message.key)
+        {
+            // Rule T4: a transaction holds the key until its COMMIT or
+            // ABORT (a reaped key waits too).
+            self.counters.locked += 1;
+            return decided(Effect::None, Status::Locked, version.unwrap_or(0));
+        }
         let mut decision = match op {
             _ if matches!(op, Op::Put | Op::Cas) && deadline_of_write.is_none() => {
                 decided(Effect::None, Status::Malformed, 0)
@@ -1311,6 +1390,8 @@ impl Replica {
                 Err(_) => decided(Effect::None, Status::Malformed, 0),
             },
             Op::Multi => self.decide_multi(message, new_version, now_ms),
+            Op::Prepare => self.decide_prepare(message, new_version, now_ms),
+            Op::Commit | Op::Abort | Op::Resolve => self.decide_finish(message, new_version),
             Op::Rebase => decided(Effect::Rebase, Status::Ok, header.version()),
             // Not known here yet (the dedup check above found none).
             Op::InstallOutcome if message.value.len() == 4 => {
@@ -1338,10 +1419,10 @@ impl Replica {
     }
 
     /// The head's decision for a one-shot transaction (`tern_wire::multi`):
-    /// CHECK items against the state before it, then every item in order,
-    /// each seeing the writes before it; all writes at `new_version`.
-    fn decide_multi(&self, message: &Message<'_>, new_version: u64, now_ms: u64) -> Decision {
-        use multi::{Answer, item_flags, kind};
+    /// refused LOCKED when a transaction across shards holds a key it
+    /// reads (exclusively) or writes; else `decide_items`, all writes at
+    /// `new_version`.
+    fn decide_multi(&mut self, message: &Message<'_>, new_version: u64, now_ms: u64) -> Decision {
         let decided = Decision::of;
         let items = match multi::decode_items(message.value) {
             // The answers are the reply's value: no write option applies.
@@ -1353,11 +1434,156 @@ impl Replica {
             }
             _ => return decided(Effect::None, Status::Malformed, 0),
         };
+        if !self.txns.no_locks()
+            && items.iter().any(|item| {
+                let wanted = txn::mode::of(item.kind);
+                self.txns.conflicts(None, wanted, item.key)
+            })
+        {
+            self.counters.locked += 1;
+            return decided(Effect::None, Status::Locked, 0);
+        }
+        match self.decide_items(&items, now_ms) {
+            Ok(decision) if decision.encoded_len() > VALUE_LEN_MAX => {
+                // The record travels in one datagram: a transaction of
+                // large values (or answers) is refused whole.
+                decided(Effect::None, Status::TooLarge, 0)
+            }
+            Ok(decision) => Decision {
+                value: Some(decision.encode()),
+                ..decided(Effect::Multi, Status::Ok, new_version)
+            },
+            Err((status, version)) => decided(Effect::None, status, version),
+        }
+    }
+
+    /// The head's decision for a PREPARE (`tern_wire::txn`): once per
+    /// transaction (a second is answered with where it stands), its keys
+    /// locked unless another transaction holds one (LOCKED), its CHECKs
+    /// and items decided as a one-shot transaction's; every refusal is an
+    /// abort tombstone, this shard's no for good.
+    fn decide_prepare(&mut self, message: &Message<'_>, new_version: u64, now_ms: u64) -> Decision {
+        let decided = Decision::of;
+        let prepare = match txn::Prepare::decode(message.value) {
+            Ok(prepare)
+                if prepare.items[0].key == message.key
+                    && message.header.flags & flags::WRITE_OPTIONS == 0 =>
+            {
+                prepare
+            }
+            _ => return decided(Effect::None, Status::Malformed, 0),
+        };
+        let id = prepare.id;
+        match self.txns.standing(id) {
+            Standing::Unknown => {}
+            // Prepared here before (a copy of its PREPARE beyond dedup):
+            // still yes; the answers went with the first.
+            Standing::Prepared => return decided(Effect::None, Status::Ok, 0),
+            Standing::Committed => return decided(Effect::None, Status::TxnCommitted, 0),
+            Standing::Aborted => return decided(Effect::None, Status::TxnAborted, 0),
+        }
+        let no = |status: Status, version: u64| Decision {
+            value: Some(id.encode().to_vec()),
+            ..decided(Effect::Abort, status, version)
+        };
+        let locks = prepare.locks();
+        if locks
+            .iter()
+            .any(|(wanted, key)| self.txns.conflicts(Some(id), *wanted, key))
+        {
+            self.counters.locked += 1;
+            self.counters.txn_refused += 1;
+            return no(Status::Locked, 0);
+        }
+        let decision = match self.decide_items(&prepare.items, now_ms) {
+            Ok(decision) => decision,
+            Err((status, version)) => {
+                self.counters.txn_refused += 1;
+                return no(status, version);
+            }
+        };
+        let record = txn::PrepareRecord {
+            id,
+            lease_ms: prepare.lease_ms,
+            participants: prepare.participants,
+            locks: locks
+                .into_iter()
+                .map(|(mode, key)| txn::Lock {
+                    mode,
+                    key: key.to_vec(),
+                })
+                .collect(),
+            decided: decision,
+        };
+        if record.encoded_len() > VALUE_LEN_MAX {
+            self.counters.txn_refused += 1;
+            return no(Status::TooLarge, 0);
+        }
+        self.counters.txn_prepared += 1;
+        Decision {
+            value: Some(record.encode()),
+            ..decided(Effect::Prepare, Status::Ok, new_version)
+        }
+    }
+
+    /// The head's decision for a COMMIT, ABORT or RESOLVE: each moves a
+    /// transaction only forward (prepared to committed or aborted, unknown
+    /// to aborted), and answers where it stands.
+    fn decide_finish(&mut self, message: &Message<'_>, new_version: u64) -> Decision {
+        let decided = Decision::of;
+        let op = message.header.op();
+        let Ok(id) = txn::TxnId::decode(message.value) else {
+            return decided(Effect::None, Status::Malformed, 0);
+        };
+        if !message.key.is_empty() || message.header.flags & flags::WRITE_OPTIONS != 0 {
+            return decided(Effect::None, Status::Malformed, 0);
+        }
+        let abort = |status| Decision {
+            value: Some(id.encode().to_vec()),
+            ..decided(Effect::Abort, status, new_version)
+        };
+        match (op, self.txns.standing(id)) {
+            (Op::Commit, Standing::Prepared) => {
+                let decided_writes = self.txns.decided(id).expect("prepared").clone();
+                let record = txn::CommitRecord {
+                    id,
+                    decided: multi::Decided {
+                        writes: decided_writes.writes,
+                        answers: Vec::new(),
+                    },
+                };
+                Decision {
+                    value: Some(record.encode()),
+                    ..decided(Effect::Commit, Status::Ok, new_version)
+                }
+            }
+            (Op::Commit, Standing::Committed) => decided(Effect::None, Status::Ok, 0),
+            (Op::Commit, Standing::Aborted) => decided(Effect::None, Status::TxnAborted, 0),
+            (Op::Commit, Standing::Unknown) => decided(Effect::None, Status::TxnUnknown, 0),
+            (Op::Abort, Standing::Prepared | Standing::Unknown) => abort(Status::Ok),
+            (Op::Abort, Standing::Aborted) => decided(Effect::None, Status::Ok, 0),
+            (_, Standing::Committed) => decided(Effect::None, Status::TxnCommitted, 0),
+            (_, Standing::Prepared) => decided(Effect::None, Status::TxnPrepared, 0),
+            (_, Standing::Aborted) => decided(Effect::None, Status::TxnAborted, 0),
+            (_, Standing::Unknown) => abort(Status::TxnAborted),
+        }
+    }
+
+    /// A transaction's items decided against the store (`tern_wire::multi`):
+    /// CHECK items against the state before it (CAS_MISMATCH with the
+    /// version found when one fails), then every item in order, each
+    /// seeing the writes before it.
+    fn decide_items(
+        &self,
+        items: &[multi::Item<'_>],
+        now_ms: u64,
+    ) -> Result<multi::Decided, (Status, u64)> {
+        use multi::{Answer, item_flags, kind};
         let live = |key: &[u8]| self.store.latest(key).filter(|found| found.live_at(now_ms));
         for item in items.iter().filter(|item| item.kind == kind::CHECK) {
             let found = live(item.key).map_or(0, |found| found.version);
             if found != item.version {
-                return decided(Effect::None, Status::CasMismatch, found);
+                return Err((Status::CasMismatch, found));
             }
         }
         // Each written key's state so far: value (None: deleted), deadline.
@@ -1383,7 +1609,7 @@ impl Replica {
         let limit = self.values.limit();
         let parse = |bytes: &[u8]| std::str::from_utf8(bytes).ok()?.parse::<i64>().ok();
         let mut answers = Vec::with_capacity(items.len());
-        for item in &items {
+        for item in items {
             let before = view(&written, item.key);
             let answer = match item.kind {
                 kind::CHECK => Answer::status(Status::Ok),
@@ -1448,16 +1674,7 @@ impl Replica {
                 deadline_ms,
             })
             .collect();
-        let decision = multi::Decided { writes, answers };
-        if decision.encoded_len() > VALUE_LEN_MAX {
-            // The record travels in one datagram: a transaction of large
-            // values (or answers) is refused whole.
-            return decided(Effect::None, Status::TooLarge, 0);
-        }
-        Decision {
-            value: Some(decision.encode()),
-            ..decided(Effect::Multi, Status::Ok, new_version)
-        }
+        Ok(multi::Decided { writes, answers })
     }
 
     fn remember_outcome(&mut self, client_id: u64, seq: u64, outcome: Outcome) {
@@ -1475,11 +1692,14 @@ impl Replica {
         }
         if matches!(
             outcome.status,
-            Status::Forgotten | Status::Malformed | Status::ValueMissing
+            Status::Forgotten | Status::Malformed | Status::ValueMissing | Status::Locked
         ) {
             // Nothing to answer a later copy with but the same refusal,
             // which it gets again: keep the room for real outcomes (a
             // malformed INSTALL_OUTCOME must not stand for its client's).
+            // A write refused LOCKED changed nothing: asked again, it is
+            // decided afresh, and finds the key free once the transaction
+            // holding it is settled.
             return;
         }
         if client.forgot(outcome.request_id) {
@@ -1697,6 +1917,8 @@ impl Replica {
             ("expiring_keys", self.store.expiring_keys() as u64),
             ("held_back_now", self.holdback.len() as u64),
             ("large_values_bytes", self.values.used() as u64),
+            ("txn_pending", self.txns.pending() as u64),
+            ("txn_locked_keys", self.txns.locked_keys() as u64),
         ] {
             samples.gauge(name, value);
         }
@@ -1709,12 +1931,8 @@ impl Replica {
     }
 
     fn answer_stats(&self, to: SocketAddrV4, received: &Header, outbox: &mut Outbox) {
-        let mut reply = Header::new(Op::Reply, self.config.shard, self.config.epoch);
-        reply.request_id = received.request_id;
-        reply.client_id = received.client_id;
-        let text = self.render_stats();
-        let end = text.len().min(VALUE_LEN_MAX);
-        outbox.push(to, &reply, &[], &text.as_bytes()[..end]);
+        let reply = Header::new(Op::Reply, self.config.shard, self.config.epoch);
+        crate::answer_stats_page(to, received, reply, &self.render_stats(), outbox);
     }
 }
 
@@ -1889,4 +2107,18 @@ fn expire_decision(
         ExpireOutcome::Unchanged => decided(Effect::None, Status::CasMismatch, found.version),
         ExpireOutcome::Malformed => decided(Effect::None, Status::Malformed, 0),
     }
+}
+
+/// A transaction's decided writes, applied at `seq` (a MULTI's, a COMMIT's).
+fn apply_writes(store: &mut Store, seq: u64, writes: &[multi::Written]) {
+    store.apply_all(
+        seq,
+        writes.iter().map(|written| {
+            let write = match &written.value {
+                Some(value) => Write::Put(value),
+                None => Write::Delete,
+            };
+            (&written.key[..], write, written.deadline_ms)
+        }),
+    );
 }

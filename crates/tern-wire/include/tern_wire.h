@@ -50,6 +50,10 @@
 #define TERN_OP_EXPIRE               23
 #define TERN_OP_EDIT                 24
 #define TERN_OP_MULTI                25
+#define TERN_OP_PREPARE              26
+#define TERN_OP_COMMIT               27
+#define TERN_OP_ABORT                28
+#define TERN_OP_RESOLVE              29
 
 #define TERN_STATUS_OK               0
 #define TERN_STATUS_NOT_FOUND        1
@@ -66,6 +70,11 @@
 #define TERN_STATUS_FORGOTTEN        12
 #define TERN_STATUS_NOT_FINITE       13
 #define TERN_STATUS_VALUE_MISSING    14
+#define TERN_STATUS_LOCKED           15
+#define TERN_STATUS_TXN_ABORTED      16
+#define TERN_STATUS_TXN_COMMITTED    17
+#define TERN_STATUS_TXN_PREPARED     18
+#define TERN_STATUS_TXN_UNKNOWN      19
 
 #define TERN_EFFECT_NONE             0
 #define TERN_EFFECT_PUT              1
@@ -76,6 +85,9 @@
 #define TERN_EFFECT_OUTCOME          6
 #define TERN_EFFECT_INSTALL_KEYS     7
 #define TERN_EFFECT_MULTI            8
+#define TERN_EFFECT_PREPARE          9
+#define TERN_EFFECT_COMMIT           10
+#define TERN_EFFECT_ABORT            11
 
 #define TERN_FLAG_TAIL_READ          1
 #define TERN_FLAG_RESENT             2
@@ -313,6 +325,14 @@ static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)
 		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_FAST_PATH;
 	case TERN_OP_MULTI:
 		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE;
+	case TERN_OP_PREPARE:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE;
+	case TERN_OP_COMMIT:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_ANY_SLOT;
+	case TERN_OP_ABORT:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_ANY_SLOT;
+	case TERN_OP_RESOLVE:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_ANY_SLOT;
 	default:
 		return 0;
 	}
@@ -363,6 +383,11 @@ static inline __attribute__((always_inline)) int tern_status_known(__u8 value)
 	case 12:
 	case 13:
 	case 14:
+	case 15:
+	case 16:
+	case 17:
+	case 18:
+	case 19:
 		return 1;
 	default:
 		return 0;
@@ -382,6 +407,9 @@ static inline __attribute__((always_inline)) int tern_effect_known(__u8 value)
 	case 6:
 	case 7:
 	case 8:
+	case 9:
+	case 10:
+	case 11:
 		return 1;
 	default:
 		return 0;

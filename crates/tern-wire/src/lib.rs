@@ -21,6 +21,7 @@ pub mod maps;
 mod message;
 pub mod multi;
 pub mod slots;
+pub mod txn;
 
 pub mod c_header;
 
@@ -136,6 +137,25 @@ wire_enum! {
         /// answers (`multi::decode_answers`), or CAS_MISMATCH when a CHECK
         /// item failed (nothing written).
         Multi = 25 => "MULTI",
+        /// Client's first phase of a transaction across shards (`txn`): the
+        /// value is a [`txn::Prepare`], the key its first item's key. The
+        /// head checks the versions read, locks the keys and decides the
+        /// writes without applying them; OK is this shard's yes (the
+        /// reply's value: the items' answers), anything else its no.
+        Prepare = 26 => "PREPARE",
+        /// Makes a prepared transaction's writes visible and releases its
+        /// locks; the value is its [`txn::TxnId`], the key empty (sent to
+        /// a shard). OK (also when committed before), TXN_ABORTED,
+        /// TXN_UNKNOWN.
+        Commit = 27 => "COMMIT",
+        /// Releases a transaction's locks without writing; for one never
+        /// prepared here, a tombstone refuses its PREPARE from then on. OK,
+        /// or TXN_COMMITTED.
+        Abort = 28 => "ABORT",
+        /// Where a transaction stands here: TXN_PREPARED, TXN_COMMITTED or
+        /// TXN_ABORTED (one never prepared here is aborted for good, as by
+        /// ABORT, and answered so).
+        Resolve = 29 => "RESOLVE",
     }
 }
 
@@ -172,6 +192,19 @@ wire_enum! {
         /// not remembered, so the client stages it again and resends the
         /// same request.
         ValueMissing = 14 => "VALUE_MISSING",
+        /// A key a transaction across shards holds (`txn`): asked again
+        /// later, the request finds it free (a PREPARE so refused has
+        /// voted no).
+        Locked = 15 => "LOCKED",
+        /// The transaction was aborted at this shard.
+        TxnAborted = 16 => "TXN_ABORTED",
+        /// The transaction was committed at this shard.
+        TxnCommitted = 17 => "TXN_COMMITTED",
+        /// The transaction is prepared here, neither committed nor aborted.
+        TxnPrepared = 18 => "TXN_PREPARED",
+        /// This shard knows nothing of the transaction (a COMMIT of one it
+        /// never prepared, or has forgotten).
+        TxnUnknown = 19 => "TXN_UNKNOWN",
     }
 }
 
@@ -197,6 +230,15 @@ wire_enum! {
         /// A transaction's writes and answers (`multi::Decided`), all at
         /// this seq.
         Multi = 8 => "MULTI",
+        /// A transaction prepared (`txn::PrepareRecord`): its locks taken,
+        /// its writes decided, nothing visible yet.
+        Prepare = 9 => "PREPARE",
+        /// A prepared transaction's writes (`txn::CommitRecord`), visible
+        /// at this seq; its locks released.
+        Commit = 10 => "COMMIT",
+        /// A transaction aborted (the value its `txn::TxnId`): its locks
+        /// released, or a tombstone that refuses its PREPARE.
+        Abort = 11 => "ABORT",
     }
 }
 
@@ -247,7 +289,9 @@ impl Op {
             Op::Delete | Op::Expire => CLIENT_WRITE | FAST_PATH,
             // Its keys are counted dirty by user space, which decodes its
             // items (the kernel hands it, and its acknowledgement, up).
-            Op::Multi => CLIENT_WRITE | CARRIES_VALUE,
+            Op::Multi | Op::Prepare => CLIENT_WRITE | CARRIES_VALUE,
+            // Addressed to a shard by the transaction's id alone.
+            Op::Commit | Op::Abort | Op::Resolve => CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT,
             Op::Install | Op::InstallOutcome | Op::InstallKeys => {
                 CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT
             }

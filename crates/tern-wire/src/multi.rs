@@ -191,6 +191,17 @@ pub enum MultiError {
     Malformed(&'static str),
     #[error("{0} bytes after the transaction")]
     Trailing(usize),
+    #[error(
+        "a transaction spans at most {max} shards, not {0}",
+        max = crate::txn::PARTICIPANTS_MAX
+    )]
+    TooManyParticipants(usize),
+    #[error(
+        "a transaction's lease of {0} ms is outside {min}..={max} ms",
+        min = crate::txn::LEASE_MS_MIN,
+        max = crate::txn::LEASE_MS_MAX
+    )]
+    Lease(u32),
 }
 
 /// A MULTI request's value; refused when over the limits.
@@ -208,7 +219,7 @@ pub fn encode_items(items: &[Item<'_>]) -> Result<Vec<u8>, MultiError> {
     Ok(out)
 }
 
-fn check_count(count: usize) -> Result<(), MultiError> {
+pub(crate) fn check_count(count: usize) -> Result<(), MultiError> {
     match count {
         0 => Err(MultiError::Empty),
         count if count > ITEMS_MAX => Err(MultiError::TooManyItems(count)),
@@ -216,7 +227,7 @@ fn check_count(count: usize) -> Result<(), MultiError> {
     }
 }
 
-fn check_item(item: &Item<'_>) -> Result<(), MultiError> {
+pub(crate) fn check_item(item: &Item<'_>) -> Result<(), MultiError> {
     if !(kind::CHECK..=kind::GET).contains(&item.kind) {
         return Err(MultiError::UnknownKind(item.kind));
     }
@@ -235,7 +246,7 @@ fn check_item(item: &Item<'_>) -> Result<(), MultiError> {
     Ok(())
 }
 
-fn push_item(item: &Item<'_>, out: &mut Vec<u8>) {
+pub(crate) fn push_item(item: &Item<'_>, out: &mut Vec<u8>) {
     out.push(item.kind);
     out.push(item.flags);
     out.extend_from_slice(&(item.key.len() as u16).to_le_bytes());
@@ -246,10 +257,10 @@ fn push_item(item: &Item<'_>, out: &mut Vec<u8>) {
 }
 
 /// Reads bytes off the front of a slice.
-struct Reader<'a>(&'a [u8]);
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, len: usize) -> Result<&'a [u8], MultiError> {
+    pub(crate) fn take(&mut self, len: usize) -> Result<&'a [u8], MultiError> {
         if self.0.len() < len {
             return Err(MultiError::Truncated);
         }
@@ -258,12 +269,12 @@ impl<'a> Reader<'a> {
         Ok(taken)
     }
 
-    fn u8(&mut self) -> Result<u8, MultiError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, MultiError> {
         Ok(self.take(1)?[0])
     }
 
     /// A byte that is 0 or 1.
-    fn flag(&mut self) -> Result<bool, MultiError> {
+    pub(crate) fn flag(&mut self) -> Result<bool, MultiError> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
@@ -271,17 +282,17 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn u16(&mut self) -> Result<usize, MultiError> {
+    pub(crate) fn u16(&mut self) -> Result<usize, MultiError> {
         let bytes = self.take(2)?;
         Ok(u16::from_le_bytes([bytes[0], bytes[1]]) as usize)
     }
 
-    fn u64(&mut self) -> Result<u64, MultiError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, MultiError> {
         let bytes = self.take(8)?;
         Ok(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
     }
 
-    fn items(&mut self) -> Result<Vec<Item<'a>>, MultiError> {
+    pub(crate) fn items(&mut self) -> Result<Vec<Item<'a>>, MultiError> {
         let count = self.u8()? as usize;
         check_count(count)?;
         let mut items = Vec::with_capacity(count);
@@ -304,7 +315,7 @@ impl<'a> Reader<'a> {
         Ok(items)
     }
 
-    fn finish(self) -> Result<(), MultiError> {
+    pub(crate) fn finish(self) -> Result<(), MultiError> {
         match self.0.len() {
             0 => Ok(()),
             trailing => Err(MultiError::Trailing(trailing)),
@@ -445,7 +456,7 @@ fn push_answers(answers: &[Answer], out: &mut Vec<u8>) {
 }
 
 impl Reader<'_> {
-    fn answers(&mut self) -> Result<Vec<Answer>, MultiError> {
+    pub(crate) fn answers(&mut self) -> Result<Vec<Answer>, MultiError> {
         let count = self.u8()? as usize;
         if count > ITEMS_MAX {
             return Err(MultiError::TooManyItems(count));

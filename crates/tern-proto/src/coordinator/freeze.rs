@@ -109,10 +109,12 @@ impl<S: ShardState> ShardCoordinator<S> {
         outbox.push(to, &reply, &[], &answer.encode());
     }
 
-    /// Whether no write of a slot of `range` is in flight: each slot owns
-    /// the dirty entries `slot + k * SLOT_COUNT`.
+    /// Whether no write of a slot of `range` is in flight (each slot owns
+    /// the dirty entries `slot + k * SLOT_COUNT`) and no transaction
+    /// across shards holds a key of it (its locks stay at this shard).
     fn drained(&self, [start, end]: [u32; 2]) -> bool {
         !self.state.all_dirty()
+            && !self.holds_any_of([start, end])
             && (start..end).all(|slot| {
                 (slot..DIRTY_SLOTS)
                     .step_by(SLOT_COUNT as usize)

@@ -20,7 +20,9 @@ mod freeze;
 mod process;
 mod reads;
 mod recovery;
+mod settle;
 mod state;
+mod txn;
 mod writes;
 
 use std::net::SocketAddrV4;
@@ -131,6 +133,8 @@ pub struct ShardCoordinator<S> {
     /// this coordinator's (WRONG_SHARD, or a higher epoch): the shell
     /// fetches the map early (`Coordinator::take_map_doubt`).
     map_doubted: bool,
+    /// Transactions across shards holding their written keys dirty.
+    holds: txn::Holds,
     counters: ShardCounters,
 }
 
@@ -162,6 +166,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             freezes: Vec::new(),
             wanted: Vec::new(),
             map_doubted: false,
+            holds: txn::Holds::default(),
             counters: ShardCounters::default(),
         }
     }
@@ -258,7 +263,7 @@ impl<S: ShardState> ShardCoordinator<S> {
                     self.sequence_write(now, from, message, outbox);
                 }
             }
-            Op::Ack if from == self.config.tail() => self.acknowledge(message, outbox),
+            Op::Ack if from == self.config.tail() => self.acknowledge(now, message, outbox),
             Op::Retransmit if from == self.config.head() => {
                 self.resend_range(now, header.seq.get(), header.retransmit_last(), outbox);
             }
@@ -306,6 +311,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             return;
         }
         self.last_scan = Some(now);
+        self.sweep_holds(now);
         let next = self.state.next_seq();
         while self.oldest_in_flight < self.scanned_up_to
             && !self.state.is_in_flight(self.oldest_in_flight)
@@ -329,10 +335,13 @@ impl<S: ShardState> ShardCoordinator<S> {
         use crate::metrics::{Group, Kind};
         let shard = Some(self.config.shard);
         self.counters.samples(Group::Plain, shard, out);
+        let (txn_held, txn_in_doubt) = self.hold_counts();
         for (name, value) in [
             ("next_seq", self.state.next_seq()),
             ("commit_seq", self.state.commit_seq()),
             ("ready", u64::from(self.is_ready())),
+            ("txn_held", txn_held),
+            ("txn_in_doubt", txn_in_doubt),
         ] {
             out.add(Kind::Gauge, Group::Plain, shard, name, value);
         }

@@ -7,8 +7,9 @@ use crate::metrics::{Group, Samples};
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
 
-use tern_wire::{Header, Op, Status, VALUE_LEN_MAX};
+use tern_wire::{Header, Op, Status};
 
+use super::settle::Settler;
 use super::{ShardConfig, ShardCoordinator, ShardState};
 use crate::counters::{DecodeDrops, counters};
 use crate::{Core, Outbox, Time};
@@ -33,6 +34,8 @@ pub struct Coordinator<S> {
     map_version: u64,
     /// A request came for a shard not served here.
     map_doubted: bool,
+    /// Settles the transactions whose lease ran out at a shard served here.
+    settler: Settler,
 }
 
 /// A source of extra samples.
@@ -60,6 +63,7 @@ impl<S: ShardState> Coordinator<S> {
             extra_stats: None,
             map_version: 0,
             map_doubted: false,
+            settler: Settler::new(),
         }
     }
 
@@ -153,6 +157,23 @@ impl<S: ShardState> Coordinator<S> {
     pub fn samples(&self, shard: Option<u32>) -> Samples {
         let mut samples = Samples::new();
         self.counters.samples(Group::Plain, None, &mut samples);
+        let settled = self.settler.counts();
+        for (name, value) in [
+            ("txn_settles_started", settled.started),
+            ("txn_settled_committed", settled.committed),
+            ("txn_settled_aborted", settled.aborted),
+            ("txn_settles_given_up", settled.gave_up),
+            ("txn_settle_disagreed", settled.disagreed),
+        ] {
+            samples.add(
+                crate::metrics::Kind::Counter,
+                Group::Plain,
+                None,
+                name,
+                value,
+            );
+        }
+        samples.gauge("txn_settling", self.settler.settling() as u64);
         self.drops.samples(Group::Dropped, None, &mut samples);
         if let Some(extra) = &self.extra_stats {
             extra(&mut samples);
@@ -175,11 +196,8 @@ impl<S: ShardState> Coordinator<S> {
     fn answer_stats(&self, to: SocketAddrV4, received: &Header, outbox: &mut Outbox) {
         let shard = Some(received.shard.get()).filter(|shard| self.shards.contains_key(shard));
         let text = self.render_stats(shard);
-        let mut reply = Header::new(Op::Reply, received.shard.get(), received.epoch.get());
-        reply.request_id = received.request_id;
-        reply.client_id = received.client_id;
-        let end = text.len().min(VALUE_LEN_MAX);
-        outbox.push(to, &reply, &[], &text.as_bytes()[..end]);
+        let reply = Header::new(Op::Reply, received.shard.get(), received.epoch.get());
+        crate::answer_stats_page(to, received, reply, &text, outbox);
     }
 }
 
@@ -198,6 +216,10 @@ impl<S: ShardState> Core for Coordinator<S> {
             // holds, and what its chain sends back.
             _ if op.is_client_request() => {}
             Op::Freeze | Op::Ack | Op::Retransmit | Op::SeqReport => {}
+            // The answers to the settler's requests.
+            Op::Reply if header.client_id.get() == self.settler.client_id() => {
+                return self.settler.on_reply(header);
+            }
             _ => {
                 self.counters.unexpected_op += 1;
                 return;
@@ -224,5 +246,15 @@ impl<S: ShardState> Core for Coordinator<S> {
         for shard in self.shards.values_mut() {
             shard.tick(now, outbox);
         }
+        let to_settle: Vec<_> = self
+            .shards
+            .values_mut()
+            .flat_map(|shard| shard.take_to_settle())
+            .collect();
+        for (id, participants) in to_settle {
+            let epoch_of = |shard: u32| self.shards.get(&shard).map(|served| served.config.epoch);
+            self.settler.start(now, id, &participants, epoch_of);
+        }
+        self.settler.tick(now, outbox);
     }
 }

@@ -9,6 +9,7 @@ use tern_wire::{Header, Message, Op, Status, dirty_index, flags, key_hash, multi
 use zerocopy::FromBytes;
 
 use super::recovery::Recovery;
+use super::txn::TxnPlan;
 use super::{INFLIGHT_WRITES_MAX, ShardCoordinator, ShardState};
 use crate::{Outbox, Time};
 
@@ -16,14 +17,20 @@ use crate::{Outbox, Time};
 /// first advance `commit_seq`, then lower the dirty count; the caller replies
 /// to the client only afterwards. Returns whether `seq` was in flight here.
 pub fn complete_write(state: &impl ShardState, seq: u64) -> bool {
+    complete_write_keeping(state, seq, &mut Vec::new())
+}
+
+/// `complete_write`, leaving in `kept` the datagram of a write that user
+/// space handles (a MULTI's, a transaction's; otherwise it is left empty).
+fn complete_write_keeping(state: &impl ShardState, seq: u64, kept: &mut Vec<u8>) -> bool {
     state.advance_commit_seq(seq);
+    kept.clear();
     // A MULTI's entries are read from its datagram while `seq` still holds
     // its window slot (nobody can reuse the slot before `end_write`).
     let multi = match state.in_flight_index(seq) {
         Some(index) if index & WINDOW_MULTI != 0 => {
-            let mut kept = Vec::new();
-            state.copy_in_flight(seq, &mut kept);
-            multi_dirty_indices(&kept)
+            state.copy_in_flight(seq, kept);
+            multi_dirty_indices(kept)
         }
         _ => None,
     };
@@ -73,21 +80,27 @@ impl<S: ShardState> ShardCoordinator<S> {
             return;
         }
         // A MULTI counts every item's key dirty: its items must decode,
-        // start with the header's key, and all be of slots served here.
-        let items = if header.op() == Op::Multi {
-            match self.multi_items(message) {
-                Ok(items) => Some(items),
-                Err(refusal) => {
-                    self.refuse(from, header, refusal, outbox);
-                    return;
-                }
+        // start with the header's key, and all be of slots served here. A
+        // transaction's request must decode too.
+        let planned = match header.op() {
+            Op::Multi => self.multi_items(message).map(|items| (Some(items), None)),
+            Op::Prepare | Op::Commit | Op::Abort | Op::Resolve => {
+                self.txn_plan(message).map(|plan| (None, Some(plan)))
             }
-        } else {
-            None
+            _ => Ok((None, None)),
         };
-        let index = match &items {
-            Some(_) => WINDOW_MULTI,
-            None => dirty_index(header.key_hash.get()),
+        let (items, plan) = match planned {
+            Ok(planned) => planned,
+            Err(refusal) => {
+                self.refuse(from, header, refusal, outbox);
+                return;
+            }
+        };
+        // User space reads the datagrams of these back at their
+        // acknowledgement (the kernel hands those up).
+        let index = match (&items, &plan) {
+            (None, None) => dirty_index(header.key_hash.get()),
+            _ => WINDOW_MULTI,
         };
         // DESIGN rule 1: this is the shard's only serialization point.
         let Some(seq) = self.state.begin_write() else {
@@ -96,13 +109,15 @@ impl<S: ShardState> ShardCoordinator<S> {
             return;
         };
         // DESIGN rule 3: the key is dirty before the write can reach anyone.
-        match &items {
-            Some(indices) => {
+        match (&items, plan) {
+            (Some(indices), _) => {
                 for &index in indices {
                     self.state.increment_dirty(index);
                 }
             }
-            None => self.state.increment_dirty(index),
+            (None, Some(TxnPlan::Prepare(id, Some(held)))) => self.take_hold(id, held),
+            (None, Some(_)) => {}
+            (None, None) => self.state.increment_dirty(index),
         }
         let mut forwarded = *header;
         forwarded.set_reply_addr(from);
@@ -141,11 +156,18 @@ impl<S: ShardState> ShardCoordinator<S> {
         Ok(indices)
     }
 
-    pub(super) fn acknowledge(&mut self, message: &Message<'_>, outbox: &mut Outbox) {
+    pub(super) fn acknowledge(&mut self, now: Time, message: &Message<'_>, outbox: &mut Outbox) {
         let header = &message.header;
         let seq = header.seq.get();
-        // DESIGN rule 4: commit_seq first, dirty count second, reply last.
-        if complete_write(&self.state, seq) {
+        // DESIGN rule 4: commit_seq first, dirty count second (a
+        // transaction's hold too), reply last.
+        let mut kept = std::mem::take(&mut self.resend_buffer);
+        let completed = complete_write_keeping(&self.state, seq, &mut kept);
+        if !kept.is_empty() {
+            self.acknowledged_txn(now, &kept, header.status());
+        }
+        self.resend_buffer = kept;
+        if completed {
             self.counters.acks += 1;
         } else {
             // A duplicate, or a write sequenced by a previous coordinator.
