@@ -13,15 +13,19 @@
 //! take effect at any point after its call, or never.
 //!
 //! Transactions are checked by `check_serial`: strict serializability in
-//! the commit order the system reports (see its module).
+//! the commit order the system reports (see its module), and by
+//! `check_cycles`: strict serializability with no order assumed, by the
+//! cycles of the dependency graph over versioned registers (Adya, Elle).
 //!
 //! Depends on nothing: it must be usable by any test, against any system.
 
+mod cycles;
 mod model;
 mod recorder;
 mod search;
 mod serial;
 
+pub use cycles::{CycleError, Edge, Versioned, check_cycles};
 pub use model::{Input, Output};
 pub use recorder::{Operation, Recorder};
 pub use search::{CheckError, Verdict, check, check_key};

@@ -521,6 +521,41 @@ impl Client {
         )
     }
 
+    /// The STATS text of one process, every page of it (a process answers
+    /// one datagram's worth of whole lines at a time).
+    pub fn stats(&mut self, to: SocketAddrV4, shard: ShardId) -> Result<String, ClientError> {
+        let epoch = self
+            .map
+            .shards
+            .iter()
+            .find(|s| s.id == shard)
+            .map_or(0, |s| s.epoch.get());
+        let mut text = Vec::new();
+        let mut offset = 0;
+        // Bounded: a process's text is a few kilobytes.
+        for _ in 0..64 {
+            let mut header = Header::new(Op::Stats, shard.get(), epoch);
+            header.client_id.set(self.client_id.get());
+            header.argument.set(offset);
+            let request_id = self.take_request_id();
+            let reply = self.exchange(
+                to,
+                header,
+                request_id,
+                &Extensions::default(),
+                &[],
+                &[],
+                false,
+            )?;
+            text.extend_from_slice(&reply.value);
+            offset = reply.header.argument.get();
+            if offset == 0 || reply.value.is_empty() {
+                break;
+            }
+        }
+        Ok(String::from_utf8_lossy(&text).into_owned())
+    }
+
     fn take_request_id(&mut self) -> u64 {
         self.next_request_id += 1;
         self.next_request_id - 1

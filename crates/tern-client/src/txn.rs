@@ -179,6 +179,12 @@ impl Txn<'_> {
         Ok(found.map(|found| found.value))
     }
 
+    /// The version of `key` this transaction read from the store (0: it
+    /// was absent), which its commit checks; None if it did not read it.
+    pub fn version_read(&self, key: &[u8]) -> Option<u64> {
+        self.read.get(key).copied()
+    }
+
     /// Writes `value` at commit.
     pub fn put(&mut self, key: &[u8], value: &[u8]) {
         self.written.insert(key.to_vec(), Some(value.to_vec()));

@@ -1615,6 +1615,11 @@ impl Replica {
                 kind::CHECK => Answer::status(Status::Ok),
                 kind::GET => Answer {
                     value: before.map(|(value, _)| value),
+                    // The version read, unless an earlier item wrote it.
+                    number: match written.iter().any(|(known, _, _)| *known == item.key) {
+                        true => 0,
+                        false => live(item.key).map_or(0, |found| found.version),
+                    },
                     ..Answer::status(Status::Ok)
                 },
                 kind::PUT if item.flags & item_flags::IF_EXISTS != 0 && before.is_none() => {

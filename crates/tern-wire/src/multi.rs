@@ -339,7 +339,9 @@ pub fn decode_items(bytes: &[u8]) -> Result<Vec<Item<'_>>, MultiError> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
     pub status: Status,
-    /// APPEND: the new length; 0 otherwise.
+    /// APPEND: the new length; GET: the version of the value read (0:
+    /// absent, or written by an earlier item of the transaction); 0
+    /// otherwise.
     pub number: u64,
     /// GET: the value (None: absent); INCR_BY: the sum in decimal.
     pub value: Option<Vec<u8>>,

@@ -12,7 +12,7 @@ use tern_client::{
     CasOutcome, Client, ClusterMap, Deadline, ExpireCondition, Lifetime, SetCondition,
 };
 use tern_testbed::cluster;
-use tern_wire::{LARGE_VALUE_LEN_DEFAULT, Op};
+use tern_wire::LARGE_VALUE_LEN_DEFAULT;
 
 /// Prints the key's value (as text), or writes its bytes as they are to
 /// `value_file` (`-`: standard output).
@@ -166,9 +166,9 @@ pub fn cas(map: &ClusterMap, key: &str, expected_version: u64, value: &str) -> R
 pub fn stats(map: &ClusterMap) -> Result<ExitCode> {
     let mut client = Client::new(map.clone())?;
     for (name, address, shard) in cluster::processes_of(map) {
-        let reply = client.admin(address, Op::Stats, shard)?;
+        let text = client.stats(address, shard)?;
         println!("== {name} {address}");
-        print!("{}", String::from_utf8_lossy(&reply.value));
+        print!("{text}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -188,10 +188,9 @@ pub fn counter(stats: &str, name: &str) -> u64 {
 
 /// The STATS text of the process at `address`.
 pub fn stats_of(client: &mut tern_client::Client, address: std::net::SocketAddrV4) -> String {
-    let reply = client
-        .admin(address, tern_wire::Op::Stats, tern_client::ShardId(0))
-        .expect("STATS answered");
-    String::from_utf8(reply.value).unwrap()
+    client
+        .stats(address, tern_client::ShardId(0))
+        .expect("STATS answered")
 }
 
 impl TestCluster {
