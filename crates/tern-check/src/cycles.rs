@@ -181,9 +181,8 @@ pub fn check_cycles(history: &[Versioned]) -> Result<(), CycleError> {
         points.push((txn.ret, true, index));
     }
     points.sort_by_key(|&(at, is_ret, _)| (at, is_ret));
-    let point_node = |&(_, is_ret, index): &(Instant, bool, usize)| {
-        count + 2 * index + usize::from(is_ret)
-    };
+    let point_node =
+        |&(_, is_ret, index): &(Instant, bool, usize)| count + 2 * index + usize::from(is_ret);
     for pair in points.windows(2) {
         edges[point_node(&pair[0])].push((point_node(&pair[1]), Edge::Rt));
     }
@@ -278,7 +277,11 @@ fn name_cycle(cycle: &[(usize, Edge)], count: usize) -> CycleError {
         .iter()
         .position(|&(node, _)| node < count)
         .expect("a cycle passes through a transaction");
-    let rotated: Vec<(usize, Edge)> = cycle[first..].iter().chain(&cycle[..first]).copied().collect();
+    let rotated: Vec<(usize, Edge)> = cycle[first..]
+        .iter()
+        .chain(&cycle[..first])
+        .copied()
+        .collect();
     let mut steps: Vec<(usize, Edge)> = Vec::new();
     for &(node, edge) in &rotated {
         if node < count {

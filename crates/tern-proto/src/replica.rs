@@ -1905,7 +1905,17 @@ impl Replica {
         report.seq.set(self.store.applied_seq());
         report.commit_seq.set(self.store.commit_seq());
         report.set_highest_seen(self.highest_seen.max(self.store.applied_seq()));
-        outbox.push(to, &report, &[], &[]);
+        let pending = self.txns.pending() as u64;
+        outbox.push(to, &report, &[], &pending.to_le_bytes());
+        if self.config.is_head() {
+            // What a coordinator starting afresh holds again before it
+            // sequences (its holds were in the memory of the one before).
+            let mut report = Header::new(Op::TxnReport, self.config.shard, self.config.epoch);
+            report.request_id = received.request_id;
+            for record in self.txns.prepared() {
+                outbox.push(to, &report, &[], &record.encode());
+            }
+        }
     }
 
     /// Counters as `name value` lines.

@@ -376,3 +376,60 @@ fn malformed_transaction_requests_are_refused_and_the_shard_serves_on() {
     assert_eq!(status_of(&sim, 4), Status::Ok);
     assert_eq!(dirty(&sim, b"k"), 0);
 }
+
+#[test]
+fn a_coordinator_starting_afresh_holds_the_prepared_transactions_again() {
+    let mut sim = Sim::new(3);
+    let txn = id(1);
+    sim.send(prepare(
+        &sim,
+        txn,
+        &[Item::put(b"k", b"v"), Item::get(b"r")],
+        1,
+    ));
+    sim.deliver_all();
+    assert_eq!(status_of(&sim, 1), Status::Ok);
+    // The coordinator's process restarts: its holds were in its memory.
+    sim.coordinator = Sim::fresh_coordinator(&sim.chain);
+    sim.tick();
+    sim.deliver_all();
+    assert!(sim.coordinator.is_ready());
+    assert_eq!(dirty(&sim, b"k"), 1, "held again before it serves");
+    assert_eq!(dirty(&sim, b"r"), 0);
+    let stats = sim.coordinator.render_stats(None);
+    assert_eq!(stat(&stats, "shard0.txn_held"), 1, "{stats}");
+    // And its COMMIT releases it.
+    sim.send(finish(Op::Commit, txn, 2));
+    sim.deliver_all();
+    assert_eq!(status_of(&sim, 2), Status::Ok);
+    assert_eq!(dirty(&sim, b"k"), 0);
+    assert_eq!(sim.tail().store().latest(b"k").unwrap().value, b"v");
+}
+
+#[test]
+fn a_probe_that_loses_a_transaction_report_waits_for_the_next() {
+    // Two transactions prepared under an earlier coordinator; a new one
+    // probes the same replicas.
+    let mut sim = Sim::unprobed(2);
+    let mut old = Sim::new(2);
+    old.send(prepare(&old, id(1), &[Item::put(b"a", b"1")], 1));
+    old.send(prepare(&old, id(2), &[Item::put(b"b", b"1")], 2));
+    old.deliver_all();
+    sim.replicas = std::mem::take(&mut old.replicas);
+    sim.tick();
+    // The first report of one transaction is lost.
+    let mut lost_one = false;
+    while let Some(datagram) = sim.network.pop_front() {
+        if datagram.op() == Op::TxnReport && !lost_one {
+            lost_one = true;
+            continue;
+        }
+        sim.receive(datagram);
+    }
+    assert!(lost_one);
+    assert!(!sim.coordinator.is_ready(), "one hold is missing");
+    sim.advance(Duration::from_millis(60));
+    sim.deliver_all();
+    assert!(sim.coordinator.is_ready());
+    assert_eq!((dirty(&sim, b"a"), dirty(&sim, b"b")), (1, 1));
+}

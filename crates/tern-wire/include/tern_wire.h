@@ -54,6 +54,7 @@
 #define TERN_OP_COMMIT               27
 #define TERN_OP_ABORT                28
 #define TERN_OP_RESOLVE              29
+#define TERN_OP_TXN_REPORT           30
 
 #define TERN_STATUS_OK               0
 #define TERN_STATUS_NOT_FOUND        1
@@ -316,7 +317,7 @@ static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)
 	case TERN_OP_SEQ_PROBE:
 		return TERN_OP_CLASS_INTERNAL;
 	case TERN_OP_SEQ_REPORT:
-		return TERN_OP_CLASS_INTERNAL;
+		return TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_INTERNAL;
 	case TERN_OP_INSTALL_KEYS:
 		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_ANY_SLOT;
 	case TERN_OP_EXPIRE:
@@ -333,6 +334,8 @@ static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)
 		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_ANY_SLOT;
 	case TERN_OP_RESOLVE:
 		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_ANY_SLOT;
+	case TERN_OP_TXN_REPORT:
+		return TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_INTERNAL;
 	default:
 		return 0;
 	}

@@ -115,7 +115,10 @@ wire_enum! {
         Retransmit = 19 => "RETRANSMIT",
         /// A new coordinator asks a replica how far it has got (DESIGN rule 8).
         SeqProbe = 20 => "SEQ_PROBE",
-        /// Answer to `SeqProbe`: `seq` = highest applied, `version` = highest seen.
+        /// Answer to `SeqProbe`: `seq` = highest applied, `version` = highest
+        /// seen; the value, when not empty, the number of transactions
+        /// prepared there (u64, little-endian), each reported by a
+        /// TXN_REPORT.
         SeqReport = 21 => "SEQ_REPORT",
         /// A migration copies several keys from another shard at once: the
         /// value is their records (`export::encode_keys`: key, version,
@@ -156,6 +159,11 @@ wire_enum! {
         /// TXN_ABORTED (one never prepared here is aborted for good, as by
         /// ABORT, and answered so).
         Resolve = 29 => "RESOLVE",
+        /// A head's answer to a coordinator's SEQ_PROBE, one per transaction
+        /// prepared there: the value its `txn::PrepareRecord`, so that a
+        /// coordinator starting afresh holds its keys again (the SEQ_REPORT
+        /// before says how many come).
+        TxnReport = 30 => "TXN_REPORT",
     }
 }
 
@@ -297,7 +305,8 @@ impl Op {
             }
             Op::Rebase | Op::DropSlots | Op::Uninstall => CLIENT_WRITE | ANY_SLOT,
             Op::Freeze => INTERNAL | CARRIES_VALUE,
-            Op::Noop | Op::Retransmit | Op::SeqProbe | Op::SeqReport => INTERNAL,
+            Op::Noop | Op::Retransmit | Op::SeqProbe => INTERNAL,
+            Op::SeqReport | Op::TxnReport => INTERNAL | CARRIES_VALUE,
             Op::Ping | Op::Stats => ADMIN,
             Op::Reply => INTERNAL | CARRIES_VALUE | ANSWER,
             Op::Replicate => INTERNAL | CARRIES_VALUE,

@@ -91,8 +91,16 @@ impl Recorded {
             call: self.call,
             ret: self.ret,
             version: self.version,
-            reads: self.reads.iter().map(|(k, v, _)| (k.clone(), v.clone())).collect(),
-            writes: self.writes.iter().map(|(k, v, _)| (k.clone(), v.clone())).collect(),
+            reads: self
+                .reads
+                .iter()
+                .map(|(k, v, _)| (k.clone(), v.clone()))
+                .collect(),
+            writes: self
+                .writes
+                .iter()
+                .map(|(k, v, _)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 
@@ -101,7 +109,11 @@ impl Recorded {
             call: self.call,
             ret: self.ret,
             reads: self.reads.iter().map(|(k, _, n)| (k.clone(), *n)).collect(),
-            writes: self.writes.iter().map(|(k, _, n)| (k.clone(), *n)).collect(),
+            writes: self
+                .writes
+                .iter()
+                .map(|(k, _, n)| (k.clone(), *n))
+                .collect(),
         }
     }
 }
@@ -184,7 +196,10 @@ fn audit_at_once(client: &mut Client, history: &History, accounts: &[Vec<u8>]) -
         .zip(answers)
         .map(|(key, answer)| (key, answer.value, answer.number))
         .collect();
-    let total = reads.iter().map(|(_, value, _)| balance(value.clone())).sum();
+    let total = reads
+        .iter()
+        .map(|(_, value, _)| balance(value.clone()))
+        .sum();
     history.lock().unwrap().push(Recorded {
         call,
         ret: Instant::now(),
@@ -228,8 +243,10 @@ fn patient_client(map: &ClusterMap) -> Client {
 
 /// Runs the bank; `fault` runs on a thread of its own meanwhile.
 fn bank(cluster: &TestCluster, accounts: Vec<Vec<u8>>, fault: impl FnOnce() + Send + 'static) {
-    let shards: std::collections::BTreeSet<u32> =
-        accounts.iter().map(|key| shard_of(&cluster.map, key)).collect();
+    let shards: std::collections::BTreeSet<u32> = accounts
+        .iter()
+        .map(|key| shard_of(&cluster.map, key))
+        .collect();
     let one_shard = shards.len() == 1;
     let accounts = Arc::new(accounts);
     let history: History = Arc::default();
@@ -369,7 +386,10 @@ fn bank_across_shards_commits_by_two_phase_commit_and_keeps_the_total() {
     let mut client = Client::new(cluster.map.clone()).unwrap();
     for shard in &cluster.map.shards {
         let stats = client.stats(shard.coordinator, shard.id).unwrap();
-        assert_eq!(common::counter(&stats, &format!("shard{}.txn_held", shard.id.get())), 0);
+        assert_eq!(
+            common::counter(&stats, &format!("shard{}.txn_held", shard.id.get())),
+            0
+        );
         for replica in &shard.replicas {
             let stats = common::stats_of(&mut client, *replica);
             assert_eq!(common::counter(&stats, "txn_locked_keys"), 0, "{stats}");
@@ -467,4 +487,116 @@ fn transactions_over_the_limits_or_across_shards_are_refused_with_the_reason() {
         .multi(&[Item::get(b"a"), Item::get(b"a")])
         .unwrap_err();
     assert!(error.to_string().contains("exceed the limit"), "{error}");
+}
+
+/// A PREPARE of `items` (all of `shard`'s) for transaction `id` over
+/// `shards`, sent as a client that then goes away would send it.
+fn prepare_only(
+    client: &mut Client,
+    id: tern_wire::txn::TxnId,
+    shards: &[u32],
+    items: &[Item<'_>],
+) -> tern_wire::Status {
+    let map = client.map().clone();
+    let participants = shards
+        .iter()
+        .map(|&shard| tern_wire::txn::Participant {
+            shard,
+            coordinator: map
+                .shards
+                .iter()
+                .find(|s| s.id.get() == shard)
+                .unwrap()
+                .coordinator,
+        })
+        .collect();
+    let value = tern_wire::txn::Prepare {
+        id,
+        lease_ms: 500,
+        participants,
+        items: items.to_vec(),
+    }
+    .encode()
+    .unwrap();
+    let call = tern_client::answer::Call::new(tern_wire::Op::Prepare, &value);
+    client.call(items[0].key, call).unwrap().status
+}
+
+/// Every coordinator holds no transaction and every replica no lock.
+fn nothing_held(cluster: &TestCluster) -> bool {
+    let mut client = Client::new(cluster.map.clone()).unwrap();
+    cluster.map.shards.iter().all(|shard| {
+        let stats = client.stats(shard.coordinator, shard.id).unwrap();
+        let name = format!("shard{}.txn_held", shard.id.get());
+        common::counter(&stats, &name) == 0
+            && shard.replicas.iter().all(|replica| {
+                let stats = common::stats_of(&mut client, *replica);
+                common::counter(&stats, "txn_locked_keys") == 0
+                    && common::counter(&stats, "txn_pending") == 0
+            })
+    })
+}
+
+#[test]
+fn a_transaction_whose_client_went_away_is_settled_within_its_lease() {
+    let cluster = TestCluster::up(2, 3);
+    let map = cluster.map.clone();
+    let a = b"acct/0".to_vec();
+    let b = (1..)
+        .map(|n| format!("acct/{n}").into_bytes())
+        .find(|key| shard_of(&map, key) != shard_of(&map, &a))
+        .unwrap();
+    let shards = [shard_of(&map, &a), shard_of(&map, &b)];
+    let mut client = patient_client(&map);
+    client.put(&a, b"old").unwrap();
+    client.put(&b, b"old").unwrap();
+    let gone = client.client_id().get();
+    let id = |txn_seq| tern_wire::txn::TxnId {
+        client_id: gone,
+        txn_seq,
+    };
+    // Gone after preparing one shard of two: the other never prepared, so
+    // it is aborted; the key is read, once free, with its old value.
+    let status = prepare_only(
+        &mut client,
+        id(1_000_001),
+        &shards,
+        &[Item::put(&a, b"new")],
+    );
+    assert_eq!(status, tern_wire::Status::Ok);
+    let start = Instant::now();
+    let mut reader = patient_client(&map);
+    assert_eq!(reader.get(&a).unwrap().unwrap().value, b"old");
+    let waited = start.elapsed();
+    assert!(waited < Duration::from_millis(500 + 2000), "{waited:?}");
+    // The other shard refuses the PREPARE now: it voted no for good.
+    let late = prepare_only(
+        &mut client,
+        id(1_000_001),
+        &shards,
+        &[Item::put(&b, b"new")],
+    );
+    assert_eq!(late, tern_wire::Status::TxnAborted);
+    // Gone after preparing both: committed, both writes visible.
+    let both = id(1_000_002);
+    let on_a = prepare_only(&mut client, both, &shards, &[Item::put(&a, b"both")]);
+    let on_b = prepare_only(&mut client, both, &shards, &[Item::put(&b, b"both")]);
+    assert_eq!((on_a, on_b), (tern_wire::Status::Ok, tern_wire::Status::Ok));
+    let start = Instant::now();
+    assert_eq!(reader.get(&b).unwrap().unwrap().value, b"both");
+    assert_eq!(reader.get(&a).unwrap().unwrap().value, b"both");
+    assert!(start.elapsed() < Duration::from_millis(500 + 2000));
+    // Nothing stays held, within the lease and 2 s.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !nothing_held(&cluster) {
+        assert!(Instant::now() < deadline, "a hold outlived lease + 2 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut settled = 0;
+    for coordinator in cluster.map.shards.iter().map(|shard| shard.coordinator) {
+        let stats = common::stats_of(&mut reader, coordinator);
+        settled += common::counter(&stats, "txn_settled_committed");
+        assert_eq!(common::counter(&stats, "txn_settle_disagreed"), 0);
+    }
+    assert!(settled >= 1, "the second was settled committed");
 }

@@ -151,10 +151,7 @@ impl<S: ShardState> ShardCoordinator<S> {
         ShardCoordinator {
             config,
             state,
-            recovery: Recovery::Probing {
-                head_highest: None,
-                tail_applied: None,
-            },
+            recovery: Recovery::PROBING,
             last_probe: None,
             first_seq: u64::MAX,
             oldest_in_flight: 0,
@@ -218,10 +215,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             && (config.head() != self.config.head() || config.tail() != self.config.tail())
         {
             // Probe the new head and tail instead.
-            self.recovery = Recovery::Probing {
-                head_highest: None,
-                tail_applied: None,
-            };
+            self.recovery = Recovery::PROBING;
             self.last_probe = None;
         }
         self.config = config;
@@ -267,7 +261,10 @@ impl<S: ShardState> ShardCoordinator<S> {
             Op::Retransmit if from == self.config.head() => {
                 self.resend_range(now, header.seq.get(), header.retransmit_last(), outbox);
             }
-            Op::SeqReport if self.config.chain.contains(&from) => self.learn_progress(from, header),
+            Op::SeqReport if self.config.chain.contains(&from) => {
+                self.learn_progress(from, message);
+            }
+            Op::TxnReport if from == self.config.head() => self.learn_prepared(now, message),
             Op::Freeze => self.freeze(now, from, message, outbox),
             _ => self.counters.unexpected_sender += 1,
         }

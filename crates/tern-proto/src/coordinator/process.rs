@@ -215,7 +215,7 @@ impl<S: ShardState> Core for Coordinator<S> {
             // For a shard: clients' requests (by op class), a migration's
             // holds, and what its chain sends back.
             _ if op.is_client_request() => {}
-            Op::Freeze | Op::Ack | Op::Retransmit | Op::SeqReport => {}
+            Op::Freeze | Op::Ack | Op::Retransmit | Op::SeqReport | Op::TxnReport => {}
             // The answers to the settler's requests.
             Op::Reply if header.client_id.get() == self.settler.client_id() => {
                 return self.settler.on_reply(header);

@@ -4,18 +4,25 @@
 
 use std::net::SocketAddrV4;
 
-use tern_wire::Header;
+use tern_wire::Message;
+use tern_wire::txn::PrepareRecord;
 
 use super::{ShardCoordinator, ShardState};
+use crate::Time;
 
 /// Recovery of a coordinator that starts against a chain that may already
-/// hold writes (DESIGN rule 8).
+/// hold writes (DESIGN rule 8), and transactions prepared under the
+/// coordinator before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Recovery {
-    /// Asking head and tail how far they got; writes are refused meanwhile.
+    /// Asking head and tail how far they got, and the head which
+    /// transactions it holds prepared; writes are refused meanwhile.
     Probing {
         head_highest: Option<u64>,
         tail_applied: Option<u64>,
+        /// How many transactions the head holds prepared (each reported
+        /// by a TXN_REPORT, whose holds are taken as they come).
+        head_prepared: Option<u64>,
     },
     /// Sequencing resumed; every key stays dirty until the tail has
     /// acknowledged everything the head had seen.
@@ -25,28 +32,69 @@ pub(super) enum Recovery {
     Done,
 }
 
+impl Recovery {
+    pub(super) const PROBING: Recovery = Recovery::Probing {
+        head_highest: None,
+        tail_applied: None,
+        head_prepared: None,
+    };
+}
+
 impl<S: ShardState> ShardCoordinator<S> {
-    pub(super) fn learn_progress(&mut self, from: SocketAddrV4, report: &Header) {
+    pub(super) fn learn_progress(&mut self, from: SocketAddrV4, report: &Message<'_>) {
         let Recovery::Probing {
             mut head_highest,
             mut tail_applied,
+            mut head_prepared,
         } = self.recovery
         else {
             return;
         };
+        let header = &report.header;
         if from == self.config.head() {
-            head_highest = Some(report.highest_seen());
+            head_highest = Some(header.highest_seen());
+            // A replica that predates transactions sends no count.
+            head_prepared = Some(match <[u8; 8]>::try_from(report.value) {
+                Ok(count) => u64::from_le_bytes(count),
+                Err(_) => 0,
+            });
         }
         if from == self.config.tail() {
-            tail_applied = Some(report.seq.get());
+            tail_applied = Some(header.seq.get());
         }
         self.recovery = Recovery::Probing {
             head_highest,
             tail_applied,
+            head_prepared,
         };
-        let (Some(highest), Some(applied)) = (head_highest, tail_applied) else {
+        self.finish_probing();
+    }
+
+    /// A TXN_REPORT from the head: the transaction's hold taken again.
+    pub(super) fn learn_prepared(&mut self, now: Time, report: &Message<'_>) {
+        if !matches!(self.recovery, Recovery::Probing { .. }) {
+            return;
+        }
+        if let Ok(record) = PrepareRecord::decode(report.value) {
+            self.hold_again(now, &record);
+        }
+        self.finish_probing();
+    }
+
+    /// Resumes sequencing once the head, the tail and every transaction
+    /// the head holds have answered.
+    fn finish_probing(&mut self) {
+        let Recovery::Probing {
+            head_highest: Some(highest),
+            tail_applied: Some(applied),
+            head_prepared: Some(prepared),
+        } = self.recovery
+        else {
             return;
         };
+        if self.holds_count() < prepared {
+            return;
+        }
         // DESIGN rule 8: sequence above anything the chain has seen.
         self.first_seq = highest + 1;
         self.oldest_in_flight = highest + 1;

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tern_wire::txn::{Participant, Prepare, TxnId, mode};
+use tern_wire::txn::{Participant, Prepare, PrepareRecord, TxnId, mode};
 use tern_wire::{Message, Op, Status, dirty_index, key_hash};
 
 use super::{ShardCoordinator, ShardState};
@@ -40,6 +40,36 @@ pub(super) struct Held {
     prepared_at: Option<Time>,
     /// When it was last handed to the settler.
     settling_since: Option<Time>,
+}
+
+impl Held {
+    /// The hold of a transaction with these locks (mode, key).
+    fn of<'k>(
+        locks: impl Iterator<Item = (u8, &'k [u8])>,
+        participants: Vec<Participant>,
+        lease_ms: u32,
+        prepared_at: Option<Time>,
+    ) -> Held {
+        let mut exclusive = Vec::new();
+        let mut hashes = Vec::new();
+        for (wanted, key) in locks {
+            let hash = key_hash(key);
+            hashes.push(hash);
+            if wanted == mode::EXCLUSIVE {
+                exclusive.push(dirty_index(hash));
+            }
+        }
+        exclusive.sort_unstable();
+        exclusive.dedup();
+        Held {
+            exclusive,
+            hashes,
+            participants,
+            lease: Duration::from_millis(u64::from(lease_ms)),
+            prepared_at,
+            settling_since: None,
+        }
+    }
 }
 
 /// The holds of one shard's coordinator.
@@ -77,34 +107,42 @@ impl<S: ShardState> ShardCoordinator<S> {
         if prepare.items[0].key != message.key {
             return Err(malformed);
         }
-        let mut hashes = Vec::with_capacity(prepare.items.len());
         for item in &prepare.items {
-            let hash = key_hash(item.key);
-            if let Some(refusal) = self.refusal_for_slot(Op::Prepare, hash) {
+            if let Some(refusal) = self.refusal_for_slot(Op::Prepare, key_hash(item.key)) {
                 return Err(refusal);
             }
-            hashes.push(hash);
         }
         if self.holds.held.contains_key(&prepare.id) {
             return Ok(TxnPlan::Prepare(prepare.id, None));
         }
-        let mut exclusive: Vec<u32> = prepare
-            .locks()
-            .into_iter()
-            .filter(|(wanted, _)| *wanted == mode::EXCLUSIVE)
-            .map(|(_, key)| dirty_index(key_hash(key)))
-            .collect();
-        exclusive.sort_unstable();
-        exclusive.dedup();
-        let held = Held {
-            exclusive,
-            hashes,
-            participants: prepare.participants,
-            lease: Duration::from_millis(u64::from(prepare.lease_ms)),
-            prepared_at: None,
-            settling_since: None,
-        };
+        let held = Held::of(
+            prepare.locks().into_iter(),
+            prepare.participants.clone(),
+            prepare.lease_ms,
+            None,
+        );
         Ok(TxnPlan::Prepare(prepare.id, Some(held)))
+    }
+
+    /// Takes again the hold of a transaction the head reports prepared (a
+    /// coordinator starting afresh, DESIGN rule 8): its lease runs from
+    /// now.
+    pub(super) fn hold_again(&mut self, now: Time, record: &PrepareRecord) {
+        if self.holds.held.contains_key(&record.id) {
+            return;
+        }
+        let locks = record.locks.iter().map(|lock| (lock.mode, &lock.key[..]));
+        let held = Held::of(
+            locks,
+            record.participants.clone(),
+            record.lease_ms,
+            Some(now),
+        );
+        self.take_hold(record.id, held);
+    }
+
+    pub(super) fn holds_count(&self) -> u64 {
+        self.holds.held.len() as u64
     }
 
     /// Takes a PREPARE's hold as it is sequenced: its written keys dirty
