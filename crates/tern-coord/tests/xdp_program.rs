@@ -264,6 +264,67 @@ fn a_multi_goes_to_user_space_and_so_does_its_ack_which_lowers_every_key_there()
 }
 
 #[test]
+fn transaction_requests_go_to_user_space_and_the_kernel_sends_reads_of_a_held_key_to_the_tail() {
+    use tern_proto::coordinator::complete_write;
+    use tern_wire::maps::WINDOW_MULTI;
+    use tern_wire::multi::Item;
+    use tern_wire::txn::{Participant, Prepare, TxnId};
+    let (coordinator, state) = load();
+    run(&coordinator, &from_client(&request(Op::Put, b"c", b"v")));
+    assert_eq!(run(&coordinator, &from_tail(&ack(1, b"c"))).0, XDP_TX);
+    let id = TxnId {
+        client_id: 77,
+        txn_seq: 1,
+    };
+    let value = Prepare {
+        id,
+        lease_ms: 1000,
+        participants: vec![Participant {
+            shard: 5,
+            coordinator: COORDINATOR,
+        }],
+        items: vec![Item::put(b"k", b"1")],
+    }
+    .encode()
+    .unwrap();
+    let prepare = request(Op::Prepare, b"k", &value);
+    let requests = [
+        prepare.clone(),
+        request(Op::Commit, b"", &id.encode()),
+        request(Op::Abort, b"", &id.encode()),
+        request(Op::Resolve, b"", &id.encode()),
+    ];
+    for datagram in &requests {
+        let (verdict, _) = run(&coordinator, &from_client(datagram));
+        assert_eq!(verdict, XDP_PASS, "the kernel does not decide transactions");
+    }
+    assert_eq!(state.next_seq(), 2, "nothing sequenced in the kernel");
+    assert_eq!(counter(&coordinator, XdpCounter::PassOp), 4);
+    // As user space sequences the PREPARE: its written key held dirty.
+    let index = dirty_index(key_hash(b"k"));
+    let seq = state.begin_write().unwrap();
+    state.increment_dirty(index);
+    state.record_sent(seq, WINDOW_MULTI, &prepare, Time::ZERO);
+    let (verdict, out) = run(&coordinator, &from_client(&request(Op::Get, b"k", b"")));
+    assert_eq!(verdict, XDP_TX);
+    assert!(sent(&out).header.has_flag(flags::TAIL_READ), "to the tail, which holds the lock");
+    // Its acknowledgement goes up too, and the kernel lowers nothing.
+    let (verdict, _) = run(&coordinator, &from_tail(&ack(seq, b"k")));
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(state.dirty_count(index), 1);
+    // User space completes the PREPARE's seq: the hold stays (it is the
+    // transaction's, released at its COMMIT or ABORT), so reads still go
+    // to the tail; released, they spread again.
+    assert!(complete_write(&state, seq));
+    assert_eq!(state.dirty_count(index), 1);
+    let (_, out) = run(&coordinator, &from_client(&request(Op::Get, b"k", b"")));
+    assert!(sent(&out).header.has_flag(flags::TAIL_READ));
+    state.decrement_dirty(index);
+    let (_, out) = run(&coordinator, &from_client(&request(Op::Get, b"k", b"")));
+    assert!(!sent(&out).header.has_flag(flags::TAIL_READ));
+}
+
+#[test]
 fn a_gap_fill_ack_completes_in_the_kernel_and_answers_nobody() {
     let (coordinator, state) = load();
     let mut noop_ack = Message::decode(&ack(7, b"")).unwrap().header;
