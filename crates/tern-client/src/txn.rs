@@ -45,7 +45,58 @@ impl Client {
     pub fn multi(&mut self, items: &[Item<'_>]) -> Result<MultiOutcome, ClientError> {
         let value = multi::encode_items(items).map_err(ClientError::Transaction)?;
         self.one_shard(items.iter().map(|item| item.key))?;
-        let reply = self.send(items[0].key, answer::Call::new(Op::Multi, &value))?;
+        self.one_shot(items, &value)
+    }
+
+    /// Runs `items` as one transaction wherever their keys are: one MULTI
+    /// when they are of one shard, else two-phase commit, the items of
+    /// each shard decided by its head in order (a key's items all go to
+    /// its shard, so the answers are those of one MULTI of them all), the
+    /// answers returned in the items' order. A transaction that meets
+    /// another's lock is tried again, up to [`TRANSACT_ATTEMPTS_MAX`]
+    /// times (then [`ClientError::Conflict`]).
+    pub fn multi_anywhere(&mut self, items: &[Item<'_>]) -> Result<MultiOutcome, ClientError> {
+        let value = multi::encode_items(items).map_err(ClientError::Transaction)?;
+        let mut by_shard: BTreeMap<u32, Vec<Item<'_>>> = BTreeMap::new();
+        let mut places = Vec::with_capacity(items.len());
+        for item in items {
+            let shard = self.map.shard_of_key_hash(key_hash(item.key)).id.get();
+            let of_shard = by_shard.entry(shard).or_default();
+            places.push((shard, of_shard.len()));
+            of_shard.push(*item);
+        }
+        if by_shard.len() == 1 {
+            return self.one_shot(items, &value);
+        }
+        for attempt in 0..TRANSACT_ATTEMPTS_MAX {
+            match self.two_phase(&by_shard)? {
+                TwoPhase::Committed { answers, .. } => {
+                    // Each item's answer from its shard's, in the items' order.
+                    let answers = answers.and_then(|of_shard| {
+                        places
+                            .iter()
+                            .map(|(shard, at)| of_shard.get(shard)?.get(*at).cloned())
+                            .collect::<Option<Vec<Answer>>>()
+                    });
+                    return Ok(MultiOutcome::Committed {
+                        version: 0,
+                        answers,
+                    });
+                }
+                TwoPhase::No(Status::CasMismatch, current) => {
+                    return Ok(MultiOutcome::CheckFailed { current });
+                }
+                TwoPhase::No(..) => backoff(attempt),
+            }
+        }
+        Err(ClientError::Conflict {
+            attempts: TRANSACT_ATTEMPTS_MAX,
+        })
+    }
+
+    /// One MULTI of items of one shard (`value` their encoding).
+    fn one_shot(&mut self, items: &[Item<'_>], value: &[u8]) -> Result<MultiOutcome, ClientError> {
+        let reply = self.send(items[0].key, answer::Call::new(Op::Multi, value))?;
         match reply.status {
             Status::Ok if reply.value.is_empty() => Ok(MultiOutcome::Committed {
                 version: reply.header.version(),
@@ -94,10 +145,7 @@ impl Client {
                     versions,
                 });
             }
-            // Backoff grows with the attempts, so that contending
-            // transactions spread out.
-            let spread = u64::from(attempt.min(8)) * 200 + rand::random_range(0..200);
-            std::thread::sleep(Duration::from_micros(spread));
+            backoff(attempt);
         }
         Err(ClientError::Conflict {
             attempts: TRANSACT_ATTEMPTS_MAX,
@@ -138,6 +186,28 @@ pub struct Transacted<T> {
     /// there have it; 0 for a shard it only read, or whose COMMIT went
     /// unanswered, settled by its lease).
     pub versions: Vec<(u32, u64)>,
+}
+
+/// Waits before attempt `attempt + 1` of a transaction that conflicted:
+/// longer with the attempts, so that contending transactions spread out.
+fn backoff(attempt: u32) {
+    let spread = u64::from(attempt.min(8)) * 200 + rand::random_range(0..200);
+    std::thread::sleep(Duration::from_micros(spread));
+}
+
+/// How a two-phase commit ended.
+#[derive(Debug)]
+enum TwoPhase {
+    /// Committed: the version on each shard (0: its COMMIT went
+    /// unanswered, settled by the lease) and, when every PREPARE's reply
+    /// carried them, each shard's answers.
+    Committed {
+        versions: Vec<(u32, u64)>,
+        answers: Option<BTreeMap<u32, Vec<Answer>>>,
+    },
+    /// A shard voted no (CAS_MISMATCH with the version found, LOCKED,
+    /// TXN_ABORTED): aborted everywhere.
+    No(Status, u64),
 }
 
 /// A participant's vote on a PREPARE.
@@ -242,18 +312,19 @@ impl Txn<'_> {
             }
             return Ok(Some(by_shard.keys().map(|&shard| (shard, 0)).collect()));
         }
-        client.two_phase(by_shard)
+        match client.two_phase(&by_shard)? {
+            TwoPhase::Committed { versions, .. } => Ok(Some(versions)),
+            TwoPhase::No(..) => Ok(None),
+        }
     }
 }
 
 impl Client {
-    /// Commits items of several shards by two-phase commit: the version
-    /// committed at on each shard, None when a shard voted no (a version
-    /// changed, or another transaction held a key).
+    /// Commits items of several shards by two-phase commit.
     fn two_phase(
         &mut self,
-        by_shard: BTreeMap<u32, Vec<Item<'_>>>,
-    ) -> Result<Option<Vec<(u32, u64)>>, ClientError> {
+        by_shard: &BTreeMap<u32, Vec<Item<'_>>>,
+    ) -> Result<TwoPhase, ClientError> {
         let id = TxnId {
             client_id: self.client_id.get(),
             txn_seq: self.take_request_id(),
@@ -266,8 +337,10 @@ impl Client {
             })
             .collect();
         let mut votes: Vec<(u32, Vote)> = Vec::with_capacity(by_shard.len());
+        let mut answers = Some(BTreeMap::new());
         let mut refused = None;
-        for (&shard, items) in &by_shard {
+        let mut no = (Status::TxnAborted, 0);
+        for (&shard, items) in by_shard {
             let prepare = Prepare {
                 id,
                 lease_ms: LEASE_MS_DEFAULT,
@@ -279,8 +352,20 @@ impl Client {
                 Ok(reply) => match reply.status {
                     // A settler may have committed it already, if this
                     // client was slower than the lease.
-                    Status::Ok | Status::TxnCommitted => Vote::Yes,
-                    Status::CasMismatch | Status::Locked | Status::TxnAborted => Vote::No,
+                    Status::Ok | Status::TxnCommitted => {
+                        let decoded = multi::decode_answers(&reply.value).ok();
+                        match (&mut answers, decoded) {
+                            (Some(all), Some(of_shard)) => {
+                                all.insert(shard, of_shard);
+                            }
+                            _ => answers = None,
+                        }
+                        Vote::Yes
+                    }
+                    status @ (Status::CasMismatch | Status::Locked | Status::TxnAborted) => {
+                        no = (status, reply.header.version());
+                        Vote::No
+                    }
                     Status::TooLarge => {
                         refused = Some(ClientError::Transaction(MultiError::DecidedTooLarge));
                         Vote::No
@@ -305,6 +390,7 @@ impl Client {
         // stands (and made to vote no for good if it never saw it).
         if !votes.iter().any(|(_, vote)| *vote == Vote::No) {
             for (shard, vote) in votes.iter_mut().filter(|(_, vote)| *vote == Vote::Unknown) {
+                answers = None;
                 *vote = match self.finish(*shard, Op::Resolve, id) {
                     Ok(reply) => match reply.status {
                         Status::TxnPrepared | Status::TxnCommitted => Vote::Yes,
@@ -328,7 +414,7 @@ impl Client {
             }
             return match refused {
                 Some(error) => Err(error),
-                None => Ok(None),
+                None => Ok(TwoPhase::No(no.0, no.1)),
             };
         }
         // Every shard holds its PREPARE: the transaction is committed.
@@ -341,7 +427,7 @@ impl Client {
             };
             versions.push((shard, version));
         }
-        Ok(Some(versions))
+        Ok(TwoPhase::Committed { versions, answers })
     }
 
     /// Sends a COMMIT, ABORT or RESOLVE of `id` to `shard`.

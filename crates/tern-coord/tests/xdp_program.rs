@@ -307,7 +307,10 @@ fn transaction_requests_go_to_user_space_and_the_kernel_sends_reads_of_a_held_ke
     state.record_sent(seq, WINDOW_MULTI, &prepare, Time::ZERO);
     let (verdict, out) = run(&coordinator, &from_client(&request(Op::Get, b"k", b"")));
     assert_eq!(verdict, XDP_TX);
-    assert!(sent(&out).header.has_flag(flags::TAIL_READ), "to the tail, which holds the lock");
+    assert!(
+        sent(&out).header.has_flag(flags::TAIL_READ),
+        "to the tail, which holds the lock"
+    );
     // Its acknowledgement goes up too, and the kernel lowers nothing.
     let (verdict, _) = run(&coordinator, &from_tail(&ack(seq, b"k")));
     assert_eq!(verdict, XDP_PASS);

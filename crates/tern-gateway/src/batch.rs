@@ -78,6 +78,16 @@ pub fn is_planned(name: &str) -> bool {
         .any(|planned| planned.eq_ignore_ascii_case(name))
 }
 
+/// Whether a command (its name and arguments) is sent through the
+/// pipelines with others: planned, no large value, not a transaction of
+/// its own (`crate::transaction::runs_atomically`).
+pub fn is_pipelined(arguments: &[Vec<u8>]) -> bool {
+    let name = crate::upper(&arguments[0]);
+    is_planned(&name)
+        && !has_large_value(arguments)
+        && !crate::transaction::runs_atomically(&name, &arguments[1..])
+}
+
 /// The plan of command `name` (upper case) with `args` (its keys already
 /// in the selected database); None for a command that runs alone; an
 /// error frame for arguments Redis refuses. `delta` keeps the decimal
@@ -113,6 +123,20 @@ pub fn run_alone(client: &mut tern_client::Client, plan: Plan<'_>) -> Frame {
 
 /// The plan of a command, whatever the size of its values.
 pub fn plan_calls<'a>(
+    name: &str,
+    args: &'a [Vec<u8>],
+    delta: &'a mut Option<Vec<u8>>,
+) -> Option<Result<Plan<'a>, Frame>> {
+    if crate::transaction::runs_atomically(name, args) {
+        // A transaction of its own, run alone (`crate::transaction::atomically`).
+        return None;
+    }
+    plan_keywise(name, args, delta)
+}
+
+/// The plan of a command as requests for one key each (a multi-key
+/// command too: not atomic then).
+pub fn plan_keywise<'a>(
     name: &str,
     args: &'a [Vec<u8>],
     delta: &'a mut Option<Vec<u8>>,

@@ -10,8 +10,9 @@
 //! Tern operations that are linearizable per key; the read-modify-write
 //! commands (INCR and its kin, APPEND, SET NX/XX/GET, GETSET, SETNX) are
 //! single Tern writes decided at the chain head, never read-then-write in
-//! the gateway. MSET and multi-key DEL/EXISTS/MGET are not atomic across
-//! keys (Tern has no multi-key transactions yet).
+//! the gateway. MSET and multi-key MGET/DEL/EXISTS are transactions
+//! (`transaction::atomically`): atomic across keys and shards, up to a
+//! transaction's limits (larger ones run key by key).
 
 mod batch;
 pub mod clients;
@@ -529,7 +530,17 @@ impl Context<'_> {
                 match batch::plan_calls(&name, args, &mut delta) {
                     Some(Ok(plan)) => batch::run_alone(self.client, plan),
                     Some(Err(refusal)) => refusal,
-                    None => Frame::error(format!("ERR unknown command '{name}'")),
+                    None => {
+                        transaction::atomically(self.client, &name, args).unwrap_or_else(|| {
+                            // Too large for one transaction: key by key.
+                            let mut delta = None;
+                            match batch::plan_keywise(&name, args, &mut delta) {
+                                Some(Ok(plan)) => batch::run_alone(self.client, plan),
+                                Some(Err(refusal)) => refusal,
+                                None => unknown_command(arguments),
+                            }
+                        })
+                    }
                 }
             }
             _ => unknown_command(arguments),

@@ -7,12 +7,13 @@
 //! runs (INCR of a non-integer) fails alone; a watched key that changed
 //! makes EXEC answer nil and nothing runs.
 //!
-//! Today every key of one transaction (watched ones included) must be of
-//! one shard: a transaction across shards gets a CROSSSLOT error, as
-//! Redis Cluster answers one across slots.
+//! Keys of one shard make one MULTI (one chain pass); keys of several
+//! shards a two-phase commit (`Client::multi_anywhere`). The multi-key
+//! commands (MSET, MGET, DEL, EXISTS, ...) run the same way outside MULTI
+//! (`atomically`), so that they are atomic as in Redis.
 
-use tern_client::txn::{Answer, Item, OwnedItem, item_flags, kind};
-use tern_client::{Client, ClientError, MultiOutcome};
+use tern_client::txn::{Answer, Item, MultiError, OwnedItem, item_flags, kind};
+use tern_client::{Client, MultiOutcome};
 use tern_wire::{Status, VALUE_LEN_MAX};
 
 use crate::resp::Frame;
@@ -173,7 +174,7 @@ fn items_of(name: &str, args: &[Vec<u8>]) -> Result<Queued, Frame> {
         }),
         ("MGET", keys) if !keys.is_empty() => each(kind::GET, keys, Reply::Values),
         ("DEL" | "UNLINK", keys) if !keys.is_empty() => each(kind::DELETE, keys, Reply::Deleted),
-        ("EXISTS", keys) if !keys.is_empty() => each(kind::GET, keys, Reply::Existing),
+        ("EXISTS" | "TOUCH", keys) if !keys.is_empty() => each(kind::GET, keys, Reply::Existing),
         ("INCR", [key]) => number(key, 1),
         ("DECR", [key]) => number(key, -1),
         ("INCRBY" | "DECRBY", [key, delta]) => match parse_i64(delta) {
@@ -187,7 +188,7 @@ fn items_of(name: &str, args: &[Vec<u8>]) -> Result<Queued, Frame> {
         ("APPEND", [key, value]) => one(kind::APPEND, key, value, Reply::Appended),
         (
             "GET" | "STRLEN" | "SET" | "SETNX" | "MSET" | "MGET" | "DEL" | "UNLINK" | "EXISTS"
-            | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "APPEND",
+            | "TOUCH" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "APPEND",
             _,
         ) => Err(arity_error(name)),
         _ => Err(not_in_transaction(name)),
@@ -218,7 +219,7 @@ pub(crate) fn exec(client: &mut Client, queue: Queue, watched: &Watched) -> Fram
         // Nothing queued nor watched: Redis answers an empty array.
         return Frame::Array(Vec::new());
     }
-    let answers = match client.multi(&items) {
+    let answers = match client.multi_anywhere(&items) {
         Ok(MultiOutcome::Committed {
             answers: Some(answers),
             ..
@@ -229,7 +230,6 @@ pub(crate) fn exec(client: &mut Client, queue: Queue, watched: &Watched) -> Fram
             );
         }
         Ok(MultiOutcome::CheckFailed { .. }) => return Frame::NullArray,
-        Err(ClientError::CrossShard { .. }) => return cross_slot(),
         Err(error) => return tern_error(error),
     };
     let mut answers = answers.into_iter().skip(checks);
@@ -281,8 +281,50 @@ fn reply_of(reply: Reply, answers: &[Answer]) -> Frame {
     }
 }
 
+/// The multi-key commands run as one transaction outside MULTI (MSET,
+/// MGET, DEL, UNLINK, EXISTS, TOUCH of more than one key): atomic, as in
+/// Redis, when they fit a transaction (`tern_wire::multi::ITEMS_MAX`
+/// items, `VALUE_LEN_MAX` bytes); larger ones run key by key.
+pub(crate) fn runs_atomically(name: &str, args: &[Vec<u8>]) -> bool {
+    let keys = match name {
+        "MSET" => args.len() / 2,
+        "MGET" | "DEL" | "UNLINK" | "EXISTS" | "TOUCH" => args.len(),
+        _ => return false,
+    };
+    keys > 1
+        && items_of(name, args).is_ok_and(|queued| {
+            let items: Vec<Item<'_>> = queued.items.iter().map(OwnedItem::item).collect();
+            tern_wire::multi::encode_items(&items).is_ok()
+        })
+}
+
+/// Runs one command (`runs_atomically`) as a transaction: one MULTI of
+/// its shard, or two-phase commit across shards. None when what it reads
+/// is too large for one transaction's record (the values of an MGET):
+/// the caller runs it key by key.
+pub(crate) fn atomically(client: &mut Client, name: &str, args: &[Vec<u8>]) -> Option<Frame> {
+    let queued = match items_of(name, args) {
+        Ok(queued) => queued,
+        Err(refusal) => return Some(refusal),
+    };
+    let items: Vec<Item<'_>> = queued.items.iter().map(OwnedItem::item).collect();
+    Some(match client.multi_anywhere(&items) {
+        Ok(MultiOutcome::Committed {
+            answers: Some(answers),
+            ..
+        }) => reply_of(queued.reply, &answers),
+        Ok(MultiOutcome::Committed { answers: None, .. }) => Frame::error(
+            "ERR the command committed but its replies were lost (answered by a resend)",
+        ),
+        // No CHECK item: never.
+        Ok(MultiOutcome::CheckFailed { .. }) => Frame::error("ERR the command conflicted"),
+        Err(tern_client::ClientError::Transaction(MultiError::DecidedTooLarge)) => return None,
+        Err(error) => tern_error(error),
+    })
+}
+
 /// MSETNX: every key set if none exists, as one transaction (a CHECK that
-/// each is absent, then the writes); the keys must be of one shard.
+/// each is absent, then the writes), across shards by two-phase commit.
 pub(crate) fn mset_nx(client: &mut Client, args: &[Vec<u8>]) -> Frame {
     if args.is_empty() || !args.len().is_multiple_of(2) {
         return arity_error("MSETNX");
@@ -290,19 +332,11 @@ pub(crate) fn mset_nx(client: &mut Client, args: &[Vec<u8>]) -> Frame {
     let pairs: Vec<&[Vec<u8>]> = args.chunks(2).collect();
     let mut items: Vec<Item<'_>> = pairs.iter().map(|pair| Item::check(&pair[0], 0)).collect();
     items.extend(pairs.iter().map(|pair| Item::put(&pair[0], &pair[1])));
-    match client.multi(&items) {
+    match client.multi_anywhere(&items) {
         Ok(MultiOutcome::Committed { .. }) => Frame::Integer(1),
         Ok(MultiOutcome::CheckFailed { .. }) => Frame::Integer(0),
-        Err(ClientError::CrossShard { .. }) => cross_slot(),
         Err(error) => tern_error(error),
     }
-}
-
-fn cross_slot() -> Frame {
-    Frame::error(
-        "CROSSSLOT Keys in request don't hash to the same slot (a Tern transaction's \
-         keys, watched ones included, must be of one shard for now)",
-    )
 }
 
 /// WATCH: remembers each key's version now.

@@ -429,13 +429,13 @@ impl Connection {
                     if arguments.is_empty() {
                         continue;
                     }
-                    // A command with a large value ends the round: it runs
-                    // after the commands before it.
+                    // A command that runs alone (a large value, a multi-key
+                    // transaction) ends the round: it runs after the
+                    // commands before it, and those after it wait for it.
                     // Inside MULTI every command is queued by `execute`.
                     let planned = session.authenticated
                         && session.queue.is_none()
-                        && batch::is_planned(&String::from_utf8_lossy(&arguments[0]))
-                        && !batch::has_large_value(&arguments);
+                        && batch::is_pipelined(&arguments);
                     round.push(arguments);
                     if !planned || round.len() == BATCH_COMMANDS_MAX {
                         break;

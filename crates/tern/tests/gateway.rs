@@ -1492,3 +1492,85 @@ fn a_watched_key_another_client_changes_fails_exec_and_msets_in_exec_are_atomic(
         "{reads} reads, {written} writes"
     );
 }
+
+#[test]
+fn msets_mgets_and_transactions_across_shards_are_atomic() {
+    let cluster = cluster();
+    let gateway = Gateway::start(&cluster, None);
+    let shard_of = |key: &str| {
+        cluster
+            .map
+            .shard_of_key_hash(tern_wire::key_hash(key.as_bytes()))
+            .id
+    };
+    let a = "x0".to_string();
+    let b = (1..)
+        .map(|n| format!("x{n}"))
+        .find(|key| shard_of(key) != shard_of(&a))
+        .unwrap();
+    let mut connection = gateway.connection();
+    let value = |text: &str| redis::Value::BulkString(text.as_bytes().to_vec());
+    // MULTI/EXEC and MSETNX across shards commit by two-phase commit.
+    query_on(&mut connection, &["MULTI"]).unwrap();
+    query_on(&mut connection, &["SET", &a, "1"]).unwrap();
+    query_on(&mut connection, &["INCR", &b]).unwrap();
+    query_on(&mut connection, &["GET", &a]).unwrap();
+    let exec = query_on(&mut connection, &["EXEC"]).unwrap();
+    assert_eq!(
+        exec,
+        redis::Value::Array(vec![redis::Value::Okay, redis::Value::Int(1), value("1")])
+    );
+    query_on(&mut connection, &["WATCH", &a, &b]).unwrap();
+    query_on(&mut gateway.connection(), &["SET", &b, "5"]).unwrap();
+    query_on(&mut connection, &["MULTI"]).unwrap();
+    query_on(&mut connection, &["DEL", &a, &b]).unwrap();
+    assert_eq!(query_on(&mut connection, &["EXEC"]), Ok(redis::Value::Nil));
+    assert_eq!(
+        query_on(&mut connection, &["MSETNX", &a, "2", &b, "2"]),
+        Ok(redis::Value::Int(0))
+    );
+    assert_eq!(
+        query_on(&mut connection, &["DEL", &a, &b]),
+        Ok(redis::Value::Int(2))
+    );
+    assert_eq!(
+        query_on(&mut connection, &["MSETNX", &a, "3", &b, "3"]),
+        Ok(redis::Value::Int(1))
+    );
+    // Plain MSETs of both keys at once, plain MGETs of both: a reader
+    // never sees the keys apart.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|writer| {
+            let (port, stop) = (gateway.port, stop.clone());
+            let (a, b) = (a.clone(), b.clone());
+            std::thread::spawn(move || {
+                let mut connection = connect(port);
+                let mut round = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let value = format!("{writer}-{round}");
+                    query_on(&mut connection, &["MSET", &a, &value, &b, &value]).unwrap();
+                    round += 1;
+                }
+                round
+            })
+        })
+        .collect();
+    let mut reads = 0;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        let redis::Value::Array(replies) = query_on(&mut connection, &["MGET", &a, &b]).unwrap()
+        else {
+            panic!("MGET answers an array")
+        };
+        assert_eq!(replies.len(), 2, "{replies:?}");
+        assert_eq!(replies[0], replies[1], "a reader saw the keys apart");
+        reads += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(
+        reads > 10 && written > 10,
+        "{reads} reads, {written} writes"
+    );
+}

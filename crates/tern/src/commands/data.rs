@@ -221,7 +221,8 @@ pub fn txn_items(words: &[String]) -> Result<Vec<OwnedItem>> {
     Ok(items)
 }
 
-/// `tern txn`: runs the items as one transaction of their shard; prints
+/// `tern txn`: runs the items as one transaction (of one shard, or across
+/// shards by two-phase commit); prints
 /// each item's answer, one line each (exit status 2 when a check failed
 /// and nothing was written).
 pub fn txn(map: &ClusterMap, words: &[String]) -> Result<ExitCode> {
@@ -230,9 +231,13 @@ pub fn txn(map: &ClusterMap, words: &[String]) -> Result<ExitCode> {
     let owned = txn_items(words)?;
     let items: Vec<Item<'_>> = owned.iter().map(OwnedItem::item).collect();
     let mut client = Client::new(map.clone())?;
-    match client.multi(&items)? {
+    match client.multi_anywhere(&items)? {
         MultiOutcome::Committed { version, answers } => {
-            println!("COMMITTED version {version}");
+            if version == 0 {
+                println!("COMMITTED across shards");
+            } else {
+                println!("COMMITTED version {version}");
+            }
             for (item, answer) in items.iter().zip(answers.unwrap_or_default()) {
                 let shown = match (&answer.value, answer.number) {
                     (Some(value), _) => String::from_utf8_lossy(value).into_owned(),
