@@ -7,6 +7,7 @@
 //! Processes are told apart by their typed [`cluster::ProcessRole`], never
 //! by the text of their names. The binary stays a thin CLI over this crate.
 
+pub mod bank;
 pub mod chaos;
 pub mod cluster;
 pub mod compare;

@@ -10,18 +10,17 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::TestCluster;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use tern_check::{Transaction, Versioned, check_cycles, check_serial};
 use tern_client::txn::Item;
 use tern_client::{Client, ClientError, ClusterMap};
+use tern_testbed::bank::{self, Ended, History};
 
 const ACCOUNTS: usize = 8;
-const START: i64 = 100;
 const TRANSFERS_PER_CLIENT: usize = 150;
 const CLIENTS: usize = 4;
 /// Transfers each client makes after the fault has run, at least.
@@ -29,206 +28,6 @@ const TRANSFERS_AFTER_FAULT: usize = 20;
 
 fn shard_of(map: &ClusterMap, key: &[u8]) -> u32 {
     map.shard_of_key_hash(tern_wire::key_hash(key)).id.get()
-}
-
-/// `ACCOUNTS` keys of one shard (the shard of the first).
-fn accounts_of_one_shard(map: &ClusterMap) -> Vec<Vec<u8>> {
-    let first = shard_of(map, b"acct/0");
-    (0..)
-        .map(|n| format!("acct/{n}").into_bytes())
-        .filter(|key| shard_of(map, key) == first)
-        .take(ACCOUNTS)
-        .collect()
-}
-
-/// `ACCOUNTS` keys, half of them of one shard and half of another.
-fn accounts_of_two_shards(map: &ClusterMap) -> Vec<Vec<u8>> {
-    let first = shard_of(map, b"acct/0");
-    let keys = (0..).map(|n| format!("acct/{n}").into_bytes());
-    let (mut here, mut there) = (Vec::new(), Vec::new());
-    for key in keys {
-        if shard_of(map, &key) == first {
-            if here.len() < ACCOUNTS / 2 {
-                here.push(key);
-            }
-        } else if there.len() < ACCOUNTS / 2 {
-            there.push(key);
-        }
-        if here.len() + there.len() == ACCOUNTS {
-            break;
-        }
-    }
-    // Interleaved, so that a transfer between neighbours crosses shards.
-    here.into_iter()
-        .zip(there)
-        .flat_map(|(a, b)| [a, b])
-        .collect()
-}
-
-fn balance(value: Option<Vec<u8>>) -> i64 {
-    String::from_utf8(value.expect("every account exists"))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// A committed transaction as recorded: what it read and wrote, with
-/// values and versions, and its one-shard commit version (0 across shards).
-#[derive(Clone, Debug)]
-struct Recorded {
-    call: Instant,
-    ret: Instant,
-    version: u64,
-    /// Key, value read, version read.
-    reads: Vec<(Vec<u8>, Option<Vec<u8>>, u64)>,
-    /// Key, value written, version written.
-    writes: Vec<(Vec<u8>, Option<Vec<u8>>, u64)>,
-}
-
-impl Recorded {
-    fn serial(&self) -> Transaction {
-        Transaction {
-            call: self.call,
-            ret: self.ret,
-            version: self.version,
-            reads: self
-                .reads
-                .iter()
-                .map(|(k, v, _)| (k.clone(), v.clone()))
-                .collect(),
-            writes: self
-                .writes
-                .iter()
-                .map(|(k, v, _)| (k.clone(), v.clone()))
-                .collect(),
-        }
-    }
-
-    fn versioned(&self) -> Versioned {
-        Versioned {
-            call: self.call,
-            ret: self.ret,
-            reads: self.reads.iter().map(|(k, _, n)| (k.clone(), *n)).collect(),
-            writes: self
-                .writes
-                .iter()
-                .map(|(k, _, n)| (k.clone(), *n))
-                .collect(),
-        }
-    }
-}
-
-type History = Arc<Mutex<Vec<Recorded>>>;
-
-/// Runs `body` as a transaction, recording what its committed run read
-/// and wrote; the number of runs it took (None: it gave up, conflicting
-/// every time: nothing recorded, as nothing was written).
-fn try_recorded(
-    client: &mut Client,
-    history: &History,
-    mut body: impl FnMut(&mut tern_client::Txn<'_>, &mut Txn) -> Result<(), ClientError>,
-) -> Option<u32> {
-    let mut runs = 0;
-    let mut seen = Txn::default();
-    let call = Instant::now();
-    let done = match client.transact(|tx| {
-        runs += 1;
-        seen = Txn::default();
-        body(tx, &mut seen)
-    }) {
-        Ok(done) => done,
-        Err(ClientError::Conflict { .. }) => return None,
-        Err(error) => panic!("transaction failed: {error}"),
-    };
-    let map = client.map().clone();
-    let written_at = |key: &[u8]| {
-        let shard = shard_of(&map, key);
-        let (_, version) = done
-            .versions
-            .iter()
-            .find(|(of, _)| *of == shard)
-            .expect("a version of every shard written");
-        assert_ne!(*version, 0, "a COMMIT went unanswered");
-        *version
-    };
-    let writes = seen
-        .writes
-        .into_iter()
-        .map(|(key, value)| {
-            let version = written_at(&key);
-            (key, value, version)
-        })
-        .collect();
-    history.lock().unwrap().push(Recorded {
-        call,
-        ret: Instant::now(),
-        version: done.version,
-        reads: seen.reads,
-        writes,
-    });
-    Some(runs)
-}
-
-fn recorded(
-    client: &mut Client,
-    history: &History,
-    body: impl FnMut(&mut tern_client::Txn<'_>, &mut Txn) -> Result<(), ClientError>,
-) -> u32 {
-    try_recorded(client, history, body).expect("the transaction commits")
-}
-
-/// Every account read by one MULTI of GETs, decided at one seq by the
-/// head: recorded, and its total.
-fn audit_at_once(client: &mut Client, history: &History, accounts: &[Vec<u8>]) -> i64 {
-    let items: Vec<Item<'_>> = accounts.iter().map(|key| Item::get(key)).collect();
-    let call = Instant::now();
-    let outcome = client.multi(&items).expect("an audit commits");
-    let tern_client::MultiOutcome::Committed {
-        version,
-        answers: Some(answers),
-    } = outcome
-    else {
-        panic!("an audit without its answers: {outcome:?}");
-    };
-    let reads: Vec<_> = accounts
-        .iter()
-        .cloned()
-        .zip(answers)
-        .map(|(key, answer)| (key, answer.value, answer.number))
-        .collect();
-    let total = reads
-        .iter()
-        .map(|(_, value, _)| balance(value.clone()))
-        .sum();
-    history.lock().unwrap().push(Recorded {
-        call,
-        ret: Instant::now(),
-        version,
-        reads,
-        writes: Vec::new(),
-    });
-    total
-}
-
-#[derive(Default)]
-struct Txn {
-    reads: Vec<(Vec<u8>, Option<Vec<u8>>, u64)>,
-    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-}
-
-impl Txn {
-    fn get(&mut self, tx: &mut tern_client::Txn<'_>, key: &[u8]) -> Result<i64, ClientError> {
-        let value = tx.get(key)?;
-        let version = tx.version_read(key).expect("read from the store");
-        self.reads.push((key.to_vec(), value.clone(), version));
-        Ok(balance(value))
-    }
-
-    fn put(&mut self, tx: &mut tern_client::Txn<'_>, key: &[u8], amount: i64) {
-        let value = amount.to_string().into_bytes();
-        tx.put(key, &value);
-        self.writes.push((key.to_vec(), Some(value)));
-    }
 }
 
 /// A client that waits out a reconfiguration (meta takes a failed replica
@@ -251,13 +50,8 @@ fn bank(cluster: &TestCluster, accounts: Vec<Vec<u8>>, fault: impl FnOnce() + Se
     let accounts = Arc::new(accounts);
     let history: History = Arc::default();
     let mut client = patient_client(&cluster.map);
-    recorded(&mut client, &history, |tx, seen| {
-        for account in accounts.iter() {
-            seen.put(tx, account, START);
-        }
-        Ok(())
-    });
-    let expected = START * ACCOUNTS as i64;
+    bank::open(&mut client, &history, &accounts);
+    let expected = bank::START * ACCOUNTS as i64;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let auditor = {
         let (map, accounts, history, stop) = (
@@ -273,21 +67,13 @@ fn bank(cluster: &TestCluster, accounts: Vec<Vec<u8>>, fault: impl FnOnce() + Se
             // up, which is allowed, as long as some commit) and one-shot.
             let (mut audits, mut optimistic) = (0, 0);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || optimistic < 3 {
-                let mut total = 0;
-                let committed = try_recorded(&mut client, &history, |tx, seen| {
-                    total = 0;
-                    for account in accounts.iter() {
-                        total += seen.get(tx, account)?;
-                    }
-                    Ok(())
-                });
-                if committed.is_some() {
+                if let Some(total) = bank::audit(&mut client, &history, &accounts, false) {
                     assert_eq!(total, expected, "an audit saw money appear or vanish");
                     optimistic += 1;
                 }
                 // A one-shot audit reads one shard only.
                 for _ in 0..if one_shard { 10 } else { 0 } {
-                    let total = audit_at_once(&mut client, &history, &accounts);
+                    let total = bank::audit_at_once(&mut client, &history, &accounts);
                     assert_eq!(total, expected, "an audit saw money appear or vanish");
                     audits += 1;
                 }
@@ -306,6 +92,7 @@ fn bank(cluster: &TestCluster, accounts: Vec<Vec<u8>>, fault: impl FnOnce() + Se
             std::thread::spawn(move || {
                 let mut client = patient_client(&map);
                 let mut rng = SmallRng::seed_from_u64(rand::random());
+                let id = client.client_id().get();
                 let (mut runs, mut done, mut after_fault) = (0, 0, 0);
                 while done < TRANSFERS_PER_CLIENT || after_fault < TRANSFERS_AFTER_FAULT {
                     if faulted.load(std::sync::atomic::Ordering::Relaxed) {
@@ -315,15 +102,12 @@ fn bank(cluster: &TestCluster, accounts: Vec<Vec<u8>>, fault: impl FnOnce() + Se
                     let from = rng.random_range(0..ACCOUNTS);
                     let to = (from + rng.random_range(1..ACCOUNTS)) % ACCOUNTS;
                     let amount = rng.random_range(1..=10);
-                    runs += recorded(&mut client, &history, |tx, seen| {
-                        let (a, b) = (&accounts[from], &accounts[to]);
-                        let (left, right) = (seen.get(tx, a)?, seen.get(tx, b)?);
-                        if left >= amount {
-                            seen.put(tx, a, left - amount);
-                            seen.put(tx, b, right + amount);
-                        }
-                        Ok(())
-                    });
+                    let tag = format!("{id:x}-{done}");
+                    let transfer = (from, to, amount);
+                    match bank::transfer(&mut client, &history, &accounts, transfer, &tag, false) {
+                        Ended::Committed(its_runs) => runs += its_runs,
+                        ended => panic!("a transfer did not commit: {ended:?}"),
+                    }
                 }
                 (runs, done)
             })
@@ -351,22 +135,15 @@ fn bank(cluster: &TestCluster, accounts: Vec<Vec<u8>>, fault: impl FnOnce() + Se
          {runs} runs for {transferred} transfers",
         history.len(),
     );
-    let versioned: Vec<Versioned> = history.iter().map(Recorded::versioned).collect();
-    if let Err(error) = check_cycles(&versioned) {
-        panic!("not strictly serializable: {error}");
-    }
-    if one_shard {
-        let serial: Vec<Transaction> = history.iter().map(Recorded::serial).collect();
-        if let Err(error) = check_serial(&serial) {
-            panic!("not strictly serializable in the heads' order: {error}");
-        }
+    if let Err(error) = bank::check(&history, one_shard) {
+        panic!("{error}");
     }
     // The workload must contend, or the check proves little.
     assert!(runs as usize > transferred, "no transfer ever conflicted");
     // And the store holds the total too.
     let total: i64 = accounts
         .iter()
-        .map(|account| balance(client.get(account).unwrap().map(|found| found.value)))
+        .map(|account| bank::balance(&client.get(account).unwrap().unwrap().value))
         .sum();
     assert_eq!(total, expected);
 }
@@ -374,13 +151,17 @@ fn bank(cluster: &TestCluster, accounts: Vec<Vec<u8>>, fault: impl FnOnce() + Se
 #[test]
 fn bank_transfers_keep_the_total_and_the_history_is_strictly_serializable() {
     let cluster = TestCluster::up(2, 3);
-    bank(&cluster, accounts_of_one_shard(&cluster.map), || {});
+    bank(
+        &cluster,
+        bank::accounts_of_one_shard(&cluster.map, ACCOUNTS),
+        || {},
+    );
 }
 
 #[test]
 fn bank_across_shards_commits_by_two_phase_commit_and_keeps_the_total() {
     let cluster = TestCluster::up(2, 3);
-    let accounts = accounts_of_two_shards(&cluster.map);
+    let accounts = bank::accounts_across_shards(&cluster.map, ACCOUNTS);
     bank(&cluster, accounts, || {});
     // Nothing stays locked or held once the load is done.
     let mut client = Client::new(cluster.map.clone()).unwrap();
@@ -403,7 +184,11 @@ fn bank_with_the_xdp_coordinator_keeps_the_total_and_is_strictly_serializable() 
     // MULTIs, across shards two-phase commits, both handed up by the
     // kernel with their acknowledgements.
     let cluster = TestCluster::up_with(2, 3, "xdp", "netns");
-    bank(&cluster, accounts_of_two_shards(&cluster.map), || {});
+    bank(
+        &cluster,
+        bank::accounts_across_shards(&cluster.map, ACCOUNTS),
+        || {},
+    );
 }
 
 #[test]
@@ -418,12 +203,16 @@ fn bank_survives_its_head_and_then_its_tail_being_killed() {
         &["--topology", "loopback", "--durability", "always"],
     ));
     let killer = cluster.clone();
-    bank(&cluster, accounts_of_one_shard(&cluster.map), move || {
-        std::thread::sleep(Duration::from_millis(300));
-        killer.kill(&["shard0-replica0"]);
-        std::thread::sleep(Duration::from_millis(1500));
-        killer.kill(&["shard0-replica2"]);
-    });
+    bank(
+        &cluster,
+        bank::accounts_of_one_shard(&cluster.map, ACCOUNTS),
+        move || {
+            std::thread::sleep(Duration::from_millis(300));
+            killer.kill(&["shard0-replica0"]);
+            std::thread::sleep(Duration::from_millis(1500));
+            killer.kill(&["shard0-replica2"]);
+        },
+    );
     // Both were taken out: one replica serves the shard now.
     let map = cluster.meta_map();
     assert_eq!(map.shards[0].replicas.len(), 1, "{map:?}");
