@@ -22,6 +22,7 @@ use tern_wire::key_hash;
 use crate::DurabilityArg;
 use crate::cluster::{self, ClusterCommand, ClusterMode, ProcessEntry, ProcessRole, TopologyKind};
 use crate::netns::Topology;
+use crate::{bank, chaos_txn};
 
 /// A kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -44,6 +45,22 @@ pub enum FaultKind {
     /// (`tern reshard`), in the background: the next faults strike while it
     /// runs. Ranges move back and forth among the shards.
     Reshard,
+    /// SIGKILL a client process (`tern txn`) at a random point of a
+    /// transaction across shards: its shards settle it after its lease,
+    /// both of its keys written or neither.
+    KillClient,
+}
+
+/// What the recorded clients do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// GET, PUT and CAS of contended keys: checked linearizable, no
+    /// acknowledged write lost.
+    Registers,
+    /// Transfers and audits of accounts across shards (transactions):
+    /// checked strictly serializable, every audit and the end with the
+    /// starting total.
+    Bank,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,9 +78,11 @@ pub struct ChaosArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "kill-replica,kill-coordinator,kill-meta,loss,partition,partition-pair,reshard"
+        default_value = "kill-replica,kill-coordinator,kill-meta,loss,partition,partition-pair,reshard,kill-client"
     )]
     pub faults: Vec<FaultKind>,
+    #[arg(long, value_enum, default_value_t = Workload::Registers)]
+    pub workload: Workload,
     /// Inject nothing: only the recorded workload and the checks.
     #[arg(long)]
     pub no_faults: bool,
@@ -426,6 +445,7 @@ fn inject(
             format!("{name} ({percent}% loss)")
         }
         FaultKind::Reshard => bail!("reshards run in the background (`Reshards`)"),
+        FaultKind::KillClient => bail!("clients are killed by `chaos_txn::ClientKiller`"),
         FaultKind::Partition => {
             let veth = topology.node(&replica_role.node_name()).veth.clone();
             run_command("ip", &["link", "set", &veth, "down"])?;
@@ -691,10 +711,28 @@ pub fn run(args: &ChaosArgs) -> Result<ExitCode> {
 fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
     let map = ClusterMap::load(&dir.join("cluster.toml"))?;
     let topology = Topology::load(&dir.join("topology.toml"))?;
-    let keys = Arc::new(contended_keys(&map, args.keys_per_shard));
     let recorder = Recorder::new();
     let running = Arc::new(AtomicBool::new(true));
-    let clients = start_clients(&map, &keys, &recorder, &running, args.clients, seed)?;
+    let history = bank::History::default();
+    // The keys the clients contend on (and reshards move).
+    let (keys, clients, bank_clients) = match args.workload {
+        Workload::Registers => {
+            let keys = Arc::new(contended_keys(&map, args.keys_per_shard));
+            let clients = start_clients(&map, &keys, &recorder, &running, args.clients, seed)?;
+            (keys, clients, Vec::new())
+        }
+        Workload::Bank => {
+            let accounts = Arc::new(bank::accounts_across_shards(&map, chaos_txn::ACCOUNTS));
+            bank::open(&mut Client::new(map.clone())?, &history, &accounts);
+            let clients =
+                chaos_txn::start_bank(&map, &accounts, &history, &running, args.clients, seed)?;
+            (accounts, Vec::new(), clients)
+        }
+    };
+    let mut killer = match args.faults.contains(&FaultKind::KillClient) && !args.no_faults {
+        true => Some(chaos_txn::ClientKiller::new(dir, &map)?),
+        false => None,
+    };
     let mut random = SmallRng::seed_from_u64(seed);
     let started = Instant::now();
     let mut faults = Vec::new();
@@ -708,6 +746,28 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
         };
         let kind = args.faults[turn % args.faults.len()];
         turn += 1;
+        if let (FaultKind::KillClient, Some(killer)) = (kind, killer.as_mut()) {
+            let at = Instant::now();
+            match killer.strike(&mut random) {
+                Ok(target) => {
+                    println!(
+                        "{:>6.1}s {kind:?} {target}",
+                        started.elapsed().as_secs_f64()
+                    );
+                    faults.push(Fault {
+                        kind,
+                        target,
+                        started: at,
+                        healed: Instant::now(),
+                    });
+                }
+                Err(error) => {
+                    injection_error = Some(error.context("killing a client"));
+                    break;
+                }
+            }
+            continue;
+        }
         if kind == FaultKind::Reshard {
             faults.extend(reshards.finish_if_done(started));
             if let Err(error) = reshards.start(&map, &keys, &mut random) {
@@ -746,13 +806,40 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
         mismatched += tally.cas_mismatched;
         distinct += tally.values_read.len();
     }
+    let mut banked = chaos_txn::BankTally::default();
+    for client in bank_clients {
+        let tally = client
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))?;
+        successes.extend(tally.successes);
+        banked.transfers += tally.transfers;
+        banked.in_doubt += tally.in_doubt;
+        banked.conflicted += tally.conflicted;
+        banked.audits += tally.audits;
+        banked.wrong_totals.extend(tally.wrong_totals);
+    }
     if let Some(error) = injection_error {
         return Err(error.context("injecting a fault"));
     }
     successes.sort();
-    let finals = final_reads(&map, &keys, &recorder)?;
-    let history = recorder.operations();
-    let unknown = history
+    // Every transaction settled (the killed clients' by their lease) within
+    // a lease and 2 s of the last fault's end.
+    let last_healed = faults
+        .iter()
+        .map(|fault| fault.healed)
+        .max()
+        .unwrap_or_else(Instant::now);
+    let settled = chaos_txn::settled_within(&map, last_healed);
+    let torn = match &killer {
+        Some(_) => chaos_txn::torn_pairs(&map)?,
+        None => Vec::new(),
+    };
+    let finals = match args.workload {
+        Workload::Registers => final_reads(&map, &keys, &recorder)?,
+        Workload::Bank => Vec::new(),
+    };
+    let operations = recorder.operations();
+    let unknown = operations
         .iter()
         .filter(|operation| operation.ret.is_none())
         .count();
@@ -793,9 +880,9 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
     for fault in &faults {
         *by_kind.entry(fault.kind).or_default() += 1;
     }
-    let lost = lost_writes(&history, &finals);
+    let lost = lost_writes(&operations, &finals);
     let checked = Instant::now();
-    let verdict = check(&history);
+    let verdict = check(&operations);
     println!(
         "faults: {} ({}); operations: {} ({} with unknown outcome); longest time without a successful operation per fault: median {median:?}, max {max:?}",
         faults.len(),
@@ -804,16 +891,18 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
             .map(|kind| format!("{kind:?} {}", by_kind.get(kind).copied().unwrap_or(0)))
             .collect::<Vec<_>>()
             .join(", "),
-        history.len(),
-        unknown
+        operations.len() + history.lock().unwrap().len(),
+        unknown as u64 + banked.in_doubt
     );
     println!(
         "longest time without a successful operation by fault kind (median/max): {}",
         recoveries_by_kind.join(", ")
     );
-    println!(
-        "contention: {swapped} CAS swapped, {mismatched} CAS mismatched, {distinct} distinct values read"
-    );
+    if args.workload == Workload::Registers {
+        println!(
+            "contention: {swapped} CAS swapped, {mismatched} CAS mismatched, {distinct} distinct values read"
+        );
+    }
     println!(
         "reshards: {} done, {} failed",
         reshards.done,
@@ -822,13 +911,66 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
     for failure in &reshards.failed {
         println!("  {failure}");
     }
-    println!("acknowledged writes lost: {}", lost.len());
-    for line in &lost {
-        println!("  {line}");
+    let mut bank_ok = true;
+    match args.workload {
+        Workload::Registers => {
+            println!("acknowledged writes lost: {}", lost.len());
+            for line in &lost {
+                println!("  {line}");
+            }
+            match &verdict {
+                Verdict::Linearizable => {
+                    println!("linearizable: yes (checked in {:?})", checked.elapsed())
+                }
+                Verdict::Violation(error) => println!("linearizable: NO\n{error}"),
+            }
+        }
+        Workload::Bank => {
+            let expected = bank::START * keys.len() as i64;
+            let total = chaos_txn::final_total(&map, &keys)?;
+            println!(
+                "bank: {} transfers committed, {} in doubt, {} gave up conflicting; {} audits; \
+                 audits with another total: {}; total at the end {total} (of {expected})",
+                banked.transfers,
+                banked.in_doubt,
+                banked.conflicted,
+                banked.audits,
+                banked.wrong_totals.len()
+            );
+            let history = history.lock().unwrap();
+            match bank::check(&history, false) {
+                Ok(checked_bank) => println!(
+                    "strictly serializable: yes ({} committed, {} in doubt found committed by \
+                     reads, {} in doubt left out; checked in {:?})",
+                    checked_bank.committed,
+                    checked_bank.settled_committed,
+                    checked_bank.left_out,
+                    checked.elapsed()
+                ),
+                Err(error) => {
+                    println!("strictly serializable: NO\n{error}");
+                    bank_ok = false;
+                }
+            }
+            bank_ok &= banked.wrong_totals.is_empty() && total == expected;
+        }
     }
-    match &verdict {
-        Verdict::Linearizable => println!("linearizable: yes (checked in {:?})", checked.elapsed()),
-        Verdict::Violation(error) => println!("linearizable: NO\n{error}"),
+    if let Some(killer) = &killer {
+        let (committed, aborted) = chaos_txn::settled_by_lease(&map).unwrap_or_default();
+        println!(
+            "pairs torn: {} ({} clients killed mid-run, {} finished first; settled by their \
+             lease: {committed} committed, {aborted} aborted)",
+            torn.len(),
+            killer.killed,
+            killer.finished
+        );
+        for line in &torn {
+            println!("  {line}");
+        }
+    }
+    match &settled {
+        Ok(took) => println!("transactions settled: {took:?} after the last fault"),
+        Err(error) => println!("transactions settled: NO ({error})"),
     }
     if !args.no_faults && faults.len() < args.faults.len() {
         bail!(
@@ -837,9 +979,12 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
             args.duration
         );
     }
-    Ok(if verdict == Verdict::Linearizable && lost.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(4)
-    })
+    let registers_ok = verdict == Verdict::Linearizable && lost.is_empty();
+    Ok(
+        if registers_ok && bank_ok && torn.is_empty() && settled.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(4)
+        },
+    )
 }

@@ -9,6 +9,7 @@
 
 pub mod bank;
 pub mod chaos;
+mod chaos_txn;
 pub mod cluster;
 pub mod compare;
 pub mod migrate;

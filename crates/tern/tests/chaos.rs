@@ -1,24 +1,29 @@
 //! Short chaos runs in `make test`: every fault kind (replica, coordinator
-//! and meta-leader kills, loss, link and pairwise partitions, and slot
-//! ranges moving between shards while the others strike), both
-//! coordinator modes, three meta nodes and a standby coordinator; the run
-//! must stay linearizable and lose no acknowledged write. The seed is
-//! printed; `tern chaos --seed N` replays the choices.
+//! and meta-leader kills, loss, link and pairwise partitions, slot ranges
+//! moving between shards while the others strike, and client processes
+//! killed in the middle of transactions across shards), both coordinator
+//! modes, three meta nodes and a standby coordinator; the registers
+//! workload must stay linearizable and lose no acknowledged write, the
+//! bank workload strictly serializable with its total kept; no killed
+//! client's pair may be left half written, and every transaction must be
+//! settled within a lease and 2 s of the last fault. The seed is printed;
+//! `tern chaos --seed N` replays the choices.
 
 mod common;
 
-fn chaos(extra: &[&str]) {
+fn chaos(extra: &[&str]) -> String {
     let mut args = vec!["chaos", "--duration", "18s"];
     args.extend_from_slice(extra);
     let output = common::run_tern(&args);
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert!(
         output.status.success(),
         "chaos failed (replay with the seed above)"
     );
-    assert!(stdout.contains("acknowledged writes lost: 0"));
-    assert!(stdout.contains("linearizable: yes"));
+    assert!(stdout.contains("pairs torn: 0"));
+    assert!(stdout.contains("transactions settled: "));
+    assert!(!stdout.contains("transactions settled: NO"));
     for kind in [
         "KillReplica",
         "KillCoordinator",
@@ -27,6 +32,7 @@ fn chaos(extra: &[&str]) {
         "Partition",
         "PartitionPair",
         "Reshard",
+        "KillClient",
     ] {
         assert!(
             stdout
@@ -35,14 +41,29 @@ fn chaos(extra: &[&str]) {
             "no {kind} fault injected"
         );
     }
+    stdout
+}
+
+fn registers(extra: &[&str]) {
+    let stdout = chaos(extra);
+    assert!(stdout.contains("acknowledged writes lost: 0"));
+    assert!(stdout.contains("linearizable: yes"));
 }
 
 #[test]
 fn the_user_space_coordinator_survives_every_fault_kind() {
-    chaos(&["--mode", "user"]);
+    registers(&["--mode", "user"]);
 }
 
 #[test]
 fn the_xdp_coordinator_survives_every_fault_kind() {
-    chaos(&["--mode", "xdp"]);
+    registers(&["--mode", "xdp"]);
+}
+
+#[test]
+fn transactions_across_shards_survive_every_fault_kind() {
+    let stdout = chaos(&["--mode", "user", "--workload", "bank"]);
+    assert!(stdout.contains("strictly serializable: yes"));
+    assert!(stdout.contains("audits with another total: 0"));
+    assert!(stdout.contains("total at the end 800 (of 800)"));
 }
