@@ -58,15 +58,11 @@ pub fn accounts_across_shards(map: &ClusterMap, count: usize) -> Vec<Vec<u8>> {
             break;
         }
     }
-    let mut keys = Vec::with_capacity(count);
-    for index in 0..per_shard {
-        for shard in &shards {
-            if keys.len() < count {
-                keys.push(of_shard[shard][index].clone());
-            }
-        }
-    }
-    keys
+    let lists: Vec<&Vec<Vec<u8>>> = shards.iter().map(|shard| &of_shard[shard]).collect();
+    (0..per_shard)
+        .flat_map(|index| lists.iter().map(move |list| list[index].clone()))
+        .take(count)
+        .collect()
 }
 
 /// An account's value: its balance and the tag of the write.
