@@ -737,7 +737,7 @@ impl Client {
             retry.sent();
             self.socket.send_to(&self.send_buffer, to)?;
             let attempt_end = (Instant::now() + self.options.attempt_timeout).min(deadline);
-            match self.wait_for(request_id, attempt_end)? {
+            match self.wait_for(&[request_id], attempt_end)? {
                 Some(reply) => match retry.on_reply(Instant::now(), reply.status) {
                     Verdict::Done => return Ok(reply),
                     Verdict::RetryAfter(pause) => {
@@ -783,9 +783,72 @@ impl Client {
         }
     }
 
-    /// Waits for the reply to `request_id`: until `until`, or one receive
-    /// timeout without any datagram. Ignores late replies to earlier requests.
-    fn wait_for(&mut self, request_id: u64, until: Instant) -> Result<Option<Reply>, ClientError> {
+    /// Sends several requests at once (each to its coordinator, each under
+    /// its own request id) and waits for their replies together for one
+    /// attempt; a request that got no final answer in that time (silence,
+    /// a refusal to wait out, a stale route) is then finished on its own by
+    /// `exchange`, under the same request id (so a write is applied once).
+    /// The replies in the requests' order.
+    pub(crate) fn exchange_all(
+        &mut self,
+        requests: Vec<(SocketAddrV4, Header, Vec<u8>, Vec<u8>)>,
+    ) -> Vec<Result<Reply, ClientError>> {
+        let start = Instant::now();
+        let mut sent = Vec::with_capacity(requests.len());
+        for (to, mut header, key, value) in requests {
+            let request_id = self.take_request_id();
+            header.request_id.set(request_id);
+            self.encode(&header, &Extensions::default(), &key, &value);
+            self.counters.requests += 1;
+            let outcome = self.socket.send_to(&self.send_buffer, to).map(|_| ());
+            sent.push((to, header, key, value, outcome.err()));
+        }
+        let mut replies: Vec<Option<Reply>> = (0..sent.len()).map(|_| None).collect();
+        let until = start + self.options.attempt_timeout;
+        let mut retry = Retry::new(start, &self.options, false)
+            .locked_is_answer(sent.first().is_some_and(|s| s.1.op() == Op::Prepare));
+        while replies.iter().any(Option::is_none) && Instant::now() < until {
+            let wanted: Vec<u64> = sent
+                .iter()
+                .zip(&replies)
+                .filter(|(_, reply)| reply.is_none())
+                .map(|(request, _)| request.1.request_id.get())
+                .collect();
+            let Ok(Some(reply)) = self.wait_for(&wanted, until) else {
+                break;
+            };
+            if let Some(index) = sent
+                .iter()
+                .position(|request| request.1.request_id == reply.header.request_id)
+                && retry.on_reply(Instant::now(), reply.status) == Verdict::Done
+                && !matches!(reply.status, Status::StaleEpoch | Status::WrongShard)
+            {
+                replies[index] = Some(reply);
+            }
+        }
+        sent.into_iter()
+            .zip(replies)
+            .map(
+                |((to, header, key, value, failed), reply)| match (reply, failed) {
+                    (Some(reply), None) => Ok(reply),
+                    _ => {
+                        let request_id = header.request_id.get();
+                        let extensions = Extensions::default();
+                        self.exchange(to, header, request_id, &extensions, &key, &value, true)
+                    }
+                },
+            )
+            .collect()
+    }
+
+    /// Waits for the reply to one of `request_ids`: until `until`, or one
+    /// receive timeout without any datagram. Ignores late replies to
+    /// earlier requests.
+    fn wait_for(
+        &mut self,
+        request_ids: &[u64],
+        until: Instant,
+    ) -> Result<Option<Reply>, ClientError> {
         loop {
             let length = match self.socket.recv_from(&mut self.recv_buffer) {
                 Ok((length, _)) => length,
@@ -803,7 +866,7 @@ impl Client {
             if let Ok(message) = Message::decode(&self.recv_buffer[..length]) {
                 let header = message.header;
                 if header.op() == Op::Reply
-                    && header.request_id.get() == request_id
+                    && request_ids.contains(&header.request_id.get())
                     && (header.client_id.get() == self.client_id.get()
                         || header.client_id.get() == 0)
                 {

@@ -16,7 +16,7 @@ use std::time::Duration;
 pub use tern_wire::multi::{Answer, ITEMS_MAX, Item, MultiError, OwnedItem, item_flags, kind};
 pub use tern_wire::txn::TxnId;
 use tern_wire::txn::{LEASE_MS_DEFAULT, Participant, Prepare};
-use tern_wire::{Extensions, Header, Op, Status, key_hash, multi};
+use tern_wire::{Header, Op, Status, key_hash, multi};
 
 use crate::{Client, ClientError, Reply, answer};
 
@@ -320,7 +320,8 @@ impl Txn<'_> {
 }
 
 impl Client {
-    /// Commits items of several shards by two-phase commit.
+    /// Commits items of several shards by two-phase commit: every shard's
+    /// PREPARE sent at once, then every COMMIT (or ABORT) at once.
     fn two_phase(
         &mut self,
         by_shard: &BTreeMap<u32, Vec<Item<'_>>>,
@@ -336,19 +337,30 @@ impl Client {
                 coordinator: self.coordinator_of(shard),
             })
             .collect();
-        let mut votes: Vec<(u32, Vote)> = Vec::with_capacity(by_shard.len());
-        let mut answers = Some(BTreeMap::new());
-        let mut refused = None;
-        let mut no = (Status::TxnAborted, 0);
-        for (&shard, items) in by_shard {
-            let prepare = Prepare {
+        let mut requests = Vec::with_capacity(by_shard.len());
+        for items in by_shard.values() {
+            let value = Prepare {
                 id,
                 lease_ms: LEASE_MS_DEFAULT,
                 participants: participants.clone(),
                 items: items.clone(),
-            };
-            let value = prepare.encode().map_err(ClientError::Transaction)?;
-            let vote = match self.send(items[0].key, answer::Call::new(Op::Prepare, &value)) {
+            }
+            .encode()
+            .map_err(ClientError::Transaction)?;
+            let call = answer::Call::new(Op::Prepare, &value);
+            let key = items[0].key;
+            let limit = self.options.value_limit;
+            let (header, coordinator) =
+                crate::request_header(&self.map, self.client_id, key, &call, limit)?;
+            requests.push((coordinator, header, key.to_vec(), value.clone()));
+        }
+        let replies = self.exchange_all(requests);
+        let mut votes: Vec<(u32, Vote)> = Vec::with_capacity(by_shard.len());
+        let mut answers = Some(BTreeMap::new());
+        let mut refused = None;
+        let mut no = (Status::TxnAborted, 0);
+        for (&shard, reply) in by_shard.keys().zip(replies) {
+            let vote = match reply {
                 Ok(reply) => match reply.status {
                     // A settler may have committed it already, if this
                     // client was slower than the lease.
@@ -382,21 +394,18 @@ impl Client {
                 }
             };
             votes.push((shard, vote));
-            if vote == Vote::No {
-                break;
-            }
         }
         // Where a PREPARE went unanswered, the shard is asked where it
         // stands (and made to vote no for good if it never saw it).
         if !votes.iter().any(|(_, vote)| *vote == Vote::No) {
             for (shard, vote) in votes.iter_mut().filter(|(_, vote)| *vote == Vote::Unknown) {
                 answers = None;
-                *vote = match self.finish(*shard, Op::Resolve, id) {
-                    Ok(reply) => match reply.status {
+                *vote = match self.finish(&[*shard], Op::Resolve, id).pop() {
+                    Some(Ok(reply)) => match reply.status {
                         Status::TxnPrepared | Status::TxnCommitted => Vote::Yes,
                         _ => Vote::No,
                     },
-                    Err(_) => return Err(ClientError::InDoubt { id, shard: *shard }),
+                    _ => return Err(ClientError::InDoubt { id, shard: *shard }),
                 };
                 if *vote == Vote::No {
                     break;
@@ -407,53 +416,54 @@ impl Client {
             // One shard voted no for good: nobody can commit it. Every
             // shard that may hold its PREPARE lets go (an unanswered ABORT
             // is settled by the lease).
-            for &(shard, vote) in &votes {
-                if vote != Vote::No {
-                    let _ = self.finish(shard, Op::Abort, id);
-                }
-            }
+            let holding: Vec<u32> = votes
+                .iter()
+                .filter(|(_, vote)| *vote != Vote::No)
+                .map(|(shard, _)| *shard)
+                .collect();
+            self.finish(&holding, Op::Abort, id);
             return match refused {
                 Some(error) => Err(error),
                 None => Ok(TwoPhase::No(no.0, no.1)),
             };
         }
         // Every shard holds its PREPARE: the transaction is committed.
-        let mut versions = Vec::with_capacity(votes.len());
-        for (shard, _) in votes {
-            let version = match self.finish(shard, Op::Commit, id) {
-                Ok(reply) if reply.status == Status::Ok => reply.header.version(),
+        let shards: Vec<u32> = votes.iter().map(|(shard, _)| *shard).collect();
+        let replies = self.finish(&shards, Op::Commit, id);
+        let versions = shards
+            .into_iter()
+            .zip(replies)
+            .map(|(shard, reply)| match reply {
+                Ok(reply) if reply.status == Status::Ok => (shard, reply.header.version()),
                 // Committed (or settled by the lease) all the same.
-                _ => 0,
-            };
-            versions.push((shard, version));
-        }
+                _ => (shard, 0),
+            })
+            .collect();
         Ok(TwoPhase::Committed { versions, answers })
     }
 
-    /// Sends a COMMIT, ABORT or RESOLVE of `id` to `shard`.
-    fn finish(&mut self, shard: u32, op: Op, id: TxnId) -> Result<Reply, ClientError> {
-        let (epoch, coordinator) = match self.map.shards.iter().find(|s| s.id.get() == shard) {
-            Some(found) => (found.epoch.get(), found.coordinator),
-            None => {
-                return Err(ClientError::Refused {
-                    status: Status::WrongShard,
+    /// Sends a COMMIT, ABORT or RESOLVE of `id` to each of `shards` at
+    /// once; their replies in order.
+    fn finish(&mut self, shards: &[u32], op: Op, id: TxnId) -> Vec<Result<Reply, ClientError>> {
+        let value = id.encode().to_vec();
+        let mut requests = Vec::with_capacity(shards.len());
+        for &shard in shards {
+            // A shard gone from the map (removed meanwhile) has nowhere to
+            // be asked: its request fails, and its lease settles it.
+            let (epoch, coordinator) = self
+                .map
+                .shards
+                .iter()
+                .find(|s| s.id.get() == shard)
+                .map_or((0, std::net::SocketAddrV4::new(0.into(), 0)), |found| {
+                    (found.epoch.get(), found.coordinator)
                 });
-            }
-        };
-        let mut header = Header::new(op, shard, epoch);
-        header.key_hash.set(key_hash(b""));
-        header.client_id.set(self.client_id.get());
-        let request_id = self.take_request_id();
-        let value = id.encode();
-        self.exchange(
-            coordinator,
-            header,
-            request_id,
-            &Extensions::default(),
-            &[],
-            &value,
-            true,
-        )
+            let mut header = Header::new(op, shard, epoch);
+            header.key_hash.set(key_hash(b""));
+            header.client_id.set(self.client_id.get());
+            requests.push((coordinator, header, Vec::new(), value.clone()));
+        }
+        self.exchange_all(requests)
     }
 
     fn coordinator_of(&self, shard: u32) -> std::net::SocketAddrV4 {
