@@ -13,6 +13,7 @@ pub mod persistence;
 pub mod plot;
 mod report;
 mod run;
+pub mod smallbank;
 pub mod workload;
 
 use std::path::PathBuf;

@@ -162,6 +162,11 @@ pub struct ClientCounters {
     pub timeouts: u64,
     /// Maps fetched from meta after a stale epoch or a silent coordinator.
     pub map_refreshes: u64,
+    /// Transaction commits refused because a version read had changed
+    /// (`transact` then runs the body again).
+    pub txn_changed: u64,
+    /// Transaction commits refused because another transaction held a key.
+    pub txn_locked: u64,
 }
 
 /// The header of `call` for `key` (request id left 0) and the address of

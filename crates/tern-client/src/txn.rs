@@ -295,9 +295,19 @@ impl Txn<'_> {
         }
         if by_shard.len() == 1 {
             let (shard, items) = by_shard.pop_first().expect("one shard");
-            return match client.multi(&items)? {
-                MultiOutcome::Committed { version, .. } => Ok(Some(vec![(shard, version)])),
-                MultiOutcome::CheckFailed { .. } => Ok(None),
+            return match client.multi(&items) {
+                Ok(MultiOutcome::Committed { version, .. }) => Ok(Some(vec![(shard, version)])),
+                Ok(MultiOutcome::CheckFailed { .. }) => {
+                    client.counters.txn_changed += 1;
+                    Ok(None)
+                }
+                Err(ClientError::Refused {
+                    status: Status::Locked,
+                }) => {
+                    client.counters.txn_locked += 1;
+                    Ok(None)
+                }
+                Err(error) => Err(error),
             };
         }
         if self.written.is_empty() {
@@ -307,6 +317,7 @@ impl Txn<'_> {
             for (key, &version) in &self.read {
                 let now = client.get(key)?.map_or(0, |found| found.version);
                 if now != version {
+                    client.counters.txn_changed += 1;
                     return Ok(None);
                 }
             }
@@ -314,7 +325,14 @@ impl Txn<'_> {
         }
         match client.two_phase(&by_shard)? {
             TwoPhase::Committed { versions, .. } => Ok(Some(versions)),
-            TwoPhase::No(..) => Ok(None),
+            TwoPhase::No(Status::CasMismatch, _) => {
+                client.counters.txn_changed += 1;
+                Ok(None)
+            }
+            TwoPhase::No(..) => {
+                client.counters.txn_locked += 1;
+                Ok(None)
+            }
         }
     }
 }

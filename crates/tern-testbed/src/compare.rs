@@ -313,3 +313,102 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// `tern bench smallbank-compare`: SmallBank against fresh clusters in
+/// each coordinator mode, alternating.
+#[derive(Debug, clap::Args)]
+pub struct SmallbankCompareArgs {
+    /// Coordinator modes to compare, in this order each round; ratios are
+    /// to the first.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "user,xdp")]
+    pub modes: Vec<ClusterMode>,
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+    #[arg(long, default_value_t = 2)]
+    pub shards: u32,
+    #[arg(long, default_value_t = 3)]
+    pub replicas: usize,
+    #[arg(long, value_enum, default_value_t = DurabilityArg::None)]
+    pub durability: DurabilityArg,
+    #[command(flatten)]
+    pub workload: tern_bench::smallbank::SmallbankArgs,
+}
+
+/// Runs SmallBank in every mode `repeat` times, alternating (netns
+/// topology); prints each run, the medians (min..max) and the per-round
+/// ratios of committed transactions per second to the first mode.
+pub fn run_smallbank(args: &SmallbankCompareArgs) -> Result<()> {
+    use tern_bench::smallbank;
+    if args.modes.len() < 2 || args.repeat == 0 {
+        bail!("--modes takes two modes and --repeat at least 1");
+    }
+    println!(
+        "smallbank compare {:?}: {} rounds; {} shard(s) x {} replicas, durability {:?}; {} accounts ({} hot), {} clients, {:?} per run",
+        args.modes,
+        args.repeat,
+        args.shards,
+        args.replicas,
+        args.durability,
+        args.workload.accounts,
+        args.workload.hot,
+        args.workload.clients,
+        args.workload.duration
+    );
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let mut committed: Vec<Vec<f64>> = vec![Vec::new(); args.modes.len()];
+    for round in 1..=args.repeat {
+        for (index, mode) in args.modes.iter().enumerate() {
+            let dir = scratch.path().join(format!("round{round}-{mode:?}"));
+            cluster::up_for_benchmark(
+                &dir,
+                args.shards,
+                args.replicas,
+                *mode,
+                TopologyKind::Netns,
+                args.durability,
+            )?;
+            let report = ClusterMap::load(&dir.join("cluster.toml"))
+                .map_err(anyhow::Error::from)
+                .and_then(|map| smallbank::run(&map, &args.workload));
+            cluster::run(ClusterCommand::Down { dir: dir.clone() })?;
+            let report = report?;
+            let p50 = |kind| {
+                report
+                    .kinds
+                    .iter()
+                    .find(|of| of.kind == kind)
+                    .map_or(0, |of| of.p50_us)
+            };
+            println!(
+                "round {round} {:<5} committed {:>7.0}/s  attempted {:>7.0}/s  conflicts {}+{}  failed {}  p50 SendPayment {} us, Balance {} us",
+                format!("{mode:?}"),
+                report.committed_per_s,
+                report.attempted_per_s,
+                report.conflicts_changed,
+                report.conflicts_locked,
+                report.failed,
+                p50(smallbank::Kind::SendPayment),
+                p50(smallbank::Kind::Balance),
+            );
+            committed[index].push(report.committed_per_s);
+        }
+    }
+    println!();
+    for (mode, runs) in args.modes.iter().zip(&committed) {
+        let (median, low, high) = spread(runs);
+        println!("{mode:?}: committed/s median {median:.0} ({low:.0}..{high:.0})");
+    }
+    for (mode, runs) in args.modes.iter().zip(&committed).skip(1) {
+        let ratios: Vec<f64> = runs
+            .iter()
+            .zip(&committed[0])
+            .map(|(run, base)| run / base)
+            .collect();
+        let (ratio, low, high) = spread(&ratios);
+        println!(
+            "{mode:?}/{:?}: median of per-round ratios {ratio:.2}x ({low:.2}..{high:.2})",
+            args.modes[0]
+        );
+    }
+    Ok(())
+}

@@ -136,6 +136,13 @@ enum BenchCommand {
     /// alternating; time series and plots of every run, medians against the
     /// steady state.
     Migrate(migrate::MigrateArgs),
+    /// DINT's SmallBank mix of transactions against the cluster (optimistic,
+    /// across shards when the accounts are): committed and attempted per
+    /// second, conflicts by cause, p50/p99 per type.
+    Smallbank(tern_bench::smallbank::SmallbankArgs),
+    /// SmallBank against fresh clusters in each coordinator mode,
+    /// alternating: medians and per-round ratios of committed per second.
+    SmallbankCompare(compare::SmallbankCompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -233,6 +240,24 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
         } => {
             migrate::run(&args)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            compare: Some(BenchCommand::SmallbankCompare(args)),
+            ..
+        } => {
+            compare::run_smallbank(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            compare: Some(BenchCommand::Smallbank(args)),
+            ..
+        } => {
+            let report = tern_bench::smallbank::run(&load_map(cluster)?, &args)?;
+            report.print();
+            Ok(match report.ledger_ok {
+                Some(false) => ExitCode::from(3),
+                _ => ExitCode::SUCCESS,
+            })
         }
         Command::Bench {
             args,
