@@ -301,7 +301,13 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
-fn client_loop(map: &ClusterMap, args: &SmallbankArgs, seed: u64, measure_from: Instant, until: Instant) -> Result<Tally> {
+fn client_loop(
+    map: &ClusterMap,
+    args: &SmallbankArgs,
+    seed: u64,
+    measure_from: Instant,
+    until: Instant,
+) -> Result<Tally> {
     let mut client = Client::new(map.clone())?;
     let mut random = SmallRng::seed_from_u64(seed);
     let mut tally = Tally {
@@ -366,7 +372,13 @@ pub fn run(map: &ClusterMap, args: &SmallbankArgs) -> Result<SmallbankReport> {
         .map(|index| {
             let (map, args) = (map.clone(), args.clone());
             std::thread::spawn(move || {
-                client_loop(&map, &args, seed.wrapping_add(index as u64), measure_from, until)
+                client_loop(
+                    &map,
+                    &args,
+                    seed.wrapping_add(index as u64),
+                    measure_from,
+                    until,
+                )
             })
         })
         .collect();
@@ -377,7 +389,10 @@ pub fn run(map: &ClusterMap, args: &SmallbankArgs) -> Result<SmallbankReport> {
             .join()
             .map_err(|_| anyhow::anyhow!("a client panicked"))??;
         for (kind, histogram) in tally.committed {
-            kinds.entry(kind).or_insert_with(self::histogram).add(histogram)?;
+            kinds
+                .entry(kind)
+                .or_insert_with(self::histogram)
+                .add(histogram)?;
         }
         attempted += tally.attempted;
         failed += tally.failed;

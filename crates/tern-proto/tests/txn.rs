@@ -375,6 +375,8 @@ fn malformed_transaction_requests_are_refused_and_the_shard_serves_on() {
     assert_eq!(status_of(&sim, 3), Status::Malformed);
     assert_eq!(status_of(&sim, 4), Status::Ok);
     assert_eq!(dirty(&sim, b"k"), 0);
+    let stats = sim.coordinator.render_stats(None);
+    assert_eq!(stat(&stats, "shard0.malformed_transactions"), 3, "{stats}");
 }
 
 #[test]

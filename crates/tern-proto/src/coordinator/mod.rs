@@ -99,6 +99,9 @@ counters! {
         unexpected_sender,
         /// Chain or epoch changes applied in place (`reconfigure`).
         reconfigurations,
+        /// MULTI and transaction requests whose value did not decode (or
+        /// whose first item is not the header's key): refused MALFORMED.
+        malformed_transactions,
     }
 }
 

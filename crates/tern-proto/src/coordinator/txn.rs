@@ -100,6 +100,11 @@ impl<S: ShardState> ShardCoordinator<S> {
     pub(super) fn txn_plan(&mut self, message: &Message<'_>) -> Result<TxnPlan, (Status, u64)> {
         let malformed = (Status::Malformed, 0);
         if message.header.op() != Op::Prepare {
+            // Addressed to the shard: no key, the value exactly an id (as
+            // the head checks).
+            if !message.key.is_empty() {
+                return Err(malformed);
+            }
             TxnId::decode(message.value).map_err(|_| malformed)?;
             return Ok(TxnPlan::Finish);
         }

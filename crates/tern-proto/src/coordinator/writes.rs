@@ -92,6 +92,9 @@ impl<S: ShardState> ShardCoordinator<S> {
         let (items, plan) = match planned {
             Ok(planned) => planned,
             Err(refusal) => {
+                if refusal.0 == Status::Malformed {
+                    self.counters.malformed_transactions += 1;
+                }
                 self.refuse(from, header, refusal, outbox);
                 return;
             }
