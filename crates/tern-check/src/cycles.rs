@@ -103,7 +103,6 @@ impl std::error::Error for CycleError {}
 /// unknown must be settled and added, or left out with everything that
 /// read its writes).
 pub fn check_cycles(history: &[Versioned]) -> Result<(), CycleError> {
-    let count = history.len();
     // Each key's writers by version.
     let mut writers: HashMap<&[u8], Vec<(u64, usize)>> = HashMap::new();
     for (index, txn) in history.iter().enumerate() {
@@ -120,9 +119,7 @@ pub fn check_cycles(history: &[Versioned]) -> Result<(), CycleError> {
             });
         }
     }
-    // Nodes: the transactions, then two time points per transaction (its
-    // call and its return), chained in time order.
-    let mut edges: Vec<Vec<(usize, Edge)>> = vec![Vec::new(); count * 3];
+    let mut graph = Graph::new(history.iter().map(|txn| (txn.call, txn.ret)));
     for (index, txn) in history.iter().enumerate() {
         for (key, version) in &txn.reads {
             let Some(versions) = writers.get(&key[..]) else {
@@ -138,13 +135,9 @@ pub fn check_cycles(history: &[Versioned]) -> Result<(), CycleError> {
             let at = versions.partition_point(|(written, _)| written < version);
             match versions.get(at) {
                 Some(&(written, writer)) if written == *version => {
-                    if writer != index {
-                        edges[writer].push((index, Edge::Wr));
-                    }
-                    if let Some(&(_, next)) = versions.get(at + 1)
-                        && next != index
-                    {
-                        edges[index].push((next, Edge::Rw));
+                    graph.add(writer, index, Edge::Wr);
+                    if let Some(&(_, next)) = versions.get(at + 1) {
+                        graph.add(index, next, Edge::Rw);
                     }
                 }
                 _ if *version != 0 => {
@@ -156,10 +149,8 @@ pub fn check_cycles(history: &[Versioned]) -> Result<(), CycleError> {
                 }
                 // Read absent: before the key's first writer.
                 _ => {
-                    if let Some(&(_, first)) = versions.first()
-                        && first != index
-                    {
-                        edges[index].push((first, Edge::Rw));
+                    if let Some(&(_, first)) = versions.first() {
+                        graph.add(index, first, Edge::Rw);
                     }
                 }
             }
@@ -167,36 +158,63 @@ pub fn check_cycles(history: &[Versioned]) -> Result<(), CycleError> {
     }
     for versions in writers.values() {
         for pair in versions.windows(2) {
-            if pair[0].1 != pair[1].1 {
-                edges[pair[0].1].push((pair[1].1, Edge::Ww));
+            graph.add(pair[0].1, pair[1].1, Edge::Ww);
+        }
+    }
+    match graph.cycle() {
+        None => Ok(()),
+        Some(cycle) => Err(cycle),
+    }
+}
+
+/// The dependency graph of a history: its transactions (nodes `0..count`),
+/// then two time points per transaction (its call and its return).
+#[derive(Debug)]
+pub(crate) struct Graph {
+    count: usize,
+    edges: Vec<Vec<(usize, Edge)>>,
+}
+
+impl Graph {
+    /// The graph of transactions called and returned at `times`, with the
+    /// real-time order: T -> ret(T) -> ... later points ... -> call(U) ->
+    /// U, the points chained in time order; at one instant calls come
+    /// first, so a return reaches only calls strictly after it.
+    pub(crate) fn new(times: impl ExactSizeIterator<Item = (Instant, Instant)>) -> Graph {
+        let count = times.len();
+        let mut edges = vec![Vec::new(); count * 3];
+        let mut points: Vec<(Instant, bool, usize)> = Vec::with_capacity(count * 2);
+        for (index, (call, ret)) in times.enumerate() {
+            points.push((call, false, index));
+            points.push((ret, true, index));
+        }
+        points.sort_by_key(|&(at, is_ret, _)| (at, is_ret));
+        let point_node =
+            |&(_, is_ret, index): &(Instant, bool, usize)| count + 2 * index + usize::from(is_ret);
+        for pair in points.windows(2) {
+            edges[point_node(&pair[0])].push((point_node(&pair[1]), Edge::Rt));
+        }
+        for point in &points {
+            let (_, is_ret, index) = *point;
+            if is_ret {
+                edges[index].push((point_node(point), Edge::Rt));
+            } else {
+                edges[point_node(point)].push((index, Edge::Rt));
             }
         }
+        Graph { count, edges }
     }
-    // Real time: T -> ret(T) -> ... later points ... -> call(U) -> U, the
-    // points chained in time order; at one instant calls come first, so a
-    // return reaches only calls strictly after it.
-    let mut points: Vec<(Instant, bool, usize)> = Vec::with_capacity(count * 2);
-    for (index, txn) in history.iter().enumerate() {
-        points.push((txn.call, false, index));
-        points.push((txn.ret, true, index));
-    }
-    points.sort_by_key(|&(at, is_ret, _)| (at, is_ret));
-    let point_node =
-        |&(_, is_ret, index): &(Instant, bool, usize)| count + 2 * index + usize::from(is_ret);
-    for pair in points.windows(2) {
-        edges[point_node(&pair[0])].push((point_node(&pair[1]), Edge::Rt));
-    }
-    for point in &points {
-        let (_, is_ret, index) = *point;
-        if is_ret {
-            edges[index].push((point_node(point), Edge::Rt));
-        } else {
-            edges[point_node(point)].push((index, Edge::Rt));
+
+    /// An edge between two transactions (none from one to itself).
+    pub(crate) fn add(&mut self, from: usize, to: usize, edge: Edge) {
+        if from != to {
+            self.edges[from].push((to, edge));
         }
     }
-    match find_cycle(&edges) {
-        None => Ok(()),
-        Some(cycle) => Err(name_cycle(&cycle, count)),
+
+    /// A cycle, named, if there is one.
+    pub(crate) fn cycle(&self) -> Option<CycleError> {
+        find_cycle(&self.edges).map(|cycle| name_cycle(&cycle, self.count))
     }
 }
 

@@ -15,16 +15,20 @@
 //! Transactions are checked by `check_serial`: strict serializability in
 //! the commit order the system reports (see its module), and by
 //! `check_cycles`: strict serializability with no order assumed, by the
-//! cycles of the dependency graph over versioned registers (Adya, Elle).
+//! cycles of the dependency graph over versioned registers (Adya, Elle),
+//! and `check_append`: Elle's list-append check, the version order
+//! inferred from the lists read.
 //!
 //! Depends on nothing: it must be usable by any test, against any system.
 
+mod append;
 mod cycles;
 mod model;
 mod recorder;
 mod search;
 mod serial;
 
+pub use append::{AppendError, AppendOp, AppendTxn, check_append};
 pub use cycles::{CycleError, Edge, Versioned, check_cycles};
 pub use model::{Input, Output};
 pub use recorder::{Operation, Recorder};

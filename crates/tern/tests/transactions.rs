@@ -389,3 +389,147 @@ fn a_transaction_whose_client_went_away_is_settled_within_its_lease() {
     }
     assert!(settled >= 1, "the second was settled committed");
 }
+
+/// Elle's list-append workload across shards: transactions of one to four
+/// reads and appends of lists (keys of both shards, one MULTI or two-phase
+/// commit through `Client::multi_anywhere`), checked by
+/// `tern_check::check_append`.
+fn list_append(cluster: &TestCluster) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tern_check::{AppendOp, AppendTxn, check_append};
+    use tern_client::MultiOutcome;
+    let keys: Arc<Vec<Vec<u8>>> =
+        Arc::new((0..12).map(|n| format!("la/{n}").into_bytes()).collect());
+    let shards: std::collections::BTreeSet<u32> =
+        keys.iter().map(|key| shard_of(&cluster.map, key)).collect();
+    assert!(shards.len() > 1, "the keys span shards");
+    let next_element = Arc::new(AtomicU64::new(1));
+    let history = Arc::new(std::sync::Mutex::new(Vec::<AppendTxn>::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (map, keys, next_element, history) = (
+                cluster.map.clone(),
+                keys.clone(),
+                next_element.clone(),
+                history.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut client = patient_client(&map);
+                let mut rng = SmallRng::seed_from_u64(rand::random());
+                let mut committed = 0;
+                for _ in 0..60 {
+                    let ops: Vec<AppendOp> = (0..rng.random_range(1..=4))
+                        .map(|_| {
+                            let key = keys[rng.random_range(0..keys.len())].clone();
+                            if rng.random_bool(0.5) {
+                                AppendOp::Read {
+                                    key,
+                                    list: Vec::new(),
+                                }
+                            } else {
+                                let element = next_element.fetch_add(1, Ordering::Relaxed);
+                                AppendOp::Append { key, element }
+                            }
+                        })
+                        .collect();
+                    let suffixes: Vec<Vec<u8>> = ops
+                        .iter()
+                        .map(|op| match op {
+                            AppendOp::Append { element, .. } => format!("{element},").into_bytes(),
+                            AppendOp::Read { .. } => Vec::new(),
+                        })
+                        .collect();
+                    let items: Vec<Item<'_>> = ops
+                        .iter()
+                        .zip(&suffixes)
+                        .map(|(op, suffix)| match op {
+                            AppendOp::Append { key, .. } => Item::append(key, suffix),
+                            AppendOp::Read { key, .. } => Item::get(key),
+                        })
+                        .collect();
+                    let call = Instant::now();
+                    let outcome = client.multi_anywhere(&items);
+                    let ret = Instant::now();
+                    let appends_only = || -> Vec<AppendOp> {
+                        ops.iter()
+                            .filter(|op| matches!(op, AppendOp::Append { .. }))
+                            .cloned()
+                            .collect()
+                    };
+                    let (ops, committed_now) = match outcome {
+                        Ok(MultiOutcome::Committed {
+                            answers: Some(answers),
+                            ..
+                        }) => {
+                            let read = ops
+                                .iter()
+                                .zip(answers)
+                                .map(|(op, answer)| match op {
+                                    AppendOp::Read { key, .. } => AppendOp::Read {
+                                        key: key.clone(),
+                                        list: answer
+                                            .value
+                                            .unwrap_or_default()
+                                            .split(|byte| *byte == b',')
+                                            .filter(|part| !part.is_empty())
+                                            .map(|part| {
+                                                std::str::from_utf8(part).unwrap().parse().unwrap()
+                                            })
+                                            .collect(),
+                                    },
+                                    append => append.clone(),
+                                })
+                                .collect();
+                            (read, true)
+                        }
+                        // Committed; the replies went with a first copy.
+                        Ok(MultiOutcome::Committed { answers: None, .. }) => (appends_only(), true),
+                        Ok(MultiOutcome::CheckFailed { .. }) => unreachable!("no CHECK item"),
+                        // Refused whole (lists grown past a record, or
+                        // conflicting every time): nothing appended.
+                        Err(ClientError::Transaction(_) | ClientError::Conflict { .. }) => continue,
+                        Err(error) => panic!("a list-append transaction failed: {error}"),
+                    };
+                    committed += usize::from(committed_now);
+                    history.lock().unwrap().push(AppendTxn {
+                        call,
+                        ret,
+                        ops,
+                        committed: committed_now,
+                    });
+                }
+                committed
+            })
+        })
+        .collect();
+    let committed: usize = clients
+        .into_iter()
+        .map(|client| client.join().unwrap())
+        .sum();
+    let history = history.lock().unwrap();
+    let reads = history
+        .iter()
+        .flat_map(|txn| &txn.ops)
+        .filter(|op| matches!(op, AppendOp::Read { list, .. } if !list.is_empty()))
+        .count();
+    eprintln!("list-append: {committed} transactions committed, {reads} non-empty reads");
+    assert!(
+        committed > 150 && reads > 100,
+        "{committed} committed, {reads} reads"
+    );
+    if let Err(error) = check_append(&history) {
+        panic!("list-append history not strictly serializable: {error}");
+    }
+}
+
+#[test]
+fn list_append_across_shards_is_strictly_serializable() {
+    let cluster = TestCluster::up(2, 3);
+    list_append(&cluster);
+}
+
+#[test]
+fn list_append_across_shards_with_the_xdp_coordinator_is_strictly_serializable() {
+    let cluster = TestCluster::up_with(2, 3, "xdp", "netns");
+    list_append(&cluster);
+}
