@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
-use tern_client::{Client, ClientError, ClientOptions, ClusterMap, Completion, Pipeline, Request};
+use tern_client::{Client, ClientError, ClientOptions, ClusterMap, Pipeline, Request};
 
 /// Cents on every balance at the start.
 pub const START_CENTS: i64 = 10_000;
@@ -190,24 +190,14 @@ impl SmallbankReport {
 pub fn load(map: &ClusterMap, accounts: u64) -> Result<()> {
     let mut pipeline = Pipeline::new(map.clone(), ClientOptions::default())?;
     let start = text(START_CENTS);
-    let keys: Vec<Vec<u8>> = (0..accounts)
-        .flat_map(|account| [checking(account), savings(account)])
-        .collect();
-    let mut next = 0;
-    let mut completed: Vec<Completion> = Vec::new();
-    let mut done = 0;
-    while done < keys.len() {
-        while next < keys.len() && pipeline.has_room() {
-            pipeline.submit(Request::Put(&start), &keys[next], next as u64)?;
-            next += 1;
-        }
-        pipeline.poll(&mut completed)?;
-        for completion in completed.drain(..) {
-            completion.result?;
-            done += 1;
-        }
-    }
+    pipeline.for_each_key(&every_key(accounts), Request::Put(&start), |_, _| Ok(()))?;
     Ok(())
+}
+
+fn every_key(accounts: u64) -> Vec<Vec<u8>> {
+    (0..accounts)
+        .flat_map(|account| [checking(account), savings(account)])
+        .collect()
 }
 
 /// What one client did.
@@ -433,22 +423,10 @@ pub fn run(map: &ClusterMap, args: &SmallbankArgs) -> Result<SmallbankReport> {
 /// changes meanwhile).
 fn ledger(map: &ClusterMap, accounts: u64) -> Result<i64> {
     let mut pipeline = Pipeline::new(map.clone(), ClientOptions::default())?;
-    let keys: Vec<Vec<u8>> = (0..accounts)
-        .flat_map(|account| [checking(account), savings(account)])
-        .collect();
-    let (mut next, mut done, mut total) = (0, 0, 0i64);
-    let mut completed: Vec<Completion> = Vec::new();
-    while done < keys.len() {
-        while next < keys.len() && pipeline.has_room() {
-            pipeline.submit(Request::Get, &keys[next], next as u64)?;
-            next += 1;
-        }
-        pipeline.poll(&mut completed)?;
-        for completion in completed.drain(..) {
-            let reply = completion.result?;
-            total += cents(Some(reply.value))?;
-            done += 1;
-        }
-    }
+    let mut total = 0i64;
+    pipeline.for_each_key(&every_key(accounts), Request::Get, |_, reply| {
+        total += cents(Some(reply.value))?;
+        Ok(())
+    })?;
     Ok(total)
 }

@@ -506,6 +506,17 @@ impl Client {
         op: Op,
         shard: ShardId,
     ) -> Result<Reply, ClientError> {
+        self.admin_from(to, op, shard, 0)
+    }
+
+    /// `admin` with the request's argument (a STATS page's offset).
+    fn admin_from(
+        &mut self,
+        to: SocketAddrV4,
+        op: Op,
+        shard: ShardId,
+        argument: u64,
+    ) -> Result<Reply, ClientError> {
         let epoch = self
             .map
             .shards
@@ -514,6 +525,7 @@ impl Client {
             .map_or(0, |s| s.epoch.get());
         let mut header = Header::new(op, shard.get(), epoch);
         header.client_id.set(self.client_id.get());
+        header.argument.set(argument);
         let request_id = self.take_request_id();
         self.exchange(
             to,
@@ -529,29 +541,11 @@ impl Client {
     /// The STATS text of one process, every page of it (a process answers
     /// one datagram's worth of whole lines at a time).
     pub fn stats(&mut self, to: SocketAddrV4, shard: ShardId) -> Result<String, ClientError> {
-        let epoch = self
-            .map
-            .shards
-            .iter()
-            .find(|s| s.id == shard)
-            .map_or(0, |s| s.epoch.get());
         let mut text = Vec::new();
         let mut offset = 0;
         // Bounded: a process's text is a few kilobytes.
         for _ in 0..64 {
-            let mut header = Header::new(Op::Stats, shard.get(), epoch);
-            header.client_id.set(self.client_id.get());
-            header.argument.set(offset);
-            let request_id = self.take_request_id();
-            let reply = self.exchange(
-                to,
-                header,
-                request_id,
-                &Extensions::default(),
-                &[],
-                &[],
-                false,
-            )?;
+            let reply = self.admin_from(to, Op::Stats, shard, offset)?;
             text.extend_from_slice(&reply.value);
             offset = reply.header.argument.get();
             if offset == 0 || reply.value.is_empty() {

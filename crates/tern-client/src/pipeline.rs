@@ -43,6 +43,19 @@ pub enum Request<'a> {
     Call(crate::answer::Call<'a>),
 }
 
+impl Request<'_> {
+    /// The op it is sent as.
+    pub fn op(&self) -> Op {
+        match self {
+            Request::Get => Op::Get,
+            Request::Put(_) => Op::Put,
+            Request::Delete => Op::Delete,
+            Request::Cas { .. } => Op::Cas,
+            Request::Call(call) => call.op,
+        }
+    }
+}
+
 /// A finished request.
 #[derive(Debug)]
 pub struct Completion {
@@ -214,6 +227,31 @@ impl Pipeline {
         );
         self.next_request_id += 1;
         self.writes += u64::from(is_write);
+        Ok(())
+    }
+
+    /// Sends `request` for every key of `keys`, as many in flight as there
+    /// is room for, and hands each reply to `each` with its key's index
+    /// (in the order they come); stops at the first failure.
+    pub fn for_each_key(
+        &mut self,
+        keys: &[Vec<u8>],
+        request: Request<'_>,
+        mut each: impl FnMut(usize, Reply) -> Result<(), ClientError>,
+    ) -> Result<(), ClientError> {
+        let (mut next, mut done) = (0, 0);
+        let mut completed = Vec::new();
+        while done < keys.len() {
+            while next < keys.len() && self.has_room_for(request.op()) {
+                self.submit(request, &keys[next], next as u64)?;
+                next += 1;
+            }
+            self.poll(&mut completed)?;
+            for completion in completed.drain(..) {
+                each(completion.token as usize, completion.result?)?;
+                done += 1;
+            }
+        }
         Ok(())
     }
 

@@ -245,20 +245,7 @@ fn parse_i64(bytes: &[u8]) -> Option<i64> {
 /// Deletes every key of `stored` (as Tern stores them), many in flight.
 fn delete_all(map: &ClusterMap, stored: &[Vec<u8>]) -> Result<(), ClientError> {
     let mut pipeline = tern_client::Pipeline::new(map.clone(), Default::default())?;
-    let (mut next, mut done) = (0, 0);
-    let mut completed = Vec::new();
-    while done < stored.len() {
-        while next < stored.len() && pipeline.has_room() {
-            pipeline.submit(tern_client::Request::Delete, &stored[next], next as u64)?;
-            next += 1;
-        }
-        pipeline.poll(&mut completed)?;
-        for completion in completed.drain(..) {
-            completion.result?;
-            done += 1;
-        }
-    }
-    Ok(())
+    pipeline.for_each_key(stored, tern_client::Request::Delete, |_, _| Ok(()))
 }
 
 /// `args` with the keys of command `spec` moved into database `db`.

@@ -9,14 +9,6 @@ use tern_proto::coordinator::ShardState;
 use tern_wire::multi::{self, Answer, Item, item_flags};
 use tern_wire::{Header, Op, Status, dirty_index, encode, key_hash};
 
-fn multi_request(items: &[Item<'_>], request_id: u64) -> Vec<u8> {
-    let mut header = Header::new(Op::Multi, SHARD, EPOCH);
-    header.key_hash.set(key_hash(items[0].key));
-    header.client_id.set(42);
-    header.request_id.set(request_id);
-    encode(&header, items[0].key, &multi::encode_items(items).unwrap()).unwrap()
-}
-
 fn answers(sim: &Sim, request_id: u64) -> Vec<Answer> {
     let reply = sim.reply_to(request_id);
     assert_eq!(reply.status(), Status::Ok, "transaction {request_id}");

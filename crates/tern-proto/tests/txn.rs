@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sim::*;
 use tern_proto::coordinator::ShardState;
-use tern_wire::multi::{self, Item};
+use tern_wire::multi::Item;
 use tern_wire::txn::{Participant, Prepare, TxnId};
 use tern_wire::{Header, Message, Op, Status, dirty_index, encode, key_hash};
 
@@ -48,19 +48,11 @@ fn prepare(sim: &Sim, txn: TxnId, items: &[Item<'_>], request_id: u64) -> Vec<u8
     }
     .encode()
     .unwrap();
-    let mut header = Header::new(Op::Prepare, SHARD, EPOCH);
-    header.key_hash.set(key_hash(items[0].key));
-    header.client_id.set(42);
-    header.request_id.set(request_id);
-    encode(&header, items[0].key, &value).unwrap()
+    request(Op::Prepare, items[0].key, &value, 0, request_id)
 }
 
 fn finish(op: Op, txn: TxnId, request_id: u64) -> Vec<u8> {
-    let mut header = Header::new(op, SHARD, EPOCH);
-    header.key_hash.set(key_hash(b""));
-    header.client_id.set(42);
-    header.request_id.set(request_id);
-    encode(&header, b"", &txn.encode()).unwrap()
+    request(op, b"", &txn.encode(), 0, request_id)
 }
 
 fn status_of(sim: &Sim, request_id: u64) -> Status {
@@ -148,14 +140,6 @@ fn a_prepare_locks_its_keys_until_the_commit_makes_its_writes_visible() {
     let stats = sim.tail().render_stats();
     assert_eq!(stat(&stats, "txn_pending"), 0);
     assert_eq!(stat(&stats, "txn_locked_keys"), 0);
-}
-
-fn multi_request(items: &[Item<'_>], request_id: u64) -> Vec<u8> {
-    let mut header = Header::new(Op::Multi, SHARD, EPOCH);
-    header.key_hash.set(key_hash(items[0].key));
-    header.client_id.set(42);
-    header.request_id.set(request_id);
-    encode(&header, items[0].key, &multi::encode_items(items).unwrap()).unwrap()
 }
 
 #[test]

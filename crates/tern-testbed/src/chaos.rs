@@ -152,6 +152,17 @@ struct Tally {
     values_read: std::collections::HashSet<Vec<u8>>,
 }
 
+/// A client of the recorded workload: it gives up on a request after 2 s
+/// (its outcome is then unknown), so that faults show in the history.
+pub(crate) fn recording_client(map: &ClusterMap) -> Result<Client> {
+    let options = ClientOptions {
+        attempt_timeout: Duration::from_millis(200),
+        deadline: Duration::from_secs(2),
+        ..ClientOptions::default()
+    };
+    Ok(Client::with_options(map.clone(), options)?)
+}
+
 /// Recording clients: GET 50%, PUT 30%, CAS 20%; a failed request is an
 /// operation with an unknown outcome.
 fn start_clients(
@@ -165,12 +176,7 @@ fn start_clients(
     let start_line = Arc::new(Barrier::new(clients));
     (0..clients)
         .map(|worker| {
-            let options = ClientOptions {
-                attempt_timeout: Duration::from_millis(200),
-                deadline: Duration::from_secs(2),
-                ..ClientOptions::default()
-            };
-            let mut client = Client::with_options(map.clone(), options)?;
+            let mut client = recording_client(map)?;
             let (keys, recorder, running, start_line) = (
                 keys.clone(),
                 recorder.clone(),

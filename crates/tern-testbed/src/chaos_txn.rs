@@ -232,12 +232,7 @@ pub fn start_bank(
     let expected = bank::START * accounts.len() as i64;
     (0..clients)
         .map(|worker| {
-            let options = ClientOptions {
-                attempt_timeout: Duration::from_millis(200),
-                deadline: Duration::from_secs(2),
-                ..ClientOptions::default()
-            };
-            let mut client = Client::with_options(map.clone(), options)?;
+            let mut client = crate::chaos::recording_client(map)?;
             let (accounts, history, running, start_line) = (
                 accounts.clone(),
                 history.clone(),

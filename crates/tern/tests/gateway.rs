@@ -1450,6 +1450,13 @@ fn a_watched_key_another_client_changes_fails_exec_and_msets_in_exec_are_atomic(
     );
     // Writers of both keys at once, readers of both in one EXEC: a reader
     // never sees the keys apart.
+    never_apart(&gateway, a, b, true);
+}
+
+/// Two writers setting keys `a` and `b` to one value at once, a reader of
+/// both meanwhile (for 2 s): the reader never sees them apart. Each write
+/// and read is a MULTI/EXEC when `in_multi`, a plain MSET/MGET otherwise.
+fn never_apart(gateway: &Gateway, a: &str, b: &str, in_multi: bool) {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (0..2)
         .map(|writer| {
@@ -1460,25 +1467,36 @@ fn a_watched_key_another_client_changes_fails_exec_and_msets_in_exec_are_atomic(
                 let mut round = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let value = format!("{writer}-{round}");
-                    query_on(&mut connection, &["MULTI"]).unwrap();
-                    query_on(&mut connection, &["MSET", &a, &value, &b, &value]).unwrap();
-                    query_on(&mut connection, &["EXEC"]).unwrap();
+                    let mset = ["MSET", &a, &value, &b, &value];
+                    if in_multi {
+                        query_on(&mut connection, &["MULTI"]).unwrap();
+                        query_on(&mut connection, &mset).unwrap();
+                        query_on(&mut connection, &["EXEC"]).unwrap();
+                    } else {
+                        query_on(&mut connection, &mset).unwrap();
+                    }
                     round += 1;
                 }
                 round
             })
         })
         .collect();
+    let mut reader = gateway.connection();
     let mut reads = 0;
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
-        query_on(&mut second, &["MULTI"]).unwrap();
-        query_on(&mut second, &["MGET", a, b]).unwrap();
-        let exec = query_on(&mut second, &["EXEC"]).unwrap();
-        let redis::Value::Array(mut replies) = exec else {
-            panic!("EXEC answers an array: {exec:?}")
+        let answer = if in_multi {
+            query_on(&mut reader, &["MULTI"]).unwrap();
+            query_on(&mut reader, &["MGET", a, b]).unwrap();
+            let exec = query_on(&mut reader, &["EXEC"]).unwrap();
+            let redis::Value::Array(mut replies) = exec else {
+                panic!("EXEC answers an array: {exec:?}")
+            };
+            replies.remove(0)
+        } else {
+            query_on(&mut reader, &["MGET", a, b]).unwrap()
         };
-        let redis::Value::Array(replies) = replies.remove(0) else {
+        let redis::Value::Array(replies) = answer else {
             panic!("MGET answers an array")
         };
         assert_eq!(replies.len(), 2, "{replies:?}");
@@ -1539,38 +1557,5 @@ fn msets_mgets_and_transactions_across_shards_are_atomic() {
     );
     // Plain MSETs of both keys at once, plain MGETs of both: a reader
     // never sees the keys apart.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writers: Vec<_> = (0..2)
-        .map(|writer| {
-            let (port, stop) = (gateway.port, stop.clone());
-            let (a, b) = (a.clone(), b.clone());
-            std::thread::spawn(move || {
-                let mut connection = connect(port);
-                let mut round = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let value = format!("{writer}-{round}");
-                    query_on(&mut connection, &["MSET", &a, &value, &b, &value]).unwrap();
-                    round += 1;
-                }
-                round
-            })
-        })
-        .collect();
-    let mut reads = 0;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        let redis::Value::Array(replies) = query_on(&mut connection, &["MGET", &a, &b]).unwrap()
-        else {
-            panic!("MGET answers an array")
-        };
-        assert_eq!(replies.len(), 2, "{replies:?}");
-        assert_eq!(replies[0], replies[1], "a reader saw the keys apart");
-        reads += 1;
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let written: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
-    assert!(
-        reads > 10 && written > 10,
-        "{reads} reads, {written} writes"
-    );
+    never_apart(&gateway, &a, &b, false);
 }

@@ -440,6 +440,12 @@ pub fn request(op: Op, key: &[u8], value: &[u8], version: u64, request_id: u64) 
     request_at(EPOCH, op, key, value, version, request_id)
 }
 
+/// A one-shot transaction (MULTI) of `items`.
+pub fn multi_request(items: &[tern_wire::multi::Item<'_>], request_id: u64) -> Vec<u8> {
+    let value = tern_wire::multi::encode_items(items).unwrap();
+    request(Op::Multi, items[0].key, &value, 0, request_id)
+}
+
 /// A client request datagram stamped with `epoch`.
 pub fn request_at(
     epoch: u32,
