@@ -9,11 +9,13 @@
 //! client, or RESP for any Redis-protocol server.
 
 pub mod distribution;
+pub mod mix;
 pub mod persistence;
 pub mod plot;
 mod report;
 mod run;
 pub mod smallbank;
+pub mod tatp;
 pub mod workload;
 
 use std::path::PathBuf;

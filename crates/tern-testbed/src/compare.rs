@@ -314,10 +314,9 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     Ok(())
 }
 
-/// `tern bench smallbank-compare`: SmallBank against fresh clusters in
-/// each coordinator mode, alternating.
+/// How a transaction benchmark is compared across coordinator modes.
 #[derive(Debug, clap::Args)]
-pub struct SmallbankCompareArgs {
+pub struct TxnCompareArgs {
     /// Coordinator modes to compare, in this order each round; ratios are
     /// to the first.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "user,xdp")]
@@ -330,29 +329,67 @@ pub struct SmallbankCompareArgs {
     pub replicas: usize,
     #[arg(long, value_enum, default_value_t = DurabilityArg::None)]
     pub durability: DurabilityArg,
+}
+
+/// `tern bench smallbank-compare`.
+#[derive(Debug, clap::Args)]
+pub struct SmallbankCompareArgs {
+    #[command(flatten)]
+    pub compare: TxnCompareArgs,
     #[command(flatten)]
     pub workload: tern_bench::smallbank::SmallbankArgs,
 }
 
-/// Runs SmallBank in every mode `repeat` times, alternating (netns
-/// topology); prints each run, the medians (min..max) and the per-round
-/// ratios of committed transactions per second to the first mode.
+/// `tern bench tatp-compare`.
+#[derive(Debug, clap::Args)]
+pub struct TatpCompareArgs {
+    #[command(flatten)]
+    pub compare: TxnCompareArgs,
+    #[command(flatten)]
+    pub workload: tern_bench::tatp::TatpArgs,
+}
+
 pub fn run_smallbank(args: &SmallbankCompareArgs) -> Result<()> {
-    use tern_bench::smallbank;
+    let workload = &args.workload;
+    let about = format!(
+        "smallbank, {} accounts ({} hot), {} clients, {:?} per run",
+        workload.accounts, workload.hot, workload.mix.clients, workload.mix.duration
+    );
+    run_txn_compare(&args.compare, &about, ["SendPayment", "Balance"], |map| {
+        Ok(tern_bench::smallbank::run(map, workload)?.mix)
+    })
+}
+
+pub fn run_tatp(args: &TatpCompareArgs) -> Result<()> {
+    let workload = &args.workload;
+    let about = format!(
+        "tatp, {} subscribers, {} clients, {:?} per run",
+        workload.subscribers, workload.mix.clients, workload.mix.duration
+    );
+    run_txn_compare(
+        &args.compare,
+        &about,
+        ["GetSubscriberData", "UpdateLocation"],
+        |map| Ok(tern_bench::tatp::run(map, workload)?.mix),
+    )
+}
+
+/// Runs a transaction benchmark in every mode `repeat` times, alternating,
+/// each run on a fresh netns cluster; prints each run (with the p50 of two
+/// of its types), the medians (min..max) and the per-round ratios of
+/// committed transactions per second to the first mode.
+fn run_txn_compare(
+    args: &TxnCompareArgs,
+    about: &str,
+    shown: [&str; 2],
+    run: impl Fn(&ClusterMap) -> Result<tern_bench::mix::MixReport>,
+) -> Result<()> {
     if args.modes.len() < 2 || args.repeat == 0 {
         bail!("--modes takes two modes and --repeat at least 1");
     }
     println!(
-        "smallbank compare {:?}: {} rounds; {} shard(s) x {} replicas, durability {:?}; {} accounts ({} hot), {} clients, {:?} per run",
-        args.modes,
-        args.repeat,
-        args.shards,
-        args.replicas,
-        args.durability,
-        args.workload.accounts,
-        args.workload.hot,
-        args.workload.clients,
-        args.workload.duration
+        "compare {:?}: {} rounds; {} shard(s) x {} replicas, durability {:?}; {about}",
+        args.modes, args.repeat, args.shards, args.replicas, args.durability
     );
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
     let mut committed: Vec<Vec<f64>> = vec![Vec::new(); args.modes.len()];
@@ -369,26 +406,21 @@ pub fn run_smallbank(args: &SmallbankCompareArgs) -> Result<()> {
             )?;
             let report = ClusterMap::load(&dir.join("cluster.toml"))
                 .map_err(anyhow::Error::from)
-                .and_then(|map| smallbank::run(&map, &args.workload));
+                .and_then(|map| run(&map));
             cluster::run(ClusterCommand::Down { dir: dir.clone() })?;
             let report = report?;
-            let p50 = |kind| {
-                report
-                    .kinds
-                    .iter()
-                    .find(|of| of.kind == kind)
-                    .map_or(0, |of| of.p50_us)
-            };
             println!(
-                "round {round} {:<5} committed {:>7.0}/s  attempted {:>7.0}/s  conflicts {}+{}  failed {}  p50 SendPayment {} us, Balance {} us",
+                "round {round} {:<5} committed {:>7.0}/s  attempted {:>7.0}/s  conflicts {}+{}  failed {}  p50 {} {} us, {} {} us",
                 format!("{mode:?}"),
                 report.committed_per_s,
                 report.attempted_per_s,
                 report.conflicts_changed,
                 report.conflicts_locked,
                 report.failed,
-                p50(smallbank::Kind::SendPayment),
-                p50(smallbank::Kind::Balance),
+                shown[0],
+                report.p50_of(shown[0]),
+                shown[1],
+                report.p50_of(shown[1]),
             );
             committed[index].push(report.committed_per_s);
         }

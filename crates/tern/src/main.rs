@@ -143,6 +143,12 @@ enum BenchCommand {
     /// SmallBank against fresh clusters in each coordinator mode,
     /// alternating: medians and per-round ratios of committed per second.
     SmallbankCompare(compare::SmallbankCompareArgs),
+    /// The TATP mix against the cluster (DINT's: mostly one-key reads, one
+    /// shard per subscriber): committed and attempted per second, p50/p99
+    /// per type.
+    Tatp(tern_bench::tatp::TatpArgs),
+    /// TATP against fresh clusters in each coordinator mode, alternating.
+    TatpCompare(compare::TatpCompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -246,6 +252,20 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
             ..
         } => {
             compare::run_smallbank(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            compare: Some(BenchCommand::TatpCompare(args)),
+            ..
+        } => {
+            compare::run_tatp(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            compare: Some(BenchCommand::Tatp(args)),
+            ..
+        } => {
+            tern_bench::tatp::run(&load_map(cluster)?, &args)?.print();
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
