@@ -207,6 +207,29 @@ pub fn bit_of(value: &[u8], offset: u64) -> bool {
         .is_some_and(|byte| byte & (0x80 >> (offset % 8)) != 0)
 }
 
+/// Whether a request is pinned to the shard it names: a PREPARE is one
+/// shard's part of a transaction, so it is never rerouted (a slot that
+/// moved, a stale epoch: the transaction starts again on the new map), and
+/// LOCKED, STALE_EPOCH and WRONG_SHARD are its answers.
+fn is_pinned(op: Op) -> bool {
+    op == Op::Prepare
+}
+
+impl Client {
+    /// Takes the newest map from meta (when the cluster has meta), for a
+    /// caller that plans by shard (a transaction starting again after a
+    /// slot moved).
+    pub(crate) fn refresh_map(&mut self) {
+        if self.map.meta.is_empty() {
+            return;
+        }
+        if let Ok(map) = meta::fetch_map(&self.map.meta, &mut self.meta_hint) {
+            self.counters.map_refreshes += 1;
+            self.map = map;
+        }
+    }
+}
+
 /// Points `header` at its key's shard as `map` has it (shard id, epoch);
 /// returns that shard's coordinator. A transaction's COMMIT, ABORT and
 /// RESOLVE go to the shard they name, wherever its keys are now.
@@ -730,8 +753,9 @@ impl Client {
         self.counters.requests += 1;
         let start = Instant::now();
         let deadline = start + self.options.deadline;
-        let mut retry = Retry::new(start, &self.options, routed && !self.map.meta.is_empty())
-            .locked_is_answer(header.op() == Op::Prepare);
+        let pinned = is_pinned(header.op());
+        let follows_map = routed && !self.map.meta.is_empty() && !pinned;
+        let mut retry = Retry::new(start, &self.options, follows_map).locked_is_answer(pinned);
         loop {
             retry.sent();
             self.socket.send_to(&self.send_buffer, to)?;
@@ -804,8 +828,8 @@ impl Client {
         }
         let mut replies: Vec<Option<Reply>> = (0..sent.len()).map(|_| None).collect();
         let until = start + self.options.attempt_timeout;
-        let mut retry = Retry::new(start, &self.options, false)
-            .locked_is_answer(sent.first().is_some_and(|s| s.1.op() == Op::Prepare));
+        let pinned = sent.first().is_some_and(|s| is_pinned(s.1.op()));
+        let mut retry = Retry::new(start, &self.options, false).locked_is_answer(pinned);
         while replies.iter().any(Option::is_none) && Instant::now() < until {
             let wanted: Vec<u64> = sent
                 .iter()
@@ -820,7 +844,7 @@ impl Client {
                 .iter()
                 .position(|request| request.1.request_id == reply.header.request_id)
                 && retry.on_reply(Instant::now(), reply.status) == Verdict::Done
-                && !matches!(reply.status, Status::StaleEpoch | Status::WrongShard)
+                && (pinned || !matches!(reply.status, Status::StaleEpoch | Status::WrongShard))
             {
                 replies[index] = Some(reply);
             }

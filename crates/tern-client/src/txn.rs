@@ -57,18 +57,19 @@ impl Client {
     /// times (then [`ClientError::Conflict`]).
     pub fn multi_anywhere(&mut self, items: &[Item<'_>]) -> Result<MultiOutcome, ClientError> {
         let value = multi::encode_items(items).map_err(ClientError::Transaction)?;
-        let mut by_shard: BTreeMap<u32, Vec<Item<'_>>> = BTreeMap::new();
-        let mut places = Vec::with_capacity(items.len());
-        for item in items {
-            let shard = self.map.shard_of_key_hash(key_hash(item.key)).id.get();
-            let of_shard = by_shard.entry(shard).or_default();
-            places.push((shard, of_shard.len()));
-            of_shard.push(*item);
-        }
-        if by_shard.len() == 1 {
-            return self.one_shot(items, &value);
-        }
         for attempt in 0..TRANSACT_ATTEMPTS_MAX {
+            // Planned by the map as it is now (again after a slot moved).
+            let mut by_shard: BTreeMap<u32, Vec<Item<'_>>> = BTreeMap::new();
+            let mut places = Vec::with_capacity(items.len());
+            for item in items {
+                let shard = self.map.shard_of_key_hash(key_hash(item.key)).id.get();
+                let of_shard = by_shard.entry(shard).or_default();
+                places.push((shard, of_shard.len()));
+                of_shard.push(*item);
+            }
+            if by_shard.len() == 1 {
+                return self.one_shot(items, &value);
+            }
             match self.two_phase(&by_shard)? {
                 TwoPhase::Committed { answers, .. } => {
                     // Each item's answer from its shard's, in the items' order.
@@ -134,7 +135,7 @@ impl Client {
                 written: BTreeMap::new(),
             };
             let value = body(&mut txn)?;
-            if let Some(versions) = txn.commit()? {
+            if let Some((versions, written)) = txn.commit()? {
                 let version = match versions[..] {
                     [(_, version)] => version,
                     _ => 0,
@@ -143,6 +144,7 @@ impl Client {
                     value,
                     version,
                     versions,
+                    written,
                 });
             }
             backoff(attempt);
@@ -186,7 +188,14 @@ pub struct Transacted<T> {
     /// there have it; 0 for a shard it only read, or whose COMMIT went
     /// unanswered, settled by its lease).
     pub versions: Vec<(u32, u64)>,
+    /// Each key it wrote with the version its write has (0: unknown, its
+    /// shard's COMMIT went unanswered), by the shards the keys were of
+    /// when it committed.
+    pub written: Vec<(Vec<u8>, u64)>,
 }
+
+/// What a commit made: each shard's version, each written key's.
+type Committed = (Vec<(u32, u64)>, Vec<(Vec<u8>, u64)>);
 
 /// Waits before attempt `attempt + 1` of a transaction that conflicted:
 /// longer with the attempts, so that contending transactions spread out.
@@ -265,9 +274,10 @@ impl Txn<'_> {
         self.written.insert(key.to_vec(), None);
     }
 
-    /// Commits: the version it committed at on each shard, None on a
-    /// conflict. A transaction that read and wrote nothing commits at once.
-    fn commit(self) -> Result<Option<Vec<(u32, u64)>>, ClientError> {
+    /// Commits: the version it committed at on each shard and each written
+    /// key's, None on a conflict. A transaction that read and wrote nothing
+    /// commits at once.
+    fn commit(self) -> Result<Option<Committed>, ClientError> {
         let client = self.client;
         let mut items: Vec<Item<'_>> = self
             .read
@@ -286,17 +296,36 @@ impl Txn<'_> {
             });
         }
         if items.is_empty() {
-            return Ok(Some(Vec::new()));
+            return Ok(Some((Vec::new(), Vec::new())));
         }
         let mut by_shard: BTreeMap<u32, Vec<Item<'_>>> = BTreeMap::new();
+        let mut shard_of_key: BTreeMap<&[u8], u32> = BTreeMap::new();
         for item in items {
             let shard = client.map.shard_of_key_hash(key_hash(item.key)).id.get();
+            shard_of_key.insert(item.key, shard);
             by_shard.entry(shard).or_default().push(item);
         }
+        let written_at = |versions: &[(u32, u64)]| -> Vec<(Vec<u8>, u64)> {
+            self.written
+                .keys()
+                .map(|key| {
+                    let shard = shard_of_key[&key[..]];
+                    let version = versions
+                        .iter()
+                        .find(|(of, _)| *of == shard)
+                        .map_or(0, |(_, version)| *version);
+                    (key.clone(), version)
+                })
+                .collect()
+        };
         if by_shard.len() == 1 {
             let (shard, items) = by_shard.pop_first().expect("one shard");
             return match client.multi(&items) {
-                Ok(MultiOutcome::Committed { version, .. }) => Ok(Some(vec![(shard, version)])),
+                Ok(MultiOutcome::Committed { version, .. }) => {
+                    let versions = vec![(shard, version)];
+                    let written = written_at(&versions);
+                    Ok(Some((versions, written)))
+                }
                 Ok(MultiOutcome::CheckFailed { .. }) => {
                     client.counters.txn_changed += 1;
                     Ok(None)
@@ -321,10 +350,16 @@ impl Txn<'_> {
                     return Ok(None);
                 }
             }
-            return Ok(Some(by_shard.keys().map(|&shard| (shard, 0)).collect()));
+            return Ok(Some((
+                by_shard.keys().map(|&shard| (shard, 0)).collect(),
+                Vec::new(),
+            )));
         }
         match client.two_phase(&by_shard)? {
-            TwoPhase::Committed { versions, .. } => Ok(Some(versions)),
+            TwoPhase::Committed { versions, .. } => {
+                let written = written_at(&versions);
+                Ok(Some((versions, written)))
+            }
             TwoPhase::No(Status::CasMismatch, _) => {
                 client.counters.txn_changed += 1;
                 Ok(None)
@@ -377,6 +412,7 @@ impl Client {
         let mut answers = Some(BTreeMap::new());
         let mut refused = None;
         let mut no = (Status::TxnAborted, 0);
+        let mut map_stale = false;
         for (&shard, reply) in by_shard.keys().zip(replies) {
             let vote = match reply {
                 Ok(reply) => match reply.status {
@@ -392,6 +428,7 @@ impl Client {
                         }
                         Vote::Yes
                     }
+                    // The head's no, for good (an abort tombstone).
                     status @ (Status::CasMismatch | Status::Locked | Status::TxnAborted) => {
                         no = (status, reply.header.version());
                         Vote::No
@@ -400,16 +437,19 @@ impl Client {
                         refused = Some(ClientError::Transaction(MultiError::DecidedTooLarge));
                         Vote::No
                     }
-                    status => {
-                        refused = Some(ClientError::Refused { status });
-                        Vote::No
+                    // Not the head's answer but a refusal of this copy (a
+                    // map that changed: a new epoch, a slot moved): an
+                    // earlier copy may have been prepared, so the shard is
+                    // asked; the transaction then starts again on the
+                    // newest map.
+                    Status::StaleEpoch | Status::WrongShard => {
+                        map_stale = true;
+                        Vote::Unknown
                     }
+                    _ => Vote::Unknown,
                 },
-                Err(ClientError::Timeout { .. } | ClientError::Io(_)) => Vote::Unknown,
-                Err(error) => {
-                    refused = Some(error);
-                    Vote::No
-                }
+                // No answer in time, or none that says: the shard is asked.
+                Err(_) => Vote::Unknown,
             };
             votes.push((shard, vote));
         }
@@ -429,6 +469,9 @@ impl Client {
                     break;
                 }
             }
+        }
+        if map_stale {
+            self.refresh_map();
         }
         if votes.iter().any(|(_, vote)| *vote == Vote::No) {
             // One shard voted no for good: nobody can commit it. Every

@@ -1474,11 +1474,17 @@ impl Replica {
             _ => return decided(Effect::None, Status::Malformed, 0),
         };
         let id = prepare.id;
+        let locks = prepare.locks();
         match self.txns.standing(id) {
             Standing::Unknown => {}
             // Prepared here before (a copy of its PREPARE beyond dedup):
             // still yes; the answers went with the first.
-            Standing::Prepared => return decided(Effect::None, Status::Ok, 0),
+            Standing::Prepared if self.txns.prepared_with(id, &locks) => {
+                return decided(Effect::None, Status::Ok, 0);
+            }
+            // Another PREPARE of the same transaction here (its client
+            // planned it twice): refused, the first stands.
+            Standing::Prepared => return decided(Effect::None, Status::Malformed, 0),
             Standing::Committed => return decided(Effect::None, Status::TxnCommitted, 0),
             Standing::Aborted => return decided(Effect::None, Status::TxnAborted, 0),
         }
@@ -1486,7 +1492,6 @@ impl Replica {
             value: Some(id.encode().to_vec()),
             ..decided(Effect::Abort, status, version)
         };
-        let locks = prepare.locks();
         if locks
             .iter()
             .any(|(wanted, key)| self.txns.conflicts(Some(id), *wanted, key))

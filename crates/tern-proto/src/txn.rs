@@ -93,6 +93,18 @@ impl Transactions {
         }
     }
 
+    /// Whether `id` is prepared here with exactly these locks (mode, key).
+    pub fn prepared_with(&self, id: TxnId, locks: &[(u8, &[u8])]) -> bool {
+        self.pending.get(&id).is_some_and(|record| {
+            record.locks.len() == locks.len()
+                && record
+                    .locks
+                    .iter()
+                    .zip(locks)
+                    .all(|(lock, (mode, key))| lock.mode == *mode && lock.key == *key)
+        })
+    }
+
     /// A prepared transaction's decided writes and answers.
     pub fn decided(&self, id: TxnId) -> Option<&Decided> {
         self.pending.get(&id).map(|record| &record.decided)

@@ -214,10 +214,17 @@ fn a_resent_prepare_takes_its_hold_once_and_answers_yes_again() {
             .all(|reply| reply.status() == Status::Ok)
     );
     assert_eq!(dirty(&sim, b"k"), 1, "held once");
+    // Another PREPARE of the same transaction (other items) is refused:
+    // the first stands.
+    sim.send(prepare(&sim, txn, &[Item::put(b"other", b"w")], 5));
+    sim.deliver_all();
+    assert_eq!(status_of(&sim, 5), Status::Malformed);
+    assert_eq!(dirty(&sim, b"k"), 1, "the first PREPARE's hold stays");
     sim.send(finish(Op::Commit, txn, 2));
     sim.deliver_all();
     assert_eq!(dirty(&sim, b"k"), 0);
     assert_eq!(sim.tail().store().latest(b"k").unwrap().value, b"v");
+    assert!(sim.tail().store().latest(b"other").is_none());
 }
 
 #[test]

@@ -145,9 +145,8 @@ fn recorded(
         seen = Seen::default();
         body(tx, &mut seen)
     });
-    let map = client.map().clone();
-    let (versions, version, ended) = match done {
-        Ok(done) => (done.versions, done.version, Ended::Committed(runs)),
+    let (written, version, ended) = match done {
+        Ok(done) => (done.written, done.version, Ended::Committed(runs)),
         Err(ClientError::Conflict { .. }) => return Ended::Conflicted,
         Err(_) if tolerate_errors => {
             // A read-only transaction that failed wrote nothing.
@@ -159,10 +158,9 @@ fn recorded(
         Err(error) => panic!("transaction failed: {error}"),
     };
     let written_at = |key: &[u8]| {
-        let shard = shard_of(&map, key);
-        versions
+        written
             .iter()
-            .find(|(of, _)| *of == shard)
+            .find(|(of, _)| of == key)
             .map_or(0, |(_, version)| *version)
     };
     let writes = seen

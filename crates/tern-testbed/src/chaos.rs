@@ -955,6 +955,32 @@ fn chaos(dir: &Path, args: &ChaosArgs, seed: u64) -> Result<ExitCode> {
                 ),
                 Err(error) => {
                     println!("strictly serializable: NO\n{error}");
+                    let dump = dir.join("logs").join("bank-history.txt");
+                    let mut text = String::new();
+                    for (index, recorded) in history.iter().enumerate() {
+                        let show = |list: &[(Vec<u8>, Vec<u8>, u64)]| {
+                            list.iter()
+                                .map(|(key, value, version)| {
+                                    format!(
+                                        "{}={}@{version}",
+                                        String::from_utf8_lossy(key),
+                                        String::from_utf8_lossy(value)
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        };
+                        text.push_str(&format!(
+                            "T{index} doubt={} call={:?} reads[{}] writes[{}]\n",
+                            recorded.in_doubt,
+                            recorded.call.duration_since(started),
+                            show(&recorded.reads),
+                            show(&recorded.writes)
+                        ));
+                    }
+                    if std::fs::write(&dump, text).is_ok() {
+                        println!("history written to {}", dump.display());
+                    }
                     bank_ok = false;
                 }
             }

@@ -40,6 +40,9 @@ pub(super) struct Held {
     prepared_at: Option<Time>,
     /// When it was last handed to the settler.
     settling_since: Option<Time>,
+    /// The seq of the PREPARE that took it (0: taken again from the
+    /// head's report).
+    taken_at: u64,
 }
 
 impl Held {
@@ -68,6 +71,7 @@ impl Held {
             lease: Duration::from_millis(u64::from(lease_ms)),
             prepared_at,
             settling_since: None,
+            taken_at: 0,
         }
     }
 }
@@ -143,7 +147,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             record.lease_ms,
             Some(now),
         );
-        self.take_hold(record.id, held);
+        self.take_hold(record.id, held, 0);
     }
 
     pub(super) fn holds_count(&self) -> u64 {
@@ -152,11 +156,17 @@ impl<S: ShardState> ShardCoordinator<S> {
 
     /// Takes a PREPARE's hold as it is sequenced: its written keys dirty
     /// before the PREPARE can reach anyone (DESIGN rule 3).
-    pub(super) fn take_hold(&mut self, id: TxnId, held: Held) {
+    pub(super) fn take_hold(&mut self, id: TxnId, held: Held, seq: u64) {
         for &index in &held.exclusive {
             self.state.increment_dirty(index);
         }
-        self.holds.held.insert(id, held);
+        self.holds.held.insert(
+            id,
+            Held {
+                taken_at: seq,
+                ..held
+            },
+        );
     }
 
     /// After the acknowledgement of a transaction request (its datagram
@@ -167,6 +177,7 @@ impl<S: ShardState> ShardCoordinator<S> {
         let Ok(message) = Message::decode(kept) else {
             return;
         };
+        let seq = message.header.seq.get();
         let op = message.header.op();
         let id = match op {
             Op::Prepare => Prepare::decode(message.value).map(|prepare| prepare.id),
@@ -174,8 +185,17 @@ impl<S: ShardState> ShardCoordinator<S> {
             _ => return,
         };
         let Ok(id) = id else { return };
+        let taken_here = self
+            .holds
+            .held
+            .get(&id)
+            .is_some_and(|held| held.taken_at == seq);
         let settled = match (op, status) {
             (Op::Prepare, Status::Ok) | (Op::Resolve, Status::TxnPrepared) => false,
+            // A PREPARE the head refused as malformed decided nothing: the
+            // hold goes if this one took it, and stays if it is another
+            // PREPARE of a transaction prepared there before.
+            (Op::Prepare, Status::Malformed) => taken_here,
             // Refusals a coordinator answers itself never reach here; every
             // other answer is the head's: the transaction is not (or no
             // longer) prepared there.

@@ -118,7 +118,7 @@ impl<S: ShardState> ShardCoordinator<S> {
                     self.state.increment_dirty(index);
                 }
             }
-            (None, Some(TxnPlan::Prepare(id, Some(held)))) => self.take_hold(id, held),
+            (None, Some(TxnPlan::Prepare(id, Some(held)))) => self.take_hold(id, held, seq),
             (None, Some(_)) => {}
             (None, None) => self.state.increment_dirty(index),
         }
