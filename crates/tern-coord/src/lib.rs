@@ -66,7 +66,7 @@ pub fn run(
             Poll::Serve
         }
     };
-    serve_shards(listen, shards, mode, &mut poll)
+    serve_shards(listen, shards, mode, None, &mut poll)
 }
 
 /// A coordinator under meta: it heartbeats, and serves the shards the map
@@ -95,6 +95,8 @@ pub fn run_under_meta(
         None => (0, Vec::new()),
     };
     let mut standing_by = false;
+    // Every shard's coordinator by the newest map, for the settler.
+    let directory = tern_proto::coordinator::Directory::default();
     while !shutdown.load(Ordering::Relaxed) {
         let (_, shards) = assigned();
         if shards.is_empty() {
@@ -129,7 +131,17 @@ pub fn run_under_meta(
             let newest = (heartbeats.version() != supervisor.acted_on())
                 .then(|| heartbeats.map())
                 .flatten()
-                .map(|map| assignment_of(&map, listen));
+                .map(|map| {
+                    if let Ok(mut known) = directory.lock() {
+                        known.clear();
+                        known.extend(
+                            map.shards
+                                .iter()
+                                .map(|shard| (shard.id.get(), shard.coordinator)),
+                        );
+                    }
+                    assignment_of(&map, listen)
+                });
             let next = supervisor.poll(newest, |version| heartbeats.lease_valid(version));
             if let Poll::Change {
                 reconfigure,
@@ -142,7 +154,7 @@ pub fn run_under_meta(
             }
             next
         };
-        if let Err(error) = serve_shards(listen, shards, mode, &mut poll) {
+        if let Err(error) = serve_shards(listen, shards, mode, Some(directory.clone()), &mut poll) {
             // Say why and try again: the map, the lease or the replicas
             // (their addresses for XDP) may be different in a moment.
             tracing::error!(%error, %listen, "cannot serve the assigned shards; retrying");
@@ -329,18 +341,22 @@ fn serve_shards(
     listen: SocketAddrV4,
     shards: Vec<ShardConfig>,
     mode: Mode,
+    directory: Option<tern_proto::coordinator::Directory>,
     poll: &mut dyn FnMut(bool) -> Poll,
 ) -> Result<(), CoordError> {
+    let with_directory = |coordinator: Coordinator<SharedShard>| match &directory {
+        Some(directory) => coordinator.with_directory(directory.clone()),
+        None => coordinator,
+    };
     let ids: Vec<u32> = shards.iter().map(|shard| shard.shard).collect();
     match mode {
         Mode::User => {
             let mut socket = BatchSocket::bind(listen)?;
             tracing::info!(%listen, shards = ?ids, mode = "user", "coordinator serving");
-            let mut coordinator = Coordinator::new(
-                shards
-                    .into_iter()
-                    .map(|config| ShardCoordinator::new(config, SharedShard::in_process())),
-            );
+            let mut coordinator =
+                with_directory(Coordinator::new(shards.into_iter().map(|config| {
+                    ShardCoordinator::new(config, SharedShard::in_process())
+                })));
             serve_and_report(&mut socket, &mut coordinator, poll, &mut |_| {})?;
         }
         Mode::Xdp => {
@@ -363,9 +379,10 @@ fn serve_shards(
                 })
                 .collect::<Result<Vec<_>, xdp::XdpError>>()?;
             let counters = fast_path.counter_reader();
-            let mut coordinator = Coordinator::new(cores).with_extra_stats(Box::new(move |out| {
-                counters.samples(out);
-            }));
+            let mut coordinator =
+                with_directory(Coordinator::new(cores)).with_extra_stats(Box::new(move |out| {
+                    counters.samples(out);
+                }));
             // DESIGN rule 8: the kernel knows nothing of recovery, so the
             // program is attached only once this process has learnt where the
             // chain stands and sequencing can resume above it. Changes that

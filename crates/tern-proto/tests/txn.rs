@@ -253,10 +253,20 @@ fn prepared_transactions_survive_a_restart_from_the_log_and_a_snapshot() {
 /// Delivers everything, answering the settler's requests to the other
 /// participant with `answer` (and keeping what it asked).
 fn deliver_answering_other(sim: &mut Sim, answer: impl Fn(Op) -> Status) -> Vec<Op> {
+    deliver_answering(sim, OTHER, answer)
+}
+
+/// As `deliver_answering_other`, the other participant's coordinator at
+/// `other`.
+fn deliver_answering(
+    sim: &mut Sim,
+    other: std::net::SocketAddrV4,
+    answer: impl Fn(Op) -> Status,
+) -> Vec<Op> {
     let mut asked = Vec::new();
     for _ in 0..100 {
-        sim.deliver_all_except(to(OTHER));
-        let requests = sim.lose(to(OTHER));
+        sim.deliver_all_except(to(other));
+        let requests = sim.lose(to(other));
         if requests.is_empty() {
             return asked;
         }
@@ -274,7 +284,7 @@ fn deliver_answering_other(sim: &mut Sim, answer: impl Fn(Op) -> Status) -> Vec<
             reply.client_id = received.client_id;
             reply.request_id = received.request_id;
             sim.network.push_back(Datagram {
-                from: OTHER,
+                from: other,
                 to: datagram.from,
                 bytes: encode(&reply, &[], &[]).unwrap(),
             });
@@ -425,4 +435,28 @@ fn a_probe_that_loses_a_transaction_report_waits_for_the_next() {
     sim.deliver_all();
     assert!(sim.coordinator.is_ready());
     assert_eq!((dirty(&sim, b"a"), dirty(&sim, b"b")), (1, 1));
+}
+
+#[test]
+fn the_settler_asks_a_participant_where_the_newest_map_has_its_coordinator() {
+    // The other shard's coordinator failed over since the client prepared:
+    // the shell's directory names the new one.
+    let moved = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 0, 0, 78), 7000);
+    let directory = tern_proto::coordinator::Directory::default();
+    directory.lock().unwrap().insert(9, moved);
+    let mut sim = Sim::unprobed(2);
+    sim.coordinator = Sim::fresh_coordinator(&sim.chain).with_directory(directory);
+    sim.tick();
+    sim.deliver_all();
+    assert!(sim.coordinator.is_ready());
+    sim.send(prepare(&sim, id(1), &[Item::put(b"k", b"v")], 1));
+    sim.deliver_all();
+    sim.advance(Duration::from_millis(250));
+    let asked = deliver_answering(&mut sim, moved, |op| match op {
+        Op::Resolve => Status::TxnPrepared,
+        _ => Status::Ok,
+    });
+    assert_eq!(asked.last(), Some(&Op::Commit), "{asked:?}");
+    assert!(sim.lose(to(OTHER)).is_empty(), "nothing to the old address");
+    assert_eq!(sim.tail().store().latest(b"k").unwrap().value, b"v");
 }

@@ -32,6 +32,7 @@ pub use freeze::FREEZES_MAX;
 pub use process::{Coordinator, CoordinatorCounters, ExtraStats};
 pub use reads::{ReadRoute, route_read};
 use recovery::Recovery;
+pub use settle::Directory;
 pub use state::ShardState;
 pub use tern_wire::maps::INFLIGHT_WRITES_MAX;
 use tern_wire::{Header, MESSAGE_LEN_MAX, Message, Op, Status};

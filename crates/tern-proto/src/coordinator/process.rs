@@ -67,6 +67,12 @@ impl<S: ShardState> Coordinator<S> {
         }
     }
 
+    /// Lets the settler find each shard's coordinator by the newest map.
+    pub fn with_directory(mut self, directory: super::settle::Directory) -> Self {
+        self.settler.set_directory(directory);
+        self
+    }
+
     /// Adds samples to every STATS answer and metrics scrape.
     pub fn with_extra_stats(mut self, extra: ExtraStats) -> Self {
         self.extra_stats = Some(extra);

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::SocketAddrV4;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tern_wire::txn::{Participant, TxnId};
@@ -49,6 +50,11 @@ struct Job {
     last_sent: Option<Time>,
 }
 
+/// Where each shard's coordinator is, by the newest map (kept up to date
+/// by the process's shell): a participant's coordinator may have failed
+/// over since its client prepared.
+pub type Directory = Arc<Mutex<HashMap<u32, SocketAddrV4>>>;
+
 /// What the settler did, for STATS.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SettleCounts {
@@ -70,6 +76,8 @@ pub struct Settler {
     /// Request id to the transaction and participant it asks.
     requests: HashMap<u64, (TxnId, usize)>,
     counts: SettleCounts,
+    /// The newest coordinators, when the shell knows them.
+    directory: Option<Directory>,
 }
 
 impl Default for Settler {
@@ -88,7 +96,14 @@ impl Settler {
             jobs: HashMap::new(),
             requests: HashMap::new(),
             counts: SettleCounts::default(),
+            directory: None,
         }
+    }
+
+    /// Sends to the coordinators `directory` names (the participants'
+    /// addresses as their client knew them otherwise).
+    pub fn set_directory(&mut self, directory: Directory) {
+        self.directory = Some(directory);
     }
 
     pub fn client_id(&self) -> u64 {
@@ -252,6 +267,10 @@ impl Settler {
             self.counts.gave_up += 1;
             self.forget(id);
         }
+        let directory = match (&self.directory, self.jobs.is_empty()) {
+            (Some(directory), false) => directory.lock().map(|known| known.clone()).ok(),
+            _ => None,
+        };
         for (id, job) in &mut self.jobs {
             if job
                 .last_sent
@@ -270,7 +289,11 @@ impl Settler {
                 header.key_hash.set(key_hash(b""));
                 header.client_id.set(self.client_id);
                 header.request_id.set(ask.request_id);
-                let to: SocketAddrV4 = ask.participant.coordinator;
+                let shard = ask.participant.shard;
+                let to = directory
+                    .as_ref()
+                    .and_then(|known| known.get(&shard).copied())
+                    .unwrap_or(ask.participant.coordinator);
                 outbox.push(to, &header, &[], &id.encode());
             }
         }
