@@ -119,6 +119,19 @@ impl Client {
         }
     }
 
+    /// Begins an optimistic transaction to drive by hand: reads with
+    /// [`Txn::get`], writes with [`Txn::put`] and [`Txn::delete`], then
+    /// [`Txn::commit`] (or [`Txn::abort`], or drop it: nothing was sent
+    /// but reads). [`Client::transact`] does the same and runs the body
+    /// again on a conflict.
+    pub fn begin(&mut self) -> Txn<'_> {
+        Txn {
+            client: self,
+            read: BTreeMap::new(),
+            written: BTreeMap::new(),
+        }
+    }
+
     /// Runs `body` as an optimistic, strictly serializable transaction and
     /// commits it; runs it again from the start (a fresh [`Txn`]) when a
     /// key it read changed before the commit, up to
@@ -129,13 +142,9 @@ impl Client {
         mut body: impl FnMut(&mut Txn<'_>) -> Result<T, ClientError>,
     ) -> Result<Transacted<T>, ClientError> {
         for attempt in 0..TRANSACT_ATTEMPTS_MAX {
-            let mut txn = Txn {
-                client: self,
-                read: BTreeMap::new(),
-                written: BTreeMap::new(),
-            };
+            let mut txn = self.begin();
             let value = body(&mut txn)?;
-            if let Some((versions, written)) = txn.commit()? {
+            if let Some((versions, written)) = txn.try_commit()? {
                 let version = match versions[..] {
                     [(_, version)] => version,
                     _ => 0,
@@ -274,10 +283,33 @@ impl Txn<'_> {
         self.written.insert(key.to_vec(), None);
     }
 
+    /// Commits what it read and wrote: its versions, or
+    /// [`ClientError::Conflict`] when a key it read changed before (or
+    /// another transaction held one): nothing was written, and a new
+    /// transaction may try again.
+    pub fn commit(self) -> Result<Transacted<()>, ClientError> {
+        match self.try_commit()? {
+            Some((versions, written)) => Ok(Transacted {
+                value: (),
+                version: match versions[..] {
+                    [(_, version)] => version,
+                    _ => 0,
+                },
+                versions,
+                written,
+            }),
+            None => Err(ClientError::Conflict { attempts: 1 }),
+        }
+    }
+
+    /// Gives the transaction up: nothing is written (an optimistic
+    /// transaction holds nothing until it commits).
+    pub fn abort(self) {}
+
     /// Commits: the version it committed at on each shard and each written
     /// key's, None on a conflict. A transaction that read and wrote nothing
     /// commits at once.
-    fn commit(self) -> Result<Option<Committed>, ClientError> {
+    fn try_commit(self) -> Result<Option<Committed>, ClientError> {
         let client = self.client;
         let mut items: Vec<Item<'_>> = self
             .read

@@ -533,3 +533,39 @@ fn list_append_across_shards_with_the_xdp_coordinator_is_strictly_serializable()
     let cluster = TestCluster::up_with(2, 3, "xdp", "netns");
     list_append(&cluster);
 }
+
+#[test]
+fn a_transaction_driven_by_hand_commits_conflicts_or_aborts() {
+    let cluster = TestCluster::up(2, 3);
+    let map = cluster.map.clone();
+    let a = b"hand/0".to_vec();
+    let b = (1..)
+        .map(|n| format!("hand/{n}").into_bytes())
+        .find(|key| shard_of(&map, key) != shard_of(&map, &a))
+        .unwrap();
+    let mut client = Client::new(map.clone()).unwrap();
+    let mut other = Client::new(map).unwrap();
+    // Across shards: both written, each at its shard's version.
+    let mut tx = client.begin();
+    assert_eq!(tx.get(&a).unwrap(), None);
+    tx.put(&a, b"1");
+    tx.put(&b, b"1");
+    let done = tx.commit().unwrap();
+    assert_eq!(done.written.len(), 2);
+    for (key, version) in &done.written {
+        assert_eq!(other.get(key).unwrap().unwrap().version, *version);
+    }
+    // A key read changes before the commit: a conflict, nothing written.
+    let mut tx = client.begin();
+    assert_eq!(tx.get(&a).unwrap().as_deref(), Some(&b"1"[..]));
+    tx.put(&b, b"2");
+    other.put(&a, b"changed").unwrap();
+    let error = tx.commit().unwrap_err();
+    assert!(matches!(error, ClientError::Conflict { .. }), "{error}");
+    assert_eq!(other.get(&b).unwrap().unwrap().value, b"1");
+    // Given up: nothing written.
+    let mut tx = client.begin();
+    tx.put(&a, b"never");
+    tx.abort();
+    assert_eq!(other.get(&a).unwrap().unwrap().value, b"changed");
+}
