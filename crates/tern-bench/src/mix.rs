@@ -33,25 +33,27 @@ pub struct MixArgs {
 
 /// A benchmark's transaction types and how to run one.
 pub trait Mix: Send + Sync {
-    /// The types, by index.
-    fn kinds(&self) -> &'static [&'static str];
-    /// Picks and runs one transaction; counts the runs of its body in
-    /// `runs`. Its type's index and what it returned (a value the
-    /// benchmark sums over committed transactions: SmallBank's money).
-    fn run_one(
+    /// The types, by index, each with its share of the mix (percent,
+    /// adding up to 100).
+    fn kinds(&self) -> &'static [(&'static str, u32)];
+    /// Runs one transaction of type `kind`; counts the runs of its body in
+    /// `runs`. What it returned: a value the benchmark sums over committed
+    /// transactions (SmallBank's money).
+    fn run(
         &self,
+        kind: usize,
         client: &mut Client,
         random: &mut SmallRng,
         runs: &mut u64,
-    ) -> (usize, Result<i64, ClientError>);
+    ) -> Result<i64, ClientError>;
 }
 
-/// The index of a type drawn with `shares` (percent, adding up to 100).
-pub fn pick(random: &mut SmallRng, shares: &[u32]) -> usize {
+/// The index of a type drawn by its share.
+fn pick(random: &mut SmallRng, kinds: &[(&str, u32)]) -> usize {
     let mut roll = random.random_range(0..100);
-    shares
+    kinds
         .iter()
-        .position(|&share| {
+        .position(|&(_, share)| {
             let here = roll < share;
             roll = roll.saturating_sub(share);
             here
@@ -156,7 +158,8 @@ fn client_loop(
             counted_from = Some(client.counters());
         }
         let mut runs = 0;
-        let (kind, result) = mix.run_one(&mut client, &mut random, &mut runs);
+        let kind = pick(&mut random, mix.kinds());
+        let result = mix.run(kind, &mut client, &mut random, &mut runs);
         if let Ok(value) = result {
             tally.sum += value;
         }
@@ -233,7 +236,7 @@ pub fn run_mix(
             .iter()
             .zip(kinds)
             .filter(|(_, histogram)| !histogram.is_empty())
-            .map(|(kind, histogram)| KindReport {
+            .map(|((kind, _), histogram)| KindReport {
                 kind,
                 committed: histogram.len(),
                 p50_us: histogram.value_at_quantile(0.5),

@@ -22,7 +22,7 @@ use rand::rngs::SmallRng;
 use serde::Serialize;
 use tern_client::{Client, ClientError, ClientOptions, ClusterMap, Pipeline, Request};
 
-use crate::mix::{Mix, MixArgs, MixReport, pick, run_mix};
+use crate::mix::{Mix, MixArgs, MixReport, run_mix};
 
 /// Cents on every balance at the start.
 pub const START_CENTS: i64 = 10_000;
@@ -51,17 +51,15 @@ pub struct SmallbankArgs {
     pub json: bool,
 }
 
-/// The SmallBank transaction types, by `Mix` index.
-pub const KINDS: &[&str] = &[
-    "Amalgamate",
-    "Balance",
-    "DepositChecking",
-    "SendPayment",
-    "TransactSaving",
-    "WriteCheck",
+/// The SmallBank transaction types, by `Mix` index, with their shares.
+pub const KINDS: &[(&str, u32)] = &[
+    ("Amalgamate", 15),
+    ("Balance", 15),
+    ("DepositChecking", 15),
+    ("SendPayment", 25),
+    ("TransactSaving", 15),
+    ("WriteCheck", 15),
 ];
-/// Their shares of the mix, in percent.
-const SHARES: [u32; 6] = [15, 15, 15, 25, 15, 15];
 
 fn checking(account: u64) -> Vec<u8> {
     format!("{{sb{account}}}c").into_bytes()
@@ -150,18 +148,18 @@ impl Smallbank {
 }
 
 impl Mix for Smallbank {
-    fn kinds(&self) -> &'static [&'static str] {
+    fn kinds(&self) -> &'static [(&'static str, u32)] {
         KINDS
     }
 
     /// One transaction; the money it brought in (or took out).
-    fn run_one(
+    fn run(
         &self,
+        kind: usize,
         client: &mut Client,
         random: &mut SmallRng,
         runs: &mut u64,
-    ) -> (usize, Result<i64, ClientError>) {
-        let kind = pick(random, &SHARES);
+    ) -> Result<i64, ClientError> {
         let a = self.account(random);
         let mut b = self.account(random);
         while b == a {
@@ -223,7 +221,7 @@ impl Mix for Smallbank {
                 }
             })
         });
-        (kind, done.map(|done| done.value))
+        done.map(|done| done.value)
     }
 }
 

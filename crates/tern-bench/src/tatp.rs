@@ -20,7 +20,7 @@ use rand::rngs::SmallRng;
 use serde::Serialize;
 use tern_client::{Client, ClientError, ClientOptions, ClusterMap, Pipeline, Request};
 
-use crate::mix::{Mix, MixArgs, MixReport, pick, run_mix};
+use crate::mix::{Mix, MixArgs, MixReport, run_mix};
 
 #[derive(Clone, Debug, clap::Args, Serialize)]
 pub struct TatpArgs {
@@ -37,18 +37,16 @@ pub struct TatpArgs {
     pub json: bool,
 }
 
-/// The TATP transaction types, by `Mix` index.
-pub const KINDS: &[&str] = &[
-    "GetSubscriberData",
-    "GetAccessData",
-    "GetNewDestination",
-    "UpdateSubscriberData",
-    "UpdateLocation",
-    "InsertCallForwarding",
-    "DeleteCallForwarding",
+/// The TATP transaction types, by `Mix` index, with their shares.
+pub const KINDS: &[(&str, u32)] = &[
+    ("GetSubscriberData", 35),
+    ("GetAccessData", 35),
+    ("GetNewDestination", 10),
+    ("UpdateSubscriberData", 2),
+    ("UpdateLocation", 14),
+    ("InsertCallForwarding", 2),
+    ("DeleteCallForwarding", 2),
 ];
-/// Their shares of the mix, in percent.
-const SHARES: [u32; 7] = [35, 35, 10, 2, 14, 2, 2];
 /// NURand's A for up to a million subscribers.
 const NURAND_A: u64 = 65_535;
 /// Call forwarding start times.
@@ -133,17 +131,17 @@ impl Tatp {
 }
 
 impl Mix for Tatp {
-    fn kinds(&self) -> &'static [&'static str] {
+    fn kinds(&self) -> &'static [(&'static str, u32)] {
         KINDS
     }
 
-    fn run_one(
+    fn run(
         &self,
+        kind: usize,
         client: &mut Client,
         random: &mut SmallRng,
         runs: &mut u64,
-    ) -> (usize, Result<i64, ClientError>) {
-        let kind = pick(random, &SHARES);
+    ) -> Result<i64, ClientError> {
         let s = self.subscriber(random);
         let facility_kind = random.random_range(1..=4);
         let start = STARTS[random.random_range(0..STARTS.len())];
@@ -206,7 +204,7 @@ impl Mix for Tatp {
         if kind < 2 {
             *runs += 1;
         }
-        (kind, result)
+        result
     }
 }
 
