@@ -235,11 +235,7 @@ impl Client {
 /// RESOLVE go to the shard they name, wherever its keys are now.
 pub(crate) fn reroute(map: &ClusterMap, header: &mut Header) -> SocketAddrV4 {
     let named = matches!(header.op(), Op::Commit | Op::Abort | Op::Resolve)
-        .then(|| {
-            map.shards
-                .iter()
-                .find(|shard| shard.id.get() == header.shard.get())
-        })
+        .then(|| map.shard(ShardId(header.shard.get())))
         .flatten();
     let shard = named.unwrap_or_else(|| map.shard_of_key_hash(header.key_hash.get()));
     header.shard.set(shard.id.get());

@@ -18,7 +18,7 @@ pub use tern_wire::txn::TxnId;
 use tern_wire::txn::{LEASE_MS_DEFAULT, Participant, Prepare};
 use tern_wire::{Header, Op, Status, key_hash, multi};
 
-use crate::{Client, ClientError, Reply, answer};
+use crate::{Client, ClientError, Reply, ShardId, answer};
 
 /// Attempts of [`Client::transact`] before it gives up with
 /// [`ClientError::Conflict`].
@@ -545,9 +545,7 @@ impl Client {
             // be asked: its request fails, and its lease settles it.
             let (epoch, coordinator) = self
                 .map
-                .shards
-                .iter()
-                .find(|s| s.id.get() == shard)
+                .shard(ShardId(shard))
                 .map_or((0, std::net::SocketAddrV4::new(0.into(), 0)), |found| {
                     (found.epoch.get(), found.coordinator)
                 });
@@ -561,9 +559,7 @@ impl Client {
 
     fn coordinator_of(&self, shard: u32) -> std::net::SocketAddrV4 {
         self.map
-            .shards
-            .iter()
-            .find(|s| s.id.get() == shard)
+            .shard(ShardId(shard))
             .map(|s| s.coordinator)
             .expect("a shard of the map")
     }

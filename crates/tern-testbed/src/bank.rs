@@ -25,7 +25,8 @@ use tern_wire::key_hash;
 /// Every account's balance at the start.
 pub const START: i64 = 100;
 
-fn shard_of(map: &ClusterMap, key: &[u8]) -> u32 {
+/// The shard of `key` by `map`.
+pub fn shard_of(map: &ClusterMap, key: &[u8]) -> u32 {
     map.shard_of_key_hash(key_hash(key)).id.get()
 }
 

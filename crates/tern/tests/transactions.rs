@@ -18,17 +18,13 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use tern_client::txn::Item;
 use tern_client::{Client, ClientError, ClusterMap};
-use tern_testbed::bank::{self, Ended, History};
+use tern_testbed::bank::{self, Ended, History, shard_of};
 
 const ACCOUNTS: usize = 8;
 const TRANSFERS_PER_CLIENT: usize = 150;
 const CLIENTS: usize = 4;
 /// Transfers each client makes after the fault has run, at least.
 const TRANSFERS_AFTER_FAULT: usize = 20;
-
-fn shard_of(map: &ClusterMap, key: &[u8]) -> u32 {
-    map.shard_of_key_hash(tern_wire::key_hash(key)).id.get()
-}
 
 /// A client that waits out a reconfiguration (meta takes a failed replica
 /// out of its chain within about a second).
@@ -291,12 +287,7 @@ fn prepare_only(
         .iter()
         .map(|&shard| tern_wire::txn::Participant {
             shard,
-            coordinator: map
-                .shards
-                .iter()
-                .find(|s| s.id.get() == shard)
-                .unwrap()
-                .coordinator,
+            coordinator: map.shard(tern_client::ShardId(shard)).unwrap().coordinator,
         })
         .collect();
     let value = tern_wire::txn::Prepare {

@@ -163,22 +163,9 @@ impl<S: ShardState> Coordinator<S> {
     pub fn samples(&self, shard: Option<u32>) -> Samples {
         let mut samples = Samples::new();
         self.counters.samples(Group::Plain, None, &mut samples);
-        let settled = self.settler.counts();
-        for (name, value) in [
-            ("txn_settles_started", settled.started),
-            ("txn_settled_committed", settled.committed),
-            ("txn_settled_aborted", settled.aborted),
-            ("txn_settles_given_up", settled.gave_up),
-            ("txn_settle_disagreed", settled.disagreed),
-        ] {
-            samples.add(
-                crate::metrics::Kind::Counter,
-                Group::Plain,
-                None,
-                name,
-                value,
-            );
-        }
+        self.settler
+            .counts()
+            .samples(Group::Plain, None, &mut samples);
         samples.gauge("txn_settling", self.settler.settling() as u64);
         self.drops.samples(Group::Dropped, None, &mut samples);
         if let Some(extra) = &self.extra_stats {

@@ -22,6 +22,7 @@ use std::time::Duration;
 use tern_wire::txn::{Participant, TxnId};
 use tern_wire::{Header, Op, Status, key_hash};
 
+use crate::counters::counters;
 use crate::{Outbox, Time};
 
 /// An unanswered request of the settler goes again after this long.
@@ -55,16 +56,17 @@ struct Job {
 /// over since its client prepared.
 pub type Directory = Arc<Mutex<HashMap<u32, SocketAddrV4>>>;
 
-/// What the settler did, for STATS.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SettleCounts {
-    pub started: u64,
-    pub committed: u64,
-    pub aborted: u64,
-    pub gave_up: u64,
-    /// A participant answered against the decision (a COMMIT refused
-    /// TXN_ABORTED): never expected; counted so that a test sees it.
-    pub disagreed: u64,
+counters! {
+    /// What the settler did, for STATS.
+    pub struct SettleCounts {
+        txn_settles_started,
+        txn_settled_committed,
+        txn_settled_aborted,
+        txn_settles_given_up,
+        /// A participant answered against the decision (a COMMIT refused
+        /// TXN_ABORTED): never expected; counted so that a test sees it.
+        txn_settle_disagreed,
+    }
 }
 
 /// The settler of one coordinator process.
@@ -110,8 +112,8 @@ impl Settler {
         self.client_id
     }
 
-    pub fn counts(&self) -> SettleCounts {
-        self.counts
+    pub fn counts(&self) -> &SettleCounts {
+        &self.counts
     }
 
     /// Transactions being settled.
@@ -131,7 +133,7 @@ impl Settler {
         if self.jobs.contains_key(&id) {
             return;
         }
-        self.counts.started += 1;
+        self.counts.txn_settles_started += 1;
         let asks = participants
             .iter()
             .enumerate()
@@ -211,13 +213,13 @@ impl Settler {
             }
             Some(commit) => {
                 if commit && status == Status::TxnAborted {
-                    self.counts.disagreed += 1;
+                    self.counts.txn_settle_disagreed += 1;
                 }
                 if job.asks.iter().all(|ask| ask.answer.is_some()) {
                     if commit {
-                        self.counts.committed += 1;
+                        self.counts.txn_settled_committed += 1;
                     } else {
-                        self.counts.aborted += 1;
+                        self.counts.txn_settled_aborted += 1;
                     }
                     self.forget(id);
                 }
@@ -264,7 +266,7 @@ impl Settler {
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            self.counts.gave_up += 1;
+            self.counts.txn_settles_given_up += 1;
             self.forget(id);
         }
         let directory = match (&self.directory, self.jobs.is_empty()) {
