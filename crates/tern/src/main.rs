@@ -81,14 +81,12 @@ enum Command {
         expected_version: u64,
         value: String,
     },
-    /// Run items as one transaction of their shard, decided all together:
-    /// `get K`, `put K V`, `del K`, `incr K DELTA`, `append K V`,
+    /// Run items as one transaction, every item or none, over keys of any
+    /// shards: `get K`, `put K V`, `del K`, `incr K DELTA`, `append K V`,
     /// `check K VERSION` (0: absent; a mismatch writes nothing, exit
-    /// status 2). Every key must be of one shard for now.
-    Txn {
-        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
-        items: Vec<String>,
-    },
+    /// status 2). Items as words, or a script (`--script`), or JSON
+    /// (`--json`).
+    Txn(data::TxnArgs),
     /// Print every process's counters.
     Stats,
     /// Run a replica of one shard (started for you by `tern cluster up`).
@@ -209,7 +207,7 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
             expected_version,
             value,
         } => data::cas(&load_map(cluster)?, &key, expected_version, &value),
-        Command::Txn { items } => data::txn(&load_map(cluster)?, &items),
+        Command::Txn(args) => data::txn(&load_map(cluster)?, &args),
         Command::Stats => data::stats(&load_map(cluster)?),
         Command::Server(args) => roles::server(&load_map(cluster)?, args),
         Command::Coordinator(args) => roles::coordinator(&load_map(cluster)?, args),

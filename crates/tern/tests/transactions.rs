@@ -266,6 +266,34 @@ fn transactions_over_the_limits_or_across_shards_are_refused_with_the_reason() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("not an integer"));
     assert_eq!(client.get(b"c").unwrap().unwrap().value, b"7");
+    // The JSON form, with JSON out: values with spaces, a check that fails.
+    let output = cluster.tern(&[
+        "txn",
+        "--output",
+        "json",
+        "--json",
+        r#"{"items": [{"op": "put", "key": "d", "value": "two words"},
+                     {"op": "incr", "key": "c", "by": 3}, {"op": "get", "key": "d"}]}"#,
+    ]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    let outcome: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(outcome["outcome"], "committed", "{text}");
+    assert_eq!(outcome["answers"][1]["value"], "10", "{text}");
+    assert_eq!(outcome["answers"][2]["value"], "two words", "{text}");
+    let output = cluster.tern(&["txn", "--json", r#"[{"op": "check", "key": "d", "version": 1}]"#]);
+    assert_eq!(output.status.code(), Some(2));
+    let output = cluster.tern(&["txn", "--json", r#"[{"op": "incr", "key": "d"}]"#]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("`incr` needs `by`"));
+    // The script form: items over lines, comments.
+    let script = cluster.dir().join("transfer.txn");
+    std::fs::write(&script, "# move 2 from c to e\nincr c -2\nincr e 2 # e was absent\n").unwrap();
+    let output = cluster.tern(&["txn", "--script", script.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(client.get(b"c").unwrap().unwrap().value, b"8");
+    assert_eq!(client.get(b"e").unwrap().unwrap().value, b"2");
+    assert_eq!(client.get(b"d").unwrap().unwrap().value, b"two words");
+    client.put(b"c", b"7").unwrap();
     // A read of large values inside a transaction: refused whole, named.
     client.put(b"a", &vec![b'x'; 700]).unwrap();
     let error = client
