@@ -166,7 +166,7 @@ impl Mix for Smallbank {
             b = self.account(random);
         }
         let amount = random.random_range(1..=100);
-        let done = client.transact(|tx| {
+        let done = client.transact(tern_client::TxnMode::Optimistic, |tx| {
             *runs += 1;
             Ok(match kind {
                 // Amalgamate

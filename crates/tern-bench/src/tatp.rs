@@ -152,7 +152,7 @@ impl Mix for Tatp {
                 .get(&access_info(s, random.random_range(1..=4)))
                 .map(|_| 0),
             _ => client
-                .transact(|tx| {
+                .transact(tern_client::TxnMode::Optimistic, |tx| {
                     *runs += 1;
                     match kind {
                         // GetNewDestination

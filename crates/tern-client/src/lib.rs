@@ -28,7 +28,7 @@ use tern_wire::{
     Status, edit, encode_append_with, flags, key_hash,
 };
 use thiserror::Error;
-pub use txn::{MultiOutcome, Transacted, Txn};
+pub use txn::{MultiOutcome, Transacted, Txn, TxnMode};
 
 /// Why a request failed.
 #[derive(Debug, Error)]
@@ -212,7 +212,7 @@ pub fn bit_of(value: &[u8], offset: u64) -> bool {
 /// moved, a stale epoch: the transaction starts again on the new map), and
 /// LOCKED, STALE_EPOCH and WRONG_SHARD are its answers.
 fn is_pinned(op: Op) -> bool {
-    op == Op::Prepare
+    matches!(op, Op::Prepare | Op::Acquire)
 }
 
 impl Client {

@@ -9,6 +9,15 @@
 //! when one said no. A read-only transaction across shards reads every
 //! key again instead: it holds if no version changed. Any conflict runs
 //! the body again from the start.
+//!
+//! A locking transaction ([`TxnMode::Locking`], no-wait 2PL) locks each key
+//! as it reads it instead (`Op::Acquire`: shared for [`Txn::get`],
+//! exclusive for [`Txn::get_for_update`], a chain pass each), and a key
+//! another transaction holds aborts it at once (no waiting: no deadlock),
+//! releasing everything it took; its commit is the same two-phase commit,
+//! whose checks cannot fail under the locks; a read-only one just lets go.
+//! It suits contended keys, where optimistic transactions would fail their
+//! checks again and again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,6 +25,17 @@ use std::time::Duration;
 pub use tern_wire::multi::{Answer, ITEMS_MAX, Item, MultiError, OwnedItem, item_flags, kind};
 pub use tern_wire::txn::TxnId;
 use tern_wire::txn::{LEASE_MS_DEFAULT, Participant, Prepare};
+
+/// How a transaction keeps what it read from changing under it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TxnMode {
+    /// Optimistic (OCC): plain reads, every version checked at commit.
+    #[default]
+    Optimistic,
+    /// No-wait two-phase locking: each key locked as it is read, held to
+    /// the end; a key held by another transaction aborts this one.
+    Locking,
+}
 use tern_wire::{Header, Op, Status, key_hash, multi};
 
 use crate::{Client, ClientError, Reply, ShardId, answer};
@@ -70,7 +90,8 @@ impl Client {
             if by_shard.len() == 1 {
                 return self.one_shot(items, &value);
             }
-            match self.two_phase(&by_shard)? {
+            let id = self.new_txn_id();
+            match self.two_phase(id, &by_shard)? {
                 TwoPhase::Committed { answers, .. } => {
                     // Each item's answer from its shard's, in the items' order.
                     let answers = answers.and_then(|of_shard| {
@@ -119,31 +140,48 @@ impl Client {
         }
     }
 
-    /// Begins an optimistic transaction to drive by hand: reads with
-    /// [`Txn::get`], writes with [`Txn::put`] and [`Txn::delete`], then
-    /// [`Txn::commit`] (or [`Txn::abort`], or drop it: nothing was sent
-    /// but reads). [`Client::transact`] does the same and runs the body
-    /// again on a conflict.
-    pub fn begin(&mut self) -> Txn<'_> {
+    /// Begins a transaction to drive by hand: reads with [`Txn::get`] and
+    /// [`Txn::get_for_update`], writes with [`Txn::put`] and
+    /// [`Txn::delete`], then [`Txn::commit`] (or [`Txn::abort`], or drop
+    /// it: a locking one lets go of its locks). [`Client::transact`] does
+    /// the same and runs the body again on a conflict.
+    pub fn begin(&mut self, mode: TxnMode) -> Txn<'_> {
         Txn {
             client: self,
+            mode,
+            id: None,
             read: BTreeMap::new(),
+            values: BTreeMap::new(),
             written: BTreeMap::new(),
+            locked: Vec::new(),
+            conflicted: false,
         }
     }
 
-    /// Runs `body` as an optimistic, strictly serializable transaction and
-    /// commits it; runs it again from the start (a fresh [`Txn`]) when a
-    /// key it read changed before the commit, up to
+    /// Runs `body` as a strictly serializable transaction (optimistic or
+    /// locking, `mode`) and commits it; runs it again from the start (a
+    /// fresh [`Txn`]) when it conflicted (a key it read changed before the
+    /// commit; a key it wanted to lock was held), up to
     /// [`TRANSACT_ATTEMPTS_MAX`] times. `body` must have no effects
     /// outside the transaction, as it may run more than once.
     pub fn transact<T>(
         &mut self,
+        mode: TxnMode,
         mut body: impl FnMut(&mut Txn<'_>) -> Result<T, ClientError>,
     ) -> Result<Transacted<T>, ClientError> {
         for attempt in 0..TRANSACT_ATTEMPTS_MAX {
-            let mut txn = self.begin();
-            let value = body(&mut txn)?;
+            let mut txn = self.begin(mode);
+            let value = match body(&mut txn) {
+                Ok(value) => value,
+                // A lock refused (no-wait): the transaction let go of
+                // everything; it runs again.
+                Err(ClientError::Conflict { .. }) if txn.conflicted => {
+                    drop(txn);
+                    backoff(attempt);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             if let Some((versions, written)) = txn.try_commit()? {
                 let version = match versions[..] {
                     [(_, version)] => version,
@@ -237,22 +275,53 @@ enum Vote {
     Unknown,
 }
 
-/// An optimistic transaction under way ([`Client::transact`]).
+/// A transaction under way ([`Client::transact`], [`Client::begin`]).
 #[derive(Debug)]
 pub struct Txn<'c> {
     client: &'c mut Client,
+    mode: TxnMode,
+    /// Its name, taken at its first lock or at its commit.
+    id: Option<TxnId>,
     /// Every key read from the store, with the version read (0: absent).
     read: BTreeMap<Vec<u8>, u64>,
+    /// Locking: each key locked and read, with its value and whether the
+    /// lock is exclusive.
+    values: BTreeMap<Vec<u8>, (Option<Vec<u8>>, bool)>,
     /// Buffered writes (None: a delete), applied at commit.
     written: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Locking: the shards sent an ACQUIRE (they may hold its locks) until
+    /// it commits or lets go.
+    locked: Vec<u32>,
+    /// Locking: a lock was refused, and everything let go.
+    conflicted: bool,
 }
 
 impl Txn<'_> {
     /// The key's value as this transaction sees it: its own write, or the
-    /// store's, whose version the commit checks.
+    /// store's (whose version an optimistic commit checks; locked shared
+    /// by a locking transaction, [`ClientError::Conflict`] when another
+    /// transaction holds it exclusively).
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        self.read_key(key, false)
+    }
+
+    /// As [`Txn::get`], for a key the transaction will write: a locking
+    /// transaction locks it exclusively now ([`ClientError::Conflict`]
+    /// when another transaction holds it at all), so that no other can
+    /// read it and write it meanwhile; an optimistic one reads it.
+    pub fn get_for_update(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        self.read_key(key, true)
+    }
+
+    fn read_key(&mut self, key: &[u8], for_update: bool) -> Result<Option<Vec<u8>>, ClientError> {
+        if self.conflicted {
+            return Err(ClientError::Conflict { attempts: 1 });
+        }
         if let Some(written) = self.written.get(key) {
             return Ok(written.clone());
+        }
+        if self.mode == TxnMode::Locking {
+            return self.lock_and_read(key, for_update);
         }
         let found = self.client.get(key)?;
         let version = found.as_ref().map_or(0, |found| found.version);
@@ -302,15 +371,122 @@ impl Txn<'_> {
         }
     }
 
-    /// Gives the transaction up: nothing is written (an optimistic
-    /// transaction holds nothing until it commits).
+    /// Gives the transaction up: nothing is written, and a locking one
+    /// lets go of its locks (as when it is dropped).
     pub fn abort(self) {}
+
+    /// ACQUIRE: locks `key` (exclusively `for_update`) at its shard and
+    /// reads it under the lock. A lock refused lets go of everything and
+    /// answers [`ClientError::Conflict`].
+    fn lock_and_read(
+        &mut self,
+        key: &[u8],
+        for_update: bool,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.values.get(key) {
+            Some((value, exclusive)) if *exclusive || !for_update => return Ok(value.clone()),
+            _ => {}
+        }
+        let client = &mut *self.client;
+        let id = *self.id.get_or_insert_with(|| client.new_txn_id());
+        let shard = client.map.shard_of_key_hash(key_hash(key)).id.get();
+        let flags = if for_update {
+            item_flags::FOR_UPDATE
+        } else {
+            0
+        };
+        let value = Prepare {
+            id,
+            lease_ms: LEASE_MS_DEFAULT,
+            participants: vec![Participant {
+                shard,
+                coordinator: client.coordinator_of(shard),
+            }],
+            items: vec![Item::get(key).with_flags(flags)],
+        }
+        .encode()
+        .map_err(ClientError::Transaction)?;
+        if !self.locked.contains(&shard) {
+            self.locked.push(shard);
+        }
+        // A reply without the answer is a resend's, answered from the
+        // head's record of the outcome: locked, so asked again (a new
+        // request: the lock is its own already, the read fresh).
+        let mut status = Status::Ok;
+        let mut answer = None;
+        for _ in 0..3 {
+            let reply = match self
+                .client
+                .send(key, answer::Call::new(Op::Acquire, &value))
+            {
+                Ok(reply) => reply,
+                Err(error) => {
+                    self.release();
+                    return Err(error);
+                }
+            };
+            status = reply.status;
+            if status != Status::Ok || !reply.value.is_empty() {
+                answer = multi::decode_answers(&reply.value)
+                    .ok()
+                    .and_then(|mut answers| answers.pop())
+                    .filter(|_| status == Status::Ok);
+                break;
+            }
+        }
+        let Some(answer) = answer else {
+            // LOCKED (another holds the key: this shard aborted it),
+            // TXN_ABORTED (its lease ran out), a map that changed (the
+            // transaction starts again on the newest), or a refusal.
+            if matches!(status, Status::StaleEpoch | Status::WrongShard) {
+                self.client.refresh_map();
+            }
+            self.release();
+            return match status {
+                Status::Locked | Status::TxnAborted | Status::StaleEpoch | Status::WrongShard => {
+                    self.client.counters.txn_locked += 1;
+                    self.conflicted = true;
+                    Err(ClientError::Conflict { attempts: 1 })
+                }
+                Status::TooLarge => Err(ClientError::Transaction(MultiError::DecidedTooLarge)),
+                // OK without answers three times, or answers that do not
+                // decode.
+                Status::Ok => Err(ClientError::Transaction(MultiError::Malformed(
+                    "an ACQUIRE answered without its read",
+                ))),
+                status => Err(ClientError::Refused { status }),
+            };
+        };
+        self.read.insert(key.to_vec(), answer.number);
+        self.values
+            .insert(key.to_vec(), (answer.value.clone(), for_update));
+        Ok(answer.value)
+    }
+
+    /// Lets go of every lock it may hold (an unanswered ABORT is settled
+    /// by the lease).
+    fn release(&mut self) {
+        if let (Some(id), false) = (self.id, self.locked.is_empty()) {
+            let shards = std::mem::take(&mut self.locked);
+            self.client.finish(&shards, Op::Abort, id);
+        }
+    }
 
     /// Commits: the version it committed at on each shard and each written
     /// key's, None on a conflict. A transaction that read and wrote nothing
     /// commits at once.
-    fn try_commit(self) -> Result<Option<Committed>, ClientError> {
-        let client = self.client;
+    fn try_commit(mut self) -> Result<Option<Committed>, ClientError> {
+        if self.conflicted {
+            return Ok(None);
+        }
+        if self.mode == TxnMode::Locking && self.written.is_empty() {
+            // Read under locks held together: every value was current
+            // when the last was taken. Nothing to commit; it lets go.
+            let shards = self.locked.iter().map(|&shard| (shard, 0)).collect();
+            self.release();
+            return Ok(Some((shards, Vec::new())));
+        }
+        let client = &mut *self.client;
         let mut items: Vec<Item<'_>> = self
             .read
             .iter()
@@ -350,7 +526,7 @@ impl Txn<'_> {
                 })
                 .collect()
         };
-        if by_shard.len() == 1 {
+        if by_shard.len() == 1 && self.mode == TxnMode::Optimistic {
             let (shard, items) = by_shard.pop_first().expect("one shard");
             return match client.multi(&items) {
                 Ok(MultiOutcome::Committed { version, .. }) => {
@@ -387,7 +563,18 @@ impl Txn<'_> {
                 Vec::new(),
             )));
         }
-        match client.two_phase(&by_shard)? {
+        // A locking transaction commits under its own name (its locks'),
+        // every shard it locked taking part (each has a key read, CHECKed).
+        let id = match self.id {
+            Some(id) => id,
+            None => client.new_txn_id(),
+        };
+        let outcome = client.two_phase(id, &by_shard);
+        // Committed or aborted, every participant settled (or its lease
+        // will): nothing left to let go of, but a shard it locked that the
+        // commit did not reach (its key's slot moved meanwhile).
+        self.locked.retain(|shard| !by_shard.contains_key(shard));
+        match outcome? {
             TwoPhase::Committed { versions, .. } => {
                 let written = written_at(&versions);
                 Ok(Some((versions, written)))
@@ -409,12 +596,9 @@ impl Client {
     /// PREPARE sent at once, then every COMMIT (or ABORT) at once.
     fn two_phase(
         &mut self,
+        id: TxnId,
         by_shard: &BTreeMap<u32, Vec<Item<'_>>>,
     ) -> Result<TwoPhase, ClientError> {
-        let id = TxnId {
-            client_id: self.client_id.get(),
-            txn_seq: self.take_request_id(),
-        };
         let participants: Vec<Participant> = by_shard
             .keys()
             .map(|&shard| Participant {
@@ -557,10 +741,25 @@ impl Client {
         self.exchange_all(requests)
     }
 
+    /// A name no other transaction of this client has.
+    fn new_txn_id(&mut self) -> TxnId {
+        TxnId {
+            client_id: self.client_id.get(),
+            txn_seq: self.take_request_id(),
+        }
+    }
+
     fn coordinator_of(&self, shard: u32) -> std::net::SocketAddrV4 {
         self.map
             .shard(ShardId(shard))
             .map(|s| s.coordinator)
             .expect("a shard of the map")
+    }
+}
+
+impl Drop for Txn<'_> {
+    /// A locking transaction dropped before it committed lets go.
+    fn drop(&mut self) {
+        self.release();
     }
 }

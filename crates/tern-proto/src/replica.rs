@@ -182,6 +182,8 @@ counters! {
         /// refused (the shard voted no).
         txn_prepared,
         txn_refused,
+        /// ACQUIREs of locking transactions this head granted.
+        txn_acquired,
         txn_committed,
         txn_aborted,
     }
@@ -209,8 +211,9 @@ fn new_store() -> Store {
 type Pending<'k> = (&'k [u8], Option<Vec<u8>>, u64);
 
 /// The replica snapshot's format number (after the store's bytes); 3
-/// adds the transactions (format 2 has none).
-const SNAPSHOT_FORMAT: u64 = 3;
+/// adds the transactions (format 2 has none), 4 their phase (acquired or
+/// prepared).
+const SNAPSHOT_FORMAT: u64 = 4;
 
 #[derive(Debug, Default)]
 struct ClientOutcomes {
@@ -484,7 +487,7 @@ impl Replica {
             replica.outcomes.insert(client_id, client);
         }
         if format >= 3 {
-            replica.txns = Transactions::decode(take, RestoreError)?;
+            replica.txns = Transactions::decode(format >= 4, take, RestoreError)?;
         }
         replica.sent_log_first_seq = store.applied_seq() + 1;
         replica.store = store;
@@ -886,6 +889,7 @@ impl Replica {
                 Effect::Put
                 | Effect::InstallKeys
                 | Effect::Multi
+                | Effect::Acquire
                 | Effect::Prepare
                 | Effect::Commit
                 | Effect::Abort,
@@ -898,6 +902,7 @@ impl Replica {
                 Effect::InstallKeys
                 | Effect::Outcome
                 | Effect::Multi
+                | Effect::Acquire
                 | Effect::Prepare
                 | Effect::Commit
                 | Effect::Abort,
@@ -1001,12 +1006,12 @@ impl Replica {
                     self.store.skip(seq);
                 }
             },
-            Effect::Prepare => match txn::PrepareRecord::decode(value) {
+            Effect::Prepare | Effect::Acquire => match txn::PrepareRecord::decode(value) {
                 Ok(prepared) => {
                     if tail {
                         result_value = Some(Some(multi::encode_answers(&prepared.decided.answers)));
                     }
-                    self.txns.prepare(prepared);
+                    self.txns.hold(prepared);
                     self.store.skip(seq);
                 }
                 Err(_) => {
@@ -1390,7 +1395,7 @@ impl Replica {
                 Err(_) => decided(Effect::None, Status::Malformed, 0),
             },
             Op::Multi => self.decide_multi(message, new_version, now_ms),
-            Op::Prepare => self.decide_prepare(message, new_version, now_ms),
+            Op::Prepare | Op::Acquire => self.decide_prepare(message, new_version, now_ms),
             Op::Commit | Op::Abort | Op::Resolve => self.decide_finish(message, new_version),
             Op::Rebase => decided(Effect::Rebase, Status::Ok, header.version()),
             // Not known here yet (the dedup check above found none).
@@ -1436,7 +1441,7 @@ impl Replica {
         };
         if !self.txns.no_locks()
             && items.iter().any(|item| {
-                let wanted = txn::mode::of(item.kind);
+                let wanted = txn::mode::of(item.kind, item.flags);
                 self.txns.conflicts(None, wanted, item.key)
             })
         {
@@ -1457,33 +1462,43 @@ impl Replica {
         }
     }
 
-    /// The head's decision for a PREPARE (`tern_wire::txn`): once per
-    /// transaction (a second is answered with where it stands), its keys
-    /// locked unless another transaction holds one (LOCKED), its CHECKs
-    /// and items decided as a one-shot transaction's; every refusal is an
-    /// abort tombstone, this shard's no for good.
+    /// The head's decision for a PREPARE or an ACQUIRE (`tern_wire::txn`).
+    /// A PREPARE once per transaction (a second is answered with where it
+    /// stands): its keys locked (with those its ACQUIREs took) unless
+    /// another transaction holds one (LOCKED), its CHECKs and items decided
+    /// as a one-shot transaction's. An ACQUIRE adds its keys' locks to
+    /// those the transaction holds here and reads them, refused LOCKED the
+    /// same way (no-wait). Every refusal is an abort tombstone, this
+    /// shard's no for good, which releases what the transaction held.
     fn decide_prepare(&mut self, message: &Message<'_>, new_version: u64, now_ms: u64) -> Decision {
         let decided = Decision::of;
+        let acquire = message.header.op() == Op::Acquire;
         let prepare = match txn::Prepare::decode(message.value) {
             Ok(prepare)
                 if prepare.items[0].key == message.key
-                    && message.header.flags & flags::WRITE_OPTIONS == 0 =>
+                    && message.header.flags & flags::WRITE_OPTIONS == 0
+                    && (!acquire
+                        || prepare
+                            .items
+                            .iter()
+                            .all(|item| item.kind == multi::kind::GET)) =>
             {
                 prepare
             }
             _ => return decided(Effect::None, Status::Malformed, 0),
         };
         let id = prepare.id;
-        let locks = prepare.locks();
+        let asked = prepare.locks();
         match self.txns.standing(id) {
-            Standing::Unknown => {}
+            Standing::Unknown | Standing::Acquired => {}
             // Prepared here before (a copy of its PREPARE beyond dedup):
             // still yes; the answers went with the first.
-            Standing::Prepared if self.txns.prepared_with(id, &locks) => {
+            Standing::Prepared if !acquire && self.txns.prepared_with(id, &asked) => {
                 return decided(Effect::None, Status::Ok, 0);
             }
             // Another PREPARE of the same transaction here (its client
-            // planned it twice): refused, the first stands.
+            // planned it twice), or an ACQUIRE after its PREPARE: refused,
+            // the first stands.
             Standing::Prepared => return decided(Effect::None, Status::Malformed, 0),
             Standing::Committed => return decided(Effect::None, Status::TxnCommitted, 0),
             Standing::Aborted => return decided(Effect::None, Status::TxnAborted, 0),
@@ -1492,13 +1507,36 @@ impl Replica {
             value: Some(id.encode().to_vec()),
             ..decided(Effect::Abort, status, version)
         };
-        if locks
+        if asked
             .iter()
             .any(|(wanted, key)| self.txns.conflicts(Some(id), *wanted, key))
         {
             self.counters.locked += 1;
             self.counters.txn_refused += 1;
             return no(Status::Locked, 0);
+        }
+        // Every lock it holds here from now on: those taken before, each
+        // made exclusive where this one wants it so, then the new ones.
+        let mut locks: Vec<txn::Lock> = self
+            .txns
+            .locks_of(id)
+            .map(|(mode, key)| txn::Lock {
+                mode,
+                key: key.to_vec(),
+            })
+            .collect();
+        for (wanted, key) in asked {
+            match locks.iter_mut().find(|lock| lock.key == key) {
+                Some(lock) => lock.mode = lock.mode.max(wanted),
+                None => locks.push(txn::Lock {
+                    mode: wanted,
+                    key: key.to_vec(),
+                }),
+            }
+        }
+        if locks.len() > multi::ITEMS_MAX {
+            self.counters.txn_refused += 1;
+            return no(Status::TooLarge, 0);
         }
         let decision = match self.decide_items(&prepare.items, now_ms) {
             Ok(decision) => decision,
@@ -1511,23 +1549,27 @@ impl Replica {
             id,
             lease_ms: prepare.lease_ms,
             participants: prepare.participants,
-            locks: locks
-                .into_iter()
-                .map(|(mode, key)| txn::Lock {
-                    mode,
-                    key: key.to_vec(),
-                })
-                .collect(),
+            acquired: acquire,
+            locks,
             decided: decision,
         };
         if record.encoded_len() > VALUE_LEN_MAX {
             self.counters.txn_refused += 1;
             return no(Status::TooLarge, 0);
         }
-        self.counters.txn_prepared += 1;
+        let effect = match acquire {
+            true => {
+                self.counters.txn_acquired += 1;
+                Effect::Acquire
+            }
+            false => {
+                self.counters.txn_prepared += 1;
+                Effect::Prepare
+            }
+        };
         Decision {
             value: Some(record.encode()),
-            ..decided(Effect::Prepare, Status::Ok, new_version)
+            ..decided(effect, Status::Ok, new_version)
         }
     }
 
@@ -1565,12 +1607,18 @@ impl Replica {
             (Op::Commit, Standing::Committed) => decided(Effect::None, Status::Ok, 0),
             (Op::Commit, Standing::Aborted) => decided(Effect::None, Status::TxnAborted, 0),
             (Op::Commit, Standing::Unknown) => decided(Effect::None, Status::TxnUnknown, 0),
-            (Op::Abort, Standing::Prepared | Standing::Unknown) => abort(Status::Ok),
+            // Only locked, never prepared: nothing here to commit (its
+            // client must PREPARE every shard it locked).
+            (Op::Commit, Standing::Acquired) => decided(Effect::None, Status::Malformed, 0),
+            (Op::Abort, Standing::Prepared | Standing::Acquired | Standing::Unknown) => {
+                abort(Status::Ok)
+            }
             (Op::Abort, Standing::Aborted) => decided(Effect::None, Status::Ok, 0),
             (_, Standing::Committed) => decided(Effect::None, Status::TxnCommitted, 0),
             (_, Standing::Prepared) => decided(Effect::None, Status::TxnPrepared, 0),
             (_, Standing::Aborted) => decided(Effect::None, Status::TxnAborted, 0),
-            (_, Standing::Unknown) => abort(Status::TxnAborted),
+            // RESOLVE: a shard that did not prepare votes no for good.
+            (_, Standing::Unknown | Standing::Acquired) => abort(Status::TxnAborted),
         }
     }
 

@@ -1,6 +1,7 @@
 //! A replica's transactions across shards (`tern_wire::txn`): the prepared
-//! ones with their locks and decided writes, and the outcomes of finished
-//! ones. Built from records alone (PREPARE, COMMIT, ABORT), in seq order,
+//! ones with their locks and decided writes, the locking ones with the
+//! locks their ACQUIREs took, and the outcomes of finished ones. Built
+//! from records alone (ACQUIRE, PREPARE, COMMIT, ABORT), in seq order,
 //! so every replica of a chain holds the same, the log replays it and a
 //! snapshot carries it: a replica that becomes head decides as its
 //! predecessor would have.
@@ -28,6 +29,8 @@ pub const FINISHED_MAX: usize = 1 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Standing {
     Unknown,
+    /// Locks taken by ACQUIREs, nothing prepared.
+    Acquired,
     Prepared,
     Committed,
     Aborted,
@@ -83,8 +86,11 @@ impl Transactions {
     }
 
     pub fn standing(&self, id: TxnId) -> Standing {
-        if self.pending.contains_key(&id) {
-            return Standing::Prepared;
+        if let Some(record) = self.pending.get(&id) {
+            return match record.acquired {
+                true => Standing::Acquired,
+                false => Standing::Prepared,
+            };
         }
         match self.finished.get(&id) {
             Some(true) => Standing::Committed,
@@ -110,12 +116,26 @@ impl Transactions {
         self.pending.get(&id).map(|record| &record.decided)
     }
 
-    /// Installs a PREPARE record: its locks taken, its writes kept.
-    pub fn prepare(&mut self, record: PrepareRecord) {
-        if self.standing(record.id) != Standing::Unknown {
-            // Its head refuses a second PREPARE; a replayed log or a
-            // resent record changes nothing.
-            return;
+    /// The locks `id` holds here (mode, key), in the order taken.
+    pub fn locks_of(&self, id: TxnId) -> impl Iterator<Item = (u8, &[u8])> {
+        self.pending
+            .get(&id)
+            .into_iter()
+            .flat_map(|record| record.locks.iter().map(|lock| (lock.mode, &lock.key[..])))
+    }
+
+    /// Installs an ACQUIRE or PREPARE record: its locks (every lock the
+    /// transaction holds here, replacing what its ACQUIREs took before),
+    /// a PREPARE's writes kept. Only a transaction unknown here or only
+    /// acquired moves on: its head refuses the rest, and a replayed log or
+    /// a resent record changes nothing.
+    pub fn hold(&mut self, record: PrepareRecord) {
+        match self.standing(record.id) {
+            Standing::Unknown => {}
+            Standing::Acquired => {
+                self.release(record.id);
+            }
+            Standing::Prepared | Standing::Committed | Standing::Aborted => return,
         }
         for lock in &record.locks {
             let holders = self.locks.entry(lock.key.clone().into()).or_default();
@@ -135,6 +155,18 @@ impl Transactions {
         if self.finished.contains_key(&id) {
             return None;
         }
+        let record = self.release(id);
+        self.finished.insert(id, committed);
+        self.finished_order.push_back(id);
+        while self.finished_order.len() > FINISHED_MAX {
+            let oldest = self.finished_order.pop_front().expect("not empty");
+            self.finished.remove(&oldest);
+        }
+        record
+    }
+
+    /// Lets go of every lock `id` holds; returns its record.
+    fn release(&mut self, id: TxnId) -> Option<PrepareRecord> {
         let record = self.pending.remove(&id);
         for lock in record.iter().flat_map(|record| &record.locks) {
             let Some(holders) = self.locks.get_mut(&lock.key[..]) else {
@@ -148,16 +180,11 @@ impl Transactions {
                 self.locks.remove(&lock.key[..]);
             }
         }
-        self.finished.insert(id, committed);
-        self.finished_order.push_back(id);
-        while self.finished_order.len() > FINISHED_MAX {
-            let oldest = self.finished_order.pop_front().expect("not empty");
-            self.finished.remove(&oldest);
-        }
         record
     }
 
-    /// Transactions prepared here, neither committed nor aborted.
+    /// Transactions prepared (or acquired) here, neither committed nor
+    /// aborted.
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
@@ -167,8 +194,8 @@ impl Transactions {
         self.locks.len()
     }
 
-    /// The prepared transactions, for a coordinator that rebuilds its
-    /// holds (oldest id first).
+    /// The prepared (and acquired) transactions, for a coordinator that
+    /// rebuilds its holds.
     pub fn prepared(&self) -> impl Iterator<Item = &PrepareRecord> {
         self.pending.values()
     }
@@ -188,19 +215,28 @@ impl Transactions {
         }
     }
 
-    /// The state `encode` wrote, read with `take` (bytes off the front).
+    /// The state `encode` wrote, read with `take` (bytes off the front);
+    /// without `phased` (snapshot format 3, before locking transactions)
+    /// only if no transaction was pending, whose records lack their phase.
     pub fn decode<'a, E>(
+        phased: bool,
         mut take: impl FnMut(usize) -> Result<&'a [u8], E>,
         malformed: impl Fn(String) -> E,
     ) -> Result<Transactions, E> {
         let u64_of = |bytes: &[u8]| u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
         let mut transactions = Transactions::default();
         let pending = u64_of(take(8)?);
+        if !phased && pending > 0 {
+            return Err(malformed(format!(
+                "{pending} transactions prepared in a snapshot of format 3: \
+                 finish them with the Tern that wrote it"
+            )));
+        }
         for _ in 0..pending {
             let len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
             let record = PrepareRecord::decode(take(len as usize)?)
                 .map_err(|error| malformed(format!("a prepared transaction: {error}")))?;
-            transactions.prepare(record);
+            transactions.hold(record);
         }
         let finished = u64_of(take(8)?);
         for _ in 0..finished {
@@ -240,6 +276,7 @@ mod tests {
                 shard: 0,
                 coordinator: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
             }],
+            acquired: false,
             locks: locks
                 .iter()
                 .map(|(mode, key)| Lock {
@@ -256,7 +293,7 @@ mod tests {
         let mut transactions = Transactions::default();
         let first = record(1, &[(mode::SHARED, b"a"), (mode::EXCLUSIVE, b"b")]);
         let (one, two) = (first.id, record(2, &[]).id);
-        transactions.prepare(first);
+        transactions.hold(first);
         assert!(transactions.write_blocked(b"a") && !transactions.read_blocked(b"a"));
         assert!(transactions.write_blocked(b"b") && transactions.read_blocked(b"b"));
         assert!(!transactions.conflicts(Some(two), mode::SHARED, b"a"));
@@ -275,20 +312,55 @@ mod tests {
         // An abort of one never prepared is a tombstone.
         transactions.finish(two, false);
         assert_eq!(transactions.standing(two), Standing::Aborted);
-        transactions.prepare(record(2, &[(mode::EXCLUSIVE, b"c")]));
+        transactions.hold(record(2, &[(mode::EXCLUSIVE, b"c")]));
         assert!(!transactions.write_blocked(b"c"), "a tombstone refuses it");
+    }
+
+    #[test]
+    fn acquired_locks_are_replaced_by_the_prepare_and_released_by_the_end() {
+        let mut transactions = Transactions::default();
+        let acquired = PrepareRecord {
+            acquired: true,
+            ..record(1, &[(mode::SHARED, b"a"), (mode::EXCLUSIVE, b"b")])
+        };
+        let id = acquired.id;
+        transactions.hold(acquired);
+        assert_eq!(transactions.standing(id), Standing::Acquired);
+        assert!(transactions.read_blocked(b"b") && transactions.write_blocked(b"a"));
+        // A later ACQUIRE's record holds every lock so far.
+        transactions.hold(PrepareRecord {
+            acquired: true,
+            ..record(1, &[(mode::EXCLUSIVE, b"a"), (mode::EXCLUSIVE, b"b")])
+        });
+        assert!(transactions.read_blocked(b"a"));
+        assert_eq!(transactions.locked_keys(), 2);
+        // The PREPARE's record replaces them (here: `b` only read after all).
+        transactions.hold(record(1, &[(mode::EXCLUSIVE, b"a"), (mode::SHARED, b"b")]));
+        assert_eq!(transactions.standing(id), Standing::Prepared);
+        assert!(!transactions.read_blocked(b"b") && transactions.read_blocked(b"a"));
+        // Prepared, it takes no other record.
+        transactions.hold(PrepareRecord {
+            acquired: true,
+            ..record(1, &[(mode::EXCLUSIVE, b"c")])
+        });
+        assert!(!transactions.write_blocked(b"c"));
+        assert_eq!(transactions.pending(), 1);
+        transactions.finish(id, false);
+        assert!(transactions.no_locks());
+        assert_eq!(transactions.pending(), 0);
     }
 
     #[test]
     fn the_state_survives_a_snapshot() {
         let mut transactions = Transactions::default();
-        transactions.prepare(record(1, &[(mode::SHARED, b"a")]));
-        transactions.prepare(record(2, &[(mode::SHARED, b"a"), (mode::EXCLUSIVE, b"z")]));
+        transactions.hold(record(1, &[(mode::SHARED, b"a")]));
+        transactions.hold(record(2, &[(mode::SHARED, b"a"), (mode::EXCLUSIVE, b"z")]));
         transactions.finish(record(3, &[]).id, true);
         let mut bytes = Vec::new();
         transactions.encode(&mut bytes);
         let mut rest = &bytes[..];
         let restored = Transactions::decode(
+            true,
             |len| {
                 let (taken, left) = rest.split_at_checked(len).ok_or("short")?;
                 rest = left;

@@ -460,3 +460,208 @@ fn the_settler_asks_a_participant_where_the_newest_map_has_its_coordinator() {
     assert!(sim.lose(to(OTHER)).is_empty(), "nothing to the old address");
     assert_eq!(sim.tail().store().latest(b"k").unwrap().value, b"v");
 }
+
+/// A locking transaction's ACQUIRE of `items` (GETs), its only
+/// participant this shard so far.
+fn acquire(sim: &Sim, txn: TxnId, items: &[Item<'_>], request_id: u64) -> Vec<u8> {
+    let value = Prepare {
+        id: txn,
+        lease_ms: 200,
+        participants: vec![Participant {
+            shard: SHARD,
+            coordinator: sim.coordinator_addr,
+        }],
+        items: items.to_vec(),
+    }
+    .encode()
+    .unwrap();
+    request(Op::Acquire, items[0].key, &value, 0, request_id)
+}
+
+fn for_update(key: &[u8]) -> Item<'_> {
+    Item::get(key).with_flags(tern_wire::multi::item_flags::FOR_UPDATE)
+}
+
+/// The answers of a reply (a MULTI's, PREPARE's or ACQUIRE's).
+fn answers(sim: &Sim, request_id: u64) -> Vec<tern_wire::multi::Answer> {
+    tern_wire::multi::decode_answers(&sim.reply_to(request_id).value).unwrap()
+}
+
+#[test]
+fn an_acquire_locks_and_reads_and_its_prepare_commits_under_the_locks() {
+    let mut sim = Sim::new(3);
+    sim.put(b"a", b"1", 1);
+    sim.put(b"b", b"1", 2);
+    sim.deliver_all();
+    let version_a = sim.reply_to(1).header.version();
+    let txn = id(1);
+    sim.send(acquire(&sim, txn, &[Item::get(b"a"), for_update(b"b")], 3));
+    sim.deliver_all();
+    assert_eq!(status_of(&sim, 3), Status::Ok);
+    let read = answers(&sim, 3);
+    assert_eq!(read[0].value.as_deref(), Some(&b"1"[..]));
+    assert_eq!(read[0].number, version_a, "the version read");
+    assert_eq!(read[1].value.as_deref(), Some(&b"1"[..]));
+    // Nothing is decided: nothing dirty. Both keys are held at every
+    // replica: a shared lock keeps writers out, an exclusive one readers.
+    assert_eq!((dirty(&sim, b"a"), dirty(&sim, b"b")), (0, 0));
+    for replica in &sim.replicas {
+        assert_eq!(stat(&replica.render_stats(), "txn_locked_keys"), 2);
+    }
+    sim.put(b"a", b"x", 4);
+    sim.get(b"a", 5);
+    sim.get(b"b", 6);
+    sim.deliver_all();
+    assert_eq!(status_of(&sim, 4), Status::Locked);
+    assert_eq!(status_of(&sim, 5), Status::Ok);
+    assert_eq!(status_of(&sim, 6), Status::Locked);
+    // A rival sharing `a` is let in; one wanting `b` is refused and
+    // aborted there (no-wait).
+    let rival = id(2);
+    sim.send(acquire(&sim, rival, &[Item::get(b"a")], 7));
+    sim.send(acquire(&sim, id(3), &[Item::get(b"b")], 8));
+    sim.deliver_all();
+    assert_eq!(status_of(&sim, 7), Status::Ok);
+    assert_eq!(status_of(&sim, 8), Status::Locked);
+    sim.send(finish(Op::Resolve, id(3), 9));
+    sim.deliver_all();
+    assert_eq!(status_of(&sim, 9), Status::TxnAborted);
+    // The rival lets go; the transaction prepares its write under its own
+    // locks (its check cannot fail) and commits.
+    sim.send(finish(Op::Abort, rival, 10));
+    sim.send(prepare(
+        &sim,
+        txn,
+        &[Item::check(b"a", version_a), Item::put(b"b", b"2")],
+        11,
+    ));
+    sim.deliver_all();
+    assert_eq!(status_of(&sim, 10), Status::Ok);
+    assert_eq!(status_of(&sim, 11), Status::Ok);
+    assert_eq!(
+        dirty(&sim, b"b"),
+        1,
+        "its write counts dirty from its PREPARE"
+    );
+    sim.send(finish(Op::Commit, txn, 12));
+    sim.deliver_all();
+    assert_eq!(status_of(&sim, 12), Status::Ok);
+    for replica in &sim.replicas {
+        assert_eq!(replica.store().latest(b"b").unwrap().value, b"2");
+        assert_eq!(stat(&replica.render_stats(), "txn_locked_keys"), 0);
+    }
+    assert_eq!(dirty(&sim, b"b"), 0);
+    sim.put(b"a", b"3", 13);
+    sim.deliver_all();
+    assert_eq!(status_of(&sim, 13), Status::Ok);
+    let stats = sim.coordinator.render_stats(None);
+    assert_eq!(stat(&stats, "shard0.txn_held"), 0, "{stats}");
+}
+
+#[test]
+fn a_refused_acquire_aborts_the_transaction_and_releases_what_it_took() {
+    let mut sim = Sim::new(2);
+    let (holder, loser) = (id(1), id(2));
+    sim.send(acquire(&sim, holder, &[for_update(b"a")], 1));
+    sim.send(acquire(&sim, loser, &[Item::get(b"b")], 2));
+    sim.deliver_all();
+    assert_eq!(
+        (status_of(&sim, 1), status_of(&sim, 2)),
+        (Status::Ok, Status::Ok)
+    );
+    // The loser wants `a` too: refused, and everything it held goes.
+    sim.send(acquire(&sim, loser, &[Item::get(b"a")], 3));
+    sim.put(b"b", b"free", 4);
+    sim.deliver_all();
+    assert_eq!(status_of(&sim, 3), Status::Locked);
+    assert_eq!(status_of(&sim, 4), Status::Ok, "its lock on b went");
+    // Its later requests find it aborted; the holder is untouched.
+    sim.send(prepare(&sim, loser, &[Item::put(b"b", b"mine")], 5));
+    sim.send(acquire(&sim, loser, &[Item::get(b"c")], 6));
+    sim.put(b"a", b"x", 7);
+    sim.deliver_all();
+    assert_eq!(status_of(&sim, 5), Status::TxnAborted);
+    assert_eq!(status_of(&sim, 6), Status::TxnAborted);
+    assert_eq!(status_of(&sim, 7), Status::Locked);
+    assert_eq!(sim.tail().store().latest(b"b").unwrap().value, b"free");
+    let stats = sim.coordinator.render_stats(None);
+    assert_eq!(stat(&stats, "shard0.txn_held"), 1, "{stats}");
+    // A resent ACQUIRE and a later upgrade are the holder's own: granted
+    // once. A COMMIT before its PREPARE is refused and changes nothing;
+    // its ABORT lets go.
+    let again = acquire(&sim, holder, &[for_update(b"a")], 1);
+    sim.send(again);
+    sim.send(acquire(
+        &sim,
+        holder,
+        &[Item::get(b"a"), for_update(b"d")],
+        8,
+    ));
+    sim.send(finish(Op::Commit, holder, 9));
+    sim.deliver_all();
+    assert!(
+        sim.replies_to(1)
+            .iter()
+            .all(|reply| reply.status() == Status::Ok)
+    );
+    assert_eq!(status_of(&sim, 8), Status::Ok);
+    assert_eq!(status_of(&sim, 9), Status::Malformed);
+    assert_eq!(stat(&sim.tail().render_stats(), "txn_locked_keys"), 2);
+    sim.send(finish(Op::Abort, holder, 10));
+    sim.put(b"a", b"y", 11);
+    sim.deliver_all();
+    assert_eq!(status_of(&sim, 10), Status::Ok);
+    assert_eq!(status_of(&sim, 11), Status::Ok);
+    assert_eq!(stat(&sim.tail().render_stats(), "txn_locked_keys"), 0);
+    let stats = sim.coordinator.render_stats(None);
+    assert_eq!(stat(&stats, "shard0.txn_held"), 0, "{stats}");
+    // An ACQUIRE of anything but GETs is malformed.
+    sim.send(acquire(&sim, id(4), &[Item::put(b"e", b"v")], 12));
+    sim.deliver_all();
+    assert_eq!(status_of(&sim, 12), Status::Malformed);
+    assert_eq!(stat(&sim.tail().render_stats(), "txn_locked_keys"), 0);
+}
+
+#[test]
+fn locks_whose_client_went_away_are_released_after_the_lease() {
+    let mut sim = Sim::new(3).with_journals();
+    let txn = id(1);
+    sim.send(acquire(&sim, txn, &[for_update(b"k"), Item::get(b"r")], 1));
+    sim.deliver_all();
+    assert_eq!(status_of(&sim, 1), Status::Ok);
+    // They survive a restart from the log and a snapshot, and a
+    // coordinator starting afresh holds them again (nothing dirty).
+    let snapshot = sim.replicas[1].snapshot();
+    sim.restart_replica(0, None);
+    sim.restart_replica(1, Some(snapshot));
+    sim.coordinator = Sim::fresh_coordinator(&sim.chain);
+    sim.tick();
+    sim.deliver_all();
+    assert!(sim.coordinator.is_ready());
+    assert_eq!(dirty(&sim, b"k"), 0);
+    for replica in &sim.replicas {
+        assert_eq!(stat(&replica.render_stats(), "txn_locked_keys"), 2);
+    }
+    sim.put(b"k", b"x", 2);
+    sim.deliver_all();
+    assert_eq!(status_of(&sim, 2), Status::Locked);
+    // The client sends nothing more: after the lease, the settler finds
+    // this shard not prepared and aborts it.
+    sim.advance(Duration::from_millis(250));
+    sim.deliver_all();
+    for replica in &sim.replicas {
+        assert_eq!(stat(&replica.render_stats(), "txn_locked_keys"), 0);
+    }
+    // Its ABORT goes out at the next tick.
+    sim.tick();
+    sim.deliver_all();
+    let stats = sim.coordinator.render_stats(None);
+    assert_eq!(stat(&stats, "shard0.txn_held"), 0, "{stats}");
+    assert_eq!(stat(&stats, "txn_settled_aborted"), 1, "{stats}");
+    sim.put(b"k", b"y", 3);
+    sim.send(prepare(&sim, txn, &[Item::put(b"k", b"late")], 4));
+    sim.deliver_all();
+    assert_eq!(status_of(&sim, 3), Status::Ok);
+    assert_eq!(status_of(&sim, 4), Status::TxnAborted, "too late");
+    assert_eq!(sim.tail().store().latest(b"k").unwrap().value, b"y");
+}

@@ -141,7 +141,7 @@ fn recorded(
     let mut runs = 0;
     let mut seen = Seen::default();
     let call = Instant::now();
-    let done = client.transact(|tx| {
+    let done = client.transact(tern_client::TxnMode::Optimistic, |tx| {
         runs += 1;
         seen = Seen::default();
         body(tx, &mut seen)

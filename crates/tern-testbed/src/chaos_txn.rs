@@ -120,7 +120,9 @@ pub fn torn_pairs(map: &ClusterMap) -> Result<Vec<String>> {
     let mut client = patient(map)?;
     let mut torn = Vec::new();
     for (x, y) in pairs(map) {
-        let read = client.transact(|tx| Ok((tx.get(&x)?, tx.get(&y)?)))?;
+        let read = client.transact(tern_client::TxnMode::Optimistic, |tx| {
+            Ok((tx.get(&x)?, tx.get(&y)?))
+        })?;
         let (left, right) = read.value;
         if left != right {
             torn.push(format!(

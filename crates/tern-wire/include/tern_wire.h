@@ -55,6 +55,7 @@
 #define TERN_OP_ABORT                28
 #define TERN_OP_RESOLVE              29
 #define TERN_OP_TXN_REPORT           30
+#define TERN_OP_ACQUIRE              31
 
 #define TERN_STATUS_OK               0
 #define TERN_STATUS_NOT_FOUND        1
@@ -89,6 +90,7 @@
 #define TERN_EFFECT_PREPARE          9
 #define TERN_EFFECT_COMMIT           10
 #define TERN_EFFECT_ABORT            11
+#define TERN_EFFECT_ACQUIRE          12
 
 #define TERN_FLAG_TAIL_READ          1
 #define TERN_FLAG_RESENT             2
@@ -336,6 +338,8 @@ static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)
 		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_ANY_SLOT;
 	case TERN_OP_TXN_REPORT:
 		return TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_INTERNAL;
+	case TERN_OP_ACQUIRE:
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE;
 	default:
 		return 0;
 	}
@@ -413,6 +417,7 @@ static inline __attribute__((always_inline)) int tern_effect_known(__u8 value)
 	case 9:
 	case 10:
 	case 11:
+	case 12:
 		return 1;
 	default:
 		return 0;

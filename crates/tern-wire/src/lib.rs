@@ -164,6 +164,13 @@ wire_enum! {
         /// coordinator starting afresh holds its keys again (the SEQ_REPORT
         /// before says how many come).
         TxnReport = 30 => "TXN_REPORT",
+        /// Client's lock-and-read of a locking (no-wait 2PL) transaction
+        /// (`txn`): the value is a [`txn::Prepare`] of GET items (an
+        /// exclusive lock for those flagged `FOR_UPDATE`), the key its
+        /// first item's key. OK with the answers (values and versions, read
+        /// under the locks now held); LOCKED when another transaction
+        /// holds one of the keys, which aborts this one at the shard.
+        Acquire = 31 => "ACQUIRE",
     }
 }
 
@@ -247,6 +254,9 @@ wire_enum! {
         /// A transaction aborted (the value its `txn::TxnId`): its locks
         /// released, or a tombstone that refuses its PREPARE.
         Abort = 11 => "ABORT",
+        /// Locks a locking transaction took (`txn::PrepareRecord` with
+        /// `acquired`): all it holds here so far; nothing written.
+        Acquire = 12 => "ACQUIRE",
     }
 }
 
@@ -297,7 +307,7 @@ impl Op {
             Op::Delete | Op::Expire => CLIENT_WRITE | FAST_PATH,
             // Its keys are counted dirty by user space, which decodes its
             // items (the kernel hands it, and its acknowledgement, up).
-            Op::Multi | Op::Prepare => CLIENT_WRITE | CARRIES_VALUE,
+            Op::Multi | Op::Prepare | Op::Acquire => CLIENT_WRITE | CARRIES_VALUE,
             // Addressed to a shard by the transaction's id alone.
             Op::Commit | Op::Abort | Op::Resolve => CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT,
             Op::Install | Op::InstallOutcome | Op::InstallKeys => {

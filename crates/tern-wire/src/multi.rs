@@ -45,13 +45,25 @@ pub mod kind {
     pub const GET: u8 = 6;
 }
 
-/// Bits of [`Item::flags`] (PUT only).
+/// Bits of [`Item::flags`].
 pub mod item_flags {
     /// PUT only if the key exists (Redis `SET XX`); else NOT_FOUND.
     pub const IF_EXISTS: u8 = 1;
     /// PUT only if the key is absent (Redis `SET NX`); else CAS_MISMATCH.
     pub const IF_ABSENT: u8 = 2;
-    pub const ALL: u8 = IF_EXISTS | IF_ABSENT;
+    /// GET of a key the transaction will write: its lock is exclusive
+    /// (`txn::mode`; an ACQUIRE's `get_for_update`).
+    pub const FOR_UPDATE: u8 = 4;
+    pub const ALL: u8 = IF_EXISTS | IF_ABSENT | FOR_UPDATE;
+
+    /// The flags an item of `kind` may carry.
+    pub const fn allowed(kind: u8) -> u8 {
+        match kind {
+            super::kind::PUT => IF_EXISTS | IF_ABSENT,
+            super::kind::GET => FOR_UPDATE,
+            _ => 0,
+        }
+    }
 }
 
 /// One item of a transaction as asked.
@@ -231,7 +243,7 @@ pub(crate) fn check_item(item: &Item<'_>) -> Result<(), MultiError> {
     if !(kind::CHECK..=kind::GET).contains(&item.kind) {
         return Err(MultiError::UnknownKind(item.kind));
     }
-    if item.flags & !item_flags::ALL != 0 || (item.flags != 0 && item.kind != kind::PUT) {
+    if item.flags & !item_flags::allowed(item.kind) != 0 {
         return Err(MultiError::UnknownFlags(item.flags));
     }
     if item.key.is_empty() {

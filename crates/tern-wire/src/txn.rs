@@ -26,6 +26,17 @@
 //! COMMIT, ABORT and RESOLVE are addressed to a shard, not a key
 //! (`op_class::ANY_SLOT`): their value is the [`TxnId`] alone, their key
 //! empty.
+//!
+//! A locking (no-wait 2PL) transaction takes its locks as it reads:
+//! `Op::Acquire` (the value a [`Prepare`] of GET items, `FOR_UPDATE` for an
+//! exclusive lock) locks the keys and reads them in one record
+//! (`Effect::Acquire`, a [`PrepareRecord`] with `acquired` set and no
+//! writes), or, when another transaction holds one, is refused LOCKED and
+//! aborts the transaction at that shard (no waiting, so no deadlock). Its
+//! PREPARE later adds the writes to the locks it holds (its CHECKs then
+//! cannot fail), and it commits as any other; a shard where it only
+//! acquired is no participant that can commit, so RESOLVE aborts it
+//! there.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -53,9 +64,10 @@ pub mod mode {
     /// The key is written: nobody else reads or writes it.
     pub const EXCLUSIVE: u8 = 2;
 
-    /// The lock an item of this kind (`multi::kind`) wants.
-    pub const fn of(kind: u8) -> u8 {
+    /// The lock an item of this kind (`multi::kind`) and flags wants.
+    pub const fn of(kind: u8, flags: u8) -> u8 {
         match kind {
+            super::kind::GET if flags & super::multi::item_flags::FOR_UPDATE != 0 => EXCLUSIVE,
             super::kind::CHECK | super::kind::GET => SHARED,
             _ => EXCLUSIVE,
         }
@@ -156,7 +168,7 @@ impl<'a> Prepare<'a> {
     pub fn locks(&self) -> Vec<(u8, &'a [u8])> {
         let mut locks: Vec<(u8, &[u8])> = Vec::with_capacity(self.items.len());
         for item in &self.items {
-            let wanted = mode::of(item.kind);
+            let wanted = mode::of(item.kind, item.flags);
             match locks.iter_mut().find(|(_, key)| *key == item.key) {
                 Some(lock) => lock.0 = lock.0.max(wanted),
                 None => locks.push((wanted, item.key)),
@@ -235,12 +247,16 @@ pub struct Lock {
 
 /// What a head decided for a PREPARE it accepted (`Effect::Prepare`'s
 /// value): the locks the transaction holds here and its decided writes and
-/// answers, kept by every replica until the COMMIT or ABORT.
+/// answers, kept by every replica until the COMMIT or ABORT. An ACQUIRE's
+/// (`Effect::Acquire`) has `acquired` set, no writes, and every lock the
+/// transaction holds here so far.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrepareRecord {
     pub id: TxnId,
     pub lease_ms: u32,
     pub participants: Vec<Participant>,
+    /// Locks taken by ACQUIREs, not prepared (nothing to commit here yet).
+    pub acquired: bool,
     pub locks: Vec<Lock>,
     pub decided: Decided,
 }
@@ -251,6 +267,7 @@ impl PrepareRecord {
             + 4
             + 1
             + PARTICIPANT_LEN * self.participants.len()
+            + 1
             + 1
             + self
                 .locks
@@ -263,6 +280,7 @@ impl PrepareRecord {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
         push_head(self.id, self.lease_ms, &self.participants, &mut out);
+        out.push(u8::from(self.acquired));
         out.push(self.locks.len() as u8);
         for lock in &self.locks {
             out.push(lock.mode);
@@ -276,6 +294,15 @@ impl PrepareRecord {
     pub fn decode(bytes: &[u8]) -> Result<PrepareRecord, MultiError> {
         let mut reader = Reader(bytes);
         let (id, lease_ms, participants) = reader.head()?;
+        let acquired = match reader.u8()? {
+            0 => false,
+            1 => true,
+            _ => {
+                return Err(MultiError::Malformed(
+                    "a transaction record of unknown phase",
+                ));
+            }
+        };
         let count = reader.u8()? as usize;
         multi::check_count(count)?;
         let mut locks = Vec::with_capacity(count);
@@ -302,6 +329,7 @@ impl PrepareRecord {
             id,
             lease_ms,
             participants,
+            acquired,
             locks,
             decided,
         })
@@ -419,6 +447,7 @@ mod tests {
             },
             lease_ms: 500,
             participants: participants(2),
+            acquired: false,
             locks: vec![Lock {
                 mode: mode::EXCLUSIVE,
                 key: b"b".to_vec(),

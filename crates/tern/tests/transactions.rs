@@ -17,7 +17,7 @@ use common::TestCluster;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use tern_client::txn::Item;
-use tern_client::{Client, ClientError, ClusterMap};
+use tern_client::{Client, ClientError, ClusterMap, TxnMode};
 use tern_testbed::bank::{self, Ended, History, shard_of};
 
 const ACCOUNTS: usize = 8;
@@ -281,15 +281,27 @@ fn transactions_over_the_limits_or_across_shards_are_refused_with_the_reason() {
     assert_eq!(outcome["outcome"], "committed", "{text}");
     assert_eq!(outcome["answers"][1]["value"], "10", "{text}");
     assert_eq!(outcome["answers"][2]["value"], "two words", "{text}");
-    let output = cluster.tern(&["txn", "--json", r#"[{"op": "check", "key": "d", "version": 1}]"#]);
+    let output = cluster.tern(&[
+        "txn",
+        "--json",
+        r#"[{"op": "check", "key": "d", "version": 1}]"#,
+    ]);
     assert_eq!(output.status.code(), Some(2));
     let output = cluster.tern(&["txn", "--json", r#"[{"op": "incr", "key": "d"}]"#]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("`incr` needs `by`"));
     // The script form: items over lines, comments.
     let script = cluster.dir().join("transfer.txn");
-    std::fs::write(&script, "# move 2 from c to e\nincr c -2\nincr e 2 # e was absent\n").unwrap();
+    std::fs::write(
+        &script,
+        "# move 2 from c to e\nincr c -2\nincr e 2 # e was absent\n",
+    )
+    .unwrap();
     let output = cluster.tern(&["txn", "--script", script.to_str().unwrap()]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(client.get(b"c").unwrap().unwrap().value, b"8");
     assert_eq!(client.get(b"e").unwrap().unwrap().value, b"2");
     assert_eq!(client.get(b"d").unwrap().unwrap().value, b"two words");
@@ -565,7 +577,7 @@ fn a_transaction_driven_by_hand_commits_conflicts_or_aborts() {
     let mut client = Client::new(map.clone()).unwrap();
     let mut other = Client::new(map).unwrap();
     // Across shards: both written, each at its shard's version.
-    let mut tx = client.begin();
+    let mut tx = client.begin(TxnMode::Optimistic);
     assert_eq!(tx.get(&a).unwrap(), None);
     tx.put(&a, b"1");
     tx.put(&b, b"1");
@@ -575,7 +587,7 @@ fn a_transaction_driven_by_hand_commits_conflicts_or_aborts() {
         assert_eq!(other.get(key).unwrap().unwrap().version, *version);
     }
     // A key read changes before the commit: a conflict, nothing written.
-    let mut tx = client.begin();
+    let mut tx = client.begin(TxnMode::Optimistic);
     assert_eq!(tx.get(&a).unwrap().as_deref(), Some(&b"1"[..]));
     tx.put(&b, b"2");
     other.put(&a, b"changed").unwrap();
@@ -583,7 +595,7 @@ fn a_transaction_driven_by_hand_commits_conflicts_or_aborts() {
     assert!(matches!(error, ClientError::Conflict { .. }), "{error}");
     assert_eq!(other.get(&b).unwrap().unwrap().value, b"1");
     // Given up: nothing written.
-    let mut tx = client.begin();
+    let mut tx = client.begin(TxnMode::Optimistic);
     tx.put(&a, b"never");
     tx.abort();
     assert_eq!(other.get(&a).unwrap().unwrap().value, b"changed");

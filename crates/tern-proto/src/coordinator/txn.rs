@@ -14,9 +14,15 @@
 //! refused PREPARE, a COMMIT, an ABORT, a RESOLVE that finds it settled)
 //! releases it once, resent requests never take it twice.
 //!
-//! A hold whose lease runs out (the client sent no COMMIT or ABORT in
-//! time) is handed to the process's [`super::settle::Settler`], which asks
-//! every participant and finishes the transaction the one way they allow.
+//! A locking transaction's ACQUIREs take its hold before its PREPARE (its
+//! keys' hashes, for migrations, and its lease; nothing dirty, since
+//! nothing is decided), and its PREPARE adds the dirty entries of the keys
+//! it writes.
+//!
+//! A hold whose lease runs out (the client sent nothing more in time: no
+//! COMMIT or ABORT, or no PREPARE after its ACQUIREs) is handed to the
+//! process's [`super::settle::Settler`], which asks every participant and
+//! finishes the transaction the one way they allow.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -36,7 +42,8 @@ pub(super) struct Held {
     hashes: Vec<u32>,
     participants: Vec<Participant>,
     lease: Duration,
-    /// When its PREPARE was acknowledged yes (the lease runs from then).
+    /// When its latest PREPARE or ACQUIRE was acknowledged yes (the lease
+    /// runs from then).
     prepared_at: Option<Time>,
     /// When it was last handed to the settler.
     settling_since: Option<Time>,
@@ -46,9 +53,11 @@ pub(super) struct Held {
 }
 
 impl Held {
-    /// The hold of a transaction with these locks (mode, key).
+    /// The hold of a transaction with these locks (mode, key); its
+    /// exclusive keys dirty when it has `decided` writes (prepared).
     fn of<'k>(
         locks: impl Iterator<Item = (u8, &'k [u8])>,
+        decided: bool,
         participants: Vec<Participant>,
         lease_ms: u32,
         prepared_at: Option<Time>,
@@ -58,7 +67,7 @@ impl Held {
         for (wanted, key) in locks {
             let hash = key_hash(key);
             hashes.push(hash);
-            if wanted == mode::EXCLUSIVE {
+            if decided && wanted == mode::EXCLUSIVE {
                 exclusive.push(dirty_index(hash));
             }
         }
@@ -90,9 +99,9 @@ pub(super) struct Holds {
 /// is sequenced.
 #[derive(Debug)]
 pub(super) enum TxnPlan {
-    /// A PREPARE: the hold it takes (None: its transaction holds already,
-    /// this is a resend).
-    Prepare(TxnId, Option<Held>),
+    /// A PREPARE or ACQUIRE: the hold it takes, or adds to its
+    /// transaction's (what it holds already counted once).
+    Prepare(TxnId, Held),
     /// A COMMIT, ABORT or RESOLVE (its transaction's id decoded).
     Finish,
 }
@@ -103,7 +112,8 @@ impl<S: ShardState> ShardCoordinator<S> {
     /// single key's request is).
     pub(super) fn txn_plan(&mut self, message: &Message<'_>) -> Result<TxnPlan, (Status, u64)> {
         let malformed = (Status::Malformed, 0);
-        if message.header.op() != Op::Prepare {
+        let op = message.header.op();
+        if !matches!(op, Op::Prepare | Op::Acquire) {
             // Addressed to the shard: no key, the value exactly an id (as
             // the head checks).
             if !message.key.is_empty() {
@@ -117,20 +127,18 @@ impl<S: ShardState> ShardCoordinator<S> {
             return Err(malformed);
         }
         for item in &prepare.items {
-            if let Some(refusal) = self.refusal_for_slot(Op::Prepare, key_hash(item.key)) {
+            if let Some(refusal) = self.refusal_for_slot(op, key_hash(item.key)) {
                 return Err(refusal);
             }
         }
-        if self.holds.held.contains_key(&prepare.id) {
-            return Ok(TxnPlan::Prepare(prepare.id, None));
-        }
         let held = Held::of(
             prepare.locks().into_iter(),
+            op == Op::Prepare,
             prepare.participants.clone(),
             prepare.lease_ms,
             None,
         );
-        Ok(TxnPlan::Prepare(prepare.id, Some(held)))
+        Ok(TxnPlan::Prepare(prepare.id, held))
     }
 
     /// Takes again the hold of a transaction the head reports prepared (a
@@ -143,6 +151,7 @@ impl<S: ShardState> ShardCoordinator<S> {
         let locks = record.locks.iter().map(|lock| (lock.mode, &lock.key[..]));
         let held = Held::of(
             locks,
+            !record.acquired,
             record.participants.clone(),
             record.lease_ms,
             Some(now),
@@ -154,19 +163,39 @@ impl<S: ShardState> ShardCoordinator<S> {
         self.holds.held.len() as u64
     }
 
-    /// Takes a PREPARE's hold as it is sequenced: its written keys dirty
-    /// before the PREPARE can reach anyone (DESIGN rule 3).
+    /// Takes a PREPARE's (or ACQUIRE's) hold as it is sequenced: its
+    /// written keys dirty before the PREPARE can reach anyone (DESIGN rule
+    /// 3). Added to the transaction's hold if it has one (its ACQUIREs',
+    /// or a resend's): each entry counted once, the newest participants.
     pub(super) fn take_hold(&mut self, id: TxnId, held: Held, seq: u64) {
-        for &index in &held.exclusive {
-            self.state.increment_dirty(index);
+        let Some(holding) = self.holds.held.get_mut(&id) else {
+            for &index in &held.exclusive {
+                self.state.increment_dirty(index);
+            }
+            self.holds.held.insert(
+                id,
+                Held {
+                    taken_at: seq,
+                    ..held
+                },
+            );
+            return;
+        };
+        for index in held.exclusive {
+            if let Err(at) = holding.exclusive.binary_search(&index) {
+                self.state.increment_dirty(index);
+                holding.exclusive.insert(at, index);
+            }
         }
-        self.holds.held.insert(
-            id,
-            Held {
-                taken_at: seq,
-                ..held
-            },
-        );
+        for hash in held.hashes {
+            if !holding.hashes.contains(&hash) {
+                holding.hashes.push(hash);
+            }
+        }
+        if held.participants.len() >= holding.participants.len() {
+            holding.participants = held.participants;
+        }
+        holding.lease = held.lease;
     }
 
     /// After the acknowledgement of a transaction request (its datagram
@@ -180,7 +209,7 @@ impl<S: ShardState> ShardCoordinator<S> {
         let seq = message.header.seq.get();
         let op = message.header.op();
         let id = match op {
-            Op::Prepare => Prepare::decode(message.value).map(|prepare| prepare.id),
+            Op::Prepare | Op::Acquire => Prepare::decode(message.value).map(|prepare| prepare.id),
             Op::Commit | Op::Abort | Op::Resolve => TxnId::decode(message.value),
             _ => return,
         };
@@ -191,11 +220,13 @@ impl<S: ShardState> ShardCoordinator<S> {
             .get(&id)
             .is_some_and(|held| held.taken_at == seq);
         let settled = match (op, status) {
-            (Op::Prepare, Status::Ok) | (Op::Resolve, Status::TxnPrepared) => false,
-            // A PREPARE the head refused as malformed decided nothing: the
-            // hold goes if this one took it, and stays if it is another
-            // PREPARE of a transaction prepared there before.
-            (Op::Prepare, Status::Malformed) => taken_here,
+            (Op::Prepare | Op::Acquire, Status::Ok) | (Op::Resolve, Status::TxnPrepared) => false,
+            // A PREPARE (ACQUIRE) the head refused as malformed decided
+            // nothing: the hold goes if this one took it, and stays if it
+            // is another of a transaction that holds there already. So
+            // does a COMMIT refused for a transaction that only acquired.
+            (Op::Prepare | Op::Acquire, Status::Malformed) => taken_here,
+            (Op::Commit, Status::Malformed) => false,
             // Refusals a coordinator answers itself never reach here; every
             // other answer is the head's: the transaction is not (or no
             // longer) prepared there.
@@ -203,7 +234,13 @@ impl<S: ShardState> ShardCoordinator<S> {
         };
         if !settled {
             if let Some(held) = self.holds.held.get_mut(&id) {
-                held.prepared_at.get_or_insert(now);
+                match (op, status) {
+                    // Its client is still at it: the lease runs again.
+                    (Op::Prepare | Op::Acquire, Status::Ok) => held.prepared_at = Some(now),
+                    _ => {
+                        held.prepared_at.get_or_insert(now);
+                    }
+                }
             }
             return;
         }

@@ -84,7 +84,7 @@ impl<S: ShardState> ShardCoordinator<S> {
         // transaction's request must decode too.
         let planned = match header.op() {
             Op::Multi => self.multi_items(message).map(|items| (Some(items), None)),
-            Op::Prepare | Op::Commit | Op::Abort | Op::Resolve => {
+            Op::Prepare | Op::Acquire | Op::Commit | Op::Abort | Op::Resolve => {
                 self.txn_plan(message).map(|plan| (None, Some(plan)))
             }
             _ => Ok((None, None)),
@@ -118,7 +118,7 @@ impl<S: ShardState> ShardCoordinator<S> {
                     self.state.increment_dirty(index);
                 }
             }
-            (None, Some(TxnPlan::Prepare(id, Some(held)))) => self.take_hold(id, held, seq),
+            (None, Some(TxnPlan::Prepare(id, held))) => self.take_hold(id, held, seq),
             (None, Some(_)) => {}
             (None, None) => self.state.increment_dirty(index),
         }
