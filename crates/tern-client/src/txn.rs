@@ -154,6 +154,7 @@ impl Client {
             values: BTreeMap::new(),
             written: BTreeMap::new(),
             locked: Vec::new(),
+            acquired_at: BTreeMap::new(),
             conflicted: false,
         }
     }
@@ -292,6 +293,9 @@ pub struct Txn<'c> {
     /// Locking: the shards sent an ACQUIRE (they may hold its locks) until
     /// it commits or lets go.
     locked: Vec<u32>,
+    /// Locking: the version of its latest ACQUIRE granted at each shard
+    /// (a read-only one is serialized there at the last).
+    acquired_at: BTreeMap<u32, u64>,
     /// Locking: a lock was refused, and everything let go.
     conflicted: bool,
 }
@@ -420,12 +424,20 @@ impl Txn<'_> {
                 .send(key, answer::Call::new(Op::Acquire, &value))
             {
                 Ok(reply) => reply,
+                Err(ClientError::StaleEpoch { .. }) => {
+                    status = Status::StaleEpoch;
+                    break;
+                }
                 Err(error) => {
                     self.release();
                     return Err(error);
                 }
             };
             status = reply.status;
+            if status == Status::Ok {
+                let at = self.acquired_at.entry(shard).or_default();
+                *at = (*at).max(reply.header.version());
+            }
             if status != Status::Ok || !reply.value.is_empty() {
                 answer = multi::decode_answers(&reply.value)
                     .ok()
@@ -481,8 +493,13 @@ impl Txn<'_> {
         }
         if self.mode == TxnMode::Locking && self.written.is_empty() {
             // Read under locks held together: every value was current
-            // when the last was taken. Nothing to commit; it lets go.
-            let shards = self.locked.iter().map(|&shard| (shard, 0)).collect();
+            // when the last was taken (at each shard, its version there).
+            // Nothing to commit; it lets go.
+            let shards = self
+                .locked
+                .iter()
+                .map(|&shard| (shard, self.acquired_at.get(&shard).copied().unwrap_or(0)))
+                .collect();
             self.release();
             return Ok(Some((shards, Vec::new())));
         }
@@ -704,17 +721,49 @@ impl Client {
                 None => Ok(TwoPhase::No(no.0, no.1)),
             };
         }
-        // Every shard holds its PREPARE: the transaction is committed.
-        let shards: Vec<u32> = votes.iter().map(|(shard, _)| *shard).collect();
-        let replies = self.finish(&shards, Op::Commit, id);
-        let versions = shards
+        // Every shard holds its PREPARE: the transaction is committed. Each
+        // COMMIT is sent until answered (a shard committed before answers
+        // with its version too), up to the client's deadline.
+        let deadline = std::time::Instant::now() + self.options.deadline;
+        let mut versions: Vec<(u32, Option<u64>)> =
+            votes.iter().map(|(shard, _)| (*shard, None)).collect();
+        loop {
+            let pending: Vec<u32> = versions
+                .iter()
+                .filter(|(_, version)| version.is_none())
+                .map(|(shard, _)| *shard)
+                .collect();
+            if pending.is_empty() || std::time::Instant::now() >= deadline {
+                break;
+            }
+            let replies = self.finish(&pending, Op::Commit, id);
+            let (mut answered, mut stale) = (false, false);
+            for (shard, reply) in pending.into_iter().zip(replies) {
+                let version = match reply.map(|reply| (reply.status, reply.header.version())) {
+                    Ok((Status::Ok, version)) => version,
+                    Ok((Status::StaleEpoch | Status::WrongShard, _)) => {
+                        stale = true;
+                        continue;
+                    }
+                    Ok((Status::TryAgain | Status::Locked, _)) | Err(_) => continue,
+                    // Any other answer is final; the version unknown.
+                    Ok(_) => 0,
+                };
+                answered = true;
+                if let Some(entry) = versions.iter_mut().find(|(of, _)| *of == shard) {
+                    entry.1 = Some(version);
+                }
+            }
+            if stale {
+                self.refresh_map();
+            } else if !answered {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // Committed all the same where unanswered: its lease settles it.
+        let versions = versions
             .into_iter()
-            .zip(replies)
-            .map(|(shard, reply)| match reply {
-                Ok(reply) if reply.status == Status::Ok => (shard, reply.header.version()),
-                // Committed (or settled by the lease) all the same.
-                _ => (shard, 0),
-            })
+            .map(|(shard, version)| (shard, version.unwrap_or(0)))
             .collect();
         Ok(TwoPhase::Committed { versions, answers })
     }

@@ -1022,7 +1022,7 @@ impl Replica {
             Effect::Commit => match txn::CommitRecord::decode(value) {
                 Ok(committed) => {
                     apply_writes(&mut self.store, seq, &committed.decided.writes);
-                    self.txns.finish(committed.id, true);
+                    self.txns.finish(committed.id, Some(record.version()));
                     self.counters.txn_committed += 1;
                 }
                 Err(_) => {
@@ -1033,7 +1033,7 @@ impl Replica {
             Effect::Abort => {
                 match txn::TxnId::decode(value) {
                     Ok(id) => {
-                        self.txns.finish(id, false);
+                        self.txns.finish(id, None);
                         self.counters.txn_aborted += 1;
                     }
                     Err(_) => self.counters.damaged_records += 1,
@@ -1500,7 +1500,10 @@ impl Replica {
             // planned it twice), or an ACQUIRE after its PREPARE: refused,
             // the first stands.
             Standing::Prepared => return decided(Effect::None, Status::Malformed, 0),
-            Standing::Committed => return decided(Effect::None, Status::TxnCommitted, 0),
+            Standing::Committed => {
+                let version = self.txns.committed_at(id);
+                return decided(Effect::None, Status::TxnCommitted, version);
+            }
             Standing::Aborted => return decided(Effect::None, Status::TxnAborted, 0),
         }
         let no = |status: Status, version: u64| Decision {
@@ -1604,7 +1607,10 @@ impl Replica {
                     ..decided(Effect::Commit, Status::Ok, new_version)
                 }
             }
-            (Op::Commit, Standing::Committed) => decided(Effect::None, Status::Ok, 0),
+            // Committed before: answered with its version here.
+            (Op::Commit, Standing::Committed) => {
+                decided(Effect::None, Status::Ok, self.txns.committed_at(id))
+            }
             (Op::Commit, Standing::Aborted) => decided(Effect::None, Status::TxnAborted, 0),
             (Op::Commit, Standing::Unknown) => decided(Effect::None, Status::TxnUnknown, 0),
             // Only locked, never prepared: nothing here to commit (its
@@ -1614,7 +1620,11 @@ impl Replica {
                 abort(Status::Ok)
             }
             (Op::Abort, Standing::Aborted) => decided(Effect::None, Status::Ok, 0),
-            (_, Standing::Committed) => decided(Effect::None, Status::TxnCommitted, 0),
+            (_, Standing::Committed) => decided(
+                Effect::None,
+                Status::TxnCommitted,
+                self.txns.committed_at(id),
+            ),
             (_, Standing::Prepared) => decided(Effect::None, Status::TxnPrepared, 0),
             (_, Standing::Aborted) => decided(Effect::None, Status::TxnAborted, 0),
             // RESOLVE: a shard that did not prepare votes no for good.

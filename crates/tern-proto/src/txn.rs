@@ -48,7 +48,9 @@ struct Holders {
 pub struct Transactions {
     pending: HashMap<TxnId, PrepareRecord>,
     locks: HashMap<Box<[u8]>, Holders>,
-    finished: HashMap<TxnId, bool>,
+    /// Committed or not, and the version its writes have here (0:
+    /// aborted, or unknown in a snapshot of format 3).
+    finished: HashMap<TxnId, (bool, u64)>,
     /// `finished` in the order they finished, for forgetting the oldest.
     finished_order: VecDeque<TxnId>,
 }
@@ -93,9 +95,18 @@ impl Transactions {
             };
         }
         match self.finished.get(&id) {
-            Some(true) => Standing::Committed,
-            Some(false) => Standing::Aborted,
+            Some((true, _)) => Standing::Committed,
+            Some((false, _)) => Standing::Aborted,
             None => Standing::Unknown,
+        }
+    }
+
+    /// The version a committed transaction's writes have here (0: not
+    /// committed here, or not known).
+    pub fn committed_at(&self, id: TxnId) -> u64 {
+        match self.finished.get(&id) {
+            Some((true, version)) => *version,
+            _ => 0,
         }
     }
 
@@ -148,15 +159,17 @@ impl Transactions {
         self.pending.insert(record.id, record);
     }
 
-    /// Finishes `id` (committed or aborted): its locks released, its
-    /// outcome remembered. An abort of a transaction never prepared here
-    /// is a tombstone. Returns the prepared record, if it was prepared.
-    pub fn finish(&mut self, id: TxnId, committed: bool) -> Option<PrepareRecord> {
+    /// Finishes `id` (committed at `version`, or aborted: None): its locks
+    /// released, its outcome remembered. An abort of a transaction never
+    /// prepared here is a tombstone. Returns the prepared record, if it
+    /// was prepared.
+    pub fn finish(&mut self, id: TxnId, committed_at: Option<u64>) -> Option<PrepareRecord> {
         if self.finished.contains_key(&id) {
             return None;
         }
         let record = self.release(id);
-        self.finished.insert(id, committed);
+        let outcome = (committed_at.is_some(), committed_at.unwrap_or(0));
+        self.finished.insert(id, outcome);
         self.finished_order.push_back(id);
         while self.finished_order.len() > FINISHED_MAX {
             let oldest = self.finished_order.pop_front().expect("not empty");
@@ -211,13 +224,16 @@ impl Transactions {
         out.extend_from_slice(&(self.finished_order.len() as u64).to_le_bytes());
         for id in &self.finished_order {
             out.extend_from_slice(&id.encode());
-            out.push(u8::from(self.finished[id]));
+            let (committed, version) = self.finished[id];
+            out.push(u8::from(committed));
+            out.extend_from_slice(&version.to_le_bytes());
         }
     }
 
     /// The state `encode` wrote, read with `take` (bytes off the front);
     /// without `phased` (snapshot format 3, before locking transactions)
-    /// only if no transaction was pending, whose records lack their phase.
+    /// only if no transaction was pending, whose records lack their phase,
+    /// and with commit versions unknown.
     pub fn decode<'a, E>(
         phased: bool,
         mut take: impl FnMut(usize) -> Result<&'a [u8], E>,
@@ -251,7 +267,8 @@ impl Transactions {
                     )));
                 }
             };
-            transactions.finish(id, committed);
+            let version = if phased { u64_of(take(8)?) } else { 0 };
+            transactions.finish(id, committed.then_some(version));
         }
         Ok(transactions)
     }
@@ -303,14 +320,14 @@ mod tests {
         assert!(!transactions.conflicts(Some(one), mode::EXCLUSIVE, b"b"));
         assert!(!transactions.conflicts(Some(one), mode::EXCLUSIVE, b"a"));
         assert_eq!(transactions.standing(one), Standing::Prepared);
-        assert!(transactions.finish(one, true).is_some());
+        assert!(transactions.finish(one, Some(5)).is_some());
         assert!(transactions.no_locks());
         assert_eq!(transactions.standing(one), Standing::Committed);
         // A second outcome changes nothing.
-        assert!(transactions.finish(one, false).is_none());
+        assert!(transactions.finish(one, None).is_none());
         assert_eq!(transactions.standing(one), Standing::Committed);
         // An abort of one never prepared is a tombstone.
-        transactions.finish(two, false);
+        transactions.finish(two, None);
         assert_eq!(transactions.standing(two), Standing::Aborted);
         transactions.hold(record(2, &[(mode::EXCLUSIVE, b"c")]));
         assert!(!transactions.write_blocked(b"c"), "a tombstone refuses it");
@@ -345,7 +362,7 @@ mod tests {
         });
         assert!(!transactions.write_blocked(b"c"));
         assert_eq!(transactions.pending(), 1);
-        transactions.finish(id, false);
+        transactions.finish(id, None);
         assert!(transactions.no_locks());
         assert_eq!(transactions.pending(), 0);
     }
@@ -355,7 +372,7 @@ mod tests {
         let mut transactions = Transactions::default();
         transactions.hold(record(1, &[(mode::SHARED, b"a")]));
         transactions.hold(record(2, &[(mode::SHARED, b"a"), (mode::EXCLUSIVE, b"z")]));
-        transactions.finish(record(3, &[]).id, true);
+        transactions.finish(record(3, &[]).id, Some(7));
         let mut bytes = Vec::new();
         transactions.encode(&mut bytes);
         let mut rest = &bytes[..];
@@ -373,5 +390,6 @@ mod tests {
         assert_eq!(restored.pending(), 2);
         assert!(restored.read_blocked(b"z") && !restored.read_blocked(b"a"));
         assert_eq!(restored.standing(record(3, &[]).id), Standing::Committed);
+        assert_eq!(restored.committed_at(record(3, &[]).id), 7);
     }
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use tern_check::{Transaction, Versioned, check_cycles, check_serial};
 use tern_client::txn::Item;
-use tern_client::{Client, ClientError, ClusterMap, MultiOutcome, Txn};
+use tern_client::{Client, ClientError, ClusterMap, MultiOutcome, Txn, TxnMode};
 use tern_wire::key_hash;
 
 /// Every account's balance at the start.
@@ -105,8 +105,13 @@ struct Seen {
 }
 
 impl Seen {
-    fn get(&mut self, tx: &mut Txn<'_>, key: &[u8]) -> Result<i64, ClientError> {
-        let value = tx.get(key)?.expect("every account exists");
+    /// Reads an account (`for_update`: one the transaction will write).
+    fn get(&mut self, tx: &mut Txn<'_>, key: &[u8], for_update: bool) -> Result<i64, ClientError> {
+        let value = match for_update {
+            true => tx.get_for_update(key)?,
+            false => tx.get(key)?,
+        };
+        let value = value.expect("every account exists");
         let version = tx.version_read(key).expect("read from the store");
         self.reads.push((key.to_vec(), value.clone(), version));
         Ok(balance(&value))
@@ -134,6 +139,7 @@ pub enum Ended {
 /// error panics).
 fn recorded(
     client: &mut Client,
+    mode: TxnMode,
     history: &History,
     tolerate_errors: bool,
     mut body: impl FnMut(&mut Txn<'_>, &mut Seen) -> Result<(), ClientError>,
@@ -141,7 +147,7 @@ fn recorded(
     let mut runs = 0;
     let mut seen = Seen::default();
     let call = Instant::now();
-    let done = client.transact(tern_client::TxnMode::Optimistic, |tx| {
+    let done = client.transact(mode, |tx| {
         runs += 1;
         seen = Seen::default();
         body(tx, &mut seen)
@@ -183,18 +189,20 @@ fn recorded(
     ended
 }
 
-/// Moves `amount` from account `from` to account `to` if `from` holds it.
+/// Moves `amount` from account `from` to account `to` if `from` holds it,
+/// in a transaction of `mode` (a locking one locks both for update).
 pub fn transfer(
     client: &mut Client,
+    mode: TxnMode,
     history: &History,
     accounts: &[Vec<u8>],
     (from, to, amount): (usize, usize, i64),
     tag: &str,
     tolerate_errors: bool,
 ) -> Ended {
-    recorded(client, history, tolerate_errors, |tx, seen| {
+    recorded(client, mode, history, tolerate_errors, |tx, seen| {
         let (a, b) = (&accounts[from], &accounts[to]);
-        let (left, right) = (seen.get(tx, a)?, seen.get(tx, b)?);
+        let (left, right) = (seen.get(tx, a, true)?, seen.get(tx, b, true)?);
         if left >= amount {
             seen.put(tx, a, value_of(left - amount, tag));
             seen.put(tx, b, value_of(right + amount, tag));
@@ -205,7 +213,7 @@ pub fn transfer(
 
 /// Every account at `START`, in one transaction.
 pub fn open(client: &mut Client, history: &History, accounts: &[Vec<u8>]) {
-    let ended = recorded(client, history, false, |tx, seen| {
+    let ended = recorded(client, TxnMode::Optimistic, history, false, |tx, seen| {
         for account in accounts {
             seen.put(tx, account, value_of(START, "open"));
         }
@@ -214,19 +222,20 @@ pub fn open(client: &mut Client, history: &History, accounts: &[Vec<u8>]) {
     assert!(matches!(ended, Ended::Committed(_)), "the bank opens");
 }
 
-/// Reads every account in one optimistic transaction: the total when it
+/// Reads every account in one transaction of `mode`: the total when it
 /// committed.
 pub fn audit(
     client: &mut Client,
+    mode: TxnMode,
     history: &History,
     accounts: &[Vec<u8>],
     tolerate_errors: bool,
 ) -> Option<i64> {
     let mut total = 0;
-    let ended = recorded(client, history, tolerate_errors, |tx, seen| {
+    let ended = recorded(client, mode, history, tolerate_errors, |tx, seen| {
         total = 0;
         for account in accounts {
-            total += seen.get(tx, account)?;
+            total += seen.get(tx, account, false)?;
         }
         Ok(())
     });
@@ -238,13 +247,18 @@ pub fn audit(
 pub fn audit_at_once(client: &mut Client, history: &History, accounts: &[Vec<u8>]) -> i64 {
     let items: Vec<Item<'_>> = accounts.iter().map(|key| Item::get(key)).collect();
     let call = Instant::now();
-    let outcome = client.multi(&items).expect("an audit commits");
-    let MultiOutcome::Committed {
-        version,
-        answers: Some(answers),
-    } = outcome
-    else {
-        panic!("an audit without its answers: {outcome:?}");
+    // A reply without the answers is a resend's, answered from the
+    // head's record of the outcome (its chain changed meanwhile): asked
+    // again (it writes nothing).
+    let (version, answers) = loop {
+        match client.multi(&items).expect("an audit commits") {
+            MultiOutcome::Committed {
+                version,
+                answers: Some(answers),
+            } => break (version, answers),
+            MultiOutcome::Committed { answers: None, .. } => continue,
+            outcome => panic!("an audit that failed: {outcome:?}"),
+        }
     };
     let reads: Vec<_> = accounts
         .iter()

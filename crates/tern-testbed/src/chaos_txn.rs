@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use tern_client::{Client, ClientOptions, ClusterMap};
+use tern_client::{Client, ClientOptions, ClusterMap, TxnMode};
 use tern_wire::key_hash;
 use tern_wire::txn::LEASE_MS_DEFAULT;
 
@@ -245,12 +245,18 @@ pub fn start_bank(
                 let mut random =
                     SmallRng::seed_from_u64(seed.wrapping_mul(104_729) + worker as u64);
                 let mut tally = BankTally::default();
+                // Half the clients lock, half are optimistic: both kinds
+                // of transactions meet on the same accounts.
+                let mode = match worker % 2 {
+                    0 => TxnMode::Optimistic,
+                    _ => TxnMode::Locking,
+                };
                 start_line.wait();
                 let mut sequence = 0u64;
                 while running.load(Ordering::Relaxed) {
                     sequence += 1;
                     if random.random_range(0..100) < 20 {
-                        match bank::audit(&mut client, &history, &accounts, true) {
+                        match bank::audit(&mut client, mode, &history, &accounts, true) {
                             Some(total) if total != expected => tally.wrong_totals.push(total),
                             Some(_) => {
                                 tally.audits += 1;
@@ -265,7 +271,15 @@ pub fn start_bank(
                     let amount = random.random_range(1..=10);
                     let tag = format!("c{worker}-{sequence}");
                     let transfer = (from, to, amount);
-                    match bank::transfer(&mut client, &history, &accounts, transfer, &tag, true) {
+                    match bank::transfer(
+                        &mut client,
+                        mode,
+                        &history,
+                        &accounts,
+                        transfer,
+                        &tag,
+                        true,
+                    ) {
                         Ended::Committed(_) => {
                             tally.transfers += 1;
                             tally.successes.push(Instant::now());
@@ -285,7 +299,7 @@ pub fn final_total(map: &ClusterMap, accounts: &[Vec<u8>]) -> Result<i64> {
     let mut client = patient(map)?;
     let history = History::default();
     for _ in 0..10 {
-        if let Some(total) = bank::audit(&mut client, &history, accounts, true) {
+        if let Some(total) = bank::audit(&mut client, TxnMode::Locking, &history, accounts, true) {
             return Ok(total);
         }
     }

@@ -148,7 +148,7 @@ wire_enum! {
         Prepare = 26 => "PREPARE",
         /// Makes a prepared transaction's writes visible and releases its
         /// locks; the value is its [`txn::TxnId`], the key empty (sent to
-        /// a shard). OK (also when committed before), TXN_ABORTED,
+        /// a shard). OK with its version (also when committed before), TXN_ABORTED,
         /// TXN_UNKNOWN.
         Commit = 27 => "COMMIT",
         /// Releases a transaction's locks without writing; for one never

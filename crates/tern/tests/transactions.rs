@@ -36,8 +36,14 @@ fn patient_client(map: &ClusterMap) -> Client {
     Client::with_options(map.clone(), options).unwrap()
 }
 
-/// Runs the bank; `fault` runs on a thread of its own meanwhile.
-fn bank(cluster: &TestCluster, accounts: Vec<Vec<u8>>, fault: impl FnOnce() + Send + 'static) {
+/// Runs the bank, client `i` in `modes[i % modes.len()]`; `fault` runs on
+/// a thread of its own meanwhile.
+fn bank(
+    cluster: &TestCluster,
+    accounts: Vec<Vec<u8>>,
+    modes: &[TxnMode],
+    fault: impl FnOnce() + Send + 'static,
+) {
     let shards: std::collections::BTreeSet<u32> = accounts
         .iter()
         .map(|key| shard_of(&cluster.map, key))
@@ -49,6 +55,7 @@ fn bank(cluster: &TestCluster, accounts: Vec<Vec<u8>>, fault: impl FnOnce() + Se
     bank::open(&mut client, &history, &accounts);
     let expected = bank::START * ACCOUNTS as i64;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let auditing = modes.last().copied().unwrap_or_default();
     let auditor = {
         let (map, accounts, history, stop) = (
             cluster.map.clone(),
@@ -63,7 +70,8 @@ fn bank(cluster: &TestCluster, accounts: Vec<Vec<u8>>, fault: impl FnOnce() + Se
             // up, which is allowed, as long as some commit) and one-shot.
             let (mut audits, mut optimistic) = (0, 0);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || optimistic < 3 {
-                if let Some(total) = bank::audit(&mut client, &history, &accounts, false) {
+                if let Some(total) = bank::audit(&mut client, auditing, &history, &accounts, false)
+                {
                     assert_eq!(total, expected, "an audit saw money appear or vanish");
                     optimistic += 1;
                 }
@@ -82,7 +90,8 @@ fn bank(cluster: &TestCluster, accounts: Vec<Vec<u8>>, fault: impl FnOnce() + Se
     // always falls inside the load, however fast the load runs.
     let faulted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let transfers: Vec<_> = (0..CLIENTS)
-        .map(|_| {
+        .map(|index| {
+            let mode = modes[index % modes.len()];
             let (map, accounts, history) = (cluster.map.clone(), accounts.clone(), history.clone());
             let faulted = faulted.clone();
             std::thread::spawn(move || {
@@ -100,7 +109,15 @@ fn bank(cluster: &TestCluster, accounts: Vec<Vec<u8>>, fault: impl FnOnce() + Se
                     let amount = rng.random_range(1..=10);
                     let tag = format!("{id:x}-{done}");
                     let transfer = (from, to, amount);
-                    match bank::transfer(&mut client, &history, &accounts, transfer, &tag, false) {
+                    match bank::transfer(
+                        &mut client,
+                        mode,
+                        &history,
+                        &accounts,
+                        transfer,
+                        &tag,
+                        false,
+                    ) {
                         Ended::Committed(its_runs) => runs += its_runs,
                         ended => panic!("a transfer did not commit: {ended:?}"),
                     }
@@ -150,15 +167,23 @@ fn bank_transfers_keep_the_total_and_the_history_is_strictly_serializable() {
     bank(
         &cluster,
         bank::accounts_of_one_shard(&cluster.map, ACCOUNTS),
+        &[TxnMode::Optimistic],
         || {},
     );
 }
 
 #[test]
-fn bank_across_shards_commits_by_two_phase_commit_and_keeps_the_total() {
+fn bank_across_shards_of_optimistic_and_locking_transactions_keeps_the_total() {
+    // Half the clients optimistic, half locking (no-wait 2PL), on the same
+    // accounts; audits locking.
     let cluster = TestCluster::up(2, 3);
     let accounts = bank::accounts_across_shards(&cluster.map, ACCOUNTS);
-    bank(&cluster, accounts, || {});
+    bank(
+        &cluster,
+        accounts,
+        &[TxnMode::Optimistic, TxnMode::Locking],
+        || {},
+    );
     // Nothing stays locked or held once the load is done.
     let mut client = Client::new(cluster.map.clone()).unwrap();
     for shard in &cluster.map.shards {
@@ -183,6 +208,7 @@ fn bank_with_the_xdp_coordinator_keeps_the_total_and_is_strictly_serializable() 
     bank(
         &cluster,
         bank::accounts_across_shards(&cluster.map, ACCOUNTS),
+        &[TxnMode::Locking, TxnMode::Optimistic],
         || {},
     );
 }
@@ -202,6 +228,7 @@ fn bank_survives_its_head_and_then_its_tail_being_killed() {
     bank(
         &cluster,
         bank::accounts_of_one_shard(&cluster.map, ACCOUNTS),
+        &[TxnMode::Optimistic, TxnMode::Locking],
         move || {
             std::thread::sleep(Duration::from_millis(300));
             killer.kill(&["shard0-replica0"]);
@@ -599,4 +626,50 @@ fn a_transaction_driven_by_hand_commits_conflicts_or_aborts() {
     tx.put(&a, b"never");
     tx.abort();
     assert_eq!(other.get(&a).unwrap().unwrap().value, b"changed");
+    // Locking: a key locked for update keeps other writers and lockers
+    // out (a rival locking it conflicts at once, a plain write waits and
+    // then gives up), and is written at the commit.
+    let mut tx = client.begin(TxnMode::Locking);
+    assert_eq!(
+        tx.get_for_update(&a).unwrap().as_deref(),
+        Some(&b"changed"[..])
+    );
+    assert_eq!(tx.get(&b).unwrap().as_deref(), Some(&b"1"[..]));
+    let mut rival = other.begin(TxnMode::Locking);
+    let error = rival.get(&a).unwrap_err();
+    assert!(matches!(error, ClientError::Conflict { .. }), "{error}");
+    drop(rival);
+    let mut impatient = Client::with_options(
+        cluster.map.clone(),
+        tern_client::ClientOptions {
+            deadline: Duration::from_millis(300),
+            ..tern_client::ClientOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(impatient.put(&a, b"sneaked").is_err(), "a locked key waits");
+    tx.put(&a, b"locked");
+    let done = tx.commit().unwrap();
+    assert_eq!(done.written.len(), 1);
+    assert_eq!(other.get(&a).unwrap().unwrap().value, b"locked");
+    // Given up (or dropped), a locking transaction lets go of its locks.
+    let mut tx = client.begin(TxnMode::Locking);
+    tx.get_for_update(&a).unwrap();
+    tx.get_for_update(&b).unwrap();
+    tx.abort();
+    other.put(&a, b"free").unwrap();
+    let mut tx = client.begin(TxnMode::Locking);
+    tx.get(&b).unwrap();
+    drop(tx);
+    other.put(&b, b"free").unwrap();
+    // Through transact: a read-modify-write of both, under locks.
+    let done = client
+        .transact(TxnMode::Locking, |tx| {
+            let left = tx.get_for_update(&a)?.unwrap_or_default();
+            tx.put(&b, &left);
+            Ok(left)
+        })
+        .unwrap();
+    assert_eq!(done.value, b"free");
+    assert!(nothing_held(&cluster), "every lock released");
 }
