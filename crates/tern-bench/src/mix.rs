@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
-use tern_client::{Client, ClientError, ClusterMap};
+use tern_client::{Client, ClientError, ClusterMap, TxnMode};
 
 /// How a mix runs.
 #[derive(Clone, Debug, clap::Args, Serialize)]
@@ -29,6 +29,27 @@ pub struct MixArgs {
     pub warmup: Duration,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// How transactions keep what they read: optimistic (checked at
+    /// commit) or locking (no-wait two-phase locking).
+    #[arg(long, value_enum, default_value_t = Concurrency::Optimistic)]
+    pub txn_mode: Concurrency,
+}
+
+/// `--txn-mode`: `tern_client::TxnMode` by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Concurrency {
+    Optimistic,
+    Locking,
+}
+
+impl MixArgs {
+    pub fn mode(&self) -> TxnMode {
+        match self.txn_mode {
+            Concurrency::Optimistic => TxnMode::Optimistic,
+            Concurrency::Locking => TxnMode::Locking,
+        }
+    }
 }
 
 /// A benchmark's transaction types and how to run one.

@@ -102,11 +102,12 @@ impl SmallbankReport {
             return;
         }
         println!(
-            "smallbank: {} accounts ({} hot, {:.0}% of transactions), {} clients, {:.1} s",
+            "smallbank: {} accounts ({} hot, {:.0}% of transactions), {} clients, {:?}, {:.1} s",
             self.config.accounts,
             self.config.hot,
             self.config.hot_fraction * 100.0,
             self.config.mix.clients,
+            self.config.mix.txn_mode,
             self.mix.elapsed_s
         );
         self.mix.print();
@@ -135,6 +136,7 @@ struct Smallbank {
     accounts: u64,
     hot: u64,
     hot_fraction: f64,
+    mode: tern_client::TxnMode,
 }
 
 impl Smallbank {
@@ -166,14 +168,14 @@ impl Mix for Smallbank {
             b = self.account(random);
         }
         let amount = random.random_range(1..=100);
-        let done = client.transact(tern_client::TxnMode::Optimistic, |tx| {
+        let done = client.transact(self.mode, |tx| {
             *runs += 1;
             Ok(match kind {
                 // Amalgamate
                 0 => {
-                    let saved = cents(tx.get(&savings(a))?)?;
-                    let checked = cents(tx.get(&checking(a))?)?;
-                    let other = cents(tx.get(&checking(b))?)?;
+                    let saved = cents(tx.get_for_update(&savings(a))?)?;
+                    let checked = cents(tx.get_for_update(&checking(a))?)?;
+                    let other = cents(tx.get_for_update(&checking(b))?)?;
                     tx.put(&savings(a), &text(0));
                     tx.put(&checking(a), &text(0));
                     tx.put(&checking(b), &text(other + saved + checked));
@@ -187,14 +189,14 @@ impl Mix for Smallbank {
                 }
                 // DepositChecking
                 2 => {
-                    let checked = cents(tx.get(&checking(a))?)?;
+                    let checked = cents(tx.get_for_update(&checking(a))?)?;
                     tx.put(&checking(a), &text(checked + amount));
                     amount
                 }
                 // SendPayment
                 3 => {
-                    let from = cents(tx.get(&checking(a))?)?;
-                    let to = cents(tx.get(&checking(b))?)?;
+                    let from = cents(tx.get_for_update(&checking(a))?)?;
+                    let to = cents(tx.get_for_update(&checking(b))?)?;
                     if from >= amount {
                         tx.put(&checking(a), &text(from - amount));
                         tx.put(&checking(b), &text(to + amount));
@@ -203,14 +205,14 @@ impl Mix for Smallbank {
                 }
                 // TransactSaving
                 4 => {
-                    let saved = cents(tx.get(&savings(a))?)?;
+                    let saved = cents(tx.get_for_update(&savings(a))?)?;
                     tx.put(&savings(a), &text(saved + amount));
                     amount
                 }
                 // WriteCheck: an overdraft costs a cent more.
                 _ => {
                     let saved = cents(tx.get(&savings(a))?)?;
-                    let checked = cents(tx.get(&checking(a))?)?;
+                    let checked = cents(tx.get_for_update(&checking(a))?)?;
                     let taken = if saved + checked < amount {
                         amount + 1
                     } else {
@@ -237,6 +239,7 @@ pub fn run(map: &ClusterMap, args: &SmallbankArgs) -> Result<SmallbankReport> {
         accounts: args.accounts,
         hot: args.hot,
         hot_fraction: args.hot_fraction,
+        mode: args.mix.mode(),
     });
     let report = run_mix(map, &args.mix, mix)?;
     let ledger_ok = match args.verify {

@@ -120,6 +120,7 @@ pub fn load(map: &ClusterMap, subscribers: u64) -> Result<()> {
 
 struct Tatp {
     subscribers: u64,
+    mode: tern_client::TxnMode,
 }
 
 impl Tatp {
@@ -152,7 +153,7 @@ impl Mix for Tatp {
                 .get(&access_info(s, random.random_range(1..=4)))
                 .map(|_| 0),
             _ => client
-                .transact(tern_client::TxnMode::Optimistic, |tx| {
+                .transact(self.mode, |tx| {
                     *runs += 1;
                     match kind {
                         // GetNewDestination
@@ -168,23 +169,23 @@ impl Mix for Tatp {
                         }
                         // UpdateSubscriberData
                         3 => {
-                            tx.get(&subscriber(s))?;
+                            tx.get_for_update(&subscriber(s))?;
                             tx.put(&subscriber(s), &row(&format!("bit {location}")));
-                            if tx.get(&facility(s, facility_kind))?.is_some() {
+                            if tx.get_for_update(&facility(s, facility_kind))?.is_some() {
                                 let data = row(&format!("1 data {location}"));
                                 tx.put(&facility(s, facility_kind), &data);
                             }
                         }
                         // UpdateLocation
                         4 => {
-                            tx.get(&subscriber(s))?;
+                            tx.get_for_update(&subscriber(s))?;
                             tx.put(&subscriber(s), &row(&format!("location {location}")));
                         }
                         // InsertCallForwarding
                         5 => {
                             let key = forwarding(s, facility_kind, start);
                             if tx.get(&facility(s, facility_kind))?.is_some()
-                                && tx.get(&key)?.is_none()
+                                && tx.get_for_update(&key)?.is_none()
                             {
                                 tx.put(&key, &row(&format!("number {location}")));
                             }
@@ -192,7 +193,7 @@ impl Mix for Tatp {
                         // DeleteCallForwarding
                         _ => {
                             let key = forwarding(s, facility_kind, start);
-                            if tx.get(&key)?.is_some() {
+                            if tx.get_for_update(&key)?.is_some() {
                                 tx.delete(&key);
                             }
                         }
@@ -225,8 +226,11 @@ impl TatpReport {
             return;
         }
         println!(
-            "tatp: {} subscribers, {} clients, {:.1} s",
-            self.config.subscribers, self.config.mix.clients, self.mix.elapsed_s
+            "tatp: {} subscribers, {} clients, {:?}, {:.1} s",
+            self.config.subscribers,
+            self.config.mix.clients,
+            self.config.mix.txn_mode,
+            self.mix.elapsed_s
         );
         self.mix.print();
     }
@@ -242,6 +246,7 @@ pub fn run(map: &ClusterMap, args: &TatpArgs) -> Result<TatpReport> {
     }
     let mix = Arc::new(Tatp {
         subscribers: args.subscribers,
+        mode: args.mix.mode(),
     });
     Ok(TatpReport {
         config: args.clone(),
