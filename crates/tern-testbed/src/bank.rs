@@ -189,6 +189,14 @@ fn recorded(
     ended
 }
 
+/// A transfer drawn at random among `accounts` accounts: from, to (never
+/// the same), and an amount of 1 to 10.
+pub fn draw_transfer(random: &mut impl rand::RngExt, accounts: usize) -> (usize, usize, i64) {
+    let from = random.random_range(0..accounts);
+    let to = (from + random.random_range(1..accounts)) % accounts;
+    (from, to, random.random_range(1..=10))
+}
+
 /// Moves `amount` from account `from` to account `to` if `from` holds it,
 /// in a transaction of `mode` (a locking one locks both for update).
 pub fn transfer(

@@ -266,11 +266,8 @@ pub fn start_bank(
                         }
                         continue;
                     }
-                    let from = random.random_range(0..accounts.len());
-                    let to = (from + random.random_range(1..accounts.len())) % accounts.len();
-                    let amount = random.random_range(1..=10);
+                    let transfer = bank::draw_transfer(&mut random, accounts.len());
                     let tag = format!("c{worker}-{sequence}");
-                    let transfer = (from, to, amount);
                     match bank::transfer(
                         &mut client,
                         mode,

@@ -104,11 +104,8 @@ fn bank(
                         after_fault += 1;
                     }
                     done += 1;
-                    let from = rng.random_range(0..ACCOUNTS);
-                    let to = (from + rng.random_range(1..ACCOUNTS)) % ACCOUNTS;
-                    let amount = rng.random_range(1..=10);
+                    let transfer = bank::draw_transfer(&mut rng, ACCOUNTS);
                     let tag = format!("{id:x}-{done}");
-                    let transfer = (from, to, amount);
                     match bank::transfer(
                         &mut client,
                         mode,
