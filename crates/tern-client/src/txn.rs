@@ -78,6 +78,7 @@ impl Client {
     pub fn multi_anywhere(&mut self, items: &[Item<'_>]) -> Result<MultiOutcome, ClientError> {
         let value = multi::encode_items(items).map_err(ClientError::Transaction)?;
         for attempt in 0..TRANSACT_ATTEMPTS_MAX {
+            let started = std::time::Instant::now();
             // Planned by the map as it is now (again after a slot moved).
             let mut by_shard: BTreeMap<u32, Vec<Item<'_>>> = BTreeMap::new();
             let mut places = Vec::with_capacity(items.len());
@@ -108,7 +109,7 @@ impl Client {
                 TwoPhase::No(Status::CasMismatch, current) => {
                     return Ok(MultiOutcome::CheckFailed { current });
                 }
-                TwoPhase::No(..) => backoff(attempt),
+                TwoPhase::No(..) => backoff(attempt, started.elapsed()),
             }
         }
         Err(ClientError::Conflict {
@@ -171,6 +172,7 @@ impl Client {
         mut body: impl FnMut(&mut Txn<'_>) -> Result<T, ClientError>,
     ) -> Result<Transacted<T>, ClientError> {
         for attempt in 0..TRANSACT_ATTEMPTS_MAX {
+            let started = std::time::Instant::now();
             let mut txn = self.begin(mode);
             let value = match body(&mut txn) {
                 Ok(value) => value,
@@ -178,7 +180,7 @@ impl Client {
                 // everything; it runs again.
                 Err(ClientError::Conflict { .. }) if txn.conflicted => {
                     drop(txn);
-                    backoff(attempt);
+                    backoff(attempt, started.elapsed());
                     continue;
                 }
                 Err(error) => return Err(error),
@@ -195,7 +197,7 @@ impl Client {
                     written,
                 });
             }
-            backoff(attempt);
+            backoff(attempt, started.elapsed());
         }
         Err(ClientError::Conflict {
             attempts: TRANSACT_ATTEMPTS_MAX,
@@ -245,11 +247,16 @@ pub struct Transacted<T> {
 /// What a commit made: each shard's version, each written key's.
 type Committed = (Vec<(u32, u64)>, Vec<(Vec<u8>, u64)>);
 
-/// Waits before attempt `attempt + 1` of a transaction that conflicted:
-/// longer with the attempts, so that contending transactions spread out.
-fn backoff(attempt: u32) {
-    let spread = u64::from(attempt.min(8)) * 200 + rand::random_range(0..200);
-    std::thread::sleep(Duration::from_micros(spread));
+/// Waits before attempt `attempt + 1` of a transaction that conflicted,
+/// whose last attempt took `took`: a random time up to a ceiling that
+/// doubles with the attempts from the attempt's own length (at least
+/// 200 us, at most 20 ms), so that transactions that keep meeting each
+/// other (no-wait locking ones above all, which abort each other in turn)
+/// spread out rather than collide again.
+fn backoff(attempt: u32, took: Duration) {
+    let base = took.clamp(Duration::from_micros(200), Duration::from_millis(20));
+    let ceiling = base.as_micros() as u64 * (1 << attempt.min(5));
+    std::thread::sleep(Duration::from_micros(rand::random_range(0..=ceiling)));
 }
 
 /// How a two-phase commit ended.

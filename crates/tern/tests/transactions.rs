@@ -1,5 +1,5 @@
 //! Transactions against a real cluster: a bank whose transfers
-//! (optimistic transactions through `Client::transact`) run concurrently
+//! (optimistic or locking transactions through `Client::transact`) run concurrently
 //! with audits that read every account in one transaction. Every audit
 //! must see the same total, and the whole recorded history must be
 //! strictly serializable: checked by the cycles of its dependency graph
@@ -55,7 +55,8 @@ fn bank(
     bank::open(&mut client, &history, &accounts);
     let expected = bank::START * ACCOUNTS as i64;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let auditing = modes.last().copied().unwrap_or_default();
+    let modes = modes.to_vec();
+    let auditing = modes.clone();
     let auditor = {
         let (map, accounts, history, stop) = (
             cluster.map.clone(),
@@ -65,16 +66,24 @@ fn bank(
         );
         std::thread::spawn(move || {
             let mut client = patient_client(&map);
-            // Audits of both kinds: optimistic (reads, then a commit that
-            // checks every version read: under this contention most give
-            // up, which is allowed, as long as some commit) and one-shot.
-            let (mut audits, mut optimistic) = (0, 0);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) || optimistic < 3 {
-                if let Some(total) = bank::audit(&mut client, auditing, &history, &accounts, false)
-                {
-                    assert_eq!(total, expected, "an audit saw money appear or vanish");
-                    optimistic += 1;
+            // Audits of both kinds: by a transaction of each mode in turn
+            // (optimistic: reads, then a commit that checks every version
+            // read: under this contention most give up, which is allowed,
+            // as long as some commit; locking: shared locks on every
+            // account) and one-shot.
+            let (mut audits, mut transacted) = (0, 0);
+            for round in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) && transacted >= 3 {
+                    break;
                 }
+                let mode = auditing[round % auditing.len()];
+                if let Some(total) = bank::audit(&mut client, mode, &history, &accounts, false) {
+                    assert_eq!(total, expected, "an audit saw money appear or vanish");
+                    transacted += 1;
+                }
+                // Locks on every account, audit after audit, would starve
+                // the transfers (no-wait locking gives writers no turn).
+                std::thread::sleep(Duration::from_millis(2));
                 // A one-shot audit reads one shard only.
                 for _ in 0..if one_shard { 10 } else { 0 } {
                     let total = bank::audit_at_once(&mut client, &history, &accounts);
@@ -82,7 +91,7 @@ fn bank(
                     audits += 1;
                 }
             }
-            (audits, optimistic)
+            (audits, transacted)
         })
     };
     // Set once the fault has run: every client goes on transferring until
@@ -138,10 +147,10 @@ fn bank(
     }
     fault.join().unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (audits, optimistic) = auditor.join().unwrap();
+    let (audits, transacted) = auditor.join().unwrap();
     let history = history.lock().unwrap();
     eprintln!(
-        "{} transactions committed ({audits} one-shot audits, {optimistic} optimistic), \
+        "{} transactions committed ({audits} one-shot audits, {transacted} by transact), \
          {runs} runs for {transferred} transfers",
         history.len(),
     );
