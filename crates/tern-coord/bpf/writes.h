@@ -8,10 +8,12 @@
 #define TERN_WRITES_H
 
 #include "frame.h"
+#include "multi.h"
 #include "route.h"
 
-/* PUT, DELETE, CAS, INCRBY, APPEND: sequence, mark dirty, keep a copy, send
- * to the head (which decides the write). */
+/* PUT, DELETE, CAS, INCRBY, APPEND, MULTI: sequence, mark dirty (a
+ * MULTI: every item's key, multi.h), keep a copy, send to the head (which
+ * decides the write). */
 static __always_inline int sequence_write(struct xdp_md *ctx, struct frame *frame,
 					  const struct route_view *view,
 					  struct tern_shard_cell *cell)
@@ -22,11 +24,27 @@ static __always_inline int sequence_write(struct xdp_md *ctx, struct frame *fram
 	struct tern_window_slot *slot = NULL;
 	struct tern_endpoint head;
 	__u32 length = frame->payload_len;
+	struct multi_scratch *items = NULL;
+	__u32 item_count = 0;
 	__u64 seq = 0;
 	int won = 0;
 
 	if (!dirty || !copy_replica(view, 0, &head))
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_MALFORMED);
+	if (tern->op == TERN_OP_MULTI) {
+		/* Its items decoded from a copy, before anything changes. */
+		items = scratch();
+		asm volatile("" : "+r"(length));
+		if (!items || length < TERN_HEADER_LEN || length > TERN_MESSAGE_LEN_MAX ||
+		    bpf_xdp_load_bytes(ctx, PAYLOAD_OFFSET, items->data, length) != 0)
+			return hand_to_user_space(TERN_XDP_COUNTER_PASS_MALFORMED);
+		item_count = tern_multi_scan(length);
+		if (item_count == 0)
+			return hand_to_user_space(TERN_XDP_COUNTER_PASS_MALFORMED);
+		if (!tern_multi_servable(view->local_index, item_count))
+			return hand_to_user_space(TERN_XDP_COUNTER_PASS_SLOT);
+		dirty_index = TERN_WINDOW_MULTI;
+	}
 	if (!route_unchanged(view))
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_RECONFIGURING);
 	/* DESIGN rule 1: reserve the next sequence number whose window slot is
@@ -45,7 +63,10 @@ static __always_inline int sequence_write(struct xdp_md *ctx, struct frame *fram
 	if (!won || !slot)
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_CONTENDED);
 	/* DESIGN rule 3: the key is dirty before the write can reach anyone. */
-	__sync_fetch_and_add(dirty, 1);
+	if (items)
+		tern_multi_mark(view->local_index, item_count, 1);
+	else
+		__sync_fetch_and_add(dirty, 1);
 	tern->seq = seq;
 	tern->commit_seq = READ_SHARED(cell->commit_seq);
 	/* Only the client's write options travel on with the write. */
@@ -82,6 +103,8 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 	struct tern_endpoint tail;
 	__u64 seq = tern->seq;
 	__be32 client_ip = tern->reply_ip;
+	struct multi_scratch *items = NULL;
+	__u32 item_count = 0;
 	int advanced = 0;
 
 	if (!copy_replica(view, view->replica_count - 1, &tail))
@@ -97,11 +120,22 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 		if (!client)
 			return hand_to_user_space(TERN_XDP_COUNTER_PASS_NO_CLIENT_MAC);
 	}
-	/* A MULTI's keys are in the datagram kept: user space decodes them. */
+	/* A MULTI's keys are in the datagram kept, decoded here again; the
+	 * other requests the window marks so (a transaction's phases) are
+	 * user space's. */
 	slot = slot_of(view, seq);
 	if (slot && seq != 0 && READ_SHARED(slot->seq) == seq &&
-	    (READ_SHARED(slot->dirty_index) & TERN_WINDOW_MULTI))
-		return hand_to_user_space(TERN_XDP_COUNTER_PASS_OP);
+	    (READ_SHARED(slot->dirty_index) & TERN_WINDOW_MULTI)) {
+		items = scratch();
+		if (!items)
+			return hand_to_user_space(TERN_XDP_COUNTER_PASS_OP);
+		copy_kept(items, slot);
+		if (((const struct tern_header *)items->data)->op == TERN_OP_MULTI)
+			item_count = tern_multi_scan(READ_SHARED(slot->len));
+		/* Still the same write's copy, read whole. */
+		if (item_count == 0 || READ_SHARED(slot->seq) != seq)
+			return hand_to_user_space(TERN_XDP_COUNTER_PASS_OP);
+	}
 	/* DESIGN rule 4: commit_seq = max(commit_seq, seq) first. */
 	for (int attempt = 0; attempt < TERN_CAS_ATTEMPTS_MAX; attempt++) {
 		__u64 current = READ_SHARED(cell->commit_seq);
@@ -124,7 +158,9 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 		if (seq != 0 && __sync_val_compare_and_swap(&slot->seq, seq, 0) == seq) {
 			__u64 *dirty = dirty_count_of(view, dirty_index);
 
-			if (dirty)
+			if (items)
+				tern_multi_mark(view->local_index, item_count, -1);
+			else if (dirty)
 				__sync_fetch_and_add(dirty, -1);
 			count(TERN_XDP_COUNTER_ACKS);
 		} else {

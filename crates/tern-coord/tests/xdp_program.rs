@@ -229,37 +229,88 @@ fn an_ack_that_cannot_be_completed_in_the_kernel_changes_nothing_there() {
 }
 
 #[test]
-fn a_multi_goes_to_user_space_and_so_does_its_ack_which_lowers_every_key_there() {
-    use tern_proto::coordinator::complete_write;
-    use tern_wire::maps::WINDOW_MULTI;
+fn a_multi_is_sequenced_in_the_kernel_every_item_dirty_until_its_ack() {
     use tern_wire::multi::{Item, encode_items};
     let (coordinator, state) = load();
-    // A write through the kernel first: it learns the client's MAC.
-    run(&coordinator, &from_client(&request(Op::Put, b"c", b"v")));
-    assert_eq!(run(&coordinator, &from_tail(&ack(1, b"c"))).0, XDP_TX);
-    let items = [Item::put(b"a", b"1"), Item::put(b"b", b"2")];
+    // Items of plain keys, a hash-tagged one (hashed by its tag) and a key
+    // twice (counted twice, as user space counts it).
+    let items = [
+        Item::put(b"a", b"1"),
+        Item::incr_by(b"{user7}.n", b"5"),
+        Item::get(b"b"),
+        Item::put(b"a", b"2"),
+    ];
     let multi = request(Op::Multi, b"a", &encode_items(&items).unwrap());
-    let (verdict, _) = run(&coordinator, &from_client(&multi));
-    assert_eq!(verdict, XDP_PASS, "the kernel does not decode items");
-    assert_eq!(state.next_seq(), 2, "nothing sequenced in the kernel");
-    // As user space sequences it: every item's key dirty, the window
-    // marked as a MULTI's.
+    let (verdict, out) = run(&coordinator, &from_client(&multi));
+    assert_eq!(verdict, XDP_TX, "sequenced in the kernel");
+    let out = sent(&out);
+    assert_eq!(out.destination, replica(0));
+    assert_eq!(out.header.op(), Op::Multi);
+    assert_eq!(out.header.seq.get(), 1);
+    let dirty = |key: &[u8]| state.dirty_count(dirty_index(key_hash(key)));
+    assert_eq!(dirty(b"a"), 2);
+    assert_eq!(dirty(b"{user7}.n"), 1);
+    assert_eq!(dirty(b"{user7}"), 1, "the tag's hash");
+    assert_eq!(dirty(b"b"), 1);
+    // Its acknowledgement: the client's reply, every key clean again.
+    let (verdict, out) = run(&coordinator, &from_tail(&ack(1, b"a")));
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(sent(&out).destination, CLIENT);
+    assert_eq!(sent(&out).header.op(), Op::Reply);
+    assert_eq!(state.commit_seq(), 1);
+    for key in [&b"a"[..], b"{user7}.n", b"b"] {
+        assert_eq!(dirty(key), 0, "{key:?}");
+    }
+    assert!(!state.is_in_flight(1));
+    // A duplicate acknowledgement lowers nothing.
+    run(&coordinator, &from_tail(&ack(1, b"a")));
+    assert_eq!(dirty(b"a"), 0);
+    // Items the user-space decoder refuses go up, nothing taken: a first
+    // key that is not the header's, an unknown kind, flags a GET may not
+    // carry, a value on a DELETE, trailing bytes, an empty list.
+    let encoded = encode_items(&[Item::put(b"a", b"1")]).unwrap();
+    let mut unknown_kind = encoded.clone();
+    unknown_kind[1] = 9;
+    let mut bad_flags = encode_items(&[Item::get(b"a")]).unwrap();
+    bad_flags[2] = 1;
+    let mut delete_with_value = encode_items(&[Item::put(b"a", b"1")]).unwrap();
+    delete_with_value[1] = tern_wire::multi::kind::DELETE;
+    let mut trailing = encoded.clone();
+    trailing.push(0);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("other first key", request(Op::Multi, b"z", &encoded)),
+        ("unknown kind", request(Op::Multi, b"a", &unknown_kind)),
+        ("flags", request(Op::Multi, b"a", &bad_flags)),
+        (
+            "delete with a value",
+            request(Op::Multi, b"a", &delete_with_value),
+        ),
+        ("trailing bytes", request(Op::Multi, b"a", &trailing)),
+        ("no items", request(Op::Multi, b"a", &[0])),
+    ];
+    for (name, datagram) in cases {
+        let before = counter(&coordinator, XdpCounter::PassMalformed);
+        let (verdict, _) = run(&coordinator, &from_client(&datagram));
+        assert_eq!(verdict, XDP_PASS, "{name}");
+        assert_eq!(
+            counter(&coordinator, XdpCounter::PassMalformed),
+            before + 1,
+            "{name}"
+        );
+        assert_eq!(state.next_seq(), 2, "{name}: no sequence number taken");
+        assert_eq!(dirty(b"a"), 0, "{name}");
+    }
+    // A MULTI sequenced by user space (the kernel handed it up) is
+    // acknowledged in the kernel alike, from the datagram its slot keeps.
     let seq = state.begin_write().unwrap();
-    for key in [&b"a"[..], b"b"] {
-        state.increment_dirty(dirty_index(key_hash(key)));
+    for item in &items {
+        state.increment_dirty(dirty_index(key_hash(item.key)));
     }
-    state.record_sent(seq, WINDOW_MULTI, &multi, Time::ZERO);
+    state.record_sent(seq, tern_wire::maps::WINDOW_MULTI, &multi, Time::ZERO);
     let (verdict, _) = run(&coordinator, &from_tail(&ack(seq, b"a")));
-    assert_eq!(verdict, XDP_PASS, "its keys are in the datagram kept");
-    assert_eq!(state.commit_seq(), 1, "nothing changed in the kernel");
-    assert!(state.is_in_flight(seq));
-    assert_eq!(counter(&coordinator, XdpCounter::PassNoClientMac), 0);
-    assert_eq!(counter(&coordinator, XdpCounter::PassOp), 2);
-    // User space completes it: both keys clean.
-    assert!(complete_write(&state, seq));
-    for key in [&b"a"[..], b"b"] {
-        assert_eq!(state.dirty_count(dirty_index(key_hash(key))), 0);
-    }
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(dirty(b"a"), 0);
+    assert_eq!(dirty(b"{user7}.n"), 0);
     assert_eq!(state.commit_seq(), seq);
 }
 

@@ -135,6 +135,7 @@ pub fn generate() -> String {
     define(out, "TERN_WINDOW_MULTI", &format!("{WINDOW_MULTI:#x}u"));
     define(out, "TERN_CLIENT_MACS_MAX", &CLIENT_MACS_MAX.to_string());
     define(out, "TERN_SLOT_WORDS", &SLOT_WORDS.to_string());
+    describe_items(out);
     for (counter, name) in XdpCounter::ALL {
         define(
             out,
@@ -277,6 +278,35 @@ fn classify_ops(out: &mut String) {
         );
     }
     let _ = writeln!(out, "\tdefault:\n\t\treturn 0;\n\t}}\n}}");
+}
+
+/// A one-shot transaction's items (`multi`) as the kernel checks them,
+/// the C view of `multi::check_count` and `check_item`: the kinds, the
+/// flags each kind may carry (8 bits per kind, by kind), and the kinds
+/// that carry a value (a bit per kind).
+fn describe_items(out: &mut String) {
+    use crate::multi::{ITEM_HEADER_LEN, ITEMS_MAX, Item, item_flags, kind};
+    define(out, "TERN_MULTI_ITEMS_MAX", &ITEMS_MAX.to_string());
+    define(
+        out,
+        "TERN_MULTI_ITEM_HEADER_LEN",
+        &ITEM_HEADER_LEN.to_string(),
+    );
+    define(out, "TERN_MULTI_KIND_FIRST", &kind::CHECK.to_string());
+    define(out, "TERN_MULTI_KIND_LAST", &kind::GET.to_string());
+    let (mut flags, mut with_value) = (0u64, 0u64);
+    for kind in kind::CHECK..=kind::GET {
+        flags |= u64::from(item_flags::allowed(kind)) << (8 * kind);
+        if Item::carries_value(kind) {
+            with_value |= 1 << kind;
+        }
+    }
+    define(out, "TERN_MULTI_ITEM_FLAGS", &format!("{flags:#x}ull"));
+    define(
+        out,
+        "TERN_MULTI_KINDS_WITH_VALUE",
+        &format!("{with_value:#x}u"),
+    );
 }
 
 /// `tern_extensions_len(mask)` and `tern_extensions_allowed(classes, mask)`,

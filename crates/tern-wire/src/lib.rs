@@ -305,9 +305,11 @@ impl Op {
                 CLIENT_WRITE | CARRIES_VALUE | FAST_PATH
             }
             Op::Delete | Op::Expire => CLIENT_WRITE | FAST_PATH,
-            // Its keys are counted dirty by user space, which decodes its
-            // items (the kernel hands it, and its acknowledgement, up).
-            Op::Multi | Op::Prepare | Op::Acquire => CLIENT_WRITE | CARRIES_VALUE,
+            // Its items decoded by the kernel too (each key counted dirty).
+            Op::Multi => CLIENT_WRITE | CARRIES_VALUE | FAST_PATH,
+            // Their keys are held by user space, which decodes their items
+            // (the kernel hands them, and their acknowledgements, up).
+            Op::Prepare | Op::Acquire => CLIENT_WRITE | CARRIES_VALUE,
             // Addressed to a shard by the transaction's id alone.
             Op::Commit | Op::Abort | Op::Resolve => CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT,
             Op::Install | Op::InstallOutcome | Op::InstallKeys => {

@@ -127,7 +127,7 @@ impl<'a> Item<'a> {
         ITEM_HEADER_LEN + self.key.len() + self.value.len()
     }
 
-    fn carries_value(kind: u8) -> bool {
+    pub(crate) fn carries_value(kind: u8) -> bool {
         matches!(kind, kind::PUT | kind::INCR_BY | kind::APPEND)
     }
 }
@@ -165,7 +165,7 @@ impl OwnedItem {
 }
 
 /// kind, flags, key length (u16), value length (u16), version (u64).
-const ITEM_HEADER_LEN: usize = 1 + 1 + 2 + 2 + 8;
+pub(crate) const ITEM_HEADER_LEN: usize = 1 + 1 + 2 + 2 + 8;
 
 /// Why a transaction's bytes were refused.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
