@@ -86,6 +86,48 @@ static __always_inline void learn_client(struct frame *frame)
 	bpf_map_update_elem(&client_macs, &ip, &fresh, BPF_ANY);
 }
 
+/* key_hash() of tern_wire, a byte at a time: FNV-1a of the whole key and
+ * of its hash tag (the bytes between the first '{' and the first '}'
+ * after it) together; the tag's when it is closed and not empty. Flags of
+ * 0 or 1, computed without branches: a branch per byte would multiply the
+ * verifier's states past its limit. The empty asm statements keep clang
+ * from turning the arithmetic back into comparisons (which compile to
+ * branches in BPF). */
+struct key_hasher {
+	__u32 hash, tag_hash, opened, closed, tag_len;
+};
+
+#define KEY_HASHER_INIT                                                                    \
+	{ .hash = TERN_KEY_HASH_OFFSET_BASIS, .tag_hash = TERN_KEY_HASH_OFFSET_BASIS }
+
+static __always_inline void key_hasher_step(struct key_hasher *h, __u32 byte)
+{
+	__u32 is_open, is_close, inside, mask, updated;
+
+	h->hash ^= byte;
+	h->hash *= TERN_KEY_HASH_PRIME;
+	/* (x - 1) >> 31 is 1 for x == 0 and 0 for x in 1..255. */
+	is_open = byte ^ '{';
+	is_close = byte ^ '}';
+	asm volatile("" : "+r"(is_open), "+r"(is_close));
+	is_open = (is_open - 1) >> 31;
+	is_close = (is_close - 1) >> 31;
+	/* A byte is the tag's after its '{' and before its '}'. */
+	inside = h->opened & (h->closed ^ 1) & (is_close ^ 1);
+	h->closed |= h->opened & is_close;
+	h->opened |= is_open;
+	asm volatile("" : "+r"(inside));
+	mask = 0 - inside;
+	updated = (h->tag_hash ^ byte) * TERN_KEY_HASH_PRIME;
+	h->tag_hash = (updated & mask) | (h->tag_hash & ~mask);
+	h->tag_len += inside;
+}
+
+static __always_inline __u32 key_hasher_finish(const struct key_hasher *h)
+{
+	return h->closed && h->tag_len > 0 ? h->tag_hash : h->hash;
+}
+
 /* key_hash() of tern_wire over the key, which follows the header and its
  * extensions (extensions_len bytes, at most TERN_EXTENSIONS_LEN_MAX):
  * FNV-1a in a loop bounded by the longest key, each byte checked against
@@ -102,43 +144,16 @@ static __always_inline int key_hash_matches(const struct tern_header *tern, __u3
 		return 0;
 	key = (const __u8 *)(tern + 1) + extensions_len;
 	__u32 length = tern->key_len;
-	__u32 hash = TERN_KEY_HASH_OFFSET_BASIS;
-	__u32 tag_hash = TERN_KEY_HASH_OFFSET_BASIS;
-	/* Flags of 0 or 1, computed without branches: a branch per byte would
-	 * multiply the verifier's states past its limit. The empty asm
-	 * statements keep clang from turning the arithmetic back into
-	 * comparisons (which compile to branches in BPF). */
-	__u32 opened = 0, closed = 0, tag_len = 0;
+	struct key_hasher hasher = KEY_HASHER_INIT;
 
 	for (__u32 i = 0; i < TERN_KEY_LEN_MAX; i++) {
-		__u32 byte, is_open, is_close, inside, mask, updated;
-
 		if (i >= length)
 			break;
 		if ((const void *)(key + i + 1) > end)
 			return 0;
-		byte = key[i];
-		hash ^= byte;
-		hash *= TERN_KEY_HASH_PRIME;
-		/* (x - 1) >> 31 is 1 for x == 0 and 0 for x in 1..255. */
-		is_open = byte ^ '{';
-		is_close = byte ^ '}';
-		asm volatile("" : "+r"(is_open), "+r"(is_close));
-		is_open = (is_open - 1) >> 31;
-		is_close = (is_close - 1) >> 31;
-		/* A byte is the tag's after its '{' and before its '}'. */
-		inside = opened & (closed ^ 1) & (is_close ^ 1);
-		closed |= opened & is_close;
-		opened |= is_open;
-		asm volatile("" : "+r"(inside));
-		mask = 0 - inside;
-		updated = (tag_hash ^ byte) * TERN_KEY_HASH_PRIME;
-		tag_hash = (updated & mask) | (tag_hash & ~mask);
-		tag_len += inside;
+		key_hasher_step(&hasher, key[i]);
 	}
-	if (closed && tag_len > 0)
-		hash = tag_hash;
-	return hash == tern->key_hash;
+	return key_hasher_finish(&hasher) == tern->key_hash;
 }
 
 /* Everything Message::decode checks, in its order: 0 when the datagram is

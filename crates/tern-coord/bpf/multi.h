@@ -59,20 +59,21 @@ static __always_inline __u32 byte_at(const struct multi_scratch *s, __u32 at)
 	return s->data[at & MULTI_COPY_MASK];
 }
 
-/* A key being hashed, byte by byte (key_hash, as key_hash_matches
- * computes it: FNV-1a of the key and of its hash tag together). */
+/* A key being hashed, a byte per call (key_hasher_step, as
+ * key_hash_matches hashes the header's key). */
 struct key_scan {
 	__u32 at;        /* the key's offset in the copy */
 	__u32 header_at; /* the header key's offset, compared when `first` */
 	__u32 first;
-	__u32 hash, tag_hash, opened, closed, tag_len, differs;
+	__u32 differs;
+	struct key_hasher hasher;
 };
 
 static long hash_byte(__u32 i, void *context)
 {
 	struct key_scan *key = context;
 	struct multi_scratch *s = scratch();
-	__u32 byte, is_open, is_close, inside, mask, updated;
+	__u32 byte;
 
 	if (!s) {
 		key->differs = 1;
@@ -80,20 +81,7 @@ static long hash_byte(__u32 i, void *context)
 	}
 	byte = byte_at(s, key->at + i);
 	key->differs |= (byte ^ byte_at(s, key->header_at + i)) & (0 - key->first);
-	key->hash = (key->hash ^ byte) * TERN_KEY_HASH_PRIME;
-	is_open = byte ^ '{';
-	is_close = byte ^ '}';
-	asm volatile("" : "+r"(is_open), "+r"(is_close));
-	is_open = (is_open - 1) >> 31;
-	is_close = (is_close - 1) >> 31;
-	inside = key->opened & (key->closed ^ 1) & (is_close ^ 1);
-	key->closed |= key->opened & is_close;
-	key->opened |= is_open;
-	asm volatile("" : "+r"(inside));
-	mask = 0 - inside;
-	updated = (key->tag_hash ^ byte) * TERN_KEY_HASH_PRIME;
-	key->tag_hash = (updated & mask) | (key->tag_hash & ~mask);
-	key->tag_len += inside;
+	key_hasher_step(&key->hasher, byte);
 	return 0;
 }
 
@@ -104,10 +92,7 @@ static long scan_item(__u32 index, void *context)
 {
 	struct multi_scan *scan = context;
 	struct multi_scratch *s = scratch();
-	struct key_scan key = {
-		.hash = TERN_KEY_HASH_OFFSET_BASIS,
-		.tag_hash = TERN_KEY_HASH_OFFSET_BASIS,
-	};
+	struct key_scan key = { .hasher = KEY_HASHER_INIT };
 	__u32 pos, kind, flags, key_len, value_len, allowed, hash;
 
 	if (!s || index >= TERN_MULTI_ITEMS_MAX)
@@ -138,7 +123,7 @@ static long scan_item(__u32 index, void *context)
 	key.header_at = scan->key_at;
 	if (bpf_loop(key_len, hash_byte, &key, 0) != key_len || key.differs)
 		goto bad;
-	hash = key.closed && key.tag_len > 0 ? key.tag_hash : key.hash;
+	hash = key_hasher_finish(&key.hasher);
 	s->hashes[index & (TERN_MULTI_ITEMS_MAX - 1)] = hash;
 	scan->pos = pos + key_len + value_len;
 	return 0;
