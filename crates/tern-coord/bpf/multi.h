@@ -193,13 +193,6 @@ __attribute__((noinline)) int tern_multi_scan(__u32 len)
 	return s ? scan_multi(s, len) : 0;
 }
 
-static __always_inline __u64 *dirty_entry(__u32 local_index, __u32 hash)
-{
-	__u32 key = local_index * TERN_DIRTY_SLOTS + (hash & TERN_DIRTY_INDEX_MASK);
-
-	return bpf_map_lookup_elem(&dirty_counts, &key);
-}
-
 /* Whether every one of the `count` items' slots is served here by local
  * shard `local_index` (serves_slot) and has a dirty entry: checked before
  * anything changes. */
@@ -210,17 +203,13 @@ __attribute__((noinline)) int tern_multi_servable(__u32 local_index, __u32 count
 	if (!s)
 		return 0;
 	for (__u32 i = 0; i < TERN_MULTI_ITEMS_MAX; i++) {
-		__u32 hash, slot, key;
-		__u64 *word;
+		__u32 hash;
 
 		if (i >= count)
 			break;
 		hash = s->hashes[i];
-		slot = hash % TERN_SLOT_COUNT;
-		key = local_index * TERN_SLOT_WORDS + slot / 64;
-		word = bpf_map_lookup_elem(&shard_slots, &key);
-		if (!word || !((READ_SHARED(*word) >> (slot % 64)) & 1) ||
-		    !dirty_entry(local_index, hash))
+		if (!local_serves_slot(local_index, hash) ||
+		    !local_dirty_count(local_index, hash & TERN_DIRTY_INDEX_MASK))
 			return 0;
 	}
 	return 1;
@@ -238,7 +227,7 @@ __attribute__((noinline)) int tern_multi_mark(__u32 local_index, __u32 count, in
 
 		if (i >= count)
 			break;
-		dirty = dirty_entry(local_index, s->hashes[i]);
+		dirty = local_dirty_count(local_index, s->hashes[i] & TERN_DIRTY_INDEX_MASK);
 		if (dirty)
 			__sync_fetch_and_add(dirty, (__s64)delta);
 	}

@@ -76,21 +76,32 @@ static __always_inline int route_unchanged(const struct route_view *view)
 	return READ_SHARED(view->route->generation) == view->generation;
 }
 
-/* Whether the shard serves keys of this hash here (its bit in shard_slots). */
-static __always_inline int serves_slot(const struct route_view *view, __u32 key_hash)
+/* Whether local shard `local_index` serves keys of this hash here (its bit
+ * in shard_slots). */
+static __always_inline int local_serves_slot(__u32 local_index, __u32 key_hash)
 {
 	__u32 slot = key_hash % TERN_SLOT_COUNT;
-	__u32 key = view->local_index * TERN_SLOT_WORDS + slot / 64;
+	__u32 key = local_index * TERN_SLOT_WORDS + slot / 64;
 	__u64 *word = bpf_map_lookup_elem(&shard_slots, &key);
 
 	return word && (READ_SHARED(*word) >> (slot % 64)) & 1;
 }
 
-static __always_inline __u64 *dirty_count_of(const struct route_view *view, __u32 dirty_index)
+static __always_inline int serves_slot(const struct route_view *view, __u32 key_hash)
 {
-	__u32 key = view->local_index * TERN_DIRTY_SLOTS + dirty_index;
+	return local_serves_slot(view->local_index, key_hash);
+}
+
+static __always_inline __u64 *local_dirty_count(__u32 local_index, __u32 dirty_index)
+{
+	__u32 key = local_index * TERN_DIRTY_SLOTS + dirty_index;
 
 	return bpf_map_lookup_elem(&dirty_counts, &key);
+}
+
+static __always_inline __u64 *dirty_count_of(const struct route_view *view, __u32 dirty_index)
+{
+	return local_dirty_count(view->local_index, dirty_index);
 }
 
 static __always_inline struct tern_window_slot *slot_of(const struct route_view *view, __u64 seq)

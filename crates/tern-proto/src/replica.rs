@@ -1520,23 +1520,17 @@ impl Replica {
         }
         // Every lock it holds here from now on: those taken before, each
         // made exclusive where this one wants it so, then the new ones.
-        let mut locks: Vec<txn::Lock> = self
-            .txns
-            .locks_of(id)
+        let mut locks: Vec<(u8, &[u8])> = self.txns.locks_of(id).collect();
+        for (wanted, key) in asked {
+            txn::add_lock(&mut locks, wanted, key);
+        }
+        let locks: Vec<txn::Lock> = locks
+            .into_iter()
             .map(|(mode, key)| txn::Lock {
                 mode,
                 key: key.to_vec(),
             })
             .collect();
-        for (wanted, key) in asked {
-            match locks.iter_mut().find(|lock| lock.key == key) {
-                Some(lock) => lock.mode = lock.mode.max(wanted),
-                None => locks.push(txn::Lock {
-                    mode: wanted,
-                    key: key.to_vec(),
-                }),
-            }
-        }
         if locks.len() > multi::ITEMS_MAX {
             self.counters.txn_refused += 1;
             return no(Status::TooLarge, 0);

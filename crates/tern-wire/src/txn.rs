@@ -168,13 +168,18 @@ impl<'a> Prepare<'a> {
     pub fn locks(&self) -> Vec<(u8, &'a [u8])> {
         let mut locks: Vec<(u8, &[u8])> = Vec::with_capacity(self.items.len());
         for item in &self.items {
-            let wanted = mode::of(item.kind, item.flags);
-            match locks.iter_mut().find(|(_, key)| *key == item.key) {
-                Some(lock) => lock.0 = lock.0.max(wanted),
-                None => locks.push((wanted, item.key)),
-            }
+            add_lock(&mut locks, mode::of(item.kind, item.flags), item.key);
         }
         locks
+    }
+}
+
+/// Adds a lock on `key` in mode `wanted` to `locks` (mode, key), one per
+/// key: a key already there is made exclusive if `wanted` is.
+pub fn add_lock<'k>(locks: &mut Vec<(u8, &'k [u8])>, wanted: u8, key: &'k [u8]) {
+    match locks.iter_mut().find(|(_, known)| *known == key) {
+        Some(lock) => lock.0 = lock.0.max(wanted),
+        None => locks.push((wanted, key)),
     }
 }
 
