@@ -23,11 +23,13 @@
  * Layout, mirroring the Rust side: maps.h (the maps, tern_wire::maps),
  * frame.h (parsing and validation, tern_wire's decoder), route.h (a shard's
  * chain under its seqlock), reads.h and writes.h (the handlers, after
- * tern-proto's coordinator); this file is the entry point and dispatch.
+ * tern-proto's coordinator), multi.h (items of one-shot transactions),
+ * txn.h (transactions' holds); this file is the entry point and dispatch.
  */
 #include "frame.h"
 #include "reads.h"
 #include "route.h"
+#include "txn.h"
 #include "writes.h"
 
 SEC("xdp")
@@ -52,8 +54,11 @@ int tern_coordinator(struct xdp_md *ctx)
 	if (!cell)
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_UNKNOWN_SHARD);
 	/* Only acknowledgements come from the chain; every other op here is a
-	 * client's request for a key, served only for the shard's own slots. */
-	if (frame.tern->op != TERN_OP_ACK && !serves_slot(&view, frame.tern->key_hash))
+	 * client's request for a key, served only for the shard's own slots,
+	 * or a transaction's COMMIT or ABORT, addressed to the shard. */
+	if (frame.tern->op != TERN_OP_ACK &&
+	    !(tern_op_classes(frame.tern->op) & TERN_OP_CLASS_ANY_SLOT) &&
+	    !serves_slot(&view, frame.tern->key_hash))
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_SLOT);
 	switch (frame.tern->op) {
 	case TERN_OP_GET:

@@ -2,7 +2,7 @@
 /*
  * The maps of the XDP coordinator and the shared-memory primitives. The
  * mmapable maps (shard_routes, shard_cells, dirty_counts, window,
- * shard_slots) are laid
+ * shard_slots, holds) are laid
  * out by tern_wire::maps and mapped by the user-space coordinator, so both
  * paths work on the same memory (crates/tern-proto/src/shared.rs).
  */
@@ -75,6 +75,16 @@ struct {
 	__type(key, __u32);
 	__type(value, struct tern_window_slot);
 } window SEC(".maps");
+
+/* Hold tables: TERN_HOLD_BUCKETS buckets per local shard, each under its
+ * own lock (txn.h, crates/tern-proto/src/holds.rs). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, TERN_HOLD_BUCKETS);
+	__type(key, __u32);
+	__type(value, struct tern_hold_bucket);
+} holds SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

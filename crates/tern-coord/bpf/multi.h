@@ -29,6 +29,15 @@ struct multi_scratch {
 	__u8 data[MULTI_COPY_LEN];
 	/* key_hash of each item's key. */
 	__u32 hashes[TERN_MULTI_ITEMS_MAX];
+	/* Bit i: item i wants its key exclusively (txn::mode::of). */
+	__u64 exclusive;
+	/* A transaction request's (txn.h): its id, lease and participant
+	 * list (offset in the copy and length). */
+	__u64 client_id;
+	__u64 txn_seq;
+	__u32 lease_ms;
+	__u32 participants_at;
+	__u32 participants_len;
 };
 
 struct {
@@ -125,6 +134,10 @@ static long scan_item(__u32 index, void *context)
 		goto bad;
 	hash = key_hasher_finish(&key.hasher);
 	s->hashes[index & (TERN_MULTI_ITEMS_MAX - 1)] = hash;
+	/* txn::mode::of: only a CHECK, and a GET not FOR_UPDATE, share. */
+	if (!(kind == TERN_MULTI_KIND_CHECK ||
+	      (kind == TERN_MULTI_KIND_GET && !(flags & TERN_MULTI_FLAG_FOR_UPDATE))))
+		s->exclusive |= 1ull << (index & (TERN_MULTI_ITEMS_MAX - 1));
 	scan->pos = pos + key_len + value_len;
 	return 0;
 bad:
@@ -132,38 +145,64 @@ bad:
 	return 1;
 }
 
-/* Scans the datagram copied into `s` (a MULTI, `len` bytes): its item
- * count, or 0 when it is malformed (the user-space decoder refuses it:
- * it goes up). Its hashes are in s->hashes. */
-static __always_inline __u32 scan_multi(struct multi_scratch *s, __u32 len)
+/* Where the key and value of the datagram copied into `s` (`len`
+ * bytes) are; 0 when the lengths do not add up. */
+static __always_inline int locate_value(const struct multi_scratch *s, __u32 len,
+					struct multi_scan *scan, __u32 *value_at)
 {
 	const struct tern_header *tern = (const struct tern_header *)s->data;
-	struct multi_scan scan = {};
-	__u32 extensions_len, value_at, value_len, count;
-	long done;
+	__u32 extensions_len, value_len;
 
 	if (len < TERN_HEADER_LEN || len > TERN_MESSAGE_LEN_MAX)
 		return 0;
 	extensions_len = tern_extensions_len(tern->extensions);
 	if (extensions_len > TERN_EXTENSIONS_LEN_MAX)
 		return 0;
-	scan.key_at = TERN_HEADER_LEN + extensions_len;
-	scan.key_len = tern->key_len;
+	scan->key_at = TERN_HEADER_LEN + extensions_len;
+	scan->key_len = tern->key_len;
 	value_len = tern->value_len;
-	if (scan.key_len > TERN_KEY_LEN_MAX || value_len > TERN_VALUE_LEN_MAX || value_len == 0)
+	if (scan->key_len > TERN_KEY_LEN_MAX || value_len > TERN_VALUE_LEN_MAX)
 		return 0;
-	value_at = scan.key_at + scan.key_len;
-	if (value_at + value_len != len)
+	*value_at = scan->key_at + scan->key_len;
+	if (*value_at + value_len != len)
 		return 0;
-	count = byte_at(s, value_at);
+	scan->end = len;
+	return 1;
+}
+
+/* Scans the items starting at `items_at` (a count, then each) up to the
+ * value's end: their count, or 0 when they are malformed (the
+ * user-space decoder refuses them: the datagram goes up). Their hashes
+ * and modes are in the scratch. */
+static __always_inline __u32 scan_items(struct multi_scratch *s, struct multi_scan *scan,
+					__u32 items_at)
+{
+	__u32 count;
+	long done;
+
+	if (items_at >= scan->end)
+		return 0;
+	count = byte_at(s, items_at);
 	if (count == 0 || count > TERN_MULTI_ITEMS_MAX)
 		return 0;
-	scan.pos = value_at + 1;
-	scan.end = value_at + value_len;
-	done = bpf_loop(count, scan_item, &scan, 0);
-	if (done != count || scan.bad || scan.pos != scan.end)
+	s->exclusive = 0;
+	scan->pos = items_at + 1;
+	done = bpf_loop(count, scan_item, scan, 0);
+	if (done != count || scan->bad || scan->pos != scan->end)
 		return 0;
 	return count;
+}
+
+/* Scans the datagram copied into `s` (a MULTI, `len` bytes): its item
+ * count, or 0 when it is malformed. */
+static __always_inline __u32 scan_multi(struct multi_scratch *s, __u32 len)
+{
+	struct multi_scan scan = {};
+	__u32 value_at;
+
+	if (!locate_value(s, len, &scan, &value_at))
+		return 0;
+	return scan_items(s, &scan, value_at);
 }
 
 /* Copies the datagram a window slot keeps, word by word (a memcpy this

@@ -10,10 +10,20 @@
 #include "frame.h"
 #include "multi.h"
 #include "route.h"
+#include "txn.h"
 
-/* PUT, DELETE, CAS, INCRBY, APPEND, MULTI: sequence, mark dirty (a
- * MULTI: every item's key, multi.h), keep a copy, send to the head (which
- * decides the write). */
+/* The counter under which a request whose hold tern_hold_way refused
+ * goes up. */
+static __always_inline __u32 hold_refusal_counter(int refusal)
+{
+	return refusal == HOLD_NOT_SERVED ? TERN_XDP_COUNTER_PASS_SLOT
+					  : TERN_XDP_COUNTER_PASS_HOLD_FULL;
+}
+
+/* PUT, DELETE, CAS, INCRBY, APPEND, MULTI, PREPARE, ACQUIRE, COMMIT,
+ * ABORT: sequence, mark dirty (a MULTI: every item's key, multi.h; a
+ * PREPARE or ACQUIRE: its hold, txn.h), keep a copy, send to the head
+ * (which decides the write). */
 static __always_inline int sequence_write(struct xdp_md *ctx, struct frame *frame,
 					  const struct route_view *view,
 					  struct tern_shard_cell *cell)
@@ -25,48 +35,79 @@ static __always_inline int sequence_write(struct xdp_md *ctx, struct frame *fram
 	struct tern_endpoint head;
 	__u32 length = frame->payload_len;
 	struct multi_scratch *items = NULL;
+	struct tern_hold_bucket *bucket = NULL;
 	__u32 item_count = 0;
+	__u32 op = tern->op;
+	int way = 0;
 	__u64 seq = 0;
 	int won = 0;
 
 	if (!dirty || !copy_replica(view, 0, &head))
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_MALFORMED);
-	if (tern->op == TERN_OP_MULTI) {
-		/* Its items decoded from a copy, before anything changes. */
+	if (op == TERN_OP_MULTI || is_txn_op(op)) {
+		/* Its items (its id) decoded from a copy, before anything
+		 * changes. */
 		items = scratch();
 		asm volatile("" : "+r"(length));
 		if (!items || length < TERN_HEADER_LEN || length > TERN_MESSAGE_LEN_MAX ||
 		    bpf_xdp_load_bytes(ctx, PAYLOAD_OFFSET, items->data, length) != 0)
 			return hand_to_user_space(TERN_XDP_COUNTER_PASS_MALFORMED);
-		item_count = tern_multi_scan(length);
+		item_count = op == TERN_OP_MULTI ? tern_multi_scan(length) : tern_txn_scan(length);
 		if (item_count == 0)
 			return hand_to_user_space(TERN_XDP_COUNTER_PASS_MALFORMED);
-		if (!tern_multi_servable(view->local_index, item_count))
+		if ((op == TERN_OP_MULTI || takes_hold(op)) &&
+		    !tern_multi_servable(view->local_index, item_count))
 			return hand_to_user_space(TERN_XDP_COUNTER_PASS_SLOT);
 		dirty_index = TERN_WINDOW_MULTI;
 	}
-	if (!route_unchanged(view))
+	if (takes_hold(op) && items) {
+		/* The hold's bucket locked until the hold is taken; every
+		 * refusal before that leaves it as it was. */
+		bucket = hold_bucket_of(view->local_index, items);
+		if (!bucket || !hold_try_lock(bucket))
+			return hand_to_user_space(TERN_XDP_COUNTER_PASS_HOLD_BUSY);
+		way = tern_hold_way(view->local_index, item_count);
+		if (way < 0) {
+			hold_unlock(bucket);
+			return hand_to_user_space(hold_refusal_counter(way));
+		}
+	}
+	if (!route_unchanged(view)) {
+		if (bucket)
+			hold_unlock(bucket);
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_RECONFIGURING);
+	}
 	/* DESIGN rule 1: reserve the next sequence number whose window slot is
 	 * free. Only the winner of seq can claim its slot, so a slot seen free
 	 * before winning stays free until published (as SharedShard does). */
 	for (int attempt = 0; attempt < TERN_CAS_ATTEMPTS_MAX; attempt++) {
 		seq = READ_SHARED(cell->next_seq);
 		slot = slot_of(view, seq);
-		if (!slot || READ_SHARED(slot->seq) != 0)
+		if (!slot || READ_SHARED(slot->seq) != 0) {
+			if (bucket)
+				hold_unlock(bucket);
 			return hand_to_user_space(TERN_XDP_COUNTER_PASS_WINDOW_FULL);
+		}
 		if (__sync_val_compare_and_swap(&cell->next_seq, seq, seq + 1) == seq) {
 			won = 1;
 			break;
 		}
 	}
-	if (!won || !slot)
+	if (!won || !slot) {
+		if (bucket)
+			hold_unlock(bucket);
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_CONTENDED);
-	/* DESIGN rule 3: the key is dirty before the write can reach anyone. */
-	if (items)
+	}
+	/* DESIGN rule 3: the key is dirty before the write can reach anyone
+	 * (a COMMIT or ABORT marks nothing: its hold is its PREPARE's). */
+	if (bucket) {
+		tern_hold_apply(view->local_index, way, item_count, seq, op == TERN_OP_PREPARE);
+		hold_unlock(bucket);
+	} else if (op == TERN_OP_MULTI) {
 		tern_multi_mark(view->local_index, item_count, 1);
-	else
+	} else if (!items) {
 		__sync_fetch_and_add(dirty, 1);
+	}
 	tern->seq = seq;
 	tern->commit_seq = READ_SHARED(cell->commit_seq);
 	/* Only the client's write options travel on with the write. */
@@ -89,7 +130,7 @@ static __always_inline int sequence_write(struct xdp_md *ctx, struct frame *fram
 	slot->dirty_index = dirty_index;
 	slot->sent_ns = bpf_ktime_get_ns();
 	__sync_lock_test_and_set(&slot->seq, seq);
-	count(TERN_XDP_COUNTER_WRITES);
+	count(is_txn_op(op) ? TERN_XDP_COUNTER_TXNS : TERN_XDP_COUNTER_WRITES);
 	return XDP_TX;
 }
 
@@ -104,7 +145,9 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 	__u64 seq = tern->seq;
 	__be32 client_ip = tern->reply_ip;
 	struct multi_scratch *items = NULL;
+	struct tern_hold_bucket *bucket = NULL;
 	__u32 item_count = 0;
+	__u32 kept_op = 0;
 	int advanced = 0;
 
 	if (!copy_replica(view, view->replica_count - 1, &tail))
@@ -120,9 +163,10 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 		if (!client)
 			return hand_to_user_space(TERN_XDP_COUNTER_PASS_NO_CLIENT_MAC);
 	}
-	/* A MULTI's keys are in the datagram kept, decoded here again; the
-	 * other requests the window marks so (a transaction's phases) are
-	 * user space's. */
+	/* A MULTI's keys are in the datagram kept, decoded here again, and so
+	 * is a transaction request's id, whose hold is locked here; RESOLVE's
+	 * acknowledgement, the other request the window marks so, is user
+	 * space's. */
 	slot = slot_of(view, seq);
 	if (slot && seq != 0 && READ_SHARED(slot->seq) == seq &&
 	    (READ_SHARED(slot->dirty_index) & TERN_WINDOW_MULTI)) {
@@ -130,11 +174,19 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 		if (!items)
 			return hand_to_user_space(TERN_XDP_COUNTER_PASS_OP);
 		copy_kept(items, slot);
-		if (((const struct tern_header *)items->data)->op == TERN_OP_MULTI)
+		kept_op = ((const struct tern_header *)items->data)->op;
+		if (kept_op == TERN_OP_MULTI)
 			item_count = tern_multi_scan(READ_SHARED(slot->len));
+		else if (is_txn_op(kept_op))
+			item_count = tern_txn_id(READ_SHARED(slot->len));
 		/* Still the same write's copy, read whole. */
 		if (item_count == 0 || READ_SHARED(slot->seq) != seq)
 			return hand_to_user_space(TERN_XDP_COUNTER_PASS_OP);
+		if (is_txn_op(kept_op)) {
+			bucket = hold_bucket_of(view->local_index, items);
+			if (!bucket || !hold_try_lock(bucket))
+				return hand_to_user_space(TERN_XDP_COUNTER_PASS_HOLD_BUSY);
+		}
 	}
 	/* DESIGN rule 4: commit_seq = max(commit_seq, seq) first. */
 	for (int attempt = 0; attempt < TERN_CAS_ATTEMPTS_MAX; attempt++) {
@@ -146,8 +198,11 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 			break;
 		}
 	}
-	if (!advanced)
+	if (!advanced) {
+		if (bucket)
+			hold_unlock(bucket);
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_CONTENDED);
+	}
 	/* Then the dirty count, only if seq was still in flight, so that a
 	 * duplicate acknowledgement never lowers another write's count. */
 	if (slot) {
@@ -158,7 +213,10 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 		if (seq != 0 && __sync_val_compare_and_swap(&slot->seq, seq, 0) == seq) {
 			__u64 *dirty = dirty_count_of(view, dirty_index);
 
-			if (items)
+			if (bucket)
+				tern_hold_ack(view->local_index, kept_op, tern->status, seq,
+					      bpf_ktime_get_ns());
+			else if (items)
 				tern_multi_mark(view->local_index, item_count, -1);
 			else if (dirty)
 				__sync_fetch_and_add(dirty, -1);
@@ -167,6 +225,8 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 			count(TERN_XDP_COUNTER_ACKS_NOT_IN_FLIGHT);
 		}
 	}
+	if (bucket)
+		hold_unlock(bucket);
 	if (!client)
 		return XDP_DROP; /* A gap fill: nobody to answer. */
 	/* Then the reply. */

@@ -1,7 +1,7 @@
 //! The XDP fast path: loading `bpf/coordinator.bpf.c`, installing routes,
 //! mapping its shared maps into this process, attaching it.
 //!
-//! The maps `shard_cells`, `dirty_counts`, `window` and `shard_slots` are created with
+//! The maps `shard_cells`, `dirty_counts`, `window`, `shard_slots` and `holds` are created with
 //! `BPF_F_MMAPABLE`; mapped here they become the memory of one
 //! [`SharedShard`] per shard, so the user-space rare path runs the same
 //! coordinator logic on the same state as the kernel.
@@ -21,8 +21,8 @@ use tern_proto::SharedShard;
 use tern_proto::coordinator::{ShardConfig, ShardState};
 use tern_wire::DIRTY_SLOTS;
 use tern_wire::maps::{
-    CHAIN_LEN_MAX, Endpoint, INFLIGHT_WRITES_MAX, SHARD_ID_MAX, SLOT_WORDS, ShardCell, ShardRoute,
-    WindowSlot, XdpCounter,
+    CHAIN_LEN_MAX, Endpoint, HOLD_BUCKETS, HoldBucket, INFLIGHT_WRITES_MAX, SHARD_ID_MAX,
+    SLOT_WORDS, ShardCell, ShardRoute, WindowSlot, XdpCounter,
 };
 use thiserror::Error;
 use zerocopy::IntoBytes;
@@ -116,6 +116,7 @@ struct Mappings {
     dirty: Mapping,
     window: Mapping,
     slots: Mapping,
+    holds: Mapping,
 }
 
 /// One fast-path counter as read from the per-CPU map.
@@ -287,6 +288,10 @@ impl XdpCoordinator {
                 array_data(&ebpf, "shard_slots")?,
                 count * SLOT_WORDS as usize * 8,
             )?,
+            holds: Mapping::of(
+                array_data(&ebpf, "holds")?,
+                count * HOLD_BUCKETS as usize * size_of::<HoldBucket>(),
+            )?,
         });
         let stats = PerCpuArray::try_from(
             ebpf.take_map("xdp_stats")
@@ -436,11 +441,23 @@ impl XdpCoordinator {
         )
         .cast();
         let slots = base(&self.mappings.slots, index * SLOT_WORDS as usize * 8).cast();
+        let holds = base(
+            &self.mappings.holds,
+            index * HOLD_BUCKETS as usize * size_of::<HoldBucket>(),
+        )
+        .cast();
         // SAFETY: the pointers address this shard's part of the mapped maps,
         // whose layouts are those of tern_wire::maps (the C program uses the
         // generated header); the Arc keeps the mappings alive.
         Ok(unsafe {
-            SharedShard::from_raw_parts(cell, dirty, window, slots, Box::new(self.mappings.clone()))
+            SharedShard::from_raw_parts(
+                cell,
+                dirty,
+                window,
+                slots,
+                holds,
+                Box::new(self.mappings.clone()),
+            )
         })
     }
 
@@ -518,6 +535,7 @@ fn load_object(shard_count: u32) -> Result<Ebpf, XdpError> {
         .map_max_entries("dirty_counts", shard_count * DIRTY_SLOTS)
         .map_max_entries("window", shard_count * INFLIGHT_WRITES_MAX as u32)
         .map_max_entries("shard_slots", shard_count * SLOT_WORDS)
+        .map_max_entries("holds", shard_count * HOLD_BUCKETS)
         .load(OBJECT)
         .map_err(|error| {
             let text = format!("{error:#}");

@@ -187,6 +187,17 @@ impl Twins {
                 "{name}: dirty count of entry {index}"
             );
         }
+        // The holds alike, but for their lease's start (the kernel's clock
+        // against the test's).
+        let holds = |state: &SharedShard| {
+            let mut holds = state.holds().snapshot();
+            for hold in &mut holds {
+                hold.prepared_at = hold.prepared_at.map(|_| Time::ZERO);
+            }
+            holds.sort_by_key(|hold| hold.id);
+            holds
+        };
+        assert_eq!(holds(kernel), holds(rust), "{name}: holds");
         let (mut kernel_copy, mut rust_copy) = (Vec::new(), Vec::new());
         for seq in 1..rust.next_seq().max(kernel.next_seq()) {
             assert_eq!(
@@ -646,6 +657,160 @@ fn the_kernel_and_rust_paths_agree_on_random_mutations() {
         twins.check(
             &format!("mutation {case} of {name} (seed {seed})"),
             sender,
+            &bytes,
+        );
+    }
+}
+
+/// Transactions: PREPARE, ACQUIRE, COMMIT, ABORT, RESOLVE and their
+/// acknowledgements with the head's answers, every one's hold compared.
+fn transaction_corpus() -> Vec<(String, Sender, Vec<u8>)> {
+    use tern_wire::multi::{Item, item_flags};
+    use tern_wire::txn::{Participant, Prepare, TxnId};
+    let mut corpus = Vec::new();
+    let mut add = |name: &str, sender, bytes| corpus.push((name.to_string(), sender, bytes));
+    let id = |txn_seq| TxnId {
+        client_id: 77,
+        txn_seq,
+    };
+    let phase = |op: Op, txn_seq, items: Vec<Item<'_>>, request_id| {
+        let key = items[0].key.to_vec();
+        let value = Prepare {
+            id: id(txn_seq),
+            lease_ms: 800,
+            participants: vec![Participant {
+                shard: SHARD,
+                coordinator: COORDINATOR,
+            }],
+            items,
+        }
+        .encode()
+        .unwrap();
+        request(op, &key, &value, request_id)
+    };
+    let finish = |op: Op, txn_seq, request_id| request(op, b"", &id(txn_seq).encode(), request_id);
+    let put = |key| Item::put(key, b"v");
+    add(
+        "prepare",
+        Sender::Client,
+        phase(Op::Prepare, 1, vec![put(b"t1"), Item::check(b"t2", 3)], 1),
+    );
+    add(
+        "prepare again",
+        Sender::Client,
+        phase(Op::Prepare, 1, vec![put(b"t1"), Item::check(b"t2", 3)], 1),
+    );
+    let update = Item::get(b"t3").with_flags(item_flags::FOR_UPDATE);
+    add(
+        "acquire",
+        Sender::Client,
+        phase(Op::Acquire, 2, vec![update, Item::get(b"t4")], 2),
+    );
+    add(
+        "acquire more",
+        Sender::Client,
+        phase(Op::Acquire, 2, vec![Item::get(b"t5"), put(b"t3")], 3),
+    );
+    add(
+        "prepare after acquires",
+        Sender::Client,
+        phase(Op::Prepare, 2, vec![put(b"t3"), put(b"t6")], 4),
+    );
+    add(
+        "prepare of a slot served elsewhere",
+        Sender::Client,
+        phase(Op::Prepare, 3, vec![put(b"t7"), put(ELSEWHERE)], 5),
+    );
+    add("a multi", Sender::Client, {
+        let value = tern_wire::multi::encode_items(&[put(b"m1"), put(b"t1")]).unwrap();
+        request(Op::Multi, b"m1", &value, 6)
+    });
+    add("commit", Sender::Client, finish(Op::Commit, 1, 7));
+    add("abort", Sender::Client, finish(Op::Abort, 2, 8));
+    add("resolve", Sender::Client, finish(Op::Resolve, 4, 9));
+    add(
+        "commit with a key",
+        Sender::Client,
+        request(Op::Commit, b"t1", &id(1).encode(), 10),
+    );
+    add(
+        "abort too short",
+        Sender::Client,
+        request(Op::Abort, b"", &id(1).encode()[..8], 11),
+    );
+    // Acknowledgements, seq by seq: 1 and 2 the PREPAREs of txn 1, 3 to 5
+    // txn 2's phases, 6 the MULTI, 7 COMMIT, 8 ABORT, 9 RESOLVE.
+    for (seq, status) in [
+        (1, Status::Ok),
+        (3, Status::Ok),
+        (4, Status::Malformed),
+        (2, Status::Ok),
+        (9, Status::TxnAborted),
+        (6, Status::Ok),
+        (5, Status::Ok),
+        (7, Status::Ok),
+        (7, Status::Ok),
+        (8, Status::TxnAborted),
+    ] {
+        add(
+            &format!("ack of seq {seq} ({status:?})"),
+            Sender::Tail,
+            ack(seq, status, b"", Some(CLIENT)),
+        );
+    }
+    corpus
+}
+
+#[test]
+fn the_kernel_and_rust_paths_agree_on_transactions() {
+    let mut twins = Twins::new();
+    let corpus = transaction_corpus();
+    for (name, sender, bytes) in &corpus {
+        twins.check(name, *sender, bytes);
+    }
+    assert!(
+        twins.kernel_state.holds().snapshot().is_empty(),
+        "every hold released"
+    );
+    let counters = twins.xdp.counters().unwrap();
+    let count = |wanted| {
+        counters
+            .iter()
+            .find(|values| values.counter == wanted)
+            .unwrap()
+            .total()
+    };
+    assert_eq!(
+        count(XdpCounter::Txns),
+        7,
+        "every PREPARE, ACQUIRE, COMMIT and ABORT"
+    );
+    // Mutations of the values (the kernel's parser against
+    // Prepare::decode and TxnId::decode), each on fresh twins' state.
+    let seed = rand_seed() | 1;
+    println!("TERN_TEST_SEED={seed}");
+    let mut random = Random(seed);
+    let requests: Vec<_> = corpus
+        .iter()
+        .filter(|(_, sender, bytes)| {
+            matches!(sender, Sender::Client) && header_of(bytes).value_len.get() > 0
+        })
+        .collect();
+    for case in 0..1500 {
+        let (name, sender, bytes) = requests[random.below(requests.len() as u64) as usize];
+        let mut bytes = bytes.clone();
+        let value_at = bytes.len() - header_of(&bytes).value_len.get() as usize;
+        for _ in 0..=random.below(2) {
+            let at = value_at + random.below((bytes.len() - value_at) as u64) as usize;
+            bytes[at] = match random.below(3) {
+                0 => 0,
+                1 => bytes[at].wrapping_add(1),
+                _ => random.next() as u8,
+            };
+        }
+        twins.check(
+            &format!("value mutation {case} of {name} (seed {seed})"),
+            *sender,
             &bytes,
         );
     }

@@ -314,68 +314,341 @@ fn a_multi_is_sequenced_in_the_kernel_every_item_dirty_until_its_ack() {
     assert_eq!(state.commit_seq(), seq);
 }
 
-#[test]
-fn transaction_requests_go_to_user_space_and_the_kernel_sends_reads_of_a_held_key_to_the_tail() {
-    use tern_proto::coordinator::complete_write;
-    use tern_wire::maps::WINDOW_MULTI;
-    use tern_wire::multi::Item;
-    use tern_wire::txn::{Participant, Prepare, TxnId};
-    let (coordinator, state) = load();
-    run(&coordinator, &from_client(&request(Op::Put, b"c", b"v")));
-    assert_eq!(run(&coordinator, &from_tail(&ack(1, b"c"))).0, XDP_TX);
-    let id = TxnId {
+/// A transaction's id in the kernel tests.
+fn txn(txn_seq: u64) -> tern_wire::txn::TxnId {
+    tern_wire::txn::TxnId {
         client_id: 77,
-        txn_seq: 1,
-    };
-    let value = Prepare {
-        id,
-        lease_ms: 1000,
-        participants: vec![Participant {
+        txn_seq,
+    }
+}
+
+fn participants() -> Vec<tern_wire::txn::Participant> {
+    vec![
+        tern_wire::txn::Participant {
             shard: 5,
             coordinator: COORDINATOR,
-        }],
-        items: vec![Item::put(b"k", b"1")],
+        },
+        tern_wire::txn::Participant {
+            shard: 6,
+            coordinator: SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 3), 7000),
+        },
+    ]
+}
+
+/// A PREPARE (or ACQUIRE) of `id` with these items, keyed by the first.
+fn txn_request(
+    op: Op,
+    id: tern_wire::txn::TxnId,
+    items: Vec<tern_wire::multi::Item<'_>>,
+) -> Vec<u8> {
+    let key = items[0].key.to_vec();
+    let value = tern_wire::txn::Prepare {
+        id,
+        lease_ms: 1000,
+        participants: participants(),
+        items,
     }
     .encode()
     .unwrap();
-    let prepare = request(Op::Prepare, b"k", &value);
-    let requests = [
-        prepare.clone(),
-        request(Op::Commit, b"", &id.encode()),
-        request(Op::Abort, b"", &id.encode()),
-        request(Op::Resolve, b"", &id.encode()),
-    ];
-    for datagram in &requests {
-        let (verdict, _) = run(&coordinator, &from_client(datagram));
-        assert_eq!(verdict, XDP_PASS, "the kernel does not decide transactions");
-    }
-    assert_eq!(state.next_seq(), 2, "nothing sequenced in the kernel");
-    assert_eq!(counter(&coordinator, XdpCounter::PassOp), 4);
-    // As user space sequences the PREPARE: its written key held dirty.
-    let index = dirty_index(key_hash(b"k"));
-    let seq = state.begin_write().unwrap();
-    state.increment_dirty(index);
-    state.record_sent(seq, WINDOW_MULTI, &prepare, Time::ZERO);
-    let (verdict, out) = run(&coordinator, &from_client(&request(Op::Get, b"k", b"")));
+    request(op, &key, &value)
+}
+
+/// An acknowledgement of `seq` with the head's `status`.
+fn ack_with(seq: u64, status: Status) -> Vec<u8> {
+    let mut header = Message::decode(&ack(seq, b"")).unwrap().header;
+    header.status = status as u8;
+    encode(&header, b"", b"").unwrap()
+}
+
+/// The only hold of the shard.
+fn only_hold(state: &tern_proto::SharedShard) -> tern_proto::holds::HoldView {
+    let mut holds = state.holds().snapshot();
+    assert_eq!(holds.len(), 1, "one transaction held: {holds:?}");
+    holds.pop().unwrap()
+}
+
+fn reads_go_to_tail(coordinator: &XdpCoordinator, key: &[u8]) -> bool {
+    let (verdict, out) = run(coordinator, &from_client(&request(Op::Get, key, b"")));
     assert_eq!(verdict, XDP_TX);
-    assert!(
-        sent(&out).header.has_flag(flags::TAIL_READ),
-        "to the tail, which holds the lock"
+    sent(&out).header.has_flag(flags::TAIL_READ)
+}
+
+#[test]
+fn a_prepare_takes_its_hold_in_the_kernel_and_the_ack_of_its_commit_releases_it() {
+    use tern_wire::multi::Item;
+    let (coordinator, state) = load();
+    let id = txn(1);
+    let prepare = txn_request(
+        Op::Prepare,
+        id,
+        vec![Item::put(b"k", b"1"), Item::check(b"r", 4)],
     );
-    // Its acknowledgement goes up too, and the kernel lowers nothing.
-    let (verdict, _) = run(&coordinator, &from_tail(&ack(seq, b"k")));
+    let (verdict, out) = run(&coordinator, &from_client(&prepare));
+    assert_eq!(verdict, XDP_TX, "sequenced in the kernel");
+    let forwarded = sent(&out);
+    assert_eq!(forwarded.destination, replica(0));
+    assert_eq!(
+        (forwarded.header.op(), forwarded.header.seq.get()),
+        (Op::Prepare, 1)
+    );
+    let (k, r) = (dirty_index(key_hash(b"k")), dirty_index(key_hash(b"r")));
+    let hold = only_hold(&state);
+    assert_eq!(hold.id, id);
+    assert_eq!(hold.hashes, vec![key_hash(b"k"), key_hash(b"r")]);
+    assert_eq!(hold.dirty, vec![k], "only the written key counts dirty");
+    assert_eq!(
+        (hold.taken_at, hold.prepared_at, hold.lease_ms),
+        (1, None, 1000)
+    );
+    assert_eq!(
+        tern_wire::txn::decode_participants(&hold.participants).unwrap(),
+        participants()
+    );
+    assert_eq!((state.dirty_count(k), state.dirty_count(r)), (1, 0));
+    assert!(reads_go_to_tail(&coordinator, b"k"));
+    // The head's yes: the reply goes out, the hold stays, its lease runs.
+    let (verdict, out) = run(&coordinator, &from_tail(&ack(1, b"k")));
+    assert_eq!((verdict, sent(&out).header.op()), (XDP_TX, Op::Reply));
+    let hold = only_hold(&state);
+    assert!(hold.prepared_at.is_some());
+    assert_eq!(state.dirty_count(k), 1);
+    // The same PREPARE again (a resend): sequenced anew, held once.
+    assert_eq!(run(&coordinator, &from_client(&prepare)).0, XDP_TX);
+    assert_eq!(run(&coordinator, &from_tail(&ack(2, b"k"))).0, XDP_TX);
+    assert_eq!(only_hold(&state).hashes.len(), 2);
+    assert_eq!(state.dirty_count(k), 1, "counted once under resends");
+    // COMMIT: sequenced in the kernel; the hold goes at its
+    // acknowledgement, not before.
+    let commit = request(Op::Commit, b"", &id.encode());
+    let (verdict, out) = run(&coordinator, &from_client(&commit));
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(sent(&out).header.seq.get(), 3);
+    assert_eq!(state.dirty_count(k), 1);
+    assert!(reads_go_to_tail(&coordinator, b"k"));
+    assert_eq!(run(&coordinator, &from_tail(&ack(3, b""))).0, XDP_TX);
+    assert!(state.holds().snapshot().is_empty());
+    assert_eq!(state.dirty_count(k), 0);
+    assert!(!reads_go_to_tail(&coordinator, b"k"));
+    // A duplicate acknowledgement lowers nothing more.
+    assert_eq!(run(&coordinator, &from_tail(&ack(3, b""))).0, XDP_TX);
+    assert_eq!(state.dirty_count(k), 0);
+    assert_eq!(counter(&coordinator, XdpCounter::Txns), 3);
+    assert_eq!(
+        counter(&coordinator, XdpCounter::PassOp),
+        0,
+        "nothing went up"
+    );
+    assert_eq!(counter(&coordinator, XdpCounter::PassHoldBusy), 0);
+}
+
+#[test]
+fn acquires_grow_one_hold_and_only_its_own_requests_release_it() {
+    use tern_wire::multi::{Item, item_flags};
+    let (coordinator, state) = load();
+    let (a, b) = (txn(1), txn(2));
+    let (ka, kb) = (dirty_index(key_hash(b"a")), dirty_index(key_hash(b"b")));
+    let acquire = txn_request(
+        Op::Acquire,
+        a,
+        vec![
+            Item::get(b"a").with_flags(item_flags::FOR_UPDATE),
+            Item::get(b"b"),
+        ],
+    );
+    assert_eq!(run(&coordinator, &from_client(&acquire)).0, XDP_TX);
+    let hold = only_hold(&state);
+    assert_eq!(hold.taken_at, 1);
+    assert!(hold.dirty.is_empty(), "an ACQUIRE decides nothing");
+    // Another ACQUIRE of the transaction adds its key; a third, a
+    // duplicate of the first, adds nothing.
+    let more = txn_request(Op::Acquire, a, vec![Item::get(b"c")]);
+    assert_eq!(run(&coordinator, &from_client(&more)).0, XDP_TX);
+    assert_eq!(run(&coordinator, &from_client(&acquire)).0, XDP_TX);
+    let keys = |held: &tern_proto::holds::HoldView| held.hashes.clone();
+    let three = vec![key_hash(b"a"), key_hash(b"b"), key_hash(b"c")];
+    assert_eq!(keys(&only_hold(&state)), three);
+    // Its PREPARE writes a and b: their entries count dirty, the keys held
+    // once.
+    let prepare = txn_request(
+        Op::Prepare,
+        a,
+        vec![Item::put(b"a", b"1"), Item::put(b"b", b"2")],
+    );
+    assert_eq!(run(&coordinator, &from_client(&prepare)).0, XDP_TX);
+    assert_eq!(keys(&only_hold(&state)), three);
+    assert_eq!((state.dirty_count(ka), state.dirty_count(kb)), (1, 1));
+    // Another transaction's ABORT, acknowledged, leaves a's hold alone.
+    let abort_b = request(Op::Abort, b"", &b.encode());
+    assert_eq!(run(&coordinator, &from_client(&abort_b)).0, XDP_TX);
+    assert_eq!(
+        run(&coordinator, &from_tail(&ack_with(5, Status::TxnAborted))).0,
+        XDP_TX
+    );
+    assert_eq!(only_hold(&state).id, a);
+    // A refusal as malformed of a request that did not take the hold (the
+    // second ACQUIRE, seq 2) leaves it too.
+    assert_eq!(
+        run(&coordinator, &from_tail(&ack_with(2, Status::Malformed))).0,
+        XDP_TX
+    );
+    assert_eq!(only_hold(&state).id, a);
+    // The head's no to the PREPARE (seq 4) settles the transaction here.
+    assert_eq!(
+        run(&coordinator, &from_tail(&ack_with(4, Status::Locked))).0,
+        XDP_TX
+    );
+    assert!(state.holds().snapshot().is_empty());
+    assert_eq!((state.dirty_count(ka), state.dirty_count(kb)), (0, 0));
+    // The first ACQUIRE's yes, arriving last, brings nothing back.
+    assert_eq!(run(&coordinator, &from_tail(&ack(1, b"a"))).0, XDP_TX);
+    assert!(state.holds().snapshot().is_empty());
+    assert_eq!(counter(&coordinator, XdpCounter::PassOp), 0);
+}
+
+#[test]
+fn a_hold_the_kernel_cannot_take_goes_up_with_nothing_changed_and_user_space_takes_it_whole() {
+    use tern_wire::maps::{HOLD_KEYS_MAX, HOLD_WAYS, hold_bucket};
+    use tern_wire::multi::Item;
+    let (coordinator, state) = load();
+    let config = ShardConfig {
+        incarnation: 0,
+        shard: 5,
+        epoch: EPOCH,
+        chain: vec![replica(0), replica(1), replica(2)],
+        slots: vec![[0, tern_wire::SLOT_COUNT]],
+    };
+    let mut core = Coordinator::new([ShardCoordinator::new(
+        config,
+        coordinator.shared_shard(5).unwrap(),
+    )]);
+    // Ready, as the shell leaves it before attaching the program.
+    let mut outbox = Outbox::new();
+    for index in [0, 2] {
+        let report = Header::new(Op::SeqReport, 5, EPOCH);
+        core.step(
+            Time::ZERO,
+            replica(index),
+            &encode(&report, b"", b"").unwrap(),
+            &mut outbox,
+        );
+    }
+    assert!(core.is_ready());
+    let unchanged = |state: &tern_proto::SharedShard, next_seq: u64, holds: usize| {
+        assert_eq!(state.next_seq(), next_seq, "no seq taken");
+        assert_eq!(state.holds().snapshot().len(), holds, "no hold taken");
+    };
+    // Its bucket locked by someone else: up, untouched; user space (which
+    // waits for the lock) takes it.
+    let keys: Vec<Vec<u8>> = (0..HOLD_KEYS_MAX as u8).map(|i| vec![b'!' + i]).collect();
+    let first = txn(1);
+    let acquire = txn_request(
+        Op::Acquire,
+        first,
+        keys[..HOLD_KEYS_MAX - 2]
+            .iter()
+            .map(|key| Item::get(key))
+            .collect(),
+    );
+    let verdict = state
+        .holds()
+        .with_bucket_locked(first, || run(&coordinator, &from_client(&acquire)).0);
     assert_eq!(verdict, XDP_PASS);
-    assert_eq!(state.dirty_count(index), 1);
-    // User space completes the PREPARE's seq: the hold stays (it is the
-    // transaction's, released at its COMMIT or ABORT), so reads still go
-    // to the tail; released, they spread again.
-    assert!(complete_write(&state, seq));
-    assert_eq!(state.dirty_count(index), 1);
-    let (_, out) = run(&coordinator, &from_client(&request(Op::Get, b"k", b"")));
-    assert!(sent(&out).header.has_flag(flags::TAIL_READ));
-    state.decrement_dirty(index);
-    let (_, out) = run(&coordinator, &from_client(&request(Op::Get, b"k", b"")));
-    assert!(!sent(&out).header.has_flag(flags::TAIL_READ));
+    assert_eq!(counter(&coordinator, XdpCounter::PassHoldBusy), 1);
+    unchanged(&state, 1, 0);
+    let mut outbox = Outbox::new();
+    core.step(Time::ZERO, CLIENT, &acquire, &mut outbox);
+    assert_eq!(
+        outbox.iter().next().unwrap().0,
+        replica(0),
+        "sequenced above"
+    );
+    assert_eq!(only_hold(&state).hashes.len(), HOLD_KEYS_MAX - 2);
+    // A PREPARE whose items the kernel cannot be sure fit (62 held + 4
+    // items) goes up; user space counts exactly (the union is 64) and
+    // takes it.
+    let prepare = txn_request(
+        Op::Prepare,
+        first,
+        vec![
+            Item::put(&keys[0], b"v"),
+            Item::put(&keys[1], b"v"),
+            Item::put(&keys[HOLD_KEYS_MAX - 2], b"v"),
+            Item::put(&keys[HOLD_KEYS_MAX - 1], b"v"),
+        ],
+    );
+    assert_eq!(run(&coordinator, &from_client(&prepare)).0, XDP_PASS);
+    assert_eq!(counter(&coordinator, XdpCounter::PassHoldFull), 1);
+    unchanged(&state, 2, 1);
+    let mut outbox = Outbox::new();
+    core.step(Time::ZERO, CLIENT, &prepare, &mut outbox);
+    assert_eq!(outbox.iter().next().unwrap().0, replica(0));
+    let hold = only_hold(&state);
+    assert_eq!((hold.hashes.len(), hold.dirty.len()), (HOLD_KEYS_MAX, 4));
+    // A full bucket: as many transactions as it has ways, all of one
+    // bucket, then one more, which goes up and is refused TRY_AGAIN there.
+    let bucket = hold_bucket(first.client_id, first.txn_seq);
+    let same_bucket: Vec<_> = (2..)
+        .map(txn)
+        .filter(|id| hold_bucket(id.client_id, id.txn_seq) == bucket)
+        .take(HOLD_WAYS)
+        .collect();
+    for id in &same_bucket[..HOLD_WAYS - 1] {
+        let acquire = txn_request(Op::Acquire, *id, vec![Item::get(b"x")]);
+        assert_eq!(run(&coordinator, &from_client(&acquire)).0, XDP_TX);
+    }
+    let last = txn_request(
+        Op::Acquire,
+        same_bucket[HOLD_WAYS - 1],
+        vec![Item::get(b"x")],
+    );
+    let before = state.next_seq();
+    assert_eq!(run(&coordinator, &from_client(&last)).0, XDP_PASS);
+    unchanged(&state, before, HOLD_WAYS);
+    let mut outbox = Outbox::new();
+    core.step(Time::ZERO, CLIENT, &last, &mut outbox);
+    let (to, answer) = outbox.iter().next().unwrap();
+    assert_eq!(to, CLIENT);
+    assert_eq!(
+        Message::decode(answer).unwrap().header.status(),
+        Status::TryAgain
+    );
+    unchanged(&state, before, HOLD_WAYS);
+    // Malformed transaction requests go up untouched (the user-space
+    // decoder answers them MALFORMED).
+    let mut bad_lease = tern_wire::txn::Prepare::decode(Message::decode(&last).unwrap().value)
+        .unwrap()
+        .encode()
+        .unwrap();
+    bad_lease[16..20].copy_from_slice(&0u32.to_le_bytes());
+    let keyed_commit = request(Op::Commit, b"x", &first.encode());
+    let short_abort = request(Op::Abort, b"", &first.encode()[..15]);
+    for bad in [
+        request(Op::Acquire, b"x", &bad_lease),
+        keyed_commit,
+        short_abort,
+    ] {
+        assert_eq!(run(&coordinator, &from_client(&bad)).0, XDP_PASS);
+    }
+    assert_eq!(counter(&coordinator, XdpCounter::PassMalformed), 3);
+    unchanged(&state, before, HOLD_WAYS);
+}
+
+#[test]
+fn a_prepare_of_a_slot_not_served_here_goes_up_untouched() {
+    use tern_wire::multi::Item;
+    let elsewhere = tern_wire::slot_of(key_hash(b"elsewhere"));
+    let (coordinator, state) =
+        load_serving(vec![[0, elsewhere], [elsewhere + 1, tern_wire::SLOT_COUNT]]);
+    let prepare = txn_request(
+        Op::Prepare,
+        txn(1),
+        vec![Item::put(b"k", b"1"), Item::put(b"elsewhere", b"2")],
+    );
+    assert_eq!(run(&coordinator, &from_client(&prepare)).0, XDP_PASS);
+    assert_eq!(counter(&coordinator, XdpCounter::PassSlot), 1);
+    assert_eq!(state.next_seq(), 1);
+    assert!(state.holds().snapshot().is_empty());
+    assert_eq!(state.dirty_count(dirty_index(key_hash(b"k"))), 0);
 }
 
 #[test]

@@ -15,6 +15,7 @@ pub mod coordinator;
 mod counters;
 pub mod edit;
 pub mod expiry;
+pub mod holds;
 pub mod large;
 pub mod membership;
 pub mod metrics;

@@ -7,11 +7,15 @@ use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tern_wire::maps::{CAS_ATTEMPTS_MAX, INFLIGHT_WRITES_MAX, SLOT_WORDS, ShardCell, WindowSlot};
+use tern_wire::maps::{
+    CAS_ATTEMPTS_MAX, HOLD_BUCKETS, HoldBucket, INFLIGHT_WRITES_MAX, SLOT_WORDS, ShardCell,
+    WindowSlot,
+};
 use tern_wire::{DIRTY_SLOTS, MESSAGE_LEN_MAX, SLOT_COUNT};
 
 use crate::Time;
 use crate::coordinator::ShardState;
+use crate::holds::HoldTable;
 
 /// One shard's coordinator state in shared memory.
 #[derive(Debug)]
@@ -21,6 +25,8 @@ pub struct SharedShard {
     window: NonNull<WindowSlot>,
     /// The bitmap of slots served: `SLOT_WORDS` words.
     slots: NonNull<AtomicU64>,
+    /// The transactions held (`holds`: `HOLD_BUCKETS` buckets).
+    holds: HoldTable,
     /// Keeps the memory alive (heap regions, or the mapped BPF maps).
     _owner: Box<dyn std::fmt::Debug + Send + Sync>,
 }
@@ -73,11 +79,14 @@ impl SharedShard {
         );
         let slots =
             HeapRegion::zeroed(Layout::array::<AtomicU64>(SLOT_WORDS as usize).expect("fits"));
+        let holds =
+            HeapRegion::zeroed(Layout::array::<HoldBucket>(HOLD_BUCKETS as usize).expect("fits"));
         let pointers = (
             cell.pointer.cast(),
             dirty.pointer.cast(),
             window.pointer.cast(),
             slots.pointer.cast(),
+            holds.pointer.cast(),
         );
         // SAFETY: the regions are zeroed (a valid state of every field),
         // sized and aligned for their types, and owned by the returned value.
@@ -87,7 +96,8 @@ impl SharedShard {
                 pointers.1,
                 pointers.2,
                 pointers.3,
-                Box::new((cell, dirty, window, slots)),
+                pointers.4,
+                Box::new((cell, dirty, window, slots, holds)),
             )
         };
         shard.cell().next_seq.store(1, Ordering::Release);
@@ -99,13 +109,14 @@ impl SharedShard {
     /// # Safety
     /// `cell` must point at one `ShardCell`, `dirty` at `DIRTY_SLOTS`
     /// `AtomicU64`s, `window` at `INFLIGHT_WRITES_MAX` `WindowSlot`s and
-    /// `slots` at `SLOT_WORDS` `AtomicU64`s, all aligned and valid for as
-    /// long as `owner` lives.
+    /// `slots` at `SLOT_WORDS` `AtomicU64`s and `holds` at `HOLD_BUCKETS`
+    /// `HoldBucket`s, all aligned and valid for as long as `owner` lives.
     pub unsafe fn from_raw_parts(
         cell: NonNull<ShardCell>,
         dirty: NonNull<AtomicU64>,
         window: NonNull<WindowSlot>,
         slots: NonNull<AtomicU64>,
+        holds: NonNull<HoldBucket>,
         owner: Box<dyn std::fmt::Debug + Send + Sync>,
     ) -> Self {
         SharedShard {
@@ -113,6 +124,8 @@ impl SharedShard {
             dirty,
             window,
             slots,
+            // SAFETY: the caller's contract covers `holds`.
+            holds: unsafe { HoldTable::from_raw(holds) },
             _owner: owner,
         }
     }
@@ -285,6 +298,10 @@ impl ShardState for SharedShard {
     fn serves_slot(&self, slot: u32) -> bool {
         slot < SLOT_COUNT
             && self.slot_word(slot / 64).load(Ordering::Acquire) & (1 << (slot % 64)) != 0
+    }
+
+    fn holds(&self) -> &HoldTable {
+        &self.holds
     }
 
     fn set_slots(&self, ranges: &[[u32; 2]]) {

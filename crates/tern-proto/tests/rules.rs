@@ -195,6 +195,9 @@ impl ShardState for Hooked {
     fn set_slots(&self, ranges: &[[u32; 2]]) {
         self.inner.set_slots(ranges)
     }
+    fn holds(&self) -> &tern_proto::holds::HoldTable {
+        self.inner.holds()
+    }
 }
 
 #[test]

@@ -128,8 +128,23 @@
 #define TERN_MULTI_ITEM_HEADER_LEN   14
 #define TERN_MULTI_KIND_FIRST        1
 #define TERN_MULTI_KIND_LAST         6
+#define TERN_MULTI_KIND_CHECK        1
+#define TERN_MULTI_KIND_GET          6
+#define TERN_MULTI_FLAG_FOR_UPDATE   4
 #define TERN_MULTI_ITEM_FLAGS        0x4000000030000ull
 #define TERN_MULTI_KINDS_WITH_VALUE  0x34u
+#define TERN_HOLD_BUCKETS            128
+#define TERN_HOLD_WAYS               8
+#define TERN_HOLD_KEYS_MAX           64
+#define TERN_HOLD_PARTICIPANTS_LEN   168
+#define TERN_HOLD_LOCKED             1
+#define TERN_HOLD_MIX                0x9e3779b97f4a7c15ull
+#define TERN_TXN_ID_LEN              16
+#define TERN_TXN_LEASE_MS_MIN        50
+#define TERN_TXN_LEASE_MS_MAX        60000
+#define TERN_TXN_PARTICIPANTS_MAX    16
+#define TERN_TXN_PARTICIPANT_LEN     10
+#define TERN_TXN_PREPARE_FIXED_LEN   21
 #define TERN_XDP_COUNTER_READS_ANY   0
 #define TERN_XDP_COUNTER_READS_TAIL  1
 #define TERN_XDP_COUNTER_WRITES      2
@@ -146,7 +161,10 @@
 #define TERN_XDP_COUNTER_PASS_BAD_KEY_HASH 13
 #define TERN_XDP_COUNTER_PASS_RECONFIGURING 14
 #define TERN_XDP_COUNTER_PASS_SLOT   15
-#define TERN_XDP_COUNTER_COUNT       16
+#define TERN_XDP_COUNTER_TXNS        16
+#define TERN_XDP_COUNTER_PASS_HOLD_BUSY 17
+#define TERN_XDP_COUNTER_PASS_HOLD_FULL 18
+#define TERN_XDP_COUNTER_COUNT       19
 
 struct tern_header {
 	__u16 magic;                     /* @0  Always MAGIC. */
@@ -265,6 +283,42 @@ _Static_assert(__builtin_offsetof(struct tern_shard_cell, commit_seq) == 8, "ter
 _Static_assert(__builtin_offsetof(struct tern_shard_cell, all_dirty) == 16, "tern_shard_cell.all_dirty offset");
 _Static_assert(__builtin_offsetof(struct tern_shard_cell, next_replica) == 24, "tern_shard_cell.next_replica offset");
 
+struct tern_hold_slot {
+	__u32 used;                      /* @0  1 when the slot holds a transaction, 0 when free. */
+	__u32 count;                     /* @4  Keys in `hashes`. */
+	__u64 client_id;                 /* @8  The transaction's id: its client, */
+	__u64 txn_seq;                   /* @16 and its number. */
+	__u64 taken_at;                  /* @24 The seq of the request that took it (0: taken from the head's report). */
+	__u64 prepared_ns;               /* @32 CLOCK_MONOTONIC ns of its latest yes, the lease's start (0: none yet). */
+	__u64 dirty_mask;                /* @40 Bit i: the dirty entry of `hashes[i]` is counted (a key it writes). */
+	__u32 lease_ms;                  /* @48 The lease its latest request asked for. */
+	__u32 participants_len;          /* @52 Bytes used in `participants`. */
+	__u32 hashes[TERN_HOLD_KEYS_MAX]; /* @56 key_hash of every key it locks here, each once. */
+	__u8 participants[TERN_HOLD_PARTICIPANTS_LEN]; /* @312 Its participants, as its PREPARE (or ACQUIRE) listed them. */
+};
+
+_Static_assert(sizeof(struct tern_hold_slot) == 480, "tern_hold_slot size");
+_Static_assert(__builtin_offsetof(struct tern_hold_slot, used) == 0, "tern_hold_slot.used offset");
+_Static_assert(__builtin_offsetof(struct tern_hold_slot, count) == 4, "tern_hold_slot.count offset");
+_Static_assert(__builtin_offsetof(struct tern_hold_slot, client_id) == 8, "tern_hold_slot.client_id offset");
+_Static_assert(__builtin_offsetof(struct tern_hold_slot, txn_seq) == 16, "tern_hold_slot.txn_seq offset");
+_Static_assert(__builtin_offsetof(struct tern_hold_slot, taken_at) == 24, "tern_hold_slot.taken_at offset");
+_Static_assert(__builtin_offsetof(struct tern_hold_slot, prepared_ns) == 32, "tern_hold_slot.prepared_ns offset");
+_Static_assert(__builtin_offsetof(struct tern_hold_slot, dirty_mask) == 40, "tern_hold_slot.dirty_mask offset");
+_Static_assert(__builtin_offsetof(struct tern_hold_slot, lease_ms) == 48, "tern_hold_slot.lease_ms offset");
+_Static_assert(__builtin_offsetof(struct tern_hold_slot, participants_len) == 52, "tern_hold_slot.participants_len offset");
+_Static_assert(__builtin_offsetof(struct tern_hold_slot, hashes) == 56, "tern_hold_slot.hashes offset");
+_Static_assert(__builtin_offsetof(struct tern_hold_slot, participants) == 312, "tern_hold_slot.participants offset");
+
+struct tern_hold_bucket {
+	__u64 lock;                      /* @0  0, or HOLD_LOCKED while someone looks or changes. */
+	struct tern_hold_slot slots[8];  /* @8  The holds, found by comparing ids. */
+};
+
+_Static_assert(sizeof(struct tern_hold_bucket) == 3848, "tern_hold_bucket size");
+_Static_assert(__builtin_offsetof(struct tern_hold_bucket, lock) == 0, "tern_hold_bucket.lock offset");
+_Static_assert(__builtin_offsetof(struct tern_hold_bucket, slots) == 8, "tern_hold_bucket.slots offset");
+
 struct tern_window_slot {
 	__u64 seq;                       /* @0  The write in flight here, 0 when free. */
 	__u64 sent_ns;                   /* @8  CLOCK_MONOTONIC time of the last send, in nanoseconds. */
@@ -335,17 +389,17 @@ static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)
 	case TERN_OP_MULTI:
 		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_FAST_PATH;
 	case TERN_OP_PREPARE:
-		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE;
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_FAST_PATH;
 	case TERN_OP_COMMIT:
-		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_ANY_SLOT;
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_FAST_PATH | TERN_OP_CLASS_ANY_SLOT;
 	case TERN_OP_ABORT:
-		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_ANY_SLOT;
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_FAST_PATH | TERN_OP_CLASS_ANY_SLOT;
 	case TERN_OP_RESOLVE:
 		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_ANY_SLOT;
 	case TERN_OP_TXN_REPORT:
 		return TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_INTERNAL;
 	case TERN_OP_ACQUIRE:
-		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE;
+		return TERN_OP_CLASS_CLIENT_WRITE | TERN_OP_CLASS_CARRIES_VALUE | TERN_OP_CLASS_FAST_PATH;
 	default:
 		return 0;
 	}

@@ -9,8 +9,10 @@ use std::mem::size_of;
 
 use crate::extension::{self, ExpiryExtension, LargeExtension, MapVersionExtension};
 use crate::maps::{
-    CAS_ATTEMPTS_MAX, CHAIN_LEN_MAX, CLIENT_MACS_MAX, Endpoint, INFLIGHT_WRITES_MAX, SHARD_ID_MAX,
-    SLOT_WORDS, ShardCell, ShardRoute, WINDOW_MULTI, WindowSlot, XDP_COUNTER_COUNT, XdpCounter,
+    CAS_ATTEMPTS_MAX, CHAIN_LEN_MAX, CLIENT_MACS_MAX, Endpoint, HOLD_BUCKETS, HOLD_KEYS_MAX,
+    HOLD_LOCKED, HOLD_MIX, HOLD_PARTICIPANTS_LEN, HOLD_WAYS, HoldBucket, HoldSlot,
+    INFLIGHT_WRITES_MAX, SHARD_ID_MAX, SLOT_WORDS, ShardCell, ShardRoute, WINDOW_MULTI, WindowSlot,
+    XDP_COUNTER_COUNT, XdpCounter,
 };
 use crate::{
     CStruct, DIRTY_INDEX_MASK, DIRTY_SLOTS, EXTENSIONS_LEN_MAX, Effect, HEADER_LEN, Header,
@@ -136,6 +138,17 @@ pub fn generate() -> String {
     define(out, "TERN_CLIENT_MACS_MAX", &CLIENT_MACS_MAX.to_string());
     define(out, "TERN_SLOT_WORDS", &SLOT_WORDS.to_string());
     describe_items(out);
+    define(out, "TERN_HOLD_BUCKETS", &HOLD_BUCKETS.to_string());
+    define(out, "TERN_HOLD_WAYS", &HOLD_WAYS.to_string());
+    define(out, "TERN_HOLD_KEYS_MAX", &HOLD_KEYS_MAX.to_string());
+    define(
+        out,
+        "TERN_HOLD_PARTICIPANTS_LEN",
+        &HOLD_PARTICIPANTS_LEN.to_string(),
+    );
+    define(out, "TERN_HOLD_LOCKED", &HOLD_LOCKED.to_string());
+    define(out, "TERN_HOLD_MIX", &format!("{HOLD_MIX:#x}ull"));
+    describe_transactions(out);
     for (counter, name) in XdpCounter::ALL {
         define(
             out,
@@ -210,6 +223,18 @@ pub const STRUCTS: &[CStruct] = &[
         name: "tern_shard_cell",
         fields: ShardCell::FIELDS,
         size: size_of::<ShardCell>(),
+        packed: false,
+    },
+    CStruct {
+        name: "tern_hold_slot",
+        fields: HoldSlot::FIELDS,
+        size: size_of::<HoldSlot>(),
+        packed: false,
+    },
+    CStruct {
+        name: "tern_hold_bucket",
+        fields: HoldBucket::FIELDS,
+        size: size_of::<HoldBucket>(),
         packed: false,
     },
     CStruct {
@@ -294,6 +319,14 @@ fn describe_items(out: &mut String) {
     );
     define(out, "TERN_MULTI_KIND_FIRST", &kind::CHECK.to_string());
     define(out, "TERN_MULTI_KIND_LAST", &kind::GET.to_string());
+    // The kinds and flag that decide a lock's mode (`txn::mode::of`).
+    define(out, "TERN_MULTI_KIND_CHECK", &kind::CHECK.to_string());
+    define(out, "TERN_MULTI_KIND_GET", &kind::GET.to_string());
+    define(
+        out,
+        "TERN_MULTI_FLAG_FOR_UPDATE",
+        &item_flags::FOR_UPDATE.to_string(),
+    );
     let (mut flags, mut with_value) = (0u64, 0u64);
     for kind in kind::CHECK..=kind::GET {
         flags |= u64::from(item_flags::allowed(kind)) << (8 * kind);
@@ -306,6 +339,33 @@ fn describe_items(out: &mut String) {
         out,
         "TERN_MULTI_KINDS_WITH_VALUE",
         &format!("{with_value:#x}u"),
+    );
+}
+
+/// A transaction request's value as the kernel checks it, the C view of
+/// `txn::Prepare::decode`'s head and of `TxnId::decode`.
+fn describe_transactions(out: &mut String) {
+    use crate::txn::{
+        LEASE_MS_MAX, LEASE_MS_MIN, PARTICIPANT_LEN, PARTICIPANTS_MAX, PREPARE_FIXED_LEN,
+        TXN_ID_LEN,
+    };
+    define(out, "TERN_TXN_ID_LEN", &TXN_ID_LEN.to_string());
+    define(out, "TERN_TXN_LEASE_MS_MIN", &LEASE_MS_MIN.to_string());
+    define(out, "TERN_TXN_LEASE_MS_MAX", &LEASE_MS_MAX.to_string());
+    define(
+        out,
+        "TERN_TXN_PARTICIPANTS_MAX",
+        &PARTICIPANTS_MAX.to_string(),
+    );
+    define(
+        out,
+        "TERN_TXN_PARTICIPANT_LEN",
+        &PARTICIPANT_LEN.to_string(),
+    );
+    define(
+        out,
+        "TERN_TXN_PREPARE_FIXED_LEN",
+        &PREPARE_FIXED_LEN.to_string(),
     );
 }
 

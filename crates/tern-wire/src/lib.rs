@@ -307,11 +307,14 @@ impl Op {
             Op::Delete | Op::Expire => CLIENT_WRITE | FAST_PATH,
             // Its items decoded by the kernel too (each key counted dirty).
             Op::Multi => CLIENT_WRITE | CARRIES_VALUE | FAST_PATH,
-            // Their keys are held by user space, which decodes their items
-            // (the kernel hands them, and their acknowledgements, up).
-            Op::Prepare | Op::Acquire => CLIENT_WRITE | CARRIES_VALUE,
-            // Addressed to a shard by the transaction's id alone.
-            Op::Commit | Op::Abort | Op::Resolve => CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT,
+            // Their items decoded by the kernel too, which takes their
+            // holds in the shared hold table.
+            Op::Prepare | Op::Acquire => CLIENT_WRITE | CARRIES_VALUE | FAST_PATH,
+            // Addressed to a shard by the transaction's id alone; COMMIT and
+            // ABORT release their holds at the acknowledgement, in the
+            // kernel too; RESOLVE (a settler's, rare) goes up.
+            Op::Commit | Op::Abort => CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT | FAST_PATH,
+            Op::Resolve => CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT,
             Op::Install | Op::InstallOutcome | Op::InstallKeys => {
                 CLIENT_WRITE | CARRIES_VALUE | ANY_SLOT
             }

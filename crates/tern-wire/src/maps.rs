@@ -40,7 +40,34 @@ pub const CLIENT_MACS_MAX: u32 = 65536;
 /// space decodes to lower them (the kernel hands such an acknowledgement up).
 pub const WINDOW_MULTI: u32 = 1 << 31;
 
+/// Buckets of the hold table of one shard (`holds`, a block of buckets per
+/// local shard): a transaction's hold lives in bucket
+/// [`hold_bucket`]`(id)`, in one of its [`HOLD_WAYS`] slots.
+pub const HOLD_BUCKETS: u32 = 128;
+/// Slots of a hold bucket: transactions held at once whose ids fall in one
+/// bucket (a ninth is refused TRY_AGAIN until one finishes).
+pub const HOLD_WAYS: usize = 8;
+/// Keys one hold names: as many as a transaction may lock at one shard.
+pub const HOLD_KEYS_MAX: usize = crate::multi::ITEMS_MAX;
+/// Bytes of a hold's participant list as PREPARE carries it (a count,
+/// then `txn::PARTICIPANT_LEN` bytes each), rounded up to words.
+pub const HOLD_PARTICIPANTS_LEN: usize =
+    (1 + crate::txn::PARTICIPANTS_MAX * crate::txn::PARTICIPANT_LEN).next_multiple_of(8);
+/// A hold bucket's `lock` while someone changes the bucket.
+pub const HOLD_LOCKED: u64 = 1;
+/// Multiplier of [`hold_bucket`]'s mixing (the 64-bit golden ratio).
+pub const HOLD_MIX: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The bucket of a transaction's hold: its id mixed, the high bits kept
+/// (`tern_hold_bucket` in C).
+pub const fn hold_bucket(client_id: u64, txn_seq: u64) -> u32 {
+    let mixed = (client_id ^ txn_seq.wrapping_mul(HOLD_MIX)).wrapping_mul(HOLD_MIX);
+    ((mixed >> 32) as u32) % HOLD_BUCKETS
+}
+
 const _: () = assert!(INFLIGHT_WRITES_MAX.is_power_of_two());
+const _: () = assert!(HOLD_BUCKETS.is_power_of_two());
+const _: () = assert!(HOLD_KEYS_MAX <= 64, "a hold's dirty_mask has a bit per key");
 const _: () = assert!(crate::DIRTY_INDEX_MASK & WINDOW_MULTI == 0);
 
 // zerocopy's KnownLayout derive generates a helper type without Debug.
@@ -121,6 +148,58 @@ wire_struct! {
     }
 }
 
+wire_struct! {
+    /// A transaction held at its coordinator (one way of a
+    /// [`HoldBucket`]): the keys it locks here, which of them it counts
+    /// dirty, its lease and participants. Read and written only under its
+    /// bucket's lock.
+    #[repr(C)]
+    pub struct HoldSlot {
+        /// 1 when the slot holds a transaction, 0 when free.
+        pub used: AtomicU32 => "__u32",
+        /// Keys in `hashes`.
+        pub count: AtomicU32 => "__u32",
+        /// The transaction's id: its client,
+        pub client_id: AtomicU64 => "__u64",
+        /// and its number.
+        pub txn_seq: AtomicU64 => "__u64",
+        /// The seq of the request that took it (0: taken from the head's report).
+        pub taken_at: AtomicU64 => "__u64",
+        /// CLOCK_MONOTONIC ns of its latest yes, the lease's start (0: none yet).
+        pub prepared_ns: AtomicU64 => "__u64",
+        /// Bit i: the dirty entry of `hashes[i]` is counted (a key it writes).
+        pub dirty_mask: AtomicU64 => "__u64",
+        /// The lease its latest request asked for.
+        pub lease_ms: AtomicU32 => "__u32",
+        /// Bytes used in `participants`.
+        pub participants_len: AtomicU32 => "__u32",
+        /// key_hash of every key it locks here, each once.
+        pub hashes: [AtomicU32; HOLD_KEYS_MAX] => "__u32[TERN_HOLD_KEYS_MAX]",
+        /// Its participants, as its PREPARE (or ACQUIRE) listed them.
+        pub participants: UnsafeCell<[u8; HOLD_PARTICIPANTS_LEN]> => "__u8[TERN_HOLD_PARTICIPANTS_LEN]",
+    }
+}
+
+wire_struct! {
+    /// One bucket of a shard's hold table (`holds[local index *
+    /// HOLD_BUCKETS + hold_bucket(id)]`): a lock taken by compare-and-swap
+    /// (0 to [`HOLD_LOCKED`]) around every look and change, by the kernel
+    /// (which hands the datagram up when it finds it taken) and by user
+    /// space (which waits).
+    #[repr(C)]
+    pub struct HoldBucket {
+        /// 0, or HOLD_LOCKED while someone looks or changes.
+        pub lock: AtomicU64 => "__u64",
+        /// The holds, found by comparing ids.
+        pub slots: [HoldSlot; HOLD_WAYS] => "struct tern_hold_slot[8]",
+    }
+}
+
+const _: () = assert!(
+    HOLD_WAYS == 8,
+    "the C declaration of HoldBucket names 8 ways"
+);
+const _: () = assert!(core::mem::size_of::<HoldSlot>().is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<ShardCell>() == 32);
 const _: () = assert!(core::mem::size_of::<WindowSlot>() == 24 + MESSAGE_LEN_MAX);
 const _: () = assert!(core::mem::size_of::<WindowSlot>().is_multiple_of(8));
@@ -134,6 +213,24 @@ impl std::fmt::Debug for ShardCell {
         f.debug_struct("ShardCell")
             .field("next_seq", &self.next_seq)
             .field("commit_seq", &self.commit_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for HoldSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HoldSlot")
+            .field("used", &self.used)
+            .field("client_id", &self.client_id)
+            .field("txn_seq", &self.txn_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for HoldBucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HoldBucket")
+            .field("lock", &self.lock)
             .finish_non_exhaustive()
     }
 }
@@ -176,6 +273,15 @@ crate::wire_enum! {
         PassReconfiguring = 14 => "PASS_RECONFIGURING",
         /// Handed to user space: a key of a slot the shard does not serve here.
         PassSlot = 15 => "PASS_SLOT",
+        /// Transaction requests (PREPARE, ACQUIRE, COMMIT, ABORT)
+        /// sequenced in the kernel.
+        Txns = 16 => "TXNS",
+        /// Handed to user space: a transaction's hold bucket was locked by
+        /// someone else.
+        PassHoldBusy = 17 => "PASS_HOLD_BUSY",
+        /// Handed to user space: no room for a transaction's hold (its
+        /// bucket full, or more keys than a hold names).
+        PassHoldFull = 18 => "PASS_HOLD_FULL",
     }
 }
 

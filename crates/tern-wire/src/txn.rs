@@ -113,7 +113,28 @@ pub struct Participant {
     pub coordinator: SocketAddrV4,
 }
 
-const PARTICIPANT_LEN: usize = 4 + 4 + 2;
+/// Bytes of one participant in a PREPARE: shard (u32), IPv4 address,
+/// port (u16).
+pub const PARTICIPANT_LEN: usize = 4 + 4 + 2;
+/// Bytes of a PREPARE's value before its participants: the id, the lease
+/// (u32) and the participant count (u8).
+pub const PREPARE_FIXED_LEN: usize = TXN_ID_LEN + 4 + 1;
+
+/// The participant list as a PREPARE carries it: a count, then each.
+pub fn encode_participants(participants: &[Participant]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + PARTICIPANT_LEN * participants.len());
+    push_participants(participants, &mut out);
+    out
+}
+
+/// A participant list as [`encode_participants`] wrote it, checked as a
+/// PREPARE's is.
+pub fn decode_participants(bytes: &[u8]) -> Result<Vec<Participant>, MultiError> {
+    let mut reader = Reader(bytes);
+    let participants = reader.participants()?;
+    reader.finish()?;
+    Ok(participants)
+}
 
 /// A PREPARE's value: the transaction, its lease, every participant, and
 /// the items of this shard (`multi` items: CHECK for every key read with
@@ -202,6 +223,10 @@ fn check_participants(count: usize) -> Result<(), MultiError> {
 fn push_head(id: TxnId, lease_ms: u32, participants: &[Participant], out: &mut Vec<u8>) {
     out.extend_from_slice(&id.encode());
     out.extend_from_slice(&lease_ms.to_le_bytes());
+    push_participants(participants, out);
+}
+
+fn push_participants(participants: &[Participant], out: &mut Vec<u8>) {
     out.push(participants.len() as u8);
     for participant in participants {
         out.extend_from_slice(&participant.shard.to_le_bytes());
@@ -226,6 +251,11 @@ impl Reader<'_> {
         let id = self.txn_id()?;
         let lease_ms = self.u32()?;
         check_lease(lease_ms)?;
+        let participants = self.participants()?;
+        Ok((id, lease_ms, participants))
+    }
+
+    fn participants(&mut self) -> Result<Vec<Participant>, MultiError> {
         let count = self.u8()? as usize;
         check_participants(count)?;
         let mut participants = Vec::with_capacity(count);
@@ -239,7 +269,7 @@ impl Reader<'_> {
                 coordinator: SocketAddrV4::new(ip, port),
             });
         }
-        Ok((id, lease_ms, participants))
+        Ok(participants)
     }
 }
 

@@ -103,6 +103,11 @@ counters! {
         /// MULTI and transaction requests whose value did not decode (or
         /// whose first item is not the header's key): refused MALFORMED.
         malformed_transactions,
+        /// Transaction requests refused TRY_AGAIN because their hold
+        /// bucket was full (and reported holds left out).
+        holds_full,
+        /// Holds whose participant list did not decode at a sweep.
+        holds_unreadable,
     }
 }
 
@@ -137,7 +142,7 @@ pub struct ShardCoordinator<S> {
     /// this coordinator's (WRONG_SHARD, or a higher epoch): the shell
     /// fetches the map early (`Coordinator::take_map_doubt`).
     map_doubted: bool,
-    /// Transactions across shards holding their written keys dirty.
+    /// What the sweep keeps of the holds (they are in the shared state).
     holds: txn::Holds,
     counters: ShardCounters,
 }

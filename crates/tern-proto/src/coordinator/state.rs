@@ -2,6 +2,7 @@
 //! fast path and user space; [`crate::SharedShard`] is its implementation.
 
 use crate::Time;
+use crate::holds::HoldTable;
 
 /// Coordinator state of one shard shared by the fast and rare paths.
 ///
@@ -43,4 +44,6 @@ pub trait ShardState {
     fn serves_slot(&self, slot: u32) -> bool;
     /// Control path: the shard serves exactly these `[start, end)` ranges.
     fn set_slots(&self, ranges: &[[u32; 2]]);
+    /// The transactions held at this shard (locked per bucket).
+    fn holds(&self) -> &HoldTable;
 }

@@ -19,6 +19,11 @@
 //! nothing is decided), and its PREPARE adds the dirty entries of the keys
 //! it writes.
 //!
+//! The holds live in the shard's shared hold table ([`crate::holds`]), so
+//! that the XDP program takes and releases them too (bpf/txn.h, the same
+//! rules); this module decides, for user space, what a request takes and
+//! what an acknowledgement releases.
+//!
 //! A hold whose lease runs out (the client sent nothing more in time: no
 //! COMMIT or ABORT, or no PREPARE after its ACQUIREs) is handed to the
 //! process's [`super::settle::Settler`], which asks every participant and
@@ -27,68 +32,68 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tern_wire::txn::{Participant, Prepare, PrepareRecord, TxnId, mode};
-use tern_wire::{Message, Op, Status, dirty_index, key_hash};
+use tern_wire::txn::{
+    Participant, Prepare, PrepareRecord, TxnId, decode_participants, encode_participants, mode,
+};
+use tern_wire::{Message, Op, Status, key_hash};
 
 use super::{ShardCoordinator, ShardState};
 use crate::Time;
+use crate::holds::{HoldAck, HoldRefusal, HoldRequest};
 
-/// A prepared (or preparing) transaction's hold at its coordinator.
+/// The hold a PREPARE or ACQUIRE takes (or adds to its transaction's).
 #[derive(Clone, Debug)]
 pub(super) struct Held {
-    /// The dirty entries of the keys it writes, each counted once.
-    exclusive: Vec<u32>,
-    /// Every key's hash (a migration waits for holds on its slots).
-    hashes: Vec<u32>,
-    participants: Vec<Participant>,
-    lease: Duration,
-    /// When its latest PREPARE or ACQUIRE was acknowledged yes (the lease
-    /// runs from then).
+    id: TxnId,
+    /// Each key's hash, and whether its dirty entry counts (a key its
+    /// PREPARE writes: decided, exclusive).
+    keys: Vec<(u32, bool)>,
+    lease_ms: u32,
+    /// Encoded as a PREPARE carries them.
+    participants: Vec<u8>,
+    /// The lease's start, when taken again from the head's report.
     prepared_at: Option<Time>,
-    /// When it was last handed to the settler.
-    settling_since: Option<Time>,
-    /// The seq of the PREPARE that took it (0: taken again from the
-    /// head's report).
-    taken_at: u64,
 }
 
 impl Held {
     /// The hold of a transaction with these locks (mode, key); its
     /// exclusive keys dirty when it has `decided` writes (prepared).
     fn of<'k>(
+        id: TxnId,
         locks: impl Iterator<Item = (u8, &'k [u8])>,
         decided: bool,
-        participants: Vec<Participant>,
+        participants: &[Participant],
         lease_ms: u32,
         prepared_at: Option<Time>,
     ) -> Held {
-        let mut exclusive = Vec::new();
-        let mut hashes = Vec::new();
-        for (wanted, key) in locks {
-            let hash = key_hash(key);
-            hashes.push(hash);
-            if decided && wanted == mode::EXCLUSIVE {
-                exclusive.push(dirty_index(hash));
-            }
-        }
-        exclusive.sort_unstable();
-        exclusive.dedup();
+        let keys = locks
+            .map(|(wanted, key)| (key_hash(key), decided && wanted == mode::EXCLUSIVE))
+            .collect();
         Held {
-            exclusive,
-            hashes,
-            participants,
-            lease: Duration::from_millis(u64::from(lease_ms)),
+            id,
+            keys,
+            lease_ms,
+            participants: encode_participants(participants),
             prepared_at,
-            settling_since: None,
-            taken_at: 0,
+        }
+    }
+
+    fn request(&self) -> HoldRequest<'_> {
+        HoldRequest {
+            id: self.id,
+            keys: &self.keys,
+            lease_ms: self.lease_ms,
+            participants: &self.participants,
+            prepared_at: self.prepared_at,
         }
     }
 }
 
-/// The holds of one shard's coordinator.
+/// What the sweep knows of the holds besides the shared table.
 #[derive(Debug, Default)]
 pub(super) struct Holds {
-    held: HashMap<TxnId, Held>,
+    /// When each hold was last handed to the settler.
+    settling_since: HashMap<TxnId, Time>,
     /// Transactions whose lease ran out, for the settler.
     to_settle: Vec<(TxnId, Vec<Participant>)>,
     /// Holds past their lease at the last sweep.
@@ -101,9 +106,32 @@ pub(super) struct Holds {
 pub(super) enum TxnPlan {
     /// A PREPARE or ACQUIRE: the hold it takes, or adds to its
     /// transaction's (what it holds already counted once).
-    Prepare(TxnId, Held),
+    Prepare(Held),
     /// A COMMIT, ABORT or RESOLVE (its transaction's id decoded).
     Finish,
+}
+
+/// What a transaction request's acknowledgement does to its hold, the
+/// status being the head's decision: a yes (re)starts the lease, anything
+/// that says the transaction is settled here releases the hold. `taken_here`:
+/// the acknowledged request is the one that took the hold. The same rule
+/// as bpf/txn.h's `hold_ack_action`.
+pub fn hold_ack(op: Op, status: Status, taken_here: bool) -> HoldAck {
+    match (op, status) {
+        // Its client is still at it: the lease runs again.
+        (Op::Prepare | Op::Acquire, Status::Ok) => HoldAck::Renew,
+        (Op::Resolve, Status::TxnPrepared) => HoldAck::Start,
+        // A PREPARE (ACQUIRE) the head refused as malformed decided
+        // nothing: the hold goes if this one took it, and stays if it is
+        // another of a transaction that holds there already. So does a
+        // COMMIT refused for a transaction that only acquired.
+        (Op::Prepare | Op::Acquire, Status::Malformed) if !taken_here => HoldAck::Start,
+        (Op::Commit, Status::Malformed) => HoldAck::Start,
+        // Refusals a coordinator answers itself never reach here; every
+        // other answer is the head's: the transaction is not (or no
+        // longer) prepared there.
+        _ => HoldAck::Release,
+    }
 }
 
 impl<S: ShardState> ShardCoordinator<S> {
@@ -132,76 +160,83 @@ impl<S: ShardState> ShardCoordinator<S> {
             }
         }
         let held = Held::of(
+            prepare.id,
             prepare.locks().into_iter(),
             op == Op::Prepare,
-            prepare.participants.clone(),
+            &prepare.participants,
             prepare.lease_ms,
             None,
         );
-        Ok(TxnPlan::Prepare(prepare.id, held))
+        Ok(TxnPlan::Prepare(held))
     }
 
     /// Takes again the hold of a transaction the head reports prepared (a
     /// coordinator starting afresh, DESIGN rule 8): its lease runs from
     /// now.
     pub(super) fn hold_again(&mut self, now: Time, record: &PrepareRecord) {
-        if self.holds.held.contains_key(&record.id) {
-            return;
-        }
         let locks = record.locks.iter().map(|lock| (lock.mode, &lock.key[..]));
         let held = Held::of(
+            record.id,
             locks,
             !record.acquired,
-            record.participants.clone(),
+            &record.participants,
             record.lease_ms,
             Some(now),
         );
-        self.take_hold(record.id, held, 0);
+        // Slots were checked by the head when it prepared; a full bucket
+        // leaves the hold out (the lease settles nothing then, the
+        // transaction's own client or another participant's settler does).
+        let taken = self
+            .state
+            .holds()
+            .take(&self.state, &held.request(), || Some(0));
+        if taken.is_err() {
+            self.counters.holds_full += 1;
+        }
     }
 
     pub(super) fn holds_count(&self) -> u64 {
-        self.holds.held.len() as u64
+        self.state.holds().count()
     }
 
-    /// Takes a PREPARE's (or ACQUIRE's) hold as it is sequenced: its
-    /// written keys dirty before the PREPARE can reach anyone (DESIGN rule
-    /// 3). Added to the transaction's hold if it has one (its ACQUIREs',
-    /// or a resend's): each entry counted once, the newest participants.
-    pub(super) fn take_hold(&mut self, id: TxnId, held: Held, seq: u64) {
-        let Some(holding) = self.holds.held.get_mut(&id) else {
-            for &index in &held.exclusive {
-                self.state.increment_dirty(index);
+    /// Sequences a PREPARE's (or ACQUIRE's) request, taking its hold: its
+    /// written keys dirty before it can reach anyone (DESIGN rule 3).
+    /// Added to the transaction's hold if it has one (its ACQUIREs', or a
+    /// resend's): each entry counted once, the newest participants. The
+    /// seq, or the refusal for the client.
+    pub(super) fn sequence_held(&mut self, held: &Held) -> Result<u64, (Status, u64)> {
+        let try_again = (Status::TryAgain, self.map_version);
+        match self
+            .state
+            .holds()
+            .take(&self.state, &held.request(), || self.state.begin_write())
+        {
+            Ok(seq) => Ok(seq),
+            // Its keys' union is more than a hold names, and more than the
+            // head locks: the head refuses it TOO_LARGE, whose
+            // acknowledgement releases what the transaction holds here.
+            Err(HoldRefusal::TooManyKeys) => self.state.begin_write().ok_or_else(|| {
+                self.counters.window_full += 1;
+                try_again
+            }),
+            Err(HoldRefusal::WindowFull) => {
+                self.counters.window_full += 1;
+                Err(try_again)
             }
-            self.holds.held.insert(
-                id,
-                Held {
-                    taken_at: seq,
-                    ..held
-                },
-            );
-            return;
-        };
-        for index in held.exclusive {
-            if let Err(at) = holding.exclusive.binary_search(&index) {
-                self.state.increment_dirty(index);
-                holding.exclusive.insert(at, index);
+            Err(HoldRefusal::NotServed) => {
+                self.counters.held_frozen += 1;
+                Err(try_again)
+            }
+            Err(HoldRefusal::Full) => {
+                self.counters.holds_full += 1;
+                Err(try_again)
             }
         }
-        for hash in held.hashes {
-            if !holding.hashes.contains(&hash) {
-                holding.hashes.push(hash);
-            }
-        }
-        if held.participants.len() >= holding.participants.len() {
-            holding.participants = held.participants;
-        }
-        holding.lease = held.lease;
     }
 
     /// After the acknowledgement of a transaction request (its datagram
-    /// `kept`, as sequenced), with the status the head decided: a yes
-    /// starts the lease, anything that says the transaction is settled
-    /// here releases the hold.
+    /// `kept`, as sequenced), with the status the head decided
+    /// ([`hold_ack`]).
     pub(super) fn acknowledged_txn(&mut self, now: Time, kept: &[u8], status: Status) {
         let Ok(message) = Message::decode(kept) else {
             return;
@@ -214,58 +249,37 @@ impl<S: ShardState> ShardCoordinator<S> {
             _ => return,
         };
         let Ok(id) = id else { return };
-        let taken_here = self
-            .holds
-            .held
-            .get(&id)
-            .is_some_and(|held| held.taken_at == seq);
-        let settled = match (op, status) {
-            (Op::Prepare | Op::Acquire, Status::Ok) | (Op::Resolve, Status::TxnPrepared) => false,
-            // A PREPARE (ACQUIRE) the head refused as malformed decided
-            // nothing: the hold goes if this one took it, and stays if it
-            // is another of a transaction that holds there already. So
-            // does a COMMIT refused for a transaction that only acquired.
-            (Op::Prepare | Op::Acquire, Status::Malformed) => taken_here,
-            (Op::Commit, Status::Malformed) => false,
-            // Refusals a coordinator answers itself never reach here; every
-            // other answer is the head's: the transaction is not (or no
-            // longer) prepared there.
-            _ => true,
-        };
-        if !settled {
-            if let Some(held) = self.holds.held.get_mut(&id) {
-                match (op, status) {
-                    // Its client is still at it: the lease runs again.
-                    (Op::Prepare | Op::Acquire, Status::Ok) => held.prepared_at = Some(now),
-                    _ => {
-                        held.prepared_at.get_or_insert(now);
-                    }
-                }
-            }
-            return;
-        }
-        if let Some(held) = self.holds.held.remove(&id) {
-            for &index in &held.exclusive {
-                self.state.decrement_dirty(index);
-            }
-        }
+        self.state
+            .holds()
+            .acknowledged(&self.state, id, seq, now, |taken_here| {
+                hold_ack(op, status, taken_here)
+            });
     }
 
     /// Hands the transactions whose lease ran out (again, after another
     /// lease, while they stay unsettled) to the settler.
     pub(super) fn sweep_holds(&mut self, now: Time) {
+        let holds = self.state.holds().snapshot();
+        let settling = &mut self.holds.settling_since;
+        settling.retain(|id, _| holds.iter().any(|held| held.id == *id));
         self.holds.in_doubt = 0;
-        for (id, held) in &mut self.holds.held {
+        for held in holds {
             let Some(prepared_at) = held.prepared_at else {
                 continue;
             };
-            if now.since(prepared_at) >= held.lease {
+            let lease = Duration::from_millis(u64::from(held.lease_ms));
+            if now.since(prepared_at) >= lease {
                 self.holds.in_doubt += 1;
             }
-            let since = held.settling_since.unwrap_or(prepared_at);
-            if now.since(since) >= held.lease {
-                held.settling_since = Some(now);
-                self.holds.to_settle.push((*id, held.participants.clone()));
+            let since = settling.get(&held.id).copied().unwrap_or(prepared_at);
+            if now.since(since) >= lease {
+                settling.insert(held.id, now);
+                match decode_participants(&held.participants) {
+                    Ok(participants) => self.holds.to_settle.push((held.id, participants)),
+                    // Written by this coordinator or by the kernel from a
+                    // PREPARE it checked: never seen, but counted.
+                    Err(_) => self.counters.holds_unreadable += 1,
+                }
             }
         }
     }
@@ -277,7 +291,7 @@ impl<S: ShardState> ShardCoordinator<S> {
 
     /// Whether a transaction holds a key of a slot in `[start, end)`.
     pub(super) fn holds_any_of(&self, [start, end]: [u32; 2]) -> bool {
-        self.holds.held.values().any(|held| {
+        self.state.holds().snapshot().iter().any(|held| {
             held.hashes
                 .iter()
                 .any(|&hash| (start..end).contains(&tern_wire::slot_of(hash)))
@@ -287,6 +301,6 @@ impl<S: ShardState> ShardCoordinator<S> {
     /// Transactions held here, and those past their lease at the last
     /// sweep.
     pub(super) fn hold_counts(&self) -> (u64, u64) {
-        (self.holds.held.len() as u64, self.holds.in_doubt)
+        (self.holds_count(), self.holds.in_doubt)
     }
 }

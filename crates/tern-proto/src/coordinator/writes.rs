@@ -105,20 +105,31 @@ impl<S: ShardState> ShardCoordinator<S> {
             (None, None) => dirty_index(header.key_hash.get()),
             _ => WINDOW_MULTI,
         };
-        // DESIGN rule 1: this is the shard's only serialization point.
-        let Some(seq) = self.state.begin_write() else {
-            self.counters.window_full += 1;
-            self.refuse(from, header, (Status::TryAgain, 0), outbox);
-            return;
+        // DESIGN rule 1: this is the shard's only serialization point. A
+        // PREPARE's (ACQUIRE's) seq is reserved as its hold is taken, all
+        // or nothing.
+        let seq = match &plan {
+            Some(TxnPlan::Prepare(held)) => self.sequence_held(held),
+            _ => self.state.begin_write().ok_or_else(|| {
+                self.counters.window_full += 1;
+                (Status::TryAgain, 0)
+            }),
         };
-        // DESIGN rule 3: the key is dirty before the write can reach anyone.
-        match (&items, plan) {
+        let seq = match seq {
+            Ok(seq) => seq,
+            Err(refusal) => {
+                self.refuse(from, header, refusal, outbox);
+                return;
+            }
+        };
+        // DESIGN rule 3: the key is dirty before the write can reach anyone
+        // (a hold's keys were counted as it was taken).
+        match (&items, &plan) {
             (Some(indices), _) => {
                 for &index in indices {
                     self.state.increment_dirty(index);
                 }
             }
-            (None, Some(TxnPlan::Prepare(id, held))) => self.take_hold(id, held, seq),
             (None, Some(_)) => {}
             (None, None) => self.state.increment_dirty(index),
         }
@@ -166,7 +177,9 @@ impl<S: ShardState> ShardCoordinator<S> {
         // transaction's hold too), reply last.
         let mut kept = std::mem::take(&mut self.resend_buffer);
         let completed = complete_write_keeping(&self.state, seq, &mut kept);
-        if !kept.is_empty() {
+        // Only the acknowledgement that completed the request changes its
+        // hold (as in the kernel): a duplicate finds it done.
+        if completed && !kept.is_empty() {
             self.acknowledged_txn(now, &kept, header.status());
         }
         self.resend_buffer = kept;
