@@ -208,8 +208,8 @@ fn bank_across_shards_of_optimistic_and_locking_transactions_keeps_the_total() {
 #[test]
 fn bank_with_the_xdp_coordinator_keeps_the_total_and_is_strictly_serializable() {
     // Accounts of two shards: transfers within a shard are one-shot
-    // MULTIs, across shards two-phase commits, both handed up by the
-    // kernel with their acknowledgements.
+    // MULTIs, across shards two-phase commits, both sequenced in the
+    // kernel, their holds taken and released there.
     let cluster = TestCluster::up_with(2, 3, "xdp", "netns");
     bank(
         &cluster,
@@ -217,6 +217,18 @@ fn bank_with_the_xdp_coordinator_keeps_the_total_and_is_strictly_serializable() 
         &[TxnMode::Locking, TxnMode::Optimistic],
         || {},
     );
+    let mut client = Client::new(cluster.map.clone()).unwrap();
+    for shard in &cluster.map.shards {
+        let stats = common::stats_of(&mut client, shard.coordinator);
+        assert!(common::counter(&stats, "xdp.txns") > 0, "{stats}");
+        // Every hold released: none left in the shared table.
+        let held: Vec<&str> = stats
+            .lines()
+            .filter(|line| line.contains(".txn_held "))
+            .collect();
+        assert!(!held.is_empty(), "{stats}");
+        assert!(held.iter().all(|line| line.ends_with(" 0")), "{stats}");
+    }
 }
 
 #[test]
