@@ -109,6 +109,9 @@ pub struct MixReport {
     pub kinds: Vec<KindReport>,
     /// The sum of what committed transactions returned, warm-up included.
     pub sum: i64,
+    /// When the measured part began and ended.
+    #[serde(skip)]
+    pub measured: (Instant, Instant),
 }
 
 impl MixReport {
@@ -265,5 +268,6 @@ pub fn run_mix(
             })
             .collect(),
         sum,
+        measured: (measure_from, until),
     })
 }

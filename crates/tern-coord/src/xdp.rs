@@ -493,6 +493,30 @@ impl XdpCoordinator {
     }
 }
 
+/// Keeps the kernel counting the run time of BPF programs while it lives
+/// (BPF_ENABLE_STATS), for [`program_run_ns`].
+#[derive(Debug)]
+pub struct RunTimeStats(#[allow(dead_code)] std::os::fd::OwnedFd);
+
+/// Asks the kernel to count BPF programs' run time until the guard drops.
+pub fn count_run_time() -> Result<RunTimeStats, XdpError> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map(RunTimeStats)
+        .map_err(|error| XdpError::Setup(format!("BPF_ENABLE_STATS: {error}")))
+}
+
+/// The run time of every loaded fast-path program of this machine, in
+/// nanoseconds (counted only while run-time statistics are on).
+pub fn program_run_ns() -> u64 {
+    // The kernel keeps the first 15 bytes of a program's name.
+    let name = &COORDINATOR_PROGRAM.as_bytes()[..COORDINATOR_PROGRAM.len().min(15)];
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter(|info| info.name() == name)
+        .map(|info| info.run_time().as_nanos() as u64)
+        .sum()
+}
+
 /// Refuses a chain the fast path cannot forward to.
 fn check_chain(shard: &ShardConfig) -> Result<(), XdpError> {
     if shard.chain.is_empty() || shard.chain.len() > CHAIN_LEN_MAX {

@@ -374,10 +374,98 @@ pub fn run_tatp(args: &TatpCompareArgs) -> Result<()> {
     )
 }
 
+/// The CPU time of a cluster's coordinators, sampled through a run: user
+/// and system time of each coordinator process, plus the run time of the
+/// XDP programs (the kernel's part in XDP mode; the softirq work around
+/// them, driver and veth, is nobody's here).
+struct CpuProbe {
+    samples: std::sync::Arc<std::sync::Mutex<Vec<(Instant, u64)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sampler: Option<std::thread::JoinHandle<()>>,
+    _run_time: Option<tern_coord::xdp::RunTimeStats>,
+}
+
+/// How often the probe samples.
+const CPU_SAMPLE_EVERY: Duration = Duration::from_millis(20);
+
+/// User plus system time of process `pid`, in nanoseconds.
+fn process_cpu_ns(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), in ")".
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: a plain query of a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(ticks * 1_000_000_000 / per_second)
+}
+
+impl CpuProbe {
+    fn start(dir: &Path) -> Result<CpuProbe> {
+        let pids: Vec<u32> = cluster::read_table(dir)?
+            .process
+            .iter()
+            .filter(|entry| {
+                entry
+                    .role()
+                    .is_some_and(cluster::ProcessRole::is_coordinator)
+            })
+            .map(|entry| entry.pid)
+            .collect();
+        // Without BPF_ENABLE_STATS (an older kernel) the kernel's part reads 0.
+        let run_time = tern_coord::xdp::count_run_time().ok();
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let (samples, stop) = (samples.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let user: u64 = pids.iter().filter_map(|pid| process_cpu_ns(*pid)).sum();
+                    let cpu = user + tern_coord::xdp::program_run_ns();
+                    samples
+                        .lock()
+                        .expect("the sampler never panics holding it")
+                        .push((Instant::now(), cpu));
+                    std::thread::sleep(CPU_SAMPLE_EVERY);
+                }
+            })
+        };
+        Ok(CpuProbe {
+            samples,
+            stop,
+            sampler: Some(sampler),
+            _run_time: run_time,
+        })
+    }
+
+    /// Coordinator CPU time between the samples nearest `from` and `until`,
+    /// in nanoseconds.
+    fn between(mut self, (from, until): (Instant, Instant)) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(sampler) = self.sampler.take() {
+            let _ = sampler.join();
+        }
+        let samples = self.samples.lock().expect("the sampler has stopped");
+        let at = |when: Instant| {
+            samples
+                .iter()
+                .min_by_key(|(taken, _)| {
+                    if *taken > when {
+                        *taken - when
+                    } else {
+                        when - *taken
+                    }
+                })
+                .map_or(0, |(_, cpu)| *cpu)
+        };
+        at(until).saturating_sub(at(from))
+    }
+}
+
 /// Runs a transaction benchmark in every mode `repeat` times, alternating,
 /// each run on a fresh netns cluster; prints each run (with the p50 of two
-/// of its types), the medians (min..max) and the per-round ratios of
-/// committed transactions per second to the first mode.
+/// of its types and the coordinators' CPU time per committed transaction
+/// over the measured part), the medians (min..max) and the per-round
+/// ratios of committed transactions per second to the first mode.
 fn run_txn_compare(
     args: &TxnCompareArgs,
     about: &str,
@@ -393,6 +481,7 @@ fn run_txn_compare(
     );
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
     let mut committed: Vec<Vec<f64>> = vec![Vec::new(); args.modes.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); args.modes.len()];
     for round in 1..=args.repeat {
         for (index, mode) in args.modes.iter().enumerate() {
             let dir = scratch.path().join(format!("round{round}-{mode:?}"));
@@ -404,13 +493,19 @@ fn run_txn_compare(
                 TopologyKind::Netns,
                 args.durability,
             )?;
+            let probe = CpuProbe::start(&dir)?;
             let report = ClusterMap::load(&dir.join("cluster.toml"))
                 .map_err(anyhow::Error::from)
                 .and_then(|map| run(&map));
+            let report = report.map(|report| {
+                let cpu_ns = probe.between(report.measured);
+                (cpu_ns, report)
+            });
             cluster::run(ClusterCommand::Down { dir: dir.clone() })?;
-            let report = report?;
+            let (cpu_ns, report) = report?;
+            let cpu_us_per_commit = cpu_ns as f64 / 1000.0 / report.committed.max(1) as f64;
             println!(
-                "round {round} {:<5} committed {:>7.0}/s  attempted {:>7.0}/s  conflicts {}+{}  failed {}  p50 {} {} us, {} {} us",
+                "round {round} {:<5} committed {:>7.0}/s  attempted {:>7.0}/s  conflicts {}+{}  failed {}  coordinator CPU {cpu_us_per_commit:.1} us/commit  p50 {} {} us, {} {} us",
                 format!("{mode:?}"),
                 report.committed_per_s,
                 report.attempted_per_s,
@@ -423,12 +518,16 @@ fn run_txn_compare(
                 report.p50_of(shown[1]),
             );
             committed[index].push(report.committed_per_s);
+            cpu[index].push(cpu_us_per_commit);
         }
     }
     println!();
-    for (mode, runs) in args.modes.iter().zip(&committed) {
+    for ((mode, runs), cpu) in args.modes.iter().zip(&committed).zip(&cpu) {
         let (median, low, high) = spread(runs);
-        println!("{mode:?}: committed/s median {median:.0} ({low:.0}..{high:.0})");
+        let (cpu_median, _, _) = spread(cpu);
+        println!(
+            "{mode:?}: committed/s median {median:.0} ({low:.0}..{high:.0}), coordinator CPU median {cpu_median:.1} us/commit"
+        );
     }
     for (mode, runs) in args.modes.iter().zip(&committed).skip(1) {
         let ratios: Vec<f64> = runs
