@@ -44,6 +44,11 @@ int tern_coordinator(struct xdp_md *ctx)
 
 	if (verdict != 0)
 		return verdict;
+	/* A client's request from a network not served: dropped, as user
+	 * space drops it (the chain's acknowledgements are checked by
+	 * address below). */
+	if (frame.tern->op != TERN_OP_ACK && !client_allowed(frame.ip->saddr))
+		return drop_counted(TERN_XDP_COUNTER_DROP_NOT_ALLOWED);
 	unusable = read_route(frame.tern, &view);
 	if (unusable)
 		return hand_to_user_space(unusable);

@@ -43,6 +43,22 @@ static __always_inline int hand_to_user_space(__u32 counter)
 	return XDP_PASS;
 }
 
+static __always_inline int drop_counted(__u32 counter)
+{
+	count(counter);
+	return XDP_DROP;
+}
+
+/* Whether the allow-list (when there is one) serves this source. */
+static __always_inline int client_allowed(__be32 source)
+{
+	__u32 zero = 0;
+	__u32 *filtering = bpf_map_lookup_elem(&allow_filter, &zero);
+	struct allow_key key = { .prefixlen = 32, .addr = source };
+
+	return !filtering || !*filtering || bpf_map_lookup_elem(&allowed_clients, &key);
+}
+
 static __always_inline __u16 ipv4_checksum(struct iphdr *ip)
 {
 	__u16 *words = (__u16 *)ip;

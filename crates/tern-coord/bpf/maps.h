@@ -76,6 +76,28 @@ struct {
 	__type(value, struct tern_window_slot);
 } window SEC(".maps");
 
+/* The client networks served (tern_proto::allow), when allow_filter[0]
+ * is 1: longest-prefix match on the source address. */
+struct allow_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, TERN_ALLOW_NETWORKS_MAX);
+	__type(key, struct allow_key);
+	__type(value, __u8);
+} allowed_clients SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} allow_filter SEC(".maps");
+
 /* Hold tables: TERN_HOLD_BUCKETS buckets per local shard, each under its
  * own lock (txn.h, crates/tern-proto/src/holds.rs). */
 struct {

@@ -30,6 +30,7 @@ use tern_proto::coordinator::{Coordinator, ShardConfig, ShardCoordinator};
 use thiserror::Error;
 
 pub use neighbours::interface_of;
+pub use tern_proto::allow::AllowList;
 
 /// How long the XDP mode waits for the replicas' Ethernet addresses.
 const NEIGHBOUR_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,6 +57,7 @@ pub fn run(
     listen: SocketAddrV4,
     shards: Vec<ShardConfig>,
     mode: Mode,
+    allow: &AllowList,
     shutdown: &AtomicBool,
 ) -> Result<(), CoordError> {
     // A static map cannot be fetched again: a doubt changes nothing.
@@ -66,7 +68,7 @@ pub fn run(
             Poll::Serve
         }
     };
-    serve_shards(listen, shards, mode, None, &mut poll)
+    serve_shards(listen, shards, mode, allow, None, &mut poll)
 }
 
 /// A coordinator under meta: it heartbeats, and serves the shards the map
@@ -82,6 +84,7 @@ pub fn run_under_meta(
     listen: SocketAddrV4,
     nodes: Vec<SocketAddrV4>,
     mode: Mode,
+    allow: &AllowList,
     shutdown: &AtomicBool,
 ) -> Result<(), CoordError> {
     let mut meta = MetaClient::new(nodes.clone());
@@ -154,7 +157,15 @@ pub fn run_under_meta(
             }
             next
         };
-        if let Err(error) = serve_shards(listen, shards, mode, Some(directory.clone()), &mut poll) {
+        let served = serve_shards(
+            listen,
+            shards,
+            mode,
+            allow,
+            Some(directory.clone()),
+            &mut poll,
+        );
+        if let Err(error) = served {
             // Say why and try again: the map, the lease or the replicas
             // (their addresses for XDP) may be different in a moment.
             tracing::error!(%error, %listen, "cannot serve the assigned shards; retrying");
@@ -341,12 +352,16 @@ fn serve_shards(
     listen: SocketAddrV4,
     shards: Vec<ShardConfig>,
     mode: Mode,
+    allow: &AllowList,
     directory: Option<tern_proto::coordinator::Directory>,
     poll: &mut dyn FnMut(bool) -> Poll,
 ) -> Result<(), CoordError> {
-    let with_directory = |coordinator: Coordinator<SharedShard>| match &directory {
-        Some(directory) => coordinator.with_directory(directory.clone()),
-        None => coordinator,
+    let with_directory = |coordinator: Coordinator<SharedShard>| {
+        let coordinator = coordinator.with_allow_list(allow.clone());
+        match &directory {
+            Some(directory) => coordinator.with_directory(directory.clone()),
+            None => coordinator,
+        }
     };
     let ids: Vec<u32> = shards.iter().map(|shard| shard.shard).collect();
     match mode {
@@ -368,6 +383,7 @@ fn serve_shards(
             let macs = neighbours::resolve_macs(*listen.ip(), &replicas, NEIGHBOUR_TIMEOUT)
                 .map_err(CoordError::Network)?;
             let mut fast_path = xdp::XdpCoordinator::load(listen, &shards, &macs)?;
+            fast_path.set_allow_list(allow)?;
             let mut socket = BatchSocket::bind(listen)?;
             let cores = shards
                 .iter()

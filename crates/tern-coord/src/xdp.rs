@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering, fence};
 use tern_proto::metrics::{Group, Kind, Samples};
 
+use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
@@ -21,8 +22,8 @@ use tern_proto::SharedShard;
 use tern_proto::coordinator::{ShardConfig, ShardState};
 use tern_wire::DIRTY_SLOTS;
 use tern_wire::maps::{
-    CHAIN_LEN_MAX, Endpoint, HOLD_BUCKETS, HoldBucket, INFLIGHT_WRITES_MAX, SHARD_ID_MAX,
-    SLOT_WORDS, ShardCell, ShardRoute, WindowSlot, XdpCounter,
+    ALLOW_NETWORKS_MAX, CHAIN_LEN_MAX, Endpoint, HOLD_BUCKETS, HoldBucket, INFLIGHT_WRITES_MAX,
+    SHARD_ID_MAX, SLOT_WORDS, ShardCell, ShardRoute, WindowSlot, XdpCounter,
 };
 use thiserror::Error;
 use zerocopy::IntoBytes;
@@ -459,6 +460,40 @@ impl XdpCoordinator {
                 Box::new(self.mappings.clone()),
             )
         })
+    }
+
+    /// Serves only clients of `allow`'s networks in the kernel too
+    /// (`allowed_clients`, `allow_filter`); call before attaching.
+    pub fn set_allow_list(&mut self, allow: &tern_proto::allow::AllowList) -> Result<(), XdpError> {
+        if allow.networks().len() > ALLOW_NETWORKS_MAX as usize {
+            return Err(XdpError::Setup(format!(
+                "--allow-clients names {} networks; the fast path takes at most {ALLOW_NETWORKS_MAX}",
+                allow.networks().len()
+            )));
+        }
+        let setup =
+            |what: &str, error: &dyn std::fmt::Display| XdpError::Setup(format!("{what}: {error}"));
+        let mut trie: LpmTrie<_, u32, u8> = LpmTrie::try_from(
+            self.ebpf
+                .map_mut("allowed_clients")
+                .ok_or_else(|| XdpError::Setup("no map allowed_clients".into()))?,
+        )
+        .map_err(|error| setup("allowed_clients", &error))?;
+        for (network, prefix) in allow.networks() {
+            // The trie matches bytes in memory order: the address's octets.
+            let key = Key::new(u32::from(*prefix), u32::from_ne_bytes(network.octets()));
+            trie.insert(&key, 1, 0)
+                .map_err(|error| setup("allowed_clients", &error))?;
+        }
+        let mut filter: Array<_, u32> = Array::try_from(
+            self.ebpf
+                .map_mut("allow_filter")
+                .ok_or_else(|| XdpError::Setup("no map allow_filter".into()))?,
+        )
+        .map_err(|error| setup("allow_filter", &error))?;
+        filter
+            .set(0, u32::from(!allow.is_everyone()), 0)
+            .map_err(|error| setup("allow_filter", &error))
     }
 
     /// Attaches the fast path to `interface` in driver (native) mode.

@@ -1007,3 +1007,61 @@ fn each_state_of_a_migrating_group_in_the_kernel_and_above_it() {
     );
     assert_eq!(counter(&coordinator, XdpCounter::PassSlot), 8);
 }
+
+#[test]
+fn clients_outside_the_allow_list_are_dropped_in_the_kernel_and_above_it() {
+    use tern_proto::allow::AllowList;
+    let (mut coordinator, state) = load();
+    let allow = AllowList::parse("10.9.1.0/24").unwrap();
+    coordinator.set_allow_list(&allow).unwrap();
+    let allowed = SocketAddrV4::new(Ipv4Addr::new(10, 9, 1, 5), 40000);
+    // CLIENT (10.9.0.1) is not served: its read and write are dropped,
+    // nothing sequenced.
+    for op in [Op::Get, Op::Put] {
+        let (verdict, _) = run(&coordinator, &from_client(&request(op, b"k", b"")));
+        assert_eq!(verdict, XDP_DROP, "{op:?}");
+    }
+    assert_eq!(counter(&coordinator, XdpCounter::DropNotAllowed), 2);
+    assert_eq!(state.next_seq(), 1);
+    // A client of the network is served, and the tail's acknowledgement
+    // (the tail is no client) becomes its reply.
+    let put = frame(
+        allowed,
+        CLIENT_MAC,
+        COORDINATOR,
+        &request(Op::Put, b"k", b"v"),
+    );
+    assert_eq!(run(&coordinator, &put).0, XDP_TX);
+    let mut acknowledgement = Message::decode(&ack(1, b"k")).unwrap().header;
+    acknowledgement.set_reply_addr(allowed);
+    let acknowledgement = encode(&acknowledgement, b"", b"").unwrap();
+    let (verdict, out) = run(&coordinator, &from_tail(&acknowledgement));
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(sent(&out).destination, allowed);
+    assert_eq!(state.commit_seq(), 1);
+    // User space applies the same list to what reaches it: CLIENT's PING
+    // goes unanswered, the allowed client's is answered, the tail's
+    // duplicate acknowledgement is still the chain's.
+    let config = ShardConfig {
+        incarnation: 0,
+        shard: 5,
+        epoch: EPOCH,
+        chain: vec![replica(0), replica(1), replica(2)],
+        slots: vec![[0, tern_wire::SLOT_COUNT]],
+    };
+    let mut core = Coordinator::new([ShardCoordinator::new(
+        config,
+        coordinator.shared_shard(5).unwrap(),
+    )])
+    .with_allow_list(allow);
+    let ping = encode(&Header::new(Op::Ping, 5, EPOCH), b"", b"").unwrap();
+    let mut outbox = Outbox::new();
+    core.step(Time::ZERO, CLIENT, &ping, &mut outbox);
+    assert_eq!(outbox.iter().count(), 0, "dropped unanswered");
+    core.step(Time::ZERO, allowed, &ping, &mut outbox);
+    assert_eq!(outbox.iter().next().map(|(to, _)| to), Some(allowed));
+    core.step(Time::ZERO, replica(2), &acknowledgement, &mut outbox);
+    let stats = core.render_stats(None);
+    assert!(stats.contains("refused_not_allowed 1\n"), "{stats}");
+    assert!(stats.contains("shard5.acks_not_in_flight 1\n"), "{stats}");
+}

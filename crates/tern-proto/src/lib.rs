@@ -10,6 +10,7 @@
 //! No I/O here: this crate must not depend on sockets, tokio, aya or clocks
 //! other than the `Instant` it is handed.
 
+pub mod allow;
 pub mod assignment;
 pub mod coordinator;
 mod counters;

@@ -699,6 +699,7 @@ pub fn run(args: &ChaosArgs) -> Result<ExitCode> {
         meta: args.meta,
         standby: 1,
         failure_timeout_ms: args.failure_timeout_ms,
+        allow_clients: None,
     })?;
     let dir = dir.canonicalize()?;
     let result = chaos(&dir, args, seed);

@@ -97,6 +97,11 @@ pub enum ClusterCommand {
         /// The gateway's password (requirepass).
         #[arg(long)]
         requirepass: Option<String>,
+        /// The coordinators serve only clients of these IPv4 networks
+        /// (`tern coordinator --allow-clients`): include the cluster's own
+        /// network and wherever the CLI runs.
+        #[arg(long, value_parser = parse_allow_list)]
+        allow_clients: Option<tern_coord::AllowList>,
     },
     /// Stop every process of the cluster in DIR and remove its namespaces.
     Down {
@@ -148,12 +153,18 @@ struct Shape {
     replicas: usize,
 }
 
+fn parse_allow_list(text: &str) -> Result<tern_coord::AllowList, String> {
+    tern_coord::AllowList::parse(text)
+}
+
 /// The control plane of a cluster.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Control {
     meta: usize,
     standby: usize,
     failure_timeout_ms: u64,
+    /// The coordinators' allow-list (None: every source).
+    allow_clients: Option<tern_coord::AllowList>,
 }
 
 /// How the replicas of a cluster persist.
@@ -410,6 +421,7 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
             meta,
             standby,
             failure_timeout_ms,
+            allow_clients,
         } => {
             let topology = topology.unwrap_or(if netns::is_root() {
                 TopologyKind::Netns
@@ -424,6 +436,7 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
                 meta,
                 standby: if meta == 0 { 0 } else { standby },
                 failure_timeout_ms,
+                allow_clients,
             };
             let gateway = gateway.then_some(GatewayOptions {
                 listen: gateway_listen,
@@ -760,6 +773,9 @@ fn start(
                 ]
                 .map(String::from),
             );
+            if let Some(allow) = &control.allow_clients {
+                command.extend(["--allow-clients".to_string(), allow.to_string()]);
+            }
         } else {
             let position = map
                 .shard(shard)
@@ -989,6 +1005,7 @@ pub fn up_for_benchmark(
         meta: 1,
         standby: 0,
         failure_timeout_ms: 1000,
+        allow_clients: None,
     })
 }
 

@@ -133,6 +133,7 @@
 #define TERN_MULTI_FLAG_FOR_UPDATE   4
 #define TERN_MULTI_ITEM_FLAGS        0x4000000030000ull
 #define TERN_MULTI_KINDS_WITH_VALUE  0x34u
+#define TERN_ALLOW_NETWORKS_MAX      256
 #define TERN_HOLD_BUCKETS            128
 #define TERN_HOLD_WAYS               8
 #define TERN_HOLD_KEYS_MAX           64
@@ -164,7 +165,8 @@
 #define TERN_XDP_COUNTER_TXNS        16
 #define TERN_XDP_COUNTER_PASS_HOLD_BUSY 17
 #define TERN_XDP_COUNTER_PASS_HOLD_FULL 18
-#define TERN_XDP_COUNTER_COUNT       19
+#define TERN_XDP_COUNTER_DROP_NOT_ALLOWED 19
+#define TERN_XDP_COUNTER_COUNT       20
 
 struct tern_header {
 	__u16 magic;                     /* @0  Always MAGIC. */

@@ -9,8 +9,8 @@ use std::mem::size_of;
 
 use crate::extension::{self, ExpiryExtension, LargeExtension, MapVersionExtension};
 use crate::maps::{
-    CAS_ATTEMPTS_MAX, CHAIN_LEN_MAX, CLIENT_MACS_MAX, Endpoint, HOLD_BUCKETS, HOLD_KEYS_MAX,
-    HOLD_LOCKED, HOLD_MIX, HOLD_PARTICIPANTS_LEN, HOLD_WAYS, HoldBucket, HoldSlot,
+    ALLOW_NETWORKS_MAX, CAS_ATTEMPTS_MAX, CHAIN_LEN_MAX, CLIENT_MACS_MAX, Endpoint, HOLD_BUCKETS,
+    HOLD_KEYS_MAX, HOLD_LOCKED, HOLD_MIX, HOLD_PARTICIPANTS_LEN, HOLD_WAYS, HoldBucket, HoldSlot,
     INFLIGHT_WRITES_MAX, SHARD_ID_MAX, SLOT_WORDS, ShardCell, ShardRoute, WINDOW_MULTI, WindowSlot,
     XDP_COUNTER_COUNT, XdpCounter,
 };
@@ -138,6 +138,11 @@ pub fn generate() -> String {
     define(out, "TERN_CLIENT_MACS_MAX", &CLIENT_MACS_MAX.to_string());
     define(out, "TERN_SLOT_WORDS", &SLOT_WORDS.to_string());
     describe_items(out);
+    define(
+        out,
+        "TERN_ALLOW_NETWORKS_MAX",
+        &ALLOW_NETWORKS_MAX.to_string(),
+    );
     define(out, "TERN_HOLD_BUCKETS", &HOLD_BUCKETS.to_string());
     define(out, "TERN_HOLD_WAYS", &HOLD_WAYS.to_string());
     define(out, "TERN_HOLD_KEYS_MAX", &HOLD_KEYS_MAX.to_string());

@@ -40,6 +40,10 @@ pub const CLIENT_MACS_MAX: u32 = 65536;
 /// space decodes to lower them (the kernel hands such an acknowledgement up).
 pub const WINDOW_MULTI: u32 = 1 << 31;
 
+/// Networks a coordinator's allow-list may name (`allowed_clients`, an
+/// LPM trie).
+pub const ALLOW_NETWORKS_MAX: u32 = 256;
+
 /// Buckets of the hold table of one shard (`holds`, a block of buckets per
 /// local shard): a transaction's hold lives in bucket
 /// [`hold_bucket`]`(id)`, in one of its [`HOLD_WAYS`] slots.
@@ -282,6 +286,8 @@ crate::wire_enum! {
         /// Handed to user space: no room for a transaction's hold (its
         /// bucket full, or more keys than a hold names).
         PassHoldFull = 18 => "PASS_HOLD_FULL",
+        /// Dropped: a client request from a source the allow-list leaves out.
+        DropNotAllowed = 19 => "DROP_NOT_ALLOWED",
     }
 }
 

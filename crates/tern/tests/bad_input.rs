@@ -371,3 +371,76 @@ fn scopeguard(dir: &str) -> impl Drop + '_ {
     }
     Down(dir)
 }
+
+#[test]
+fn a_coordinator_drops_sources_its_allow_list_leaves_out_and_serves_the_rest() {
+    // Everything of the cluster (and this test's client) is on 127.0.0.1;
+    // 127.0.0.3 is another host of the same machine.
+    let cluster = TestCluster::up_with_args(
+        1,
+        3,
+        &["--topology", "loopback", "--allow-clients", "127.0.0.1/32"],
+    );
+    let coordinator = cluster.map.shards[0].coordinator;
+    let outsider = UdpSocket::bind("127.0.0.3:0").unwrap();
+    outsider
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut ping = Header::new(Op::Ping, 0, 1);
+    ping.request_id.set(5);
+    for datagram in [encode(&ping, b"", b"").unwrap(), valid_get(0)] {
+        outsider.send_to(&datagram, coordinator).unwrap();
+        let mut reply = [0u8; 2048];
+        assert!(
+            outsider.recv_from(&mut reply).is_err(),
+            "no answer to an outsider"
+        );
+    }
+    // The cluster serves its own network as before.
+    let mut client = Client::new(cluster.map.clone()).unwrap();
+    client.put(b"k", b"v").unwrap();
+    assert_eq!(client.get(b"k").unwrap().unwrap().value, b"v");
+    let stats = stats_of(&mut client, coordinator);
+    assert_eq!(counter(&stats, "refused_not_allowed"), 2, "{stats}");
+    // A list that does not parse is refused at start, naming the problem.
+    let refused = common::run_tern(&[
+        "coordinator",
+        "--listen",
+        "127.0.0.1:1",
+        "--allow-clients",
+        "10.0.0.1/8",
+    ]);
+    assert!(!refused.status.success());
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        text.contains("host bits set; the network is 10.0.0.0/8"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_xdp_coordinator_with_an_allow_list_serves_its_networks_in_the_kernel() {
+    // The netns topology's addresses (and the host's) are in 10.0.0.0/8.
+    let cluster = TestCluster::up_with_args(
+        1,
+        3,
+        &[
+            "--mode",
+            "xdp",
+            "--topology",
+            "netns",
+            "--allow-clients",
+            "10.0.0.0/8",
+        ],
+    );
+    let mut client = Client::new(cluster.map.clone()).unwrap();
+    for round in 0..20u32 {
+        let key = format!("k{round}");
+        client.put(key.as_bytes(), b"v").unwrap();
+        assert!(client.get(key.as_bytes()).unwrap().is_some());
+    }
+    let stats = stats_of(&mut client, cluster.map.shards[0].coordinator);
+    assert!(counter(&stats, "xdp.writes") >= 20, "{stats}");
+    assert_eq!(counter(&stats, "xdp.drop_not_allowed"), 0, "{stats}");
+    assert_eq!(counter(&stats, "refused_not_allowed"), 0, "{stats}");
+}

@@ -7,10 +7,11 @@ use crate::metrics::{Group, Samples};
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
 
-use tern_wire::{Header, Op, Status};
+use tern_wire::{Header, Message, Op, Status};
 
 use super::settle::Settler;
 use super::{ShardConfig, ShardCoordinator, ShardState};
+use crate::allow::AllowList;
 use crate::counters::{DecodeDrops, counters};
 use crate::{Core, Outbox, Time};
 
@@ -19,6 +20,9 @@ counters! {
     pub struct CoordinatorCounters {
         unknown_shard,
         unexpected_op,
+        /// Datagrams from sources the allow-list leaves out, dropped
+        /// unanswered.
+        refused_not_allowed,
     }
 }
 
@@ -36,6 +40,8 @@ pub struct Coordinator<S> {
     map_doubted: bool,
     /// Settles the transactions whose lease ran out at a shard served here.
     settler: Settler,
+    /// The sources served (`crate::allow`).
+    allow: AllowList,
 }
 
 /// A source of extra samples.
@@ -64,7 +70,34 @@ impl<S: ShardState> Coordinator<S> {
             map_version: 0,
             map_doubted: false,
             settler: Settler::new(),
+            allow: AllowList::everyone(),
         }
+    }
+
+    /// Serves only sources of these networks (besides its chains' own
+    /// messages); the XDP program is given the same list.
+    pub fn with_allow_list(mut self, allow: AllowList) -> Self {
+        self.allow = allow;
+        self
+    }
+
+    /// Whether a datagram from `from` is to be dropped unanswered: a source
+    /// the allow-list leaves out, unless it is a chain message (by op)
+    /// from a replica of a shard served here, checked by role later.
+    fn refused_source(&self, from: SocketAddrV4, bytes: &[u8]) -> bool {
+        if self.allow.permits(*from.ip()) {
+            return false;
+        }
+        let chain_op = Message::readable_header(bytes).is_some_and(|header| {
+            [Op::Ack, Op::Retransmit, Op::SeqReport, Op::TxnReport]
+                .iter()
+                .any(|op| header.op == *op as u8)
+        });
+        !(chain_op
+            && self
+                .shards
+                .values()
+                .any(|shard| shard.config.chain.contains(&from)))
     }
 
     /// Lets the settler find each shard's coordinator by the newest map.
@@ -197,6 +230,10 @@ impl<S: ShardState> Coordinator<S> {
 impl<S: ShardState> Core for Coordinator<S> {
     /// Handles one received datagram.
     fn step(&mut self, now: Time, from: SocketAddrV4, bytes: &[u8], outbox: &mut Outbox) {
+        if !self.allow.is_everyone() && self.refused_source(from, bytes) {
+            self.counters.refused_not_allowed += 1;
+            return;
+        }
         let Some(message) = crate::decode_or_refuse(from, bytes, &mut self.drops, outbox) else {
             return;
         };

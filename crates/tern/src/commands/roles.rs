@@ -62,6 +62,19 @@ pub struct CoordinatorArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve only clients of these IPv4 networks (a.b.c.d/len or one
+    /// address, comma separated); anything else that asks is dropped
+    /// unanswered and counted (`refused_not_allowed`, and
+    /// `xdp.drop_not_allowed` in the kernel). Include the cluster's own
+    /// addresses: coordinators settle each other's transactions, and the
+    /// CLI's reshard and stats come from wherever it runs. Default: every
+    /// source.
+    #[arg(long, value_parser = parse_allow_list, default_value = "")]
+    pub allow_clients: tern_coord::AllowList,
+}
+
+fn parse_allow_list(text: &str) -> Result<tern_coord::AllowList, String> {
+    tern_coord::AllowList::parse(text)
 }
 
 /// Run one node of the control plane: the cluster map on openraft,
@@ -211,6 +224,7 @@ pub fn coordinator(map: &ClusterMap, args: CoordinatorArgs) -> Result<ExitCode> 
         listen,
         mode,
         metrics_listen,
+        allow_clients,
     } = args;
     init_logging();
     serve_snapshots(metrics_listen, "coordinator")?;
@@ -221,9 +235,9 @@ pub fn coordinator(map: &ClusterMap, args: CoordinatorArgs) -> Result<ExitCode> 
     };
     if map.meta.is_empty() {
         let shards = coordinator_shards(map, listen)?;
-        tern_coord::run(listen, shards, mode, shutdown)?;
+        tern_coord::run(listen, shards, mode, &allow_clients, shutdown)?;
     } else {
-        tern_coord::run_under_meta(listen, map.meta.clone(), mode, shutdown)?;
+        tern_coord::run_under_meta(listen, map.meta.clone(), mode, &allow_clients, shutdown)?;
     }
     Ok(ExitCode::SUCCESS)
 }
