@@ -180,7 +180,7 @@ type NoLabels = Vec<(String, String)>;
 
 impl Collector for Exported {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let Some(samples) = (self.source)() else {
+        let Some(mut samples) = (self.source)() else {
             // The main loop did not answer in time: say so, not zeros.
             let up = ConstGauge::new(0i64);
             let name = format!("tern_{}_up", self.role);
@@ -192,6 +192,7 @@ impl Collector for Exported {
             )?;
             return up.encode(family);
         };
+        samples.counter("metrics_connections_refused", refused_connections());
         for ((name, kind), entries) in families(self.role, &samples) {
             let metric_type = match kind {
                 KindKey::Counter => MetricType::Counter,
@@ -234,47 +235,118 @@ fn registry(
 /// port 0, the one the kernel chose): where `cluster up` learns it.
 pub const LISTENING_LINE: &str = "metrics listening on ";
 
+/// Scrapes served at once; a connection beyond is closed at once (and
+/// counted), so that no client can hold the endpoint's memory or threads.
+pub const CONNECTIONS_MAX: usize = 8;
+/// How long a connection may take to send its request's head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection may stay open, requests and answers included.
+const CONNECTION_TIME_MAX: Duration = Duration::from_secs(10);
+/// Bytes a connection may have buffered (a request head is a few hundred).
+const BUFFER_MAX: usize = 16 * 1024;
+
+/// Connections closed because [`CONNECTIONS_MAX`] were open.
+static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Connections to the metrics endpoint closed unserved since start (every
+/// server of this process).
+pub fn refused_connections() -> u64 {
+    REFUSED.load(Ordering::Relaxed)
+}
+
 /// Serves `/metrics` on `listen` from a thread of its own until the
 /// process ends: `source` gives the samples at each scrape. Prints
 /// [`LISTENING_LINE`] and the address; returns it, or an error that names
-/// `listen`.
+/// `listen`. Bounded: at most [`CONNECTIONS_MAX`] connections at once,
+/// each with [`HEADER_TIMEOUT`] to send its request, [`BUFFER_MAX`] bytes
+/// of buffer and [`CONNECTION_TIME_MAX`] in all (HTTP/1.1 by `hyper`, on a
+/// one-thread tokio runtime).
 pub fn serve(
     listen: SocketAddr,
     role: &'static str,
     source: impl Fn() -> Option<Samples> + Send + Sync + 'static,
 ) -> io::Result<SocketAddr> {
-    let server = tiny_http::Server::http(listen).map_err(|error| {
-        io::Error::other(format!("metrics: cannot listen on {listen}: {error}"))
-    })?;
-    let address = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| io::Error::other("metrics: not an IP address"))?;
+    let cannot =
+        |error: io::Error| io::Error::other(format!("metrics: cannot listen on {listen}: {error}"));
+    let listener = std::net::TcpListener::bind(listen).map_err(cannot)?;
+    listener.set_nonblocking(true).map_err(cannot)?;
+    let address = listener.local_addr().map_err(cannot)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
     println!("{LISTENING_LINE}{address}");
-    let registry = registry(role, source);
+    let registry = Arc::new(registry(role, source));
     std::thread::Builder::new()
         .name("metrics".into())
-        .spawn(move || {
-            for request in server.incoming_requests() {
-                let response = if request.url() == "/metrics" {
-                    let mut text = String::new();
-                    match prometheus_client::encoding::text::encode(&mut text, &registry) {
-                        Ok(()) => tiny_http::Response::from_string(text).with_header(
-                            tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE)
-                                .expect("a valid header"),
-                        ),
-                        Err(_) => tiny_http::Response::from_string("encoding failed")
-                            .with_status_code(500),
-                    }
-                } else {
-                    tiny_http::Response::from_string("see /metrics").with_status_code(404)
-                };
-                if let Err(error) = request.respond(response) {
-                    tracing::debug!(%error, "a metrics scrape went unanswered");
-                }
-            }
-        })?;
+        .spawn(move || runtime.block_on(accept_scrapes(listener, registry)))?;
     Ok(address)
+}
+
+async fn accept_scrapes(listener: std::net::TcpListener, registry: Arc<Registry>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "metrics: the listener cannot be served");
+            return;
+        }
+    };
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of descriptors, say: wait rather than spin.
+                tracing::debug!(%error, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            REFUSED.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |request| {
+                let answer = respond(&registry, &request);
+                async move { Ok::<_, std::convert::Infallible>(answer) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(BUFFER_MAX)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Ok(Err(error)) = tokio::time::timeout(CONNECTION_TIME_MAX, connection).await {
+                tracing::debug!(%error, "a metrics scrape went unanswered");
+            }
+        });
+    }
+}
+
+type Body = http_body_util::Full<bytes::Bytes>;
+
+/// The answer to one request: the metrics at `/metrics`, 404 elsewhere.
+fn respond(
+    registry: &Registry,
+    request: &hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<Body> {
+    let answer = |status: u16, content_type: &str, text: String| {
+        hyper::Response::builder()
+            .status(status)
+            .header("Content-Type", content_type)
+            .body(Body::from(text))
+            .expect("a valid response")
+    };
+    if request.uri().path() != "/metrics" {
+        return answer(404, "text/plain", "see /metrics".into());
+    }
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, registry) {
+        Ok(()) => answer(200, CONTENT_TYPE, text),
+        Err(_) => answer(500, "text/plain", "encoding failed".into()),
+    }
 }
 
 #[cfg(test)]
@@ -287,6 +359,55 @@ mod tests {
         let registry = registry(role, move || Some(samples.clone()));
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         text
+    }
+
+    /// One scrape over a fresh connection: the answer's text, or None when
+    /// the connection was closed unanswered.
+    fn scrape(address: SocketAddr, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        (!answer.is_empty()).then_some(answer)
+    }
+
+    #[test]
+    fn the_endpoint_serves_scrapes_and_bounds_its_connections() {
+        let address = serve("127.0.0.1:0".parse().unwrap(), "test", || {
+            let mut samples = Samples::new();
+            samples.counter("writes", 3);
+            Some(samples)
+        })
+        .unwrap();
+        let answer = scrape(address, "/metrics").expect("answered");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("tern_test_writes_total 3"), "{answer}");
+        assert!(
+            scrape(address, "/other")
+                .unwrap()
+                .starts_with("HTTP/1.1 404")
+        );
+        // Idle connections take every place: one more is closed unserved.
+        let idle: Vec<_> = (0..CONNECTIONS_MAX)
+            .map(|_| std::net::TcpStream::connect(address).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let refused_before = refused_connections();
+        assert_eq!(scrape(address, "/metrics"), None);
+        assert!(refused_connections() > refused_before);
+        // The idle ones run out of time to send a request; scrapes go on.
+        std::thread::sleep(HEADER_TIMEOUT + Duration::from_millis(500));
+        let answer = scrape(address, "/metrics").expect("answered again");
+        assert!(
+            answer.contains("tern_test_metrics_connections_refused_total"),
+            "{answer}"
+        );
+        drop(idle);
     }
 
     #[test]
