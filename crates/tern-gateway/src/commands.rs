@@ -144,6 +144,7 @@ pub const COMMANDS: &[Spec] = &[
     keyless("command", -1, &["loading", "stale"]),
     keyless("config", -2, &[]),
     keyless("auth", -2, NO_AUTH),
+    keyless("acl", -2, &[]),
     keyless("hello", -1, NO_AUTH),
     keyless("quit", -1, NO_AUTH),
     keyless("multi", 1, TRANSACTION),

@@ -14,6 +14,7 @@
 //! (`transaction::atomically`): atomic across keys and shards, up to a
 //! transaction's limits (larger ones run key by key).
 
+pub mod acl;
 mod batch;
 pub mod clients;
 pub mod commands;
@@ -57,6 +58,9 @@ pub struct GatewayConfig {
     pub map: ClusterMap,
     /// `requirepass`: commands before AUTH are refused with NOAUTH.
     pub password: Option<String>,
+    /// Users with their rights (`--users FILE`, `acl`); None: the default
+    /// user alone, with `password`.
+    pub users: Option<acl::Users>,
     /// `maxclients`: a connection beyond it is answered `ERR max number of
     /// clients reached` and closed.
     pub max_clients: usize,
@@ -81,6 +85,7 @@ impl GatewayConfig {
         GatewayConfig {
             map,
             password: None,
+            users: None,
             max_clients: MAX_CLIENTS_DEFAULT,
             idle_timeout: None,
             io_threads: cores.min(IO_THREADS_MOST),
@@ -94,6 +99,8 @@ impl GatewayConfig {
 #[derive(Debug)]
 struct Shared {
     config: GatewayConfig,
+    /// Who may connect, and what each may run.
+    users: acl::Users,
     connected: AtomicU64,
     /// `INFO`'s counters.
     stats: stats::Stats,
@@ -136,7 +143,12 @@ pub fn serve(
 ) -> io::Result<()> {
     let max_clients = AtomicUsize::new(config.max_clients);
     let idle_timeout_s = AtomicU64::new(config.idle_timeout.map_or(0, |t| t.as_secs().max(1)));
+    let users = match &config.users {
+        Some(users) => users.clone(),
+        None => acl::Users::only_default(config.password.as_deref()),
+    };
     let shared = Arc::new(Shared {
+        users,
         config,
         connected: AtomicU64::new(0),
         stats: stats::Stats::default(),
@@ -167,6 +179,8 @@ pub(crate) struct Session {
     entry: Arc<clients::ClientEntry>,
     protocol: u8,
     authenticated: bool,
+    /// The user it authenticated as (or is without AUTH: an open default).
+    user: Option<acl::User>,
     /// QUIT, a protocol error or CLIENT KILL of itself: closes once its
     /// replies are written.
     closing: bool,
@@ -180,6 +194,11 @@ pub(crate) struct Session {
 
 impl Session {
     fn new(shared: &Shared, peer: Option<SocketAddr>, local: Option<SocketAddr>) -> Session {
+        let open = shared
+            .users
+            .default_user()
+            .filter(|user| user.is_open())
+            .cloned();
         let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(clients::ClientEntry::new(id, peer, local));
         shared.clients.join(entry.clone());
@@ -187,7 +206,8 @@ impl Session {
             id,
             entry,
             protocol: 2,
-            authenticated: shared.config.password.is_none(),
+            authenticated: open.is_some(),
+            user: open,
             closing: false,
             db: 0,
             queue: None,
@@ -317,6 +337,14 @@ impl Context<'_> {
         if !self.session.authenticated && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
             return Frame::error("NOAUTH Authentication required.");
         }
+        if let (Some(user), Some(spec)) = (&self.session.user, spec)
+            && !user.may_run(spec)
+        {
+            return Frame::error(format!(
+                "NOPERM this user has no permissions to run the '{}' command",
+                spec.name
+            ));
+        }
         // Keys of the selected database, as Tern stores them.
         let in_db;
         let args = if self.session.db == 0 {
@@ -433,9 +461,11 @@ impl Context<'_> {
                 _ => arity_error(&name),
             },
             "AUTH" => match args {
-                [password] | [_, password] => self.authenticate(password),
+                [password] => self.authenticate(b"default", password),
+                [user, password] => self.authenticate(user, password),
                 _ => arity_error(&name),
             },
+            "ACL" => self.acl(args),
             "HELLO" => self.hello(args),
             "CLIENT" => self.client_command(args),
             "COMMAND" => self.command_command(args),
@@ -670,19 +700,55 @@ impl Context<'_> {
         Frame::Nil
     }
 
-    fn authenticate(&mut self, password: &[u8]) -> Frame {
-        match &self.shared.config.password {
-            None => Frame::error(
+    fn authenticate(&mut self, user: &[u8], password: &[u8]) -> Frame {
+        if user == b"default"
+            && self.shared.config.users.is_none()
+            && self.shared.config.password.is_none()
+        {
+            return Frame::error(
                 "ERR AUTH <password> called without any password configured for the default user. \
                  Are you sure your configuration is correct?",
-            ),
-            Some(expected) if expected.as_bytes() == password => {
+            );
+        }
+        match self.shared.users.find(user) {
+            Some(found) if found.accepts(password) => {
                 self.session.authenticated = true;
+                self.session.user = Some(found.clone());
                 Frame::ok()
             }
-            Some(_) => {
-                Frame::error("WRONGPASS invalid username-password pair or user is disabled.")
-            }
+            _ => Frame::error("WRONGPASS invalid username-password pair or user is disabled."),
+        }
+    }
+
+    /// ACL WHOAMI, ACL LIST, ACL USERS.
+    fn acl(&mut self, args: &[Vec<u8>]) -> Frame {
+        match (args.first().map(|word| upper(word)).as_deref(), args.len()) {
+            (Some("WHOAMI"), 1) => match &self.session.user {
+                Some(user) => Frame::bulk(user.name.as_bytes()),
+                None => Frame::bulk("default"),
+            },
+            (Some("LIST"), 1) => Frame::Array(
+                self.shared
+                    .users
+                    .iter()
+                    .map(|user| Frame::bulk(user.rules().as_bytes()))
+                    .collect(),
+            ),
+            (Some("USERS"), 1) => Frame::Array(
+                self.shared
+                    .users
+                    .iter()
+                    .map(|user| Frame::bulk(user.name.as_bytes()))
+                    .collect(),
+            ),
+            (Some(sub @ ("WHOAMI" | "LIST" | "USERS")), _) => Frame::error(format!(
+                "ERR wrong number of arguments for 'acl|{}' command",
+                sub.to_lowercase()
+            )),
+            _ => Frame::error(
+                "ERR unknown subcommand or wrong number of arguments for 'ACL'. \
+                 Tern serves ACL WHOAMI, LIST and USERS",
+            ),
         }
     }
 
@@ -699,8 +765,8 @@ impl Context<'_> {
         }
         while let [option, tail @ ..] = rest {
             match (upper(option).as_str(), tail) {
-                ("AUTH", [_, password, more @ ..]) => {
-                    if let Frame::Error(message) = self.authenticate(password) {
+                ("AUTH", [user, password, more @ ..]) => {
+                    if let Frame::Error(message) = self.authenticate(user, password) {
                         return Frame::Error(message);
                     }
                     rest = more;

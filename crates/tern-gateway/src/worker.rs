@@ -62,7 +62,7 @@ const CONNECTION_BASE: usize = 1 + PIPELINES_MAX;
 /// The commands that touch no data: run in place by the I/O thread.
 const IN_PLACE: &[&str] = &[
     "PING", "ECHO", "QUIT", "SELECT", "AUTH", "HELLO", "CLIENT", "COMMAND", "CONFIG", "TIME",
-    "MULTI", "DISCARD", "UNWATCH",
+    "MULTI", "DISCARD", "UNWATCH", "ACL",
 ];
 
 /// A command for a blocking thread, with its connection's session.
@@ -435,6 +435,7 @@ impl Connection {
                     // Inside MULTI every command is queued by `execute`.
                     let planned = session.authenticated
                         && session.queue.is_none()
+                        && may_run_all(session)
                         && batch::is_pipelined(&arguments);
                     round.push(arguments);
                     if !planned || round.len() == BATCH_COMMANDS_MAX {
@@ -451,7 +452,8 @@ impl Connection {
         if self.input.is_empty() && self.input.capacity() > BUFFER_KEPT {
             self.input = Vec::new();
         }
-        let planning = session.authenticated && session.queue.is_none();
+        // A user with limited rights has each command checked by `execute`.
+        let planning = session.authenticated && session.queue.is_none() && may_run_all(session);
         (!round.is_empty()).then(|| Round::new(round, session.db, planning))
     }
 
@@ -468,6 +470,14 @@ impl Connection {
             self.closing = true;
         }
     }
+}
+
+/// Whether the session's user may run every command.
+fn may_run_all(session: &Session) -> bool {
+    session
+        .user
+        .as_ref()
+        .is_some_and(crate::acl::User::may_run_all)
 }
 
 /// Whether a command runs in place on the I/O thread: it touches no data,

@@ -1559,3 +1559,101 @@ fn msets_mgets_and_transactions_across_shards_are_atomic() {
     // never sees the keys apart.
     never_apart(&gateway, &a, &b, false);
 }
+
+#[test]
+fn users_of_a_users_file_authenticate_and_a_read_only_one_is_refused_writes() {
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.acl");
+    std::fs::write(
+        &users,
+        "# who may use the gateway\n\
+         user admin on >adm1n ~* +@all\n\
+         user reader on >r3ad ~* +@read +@connection\n\
+         user gone off >x ~* +@all\n",
+    )
+    .unwrap();
+    let gateway = Gateway::start_with(&cluster, None, &["--users", users.to_str().unwrap()]);
+    let as_user = |user: &str, password: &str, args: &[&str]| {
+        let mut all = vec!["--user", user, "--pass", password, "--no-auth-warning"];
+        all.extend_from_slice(args);
+        gateway.cli(&all)
+    };
+    // No default user in the file: nothing runs before AUTH.
+    assert!(gateway.cli(&["GET", "x"]).starts_with("NOAUTH"));
+    assert!(gateway.cli(&["AUTH", "anything"]).starts_with("WRONGPASS"));
+    assert!(
+        gateway.cli(&["AUTH", "gone", "x"]).starts_with("WRONGPASS"),
+        "off"
+    );
+    assert!(
+        gateway
+            .cli(&["AUTH", "admin", "wrong"])
+            .starts_with("WRONGPASS")
+    );
+    assert!(as_user("admin", "wrong", &["GET", "x"]).starts_with("NOAUTH"));
+    assert_eq!(as_user("admin", "adm1n", &["SET", "x", "1"]), "OK");
+    assert_eq!(as_user("admin", "adm1n", &["ACL", "WHOAMI"]), "admin");
+    // The read-only user reads, and is refused every write with Redis's
+    // NOPERM, pipelined or not, in MULTI too.
+    assert_eq!(as_user("reader", "r3ad", &["GET", "x"]), "1");
+    assert_eq!(as_user("reader", "r3ad", &["PING"]), "PONG");
+    for write in [
+        &["SET", "x", "2"][..],
+        &["INCR", "x"],
+        &["DEL", "x"],
+        &["FLUSHALL"],
+    ] {
+        let refused = as_user("reader", "r3ad", write);
+        let name = write[0].to_lowercase();
+        assert_eq!(
+            refused,
+            format!("NOPERM this user has no permissions to run the '{name}' command"),
+            "{write:?}"
+        );
+    }
+    assert!(
+        as_user("reader", "r3ad", &["MULTI"]).starts_with("NOPERM"),
+        "no +@transaction"
+    );
+    assert!(as_user("reader", "r3ad", &["ACL", "LIST"]).starts_with("NOPERM"));
+    // With the redis crate: AUTH user pass, then a pipelined write refused.
+    let client =
+        redis::Client::open(format!("redis://reader:r3ad@127.0.0.1:{}/", gateway.port)).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    let (value, refused): (Option<String>, redis::RedisResult<()>) = {
+        let value = redis::cmd("GET").arg("x").query(&mut connection).unwrap();
+        (
+            value,
+            redis::cmd("SET").arg("x").arg("3").query(&mut connection),
+        )
+    };
+    assert_eq!(value.as_deref(), Some("1"));
+    let error = refused.unwrap_err();
+    assert_eq!(error.code(), Some("NOPERM"), "{error}");
+    assert_eq!(
+        as_user("admin", "adm1n", &["GET", "x"]),
+        "1",
+        "nothing written"
+    );
+    let listed = as_user("admin", "adm1n", &["ACL", "LIST"]);
+    assert!(listed.contains("user reader on #"), "{listed}");
+    assert!(listed.contains("+@read +@connection"), "{listed}");
+    // A bad users file is refused at start, naming the file and the line.
+    std::fs::write(&users, "user a on >x +@all\n").unwrap();
+    let output = common::run_tern(&[
+        "--cluster",
+        cluster.map_path().to_str().unwrap(),
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--users",
+        users.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        text.contains("users.acl: line 1: user a must reach every key"),
+        "{text}"
+    );
+}

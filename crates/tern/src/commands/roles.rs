@@ -108,6 +108,12 @@ pub struct GatewayArgs {
     /// Require AUTH with this password before other commands (requirepass).
     #[arg(long, env = "TERN_REQUIREPASS")]
     pub requirepass: Option<String>,
+    /// Users and their rights, in Redis's ACL file syntax (a subset: `user
+    /// NAME on|off >PASSWORD|nopass ~* +@all|+@read|+@write|+@connection|
+    /// +@transaction`, one per line). The default user is off unless the
+    /// file names it. Not with --requirepass.
+    #[arg(long, conflicts_with = "requirepass")]
+    pub users: Option<std::path::PathBuf>,
     /// Most connections served at once; one more is answered `ERR max
     /// number of clients reached` and closed (Redis's maxclients).
     #[arg(long, default_value_t = tern_gateway::MAX_CLIENTS_DEFAULT)]
@@ -271,6 +277,7 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
     let GatewayArgs {
         listen,
         requirepass,
+        users,
         maxclients,
         timeout,
         io_threads,
@@ -283,6 +290,16 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
     if io_threads == Some(0) || blocking_threads == 0 {
         bail!("--io-threads and --blocking-threads must be at least 1");
     }
+    let users = match &users {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|error| anyhow::anyhow!("--users {}: {error}", path.display()))?;
+            let users = tern_gateway::acl::Users::parse(&text)
+                .map_err(|error| anyhow::anyhow!("--users {}: {error}", path.display()))?;
+            Some(users)
+        }
+        None => None,
+    };
     init_logging();
     raise_open_file_limit(maxclients);
     let (listener, address) = tern_gateway::bind(listen)?;
@@ -290,7 +307,7 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
         println!("{listen} is taken: listening on {address}");
     }
     println!("gateway listening on {address}");
-    tracing::info!(%address, auth = requirepass.is_some(), "gateway serving");
+    tracing::info!(%address, auth = requirepass.is_some() || users.is_some(), "gateway serving");
     // The signal handler sets a static flag; connections share an Arc.
     let signal = signals::shutdown_flag();
     let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -303,6 +320,7 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
     });
     let mut config = tern_gateway::GatewayConfig {
         password: requirepass,
+        users,
         max_clients: maxclients,
         idle_timeout: (timeout > 0).then(|| std::time::Duration::from_secs(timeout)),
         blocking_threads,
