@@ -24,6 +24,7 @@ pub mod resp;
 pub mod stats;
 mod strings;
 mod transaction;
+pub mod transport;
 mod worker;
 
 use std::io;
@@ -73,6 +74,8 @@ pub struct GatewayConfig {
     pub blocking_threads: usize,
     /// Where to serve Prometheus metrics (None: nowhere).
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS for every connection (`transport::server_config`; None: plain).
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl GatewayConfig {
@@ -91,6 +94,7 @@ impl GatewayConfig {
             io_threads: cores.min(IO_THREADS_MOST),
             blocking_threads: BLOCKING_THREADS_DEFAULT,
             metrics_listen: None,
+            tls: None,
         }
     }
 }

@@ -16,7 +16,7 @@
 //! `WRITE_STALL_MAX` is disconnected; an idle connection holds no buffers.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -24,6 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
+
+use crate::transport::Transport;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::os::fd::AsRawFd;
@@ -351,7 +353,7 @@ impl Pipes {
 
 /// One client connection of an I/O thread.
 struct Connection {
-    stream: TcpStream,
+    stream: Transport,
     /// Tells a reused place's connections apart (late replies go nowhere).
     generation: u64,
     entry: Arc<clients::ClientEntry>,
@@ -382,11 +384,13 @@ struct Connection {
 
 impl Connection {
     fn pending_output(&self) -> usize {
-        self.output.len() - self.written
+        self.output.len() - self.written + usize::from(self.stream.has_pending())
     }
 
     /// Writes what it can of the replies; Err when the connection failed.
     fn flush(&mut self, shared: &Shared) -> io::Result<()> {
+        // TLS records an earlier write left (the socket was full).
+        self.stream.push_pending()?;
         while self.written < self.output.len() {
             match self.stream.write(&self.output[self.written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -641,6 +645,16 @@ impl Worker {
                 stream.peer_addr().ok(),
                 stream.local_addr().ok(),
             );
+            let stream = match Transport::new(stream, self.shared.config.tls.as_ref()) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "a connection could not start TLS");
+                    self.shared.clients.leave(session.entry.id);
+                    self.free.push(index);
+                    self.shared.connected.fetch_sub(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
             let mut connection = Connection {
                 stream,
                 generation: self.generations[index],
@@ -888,7 +902,7 @@ impl Worker {
         let Some(mut connection) = self.connections[index].take() else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut connection.stream);
+        let _ = self.poll.registry().deregister(connection.stream.socket());
         self.shared.clients.leave(connection.entry.id);
         self.shared.connected.fetch_sub(1, Ordering::Relaxed);
         self.free.push(index);

@@ -1657,3 +1657,164 @@ fn users_of_a_users_file_authenticate_and_a_read_only_one_is_refused_writes() {
         "{text}"
     );
 }
+
+/// A certificate authority and two certificates it signed, for localhost:
+/// the server's and a client's, each with its key, as PEM files in `dir`.
+fn tls_files(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
+    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair};
+    // Each its own name: a certificate named as its issuer reads as
+    // self-signed to OpenSSL.
+    let params = |names: Vec<String>, common_name: &str| {
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = params(Vec::new(), "tern test authority");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let signed = |names: Vec<String>, common_name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = params(names, common_name)
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server, server_key) = signed(vec!["localhost".into(), "127.0.0.1".into()], "tern gateway");
+    let (client, client_key) = signed(vec!["client".into()], "tern client");
+    let files = [
+        ("ca.pem", ca.pem()),
+        ("server.pem", server),
+        ("server-key.pem", server_key),
+        ("client.pem", client),
+        ("client-key.pem", client_key),
+    ];
+    files.map(|(name, text)| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    })
+}
+
+#[test]
+fn tls_serves_redis_cli_and_refuses_plain_connections_and_unknown_clients() {
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, server, server_key, client, client_key] = tls_files(dir.path());
+    let path = |path: &std::path::PathBuf| path.to_str().unwrap().to_string();
+    let gateway = Gateway::start_with(
+        &cluster,
+        None,
+        &[
+            "--tls-cert",
+            &path(&server),
+            "--tls-key",
+            &path(&server_key),
+        ],
+    );
+    let tls = |args: &[&str]| {
+        let mut all = vec!["--tls", "--cacert", ca.to_str().unwrap()];
+        all.extend_from_slice(args);
+        gateway.cli(&all)
+    };
+    let first = Command::new("redis-cli")
+        .args([
+            "-p",
+            &gateway.port.to_string(),
+            "--tls",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "SET",
+            "a",
+            "hello",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&first.stdout).trim(),
+        "OK",
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(tls(&["GET", "a"]), "hello");
+    // A value of many TLS records, both ways.
+    let big = "x".repeat(200_000);
+    let mut set = Command::new("redis-cli")
+        .args([
+            "-p",
+            &gateway.port.to_string(),
+            "--tls",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "-x",
+            "SET",
+            "big",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    set.stdin.take().unwrap().write_all(big.as_bytes()).unwrap();
+    let output = set.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "OK");
+    assert_eq!(tls(&["STRLEN", "big"]), "200000");
+    assert_eq!(tls(&["GET", "big"]), big);
+    // Many commands pipelined through one connection.
+    let commands: String = (0..1000).map(|n| format!("SET k{n} {n}\r\n")).collect();
+    let mut pipe = Command::new("redis-cli")
+        .args([
+            "-p",
+            &gateway.port.to_string(),
+            "--tls",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--pipe",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    pipe.stdin
+        .take()
+        .unwrap()
+        .write_all(commands.as_bytes())
+        .unwrap();
+    let output = pipe.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("errors: 0, replies: 1000"), "{text}");
+    assert_eq!(tls(&["GET", "k999"]), "999");
+    // A plain client is not served.
+    assert_ne!(gateway.cli(&["PING"]), "PONG");
+    // Client certificates required: one the authority signed is let in,
+    // a client without one is not.
+    let strict = Gateway::start_with(
+        &cluster,
+        None,
+        &[
+            "--tls-cert",
+            &path(&server),
+            "--tls-key",
+            &path(&server_key),
+            "--tls-ca-cert",
+            &path(&ca),
+        ],
+    );
+    let with_cert = strict.cli(&[
+        "--tls",
+        "--cacert",
+        &path(&ca),
+        "--cert",
+        &path(&client),
+        "--key",
+        &path(&client_key),
+        "PING",
+    ]);
+    assert_eq!(with_cert, "PONG");
+    assert_ne!(
+        strict.cli(&["--tls", "--cacert", &path(&ca), "PING"]),
+        "PONG"
+    );
+}

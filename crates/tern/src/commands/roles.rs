@@ -114,6 +114,16 @@ pub struct GatewayArgs {
     /// file names it. Not with --requirepass.
     #[arg(long, conflicts_with = "requirepass")]
     pub users: Option<std::path::PathBuf>,
+    /// Serve every connection over TLS with this certificate chain (PEM;
+    /// with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Require client certificates signed by these authorities (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_ca_cert: Option<std::path::PathBuf>,
     /// Most connections served at once; one more is answered `ERR max
     /// number of clients reached` and closed (Redis's maxclients).
     #[arg(long, default_value_t = tern_gateway::MAX_CLIENTS_DEFAULT)]
@@ -278,6 +288,9 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
         listen,
         requirepass,
         users,
+        tls_cert,
+        tls_key,
+        tls_ca_cert,
         maxclients,
         timeout,
         io_threads,
@@ -300,6 +313,13 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
         }
         None => None,
     };
+    let tls = match (&tls_cert, &tls_key) {
+        (Some(cert), Some(key)) => Some(
+            tern_gateway::transport::server_config(cert, key, tls_ca_cert.as_deref())
+                .map_err(|error| anyhow::anyhow!("TLS: {error}"))?,
+        ),
+        _ => None,
+    };
     init_logging();
     raise_open_file_limit(maxclients);
     let (listener, address) = tern_gateway::bind(listen)?;
@@ -321,6 +341,7 @@ pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
     let mut config = tern_gateway::GatewayConfig {
         password: requirepass,
         users,
+        tls,
         max_clients: maxclients,
         idle_timeout: (timeout > 0).then(|| std::time::Duration::from_secs(timeout)),
         blocking_threads,
