@@ -601,14 +601,7 @@ fn the_kernel_and_rust_paths_agree_on_valid_and_malformed_datagrams() {
         "{:?}",
         twins.verdicts
     );
-    let counters = twins.xdp.counters().unwrap();
-    let count = |wanted| {
-        counters
-            .iter()
-            .find(|values| values.counter == wanted)
-            .unwrap()
-            .total()
-    };
+    let count = |wanted| counter(&twins.xdp, wanted);
     assert_eq!(count(XdpCounter::PassBadKeyHash), 2);
     assert_eq!(
         count(XdpCounter::PassSlot),
@@ -772,14 +765,7 @@ fn the_kernel_and_rust_paths_agree_on_transactions() {
         twins.kernel_state.holds().snapshot().is_empty(),
         "every hold released"
     );
-    let counters = twins.xdp.counters().unwrap();
-    let count = |wanted| {
-        counters
-            .iter()
-            .find(|values| values.counter == wanted)
-            .unwrap()
-            .total()
-    };
+    let count = |wanted| counter(&twins.xdp, wanted);
     assert_eq!(
         count(XdpCounter::Txns),
         7,

@@ -34,13 +34,20 @@ fn ack(seq: u64, key: &[u8]) -> Vec<u8> {
     encode(&header, &[], &[]).unwrap()
 }
 
-fn counter(coordinator: &XdpCoordinator, wanted: XdpCounter) -> u64 {
-    let counters = coordinator.counters().unwrap();
-    counters
-        .iter()
-        .find(|values| values.counter == wanted)
-        .map(|values| values.total())
-        .unwrap()
+/// The user-space core of shard 5 on the program's maps, as the shell runs
+/// it beside the program (not yet past its start-up probe).
+fn user_space(coordinator: &XdpCoordinator) -> Coordinator<tern_proto::SharedShard> {
+    let config = ShardConfig {
+        incarnation: 0,
+        shard: 5,
+        epoch: EPOCH,
+        chain: vec![replica(0), replica(1), replica(2)],
+        slots: vec![[0, tern_wire::SLOT_COUNT]],
+    };
+    Coordinator::new([ShardCoordinator::new(
+        config,
+        coordinator.shared_shard(5).unwrap(),
+    )])
 }
 
 fn run(coordinator: &XdpCoordinator, frame: &[u8]) -> (u32, Vec<u8>) {
@@ -510,17 +517,7 @@ fn a_hold_the_kernel_cannot_take_goes_up_with_nothing_changed_and_user_space_tak
     use tern_wire::maps::{HOLD_KEYS_MAX, HOLD_WAYS, hold_bucket};
     use tern_wire::multi::Item;
     let (coordinator, state) = load();
-    let config = ShardConfig {
-        incarnation: 0,
-        shard: 5,
-        epoch: EPOCH,
-        chain: vec![replica(0), replica(1), replica(2)],
-        slots: vec![[0, tern_wire::SLOT_COUNT]],
-    };
-    let mut core = Coordinator::new([ShardCoordinator::new(
-        config,
-        coordinator.shared_shard(5).unwrap(),
-    )]);
+    let mut core = user_space(&coordinator);
     // Ready, as the shell leaves it before attaching the program.
     let mut outbox = Outbox::new();
     for index in [0, 2] {
@@ -842,15 +839,7 @@ fn a_read_never_uses_a_route_torn_by_a_concurrent_rewrite() {
 fn a_slot_a_migration_holds_stays_out_of_the_kernel_when_the_route_is_rewritten() {
     let (coordinator, _) = load();
     let (_, macs) = other_chain(EPOCH + 1);
-    let config = ShardConfig {
-        incarnation: 0,
-        shard: 5,
-        epoch: EPOCH,
-        chain: vec![replica(0), replica(1), replica(2)],
-        slots: vec![[0, tern_wire::SLOT_COUNT]],
-    };
-    let state = coordinator.shared_shard(5).unwrap();
-    let mut core = Coordinator::new([ShardCoordinator::new(config, state)]);
+    let mut core = user_space(&coordinator);
     let frozen = tern_wire::slot_of(key_hash(b"k"));
     let mut hold = Header::new(Op::Freeze, 5, EPOCH);
     hold.set_slot_range([frozen, frozen + 1]);
@@ -922,17 +911,7 @@ fn put_and_get(
 #[test]
 fn each_state_of_a_migrating_group_in_the_kernel_and_above_it() {
     let (coordinator, state) = load();
-    let config = ShardConfig {
-        incarnation: 0,
-        shard: 5,
-        epoch: EPOCH,
-        chain: vec![replica(0), replica(1), replica(2)],
-        slots: vec![[0, tern_wire::SLOT_COUNT]],
-    };
-    let mut core = Coordinator::new([ShardCoordinator::new(
-        config,
-        coordinator.shared_shard(5).unwrap(),
-    )]);
+    let mut core = user_space(&coordinator);
     core.set_map_version(3);
     // Recovery done (nothing dirty, sequencing from 1), as the shell
     // leaves it before attaching the program.
@@ -1042,18 +1021,7 @@ fn clients_outside_the_allow_list_are_dropped_in_the_kernel_and_above_it() {
     // User space applies the same list to what reaches it: CLIENT's PING
     // goes unanswered, the allowed client's is answered, the tail's
     // duplicate acknowledgement is still the chain's.
-    let config = ShardConfig {
-        incarnation: 0,
-        shard: 5,
-        epoch: EPOCH,
-        chain: vec![replica(0), replica(1), replica(2)],
-        slots: vec![[0, tern_wire::SLOT_COUNT]],
-    };
-    let mut core = Coordinator::new([ShardCoordinator::new(
-        config,
-        coordinator.shared_shard(5).unwrap(),
-    )])
-    .with_allow_list(allow);
+    let mut core = user_space(&coordinator).with_allow_list(allow);
     let ping = encode(&Header::new(Op::Ping, 5, EPOCH), b"", b"").unwrap();
     let mut outbox = Outbox::new();
     core.step(Time::ZERO, CLIENT, &ping, &mut outbox);

@@ -1705,103 +1705,57 @@ fn tls_serves_redis_cli_and_refuses_plain_connections_and_unknown_clients() {
     let dir = tempfile::tempdir().unwrap();
     let [ca, server, server_key, client, client_key] = tls_files(dir.path());
     let path = |path: &std::path::PathBuf| path.to_str().unwrap().to_string();
-    let gateway = Gateway::start_with(
-        &cluster,
-        None,
-        &[
-            "--tls-cert",
-            &path(&server),
-            "--tls-key",
-            &path(&server_key),
-        ],
-    );
+    let (server, server_key) = (path(&server), path(&server_key));
+    let serving = ["--tls-cert", &server, "--tls-key", &server_key];
+    let gateway = Gateway::start_with(&cluster, None, &serving);
     let tls = |args: &[&str]| {
         let mut all = vec!["--tls", "--cacert", ca.to_str().unwrap()];
         all.extend_from_slice(args);
         gateway.cli(&all)
     };
-    let first = Command::new("redis-cli")
-        .args([
-            "-p",
-            &gateway.port.to_string(),
-            "--tls",
-            "--cacert",
-            ca.to_str().unwrap(),
-            "SET",
-            "a",
-            "hello",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&first.stdout).trim(),
-        "OK",
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    // redis-cli over TLS with `input` on its standard input: its output,
+    // and what it said on its standard error.
+    let tls_fed = |args: &[&str], input: &[u8]| {
+        let mut cli = Command::new("redis-cli")
+            .args([
+                "-p",
+                &gateway.port.to_string(),
+                "--tls",
+                "--cacert",
+                ca.to_str().unwrap(),
+            ])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        cli.stdin.take().unwrap().write_all(input).unwrap();
+        let output = cli.wait_with_output().unwrap();
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
+        (text(&output.stdout), text(&output.stderr))
+    };
+    let (said, complaint) = tls_fed(&["SET", "a", "hello"], b"");
+    assert_eq!(said, "OK", "{complaint}");
     assert_eq!(tls(&["GET", "a"]), "hello");
     // A value of many TLS records, both ways.
     let big = "x".repeat(200_000);
-    let mut set = Command::new("redis-cli")
-        .args([
-            "-p",
-            &gateway.port.to_string(),
-            "--tls",
-            "--cacert",
-            ca.to_str().unwrap(),
-            "-x",
-            "SET",
-            "big",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    set.stdin.take().unwrap().write_all(big.as_bytes()).unwrap();
-    let output = set.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "OK");
+    assert_eq!(tls_fed(&["-x", "SET", "big"], big.as_bytes()).0, "OK");
     assert_eq!(tls(&["STRLEN", "big"]), "200000");
     assert_eq!(tls(&["GET", "big"]), big);
     // Many commands pipelined through one connection.
     let commands: String = (0..1000).map(|n| format!("SET k{n} {n}\r\n")).collect();
-    let mut pipe = Command::new("redis-cli")
-        .args([
-            "-p",
-            &gateway.port.to_string(),
-            "--tls",
-            "--cacert",
-            ca.to_str().unwrap(),
-            "--pipe",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    pipe.stdin
-        .take()
-        .unwrap()
-        .write_all(commands.as_bytes())
-        .unwrap();
-    let output = pipe.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
+    let (text, _) = tls_fed(&["--pipe"], commands.as_bytes());
     assert!(text.contains("errors: 0, replies: 1000"), "{text}");
     assert_eq!(tls(&["GET", "k999"]), "999");
     // A plain client is not served.
     assert_ne!(gateway.cli(&["PING"]), "PONG");
     // Client certificates required: one the authority signed is let in,
     // a client without one is not.
-    let strict = Gateway::start_with(
-        &cluster,
-        None,
-        &[
-            "--tls-cert",
-            &path(&server),
-            "--tls-key",
-            &path(&server_key),
-            "--tls-ca-cert",
-            &path(&ca),
-        ],
-    );
+    let ca_path = path(&ca);
+    let mut requiring = serving.to_vec();
+    requiring.extend(["--tls-ca-cert", &ca_path]);
+    let strict = Gateway::start_with(&cluster, None, &requiring);
     let with_cert = strict.cli(&[
         "--tls",
         "--cacert",

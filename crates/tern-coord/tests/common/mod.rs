@@ -96,6 +96,17 @@ pub fn ipv4_checksum(header: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// The total of one fast-path counter over the CPUs.
+pub fn counter(coordinator: &XdpCoordinator, wanted: tern_wire::maps::XdpCounter) -> u64 {
+    coordinator
+        .counters()
+        .unwrap()
+        .iter()
+        .find(|values| values.counter == wanted)
+        .map(|values| values.total())
+        .unwrap()
+}
+
 /// What a frame the program sent looks like.
 #[derive(Debug)]
 pub struct Sent {
