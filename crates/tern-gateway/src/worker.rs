@@ -410,6 +410,13 @@ impl Connection {
                 Err(error) => return Err(error),
             }
         }
+        // TLS records the socket did not take yet: a client that does not
+        // read them is stalled as one that does not read plain replies.
+        if self.stream.has_pending() {
+            self.stalled_since.get_or_insert_with(Instant::now);
+        } else {
+            self.stalled_since = None;
+        }
         self.output.clear();
         self.written = 0;
         if self.output.capacity() > BUFFER_KEPT {
