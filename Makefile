@@ -26,7 +26,7 @@ deps:
 demo: deps
 	$(CARGO) build --release --bin tern
 	@$(TERN) cluster down --dir $(DEMO_DIR) >/dev/null 2>&1 || true
-	$(TERN) cluster up --dir $(DEMO_DIR) --shards 1 --replicas 3 --mode $(DEMO_MODE) --durability $(DEMO_DURABILITY)
+	$(TERN) cluster up --dir $(DEMO_DIR) --fresh --shards 1 --replicas 3 --mode $(DEMO_MODE) --durability $(DEMO_DURABILITY)
 	@$(TERN) cluster status --dir $(DEMO_DIR)
 	@status=0; \
 	$(TERN) --cluster $(DEMO_DIR)/cluster.toml bench --duration $(DEMO_DURATION) --clients $(DEMO_CLIENTS) --keys 10000 --read-fraction 0.9 || status=$$?; \

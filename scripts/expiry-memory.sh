@@ -29,7 +29,7 @@ print(' '.join(str(p['pid']) for p in table['process'] if 'replica' in p['name']
 
 "$TERN" cluster down --dir "$DIR" >/dev/null 2>&1 || true
 rm -rf "$DIR"
-"$TERN" cluster up --dir "$DIR" --topology loopback --durability none \
+"$TERN" cluster up --dir "$DIR" --fresh --topology loopback --durability none \
     --gateway --gateway-listen "127.0.0.1:$PORT" >/dev/null
 trap '"$TERN" cluster down --dir "$DIR" >/dev/null 2>&1' EXIT
 sample

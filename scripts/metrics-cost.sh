@@ -4,7 +4,7 @@ set -u
 B=${TERN:-target/release/tern}
 D=/tmp/mc
 $B cluster down --dir $D >/dev/null 2>&1; rm -rf $D /tmp/mc-prom
-$B cluster up --dir $D --topology loopback --durability none >/dev/null
+$B cluster up --dir $D --fresh --topology loopback --durability none >/dev/null
 T=$($B cluster status --dir $D | grep -o "127.0.0.1:[0-9]*/metrics" | sed "s#/metrics##;s#.*#'&'#" | paste -sd,)
 printf "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: tern\n    static_configs:\n      - targets: [$T]\n" > /tmp/mc-prom.yml
 for round in 1 2 3; do

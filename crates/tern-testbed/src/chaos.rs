@@ -700,6 +700,7 @@ pub fn run(args: &ChaosArgs) -> Result<ExitCode> {
         standby: 1,
         failure_timeout_ms: args.failure_timeout_ms,
         allow_clients: None,
+        fresh: false,
     })?;
     let dir = dir.canonicalize()?;
     let result = chaos(&dir, args, seed);

@@ -102,6 +102,10 @@ pub enum ClusterCommand {
         /// network and wherever the CLI runs.
         #[arg(long, value_parser = parse_allow_list)]
         allow_clients: Option<tern_coord::AllowList>,
+        /// Remove the data a cluster stopped in DIR left (DIR/data): a new
+        /// cluster gets new addresses and cannot use it.
+        #[arg(long)]
+        fresh: bool,
     },
     /// Stop every process of the cluster in DIR and remove its namespaces.
     Down {
@@ -165,6 +169,8 @@ struct Control {
     failure_timeout_ms: u64,
     /// The coordinators' allow-list (None: every source).
     allow_clients: Option<tern_coord::AllowList>,
+    /// Remove a stopped cluster's data first.
+    fresh: bool,
 }
 
 /// How the replicas of a cluster persist.
@@ -422,6 +428,7 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
             standby,
             failure_timeout_ms,
             allow_clients,
+            fresh,
         } => {
             let topology = topology.unwrap_or(if netns::is_root() {
                 TopologyKind::Netns
@@ -437,6 +444,7 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
                 standby: if meta == 0 { 0 } else { standby },
                 failure_timeout_ms,
                 allow_clients,
+                fresh,
             };
             let gateway = gateway.then_some(GatewayOptions {
                 listen: gateway_listen,
@@ -605,6 +613,25 @@ fn up(
         bail!(
             "a cluster is still up in {}: run `tern cluster down --dir {}` first",
             dir.display(),
+            dir.display()
+        );
+    }
+    // A stopped cluster's logs and Raft state name the addresses it had;
+    // this one gets new ones, and its meta and replicas would take the
+    // old map for theirs (and wait for replicas that are gone).
+    let old_data = dir.join("data");
+    if old_data.exists() {
+        if !control.fresh {
+            bail!(
+                "{} holds the data of a cluster that was stopped there; a new cluster gets new \
+                 addresses and cannot use it: give --fresh to remove it, or use another --dir",
+                old_data.display()
+            );
+        }
+        std::fs::remove_dir_all(&old_data)
+            .with_context(|| format!("removing {}", old_data.display()))?;
+        println!(
+            "removed the data of the cluster stopped in {}",
             dir.display()
         );
     }
@@ -1006,6 +1033,7 @@ pub fn up_for_benchmark(
         standby: 0,
         failure_timeout_ms: 1000,
         allow_clients: None,
+        fresh: false,
     })
 }
 

@@ -444,3 +444,59 @@ fn an_xdp_coordinator_with_an_allow_list_serves_its_networks_in_the_kernel() {
     assert_eq!(counter(&stats, "xdp.drop_not_allowed"), 0, "{stats}");
     assert_eq!(counter(&stats, "refused_not_allowed"), 0, "{stats}");
 }
+
+#[test]
+fn a_cluster_up_where_a_cluster_was_stopped_needs_fresh_and_then_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let map = dir.path().join("cluster.toml");
+    let map = map.to_str().unwrap();
+    let up = |extra: &[&str]| {
+        let mut args = vec![
+            "cluster",
+            "up",
+            "--dir",
+            path,
+            "--replicas",
+            "1",
+            "--topology",
+            "loopback",
+        ];
+        args.extend_from_slice(extra);
+        common::run_tern(&args)
+    };
+    assert!(up(&[]).status.success());
+    let put = common::run_tern(&["--cluster", map, "put", "k", "v"]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    assert!(
+        common::run_tern(&["cluster", "down", "--dir", path])
+            .status
+            .success()
+    );
+    // The stopped cluster's data names addresses the next one will not
+    // have: refused with the way out, nothing started.
+    let refused = up(&[]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("give --fresh to remove it"), "{message}");
+    let again = up(&["--fresh"]);
+    let _guard = scopeguard(path);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("removed the data of the cluster stopped")
+    );
+    let put = common::run_tern(&["--cluster", map, "put", "k", "w"]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+}
