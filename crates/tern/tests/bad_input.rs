@@ -318,21 +318,18 @@ fn cli_commands_round_trip_and_status_shows_every_process() {
 fn xdp_mode_without_its_own_interface_is_refused_and_auto_falls_back_saying_why() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap();
-    let refused = common::run_tern(&[
-        "cluster",
-        "up",
-        "--dir",
-        path,
-        "--mode",
-        "xdp",
-        "--topology",
-        "loopback",
-    ]);
-    assert!(!refused.status.success());
-    let message = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        message.contains("--mode xdp needs --topology netns"),
-        "{message}"
+    assert_refused(
+        &[
+            "cluster",
+            "up",
+            "--dir",
+            path,
+            "--mode",
+            "xdp",
+            "--topology",
+            "loopback",
+        ],
+        "--mode xdp needs --topology netns",
     );
 
     let auto = common::run_tern(&[
@@ -359,6 +356,14 @@ fn xdp_mode_without_its_own_interface_is_refused_and_auto_falls_back_saying_why(
         "{stdout}"
     );
     assert!(stdout.contains("user mode"), "{stdout}");
+}
+
+/// Runs `tern` with `args` and asserts that it fails saying `says`.
+fn assert_refused(args: &[&str], says: &str) {
+    let refused = common::run_tern(args);
+    assert!(!refused.status.success(), "{args:?} succeeded");
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains(says), "{message}");
 }
 
 /// Stops the cluster in `dir` when dropped.
@@ -403,18 +408,15 @@ fn a_coordinator_drops_sources_its_allow_list_leaves_out_and_serves_the_rest() {
     let stats = stats_of(&mut client, coordinator);
     assert_eq!(counter(&stats, "refused_not_allowed"), 2, "{stats}");
     // A list that does not parse is refused at start, naming the problem.
-    let refused = common::run_tern(&[
-        "coordinator",
-        "--listen",
-        "127.0.0.1:1",
-        "--allow-clients",
-        "10.0.0.1/8",
-    ]);
-    assert!(!refused.status.success());
-    let text = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        text.contains("host bits set; the network is 10.0.0.0/8"),
-        "{text}"
+    assert_refused(
+        &[
+            "coordinator",
+            "--listen",
+            "127.0.0.1:1",
+            "--allow-clients",
+            "10.0.0.1/8",
+        ],
+        "host bits set; the network is 10.0.0.0/8",
     );
 }
 
@@ -451,17 +453,18 @@ fn a_cluster_up_where_a_cluster_was_stopped_needs_fresh_and_then_serves() {
     let path = dir.path().to_str().unwrap();
     let map = dir.path().join("cluster.toml");
     let map = map.to_str().unwrap();
+    let up_args = [
+        "cluster",
+        "up",
+        "--dir",
+        path,
+        "--replicas",
+        "1",
+        "--topology",
+        "loopback",
+    ];
     let up = |extra: &[&str]| {
-        let mut args = vec![
-            "cluster",
-            "up",
-            "--dir",
-            path,
-            "--replicas",
-            "1",
-            "--topology",
-            "loopback",
-        ];
+        let mut args = up_args.to_vec();
         args.extend_from_slice(extra);
         common::run_tern(&args)
     };
@@ -479,10 +482,7 @@ fn a_cluster_up_where_a_cluster_was_stopped_needs_fresh_and_then_serves() {
     );
     // The stopped cluster's data names addresses the next one will not
     // have: refused with the way out, nothing started.
-    let refused = up(&[]);
-    assert!(!refused.status.success());
-    let message = String::from_utf8_lossy(&refused.stderr);
-    assert!(message.contains("give --fresh to remove it"), "{message}");
+    assert_refused(&up_args, "give --fresh to remove it");
     let again = up(&["--fresh"]);
     let _guard = scopeguard(path);
     assert!(
