@@ -298,16 +298,13 @@ impl HoldTable {
         f()
     }
 
-    /// Every hold, each bucket read under its lock.
+    /// Every hold, each bucket read under its lock (even one that looks
+    /// empty: a FREEZE's check for holds relies on meeting every take that
+    /// saw its slots still served, and a take fills its way only after it
+    /// reserved its seq, under the lock).
     pub fn snapshot(&self) -> Vec<HoldView> {
         let mut holds = Vec::new();
         for index in 0..HOLD_BUCKETS {
-            let bucket = self.bucket(index);
-            if bucket.slots.iter().all(|slot| !used(slot)) {
-                // Read without the lock: an empty bucket is skipped, a
-                // hold taken there since is the next sweep's.
-                continue;
-            }
             let locked = self.lock_bucket(index);
             for slot in locked.bucket.slots.iter().filter(|slot| used(slot)) {
                 holds.push(view(slot));
