@@ -10,7 +10,7 @@
  * - a PREPARE or ACQUIRE takes its transaction's hold, or adds to it, all
  *   or nothing, under its bucket's lock, before its seq leaves: every key
  *   entered once, the dirty entry of each key a PREPARE writes counted
- *   once (DESIGN rule 3), its slots checked again under the lock (a
+ *   once (DESIGN rule 3), its slots checked under the lock (a
  *   FREEZE clears slots before it looks for holds, bucket by bucket under
  *   the same locks);
  * - the acknowledgement of one of them, completing its seq, renews the
@@ -141,6 +141,15 @@ static __always_inline struct tern_hold_bucket *hold_bucket_of(__u32 local_index
 	return bpf_map_lookup_elem(&holds, &key);
 }
 
+/* The scratch (in `*s`) and the bucket of its transaction at local shard
+ * `local_index`; NULL when either is missing. */
+static __always_inline struct tern_hold_bucket *scratch_bucket(__u32 local_index,
+							       struct multi_scratch **s)
+{
+	*s = scratch();
+	return *s ? hold_bucket_of(local_index, *s) : NULL;
+}
+
 static __always_inline int hold_try_lock(struct tern_hold_bucket *bucket)
 {
 	return __sync_val_compare_and_swap(&bucket->lock, 0, TERN_HOLD_LOCKED) == 0;
@@ -175,13 +184,10 @@ struct key_search {
 static long match_key(__u32 at, void *context)
 {
 	struct key_search *search = context;
-	struct multi_scratch *s = scratch();
-	struct tern_hold_bucket *bucket;
+	struct multi_scratch *s;
+	struct tern_hold_bucket *bucket = scratch_bucket(search->local_index, &s);
 
-	if (!s || at >= TERN_HOLD_KEYS_MAX)
-		return 1;
-	bucket = hold_bucket_of(search->local_index, s);
-	if (!bucket)
+	if (!bucket || at >= TERN_HOLD_KEYS_MAX)
 		return 1;
 	if (bucket->slots[search->way & (TERN_HOLD_WAYS - 1)].hashes[at] != search->hash)
 		return 0;
@@ -196,14 +202,11 @@ static long match_key(__u32 at, void *context)
  * space counts exactly). Changes nothing. */
 __attribute__((noinline)) int tern_hold_way(__u32 local_index, __u32 count)
 {
-	struct multi_scratch *s = scratch();
-	struct tern_hold_bucket *bucket;
+	struct multi_scratch *s;
+	struct tern_hold_bucket *bucket = scratch_bucket(local_index, &s);
 	__u32 held = 0;
 	int found;
 
-	if (!s)
-		return HOLD_FULL;
-	bucket = hold_bucket_of(local_index, s);
 	if (!bucket)
 		return HOLD_FULL;
 	for (__u32 i = 0; i < TERN_MULTI_ITEMS_MAX; i++) {
@@ -233,18 +236,15 @@ __attribute__((noinline)) int tern_hold_way(__u32 local_index, __u32 count)
 __attribute__((noinline)) int tern_hold_apply(__u32 local_index, __u32 way_found, __u32 count,
 					      __u64 seq, __u32 decided)
 {
-	struct multi_scratch *s = scratch();
 	struct key_search search = {
 		.local_index = local_index,
 		.way = way_found & (TERN_HOLD_WAYS - 1),
 	};
-	struct tern_hold_bucket *bucket;
+	struct multi_scratch *s;
+	struct tern_hold_bucket *bucket = scratch_bucket(local_index, &s);
 	struct tern_hold_slot *slot;
 	__u32 len;
 
-	if (!s)
-		return 0;
-	bucket = hold_bucket_of(local_index, s);
 	if (!bucket)
 		return 0;
 	slot = &bucket->slots[search.way];
@@ -323,16 +323,13 @@ static __always_inline int hold_ack_action(__u32 op, __u32 status, int taken_her
 __attribute__((noinline)) int tern_hold_ack(__u32 local_index, __u32 op, __u32 status, __u64 seq,
 					    __u64 now)
 {
-	struct multi_scratch *s = scratch();
-	struct tern_hold_bucket *bucket;
+	struct multi_scratch *s;
+	struct tern_hold_bucket *bucket = scratch_bucket(local_index, &s);
 	struct tern_hold_slot *slot;
 	__u32 count;
 	__u64 mask;
 	int way;
 
-	if (!s)
-		return 0;
-	bucket = hold_bucket_of(local_index, s);
 	if (!bucket)
 		return 0;
 	way = way_of(bucket, s);

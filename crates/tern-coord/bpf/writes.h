@@ -55,8 +55,9 @@ static __always_inline int sequence_write(struct xdp_md *ctx, struct frame *fram
 		item_count = op == TERN_OP_MULTI ? tern_multi_scan(length) : tern_txn_scan(length);
 		if (item_count == 0)
 			return hand_to_user_space(TERN_XDP_COUNTER_PASS_MALFORMED);
-		if ((op == TERN_OP_MULTI || takes_hold(op)) &&
-		    !tern_multi_servable(view->local_index, item_count))
+		/* A PREPARE's (ACQUIRE's) slots are checked by tern_hold_way,
+		 * under its bucket's lock. */
+		if (op == TERN_OP_MULTI && !tern_multi_servable(view->local_index, item_count))
 			return hand_to_user_space(TERN_XDP_COUNTER_PASS_SLOT);
 		dirty_index = TERN_WINDOW_MULTI;
 	}
