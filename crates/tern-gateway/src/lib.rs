@@ -182,8 +182,8 @@ pub(crate) struct Session {
     /// Its entry in the registry (its name, what it last ran).
     entry: Arc<clients::ClientEntry>,
     protocol: u8,
-    authenticated: bool,
-    /// The user it authenticated as (or is without AUTH: an open default).
+    /// The user it authenticated as, or is without AUTH (an open
+    /// default); None: not authenticated.
     user: Option<acl::User>,
     /// QUIT, a protocol error or CLIENT KILL of itself: closes once its
     /// replies are written.
@@ -197,6 +197,11 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// Whether it passed AUTH (or needs none).
+    pub(crate) fn authenticated(&self) -> bool {
+        self.user.is_some()
+    }
+
     fn new(shared: &Shared, peer: Option<SocketAddr>, local: Option<SocketAddr>) -> Session {
         let open = shared
             .users
@@ -210,7 +215,6 @@ impl Session {
             id,
             entry,
             protocol: 2,
-            authenticated: open.is_some(),
             user: open,
             closing: false,
             db: 0,
@@ -338,7 +342,7 @@ impl Context<'_> {
     fn execute(&mut self, arguments: &[Vec<u8>], spec: Option<&commands::Spec>) -> Frame {
         let name = upper(&arguments[0]);
         let args = &arguments[1..];
-        if !self.session.authenticated && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
+        if !self.session.authenticated() && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
             return Frame::error("NOAUTH Authentication required.");
         }
         if let (Some(user), Some(spec)) = (&self.session.user, spec)
@@ -716,7 +720,6 @@ impl Context<'_> {
         }
         match self.shared.users.find(user) {
             Some(found) if found.accepts(password) => {
-                self.session.authenticated = true;
                 self.session.user = Some(found.clone());
                 Frame::ok()
             }
@@ -782,7 +785,7 @@ impl Context<'_> {
                 _ => return Frame::error("ERR syntax error in HELLO option"),
             }
         }
-        if !self.session.authenticated {
+        if !self.session.authenticated() {
             return Frame::error(
                 "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
             );

@@ -24,8 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
-
-use crate::transport::Transport;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::os::fd::AsRawFd;
@@ -34,6 +32,7 @@ use tern_client::{Client, ClientError, Completion, Pipeline, Request};
 
 use crate::batch::{self, Round, Sent};
 use crate::resp::{Frame, Parser};
+use crate::transport::Transport;
 use crate::{BATCH_COMMANDS_MAX, Context, SHUTDOWN_POLL, Session, Shared, clients, commands};
 
 /// Bytes read from a connection at once (into the thread's one buffer).
@@ -433,7 +432,10 @@ impl Connection {
         let mut used = 0;
         let mut round: Vec<Vec<Vec<u8>>> = Vec::new();
         loop {
-            match self.parser.next(&self.input[used..], session.authenticated) {
+            match self
+                .parser
+                .next(&self.input[used..], session.authenticated())
+            {
                 Ok((taken, command)) => {
                     used += taken;
                     let Some(arguments) = command else { break };
@@ -444,7 +446,7 @@ impl Connection {
                     // transaction) ends the round: it runs after the
                     // commands before it, and those after it wait for it.
                     // Inside MULTI every command is queued by `execute`.
-                    let planned = session.authenticated
+                    let planned = session.authenticated()
                         && session.queue.is_none()
                         && may_run_all(session)
                         && batch::is_pipelined(&arguments);
@@ -464,7 +466,7 @@ impl Connection {
             self.input = Vec::new();
         }
         // A user with limited rights has each command checked by `execute`.
-        let planning = session.authenticated && session.queue.is_none() && may_run_all(session);
+        let planning = session.authenticated() && session.queue.is_none() && may_run_all(session);
         (!round.is_empty()).then(|| Round::new(round, session.db, planning))
     }
 
@@ -495,7 +497,7 @@ fn may_run_all(session: &Session) -> bool {
 /// or it is refused before it would (not authenticated, not served).
 fn runs_in_place(arguments: &[Vec<u8>], spec: Option<usize>, session: &Session) -> bool {
     let name = String::from_utf8_lossy(&arguments[0]);
-    !session.authenticated
+    !session.authenticated()
         || spec.is_none()
         // Queued by MULTI, touching no data until EXEC.
         || (session.queue.is_some() && !name.eq_ignore_ascii_case("EXEC"))
@@ -625,19 +627,27 @@ impl Worker {
     /// is gone (shutdown).
     fn admit(&mut self) -> bool {
         loop {
-            let mut stream = match self.streams.try_recv() {
+            let stream = match self.streams.try_recv() {
                 Ok(stream) => stream,
                 Err(mpsc::TryRecvError::Empty) => return true,
                 Err(mpsc::TryRecvError::Disconnected) => return false,
             };
             let _ = stream.set_nodelay(true);
+            let mut stream = match Transport::new(stream, self.shared.config.tls.as_ref()) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "a connection could not start TLS");
+                    self.shared.connected.fetch_sub(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
             let index = self.free.pop().unwrap_or_else(|| {
                 self.connections.push(None);
                 self.generations.push(0);
                 self.connections.len() - 1
             });
             if let Err(error) = self.poll.registry().register(
-                &mut stream,
+                stream.socket(),
                 Token(CONNECTION_BASE + index),
                 Interest::READABLE | Interest::WRITABLE,
             ) {
@@ -647,21 +657,12 @@ impl Worker {
                 continue;
             }
             self.generations[index] += 1;
+            let socket = stream.socket();
             let session = Session::new(
                 &self.shared,
-                stream.peer_addr().ok(),
-                stream.local_addr().ok(),
+                socket.peer_addr().ok(),
+                socket.local_addr().ok(),
             );
-            let stream = match Transport::new(stream, self.shared.config.tls.as_ref()) {
-                Ok(stream) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "a connection could not start TLS");
-                    self.shared.clients.leave(session.entry.id);
-                    self.free.push(index);
-                    self.shared.connected.fetch_sub(1, Ordering::Relaxed);
-                    continue;
-                }
-            };
             let mut connection = Connection {
                 stream,
                 generation: self.generations[index],
