@@ -448,13 +448,7 @@ impl CpuProbe {
         let at = |when: Instant| {
             samples
                 .iter()
-                .min_by_key(|(taken, _)| {
-                    if *taken > when {
-                        *taken - when
-                    } else {
-                        when - *taken
-                    }
-                })
+                .min_by_key(|(taken, _)| (*taken).max(when) - (*taken).min(when))
                 .map_or(0, |(_, cpu)| *cpu)
         };
         at(until).saturating_sub(at(from))
