@@ -11,6 +11,7 @@
 mod ids;
 mod map;
 pub mod meta;
+pub mod tls;
 pub mod transfer;
 
 pub use ids::{ClientId, Epoch, Seq, ShardId, Slot};

@@ -3,13 +3,13 @@
 //! shards (each slot's state: owned, copying, or handed off).
 
 use std::net::SocketAddrV4;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tern_wire::SLOT_COUNT;
 use thiserror::Error;
 
-use crate::{Epoch, Seq, ShardId, Slot};
+use crate::{Epoch, Seq, ShardId, Slot, tls};
 
 use tern_wire::slots;
 /// A range of hash slots, `[start, end)` (written `[start, end]` in files).
@@ -177,6 +177,31 @@ pub enum MapError {
     Parse(#[from] toml::de::Error),
     #[error("invalid cluster map: {0}")]
     Invalid(String),
+    #[error("the cluster map's TLS identity: {0}")]
+    Tls(String),
+}
+
+/// What a map file holds besides the map: how this process reaches the
+/// cluster's control plane.
+#[derive(Deserialize)]
+struct MapFile {
+    tls: Option<TlsSection>,
+}
+
+/// The `[tls] dir` of map file `path` holding `text`, relative to the file.
+fn certificates_dir(path: &Path, text: &str) -> Result<Option<PathBuf>, MapError> {
+    let file: MapFile = toml::from_str(text)?;
+    Ok(file
+        .tls
+        .map(|section| path.parent().unwrap_or(Path::new(".")).join(section.dir)))
+}
+
+/// `[tls]` of a map file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    /// The certificates directory (`tern certs`), relative to the file.
+    dir: PathBuf,
 }
 
 impl ClusterMap {
@@ -201,12 +226,29 @@ impl ClusterMap {
         Ok(map)
     }
 
+    /// Reads a map file. A file with a `[tls]` table (`dir`: the
+    /// certificates directory, relative to the file) makes this process
+    /// speak mutual TLS to the cluster's control plane, as the identity
+    /// [`tls::identity_name`] of that directory.
     pub fn load(path: &Path) -> Result<Self, MapError> {
         let text = std::fs::read_to_string(path).map_err(|source| MapError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text)
+        let map = Self::parse(&text)?;
+        if let Some(dir) = certificates_dir(path, &text)? {
+            tls::use_identity(&dir, &tls::identity_name()).map_err(MapError::Tls)?;
+        }
+        Ok(map)
+    }
+
+    /// The certificates directory a map file names (`[tls] dir`), if any.
+    pub fn tls_dir(path: &Path) -> Result<Option<PathBuf>, MapError> {
+        let text = std::fs::read_to_string(path).map_err(|source| MapError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        certificates_dir(path, &text)
     }
 
     pub fn parse(text: &str) -> Result<Self, MapError> {

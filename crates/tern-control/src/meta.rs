@@ -6,13 +6,14 @@
 //! changes, a few per second per process.
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::tls;
 use crate::{ClusterMap, Epoch, MapError, Migration, Seq, ShardId, ShardMap, Slot, SlotRange};
 
 /// What a process that heartbeats is.
@@ -241,6 +242,8 @@ pub enum Refusal {
     Undecodable(String),
     #[error("meta could not commit the change: {0}")]
     NotCommitted(String),
+    #[error("{who} may not ask this ({what}): it takes another role's certificate")]
+    NotPermitted { who: String, what: String },
 }
 
 /// What `Request::Status` reports.
@@ -269,18 +272,31 @@ pub fn call(addr: SocketAddrV4, request: &Request, timeout: Duration) -> io::Res
     exchange(&mut connect(addr, timeout)?, request)
 }
 
-fn connect(addr: SocketAddrV4, timeout: Duration) -> io::Result<BufReader<TcpStream>> {
-    let stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.set_nodelay(true)?;
-    Ok(BufReader::new(stream))
+/// Sends one request to one meta node as `identity` (None: plain TCP),
+/// whatever this process's own identity is.
+pub fn call_as(
+    identity: Option<&tls::Identity>,
+    addr: SocketAddrV4,
+    request: &Request,
+    timeout: Duration,
+) -> io::Result<Reply> {
+    let stream = tls::connect_as(identity, addr, timeout, tls::Role::Meta)?;
+    exchange(&mut BufReader::new(stream), request)
 }
 
-fn exchange(connection: &mut BufReader<TcpStream>, request: &Request) -> io::Result<Reply> {
+fn connect(addr: SocketAddrV4, timeout: Duration) -> io::Result<BufReader<tls::Stream>> {
+    Ok(BufReader::new(tls::connect(
+        addr,
+        timeout,
+        tls::Role::Meta,
+    )?))
+}
+
+fn exchange(connection: &mut BufReader<tls::Stream>, request: &Request) -> io::Result<Reply> {
     let mut line = serde_json::to_vec(&Envelope::Api(request)).map_err(io::Error::other)?;
     line.push(b'\n');
     connection.get_mut().write_all(&line)?;
+    connection.get_mut().flush()?;
     let mut answer = String::new();
     if connection.read_line(&mut answer)? == 0 {
         return Err(io::Error::new(
@@ -298,7 +314,7 @@ pub struct MetaClient {
     nodes: Vec<SocketAddrV4>,
     /// Where the leader was last seen.
     leader: Option<SocketAddrV4>,
-    connection: Option<(SocketAddrV4, BufReader<TcpStream>)>,
+    connection: Option<(SocketAddrV4, BufReader<tls::Stream>)>,
 }
 
 impl MetaClient {

@@ -13,10 +13,12 @@
 //! names (`ANSWER`). A refusal is one line, `! <reason>`.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddrV4, TcpStream};
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use tern_wire::SLOT_COUNT;
+
+use crate::tls::{self, Role};
 
 /// How long one transfer may take to answer.
 pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,6 +27,8 @@ pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// asked again through meta's newest map than waited for while the group's
 /// writes are held.
 pub const SLOTS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting to a replica (TLS handshake included) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// The longest request line a replica reads.
 pub const REQUEST_LINE_MAX: u64 = 96;
 /// The largest answer a fetch accepts (a replica's whole state).
@@ -176,6 +180,8 @@ pub enum ValueRefusal {
     Full,
     /// Longer than the replica accepts.
     TooLarge { limit: u64 },
+    /// The asker's certificate does not permit it.
+    NotPermitted,
 }
 
 impl ValueRefusal {
@@ -184,6 +190,7 @@ impl ValueRefusal {
             ValueRefusal::Missing => "! MISSING\n".into(),
             ValueRefusal::Full => "! FULL\n".into(),
             ValueRefusal::TooLarge { limit } => format!("! TOO_LARGE {limit}\n"),
+            ValueRefusal::NotPermitted => "! NOT_PERMITTED\n".into(),
         }
     }
 
@@ -192,6 +199,7 @@ impl ValueRefusal {
         let refusal = match words.next()? {
             "MISSING" => ValueRefusal::Missing,
             "FULL" => ValueRefusal::Full,
+            "NOT_PERMITTED" => ValueRefusal::NotPermitted,
             "TOO_LARGE" => ValueRefusal::TooLarge {
                 limit: words.next()?.parse().ok()?,
             },
@@ -211,22 +219,22 @@ pub enum ValueError {
 }
 
 /// Answers a value request with a refusal.
-pub fn write_refusal(mut stream: &TcpStream, refusal: ValueRefusal) -> io::Result<()> {
-    stream.write_all(refusal.line().as_bytes())
+pub fn write_refusal(stream: &mut impl Write, refusal: ValueRefusal) -> io::Result<()> {
+    stream.write_all(refusal.line().as_bytes())?;
+    stream.flush()
 }
 
 /// A connection to one replica for value requests, kept open.
 #[derive(Debug)]
 pub struct ValueLink {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<tls::Stream>,
 }
 
 impl ValueLink {
     pub fn connect(to: SocketAddrV4) -> io::Result<ValueLink> {
-        let stream = TcpStream::connect_timeout(&to.into(), Duration::from_millis(500))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(TRANSFER_TIMEOUT))?;
-        stream.set_write_timeout(Some(TRANSFER_TIMEOUT))?;
+        let stream = tls::connect(to, CONNECT_TIMEOUT, Role::Replica)?;
+        stream.socket().set_read_timeout(Some(TRANSFER_TIMEOUT))?;
+        stream.socket().set_write_timeout(Some(TRANSFER_TIMEOUT))?;
         Ok(ValueLink {
             reader: BufReader::new(stream),
         })
@@ -256,9 +264,10 @@ impl ValueLink {
             request_id,
             length: value.len() as u64,
         };
-        let mut stream = self.reader.get_ref();
+        let stream = self.reader.get_mut();
         stream.write_all(request.line().as_bytes())?;
         stream.write_all(value)?;
+        stream.flush()?;
         Ok(())
     }
 
@@ -274,7 +283,7 @@ impl ValueLink {
             length,
             checksum,
         };
-        self.reader.get_ref().write_all(request.line().as_bytes())?;
+        self.send(request)?;
         self.answer_of(length as usize)
     }
 
@@ -291,8 +300,14 @@ impl ValueLink {
             request_id,
             checksum,
         };
-        self.reader.get_ref().write_all(request.line().as_bytes())?;
+        self.send(request)?;
         self.answer_of(length as usize)
+    }
+
+    fn send(&mut self, request: TransferRequest) -> io::Result<()> {
+        let stream = self.reader.get_mut();
+        stream.write_all(request.line().as_bytes())?;
+        stream.flush()
     }
 
     /// Reads an answer of at most `length_max` bytes, or a refusal.
@@ -318,24 +333,27 @@ impl ValueLink {
 }
 
 /// Answers a request with the bytes served at `epoch`.
-pub fn write_answer(mut stream: &TcpStream, epoch: u32, bytes: &[u8]) -> io::Result<()> {
-    // One write: the answer's line and bytes leave without waiting for an
-    // acknowledgement of the line (Nagle's algorithm).
-    stream.set_nodelay(true)?;
-    let mut answer = format!("{epoch} {}\n", bytes.len()).into_bytes();
-    answer.extend_from_slice(bytes);
-    stream.write_all(&answer)
+pub fn write_answer(stream: &mut impl Write, epoch: u32, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(format!("{epoch} {}\n", bytes.len()).as_bytes())?;
+    stream.write_all(bytes)?;
+    stream.flush()
 }
 
 /// Asks the replica at `from`; its epoch and answer.
 pub fn fetch(from: SocketAddrV4, request: TransferRequest) -> io::Result<(u32, Vec<u8>)> {
-    let stream = TcpStream::connect_timeout(&from.into(), Duration::from_millis(500))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(request.timeout()))?;
-    (&stream).write_all(request.line().as_bytes())?;
+    let mut stream = tls::connect(from, CONNECT_TIMEOUT, Role::Replica)?;
+    stream.socket().set_read_timeout(Some(request.timeout()))?;
+    stream.write_all(request.line().as_bytes())?;
+    stream.flush()?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     (&mut reader).take(REQUEST_LINE_MAX).read_line(&mut line)?;
+    if let Some(refusal) = ValueRefusal::parse(&line) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{from} refused {request:?}: {refusal:?}"),
+        ));
+    }
     let mut fields = line.split_whitespace();
     let bad = || io::Error::other(format!("bad transfer answer {line:?}"));
     let epoch: u32 = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;

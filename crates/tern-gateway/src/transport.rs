@@ -11,8 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tern_control::tls;
 
 /// Bytes of TLS records a connection may hold unsent.
 pub const TLS_BUFFER_MAX: usize = 256 * 1024;
@@ -122,41 +121,15 @@ pub fn server_config(
     key: &Path,
     client_ca: Option<&Path>,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
-    let named = |path: &Path, error: &dyn std::fmt::Display| format!("{}: {error}", path.display());
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|error| named(cert, &error))?
-        .collect::<Result<_, _>>()
-        .map_err(|error| named(cert, &error))?;
-    if chain.is_empty() {
-        return Err(named(cert, &"no certificate in the file"));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|error| named(key, &error))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|error| error.to_string())?;
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for certificate in
-                CertificateDer::pem_file_iter(ca).map_err(|error| named(ca, &error))?
-            {
-                roots
-                    .add(certificate.map_err(|error| named(ca, &error))?)
-                    .map_err(|error| named(ca, &error))?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .map_err(|error| named(ca, &error))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+    let chain = tls::read_certificates(cert)?;
+    let key_der = tls::read_key(key)?;
+    let verifier = match client_ca {
+        Some(ca) => Some(
+            tls::client_verifier(tls::read_roots(ca)?)
+                .map_err(|error| format!("{}: {error}", ca.display()))?,
+        ),
+        None => None,
     };
-    let config = builder
-        .with_single_cert(chain, key_der)
-        .map_err(|error| format!("{} and {}: {error}", cert.display(), key.display()))?;
-    Ok(Arc::new(config))
+    tls::server_config(chain, key_der, verifier)
+        .map_err(|error| format!("{} and {}: {error}", cert.display(), key.display()))
 }

@@ -30,9 +30,11 @@ use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, Config, Raft, ServerState};
 use tern_control::meta::{Change, MetaStatus, NodeKind, Refusal, Reply, Request};
+use tern_control::tls::{self, Peer, Role};
 use tern_control::{ShardId, ShardMap};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use crate::network::{Envelope, Network};
 use crate::state::{Command, CommandResult, MetaState};
@@ -56,6 +58,16 @@ pub const FAILURE_TIMEOUT_DEFAULT: Duration = Duration::from_millis(1000);
 /// How long a leader waits to catch up (or to confirm it leads) before it
 /// answers a map request as not the leader.
 const CATCH_UP_PATIENCE: Duration = Duration::from_millis(500);
+
+/// Connections a meta node serves at once (every process of the cluster
+/// keeps one open for its heartbeats); one more is closed at once.
+pub const CONNECTIONS_MAX: usize = 1024;
+/// The longest request line a meta node reads (a Raft snapshot of the map
+/// travels as one); a longer one closes the connection.
+pub const REQUEST_LINE_MAX: u64 = 64 << 20;
+/// A connection silent this long is closed (heartbeats come every tenth
+/// of the failure timeout; a client reconnects).
+const IDLE_FOR: Duration = Duration::from_secs(60);
 
 /// How one meta node runs.
 #[derive(Clone, Debug)]
@@ -162,12 +174,21 @@ async fn serve(options: MetaOptions, shutdown: &AtomicBool) -> io::Result<()> {
         tracing::info!(%address, "meta metrics served");
     }
     tokio::spawn(control_loop(node.clone()));
+    let open = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     while !shutdown.load(Ordering::Relaxed) {
         let accepted = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
         if let Ok(accepted) = accepted {
             match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(handle_connection(node.clone(), stream));
+                Ok((stream, address)) => {
+                    let Ok(permit) = open.clone().try_acquire_owned() else {
+                        tracing::warn!(limit = CONNECTIONS_MAX, %address, "too many meta connections: one closed");
+                        continue;
+                    };
+                    let node = node.clone();
+                    tokio::spawn(async move {
+                        accept(node, stream, address).await;
+                        drop(permit);
+                    });
                 }
                 Err(error) => tracing::warn!(%error, "accept failed"),
             }
@@ -203,6 +224,7 @@ fn metrics_source(node: &Node) -> impl Fn() -> Option<tern_proto::metrics::Sampl
             samples.gauge("shards", state.shards.len() as u64);
             samples.gauge("migrations", state.migrations.len() as u64);
         }
+        samples.counter("control_refused", tls::refused());
         let bytes: u64 = std::fs::read_dir(&data_dir)
             .map(|entries| {
                 entries
@@ -217,13 +239,59 @@ fn metrics_source(node: &Node) -> impl Fn() -> Option<tern_proto::metrics::Sampl
     }
 }
 
-async fn handle_connection(node: Arc<Node>, stream: TcpStream) {
+/// Takes an accepted connection: under this process's TLS identity, the
+/// handshake first (the client must present a certificate of the
+/// cluster's authority).
+async fn accept(node: Arc<Node>, stream: TcpStream, address: std::net::SocketAddr) {
     let _ = stream.set_nodelay(true);
-    let (reader, mut writer) = stream.into_split();
-    let mut lines = BufReader::new(reader).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let Some(identity) = tls::identity() else {
+        return handle_connection(node, stream, Peer::Unchecked, address).await;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
+    let stream = crate::network::Unvectored(stream);
+    match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let peer = Peer::of(stream.get_ref().1.peer_certificates());
+            handle_connection(node, stream, peer, address).await;
+        }
+        Ok(Err(error)) => tls::refuse(Some(address), &format!("TLS handshake: {error}")),
+        Err(_) => tls::refuse(Some(address), &"TLS handshake timed out"),
+    }
+}
+
+async fn handle_connection(
+    node: Arc<Node>,
+    stream: impl AsyncRead + AsyncWrite + Unpin,
+    peer: Peer,
+    address: std::net::SocketAddr,
+) {
+    let (reader, mut writer) = tokio::io::split(stream);
+    let mut reader = BufReader::new(reader);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let mut limited = (&mut reader).take(REQUEST_LINE_MAX);
+        match tokio::time::timeout(IDLE_FOR, limited.read_line(&mut line)).await {
+            Ok(Ok(read)) if read > 0 && line.ends_with('\n') => {}
+            Ok(Ok(read)) if read > 0 => {
+                tracing::warn!(%address, limit = REQUEST_LINE_MAX, "meta request too long: connection closed");
+                return;
+            }
+            _ => return,
+        }
         let answer = match serde_json::from_str::<Envelope>(&line) {
-            Ok(envelope) => answer(&node, envelope).await,
+            Ok(envelope) => match permission(&peer, &envelope) {
+                Ok(()) => answer(&node, envelope).await,
+                Err(_) if !matches!(envelope, Envelope::Api(_)) => {
+                    tls::refuse(Some(address), &format!("{peer} sent a Raft message"));
+                    return;
+                }
+                Err(what) => {
+                    tls::refuse(Some(address), &format!("{peer} may not ask {what}"));
+                    let who = peer.to_string();
+                    serde_json::to_string(&Reply::Refused(Refusal::NotPermitted { who, what }))
+                }
+            },
             Err(error) => {
                 tracing::debug!(%error, "undecodable meta request");
                 serde_json::to_string(&Reply::Refused(Refusal::Undecodable(error.to_string())))
@@ -233,10 +301,62 @@ async fn handle_connection(node: Arc<Node>, stream: TcpStream) {
             return;
         };
         answer.push('\n');
-        if writer.write_all(answer.as_bytes()).await.is_err() {
+        if writer.write_all(answer.as_bytes()).await.is_err() || writer.flush().await.is_err() {
             return;
         }
     }
+}
+
+/// Whether `peer` may send `envelope` (Err: what it asked, for the
+/// refusal). Raft messages come from meta nodes only; a process heartbeats
+/// (or leaves its chain) only as the role it is and at an address its
+/// certificate names; a coordinator may resequence its own shards, and
+/// every other change of the map takes an operator. Anyone certified may
+/// read the map and the node's status.
+fn permission(peer: &Peer, envelope: &Envelope) -> Result<(), String> {
+    let request = match envelope {
+        Envelope::Append(_) | Envelope::Vote(_) | Envelope::Snapshot(_) => {
+            return if peer.is(&[Role::Meta]) {
+                Ok(())
+            } else {
+                Err("a Raft message".into())
+            };
+        }
+        Envelope::Api(request) => request,
+    };
+    let (roles, speaks_for): (&[Role], Option<SocketAddrV4>) = match request {
+        Request::Status | Request::GetMap => (&Role::ALL, None),
+        Request::Heartbeat {
+            addr,
+            kind: NodeKind::Replica { .. },
+        }
+        | Request::Leave { addr, .. } => (&[Role::Replica], Some(*addr)),
+        Request::Heartbeat {
+            addr,
+            kind: NodeKind::Coordinator,
+        } => (&[Role::Coordinator], Some(*addr)),
+        Request::Change(Change::Resequence { coordinator, .. })
+            if peer.is(&[Role::Coordinator]) =>
+        {
+            (&[Role::Coordinator], Some(*coordinator))
+        }
+        Request::Change(_) => (&[Role::Operator], None),
+    };
+    let allowed = peer.is(roles) && speaks_for.is_none_or(|addr| peer.speaks_for(addr));
+    if allowed {
+        return Ok(());
+    }
+    let what = match request {
+        Request::Change(change) => format!("{change:?}"),
+        other => format!("{other:?}"),
+    };
+    let what = match speaks_for {
+        Some(addr) if peer.is(roles) => {
+            format!("{what}, for {addr}: not an address of its certificate")
+        }
+        _ => what,
+    };
+    Err(what)
 }
 
 async fn answer(node: &Node, envelope: Envelope) -> serde_json::Result<String> {

@@ -3,6 +3,8 @@
 //! failure handling trivial).
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use openraft::BasicNode;
@@ -15,7 +17,8 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tern_control::meta::Request;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tern_control::tls::{self, Role};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::TypeConfig;
@@ -39,20 +42,16 @@ pub async fn exchange<R: DeserializeOwned>(
     limit: Duration,
 ) -> io::Result<R> {
     let work = async {
-        let mut stream = TcpStream::connect(addr).await?;
+        let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let mut line = serde_json::to_vec(envelope).map_err(io::Error::other)?;
-        line.push(b'\n');
-        stream.write_all(&line).await?;
-        let mut reader = BufReader::new(stream);
-        let mut answer = String::new();
-        if reader.read_line(&mut answer).await? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the meta node closed the connection",
-            ));
-        }
-        serde_json::from_str(&answer).map_err(io::Error::other)
+        let Some(config) = tls::client() else {
+            return talk(stream, envelope).await;
+        };
+        let ip = stream.peer_addr()?.ip();
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let stream = connector.connect(ip.into(), Unvectored(stream)).await?;
+        tls::check_server(stream.get_ref().1.peer_certificates(), addr, Role::Meta)?;
+        talk(stream, envelope).await
     };
     match tokio::time::timeout(limit, work).await {
         Ok(result) => result,
@@ -61,6 +60,61 @@ pub async fn exchange<R: DeserializeOwned>(
             "meta RPC timed out",
         )),
     }
+}
+
+/// A socket tokio-rustls writes to one buffer at a time: its vectored
+/// writes are `writev` on a TcpStream, which raises SIGPIPE on a
+/// connection the peer reset (see `tern_control::tls::Socket`); plain
+/// writes are `send` with MSG_NOSIGNAL.
+#[derive(Debug)]
+pub struct Unvectored(pub TcpStream);
+
+impl AsyncRead for Unvectored {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(context, buffer)
+    }
+}
+
+impl AsyncWrite for Unvectored {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(context, bytes)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(context)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(context)
+    }
+}
+
+/// One request line, then one reply line.
+async fn talk<R: DeserializeOwned>(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    envelope: &Envelope,
+) -> io::Result<R> {
+    let mut line = serde_json::to_vec(envelope).map_err(io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    stream.flush().await?;
+    let mut reader = BufReader::new(stream);
+    let mut answer = String::new();
+    if reader.read_line(&mut answer).await? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the meta node closed the connection",
+        ));
+    }
+    serde_json::from_str(&answer).map_err(io::Error::other)
 }
 
 /// Makes a [`Connection`] per peer.

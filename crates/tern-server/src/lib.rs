@@ -199,7 +199,11 @@ impl Upkeep {
     /// delete).
     pub(crate) fn after_batch(&mut self, replica: &mut Replica) {
         replica.set_wall_clock(wall_clock());
-        tern_metrics::offer(|| replica.samples());
+        tern_metrics::offer(|| {
+            let mut samples = replica.samples();
+            samples.counter("control_refused", tern_control::tls::refused());
+            samples
+        });
         let live_keys = replica.store().live_keys();
         self.peak = self.peak.max(live_keys);
         let dropped = self.peak - live_keys;

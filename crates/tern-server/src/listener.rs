@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender, SyncSender};
 use std::time::Duration;
 
+use tern_control::tls::{self, Peer, Role};
 use tern_control::transfer::{self, TRANSFER_TIMEOUT, TransferRequest, ValueLink, ValueRefusal};
 use tern_net::Waker;
 use tern_proto::large::{StageRefusal, Values};
@@ -69,6 +70,20 @@ pub(crate) fn serve(
     }
 }
 
+/// Who may ask what of a replica: a state transfer takes the role that
+/// needs it (a successor's snapshot, an operator's migration and load, the
+/// gateway's slot copies for SCAN), a predecessor's record value a
+/// replica; any certified peer may stage and fetch its large values.
+fn permitted(request: TransferRequest) -> &'static [Role] {
+    match request {
+        TransferRequest::Snapshot => &[Role::Replica, Role::Operator],
+        TransferRequest::Slots { .. } => &[Role::Operator, Role::Gateway],
+        TransferRequest::Load => &[Role::Operator],
+        TransferRequest::Record { .. } => &[Role::Replica],
+        TransferRequest::Stage { .. } | TransferRequest::Answer { .. } => &Role::ALL,
+    }
+}
+
 /// Serves one connection: value requests until the peer closes it or it
 /// idles, or one state transfer.
 fn answer(
@@ -76,11 +91,20 @@ fn answer(
     values: &Values,
     state: Option<&(Sender<TransferCall>, Arc<Waker>)>,
 ) -> io::Result<()> {
-    stream.set_read_timeout(Some(IDLE_FOR))?;
-    stream.set_write_timeout(Some(TRANSFER_TIMEOUT))?;
     stream.set_nodelay(true)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
+    let address = stream.peer_addr().ok();
+    let (stream, peer): (tls::Stream, Peer) = tls::accept(stream)?;
+    stream.socket().set_read_timeout(Some(IDLE_FOR))?;
+    stream.socket().set_write_timeout(Some(TRANSFER_TIMEOUT))?;
+    let mut reader = BufReader::new(stream);
     while let Some(request) = transfer::read_request(&mut reader)? {
+        if !peer.is(permitted(request)) {
+            tls::refuse(
+                address,
+                &format!("{peer} may not ask a replica for {request:?}"),
+            );
+            return transfer::write_refusal(reader.get_mut(), ValueRefusal::NotPermitted);
+        }
         match request {
             TransferRequest::Stage {
                 client_id,
@@ -93,7 +117,7 @@ fn answer(
                 // the replica's budget too.
                 let length = usize::try_from(length).unwrap_or(usize::MAX);
                 if let Err(refusal) = values.reserve(length) {
-                    return transfer::write_refusal(&stream, refusal_of(refusal));
+                    return transfer::write_refusal(reader.get_mut(), refusal_of(refusal));
                 }
                 let mut value = vec![0; length];
                 if let Err(error) = reader.read_exact(&mut value) {
@@ -102,7 +126,7 @@ fn answer(
                 }
                 let now = tern_net::monotonic_now();
                 values.stage_reserved(now, (client_id, request_id), value);
-                transfer::write_answer(&stream, 0, &[])?;
+                transfer::write_answer(reader.get_mut(), 0, &[])?;
             }
             TransferRequest::Record {
                 seq,
@@ -115,8 +139,8 @@ fn answer(
                     holder: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
                 };
                 match values.record(seq, &large) {
-                    Some(value) => transfer::write_answer(&stream, 0, &value)?,
-                    None => transfer::write_refusal(&stream, ValueRefusal::Missing)?,
+                    Some(value) => transfer::write_answer(reader.get_mut(), 0, &value)?,
+                    None => transfer::write_refusal(reader.get_mut(), ValueRefusal::Missing)?,
                 }
             }
             TransferRequest::Answer {
@@ -124,8 +148,8 @@ fn answer(
                 request_id,
                 checksum,
             } => match values.answer((client_id, request_id), checksum) {
-                Some(value) => transfer::write_answer(&stream, 0, &value)?,
-                None => transfer::write_refusal(&stream, ValueRefusal::Missing)?,
+                Some(value) => transfer::write_answer(reader.get_mut(), 0, &value)?,
+                None => transfer::write_refusal(reader.get_mut(), ValueRefusal::Missing)?,
             },
             TransferRequest::Snapshot | TransferRequest::Slots { .. } | TransferRequest::Load => {
                 let Some((requests, waker)) = state else {
@@ -137,7 +161,7 @@ fn answer(
                 let (epoch, bytes) = served
                     .recv_timeout(TRANSFER_TIMEOUT)
                     .map_err(|_| io::Error::other("nothing served: not a serving member"))?;
-                return transfer::write_answer(&stream, epoch, &bytes);
+                return transfer::write_answer(reader.get_mut(), epoch, &bytes);
             }
         }
     }

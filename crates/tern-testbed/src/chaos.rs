@@ -701,6 +701,7 @@ pub fn run(args: &ChaosArgs) -> Result<ExitCode> {
         failure_timeout_ms: args.failure_timeout_ms,
         allow_clients: None,
         fresh: false,
+        no_tls: false,
     })?;
     let dir = dir.canonicalize()?;
     let result = chaos(&dir, args, seed);

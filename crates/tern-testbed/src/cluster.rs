@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use serde::{Deserialize, Serialize};
+use tern_client::tls::Role;
 use tern_client::{Client, ClientOptions, ClusterMap, Epoch, ShardId, ShardMap};
 use tern_wire::{Op, Status};
 
 use crate::DurabilityArg;
+use crate::certs;
 use crate::netns::{self, Topology};
 
 /// How long `cluster up` waits for every process to answer.
@@ -31,6 +33,17 @@ const REPLICA_PORT: u16 = 7100;
 const METRICS_PORT: u16 = 9464;
 /// The flag that gives a process its metrics address.
 const METRICS_FLAG: &str = "--metrics-listen";
+/// The flag that gives a process its TLS identity.
+const IDENTITY_FLAG: &str = "--identity";
+/// The certificates directory of a cluster with TLS, in its DIR.
+pub(crate) const CERTS: &str = "certs";
+/// What a map file of such a cluster ends with.
+pub(crate) const MAP_TLS_SECTION: &str = "\n[tls]\ndir = \"certs\"\n";
+/// Identities `cluster up` issues besides its processes': the operator's
+/// (the `tern` tools' default), a gateway's (`tern gateway`'s default) and
+/// an application's.
+const OPERATOR: &str = "operator";
+const CLIENT: &str = "client";
 
 /// Where the coordinators run their logic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -106,6 +119,11 @@ pub enum ClusterCommand {
         /// cluster gets new addresses and cannot use it.
         #[arg(long)]
         fresh: bool,
+        /// Run the control plane over plain TCP instead of mutual TLS:
+        /// anyone who reaches meta or a replica's TCP port could then change
+        /// the map or read a shard.
+        #[arg(long)]
+        no_tls: bool,
     },
     /// Stop every process of the cluster in DIR and remove its namespaces.
     Down {
@@ -171,6 +189,8 @@ struct Control {
     allow_clients: Option<tern_coord::AllowList>,
     /// Remove a stopped cluster's data first.
     fresh: bool,
+    /// Mutual TLS on the control plane (DIR/certs).
+    tls: bool,
 }
 
 /// How the replicas of a cluster persist.
@@ -194,10 +214,15 @@ fn start_gateway(dir: &Path, options: &GatewayOptions) -> Result<()> {
         std::env::current_exe()?.display().to_string(),
         "--cluster".into(),
         map_path.display().to_string(),
+    ];
+    if ClusterMap::tls_dir(&map_path)?.is_some() {
+        command.extend([IDENTITY_FLAG.to_string(), GATEWAY.to_string()]);
+    }
+    command.extend([
         "gateway".into(),
         "--listen".into(),
         options.listen.to_string(),
-    ];
+    ]);
     if let Some(password) = &options.password {
         command.extend(["--requirepass".to_string(), password.clone()]);
     }
@@ -394,6 +419,16 @@ impl ProcessRole {
         }
     }
 
+    /// What its certificate lets it do.
+    pub fn tls_role(self) -> Role {
+        match self {
+            ProcessRole::Coordinator | ProcessRole::Standby(_) => Role::Coordinator,
+            ProcessRole::Replica { .. } => Role::Replica,
+            ProcessRole::Meta(_) => Role::Meta,
+            ProcessRole::Gateway => Role::Gateway,
+        }
+    }
+
     /// The UDP (and TCP) port of the role inside the netns topology.
     pub fn port(self) -> u16 {
         match self {
@@ -429,6 +464,7 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
             failure_timeout_ms,
             allow_clients,
             fresh,
+            no_tls,
         } => {
             let topology = topology.unwrap_or(if netns::is_root() {
                 TopologyKind::Netns
@@ -445,6 +481,7 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
                 failure_timeout_ms,
                 allow_clients,
                 fresh,
+                tls: !no_tls,
             };
             let gateway = gateway.then_some(GatewayOptions {
                 listen: gateway_listen,
@@ -715,7 +752,17 @@ fn start(
     map.meta = remaining.by_ref().take(control.meta).collect();
     let standbys: Vec<SocketAddrV4> = remaining.collect();
     let map_path = dir.join("cluster.toml");
-    std::fs::write(&map_path, map.to_toml()).context("writing cluster.toml")?;
+    let mut map_text = map.to_toml();
+    if control.tls {
+        let processes: Vec<(&str, Ipv4Addr)> = names
+            .iter()
+            .zip(&addresses)
+            .map(|(name, address)| (name.as_str(), *address.ip()))
+            .collect();
+        issue_certificates(dir, &processes, true)?;
+        map_text.push_str(MAP_TLS_SECTION);
+    }
+    std::fs::write(&map_path, map_text).context("writing cluster.toml")?;
 
     let mode = resolve_mode(mode, topology.as_deref_mut(), dir, names)?;
     let topology = topology.as_deref();
@@ -765,6 +812,9 @@ fn start(
         }
         command.push(executable.display().to_string());
         command.extend(["--cluster".to_string(), map_path.display().to_string()]);
+        if control.tls {
+            command.extend([IDENTITY_FLAG.to_string(), name.clone()]);
+        }
         let role = ProcessRole::of(&name).expect("cluster up names every process by its role");
         if let ProcessRole::Meta(id) = role {
             let data = dir.join("data").join(&name).display().to_string();
@@ -869,6 +919,42 @@ fn start(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Issues the certificates of `processes` (name, the IP it serves at) in
+/// DIR/certs, replacing any it holds (a new cluster has new addresses),
+/// under the authority there or, if there is none, a new one. With
+/// `tools`, also the operator's, a gateway's and an application's. This process then
+/// acts as the operator.
+pub(crate) fn issue_certificates(
+    dir: &Path,
+    processes: &[(&str, Ipv4Addr)],
+    tools: bool,
+) -> Result<()> {
+    let certs = dir.join(CERTS);
+    if !certs.join("ca.pem").exists() {
+        certs::create_authority(&certs)?;
+    }
+    let mut issued: Vec<(&str, Role, Vec<Ipv4Addr>)> = processes
+        .iter()
+        .map(|&(name, ip)| {
+            let role = ProcessRole::of(name).expect("cluster up names every process by its role");
+            (name, role.tls_role(), vec![ip])
+        })
+        .collect();
+    if tools {
+        issued.push((OPERATOR, Role::Operator, Vec::new()));
+        issued.push((GATEWAY, Role::Gateway, Vec::new()));
+        issued.push((CLIENT, Role::Client, Vec::new()));
+    }
+    for (name, role, ips) in issued {
+        for file in [format!("{name}.pem"), format!("{name}.key")] {
+            let _ = std::fs::remove_file(certs.join(file));
+        }
+        certs::issue(&certs, name, role, &ips, certs::CERTIFICATE_DAYS)?;
+    }
+    tern_client::tls::use_identity(&certs, OPERATOR).map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
 /// The arguments that give replica `name` its log in DIR/data/<name>.
 fn storage_args(dir: &Path, name: &str, persistence: Persistence) -> Vec<String> {
     let data = dir.join("data").join(name).display().to_string();
@@ -942,6 +1028,17 @@ fn prepare_xdp(topology: &mut Topology, names: &[String]) -> Result<()> {
 }
 
 fn spawn_detached(command: &[String], log: &Path, append: bool) -> Result<Child> {
+    spawn_detached_in(command, log, append, None)
+}
+
+/// Starts `command` in its own process group with its output in `log`
+/// (and its working directory `dir`, when given).
+pub(crate) fn spawn_detached_in(
+    command: &[String],
+    log: &Path,
+    append: bool,
+    dir: Option<&Path>,
+) -> Result<Child> {
     let output = File::options()
         .create(true)
         .append(append)
@@ -958,6 +1055,9 @@ fn spawn_detached(command: &[String], log: &Path, append: bool) -> Result<Child>
         // Its own process group: a Ctrl-C in the shell that ran `cluster up`
         // does not reach the cluster; `cluster down` stops it.
         .process_group(0);
+    if let Some(dir) = dir {
+        process.current_dir(dir);
+    }
     process
         .spawn()
         .with_context(|| format!("starting {}", command.join(" ")))
@@ -1034,6 +1134,7 @@ pub fn up_for_benchmark(
         failure_timeout_ms: 1000,
         allow_clients: None,
         fresh: false,
+        no_tls: false,
     })
 }
 
@@ -1091,6 +1192,15 @@ fn add_shard(dir: &Path, replicas: usize, snapshot_every: u64) -> Result<ExitCod
     };
     let executable = std::env::current_exe().context("locating the tern executable")?;
     let map_path = dir.join("cluster.toml");
+    let tls = ClusterMap::tls_dir(&map_path)?.is_some();
+    if tls {
+        let processes: Vec<(&str, Ipv4Addr)> = names
+            .iter()
+            .zip(&addresses)
+            .map(|(name, address)| (name.as_str(), *address.ip()))
+            .collect();
+        issue_certificates(&dir, &processes, false)?;
+    }
     for (name, address) in names.iter().zip(&addresses) {
         let metrics = metrics_listen(topology.is_some(), *address);
         let mut command: Vec<String> = Vec::new();
@@ -1099,10 +1209,12 @@ fn add_shard(dir: &Path, replicas: usize, snapshot_every: u64) -> Result<ExitCod
             command.extend(["ip", "netns", "exec", namespace].map(String::from));
         }
         command.push(executable.display().to_string());
+        command.extend(["--cluster".to_string(), map_path.display().to_string()]);
+        if tls {
+            command.extend([IDENTITY_FLAG.to_string(), name.clone()]);
+        }
         command.extend(
             [
-                "--cluster",
-                &map_path.display().to_string(),
                 "server",
                 "--shard",
                 &shard.to_string(),
@@ -1318,8 +1430,28 @@ fn meta_has_map(address: SocketAddrV4) -> bool {
     )
 }
 
+/// Stops `pids` (checked to be the caller's): SIGTERM, and SIGKILL for
+/// those still running after `STOP_TIMEOUT`. How many needed SIGKILL.
+pub(crate) fn stop_processes(pids: &[u32]) -> usize {
+    for &pid in pids {
+        // SAFETY: plain system call; the caller checked the pid is its own.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    let start = Instant::now();
+    while pids.iter().any(|&pid| is_running(pid)) && start.elapsed() < STOP_TIMEOUT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut killed = 0;
+    for &pid in pids.iter().filter(|&&pid| is_running(pid)) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        killed += 1;
+    }
+    killed
+}
+
 /// Whether `pid` is a live process (not gone, not a zombie).
-fn is_running(pid: u32) -> bool {
+pub(crate) fn is_running(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
@@ -1351,20 +1483,8 @@ fn down(dir: &Path) -> Result<ExitCode> {
         .iter()
         .filter(|p| is_running(p.pid) && belongs_to(p.pid, &map_path))
         .collect();
-    for process in &ours {
-        // SAFETY: plain system call; the pid was checked to be ours.
-        unsafe { libc::kill(process.pid as i32, libc::SIGTERM) };
-    }
-    let start = Instant::now();
-    while ours.iter().any(|p| is_running(p.pid)) && start.elapsed() < STOP_TIMEOUT {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut killed = 0;
-    for process in ours.iter().filter(|p| is_running(p.pid)) {
-        // SAFETY: as above.
-        unsafe { libc::kill(process.pid as i32, libc::SIGKILL) };
-        killed += 1;
-    }
+    let pids: Vec<u32> = ours.iter().map(|p| p.pid).collect();
+    let killed = stop_processes(&pids);
     let _ = std::fs::remove_file(table_path(&dir));
     let mut removed = String::new();
     if let Some(topology) = Topology::load(&topology_path(&dir))? {

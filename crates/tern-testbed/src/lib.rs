@@ -8,10 +8,12 @@
 //! by the text of their names. The binary stays a thin CLI over this crate.
 
 pub mod bank;
+pub mod certs;
 pub mod chaos;
 mod chaos_txn;
 pub mod cluster;
 pub mod compare;
+pub mod deploy;
 pub mod migrate;
 pub mod netns;
 

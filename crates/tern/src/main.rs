@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use commands::{data, node, reshard, roles};
 use tern_client::ClusterMap;
-use tern_testbed::{chaos, cluster, compare, migrate};
+use tern_testbed::{certs, chaos, cluster, compare, deploy, migrate};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +27,12 @@ struct Cli {
         default_value = "cluster.toml"
     )]
     cluster: PathBuf,
+    /// The TLS identity this process takes from the certificates directory
+    /// the map names (`[tls] dir`): files NAME.pem and NAME.key there.
+    /// `tern cluster up` gives each process its own. Default: `gateway`
+    /// for `tern gateway`, else `operator` (the tools').
+    #[arg(long, global = true, env = "TERN_IDENTITY")]
+    identity: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,6 +116,15 @@ enum Command {
     /// Start, stop and inspect a local cluster of real processes.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Make the certificates of a cluster's control plane (mutual TLS): an
+    /// authority, and one certificate per process.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
+    /// Run a cluster on several machines from one description file: place
+    /// its processes, generate each host's configuration, certificates and
+    /// systemd units (`generate`), start or stop a host's share.
+    #[command(subcommand)]
+    Deploy(deploy::DeployCommand),
     /// Run a workload against a cluster and report throughput and latency.
     Bench {
         #[command(flatten)]
@@ -153,14 +168,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(
         cli.command,
-        Command::Server(_) | Command::Coordinator(_) | Command::Gateway(_)
+        Command::Server(_) | Command::Coordinator(_) | Command::Meta(_) | Command::Gateway(_)
     ) {
         // A command whose output is cut short (`| head`) ends quietly, as
         // Unix tools do. Long-running processes keep ignoring SIGPIPE: a
-        // client hanging up must not kill the gateway.
+        // client hanging up must not kill the gateway, nor a peer's reset
+        // a meta node.
         // SAFETY: resets a signal disposition before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
+    let identity = cli.identity.as_deref().unwrap_or(match cli.command {
+        Command::Gateway(_) => "gateway",
+        _ => "operator",
+    });
+    tern_client::tls::set_identity_name(identity);
     match run(&cli.cluster, cli.command) {
         Ok(code) => code,
         Err(error) => {
@@ -215,6 +236,8 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
         Command::Node(command) => node::run(&load_map(cluster)?, command),
         Command::Reshard(args) => reshard::run(&load_map(cluster)?, args),
         Command::Cluster(command) => cluster::run(command),
+        Command::Certs(command) => certs::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Deploy(command) => deploy::run(command).map(|()| ExitCode::SUCCESS),
         Command::Chaos(args) => chaos::run(&args),
         Command::Gateway(args) => roles::gateway(load_map(cluster)?, args),
         Command::Bench {

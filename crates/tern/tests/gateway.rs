@@ -1658,45 +1658,31 @@ fn users_of_a_users_file_authenticate_and_a_read_only_one_is_refused_writes() {
     );
 }
 
-/// A certificate authority and two certificates it signed, for localhost:
-/// the server's and a client's, each with its key, as PEM files in `dir`.
+/// A certificate authority and two certificates it signed (`tern certs`):
+/// the gateway's, for 127.0.0.1, and a client's, each with its key, as PEM
+/// files in `dir`.
 fn tls_files(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
-    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair};
-    // Each its own name: a certificate named as its issuer reads as
-    // self-signed to OpenSSL.
-    let params = |names: Vec<String>, common_name: &str| {
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = params(Vec::new(), "tern test authority");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let signed = |names: Vec<String>, common_name: &str| {
-        let key = KeyPair::generate().unwrap();
-        let cert = params(names, common_name)
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server, server_key) = signed(vec!["localhost".into(), "127.0.0.1".into()], "tern gateway");
-    let (client, client_key) = signed(vec!["client".into()], "tern client");
-    let files = [
-        ("ca.pem", ca.pem()),
-        ("server.pem", server),
-        ("server-key.pem", server_key),
-        ("client.pem", client),
-        ("client-key.pem", client_key),
-    ];
-    files.map(|(name, text)| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    })
+    use tern_client::tls::Role;
+    use tern_testbed::certs;
+    certs::create_authority(dir).unwrap();
+    let days = certs::CERTIFICATE_DAYS;
+    certs::issue(
+        dir,
+        "server",
+        Role::Gateway,
+        &[std::net::Ipv4Addr::LOCALHOST],
+        days,
+    )
+    .unwrap();
+    certs::issue(dir, "client", Role::Client, &[], days).unwrap();
+    [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "client.pem",
+        "client.key",
+    ]
+    .map(|name| dir.join(name))
 }
 
 #[test]

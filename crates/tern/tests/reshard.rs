@@ -360,12 +360,33 @@ fn a_shard_is_added_from_spares_given_its_share_then_drained_and_retired() {
         .map(|_| format!("127.0.0.1:{}", common::free_port()))
         .collect();
     let map_path = cluster.map_path();
+    // Each with its replica certificate: meta takes a replica's heartbeat
+    // only from a replica of its address.
+    let certs = cluster.dir().join("certs");
+    for number in 0..addresses.len() {
+        let name = format!("spare{number}");
+        let output = common::run_tern(&[
+            "certs",
+            "issue",
+            "--dir",
+            certs.to_str().unwrap(),
+            "--name",
+            &name,
+            "--role",
+            "replica",
+            "--ip",
+            "127.0.0.1",
+        ]);
+        assert!(output.status.success(), "{output:?}");
+    }
     let _spares = Spares(
         addresses
             .iter()
-            .map(|address| {
+            .enumerate()
+            .map(|(number, address)| {
                 common::tern()
                     .args(["--cluster", map_path.to_str().unwrap()])
+                    .args(["--identity", &format!("spare{number}")])
                     .args(["server", "--shard", "2", "--listen", address])
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
-use tern_client::ClusterMap;
+use tern_client::{ClusterMap, tls};
 use tern_proto::coordinator::ShardConfig;
 use tern_proto::replica::ReplicaConfig;
 use tern_testbed::DurabilityArg;
@@ -173,6 +173,7 @@ fn init_logging() {
 }
 
 pub fn server(map: &ClusterMap, args: ServerArgs) -> Result<ExitCode> {
+    tls::require_role(tls::Role::Replica).map_err(anyhow::Error::msg)?;
     let ServerArgs {
         shard,
         replica,
@@ -236,6 +237,7 @@ fn serve_snapshots(listen: Option<std::net::SocketAddr>, role: &'static str) -> 
 }
 
 pub fn coordinator(map: &ClusterMap, args: CoordinatorArgs) -> Result<ExitCode> {
+    tls::require_role(tls::Role::Coordinator).map_err(anyhow::Error::msg)?;
     let CoordinatorArgs {
         listen,
         mode,
@@ -259,6 +261,7 @@ pub fn coordinator(map: &ClusterMap, args: CoordinatorArgs) -> Result<ExitCode> 
 }
 
 pub fn meta(map: ClusterMap, args: MetaArgs) -> Result<ExitCode> {
+    tls::require_role(tls::Role::Meta).map_err(anyhow::Error::msg)?;
     let MetaArgs {
         id,
         peers,
@@ -284,6 +287,7 @@ pub fn meta(map: ClusterMap, args: MetaArgs) -> Result<ExitCode> {
 }
 
 pub fn gateway(map: ClusterMap, args: GatewayArgs) -> Result<ExitCode> {
+    tls::require_role(tls::Role::Gateway).map_err(anyhow::Error::msg)?;
     let GatewayArgs {
         listen,
         requirepass,

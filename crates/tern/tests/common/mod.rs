@@ -124,6 +124,15 @@ impl TestCluster {
             .to_string()
     }
 
+    /// Where the named process serves its metrics.
+    pub fn metrics_of(&self, name: &str) -> std::net::SocketAddrV4 {
+        self.process_entries()
+            .iter()
+            .find(|p| p["name"].as_str() == Some(name))
+            .and_then(|p| p.get("metrics")?.as_str()?.parse().ok())
+            .unwrap_or_else(|| panic!("no metrics address of {name}"))
+    }
+
     /// The entries of processes.toml.
     fn process_entries(&self) -> Vec<toml::Value> {
         let text = std::fs::read_to_string(self.dir.path().join("processes.toml")).unwrap();
