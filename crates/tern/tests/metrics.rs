@@ -172,6 +172,8 @@ fn every_process_serves_its_counters_in_the_openmetrics_format() {
     // A metrics address already taken: the process says which flag.
     let taken = processes[0].2.to_string();
     let output = cluster.tern(&[
+        "--identity",
+        "shard0-replica0",
         "server",
         "--shard",
         "0",
