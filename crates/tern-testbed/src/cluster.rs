@@ -795,13 +795,7 @@ fn start(
             .enumerate()
             .map(|(index, address)| (format!("{STANDBY}{}", index + 1), *address, ShardId(0))),
     );
-    let peers = map
-        .meta
-        .iter()
-        .enumerate()
-        .map(|(index, address)| format!("{}={address}", index + 1))
-        .collect::<Vec<_>>()
-        .join(",");
+    let peers = meta_peers(&map.meta);
     for (name, address, shard) in processes {
         let log = dir.join("logs").join(format!("{name}.log"));
         let metrics = metrics_listen(topology.is_some(), address);
@@ -917,6 +911,16 @@ fn start(
         map_path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tern meta --peers`: `ID=ADDRESS,...`, meta node N (from 1) at the
+/// map's Nth meta address.
+pub(crate) fn meta_peers(meta: &[SocketAddrV4]) -> String {
+    meta.iter()
+        .enumerate()
+        .map(|(index, address)| format!("{}={address}", index + 1))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Issues the certificates of `processes` (name, the IP it serves at) in

@@ -327,13 +327,7 @@ pub fn plan(description: &Description) -> Result<Plan> {
         let address = port(host, COORDINATOR_PORT);
         processes.push((ProcessRole::Standby(number as u32), *host, address));
     }
-    let peers = map
-        .meta
-        .iter()
-        .enumerate()
-        .map(|(index, address)| format!("{}={address}", index + 1))
-        .collect::<Vec<_>>()
-        .join(",");
+    let peers = cluster::meta_peers(&map.meta);
     let planned = processes
         .into_iter()
         .map(|(role, host, address)| {

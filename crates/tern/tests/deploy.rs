@@ -203,43 +203,55 @@ fn a_bad_description_is_refused_with_the_file_and_the_problem() {
         )
     };
     let all = r#"["meta", "coordinator", "replica"]"#;
-    let error = refused("shards = 2\n[[host]\nname = \"h1\"\n");
-    assert!(
-        error.contains("hosts.toml") && error.contains("line 2"),
-        "{error}"
-    );
-    let error = refused(&format!(
-        "replicas = 3\n{}{}",
-        host("a", "10.0.0.1", all),
-        host("b", "10.0.0.2", r#"["replica"]"#)
-    ));
-    assert!(
-        error.contains("hosts.toml") && error.contains("only 2 hosts run replicas"),
-        "{error}"
-    );
-    let error = refused(&format!(
-        "replicas = 1\n{}{}",
-        host("a", "10.0.0.1", all),
-        host("a", "10.0.0.2", all)
-    ));
-    assert!(error.contains("share a name or an address"), "{error}");
-    let error = refused(&format!(
-        "replicas = 1\n{}",
-        host("a", "10.0.0.1", r#"["meta", "cook"]"#)
-    ));
-    assert!(
-        error.contains("cook") && error.contains("hosts.toml"),
-        "{error}"
-    );
-    let error = refused(&format!(
-        "replicas = 1\nshard = 2\n{}",
-        host("a", "10.0.0.1", all)
-    ));
-    assert!(error.contains("shard"), "{error}");
-    let error = refused(&format!(
-        "replicas = 1\n{}{}",
-        host("a", "10.0.0.1", all),
-        host("b", "10.0.0.2", r#"["meta"]"#)
-    ));
-    assert!(error.contains("odd number"), "{error}");
+    let two = |first: &str, second: &str| {
+        format!(
+            "{}{}",
+            host("a", "10.0.0.1", first),
+            host("b", "10.0.0.2", second)
+        )
+    };
+    let cases = [
+        ("shards = 2\n[[host]\nname = \"h1\"\n".to_string(), "line 2"),
+        (
+            format!("replicas = 3\n{}", two(all, r#"["replica"]"#)),
+            "only 2 hosts run replicas",
+        ),
+        (
+            format!(
+                "replicas = 1\n{}{}",
+                host("a", "10.0.0.1", all),
+                host("a", "10.0.0.2", all)
+            ),
+            "share a name or an address",
+        ),
+        (
+            format!(
+                "replicas = 1\n{}",
+                host("a", "10.0.0.1", r#"["meta", "cook"]"#)
+            ),
+            "unknown variant `cook`",
+        ),
+        (
+            format!("replicas = 1\nshard = 2\n{}", host("a", "10.0.0.1", all)),
+            "unknown field `shard`",
+        ),
+        (
+            format!("replicas = 1\n{}", two(all, r#"["meta"]"#)),
+            "odd number",
+        ),
+        (
+            format!(
+                "replicas = 1\n{}",
+                host("a", "10.0.0.1", r#"["meta", "replica"]"#)
+            ),
+            "no host runs a coordinator",
+        ),
+    ];
+    for (text, problem) in cases {
+        let error = refused(&text);
+        assert!(
+            error.contains("hosts.toml") && error.contains(problem),
+            "{text}\ngave: {error}"
+        );
+    }
 }
