@@ -264,9 +264,11 @@ impl ValueLink {
             request_id,
             length: value.len() as u64,
         };
+        // One write, as an answer is.
+        let mut staged = request.line().into_bytes();
+        staged.extend_from_slice(value);
         let stream = self.reader.get_mut();
-        stream.write_all(request.line().as_bytes())?;
-        stream.write_all(value)?;
+        stream.write_all(&staged)?;
         stream.flush()?;
         Ok(())
     }
@@ -334,8 +336,10 @@ impl ValueLink {
 
 /// Answers a request with the bytes served at `epoch`.
 pub fn write_answer(stream: &mut impl Write, epoch: u32, bytes: &[u8]) -> io::Result<()> {
-    stream.write_all(format!("{epoch} {}\n", bytes.len()).as_bytes())?;
-    stream.write_all(bytes)?;
+    // One write: one segment (one TLS record) for the line and the bytes.
+    let mut answer = format!("{epoch} {}\n", bytes.len()).into_bytes();
+    answer.extend_from_slice(bytes);
+    stream.write_all(&answer)?;
     stream.flush()
 }
 
