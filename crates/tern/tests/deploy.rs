@@ -44,6 +44,18 @@ fn deploy(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).to_string()
 }
 
+/// `tern deploy generate --hosts FILE --out OUT`.
+fn generate(file: &Path, out: &Path) -> std::process::Output {
+    common::run_tern(&[
+        "deploy",
+        "generate",
+        "--hosts",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
 fn description(topology: &Topology, data: &Path) -> String {
     let mut text = String::from("shards = 2\nreplicas = 3\nfailure_timeout_ms = 1000\n");
     for (index, node) in topology.nodes.iter().enumerate() {
@@ -71,14 +83,9 @@ fn three_hosts_from_one_description_serve_and_survive_a_host_killed() {
     let file = scratch.path().join("hosts.toml");
     std::fs::write(&file, description(&hosts.0, &scratch.path().join("data"))).unwrap();
     let out = scratch.path().join("out");
-    let generated = deploy(&[
-        "deploy",
-        "generate",
-        "--hosts",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let generated = generate(&file, &out);
+    assert!(generated.status.success(), "{generated:?}");
+    let generated = String::from_utf8_lossy(&generated.stdout).to_string();
     // Each host's directory holds its share only: its certificates and a
     // unit per process.
     let h3 = out.join("hosts/h3");
@@ -185,14 +192,7 @@ fn a_bad_description_is_refused_with_the_file_and_the_problem() {
     let out = scratch.path().join("out");
     let refused = |text: &str| {
         std::fs::write(&file, text).unwrap();
-        let output = common::run_tern(&[
-            "deploy",
-            "generate",
-            "--hosts",
-            file.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let output = generate(&file, &out);
         assert!(!output.status.success(), "accepted:\n{text}");
         assert!(!out.join("cluster.toml").exists());
         String::from_utf8_lossy(&output.stderr).to_string()
