@@ -7,7 +7,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddrV4, TcpStream};
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use common::TestCluster;
@@ -47,22 +46,6 @@ fn exchange_as(identity: &Identity, address: SocketAddrV4, role: Role, line: &st
     let mut answer = String::new();
     let _ = BufReader::new(stream).read_line(&mut answer);
     answer
-}
-
-fn issue(dir: &Path, name: &str, role: &str, ip: &str) {
-    let output = common::run_tern(&[
-        "certs",
-        "issue",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--name",
-        name,
-        "--role",
-        role,
-        "--ip",
-        ip,
-    ]);
-    assert!(output.status.success(), "{output:?}");
 }
 
 fn refused_total(cluster: &TestCluster, process: &str) -> f64 {
@@ -133,7 +116,7 @@ fn the_control_plane_refuses_the_uncertified_and_the_unentitled_and_changes_noth
         Ok(Reply::Refused(Refusal::NotPermitted { who, .. })) => assert_eq!(who, "a replica"),
         other => panic!("a replica's RemoveReplica: {other:?}"),
     }
-    issue(&certs, "elsewhere", "replica", "10.9.9.9");
+    common::issue_certificate(&certs, "elsewhere", "replica", "10.9.9.9");
     let elsewhere = Identity::load(&certs, "elsewhere").unwrap();
     let own_heartbeat = Request::Heartbeat {
         addr: victim,
@@ -168,7 +151,7 @@ fn the_control_plane_refuses_the_uncertified_and_the_unentitled_and_changes_noth
     // refused at the handshake.
     let other = tempfile::tempdir().unwrap();
     certs::create_authority(other.path()).unwrap();
-    issue(other.path(), "operator", "operator", "127.0.0.1");
+    common::issue_certificate(other.path(), "operator", "operator", "127.0.0.1");
     let stranger = Identity::load(other.path(), "operator").unwrap();
     let answer = meta::call_as(Some(&stranger), meta_at, &remove, TIMEOUT);
     assert!(answer.is_err(), "another authority's operator: {answer:?}");

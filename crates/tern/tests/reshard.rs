@@ -364,20 +364,7 @@ fn a_shard_is_added_from_spares_given_its_share_then_drained_and_retired() {
     // only from a replica of its address.
     let certs = cluster.dir().join("certs");
     for number in 0..addresses.len() {
-        let name = format!("spare{number}");
-        let output = common::run_tern(&[
-            "certs",
-            "issue",
-            "--dir",
-            certs.to_str().unwrap(),
-            "--name",
-            &name,
-            "--role",
-            "replica",
-            "--ip",
-            "127.0.0.1",
-        ]);
-        assert!(output.status.success(), "{output:?}");
+        common::issue_certificate(&certs, &format!("spare{number}"), "replica", "127.0.0.1");
     }
     let _spares = Spares(
         addresses

@@ -237,6 +237,23 @@ impl TestCluster {
     }
 }
 
+/// `tern certs issue`: certificate NAME of ROLE for IP in `dir`.
+pub fn issue_certificate(dir: &Path, name: &str, role: &str, ip: &str) {
+    let output = run_tern(&[
+        "certs",
+        "issue",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--name",
+        name,
+        "--role",
+        role,
+        "--ip",
+        ip,
+    ]);
+    assert!(output.status.success(), "{output:?}");
+}
+
 /// Clears the flag when dropped: workers that loop while it is set stop
 /// however the test thread leaves a scope (a failed assertion included),
 /// or the scope would wait for them forever.
