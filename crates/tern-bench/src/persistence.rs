@@ -51,6 +51,7 @@ fn replica_config() -> ReplicaConfig {
         chain: vec![address],
         position: 0,
         coordinator: address,
+        early_commit: 0,
     }
 }
 

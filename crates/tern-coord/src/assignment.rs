@@ -25,6 +25,7 @@ pub fn shards_of(
             chain: shard.replicas.clone(),
             slots: served_slots(shard, migrations),
             incarnation: shard.incarnation,
+            early_commit: 0,
         })
         .collect()
 }

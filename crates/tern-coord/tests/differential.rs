@@ -47,6 +47,7 @@ fn ready_coordinator(state: SharedShard) -> Coordinator<SharedShard> {
         epoch: EPOCH,
         chain: vec![replica(0), replica(1), replica(2)],
         slots: served(),
+        early_commit: 0,
     };
     let mut coordinator = Coordinator::new([ShardCoordinator::new(config, state)]);
     // DESIGN rule 8 against an empty chain: head and tail report nothing.

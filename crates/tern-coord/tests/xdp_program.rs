@@ -43,6 +43,7 @@ fn user_space(coordinator: &XdpCoordinator) -> Coordinator<tern_proto::SharedSha
         epoch: EPOCH,
         chain: vec![replica(0), replica(1), replica(2)],
         slots: vec![[0, tern_wire::SLOT_COUNT]],
+        early_commit: 0,
     };
     Coordinator::new([ShardCoordinator::new(
         config,
@@ -689,6 +690,7 @@ fn other_chain(epoch: u32) -> (ShardConfig, HashMap<SocketAddrV4, [u8; 6]>) {
         epoch,
         chain,
         slots: vec![[0, tern_wire::SLOT_COUNT]],
+        early_commit: 0,
     };
     (config, macs)
 }
@@ -784,6 +786,7 @@ fn a_read_never_uses_a_route_torn_by_a_concurrent_rewrite() {
         epoch: EPOCH,
         chain: vec![replica(0), replica(1), replica(2)],
         slots: vec![[0, tern_wire::SLOT_COUNT]],
+        early_commit: 0,
     };
     let original_macs: HashMap<_, _> = (0..3).map(|i| (replica(i), replica_mac(i))).collect();
     // Every replica's address belongs with exactly one MAC.

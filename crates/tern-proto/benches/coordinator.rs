@@ -25,6 +25,7 @@ fn coordinator(c: &mut Criterion) {
         epoch: 1,
         chain: chain.clone(),
         slots: vec![[0, tern_wire::SLOT_COUNT]],
+        early_commit: 0,
     };
     let mut coordinator =
         Coordinator::new([ShardCoordinator::new(config, SharedShard::in_process())]);

@@ -323,6 +323,7 @@ mod tests {
                 .map(|last| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, *last), 7000))
                 .collect(),
             slots: vec![[0, tern_wire::SLOT_COUNT]],
+            early_commit: 0,
         }
     }
 

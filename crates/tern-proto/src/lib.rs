@@ -26,6 +26,19 @@ mod shared;
 mod time;
 pub mod txn;
 
+/// Where a shard's writes commit in its chain (`early_commit`: Whale's
+/// early commit): the index of the replica whose acknowledgement answers a
+/// write. `early_commit` = K > 0 commits a write once the chain's first K
+/// replicas hold it, so the K-th answers; 0 (or a K the chain is not longer
+/// than: a chain shrunk by failures) commits at the tail, synchronously.
+pub fn commit_point_index(early_commit: u32, chain_len: usize) -> usize {
+    let last = chain_len.saturating_sub(1);
+    match usize::try_from(early_commit) {
+        Ok(k) if k > 0 => (k - 1).min(last),
+        _ => last,
+    }
+}
+
 pub use outbox::{Outbox, Outgoing};
 pub use shared::SharedShard;
 pub use time::{Time, WallClock};

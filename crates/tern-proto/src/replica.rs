@@ -93,6 +93,9 @@ pub struct ReplicaConfig {
     /// This replica's index in `chain`.
     pub position: usize,
     pub coordinator: SocketAddrV4,
+    /// The shard's early commit (`crate::commit_point_index`): 0 commits
+    /// at the tail.
+    pub early_commit: u32,
 }
 
 impl ReplicaConfig {
@@ -102,6 +105,14 @@ impl ReplicaConfig {
 
     pub fn is_tail(&self) -> bool {
         self.position + 1 == self.chain.len()
+    }
+
+    /// Whether this replica answers writes before the tail holds them
+    /// (early commit): it acknowledges each client write it applies to
+    /// the coordinator, besides passing it on.
+    pub fn is_commit_point(&self) -> bool {
+        !self.is_tail()
+            && crate::commit_point_index(self.early_commit, self.chain.len()) == self.position
     }
 
     /// Who sends this replica its sequenced writes.
@@ -176,6 +187,9 @@ counters! {
         values_missing,
         /// Answers too large for a datagram, kept for their client to fetch.
         large_answers,
+        /// Client writes acknowledged to the coordinator as the commit
+        /// point (early commit), before the tail held them.
+        early_acks,
         /// Reads and writes of a key a transaction held, answered LOCKED.
         locked,
         /// Transactions across shards this head prepared, and those it
@@ -552,8 +566,12 @@ impl Replica {
     }
 
     /// Installs a new chain configuration (a new epoch) from meta. Writes this
-    /// replica passed on but not yet committed go again to its new
-    /// downstream on the next tick; a new tail acknowledges them itself.
+    /// replica passed on but not yet committed go again to its downstream
+    /// on the next tick, at the new epoch (copies on their way at the old
+    /// one are refused there); a new tail acknowledges them itself. Under
+    /// early commit some of them are answered already, and no client
+    /// resends them: without this they reached the rest of the chain only
+    /// behind the next write.
     pub fn reconfigure(&mut self, config: ReplicaConfig) {
         assert!(
             config.position < config.chain.len(),
@@ -561,6 +579,7 @@ impl Replica {
         );
         if config.downstream() != self.config.downstream()
             || config.is_tail() != self.config.is_tail()
+            || config.epoch != self.config.epoch
         {
             self.downstream_changed = true;
         }
@@ -957,7 +976,11 @@ impl Replica {
         // A value the head found expired is answered as none.
         let answer_with = |store: &Store| store.latest(key).map(|found| found.value.to_vec());
         let tail = self.config.is_tail();
-        let mut result_value = (tail && record.has_flag(flags::RETURN_OLD)).then(|| {
+        // Under early commit the commit point answers as the tail does,
+        // and first: it applies in the same order.
+        let early = self.config.is_commit_point() && answered_early(record.effect());
+        let answers = tail || early;
+        let mut result_value = (answers && record.has_flag(flags::RETURN_OLD)).then(|| {
             if answer_hidden(record, false) {
                 None
             } else {
@@ -995,7 +1018,7 @@ impl Replica {
             Effect::Multi => match multi::Decided::decode(value) {
                 Ok(decided) => {
                     apply_writes(&mut self.store, seq, &decided.writes);
-                    if tail {
+                    if answers {
                         // The answers, as the head decided them.
                         result_value = Some(Some(multi::encode_answers(&decided.answers)));
                     }
@@ -1069,7 +1092,7 @@ impl Replica {
             };
             self.remember_outcome(record.client_id.get(), seq, outcome);
         }
-        if tail && record.has_flag(flags::RETURN_NEW) && record.status() == Status::Ok {
+        if answers && record.has_flag(flags::RETURN_NEW) && record.status() == Status::Ok {
             result_value = Some(if answer_hidden(record, true) {
                 None
             } else {
@@ -1088,16 +1111,28 @@ impl Replica {
         } else {
             value
         };
-        if tail {
-            next.op = Op::Ack as u8;
+        if answers {
+            let mut ack = next;
+            ack.op = Op::Ack as u8;
             if matches!(result_value, Some(None)) {
-                next.flags |= flags::ANSWER_ABSENT;
+                ack.flags |= flags::ANSWER_ABSENT;
             }
             let answer = result_value.flatten();
             let answer = answer.as_deref().unwrap_or_default();
-            if self.push_answer(to, &next, Extensions::default(), answer, outbox) {
+            if self.push_answer(
+                self.config.coordinator,
+                &ack,
+                Extensions::default(),
+                answer,
+                outbox,
+            ) {
                 self.counters.large_answers += 1;
             }
+            if early {
+                self.counters.early_acks += 1;
+            }
+        }
+        if tail {
             // The log keeps the record itself: if this replica stops being
             // the tail, it passes the record on instead.
             let mut scratch = std::mem::take(&mut self.scratch);
@@ -2131,6 +2166,16 @@ fn record_extensions(deadline_ms: u64, value: &[u8]) -> Extensions {
         large: (value.len() > VALUE_LEN_MAX).then(|| Large::of(value, nowhere)),
         ..Extensions::deadline(deadline_ms)
     }
+}
+
+/// Whether the commit point answers a write of this effect before the
+/// tail (early commit): every write but a transaction's phases, whose
+/// holds the coordinator changes at the tail's acknowledgement.
+fn answered_early(effect: Effect) -> bool {
+    !matches!(
+        effect,
+        Effect::Prepare | Effect::Acquire | Effect::Commit | Effect::Abort
+    )
 }
 
 /// Whether the tail answers a decided write's value before it (`after`

@@ -72,6 +72,7 @@ impl Cluster {
             epoch: EPOCH,
             chain: sim.chain.clone(),
             slots: vec![[0, tern_wire::SLOT_COUNT]],
+            early_commit: 0,
         };
         let mut cluster = Cluster {
             members: Vec::new(),
@@ -119,6 +120,7 @@ impl Cluster {
             chain: self.meta.chain.clone(),
             position,
             coordinator: self.meta.coordinator,
+            early_commit: 0,
         })
     }
 
@@ -174,6 +176,7 @@ impl Cluster {
                     chain: vec![address],
                     position: 0,
                     coordinator: address,
+                    early_commit: 0,
                 });
                 self.joining[index] = false;
             }
@@ -225,6 +228,7 @@ impl Cluster {
                 epoch: self.meta.epoch,
                 chain: self.meta.chain.clone(),
                 slots: vec![[0, tern_wire::SLOT_COUNT]],
+                early_commit: 0,
             }]
         } else {
             Vec::new()

@@ -26,6 +26,7 @@ fn place(epoch: u32, chain: &[u8]) -> Option<ReplicaConfig> {
         chain,
         position,
         coordinator: replica(100),
+        early_commit: 0,
     })
 }
 

@@ -222,6 +222,7 @@ fn rule4_no_read_between_the_steps_of_an_ack_can_miss_the_acknowledged_write() {
         epoch: EPOCH,
         chain: chain.clone(),
         slots: vec![[0, tern_wire::SLOT_COUNT]],
+        early_commit: 0,
     };
     let mut coordinator = ShardCoordinator::new(config, state);
     let now = Time::from_nanos(1_000_000_000);

@@ -54,6 +54,7 @@ pub fn config_in(map: &MetaMap, shard: ShardId, addr: SocketAddrV4) -> Option<Re
         chain: entry.replicas.clone(),
         position,
         coordinator: entry.coordinator,
+        early_commit: 0,
     })
 }
 
@@ -65,6 +66,7 @@ fn outside(shard: ShardId, addr: SocketAddrV4) -> ReplicaConfig {
         chain: vec![addr],
         position: 0,
         coordinator: addr,
+        early_commit: 0,
     }
 }
 

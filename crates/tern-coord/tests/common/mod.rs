@@ -44,6 +44,7 @@ pub fn load_serving(slots: Vec<[u32; 2]>) -> (XdpCoordinator, SharedShard) {
         epoch: EPOCH,
         chain,
         slots,
+        early_commit: 0,
     };
     let coordinator = XdpCoordinator::load(COORDINATOR, &[shard], &macs)
         .unwrap_or_else(|error| panic!("loading the XDP program (these tests need root): {error}"));

@@ -16,6 +16,7 @@
 //! its dispatch, timers and in-place reconfiguration. Locks and the hot-key
 //! cache get modules of their own beside these.
 
+mod early;
 mod freeze;
 mod process;
 mod reads;
@@ -64,6 +65,11 @@ pub struct ShardConfig {
     /// (`ShardMap::incarnation`); answered with every FREEZE, so that a
     /// migration sees a coordinator that started afresh (without its holds).
     pub incarnation: u64,
+    /// Early commit (Whale): a write is answered once the first
+    /// `early_commit` replicas of the chain hold it, and the rest of the
+    /// chain follows; 0 answers once the tail holds it (synchronous chain
+    /// replication). See [`crate::commit_point_index`].
+    pub early_commit: u32,
 }
 
 impl ShardConfig {
@@ -73,6 +79,18 @@ impl ShardConfig {
 
     fn tail(&self) -> SocketAddrV4 {
         *self.chain.last().expect("a chain has at least one replica")
+    }
+
+    /// The replica whose acknowledgement answers a write, and the one
+    /// that answers the reads of dirty keys: every write it applied is
+    /// held by the replicas before it too, so it is committed.
+    pub fn commit_point(&self) -> SocketAddrV4 {
+        self.chain[crate::commit_point_index(self.early_commit, self.chain.len())]
+    }
+
+    /// Whether writes are answered before the tail holds them.
+    pub fn is_early(&self) -> bool {
+        self.commit_point() != self.tail()
     }
 }
 
@@ -84,6 +102,16 @@ counters! {
         writes,
         acks,
         acks_not_in_flight,
+        /// Writes answered at the commit point's acknowledgement (early
+        /// commit), before the tail's.
+        early_acks,
+        /// Early acknowledgements of writes answered already, or no longer
+        /// in flight.
+        early_acks_late,
+        /// Reads of dirty keys refused TRY_AGAIN (early commit) because the
+        /// commit point may still lack a write answered before it became
+        /// the commit point.
+        reads_point_behind,
         window_full,
         resent,
         noop_fills,
@@ -144,6 +172,8 @@ pub struct ShardCoordinator<S> {
     map_doubted: bool,
     /// What the sweep keeps of the holds (they are in the shared state).
     holds: txn::Holds,
+    /// Early commit's answers and commit point (`early`).
+    early: early::Early,
     counters: ShardCounters,
 }
 
@@ -157,7 +187,9 @@ impl<S: ShardState> ShardCoordinator<S> {
         );
         state.set_all_dirty(true);
         state.set_slots(&config.slots);
+        let early = early::Early::starting(&config);
         ShardCoordinator {
+            early,
             config,
             state,
             recovery: Recovery::PROBING,
@@ -220,6 +252,11 @@ impl<S: ShardState> ShardCoordinator<S> {
         if config.head() != self.config.head() {
             self.resend_all = true;
         }
+        if config.early_commit > 0 && config.commit_point() != self.config.commit_point() {
+            self.early.new_point(&config, self.state.next_seq());
+        } else {
+            self.early.size_for(&config);
+        }
         if let Recovery::Probing { .. } = self.recovery
             && (config.head() != self.config.head() || config.tail() != self.config.tail())
         {
@@ -267,6 +304,9 @@ impl<S: ShardState> ShardCoordinator<S> {
                 }
             }
             Op::Ack if from == self.config.tail() => self.acknowledge(now, message, outbox),
+            Op::Ack if self.config.is_early() && from == self.config.commit_point() => {
+                self.acknowledge_early(message, outbox);
+            }
             Op::Retransmit if from == self.config.head() => {
                 self.resend_range(now, header.seq.get(), header.retransmit_last(), outbox);
             }
@@ -305,6 +345,9 @@ impl<S: ShardState> ShardCoordinator<S> {
                 outbox.push(self.config.head(), &probe, &[], &[]);
                 if self.config.tail() != self.config.head() {
                     outbox.push(self.config.tail(), &probe, &[], &[]);
+                }
+                if self.config.is_early() && self.config.commit_point() != self.config.head() {
+                    outbox.push(self.config.commit_point(), &probe, &[], &[]);
                 }
             }
             return;

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddrV4;
 
-use tern_wire::{Message, dirty_index, flags};
+use tern_wire::{Message, Status, dirty_index, flags};
 
 use super::{ShardCoordinator, ShardState};
 use crate::Outbox;
@@ -11,8 +11,9 @@ use crate::Outbox;
 /// Where a read goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadRoute {
-    /// The key may have writes in flight: only the tail is sure to hold every
-    /// write the coordinator has acknowledged, so the read goes there.
+    /// The key may have writes in flight: only the tail (under early
+    /// commit, the commit point) is sure to hold every write the
+    /// coordinator has acknowledged, so the read goes there.
     Tail,
     /// The key is clean: any replica can answer, at this stamp (rule 5).
     Any { stamp: u64 },
@@ -44,6 +45,20 @@ impl<S: ShardState> ShardCoordinator<S> {
         let mut header = message.header;
         header.set_reply_addr(from);
         let to = match route_read(&self.state, header.key_hash.get()) {
+            ReadRoute::Tail if self.config.early_commit > 0 => {
+                let commit_seq = self.state.commit_seq();
+                if !self.early.point_ready(commit_seq) {
+                    // It may lack a write answered before it became the
+                    // commit point; asked again, it has caught up.
+                    self.counters.reads_point_behind += 1;
+                    self.refuse(from, &header, (Status::TryAgain, 0), outbox);
+                    return;
+                }
+                self.counters.reads_tail += 1;
+                header.flags |= flags::TAIL_READ;
+                header.commit_seq.set(commit_seq);
+                self.config.commit_point()
+            }
             ReadRoute::Tail => {
                 self.counters.reads_tail += 1;
                 header.flags |= flags::TAIL_READ;

@@ -62,6 +62,9 @@ impl<S: ShardState> ShardCoordinator<S> {
         if from == self.config.tail() {
             tail_applied = Some(header.seq.get());
         }
+        if from == self.config.commit_point() {
+            self.early.learn_point(header.seq.get());
+        }
         self.recovery = Recovery::Probing {
             head_highest,
             tail_applied,
@@ -101,6 +104,7 @@ impl<S: ShardState> ShardCoordinator<S> {
         self.scanned_up_to = highest + 1;
         self.state.set_next_seq(highest + 1);
         self.state.advance_commit_seq(applied);
+        self.early.recovered(highest);
         if applied >= highest {
             self.finish_recovery();
         } else {

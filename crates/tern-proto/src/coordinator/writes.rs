@@ -194,6 +194,17 @@ impl<S: ShardState> ShardCoordinator<S> {
         {
             self.finish_recovery();
         }
+        if self.early.take_answered(seq) {
+            // Answered at the commit point's acknowledgement.
+            return;
+        }
+        self.answer_write(message, outbox);
+    }
+
+    /// Turns an acknowledgement into its write's reply (when the write has
+    /// a client to answer).
+    pub(super) fn answer_write(&self, message: &Message<'_>, outbox: &mut Outbox) {
+        let header = &message.header;
         if header.reply_port.get() != 0 {
             // The acknowledgement turned into the reply as it is, as the
             // kernel path does it in place.

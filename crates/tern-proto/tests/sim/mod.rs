@@ -66,6 +66,8 @@ pub struct Sim {
     pub client_inbox: Vec<Reply>,
     /// Each replica's log records, as its shell would have written them.
     pub disks: Vec<Vec<(u64, Vec<u8>)>>,
+    /// The shard's early commit (0: at the tail), kept across failures.
+    pub early_commit: u32,
     outbox: Outbox,
 }
 
@@ -80,8 +82,22 @@ impl Sim {
         sim
     }
 
+    /// As `new`, with early commit at the chain's `early_commit`-th
+    /// replica.
+    pub fn with_early_commit(length: usize, early_commit: u32) -> Sim {
+        let mut sim = Sim::unprobed_with(length, early_commit);
+        sim.tick();
+        sim.deliver_all();
+        assert!(sim.coordinator.is_ready());
+        sim
+    }
+
     /// As `new`, but the coordinator has not yet learnt the chain's progress.
     pub fn unprobed(length: usize) -> Sim {
+        Sim::unprobed_with(length, 0)
+    }
+
+    fn unprobed_with(length: usize, early_commit: u32) -> Sim {
         let coordinator_addr = addr(1, 7000);
         let chain: Vec<_> = (0..length)
             .map(|index| addr(10 + index as u8, 7100))
@@ -94,29 +110,39 @@ impl Sim {
                     chain: chain.clone(),
                     position,
                     coordinator: coordinator_addr,
+                    early_commit,
                 })
             })
             .collect();
         Sim {
             now: Time::from_nanos(1_000_000_000),
             coordinator_addr,
-            coordinator: Sim::fresh_coordinator(&chain),
+            coordinator: Sim::fresh_coordinator_with(&chain, early_commit),
             chain,
             replicas,
             network: VecDeque::new(),
             client_inbox: Vec::new(),
             disks: vec![Vec::new(); length],
+            early_commit,
             outbox: Outbox::new(),
         }
     }
 
     pub fn fresh_coordinator(chain: &[SocketAddrV4]) -> Coordinator<SharedShard> {
+        Sim::fresh_coordinator_with(chain, 0)
+    }
+
+    pub fn fresh_coordinator_with(
+        chain: &[SocketAddrV4],
+        early_commit: u32,
+    ) -> Coordinator<SharedShard> {
         let config = ShardConfig {
             incarnation: 0,
             shard: SHARD,
             epoch: EPOCH,
             chain: chain.to_vec(),
             slots: vec![[0, tern_wire::SLOT_COUNT]],
+            early_commit,
         };
         Coordinator::new([ShardCoordinator::new(config, SharedShard::in_process())])
     }
@@ -390,6 +416,7 @@ impl Sim {
                 chain: self.chain.clone(),
                 position,
                 coordinator: self.coordinator_addr,
+                early_commit: self.early_commit,
             });
         }
         ShardConfig {
@@ -398,6 +425,7 @@ impl Sim {
             epoch,
             chain: self.chain.clone(),
             slots: vec![[0, tern_wire::SLOT_COUNT]],
+            early_commit: self.early_commit,
         }
     }
 
@@ -410,6 +438,7 @@ impl Sim {
             chain: vec![address],
             position: 0,
             coordinator: address,
+            early_commit: 0,
         });
         spare.set_fenced(true);
         self.chain.push(address);

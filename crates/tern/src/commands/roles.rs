@@ -406,6 +406,7 @@ fn replica_config(
         chain: entry.replicas.clone(),
         position,
         coordinator: entry.coordinator,
+        early_commit: 0,
     })
 }
 
