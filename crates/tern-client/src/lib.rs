@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 pub use expiry::{Deadline, ExpireCondition, Lifetime};
 pub use pipeline::{Completion, PIPELINE_DEPTH_MAX, Pipeline, Request};
 use retry::{Retry, Verdict};
-pub use tern_control::{ClientId, ClusterMap, Epoch, MapError, ShardId, ShardMap, Slot};
+pub use tern_control::{
+    ClientId, ClusterMap, Epoch, MapError, ShardId, ShardMap, Slot, commit_name, parse_commit,
+};
 pub use tern_control::{meta, tls};
 use tern_wire::{
     Extensions, Header, KEY_LEN_MAX, LARGE_VALUE_LEN_DEFAULT, Large, MESSAGE_LEN_MAX, Message, Op,

@@ -504,6 +504,7 @@ mod tests {
             coordinator: addr,
             replicas: vec![addr],
             incarnation: 0,
+            early_commit: 0,
         };
         (server, ClusterMap::new(vec![shard]).unwrap())
     }

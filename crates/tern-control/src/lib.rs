@@ -16,6 +16,6 @@ pub mod transfer;
 
 pub use ids::{ClientId, Epoch, Seq, ShardId, Slot};
 pub use map::{
-    ClusterMap, HandOff, MapError, Migration, ShardMap, SlotRange, SlotState, first_slot_missing,
-    served_slots,
+    ClusterMap, HandOff, MapError, Migration, ShardMap, SlotRange, SlotState, commit_name,
+    first_slot_missing, parse_commit, served_slots,
 };

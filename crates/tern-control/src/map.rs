@@ -33,10 +33,49 @@ pub struct ShardMap {
     /// incarnation that held the group as well as by the epoch.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub incarnation: u64,
+    /// Early commit (Whale; `tern cluster up --commit early:K`): a write
+    /// is answered once the first K replicas of the chain hold it, the rest
+    /// follow; 0 (the default): once the tail holds it. A chain shrunk by
+    /// failures to K replicas or fewer commits at its tail.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub early_commit: u32,
 }
 
 fn is_zero(value: &u64) -> bool {
     *value == 0
+}
+
+fn is_zero_u32(value: &u32) -> bool {
+    *value == 0
+}
+
+/// Parses a commit rule as the CLI takes it: `chain` (answered once the
+/// tail holds a write: 0), `early` (once the head and its successor do:
+/// 2) or `early:K` (once the first K replicas do, K at least 1).
+pub fn parse_commit(text: &str) -> Result<u32, String> {
+    match text.split_once(':') {
+        None if text == "chain" => Ok(0),
+        None if text == "early" => Ok(2),
+        Some(("early", k)) => match k.parse::<u32>() {
+            Ok(0) => Err(
+                "early:0 commits a write nowhere: K, the replicas that hold a write before it is answered, is at least 1"
+                    .into(),
+            ),
+            Ok(k) => Ok(k),
+            Err(_) => Err(format!("early:{k}: K must be a number of replicas")),
+        },
+        _ => Err(format!(
+            "unknown commit rule {text:?}: chain, early (K = 2) or early:K"
+        )),
+    }
+}
+
+/// The commit rule as `parse_commit` reads it.
+pub fn commit_name(early_commit: u32) -> String {
+    match early_commit {
+        0 => "chain".into(),
+        k => format!("early:{k}"),
+    }
 }
 
 /// A move of a slot range from one shard to another (live migration). The
@@ -412,6 +451,7 @@ mod tests {
             coordinator: "127.0.0.1:7000".parse().unwrap(),
             replicas: vec!["127.0.0.1:7100".parse().unwrap()],
             incarnation: 0,
+            early_commit: 0,
         }
     }
 

@@ -25,7 +25,7 @@ pub fn shards_of(
             chain: shard.replicas.clone(),
             slots: served_slots(shard, migrations),
             incarnation: shard.incarnation,
-            early_commit: 0,
+            early_commit: shard.early_commit,
         })
         .collect()
 }

@@ -158,6 +158,8 @@ impl MetaState {
                     coordinator: *coordinator,
                     replicas: replicas.clone(),
                     incarnation: 0,
+                    // The cluster's setting, as its first shard has it.
+                    early_commit: self.shards.first().map_or(0, |first| first.early_commit),
                 });
                 self.replication.insert(*shard, replicas.len());
                 self.retired.remove(shard);
@@ -459,6 +461,7 @@ mod tests {
             coordinator: addr(1),
             replicas: vec![addr(10), addr(11), addr(12)],
             incarnation: 0,
+            early_commit: 0,
         }];
         state.apply(&Command::Init { shards }).unwrap();
         state
@@ -572,6 +575,7 @@ mod tests {
             coordinator: addr(first),
             replicas: vec![addr(first + 10), addr(first + 11)],
             incarnation: 0,
+            early_commit: 0,
         };
         let shards = vec![shard(0, [0, 8192], 1), shard(1, [8192, SLOT_COUNT], 2)];
         state.apply(&Command::Init { shards }).unwrap();

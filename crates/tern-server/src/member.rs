@@ -54,7 +54,7 @@ pub fn config_in(map: &MetaMap, shard: ShardId, addr: SocketAddrV4) -> Option<Re
         chain: entry.replicas.clone(),
         position,
         coordinator: entry.coordinator,
-        early_commit: 0,
+        early_commit: entry.early_commit,
     })
 }
 

@@ -91,6 +91,11 @@ pub struct ChaosArgs {
     pub topology: TopologyKind,
     #[arg(long, value_enum, default_value_t = ClusterMode::User)]
     pub mode: ClusterMode,
+    /// When a write is answered (`tern cluster up --commit`): the chaos
+    /// then checks that rule's guarantees (`early:1` survives no failure
+    /// of a head: leave kill-replica out).
+    #[arg(long, value_parser = tern_client::parse_commit, default_value = "chain")]
+    pub commit: u32,
     #[arg(long, default_value_t = 2)]
     pub shards: u32,
     /// Meta nodes (3 lets the meta-leader fault keep a majority).
@@ -689,6 +694,7 @@ pub fn run(args: &ChaosArgs) -> Result<ExitCode> {
         dir: dir.clone(),
         shards: args.shards,
         replicas: 3,
+        commit: args.commit,
         mode: args.mode,
         topology: Some(args.topology),
         durability: DurabilityArg::Always,

@@ -79,6 +79,13 @@ pub enum ClusterCommand {
         /// Replicas per shard (the chain length).
         #[arg(long, default_value_t = 3)]
         replicas: usize,
+        /// When a write is answered: `chain` once every replica holds it
+        /// (the tail acknowledged it); `early:K` (Whale's early commit;
+        /// `early` is K = 2) once the first K replicas hold it, the rest
+        /// following. K of 1 loses the writes only the head had when it
+        /// fails; K replicas survive K - 1 failures. User mode only.
+        #[arg(long, value_parser = tern_client::parse_commit, default_value = "chain")]
+        commit: u32,
         #[arg(long, value_enum, default_value_t = ClusterMode::User)]
         mode: ClusterMode,
         /// Default: netns when running as root, else loopback.
@@ -173,6 +180,8 @@ pub enum ClusterCommand {
 struct Shape {
     shard_count: u32,
     replicas: usize,
+    /// Early commit's K (0: at the tail).
+    early_commit: u32,
 }
 
 fn parse_allow_list(text: &str) -> Result<tern_coord::AllowList, String> {
@@ -452,6 +461,7 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
             dir,
             shards,
             replicas,
+            commit,
             mode,
             topology,
             durability,
@@ -492,6 +502,7 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
                 Shape {
                     shard_count: shards,
                     replicas,
+                    early_commit: commit,
                 },
                 mode,
                 topology,
@@ -623,9 +634,22 @@ fn up(
     let Shape {
         shard_count,
         replicas,
+        early_commit,
     } = shape;
     if shard_count == 0 || replicas == 0 {
         bail!("a cluster needs at least one shard and one replica per shard");
+    }
+    if early_commit as usize > replicas {
+        bail!(
+            "--commit early:{early_commit} answers a write once {early_commit} replicas hold it, \
+             but a shard has only {replicas} (--replicas): use K of at most {replicas}"
+        );
+    }
+    if early_commit > 0 && mode != ClusterMode::User {
+        bail!(
+            "--commit early needs --mode user: the XDP program answers a write at the tail's \
+             acknowledgement and sends dirty reads to the tail, so it cannot commit early yet"
+        );
     }
     if mode == ClusterMode::Xdp && !netns::is_root() {
         bail!(
@@ -722,6 +746,7 @@ fn start(
     let Shape {
         shard_count,
         replicas,
+        early_commit,
     } = shape;
     let addresses: Vec<SocketAddrV4> = match &topology {
         None => free_addresses(names.len())?,
@@ -746,6 +771,7 @@ fn start(
             coordinator,
             replicas: remaining.by_ref().take(replicas).collect(),
             incarnation: 0,
+            early_commit,
         })
         .collect();
     let mut map = ClusterMap::new(shards)?;
@@ -1126,6 +1152,7 @@ pub fn up_for_benchmark(
         dir: dir.to_path_buf(),
         shards,
         replicas,
+        commit: 0,
         mode,
         topology: Some(topology),
         durability,

@@ -308,6 +308,7 @@ pub fn plan(description: &Description) -> Result<Plan> {
             coordinator,
             replicas,
             incarnation: 0,
+            early_commit: 0,
         });
     }
     let mut map = ClusterMap::new(shards)?;

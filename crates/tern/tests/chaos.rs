@@ -55,6 +55,15 @@ fn the_user_space_coordinator_survives_every_fault_kind() {
     registers(&["--mode", "user"]);
 }
 
+/// Early commit (K = 2: answered once head and middle hold a write)
+/// survives every fault kind too: one replica failure at a time loses
+/// nothing answered, and dirty reads go to a commit point that has caught
+/// up.
+#[test]
+fn early_commit_survives_every_fault_kind() {
+    registers(&["--mode", "user", "--commit", "early"]);
+}
+
 #[test]
 fn the_xdp_coordinator_survives_every_fault_kind() {
     registers(&["--mode", "xdp"]);

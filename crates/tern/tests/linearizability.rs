@@ -21,9 +21,15 @@ fn figure(report: &str, label: &str) -> u64 {
 }
 
 fn assert_linearizable_under_contention(shards: u32, mode: &str, topology: &str) {
+    assert_linearizable_committing(shards, mode, topology, "chain");
+}
+
+fn assert_linearizable_committing(shards: u32, mode: &str, topology: &str, commit: &str) {
     let shards = shards.to_string();
     let output = common::run_tern(&[
         "chaos",
+        "--commit",
+        commit,
         "--no-faults",
         "--duration",
         "4s",
@@ -66,6 +72,14 @@ fn one_shard_three_replicas_is_linearizable_under_contention() {
 #[test]
 fn three_shards_three_replicas_is_linearizable_under_contention() {
     assert_linearizable_under_contention(3, "user", "loopback");
+}
+
+/// Early commit (answered once head and middle hold a write): reads of
+/// dirty keys go to the middle, which must never answer older than an
+/// acknowledged write.
+#[test]
+fn one_shard_three_replicas_committing_early_is_linearizable_under_contention() {
+    assert_linearizable_committing(1, "user", "loopback", "early");
 }
 
 #[test]

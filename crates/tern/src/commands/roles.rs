@@ -406,7 +406,7 @@ fn replica_config(
         chain: entry.replicas.clone(),
         position,
         coordinator: entry.coordinator,
-        early_commit: 0,
+        early_commit: entry.early_commit,
     })
 }
 
