@@ -177,6 +177,77 @@ pub fn svg(report: &BenchReport) -> String {
     out
 }
 
+/// A curve of [`curves`]: its name (in the legend), colour and points.
+#[derive(Debug)]
+pub struct Curve<'a> {
+    pub name: &'a str,
+    pub color: &'a str,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// An SVG of panels of curves over one x axis (e.g. latency against the
+/// number of replicas), one legend line per curve under each title.
+pub fn curves(title: &str, x_label: &str, panels: &[(String, Vec<Curve<'_>>)]) -> String {
+    let x_max = panels
+        .iter()
+        .flat_map(|(_, curves)| curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)))
+        .fold(1.0, f64::max);
+    let count = panels.len().max(1) as f64;
+    let height = TOP + count * PANEL_HEIGHT + (count - 1.0) * GAP + 60.0;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<text x="{LEFT}" y="24" font-size="15">{}</text>"#,
+        escape(title)
+    );
+    for (index, (panel_title, curves)) in panels.iter().enumerate() {
+        let top = TOP + index as f64 * (PANEL_HEIGHT + GAP);
+        let legend: Vec<String> = curves
+            .iter()
+            .map(|c| format!("{} {}", c.name, c.color_name()))
+            .collect();
+        let lines: Vec<Line<'_>> = curves.iter().map(|c| (&c.points[..], c.color)).collect();
+        panel(
+            &mut out,
+            top,
+            &format!("{panel_title}: {}", legend.join(", ")),
+            &lines,
+            x_max,
+            &[],
+        );
+    }
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" font-size="12" text-anchor="middle">{}</text>"#,
+        LEFT + (WIDTH - LEFT - RIGHT) / 2.0,
+        height - 8.0,
+        escape(x_label)
+    );
+    out.push_str("</svg>\n");
+    out
+}
+
+impl Curve<'_> {
+    /// How the legend names the colour.
+    fn color_name(&self) -> &'static str {
+        match self.color {
+            "#1f5fbf" => "(blue)",
+            "#d9730d" => "(orange)",
+            "#2a9d4b" => "(green)",
+            "#8e44ad" => "(purple)",
+            _ => "",
+        }
+    }
+}
+
+/// Colours for [`Curve`]s, in order.
+pub const COLORS: [&str; 4] = ["#1f5fbf", "#d9730d", "#2a9d4b", "#8e44ad"];
+
 #[cfg(test)]
 mod tests {
     use super::nice_ceiling;

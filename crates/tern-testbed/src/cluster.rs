@@ -1148,11 +1148,24 @@ pub fn up_for_benchmark(
     topology: TopologyKind,
     durability: DurabilityArg,
 ) -> Result<ExitCode> {
+    up_committing(dir, shards, replicas, 0, mode, topology, durability)
+}
+
+/// `up_for_benchmark` with early commit at K = `early_commit` (0: chain).
+pub fn up_committing(
+    dir: &Path,
+    shards: u32,
+    replicas: usize,
+    early_commit: u32,
+    mode: ClusterMode,
+    topology: TopologyKind,
+    durability: DurabilityArg,
+) -> Result<ExitCode> {
     run(ClusterCommand::Up {
         dir: dir.to_path_buf(),
         shards,
         replicas,
-        commit: 0,
+        commit: early_commit,
         mode,
         topology: Some(topology),
         durability,

@@ -94,7 +94,7 @@ impl From<&BenchReport> for Sample {
 }
 
 /// (median, min, max).
-fn spread(values: &[f64]) -> (f64, f64, f64) {
+pub(crate) fn spread(values: &[f64]) -> (f64, f64, f64) {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let middle = sorted.len() / 2;
@@ -207,11 +207,17 @@ fn redis_group() -> Result<(RedisGroup, u16)> {
 }
 
 fn run_redis(args: &CompareArgs, target: Target) -> Result<BenchReport> {
+    run_redis_workload(&args.workload, target == Target::RedisWait)
+}
+
+/// `workload` against a Redis primary with two replicas on loopback,
+/// asynchronous unless `wait` (WAIT for both after every write).
+pub(crate) fn run_redis_workload(workload: &BenchArgs, wait: bool) -> Result<BenchReport> {
     let (_group, port) = redis_group()?;
-    let mut workload = args.workload.clone();
+    let mut workload = workload.clone();
     workload.driver = Driver::Resp;
     workload.resp_address = format!("127.0.0.1:{port}");
-    workload.resp_wait = (target == Target::RedisWait).then_some(REDIS_REPLICAS as u32);
+    workload.resp_wait = wait.then_some(REDIS_REPLICAS as u32);
     workload.pipeline = 1;
     tern_bench::run(None, &workload)
 }

@@ -16,6 +16,7 @@ pub mod compare;
 pub mod deploy;
 pub mod migrate;
 pub mod netns;
+pub mod replication;
 
 /// How durably replicas keep what they apply (`--durability`).
 #[derive(

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use commands::{data, node, reshard, roles};
 use tern_client::ClusterMap;
-use tern_testbed::{certs, chaos, cluster, compare, deploy, migrate};
+use tern_testbed::{certs, chaos, cluster, compare, deploy, migrate, replication};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -139,6 +139,10 @@ enum BenchCommand {
     /// Run one workload against fresh clusters in several coordinator modes,
     /// alternating, and report medians and ratios.
     Compare(compare::CompareArgs),
+    /// Write latency and throughput against the number of replicas, for
+    /// each commit rule (chain, early commit), YCSB A and B, beside Redis
+    /// with two asynchronous replicas; alternating rounds, medians, plot.
+    Replication(replication::ReplicationArgs),
     /// Append throughput of the replica log, one fdatasync per write against
     /// group commit.
     Log(tern_bench::persistence::LogBenchArgs),
@@ -245,6 +249,13 @@ fn run(cluster: &Path, command: Command) -> Result<ExitCode> {
             ..
         } => {
             compare::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            compare: Some(BenchCommand::Replication(args)),
+            ..
+        } => {
+            replication::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
