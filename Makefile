@@ -3,6 +3,7 @@
 #   make test   every test: unit, property, protocol rules, XDP program, real-process system tests, chaos, fuzzing
 #   make bench-compare   user-space vs XDP coordinator, alternating runs, medians and ratio
 #   make bench-migrate   live slot migration against stop-and-copy and ownership-first (NetMigrate's experiment)
+#   make bench-replication   write latency vs 1-7 replicas, chain vs early commit, beside Redis (Whale's experiment)
 SHELL := /bin/bash
 CARGO ?= cargo
 DEMO_DIR ?= $(CURDIR)/target/demo-cluster
@@ -18,7 +19,7 @@ COMPARE_REPEAT ?= 5
 COMPARE_DURATION ?= 10s
 TERN := $(CURDIR)/target/release/tern
 
-.PHONY: demo test check unit fuzz deps bench-compare bench-peers bench-migrate
+.PHONY: demo test check unit fuzz deps bench-compare bench-peers bench-migrate bench-replication
 
 deps:
 	@scripts/install-deps.sh
@@ -70,6 +71,20 @@ bench-migrate: deps
 	$(CARGO) build --release --bin tern
 	$(TERN) bench migrate --mode $(MIGRATE_MODE) --repeat $(MIGRATE_REPEAT) --duration 10s \
 		--write-fractions 0,0.05,0.1,0.3
+
+# Write latency and throughput against 1, 2, 3, 5 and 7 replicas, committing
+# at the tail (chain) and early (K = 2), workloads A and B, beside Redis with
+# two asynchronous replicas; at 8 clients (the machine saturated) and at 1
+# (latency alone). Runs alternate (needs root: netns). Figures and plots in
+# target/bench-replication/{clients-8,clients-1}.
+REPLICATION_REPEAT ?= 3
+bench-replication:
+	@scripts/install-deps.sh
+	$(CARGO) build --release --bin tern
+	$(TERN) bench replication --repeat $(REPLICATION_REPEAT) --duration 5s --records 10000 --clients 8 \
+		--out target/bench-replication/clients-8
+	$(TERN) bench replication --repeat $(REPLICATION_REPEAT) --duration 5s --records 10000 --clients 1 \
+		--workloads a --replica-counts 1,3,5,7 --out target/bench-replication/clients-1
 
 # Tern (user and XDP coordinators) against Redis 7 (a primary and two
 # replicas, with and without WAIT 2 0), workloads B and A, 8 clients each.

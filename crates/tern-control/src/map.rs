@@ -443,6 +443,43 @@ impl ClusterMap {
 mod tests {
     use super::*;
 
+    #[test]
+    fn commit_rules_parse_and_bad_ones_say_why() {
+        assert_eq!(parse_commit("chain"), Ok(0));
+        assert_eq!(parse_commit("early"), Ok(2));
+        assert_eq!(parse_commit("early:1"), Ok(1));
+        assert_eq!(parse_commit("early:5"), Ok(5));
+        assert!(parse_commit("early:0").unwrap_err().contains("at least 1"));
+        assert!(parse_commit("early:x").unwrap_err().contains("number"));
+        assert!(
+            parse_commit("fanout")
+                .unwrap_err()
+                .contains("unknown commit rule")
+        );
+        for k in [0, 1, 2, 7] {
+            assert_eq!(parse_commit(&commit_name(k)), Ok(k));
+        }
+    }
+
+    #[test]
+    fn a_map_without_early_commit_reads_as_the_chain() {
+        let text = r#"
+            [[shards]]
+            id = 0
+            epoch = 1
+            slots = [[0, 16384]]
+            coordinator = "127.0.0.1:7000"
+            replicas = ["127.0.0.1:7100"]
+        "#;
+        let map: ClusterMap = toml::from_str(text).unwrap();
+        assert_eq!(map.shards[0].early_commit, 0);
+        let mut early = map.clone();
+        early.shards[0].early_commit = 2;
+        let written = toml::to_string(&early).unwrap();
+        assert!(written.contains("early_commit = 2"));
+        assert!(!toml::to_string(&map).unwrap().contains("early_commit"));
+    }
+
     fn shard(id: u32, slots: SlotRange) -> ShardMap {
         ShardMap {
             id: ShardId(id),

@@ -1640,10 +1640,11 @@ fn status(dir: &Path) -> Result<ExitCode> {
             .map(|[start, end]| format!("[{start}, {end})"))
             .collect();
         println!(
-            "shard {} slots {} epoch {}",
+            "shard {} slots {} epoch {} commit {}",
             shard.id,
             slots.join(" "),
-            shard.epoch
+            shard.epoch,
+            tern_client::commit_name(shard.early_commit)
         );
         let (line, up) = describe(shard.coordinator, shard.id);
         all_up &= up;

@@ -169,9 +169,7 @@ fn start_redis(port: u16, primary: Option<u16>) -> Result<Child> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .context(
-            "starting redis-server (install redis-server; scripts/install-deps.sh --peers does)",
-        )
+        .context("starting redis-server (install redis-server; scripts/install-deps.sh does)")
 }
 
 /// A primary with its replicas, up and replicating.

@@ -340,3 +340,41 @@ fn plot(args: &ReplicationArgs, series: &[Series]) -> String {
         &panels,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: ReplicationArgs,
+    }
+
+    #[test]
+    fn early_commit_runs_only_where_the_chain_is_longer_than_k() {
+        let args = <Command as clap::Parser>::parse_from(["bench"]).args;
+        assert_eq!(
+            configurations(&args),
+            [
+                (1, 0),
+                (2, 0),
+                (3, 0),
+                (3, 2),
+                (5, 0),
+                (5, 2),
+                (7, 0),
+                (7, 2)
+            ]
+        );
+        let args = <Command as clap::Parser>::parse_from([
+            "bench",
+            "--replica-counts",
+            "2,3",
+            "--commits",
+            "early:1,early:3",
+        ])
+        .args;
+        assert_eq!(configurations(&args), [(2, 1), (3, 1)]);
+    }
+}

@@ -358,6 +358,40 @@ fn xdp_mode_without_its_own_interface_is_refused_and_auto_falls_back_saying_why(
     assert!(stdout.contains("user mode"), "{stdout}");
 }
 
+#[test]
+fn impossible_commit_rules_are_refused_at_cluster_up_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let up = |extra: &[&'static str]| -> Vec<String> {
+        let mut args: Vec<String> = ["cluster", "up", "--dir", path, "--topology", "loopback"]
+            .iter()
+            .map(|arg| arg.to_string())
+            .collect();
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        args
+    };
+    let refused = |extra: &[&'static str], says: &str| {
+        let args = up(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_refused(&args, says);
+    };
+    refused(
+        &["--commit", "early:0"],
+        "K, the replicas that hold a write",
+    );
+    refused(
+        &["--commit", "early:4", "--replicas", "3"],
+        "a shard has only 3 (--replicas)",
+    );
+    refused(&["--commit", "fanout"], "unknown commit rule");
+    refused(
+        &["--commit", "early", "--mode", "auto"],
+        "--commit early needs --mode user",
+    );
+    // Nothing was started by any of them.
+    assert!(!dir.path().join("processes.toml").exists());
+}
+
 /// Runs `tern` with `args` and asserts that it fails saying `says`.
 fn assert_refused(args: &[&str], says: &str) {
     let refused = common::run_tern(args);

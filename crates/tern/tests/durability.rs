@@ -90,14 +90,35 @@ fn check_every_acknowledged_write(cluster: &TestCluster, ledger: &Ledger) -> usi
 
 #[test]
 fn acknowledged_writes_survive_killing_one_replica_and_then_all_of_them() {
+    survive_kills("chain");
+}
+
+/// The same under early commit (K = 2): an answered write is in the logs
+/// of head and middle, and the tail gets it from them after the restarts.
+#[test]
+fn acknowledged_writes_survive_the_same_kills_committing_early() {
+    survive_kills("early");
+}
+
+fn survive_kills(commit: &str) {
     let seed = std::env::var("TERN_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random::<u16>) as u64;
     eprintln!("seed {seed} (replay with TERN_TEST_SEED={seed})");
     let mut random = SmallRng::seed_from_u64(seed);
-    let cluster =
-        TestCluster::up_with_args(1, 3, &["--topology", "loopback", "--durability", "always"]);
+    let cluster = TestCluster::up_with_args(
+        1,
+        3,
+        &[
+            "--topology",
+            "loopback",
+            "--durability",
+            "always",
+            "--commit",
+            commit,
+        ],
+    );
     let ledger: Ledger = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers(&cluster, &ledger, &stop);
