@@ -180,7 +180,7 @@ pub fn svg(report: &BenchReport) -> String {
 /// A curve of [`curves`]: its name (in the legend), colour and points.
 #[derive(Debug)]
 pub struct Curve<'a> {
-    pub name: &'a str,
+    pub name: String,
     pub color: &'a str,
     pub points: Vec<(f64, f64)>,
 }
@@ -240,13 +240,14 @@ impl Curve<'_> {
             "#d9730d" => "(orange)",
             "#2a9d4b" => "(green)",
             "#8e44ad" => "(purple)",
+            "#c0392b" => "(red)",
             _ => "",
         }
     }
 }
 
 /// Colours for [`Curve`]s, in order.
-pub const COLORS: [&str; 4] = ["#1f5fbf", "#d9730d", "#2a9d4b", "#8e44ad"];
+pub const COLORS: [&str; 5] = ["#1f5fbf", "#d9730d", "#2a9d4b", "#8e44ad", "#c0392b"];
 
 #[cfg(test)]
 mod tests {

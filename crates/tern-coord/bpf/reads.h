@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * GET: the read decision of tern_proto::coordinator::route_read. Dirty keys
- * go to the tail (TAIL_READ), clean ones round robin, stamped with
+ * go to the commit point (TAIL_READ: the tail, or under early commit the
+ * K-th replica once it has caught up to the point barrier, as
+ * coordinator::early::point_ready), clean ones round robin, stamped with
  * commit_seq (DESIGN rules 3-5).
  */
 #ifndef TERN_READS_H
@@ -17,7 +19,7 @@ static __always_inline int forward_read(struct frame *frame, const struct route_
 	__u32 dirty_index = tern->key_hash & TERN_DIRTY_INDEX_MASK;
 	__u64 *dirty = dirty_count_of(view, dirty_index);
 	struct tern_endpoint replica;
-	__u32 index = view->replica_count - 1;
+	__u32 index = view->commit_index;
 	__u64 commit_seq;
 	int dirty_key;
 
@@ -27,6 +29,16 @@ static __always_inline int forward_read(struct frame *frame, const struct route_
 	dirty_key = READ_SHARED(cell->all_dirty) != 0 || READ_SHARED(*dirty) != 0;
 	BARRIER();
 	commit_seq = READ_SHARED(cell->commit_seq);
+	if (dirty_key && view->early) {
+		__u64 applied = READ_SHARED(cell->point_applied);
+
+		if (applied < commit_seq)
+			applied = commit_seq;
+		/* User space answers TRY_AGAIN while the commit point may lack a
+		 * write answered before it was one. */
+		if (applied < READ_SHARED(cell->point_barrier))
+			return hand_to_user_space(TERN_XDP_COUNTER_PASS_POINT_BEHIND);
+	}
 	if (!dirty_key)
 		index = (__u32)(__sync_fetch_and_add(&cell->next_replica, 1) % view->replica_count);
 	if (!copy_replica(view, index, &replica))

@@ -27,6 +27,10 @@ struct route_view {
 	__u32 local_index;
 	__u32 epoch;
 	__u32 replica_count;
+	/* The commit point (the tail, or the K-th replica under early commit). */
+	__u32 commit_index;
+	/* Non-zero when the shard commits early (the point barrier applies). */
+	__u32 early;
 };
 
 /* Reads the scalar fields of the shard's route; 0, or the counter under
@@ -49,8 +53,10 @@ static __always_inline __u32 read_route(const struct tern_header *tern, struct r
 	view->local_index = READ_SHARED(route->local_index);
 	view->epoch = READ_SHARED(route->epoch);
 	view->replica_count = READ_SHARED(route->replica_count);
+	view->commit_index = READ_SHARED(route->commit_index);
+	view->early = READ_SHARED(route->early);
 	if (!READ_SHARED(route->present) || view->replica_count == 0 ||
-	    view->replica_count > TERN_CHAIN_LEN_MAX)
+	    view->replica_count > TERN_CHAIN_LEN_MAX || view->commit_index >= view->replica_count)
 		return TERN_XDP_COUNTER_PASS_UNKNOWN_SHARD;
 	return 0;
 }

@@ -130,12 +130,59 @@ static __always_inline int sequence_write(struct xdp_md *ctx, struct frame *fram
 	slot->len = length;
 	slot->dirty_index = dirty_index;
 	slot->sent_ns = bpf_ktime_get_ns();
+	slot->answered = 0;
 	__sync_lock_test_and_set(&slot->seq, seq);
 	count(is_txn_op(op) ? TERN_XDP_COUNTER_TXNS : TERN_XDP_COUNTER_WRITES);
 	return XDP_TX;
 }
 
-/* ACK from the tail: commit_seq, then the dirty count, then the reply. */
+/* The commit point's ACK under early commit (coordinator::early's
+ * acknowledge_early): point_applied raised, the write marked answered, the
+ * reply; nothing else changes (the tail's ACK completes the write). */
+static __always_inline int acknowledge_early(struct frame *frame, const struct route_view *view,
+					     struct tern_shard_cell *cell)
+{
+	struct tern_header *tern = frame->tern;
+	__be32 client_ip = tern->reply_ip;
+	struct client_mac *client = NULL;
+	struct tern_window_slot *slot;
+	__u64 seq = tern->seq;
+	int raised = 0;
+
+	if (tern->reply_port != 0) {
+		client = bpf_map_lookup_elem(&client_macs, &client_ip);
+		if (!client)
+			return hand_to_user_space(TERN_XDP_COUNTER_PASS_NO_CLIENT_MAC);
+	}
+	for (int attempt = 0; attempt < TERN_CAS_ATTEMPTS_MAX; attempt++) {
+		__u64 current = READ_SHARED(cell->point_applied);
+
+		if (current >= seq ||
+		    __sync_val_compare_and_swap(&cell->point_applied, current, seq) == current) {
+			raised = 1;
+			break;
+		}
+	}
+	if (!raised)
+		return hand_to_user_space(TERN_XDP_COUNTER_PASS_CONTENDED);
+	slot = slot_of(view, seq);
+	/* Seqs start at 1: a free slot holds 0, which must not match. Answered
+	 * once: a duplicate, or a write the tail completed, is dropped. */
+	if (!slot || seq == 0 || READ_SHARED(slot->seq) != seq ||
+	    __sync_lock_test_and_set(&slot->answered, seq) == seq || !client) {
+		count(TERN_XDP_COUNTER_ACKS_NOT_IN_FLIGHT);
+		return XDP_DROP;
+	}
+	count(TERN_XDP_COUNTER_EARLY_ACKS);
+	tern->op = TERN_OP_REPLY;
+	tern->flags &= TERN_FLAGS_REPLY_OPTIONS;
+	readdress(frame, client_ip, tern->reply_port, client->mac);
+	return XDP_TX;
+}
+
+/* ACK from the tail: commit_seq, then the dirty count, then the reply
+ * (none when the commit point's ACK answered the write already); an ACK
+ * from the commit point under early commit goes to acknowledge_early. */
 static __always_inline int acknowledge(struct frame *frame, const struct route_view *view,
 				       struct tern_shard_cell *cell)
 {
@@ -143,20 +190,28 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 	struct client_mac *client = NULL;
 	struct tern_window_slot *slot;
 	struct tern_endpoint tail;
+	struct tern_endpoint point;
 	__u64 seq = tern->seq;
 	__be32 client_ip = tern->reply_ip;
+	int answered = 0;
+	int completed = 0;
 	struct multi_scratch *items = NULL;
 	struct tern_hold_bucket *bucket = NULL;
 	__u32 item_count = 0;
 	__u32 kept_op = 0;
 	int advanced = 0;
 
-	if (!copy_replica(view, view->replica_count - 1, &tail))
+	if (!copy_replica(view, view->replica_count - 1, &tail) ||
+	    !copy_replica(view, view->commit_index, &point))
 		return XDP_ABORTED;
 	if (!route_unchanged(view))
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_RECONFIGURING);
-	if (frame->ip->saddr != tail.ip || frame->udp->source != tail.port)
+	if (frame->ip->saddr != tail.ip || frame->udp->source != tail.port) {
+		if (view->commit_index + 1 < view->replica_count &&
+		    frame->ip->saddr == point.ip && frame->udp->source == point.port)
+			return acknowledge_early(frame, view, cell);
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_NOT_FROM_TAIL);
+	}
 	/* Decide everything that could send this to user space before changing
 	 * any state, so that user space can process it whole. */
 	if (tern->reply_port != 0) {
@@ -189,6 +244,9 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 				return hand_to_user_space(TERN_XDP_COUNTER_PASS_HOLD_BUSY);
 		}
 	}
+	/* Read while seq still holds its window slot. */
+	if (slot && seq != 0 && READ_SHARED(slot->seq) == seq)
+		answered = READ_SHARED(slot->answered) == seq;
 	/* DESIGN rule 4: commit_seq = max(commit_seq, seq) first. */
 	for (int attempt = 0; attempt < TERN_CAS_ATTEMPTS_MAX; attempt++) {
 		__u64 current = READ_SHARED(cell->commit_seq);
@@ -214,6 +272,8 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 		if (seq != 0 && __sync_val_compare_and_swap(&slot->seq, seq, 0) == seq) {
 			__u64 *dirty = dirty_count_of(view, dirty_index);
 
+			completed = 1;
+
 			if (bucket)
 				tern_hold_ack(view->local_index, kept_op, tern->status, seq,
 					      bpf_ktime_get_ns());
@@ -230,6 +290,8 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 		hold_unlock(bucket);
 	if (!client)
 		return XDP_DROP; /* A gap fill: nobody to answer. */
+	if (answered && completed)
+		return XDP_DROP; /* Answered at the commit point's ACK. */
 	/* Then the reply. */
 	tern->op = TERN_OP_REPLY;
 	tern->flags &= TERN_FLAGS_REPLY_OPTIONS;

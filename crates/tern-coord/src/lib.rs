@@ -50,10 +50,6 @@ pub enum CoordError {
     Xdp(#[from] xdp::XdpError),
     #[error("{0}")]
     Network(String),
-    #[error(
-        "shard {shard} commits early (early:{early_commit}): the XDP program answers writes at the tail's acknowledgement only; run this coordinator with --mode user"
-    )]
-    EarlyCommitInXdp { shard: u32, early_commit: u32 },
 }
 
 /// Serves the coordinators of `shards` on `listen` until `shutdown` is set.
@@ -379,12 +375,6 @@ fn serve_shards(
             serve_and_report(&mut socket, &mut coordinator, poll, &mut |_| {})?;
         }
         Mode::Xdp => {
-            if let Some(early) = shards.iter().find(|shard| shard.early_commit > 0) {
-                return Err(CoordError::EarlyCommitInXdp {
-                    shard: early.shard,
-                    early_commit: early.early_commit,
-                });
-            }
             let interface = interface_of(*listen.ip()).map_err(CoordError::Network)?;
             let replicas: Vec<SocketAddrV4> = shards
                 .iter()

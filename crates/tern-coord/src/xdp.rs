@@ -357,6 +357,10 @@ impl XdpCoordinator {
         let mut route = ShardRoute {
             present: u8::from(missing.is_empty()),
             replica_count: shard.chain.len() as u8,
+            // check_chain bounded the chain to CHAIN_LEN_MAX.
+            commit_index: tern_proto::commit_point_index(shard.early_commit, shard.chain.len())
+                as u8,
+            early: u8::from(shard.early_commit > 0),
             ..ShardRoute::default()
         };
         route.local_index.set(index);

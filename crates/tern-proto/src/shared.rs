@@ -197,6 +197,7 @@ impl ShardState for SharedShard {
         slot.len.store(datagram.len() as u32, Ordering::Relaxed);
         slot.dirty_index.store(dirty_index, Ordering::Relaxed);
         slot.sent_ns.store(now.as_nanos(), Ordering::Relaxed);
+        slot.answered.store(0, Ordering::Relaxed);
         slot.seq.store(seq, Ordering::Release);
     }
 
@@ -266,6 +267,40 @@ impl ShardState for SharedShard {
 
     fn advance_commit_seq(&self, seq: u64) {
         self.cell().commit_seq.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    fn answered_early(&self, seq: u64) -> bool {
+        let slot = self.slot(seq);
+        let answered = slot.answered.load(Ordering::Acquire);
+        seq != 0 && answered == seq && slot.seq.load(Ordering::Acquire) == seq
+    }
+
+    fn mark_answered(&self, seq: u64) -> bool {
+        let slot = self.slot(seq);
+        if seq == 0 || slot.seq.load(Ordering::Acquire) != seq {
+            return false;
+        }
+        // A reuse of the slot in between resets `answered` before it
+        // publishes its seq, or finds this old seq in it, which names no
+        // write in flight.
+        slot.answered.swap(seq, Ordering::AcqRel) != seq
+    }
+
+    fn point_applied(&self) -> u64 {
+        self.cell().point_applied.load(Ordering::Acquire)
+    }
+
+    fn learn_point(&self, seq: u64) {
+        self.cell().point_applied.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    fn point_barrier(&self) -> u64 {
+        self.cell().point_barrier.load(Ordering::Acquire)
+    }
+
+    fn reset_point(&self, applied: u64, barrier: u64) {
+        self.cell().point_barrier.store(barrier, Ordering::Release);
+        self.cell().point_applied.store(applied, Ordering::Release);
     }
 
     fn dirty_count(&self, index: u32) -> u64 {

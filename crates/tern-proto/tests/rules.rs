@@ -198,6 +198,24 @@ impl ShardState for Hooked {
     fn holds(&self) -> &tern_proto::holds::HoldTable {
         self.inner.holds()
     }
+    fn answered_early(&self, seq: u64) -> bool {
+        self.inner.answered_early(seq)
+    }
+    fn mark_answered(&self, seq: u64) -> bool {
+        self.changed(|inner| inner.mark_answered(seq))
+    }
+    fn point_applied(&self) -> u64 {
+        self.loaded(|inner| inner.point_applied())
+    }
+    fn learn_point(&self, seq: u64) {
+        self.changed(|inner| inner.learn_point(seq))
+    }
+    fn point_barrier(&self) -> u64 {
+        self.loaded(|inner| inner.point_barrier())
+    }
+    fn reset_point(&self, applied: u64, barrier: u64) {
+        self.changed(|inner| inner.reset_point(applied, barrier))
+    }
 }
 
 #[test]

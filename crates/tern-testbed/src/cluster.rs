@@ -645,12 +645,7 @@ fn up(
              but a shard has only {replicas} (--replicas): use K of at most {replicas}"
         );
     }
-    if early_commit > 0 && mode != ClusterMode::User {
-        bail!(
-            "--commit early needs --mode user: the XDP program answers a write at the tail's \
-             acknowledgement and sends dirty reads to the tail, so it cannot commit early yet"
-        );
-    }
+
     if mode == ClusterMode::Xdp && !netns::is_root() {
         bail!(
             "--mode xdp needs root: CAP_NET_ADMIN to create the namespaces and attach XDP, \

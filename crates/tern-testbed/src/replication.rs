@@ -31,6 +31,9 @@ pub struct ReplicationArgs {
     /// is the chain, and is not run again.
     #[arg(long, value_delimiter = ',', value_parser = tern_client::parse_commit, default_value = "chain,early")]
     pub commits: Vec<u32>,
+    /// Coordinator modes, each measured for every configuration.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "user,xdp")]
+    pub modes: Vec<ClusterMode>,
     /// YCSB workloads, each measured for every configuration.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "a,b")]
     pub workloads: Vec<WorkloadName>,
@@ -56,6 +59,8 @@ pub struct ReplicationArgs {
 #[derive(Clone, Debug, Serialize)]
 struct Series {
     workload: WorkloadName,
+    /// "user" or "xdp" (Redis: "redis").
+    mode: String,
     /// None: Redis.
     replicas: Option<usize>,
     commit: String,
@@ -93,39 +98,49 @@ impl Series {
 
     fn label(&self) -> String {
         match self.replicas {
-            Some(replicas) => format!("tern {replicas} replicas, {}", self.commit),
+            Some(replicas) => format!("tern {} {replicas} replicas, {}", self.mode, self.commit),
             None => "redis, 2 async replicas".into(),
         }
     }
 }
 
-/// The configurations of one round, in order: (replicas, K), and Redis.
-fn configurations(args: &ReplicationArgs) -> Vec<(usize, u32)> {
+/// The configurations of one round, in order: (mode, replicas, K); Redis
+/// comes after them.
+fn configurations(args: &ReplicationArgs) -> Vec<(ClusterMode, usize, u32)> {
     let mut configurations = Vec::new();
-    for &replicas in &args.replica_counts {
-        for &commit in &args.commits {
-            // Early at K with K or fewer replicas commits at the tail.
-            if commit == 0 || (commit as usize) < replicas {
-                configurations.push((replicas, commit));
+    for &mode in &args.modes {
+        for &replicas in &args.replica_counts {
+            for &commit in &args.commits {
+                // Early at K with K or fewer replicas commits at the tail.
+                if commit == 0 || (commit as usize) < replicas {
+                    configurations.push((mode, replicas, commit));
+                }
             }
         }
     }
     configurations
 }
 
+fn mode_name(mode: ClusterMode) -> &'static str {
+    match mode {
+        ClusterMode::User => "user",
+        ClusterMode::Xdp => "xdp",
+        ClusterMode::Auto => "auto",
+    }
+}
+
 fn run_tern(
     dir: &std::path::Path,
     args: &ReplicationArgs,
     workload: WorkloadName,
-    replicas: usize,
-    early_commit: u32,
+    (mode, replicas, early_commit): (ClusterMode, usize, u32),
 ) -> Result<BenchReport> {
     cluster::up_committing(
         dir,
         1,
         replicas,
         early_commit,
-        ClusterMode::User,
+        mode,
         TopologyKind::Netns,
         args.durability,
     )?;
@@ -149,9 +164,12 @@ pub fn run(args: &ReplicationArgs) -> Result<()> {
     if args.replica_counts.contains(&0) {
         bail!("--replica-counts: a chain has at least one replica");
     }
+    if args.modes.contains(&ClusterMode::Auto) {
+        bail!("--modes takes user and xdp (auto would measure either)");
+    }
     let configurations = configurations(args);
     println!(
-        "replication: {} rounds; 1 shard, user mode, netns, durability {:?}; {} clients, {} records, {}-byte values, {:?} per run; configurations {}",
+        "replication: {} rounds; 1 shard, netns, durability {:?}; {} clients, {} records, {}-byte values, {:?} per run; configurations {}",
         args.repeat,
         args.durability,
         args.workload.clients,
@@ -160,16 +178,21 @@ pub fn run(args: &ReplicationArgs) -> Result<()> {
         args.workload.duration,
         configurations
             .iter()
-            .map(|(replicas, k)| format!("{replicas}/{}", commit_name(*k)))
+            .map(|(mode, replicas, k)| format!(
+                "{}/{replicas}/{}",
+                mode_name(*mode),
+                commit_name(*k)
+            ))
             .collect::<Vec<_>>()
             .join(" ")
     );
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
     let mut series: Vec<Series> = Vec::new();
     for &workload in &args.workloads {
-        for &(replicas, k) in &configurations {
+        for &(mode, replicas, k) in &configurations {
             series.push(Series {
                 workload,
+                mode: mode_name(mode).into(),
                 replicas: Some(replicas),
                 commit: commit_name(k),
                 runs: Vec::new(),
@@ -178,6 +201,7 @@ pub fn run(args: &ReplicationArgs) -> Result<()> {
         if !args.no_redis {
             series.push(Series {
                 workload,
+                mode: "redis".into(),
                 replicas: None,
                 commit: "async".into(),
                 runs: Vec::new(),
@@ -187,11 +211,13 @@ pub fn run(args: &ReplicationArgs) -> Result<()> {
     for round in 1..=args.repeat {
         let mut index = 0;
         for &workload in &args.workloads {
-            for &(replicas, k) in &configurations {
-                let dir = scratch
-                    .path()
-                    .join(format!("r{round}-{workload:?}-{replicas}-{k}"));
-                let run = Run::of(&run_tern(&dir, args, workload, replicas, k)?);
+            for &configuration in &configurations {
+                let (mode, replicas, k) = configuration;
+                let dir = scratch.path().join(format!(
+                    "r{round}-{workload:?}-{}-{replicas}-{k}",
+                    mode_name(mode)
+                ));
+                let run = Run::of(&run_tern(&dir, args, workload, configuration)?);
                 print_run(round, &series[index], &run);
                 series[index].runs.push(run);
                 index += 1;
@@ -246,12 +272,20 @@ fn report(args: &ReplicationArgs, series: &[Series]) -> Result<()> {
     }
     // The two goals, as per-round ratios.
     for &workload in &args.workloads {
-        let find = |replicas: Option<usize>, commit: &str| {
-            series
-                .iter()
-                .find(|s| s.workload == workload && s.replicas == replicas && s.commit == commit)
+        let find = |mode: &str, replicas: Option<usize>, commit: &str| {
+            series.iter().find(|s| {
+                s.workload == workload
+                    && s.mode == mode
+                    && s.replicas == replicas
+                    && s.commit == commit
+            })
         };
-        if let (Some(early), Some(single)) = (find(Some(3), "early:2"), find(Some(1), "chain")) {
+        for mode in args.modes.iter().map(|mode| mode_name(*mode)) {
+            let (Some(early), Some(single)) =
+                (find(mode, Some(3), "early:2"), find(mode, Some(1), "chain"))
+            else {
+                continue;
+            };
             let ratios: Vec<f64> = early
                 .runs
                 .iter()
@@ -260,12 +294,16 @@ fn report(args: &ReplicationArgs, series: &[Series]) -> Result<()> {
                 .collect();
             let (ratio, low, high) = spread(&ratios);
             println!(
-                "{workload:?}: write p50, early:2 at 3 replicas / chain at 1: median {ratio:.2} ({low:.2}..{high:.2})"
+                "{workload:?} {mode}: write p50, early:2 at 3 replicas / chain at 1: median {ratio:.2} ({low:.2}..{high:.2})"
             );
         }
-        if let Some(redis) = find(None, "async") {
-            for commit in ["chain", "early:2"] {
-                if let Some(tern) = find(Some(3), commit) {
+        if let Some(redis) = find("redis", None, "async") {
+            for (mode, commit) in args
+                .modes
+                .iter()
+                .flat_map(|mode| [(mode_name(*mode), "chain"), (mode_name(*mode), "early:2")])
+            {
+                if let Some(tern) = find(mode, Some(3), commit) {
                     let ratios: Vec<f64> = tern
                         .runs
                         .iter()
@@ -274,7 +312,7 @@ fn report(args: &ReplicationArgs, series: &[Series]) -> Result<()> {
                         .collect();
                     let (ratio, low, high) = spread(&ratios);
                     println!(
-                        "{workload:?}: throughput, tern 3 replicas {commit} / redis with 2 async replicas: median {ratio:.2} ({low:.2}..{high:.2})"
+                        "{workload:?}: throughput, tern {mode} 3 replicas {commit} / redis with 2 async replicas: median {ratio:.2} ({low:.2}..{high:.2})"
                     );
                 }
             }
@@ -301,16 +339,23 @@ fn plot(args: &ReplicationArgs, series: &[Series]) -> String {
     let mut panels = Vec::new();
     for &workload in &args.workloads {
         let mut lines = Vec::new();
-        let mut rules: Vec<&str> = Vec::new();
+        let mut rules: Vec<(&str, &str)> = Vec::new();
         for one in series.iter().filter(|s| s.workload == workload) {
-            if !rules.contains(&one.commit.as_str()) {
-                rules.push(&one.commit);
+            if !rules.contains(&(one.mode.as_str(), one.commit.as_str())) {
+                rules.push((&one.mode, &one.commit));
             }
         }
-        for (rule, color) in rules.iter().zip(COLORS) {
+        let names: Vec<String> = rules
+            .iter()
+            .map(|(mode, rule)| match *mode {
+                "redis" => "redis async".to_string(),
+                mode => format!("{mode} {rule}"),
+            })
+            .collect();
+        for ((&(mode, rule), name), color) in rules.iter().zip(&names).zip(COLORS) {
             let points: Vec<(f64, f64)> = series
                 .iter()
-                .filter(|s| s.workload == workload && s.commit == *rule)
+                .filter(|s| s.workload == workload && s.mode == mode && s.commit == rule)
                 .flat_map(|s| {
                     let p50 = s.median(|run| run.write_p50_us as f64).0;
                     match s.replicas {
@@ -320,11 +365,7 @@ fn plot(args: &ReplicationArgs, series: &[Series]) -> String {
                 })
                 .collect();
             lines.push(Curve {
-                name: if *rule == "async" {
-                    "redis async"
-                } else {
-                    rule
-                },
+                name: name.clone(),
                 color,
                 points,
             });
@@ -354,8 +395,15 @@ mod tests {
     #[test]
     fn early_commit_runs_only_where_the_chain_is_longer_than_k() {
         let args = <Command as clap::Parser>::parse_from(["bench"]).args;
+        let configured = configurations(&args);
+        assert_eq!(configured.len(), 16, "8 per mode");
+        let user: Vec<(usize, u32)> = configured
+            .iter()
+            .filter(|(mode, _, _)| *mode == ClusterMode::User)
+            .map(|&(_, replicas, k)| (replicas, k))
+            .collect();
         assert_eq!(
-            configurations(&args),
+            user,
             [
                 (1, 0),
                 (2, 0),
@@ -373,8 +421,13 @@ mod tests {
             "2,3",
             "--commits",
             "early:1,early:3",
+            "--modes",
+            "xdp",
         ])
         .args;
-        assert_eq!(configurations(&args), [(2, 1), (3, 1)]);
+        assert_eq!(
+            configurations(&args),
+            [(ClusterMode::Xdp, 2, 1), (ClusterMode::Xdp, 3, 1)]
+        );
     }
 }

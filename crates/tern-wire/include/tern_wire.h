@@ -166,7 +166,9 @@
 #define TERN_XDP_COUNTER_PASS_HOLD_BUSY 17
 #define TERN_XDP_COUNTER_PASS_HOLD_FULL 18
 #define TERN_XDP_COUNTER_DROP_NOT_ALLOWED 19
-#define TERN_XDP_COUNTER_COUNT       20
+#define TERN_XDP_COUNTER_EARLY_ACKS  20
+#define TERN_XDP_COUNTER_PASS_POINT_BEHIND 21
+#define TERN_XDP_COUNTER_COUNT       22
 
 struct tern_header {
 	__u16 magic;                     /* @0  Always MAGIC. */
@@ -257,7 +259,8 @@ struct tern_shard_route {
 	__u32 generation;                /* @0  Seqlock: odd while the control path rewrites the route. */
 	__u8 present;                    /* @4  1 when this coordinator serves the shard. */
 	__u8 replica_count;              /* @5  Number of replicas in `replicas`, head first. */
-	__u8 reserved[2];                /* @6  Zero. */
+	__u8 commit_index;               /* @6  Index in `replicas` of the commit point (the K-th replica under early commit, else the tail). */
+	__u8 early;                      /* @7  1 when the shard commits early: dirty reads wait for the cell's point barrier. */
 	__u32 local_index;               /* @8  Index of the shard's cell, dirty table and window in the shared maps. */
 	__u32 epoch;                     /* @12 The shard's epoch; requests of another epoch go to user space. */
 	struct tern_endpoint replicas[8]; /* @16 The chain, head first. */
@@ -267,7 +270,8 @@ _Static_assert(sizeof(struct tern_shard_route) == 112, "tern_shard_route size");
 _Static_assert(__builtin_offsetof(struct tern_shard_route, generation) == 0, "tern_shard_route.generation offset");
 _Static_assert(__builtin_offsetof(struct tern_shard_route, present) == 4, "tern_shard_route.present offset");
 _Static_assert(__builtin_offsetof(struct tern_shard_route, replica_count) == 5, "tern_shard_route.replica_count offset");
-_Static_assert(__builtin_offsetof(struct tern_shard_route, reserved) == 6, "tern_shard_route.reserved offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_route, commit_index) == 6, "tern_shard_route.commit_index offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_route, early) == 7, "tern_shard_route.early offset");
 _Static_assert(__builtin_offsetof(struct tern_shard_route, local_index) == 8, "tern_shard_route.local_index offset");
 _Static_assert(__builtin_offsetof(struct tern_shard_route, epoch) == 12, "tern_shard_route.epoch offset");
 _Static_assert(__builtin_offsetof(struct tern_shard_route, replicas) == 16, "tern_shard_route.replicas offset");
@@ -277,13 +281,17 @@ struct tern_shard_cell {
 	__u64 commit_seq;                /* @8  Highest sequence number acknowledged by the tail (rule 4). */
 	__u64 all_dirty;                 /* @16 Non-zero while every key counts as dirty (rule 8). */
 	__u64 next_replica;              /* @24 Round-robin counter for clean reads. */
+	__u64 point_applied;             /* @32 Early commit: the highest seq the commit point acknowledged (it holds every seq up to it). */
+	__u64 point_barrier;             /* @40 Early commit: dirty reads go to the commit point once max(point_applied, commit_seq) reaches this. */
 };
 
-_Static_assert(sizeof(struct tern_shard_cell) == 32, "tern_shard_cell size");
+_Static_assert(sizeof(struct tern_shard_cell) == 48, "tern_shard_cell size");
 _Static_assert(__builtin_offsetof(struct tern_shard_cell, next_seq) == 0, "tern_shard_cell.next_seq offset");
 _Static_assert(__builtin_offsetof(struct tern_shard_cell, commit_seq) == 8, "tern_shard_cell.commit_seq offset");
 _Static_assert(__builtin_offsetof(struct tern_shard_cell, all_dirty) == 16, "tern_shard_cell.all_dirty offset");
 _Static_assert(__builtin_offsetof(struct tern_shard_cell, next_replica) == 24, "tern_shard_cell.next_replica offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_cell, point_applied) == 32, "tern_shard_cell.point_applied offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_cell, point_barrier) == 40, "tern_shard_cell.point_barrier offset");
 
 struct tern_hold_slot {
 	__u32 used;                      /* @0  1 when the slot holds a transaction, 0 when free. */
@@ -324,17 +332,19 @@ _Static_assert(__builtin_offsetof(struct tern_hold_bucket, slots) == 8, "tern_ho
 struct tern_window_slot {
 	__u64 seq;                       /* @0  The write in flight here, 0 when free. */
 	__u64 sent_ns;                   /* @8  CLOCK_MONOTONIC time of the last send, in nanoseconds. */
-	__u32 dirty_index;               /* @16 dirty_index(key_hash) of the write. */
-	__u32 len;                       /* @20 Bytes used in `data`. */
-	__u8 data[TERN_MESSAGE_LEN_MAX]; /* @24 The datagram as sent to the head, kept for resending. */
+	__u64 answered;                  /* @16 Early commit: `seq` once the commit point's acknowledgement answered the write (0: not yet). */
+	__u32 dirty_index;               /* @24 dirty_index(key_hash) of the write. */
+	__u32 len;                       /* @28 Bytes used in `data`. */
+	__u8 data[TERN_MESSAGE_LEN_MAX]; /* @32 The datagram as sent to the head, kept for resending. */
 };
 
-_Static_assert(sizeof(struct tern_window_slot) == 1440, "tern_window_slot size");
+_Static_assert(sizeof(struct tern_window_slot) == 1448, "tern_window_slot size");
 _Static_assert(__builtin_offsetof(struct tern_window_slot, seq) == 0, "tern_window_slot.seq offset");
 _Static_assert(__builtin_offsetof(struct tern_window_slot, sent_ns) == 8, "tern_window_slot.sent_ns offset");
-_Static_assert(__builtin_offsetof(struct tern_window_slot, dirty_index) == 16, "tern_window_slot.dirty_index offset");
-_Static_assert(__builtin_offsetof(struct tern_window_slot, len) == 20, "tern_window_slot.len offset");
-_Static_assert(__builtin_offsetof(struct tern_window_slot, data) == 24, "tern_window_slot.data offset");
+_Static_assert(__builtin_offsetof(struct tern_window_slot, answered) == 16, "tern_window_slot.answered offset");
+_Static_assert(__builtin_offsetof(struct tern_window_slot, dirty_index) == 24, "tern_window_slot.dirty_index offset");
+_Static_assert(__builtin_offsetof(struct tern_window_slot, len) == 28, "tern_window_slot.len offset");
+_Static_assert(__builtin_offsetof(struct tern_window_slot, data) == 32, "tern_window_slot.data offset");
 
 /* The TERN_OP_CLASS_* bits of op; 0 when op is unknown. */
 static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)

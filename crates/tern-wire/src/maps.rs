@@ -105,8 +105,10 @@ mod records {
             pub present: u8 => "__u8",
             /// Number of replicas in `replicas`, head first.
             pub replica_count: u8 => "__u8",
-            /// Zero.
-            pub reserved: [u8; 2] => "__u8[2]",
+            /// Index in `replicas` of the commit point (the K-th replica under early commit, else the tail).
+            pub commit_index: u8 => "__u8",
+            /// 1 when the shard commits early: dirty reads wait for the cell's point barrier.
+            pub early: u8 => "__u8",
             /// Index of the shard's cell, dirty table and window in the shared maps.
             pub local_index: zerocopy::little_endian::U32 => "__u32",
             /// The shard's epoch; requests of another epoch go to user space.
@@ -130,6 +132,10 @@ wire_struct! {
         pub all_dirty: AtomicU64 => "__u64",
         /// Round-robin counter for clean reads.
         pub next_replica: AtomicU64 => "__u64",
+        /// Early commit: the highest seq the commit point acknowledged (it holds every seq up to it).
+        pub point_applied: AtomicU64 => "__u64",
+        /// Early commit: dirty reads go to the commit point once max(point_applied, commit_seq) reaches this.
+        pub point_barrier: AtomicU64 => "__u64",
     }
 }
 
@@ -143,6 +149,8 @@ wire_struct! {
         pub seq: AtomicU64 => "__u64",
         /// CLOCK_MONOTONIC time of the last send, in nanoseconds.
         pub sent_ns: AtomicU64 => "__u64",
+        /// Early commit: `seq` once the commit point's acknowledgement answered the write (0: not yet).
+        pub answered: AtomicU64 => "__u64",
         /// dirty_index(key_hash) of the write.
         pub dirty_index: AtomicU32 => "__u32",
         /// Bytes used in `data`.
@@ -204,8 +212,8 @@ const _: () = assert!(
     "the C declaration of HoldBucket names 8 ways"
 );
 const _: () = assert!(core::mem::size_of::<HoldSlot>().is_multiple_of(8));
-const _: () = assert!(core::mem::size_of::<ShardCell>() == 32);
-const _: () = assert!(core::mem::size_of::<WindowSlot>() == 24 + MESSAGE_LEN_MAX);
+const _: () = assert!(core::mem::size_of::<ShardCell>() == 48);
+const _: () = assert!(core::mem::size_of::<WindowSlot>() == 32 + MESSAGE_LEN_MAX);
 const _: () = assert!(core::mem::size_of::<WindowSlot>().is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 12);
 const _: () = assert!(core::mem::size_of::<ShardRoute>() == 16 + 12 * CHAIN_LEN_MAX);
@@ -288,6 +296,12 @@ crate::wire_enum! {
         PassHoldFull = 18 => "PASS_HOLD_FULL",
         /// Dropped: a client request from a source the allow-list leaves out.
         DropNotAllowed = 19 => "DROP_NOT_ALLOWED",
+        /// Writes answered at the commit point's acknowledgement (early
+        /// commit).
+        EarlyAcks = 20 => "EARLY_ACKS",
+        /// Handed to user space: a dirty read while the commit point may
+        /// still lack writes answered before it was one (early commit).
+        PassPointBehind = 21 => "PASS_POINT_BEHIND",
     }
 }
 

@@ -384,10 +384,6 @@ fn impossible_commit_rules_are_refused_at_cluster_up_saying_why() {
         "a shard has only 3 (--replicas)",
     );
     refused(&["--commit", "fanout"], "unknown commit rule");
-    refused(
-        &["--commit", "early", "--mode", "auto"],
-        "--commit early needs --mode user",
-    );
     // Nothing was started by any of them.
     assert!(!dir.path().join("processes.toml").exists());
 }

@@ -65,6 +65,11 @@ fn early_commit_survives_every_fault_kind() {
 }
 
 #[test]
+fn early_commit_in_the_kernel_survives_every_fault_kind() {
+    registers(&["--mode", "xdp", "--commit", "early"]);
+}
+
+#[test]
 fn the_xdp_coordinator_survives_every_fault_kind() {
     registers(&["--mode", "xdp"]);
 }

@@ -82,6 +82,13 @@ fn one_shard_three_replicas_committing_early_is_linearizable_under_contention() 
     assert_linearizable_committing(1, "user", "loopback", "early");
 }
 
+/// The same in the kernel: early acknowledgements answered by the XDP
+/// program, dirty reads sent to the middle by it.
+#[test]
+fn one_shard_three_replicas_committing_early_with_the_xdp_coordinator_is_linearizable() {
+    assert_linearizable_committing(1, "xdp", "netns", "early");
+}
+
 #[test]
 fn one_shard_three_replicas_with_the_xdp_coordinator_is_linearizable_under_contention() {
     assert_linearizable_under_contention(1, "xdp", "netns");

@@ -36,6 +36,15 @@ pub fn load() -> (XdpCoordinator, SharedShard) {
 
 /// As `load`, the shard serving only `slots`.
 pub fn load_serving(slots: Vec<[u32; 2]>) -> (XdpCoordinator, SharedShard) {
+    load_with(slots, 0)
+}
+
+/// As `load`, committing early at the `early_commit`-th replica.
+pub fn load_committing(early_commit: u32) -> (XdpCoordinator, SharedShard) {
+    load_with(vec![[0, tern_wire::SLOT_COUNT]], early_commit)
+}
+
+fn load_with(slots: Vec<[u32; 2]>, early_commit: u32) -> (XdpCoordinator, SharedShard) {
     let chain = vec![replica(0), replica(1), replica(2)];
     let macs: HashMap<_, _> = (0..3).map(|i| (replica(i), replica_mac(i))).collect();
     let shard = ShardConfig {
@@ -44,7 +53,7 @@ pub fn load_serving(slots: Vec<[u32; 2]>) -> (XdpCoordinator, SharedShard) {
         epoch: EPOCH,
         chain,
         slots,
-        early_commit: 0,
+        early_commit,
     };
     let coordinator = XdpCoordinator::load(COORDINATOR, &[shard], &macs)
         .unwrap_or_else(|error| panic!("loading the XDP program (these tests need root): {error}"));
@@ -84,7 +93,12 @@ pub fn from_client(payload: &[u8]) -> Vec<u8> {
 
 /// A frame from the tail (replica 2) to the coordinator.
 pub fn from_tail(payload: &[u8]) -> Vec<u8> {
-    frame(replica(2), replica_mac(2), COORDINATOR, payload)
+    from_replica(2, payload)
+}
+
+/// A frame from replica `index` to the coordinator.
+pub fn from_replica(index: u8, payload: &[u8]) -> Vec<u8> {
+    frame(replica(index), replica_mac(index), COORDINATOR, payload)
 }
 
 pub fn ipv4_checksum(header: &[u8]) -> u16 {

@@ -172,8 +172,6 @@ pub struct ShardCoordinator<S> {
     map_doubted: bool,
     /// What the sweep keeps of the holds (they are in the shared state).
     holds: txn::Holds,
-    /// Early commit's answers and commit point (`early`).
-    early: early::Early,
     counters: ShardCounters,
 }
 
@@ -187,9 +185,8 @@ impl<S: ShardState> ShardCoordinator<S> {
         );
         state.set_all_dirty(true);
         state.set_slots(&config.slots);
-        let early = early::Early::starting(&config);
+        early::starting(&state, &config);
         ShardCoordinator {
-            early,
             config,
             state,
             recovery: Recovery::PROBING,
@@ -253,9 +250,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             self.resend_all = true;
         }
         if config.early_commit > 0 && config.commit_point() != self.config.commit_point() {
-            self.early.new_point(&config, self.state.next_seq());
-        } else {
-            self.early.size_for(&config);
+            early::new_point(&self.state);
         }
         if let Recovery::Probing { .. } = self.recovery
             && (config.head() != self.config.head() || config.tail() != self.config.tail())

@@ -46,8 +46,7 @@ impl<S: ShardState> ShardCoordinator<S> {
         header.set_reply_addr(from);
         let to = match route_read(&self.state, header.key_hash.get()) {
             ReadRoute::Tail if self.config.early_commit > 0 => {
-                let commit_seq = self.state.commit_seq();
-                if !self.early.point_ready(commit_seq) {
+                if !super::early::point_ready(&self.state) {
                     // It may lack a write answered before it became the
                     // commit point; asked again, it has caught up.
                     self.counters.reads_point_behind += 1;
@@ -56,7 +55,7 @@ impl<S: ShardState> ShardCoordinator<S> {
                 }
                 self.counters.reads_tail += 1;
                 header.flags |= flags::TAIL_READ;
-                header.commit_seq.set(commit_seq);
+                header.commit_seq.set(self.state.commit_seq());
                 self.config.commit_point()
             }
             ReadRoute::Tail => {

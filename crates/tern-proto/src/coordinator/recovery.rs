@@ -63,7 +63,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             tail_applied = Some(header.seq.get());
         }
         if from == self.config.commit_point() {
-            self.early.learn_point(header.seq.get());
+            self.state.learn_point(header.seq.get());
         }
         self.recovery = Recovery::Probing {
             head_highest,
@@ -104,7 +104,7 @@ impl<S: ShardState> ShardCoordinator<S> {
         self.scanned_up_to = highest + 1;
         self.state.set_next_seq(highest + 1);
         self.state.advance_commit_seq(applied);
-        self.early.recovered(highest);
+        super::early::recovered(&self.state, highest);
         if applied >= highest {
             self.finish_recovery();
         } else {

@@ -46,4 +46,19 @@ pub trait ShardState {
     fn set_slots(&self, ranges: &[[u32; 2]]);
     /// The transactions held at this shard (locked per bucket).
     fn holds(&self) -> &HoldTable;
+    /// Early commit: whether in-flight `seq` was answered at the commit
+    /// point's acknowledgement.
+    fn answered_early(&self, seq: u64) -> bool;
+    /// Early commit: marks in-flight `seq` answered; false when it was
+    /// already, or is not in flight.
+    fn mark_answered(&self, seq: u64) -> bool;
+    /// Early commit: the highest seq the commit point acknowledged.
+    fn point_applied(&self) -> u64;
+    /// `point_applied = max(point_applied, seq)`.
+    fn learn_point(&self, seq: u64);
+    /// Early commit: the seq the commit point must hold before it answers
+    /// reads of dirty keys.
+    fn point_barrier(&self) -> u64;
+    /// Control path: a new commit point's progress and barrier.
+    fn reset_point(&self, applied: u64, barrier: u64);
 }

@@ -175,6 +175,8 @@ impl<S: ShardState> ShardCoordinator<S> {
         let seq = header.seq.get();
         // DESIGN rule 4: commit_seq first, dirty count second (a
         // transaction's hold too), reply last.
+        // Read while `seq` still holds its window place.
+        let answered = self.state.answered_early(seq);
         let mut kept = std::mem::take(&mut self.resend_buffer);
         let completed = complete_write_keeping(&self.state, seq, &mut kept);
         // Only the acknowledgement that completed the request changes its
@@ -194,7 +196,7 @@ impl<S: ShardState> ShardCoordinator<S> {
         {
             self.finish_recovery();
         }
-        if self.early.take_answered(seq) {
+        if answered && completed {
             // Answered at the commit point's acknowledgement.
             return;
         }
