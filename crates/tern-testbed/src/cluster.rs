@@ -83,7 +83,7 @@ pub enum ClusterCommand {
         /// (the tail acknowledged it); `early:K` (Whale's early commit;
         /// `early` is K = 2) once the first K replicas hold it, the rest
         /// following. K of 1 loses the writes only the head had when it
-        /// fails; K replicas survive K - 1 failures. User mode only.
+        /// fails; K replicas survive K - 1 failures.
         #[arg(long, value_parser = tern_client::parse_commit, default_value = "chain")]
         commit: u32,
         #[arg(long, value_enum, default_value_t = ClusterMode::User)]
