@@ -40,14 +40,14 @@ fn served() -> Vec<[u32; 2]> {
 }
 
 /// A coordinator process for shard 5 on `state`, past its start-up probe.
-fn ready_coordinator(state: SharedShard) -> Coordinator<SharedShard> {
+fn ready_coordinator(state: SharedShard, early_commit: u32) -> Coordinator<SharedShard> {
     let config = ShardConfig {
         incarnation: 0,
         shard: SHARD,
         epoch: EPOCH,
         chain: vec![replica(0), replica(1), replica(2)],
         slots: served(),
-        early_commit: 0,
+        early_commit,
     };
     let mut coordinator = Coordinator::new([ShardCoordinator::new(config, state)]);
     // DESIGN rule 8 against an empty chain: head and tail report nothing.
@@ -116,9 +116,14 @@ struct Twins {
 
 impl Twins {
     fn new() -> Twins {
-        let (xdp, kernel_state) = load_serving(served());
-        let kernel_side = ready_coordinator(xdp.shared_shard(SHARD).unwrap());
-        let rust = ready_coordinator(SharedShard::in_process());
+        Twins::committing(0)
+    }
+
+    /// Twins of a shard committing early at its `early_commit`-th replica.
+    fn committing(early_commit: u32) -> Twins {
+        let (xdp, kernel_state) = load_serving_committing(served(), early_commit);
+        let kernel_side = ready_coordinator(xdp.shared_shard(SHARD).unwrap(), early_commit);
+        let rust = ready_coordinator(SharedShard::in_process(), early_commit);
         Twins {
             kernel_state,
             xdp,
@@ -180,6 +185,16 @@ impl Twins {
         assert_eq!(kernel.next_seq(), rust.next_seq(), "{name}: next_seq");
         assert_eq!(kernel.commit_seq(), rust.commit_seq(), "{name}: commit_seq");
         assert_eq!(kernel.all_dirty(), rust.all_dirty(), "{name}: all_dirty");
+        assert_eq!(
+            kernel.point_applied(),
+            rust.point_applied(),
+            "{name}: point_applied"
+        );
+        assert_eq!(
+            kernel.point_barrier(),
+            rust.point_barrier(),
+            "{name}: point_barrier"
+        );
         for hash in &self.key_hashes {
             let index = dirty_index(*hash);
             assert_eq!(
@@ -209,6 +224,11 @@ impl Twins {
             let kernel_has = kernel.resend(seq, Time::MAX, Time::ZERO, &mut kernel_copy);
             let rust_has = rust.resend(seq, Time::MAX, Time::ZERO, &mut rust_copy);
             assert_eq!(kernel_has, rust_has, "{name}: window slot of seq {seq}");
+            assert_eq!(
+                kernel.answered_early(seq),
+                rust.answered_early(seq),
+                "{name}: seq {seq} answered early"
+            );
             if kernel_has {
                 assert_eq!(kernel_copy, rust_copy, "{name}: window copy of seq {seq}");
             }
@@ -618,18 +638,150 @@ fn the_kernel_and_rust_paths_agree_on_valid_and_malformed_datagrams() {
     );
 }
 
+/// Early commit at the middle (K = 2): its acknowledgements, duplicates
+/// and late ones, the tail's after them and before them, dirty reads, and
+/// a commit point behind its barrier.
+#[test]
+fn the_kernel_and_rust_paths_agree_under_early_commit() {
+    let mut twins = Twins::committing(2);
+    let corpus: Vec<(&str, Sender, Vec<u8>)> = vec![
+        ("put a", Sender::Client, request(Op::Put, b"a", b"1", 1)),
+        (
+            "early ack 1",
+            Sender::Middle,
+            ack(1, Status::Ok, b"", Some(CLIENT)),
+        ),
+        (
+            "early ack 1 again",
+            Sender::Middle,
+            ack(1, Status::Ok, b"", Some(CLIENT)),
+        ),
+        (
+            "dirty get a",
+            Sender::Client,
+            request(Op::Get, b"a", b"", 2),
+        ),
+        (
+            "tail ack 1",
+            Sender::Tail,
+            ack(1, Status::Ok, b"", Some(CLIENT)),
+        ),
+        (
+            "early ack 1 late",
+            Sender::Middle,
+            ack(1, Status::Ok, b"", Some(CLIENT)),
+        ),
+        (
+            "clean get a",
+            Sender::Client,
+            request(Op::Get, b"a", b"", 3),
+        ),
+        ("put b", Sender::Client, request(Op::Put, b"b", b"2", 4)),
+        (
+            "tail ack 2 first",
+            Sender::Tail,
+            ack(2, Status::Ok, b"", Some(CLIENT)),
+        ),
+        (
+            "early ack 2 after",
+            Sender::Middle,
+            ack(2, Status::Ok, b"", Some(CLIENT)),
+        ),
+        ("cas c", Sender::Client, request(Op::Cas, b"c", b"3", 5)),
+        (
+            "early ack 3 refused",
+            Sender::Middle,
+            ack(3, Status::CasMismatch, b"", Some(CLIENT)),
+        ),
+        (
+            "early ack 9 never sent",
+            Sender::Middle,
+            ack(9, Status::Ok, b"", Some(CLIENT)),
+        ),
+        (
+            "early ack from the head",
+            Sender::Head,
+            ack(3, Status::Ok, b"", Some(CLIENT)),
+        ),
+        (
+            "dirty get c",
+            Sender::Client,
+            request(Op::Get, b"c", b"", 6),
+        ),
+        (
+            "tail ack 3",
+            Sender::Tail,
+            ack(3, Status::CasMismatch, b"", Some(CLIENT)),
+        ),
+    ];
+    for (name, sender, bytes) in &corpus {
+        twins.check(name, *sender, bytes);
+    }
+    // A new commit point that must reach seq 5 first: dirty reads are
+    // refused TRY_AGAIN (the kernel hands them up) until it has.
+    for state in [
+        &twins.kernel_state,
+        twins.rust.shard(SHARD).unwrap().state(),
+    ] {
+        state.reset_point(0, 5);
+    }
+    let behind: Vec<(&str, Sender, Vec<u8>)> = vec![
+        ("put d", Sender::Client, request(Op::Put, b"d", b"4", 7)),
+        (
+            "dirty get d behind",
+            Sender::Client,
+            request(Op::Get, b"d", b"", 8),
+        ),
+        ("put e", Sender::Client, request(Op::Put, b"e", b"5", 9)),
+        (
+            "early ack 5",
+            Sender::Middle,
+            ack(5, Status::Ok, b"", Some(CLIENT)),
+        ),
+        (
+            "dirty get d caught up",
+            Sender::Client,
+            request(Op::Get, b"d", b"", 10),
+        ),
+    ];
+    for (name, sender, bytes) in &behind {
+        twins.check(name, *sender, bytes);
+    }
+    assert!(twins.verdicts[XDP_PASS as usize] > 0, "something went up");
+    assert!(
+        counter(&twins.xdp, XdpCounter::EarlyAcks) >= 2,
+        "the kernel answered early"
+    );
+    assert_eq!(counter(&twins.xdp, XdpCounter::PassPointBehind), 1);
+}
+
 #[test]
 fn the_kernel_and_rust_paths_agree_on_random_mutations() {
+    random_mutations(0);
+}
+
+/// The same under early commit at the middle, half the tail's
+/// acknowledgements sent by the middle instead.
+#[test]
+fn the_kernel_and_rust_paths_agree_on_random_mutations_under_early_commit() {
+    random_mutations(2);
+}
+
+fn random_mutations(early_commit: u32) {
     let seed: u64 = std::env::var("TERN_TEST_SEED")
         .ok()
         .and_then(|seed| seed.parse().ok())
         .unwrap_or_else(|| rand_seed() | 1);
     println!("TERN_TEST_SEED={seed}");
     let mut random = Random(seed);
-    let mut twins = Twins::new();
+    let mut twins = Twins::committing(early_commit);
     let seeds = valid_corpus();
     for case in 0..3000 {
-        let (name, sender, mut bytes) = seeds[random.below(seeds.len() as u64) as usize].clone();
+        let (name, mut sender, mut bytes) =
+            seeds[random.below(seeds.len() as u64) as usize].clone();
+        if early_commit > 0 && matches!(sender, Sender::Tail) && random.below(2) == 0 {
+            sender = Sender::Middle;
+        }
         // One to three changes: a header byte, a length, or a cut.
         for _ in 0..=random.below(3) {
             match random.below(4) {

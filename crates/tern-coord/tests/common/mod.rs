@@ -36,15 +36,19 @@ pub fn load() -> (XdpCoordinator, SharedShard) {
 
 /// As `load`, the shard serving only `slots`.
 pub fn load_serving(slots: Vec<[u32; 2]>) -> (XdpCoordinator, SharedShard) {
-    load_with(slots, 0)
+    load_serving_committing(slots, 0)
 }
 
 /// As `load`, committing early at the `early_commit`-th replica.
 pub fn load_committing(early_commit: u32) -> (XdpCoordinator, SharedShard) {
-    load_with(vec![[0, tern_wire::SLOT_COUNT]], early_commit)
+    load_serving_committing(vec![[0, tern_wire::SLOT_COUNT]], early_commit)
 }
 
-fn load_with(slots: Vec<[u32; 2]>, early_commit: u32) -> (XdpCoordinator, SharedShard) {
+/// As `load_serving`, committing early at the `early_commit`-th replica.
+pub fn load_serving_committing(
+    slots: Vec<[u32; 2]>,
+    early_commit: u32,
+) -> (XdpCoordinator, SharedShard) {
     let chain = vec![replica(0), replica(1), replica(2)];
     let macs: HashMap<_, _> = (0..3).map(|i| (replica(i), replica_mac(i))).collect();
     let shard = ShardConfig {
