@@ -1,5 +1,7 @@
 //! A replica and a coordinator fed arbitrary datagrams from every peer never
-//! panic (a bad packet is an error and a counter, never a crash).
+//! panic (a bad packet is an error and a counter, never a crash). The first
+//! byte's low bit picks early commit at the middle (the fuzzed replica,
+//! then the commit point) or the chain.
 #![no_main]
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -20,12 +22,17 @@ fuzz_target!(|input: &[u8]| {
         address(12),
         address(99),
     ];
+    let early_commit = match input.first() {
+        Some(first) if first & 1 == 1 => 2,
+        _ => 0,
+    };
     let mut replica = Replica::new(ReplicaConfig {
         shard: 0,
         epoch: 1,
         chain: chain.clone(),
         position: 1,
         coordinator: address(1),
+        early_commit,
     });
     let config = ShardConfig {
         incarnation: 0,
@@ -33,6 +40,7 @@ fuzz_target!(|input: &[u8]| {
         epoch: 1,
         chain,
         slots: vec![[0, tern_wire::SLOT_COUNT]],
+        early_commit,
     };
     let mut coordinator =
         Coordinator::new([ShardCoordinator::new(config, SharedShard::in_process())]);
