@@ -136,6 +136,31 @@ static __always_inline int sequence_write(struct xdp_md *ctx, struct frame *fram
 	return XDP_TX;
 }
 
+/* *value = max(*value, seq) by compare-and-swap, in a bounded number of
+ * attempts; 0 when contended beyond them (the caller hands up). */
+static __always_inline int raise_to(__u64 *value, __u64 seq)
+{
+	for (int attempt = 0; attempt < TERN_CAS_ATTEMPTS_MAX; attempt++) {
+		__u64 current = READ_SHARED(*value);
+
+		if (current >= seq || __sync_val_compare_and_swap(value, current, seq) == current)
+			return 1;
+	}
+	return 0;
+}
+
+/* Turns the acknowledgement in `frame` into its client's reply. */
+static __always_inline int reply_to_client(struct frame *frame, __be32 client_ip,
+					   const struct client_mac *client)
+{
+	struct tern_header *tern = frame->tern;
+
+	tern->op = TERN_OP_REPLY;
+	tern->flags &= TERN_FLAGS_REPLY_OPTIONS;
+	readdress(frame, client_ip, tern->reply_port, client->mac);
+	return XDP_TX;
+}
+
 /* The commit point's ACK under early commit (coordinator::early's
  * acknowledge_early): point_applied raised, the write marked answered, the
  * reply; nothing else changes (the tail's ACK completes the write). */
@@ -147,23 +172,13 @@ static __always_inline int acknowledge_early(struct frame *frame, const struct r
 	struct client_mac *client = NULL;
 	struct tern_window_slot *slot;
 	__u64 seq = tern->seq;
-	int raised = 0;
 
 	if (tern->reply_port != 0) {
 		client = bpf_map_lookup_elem(&client_macs, &client_ip);
 		if (!client)
 			return hand_to_user_space(TERN_XDP_COUNTER_PASS_NO_CLIENT_MAC);
 	}
-	for (int attempt = 0; attempt < TERN_CAS_ATTEMPTS_MAX; attempt++) {
-		__u64 current = READ_SHARED(cell->point_applied);
-
-		if (current >= seq ||
-		    __sync_val_compare_and_swap(&cell->point_applied, current, seq) == current) {
-			raised = 1;
-			break;
-		}
-	}
-	if (!raised)
+	if (!raise_to(&cell->point_applied, seq))
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_CONTENDED);
 	slot = slot_of(view, seq);
 	/* Seqs start at 1: a free slot holds 0, which must not match. Answered
@@ -174,10 +189,7 @@ static __always_inline int acknowledge_early(struct frame *frame, const struct r
 		return XDP_DROP;
 	}
 	count(TERN_XDP_COUNTER_EARLY_ACKS);
-	tern->op = TERN_OP_REPLY;
-	tern->flags &= TERN_FLAGS_REPLY_OPTIONS;
-	readdress(frame, client_ip, tern->reply_port, client->mac);
-	return XDP_TX;
+	return reply_to_client(frame, client_ip, client);
 }
 
 /* ACK from the tail: commit_seq, then the dirty count, then the reply
@@ -199,7 +211,6 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 	struct tern_hold_bucket *bucket = NULL;
 	__u32 item_count = 0;
 	__u32 kept_op = 0;
-	int advanced = 0;
 
 	if (!copy_replica(view, view->replica_count - 1, &tail) ||
 	    !copy_replica(view, view->commit_index, &point))
@@ -248,16 +259,7 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 	if (slot && seq != 0 && READ_SHARED(slot->seq) == seq)
 		answered = READ_SHARED(slot->answered) == seq;
 	/* DESIGN rule 4: commit_seq = max(commit_seq, seq) first. */
-	for (int attempt = 0; attempt < TERN_CAS_ATTEMPTS_MAX; attempt++) {
-		__u64 current = READ_SHARED(cell->commit_seq);
-
-		if (current >= seq ||
-		    __sync_val_compare_and_swap(&cell->commit_seq, current, seq) == current) {
-			advanced = 1;
-			break;
-		}
-	}
-	if (!advanced) {
+	if (!raise_to(&cell->commit_seq, seq)) {
 		if (bucket)
 			hold_unlock(bucket);
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_CONTENDED);
@@ -273,7 +275,6 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 			__u64 *dirty = dirty_count_of(view, dirty_index);
 
 			completed = 1;
-
 			if (bucket)
 				tern_hold_ack(view->local_index, kept_op, tern->status, seq,
 					      bpf_ktime_get_ns());
@@ -293,10 +294,7 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 	if (answered && completed)
 		return XDP_DROP; /* Answered at the commit point's ACK. */
 	/* Then the reply. */
-	tern->op = TERN_OP_REPLY;
-	tern->flags &= TERN_FLAGS_REPLY_OPTIONS;
-	readdress(frame, client_ip, tern->reply_port, client->mac);
-	return XDP_TX;
+	return reply_to_client(frame, client_ip, client);
 }
 
 #endif /* TERN_WRITES_H */

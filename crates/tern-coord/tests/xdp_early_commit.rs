@@ -29,17 +29,6 @@ fn get(key: &[u8]) -> Vec<u8> {
     encode(&header, key, &[]).unwrap()
 }
 
-fn ack(seq: u64, key: &[u8]) -> Vec<u8> {
-    let mut header = Header::new(Op::Ack, 5, EPOCH);
-    header.seq.set(seq);
-    header.key_hash.set(key_hash(key));
-    header.client_id.set(77);
-    header.request_id.set(9);
-    header.set_version(seq);
-    header.set_reply_addr(CLIENT);
-    encode(&header, &[], &[]).unwrap()
-}
-
 /// The frame as it came but for its UDP checksum (the program clears it).
 fn assert_unchanged(out: &[u8], frame: &[u8]) {
     assert_eq!(out.len(), frame.len());

@@ -23,17 +23,6 @@ fn request(op: Op, key: &[u8], value: &[u8]) -> Vec<u8> {
     encode(&header, key, value).unwrap()
 }
 
-fn ack(seq: u64, key: &[u8]) -> Vec<u8> {
-    let mut header = Header::new(Op::Ack, 5, EPOCH);
-    header.seq.set(seq);
-    header.key_hash.set(key_hash(key));
-    header.client_id.set(77);
-    header.request_id.set(9);
-    header.set_version(seq);
-    header.set_reply_addr(CLIENT);
-    encode(&header, &[], &[]).unwrap()
-}
-
 /// The user-space core of shard 5 on the program's maps, as the shell runs
 /// it beside the program (not yet past its start-up probe).
 fn user_space(coordinator: &XdpCoordinator) -> Coordinator<tern_proto::SharedShard> {

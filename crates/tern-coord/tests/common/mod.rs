@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use tern_coord::xdp::XdpCoordinator;
 use tern_proto::SharedShard;
 use tern_proto::coordinator::ShardConfig;
-use tern_wire::{Header, Message};
+use tern_wire::{Header, Message, Op};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -63,6 +63,19 @@ pub fn load_serving_committing(
         .unwrap_or_else(|error| panic!("loading the XDP program (these tests need root): {error}"));
     let state = coordinator.shared_shard(5).unwrap();
     (coordinator, state)
+}
+
+/// The acknowledgement of `seq` (a write of `key` by client 77, request 9)
+/// as a replica sends it, naming the client to answer.
+pub fn ack(seq: u64, key: &[u8]) -> Vec<u8> {
+    let mut header = Header::new(Op::Ack, 5, EPOCH);
+    header.seq.set(seq);
+    header.key_hash.set(tern_wire::key_hash(key));
+    header.client_id.set(77);
+    header.request_id.set(9);
+    header.set_version(seq);
+    header.set_reply_addr(CLIENT);
+    tern_wire::encode(&header, &[], &[]).unwrap()
 }
 
 /// An Ethernet + IPv4 + UDP frame carrying `payload`.
