@@ -639,6 +639,13 @@ fn up(
     if shard_count == 0 || replicas == 0 {
         bail!("a cluster needs at least one shard and one replica per shard");
     }
+    if replicas > tern_wire::maps::CHAIN_LEN_MAX {
+        bail!(
+            "--replicas {replicas}: a chain has at most {} replicas (the XDP program forwards \
+             to that many, and meta repairs no longer chain)",
+            tern_wire::maps::CHAIN_LEN_MAX
+        );
+    }
     if early_commit as usize > replicas {
         bail!(
             "--commit early:{early_commit} answers a write once {early_commit} replicas hold it, \

@@ -359,7 +359,7 @@ fn xdp_mode_without_its_own_interface_is_refused_and_auto_falls_back_saying_why(
 }
 
 #[test]
-fn impossible_commit_rules_are_refused_at_cluster_up_saying_why() {
+fn impossible_replication_settings_are_refused_at_cluster_up_saying_why() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap();
     let up = |extra: &[&'static str]| -> Vec<String> {
@@ -384,6 +384,7 @@ fn impossible_commit_rules_are_refused_at_cluster_up_saying_why() {
         "a shard has only 3 (--replicas)",
     );
     refused(&["--commit", "fanout"], "unknown commit rule");
+    refused(&["--replicas", "9"], "a chain has at most 8 replicas");
     // Nothing was started by any of them.
     assert!(!dir.path().join("processes.toml").exists());
 }
