@@ -37,16 +37,12 @@ pub struct ShardMap {
     /// is answered once the first K replicas of the chain hold it, the rest
     /// follow; 0 (the default): once the tail holds it. A chain shrunk by
     /// failures to K replicas or fewer commits at its tail.
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub early_commit: u32,
 }
 
-fn is_zero(value: &u64) -> bool {
-    *value == 0
-}
-
-fn is_zero_u32(value: &u32) -> bool {
-    *value == 0
+fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// Parses a commit rule as the CLI takes it: `chain` (answered once the

@@ -120,9 +120,15 @@ fn run_tern(dir: &Path, args: &CompareArgs, target: Target) -> Result<BenchRepor
         topology,
         args.durability,
     )?;
+    bench_then_down(dir, &args.workload)
+}
+
+/// Runs `workload` with the Tern driver against the cluster just started
+/// in `dir`, then stops the cluster whatever the run's outcome.
+pub(crate) fn bench_then_down(dir: &Path, workload: &BenchArgs) -> Result<BenchReport> {
     let result = (|| {
         let map = ClusterMap::load(&dir.join("cluster.toml"))?;
-        let mut workload = args.workload.clone();
+        let mut workload = workload.clone();
         workload.driver = Driver::Tern;
         tern_bench::run(Some(&map), &workload)
     })();

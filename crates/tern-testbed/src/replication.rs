@@ -10,12 +10,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tern_bench::plot::{COLORS, Curve, curves};
-use tern_bench::{BenchArgs, BenchReport, Driver, WorkloadName};
-use tern_client::{ClusterMap, commit_name};
+use tern_bench::{BenchArgs, BenchReport, WorkloadName};
+use tern_client::commit_name;
 
 use crate::DurabilityArg;
-use crate::cluster::{self, ClusterCommand, ClusterMode, TopologyKind};
-use crate::compare::{run_redis_workload, spread};
+use crate::cluster::{self, ClusterMode, TopologyKind};
+use crate::compare::{bench_then_down, run_redis_workload, spread};
 
 #[derive(Debug, clap::Args)]
 pub struct ReplicationArgs {
@@ -144,17 +144,9 @@ fn run_tern(
         TopologyKind::Netns,
         args.durability,
     )?;
-    let result = (|| {
-        let map = ClusterMap::load(&dir.join("cluster.toml"))?;
-        let mut bench = args.workload.clone();
-        bench.workload = workload;
-        bench.driver = Driver::Tern;
-        tern_bench::run(Some(&map), &bench)
-    })();
-    cluster::run(ClusterCommand::Down {
-        dir: dir.to_path_buf(),
-    })?;
-    result
+    let mut bench = args.workload.clone();
+    bench.workload = workload;
+    bench_then_down(dir, &bench)
 }
 
 pub fn run(args: &ReplicationArgs) -> Result<()> {

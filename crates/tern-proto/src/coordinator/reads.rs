@@ -45,10 +45,10 @@ impl<S: ShardState> ShardCoordinator<S> {
         let mut header = message.header;
         header.set_reply_addr(from);
         let to = match route_read(&self.state, header.key_hash.get()) {
-            ReadRoute::Tail if self.config.early_commit > 0 => {
-                if !super::early::point_ready(&self.state) {
-                    // It may lack a write answered before it became the
-                    // commit point; asked again, it has caught up.
+            ReadRoute::Tail => {
+                if self.config.early_commit > 0 && !super::early::point_ready(&self.state) {
+                    // The commit point may lack a write answered before it
+                    // became one; asked again, it has caught up.
                     self.counters.reads_point_behind += 1;
                     self.refuse(from, &header, (Status::TryAgain, 0), outbox);
                     return;
@@ -56,13 +56,8 @@ impl<S: ShardState> ShardCoordinator<S> {
                 self.counters.reads_tail += 1;
                 header.flags |= flags::TAIL_READ;
                 header.commit_seq.set(self.state.commit_seq());
+                // The tail, unless the shard commits early.
                 self.config.commit_point()
-            }
-            ReadRoute::Tail => {
-                self.counters.reads_tail += 1;
-                header.flags |= flags::TAIL_READ;
-                header.commit_seq.set(self.state.commit_seq());
-                self.config.tail()
             }
             ReadRoute::Any { stamp } => {
                 self.counters.reads_any += 1;
