@@ -33,6 +33,7 @@ fuzz_target!(|input: &[u8]| {
         position: 1,
         coordinator: address(1),
         early_commit,
+        fanout: false,
     });
     let config = ShardConfig {
         incarnation: 0,
@@ -41,6 +42,7 @@ fuzz_target!(|input: &[u8]| {
         chain,
         slots: vec![[0, tern_wire::SLOT_COUNT]],
         early_commit,
+        fanout: false,
     };
     let mut coordinator =
         Coordinator::new([ShardCoordinator::new(config, SharedShard::in_process())]);

@@ -52,6 +52,7 @@ fn replica_config() -> ReplicaConfig {
         position: 0,
         coordinator: address,
         early_commit: 0,
+        fanout: false,
     }
 }
 

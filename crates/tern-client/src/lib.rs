@@ -23,6 +23,7 @@ pub use pipeline::{Completion, PIPELINE_DEPTH_MAX, Pipeline, Request};
 use retry::{Retry, Verdict};
 pub use tern_control::{
     ClientId, ClusterMap, Epoch, MapError, ShardId, ShardMap, Slot, commit_name, parse_commit,
+    parse_replication, replication_name,
 };
 pub use tern_control::{meta, tls};
 use tern_wire::{

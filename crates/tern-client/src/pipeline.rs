@@ -505,6 +505,7 @@ mod tests {
             replicas: vec![addr],
             incarnation: 0,
             early_commit: 0,
+            fanout: false,
         };
         (server, ClusterMap::new(vec![shard]).unwrap())
     }

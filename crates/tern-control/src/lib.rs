@@ -17,5 +17,5 @@ pub mod transfer;
 pub use ids::{ClientId, Epoch, Seq, ShardId, Slot};
 pub use map::{
     ClusterMap, HandOff, MapError, Migration, ShardMap, SlotRange, SlotState, commit_name,
-    first_slot_missing, parse_commit, served_slots,
+    first_slot_missing, parse_commit, parse_replication, replication_name, served_slots,
 };

@@ -39,6 +39,12 @@ pub struct ShardMap {
     /// failures to K replicas or fewer commits at its tail.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub early_commit: u32,
+    /// Fan-out replication (`tern cluster up --replication fanout`): the
+    /// head sends each write it decided to every other replica at once,
+    /// and every replica acknowledges it to the coordinator; false (the
+    /// default): the chain passes it on replica after replica.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fanout: bool,
 }
 
 fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
@@ -72,6 +78,21 @@ pub fn commit_name(early_commit: u32) -> String {
         0 => "chain".into(),
         k => format!("early:{k}"),
     }
+}
+
+/// Parses a replication topology as the CLI takes it: `chain` (false) or
+/// `fanout` (true).
+pub fn parse_replication(text: &str) -> Result<bool, String> {
+    match text {
+        "chain" => Ok(false),
+        "fanout" | "fan-out" => Ok(true),
+        _ => Err(format!("unknown replication {text:?}: chain or fanout")),
+    }
+}
+
+/// The replication topology as `parse_replication` reads it.
+pub fn replication_name(fanout: bool) -> &'static str {
+    if fanout { "fanout" } else { "chain" }
 }
 
 /// A move of a slot range from one shard to another (live migration). The
@@ -485,6 +506,7 @@ mod tests {
             replicas: vec!["127.0.0.1:7100".parse().unwrap()],
             incarnation: 0,
             early_commit: 0,
+            fanout: false,
         }
     }
 

@@ -19,6 +19,13 @@
 #define WRITE_SHARED(x, v) (*(volatile __typeof__(x) *)&(x) = (v))
 #define BARRIER() asm volatile("" ::: "memory")
 
+/* A window slot's fan-out acks word (tern_wire::maps::fanout_acks::pack). */
+static __always_inline __u64 tern_fanout_pack(__u32 epoch, __u64 seq, __u64 mask)
+{
+	return (((__u64)epoch & TERN_FANOUT_EPOCH_MASK) << TERN_FANOUT_EPOCH_SHIFT) |
+	       ((seq & TERN_FANOUT_SEQ_MASK) << TERN_FANOUT_MASK_BITS) | mask;
+}
+
 
 /* This coordinator's address (key 0); written by user space before attach. */
 struct {

@@ -4,7 +4,8 @@
  * go to the commit point (TAIL_READ: the tail, or under early commit the
  * K-th replica once it has caught up to the point barrier, as
  * coordinator::early::point_ready), clean ones round robin, stamped with
- * commit_seq (DESIGN rules 3-5).
+ * commit_seq (DESIGN rules 3-5). Under fan-out every read is stamped
+ * (coordinator::fanout: no replica holds only committed writes).
  */
 #ifndef TERN_READS_H
 #define TERN_READS_H
@@ -26,7 +27,8 @@ static __always_inline int forward_read(struct frame *frame, const struct route_
 	if (!dirty)
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_MALFORMED);
 	/* The dirty count before commit_seq (see the file comment). */
-	dirty_key = READ_SHARED(cell->all_dirty) != 0 || READ_SHARED(*dirty) != 0;
+	dirty_key = !view->fanout &&
+		    (READ_SHARED(cell->all_dirty) != 0 || READ_SHARED(*dirty) != 0);
 	BARRIER();
 	commit_seq = READ_SHARED(cell->commit_seq);
 	if (dirty_key && view->early) {

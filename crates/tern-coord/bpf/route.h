@@ -31,6 +31,9 @@ struct route_view {
 	__u32 commit_index;
 	/* Non-zero when the shard commits early (the point barrier applies). */
 	__u32 early;
+	/* Non-zero under fan-out replication (every replica acknowledges,
+	 * reads are stamped). */
+	__u32 fanout;
 };
 
 /* Reads the scalar fields of the shard's route; 0, or the counter under
@@ -54,7 +57,8 @@ static __always_inline __u32 read_route(const struct tern_header *tern, struct r
 	view->epoch = READ_SHARED(route->epoch);
 	view->replica_count = READ_SHARED(route->replica_count);
 	view->commit_index = READ_SHARED(route->commit_index);
-	view->early = READ_SHARED(route->early);
+	view->early = READ_SHARED(route->replication) & TERN_ROUTE_EARLY;
+	view->fanout = READ_SHARED(route->replication) & TERN_ROUTE_FANOUT;
 	if (!READ_SHARED(route->present) || view->replica_count == 0 ||
 	    view->replica_count > TERN_CHAIN_LEN_MAX || view->commit_index >= view->replica_count)
 		return TERN_XDP_COUNTER_PASS_UNKNOWN_SHARD;

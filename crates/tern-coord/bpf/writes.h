@@ -131,6 +131,7 @@ static __always_inline int sequence_write(struct xdp_md *ctx, struct frame *fram
 	slot->dirty_index = dirty_index;
 	slot->sent_ns = bpf_ktime_get_ns();
 	slot->answered = 0;
+	slot->acks = tern_fanout_pack(view->epoch, seq, 0);
 	__sync_lock_test_and_set(&slot->seq, seq);
 	count(is_txn_op(op) ? TERN_XDP_COUNTER_TXNS : TERN_XDP_COUNTER_WRITES);
 	return XDP_TX;
@@ -192,6 +193,71 @@ static __always_inline int acknowledge_early(struct frame *frame, const struct r
 	return reply_to_client(frame, client_ip, client);
 }
 
+/* Fan-out (coordinator::fanout, SharedShard::fanout_ack): the sender's bit,
+ * by its position in the chain, set in the slot's acks word. FANOUT_COMPLETE
+ * once every replica has acknowledged (the caller completes the write as a
+ * tail's ACK), else the action taken. A word counted under an earlier
+ * epoch goes up: user space counts it afresh. */
+#define FANOUT_COMPLETE (-1)
+
+static __always_inline int count_fanout_ack(struct frame *frame, const struct route_view *view)
+{
+	struct tern_header *tern = frame->tern;
+	struct tern_window_slot *slot;
+	struct tern_endpoint replica;
+	__u64 seq = tern->seq;
+	__u32 position = TERN_CHAIN_LEN_MAX;
+	__u64 identity = tern_fanout_pack(view->epoch, seq, 0) >> TERN_FANOUT_MASK_BITS;
+	__u64 all = (1ull << view->replica_count) - 1;
+	__u64 bit;
+
+	for (__u32 index = 0; index < TERN_CHAIN_LEN_MAX; index++) {
+		if (index >= view->replica_count || !copy_replica(view, index, &replica))
+			break;
+		if (frame->ip->saddr == replica.ip && frame->udp->source == replica.port) {
+			position = index;
+			break;
+		}
+	}
+	if (position >= TERN_CHAIN_LEN_MAX)
+		return hand_to_user_space(TERN_XDP_COUNTER_PASS_NOT_FROM_TAIL);
+	if (!route_unchanged(view))
+		return hand_to_user_space(TERN_XDP_COUNTER_PASS_RECONFIGURING);
+	bit = 1ull << position;
+	slot = slot_of(view, seq);
+	/* Seqs start at 1: a free slot holds 0, which must not match. */
+	if (!slot || seq == 0 || READ_SHARED(slot->seq) != seq) {
+		count(TERN_XDP_COUNTER_ACKS_NOT_IN_FLIGHT);
+		return XDP_DROP;
+	}
+	for (int attempt = 0; attempt < TERN_CAS_ATTEMPTS_MAX; attempt++) {
+		__u64 word = READ_SHARED(slot->acks);
+
+		if (word >> TERN_FANOUT_MASK_BITS != identity) {
+			if (((word >> TERN_FANOUT_MASK_BITS) & TERN_FANOUT_SEQ_MASK) ==
+			    (seq & TERN_FANOUT_SEQ_MASK))
+				return hand_to_user_space(TERN_XDP_COUNTER_PASS_FANOUT_EPOCH);
+			/* The slot moved on to another write. */
+			count(TERN_XDP_COUNTER_ACKS_NOT_IN_FLIGHT);
+			return XDP_DROP;
+		}
+		if (word & bit) {
+			/* Sent again: complete (again) only once all have. */
+			if ((word & all) == all)
+				return FANOUT_COMPLETE;
+			count(TERN_XDP_COUNTER_FANOUT_ACKS);
+			return XDP_DROP;
+		}
+		if (__sync_val_compare_and_swap(&slot->acks, word, word | bit) == word) {
+			if (((word | bit) & all) == all)
+				return FANOUT_COMPLETE;
+			count(TERN_XDP_COUNTER_FANOUT_ACKS);
+			return XDP_DROP;
+		}
+	}
+	return hand_to_user_space(TERN_XDP_COUNTER_PASS_CONTENDED);
+}
+
 /* ACK from the tail: commit_seq, then the dirty count, then the reply
  * (none when the commit point's ACK answered the write already); an ACK
  * from the commit point under early commit goes to acknowledge_early. */
@@ -217,7 +283,12 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 		return XDP_ABORTED;
 	if (!route_unchanged(view))
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_RECONFIGURING);
-	if (frame->ip->saddr != tail.ip || frame->udp->source != tail.port) {
+	if (view->fanout) {
+		int counted = count_fanout_ack(frame, view);
+
+		if (counted != FANOUT_COMPLETE)
+			return counted;
+	} else if (frame->ip->saddr != tail.ip || frame->udp->source != tail.port) {
 		if (view->commit_index + 1 < view->replica_count &&
 		    frame->ip->saddr == point.ip && frame->udp->source == point.port)
 			return acknowledge_early(frame, view, cell);

@@ -26,6 +26,7 @@ pub fn shards_of(
             slots: served_slots(shard, migrations),
             incarnation: shard.incarnation,
             early_commit: shard.early_commit,
+            fanout: shard.fanout,
         })
         .collect()
 }

@@ -360,7 +360,13 @@ impl XdpCoordinator {
             // check_chain bounded the chain to CHAIN_LEN_MAX.
             commit_index: tern_proto::commit_point_index(shard.early_commit, shard.chain.len())
                 as u8,
-            early: u8::from(shard.early_commit > 0),
+            replication: if shard.fanout {
+                tern_wire::maps::ROUTE_FANOUT
+            } else if shard.early_commit > 0 {
+                tern_wire::maps::ROUTE_EARLY
+            } else {
+                0
+            },
             ..ShardRoute::default()
         };
         route.local_index.set(index);

@@ -48,6 +48,7 @@ fn ready_coordinator(state: SharedShard, early_commit: u32) -> Coordinator<Share
         chain: vec![replica(0), replica(1), replica(2)],
         slots: served(),
         early_commit,
+        fanout: false,
     };
     let mut coordinator = Coordinator::new([ShardCoordinator::new(config, state)]);
     // DESIGN rule 8 against an empty chain: head and tail report nothing.

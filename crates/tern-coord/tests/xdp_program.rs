@@ -33,6 +33,7 @@ fn user_space(coordinator: &XdpCoordinator) -> Coordinator<tern_proto::SharedSha
         chain: vec![replica(0), replica(1), replica(2)],
         slots: vec![[0, tern_wire::SLOT_COUNT]],
         early_commit: 0,
+        fanout: false,
     };
     Coordinator::new([ShardCoordinator::new(
         config,
@@ -680,6 +681,7 @@ fn other_chain(epoch: u32) -> (ShardConfig, HashMap<SocketAddrV4, [u8; 6]>) {
         chain,
         slots: vec![[0, tern_wire::SLOT_COUNT]],
         early_commit: 0,
+        fanout: false,
     };
     (config, macs)
 }
@@ -776,6 +778,7 @@ fn a_read_never_uses_a_route_torn_by_a_concurrent_rewrite() {
         chain: vec![replica(0), replica(1), replica(2)],
         slots: vec![[0, tern_wire::SLOT_COUNT]],
         early_commit: 0,
+        fanout: false,
     };
     let original_macs: HashMap<_, _> = (0..3).map(|i| (replica(i), replica_mac(i))).collect();
     // Every replica's address belongs with exactly one MAC.

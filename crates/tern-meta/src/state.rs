@@ -160,6 +160,7 @@ impl MetaState {
                     incarnation: 0,
                     // The cluster's setting, as its first shard has it.
                     early_commit: self.shards.first().map_or(0, |first| first.early_commit),
+                    fanout: self.shards.first().is_some_and(|first| first.fanout),
                 });
                 self.replication.insert(*shard, replicas.len());
                 self.retired.remove(shard);
@@ -462,6 +463,7 @@ mod tests {
             replicas: vec![addr(10), addr(11), addr(12)],
             incarnation: 0,
             early_commit: 0,
+            fanout: false,
         }];
         state.apply(&Command::Init { shards }).unwrap();
         state
@@ -576,6 +578,7 @@ mod tests {
             replicas: vec![addr(first + 10), addr(first + 11)],
             incarnation: 0,
             early_commit: 0,
+            fanout: false,
         };
         let shards = vec![shard(0, [0, 8192], 1), shard(1, [8192, SLOT_COUNT], 2)];
         state.apply(&Command::Init { shards }).unwrap();

@@ -26,6 +26,7 @@ fn coordinator(c: &mut Criterion) {
         chain: chain.clone(),
         slots: vec![[0, tern_wire::SLOT_COUNT]],
         early_commit: 0,
+        fanout: false,
     };
     let mut coordinator =
         Coordinator::new([ShardCoordinator::new(config, SharedShard::in_process())]);

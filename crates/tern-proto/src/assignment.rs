@@ -324,6 +324,7 @@ mod tests {
                 .collect(),
             slots: vec![[0, tern_wire::SLOT_COUNT]],
             early_commit: 0,
+            fanout: false,
         }
     }
 

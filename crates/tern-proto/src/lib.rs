@@ -16,6 +16,7 @@ pub mod coordinator;
 mod counters;
 pub mod edit;
 pub mod expiry;
+mod fanout;
 pub mod holds;
 pub mod large;
 pub mod membership;

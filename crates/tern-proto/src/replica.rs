@@ -24,6 +24,7 @@ use tern_wire::{
 use crate::counters::{DecodeDrops, counters};
 use crate::edit::EditError;
 use crate::expiry::{self as expiring, ExpireOutcome, Reaper};
+use crate::fanout::HeadSync;
 use crate::large::{Values, Wanted};
 use crate::txn::{Standing, Transactions};
 use crate::{Core, Outbox, Time, WallClock};
@@ -96,6 +97,10 @@ pub struct ReplicaConfig {
     /// The shard's early commit (`crate::commit_point_index`): 0 commits
     /// at the tail.
     pub early_commit: u32,
+    /// Fan-out replication: the head sends what it decided to every other
+    /// replica at once, and every replica acknowledges what it applied to
+    /// the coordinator, as a tail does.
+    pub fanout: bool,
 }
 
 impl ReplicaConfig {
@@ -112,34 +117,45 @@ impl ReplicaConfig {
     /// the coordinator, besides passing it on.
     pub fn is_commit_point(&self) -> bool {
         !self.is_tail()
+            && !self.fanout
             && crate::commit_point_index(self.early_commit, self.chain.len()) == self.position
     }
 
-    /// Who sends this replica its sequenced writes.
+    /// Who sends this replica its sequenced writes: the coordinator to
+    /// the head; the previous replica in a chain, the head in a fan-out.
     pub fn predecessor(&self) -> SocketAddrV4 {
-        if self.is_head() {
-            self.coordinator
-        } else {
-            self.chain[self.position - 1]
+        match (self.is_head(), self.fanout) {
+            (true, _) => self.coordinator,
+            (false, false) => self.chain[self.position - 1],
+            (false, true) => self.chain[0],
         }
     }
 
-    /// Where this replica sends what it applied: the successor, or the
-    /// coordinator (as an acknowledgement) from the tail.
-    pub fn downstream(&self) -> SocketAddrV4 {
-        if self.is_tail() {
-            self.coordinator
-        } else {
-            self.chain[self.position + 1]
+    /// Whether this replica acknowledges what it applies to the
+    /// coordinator (answering its client): the tail of a chain, every
+    /// replica of a fan-out.
+    pub fn acknowledges(&self) -> bool {
+        self.is_tail() || self.fanout
+    }
+
+    /// Where this replica passes on the records it applied: its successor
+    /// in a chain; in a fan-out, every other replica from the head, and
+    /// nobody from the others.
+    pub fn successors(&self) -> &[SocketAddrV4] {
+        match (self.is_head(), self.fanout, self.is_tail()) {
+            (_, false, true) | (false, true, _) => &[],
+            (true, true, _) => &self.chain[1..],
+            (_, false, false) => &self.chain[self.position + 1..self.position + 2],
         }
     }
 
     pub fn role_name(&self) -> &'static str {
-        match (self.is_head(), self.is_tail()) {
-            (true, true) => "head+tail",
-            (true, false) => "head",
-            (false, true) => "tail",
-            (false, false) => "middle",
+        match (self.is_head(), self.is_tail(), self.fanout) {
+            (true, true, _) => "head+tail",
+            (true, false, _) => "head",
+            (false, true, false) => "tail",
+            (false, false, false) => "middle",
+            (false, _, true) => "leaf",
         }
     }
 }
@@ -190,6 +206,12 @@ counters! {
         /// Client writes acknowledged to the coordinator as the commit
         /// point (early commit), before the tail held them.
         early_acks,
+        /// Fan-out: syncs this replica ran on becoming head, the records
+        /// leaves sent it then, and the coordinator's writes it dropped
+        /// while syncing (the coordinator resends them).
+        fanout_syncs,
+        fanout_synced_records,
+        fanout_writes_while_syncing,
         /// Reads and writes of a key a transaction held, answered LOCKED.
         locked,
         /// Transactions across shards this head prepared, and those it
@@ -201,6 +223,17 @@ counters! {
         txn_committed,
         txn_aborted,
     }
+}
+
+/// Where `Replica::resend_range` sends what it resends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resend {
+    /// Onward, as first sent: to the successors, and as an
+    /// acknowledgement from a replica that acknowledges.
+    Onward,
+    /// As records, to the one replica that asked (a gap in a leaf of a
+    /// fan-out, a new head's sync).
+    To(SocketAddrV4),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -280,6 +313,9 @@ pub struct Replica {
     /// Set by `catch_up`: the next tick asks the predecessor for everything
     /// after the state this replica was loaded with.
     catching_up: bool,
+    /// A new head of a fan-out catching up with its leaves before it
+    /// decides anything (`crate::fanout`).
+    syncing: Option<HeadSync>,
     /// Version of the cluster map this replica acts on (0: a static map),
     /// named in its STALE_EPOCH and WRONG_SHARD refusals.
     map_version: u64,
@@ -325,6 +361,7 @@ impl Replica {
             fenced: false,
             downstream_changed: false,
             catching_up: false,
+            syncing: None,
             map_version: 0,
             scratch: Vec::new(),
             dropped_at: None,
@@ -577,13 +614,23 @@ impl Replica {
             config.position < config.chain.len(),
             "position outside the chain"
         );
-        if config.downstream() != self.config.downstream()
-            || config.is_tail() != self.config.is_tail()
+        if config.successors() != self.config.successors()
+            || config.acknowledges() != self.config.acknowledges()
             || config.epoch != self.config.epoch
         {
             self.downstream_changed = true;
         }
-        if config.is_head() && !self.config.is_head() {
+        let new_head = config.is_head() && !self.config.is_head();
+        if config.fanout && config.is_head() && (new_head || self.syncing.is_some()) {
+            // The leaves may hold records this replica lacks (a chain's
+            // prefix property does not hold in a fan-out); a sync under
+            // way starts over with the leaves of the new chain.
+            self.syncing = Some(HeadSync::new(&config.chain[1..]));
+            self.counters.fanout_syncs += u64::from(new_head);
+        } else if !config.is_head() {
+            self.syncing = None;
+        }
+        if new_head {
             // Writes held back here were decided by the failed head on a
             // state that may include a write no survivor has (the gap before
             // them): drop them. Nobody after this replica has them either,
@@ -745,7 +792,7 @@ impl Replica {
             // somewhere below): pass our record of it on again.
             self.counters.duplicates += 1;
             if seq < self.sent_log_first_seq
-                && !self.config.is_tail()
+                && !self.config.acknowledges()
                 && message.header.op() == Op::Replicate
             {
                 // No record of it here: it came in the snapshot this replica
@@ -755,10 +802,12 @@ impl Replica {
                 // acknowledgement (without this the resend stopped here and
                 // the write stayed in flight for good).
                 self.counters.resent += 1;
-                outbox.push_encoded(self.config.downstream(), bytes);
+                for &to in self.config.successors() {
+                    outbox.push_encoded(to, bytes);
+                }
                 return;
             }
-            self.resend_range(seq, seq, outbox);
+            self.resend_range(seq, seq, Resend::Onward, outbox);
             return;
         }
         self.highest_seen = self.highest_seen.max(seq);
@@ -836,11 +885,13 @@ impl Replica {
             self.counters.values_staged_here += 1;
             return Some(Ok(value));
         }
-        let asked = self.values.want(Wanted {
-            seq,
-            large,
-            from: self.config.predecessor(),
-        });
+        // A syncing fan-out head fetches from the leaf that sent it.
+        let from = self
+            .syncing
+            .as_ref()
+            .and_then(HeadSync::richest)
+            .unwrap_or_else(|| self.config.predecessor());
+        let asked = self.values.want(Wanted { seq, large, from });
         if asked {
             self.counters.values_fetched += 1;
         }
@@ -975,7 +1026,9 @@ impl Replica {
         // success. None inside: the key had no value.
         // A value the head found expired is answered as none.
         let answer_with = |store: &Store| store.latest(key).map(|found| found.value.to_vec());
-        let tail = self.config.is_tail();
+        // The tail answers, and under fan-out every replica (whichever
+        // acknowledgement completes the write carries the answer).
+        let tail = self.config.acknowledges();
         // Under early commit the commit point answers as the tail does,
         // and first: it applies in the same order.
         let early = self.config.is_commit_point() && answered_early(record.effect());
@@ -1102,7 +1155,6 @@ impl Replica {
         self.counters.writes_applied += 1;
         let mut next = *record;
         next.commit_seq.set(self.store.commit_seq());
-        let to = self.config.downstream();
         let inline = if extensions.large.is_some() {
             // Kept for the successor to fetch while the record is in the
             // sent log.
@@ -1132,9 +1184,10 @@ impl Replica {
                 self.counters.early_acks += 1;
             }
         }
-        if tail {
+        let successors = self.config.successors();
+        if successors.is_empty() {
             // The log keeps the record itself: if this replica stops being
-            // the tail, it passes the record on instead.
+            // the tail (a leaf), it passes the record on instead.
             let mut scratch = std::mem::take(&mut self.scratch);
             scratch.clear();
             tern_wire::encode_append_with(record, extensions, key, inline, &mut scratch)
@@ -1142,7 +1195,11 @@ impl Replica {
             self.log_sent(seq, &scratch);
             self.scratch = scratch;
         } else {
-            outbox.push_with(to, &next, extensions, key, inline);
+            // To the successor; from a fan-out's head, to every leaf at
+            // once (one batch of the outbox).
+            for &to in successors {
+                outbox.push_with(to, &next, extensions, key, inline);
+            }
             let sent = outbox.iter().last().expect("just pushed").1;
             self.log_sent(seq, sent);
         }
@@ -1839,9 +1896,12 @@ impl Replica {
         self.sent_log.push_back(buffer);
     }
 
-    /// Resends what this replica sent downstream for `first..=last`.
-    fn resend_range(&mut self, first: u64, last: u64, outbox: &mut Outbox) {
-        if self.config.is_tail() && first < self.sent_log_first_seq {
+    /// Resends what this replica sent downstream for `first..=last`:
+    /// onward (to its successors, and as acknowledgements when it
+    /// acknowledges), or as records to one replica that asked.
+    fn resend_range(&mut self, first: u64, last: u64, resend: Resend, outbox: &mut Outbox) {
+        let acknowledge = resend == Resend::Onward && self.config.acknowledges();
+        if acknowledge && first < self.sent_log_first_seq {
             // Applied here with no record left to send (they came with a
             // snapshot, or left the bounded log). The tail has them, so they
             // are committed: a bare acknowledgement, with no client to
@@ -1858,14 +1918,21 @@ impl Replica {
                 ack.commit_seq.set(self.store.commit_seq());
                 ack.key_hash.set(tern_wire::key_hash(b""));
                 self.counters.resent += 1;
-                outbox.push(self.config.downstream(), &ack, &[], &[]);
+                outbox.push(self.config.coordinator, &ack, &[], &[]);
             }
         }
         let first = first.max(self.sent_log_first_seq);
         let last = last
             .min(self.store.applied_seq())
             .min(first.saturating_add(RETRANSMIT_BATCH_MAX - 1));
-        let to = self.config.downstream();
+        let asked;
+        let to = match resend {
+            Resend::Onward => self.config.successors(),
+            Resend::To(replica) => {
+                asked = [replica];
+                &asked[..]
+            }
+        };
         for seq in first..=last {
             let index = (seq - self.sent_log_first_seq) as usize;
             let Some(bytes) = self.sent_log.get(index) else {
@@ -1873,18 +1940,20 @@ impl Replica {
             };
             self.counters.resent += 1;
             let record = Message::decode(bytes).expect("logged datagrams were encoded here");
-            if record.header.epoch.get() == self.config.epoch && !self.config.is_tail() {
-                outbox.push_encoded(to, bytes);
-                continue;
-            }
-            // Logged under another epoch, or this replica became the tail
-            // since: the record again under the current epoch, or as an ACK.
+            let current = record.header.epoch.get() == self.config.epoch;
+            // Logged under another epoch: the record again under the
+            // current one, whole (its deadline too).
             let mut header = record.header;
             header.epoch.set(self.config.epoch);
             header.commit_seq.set(self.store.commit_seq());
-            if !self.config.is_tail() {
-                // Whole: its deadline too.
-                outbox.push_with(to, &header, &record.extensions, record.key, record.value);
+            for &to in to {
+                if current {
+                    outbox.push_encoded(to, bytes);
+                } else {
+                    outbox.push_with(to, &header, &record.extensions, record.key, record.value);
+                }
+            }
+            if !acknowledge {
                 continue;
             }
             // The values before and after this write are still kept: it is
@@ -1909,9 +1978,63 @@ impl Replica {
             }
             let value = answer.flatten().map(|found| found.value.to_vec());
             let value = value.as_deref().unwrap_or_default();
-            if self.push_answer(to, &header, Extensions::default(), value, outbox) {
+            let coordinator = self.config.coordinator;
+            if self.push_answer(coordinator, &header, Extensions::default(), value, outbox) {
                 self.counters.large_answers += 1;
             }
+        }
+    }
+
+    /// A record a leaf sent this syncing fan-out head: applied as decided
+    /// (and passed on to the other leaves, and acknowledged), in order.
+    fn receive_synced(
+        &mut self,
+        now: Time,
+        message: &Message<'_>,
+        bytes: &[u8],
+        outbox: &mut Outbox,
+    ) {
+        if message.header.seq.get() <= self.store.applied_seq() {
+            self.counters.duplicates += 1;
+            return;
+        }
+        self.counters.fanout_synced_records += 1;
+        self.receive_sequenced(now, message, bytes, outbox);
+        self.finish_sync();
+    }
+
+    /// Ends a fan-out head's sync once it holds what every leaf holds.
+    fn finish_sync(&mut self) {
+        let applied = self.store.applied_seq();
+        if self.syncing.as_ref().is_some_and(|sync| sync.done(applied)) {
+            self.syncing = None;
+            // What the leaves lack goes to them on the next tick.
+            self.downstream_changed = true;
+        }
+    }
+
+    /// A syncing fan-out head asks the leaves that have not reported, or
+    /// hold more than it, for their progress and records, at most every
+    /// GAP_REQUEST_INTERVAL.
+    fn ask_leaves(&mut self, now: Time, outbox: &mut Outbox) {
+        self.finish_sync();
+        let Some(sync) = &self.syncing else {
+            return;
+        };
+        if self
+            .last_gap_request
+            .is_some_and(|previous| now.since(previous) < GAP_REQUEST_INTERVAL)
+        {
+            return;
+        }
+        self.last_gap_request = Some(now);
+        let applied = self.store.applied_seq();
+        let mut request = Header::new(Op::Retransmit, self.config.shard, self.config.epoch);
+        request.seq.set(applied + 1);
+        request.set_retransmit_last(u64::MAX);
+        for leaf in sync.to_ask(applied) {
+            self.counters.gap_requests += 1;
+            outbox.push(leaf, &request, &[], &[]);
         }
     }
 
@@ -2095,24 +2218,51 @@ impl Core for Replica {
             // Sequenced writes (by op class) and gap fills, from the
             // coordinator to the head.
             _ if op.is_client_write() || op == Op::Noop => {
-                if self.config.is_head() && from == self.config.coordinator {
-                    self.receive_sequenced(now, &message, bytes, outbox);
-                } else {
+                if !self.config.is_head() || from != self.config.coordinator {
                     self.counters.unexpected_sender += 1;
+                } else if self.syncing.is_some() {
+                    // Decided only once the leaves' records are in; the
+                    // coordinator resends it.
+                    self.counters.fanout_writes_while_syncing += 1;
+                } else {
+                    self.receive_sequenced(now, &message, bytes, outbox);
                 }
             }
             Op::Replicate => {
                 if !self.config.is_head() && from == self.config.predecessor() {
                     self.receive_sequenced(now, &message, bytes, outbox);
+                } else if self.syncing.is_some() && self.config.chain[1..].contains(&from) {
+                    self.receive_synced(now, &message, bytes, outbox);
                 } else {
                     self.counters.unexpected_sender += 1;
                 }
             }
             Op::Retransmit => {
-                if from == self.config.downstream() && !self.config.is_tail() {
-                    self.resend_range(header.seq.get(), header.retransmit_last(), outbox);
+                let (first, last) = (header.seq.get(), header.retransmit_last());
+                if self.config.successors().contains(&from) {
+                    self.resend_range(first, last, Resend::To(from), outbox);
+                } else if self.config.fanout
+                    && !self.config.is_head()
+                    && from == self.config.predecessor()
+                {
+                    // A new head's sync: how far this leaf got, and the
+                    // records it lacks.
+                    self.answer_seq_probe(from, header, outbox);
+                    self.resend_range(first, last, Resend::To(from), outbox);
                 } else {
                     self.counters.unexpected_sender += 1;
+                }
+            }
+            Op::SeqReport => {
+                let applied = header.seq.get();
+                let reported = self
+                    .syncing
+                    .as_mut()
+                    .is_some_and(|sync| sync.report(from, applied));
+                if reported {
+                    self.finish_sync();
+                } else {
+                    self.counters.unexpected_op += 1;
                 }
             }
             Op::SeqProbe => self.answer_seq_probe(from, header, outbox),
@@ -2131,13 +2281,14 @@ impl Core for Replica {
         if self.fenced {
             return;
         }
-        if std::mem::take(&mut self.downstream_changed) {
+        self.ask_leaves(now, outbox);
+        if self.syncing.is_none() && std::mem::take(&mut self.downstream_changed) {
             // Everything the new downstream may lack: nothing committed is
             // missing anywhere in the chain.
             let applied = self.store.applied_seq();
             let mut first = self.store.commit_seq() + 1;
             while first <= applied {
-                self.resend_range(first, applied, outbox);
+                self.resend_range(first, applied, Resend::Onward, outbox);
                 first += RETRANSMIT_BATCH_MAX;
             }
         }

@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tern_wire::maps::{
     CAS_ATTEMPTS_MAX, HOLD_BUCKETS, HoldBucket, INFLIGHT_WRITES_MAX, SLOT_WORDS, ShardCell,
-    WindowSlot,
+    WindowSlot, fanout_acks,
 };
 use tern_wire::{DIRTY_SLOTS, MESSAGE_LEN_MAX, SLOT_COUNT};
 
 use crate::Time;
-use crate::coordinator::ShardState;
+use crate::coordinator::{FanoutAck, ShardState};
 use crate::holds::HoldTable;
+use zerocopy::FromBytes;
 
 /// One shard's coordinator state in shared memory.
 #[derive(Debug)]
@@ -198,6 +199,11 @@ impl ShardState for SharedShard {
         slot.dirty_index.store(dirty_index, Ordering::Relaxed);
         slot.sent_ns.store(now.as_nanos(), Ordering::Relaxed);
         slot.answered.store(0, Ordering::Relaxed);
+        // Counted under the epoch the write was sent at.
+        let epoch = tern_wire::Header::ref_from_prefix(datagram)
+            .map_or(0, |(header, _)| header.epoch.get());
+        slot.acks
+            .store(fanout_acks::pack(epoch, seq, 0), Ordering::Relaxed);
         slot.seq.store(seq, Ordering::Release);
     }
 
@@ -296,6 +302,48 @@ impl ShardState for SharedShard {
 
     fn point_barrier(&self) -> u64 {
         self.cell().point_barrier.load(Ordering::Acquire)
+    }
+
+    fn fanout_ack(&self, seq: u64, epoch: u32, position: usize, replicas: usize) -> FanoutAck {
+        let slot = self.slot(seq);
+        let bit = 1u8 << position;
+        let all = fanout_acks::all(replicas);
+        let current = fanout_acks::pack(epoch, seq, 0);
+        let mut word = slot.acks.load(Ordering::Acquire);
+        loop {
+            if seq == 0 || slot.seq.load(Ordering::Acquire) != seq {
+                return FanoutAck::NotInFlight;
+            }
+            let counted = if fanout_acks::identity(word) == fanout_acks::identity(current) {
+                word
+            } else if fanout_acks::identity(word) & fanout_acks::SEQ_MASK
+                == seq & fanout_acks::SEQ_MASK
+            {
+                // Counted under an earlier epoch, when positions named
+                // other replicas: counted afresh.
+                current
+            } else {
+                // The slot moved on to another write since `seq` was read.
+                return FanoutAck::NotInFlight;
+            };
+            let mask = fanout_acks::mask(counted);
+            if mask & bit != 0 {
+                return if mask & all == all {
+                    FanoutAck::Complete
+                } else {
+                    FanoutAck::Duplicate
+                };
+            }
+            let new = counted | u64::from(bit);
+            match slot
+                .acks
+                .compare_exchange(word, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) if fanout_acks::mask(new) & all == all => return FanoutAck::Complete,
+                Ok(_) => return FanoutAck::Counted,
+                Err(actual) => word = actual,
+            }
+        }
     }
 
     fn reset_point(&self, applied: u64, barrier: u64) {

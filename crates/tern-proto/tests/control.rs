@@ -73,6 +73,7 @@ impl Cluster {
             chain: sim.chain.clone(),
             slots: vec![[0, tern_wire::SLOT_COUNT]],
             early_commit: 0,
+            fanout: false,
         };
         let mut cluster = Cluster {
             members: Vec::new(),
@@ -121,6 +122,7 @@ impl Cluster {
             position,
             coordinator: self.meta.coordinator,
             early_commit: 0,
+            fanout: false,
         })
     }
 
@@ -177,6 +179,7 @@ impl Cluster {
                     position: 0,
                     coordinator: address,
                     early_commit: 0,
+                    fanout: false,
                 });
                 self.joining[index] = false;
             }
@@ -229,6 +232,7 @@ impl Cluster {
                 chain: self.meta.chain.clone(),
                 slots: vec![[0, tern_wire::SLOT_COUNT]],
                 early_commit: 0,
+                fanout: false,
             }]
         } else {
             Vec::new()

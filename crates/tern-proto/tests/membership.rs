@@ -27,6 +27,7 @@ fn place(epoch: u32, chain: &[u8]) -> Option<ReplicaConfig> {
         position,
         coordinator: replica(100),
         early_commit: 0,
+        fanout: false,
     })
 }
 

@@ -216,6 +216,15 @@ impl ShardState for Hooked {
     fn reset_point(&self, applied: u64, barrier: u64) {
         self.changed(|inner| inner.reset_point(applied, barrier))
     }
+    fn fanout_ack(
+        &self,
+        seq: u64,
+        epoch: u32,
+        position: usize,
+        replicas: usize,
+    ) -> tern_proto::coordinator::FanoutAck {
+        self.changed(|inner| inner.fanout_ack(seq, epoch, position, replicas))
+    }
 }
 
 #[test]
@@ -241,6 +250,7 @@ fn rule4_no_read_between_the_steps_of_an_ack_can_miss_the_acknowledged_write() {
         chain: chain.clone(),
         slots: vec![[0, tern_wire::SLOT_COUNT]],
         early_commit: 0,
+        fanout: false,
     };
     let mut coordinator = ShardCoordinator::new(config, state);
     let now = Time::from_nanos(1_000_000_000);

@@ -55,6 +55,7 @@ pub fn config_in(map: &MetaMap, shard: ShardId, addr: SocketAddrV4) -> Option<Re
         position,
         coordinator: entry.coordinator,
         early_commit: entry.early_commit,
+        fanout: entry.fanout,
     })
 }
 
@@ -67,6 +68,7 @@ fn outside(shard: ShardId, addr: SocketAddrV4) -> ReplicaConfig {
         position: 0,
         coordinator: addr,
         early_commit: 0,
+        fanout: false,
     }
 }
 

@@ -96,6 +96,9 @@ pub struct ChaosArgs {
     /// of a head: leave kill-replica out).
     #[arg(long, value_parser = tern_client::parse_commit, default_value = "chain")]
     pub commit: u32,
+    /// How writes reach the replicas (`tern cluster up --replication`).
+    #[arg(long, action = clap::ArgAction::Set, value_parser = tern_client::parse_replication, default_value = "chain")]
+    pub replication: bool,
     #[arg(long, default_value_t = 2)]
     pub shards: u32,
     /// Meta nodes (3 lets the meta-leader fault keep a majority).
@@ -695,6 +698,7 @@ pub fn run(args: &ChaosArgs) -> Result<ExitCode> {
         shards: args.shards,
         replicas: 3,
         commit: args.commit,
+        replication: args.replication,
         mode: args.mode,
         topology: Some(args.topology),
         durability: DurabilityArg::Always,

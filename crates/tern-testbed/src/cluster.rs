@@ -86,6 +86,12 @@ pub enum ClusterCommand {
         /// fails; K replicas survive K - 1 failures.
         #[arg(long, value_parser = tern_client::parse_commit, default_value = "chain")]
         commit: u32,
+        /// How a write reaches the replicas: `chain` (replica after
+        /// replica, the tail acknowledges) or `fanout` (the head sends it
+        /// to every other replica at once, each acknowledges it to the
+        /// coordinator, and the write is answered once all have).
+        #[arg(long, action = clap::ArgAction::Set, value_parser = tern_client::parse_replication, default_value = "chain")]
+        replication: bool,
         #[arg(long, value_enum, default_value_t = ClusterMode::User)]
         mode: ClusterMode,
         /// Default: netns when running as root, else loopback.
@@ -182,6 +188,8 @@ struct Shape {
     replicas: usize,
     /// Early commit's K (0: at the tail).
     early_commit: u32,
+    /// Fan-out replication (false: the chain).
+    fanout: bool,
 }
 
 fn parse_allow_list(text: &str) -> Result<tern_coord::AllowList, String> {
@@ -462,6 +470,7 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
             shards,
             replicas,
             commit,
+            replication,
             mode,
             topology,
             durability,
@@ -503,6 +512,7 @@ pub fn run(command: ClusterCommand) -> Result<ExitCode> {
                     shard_count: shards,
                     replicas,
                     early_commit: commit,
+                    fanout: replication,
                 },
                 mode,
                 topology,
@@ -635,6 +645,7 @@ fn up(
         shard_count,
         replicas,
         early_commit,
+        fanout,
     } = shape;
     if shard_count == 0 || replicas == 0 {
         bail!("a cluster needs at least one shard and one replica per shard");
@@ -650,6 +661,13 @@ fn up(
         bail!(
             "--commit early:{early_commit} answers a write once {early_commit} replicas hold it, \
              but a shard has only {replicas} (--replicas): use K of at most {replicas}"
+        );
+    }
+    if fanout && early_commit > 0 {
+        bail!(
+            "--replication fanout with --commit early:{early_commit}: early commit is built for \
+             the chain only (its commit point is the K-th replica of the chain; a fan-out has \
+             no such replica), so use --commit chain with fanout, or --replication chain"
         );
     }
 
@@ -749,6 +767,7 @@ fn start(
         shard_count,
         replicas,
         early_commit,
+        fanout,
     } = shape;
     let addresses: Vec<SocketAddrV4> = match &topology {
         None => free_addresses(names.len())?,
@@ -774,6 +793,7 @@ fn start(
             replicas: remaining.by_ref().take(replicas).collect(),
             incarnation: 0,
             early_commit,
+            fanout,
         })
         .collect();
     let mut map = ClusterMap::new(shards)?;
@@ -1150,15 +1170,24 @@ pub fn up_for_benchmark(
     topology: TopologyKind,
     durability: DurabilityArg,
 ) -> Result<ExitCode> {
-    up_committing(dir, shards, replicas, 0, mode, topology, durability)
+    up_committing(
+        dir,
+        shards,
+        replicas,
+        (false, 0),
+        mode,
+        topology,
+        durability,
+    )
 }
 
-/// `up_for_benchmark` with early commit at K = `early_commit` (0: chain).
+/// `up_for_benchmark` with fan-out replication or not, and early commit
+/// at K = `early_commit` (0: at the tail).
 pub fn up_committing(
     dir: &Path,
     shards: u32,
     replicas: usize,
-    early_commit: u32,
+    (fanout, early_commit): (bool, u32),
     mode: ClusterMode,
     topology: TopologyKind,
     durability: DurabilityArg,
@@ -1168,6 +1197,7 @@ pub fn up_committing(
         shards,
         replicas,
         commit: early_commit,
+        replication: fanout,
         mode,
         topology: Some(topology),
         durability,
@@ -1642,10 +1672,11 @@ fn status(dir: &Path) -> Result<ExitCode> {
             .map(|[start, end]| format!("[{start}, {end})"))
             .collect();
         println!(
-            "shard {} slots {} epoch {} commit {}",
+            "shard {} slots {} epoch {} replication {} commit {}",
             shard.id,
             slots.join(" "),
             shard.epoch,
+            tern_client::replication_name(shard.fanout),
             tern_client::commit_name(shard.early_commit)
         );
         let (line, up) = describe(shard.coordinator, shard.id);
@@ -1655,6 +1686,7 @@ fn status(dir: &Path) -> Result<ExitCode> {
             let role = match position {
                 0 if shard.replicas.len() == 1 => "head+tail",
                 0 => "head",
+                _ if shard.fanout => "leaf",
                 p if p + 1 == shard.replicas.len() => "tail",
                 _ => "middle",
             };

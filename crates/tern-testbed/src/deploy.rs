@@ -309,6 +309,7 @@ pub fn plan(description: &Description) -> Result<Plan> {
             replicas,
             incarnation: 0,
             early_commit: 0,
+            fanout: false,
         });
     }
     let mut map = ClusterMap::new(shards)?;

@@ -139,7 +139,7 @@ fn run_tern(
         dir,
         1,
         replicas,
-        early_commit,
+        (false, early_commit),
         mode,
         TopologyKind::Netns,
         args.durability,

@@ -122,6 +122,12 @@
 #define TERN_CHAIN_LEN_MAX           8
 #define TERN_CAS_ATTEMPTS_MAX        8
 #define TERN_WINDOW_MULTI            0x80000000u
+#define TERN_ROUTE_EARLY             1
+#define TERN_ROUTE_FANOUT            2
+#define TERN_FANOUT_MASK_BITS        8
+#define TERN_FANOUT_SEQ_MASK         0xffffffffffull
+#define TERN_FANOUT_EPOCH_MASK       0xffffull
+#define TERN_FANOUT_EPOCH_SHIFT      48
 #define TERN_CLIENT_MACS_MAX         65536
 #define TERN_SLOT_WORDS              256
 #define TERN_MULTI_ITEMS_MAX         64
@@ -168,7 +174,9 @@
 #define TERN_XDP_COUNTER_DROP_NOT_ALLOWED 19
 #define TERN_XDP_COUNTER_EARLY_ACKS  20
 #define TERN_XDP_COUNTER_PASS_POINT_BEHIND 21
-#define TERN_XDP_COUNTER_COUNT       22
+#define TERN_XDP_COUNTER_FANOUT_ACKS 22
+#define TERN_XDP_COUNTER_PASS_FANOUT_EPOCH 23
+#define TERN_XDP_COUNTER_COUNT       24
 
 struct tern_header {
 	__u16 magic;                     /* @0  Always MAGIC. */
@@ -260,7 +268,7 @@ struct tern_shard_route {
 	__u8 present;                    /* @4  1 when this coordinator serves the shard. */
 	__u8 replica_count;              /* @5  Number of replicas in `replicas`, head first. */
 	__u8 commit_index;               /* @6  Index in `replicas` of the commit point (the K-th replica under early commit, else the tail). */
-	__u8 early;                      /* @7  1 when the shard commits early: dirty reads wait for the cell's point barrier. */
+	__u8 replication;                /* @7  ROUTE_EARLY when the shard commits early (dirty reads wait for the cell's point barrier), ROUTE_FANOUT under fan-out replication (every replica acknowledges; reads are stamped). */
 	__u32 local_index;               /* @8  Index of the shard's cell, dirty table and window in the shared maps. */
 	__u32 epoch;                     /* @12 The shard's epoch; requests of another epoch go to user space. */
 	struct tern_endpoint replicas[8]; /* @16 The chain, head first. */
@@ -271,7 +279,7 @@ _Static_assert(__builtin_offsetof(struct tern_shard_route, generation) == 0, "te
 _Static_assert(__builtin_offsetof(struct tern_shard_route, present) == 4, "tern_shard_route.present offset");
 _Static_assert(__builtin_offsetof(struct tern_shard_route, replica_count) == 5, "tern_shard_route.replica_count offset");
 _Static_assert(__builtin_offsetof(struct tern_shard_route, commit_index) == 6, "tern_shard_route.commit_index offset");
-_Static_assert(__builtin_offsetof(struct tern_shard_route, early) == 7, "tern_shard_route.early offset");
+_Static_assert(__builtin_offsetof(struct tern_shard_route, replication) == 7, "tern_shard_route.replication offset");
 _Static_assert(__builtin_offsetof(struct tern_shard_route, local_index) == 8, "tern_shard_route.local_index offset");
 _Static_assert(__builtin_offsetof(struct tern_shard_route, epoch) == 12, "tern_shard_route.epoch offset");
 _Static_assert(__builtin_offsetof(struct tern_shard_route, replicas) == 16, "tern_shard_route.replicas offset");
@@ -333,18 +341,20 @@ struct tern_window_slot {
 	__u64 seq;                       /* @0  The write in flight here, 0 when free. */
 	__u64 sent_ns;                   /* @8  CLOCK_MONOTONIC time of the last send, in nanoseconds. */
 	__u64 answered;                  /* @16 Early commit: `seq` once the commit point's acknowledgement answered the write (0: not yet). */
-	__u32 dirty_index;               /* @24 dirty_index(key_hash) of the write. */
-	__u32 len;                       /* @28 Bytes used in `data`. */
-	__u8 data[TERN_MESSAGE_LEN_MAX]; /* @32 The datagram as sent to the head, kept for resending. */
+	__u64 acks;                      /* @24 Fan-out: the replicas that acknowledged the write (`fanout_acks`), set by the writer before it publishes `seq`. */
+	__u32 dirty_index;               /* @32 dirty_index(key_hash) of the write. */
+	__u32 len;                       /* @36 Bytes used in `data`. */
+	__u8 data[TERN_MESSAGE_LEN_MAX]; /* @40 The datagram as sent to the head, kept for resending. */
 };
 
-_Static_assert(sizeof(struct tern_window_slot) == 1448, "tern_window_slot size");
+_Static_assert(sizeof(struct tern_window_slot) == 1456, "tern_window_slot size");
 _Static_assert(__builtin_offsetof(struct tern_window_slot, seq) == 0, "tern_window_slot.seq offset");
 _Static_assert(__builtin_offsetof(struct tern_window_slot, sent_ns) == 8, "tern_window_slot.sent_ns offset");
 _Static_assert(__builtin_offsetof(struct tern_window_slot, answered) == 16, "tern_window_slot.answered offset");
-_Static_assert(__builtin_offsetof(struct tern_window_slot, dirty_index) == 24, "tern_window_slot.dirty_index offset");
-_Static_assert(__builtin_offsetof(struct tern_window_slot, len) == 28, "tern_window_slot.len offset");
-_Static_assert(__builtin_offsetof(struct tern_window_slot, data) == 32, "tern_window_slot.data offset");
+_Static_assert(__builtin_offsetof(struct tern_window_slot, acks) == 24, "tern_window_slot.acks offset");
+_Static_assert(__builtin_offsetof(struct tern_window_slot, dirty_index) == 32, "tern_window_slot.dirty_index offset");
+_Static_assert(__builtin_offsetof(struct tern_window_slot, len) == 36, "tern_window_slot.len offset");
+_Static_assert(__builtin_offsetof(struct tern_window_slot, data) == 40, "tern_window_slot.data offset");
 
 /* The TERN_OP_CLASS_* bits of op; 0 when op is unknown. */
 static inline __attribute__((always_inline)) __u8 tern_op_classes(__u8 op)

@@ -40,6 +40,47 @@ pub const CLIENT_MACS_MAX: u32 = 65536;
 /// space decodes to lower them (the kernel hands such an acknowledgement up).
 pub const WINDOW_MULTI: u32 = 1 << 31;
 
+/// `ShardRoute::replication` bits.
+pub const ROUTE_EARLY: u8 = 1;
+pub const ROUTE_FANOUT: u8 = 2;
+
+/// Fan-out replication: a window slot's `acks` word says which replicas of
+/// the chain acknowledged its write, by position, under which epoch:
+/// `epoch (low 16 bits) << 48 | seq (low 40 bits) << 8 | mask`. The seq
+/// makes a late acknowledgement of the slot's previous write miss; the
+/// epoch, one from before a chain change (whose positions meant other
+/// replicas). The writer stores `pack(epoch, seq, 0)` before it publishes
+/// the slot; an acknowledgement sets its bit with a compare-and-swap.
+/// (`tern_fanout_*` in C.)
+pub mod fanout_acks {
+    pub const MASK_BITS: u32 = 8;
+    pub const SEQ_BITS: u32 = 40;
+    pub const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+    pub const EPOCH_MASK: u64 = 0xffff;
+
+    pub const fn pack(epoch: u32, seq: u64, mask: u8) -> u64 {
+        ((epoch as u64 & EPOCH_MASK) << (SEQ_BITS + MASK_BITS))
+            | ((seq & SEQ_MASK) << MASK_BITS)
+            | mask as u64
+    }
+
+    /// The word without its mask: which write, under which epoch.
+    pub const fn identity(word: u64) -> u64 {
+        word >> MASK_BITS
+    }
+
+    pub const fn mask(word: u64) -> u8 {
+        word as u8
+    }
+
+    /// The mask of a chain of `replicas` that all acknowledged.
+    pub const fn all(replicas: usize) -> u8 {
+        ((1u16 << replicas) - 1) as u8
+    }
+
+    const _: () = assert!(super::CHAIN_LEN_MAX as u32 <= MASK_BITS);
+}
+
 /// Networks a coordinator's allow-list may name (`allowed_clients`, an
 /// LPM trie).
 pub const ALLOW_NETWORKS_MAX: u32 = 256;
@@ -107,8 +148,8 @@ mod records {
             pub replica_count: u8 => "__u8",
             /// Index in `replicas` of the commit point (the K-th replica under early commit, else the tail).
             pub commit_index: u8 => "__u8",
-            /// 1 when the shard commits early: dirty reads wait for the cell's point barrier.
-            pub early: u8 => "__u8",
+            /// ROUTE_EARLY when the shard commits early (dirty reads wait for the cell's point barrier), ROUTE_FANOUT under fan-out replication (every replica acknowledges; reads are stamped).
+            pub replication: u8 => "__u8",
             /// Index of the shard's cell, dirty table and window in the shared maps.
             pub local_index: zerocopy::little_endian::U32 => "__u32",
             /// The shard's epoch; requests of another epoch go to user space.
@@ -151,6 +192,8 @@ wire_struct! {
         pub sent_ns: AtomicU64 => "__u64",
         /// Early commit: `seq` once the commit point's acknowledgement answered the write (0: not yet).
         pub answered: AtomicU64 => "__u64",
+        /// Fan-out: the replicas that acknowledged the write (`fanout_acks`), set by the writer before it publishes `seq`.
+        pub acks: AtomicU64 => "__u64",
         /// dirty_index(key_hash) of the write.
         pub dirty_index: AtomicU32 => "__u32",
         /// Bytes used in `data`.
@@ -213,7 +256,7 @@ const _: () = assert!(
 );
 const _: () = assert!(core::mem::size_of::<HoldSlot>().is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<ShardCell>() == 48);
-const _: () = assert!(core::mem::size_of::<WindowSlot>() == 32 + MESSAGE_LEN_MAX);
+const _: () = assert!(core::mem::size_of::<WindowSlot>() == 40 + MESSAGE_LEN_MAX);
 const _: () = assert!(core::mem::size_of::<WindowSlot>().is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 12);
 const _: () = assert!(core::mem::size_of::<ShardRoute>() == 16 + 12 * CHAIN_LEN_MAX);
@@ -302,6 +345,12 @@ crate::wire_enum! {
         /// Handed to user space: a dirty read while the commit point may
         /// still lack writes answered before it was one (early commit).
         PassPointBehind = 21 => "PASS_POINT_BEHIND",
+        /// Fan-out: acknowledgements counted that did not complete their
+        /// write (other replicas still to acknowledge), and duplicates.
+        FanoutAcks = 22 => "FANOUT_ACKS",
+        /// Handed to user space: a fan-out acknowledgement of a write whose
+        /// acknowledgements were counted under an earlier epoch.
+        PassFanoutEpoch = 23 => "PASS_FANOUT_EPOCH",
     }
 }
 

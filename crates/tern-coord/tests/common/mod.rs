@@ -49,6 +49,19 @@ pub fn load_serving_committing(
     slots: Vec<[u32; 2]>,
     early_commit: u32,
 ) -> (XdpCoordinator, SharedShard) {
+    load_shard(slots, early_commit, false)
+}
+
+/// As `load`, with fan-out replication (every replica acknowledges).
+pub fn load_fanout() -> (XdpCoordinator, SharedShard) {
+    load_shard(vec![[0, tern_wire::SLOT_COUNT]], 0, true)
+}
+
+fn load_shard(
+    slots: Vec<[u32; 2]>,
+    early_commit: u32,
+    fanout: bool,
+) -> (XdpCoordinator, SharedShard) {
     let chain = vec![replica(0), replica(1), replica(2)];
     let macs: HashMap<_, _> = (0..3).map(|i| (replica(i), replica_mac(i))).collect();
     let shard = ShardConfig {
@@ -58,6 +71,7 @@ pub fn load_serving_committing(
         chain,
         slots,
         early_commit,
+        fanout,
     };
     let coordinator = XdpCoordinator::load(COORDINATOR, &[shard], &macs)
         .unwrap_or_else(|error| panic!("loading the XDP program (these tests need root): {error}"));

@@ -17,6 +17,7 @@
 //! cache get modules of their own beside these.
 
 mod early;
+mod fanout;
 mod freeze;
 mod process;
 mod reads;
@@ -34,7 +35,7 @@ pub use process::{Coordinator, CoordinatorCounters, ExtraStats};
 pub use reads::{ReadRoute, route_read};
 use recovery::Recovery;
 pub use settle::Directory;
-pub use state::ShardState;
+pub use state::{FanoutAck, ShardState};
 pub use tern_wire::maps::INFLIGHT_WRITES_MAX;
 use tern_wire::{Header, MESSAGE_LEN_MAX, Message, Op, Status};
 pub use writes::complete_write;
@@ -70,6 +71,10 @@ pub struct ShardConfig {
     /// chain follows; 0 answers once the tail holds it (synchronous chain
     /// replication). See [`crate::commit_point_index`].
     pub early_commit: u32,
+    /// Fan-out replication: the head sends each write to every other
+    /// replica at once and each acknowledges it here; a write is complete
+    /// once every replica has (`coordinator::fanout`).
+    pub fanout: bool,
 }
 
 impl ShardConfig {
@@ -112,6 +117,12 @@ counters! {
         /// commit point may still lack a write answered before it became
         /// the commit point.
         reads_point_behind,
+        /// Fan-out: acknowledgements counted that did not yet complete
+        /// their write, those a replica sent again, and those of another
+        /// epoch (dropped: every replica acknowledges again at a new one).
+        fanout_acks,
+        fanout_duplicate_acks,
+        acks_other_epoch,
         window_full,
         resent,
         noop_fills,
@@ -253,7 +264,9 @@ impl<S: ShardState> ShardCoordinator<S> {
             early::new_point(&self.state);
         }
         if let Recovery::Probing { .. } = self.recovery
-            && (config.head() != self.config.head() || config.tail() != self.config.tail())
+            && (config.head() != self.config.head()
+                || config.tail() != self.config.tail()
+                || (config.fanout && config.chain != self.config.chain))
         {
             // Probe the new head and tail instead.
             self.recovery = Recovery::PROBING;
@@ -298,6 +311,7 @@ impl<S: ShardState> ShardCoordinator<S> {
                     self.sequence_write(now, from, message, outbox);
                 }
             }
+            Op::Ack if self.config.fanout => self.acknowledge_fanout(now, from, message, outbox),
             Op::Ack if from == self.config.tail() => self.acknowledge(now, message, outbox),
             Op::Ack if self.config.is_early() && from == self.config.commit_point() => {
                 self.acknowledge_early(message, outbox);
@@ -338,7 +352,12 @@ impl<S: ShardState> ShardCoordinator<S> {
                 self.last_probe = Some(now);
                 let probe = Header::new(Op::SeqProbe, self.config.shard, self.config.epoch);
                 outbox.push(self.config.head(), &probe, &[], &[]);
-                if self.config.tail() != self.config.head() {
+                if self.config.fanout {
+                    // Every replica: commit_seq starts at the least applied.
+                    for &replica in &self.config.chain[1..] {
+                        outbox.push(replica, &probe, &[], &[]);
+                    }
+                } else if self.config.tail() != self.config.head() {
                     outbox.push(self.config.tail(), &probe, &[], &[]);
                 }
                 if self.config.is_early() && self.config.commit_point() != self.config.head() {

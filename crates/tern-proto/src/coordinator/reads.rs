@@ -44,7 +44,22 @@ impl<S: ShardState> ShardCoordinator<S> {
     ) {
         let mut header = message.header;
         header.set_reply_addr(from);
-        let to = match route_read(&self.state, header.key_hash.get()) {
+        // Under fan-out no replica holds only committed writes: every read
+        // is stamped (`coordinator::fanout`).
+        if self.config.fanout && !self.probed() {
+            // No stamp yet that every replica holds.
+            self.counters.refused_recovering += 1;
+            self.refuse(from, &header, (Status::TryAgain, 0), outbox);
+            return;
+        }
+        let route = if self.config.fanout {
+            ReadRoute::Any {
+                stamp: self.state.commit_seq(),
+            }
+        } else {
+            route_read(&self.state, header.key_hash.get())
+        };
+        let to = match route {
             ReadRoute::Tail => {
                 if self.config.early_commit > 0 && !super::early::point_ready(&self.state) {
                     // The commit point may lack a write answered before it

@@ -23,6 +23,10 @@ pub(super) enum Recovery {
         /// How many transactions the head holds prepared (each reported
         /// by a TXN_REPORT, whose holds are taken as they come).
         head_prepared: Option<u64>,
+        /// Fan-out: the replicas that reported (bit by position), and the
+        /// least any of them applied; `tail_applied` once all have.
+        reported: u8,
+        least_applied: u64,
     },
     /// Sequencing resumed; every key stays dirty until the tail has
     /// acknowledged everything the head had seen.
@@ -37,6 +41,8 @@ impl Recovery {
         head_highest: None,
         tail_applied: None,
         head_prepared: None,
+        reported: 0,
+        least_applied: u64::MAX,
     };
 }
 
@@ -46,6 +52,8 @@ impl<S: ShardState> ShardCoordinator<S> {
             mut head_highest,
             mut tail_applied,
             mut head_prepared,
+            mut reported,
+            mut least_applied,
         } = self.recovery
         else {
             return;
@@ -59,7 +67,17 @@ impl<S: ShardState> ShardCoordinator<S> {
                 Err(_) => 0,
             });
         }
-        if from == self.config.tail() {
+        if self.config.fanout {
+            // Every replica of a fan-out acknowledges: commit_seq starts at
+            // the least any applied.
+            if let Some(position) = self.config.chain.iter().position(|&r| r == from) {
+                reported |= 1 << position;
+                least_applied = least_applied.min(header.seq.get());
+            }
+            if reported == tern_wire::maps::fanout_acks::all(self.config.chain.len()) {
+                tail_applied = Some(least_applied);
+            }
+        } else if from == self.config.tail() {
             tail_applied = Some(header.seq.get());
         }
         if from == self.config.commit_point() {
@@ -69,6 +87,8 @@ impl<S: ShardState> ShardCoordinator<S> {
             head_highest,
             tail_applied,
             head_prepared,
+            reported,
+            least_applied,
         };
         self.finish_probing();
     }
@@ -91,6 +111,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             head_highest: Some(highest),
             tail_applied: Some(applied),
             head_prepared: Some(prepared),
+            ..
         } = self.recovery
         else {
             return;
@@ -105,11 +126,19 @@ impl<S: ShardState> ShardCoordinator<S> {
         self.state.set_next_seq(highest + 1);
         self.state.advance_commit_seq(applied);
         super::early::recovered(&self.state, highest);
-        if applied >= highest {
+        // A fan-out's reads are stamped, whatever is dirty (and its writes
+        // of coordinators before this one complete nowhere: a replica's
+        // acknowledgement of one says nothing of the others).
+        if applied >= highest || self.config.fanout {
             self.finish_recovery();
         } else {
             self.recovery = Recovery::Draining { target: highest };
         }
+    }
+
+    /// Whether the probes have answered (sequencing resumed).
+    pub(super) fn probed(&self) -> bool {
+        !matches!(self.recovery, Recovery::Probing { .. })
     }
 
     pub(super) fn finish_recovery(&mut self) {

@@ -61,4 +61,23 @@ pub trait ShardState {
     fn point_barrier(&self) -> u64;
     /// Control path: a new commit point's progress and barrier.
     fn reset_point(&self, applied: u64, barrier: u64);
+    /// Fan-out: counts the acknowledgement of in-flight `seq` by the
+    /// replica at `position` of a chain of `replicas`, under `epoch` (the
+    /// shard's current one: counts taken under an earlier epoch start
+    /// over).
+    fn fanout_ack(&self, seq: u64, epoch: u32, position: usize, replicas: usize) -> FanoutAck;
+}
+
+/// What one fan-out acknowledgement did to its write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FanoutAck {
+    /// The write is not in flight (completed, or never sequenced here).
+    NotInFlight,
+    /// Counted; other replicas have yet to acknowledge.
+    Counted,
+    /// This replica had acknowledged it already; others have yet to.
+    Duplicate,
+    /// Every replica has acknowledged it (this one last, or again): the
+    /// write is complete.
+    Complete,
 }

@@ -3,6 +3,8 @@
 //! Tests choose which datagram is delivered, held back or lost.
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
+pub mod history;
+
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -68,6 +70,8 @@ pub struct Sim {
     pub disks: Vec<Vec<(u64, Vec<u8>)>>,
     /// The shard's early commit (0: at the tail), kept across failures.
     pub early_commit: u32,
+    /// Fan-out replication, kept across failures.
+    pub fanout: bool,
     outbox: Outbox,
 }
 
@@ -85,7 +89,16 @@ impl Sim {
     /// As `new`, with early commit at the chain's `early_commit`-th
     /// replica.
     pub fn with_early_commit(length: usize, early_commit: u32) -> Sim {
-        let mut sim = Sim::unprobed_with(length, early_commit);
+        Sim::probed(Sim::unprobed_with(length, early_commit, false))
+    }
+
+    /// As `new`, with fan-out replication: the head sends each write to
+    /// every other replica, and each acknowledges it to the coordinator.
+    pub fn with_fanout(length: usize) -> Sim {
+        Sim::probed(Sim::unprobed_with(length, 0, true))
+    }
+
+    fn probed(mut sim: Sim) -> Sim {
         sim.tick();
         sim.deliver_all();
         assert!(sim.coordinator.is_ready());
@@ -94,10 +107,15 @@ impl Sim {
 
     /// As `new`, but the coordinator has not yet learnt the chain's progress.
     pub fn unprobed(length: usize) -> Sim {
-        Sim::unprobed_with(length, 0)
+        Sim::unprobed_with(length, 0, false)
     }
 
-    fn unprobed_with(length: usize, early_commit: u32) -> Sim {
+    /// As `unprobed`, with fan-out replication.
+    pub fn unprobed_fanout(length: usize) -> Sim {
+        Sim::unprobed_with(length, 0, true)
+    }
+
+    fn unprobed_with(length: usize, early_commit: u32, fanout: bool) -> Sim {
         let coordinator_addr = addr(1, 7000);
         let chain: Vec<_> = (0..length)
             .map(|index| addr(10 + index as u8, 7100))
@@ -111,30 +129,33 @@ impl Sim {
                     position,
                     coordinator: coordinator_addr,
                     early_commit,
+                    fanout,
                 })
             })
             .collect();
         Sim {
             now: Time::from_nanos(1_000_000_000),
             coordinator_addr,
-            coordinator: Sim::fresh_coordinator_with(&chain, early_commit),
+            coordinator: Sim::fresh_coordinator_with(&chain, early_commit, fanout),
             chain,
             replicas,
             network: VecDeque::new(),
             client_inbox: Vec::new(),
             disks: vec![Vec::new(); length],
             early_commit,
+            fanout,
             outbox: Outbox::new(),
         }
     }
 
     pub fn fresh_coordinator(chain: &[SocketAddrV4]) -> Coordinator<SharedShard> {
-        Sim::fresh_coordinator_with(chain, 0)
+        Sim::fresh_coordinator_with(chain, 0, false)
     }
 
     pub fn fresh_coordinator_with(
         chain: &[SocketAddrV4],
         early_commit: u32,
+        fanout: bool,
     ) -> Coordinator<SharedShard> {
         let config = ShardConfig {
             incarnation: 0,
@@ -143,6 +164,7 @@ impl Sim {
             chain: chain.to_vec(),
             slots: vec![[0, tern_wire::SLOT_COUNT]],
             early_commit,
+            fanout,
         };
         Coordinator::new([ShardCoordinator::new(config, SharedShard::in_process())])
     }
@@ -417,6 +439,7 @@ impl Sim {
                 position,
                 coordinator: self.coordinator_addr,
                 early_commit: self.early_commit,
+                fanout: self.fanout,
             });
         }
         ShardConfig {
@@ -426,6 +449,7 @@ impl Sim {
             chain: self.chain.clone(),
             slots: vec![[0, tern_wire::SLOT_COUNT]],
             early_commit: self.early_commit,
+            fanout: self.fanout,
         }
     }
 
@@ -439,6 +463,7 @@ impl Sim {
             position: 0,
             coordinator: address,
             early_commit: 0,
+            fanout: false,
         });
         spare.set_fenced(true);
         self.chain.push(address);

@@ -407,6 +407,7 @@ fn replica_config(
         position,
         coordinator: entry.coordinator,
         early_commit: entry.early_commit,
+        fanout: entry.fanout,
     })
 }
 

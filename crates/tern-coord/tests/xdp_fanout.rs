@@ -1,0 +1,143 @@
+//! Fan-out replication in the XDP program (`bpf/writes.h`'s
+//! count_fanout_ack, `bpf/reads.h`): shard 5 with three replicas, each of
+//! which acknowledges every write. The first two acknowledgements are
+//! counted in the window slot and dropped; the last completes the write
+//! (rule 4) and answers the client in the kernel; reads are stamped
+//! whatever is dirty. Needs root (CAP_BPF), as `make test` has.
+
+mod common;
+
+use common::*;
+use tern_proto::coordinator::ShardState;
+use tern_wire::maps::XdpCounter;
+use tern_wire::{Header, Op, Status, dirty_index, encode, flags, key_hash};
+use zerocopy::FromBytes;
+
+fn put(key: &[u8]) -> Vec<u8> {
+    let mut header = Header::new(Op::Put, 5, EPOCH);
+    header.key_hash.set(key_hash(key));
+    header.client_id.set(77);
+    header.request_id.set(9);
+    encode(&header, key, b"v").unwrap()
+}
+
+fn get(key: &[u8]) -> Vec<u8> {
+    let mut header = Header::new(Op::Get, 5, EPOCH);
+    header.key_hash.set(key_hash(key));
+    header.client_id.set(77);
+    header.request_id.set(10);
+    encode(&header, key, &[]).unwrap()
+}
+
+#[test]
+fn the_last_replicas_acknowledgement_completes_and_answers_in_the_kernel() {
+    let (coordinator, state) = load_fanout();
+    let index = dirty_index(key_hash(b"k"));
+    let (verdict, _) = coordinator.test_run(&from_client(&put(b"k"))).unwrap();
+    assert_eq!(verdict, XDP_TX);
+    // In any order: here the middle position, then the head.
+    for replica in [1, 0] {
+        let (verdict, _) = coordinator
+            .test_run(&from_replica(replica, &ack(1, b"k")))
+            .unwrap();
+        assert_eq!(verdict, XDP_DROP, "counted: replica {replica}");
+        assert!(state.is_in_flight(1));
+        assert_eq!(state.commit_seq(), 0);
+        assert_eq!(state.dirty_count(index), 1);
+    }
+    // A duplicate is counted once.
+    let (verdict, _) = coordinator
+        .test_run(&from_replica(1, &ack(1, b"k")))
+        .unwrap();
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(counter(&coordinator, XdpCounter::FanoutAcks), 3);
+    let (verdict, out) = coordinator
+        .test_run(&from_replica(2, &ack(1, b"k")))
+        .unwrap();
+    assert_eq!(verdict, XDP_TX, "the last one answers");
+    let out = sent(&out);
+    assert_eq!(out.destination, CLIENT);
+    assert_eq!(out.destination_mac, CLIENT_MAC);
+    assert_eq!(out.header.op(), Op::Reply);
+    assert_eq!(out.header.status(), Status::Ok);
+    assert!(!state.is_in_flight(1));
+    assert_eq!(state.commit_seq(), 1);
+    assert_eq!(state.dirty_count(index), 0);
+    assert_eq!(counter(&coordinator, XdpCounter::Acks), 1);
+    // A late copy finds it complete: dropped, nothing lowered again.
+    let (verdict, _) = coordinator
+        .test_run(&from_replica(0, &ack(1, b"k")))
+        .unwrap();
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(counter(&coordinator, XdpCounter::AcksNotInFlight), 1);
+}
+
+#[test]
+fn an_acknowledgement_counted_under_an_earlier_epoch_goes_up_untouched() {
+    let (coordinator, state) = load_fanout();
+    coordinator.test_run(&from_client(&put(b"k"))).unwrap();
+    for replica in [0, 1] {
+        coordinator
+            .test_run(&from_replica(replica, &ack(1, b"k")))
+            .unwrap();
+    }
+    // The chain changes (a new epoch): positions may name other replicas.
+    let macs: std::collections::HashMap<_, _> =
+        (0..3).map(|i| (replica(i), replica_mac(i))).collect();
+    let shard = tern_proto::coordinator::ShardConfig {
+        incarnation: 0,
+        shard: 5,
+        epoch: EPOCH + 1,
+        chain: vec![replica(0), replica(1), replica(2)],
+        slots: vec![[0, tern_wire::SLOT_COUNT]],
+        early_commit: 0,
+        fanout: true,
+    };
+    coordinator.install_route(&shard, &macs).unwrap();
+    let mut next = ack(1, b"k");
+    Header::mut_from_prefix(&mut next[..])
+        .unwrap()
+        .0
+        .epoch
+        .set(EPOCH + 1);
+    let (verdict, _) = coordinator.test_run(&from_replica(2, &next)).unwrap();
+    assert_eq!(verdict, XDP_PASS, "not completed on the old epoch's count");
+    assert_eq!(counter(&coordinator, XdpCounter::PassFanoutEpoch), 1);
+    assert!(state.is_in_flight(1), "left for user space");
+    // User space counts it afresh under the current epoch: one of three.
+    assert_eq!(
+        state.fanout_ack(1, EPOCH + 1, 2, 3),
+        tern_proto::coordinator::FanoutAck::Counted
+    );
+    assert_eq!(
+        state.fanout_ack(1, EPOCH + 1, 2, 3),
+        tern_proto::coordinator::FanoutAck::Duplicate
+    );
+}
+
+#[test]
+fn an_acknowledgement_from_outside_the_chain_goes_up() {
+    let (coordinator, state) = load_fanout();
+    coordinator.test_run(&from_client(&put(b"k"))).unwrap();
+    let stranger = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 9, 0, 99), 7100);
+    let frame = frame(stranger, [2, 0, 0, 0, 9, 9], COORDINATOR, &ack(1, b"k"));
+    let (verdict, _) = coordinator.test_run(&frame).unwrap();
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(counter(&coordinator, XdpCounter::PassNotFromTail), 1);
+    assert!(state.is_in_flight(1));
+}
+
+#[test]
+fn reads_of_keys_with_writes_in_flight_are_stamped() {
+    let (coordinator, _state) = load_fanout();
+    coordinator.test_run(&from_client(&put(b"k"))).unwrap();
+    for _ in 0..3 {
+        let (verdict, out) = coordinator.test_run(&from_client(&get(b"k"))).unwrap();
+        assert_eq!(verdict, XDP_TX);
+        let out = sent(&out);
+        assert!(!out.header.has_flag(flags::TAIL_READ));
+        assert_eq!(out.header.seq.get(), 0, "stamped with commit_seq");
+    }
+    assert_eq!(counter(&coordinator, XdpCounter::ReadsAny), 3);
+    assert_eq!(counter(&coordinator, XdpCounter::ReadsTail), 0);
+}
