@@ -650,6 +650,14 @@ fn up(
     if shard_count == 0 || replicas == 0 {
         bail!("a cluster needs at least one shard and one replica per shard");
     }
+    if fanout && replicas > tern_wire::maps::CHAIN_LEN_MAX {
+        bail!(
+            "--replication fanout --replicas {replicas}: a fan-out acknowledges from at most {} \
+             replicas (the coordinator counts each write's acknowledgements, one bit per replica \
+             of an 8-bit mask, in the kernel as in user space)",
+            tern_wire::maps::CHAIN_LEN_MAX
+        );
+    }
     if replicas > tern_wire::maps::CHAIN_LEN_MAX {
         bail!(
             "--replicas {replicas}: a chain has at most {} replicas (the XDP program forwards \

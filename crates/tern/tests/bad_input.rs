@@ -385,6 +385,15 @@ fn impossible_replication_settings_are_refused_at_cluster_up_saying_why() {
     );
     refused(&["--commit", "fanout"], "unknown commit rule");
     refused(&["--replicas", "9"], "a chain has at most 8 replicas");
+    refused(
+        &["--replication", "fanout", "--replicas", "9"],
+        "a fan-out acknowledges from at most 8",
+    );
+    refused(&["--replication", "star"], "unknown replication");
+    refused(
+        &["--replication", "fanout", "--commit", "early"],
+        "early commit is built for the chain only",
+    );
     // Nothing was started by any of them.
     assert!(!dir.path().join("processes.toml").exists());
 }

@@ -69,6 +69,19 @@ fn early_commit_in_the_kernel_survives_every_fault_kind() {
     registers(&["--mode", "xdp", "--commit", "early"]);
 }
 
+/// Fan-out replication: every replica acknowledges each write to the
+/// coordinator, reads are stamped, and a new head first takes from the
+/// leaves what only they hold.
+#[test]
+fn fanout_replication_survives_every_fault_kind() {
+    registers(&["--mode", "user", "--replication", "fanout"]);
+}
+
+#[test]
+fn fanout_replication_in_the_kernel_survives_every_fault_kind() {
+    registers(&["--mode", "xdp", "--replication", "fanout"]);
+}
+
 #[test]
 fn the_xdp_coordinator_survives_every_fault_kind() {
     registers(&["--mode", "xdp"]);

@@ -100,7 +100,17 @@ fn acknowledged_writes_survive_the_same_kills_committing_early() {
     survive_kills("early");
 }
 
+/// The same under fan-out: an answered write is in every replica's log.
+#[test]
+fn acknowledged_writes_survive_the_same_kills_replicating_by_fanout() {
+    survive_kills_replicating("fanout", "chain");
+}
+
 fn survive_kills(commit: &str) {
+    survive_kills_replicating("chain", commit);
+}
+
+fn survive_kills_replicating(replication: &str, commit: &str) {
     let seed = std::env::var("TERN_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -117,6 +127,8 @@ fn survive_kills(commit: &str) {
             "always",
             "--commit",
             commit,
+            "--replication",
+            replication,
         ],
     );
     let ledger: Ledger = Arc::default();

@@ -25,9 +25,20 @@ fn assert_linearizable_under_contention(shards: u32, mode: &str, topology: &str)
 }
 
 fn assert_linearizable_committing(shards: u32, mode: &str, topology: &str, commit: &str) {
+    assert_linearizable_replicating(shards, mode, topology, ("chain", commit));
+}
+
+fn assert_linearizable_replicating(
+    shards: u32,
+    mode: &str,
+    topology: &str,
+    (replication, commit): (&str, &str),
+) {
     let shards = shards.to_string();
     let output = common::run_tern(&[
         "chaos",
+        "--replication",
+        replication,
         "--commit",
         commit,
         "--no-faults",
@@ -87,6 +98,17 @@ fn one_shard_three_replicas_committing_early_is_linearizable_under_contention() 
 #[test]
 fn one_shard_three_replicas_committing_early_with_the_xdp_coordinator_is_linearizable() {
     assert_linearizable_committing(1, "xdp", "netns", "early");
+}
+
+/// Fan-out: every read stamped, every replica acknowledging.
+#[test]
+fn three_shards_three_replicas_in_fanout_are_linearizable_under_contention() {
+    assert_linearizable_replicating(3, "user", "loopback", ("fanout", "chain"));
+}
+
+#[test]
+fn one_shard_three_replicas_in_fanout_with_the_xdp_coordinator_is_linearizable() {
+    assert_linearizable_replicating(1, "xdp", "netns", ("fanout", "chain"));
 }
 
 #[test]
