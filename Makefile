@@ -3,7 +3,7 @@
 #   make test   every test: unit, property, protocol rules, XDP program, real-process system tests, chaos, fuzzing
 #   make bench-compare   user-space vs XDP coordinator, alternating runs, medians and ratio
 #   make bench-migrate   live slot migration against stop-and-copy and ownership-first (NetMigrate's experiment)
-#   make bench-replication   write latency vs 1-7 replicas, chain vs early commit, beside Redis (Whale's experiment)
+#   make bench-replication   write latency vs 1-7 replicas, chain, fan-out and early commit, beside Redis (Whale's experiment)
 SHELL := /bin/bash
 CARGO ?= cargo
 DEMO_DIR ?= $(CURDIR)/target/demo-cluster

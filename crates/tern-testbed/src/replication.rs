@@ -1,6 +1,6 @@
 //! `tern bench replication`: write latency and throughput against the
-//! number of replicas, for each commit rule (synchronous chain, Whale's
-//! early commit), on YCSB workloads, beside Redis with two asynchronous
+//! number of replicas, for each replication (chain, fan-out) and commit
+//! rule (synchronous, Whale's early commit), on YCSB workloads, beside Redis with two asynchronous
 //! replicas in the same run. Every configuration runs once per round,
 //! rounds alternate (the machine is noisy); medians with min..max, per-round
 //! ratios, a JSON file and an SVG plot of write latency against replicas.
@@ -31,6 +31,11 @@ pub struct ReplicationArgs {
     /// is the chain, and is not run again.
     #[arg(long, value_delimiter = ',', value_parser = tern_client::parse_commit, default_value = "chain,early")]
     pub commits: Vec<u32>,
+    /// Replications (`chain`, `fanout`): fan-out runs with the chain's
+    /// commit rule (every replica acknowledges), with 2 replicas or more
+    /// (one replica is the same either way).
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Append, value_parser = tern_client::parse_replication, default_value = "chain,fanout")]
+    pub replications: Vec<bool>,
     /// Coordinator modes, each measured for every configuration.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "user,xdp")]
     pub modes: Vec<ClusterMode>,
@@ -104,21 +109,37 @@ impl Series {
     }
 }
 
-/// The configurations of one round, in order: (mode, replicas, K); Redis
-/// comes after them.
-fn configurations(args: &ReplicationArgs) -> Vec<(ClusterMode, usize, u32)> {
+/// One configuration: mode, replicas, fan-out, early commit's K.
+type Configuration = (ClusterMode, usize, bool, u32);
+
+/// The configurations of one round, in order; Redis comes after them.
+fn configurations(args: &ReplicationArgs) -> Vec<Configuration> {
     let mut configurations = Vec::new();
     for &mode in &args.modes {
         for &replicas in &args.replica_counts {
-            for &commit in &args.commits {
-                // Early at K with K or fewer replicas commits at the tail.
-                if commit == 0 || (commit as usize) < replicas {
-                    configurations.push((mode, replicas, commit));
+            if args.replications.contains(&false) {
+                for &commit in &args.commits {
+                    // Early at K with K or fewer replicas commits at the tail.
+                    if commit == 0 || (commit as usize) < replicas {
+                        configurations.push((mode, replicas, false, commit));
+                    }
                 }
+            }
+            if args.replications.contains(&true) && replicas > 1 {
+                configurations.push((mode, replicas, true, 0));
             }
         }
     }
     configurations
+}
+
+/// How a configuration commits, as the report names it.
+fn rule_name(fanout: bool, early_commit: u32) -> String {
+    if fanout {
+        "fanout".into()
+    } else {
+        commit_name(early_commit)
+    }
 }
 
 fn mode_name(mode: ClusterMode) -> &'static str {
@@ -133,13 +154,13 @@ fn run_tern(
     dir: &std::path::Path,
     args: &ReplicationArgs,
     workload: WorkloadName,
-    (mode, replicas, early_commit): (ClusterMode, usize, u32),
+    (mode, replicas, fanout, early_commit): Configuration,
 ) -> Result<BenchReport> {
     cluster::up_committing(
         dir,
         1,
         replicas,
-        (false, early_commit),
+        (fanout, early_commit),
         mode,
         TopologyKind::Netns,
         args.durability,
@@ -170,10 +191,10 @@ pub fn run(args: &ReplicationArgs) -> Result<()> {
         args.workload.duration,
         configurations
             .iter()
-            .map(|(mode, replicas, k)| format!(
+            .map(|(mode, replicas, fanout, k)| format!(
                 "{}/{replicas}/{}",
                 mode_name(*mode),
-                commit_name(*k)
+                rule_name(*fanout, *k)
             ))
             .collect::<Vec<_>>()
             .join(" ")
@@ -181,12 +202,12 @@ pub fn run(args: &ReplicationArgs) -> Result<()> {
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
     let mut series: Vec<Series> = Vec::new();
     for &workload in &args.workloads {
-        for &(mode, replicas, k) in &configurations {
+        for &(mode, replicas, fanout, k) in &configurations {
             series.push(Series {
                 workload,
                 mode: mode_name(mode).into(),
                 replicas: Some(replicas),
-                commit: commit_name(k),
+                commit: rule_name(fanout, k),
                 runs: Vec::new(),
             });
         }
@@ -204,10 +225,11 @@ pub fn run(args: &ReplicationArgs) -> Result<()> {
         let mut index = 0;
         for &workload in &args.workloads {
             for &configuration in &configurations {
-                let (mode, replicas, k) = configuration;
+                let (mode, replicas, fanout, k) = configuration;
                 let dir = scratch.path().join(format!(
-                    "r{round}-{workload:?}-{}-{replicas}-{k}",
-                    mode_name(mode)
+                    "r{round}-{workload:?}-{}-{replicas}-{}",
+                    mode_name(mode),
+                    rule_name(fanout, k)
                 ));
                 let run = Run::of(&run_tern(&dir, args, workload, configuration)?);
                 print_run(round, &series[index], &run);
@@ -273,28 +295,35 @@ fn report(args: &ReplicationArgs, series: &[Series]) -> Result<()> {
             })
         };
         for mode in args.modes.iter().map(|mode| mode_name(*mode)) {
-            let (Some(early), Some(single)) =
-                (find(mode, Some(3), "early:2"), find(mode, Some(1), "chain"))
-            else {
-                continue;
-            };
-            let ratios: Vec<f64> = early
-                .runs
-                .iter()
-                .zip(&single.runs)
-                .map(|(e, s)| e.write_p50_us as f64 / s.write_p50_us.max(1) as f64)
-                .collect();
-            let (ratio, low, high) = spread(&ratios);
-            println!(
-                "{workload:?} {mode}: write p50, early:2 at 3 replicas / chain at 1: median {ratio:.2} ({low:.2}..{high:.2})"
-            );
+            for (rule, replicas, base, base_replicas) in [
+                ("early:2", 3, "chain", 1),
+                ("fanout", 3, "chain", 1),
+                ("fanout", 3, "chain", 3),
+                ("fanout", 7, "chain", 7),
+            ] {
+                let (Some(measured), Some(single)) = (
+                    find(mode, Some(replicas), rule),
+                    find(mode, Some(base_replicas), base),
+                ) else {
+                    continue;
+                };
+                let ratios: Vec<f64> = measured
+                    .runs
+                    .iter()
+                    .zip(&single.runs)
+                    .map(|(e, s)| e.write_p50_us as f64 / s.write_p50_us.max(1) as f64)
+                    .collect();
+                let (ratio, low, high) = spread(&ratios);
+                println!(
+                    "{workload:?} {mode}: write p50, {rule} at {replicas} replicas / {base} at {base_replicas}: median {ratio:.2} ({low:.2}..{high:.2})"
+                );
+            }
         }
         if let Some(redis) = find("redis", None, "async") {
-            for (mode, commit) in args
-                .modes
-                .iter()
-                .flat_map(|mode| [(mode_name(*mode), "chain"), (mode_name(*mode), "early:2")])
-            {
+            for (mode, commit) in args.modes.iter().flat_map(|mode| {
+                let mode = mode_name(*mode);
+                [(mode, "chain"), (mode, "early:2"), (mode, "fanout")]
+            }) {
                 if let Some(tern) = find(mode, Some(3), commit) {
                     let ratios: Vec<f64> = tern
                         .runs
@@ -385,28 +414,33 @@ mod tests {
     }
 
     #[test]
-    fn early_commit_runs_only_where_the_chain_is_longer_than_k() {
+    fn early_commit_runs_only_where_the_chain_is_longer_than_k_and_fanout_from_two() {
         let args = <Command as clap::Parser>::parse_from(["bench"]).args;
         let configured = configurations(&args);
-        assert_eq!(configured.len(), 16, "8 per mode");
-        let user: Vec<(usize, u32)> = configured
+        assert_eq!(configured.len(), 24, "12 per mode");
+        let user: Vec<(usize, String)> = configured
             .iter()
-            .filter(|(mode, _, _)| *mode == ClusterMode::User)
-            .map(|&(_, replicas, k)| (replicas, k))
+            .filter(|(mode, ..)| *mode == ClusterMode::User)
+            .map(|&(_, replicas, fanout, k)| (replicas, rule_name(fanout, k)))
             .collect();
-        assert_eq!(
-            user,
-            [
-                (1, 0),
-                (2, 0),
-                (3, 0),
-                (3, 2),
-                (5, 0),
-                (5, 2),
-                (7, 0),
-                (7, 2)
-            ]
-        );
+        let expected: Vec<(usize, String)> = [
+            (1, "chain"),
+            (2, "chain"),
+            (2, "fanout"),
+            (3, "chain"),
+            (3, "early:2"),
+            (3, "fanout"),
+            (5, "chain"),
+            (5, "early:2"),
+            (5, "fanout"),
+            (7, "chain"),
+            (7, "early:2"),
+            (7, "fanout"),
+        ]
+        .into_iter()
+        .map(|(replicas, rule)| (replicas, rule.to_string()))
+        .collect();
+        assert_eq!(user, expected);
         let args = <Command as clap::Parser>::parse_from([
             "bench",
             "--replica-counts",
@@ -415,11 +449,16 @@ mod tests {
             "early:1,early:3",
             "--modes",
             "xdp",
+            "--replications",
+            "chain",
         ])
         .args;
         assert_eq!(
             configurations(&args),
-            [(ClusterMode::Xdp, 2, 1), (ClusterMode::Xdp, 3, 1)]
+            [
+                (ClusterMode::Xdp, 2, false, 1),
+                (ClusterMode::Xdp, 3, false, 1)
+            ]
         );
     }
 }
