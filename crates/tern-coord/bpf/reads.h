@@ -5,7 +5,9 @@
  * K-th replica once it has caught up to the point barrier, as
  * coordinator::early::point_ready), clean ones round robin, stamped with
  * commit_seq (DESIGN rules 3-5). Under fan-out every read is stamped
- * (coordinator::fanout: no replica holds only committed writes).
+ * (coordinator::fanout: no replica holds only committed writes); committing
+ * early too, a dirty key's goes to the head (commit_index 0) stamped with
+ * max(commit_seq, point_applied).
  */
 #ifndef TERN_READS_H
 #define TERN_READS_H
@@ -27,7 +29,7 @@ static __always_inline int forward_read(struct frame *frame, const struct route_
 	if (!dirty)
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_MALFORMED);
 	/* The dirty count before commit_seq (see the file comment). */
-	dirty_key = !view->fanout &&
+	dirty_key = !(view->fanout && !view->early) &&
 		    (READ_SHARED(cell->all_dirty) != 0 || READ_SHARED(*dirty) != 0);
 	BARRIER();
 	commit_seq = READ_SHARED(cell->commit_seq);
@@ -47,7 +49,16 @@ static __always_inline int forward_read(struct frame *frame, const struct route_
 		return XDP_ABORTED;
 	if (!route_unchanged(view))
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_RECONFIGURING);
-	if (dirty_key) {
+	if (dirty_key && view->fanout) {
+		__u64 stamp = READ_SHARED(cell->point_applied);
+
+		if (stamp < commit_seq)
+			stamp = commit_seq;
+		tern->flags &= ~TERN_FLAG_TAIL_READ;
+		tern->seq = stamp;
+		commit_seq = stamp;
+		count(TERN_XDP_COUNTER_READS_TAIL);
+	} else if (dirty_key) {
 		tern->flags |= TERN_FLAG_TAIL_READ;
 		count(TERN_XDP_COUNTER_READS_TAIL);
 	} else {

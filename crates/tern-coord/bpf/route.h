@@ -34,6 +34,9 @@ struct route_view {
 	/* Non-zero under fan-out replication (every replica acknowledges,
 	 * reads are stamped). */
 	__u32 fanout;
+	/* Under fan-out, the acknowledgement that answers a write early (K;
+	 * 0: none, the last one answers). */
+	__u32 quorum;
 };
 
 /* Reads the scalar fields of the shard's route; 0, or the counter under
@@ -59,6 +62,7 @@ static __always_inline __u32 read_route(const struct tern_header *tern, struct r
 	view->commit_index = READ_SHARED(route->commit_index);
 	view->early = READ_SHARED(route->replication) & TERN_ROUTE_EARLY;
 	view->fanout = READ_SHARED(route->replication) & TERN_ROUTE_FANOUT;
+	view->quorum = READ_SHARED(route->replication) >> TERN_ROUTE_QUORUM_SHIFT;
 	if (!READ_SHARED(route->present) || view->replica_count == 0 ||
 	    view->replica_count > TERN_CHAIN_LEN_MAX || view->commit_index >= view->replica_count)
 		return TERN_XDP_COUNTER_PASS_UNKNOWN_SHARD;

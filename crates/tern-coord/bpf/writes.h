@@ -196,9 +196,11 @@ static __always_inline int acknowledge_early(struct frame *frame, const struct r
 /* Fan-out (coordinator::fanout, SharedShard::fanout_ack): the sender's bit,
  * by its position in the chain, set in the slot's acks word. FANOUT_COMPLETE
  * once every replica has acknowledged (the caller completes the write as a
- * tail's ACK), else the action taken. A word counted under an earlier
- * epoch goes up: user space counts it afresh. */
+ * tail's ACK), FANOUT_EARLY at the K-th under early commit (the caller
+ * answers it as the commit point's ACK), else the action taken. A word
+ * counted under an earlier epoch goes up: user space counts it afresh. */
 #define FANOUT_COMPLETE (-1)
+#define FANOUT_EARLY (-2)
 
 static __always_inline int count_fanout_ack(struct frame *frame, const struct route_view *view)
 {
@@ -252,6 +254,9 @@ static __always_inline int count_fanout_ack(struct frame *frame, const struct ro
 			if (((word | bit) & all) == all)
 				return FANOUT_COMPLETE;
 			count(TERN_XDP_COUNTER_FANOUT_ACKS);
+			if (view->quorum != 0 &&
+			    (__u32)__builtin_popcountll((word | bit) & all) == view->quorum)
+				return FANOUT_EARLY;
 			return XDP_DROP;
 		}
 	}
@@ -284,8 +289,14 @@ static __always_inline int acknowledge(struct frame *frame, const struct route_v
 	if (!route_unchanged(view))
 		return hand_to_user_space(TERN_XDP_COUNTER_PASS_RECONFIGURING);
 	if (view->fanout) {
-		int counted = count_fanout_ack(frame, view);
+		int counted;
 
+		/* Its client known before anything is counted. */
+		if (tern->reply_port != 0 && !bpf_map_lookup_elem(&client_macs, &client_ip))
+			return hand_to_user_space(TERN_XDP_COUNTER_PASS_NO_CLIENT_MAC);
+		counted = count_fanout_ack(frame, view);
+		if (counted == FANOUT_EARLY)
+			return acknowledge_early(frame, view, cell);
 		if (counted != FANOUT_COMPLETE)
 			return counted;
 	} else if (frame->ip->saddr != tail.ip || frame->udp->source != tail.port) {

@@ -358,15 +358,12 @@ impl XdpCoordinator {
             present: u8::from(missing.is_empty()),
             replica_count: shard.chain.len() as u8,
             // check_chain bounded the chain to CHAIN_LEN_MAX.
-            commit_index: tern_proto::commit_point_index(shard.early_commit, shard.chain.len())
-                as u8,
-            replication: if shard.fanout {
-                tern_wire::maps::ROUTE_FANOUT
-            } else if shard.early_commit > 0 {
-                tern_wire::maps::ROUTE_EARLY
-            } else {
-                0
-            },
+            commit_index: shard
+                .chain
+                .iter()
+                .position(|&replica| replica == shard.commit_point())
+                .expect("the commit point is in the chain") as u8,
+            replication: route_replication(shard),
             ..ShardRoute::default()
         };
         route.local_index.set(index);
@@ -572,6 +569,23 @@ fn check_chain(shard: &ShardConfig) -> Result<(), XdpError> {
         )));
     }
     Ok(())
+}
+
+/// The route's `replication` byte: early commit, fan-out, and under
+/// fan-out the acknowledgement that answers (K; 0: the last).
+fn route_replication(shard: &ShardConfig) -> u8 {
+    use tern_wire::maps::{ROUTE_EARLY, ROUTE_FANOUT, ROUTE_QUORUM_SHIFT};
+    let early = if shard.early_commit > 0 {
+        ROUTE_EARLY
+    } else {
+        0
+    };
+    if !shard.fanout {
+        return early;
+    }
+    // check_chain bounded the chain, so K < chain length fits.
+    let quorum = shard.fanout_quorum().map_or(0, |k| k as u8);
+    early | ROUTE_FANOUT | quorum << ROUTE_QUORUM_SHIFT
 }
 
 fn endpoint(address: SocketAddrV4, mac: [u8; 6]) -> Endpoint {

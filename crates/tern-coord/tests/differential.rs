@@ -40,7 +40,10 @@ fn served() -> Vec<[u32; 2]> {
 }
 
 /// A coordinator process for shard 5 on `state`, past its start-up probe.
-fn ready_coordinator(state: SharedShard, early_commit: u32) -> Coordinator<SharedShard> {
+fn ready_coordinator(
+    state: SharedShard,
+    (fanout, early_commit): (bool, u32),
+) -> Coordinator<SharedShard> {
     let config = ShardConfig {
         incarnation: 0,
         shard: SHARD,
@@ -48,12 +51,13 @@ fn ready_coordinator(state: SharedShard, early_commit: u32) -> Coordinator<Share
         chain: vec![replica(0), replica(1), replica(2)],
         slots: served(),
         early_commit,
-        fanout: false,
+        fanout,
     };
     let mut coordinator = Coordinator::new([ShardCoordinator::new(config, state)]);
-    // DESIGN rule 8 against an empty chain: head and tail report nothing.
+    // DESIGN rule 8 against an empty chain: head and tail (under fan-out
+    // every replica) report nothing.
     let mut outbox = Outbox::new();
-    for index in [0, 2] {
+    for index in [0, 1, 2] {
         let report = Header::new(Op::SeqReport, SHARD, EPOCH);
         let bytes = encode(&report, b"", b"").unwrap();
         coordinator.step(Time::ZERO, replica(index), &bytes, &mut outbox);
@@ -122,9 +126,16 @@ impl Twins {
 
     /// Twins of a shard committing early at its `early_commit`-th replica.
     fn committing(early_commit: u32) -> Twins {
-        let (xdp, kernel_state) = load_serving_committing(served(), early_commit);
-        let kernel_side = ready_coordinator(xdp.shared_shard(SHARD).unwrap(), early_commit);
-        let rust = ready_coordinator(SharedShard::in_process(), early_commit);
+        Twins::replicating((false, early_commit))
+    }
+
+    /// Twins of a shard replicating by fan-out or not, committing early or
+    /// not.
+    fn replicating((fanout, early_commit): (bool, u32)) -> Twins {
+        let (xdp, kernel_state) = load_shard(served(), early_commit, fanout);
+        let kernel_side =
+            ready_coordinator(xdp.shared_shard(SHARD).unwrap(), (fanout, early_commit));
+        let rust = ready_coordinator(SharedShard::in_process(), (fanout, early_commit));
         Twins {
             kernel_state,
             xdp,
@@ -768,19 +779,33 @@ fn the_kernel_and_rust_paths_agree_on_random_mutations_under_early_commit() {
     random_mutations(2);
 }
 
+/// Fan-out, and fan-out answering at the second acknowledgement: every
+/// acknowledgement sent by a random replica of the three.
+#[test]
+fn the_kernel_and_rust_paths_agree_on_random_mutations_under_fanout() {
+    random_mutations_replicating((true, 0));
+    random_mutations_replicating((true, 2));
+}
+
 fn random_mutations(early_commit: u32) {
+    random_mutations_replicating((false, early_commit));
+}
+
+fn random_mutations_replicating((fanout, early_commit): (bool, u32)) {
     let seed: u64 = std::env::var("TERN_TEST_SEED")
         .ok()
         .and_then(|seed| seed.parse().ok())
         .unwrap_or_else(|| rand_seed() | 1);
     println!("TERN_TEST_SEED={seed}");
     let mut random = Random(seed);
-    let mut twins = Twins::committing(early_commit);
+    let mut twins = Twins::replicating((fanout, early_commit));
     let seeds = valid_corpus();
     for case in 0..3000 {
         let (name, mut sender, mut bytes) =
             seeds[random.below(seeds.len() as u64) as usize].clone();
-        if early_commit > 0 && matches!(sender, Sender::Tail) && random.below(2) == 0 {
+        if fanout && matches!(sender, Sender::Tail) {
+            sender = [Sender::Head, Sender::Middle, Sender::Tail][random.below(3) as usize];
+        } else if early_commit > 0 && matches!(sender, Sender::Tail) && random.below(2) == 0 {
             sender = Sender::Middle;
         }
         // One to three changes: a header byte, a length, or a cut.
@@ -806,6 +831,11 @@ fn random_mutations(early_commit: u32) {
             sender,
             &bytes,
         );
+    }
+    if fanout {
+        // Counted, and completed, in the kernel, not only handed up.
+        assert!(counter(&twins.xdp, XdpCounter::FanoutAcks) > 0);
+        assert!(counter(&twins.xdp, XdpCounter::Acks) > 0);
     }
 }
 

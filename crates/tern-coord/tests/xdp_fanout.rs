@@ -107,7 +107,7 @@ fn an_acknowledgement_counted_under_an_earlier_epoch_goes_up_untouched() {
     // User space counts it afresh under the current epoch: one of three.
     assert_eq!(
         state.fanout_ack(1, EPOCH + 1, 2, 3),
-        tern_proto::coordinator::FanoutAck::Counted
+        tern_proto::coordinator::FanoutAck::Counted { acks: 1 }
     );
     assert_eq!(
         state.fanout_ack(1, EPOCH + 1, 2, 3),
@@ -140,4 +140,56 @@ fn reads_of_keys_with_writes_in_flight_are_stamped() {
     }
     assert_eq!(counter(&coordinator, XdpCounter::ReadsAny), 3);
     assert_eq!(counter(&coordinator, XdpCounter::ReadsTail), 0);
+}
+
+#[test]
+fn committing_early_the_kth_acknowledgement_answers_and_the_last_completes_silently() {
+    let (coordinator, state) = load_fanout_committing(2);
+    let index = dirty_index(key_hash(b"k"));
+    coordinator.test_run(&from_client(&put(b"k"))).unwrap();
+    let (verdict, _) = coordinator
+        .test_run(&from_replica(2, &ack(1, b"k")))
+        .unwrap();
+    assert_eq!(verdict, XDP_DROP, "the first of two");
+    let (verdict, out) = coordinator
+        .test_run(&from_replica(0, &ack(1, b"k")))
+        .unwrap();
+    assert_eq!(verdict, XDP_TX, "the second answers");
+    let out = sent(&out);
+    assert_eq!(out.destination, CLIENT);
+    assert_eq!(out.header.op(), Op::Reply);
+    assert!(state.answered_early(1));
+    assert_eq!(state.point_applied(), 1);
+    assert_eq!(state.commit_seq(), 0);
+    assert_eq!(state.dirty_count(index), 1);
+    assert_eq!(counter(&coordinator, XdpCounter::EarlyAcks), 1);
+    // A read of the dirty key: to the head, stamped with what two hold.
+    let (verdict, out) = coordinator.test_run(&from_client(&get(b"k"))).unwrap();
+    assert_eq!(verdict, XDP_TX);
+    let read = sent(&out);
+    assert_eq!(read.destination, replica(0));
+    assert!(!read.header.has_flag(flags::TAIL_READ));
+    assert_eq!(read.header.seq.get(), 1);
+    assert_eq!(read.header.commit_seq.get(), 1);
+    // The last completes the write (rule 4) and answers nobody again.
+    let (verdict, _) = coordinator
+        .test_run(&from_replica(1, &ack(1, b"k")))
+        .unwrap();
+    assert_eq!(verdict, XDP_DROP);
+    assert!(!state.is_in_flight(1));
+    assert_eq!(state.commit_seq(), 1);
+    assert_eq!(state.dirty_count(index), 0);
+    // Clean again: round robin, stamped with commit_seq.
+    let (_, out) = coordinator.test_run(&from_client(&get(b"k"))).unwrap();
+    assert_eq!(sent(&out).header.seq.get(), 1);
+}
+
+#[test]
+fn committing_early_a_dirty_read_behind_the_barrier_goes_up_untouched() {
+    let (coordinator, state) = load_fanout_committing(2);
+    coordinator.test_run(&from_client(&put(b"k"))).unwrap();
+    state.reset_point(0, 1);
+    let (verdict, _) = coordinator.test_run(&from_client(&get(b"k"))).unwrap();
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(counter(&coordinator, XdpCounter::PassPointBehind), 1);
 }

@@ -340,7 +340,11 @@ impl ShardState for SharedShard {
                 .compare_exchange(word, new, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) if fanout_acks::mask(new) & all == all => return FanoutAck::Complete,
-                Ok(_) => return FanoutAck::Counted,
+                Ok(_) => {
+                    return FanoutAck::Counted {
+                        acks: fanout_acks::mask(new).count_ones(),
+                    };
+                }
                 Err(actual) => word = actual,
             }
         }

@@ -671,13 +671,6 @@ fn up(
              but a shard has only {replicas} (--replicas): use K of at most {replicas}"
         );
     }
-    if fanout && early_commit > 0 {
-        bail!(
-            "--replication fanout with --commit early:{early_commit}: early commit is built for \
-             the chain only (its commit point is the K-th replica of the chain; a fan-out has \
-             no such replica), so use --commit chain with fanout, or --replication chain"
-        );
-    }
 
     if mode == ClusterMode::Xdp && !netns::is_root() {
         bail!(

@@ -124,6 +124,7 @@
 #define TERN_WINDOW_MULTI            0x80000000u
 #define TERN_ROUTE_EARLY             1
 #define TERN_ROUTE_FANOUT            2
+#define TERN_ROUTE_QUORUM_SHIFT      4
 #define TERN_FANOUT_MASK_BITS        8
 #define TERN_FANOUT_SEQ_MASK         0xffffffffffull
 #define TERN_FANOUT_EPOCH_MASK       0xffffull
@@ -268,7 +269,7 @@ struct tern_shard_route {
 	__u8 present;                    /* @4  1 when this coordinator serves the shard. */
 	__u8 replica_count;              /* @5  Number of replicas in `replicas`, head first. */
 	__u8 commit_index;               /* @6  Index in `replicas` of the commit point (the K-th replica under early commit, else the tail). */
-	__u8 replication;                /* @7  ROUTE_EARLY when the shard commits early (dirty reads wait for the cell's point barrier), ROUTE_FANOUT under fan-out replication (every replica acknowledges; reads are stamped). */
+	__u8 replication;                /* @7  ROUTE_EARLY when the shard commits early (dirty reads wait for the cell's point barrier), ROUTE_FANOUT under fan-out replication (every replica acknowledges; reads are stamped); under fan-out, K in the bits from ROUTE_QUORUM_SHIFT (a write answered at its K-th acknowledgement; 0: at the last). */
 	__u32 local_index;               /* @8  Index of the shard's cell, dirty table and window in the shared maps. */
 	__u32 epoch;                     /* @12 The shard's epoch; requests of another epoch go to user space. */
 	struct tern_endpoint replicas[8]; /* @16 The chain, head first. */

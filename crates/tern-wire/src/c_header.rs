@@ -11,8 +11,8 @@ use crate::extension::{self, ExpiryExtension, LargeExtension, MapVersionExtensio
 use crate::maps::{
     ALLOW_NETWORKS_MAX, CAS_ATTEMPTS_MAX, CHAIN_LEN_MAX, CLIENT_MACS_MAX, Endpoint, HOLD_BUCKETS,
     HOLD_KEYS_MAX, HOLD_LOCKED, HOLD_MIX, HOLD_PARTICIPANTS_LEN, HOLD_WAYS, HoldBucket, HoldSlot,
-    INFLIGHT_WRITES_MAX, ROUTE_EARLY, ROUTE_FANOUT, SHARD_ID_MAX, SLOT_WORDS, ShardCell,
-    ShardRoute, WINDOW_MULTI, WindowSlot, XDP_COUNTER_COUNT, XdpCounter, fanout_acks,
+    INFLIGHT_WRITES_MAX, ROUTE_EARLY, ROUTE_FANOUT, ROUTE_QUORUM_SHIFT, SHARD_ID_MAX, SLOT_WORDS,
+    ShardCell, ShardRoute, WINDOW_MULTI, WindowSlot, XDP_COUNTER_COUNT, XdpCounter, fanout_acks,
 };
 use crate::{
     CStruct, DIRTY_INDEX_MASK, DIRTY_SLOTS, EXTENSIONS_LEN_MAX, Effect, HEADER_LEN, Header,
@@ -137,6 +137,11 @@ pub fn generate() -> String {
     define(out, "TERN_WINDOW_MULTI", &format!("{WINDOW_MULTI:#x}u"));
     define(out, "TERN_ROUTE_EARLY", &ROUTE_EARLY.to_string());
     define(out, "TERN_ROUTE_FANOUT", &ROUTE_FANOUT.to_string());
+    define(
+        out,
+        "TERN_ROUTE_QUORUM_SHIFT",
+        &ROUTE_QUORUM_SHIFT.to_string(),
+    );
     define(
         out,
         "TERN_FANOUT_MASK_BITS",

@@ -43,6 +43,8 @@ pub const WINDOW_MULTI: u32 = 1 << 31;
 /// `ShardRoute::replication` bits.
 pub const ROUTE_EARLY: u8 = 1;
 pub const ROUTE_FANOUT: u8 = 2;
+pub const ROUTE_QUORUM_SHIFT: u8 = 4;
+const _: () = assert!(CHAIN_LEN_MAX < 1 << (8 - ROUTE_QUORUM_SHIFT));
 
 /// Fan-out replication: a window slot's `acks` word says which replicas of
 /// the chain acknowledged its write, by position, under which epoch:
@@ -148,7 +150,7 @@ mod records {
             pub replica_count: u8 => "__u8",
             /// Index in `replicas` of the commit point (the K-th replica under early commit, else the tail).
             pub commit_index: u8 => "__u8",
-            /// ROUTE_EARLY when the shard commits early (dirty reads wait for the cell's point barrier), ROUTE_FANOUT under fan-out replication (every replica acknowledges; reads are stamped).
+            /// ROUTE_EARLY when the shard commits early (dirty reads wait for the cell's point barrier), ROUTE_FANOUT under fan-out replication (every replica acknowledges; reads are stamped); under fan-out, K in the bits from ROUTE_QUORUM_SHIFT (a write answered at its K-th acknowledgement; 0: at the last).
             pub replication: u8 => "__u8",
             /// Index of the shard's cell, dirty table and window in the shared maps.
             pub local_index: zerocopy::little_endian::U32 => "__u32",

@@ -391,8 +391,15 @@ fn impossible_replication_settings_are_refused_at_cluster_up_saying_why() {
     );
     refused(&["--replication", "star"], "unknown replication");
     refused(
-        &["--replication", "fanout", "--commit", "early"],
-        "early commit is built for the chain only",
+        &[
+            "--replication",
+            "fanout",
+            "--commit",
+            "early:4",
+            "--replicas",
+            "3",
+        ],
+        "a shard has only 3 (--replicas)",
     );
     // Nothing was started by any of them.
     assert!(!dir.path().join("processes.toml").exists());

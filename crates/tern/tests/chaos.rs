@@ -82,6 +82,20 @@ fn fanout_replication_in_the_kernel_survives_every_fault_kind() {
     registers(&["--mode", "xdp", "--replication", "fanout"]);
 }
 
+/// Fan-out answering at the second acknowledgement (K = 2 of 3), in the
+/// kernel: dirty reads go to the head stamped with what two hold.
+#[test]
+fn fanout_committing_early_in_the_kernel_survives_every_fault_kind() {
+    registers(&[
+        "--mode",
+        "xdp",
+        "--replication",
+        "fanout",
+        "--commit",
+        "early",
+    ]);
+}
+
 #[test]
 fn the_xdp_coordinator_survives_every_fault_kind() {
     registers(&["--mode", "xdp"]);

@@ -107,6 +107,11 @@ fn three_shards_three_replicas_in_fanout_are_linearizable_under_contention() {
 }
 
 #[test]
+fn three_shards_in_fanout_committing_early_are_linearizable_under_contention() {
+    assert_linearizable_replicating(3, "user", "loopback", ("fanout", "early"));
+}
+
+#[test]
 fn one_shard_three_replicas_in_fanout_with_the_xdp_coordinator_is_linearizable() {
     assert_linearizable_replicating(1, "xdp", "netns", ("fanout", "chain"));
 }

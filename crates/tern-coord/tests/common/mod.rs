@@ -54,10 +54,16 @@ pub fn load_serving_committing(
 
 /// As `load`, with fan-out replication (every replica acknowledges).
 pub fn load_fanout() -> (XdpCoordinator, SharedShard) {
-    load_shard(vec![[0, tern_wire::SLOT_COUNT]], 0, true)
+    load_fanout_committing(0)
 }
 
-fn load_shard(
+/// As `load_fanout`, answering writes at their `early_commit`-th
+/// acknowledgement.
+pub fn load_fanout_committing(early_commit: u32) -> (XdpCoordinator, SharedShard) {
+    load_shard(vec![[0, tern_wire::SLOT_COUNT]], early_commit, true)
+}
+
+pub fn load_shard(
     slots: Vec<[u32; 2]>,
     early_commit: u32,
     fanout: bool,

@@ -16,6 +16,16 @@
 //! answers the newest version at or below it, or TRY_AGAIN while it has
 //! not applied that far. A coordinator that starts probes every replica and
 //! starts `commit_seq` at the least any of them applied.
+//!
+//! Early commit (`--commit early:K`): a write is answered at its K-th
+//! acknowledgement (the K replicas hold every write up to it, so
+//! `point_applied` rises to it), and completes at the last as before. A
+//! read of a dirty key goes to the head, which holds every write any
+//! replica holds, stamped with max(`commit_seq`, `point_applied`): it sees
+//! every answered write and nothing only fewer than K replicas hold. A
+//! coordinator that starts takes the K-th most any replica applied for
+//! `point_applied` (every answered write is at or below it) and sends every
+//! read so until `commit_seq` gets there.
 // PERFORMANCE CRITICAL PATH: once per acknowledgement.
 
 use std::net::SocketAddrV4;
@@ -57,7 +67,13 @@ impl<S: ShardState> ShardCoordinator<S> {
             .fanout_ack(seq, self.config.epoch, position, self.config.chain.len())
         {
             FanoutAck::Complete => self.acknowledge(now, message, outbox),
-            FanoutAck::Counted => self.counters.fanout_acks += 1,
+            // Early commit: answered at the K-th (`acknowledge_early`
+            // learns that K replicas hold every write up to it).
+            FanoutAck::Counted { acks } if self.config.fanout_quorum() == Some(acks as usize) => {
+                self.counters.fanout_acks += 1;
+                self.acknowledge_early(message, outbox);
+            }
+            FanoutAck::Counted { .. } => self.counters.fanout_acks += 1,
             FanoutAck::Duplicate => self.counters.fanout_duplicate_acks += 1,
             // Completed already, or sequenced by a coordinator before this
             // one: one replica's acknowledgement says nothing of the others,

@@ -88,13 +88,28 @@ impl ShardConfig {
 
     /// The replica whose acknowledgement answers a write, and the one
     /// that answers the reads of dirty keys: every write it applied is
-    /// held by the replicas before it too, so it is committed.
+    /// held by the replicas before it too, so it is committed. Under
+    /// fan-out, the head (it holds every write any replica holds), which
+    /// is asked only under early commit, with a stamp.
     pub fn commit_point(&self) -> SocketAddrV4 {
+        if self.fanout {
+            return self.head();
+        }
         self.chain[crate::commit_point_index(self.early_commit, self.chain.len())]
     }
 
-    /// Whether writes are answered before the tail holds them.
+    /// Under fan-out with early commit, K: a write is answered at its K-th
+    /// acknowledgement (None: at the last, also when K is the whole chain).
+    pub fn fanout_quorum(&self) -> Option<usize> {
+        let k = self.early_commit as usize;
+        (self.fanout && k > 0 && k < self.chain.len()).then_some(k)
+    }
+
+    /// Whether writes are answered before every replica holds them.
     pub fn is_early(&self) -> bool {
+        if self.fanout {
+            return self.fanout_quorum().is_some();
+        }
         self.commit_point() != self.tail()
     }
 }

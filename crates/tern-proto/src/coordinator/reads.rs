@@ -52,7 +52,9 @@ impl<S: ShardState> ShardCoordinator<S> {
             self.refuse(from, &header, (Status::TryAgain, 0), outbox);
             return;
         }
-        let route = if self.config.fanout {
+        // Configured to commit early, even once its chain shrank to K:
+        // answered writes may still be beyond commit_seq.
+        let route = if self.config.fanout && self.config.early_commit == 0 {
             ReadRoute::Any {
                 stamp: self.state.commit_seq(),
             }
@@ -69,8 +71,17 @@ impl<S: ShardState> ShardCoordinator<S> {
                     return;
                 }
                 self.counters.reads_tail += 1;
-                header.flags |= flags::TAIL_READ;
-                header.commit_seq.set(self.state.commit_seq());
+                if self.config.fanout {
+                    // Fan-out, early: the head, stamped with what K hold
+                    // (`coordinator::fanout`).
+                    let stamp = self.state.commit_seq().max(self.state.point_applied());
+                    header.flags &= !flags::TAIL_READ;
+                    header.seq.set(stamp);
+                    header.commit_seq.set(stamp);
+                } else {
+                    header.flags |= flags::TAIL_READ;
+                    header.commit_seq.set(self.state.commit_seq());
+                }
                 // The tail, unless the shard commits early.
                 self.config.commit_point()
             }

@@ -23,10 +23,10 @@ pub(super) enum Recovery {
         /// How many transactions the head holds prepared (each reported
         /// by a TXN_REPORT, whose holds are taken as they come).
         head_prepared: Option<u64>,
-        /// Fan-out: the replicas that reported (bit by position), and the
-        /// least any of them applied; `tail_applied` once all have.
+        /// Fan-out: the replicas that reported (bit by position), and
+        /// what each applied; `tail_applied` (the least) once all have.
         reported: u8,
-        least_applied: u64,
+        applied: [u64; tern_wire::maps::CHAIN_LEN_MAX],
     },
     /// Sequencing resumed; every key stays dirty until the tail has
     /// acknowledged everything the head had seen.
@@ -42,7 +42,7 @@ impl Recovery {
         tail_applied: None,
         head_prepared: None,
         reported: 0,
-        least_applied: u64::MAX,
+        applied: [0; tern_wire::maps::CHAIN_LEN_MAX],
     };
 }
 
@@ -53,7 +53,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             mut tail_applied,
             mut head_prepared,
             mut reported,
-            mut least_applied,
+            mut applied,
         } = self.recovery
         else {
             return;
@@ -72,23 +72,26 @@ impl<S: ShardState> ShardCoordinator<S> {
             // the least any applied.
             if let Some(position) = self.config.chain.iter().position(|&r| r == from) {
                 reported |= 1 << position;
-                least_applied = least_applied.min(header.seq.get());
+                applied[position] = header.seq.get();
             }
-            if reported == tern_wire::maps::fanout_acks::all(self.config.chain.len()) {
-                tail_applied = Some(least_applied);
+            let replicas = self.config.chain.len();
+            if reported == tern_wire::maps::fanout_acks::all(replicas) {
+                tail_applied = applied[..replicas].iter().copied().min();
             }
-        } else if from == self.config.tail() {
-            tail_applied = Some(header.seq.get());
-        }
-        if from == self.config.commit_point() {
-            self.state.learn_point(header.seq.get());
+        } else {
+            if from == self.config.tail() {
+                tail_applied = Some(header.seq.get());
+            }
+            if from == self.config.commit_point() {
+                self.state.learn_point(header.seq.get());
+            }
         }
         self.recovery = Recovery::Probing {
             head_highest,
             tail_applied,
             head_prepared,
             reported,
-            least_applied,
+            applied,
         };
         self.finish_probing();
     }
@@ -111,6 +114,7 @@ impl<S: ShardState> ShardCoordinator<S> {
             head_highest: Some(highest),
             tail_applied: Some(applied),
             head_prepared: Some(prepared),
+            applied: ref every_applied,
             ..
         } = self.recovery
         else {
@@ -125,14 +129,34 @@ impl<S: ShardState> ShardCoordinator<S> {
         self.scanned_up_to = highest + 1;
         self.state.set_next_seq(highest + 1);
         self.state.advance_commit_seq(applied);
+        // Under fan-out with early commit, K replicas hold every write up
+        // to the K-th most any applied; reads of dirty keys (every key,
+        // while draining) wait, as in a chain, until that reaches the
+        // head's highest (a write answered before may be held by fewer
+        // than K now, after failures): at once when the replicas agree.
+        let fanout_early = self.config.fanout && self.config.early_commit > 0;
+        if fanout_early {
+            let replicas = self.config.chain.len();
+            let mut most = every_applied[..replicas].to_vec();
+            most.sort_unstable_by(|a, b| b.cmp(a));
+            let k = (self.config.early_commit as usize).min(replicas);
+            self.state.learn_point(most[k - 1]);
+        }
         super::early::recovered(&self.state, highest);
         // A fan-out's reads are stamped, whatever is dirty (and its writes
         // of coordinators before this one complete nowhere: a replica's
-        // acknowledgement of one says nothing of the others).
-        if applied >= highest || self.config.fanout {
+        // acknowledgement of one says nothing of the others); committing
+        // early, every key stays dirty until commit_seq passes the head's
+        // highest.
+        let target = if self.config.fanout && !fanout_early {
+            applied
+        } else {
+            highest
+        };
+        if applied >= target {
             self.finish_recovery();
         } else {
-            self.recovery = Recovery::Draining { target: highest };
+            self.recovery = Recovery::Draining { target };
         }
     }
 

@@ -73,8 +73,9 @@ pub trait ShardState {
 pub enum FanoutAck {
     /// The write is not in flight (completed, or never sequenced here).
     NotInFlight,
-    /// Counted; other replicas have yet to acknowledge.
-    Counted,
+    /// Counted, the `acks`-th replica to acknowledge it; others have yet
+    /// to.
+    Counted { acks: u32 },
     /// This replica had acknowledged it already; others have yet to.
     Duplicate,
     /// Every replica has acknowledged it (this one last, or again): the

@@ -95,7 +95,13 @@ impl Sim {
     /// As `new`, with fan-out replication: the head sends each write to
     /// every other replica, and each acknowledges it to the coordinator.
     pub fn with_fanout(length: usize) -> Sim {
-        Sim::probed(Sim::unprobed_with(length, 0, true))
+        Sim::with_fanout_early(length, 0)
+    }
+
+    /// As `with_fanout`, answering a write at its `early_commit`-th
+    /// acknowledgement.
+    pub fn with_fanout_early(length: usize, early_commit: u32) -> Sim {
+        Sim::probed(Sim::unprobed_with(length, early_commit, true))
     }
 
     fn probed(mut sim: Sim) -> Sim {
