@@ -31,9 +31,9 @@ pub struct ReplicationArgs {
     /// is the chain, and is not run again.
     #[arg(long, value_delimiter = ',', value_parser = tern_client::parse_commit, default_value = "chain,early")]
     pub commits: Vec<u32>,
-    /// Replications (`chain`, `fanout`): fan-out runs with the chain's
-    /// commit rule (every replica acknowledges), with 2 replicas or more
-    /// (one replica is the same either way).
+    /// Replications (`chain`, `fanout`), each with every commit rule;
+    /// fan-out with 2 replicas or more (one replica is the same either
+    /// way).
     #[arg(long, value_delimiter = ',', action = clap::ArgAction::Append, value_parser = tern_client::parse_replication, default_value = "chain,fanout")]
     pub replications: Vec<bool>,
     /// Coordinator modes, each measured for every configuration.
@@ -117,16 +117,16 @@ fn configurations(args: &ReplicationArgs) -> Vec<Configuration> {
     let mut configurations = Vec::new();
     for &mode in &args.modes {
         for &replicas in &args.replica_counts {
-            if args.replications.contains(&false) {
+            for fanout in [false, true] {
+                if !args.replications.contains(&fanout) || (fanout && replicas == 1) {
+                    continue;
+                }
                 for &commit in &args.commits {
                     // Early at K with K or fewer replicas commits at the tail.
                     if commit == 0 || (commit as usize) < replicas {
-                        configurations.push((mode, replicas, false, commit));
+                        configurations.push((mode, replicas, fanout, commit));
                     }
                 }
-            }
-            if args.replications.contains(&true) && replicas > 1 {
-                configurations.push((mode, replicas, true, 0));
             }
         }
     }
@@ -135,10 +135,10 @@ fn configurations(args: &ReplicationArgs) -> Vec<Configuration> {
 
 /// How a configuration commits, as the report names it.
 fn rule_name(fanout: bool, early_commit: u32) -> String {
-    if fanout {
-        "fanout".into()
-    } else {
-        commit_name(early_commit)
+    match (fanout, early_commit) {
+        (false, k) => commit_name(k),
+        (true, 0) => "fanout".into(),
+        (true, k) => format!("fanout {}", commit_name(k)),
     }
 }
 
@@ -300,6 +300,9 @@ fn report(args: &ReplicationArgs, series: &[Series]) -> Result<()> {
                 ("fanout", 3, "chain", 1),
                 ("fanout", 3, "chain", 3),
                 ("fanout", 7, "chain", 7),
+                ("fanout early:2", 3, "chain", 1),
+                ("fanout early:2", 3, "early:2", 3),
+                ("fanout early:2", 7, "early:2", 7),
             ] {
                 let (Some(measured), Some(single)) = (
                     find(mode, Some(replicas), rule),
@@ -322,7 +325,12 @@ fn report(args: &ReplicationArgs, series: &[Series]) -> Result<()> {
         if let Some(redis) = find("redis", None, "async") {
             for (mode, commit) in args.modes.iter().flat_map(|mode| {
                 let mode = mode_name(*mode);
-                [(mode, "chain"), (mode, "early:2"), (mode, "fanout")]
+                [
+                    (mode, "chain"),
+                    (mode, "early:2"),
+                    (mode, "fanout"),
+                    (mode, "fanout early:2"),
+                ]
             }) {
                 if let Some(tern) = find(mode, Some(3), commit) {
                     let ratios: Vec<f64> = tern
@@ -417,7 +425,7 @@ mod tests {
     fn early_commit_runs_only_where_the_chain_is_longer_than_k_and_fanout_from_two() {
         let args = <Command as clap::Parser>::parse_from(["bench"]).args;
         let configured = configurations(&args);
-        assert_eq!(configured.len(), 24, "12 per mode");
+        assert_eq!(configured.len(), 30, "15 per mode");
         let user: Vec<(usize, String)> = configured
             .iter()
             .filter(|(mode, ..)| *mode == ClusterMode::User)
@@ -430,12 +438,15 @@ mod tests {
             (3, "chain"),
             (3, "early:2"),
             (3, "fanout"),
+            (3, "fanout early:2"),
             (5, "chain"),
             (5, "early:2"),
             (5, "fanout"),
+            (5, "fanout early:2"),
             (7, "chain"),
             (7, "early:2"),
             (7, "fanout"),
+            (7, "fanout early:2"),
         ]
         .into_iter()
         .map(|(replicas, rule)| (replicas, rule.to_string()))
