@@ -100,10 +100,12 @@ fn acknowledged_writes_survive_the_same_kills_committing_early() {
     survive_kills("early");
 }
 
-/// The same under fan-out: an answered write is in every replica's log.
+/// The same under fan-out: an answered write is in every replica's log
+/// (committing early, in the logs of the K that acknowledged it first).
 #[test]
 fn acknowledged_writes_survive_the_same_kills_replicating_by_fanout() {
     survive_kills_replicating("fanout", "chain");
+    survive_kills_replicating("fanout", "early");
 }
 
 fn survive_kills(commit: &str) {
