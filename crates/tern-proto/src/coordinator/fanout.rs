@@ -24,8 +24,9 @@
 //! replica holds, stamped with max(`commit_seq`, `point_applied`): it sees
 //! every answered write and nothing only fewer than K replicas hold. A
 //! coordinator that starts takes the K-th most any replica applied for
-//! `point_applied` (every answered write is at or below it) and sends every
-//! read so until `commit_seq` gets there.
+//! `point_applied`, the head's highest for the barrier (as in a chain: a
+//! write answered before may be held by fewer than K now), and keeps every
+//! key dirty until `commit_seq` passes it (`recovery`).
 // PERFORMANCE CRITICAL PATH: once per acknowledgement.
 
 use std::net::SocketAddrV4;
