@@ -316,6 +316,14 @@ pub struct Replica {
     /// A new head of a fan-out catching up with its leaves before it
     /// decides anything (`crate::fanout`).
     syncing: Option<HeadSync>,
+    /// Fan-out: the keys a transaction's COMMIT wrote here, with its seq,
+    /// until this replica knows that seq committed (`settle_txn_writes`).
+    txn_writes: HashMap<Box<[u8]>, u64>,
+    /// The seq a snapshot brought this replica to (0: none): `txn_writes`
+    /// is not in snapshots, so under fan-out reads stamped below it are
+    /// refused TRY_AGAIN (a COMMIT at or below it may not be known
+    /// committed yet).
+    restored_at: u64,
     /// Version of the cluster map this replica acts on (0: a static map),
     /// named in its STALE_EPOCH and WRONG_SHARD refusals.
     map_version: u64,
@@ -362,6 +370,8 @@ impl Replica {
             downstream_changed: false,
             catching_up: false,
             syncing: None,
+            txn_writes: HashMap::new(),
+            restored_at: 0,
             map_version: 0,
             scratch: Vec::new(),
             dropped_at: None,
@@ -442,7 +452,7 @@ impl Replica {
                 "record {seq} follows {applied}: the log has a gap"
             )));
         }
-        self.store.observe_commit(header.commit_seq.get());
+        self.observe_commit(header.commit_seq.get());
         self.highest_seen = self.highest_seen.max(seq);
         let deadline_ms = message
             .extensions
@@ -541,6 +551,7 @@ impl Replica {
             replica.txns = Transactions::decode(format >= 4, take, RestoreError)?;
         }
         replica.sent_log_first_seq = store.applied_seq() + 1;
+        replica.restored_at = store.applied_seq();
         replica.store = store;
         Ok(replica)
     }
@@ -729,7 +740,29 @@ impl Replica {
             self.counters.locked += 1;
             return self.answer_status(to, header, Status::Locked, outbox);
         }
-        self.store.observe_commit(header.commit_seq.get());
+        if self.config.fanout
+            && !header.has_flag(flags::TAIL_READ)
+            && header.seq.get() < self.restored_at
+        {
+            // Restored from a snapshot, which does not say which keys a
+            // COMMIT not yet known committed wrote (`txn_writes`).
+            self.counters.behind_stamp += 1;
+            return self.answer_status(to, header, Status::TryAgain, outbox);
+        }
+        if !header.has_flag(flags::TAIL_READ)
+            && self
+                .txn_writes
+                .get(message.key)
+                .is_some_and(|&committed_at| committed_at > header.seq.get())
+        {
+            // Fan-out: its lock is gone here, but the read's stamp is below
+            // the COMMIT that wrote it, and the transaction may be visible
+            // at another shard already: the value before it must not be
+            // read. Asked again, the stamp has caught up.
+            self.counters.locked += 1;
+            return self.answer_status(to, header, Status::Locked, outbox);
+        }
+        self.observe_commit(header.commit_seq.get());
         // DESIGN rule 5: a clean read returns the newest version at or below
         // its stamp; a dirty read (sent to the tail) the newest applied one.
         let stored = if header.has_flag(flags::TAIL_READ) {
@@ -785,7 +818,7 @@ impl Replica {
         outbox: &mut Outbox,
     ) {
         let seq = message.header.seq.get();
-        self.store.observe_commit(message.header.commit_seq.get());
+        self.observe_commit(message.header.commit_seq.get());
         let applied = self.store.applied_seq();
         if seq <= applied {
             // A resend of something already applied (a lost acknowledgement
@@ -1098,6 +1131,11 @@ impl Replica {
             Effect::Commit => match txn::CommitRecord::decode(value) {
                 Ok(committed) => {
                     apply_writes(&mut self.store, seq, &committed.decided.writes);
+                    if self.config.fanout {
+                        for written in &committed.decided.writes {
+                            self.txn_writes.insert(written.key[..].into(), seq);
+                        }
+                    }
                     self.txns.finish(committed.id, Some(record.version()));
                     self.counters.txn_committed += 1;
                 }
@@ -1983,6 +2021,33 @@ impl Replica {
                 self.counters.large_answers += 1;
             }
         }
+    }
+
+    /// Learns that the coordinator committed up to `commit_seq`; under
+    /// fan-out, settles the transactions' writes that covers.
+    fn observe_commit(&mut self, commit_seq: u64) {
+        self.store.observe_commit(commit_seq);
+        if !self.txn_writes.is_empty() {
+            self.settle_txn_writes();
+        }
+    }
+
+    /// Fan-out: a transaction's writes here, once committed, lose the
+    /// versions before them, so that a read stamped below the COMMIT (sent
+    /// before it completed, arriving late) gets the committed value, never
+    /// the one before it, which another shard may already have replaced.
+    /// (In a chain such reads go to the tail, which has the lock or the
+    /// write.)
+    fn settle_txn_writes(&mut self) {
+        let commit_seq = self.store.commit_seq();
+        let store = &mut self.store;
+        self.txn_writes.retain(|key, &mut committed_at| {
+            if committed_at > commit_seq {
+                return true;
+            }
+            store.prune_key(key);
+            false
+        });
     }
 
     /// A record a leaf sent this syncing fan-out head: applied as decided

@@ -258,6 +258,146 @@ fn with_k_1_the_head_alone_answers_and_its_failure_loses_the_write() {
     }
 }
 
+/// A transaction across shards prepared here (the other participant, shard
+/// 9, is never asked): it writes `a`.
+fn prepare_writing_a(sim: &Sim, request_id: u64) -> Vec<u8> {
+    use tern_wire::txn::{Participant, Prepare};
+    let other = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 0, 0, 77), 7000);
+    let value = Prepare {
+        id: txn_id(),
+        lease_ms: 2000,
+        participants: vec![
+            Participant {
+                shard: SHARD,
+                coordinator: sim.coordinator_addr,
+            },
+            Participant {
+                shard: 9,
+                coordinator: other,
+            },
+        ],
+        items: vec![tern_wire::multi::Item::put(b"a", b"2")],
+    }
+    .encode()
+    .unwrap();
+    request(Op::Prepare, b"a", &value, 0, request_id)
+}
+
+fn txn_id() -> tern_wire::txn::TxnId {
+    tern_wire::txn::TxnId {
+        client_id: 42,
+        txn_seq: 1,
+    }
+}
+
+fn reads_of_a(
+    sim: &mut Sim,
+    request_ids: std::ops::Range<u64>,
+    held: impl Fn(&Datagram) -> bool + Copy,
+) -> Vec<Reply> {
+    request_ids
+        .map(|request_id| {
+            sim.get(b"a", request_id);
+            sim.deliver_all_except(held);
+            sim.reply_to(request_id)
+        })
+        .collect()
+}
+
+#[test]
+fn a_transactions_write_is_never_read_as_before_once_a_replica_applied_its_commit() {
+    // The COMMIT reaches the head and the first leaf (their locks gone)
+    // but not the last: its transaction may be visible at its other shard
+    // already, so no replica may answer the value before it, though the
+    // read's stamp is below the COMMIT.
+    let mut sim = Sim::with_fanout(3);
+    let last = sim.chain[2];
+    sim.put(b"a", b"1", 1);
+    sim.deliver_all();
+    sim.send(prepare_writing_a(&sim, 2));
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(2).status(), Status::Ok);
+    sim.send(request(Op::Commit, b"", &txn_id().encode(), 0, 3));
+    let commit_to_last = |d: &Datagram| d.to == last && d.op() == Op::Replicate;
+    sim.deliver_all_except(commit_to_last);
+    assert!(sim.replies_to(3).is_empty(), "not complete");
+    assert_eq!(sim.replicas[1].store().latest(b"a").unwrap().value, b"2");
+    for read in reads_of_a(&mut sim, 10..16, commit_to_last) {
+        assert_eq!(read.status(), Status::Locked, "{:?}", read.value);
+    }
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(3).status(), Status::Ok);
+    for read in reads_of_a(&mut sim, 20..23, |_| false) {
+        assert_eq!(read.value, b"2");
+    }
+}
+
+#[test]
+fn a_late_read_stamped_below_a_commit_gets_the_committed_value() {
+    // A read forwarded (stamped) before the COMMIT completed arrives after
+    // the replica learnt it committed: the value before it is gone there.
+    let mut sim = Sim::with_fanout(3);
+    sim.put(b"a", b"1", 1);
+    sim.deliver_all();
+    sim.send(prepare_writing_a(&sim, 2));
+    sim.deliver_all();
+    sim.send(request(Op::Commit, b"", &txn_id().encode(), 0, 3));
+    // To the head, which applies it and sends it on.
+    assert!(sim.deliver_first(from_client));
+    assert!(sim.deliver_first(to(sim.chain[0])));
+    sim.get(b"a", 4);
+    assert!(sim.deliver_first(from_client));
+    let late = sim.lose(|d| d.op() == Op::Get);
+    assert_eq!(late.len(), 1);
+    assert!(late[0].header().seq.get() < 3, "stamped below the COMMIT");
+    sim.deliver_all();
+    assert_eq!(sim.reply_to(3).status(), Status::Ok);
+    // A later write carries the commit to every replica.
+    sim.put(b"z", b"1", 5);
+    sim.deliver_all();
+    sim.receive(late[0].clone());
+    sim.deliver_all();
+    let read = sim.reply_to(4);
+    assert_eq!(read.status(), Status::Ok);
+    assert_eq!(read.value, b"2");
+}
+
+#[test]
+fn a_leaf_restored_from_a_snapshot_refuses_reads_stamped_below_it() {
+    // Its snapshot does not say which keys a COMMIT not yet known
+    // committed wrote, so it cannot tell which older versions are safe.
+    let mut sim = Sim::with_fanout(3);
+    sim.put(b"a", b"1", 1);
+    sim.deliver_all();
+    sim.put(b"a", b"2", 2);
+    sim.deliver_all();
+    let snapshot = sim.replicas[2].snapshot();
+    sim.restart_replica(2, Some(snapshot));
+    let read_at = |stamp: u64, request_id: u64| {
+        let mut header = tern_wire::Header::new(Op::Get, SHARD, EPOCH);
+        header.key_hash.set(key_hash(b"a"));
+        header.client_id.set(42);
+        header.request_id.set(request_id);
+        header.seq.set(stamp);
+        header.commit_seq.set(stamp);
+        header.set_reply_addr(CLIENT);
+        tern_wire::encode(&header, b"a", b"").unwrap()
+    };
+    let (coordinator, leaf) = (sim.coordinator_addr, sim.chain[2]);
+    for (stamp, request_id) in [(1, 10), (2, 11)] {
+        sim.receive(Datagram {
+            from: coordinator,
+            to: leaf,
+            bytes: read_at(stamp, request_id),
+        });
+        sim.deliver_all();
+    }
+    assert_eq!(sim.reply_to(10).status(), Status::TryAgain, "below it");
+    let read = sim.reply_to(11);
+    assert_eq!(read.status(), Status::Ok, "at it");
+    assert_eq!(read.value, b"2");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 

@@ -263,6 +263,22 @@ impl Store {
         }
     }
 
+    /// Forgets the versions of `key` older than its newest committed one
+    /// (as `observe_commit` does for a deleted key): a read stamped below
+    /// that version then gets it (`read_at`), not what came before.
+    pub fn prune_key(&mut self, key: &[u8]) {
+        let commit_seq = self.commit_seq;
+        let bucket = self.bucket_mut(key);
+        if bucket
+            .get_mut(key)
+            .is_some_and(|versions| versions.prune(commit_seq))
+        {
+            // Only a committed deletion leaves nothing: it was counted
+            // dead when applied.
+            bucket.remove(key);
+        }
+    }
+
     /// Applies the write with sequence number `seq`. Writes must be applied in
     /// strictly increasing sequence order; the caller (the replica role)
     /// guarantees it, so a violation is a programmer error.
