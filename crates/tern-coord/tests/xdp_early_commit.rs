@@ -11,23 +11,7 @@ mod common;
 use common::*;
 use tern_proto::coordinator::ShardState;
 use tern_wire::maps::XdpCounter;
-use tern_wire::{Header, Op, Status, dirty_index, encode, flags, key_hash};
-
-fn put(key: &[u8]) -> Vec<u8> {
-    let mut header = Header::new(Op::Put, 5, EPOCH);
-    header.key_hash.set(key_hash(key));
-    header.client_id.set(77);
-    header.request_id.set(9);
-    encode(&header, key, b"v").unwrap()
-}
-
-fn get(key: &[u8]) -> Vec<u8> {
-    let mut header = Header::new(Op::Get, 5, EPOCH);
-    header.key_hash.set(key_hash(key));
-    header.client_id.set(77);
-    header.request_id.set(10);
-    encode(&header, key, &[]).unwrap()
-}
+use tern_wire::{Op, Status, dirty_index, flags, key_hash};
 
 /// The frame as it came but for its UDP checksum (the program clears it).
 fn assert_unchanged(out: &[u8], frame: &[u8]) {
@@ -40,7 +24,9 @@ fn assert_unchanged(out: &[u8], frame: &[u8]) {
 fn the_commit_points_ack_answers_in_the_kernel_and_the_tails_completes_silently() {
     let (coordinator, state) = load_committing(2);
     let index = dirty_index(key_hash(b"k"));
-    let (verdict, _) = coordinator.test_run(&from_client(&put(b"k"))).unwrap();
+    let (verdict, _) = coordinator
+        .test_run(&from_client(&client_put(b"k")))
+        .unwrap();
     assert_eq!(verdict, XDP_TX);
     let (verdict, out) = coordinator
         .test_run(&from_replica(1, &ack(1, b"k")))
@@ -77,7 +63,9 @@ fn a_write_the_commit_point_did_not_answer_is_answered_by_the_tail() {
     // Its early acknowledgement lost, or late: the tail's answers, and the
     // late one is dropped.
     let (coordinator, state) = load_committing(2);
-    coordinator.test_run(&from_client(&put(b"k"))).unwrap();
+    coordinator
+        .test_run(&from_client(&client_put(b"k")))
+        .unwrap();
     let (verdict, out) = coordinator.test_run(&from_tail(&ack(1, b"k"))).unwrap();
     assert_eq!(verdict, XDP_TX);
     assert_eq!(sent(&out).destination, CLIENT);
@@ -91,11 +79,13 @@ fn a_write_the_commit_point_did_not_answer_is_answered_by_the_tail() {
 #[test]
 fn dirty_reads_go_to_the_commit_point_once_it_has_caught_up() {
     let (coordinator, state) = load_committing(2);
-    coordinator.test_run(&from_client(&put(b"k"))).unwrap();
+    coordinator
+        .test_run(&from_client(&client_put(b"k")))
+        .unwrap();
     // A new commit point that must reach seq 1 first: up to user space
     // (which answers TRY_AGAIN), the frame and the state untouched.
     state.reset_point(0, 1);
-    let frame = from_client(&get(b"k"));
+    let frame = from_client(&client_get(b"k"));
     let (verdict, out) = coordinator.test_run(&frame).unwrap();
     assert_eq!(verdict, XDP_PASS);
     assert_unchanged(&out, &frame);
@@ -104,21 +94,27 @@ fn dirty_reads_go_to_the_commit_point_once_it_has_caught_up() {
     coordinator
         .test_run(&from_replica(1, &ack(1, b"k")))
         .unwrap();
-    let (verdict, out) = coordinator.test_run(&from_client(&get(b"k"))).unwrap();
+    let (verdict, out) = coordinator
+        .test_run(&from_client(&client_get(b"k")))
+        .unwrap();
     assert_eq!(verdict, XDP_TX);
     let out = sent(&out);
     assert_eq!(out.destination, replica(1));
     assert_eq!(out.destination_mac, replica_mac(1));
     assert!(out.header.has_flag(flags::TAIL_READ));
     // A clean key is still read anywhere at commit_seq.
-    let (_, out) = coordinator.test_run(&from_client(&get(b"other"))).unwrap();
+    let (_, out) = coordinator
+        .test_run(&from_client(&client_get(b"other")))
+        .unwrap();
     assert!(!sent(&out).header.has_flag(flags::TAIL_READ));
 }
 
 #[test]
 fn without_early_commit_an_ack_from_the_middle_goes_to_user_space() {
     let (coordinator, state) = load_committing(0);
-    coordinator.test_run(&from_client(&put(b"k"))).unwrap();
+    coordinator
+        .test_run(&from_client(&client_put(b"k")))
+        .unwrap();
     let frame = from_replica(1, &ack(1, b"k"));
     let (verdict, out) = coordinator.test_run(&frame).unwrap();
     assert_eq!(verdict, XDP_PASS);

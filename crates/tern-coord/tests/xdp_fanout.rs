@@ -10,30 +10,16 @@ mod common;
 use common::*;
 use tern_proto::coordinator::ShardState;
 use tern_wire::maps::XdpCounter;
-use tern_wire::{Header, Op, Status, dirty_index, encode, flags, key_hash};
+use tern_wire::{Header, Op, Status, dirty_index, flags, key_hash};
 use zerocopy::FromBytes;
-
-fn put(key: &[u8]) -> Vec<u8> {
-    let mut header = Header::new(Op::Put, 5, EPOCH);
-    header.key_hash.set(key_hash(key));
-    header.client_id.set(77);
-    header.request_id.set(9);
-    encode(&header, key, b"v").unwrap()
-}
-
-fn get(key: &[u8]) -> Vec<u8> {
-    let mut header = Header::new(Op::Get, 5, EPOCH);
-    header.key_hash.set(key_hash(key));
-    header.client_id.set(77);
-    header.request_id.set(10);
-    encode(&header, key, &[]).unwrap()
-}
 
 #[test]
 fn the_last_replicas_acknowledgement_completes_and_answers_in_the_kernel() {
     let (coordinator, state) = load_fanout();
     let index = dirty_index(key_hash(b"k"));
-    let (verdict, _) = coordinator.test_run(&from_client(&put(b"k"))).unwrap();
+    let (verdict, _) = coordinator
+        .test_run(&from_client(&client_put(b"k")))
+        .unwrap();
     assert_eq!(verdict, XDP_TX);
     // In any order: here the middle position, then the head.
     for replica in [1, 0] {
@@ -75,7 +61,9 @@ fn the_last_replicas_acknowledgement_completes_and_answers_in_the_kernel() {
 #[test]
 fn an_acknowledgement_counted_under_an_earlier_epoch_goes_up_untouched() {
     let (coordinator, state) = load_fanout();
-    coordinator.test_run(&from_client(&put(b"k"))).unwrap();
+    coordinator
+        .test_run(&from_client(&client_put(b"k")))
+        .unwrap();
     for replica in [0, 1] {
         coordinator
             .test_run(&from_replica(replica, &ack(1, b"k")))
@@ -118,7 +106,9 @@ fn an_acknowledgement_counted_under_an_earlier_epoch_goes_up_untouched() {
 #[test]
 fn an_acknowledgement_from_outside_the_chain_goes_up() {
     let (coordinator, state) = load_fanout();
-    coordinator.test_run(&from_client(&put(b"k"))).unwrap();
+    coordinator
+        .test_run(&from_client(&client_put(b"k")))
+        .unwrap();
     let stranger = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 9, 0, 99), 7100);
     let frame = frame(stranger, [2, 0, 0, 0, 9, 9], COORDINATOR, &ack(1, b"k"));
     let (verdict, _) = coordinator.test_run(&frame).unwrap();
@@ -130,9 +120,13 @@ fn an_acknowledgement_from_outside_the_chain_goes_up() {
 #[test]
 fn reads_of_keys_with_writes_in_flight_are_stamped() {
     let (coordinator, _state) = load_fanout();
-    coordinator.test_run(&from_client(&put(b"k"))).unwrap();
+    coordinator
+        .test_run(&from_client(&client_put(b"k")))
+        .unwrap();
     for _ in 0..3 {
-        let (verdict, out) = coordinator.test_run(&from_client(&get(b"k"))).unwrap();
+        let (verdict, out) = coordinator
+            .test_run(&from_client(&client_get(b"k")))
+            .unwrap();
         assert_eq!(verdict, XDP_TX);
         let out = sent(&out);
         assert!(!out.header.has_flag(flags::TAIL_READ));
@@ -146,7 +140,9 @@ fn reads_of_keys_with_writes_in_flight_are_stamped() {
 fn committing_early_the_kth_acknowledgement_answers_and_the_last_completes_silently() {
     let (coordinator, state) = load_fanout_committing(2);
     let index = dirty_index(key_hash(b"k"));
-    coordinator.test_run(&from_client(&put(b"k"))).unwrap();
+    coordinator
+        .test_run(&from_client(&client_put(b"k")))
+        .unwrap();
     let (verdict, _) = coordinator
         .test_run(&from_replica(2, &ack(1, b"k")))
         .unwrap();
@@ -164,7 +160,9 @@ fn committing_early_the_kth_acknowledgement_answers_and_the_last_completes_silen
     assert_eq!(state.dirty_count(index), 1);
     assert_eq!(counter(&coordinator, XdpCounter::EarlyAcks), 1);
     // A read of the dirty key: to the head, stamped with what two hold.
-    let (verdict, out) = coordinator.test_run(&from_client(&get(b"k"))).unwrap();
+    let (verdict, out) = coordinator
+        .test_run(&from_client(&client_get(b"k")))
+        .unwrap();
     assert_eq!(verdict, XDP_TX);
     let read = sent(&out);
     assert_eq!(read.destination, replica(0));
@@ -180,16 +178,22 @@ fn committing_early_the_kth_acknowledgement_answers_and_the_last_completes_silen
     assert_eq!(state.commit_seq(), 1);
     assert_eq!(state.dirty_count(index), 0);
     // Clean again: round robin, stamped with commit_seq.
-    let (_, out) = coordinator.test_run(&from_client(&get(b"k"))).unwrap();
+    let (_, out) = coordinator
+        .test_run(&from_client(&client_get(b"k")))
+        .unwrap();
     assert_eq!(sent(&out).header.seq.get(), 1);
 }
 
 #[test]
 fn committing_early_a_dirty_read_behind_the_barrier_goes_up_untouched() {
     let (coordinator, state) = load_fanout_committing(2);
-    coordinator.test_run(&from_client(&put(b"k"))).unwrap();
+    coordinator
+        .test_run(&from_client(&client_put(b"k")))
+        .unwrap();
     state.reset_point(0, 1);
-    let (verdict, _) = coordinator.test_run(&from_client(&get(b"k"))).unwrap();
+    let (verdict, _) = coordinator
+        .test_run(&from_client(&client_get(b"k")))
+        .unwrap();
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(counter(&coordinator, XdpCounter::PassPointBehind), 1);
 }

@@ -201,3 +201,22 @@ pub fn sent(frame: &[u8]) -> Sent {
             .header,
     }
 }
+
+/// A PUT of `key` (value "v") by client 77, request 9, as the client sends
+/// it.
+pub fn client_put(key: &[u8]) -> Vec<u8> {
+    let mut header = Header::new(Op::Put, 5, EPOCH);
+    header.key_hash.set(tern_wire::key_hash(key));
+    header.client_id.set(77);
+    header.request_id.set(9);
+    tern_wire::encode(&header, key, b"v").unwrap()
+}
+
+/// A GET of `key` by client 77, request 10.
+pub fn client_get(key: &[u8]) -> Vec<u8> {
+    let mut header = Header::new(Op::Get, 5, EPOCH);
+    header.key_hash.set(tern_wire::key_hash(key));
+    header.client_id.set(77);
+    header.request_id.set(10);
+    tern_wire::encode(&header, key, &[]).unwrap()
+}
