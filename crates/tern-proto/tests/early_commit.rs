@@ -81,10 +81,7 @@ fn a_new_commit_point_serves_dirty_reads_only_once_caught_up() {
     // with the older value meanwhile.
     let mut sim = Sim::with_early_commit(3, 2);
     let tail = sim.chain[2];
-    sim.put(b"k", b"old", 1);
-    sim.deliver_all();
-    sim.put(b"k", b"new", 2);
-    sim.deliver_all_except(to(tail));
+    sim.overwrite_holding(to(tail));
     assert_eq!(sim.reply_to(2).status(), Status::Ok);
     sim.lose(to(tail));
     sim.fail_replica_in_place(1);

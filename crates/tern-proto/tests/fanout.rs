@@ -74,11 +74,8 @@ fn every_replica_answers_values_as_a_tail_would() {
 fn reads_of_a_key_with_a_write_in_flight_are_stamped_with_what_all_hold() {
     let mut sim = Sim::with_fanout(3);
     let last = sim.chain[2];
-    sim.put(b"k", b"old", 1);
-    sim.deliver_all();
-    sim.put(b"k", b"new", 2);
     let to_last = |d: &Datagram| d.to == last && d.op() == Op::Replicate;
-    sim.deliver_all_except(to_last);
+    sim.overwrite_holding(to_last);
     assert!(sim.replies_to(2).is_empty());
     // The head and the first leaf hold "new"; the read must not see it
     // (the last leaf may never get it if both fail), whoever answers.
@@ -175,11 +172,8 @@ fn a_coordinator_that_starts_waits_for_every_replica_and_takes_the_least() {
 fn committing_early_a_write_is_answered_at_its_kth_acknowledgement() {
     let mut sim = Sim::with_fanout_early(3, 2);
     let (first, last) = (sim.chain[1], sim.chain[2]);
-    sim.put(b"k", b"old", 1);
-    sim.deliver_all();
-    sim.put(b"k", b"new", 2);
     // The head's and the first leaf's: answered, not complete.
-    sim.deliver_all_except(to(last));
+    sim.overwrite_holding(to(last));
     assert_eq!(sim.reply_to(2).status(), Status::Ok);
     let state = sim.shard().state();
     assert_eq!(state.commit_seq(), 1);
@@ -210,10 +204,7 @@ fn committing_early_a_coordinator_that_starts_stamps_reads_with_what_k_hold() {
     // but reads must still see seq 2.
     let mut sim = Sim::with_fanout_early(3, 2);
     let last = sim.chain[2];
-    sim.put(b"k", b"old", 1);
-    sim.deliver_all();
-    sim.put(b"k", b"new", 2);
-    sim.deliver_all_except(to(last));
+    sim.overwrite_holding(to(last));
     sim.lose(to(last));
     assert_eq!(sim.reply_to(2).status(), Status::Ok);
     sim.coordinator = Sim::fresh_coordinator_with(&sim.chain, 2, true);

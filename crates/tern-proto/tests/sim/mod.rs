@@ -243,6 +243,15 @@ impl Sim {
         panic!("the network never went quiet");
     }
 
+    /// Writes `k` = "old" (request 1), delivered everywhere, then `k` =
+    /// "new" (request 2), delivered everywhere but what `held` matches.
+    pub fn overwrite_holding(&mut self, held: impl Fn(&Datagram) -> bool) {
+        self.put(b"k", b"old", 1);
+        self.deliver_all();
+        self.put(b"k", b"new", 2);
+        self.deliver_all_except(held);
+    }
+
     /// Delivers until the network is empty, moving no out-of-band value.
     pub fn deliver_datagrams(&mut self) {
         for _ in 0..100_000 {
