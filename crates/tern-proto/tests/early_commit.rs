@@ -11,7 +11,7 @@ mod sim;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use sim::history::run_history;
+use sim::history::{assert_k1_loses_only_what_the_head_alone_had, run_history};
 use sim::*;
 use tern_proto::coordinator::ShardState;
 use tern_wire::{Op, Status, dirty_index, flags, key_hash};
@@ -112,23 +112,7 @@ fn with_k_1_the_head_alone_answers_and_its_failure_loses_the_write() {
     // The documented loss of K = 1: a write answered when only the head
     // holds it is gone if the head fails before passing it on. Nothing
     // else is lost: a write the middle received survives.
-    let mut sim = Sim::with_early_commit(3, 1);
-    let head = sim.chain[0];
-    sim.put(b"kept", b"1", 1);
-    sim.deliver_all();
-    sim.put(b"lost", b"2", 2);
-    sim.deliver_all_except(|datagram| datagram.from == head && datagram.op() == Op::Replicate);
-    assert_eq!(sim.reply_to(2).status(), Status::Ok, "answered by the head");
-    sim.fail_replica(0);
-    for _ in 0..10 {
-        sim.advance(Duration::from_millis(60));
-        sim.deliver_all();
-    }
-    assert!(sim.shard().is_ready());
-    for replica in &sim.replicas {
-        assert_eq!(replica.store().latest(b"kept").unwrap().value, b"1");
-        assert!(replica.store().latest(b"lost").is_none(), "K = 1 loses it");
-    }
+    assert_k1_loses_only_what_the_head_alone_had(Sim::with_early_commit(3, 1));
 }
 
 proptest! {

@@ -1,5 +1,6 @@
 //! Random client histories on the simulated network, checked for
-//! linearizability by `tern_check` (early commit, fan-out).
+//! linearizability by `tern_check` (early commit, fan-out), and the loss
+//! early commit at K = 1 documents.
 
 use std::time::Duration;
 
@@ -139,5 +140,29 @@ pub fn run_history(
     match check(&history) {
         Verdict::Linearizable => {}
         verdict => panic!("{verdict:?}\n{history:#?}"),
+    }
+}
+
+/// K = 1 (`sim` answers at its head's acknowledgement): a write the head
+/// answered and failed before passing on is lost, and nothing else: a
+/// write the others received survives the head's failure.
+pub fn assert_k1_loses_only_what_the_head_alone_had(mut sim: Sim) {
+    let head = sim.chain[0];
+    sim.put(b"kept", b"1", 1);
+    sim.deliver_all();
+    sim.put(b"lost", b"2", 2);
+    let from_head = |d: &Datagram| d.from == head && d.op() == Op::Replicate;
+    sim.deliver_all_except(from_head);
+    sim.lose(from_head);
+    assert_eq!(sim.reply_to(2).status(), Status::Ok, "answered by the head");
+    sim.fail_replica(0);
+    for _ in 0..10 {
+        sim.advance(Duration::from_millis(60));
+        sim.deliver_all();
+    }
+    assert!(sim.shard().is_ready());
+    for replica in &sim.replicas {
+        assert_eq!(replica.store().latest(b"kept").unwrap().value, b"1");
+        assert!(replica.store().latest(b"lost").is_none(), "K = 1 loses it");
     }
 }
